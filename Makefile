@@ -1,0 +1,25 @@
+# The two commands of the README. Each runs scripts/setup first (idempotent).
+SHELL := /bin/bash
+VENV := .venv/bin
+
+.PHONY: setup demo test lint unit chaos bench clean-lab
+
+setup:
+	@bash scripts/setup
+
+demo: setup
+	@$(VENV)/python -m drctl.demo
+
+test: setup lint
+	@$(VENV)/python -m pytest -q tests -p no:cacheprovider
+
+lint:
+	@$(VENV)/ruff check drctl site-agent tests bench
+	@$(VENV)/ruff format --check drctl site-agent tests bench
+	@$(VENV)/mypy
+
+unit: setup
+	@$(VENV)/python -m pytest -q tests/unit
+
+clean-lab: setup
+	@$(VENV)/drctl lab down || true

@@ -1,0 +1,55 @@
+"""Running PostgreSQL's programs as their unprivileged OS user.
+
+PostgreSQL refuses to run as root. When we are root and a user is named, commands are
+prefixed with ``setpriv``, which execs in place (the PID we record is the program's own,
+unlike ``runuser``, which forks)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+
+
+class OSUserError(Exception):
+    pass
+
+
+def user_prefix(user: str | None) -> list[str]:
+    """argv prefix that runs a command as ``user`` (empty when no switch is needed)."""
+    if not user or os.geteuid() != 0:
+        return []
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError as exc:
+        raise OSUserError(
+            f"OS user {user!r} does not exist: create it (scripts/setup does) or set postgresql.run_as"
+        ) from exc
+    if pw.pw_uid == 0:
+        return []
+    return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups"]
+
+
+def user_env(user: str | None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a command run as ``user``: HOME and USER of that user, a sane PATH."""
+    env = dict(os.environ if base is None else base)
+    if user and os.geteuid() == 0:
+        pw = pwd.getpwnam(user)
+        env.update(HOME=pw.pw_dir, USER=pw.pw_name, LOGNAME=pw.pw_name)
+    return env
+
+
+def chown_to(path: Path, user: str | None) -> None:
+    """Give ``path`` to ``user`` (no-op unless root)."""
+    if not user or os.geteuid() != 0:
+        return
+    pw = pwd.getpwnam(user)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def make_dir(path: Path, user: str | None, mode: int = 0o750) -> Path:
+    """Create ``path`` (and parents) owned by ``user`` with ``mode``."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, mode)
+    chown_to(path, user)
+    return path

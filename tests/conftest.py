@@ -1,0 +1,48 @@
+"""Shared fixtures. Labs live under a directory the PostgreSQL OS user can traverse
+(pytest's own tmp dirs under /tmp/pytest-of-root are 0700, which postgres cannot enter)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from drctl.lab.procs import Supervisor
+
+PG_USER = os.environ.get("PGDR_PG_USER", "postgres")
+
+
+@pytest.fixture(scope="session")
+def lab_root() -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="pgdr-test-", dir=os.environ.get("PGDR_TEST_DIR", "/tmp")))
+    os.chmod(root, 0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_supervisor(lab_root: Path) -> Iterator[Supervisor]:
+    sup = Supervisor(lab_root / "session")
+    yield sup
+    sup.stop_all(grace=15.0)
+
+
+@pytest.fixture
+def lab_dir(lab_root: Path, request: pytest.FixtureRequest) -> Path:
+    """A fresh directory for one test, traversable by the PostgreSQL user."""
+    safe = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
+    path = Path(tempfile.mkdtemp(prefix=f"{safe}-", dir=lab_root))
+    os.chmod(path, 0o755)
+    return path
+
+
+@pytest.fixture
+def supervisor(lab_dir: Path) -> Iterator[Supervisor]:
+    """Function-scoped supervisor: whatever the test starts is stopped by PID afterwards."""
+    sup = Supervisor(lab_dir)
+    yield sup
+    sup.stop_all(grace=10.0)
