@@ -34,7 +34,7 @@ def session_supervisor(lab_root: Path) -> Iterator[Supervisor]:
 @pytest.fixture
 def lab_dir(lab_root: Path, request: pytest.FixtureRequest) -> Path:
     """A fresh directory for one test, traversable by the PostgreSQL user."""
-    safe = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
+    safe = "".join(c if c.isalnum() else "-" for c in request.node.name)[5:25]
     path = Path(tempfile.mkdtemp(prefix=f"{safe}-", dir=lab_root))
     os.chmod(path, 0o755)
     return path
@@ -46,3 +46,17 @@ def supervisor(lab_dir: Path) -> Iterator[Supervisor]:
     sup = Supervisor(lab_dir)
     yield sup
     sup.stop_all(grace=10.0)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any process the suite started is still alive after teardown."""
+    from drctl.lab import procs
+
+    procs.cleanup_all(grace=10.0)
+    leaked = [r for r in procs.spawned if r.alive()]
+    if leaked:
+        names = ", ".join(f"{r.name} (pid {r.pid})" for r in leaked)
+        session.config.get_terminal_writer().line(
+            f"LEAKED PROCESSES after the test session: {names}", red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

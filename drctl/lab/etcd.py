@@ -144,7 +144,9 @@ class EtcdCluster:
                 if rec is None or not rec.alive():
                     raise LabError(f"etcd member {m.name} exited during start-up: see {m.log}")
             time.sleep(0.1)
-        raise LabError(f"etcd cluster {self.name} not healthy after {timeout:.0f}s: see {self.base_dir}/*.log")
+        raise LabError(
+            f"etcd cluster {self.name} not healthy after {timeout:.0f}s: see {self.base_dir}/*.log"
+        )
 
     def healthy_members(self) -> list[EtcdMember]:
         return [m for m in self.members if etcd_health(m.client_url, timeout=0.5)]

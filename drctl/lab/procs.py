@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,12 +101,29 @@ class Supervisor:
                 out.append(rec)
         return out
 
-    def adopt(self, name: str, pid: int, *, role: str, log: str, port: int | None = None,
-              extra: Mapping[str, Any] | None = None) -> ProcRecord:
+    def adopt(
+        self,
+        name: str,
+        pid: int,
+        *,
+        role: str,
+        log: str,
+        port: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> ProcRecord:
         """Record a process we did not spawn ourselves (e.g. a postmaster a lab agent started)."""
-        rec = ProcRecord(name=name, pid=pid, pgid=os.getpgid(pid), start_time=_proc_start_time(pid),
-                         argv=[], role=role, log=log, port=port, started_at=time.time(),
-                         extra=dict(extra or {}))
+        rec = ProcRecord(
+            name=name,
+            pid=pid,
+            pgid=os.getpgid(pid),
+            start_time=_proc_start_time(pid),
+            argv=[],
+            role=role,
+            log=log,
+            port=port,
+            started_at=time.time(),
+            extra=dict(extra or {}),
+        )
         self._pid_file(name).write_text(json.dumps(asdict(rec)))
         return rec
 
@@ -154,6 +171,7 @@ class Supervisor:
         )
         with self._lock:
             self._children[name] = proc
+        spawned.append(rec)
         self._pid_file(name).write_text(json.dumps(asdict(rec)))
         return rec
 
@@ -188,16 +206,6 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 proc.poll()
 
-    def _wait_gone(self, recs: Sequence[ProcRecord], deadline: float) -> list[ProcRecord]:
-        pending = list(recs)
-        while pending and time.monotonic() < deadline:
-            for rec in pending:
-                self._reap(rec.name)
-            pending = [r for r in pending if r.alive() or _group_alive(r.pgid)]
-            if pending:
-                time.sleep(0.05)
-        return pending
-
     def stop(self, name: str, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
         rec = self.record(name)
         if rec is not None:
@@ -212,16 +220,7 @@ class Supervisor:
             self.forget(r.name)
 
     def stop_records(self, recs: Sequence[ProcRecord], sig: int, grace: float) -> None:
-        live = [r for r in recs if r.alive()]
-        for rec in live:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(rec.pgid, signal.SIGCONT)  # a stopped process can't handle SIGTERM
-                os.killpg(rec.pgid, sig)
-        left = self._wait_gone(live, time.monotonic() + grace)
-        for rec in left:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(rec.pgid, signal.SIGKILL)
-        self._wait_gone(left, time.monotonic() + 10.0)
+        terminate(recs, sig, grace, reap=self._reap)
 
     def forget(self, name: str) -> None:
         self._reap(name)
@@ -229,6 +228,48 @@ class Supervisor:
             self._children.pop(name, None)
         with contextlib.suppress(FileNotFoundError):
             self._pid_file(name).unlink()
+
+
+def _wait_gone(
+    recs: Sequence[ProcRecord], deadline: float, reap: Callable[[str], None] | None
+) -> list[ProcRecord]:
+    pending = list(recs)
+    while pending and time.monotonic() < deadline:
+        if reap is not None:
+            for rec in pending:
+                reap(rec.name)
+        pending = [r for r in pending if r.alive() or _group_alive(r.pgid)]
+        if pending:
+            time.sleep(0.05)
+    return pending
+
+
+def terminate(
+    recs: Sequence[ProcRecord], sig: int, grace: float, reap: Callable[[str], None] | None = None
+) -> None:
+    """Send ``sig`` to each record's process group, wait up to ``grace`` seconds, then SIGKILL
+    what is left and wait for it to go."""
+    live = [r for r in recs if r.alive()]
+    for rec in live:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(rec.pgid, signal.SIGCONT)  # a stopped process can't handle SIGTERM
+            os.killpg(rec.pgid, sig)
+    left = _wait_gone(live, time.monotonic() + grace, reap)
+    for rec in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(rec.pgid, signal.SIGKILL)
+    _wait_gone(left, time.monotonic() + 10.0, reap)
+
+
+def record_for_pid(pid: int, name: str, role: str) -> ProcRecord | None:
+    """A record for a live process we did not start (e.g. a postmaster an agent started)."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+    return ProcRecord(
+        name=name, pid=pid, pgid=pgid, start_time=_proc_start_time(pid), argv=[], role=role, log=""
+    )
 
 
 def _group_alive(pgid: int) -> bool:
@@ -255,6 +296,8 @@ def _group_alive(pgid: int) -> bool:
 # --- crash safety: stop what this Python process started when it exits ---------------------------
 
 _supervisors: list[Supervisor] = []
+# Every process started by this interpreter, for leak checks at the end of a test session.
+spawned: list[ProcRecord] = []
 _handlers_installed = False
 
 

@@ -1,0 +1,24 @@
+"""`drctl`: the operator's command line."""
+
+from __future__ import annotations
+
+import click
+
+from drctl.cli.lab_cmd import lab_group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pgdr")
+def cli() -> None:
+    """pgdr: disaster recovery for PostgreSQL across datacenters."""
+
+
+cli.add_command(lab_group)
+
+
+def main() -> None:
+    cli(prog_name="drctl")
+
+
+if __name__ == "__main__":
+    main()
