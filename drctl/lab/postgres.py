@@ -7,7 +7,6 @@ process group, PID file, log file)."""
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,16 @@ import psycopg
 from drctl.lab.etcd import LabError
 from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor
-from drctl.pg.osuser import make_dir, user_env, user_prefix
+from drctl.pg.ctl import PgCtl, PgCtlError
+from drctl.pg.osuser import make_dir, user_env
 
 PG_BIN = Path(os.environ.get("PGDR_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+LAB_HBA = [
+    "local all all trust",
+    "host all all 127.0.0.1/32 trust",
+    "host replication all 127.0.0.1/32 trust",
+]
 
 SMALL_SETTINGS: dict[str, str] = {
     "shared_buffers": "32MB",
@@ -67,17 +73,8 @@ class PgNode:
     def dsn(self) -> str:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres connect_timeout=2"
 
-    def _run(self, argv: list[str], timeout: float = 120.0) -> None:
-        res = subprocess.run(
-            [*user_prefix(self.user), *argv],
-            cwd=str(self.base_dir),
-            env=user_env(self.user),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if res.returncode != 0:
-            raise LabError(f"{Path(argv[0]).name} failed for {self.name}: {res.stderr.strip()[-800:]}")
+    def ctl(self) -> PgCtl:
+        return PgCtl(self.data_dir, PG_BIN, self.user, self.log, self.socket_dir)
 
     def init(self) -> PgNode:
         if not (PG_BIN / "initdb").exists():
@@ -89,31 +86,18 @@ class PgNode:
             )
         make_dir(self.base_dir, self.user, 0o750)
         make_dir(self.socket_dir, self.user, 0o750)
-        self._run(
-            [
-                str(PG_BIN / "initdb"),
-                "-D", str(self.data_dir),
-                "--data-checksums",
-                "-U", "postgres",
-                "--auth-local=trust",
-                "--auth-host=trust",
-                "-E", "UTF8",
-                "--locale=C",
-            ]
-        )  # fmt: skip
-        settings = dict(SMALL_SETTINGS)
-        settings.update(
-            port=str(self.port),
-            listen_addresses="127.0.0.1",
-            unix_socket_directories=str(self.socket_dir),
-        )
-        with open(self.data_dir / "postgresql.conf", "a") as conf:
-            conf.write("\n# pgdr lab settings\n")
-            for key, value in settings.items():
-                quoted = value.replace("'", "''")
-                conf.write(f"{key} = '{quoted}'\n")
-        with open(self.data_dir / "pg_hba.conf", "a") as hba:
-            hba.write("host replication all 127.0.0.1/32 trust\n")
+        ctl = self.ctl()
+        try:
+            ctl.initdb(auth_local="trust", auth_host="trust")
+            settings = dict(SMALL_SETTINGS)
+            settings.update(
+                port=str(self.port),
+                listen_addresses="127.0.0.1",
+                unix_socket_directories=str(self.socket_dir),
+            )
+            ctl.configure(settings, LAB_HBA)
+        except PgCtlError as exc:
+            raise LabError(f"{self.name}: {exc}") from exc
         return self
 
     def start(self, timeout: float = 60.0) -> PgNode:

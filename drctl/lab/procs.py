@@ -22,36 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from drctl.pg.osuser import user_prefix
-
-
-def _proc_start_time(pid: int) -> int | None:
-    """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    rest = raw[raw.rfind(")") + 2 :].split()
-    try:
-        return int(rest[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2 :].split()[0]
-
-
-def pid_alive(pid: int, start_time: int | None = None) -> bool:
-    """True if ``pid`` runs (not a zombie) and, when given, started at ``start_time``."""
-    state = _proc_state(pid)
-    if state is None or state in ("Z", "X"):
-        return False
-    return start_time is None or _proc_start_time(pid) == start_time
+from drctl.procutil import group_alive, pid_alive, proc_start_time
 
 
 @dataclass
@@ -116,7 +87,7 @@ class Supervisor:
             name=name,
             pid=pid,
             pgid=os.getpgid(pid),
-            start_time=_proc_start_time(pid),
+            start_time=proc_start_time(pid),
             argv=[],
             role=role,
             log=log,
@@ -161,7 +132,7 @@ class Supervisor:
             name=name,
             pid=proc.pid,
             pgid=proc.pid,
-            start_time=_proc_start_time(proc.pid),
+            start_time=proc_start_time(proc.pid),
             argv=list(full),
             role=role,
             log=str(log),
@@ -238,7 +209,7 @@ def _wait_gone(
         if reap is not None:
             for rec in pending:
                 reap(rec.name)
-        pending = [r for r in pending if r.alive() or _group_alive(r.pgid)]
+        pending = [r for r in pending if r.alive() or group_alive(r.pgid)]
         if pending:
             time.sleep(0.05)
     return pending
@@ -268,29 +239,8 @@ def record_for_pid(pid: int, name: str, role: str) -> ProcRecord | None:
     except ProcessLookupError:
         return None
     return ProcRecord(
-        name=name, pid=pid, pgid=pgid, start_time=_proc_start_time(pid), argv=[], role=role, log=""
+        name=name, pid=pid, pgid=pgid, start_time=proc_start_time(pid), argv=[], role=role, log=""
     )
-
-
-def _group_alive(pgid: int) -> bool:
-    """True if any live (non-zombie) process is still in process group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
 
 
 # --- crash safety: stop what this Python process started when it exits ---------------------------

@@ -1,0 +1,111 @@
+"""``pg_controldata`` output parsed into a typed value. Pure: the caller runs the program
+(with ``LC_ALL=C`` so the labels are the English ones parsed here)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from drctl.pg.lsn import parse_lsn
+
+CLEAN_SHUTDOWN_STATES = frozenset({"shut down", "shut down in recovery"})
+
+
+class ControlDataError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ControlData:
+    cluster_state: str
+    system_identifier: int
+    timeline: int  # Latest checkpoint's TimeLineID
+    prev_timeline: int
+    checkpoint_lsn: int
+    redo_lsn: int
+    redo_wal_file: str
+    min_recovery_end_lsn: int
+    min_recovery_end_timeline: int  # 0 when not set
+    data_checksum_version: int  # 0 = checksums off
+    wal_log_hints: bool
+    wal_level: str
+    full_page_writes: bool
+    raw: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def shut_down_cleanly(self) -> bool:
+        """The last shutdown wrote a shutdown checkpoint (``shut down`` / ``shut down in recovery``)."""
+        return self.cluster_state in CLEAN_SHUTDOWN_STATES
+
+    @property
+    def in_production(self) -> bool:
+        return self.cluster_state == "in production"
+
+    @property
+    def effective_timeline(self) -> int:
+        """Best timeline known from the control file: a stopped standby may have replayed past its
+        last restartpoint onto a newer timeline (recorded as the min recovery ending timeline)."""
+        return max(self.timeline, self.min_recovery_end_timeline)
+
+    @property
+    def rewind_possible(self) -> bool:
+        """pg_rewind needs data checksums or wal_log_hints."""
+        return self.data_checksum_version != 0 or self.wal_log_hints
+
+
+def parse_controldata_text(text: str) -> dict[str, str]:
+    """``Label:   value`` lines -> {label: value} (labels may contain ``'`` and spaces)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _get(raw: Mapping[str, str], key: str) -> str:
+    try:
+        return raw[key]
+    except KeyError:
+        raise ControlDataError(f"pg_controldata output lacks {key!r}") from None
+
+
+def _int(raw: Mapping[str, str], key: str) -> int:
+    value = _get(raw, key)
+    try:
+        return int(value)
+    except ValueError:
+        raise ControlDataError(f"pg_controldata {key!r}: not an integer: {value!r}") from None
+
+
+def _lsn(raw: Mapping[str, str], key: str) -> int:
+    value = _get(raw, key)
+    try:
+        return parse_lsn(value)
+    except ValueError:
+        raise ControlDataError(f"pg_controldata {key!r}: not an LSN: {value!r}") from None
+
+
+def _bool(raw: Mapping[str, str], key: str) -> bool:
+    return _get(raw, key).lower() in ("on", "true", "yes", "1")
+
+
+def parse_controldata(text: str) -> ControlData:
+    raw = parse_controldata_text(text)
+    return ControlData(
+        cluster_state=_get(raw, "Database cluster state"),
+        system_identifier=_int(raw, "Database system identifier"),
+        timeline=_int(raw, "Latest checkpoint's TimeLineID"),
+        prev_timeline=_int(raw, "Latest checkpoint's PrevTimeLineID"),
+        checkpoint_lsn=_lsn(raw, "Latest checkpoint location"),
+        redo_lsn=_lsn(raw, "Latest checkpoint's REDO location"),
+        redo_wal_file=_get(raw, "Latest checkpoint's REDO WAL file"),
+        min_recovery_end_lsn=_lsn(raw, "Minimum recovery ending location"),
+        min_recovery_end_timeline=_int(raw, "Min recovery ending loc's timeline"),
+        data_checksum_version=_int(raw, "Data page checksum version"),
+        wal_log_hints=_bool(raw, "wal_log_hints setting"),
+        wal_level=_get(raw, "wal_level setting"),
+        full_page_writes=_bool(raw, "Latest checkpoint's full_page_writes"),
+        raw=MappingProxyType(raw),
+    )

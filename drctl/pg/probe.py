@@ -1,0 +1,334 @@
+"""SQL probes of a running PostgreSQL (psycopg 3): role, timeline, LSNs, replication, slots.
+
+Connections are short-lived by default (``connect`` sets a short connect_timeout and a statement
+timeout) so that a hung server costs the agent a bounded time. Every function that takes a
+connection runs in autocommit mode and leaves no transaction open.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from drctl.pg.lsn import parse_lsn_or_none, timeline_from_walfile
+
+_SLOT_RE = re.compile(r"^[a-z0-9_]{1,63}\Z")
+
+Conn = psycopg.Connection[Any]
+
+
+class ProbeError(Exception):
+    """A probe could not connect or a query failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ReplicationInfo:
+    """One row of pg_stat_replication (a standby streaming from this server)."""
+
+    pid: int
+    application_name: str
+    client_addr: str | None
+    state: str | None
+    sync_state: str | None
+    sent_lsn: int | None
+    write_lsn: int | None
+    flush_lsn: int | None
+    replay_lsn: int | None
+
+
+@dataclass(frozen=True)
+class WalReceiverInfo:
+    """pg_stat_wal_receiver of a standby (sender_host/port and conninfo need superuser or
+    pg_read_all_stats; they are None otherwise)."""
+
+    pid: int
+    status: str
+    received_tli: int | None
+    flushed_lsn: int | None
+    sender_host: str | None
+    sender_port: int | None
+    slot_name: str | None
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    slot_name: str
+    slot_type: str
+    active: bool
+    restart_lsn: int | None
+    wal_status: str | None
+
+
+@dataclass(frozen=True)
+class PgState:
+    in_recovery: bool
+    timeline: int | None
+    timeline_source: str  # where the timeline came from (see probe_conn)
+    system_identifier: int
+    server_version: int
+    current_lsn: int | None  # primary: pg_current_wal_lsn()
+    flush_lsn: int | None  # primary: pg_current_wal_flush_lsn()
+    received_lsn: int | None  # standby: pg_last_wal_receive_lsn()
+    replayed_lsn: int | None  # standby: pg_last_wal_replay_lsn()
+    replay_paused: bool
+    replication: tuple[ReplicationInfo, ...] = field(default_factory=tuple)
+    wal_receiver: WalReceiverInfo | None = None
+
+    @property
+    def last_lsn(self) -> int | None:
+        """The furthest WAL position this server has: written (primary) or received/replayed."""
+        if not self.in_recovery:
+            return self.current_lsn
+        known = [v for v in (self.received_lsn, self.replayed_lsn) if v is not None]
+        return max(known) if known else None
+
+
+def connect(
+    conninfo: str,
+    timeout: float = 3.0,
+    *,
+    statement_timeout_ms: int | None = 10_000,
+    application_name: str = "pgdr",
+) -> Conn:
+    """An autocommit connection with connect_timeout = ``timeout`` (libpq rounds to seconds,
+    minimum 2) and a statement timeout. Raises ProbeError."""
+    try:
+        conn = psycopg.connect(
+            conninfo,
+            connect_timeout=max(2, round(timeout)),
+            autocommit=True,
+            application_name=application_name,
+        )
+    except psycopg.Error as exc:
+        raise ProbeError(f"cannot connect: {_one_line(exc)}") from exc
+    if statement_timeout_ms is not None:
+        try:
+            conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(int(statement_timeout_ms))))
+        except psycopg.Error as exc:
+            conn.close()
+            raise ProbeError(f"cannot set statement_timeout: {_one_line(exc)}") from exc
+    return conn
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _rows(conn: Conn, query: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    try:
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(query.encode(), params)
+            return list(cur.fetchall())
+    except psycopg.Error as exc:
+        raise ProbeError(f"query failed: {_one_line(exc)}") from exc
+
+
+def _one(conn: Conn, query: str, params: Sequence[Any] = ()) -> dict[str, Any]:
+    rows = _rows(conn, query, params)
+    if not rows:
+        raise ProbeError(f"query returned no row: {query}")
+    return rows[0]
+
+
+def probe(conninfo: str, timeout: float = 3.0) -> PgState:
+    """Connect, observe, disconnect."""
+    with connect(conninfo, timeout) as conn:
+        return probe_conn(conn)
+
+
+def probe_conn(conn: Conn) -> PgState:
+    """Observe a server. Timeline: on a primary the hex prefix of the current WAL file name
+    (pg_control_checkpoint() lags until the next checkpoint after a promotion); on a standby the
+    wal receiver's received_tli when streaming, else the newer of the last restartpoint's and the
+    min recovery point's timelines (from pg_control_checkpoint() / pg_control_recovery())."""
+    base = _one(
+        conn,
+        "SELECT pg_is_in_recovery() AS in_recovery,"
+        " current_setting('server_version_num')::int AS server_version,"
+        " (SELECT system_identifier FROM pg_control_system()) AS system_identifier",
+    )
+    in_recovery = bool(base["in_recovery"])
+    receiver = wal_receiver(conn) if in_recovery else None
+    if not in_recovery:
+        row = _one(
+            conn,
+            "SELECT pg_current_wal_lsn()::text AS current, pg_current_wal_flush_lsn()::text AS flush,"
+            " pg_walfile_name(pg_current_wal_lsn()) AS walfile",
+        )
+        return PgState(
+            in_recovery=False,
+            timeline=timeline_from_walfile(row["walfile"]),
+            timeline_source="pg_walfile_name",
+            system_identifier=int(base["system_identifier"]),
+            server_version=int(base["server_version"]),
+            current_lsn=parse_lsn_or_none(row["current"]),
+            flush_lsn=parse_lsn_or_none(row["flush"]),
+            received_lsn=None,
+            replayed_lsn=None,
+            replay_paused=False,
+            replication=tuple(replication(conn)),
+            wal_receiver=None,
+        )
+    row = _one(
+        conn,
+        "SELECT pg_last_wal_receive_lsn()::text AS received, pg_last_wal_replay_lsn()::text AS replayed,"
+        " pg_is_wal_replay_paused() AS paused,"
+        " (SELECT timeline_id FROM pg_control_checkpoint()) AS checkpoint_tli,"
+        " (SELECT min_recovery_end_timeline FROM pg_control_recovery()) AS min_recovery_tli",
+    )
+    if receiver is not None and receiver.received_tli:
+        timeline: int | None = receiver.received_tli
+        source = "pg_stat_wal_receiver"
+    else:
+        candidates = [int(v) for v in (row["checkpoint_tli"], row["min_recovery_tli"]) if v]
+        timeline = max(candidates) if candidates else None
+        source = "pg_control"
+    return PgState(
+        in_recovery=True,
+        timeline=timeline,
+        timeline_source=source,
+        system_identifier=int(base["system_identifier"]),
+        server_version=int(base["server_version"]),
+        current_lsn=None,
+        flush_lsn=None,
+        received_lsn=parse_lsn_or_none(row["received"]),
+        replayed_lsn=parse_lsn_or_none(row["replayed"]),
+        replay_paused=bool(row["paused"]),
+        replication=tuple(replication(conn)),  # cascading standbys
+        wal_receiver=receiver,
+    )
+
+
+def replication(conn: Conn) -> list[ReplicationInfo]:
+    rows = _rows(
+        conn,
+        "SELECT pid, application_name, client_addr::text AS client_addr, state, sync_state,"
+        " sent_lsn::text AS sent, write_lsn::text AS write, flush_lsn::text AS flush,"
+        " replay_lsn::text AS replay FROM pg_stat_replication ORDER BY application_name, pid",
+    )
+    return [
+        ReplicationInfo(
+            pid=int(r["pid"]),
+            application_name=r["application_name"] or "",
+            client_addr=r["client_addr"],
+            state=r["state"],
+            sync_state=r["sync_state"],
+            sent_lsn=parse_lsn_or_none(r["sent"]),
+            write_lsn=parse_lsn_or_none(r["write"]),
+            flush_lsn=parse_lsn_or_none(r["flush"]),
+            replay_lsn=parse_lsn_or_none(r["replay"]),
+        )
+        for r in rows
+    ]
+
+
+def wal_receiver(conn: Conn) -> WalReceiverInfo | None:
+    rows = _rows(
+        conn,
+        "SELECT pid, status, received_tli, flushed_lsn::text AS flushed, sender_host, sender_port,"
+        " slot_name FROM pg_stat_wal_receiver",
+    )
+    if not rows or rows[0]["pid"] is None:
+        return None
+    r = rows[0]
+    return WalReceiverInfo(
+        pid=int(r["pid"]),
+        status=r["status"],
+        received_tli=int(r["received_tli"]) if r["received_tli"] is not None else None,
+        flushed_lsn=parse_lsn_or_none(r["flushed"]),
+        sender_host=r["sender_host"],
+        sender_port=int(r["sender_port"]) if r["sender_port"] is not None else None,
+        slot_name=r["slot_name"],
+    )
+
+
+# --- slots, roles, checkpoint -----------------------------------------------------------------
+
+
+def check_slot_name(name: str) -> str:
+    if not _SLOT_RE.match(name):
+        raise ProbeError(f"invalid replication slot name {name!r}: use a-z, 0-9 and _, at most 63")
+    return name
+
+
+def list_slots(conn: Conn) -> list[SlotInfo]:
+    rows = _rows(
+        conn,
+        "SELECT slot_name, slot_type, active, restart_lsn::text AS restart, wal_status"
+        " FROM pg_replication_slots ORDER BY slot_name",
+    )
+    return [
+        SlotInfo(
+            slot_name=r["slot_name"],
+            slot_type=r["slot_type"],
+            active=bool(r["active"]),
+            restart_lsn=parse_lsn_or_none(r["restart"]),
+            wal_status=r["wal_status"],
+        )
+        for r in rows
+    ]
+
+
+def create_physical_slot(conn: Conn, name: str, immediately_reserve: bool = True) -> bool:
+    """Create a physical slot; True if created, False if it already existed (idempotent)."""
+    check_slot_name(name)
+    if any(s.slot_name == name for s in list_slots(conn)):
+        return False
+    try:
+        conn.execute("SELECT pg_create_physical_replication_slot(%s, %s)", (name, immediately_reserve))
+    except psycopg.errors.DuplicateObject:
+        return False
+    except psycopg.Error as exc:
+        raise ProbeError(f"cannot create slot {name}: {_one_line(exc)}") from exc
+    return True
+
+
+def drop_slot(conn: Conn, name: str) -> bool:
+    """Drop a slot; True if dropped, False if it did not exist. An active slot (a walsender is
+    using it) raises ProbeError."""
+    check_slot_name(name)
+    try:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+    except psycopg.errors.UndefinedObject:
+        return False
+    except psycopg.Error as exc:
+        raise ProbeError(f"cannot drop slot {name}: {_one_line(exc)}") from exc
+    return True
+
+
+def create_replication_role(conn: Conn, name: str, password: str | None) -> None:
+    """Create or update a LOGIN REPLICATION role (idempotent). The password is hashed on the
+    client (SCRAM, or whatever password_encryption says) so the clear text never reaches the
+    server's logs."""
+    verifier: str | None = None
+    if password is not None:
+        try:
+            algo_row = _one(conn, "SELECT current_setting('password_encryption') AS algo")
+            verifier = conn.pgconn.encrypt_password(
+                password.encode(), name.encode(), str(algo_row["algo"]).encode()
+            ).decode()
+        except psycopg.Error as exc:
+            raise ProbeError(f"cannot hash the password of {name}: {_one_line(exc)}") from exc
+    exists = bool(_rows(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)))
+    stmt = sql.SQL("{} ROLE {} WITH LOGIN REPLICATION").format(
+        sql.SQL("ALTER" if exists else "CREATE"), sql.Identifier(name)
+    )
+    if verifier is not None:
+        stmt = sql.SQL("{} PASSWORD {}").format(stmt, sql.Literal(verifier))
+    try:
+        conn.execute(stmt)
+    except psycopg.Error as exc:
+        raise ProbeError(f"cannot create role {name}: {_one_line(exc)}") from exc
+
+
+def checkpoint(conn: Conn) -> None:
+    try:
+        conn.execute("CHECKPOINT")
+    except psycopg.Error as exc:
+        raise ProbeError(f"CHECKPOINT failed: {_one_line(exc)}") from exc

@@ -1,0 +1,110 @@
+"""Process liveness from /proc, shared by the lab supervisor and the PostgreSQL control layer.
+
+A PID alone is not an identity: PIDs are recycled. Callers that recorded a process compare its
+start time too (``pid_alive(pid, start_time)``), so a stale PID file never makes us signal a
+stranger.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after ``comm`` (field 3 onwards), or None if unreadable."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm (field 2) may contain spaces and parentheses: split after the last ')'.
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def proc_state(pid: int) -> str | None:
+    """One-letter state of ``pid`` (R, S, D, Z, T, ...) or None if there is no such process."""
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
+
+
+def proc_ppid(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[1]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
+def proc_pgid(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[2]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
+def _boot_time() -> float | None:
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def proc_start_epoch(pid: int) -> float | None:
+    """Start time of a process as a Unix timestamp (seconds), or None if unknown."""
+    ticks = proc_start_time(pid)
+    boot = _boot_time()
+    if ticks is None or boot is None:
+        return None
+    return boot + ticks / _CLK_TCK
+
+
+def pid_alive(pid: int, start_time: int | None = None) -> bool:
+    """True if ``pid`` runs (not a zombie) and, when given, started at ``start_time`` (ticks)."""
+    state = proc_state(pid)
+    if state is None or state in ("Z", "X"):
+        return False
+    return start_time is None or proc_start_time(pid) == start_time
+
+
+def children_of(pid: int) -> list[int]:
+    """Live direct children of ``pid``."""
+    out: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        child = int(entry.name)
+        if proc_ppid(child) == pid and pid_alive(child):
+            out.append(child)
+    return out
+
+
+def group_alive(pgid: int) -> bool:
+    """True if any live (non-zombie) process is still in process group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields and len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
