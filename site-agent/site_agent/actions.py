@@ -1,0 +1,238 @@
+"""The vocabulary of the imperative shell: what :func:`site_agent.decide.decide` may ask for.
+
+Every action is a frozen dataclass (comparable, printable, no behaviour). The shell executes the
+actions of one :class:`Decision` **in order**. Actions whose class attribute ``guard`` is True
+(:class:`AcquireInitialize`, :class:`AcquireLeader`, :class:`RenewLeader`) are conditional DCS
+writes: when one returns False (someone else won, the key is no longer ours) or raises, the shell
+must **skip the remaining actions** of that decision. That is what makes
+``[AcquireLeader(), Promote(), ...]`` safe in a single decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import ClassVar, Literal
+
+from drctl.dcs.base import HistoryEntry
+
+Role = Literal["primary", "replica", "standby_leader", "demoted", "uninitialized"]
+DemoteMode = Literal["graceful", "immediate", "offline"]
+StopMode = Literal["smart", "fast", "immediate"]
+
+
+@dataclass(frozen=True)
+class StandbyTarget:
+    """The remote (active site) a standby cluster's leader streams from / restores from."""
+
+    host: str | None
+    port: int = 5432
+    primary_slot_name: str | None = None
+    restore_command: str | None = None
+    create_replica_methods: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Action:
+    guard: ClassVar[bool] = False
+
+    def describe(self) -> str:
+        args = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return f"{type(self).__name__}({args})"
+
+
+# -- bootstrap ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AcquireInitialize(Action):
+    """Win the bootstrap race: create ``initialize`` only if absent (``system_id`` may be ""
+    when it is not known yet, i.e. before initdb)."""
+
+    guard: ClassVar[bool] = True
+    system_id: str = ""
+
+
+@dataclass(frozen=True)
+class Bootstrap(Action):
+    """initdb (bootstrap.initdb options), start as primary, create the superuser/replication/rewind
+    roles, run post_bootstrap. On failure the shell cancels the initialize key and cleans the
+    data directory it created itself."""
+
+
+@dataclass(frozen=True)
+class RecordInitialize(Action):
+    """Record the system identifier in ``initialize`` (CAS on ``version``; None: the key is
+    absent, create it)."""
+
+    system_id: str
+    version: int | None
+
+
+# -- leader key ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AcquireLeader(Action):
+    """Create the leader key (only if absent) bound to this member's lease."""
+
+    guard: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class RenewLeader(Action):
+    """update_leader(status): keep the lease, confirm the key is ours; writes ``status`` with
+    ``lsn`` and the shell's current slot positions. False -> not leader any more."""
+
+    guard: ClassVar[bool] = True
+    lsn: int | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseLeader(Action):
+    """Delete the leader key if ours. ``last_lsn`` None: the shell uses the shutdown checkpoint
+    location (pg_controldata) when PostgreSQL is stopped."""
+
+    last_lsn: int | None = None
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Promote(Action):
+    """pg_ctl promote (or pg_promote()); wait until out of recovery."""
+
+
+@dataclass(frozen=True)
+class Demote(Action):
+    """Stop being writable.
+
+    graceful: CHECKPOINT, fast stop (walsenders flush to replicas first), then stay stopped until
+      the next decision says Follow/Rewind; used for switchover.
+    immediate: immediate stop, no checkpoint: the lease is (or may be) lost, every second counts.
+    offline: stop and stay stopped (the shell does not restart it by itself).
+    """
+
+    mode: DemoteMode = "immediate"
+
+
+@dataclass(frozen=True)
+class StartPostgres(Action):
+    """Start PostgreSQL. ``role="replica"``: with standby.signal; ``as_replica_of`` is the member to
+    stream from (None: recovery without upstream, e.g. no leader yet), ``remote`` the active site
+    when this node is a standby leader."""
+
+    role: Literal["primary", "replica"] = "replica"
+    as_replica_of: str | None = None
+    slot: str | None = None
+    remote: StandbyTarget | None = None
+
+
+@dataclass(frozen=True)
+class StopPostgres(Action):
+    mode: StopMode = "fast"
+
+
+@dataclass(frozen=True)
+class RestartPostgres(Action):
+    """Requested restart (REST /restart): stop fast + start in the same role."""
+
+
+@dataclass(frozen=True)
+class Follow(Action):
+    """Point primary_conninfo (and primary_slot_name) at ``leader`` (a member name) or at the
+    ``remote`` active site; reload or restart as PostgreSQL requires."""
+
+    leader: str | None
+    slot: str | None = None
+    remote: StandbyTarget | None = None
+
+
+@dataclass(frozen=True)
+class Rewind(Action):
+    """pg_rewind from ``source`` (a running member). The shell writes the rewind marker before
+    starting and removes it only on success; PostgreSQL must be stopped cleanly first (the shell
+    does a single-user crash recovery if needed)."""
+
+    source: str
+
+
+@dataclass(frozen=True)
+class Rebuild(Action):
+    """Stop PostgreSQL, move the data directory aside and clone again (``methods`` in order;
+    ``source`` is the member for basebackup, None when only the backup repository is used)."""
+
+    source: str | None
+    methods: tuple[str, ...] = ("basebackup",)
+
+
+@dataclass(frozen=True)
+class Clone(Action):
+    """Create a replica in an empty data directory (``methods`` in order: pgbackrest, basebackup
+    from ``source``, or from the ``remote`` site for a standby cluster's first member)."""
+
+    source: str | None
+    methods: tuple[str, ...] = ("basebackup",)
+    remote: StandbyTarget | None = None
+
+
+@dataclass(frozen=True)
+class ManageSlots(Action):
+    """Make the set of physical replication slots on this node equal to ``slots`` (creating the
+    missing ones, dropping the ones no longer wanted; permanent slots are the shell's concern)."""
+
+    slots: tuple[str, ...]
+
+
+# -- DCS records --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteHistory(Action):
+    """Append ``entry`` to ``history`` (CAS on ``version``; None: create). ``entry.lsn`` is the
+    position known when deciding; the shell may replace it with the exact switch point read from
+    the new timeline's .history file."""
+
+    entry: HistoryEntry
+    version: int | None
+
+
+@dataclass(frozen=True)
+class ClearFailover(Action):
+    version: int
+
+
+@dataclass(frozen=True)
+class UpdateSync(Action):
+    """Placeholder (synchronous replication comes with the next issue)."""
+
+    sync_standbys: tuple[str, ...]
+    version: int | None
+
+
+# -- waiting ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WaitForLeader(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class NoOp(Action):
+    pass
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do this cycle, why (one line for the structured log), and the role to publish."""
+
+    actions: tuple[Action, ...]
+    reason: str
+    role: Role
+
+    def has(self, kind: type[Action]) -> bool:
+        return any(isinstance(a, kind) for a in self.actions)
+
+    def first(self, kind: type[Action]) -> Action | None:
+        return next((a for a in self.actions if isinstance(a, kind)), None)

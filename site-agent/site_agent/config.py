@@ -1,0 +1,453 @@
+"""The site agent's configuration: ``site-agent CONFIG.yml``.
+
+The file is shaped like the Patroni YAML DBAs already write (``scope``, ``name``, ``restapi``,
+``etcd3``/``etcd``/``consul``, ``postgresql``, ``bootstrap.dcs``, ``tags``, ``watchdog``, ``log``),
+so an existing Patroni file needs few changes. Two differences on purpose:
+
+* unknown keys are rejected everywhere (a typo such as ``nofailvoer`` is an error, not a silent
+  default);
+* the DCS section may be written Patroni-style at the top level (``etcd3: {...}``) or grouped
+  under ``dcs: {etcd3: {...}}``; exactly one backend must be configured.
+
+:class:`DynamicConfig` is what lives in the DCS ``config`` key (and is seeded from
+``bootstrap.dcs``). It checks invariant 2 of DESIGN.md: ``loop_wait + 2*retry_timeout <= ttl``.
+
+:func:`load_config` turns every YAML or validation problem into one :class:`ConfigError` whose
+message names the file, the field path (and line when known) and what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for an operator (file, field, what to do)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces
+
+
+class Credentials(_Model):
+    username: str
+    password: str | None = None
+
+
+class RestApiConfig(_Model):
+    listen: str = Field(description="host:port the REST API binds to")
+    connect_address: str = Field(description="host:port other members and load balancers use")
+    authentication: Credentials | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    cafile: str | None = None
+
+    @field_validator("listen", "connect_address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        return _check_host_port(v)
+
+
+def _check_host_port(v: str) -> str:
+    _host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port (e.g. 10.0.0.1:8008), got {v!r}")
+    return v
+
+
+class EtcdConfig(_Model):
+    """etcd v3 (reached through its JSON gateway). ``etcd`` and ``etcd3`` both map here."""
+
+    hosts: list[str] = Field(min_length=1)
+    protocol: Literal["http", "https"] = "http"
+    username: str | None = None
+    password: str | None = None
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_host(cls, data: Any) -> Any:
+        # Patroni accepts `host: h:p` or `hosts: "h1:p,h2:p"`; normalise both to a list.
+        if isinstance(data, dict):
+            data = dict(data)
+            if "host" in data and "hosts" not in data:
+                data["hosts"] = [data.pop("host")]
+            if isinstance(data.get("hosts"), str):
+                data["hosts"] = [h.strip() for h in data["hosts"].split(",") if h.strip()]
+        return data
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if "://" in h:
+                continue
+            _check_host_port(h)
+        return v
+
+    @property
+    def urls(self) -> list[str]:
+        return [h if "://" in h else f"{self.protocol}://{h}" for h in self.hosts]
+
+
+class ConsulConfig(_Model):
+    host: str = "127.0.0.1:8500"
+    port: int | None = None
+    scheme: Literal["http", "https"] = "http"
+    token: str | None = None
+    verify: bool = True
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    dc: str | None = None
+    consistency: Literal["default", "consistent", "stale"] = "default"
+
+    @property
+    def url(self) -> str:
+        host = self.host if self.port is None else f"{self.host.rsplit(':', 1)[0]}:{self.port}"
+        return f"{self.scheme}://{host}"
+
+
+class DcsSection(_Model):
+    """``dcs:`` grouping (alternative to Patroni's top-level backend keys)."""
+
+    etcd: EtcdConfig | None = None
+    etcd3: EtcdConfig | None = None
+    consul: ConsulConfig | None = None
+
+
+class PostgresqlAuth(_Model):
+    superuser: Credentials
+    replication: Credentials
+    rewind: Credentials | None = None
+
+
+class PgBackRestMethod(_Model):
+    """``postgresql.pgbackrest``: how to build a replica from the backup repository."""
+
+    command: str = "pgbackrest --stanza={scope} --delta restore"
+    keep_data: bool = True
+    no_params: bool = True
+    no_leader: bool = True
+
+
+ReplicaMethod = Literal["basebackup", "pgbackrest"]
+
+
+def _default_methods() -> list[ReplicaMethod]:
+    return ["basebackup"]
+
+
+class PostgresqlConfig(_Model):
+    listen: str
+    connect_address: str
+    data_dir: str
+    bin_dir: str = ""
+    config_dir: str | None = None
+    pgpass: str | None = None
+    run_as: str | None = Field(default=None, description="OS user PostgreSQL runs as (never root)")
+    authentication: PostgresqlAuth
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    pg_hba: list[str] = Field(default_factory=list)
+    create_replica_methods: list[ReplicaMethod] = Field(default_factory=_default_methods, min_length=1)
+    basebackup: list[str | dict[str, str]] = Field(default_factory=list)
+    pgbackrest: PgBackRestMethod | None = None
+    use_unix_socket: bool = False
+    use_pg_rewind: bool | None = None  # overrides the dynamic config when set
+    remove_data_directory_on_rewind_failure: bool = True
+    remove_data_directory_on_diverged_timelines: bool = True
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        # Patroni allows "addr1,addr2:port"; check the port part only.
+        return _check_host_port(v.replace(",", "_"))
+
+    @field_validator("connect_address")
+    @classmethod
+    def _connect(cls, v: str) -> str:
+        return _check_host_port(v)
+
+
+class Tags(_Model):
+    nofailover: bool = False
+    noloadbalance: bool = False
+    clonefrom: bool = False
+    replicatefrom: str | None = None
+    nosync: bool = False
+    nostream: bool = False
+    failover_priority: int = Field(default=1, ge=0)
+
+
+class WatchdogConfig(_Model):
+    mode: Literal["off", "automatic", "required"] = "off"
+    device: str = "/dev/watchdog"
+    safety_margin: int = Field(default=5, ge=0)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_bool(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off`/`on` as a boolean.
+        if isinstance(v, bool):
+            return "automatic" if v else "off"
+        return v
+
+
+class LogConfig(_Model):
+    format: Literal["json", "console"] = "console"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    dir: str | None = None
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamic configuration (the DCS `config` key)
+
+
+class StandbyClusterConfig(_Model):
+    """Makes this cluster a standby of another site: its leader stays in recovery."""
+
+    host: str | None = None
+    port: int = 5432
+    primary_slot_name: str | None = None
+    restore_command: str | None = None
+    archive_cleanup_command: str | None = None
+    recovery_min_apply_delay: str | None = None
+    create_replica_methods: list[ReplicaMethod] | None = None
+
+    @model_validator(mode="after")
+    def _some_source(self) -> StandbyClusterConfig:
+        if not self.host and not self.restore_command:
+            raise ValueError(
+                "standby_cluster needs `host` (stream from the active site) or `restore_command`"
+            )
+        return self
+
+
+class DynamicPostgresql(_Model):
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    pg_hba: list[str] = Field(default_factory=list)
+    use_pg_rewind: bool = True
+    use_slots: bool = True
+    recovery_conf: dict[str, Any] = Field(default_factory=dict)
+
+
+class DynamicConfig(_Model):
+    ttl: int = Field(default=30, ge=1)
+    loop_wait: int = Field(default=10, ge=1)
+    retry_timeout: int = Field(default=10, ge=1)
+    maximum_lag_on_failover: int = Field(default=1048576, ge=0)
+    maximum_lag_on_syncnode: int = -1
+    synchronous_mode: bool = False
+    synchronous_mode_strict: bool = False
+    synchronous_node_count: int = Field(default=1, ge=1)
+    failsafe_mode: bool = False
+    primary_start_timeout: int = Field(default=300, ge=0)
+    primary_stop_timeout: int = Field(default=0, ge=0)
+    check_timeline: bool = False
+    pause: bool = False
+    postgresql: DynamicPostgresql = Field(default_factory=DynamicPostgresql)
+    standby_cluster: StandbyClusterConfig | None = None
+    slots: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    ignore_slots: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _invariant_2(self) -> DynamicConfig:
+        need = self.loop_wait + 2 * self.retry_timeout
+        if need > self.ttl:
+            raise ValueError(
+                f"loop_wait ({self.loop_wait}) + 2*retry_timeout ({self.retry_timeout}) = {need} must be "
+                f"<= ttl ({self.ttl}): raise ttl to at least {need} or lower loop_wait/retry_timeout "
+                "(a leader must be able to renew its lease before it expires)"
+            )
+        return self
+
+    @property
+    def use_pg_rewind(self) -> bool:
+        return self.postgresql.use_pg_rewind
+
+    @property
+    def use_slots(self) -> bool:
+        return self.postgresql.use_slots
+
+
+class BootstrapConfig(_Model):
+    dcs: DynamicConfig = Field(default_factory=DynamicConfig)
+    initdb: list[str | dict[str, str]] = Field(default_factory=list)
+    post_bootstrap: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The file
+
+
+class AgentConfig(_Model):
+    scope: str = Field(min_length=1)
+    namespace: str = "/service"
+    name: str = Field(min_length=1)
+    restapi: RestApiConfig
+    dcs: DcsSection | None = None
+    etcd: EtcdConfig | None = None
+    etcd3: EtcdConfig | None = None
+    consul: ConsulConfig | None = None
+    postgresql: PostgresqlConfig
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    tags: Tags = Field(default_factory=Tags)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @model_validator(mode="after")
+    def _one_dcs(self) -> AgentConfig:
+        found = [k for k, v in self._dcs_candidates() if v is not None]
+        if len(found) != 1:
+            what = "none" if not found else ", ".join(found)
+            raise ValueError(
+                "configure exactly one DCS backend: `etcd3:` (or `etcd:`) or `consul:`, at the top level "
+                f"or under `dcs:` (found: {what})"
+            )
+        if self.tags.replicatefrom == self.name:
+            raise ValueError("tags.replicatefrom must name another member, not this one")
+        return self
+
+    def _dcs_candidates(self) -> list[tuple[str, EtcdConfig | ConsulConfig | None]]:
+        out: list[tuple[str, EtcdConfig | ConsulConfig | None]] = [
+            ("etcd", self.etcd),
+            ("etcd3", self.etcd3),
+            ("consul", self.consul),
+        ]
+        if self.dcs is not None:
+            out += [
+                ("dcs.etcd", self.dcs.etcd),
+                ("dcs.etcd3", self.dcs.etcd3),
+                ("dcs.consul", self.dcs.consul),
+            ]
+        return out
+
+    @property
+    def dcs_backend(self) -> tuple[Literal["etcd3", "consul"], EtcdConfig | ConsulConfig]:
+        """The one configured backend: ("etcd3", EtcdConfig) or ("consul", ConsulConfig)."""
+        for key, val in self._dcs_candidates():
+            if val is not None:
+                return ("consul", val) if key.endswith("consul") else ("etcd3", val)
+        raise AssertionError("validated: one backend is configured")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and validate ``path``. Every problem becomes one :class:`ConfigError`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the configuration file: {exc.strerror or exc}") from None
+    return parse_config(text, source=str(p))
+
+
+def parse_config(text: str, source: str = "<config>") -> AgentConfig:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_message(exc, source)) from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping at the top (scope:, name:, restapi:, ...)")
+    try:
+        return AgentConfig.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(_validation_message(exc, source, _line_index(text))) from None
+
+
+def parse_dynamic_config(data: Mapping[str, Any], source: str = "DCS key `config`") -> DynamicConfig:
+    """Validate the dynamic configuration read from the DCS (or given by an operator)."""
+    try:
+        return DynamicConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(_validation_message(exc, source, {})) from None
+
+
+def _yaml_message(exc: yaml.YAMLError, source: str) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{source}:{where}: YAML syntax error: {problem}. Fix the indentation/quoting there."
+
+
+def _line_index(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path of the YAML document to its 1-based line (best effort)."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    out: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = (*path, str(k.value))
+                out[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                key = (*path, str(i))
+                out[key] = item.start_mark.line + 1
+                walk(item, key)
+
+    if root is not None:
+        walk(root, ())
+    return out
+
+
+_HINTS = {
+    "extra_forbidden": "unknown key: remove it or fix its spelling",
+    "missing": "required: add it",
+}
+
+
+def _validation_message(exc: ValidationError, source: str, lines: Mapping[tuple[str, ...], int]) -> str:
+    problems: list[str] = []
+    for err in exc.errors():
+        loc = _clean_loc(err["loc"])
+        field = ".".join(loc) or "(top level)"
+        line = _nearest_line(loc, lines)
+        where = f"{source}:{line}" if line else source
+        msg = _HINTS.get(err["type"], err["msg"])
+        if err["type"] == "value_error":
+            msg = str(err["msg"]).removeprefix("Value error, ")
+        problems.append(f"{where}: field `{field}`: {msg}")
+    head = f"{source}: invalid configuration ({len(problems)} problem{'s' if len(problems) > 1 else ''})"
+    return head + "\n  " + "\n  ".join(problems)
+
+
+def _clean_loc(loc: Sequence[int | str]) -> tuple[str, ...]:
+    # pydantic inserts union-branch labels (e.g. "str", "dict[str,str]"); keep real keys/indexes.
+    out = []
+    for part in loc:
+        s = str(part)
+        if "[" in s or s in {"str", "int", "bool", "float", "function-after", "function-before"}:
+            continue
+        out.append(s)
+    return tuple(out)
+
+
+def _nearest_line(loc: tuple[str, ...], lines: Mapping[tuple[str, ...], int]) -> int | None:
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None

@@ -1,0 +1,231 @@
+"""Pure helpers of the decision: who may take the leader key, who is the best switchover target,
+which replication slots a node should hold, whether local data diverged from the cluster history.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from drctl.dcs.base import ClusterView, Member
+from site_agent.state import DataDirState, DecideConfig, LocalState, PeerStatus
+
+_SLOT_BAD = re.compile(r"[^a-z0-9_]")
+
+
+def slot_name(member: str) -> str:
+    """A valid physical slot name for ``member`` (lowercase, [a-z0-9_], at most 63 chars)."""
+    return _SLOT_BAD.sub("_", member.lower())[:63]
+
+
+def _tag(tags: Mapping[str, Any], key: str, default: Any) -> Any:
+    return tags.get(key, default)
+
+
+def upstream_of(view: ClusterView, member: Member) -> str | None:
+    """Whom ``member`` streams from: its ``replicatefrom`` member when that member exists and is
+    running, else the leader."""
+    target = _tag(member.info.tags, "replicatefrom", None)
+    leader = view.leader.name if view.leader else None
+    if isinstance(target, str) and target != member.name and target != leader:
+        up = view.member(target)
+        if up is not None and up.info.state == "running":
+            return target
+    return leader
+
+
+def desired_slots(view: ClusterView, me: str) -> tuple[str, ...]:
+    """One physical slot per member that streams from ``me`` (sorted, deduplicated)."""
+    names = set()
+    for m in view.members:
+        if m.name == me or _tag(m.info.tags, "nostream", False):
+            continue
+        if upstream_of(view, m) == me:
+            names.add(slot_name(m.name))
+    return tuple(sorted(names))
+
+
+def sync_active(view: ClusterView, cfg: DecideConfig) -> bool:
+    return cfg.synchronous_mode and view.sync is not None and bool(view.sync.sync_standbys)
+
+
+def in_sync_set(view: ClusterView, name: str) -> bool:
+    sync = view.sync
+    return sync is not None and (name in sync.sync_standbys or name == sync.leader)
+
+
+def history_diverged(local: LocalState, view: ClusterView) -> bool | None:
+    """True when local data holds WAL past the point where its timeline ended in the cluster
+    history (it was a primary that kept writing after another member promoted).
+    None when it cannot be told from the history alone."""
+    if local.timeline is None or view.history is None:
+        return None
+    cluster_tl = view.timeline
+    if local.timeline == cluster_tl:
+        return False
+    if local.timeline > cluster_tl:
+        return None
+    for entry in view.history.entries:
+        if entry.timeline == local.timeline:
+            lsn = local.lsn
+            return None if lsn is None else lsn > entry.lsn
+    return None
+
+
+def is_diverged(local: LocalState, view: ClusterView) -> bool:
+    """Must reconcile (rewind/rebuild) before following a leader (invariant 4)."""
+    if local.timeline_diverged is True or history_diverged(local, view) is True:
+        return True
+    # Former primary: unless the shell proved the timelines agree, assume it diverged
+    # (pg_rewind itself says "no rewind required" when nothing is to be done).
+    return local.was_primary and local.timeline_diverged is not False
+
+
+def failover_blockers(
+    view: ClusterView, local: LocalState, cfg: DecideConfig, now: float, *, manual: bool = False
+) -> list[str]:
+    """Why this member may NOT take the leader key now (empty list: it may). Invariant 3.
+
+    ``manual``: the operator named this member as failover candidate; the lag limit and the
+    comparison with peers are then the operator's call, every other check still applies.
+    """
+    out: list[str] = []
+    if not (local.running and local.in_recovery is True):
+        out.append(
+            f"PostgreSQL is not a running replica (state={local.pg.value}, in_recovery={local.in_recovery})"
+        )
+    if local.data_dir is not DataDirState.VALID:
+        out.append(f"data directory is {local.data_dir.value}")
+    if local.rewind_failed:
+        out.append("last pg_rewind failed")
+    if local.tags.nofailover:
+        out.append("tagged nofailover")
+    if local.tags.failover_priority <= 0:
+        out.append("failover_priority is 0")
+    if view.initialize and local.system_id and local.system_id != view.initialize:
+        out.append(f"system identifier {local.system_id} differs from the cluster's {view.initialize}")
+    if is_diverged(local, view):
+        out.append("local timeline diverged from the cluster history")
+    if cfg.check_timeline and local.timeline is not None and local.timeline < view.timeline:
+        out.append(f"timeline {local.timeline} is behind the cluster's {view.timeline} (check_timeline)")
+    if sync_active(view, cfg) and not in_sync_set(view, local.name):
+        out.append("synchronous mode: not a synchronous standby")
+    if (
+        cfg.failsafe_mode
+        and local.failsafe_heartbeat_at is not None
+        and now - local.failsafe_heartbeat_at < cfg.ttl
+    ):
+        out.append("failsafe mode: the primary confirmed it is alive less than ttl ago")
+    my_lsn = local.lsn
+    if my_lsn is None:
+        out.append("own WAL position unknown")
+    if manual:
+        return out
+    if (
+        view.status is not None
+        and my_lsn is not None
+        and view.status.lsn - my_lsn > cfg.maximum_lag_on_failover
+    ):
+        out.append(
+            f"lag {view.status.lsn - my_lsn} bytes behind the last leader position exceeds "
+            f"maximum_lag_on_failover={cfg.maximum_lag_on_failover}"
+        )
+    for m in sorted(view.members, key=lambda m: m.name):
+        if m.name == local.name:
+            continue
+        peer = local.peers.get(m.name)
+        if peer is None or not peer.reachable:
+            continue
+        why = _peer_wins(view, cfg, local, m.name, peer, my_lsn)
+        if why:
+            out.append(why)
+    return out
+
+
+def _peer_wins(
+    view: ClusterView, cfg: DecideConfig, local: LocalState, name: str, peer: PeerStatus, my_lsn: int | None
+) -> str | None:
+    if peer.in_recovery is False:
+        return f"{name} is running as a primary"
+    if not peer.can_failover or peer.in_recovery is None or peer.lsn is None:
+        return None  # cannot compete: ignored (otherwise a nofailover replica could block every failover)
+    if sync_active(view, cfg) and not in_sync_set(view, name):
+        return None
+    if my_lsn is None:
+        return None
+    if peer.lsn > my_lsn:
+        return f"{name} is more advanced ({peer.lsn} > {my_lsn})"
+    if peer.lsn == my_lsn:
+        mine = local.tags.failover_priority
+        if peer.failover_priority > mine:
+            return f"{name} is as advanced and has a higher failover_priority"
+        if peer.failover_priority == mine and name < local.name:
+            return f"{name} is as advanced with the same failover_priority and sorts first"
+    return None
+
+
+def candidate_blockers(view: ClusterView, local: LocalState, cfg: DecideConfig, name: str) -> list[str]:
+    """Seen from the leader (``local``): why member ``name`` may not receive a switchover now."""
+    member = view.member(name)
+    if member is None:
+        return [f"{name} is not a member"]
+    if name == local.name:
+        return [f"{name} is already the leader"]
+    peer = local.peers.get(name)
+    tags = member.info.tags
+    if peer is not None:
+        if not peer.reachable:
+            return [f"{name} does not answer"]
+        running_replica = peer.in_recovery is True
+        lsn = peer.lsn
+        can_failover = peer.can_failover
+    else:
+        running_replica = member.info.state == "running" and member.info.role in ("replica", "standby_leader")
+        lsn = member.info.lsn
+        can_failover = (
+            not _tag(tags, "nofailover", False) and int(_tag(tags, "failover_priority", 1) or 0) > 0
+        )
+    out = []
+    if not running_replica:
+        out.append(f"{name} is not a running replica")
+    if not can_failover:
+        out.append(f"{name} is tagged nofailover (or failover_priority 0)")
+    my_lsn = local.lsn
+    if lsn is None:
+        out.append(f"{name}'s WAL position is unknown")
+    elif my_lsn is not None and my_lsn - lsn > cfg.maximum_lag_on_failover:
+        out.append(
+            f"{name} lags {my_lsn - lsn} bytes (maximum_lag_on_failover={cfg.maximum_lag_on_failover})"
+        )
+    if sync_active(view, cfg) and not in_sync_set(view, name):
+        out.append(f"{name} is not a synchronous standby")
+    return out
+
+
+def best_candidate(view: ClusterView, local: LocalState, cfg: DecideConfig) -> str | None:
+    """The most advanced eligible member for a switchover without a named candidate."""
+    ranked: list[tuple[int, int, str]] = []
+    for m in view.members:
+        if m.name == local.name or candidate_blockers(view, local, cfg, m.name):
+            continue
+        peer = local.peers.get(m.name)
+        lsn = (peer.lsn if peer else m.info.lsn) or 0
+        prio = peer.failover_priority if peer else int(_tag(m.info.tags, "failover_priority", 1) or 0)
+        ranked.append((-lsn, -prio, m.name))
+    return min(ranked)[2] if ranked else None
+
+
+def clone_source(view: ClusterView, local: LocalState) -> str | None:
+    """The member to clone from: a running non-leader member tagged ``clonefrom`` (most advanced,
+    then by name) so that new replicas do not load the primary; else the leader."""
+    leader = view.leader.name if view.leader else None
+    ranked = []
+    for m in view.members:
+        if m.name in (local.name, leader):
+            continue
+        if _tag(m.info.tags, "clonefrom", False) and m.info.state == "running":
+            ranked.append((-(m.info.lsn or 0), m.name))
+    if ranked:
+        return min(ranked)[1]
+    return leader

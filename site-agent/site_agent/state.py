@@ -1,0 +1,214 @@
+"""Inputs of the pure decision: what the shell observed (:class:`LocalState`) and the settings that
+drive the rules (:class:`DecideConfig`). All values are immutable.
+
+The shell keeps a little memory between cycles and reports it here; its rules (see also the
+module docstring of :mod:`site_agent.decide`):
+
+* ``am_leader`` is updated **after** acting on a decision: True when AcquireLeader/RenewLeader
+  returned True; False when RenewLeader returned False (then ``leader_key_lost`` is True for the
+  next decision only), after ReleaseLeader or Demote, and when the view this decision was made on
+  showed another leader or none. A RenewLeader that *raised* leaves ``am_leader`` unchanged and
+  sets ``renewal_failed``. (So decide sees "I was leader" together with a view that says
+  otherwise, and can say "lost the leader key" in its reason.)
+* ``last_renewal`` is the monotonic time taken **before** sending the last successful
+  AcquireLeader/RenewLeader (conservative: the lease was refreshed no earlier than that).
+* ``crash_restarts``/``first_crash_at`` count StartPostgres attempts after PostgreSQL stopped
+  unexpectedly; the shell resets them once PostgreSQL has run for ``loop_wait`` cycles.
+* ``rewind_failed`` stays True from a failed pg_rewind until a Rebuild succeeded.
+* ``peers``: when the view has no leader (or a failover key is pending) the shell asks every
+  other member in ``view.members`` over REST (GET /status) before deciding; a member absent from
+  ``peers`` counts as unreachable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from site_agent.actions import StandbyTarget
+
+if TYPE_CHECKING:
+    from site_agent.config import AgentConfig, DynamicConfig
+
+
+class PgState(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"  # cleanly stopped (or never started)
+    CRASHED = "crashed"  # the postmaster died without us asking
+    STARTING = "starting"  # start requested, not accepting connections yet
+    START_FAILED = "start_failed"  # the last start attempt failed
+
+
+class DataDirState(StrEnum):
+    EMPTY = "empty"  # absent or empty: can bootstrap or clone
+    VALID = "valid"  # a PostgreSQL data directory (PG_VERSION, global/pg_control)
+    REWIND_MARKER = "rewind_marker"  # a pg_rewind started and did not finish: never start on it
+    INVALID = "invalid"  # non-empty but not a usable data directory: refuse, never wipe
+
+
+@dataclass(frozen=True)
+class NodeTags:
+    nofailover: bool = False
+    noloadbalance: bool = False
+    clonefrom: bool = False
+    replicatefrom: str | None = None
+    nosync: bool = False
+    failover_priority: int = 1
+
+    @property
+    def can_failover(self) -> bool:
+        return not self.nofailover and self.failover_priority > 0
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """Another member's answer over REST, gathered this cycle."""
+
+    reachable: bool
+    lsn: int | None = None
+    in_recovery: bool | None = None
+    timeline: int | None = None
+    nofailover: bool = False
+    failover_priority: int = 1
+
+    @property
+    def can_failover(self) -> bool:
+        return not self.nofailover and self.failover_priority > 0
+
+
+def _empty() -> Mapping[str, PeerStatus]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class LocalState:
+    name: str
+    # PostgreSQL as observed this cycle
+    pg: PgState = PgState.STOPPED
+    in_recovery: bool | None = None
+    timeline: int | None = None
+    received_lsn: int | None = None
+    replayed_lsn: int | None = None
+    current_lsn: int | None = None  # pg_current_wal_lsn() on a primary
+    system_id: str | None = None
+    data_dir: DataDirState = DataDirState.EMPTY
+    was_primary: bool = False  # pg_controldata: the data last ran as a primary ("in production"/"shut down")
+    following: str | None = None  # member name in primary_conninfo (or STANDBY_SOURCE)
+    timeline_diverged: bool | None = None  # shell's check against the leader's history; None = unknown
+    rewind_failed: bool = False
+    pg_state_since: float | None = None  # monotonic time PostgreSQL entered its current state
+    # leadership memory kept by the shell
+    am_leader: bool = False
+    last_renewal: float | None = None
+    renewal_failed: bool = False
+    leader_key_lost: bool = False
+    dcs_error: str | None = None  # why the view is None this cycle
+    # crash restarts of a primary
+    crash_restarts: int = 0
+    first_crash_at: float | None = None
+    # peers (REST) and configuration-derived tags
+    peers: Mapping[str, PeerStatus] = field(default_factory=_empty)
+    tags: NodeTags = field(default_factory=NodeTags)
+    # pending local API requests
+    pending_restart: bool = False
+    pending_reinitialize: bool = False
+    # failsafe mode
+    failsafe_members: tuple[str, ...] = ()  # names in the last failsafe map read from the DCS
+    failsafe_acks: frozenset[str] = frozenset()  # members that acknowledged our POST /failsafe this cycle
+    failsafe_heartbeat_at: float | None = None  # monotonic time a leader's POST /failsafe last reached us
+    wall_clock: float = 0.0  # time.time() of this cycle: scheduled switchovers, history timestamps
+
+    @property
+    def lsn(self) -> int | None:
+        vals = [v for v in (self.current_lsn, self.received_lsn, self.replayed_lsn) if v is not None]
+        return max(vals) if vals else None
+
+    @property
+    def running(self) -> bool:
+        return self.pg is PgState.RUNNING
+
+    @property
+    def is_primary(self) -> bool:
+        """Running and writable (not in recovery)."""
+        return self.pg is PgState.RUNNING and self.in_recovery is False
+
+
+# The `following` value a standby leader reports when streaming from the remote (active) site.
+STANDBY_SOURCE = "<standby_cluster>"
+
+
+@dataclass(frozen=True)
+class DecideConfig:
+    ttl: int = 30
+    loop_wait: int = 10
+    retry_timeout: int = 10
+    safety_margin: int = 5
+    maximum_lag_on_failover: int = 1048576
+    use_pg_rewind: bool = True
+    use_slots: bool = True
+    synchronous_mode: bool = False
+    synchronous_mode_strict: bool = False
+    failsafe_mode: bool = False
+    primary_start_timeout: int = 300
+    max_crash_restarts: int = 3
+    check_timeline: bool = False
+    pause: bool = False
+    standby_cluster: StandbyTarget | None = None
+    create_replica_methods: tuple[str, ...] = ("basebackup",)
+    rebuild_on_rewind_failure: bool = True
+    rebuild_on_diverged_timeline: bool = True
+
+    @property
+    def leader_deadline(self) -> float:
+        """Seconds after the last successful renewal at which a leader must stop being writable."""
+        return max(self.ttl - self.safety_margin, 1)
+
+    @classmethod
+    def from_config(cls, agent: AgentConfig, dynamic: DynamicConfig | None = None) -> DecideConfig:
+        """Local file + dynamic configuration (the DCS ``config`` key, else ``bootstrap.dcs``)."""
+        dyn = dynamic if dynamic is not None else agent.bootstrap.dcs
+        pg = agent.postgresql
+        sc = dyn.standby_cluster
+        standby = None
+        if sc is not None:
+            standby = StandbyTarget(
+                host=sc.host,
+                port=sc.port,
+                primary_slot_name=sc.primary_slot_name,
+                restore_command=sc.restore_command,
+                create_replica_methods=tuple(sc.create_replica_methods or ()),
+            )
+        return cls(
+            ttl=dyn.ttl,
+            loop_wait=dyn.loop_wait,
+            retry_timeout=dyn.retry_timeout,
+            safety_margin=agent.watchdog.safety_margin,
+            maximum_lag_on_failover=dyn.maximum_lag_on_failover,
+            use_pg_rewind=pg.use_pg_rewind if pg.use_pg_rewind is not None else dyn.use_pg_rewind,
+            use_slots=dyn.use_slots,
+            synchronous_mode=dyn.synchronous_mode,
+            synchronous_mode_strict=dyn.synchronous_mode_strict,
+            failsafe_mode=dyn.failsafe_mode,
+            primary_start_timeout=dyn.primary_start_timeout,
+            check_timeline=dyn.check_timeline,
+            pause=dyn.pause,
+            standby_cluster=standby,
+            create_replica_methods=tuple(pg.create_replica_methods),
+            rebuild_on_rewind_failure=pg.remove_data_directory_on_rewind_failure,
+            rebuild_on_diverged_timeline=pg.remove_data_directory_on_diverged_timelines,
+        )
+
+
+def tags_from_config(agent: AgentConfig) -> NodeTags:
+    t = agent.tags
+    return NodeTags(
+        nofailover=t.nofailover,
+        noloadbalance=t.noloadbalance,
+        clonefrom=t.clonefrom,
+        replicatefrom=t.replicatefrom,
+        nosync=t.nosync,
+        failover_priority=t.failover_priority,
+    )

@@ -1,0 +1,675 @@
+"""Example-based tests of the site agent's pure decision, one or more per rule."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from site_agent.actions import (
+    AcquireInitialize,
+    AcquireLeader,
+    Action,
+    Bootstrap,
+    ClearFailover,
+    Clone,
+    Decision,
+    Demote,
+    Follow,
+    ManageSlots,
+    NoOp,
+    Promote,
+    Rebuild,
+    RecordInitialize,
+    ReleaseLeader,
+    RenewLeader,
+    RestartPostgres,
+    Rewind,
+    StandbyTarget,
+    StartPostgres,
+    StopPostgres,
+    WaitForLeader,
+    WriteHistory,
+)
+from site_agent.decide import decide
+from site_agent.eligibility import slot_name
+from site_agent.state import (
+    STANDBY_SOURCE,
+    DataDirState,
+    DecideConfig,
+    LocalState,
+    NodeTags,
+    PeerStatus,
+    PgState,
+)
+
+from drctl.dcs.base import (
+    ClusterView,
+    Failover,
+    History,
+    HistoryEntry,
+    Leader,
+    LeaderStatus,
+    Member,
+    MemberInfo,
+    Record,
+    SiteRecord,
+    SyncState,
+)
+
+NOW = 1000.0
+SYSID = "7300000000000000001"
+CFG = DecideConfig()
+REMOTE = StandbyTarget(host="active.example", port=5432, primary_slot_name="site_b")
+
+
+def member(
+    name: str,
+    role: str = "replica",
+    state: str = "running",
+    lsn: int | None = 1000,
+    tags: Mapping[str, Any] | None = None,
+) -> Member:
+    info = MemberInfo(
+        conn_url=f"postgres://{name}:5432/postgres",
+        api_url=f"http://{name}:8008/patroni",
+        role=role,
+        state=state,
+        timeline=1,
+        received_lsn=lsn,
+        replayed_lsn=lsn,
+        tags=dict(tags or {}),
+    )
+    return Member(name, info, version=1)
+
+
+def view(
+    leader: str | None = None,
+    members: tuple[Member, ...] | None = None,
+    initialize: str | None = SYSID,
+    **kw: Any,
+) -> ClusterView:
+    if members is None:
+        members = tuple(member(n, "primary" if n == leader else "replica") for n in ("n1", "n2", "n3"))
+    return ClusterView(
+        scope="demo",
+        leader=Leader(leader, version=5) if leader else None,
+        members=members,
+        initialize=initialize,
+        initialize_version=3,
+        **kw,
+    )
+
+
+def replica(**kw: Any) -> LocalState:
+    base: dict[str, Any] = dict(
+        name="n1",
+        pg=PgState.RUNNING,
+        in_recovery=True,
+        timeline=1,
+        received_lsn=1000,
+        replayed_lsn=1000,
+        system_id=SYSID,
+        data_dir=DataDirState.VALID,
+        wall_clock=1_700_000_000.0,
+    )
+    base.update(kw)
+    return LocalState(**base)
+
+
+def primary(**kw: Any) -> LocalState:
+    base: dict[str, Any] = dict(
+        in_recovery=False,
+        current_lsn=1000,
+        received_lsn=None,
+        replayed_lsn=None,
+        was_primary=True,
+        am_leader=True,
+        last_renewal=NOW - 10,
+    )
+    base.update(kw)
+    return replica(**base)
+
+
+def kinds(d: Decision) -> list[type[Action]]:
+    return [type(a) for a in d.actions]
+
+
+def peers(**kw: PeerStatus) -> Mapping[str, PeerStatus]:
+    return kw
+
+
+# -- bootstrap ----------------------------------------------------------------------------------
+
+
+def test_bootstrap_race_on_empty_cluster() -> None:
+    d = decide(view(None, members=(), initialize=None), LocalState("n1"), CFG, NOW)
+    assert kinds(d) == [AcquireInitialize, Bootstrap, AcquireLeader]
+    assert AcquireInitialize.guard and AcquireLeader.guard
+    assert "bootstrap" in d.reason
+
+
+def test_nofailover_member_does_not_bootstrap() -> None:
+    d = decide(
+        view(None, members=(), initialize=None), LocalState("n1", tags=NodeTags(nofailover=True)), CFG, NOW
+    )
+    assert kinds(d) == [WaitForLeader]
+
+
+def test_losers_wait_while_bootstrap_in_progress() -> None:
+    d = decide(view(None, members=(), initialize=""), LocalState("n1"), CFG, NOW)
+    assert kinds(d) == [WaitForLeader]
+    d = decide(view("n2", initialize=""), LocalState("n1"), CFG, NOW)
+    assert kinds(d) == [WaitForLeader]
+
+
+def test_empty_member_clones_from_leader_once_initialized() -> None:
+    d = decide(
+        view("n2"), LocalState("n1"), replace(CFG, create_replica_methods=("pgbackrest", "basebackup")), NOW
+    )
+    assert d.actions == (Clone("n2", ("pgbackrest", "basebackup")),)
+    assert d.role == "uninitialized"
+
+
+def test_empty_member_clones_from_clonefrom_replica() -> None:
+    members = (
+        member("n2", "primary"),
+        member("n3", tags={"clonefrom": True}, lsn=900),
+        member("n4", tags={"clonefrom": True}, lsn=950),
+    )
+    d = decide(view("n2", members=members), LocalState("n1"), CFG, NOW)
+    assert d.actions == (Clone("n4", ("basebackup",)),)
+
+
+def test_empty_member_without_leader_waits() -> None:
+    d = decide(view(None), LocalState("n1"), CFG, NOW)
+    assert kinds(d) == [WaitForLeader]
+
+
+def test_foreign_system_identifier_refuses_and_keeps_data() -> None:
+    d = decide(view("n2"), replica(system_id="999"), CFG, NOW)
+    assert kinds(d) == [NoOp]
+    assert "999" in d.reason and SYSID in d.reason and "refusing" in d.reason
+
+
+def test_invalid_data_dir_refused() -> None:
+    d = decide(view("n2"), LocalState("n1", data_dir=DataDirState.INVALID), CFG, NOW)
+    assert kinds(d) == [NoOp]
+    assert "refusing" in d.reason
+
+
+def test_winner_records_system_identifier() -> None:
+    d = decide(view("n1", initialize=""), primary(), CFG, NOW)
+    assert d.actions[0] == RenewLeader(1000)
+    assert RecordInitialize(SYSID, 3) in d.actions
+
+
+def test_existing_primary_data_takes_uninitialized_cluster() -> None:
+    local = replica(pg=PgState.STOPPED, in_recovery=None, was_primary=True)
+    d = decide(view(None, members=(), initialize=None), local, CFG, NOW)
+    assert d.actions == (AcquireInitialize(SYSID), AcquireLeader())
+
+
+def test_replica_data_does_not_take_uninitialized_cluster() -> None:
+    d = decide(view(None, members=(), initialize=None), replica(), CFG, NOW)
+    assert kinds(d) == [WaitForLeader]
+
+
+# -- leader keeps the key -----------------------------------------------------------------------
+
+
+def test_leader_renews_and_manages_slots() -> None:
+    members = (member("n1", "primary"), member("n2"), member("Node-3.dc"))
+    d = decide(view("n1", members=members), primary(), CFG, NOW)
+    assert d.actions == (RenewLeader(1000), ManageSlots(("n2", "node_3_dc")))
+    assert d.role == "primary"
+
+
+def test_slot_names_are_sanitized() -> None:
+    assert slot_name("Node-2.DC") == "node_2_dc"
+    assert len(slot_name("x" * 100)) == 63
+
+
+def test_no_slots_when_disabled() -> None:
+    d = decide(view("n1"), primary(), replace(CFG, use_slots=False), NOW)
+    assert d.actions == (RenewLeader(1000),)
+
+
+def test_leader_past_deadline_demotes() -> None:
+    deadline = CFG.ttl - CFG.safety_margin
+    ok = decide(view("n1"), primary(last_renewal=NOW - deadline + 0.5), CFG, NOW)
+    assert ok.has(RenewLeader) and not ok.has(Demote)
+    late = decide(view("n1"), primary(last_renewal=NOW - deadline, renewal_failed=True), CFG, NOW)
+    assert late.actions == (Demote("immediate"),)
+    assert "deadline" in late.reason
+
+
+def test_dcs_unreachable_primary_demotes() -> None:
+    d = decide(None, primary(dcs_error="etcd: connection refused"), CFG, NOW)
+    assert d.actions == (Demote("immediate"),)
+    assert "connection refused" in d.reason
+
+
+def test_dcs_unreachable_replica_does_nothing() -> None:
+    d = decide(None, replica(dcs_error="timeout"), CFG, NOW)
+    assert kinds(d) == [NoOp]
+
+
+def test_failsafe_keeps_primary_only_with_all_confirmations() -> None:
+    cfg = replace(CFG, failsafe_mode=True)
+    local = primary(failsafe_members=("n1", "n2", "n3"), failsafe_acks=frozenset({"n2", "n3"}))
+    assert kinds(decide(None, local, cfg, NOW)) == [NoOp]
+    missing = replace(local, failsafe_acks=frozenset({"n2"}))
+    d = decide(None, missing, cfg, NOW)
+    assert d.actions == (Demote("immediate"),)
+    assert "n3" in d.reason
+    assert decide(None, local, CFG, NOW).has(Demote)  # failsafe off
+
+
+def test_lost_leader_key_demotes() -> None:
+    d = decide(view("n2"), primary(), CFG, NOW)
+    assert d.actions == (Demote("immediate"),)
+    assert "lost the leader key" in d.reason
+
+
+def test_renewal_said_key_gone_demotes() -> None:
+    d = decide(view("n1"), primary(leader_key_lost=True), CFG, NOW)
+    assert d.actions == (Demote("immediate"),)
+
+
+def test_primary_without_key_demotes() -> None:
+    d = decide(view(None), primary(am_leader=False), CFG, NOW)
+    assert d.actions == (Demote("immediate"),)
+    assert "nobody holds" in d.reason
+
+
+def test_adopts_own_key_after_agent_restart() -> None:
+    d = decide(view("n1"), primary(am_leader=False, last_renewal=None), CFG, NOW)
+    assert d.actions == (RenewLeader(1000),)
+
+
+def test_leader_holding_key_as_replica_promotes() -> None:
+    d = decide(view("n1"), replica(am_leader=True, last_renewal=NOW - 1), CFG, NOW)
+    assert kinds(d)[:3] == [RenewLeader, Promote, WriteHistory]
+
+
+# -- leader whose PostgreSQL is down ------------------------------------------------------------
+
+
+def test_crashed_leader_restarts_in_place() -> None:
+    local = primary(pg=PgState.CRASHED, in_recovery=None, crash_restarts=1, first_crash_at=NOW - 20)
+    d = decide(view("n1"), local, CFG, NOW)
+    assert d.actions == (RenewLeader(1000), StartPostgres("primary"))
+    assert "attempt 2/3" in d.reason
+
+
+def test_crashed_leader_releases_after_attempts() -> None:
+    local = primary(pg=PgState.START_FAILED, in_recovery=None, crash_restarts=3, first_crash_at=NOW - 20)
+    d = decide(view("n1"), local, CFG, NOW)
+    assert kinds(d) == [ReleaseLeader]
+
+
+def test_crashed_leader_releases_after_timeout() -> None:
+    local = primary(pg=PgState.CRASHED, in_recovery=None, crash_restarts=1, first_crash_at=NOW - 301)
+    assert kinds(decide(view("n1"), local, CFG, NOW)) == [ReleaseLeader]
+
+
+def test_crashed_leader_with_zero_start_timeout_releases_at_once() -> None:
+    local = primary(pg=PgState.CRASHED, in_recovery=None)
+    assert kinds(decide(view("n1"), local, replace(CFG, primary_start_timeout=0), NOW)) == [ReleaseLeader]
+
+
+def test_leader_stuck_starting_stops_then_releases() -> None:
+    local = primary(pg=PgState.STARTING, in_recovery=None, pg_state_since=NOW - 400)
+    d = decide(view("n1"), local, CFG, NOW)
+    assert kinds(d) == [StopPostgres, ReleaseLeader]
+    local = replace(local, pg_state_since=NOW - 10)
+    assert kinds(decide(view("n1"), local, CFG, NOW)) == [RenewLeader]
+
+
+def test_crashed_leader_with_rewind_marker_releases_never_starts() -> None:
+    local = primary(pg=PgState.CRASHED, in_recovery=None, data_dir=DataDirState.REWIND_MARKER)
+    d = decide(view("n1"), local, CFG, NOW)
+    assert kinds(d) == [ReleaseLeader]
+
+
+# -- election -----------------------------------------------------------------------------------
+
+
+def elect(local: LocalState, cfg: DecideConfig = CFG, **kw: Any) -> Decision:
+    return decide(view(None, status=LeaderStatus(1000), **kw), local, cfg, NOW)
+
+
+def test_eligible_replica_takes_key_and_promotes() -> None:
+    d = elect(replica())
+    assert kinds(d) == [AcquireLeader, Promote, WriteHistory]
+    wh = d.actions[2]
+    assert isinstance(wh, WriteHistory)
+    assert wh.entry.timeline == 1 and wh.entry.lsn == 1000 and wh.entry.new_leader == "n1"
+    assert wh.entry.timestamp.startswith("2023-11-14")
+    assert d.role == "primary"
+
+
+@pytest.mark.parametrize(
+    "local,why",
+    [
+        (replica(tags=NodeTags(nofailover=True)), "nofailover"),
+        (replica(tags=NodeTags(failover_priority=0)), "failover_priority is 0"),
+        (replica(pg=PgState.STARTING), "not a running replica"),
+        (replica(peers=peers(n2=PeerStatus(True, lsn=1001, in_recovery=True))), "n2 is more advanced"),
+        (
+            replica(peers=peers(n2=PeerStatus(True, lsn=1000, in_recovery=True, failover_priority=2))),
+            "higher failover_priority",
+        ),
+        (replica(name="n4", peers=peers(n2=PeerStatus(True, lsn=1000, in_recovery=True))), "sorts first"),
+        (replica(peers=peers(n2=PeerStatus(True, lsn=10, in_recovery=False))), "running as a primary"),
+        (replica(timeline_diverged=True), "diverged"),
+    ],
+)
+def test_ineligible_replica_waits(local: LocalState, why: str) -> None:
+    d = elect(local)
+    assert not d.has(AcquireLeader) and not d.has(Promote)
+    assert why in d.reason
+
+
+def test_lagging_replica_waits() -> None:
+    d = elect(replica(received_lsn=1, replayed_lsn=1), replace(CFG, maximum_lag_on_failover=100))
+    assert not d.has(AcquireLeader) and "maximum_lag_on_failover" in d.reason
+    assert elect(replica(received_lsn=900, replayed_lsn=900), replace(CFG, maximum_lag_on_failover=100)).has(
+        AcquireLeader
+    )
+
+
+def test_peers_that_cannot_win_are_ignored() -> None:
+    ps = peers(
+        n2=PeerStatus(False, lsn=5000, in_recovery=True),  # unreachable
+        n3=PeerStatus(True, lsn=5000, in_recovery=True, nofailover=True),  # cannot fail over
+    )
+    assert elect(replica(peers=ps)).has(Promote)
+
+
+def test_equal_peer_with_later_name_loses() -> None:
+    d = elect(replica(peers=peers(n2=PeerStatus(True, lsn=1000, in_recovery=True))))
+    assert d.has(AcquireLeader)
+
+
+def test_synchronous_mode_only_sync_standby_promotes() -> None:
+    cfg = replace(CFG, synchronous_mode=True)
+    d = elect(replica(), cfg, sync=SyncState("n3", ("n2",)))
+    assert not d.has(Promote) and "synchronous" in d.reason
+    assert elect(replica(), cfg, sync=SyncState("n3", ("n1",))).has(Promote)
+    # a more advanced peer that is not a sync standby does not block the sync standby
+    ps = peers(n2=PeerStatus(True, lsn=2000, in_recovery=True))
+    assert elect(replica(peers=ps), cfg, sync=SyncState("n3", ("n1",))).has(Promote)
+
+
+def test_failsafe_heartbeat_blocks_takeover() -> None:
+    cfg = replace(CFG, failsafe_mode=True)
+    d = elect(replica(failsafe_heartbeat_at=NOW - 5), cfg)
+    assert not d.has(AcquireLeader) and "failsafe" in d.reason
+    assert elect(replica(failsafe_heartbeat_at=NOW - 60), cfg).has(AcquireLeader)
+
+
+def test_stopped_replica_starts_without_upstream_when_no_leader() -> None:
+    d = elect(replica(pg=PgState.STOPPED, in_recovery=None))
+    assert d.actions == (StartPostgres("replica", None, None),)
+
+
+def test_check_timeline_blocks_old_timeline() -> None:
+    hist = History((HistoryEntry(1, 500, "failover", "", "n3"),), version=2)
+    cfg = replace(CFG, check_timeline=True)
+    d = elect(replica(timeline=1, received_lsn=400, replayed_lsn=400), cfg, history=hist)
+    assert not d.has(Promote) and "check_timeline" in d.reason
+
+
+# -- replicas with a leader ---------------------------------------------------------------------
+
+
+def test_replica_follows_leader() -> None:
+    d = decide(view("n2"), replica(), CFG, NOW)
+    assert d.actions == (Follow("n2", "n1"), ManageSlots(()))
+    d = decide(view("n2"), replica(following="n2"), CFG, NOW)
+    assert d.actions == (ManageSlots(()),)
+    assert d.role == "replica"
+
+
+def test_stopped_replica_starts_following_leader() -> None:
+    d = decide(view("n2"), replica(pg=PgState.CRASHED, in_recovery=None), CFG, NOW)
+    assert d.actions == (StartPostgres("replica", "n2", "n1"),)
+
+
+def test_cascading_replicatefrom() -> None:
+    members = (member("n1", tags={"replicatefrom": "n3"}), member("n2", "primary"), member("n3"))
+    d = decide(view("n2", members=members), replica(), CFG, NOW)
+    assert d.actions[0] == Follow("n3", "n1")
+    # the leader does not keep a slot for n1, n3 does
+    lead = decide(view("n2", members=members), primary(name="n2"), CFG, NOW)
+    assert ManageSlots(("n3",)) in lead.actions
+    mid = decide(view("n2", members=members), replica(name="n3", following="n2"), CFG, NOW)
+    assert ManageSlots(("n1",)) in mid.actions
+
+
+def test_replicatefrom_falls_back_to_leader_when_target_down() -> None:
+    members = (
+        member("n1", tags={"replicatefrom": "n3"}),
+        member("n2", "primary"),
+        member("n3", state="stopped"),
+    )
+    d = decide(view("n2", members=members), replica(), CFG, NOW)
+    assert d.actions[0] == Follow("n2", "n1")
+
+
+def test_former_primary_rewinds_before_following() -> None:
+    local = replica(pg=PgState.STOPPED, in_recovery=None, was_primary=True)
+    d = decide(view("n2"), local, CFG, NOW)
+    assert d.actions == (Rewind("n2"),)
+    assert not d.has(StartPostgres)
+
+
+def test_former_primary_proven_in_sync_just_follows() -> None:
+    local = replica(pg=PgState.STOPPED, in_recovery=None, was_primary=True, timeline_diverged=False)
+    d = decide(view("n2"), local, CFG, NOW)
+    assert d.actions == (StartPostgres("replica", "n2", "n1"),)
+
+
+def test_former_primary_rebuilds_without_pg_rewind() -> None:
+    local = replica(pg=PgState.STOPPED, in_recovery=None, was_primary=True)
+    d = decide(view("n2"), local, replace(CFG, use_pg_rewind=False), NOW)
+    assert d.actions == (Rebuild("n2", ("basebackup",)),)
+    d = decide(view("n2"), local, replace(CFG, use_pg_rewind=False, rebuild_on_diverged_timeline=False), NOW)
+    assert kinds(d) == [NoOp] and "manual" in d.reason
+
+
+def test_failed_rewind_rebuilds() -> None:
+    d = decide(view("n2"), replica(pg=PgState.STOPPED, rewind_failed=True, was_primary=True), CFG, NOW)
+    assert kinds(d) == [Rebuild]
+
+
+def test_rewind_marker_never_starts() -> None:
+    local = replica(pg=PgState.STOPPED, in_recovery=None, data_dir=DataDirState.REWIND_MARKER)
+    d = decide(view("n2"), local, CFG, NOW)
+    assert kinds(d) == [Rebuild]
+    d = decide(view("n2"), local, replace(CFG, rebuild_on_rewind_failure=False), NOW)
+    assert kinds(d) == [NoOp]
+    d = elect(local)
+    assert not d.has(StartPostgres)
+
+
+def test_history_divergence_detected() -> None:
+    hist = History((HistoryEntry(1, 900, "failover", "", "n2"),), version=2)
+    d = decide(view("n2", history=hist), replica(received_lsn=1000, replayed_lsn=1000), CFG, NOW)
+    assert d.actions == (Rewind("n2"),)
+    d = decide(view("n2", history=hist), replica(received_lsn=900, replayed_lsn=900), CFG, NOW)
+    assert kinds(d)[0] is Follow
+
+
+def test_rewind_waits_for_running_leader() -> None:
+    members = (member("n1"), member("n2", "primary", state="starting"))
+    local = replica(pg=PgState.STOPPED, in_recovery=None, was_primary=True)
+    assert kinds(decide(view("n2", members=members), local, CFG, NOW)) == [WaitForLeader]
+
+
+# -- switchover / failover ----------------------------------------------------------------------
+
+
+def test_switchover_hands_over_to_eligible_candidate() -> None:
+    fo = Failover(leader="n1", candidate="n2", scheduled_at=None, version=9)
+    d = decide(view("n1", failover=fo), primary(), CFG, NOW)
+    assert d.actions == (Demote("graceful"), ReleaseLeader(None))
+    assert "n2" in d.reason
+
+
+def test_switchover_without_candidate_picks_most_advanced() -> None:
+    members = (member("n1", "primary"), member("n2", lsn=990), member("n3", lsn=999))
+    fo = Failover(leader="n1", candidate=None, scheduled_at=None, version=9)
+    d = decide(view("n1", members=members, failover=fo), primary(), CFG, NOW)
+    assert kinds(d) == [Demote, ReleaseLeader] and "n3" in d.reason
+
+
+def test_switchover_for_other_leader_is_cleared() -> None:
+    fo = Failover(leader="n3", candidate="n2", scheduled_at=None, version=9)
+    d = decide(view("n1", failover=fo), primary(), CFG, NOW)
+    assert d.actions[0] == RenewLeader(1000)
+    assert ClearFailover(9) in d.actions and not d.has(Demote)
+
+
+def test_switchover_to_ineligible_candidate_is_cancelled() -> None:
+    members = (member("n1", "primary"), member("n2", lsn=1), member("n3", tags={"nofailover": True}))
+    for cand, why in (("n2", "lags"), ("n3", "nofailover"), ("n9", "not a member")):
+        fo = Failover(leader="n1", candidate=cand, scheduled_at=None, version=9)
+        d = decide(
+            view("n1", members=members, failover=fo),
+            primary(),
+            replace(CFG, maximum_lag_on_failover=100),
+            NOW,
+        )
+        assert not d.has(Demote) and ClearFailover(9) in d.actions
+        assert why in d.reason
+
+
+def test_scheduled_switchover_waits_for_its_time() -> None:
+    fo = Failover(leader="n1", candidate="n2", scheduled_at="2023-11-14T23:00:00+00:00", version=9)
+    early = primary(wall_clock=1_699_999_000.0)  # 2023-11-14T21:56:40Z
+    d = decide(view("n1", failover=fo), early, CFG, NOW)
+    assert not d.has(Demote) and "scheduled" in d.reason
+    late = primary(wall_clock=1_700_010_000.0)
+    assert decide(view("n1", failover=fo), late, CFG, NOW).has(Demote)
+
+
+def test_invalid_schedule_is_cleared() -> None:
+    fo = Failover(leader="n1", candidate="n2", scheduled_at="tomorrow", version=9)
+    d = decide(view("n1", failover=fo), primary(), CFG, NOW)
+    assert ClearFailover(9) in d.actions and not d.has(Demote)
+
+
+def test_candidate_takes_over_after_release_and_clears() -> None:
+    fo = Failover(leader="n2", candidate="n1", scheduled_at=None, version=9)
+    d = elect(replica(), failover=fo)
+    assert kinds(d) == [AcquireLeader, Promote, WriteHistory, ClearFailover]
+
+
+def test_manual_failover_candidate_may_lag() -> None:
+    fo = Failover(leader=None, candidate="n1", scheduled_at=None, version=9)
+    d = elect(replica(received_lsn=1, replayed_lsn=1), failover=fo)
+    assert d.has(Promote) and "manual" in d.reason
+
+
+def test_others_wait_for_the_candidate() -> None:
+    fo = Failover(leader="n3", candidate="n2", scheduled_at=None, version=9)
+    d = elect(replica(), failover=fo)
+    assert not d.has(AcquireLeader) and "candidate n2" in d.reason
+
+
+def test_dead_candidate_does_not_block_failover() -> None:
+    fo = Failover(leader=None, candidate="n2", scheduled_at=None, version=9)
+    d = elect(replica(peers=peers(n2=PeerStatus(False))), failover=fo)
+    assert d.has(AcquireLeader)
+
+
+def test_old_leader_does_not_retake_key_during_switchover() -> None:
+    fo = Failover(leader="n1", candidate=None, scheduled_at=None, version=9)
+    d = elect(replica(), failover=fo)
+    assert not d.has(AcquireLeader)
+
+
+# -- standby cluster / site role ----------------------------------------------------------------
+
+
+def test_standby_cluster_leader_never_promotes() -> None:
+    cfg = replace(CFG, standby_cluster=REMOTE)
+    d = elect(replica(), cfg)
+    assert d.actions == (AcquireLeader(), Follow(None, "site_b", REMOTE))
+    assert d.role == "standby_leader"
+    assert not d.has(Promote)
+
+
+def test_standby_leader_renews_and_follows_remote() -> None:
+    cfg = replace(CFG, standby_cluster=REMOTE)
+    local = replica(am_leader=True, last_renewal=NOW - 5)
+    d = decide(view("n1"), local, cfg, NOW)
+    assert d.actions[:2] == (RenewLeader(1000), Follow(None, "site_b", REMOTE))
+    d = decide(view("n1"), replace(local, following=STANDBY_SOURCE), cfg, NOW)
+    assert kinds(d) == [RenewLeader, ManageSlots]
+    assert d.role == "standby_leader"
+
+
+def test_standby_cluster_bootstrap_clones_from_remote() -> None:
+    cfg = replace(CFG, standby_cluster=REMOTE)
+    d = decide(view(None, members=(), initialize=None), LocalState("n1"), cfg, NOW)
+    assert kinds(d) == [AcquireInitialize, Clone, AcquireLeader]
+    clone = d.actions[1]
+    assert isinstance(clone, Clone) and clone.remote == REMOTE
+
+
+def test_site_record_standby_forbids_promotion() -> None:
+    site = SiteRecord("standby", epoch=4)
+    d = elect(replica(), site=site)
+    assert not d.has(Promote) and d.has(AcquireLeader)
+    d = decide(view("n1", site=site), replica(am_leader=True, last_renewal=NOW - 1), CFG, NOW)
+    assert not d.has(Promote)
+
+
+def test_primary_on_standby_site_demotes_even_when_paused() -> None:
+    site = SiteRecord("standby", epoch=4)
+    cfg = replace(CFG, pause=True)
+    d = decide(view("n1", site=site), primary(), cfg, NOW)
+    assert d.actions == (Demote("immediate"),)
+    assert "standby" in d.reason
+
+
+# -- pause and local requests -------------------------------------------------------------------
+
+
+def test_pause_takes_no_action_on_postgres() -> None:
+    paused = Record({"pause": True}, 1)
+    d = elect(replica(), config=paused)
+    assert kinds(d) == [NoOp] and "paused" in d.reason
+    d = decide(view("n1", config=paused), primary(), CFG, NOW)
+    assert d.actions == (RenewLeader(1000),)
+    d = decide(view("n2", config=paused), replica(pg=PgState.STOPPED), CFG, NOW)
+    assert kinds(d) == [NoOp]
+
+
+def test_requested_restart() -> None:
+    d = decide(view("n2"), replica(following="n2", pending_restart=True), CFG, NOW)
+    assert d.actions[-1] == RestartPostgres()
+    d = decide(view("n1"), primary(pending_restart=True), CFG, NOW)
+    assert kinds(d) == [RenewLeader, ManageSlots, RestartPostgres]
+
+
+def test_requested_reinitialize() -> None:
+    d = decide(view("n2"), replica(pending_reinitialize=True), CFG, NOW)
+    assert d.actions == (Rebuild("n2", ("basebackup",)),)
+    d = decide(view("n1"), primary(pending_reinitialize=True), CFG, NOW)
+    assert kinds(d) == [NoOp] and "refused" in d.reason
+
+
+def test_every_decision_explains_itself() -> None:
+    for d in (
+        elect(replica()),
+        decide(view("n2"), replica(), CFG, NOW),
+        decide(None, replica(), CFG, NOW),
+        decide(view("n1"), primary(), CFG, NOW),
+    ):
+        assert d.reason and d.actions
