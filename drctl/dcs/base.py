@@ -441,3 +441,64 @@ class DCS(abc.ABC):
     @abc.abstractmethod
     def revoke_session(self) -> None:
         """Revoke this member's lease now: its leader and member keys vanish at once."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a view from raw keys (shared by the backends)
+
+
+@dataclass(frozen=True)
+class RawNode:
+    """One key of the cluster prefix as a backend read it: ``key`` relative to the prefix
+    (``leader``, ``members/a``...), the raw value, its version and the lease/session it is bound to."""
+
+    key: str
+    value: bytes
+    version: int
+    session: str = ""
+
+
+def build_cluster_view(scope: str, nodes: Sequence[RawNode], revision: int = 0) -> ClusterView:
+    """The typed :class:`ClusterView` of the raw keys of one cluster (unknown keys are ignored)."""
+    leader: Leader | None = None
+    members: list[Member] = []
+    fences: list[tuple[str, Record]] = []
+    fields: dict[str, Any] = {}
+    for node in nodes:
+        raw = node.value
+        if node.key.startswith("members/"):
+            name = node.key[len("members/") :]
+            if name:
+                members.append(Member(name, MemberInfo.from_json(raw), node.version, node.session))
+        elif node.key.startswith("fence/"):
+            fences.append((node.key, Record.parse(raw, node.version)))
+        elif node.key == "leader":
+            name = raw.decode("utf-8", "replace")
+            if name:
+                leader = Leader(name, node.version, node.session)
+        elif node.key == "config":
+            fields["config"] = Record.parse(raw, node.version)
+        elif node.key == "initialize":
+            fields["initialize"] = raw.decode("utf-8", "replace")
+            fields["initialize_version"] = node.version
+        elif node.key == "history":
+            fields["history"] = History.parse(raw, node.version)
+        elif node.key == "failover":
+            fields["failover"] = Failover.parse(raw, node.version)
+        elif node.key == "sync":
+            fields["sync"] = SyncState.parse(raw, node.version)
+        elif node.key == "status":
+            fields["status"] = LeaderStatus.parse(raw, node.version)
+        elif node.key == "failsafe":
+            doc = Record.parse(raw, node.version).data
+            fields["failsafe"] = _freeze({str(k): str(v) for k, v in doc.items()})
+        elif node.key == "site":
+            fields["site"] = SiteRecord.parse(raw, node.version)
+    return ClusterView(
+        scope=scope,
+        leader=leader,
+        members=tuple(sorted(members, key=lambda m: m.name)),
+        fences=tuple(rec for _, rec in sorted(fences, key=lambda f: f[0])),
+        revision=revision,
+        **fields,
+    )

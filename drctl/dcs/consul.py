@@ -1,0 +1,478 @@
+"""Consul backend, on py-consul (``import consul``).
+
+- One session per member: TTL = ttl/2 (Consul may let a session live up to 2x its TTL before it
+  invalidates it), at least Consul's minimum of 10 s; lock-delay ~1 ms (the default 15 s would keep
+  the leader key unacquirable long after the holder died); behavior=delete (the leader and member
+  keys bound to the session disappear with it); no node health check (``checks=[]``: the session
+  lives by its TTL only, not by the local agent's serfHealth).
+- The leader key is taken with ``acquire=<session>``; renewal = session renew + a transaction that
+  checks the key is still locked by our session (and writes the status in the same transaction).
+- Every CAS is on ``ModifyIndex`` (``cas=0`` = create only).
+- watch = blocking query (``index`` + ``wait``) on the cluster prefix.
+- The ACL token is sent as the ``X-Consul-Token`` header (py-consul does this for every request).
+
+Every call is bounded by ``retry_timeout`` overall and raises :class:`DCSError` on failure.
+Note: with ttl < 20 the session TTL is raised to 10 s, so a dead leader's key may survive up to 20 s.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import consul
+import requests
+from consul.exceptions import (
+    ACLDisabled,
+    ACLPermissionDenied,
+    BadRequest,
+    ClientError,
+    ConsulException,
+    NotFound,
+)
+
+from drctl.dcs.base import (
+    DCS,
+    ClusterView,
+    DCSError,
+    Failover,
+    History,
+    HistoryEntry,
+    LeaderStatus,
+    MemberInfo,
+    RawNode,
+    SiteRecord,
+    SyncState,
+    build_cluster_view,
+)
+
+T = TypeVar("T")
+
+CONSUL_MIN_SESSION_TTL = 10
+LOCK_DELAY = 0.001  # seconds
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers (unit-tested without a server)
+
+
+def consul_key(path: str) -> str:
+    """Consul KV keys have no leading slash."""
+    return path.lstrip("/")
+
+
+def session_ttl(ttl: float) -> int:
+    """The session TTL for a leader ttl: half of it (Consul may wait twice the TTL), and at least
+    Consul's minimum."""
+    return max(CONSUL_MIN_SESSION_TTL, math.ceil(ttl / 2))
+
+
+def wait_param(timeout: float) -> str:
+    """The ``wait`` of a blocking query that returns within ``timeout``: Consul adds up to wait/16
+    of jitter, so ask for 16/17 of it."""
+    return f"{max(1, int(timeout * 1000 * 16 / 17))}ms"
+
+
+def _as_bytes(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8")
+
+
+def nodes_from_items(prefix: str, items: Sequence[Mapping[str, Any]] | None) -> list[RawNode]:
+    """RawNodes of a recursive ``GET /v1/kv/<prefix>`` (values already base64-decoded by
+    py-consul, or still base64 strings when ``decoded`` is False)."""
+    out = []
+    for item in items or []:
+        key = str(item.get("Key", ""))
+        if not key.startswith(prefix):
+            continue
+        out.append(
+            RawNode(
+                key=key[len(prefix) :],
+                value=_as_bytes(item.get("Value")),
+                version=int(item.get("ModifyIndex") or 0),
+                session=str(item.get("Session") or ""),
+            )
+        )
+    return out
+
+
+def view_from_items(
+    scope: str, prefix: str, index: Any, items: Sequence[Mapping[str, Any]] | None
+) -> ClusterView:
+    try:
+        revision = int(index or 0)
+    except (TypeError, ValueError):
+        revision = 0
+    return build_cluster_view(scope, nodes_from_items(prefix, items), revision)
+
+
+def txn_op(
+    verb: str, key: str, value: str | bytes | None = None, *, session: str = "", index: int = 0
+) -> dict[str, Any]:
+    """One KV operation of a ``PUT /v1/txn`` payload (values are base64 in transactions)."""
+    op: dict[str, Any] = {"Verb": verb, "Key": key}
+    if value is not None:
+        op["Value"] = base64.b64encode(_as_bytes(value)).decode("ascii")
+    if session:
+        op["Session"] = session
+    if index:
+        op["Index"] = index
+    return {"KV": op}
+
+
+def is_invalid_session(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "invalid session" in text or ("session" in text and "not found" in text)
+
+
+class SessionGone(Exception):
+    """Consul says our session does not exist any more (expired or destroyed)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The DCS
+
+
+class ConsulDCS(DCS):
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        scope: str,
+        name: str,
+        ttl: int,
+        retry_timeout: float,
+        host: str = "127.0.0.1",
+        port: int = 8500,
+        scheme: str = "http",
+        token: str | None = None,
+        dc: str | None = None,
+        cacert: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        verify: bool = True,
+    ) -> None:
+        super().__init__(namespace=namespace, scope=scope, name=name, ttl=ttl, retry_timeout=retry_timeout)
+        self.endpoint = f"{scheme}://{host}:{port}"
+        verify_opt: bool | str = cacert if cacert else verify
+        cert_opt: Any = (cert, key) if cert and key else cert
+
+        def make() -> Any:
+            return consul.Consul(
+                host=host,
+                port=port,
+                token=token,
+                scheme=scheme,
+                dc=dc,
+                verify=verify_opt,
+                cert=cert_opt,
+                connections_timeout=retry_timeout,
+            )
+
+        self._client: Any = make()
+        self._watch_client: Any = make()  # blocking queries must not hold up the other calls
+        self._io_lock = threading.Lock()
+        self._watch_lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._session: str | None = None
+        self._member_info: MemberInfo | None = None
+        self._member_written: tuple[str, str, float] | None = None
+        self._last_status: LeaderStatus | None = None
+
+    # --- plumbing -------------------------------------------------------------------------------
+    @property
+    def kv_prefix(self) -> str:
+        return consul_key(self.prefix)
+
+    def ckey(self, *parts: str) -> str:
+        return consul_key(self.key(*parts))
+
+    @property
+    def session(self) -> str | None:
+        return self._session
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.retry_timeout
+
+    def _run(self, what: str, deadline: float, fn: Callable[[Any], T]) -> T:
+        """Call ``fn(client)`` until it answers or ``deadline`` passes; every failure is a DCSError."""
+        last = "no attempt"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.01:
+                raise DCSError(f"consul {what} failed: {last}", [self.endpoint])
+            with self._io_lock:
+                self._client.http.connections_timeout = remaining
+                try:
+                    return fn(self._client)
+                except (ACLPermissionDenied, ACLDisabled, BadRequest) as exc:
+                    raise DCSError(f"consul refused {what}: {exc}", [self.endpoint]) from None
+                except NotFound:
+                    raise
+                except ConsulException as exc:
+                    if is_invalid_session(exc):
+                        raise SessionGone(str(exc)) from None
+                    last = f"{type(exc).__name__}: {exc}"
+                except (requests.RequestException, OSError, ValueError) as exc:
+                    last = f"{type(exc).__name__}: {exc}"
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def _txn(self, what: str, deadline: float, ops: list[dict[str, Any]]) -> bool:
+        def go(c: Any) -> bool:
+            try:
+                c.txn.put(ops)
+            except ClientError as exc:
+                if str(exc).startswith("409"):
+                    return False  # a check failed: nothing was applied
+                raise
+            return True
+
+        return self._run(what, deadline, go)
+
+    # --- session --------------------------------------------------------------------------------
+    def _create_session(self, deadline: float) -> str:
+        sid = self._run(
+            "session create",
+            deadline,
+            lambda c: c.session.create(
+                name=f"{self.scope}-{self.name}",
+                checks=[],
+                lock_delay=LOCK_DELAY,
+                behavior="delete",
+                ttl=session_ttl(self.ttl),
+            ),
+        )
+        if not sid:
+            raise DCSError("consul session create returned no id", [self.endpoint])
+        self._session = str(sid)
+        if self._member_info is not None:
+            with contextlib.suppress(SessionGone):
+                self._write_member(self._member_info, self._session, deadline)
+        return self._session
+
+    def _renew(self, sid: str, deadline: float) -> bool:
+        try:
+            self._run("session renew", deadline, lambda c: c.session.renew(sid))
+        except (NotFound, SessionGone):
+            return False
+        return True
+
+    def _ensure_session(self, deadline: float) -> tuple[str, bool]:
+        sid = self._session
+        if sid is not None and self._renew(sid, deadline):
+            return sid, False
+        self._session = None
+        return self._create_session(deadline), True
+
+    def _write_member(self, info: MemberInfo, sid: str, deadline: float) -> None:
+        doc = info.to_json()
+        self._run(
+            "member put", deadline, lambda c: c.kv.put(self.ckey("members", self.name), doc, acquire=sid)
+        )
+        self._member_written = (doc, sid, time.monotonic())
+
+    # --- reads ----------------------------------------------------------------------------------
+    def _read(self, deadline: float) -> tuple[Any, Any]:
+        result: tuple[Any, Any] = self._run(
+            "get_cluster", deadline, lambda c: c.kv.get(self.kv_prefix, recurse=True)
+        )
+        return result
+
+    def get_cluster(self) -> ClusterView:
+        index, items = self._read(self._deadline())
+        return view_from_items(self.scope, self.kv_prefix, index, items)
+
+    # --- leader ---------------------------------------------------------------------------------
+    def attempt_to_acquire_leader(self) -> bool:
+        deadline = self._deadline()
+        with self._lock:
+            sid, _ = self._ensure_session(deadline)
+            try:
+                return bool(
+                    self._run(
+                        "acquire leader",
+                        deadline,
+                        lambda c: c.kv.put(self.ckey("leader"), self.name, acquire=sid),
+                    )
+                )
+            except SessionGone:
+                self._session = None
+                return False
+
+    def update_leader(self, status: LeaderStatus | None = None) -> bool:
+        deadline = self._deadline()
+        with self._lock:
+            sid = self._session
+            if sid is None:
+                return False
+            if not self._renew(sid, deadline):
+                self._session = None
+                with contextlib.suppress(DCSError):
+                    self._create_session(deadline)
+                return False
+            ops = [txn_op("check-session", self.ckey("leader"), session=sid)]
+            if status is not None:
+                ops.append(txn_op("set", self.ckey("status"), status.to_json()))
+            ok = self._txn("update leader", deadline, ops)
+            if ok and status is not None:
+                self._last_status = status
+            return ok
+
+    def delete_leader(self, last_lsn: int | None = None) -> bool:
+        deadline = self._deadline()
+        with self._lock:
+            sid = self._session
+            if sid is None:
+                return False
+            ops = [
+                txn_op("check-session", self.ckey("leader"), session=sid),
+                txn_op("delete", self.ckey("leader")),
+            ]
+            if last_lsn is not None:
+                slots = self._last_status.slots if self._last_status else {}
+                ops.append(txn_op("set", self.ckey("status"), LeaderStatus(last_lsn, slots).to_json()))
+            return self._txn("delete leader", deadline, ops)
+
+    # --- members --------------------------------------------------------------------------------
+    def touch_member(self, info: MemberInfo) -> None:
+        deadline = self._deadline()
+        with self._lock:
+            self._member_info = info
+            sid, fresh = self._ensure_session(deadline)
+            written = self._member_written
+            if (
+                fresh
+                or written is None
+                or written[0] != info.to_json()
+                or written[1] != sid
+                or time.monotonic() - written[2] >= self.ttl
+            ):
+                try:
+                    self._write_member(info, sid, deadline)
+                except SessionGone:
+                    self._session = None
+                    self._create_session(deadline)  # rewrites the member key
+
+    def delete_member(self) -> None:
+        with self._lock:
+            self._member_info = None
+            self._member_written = None
+        self._run("delete member", self._deadline(), lambda c: c.kv.delete(self.ckey("members", self.name)))
+
+    # --- CAS writes -------------------------------------------------------------------------------
+    def _cas_put(self, key: str, value: str, version: int | None, what: str) -> bool:
+        cas = 0 if version is None else version
+        return bool(self._run(what, self._deadline(), lambda c: c.kv.put(key, value, cas=cas)))
+
+    def _cas_delete(self, key: str, version: int | None, what: str) -> bool:
+        if version is None:
+            self._run(what, self._deadline(), lambda c: c.kv.delete(key))
+            return True
+        return bool(self._run(what, self._deadline(), lambda c: c.kv.delete(key, cas=version)))
+
+    def set_config(self, data: Mapping[str, Any], version: int | None) -> bool:
+        return self._cas_put(
+            self.ckey("config"), json.dumps(dict(data), sort_keys=True), version, "set config"
+        )
+
+    def set_history(self, history: Sequence[HistoryEntry], version: int | None) -> bool:
+        return self._cas_put(
+            self.ckey("history"), History(tuple(history), 0).to_json(), version, "set history"
+        )
+
+    def set_failover(self, failover: Failover, version: int | None) -> bool:
+        return self._cas_put(self.ckey("failover"), failover.to_json(), version, "set failover")
+
+    def delete_failover(self, version: int | None = None) -> bool:
+        return self._cas_delete(self.ckey("failover"), version, "delete failover")
+
+    def set_sync(self, leader: str | None, sync_standbys: Sequence[str], version: int | None) -> bool:
+        value = SyncState(leader, tuple(sync_standbys)).to_json()
+        return self._cas_put(self.ckey("sync"), value, version, "set sync")
+
+    def delete_sync(self, version: int | None = None) -> bool:
+        return self._cas_delete(self.ckey("sync"), version, "delete sync")
+
+    def set_failsafe(self, members: Mapping[str, str]) -> bool:
+        sid = self._session
+        if sid is None:
+            return False
+        ops = [
+            txn_op("check-session", self.ckey("leader"), session=sid),
+            txn_op("set", self.ckey("failsafe"), json.dumps(dict(members), sort_keys=True)),
+        ]
+        return self._txn("set failsafe", self._deadline(), ops)
+
+    def set_site(self, site: SiteRecord, version: int | None) -> bool:
+        return self._cas_put(self.ckey("site"), site.to_json(), version, "set site")
+
+    def write_fence(self, fence_id: str, data: Mapping[str, Any]) -> bool:
+        return self._cas_put(
+            self.ckey("fence", fence_id), json.dumps(dict(data), sort_keys=True), None, "fence"
+        )
+
+    # --- bootstrap ------------------------------------------------------------------------------
+    def initialize(self, value: str = "", create_new: bool = True, version: int | None = None) -> bool:
+        return self._cas_put(self.ckey("initialize"), value, None if create_new else version, "initialize")
+
+    def cancel_initialization(self) -> bool:
+        self._run("cancel initialization", self._deadline(), lambda c: c.kv.delete(self.ckey("initialize")))
+        return True
+
+    def delete_cluster(self) -> bool:
+        self._run("delete cluster", self._deadline(), lambda c: c.kv.delete(self.kv_prefix, recurse=True))
+        return True
+
+    # --- watch ----------------------------------------------------------------------------------
+    def watch(self, leader_version: int | None, timeout: float) -> bool:
+        """Blocking query on the cluster prefix from the index at call time. True at once when the
+        leader key already differs from ``leader_version``. When Consul cannot be reached the rest
+        of ``timeout`` is slept away and False returned."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        try:
+            index, items = self._read(min(deadline, self._deadline()))
+        except (DCSError, SessionGone):
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            return False
+        view = view_from_items(self.scope, self.kv_prefix, index, items)
+        current = view.leader.version if view.leader else None
+        if current != leader_version:
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0.05:
+            return False
+        with self._watch_lock:
+            self._watch_client.http.connections_timeout = min(self.retry_timeout, 2.0)
+            try:
+                new_index, _ = self._watch_client.kv.get(
+                    self.kv_prefix, recurse=True, index=index, wait=wait_param(remaining)
+                )
+            except (ConsulException, requests.RequestException, OSError, ValueError):
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                return False
+        return str(new_index) != str(index)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def close(self) -> None:
+        for client in (self._client, self._watch_client):
+            with contextlib.suppress(Exception):
+                client.http.session.close()
+
+    def revoke_session(self) -> None:
+        with self._lock:
+            sid = self._session
+            if sid is None:
+                return
+            with contextlib.suppress(NotFound, SessionGone):
+                self._run("session destroy", self._deadline(), lambda c: c.session.destroy(sid))
+            self._session = None
+            self._member_written = None

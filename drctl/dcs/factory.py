@@ -1,0 +1,145 @@
+"""Build a member's DCS connection from validated settings.
+
+Settings (YAML/dict), exactly one backend section::
+
+    etcd:
+      hosts: [10.0.0.1:2379, 10.0.0.2:2379, 10.0.0.3:2379]   # or full URLs
+      protocol: http            # https when the hosts are bare host:port and TLS is on
+      username: pgdr            # optional (etcd auth)
+      password: secret
+      cacert: /etc/pgdr/etcd-ca.pem      # optional TLS
+      cert: /etc/pgdr/etcd-client.pem
+      key: /etc/pgdr/etcd-client.key
+
+    consul:
+      host: 127.0.0.1
+      port: 8500
+      scheme: http
+      token: ...                # ACL token, sent as X-Consul-Token
+      dc: dc1
+      cacert / cert / key / verify
+
+Unknown keys are refused (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from drctl.dcs.base import DCS, DCSError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EtcdSettings(_Strict):
+    hosts: list[str] = Field(min_length=1)
+    protocol: Literal["http", "https"] = "http"
+    username: str | None = None
+    password: str | None = None
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    verify: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> EtcdSettings:
+        if self.password is not None and not self.username:
+            raise ValueError("etcd: password given without username")
+        if self.key and not self.cert:
+            raise ValueError("etcd: key given without cert")
+        if any(not h.strip() for h in self.hosts):
+            raise ValueError("etcd: empty host in hosts")
+        return self
+
+
+class ConsulSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8500, ge=1, le=65535)
+    scheme: Literal["http", "https"] = "http"
+    token: str | None = None
+    dc: str | None = None
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    verify: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> ConsulSettings:
+        if self.key and not self.cert:
+            raise ValueError("consul: key given without cert")
+        return self
+
+
+class DcsSettings(_Strict):
+    """Exactly one of ``etcd`` / ``consul``."""
+
+    etcd: EtcdSettings | None = None
+    consul: ConsulSettings | None = None
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> DcsSettings:
+        if (self.etcd is None) == (self.consul is None):
+            raise ValueError("configure exactly one DCS backend: 'etcd' or 'consul'")
+        return self
+
+    @property
+    def backend(self) -> str:
+        return "etcd" if self.etcd is not None else "consul"
+
+    @property
+    def hosts(self) -> list[str]:
+        if self.etcd is not None:
+            return list(self.etcd.hosts)
+        assert self.consul is not None
+        return [f"{self.consul.scheme}://{self.consul.host}:{self.consul.port}"]
+
+
+def get_dcs(
+    settings: DcsSettings, *, namespace: str, scope: str, name: str, ttl: int, retry_timeout: float
+) -> DCS:
+    """The DCS object for one member. Nothing is contacted yet: the first call does, and when the
+    DCS is unreachable it raises :class:`DCSError` naming the hosts it tried."""
+    if settings.etcd is not None:
+        from drctl.dcs.etcd import Etcd3
+
+        e = settings.etcd
+        return Etcd3(
+            namespace=namespace,
+            scope=scope,
+            name=name,
+            ttl=ttl,
+            retry_timeout=retry_timeout,
+            hosts=e.hosts,
+            protocol=e.protocol,
+            username=e.username,
+            password=e.password,
+            cacert=e.cacert,
+            cert=e.cert,
+            key=e.key,
+            verify=e.verify,
+        )
+    if settings.consul is not None:
+        from drctl.dcs.consul import ConsulDCS
+
+        c = settings.consul
+        return ConsulDCS(
+            namespace=namespace,
+            scope=scope,
+            name=name,
+            ttl=ttl,
+            retry_timeout=retry_timeout,
+            host=c.host,
+            port=c.port,
+            scheme=c.scheme,
+            token=c.token,
+            dc=c.dc,
+            cacert=c.cacert,
+            cert=c.cert,
+            key=c.key,
+            verify=c.verify,
+        )
+    raise DCSError("no DCS backend configured")  # unreachable: the model requires one
