@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from drctl.cli.cluster_cmd import COMMANDS as CLUSTER_COMMANDS
 from drctl.cli.lab_cmd import lab_group
 
 
@@ -14,6 +15,8 @@ def cli() -> None:
 
 
 cli.add_command(lab_group)
+for _command in CLUSTER_COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -613,6 +613,31 @@ class PgCtl:
         argv += ["-w", "-t", str(max(1, int(timeout)))] if wait else ["-W"]
         self._run(argv, what="pg_ctl promote", timeout=timeout + 10.0)
 
+    def crash_recovery(self, timeout: float = 600.0) -> None:
+        """Bring a crashed data directory to a clean shut-down state with a single-user
+        postgres (pg_rewind refuses a target that was not shut down cleanly). standby.signal is
+        set aside for the duration: single-user mode does not support standby mode."""
+        self._require_initialized()
+        self._require_stopped("crash recovery")
+        signal_file = self.data_dir / "standby.signal"
+        had_signal = signal_file.exists()
+        if had_signal:
+            remove_durably(signal_file)
+        try:
+            argv = [
+                self._bin("postgres"),
+                "--single",
+                "-D",
+                str(self.data_dir),
+                "-c",
+                "archive_mode=off",
+                "postgres",
+            ]
+            self._run(argv, what="single-user crash recovery", timeout=timeout)
+        finally:
+            if had_signal:
+                self._write("standby.signal", "")
+
     def rewind(
         self,
         source_conninfo: str,

@@ -9,3 +9,7 @@ def main() -> None:
     from site_agent.daemon import run
 
     sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,434 @@
+"""Which cluster a `drctl` cluster verb talks to, and how.
+
+Sources, later ones overriding earlier ones:
+
+1. ``-c/--config FILE`` (or ``$PGDR_CONFIG``): either a site-agent configuration (its ``scope``,
+   ``namespace``, DCS section and ``restapi.authentication`` are used) or a small drctl file::
+
+       dcs:
+         etcd: {hosts: [10.0.1.21:2379, 10.0.1.22:2379]}     # or consul: {host: ..., port: ...}
+       namespace: /service
+       scope: pg-main
+       restapi: {username: pgdr, password: secret}          # + optional cafile/certfile/keyfile/verify
+
+   (unknown keys are refused; an error names the file and the field);
+2. ``--dcs-url http://h1:2379[,http://h2:2379]`` (``etcd://``/``etcd3://`` are etcd over http,
+   ``consul://h:p`` is Consul), ``--namespace``, ``--scope``;
+3. the cluster name given as a positional argument.
+
+The options are accepted on each verb and, when a group declares them with :func:`target_options`,
+on the group too: they are stored in ``ctx.meta`` (shared by the whole context chain), a verb's own
+value winning over the group's.
+
+:class:`Runtime` (``ctx.obj``) holds the factories for the two I/O boundaries, the DCS and the
+agents' REST API, so that tests can substitute fakes (``CliRunner.invoke(..., obj=Runtime(...))``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import click
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from drctl.cli.agent_client import AgentApi, AgentClient, RestAuth
+from drctl.dcs.base import ClusterView, DCSError
+from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
+
+CONFIG_ENVVAR = "PGDR_CONFIG"
+DEFAULT_NAMESPACE = "/service"
+CLI_RETRY_TIMEOUT_S = 3.0  # a CLI call must fail fast when the DCS is down
+_META_KEY = "pgdr.target"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CliError(Exception):
+    """An operator-facing failure of a cluster verb (one line, exit 1)."""
+
+
+def one_line(text: str) -> str:
+    """Collapse a (possibly multi-line) message into one line."""
+    lines = [" ".join(line.split()) for line in str(text).splitlines()]
+    return "; ".join(line for line in lines if line)
+
+
+# ---------------------------------------------------------------------------------------------
+# The drctl configuration file
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RestApiClientConfig(_Strict):
+    username: str | None = None
+    password: str | None = None
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    verify: bool = True
+
+
+class CtlConfig(_Strict):
+    dcs: DcsSettings
+    namespace: str = DEFAULT_NAMESPACE
+    scope: str | None = None
+    restapi: RestApiClientConfig | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Everything a verb needs to reach one cluster."""
+
+    dcs: DcsSettings
+    namespace: str
+    scope: str
+    rest: RestAuth
+    source: str  # where the DCS settings came from (file name or "--dcs-url")
+
+    @property
+    def hosts_text(self) -> str:
+        return ", ".join(self.dcs.hosts)
+
+
+@dataclass(frozen=True)
+class TargetBase:
+    """A target before the cluster name is known."""
+
+    dcs: DcsSettings | None = None
+    namespace: str = DEFAULT_NAMESPACE
+    scope: str | None = None
+    rest: RestAuth = field(default_factory=RestAuth)
+    source: str = ""
+
+
+def _loc_text(loc: Sequence[int | str]) -> str:
+    parts = [str(p) for p in loc if not ("[" in str(p) or str(p).startswith("function-"))]
+    return ".".join(parts) or "(top level)"
+
+
+def _pydantic_one_line(exc: ValidationError, source: str) -> str:
+    problems = []
+    for err in exc.errors():
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key: remove it or fix its spelling"
+        elif err["type"] == "missing":
+            msg = "required: add it"
+        problems.append(f"field `{_loc_text(err['loc'])}`: {msg}")
+    return f"{source}: invalid drctl configuration: " + "; ".join(problems)
+
+
+def _agent_dcs_settings(cfg: Any) -> DcsSettings:
+    """DcsSettings from a site-agent AgentConfig's one DCS backend."""
+    kind, backend = cfg.dcs_backend
+    if kind == "consul":
+        host, _, port = str(backend.host).rpartition(":")
+        if not host:
+            host, port = str(backend.host), ""
+        port_num = backend.port or (int(port) if port.isdigit() else 8500)
+        return DcsSettings(
+            consul=ConsulSettings(
+                host=host,
+                port=port_num,
+                scheme=backend.scheme,
+                token=backend.token,
+                dc=backend.dc,
+                cacert=backend.cacert,
+                cert=backend.cert,
+                key=backend.key,
+                verify=backend.verify,
+            )
+        )
+    return DcsSettings(
+        etcd=EtcdSettings(
+            hosts=list(backend.hosts),
+            protocol=backend.protocol,
+            username=backend.username,
+            password=backend.password,
+            cacert=backend.cacert,
+            cert=backend.cert,
+            key=backend.key,
+        )
+    )
+
+
+_AGENT_KEYS = {"name", "postgresql", "bootstrap", "etcd", "etcd3", "consul", "watchdog", "tags", "log"}
+
+
+def load_target_file(path: str | Path) -> TargetBase:
+    """Read a site-agent or drctl configuration file. Every problem is one :class:`CliError`."""
+    from site_agent.config import ConfigError, parse_config
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"{p}: cannot read the configuration file: {exc.strerror or exc}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise CliError(f"{p}:{where}: YAML syntax error: {problem}") from None
+    if not isinstance(doc, dict):
+        raise CliError(f"{p}: expected a YAML mapping (dcs:, scope:, ... or a site-agent configuration)")
+    if _AGENT_KEYS & set(doc):
+        try:
+            cfg = parse_config(text, source=str(p))
+        except ConfigError as exc:
+            raise CliError(one_line(str(exc))) from None
+        auth = cfg.restapi.authentication
+        return TargetBase(
+            dcs=_agent_dcs_settings(cfg),
+            namespace=cfg.namespace,
+            scope=cfg.scope,
+            rest=RestAuth(
+                username=auth.username if auth else None,
+                password=auth.password if auth else None,
+                cafile=cfg.restapi.cafile,
+            ),
+            source=str(p),
+        )
+    dcs = doc.get("dcs")
+    if isinstance(dcs, dict) and "etcd3" in dcs and "etcd" not in dcs:
+        doc = {**doc, "dcs": {("etcd" if k == "etcd3" else k): v for k, v in dcs.items()}}
+    try:
+        ctl = CtlConfig.model_validate(doc)
+    except ValidationError as exc:
+        raise CliError(_pydantic_one_line(exc, str(p))) from None
+    r = ctl.restapi or RestApiClientConfig()
+    return TargetBase(
+        dcs=ctl.dcs,
+        namespace=ctl.namespace,
+        scope=ctl.scope,
+        rest=RestAuth(r.username, r.password, r.cafile, r.certfile, r.keyfile, r.verify),
+        source=str(p),
+    )
+
+
+def parse_dcs_url(text: str) -> DcsSettings:
+    """``--dcs-url``: comma-separated ``http(s)://h:p`` / ``etcd://h:p`` / ``etcd3://h:p`` (etcd) or
+    one ``consul://h:p``; bare ``h:p`` means etcd over http."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise CliError("--dcs-url: empty value (expected e.g. http://10.0.0.1:2379)")
+    etcd_hosts: list[str] = []
+    consul: list[tuple[str, str, int]] = []
+    for item in items:
+        raw = item if "://" in item else f"http://{item}"
+        try:
+            parts = urlsplit(raw)
+            port = parts.port
+        except ValueError:
+            raise CliError(f"--dcs-url: invalid URL {item!r}") from None
+        scheme = parts.scheme.lower()
+        if not parts.hostname:
+            raise CliError(f"--dcs-url: no host in {item!r} (expected e.g. http://10.0.0.1:2379)")
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        if scheme in ("http", "https", "etcd", "etcd3"):
+            proto = "https" if scheme == "https" else "http"
+            etcd_hosts.append(f"{proto}://{host}:{port or 2379}")
+        elif scheme in ("consul", "consuls"):
+            consul.append((parts.hostname, "https" if scheme == "consuls" else "http", port or 8500))
+        else:
+            raise CliError(f"--dcs-url: unsupported scheme {scheme!r} in {item!r} (use http://, consul://)")
+    if etcd_hosts and consul:
+        raise CliError("--dcs-url: mixes etcd and consul endpoints: give one backend")
+    if consul:
+        if len(consul) > 1:
+            raise CliError("--dcs-url: give a single consul:// endpoint")
+        host, scheme, port = consul[0]
+        return DcsSettings(
+            consul=ConsulSettings.model_validate({"host": host, "port": port, "scheme": scheme})
+        )
+    return DcsSettings(etcd=EtcdSettings(hosts=etcd_hosts))
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+
+
+def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            ctx.meta.setdefault(_META_KEY, {})[name] = value
+        return value
+
+    return callback
+
+
+def target_options(func: F) -> F:
+    """``-c/--config``, ``--dcs-url``, ``--namespace``, ``--scope`` (stored in ``ctx.meta``)."""
+    opts = [
+        click.option(
+            "-c",
+            "--config",
+            "config_file",
+            envvar=CONFIG_ENVVAR,
+            type=click.Path(dir_okay=False, path_type=str),
+            default=None,
+            expose_value=False,
+            is_eager=True,
+            callback=_store("config"),
+            help=f"Site-agent or drctl configuration file (default: ${CONFIG_ENVVAR}).",
+        ),
+        click.option(
+            "--dcs-url",
+            default=None,
+            expose_value=False,
+            callback=_store("dcs_url"),
+            metavar="URL[,URL]",
+            help="DCS endpoints, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379 or consul://h:8500.",
+        ),
+        click.option(
+            "--namespace",
+            default=None,
+            expose_value=False,
+            callback=_store("namespace"),
+            help=f"DCS namespace (default: the config's, else {DEFAULT_NAMESPACE}).",
+        ),
+        click.option(
+            "--scope",
+            default=None,
+            expose_value=False,
+            callback=_store("scope"),
+            help="Cluster name (default: the config's scope).",
+        ),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def target_settings(ctx: click.Context) -> dict[str, Any]:
+    return dict(ctx.meta.get(_META_KEY, {}))
+
+
+def resolve_base(settings: Mapping[str, Any]) -> TargetBase:
+    """The configuration file (if any) with --dcs-url / --namespace / --scope applied."""
+    base = TargetBase()
+    config = settings.get("config")
+    if config:
+        base = load_target_file(config)
+    dcs = base.dcs
+    source = base.source
+    if settings.get("dcs_url"):
+        dcs = parse_dcs_url(str(settings["dcs_url"]))
+        source = "--dcs-url"
+    namespace = str(settings.get("namespace") or base.namespace)
+    scope = settings.get("scope") or base.scope
+    return TargetBase(dcs=dcs, namespace=namespace, scope=scope, rest=base.rest, source=source)
+
+
+def resolve_target(base: TargetBase, cluster: str | None) -> Target:
+    if base.dcs is None:
+        raise CliError(
+            f"no DCS to ask: give -c/--config FILE (or set ${CONFIG_ENVVAR}) or --dcs-url http://HOST:2379"
+        )
+    scope = cluster or base.scope
+    if not scope:
+        raise CliError("no cluster name: give CLUSTER, --scope NAME, or `scope:` in the configuration file")
+    return Target(dcs=base.dcs, namespace=base.namespace, scope=scope, rest=base.rest, source=base.source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime: the I/O boundaries
+
+
+class ClusterStore(Protocol):
+    """The part of the DCS the verbs use (drctl.dcs.base.DCS satisfies it)."""
+
+    def get_cluster(self) -> ClusterView: ...
+
+    def set_config(self, data: Mapping[str, Any], version: int | None) -> bool: ...
+
+    def delete_failover(self, version: int | None = None) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def open_dcs(target: Target) -> ClusterStore:
+    return get_dcs(
+        target.dcs,
+        namespace=target.namespace,
+        scope=target.scope,
+        name="drctl",
+        ttl=30,
+        retry_timeout=CLI_RETRY_TIMEOUT_S,
+    )
+
+
+def open_agents(target: Target) -> AgentApi:
+    return AgentClient(target.rest)
+
+
+@dataclass
+class Runtime:
+    """``ctx.obj`` of the cluster verbs: factories for the DCS and the agents, and the clock."""
+
+    dcs_factory: Callable[[Target], ClusterStore] = open_dcs
+    agent_factory: Callable[[Target], AgentApi] = open_agents
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
+
+
+def runtime(ctx: click.Context) -> Runtime:
+    """The Runtime given by the caller (tests) or the real one."""
+    obj = ctx.find_object(Runtime)
+    return obj if obj is not None else Runtime()
+
+
+class Session:
+    """One verb's connection to its cluster: the target, the DCS and the agents."""
+
+    def __init__(self, target: Target, rt: Runtime) -> None:
+        self.target = target
+        self.rt = rt
+        self._dcs: ClusterStore | None = None
+        self._agents: AgentApi | None = None
+
+    @property
+    def dcs(self) -> ClusterStore:
+        if self._dcs is None:
+            self._dcs = self.rt.dcs_factory(self.target)
+        return self._dcs
+
+    @property
+    def agents(self) -> AgentApi:
+        if self._agents is None:
+            self._agents = self.rt.agent_factory(self.target)
+        return self._agents
+
+    def dcs_failure(self, exc: DCSError, doing: str = "read the cluster") -> CliError:
+        backend = self.target.dcs.backend
+        return CliError(
+            f"cannot {doing} {self.target.scope!r}: the DCS ({backend} at {self.target.hosts_text}, "
+            f"from {self.target.source}) did not answer within {CLI_RETRY_TIMEOUT_S:g}s "
+            f"[{one_line(str(exc))}]. Check that {backend} is running and reachable, "
+            "or point --dcs-url / the configuration file at the right hosts"
+        )
+
+    def view(self) -> ClusterView:
+        try:
+            return self.dcs.get_cluster()
+        except DCSError as exc:
+            raise self.dcs_failure(exc) from None
+
+    def close(self) -> None:
+        if self._dcs is not None:
+            try:
+                self._dcs.close()
+            except Exception:
+                pass
+        closer = getattr(self._agents, "close", None)
+        if callable(closer):
+            closer()

@@ -1,0 +1,335 @@
+"""A site's HA cluster in the lab: one site-agent per node (each agent starts its own
+PostgreSQL), configured by files the lab writes, on a given etcd cluster. Used by
+`drctl lab up`, the demo, the scenario tests and bench/."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from drctl.dcs.base import DCS, ClusterView, DCSError
+from drctl.dcs.factory import DcsSettings, EtcdSettings, get_dcs
+from drctl.lab.etcd import LabError
+from drctl.lab.ports import free_port
+from drctl.lab.procs import Supervisor, record_for_pid, terminate
+from drctl.pg.osuser import make_dir
+from drctl.pg.pidfile import parse_postmaster_pid
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+SUPERUSER = ("postgres", "pgdr-lab-su")
+REPLICATION = ("replicator", "pgdr-lab-rep")
+API_AUTH = ("pgdr", "pgdr-lab-api")
+
+LAB_PG_PARAMETERS: dict[str, Any] = {
+    "shared_buffers": "32MB",
+    "max_connections": 40,
+    "work_mem": "2MB",
+    "maintenance_work_mem": "16MB",
+    "max_wal_senders": 10,
+    "max_replication_slots": 10,
+    "wal_keep_size": "64MB",
+    "max_wal_size": "256MB",
+    "min_wal_size": "64MB",
+    "log_line_prefix": "%m [%p] ",
+    "wal_receiver_status_interval": "1s",
+    "wal_retrieve_retry_interval": "1s",
+}
+
+
+@dataclass(frozen=True)
+class Timings:
+    ttl: int = 10
+    loop_wait: int = 1
+    retry_timeout: int = 3
+
+
+@dataclass
+class AgentNode:
+    name: str  # member name, e.g. "a1"
+    dir: Path
+    pg_port: int
+    api_port: int
+
+    @property
+    def proc_name(self) -> str:
+        return f"agent-{self.name}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "agent.yml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.dir / "sock"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "agent.log"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def dsn(self) -> str:
+        user, password = SUPERUSER
+        return f"host=127.0.0.1 port={self.pg_port} user={user} password={password} dbname=postgres connect_timeout=2"
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            info = parse_postmaster_pid((self.data_dir / "postmaster.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        return info.pid if info else None
+
+
+@dataclass
+class LabCluster:
+    sup: Supervisor
+    base_dir: Path
+    scope: str
+    etcd_endpoints: list[str]
+    size: int = 3
+    site: str = "a"
+    timings: Timings = field(default_factory=Timings)
+    pg_user: str = "postgres"
+    dynamic: dict[str, Any] = field(default_factory=dict)  # extra bootstrap.dcs settings
+    tags: dict[str, dict[str, Any]] = field(default_factory=dict)  # member -> tags
+    namespace: str = "/service"
+    nodes: list[AgentNode] = field(default_factory=list)
+
+    # --- set-up ------------------------------------------------------------------------------
+    def plan(self) -> LabCluster:
+        make_dir(self.base_dir, self.pg_user, 0o755)
+        self.nodes = [
+            AgentNode(f"{self.site}{i}", self.base_dir / f"{self.site}{i}", free_port(), free_port())
+            for i in range(1, self.size + 1)
+        ]
+        for node in self.nodes:
+            make_dir(node.dir, self.pg_user, 0o755)
+            make_dir(node.socket_dir, self.pg_user, 0o750)
+            node.config_path.write_text(yaml.safe_dump(self.agent_config(node), sort_keys=False))
+        return self
+
+    def agent_config(self, node: AgentNode) -> dict[str, Any]:
+        su, rep = SUPERUSER, REPLICATION
+        dcs: dict[str, Any] = {
+            "ttl": self.timings.ttl,
+            "loop_wait": self.timings.loop_wait,
+            "retry_timeout": self.timings.retry_timeout,
+            "maximum_lag_on_failover": 16 * 1024 * 1024,
+            "primary_start_timeout": 30,
+            "postgresql": {"use_pg_rewind": True, "use_slots": True},
+        }
+        dcs.update(self.dynamic)
+        params = dict(LAB_PG_PARAMETERS)
+        params["unix_socket_directories"] = str(node.socket_dir)
+        cfg: dict[str, Any] = {
+            "scope": self.scope,
+            "namespace": self.namespace,
+            "name": node.name,
+            "restapi": {
+                "listen": f"127.0.0.1:{node.api_port}",
+                "connect_address": f"127.0.0.1:{node.api_port}",
+                "authentication": {"username": API_AUTH[0], "password": API_AUTH[1]},
+            },
+            "etcd3": {"hosts": [e.removeprefix("http://") for e in self.etcd_endpoints]},
+            "bootstrap": {"dcs": dcs},
+            "postgresql": {
+                "listen": f"127.0.0.1:{node.pg_port}",
+                "connect_address": f"127.0.0.1:{node.pg_port}",
+                "data_dir": str(node.data_dir),
+                "bin_dir": PG_BIN,
+                "run_as": self.pg_user,
+                "authentication": {
+                    "superuser": {"username": su[0], "password": su[1]},
+                    "replication": {"username": rep[0], "password": rep[1]},
+                },
+                "parameters": params,
+                "pg_hba": [
+                    "local all all trust",
+                    f"host all {su[0]} 127.0.0.1/32 scram-sha-256",
+                    f"host replication {rep[0]} 127.0.0.1/32 scram-sha-256",
+                    f"host all {rep[0]} 127.0.0.1/32 scram-sha-256",
+                ],
+            },
+            "log": {"format": "console", "level": "INFO"},
+        }
+        if node.name in self.tags:
+            cfg["tags"] = self.tags[node.name]
+        return cfg
+
+    # --- processes ---------------------------------------------------------------------------
+    def start_agent(self, name: str) -> None:
+        node = self.node(name)
+        self.sup.spawn(
+            node.proc_name,
+            [sys.executable, "-m", "site_agent.main", str(node.config_path)],
+            role="agent",
+            log=node.log,
+            cwd=node.dir,
+            port=node.api_port,
+            extra={
+                "site": self.site,
+                "scope": self.scope,
+                "pg_port": node.pg_port,
+                "data_dir": str(node.data_dir),
+            },
+        )
+
+    def start(self, wait: bool = True, timeout: float = 180.0) -> LabCluster:
+        if not self.nodes:
+            self.plan()
+        # The first node starts alone so that it wins the bootstrap race deterministically
+        # (the others would clone from it anyway); it makes lab output stable.
+        self.start_agent(self.nodes[0].name)
+        self.wait_for(lambda: self.leader() is not None, timeout, "a leader after bootstrap")
+        for node in self.nodes[1:]:
+            self.start_agent(node.name)
+        if wait:
+            self.wait_healthy(timeout)
+        return self
+
+    def node(self, name: str) -> AgentNode:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise LabError(f"no member {name!r} in {self.scope}")
+
+    def kill_agent(self, name: str) -> None:
+        """SIGKILL the agent only (its PostgreSQL keeps running, as after an agent crash)."""
+        self.sup.kill(self.node(name).proc_name)
+
+    def kill_postgres(self, name: str) -> int | None:
+        """SIGKILL the postmaster (and its backends) of ``name``; returns the PID killed."""
+        pid = self.node(name).postmaster_pid()
+        if pid is None:
+            return None
+        rec = record_for_pid(pid, f"postmaster-{name}", "postgres")
+        if rec is not None:
+            terminate([rec], signal.SIGKILL, 0.0)
+        return pid
+
+    def kill_node(self, name: str) -> None:
+        """Node loss: SIGKILL agent and PostgreSQL."""
+        self.kill_agent(name)
+        self.kill_postgres(name)
+
+    def pause_agent(self, name: str) -> None:
+        self.sup.pause(self.node(name).proc_name)
+
+    def resume_agent(self, name: str) -> None:
+        self.sup.resume(self.node(name).proc_name)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM the agents (each stops its PostgreSQL), then whatever PostgreSQL is left."""
+        recs = [r for r in (self.sup.record(n.proc_name) for n in self.nodes) if r is not None]
+        self.sup.stop_records(recs, signal.SIGTERM, grace)
+        for n in self.nodes:
+            self.sup.forget(n.proc_name)
+        left = [record_for_pid(pid, f"postmaster-{n.name}", "postgres") for n in self.nodes
+                if (pid := n.postmaster_pid()) is not None]  # fmt: skip
+        terminate([r for r in left if r is not None and r.alive()], signal.SIGINT, grace)
+
+    # --- observation -------------------------------------------------------------------------
+    def dcs(self) -> DCS:
+        settings = DcsSettings(etcd=EtcdSettings(hosts=list(self.etcd_endpoints)))
+        return get_dcs(settings, namespace=self.namespace, scope=self.scope, name="lab-observer", ttl=30,
+                       retry_timeout=3)  # fmt: skip
+
+    def view(self) -> ClusterView | None:
+        dcs = self.dcs()
+        try:
+            return dcs.get_cluster()
+        except DCSError:
+            return None
+        finally:
+            dcs.close()
+
+    def leader(self) -> str | None:
+        view = self.view()
+        return view.leader.name if view and view.leader else None
+
+    def status(self, name: str, timeout: float = 2.0) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"{self.node(name).api_url}/status", timeout=timeout) as resp:
+                doc = json.loads(resp.read())
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def health(self, name: str, path: str) -> int | None:
+        req = urllib.request.Request(f"{self.node(name).api_url}{path}", method="GET")
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except (OSError, urllib.error.URLError):
+            return None
+
+    def healthy(self) -> bool:
+        """One running primary holding the key; every other member a running, streaming replica."""
+        leader = self.leader()
+        if leader is None:
+            return False
+        for n in self.nodes:
+            st = self.status(n.name)
+            if st is None or st.get("state") != "running":
+                return False
+            if n.name == leader and st.get("role") != "primary":
+                return False
+            if n.name != leader and (
+                st.get("role") != "replica" or st.get("replication_state") != "streaming"
+            ):
+                return False
+        return True
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            for n in self.nodes:
+                rec = self.sup.record(n.proc_name)
+                if rec is not None and not rec.alive():
+                    raise LabError(f"agent {n.name} exited: see {n.log}")
+            time.sleep(0.2)
+        raise LabError(f"{self.scope}: no {what} after {timeout:.0f}s: see the agent logs in {self.base_dir}")
+
+    def wait_healthy(self, timeout: float = 120.0) -> None:
+        self.wait_for(self.healthy, timeout, "healthy cluster (one primary, replicas streaming)")
+
+    def writable_nodes(self) -> list[str]:
+        out = []
+        import psycopg
+
+        for n in self.nodes:
+            try:
+                with psycopg.connect(n.dsn, autocommit=True, connect_timeout=1) as conn:
+                    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                if row is not None and row[0] is False:
+                    out.append(n.name)
+            except psycopg.Error:
+                continue
+        return out
+
+    def url(self) -> str:
+        """Multi-host libpq URL landing on the writable node (as applications connect)."""
+        from drctl.lab.workload import multi_host_url
+
+        return multi_host_url([("127.0.0.1", n.pg_port) for n in self.nodes], password=SUPERUSER[1])

@@ -1,0 +1,337 @@
+"""The agent loop: observe -> decide -> act, once per loop_wait (sooner when the DCS watch
+says the leader changed). All decisions come from the pure ``decide``; this module only
+gathers inputs, executes, remembers and publishes."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+import structlog
+
+from drctl.dcs.base import DCS, ClusterView, DCSError, MemberInfo
+from site_agent.actions import AcquireLeader, Clone, Decision, Promote, Rebuild, Rewind
+from site_agent.config import AgentConfig, ConfigError, DynamicConfig, parse_dynamic_config
+from site_agent.decide import decide
+from site_agent.executor import Executor, Memory
+from site_agent.node import Node, Observation
+from site_agent.peers import gather_peers
+from site_agent.snapshot import NodeSnapshot, XlogPosition
+from site_agent.state import DecideConfig, LocalState, PgState, tags_from_config
+
+log = structlog.get_logger("site_agent")
+
+VERSION = "0.1.0"
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, dcs: DCS, node: Node) -> None:
+        self.cfg = cfg
+        self.dcs = dcs
+        self.node = node
+        self.mem = Memory()
+        self.executor = Executor(node, dcs, self.mem)
+        self.dynamic: DynamicConfig = cfg.bootstrap.dcs
+        self.view: ClusterView | None = None
+        self.local: LocalState | None = None
+        self.decision: Decision | None = None
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self._last_reason = ""
+        self._dcs_last_seen: float | None = None
+        self._dcs_error: str | None = None
+        self._snapshot = NodeSnapshot(name=cfg.name, scope=cfg.scope, version=VERSION)
+        self.cycle_lock = threading.Lock()  # the API waits on cycles, never runs one
+        self.cycles = 0
+
+    # --- public ------------------------------------------------------------------------------
+    @property
+    def snapshot(self) -> NodeSnapshot:
+        return self._snapshot
+
+    @property
+    def api_url(self) -> str:
+        scheme = "https" if self.cfg.restapi.certfile else "http"
+        return f"{scheme}://{self.cfg.restapi.connect_address}/status"
+
+    def decide_config(self) -> DecideConfig:
+        return DecideConfig.from_config(self.cfg, self.dynamic)
+
+    def run(self) -> None:
+        log.info("agent started", scope=self.cfg.scope, name=self.cfg.name)
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                hurry = self.run_cycle()
+            except Exception:
+                # A bug must not stop the loop: the lease deadline rule still has to run.
+                log.exception("agent cycle failed")
+                hurry = False
+            if self.stopping.is_set():
+                break
+            self._wait(started, hurry)
+
+    def run_cycle(self) -> bool:
+        """One observe/decide/act cycle. Returns True when the next cycle should come at once."""
+        with self.cycle_lock:
+            now = time.monotonic()
+            view = self._read_view()
+            self._refresh_dynamic(view)
+            obs = self.node.observe()
+            local = self._local_state(view, obs, now)
+            cfg = self.decide_config()
+            decision = decide(view, local, cfg, now)
+            self._log_decision(decision, local)
+            self.mem.leader_key_lost = False
+            self.view, self.local, self.decision = view, local, decision
+            acted_ok = self.executor.execute(decision, view, self.dynamic)
+            self._after_act(view, decision)
+            self._seed_config(view)
+            self._publish(view, decision)
+            self.cycles += 1
+        return self.mem.leader_key_lost or (
+            acted_ok
+            and any(isinstance(a, (Promote, Rewind, Clone, Rebuild, AcquireLeader)) for a in decision.actions)
+        )
+
+    def shutdown(self) -> None:
+        """Clean stop: PostgreSQL stopped, the leader key released with the last LSN so a
+        replica takes over at once instead of after ttl."""
+        self.stopping.set()
+        with self.cycle_lock:
+            ctl = self.node.ctl
+            was_leader = self.mem.am_leader
+            with contextlib.suppress(Exception):
+                if ctl.is_running():
+                    ctl.stop("fast", timeout=60)
+            if was_leader:
+                last = None
+                with contextlib.suppress(Exception):
+                    last = ctl.controldata().checkpoint_lsn
+                with contextlib.suppress(DCSError):
+                    self.dcs.delete_leader(last)
+            with contextlib.suppress(DCSError):
+                self.dcs.delete_member()
+            self.dcs.close()
+        log.info("agent stopped", released_leader=was_leader)
+
+    # --- observe -----------------------------------------------------------------------------
+    def _read_view(self) -> ClusterView | None:
+        try:
+            view = self.dcs.get_cluster()
+        except DCSError as exc:
+            self._dcs_error = str(exc)
+            log.warning("DCS unreachable", error=str(exc))
+            return None
+        self._dcs_error = None
+        self._dcs_last_seen = time.time()
+        return view
+
+    def _refresh_dynamic(self, view: ClusterView | None) -> None:
+        if view is None or view.config is None:
+            return
+        try:
+            dyn = parse_dynamic_config(dict(view.config.data))
+        except ConfigError as exc:
+            log.error("invalid dynamic configuration in the DCS: keeping the last good one", error=str(exc))
+            return
+        if dyn != self.dynamic:
+            self.dynamic = dyn
+            self.dcs.set_ttl(dyn.ttl)
+            self.dcs.set_retry_timeout(dyn.retry_timeout)
+
+    def _local_state(self, view: ClusterView | None, obs: Observation, now: float) -> LocalState:
+        mem = self.mem
+        probe = obs.probe
+        control = obs.control
+        if obs.running:
+            pg = PgState.RUNNING if probe is not None else PgState.STARTING
+            mem.running_since = mem.running_since or now
+            if now - mem.running_since > 3 * self.dynamic.loop_wait:
+                mem.crash_restarts, mem.first_crash_at = 0, None
+        else:
+            mem.running_since = None
+            if mem.start_failed:
+                pg = PgState.START_FAILED
+            elif mem.expect_running:
+                pg = PgState.CRASHED
+                if mem.first_crash_at is None:
+                    mem.first_crash_at = now
+                    log.warning("PostgreSQL stopped unexpectedly")
+            else:
+                pg = PgState.STOPPED
+        in_recovery: bool | None = None
+        timeline = received = replayed = current = None
+        system_id = None
+        was_primary = False
+        if probe is not None:
+            in_recovery = probe.in_recovery
+            timeline = probe.timeline
+            received, replayed, current = probe.received_lsn, probe.replayed_lsn, probe.current_lsn
+            system_id = str(probe.system_identifier)
+            was_primary = not probe.in_recovery
+        elif control is not None:
+            timeline = control.effective_timeline
+            system_id = str(control.system_identifier)
+            replayed = control.checkpoint_lsn
+            # A base backup that never started also says "in production": not a former primary.
+            was_primary = (
+                control.cluster_state in ("in production", "shut down")
+                and not (self.node.data_dir / "backup_label").exists()
+            )
+        peers: dict[str, Any] = {}
+        if view is not None and (view.leader is None or view.failover is not None):
+            peers = gather_peers(view, self.cfg.name, timeout=min(2.0, self.dynamic.retry_timeout / 2))
+        return LocalState(
+            name=self.cfg.name,
+            pg=pg,
+            in_recovery=in_recovery,
+            timeline=timeline,
+            received_lsn=received,
+            replayed_lsn=replayed,
+            current_lsn=current,
+            system_id=system_id,
+            data_dir=obs.data_dir,
+            was_primary=was_primary,
+            following=mem.following,
+            timeline_diverged=False if mem.timeline_verified else None,
+            rewind_failed=mem.rewind_failed,
+            am_leader=mem.am_leader,
+            last_renewal=mem.last_renewal,
+            renewal_failed=mem.renewal_failed,
+            leader_key_lost=mem.leader_key_lost,
+            dcs_error=self._dcs_error,
+            crash_restarts=mem.crash_restarts,
+            first_crash_at=mem.first_crash_at,
+            peers=peers,
+            tags=tags_from_config(self.cfg),
+            pending_restart=mem.pending_restart,
+            pending_reinitialize=mem.pending_reinitialize,
+            wall_clock=time.time(),
+        )
+
+    # --- after acting ------------------------------------------------------------------------
+    def _after_act(self, view: ClusterView | None, decision: Decision) -> None:
+        mem = self.mem
+        acquired = decision.has(AcquireLeader) and mem.am_leader
+        if view is not None and not acquired:
+            holder = view.leader.name if view.leader else None
+            if holder != self.cfg.name and mem.am_leader:
+                mem.am_leader = False
+                mem.leader_key_lost = True
+        if not mem.am_leader:
+            mem.last_renewal = None
+
+    def _seed_config(self, view: ClusterView | None) -> None:
+        """The bootstrap winner seeds the dynamic configuration once."""
+        if view is None or view.config is not None or not self.mem.am_leader:
+            return
+        data = self.cfg.bootstrap.dcs.model_dump(mode="json", exclude_none=True)
+        with contextlib.suppress(DCSError):
+            if self.dcs.set_config(data, None):
+                log.info("seeded the dynamic configuration from bootstrap.dcs")
+
+    def _publish(self, view: ClusterView | None, decision: Decision) -> None:
+        local = self.local
+        assert local is not None
+        info = MemberInfo(
+            conn_url=self.node.conn_url,
+            api_url=self.api_url,
+            role=decision.role,
+            state=local.pg.value,
+            timeline=local.timeline or 0,
+            received_lsn=local.current_lsn if local.in_recovery is False else local.received_lsn,
+            replayed_lsn=local.replayed_lsn,
+            tags=self.cfg.tags.model_dump(exclude_none=True),
+            version=VERSION,
+        )
+        try:
+            self.dcs.touch_member(info)
+        except DCSError as exc:
+            log.warning("could not publish this member", error=str(exc))
+        leader_lsn = view.status.lsn if view is not None and view.status is not None else None
+        lag = None
+        if local.in_recovery and leader_lsn is not None and local.lsn is not None:
+            lag = max(0, leader_lsn - local.lsn)
+        cfg = self.decide_config()
+        deadline = None
+        if self.mem.am_leader and self.mem.last_renewal is not None:
+            deadline = time.time() + (self.mem.last_renewal + cfg.leader_deadline - time.monotonic())
+        obs_probe = self.node.ctl.is_running()
+        self._snapshot = NodeSnapshot(
+            name=self.cfg.name,
+            scope=self.cfg.scope,
+            role=decision.role,
+            state=local.pg.value,
+            pg_running=obs_probe and local.pg is PgState.RUNNING,
+            in_recovery=bool(local.in_recovery),
+            timeline=local.timeline or 0,
+            system_identifier=local.system_id,
+            xlog=XlogPosition(
+                location=local.current_lsn if local.in_recovery is False else None,
+                received_location=local.received_lsn if local.in_recovery else None,
+                replayed_location=local.replayed_lsn if local.in_recovery else None,
+            ),
+            leader_name=view.leader.name if view and view.leader else None,
+            is_leader=self.mem.am_leader,
+            leader_lease_deadline=deadline,
+            dcs_last_seen=self._dcs_last_seen,
+            dcs_ok=view is not None,
+            paused=self.dynamic.pause,
+            pending_restart=self.mem.pending_restart,
+            tags=self.cfg.tags.model_dump(exclude_none=True),
+            lag_bytes=lag,
+            cluster_unlocked=view is not None and view.leader is None,
+            site_role=view.site.role if view and view.site else None,
+            site_epoch=view.site.epoch if view and view.site else None,
+            version=VERSION,
+            last_cycle_at=time.time(),
+            ttl=self.dynamic.ttl,
+            loop_wait=self.dynamic.loop_wait,
+            maximum_lag_on_failover=self.dynamic.maximum_lag_on_failover,
+            replication_state="streaming" if local.in_recovery and local.following else None,
+        )
+
+    def _log_decision(self, decision: Decision, local: LocalState) -> None:
+        acting = [
+            a for a in decision.actions if type(a).__name__ not in ("NoOp", "RenewLeader", "WaitForLeader")
+        ]
+        if decision.reason != self._last_reason or acting:
+            log.info(
+                "decision",
+                role=decision.role,
+                reason=decision.reason,
+                actions=[a.describe() for a in decision.actions],
+                pg=local.pg.value,
+            )
+            self._last_reason = decision.reason
+
+    # --- waiting -----------------------------------------------------------------------------
+    def _wait(self, started: float, hurry: bool) -> None:
+        if hurry:
+            self.stopping.wait(0.05)
+            return
+        remaining = self.dynamic.loop_wait - (time.monotonic() - started)
+        if remaining <= 0:
+            return
+        if self.wake.is_set():
+            self.wake.clear()
+            return
+        if self.mem.am_leader or self.view is None:
+            self.wake.wait(remaining)
+            self.wake.clear()
+            return
+        # Replicas: the DCS watch returns as soon as the leader key changes.
+        leader_version = self.view.leader.version if self.view.leader else None
+        with contextlib.suppress(DCSError):
+            self.dcs.watch(leader_version, remaining)
+        self.wake.clear()
+
+    def request_cycle(self) -> None:
+        self.wake.set()
+
+    def with_local(self, **changes: Any) -> LocalState | None:
+        return replace(self.local, **changes) if self.local is not None else None

@@ -1,0 +1,427 @@
+"""The imperative shell's hands: carries out the actions of one Decision, in order, stopping
+at the first guard action that fails (see site_agent.actions)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from drctl.dcs.base import DCS, ClusterView, DCSError, HistoryEntry, LeaderStatus
+from drctl.pg.ctl import PgCtlError
+from drctl.pg.probe import ProbeError, checkpoint, connect, create_physical_slot, drop_slot, list_slots
+from drctl.pg.probe import create_replication_role as create_role
+from site_agent.actions import (
+    AcquireInitialize,
+    AcquireLeader,
+    Action,
+    Bootstrap,
+    ClearFailover,
+    Clone,
+    Decision,
+    Demote,
+    Follow,
+    ManageSlots,
+    NoOp,
+    Promote,
+    Rebuild,
+    RecordInitialize,
+    ReleaseLeader,
+    RenewLeader,
+    RestartPostgres,
+    Rewind,
+    StandbyTarget,
+    StartPostgres,
+    StopPostgres,
+    UpdateSync,
+    WaitForLeader,
+    WriteHistory,
+)
+from site_agent.config import DynamicConfig
+from site_agent.node import Node
+from site_agent.state import STANDBY_SOURCE
+
+log = structlog.get_logger("site_agent.act")
+
+
+@dataclass
+class Memory:
+    """What the shell remembers between cycles (reported to decide through LocalState)."""
+
+    am_leader: bool = False
+    last_renewal: float | None = None
+    renewal_failed: bool = False
+    leader_key_lost: bool = False
+    expect_running: bool = False  # we started PostgreSQL and did not stop it since
+    start_failed: bool = False
+    following: str | None = None
+    timeline_verified: bool = False  # former primary proven (rewind) to be on the leader's history
+    rewind_failed: bool = False
+    crash_restarts: int = 0
+    first_crash_at: float | None = None
+    running_since: float | None = None
+    pending_restart: bool = False
+    pending_reinitialize: bool = False
+    last_error: str | None = None
+    events: list[str] = field(default_factory=list)
+
+
+class ActionFailed(Exception):
+    pass
+
+
+class Executor:
+    def __init__(
+        self, node: Node, dcs: DCS, memory: Memory, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.node = node
+        self.dcs = dcs
+        self.mem = memory
+        self.clock = clock
+
+    # --- entry point -------------------------------------------------------------------------
+    def execute(self, decision: Decision, view: ClusterView | None, dynamic: DynamicConfig) -> bool:
+        """Carry out the decision; False when an action failed (the caller then waits a full
+        loop_wait before trying again instead of hammering)."""
+        self.view = view
+        self.dynamic = dynamic
+        all_ok = True
+        for action in decision.actions:
+            try:
+                ok = self._dispatch(action)
+            except (PgCtlError, ProbeError, ActionFailed) as exc:
+                self.mem.last_error = f"{type(action).__name__}: {exc}"
+                log.error("action failed", action=action.describe(), error=str(exc))
+                ok = False
+            except DCSError as exc:
+                self.mem.last_error = f"{type(action).__name__}: {exc}"
+                log.warning("action failed: DCS", action=action.describe(), error=str(exc))
+                if isinstance(action, RenewLeader):
+                    self.mem.renewal_failed = True
+                ok = False
+            if not ok and not action.guard:
+                all_ok = False
+            if not ok and (action.guard or isinstance(action, (Promote, Rewind, Bootstrap, Clone, Rebuild))):
+                log.info("stopping this decision", at=type(action).__name__)
+                break
+        return all_ok
+
+    def _dispatch(self, action: Action) -> bool:
+        handler = getattr(self, f"_do_{type(action).__name__}", None)
+        if handler is None:  # pragma: no cover - every action has a handler
+            raise ActionFailed(f"no handler for {type(action).__name__}")
+        result = handler(action)
+        return True if result is None else bool(result)
+
+    # --- DCS ---------------------------------------------------------------------------------
+    def _do_AcquireInitialize(self, a: AcquireInitialize) -> bool:
+        won = self.dcs.initialize(a.system_id, create_new=True)
+        log.info("bootstrap race", won=won)
+        return won
+
+    def _do_RecordInitialize(self, a: RecordInitialize) -> bool:
+        return self.dcs.initialize(a.system_id, create_new=a.version is None, version=a.version)
+
+    def _do_AcquireLeader(self, _a: AcquireLeader) -> bool:
+        started = self.clock()
+        won = self.dcs.attempt_to_acquire_leader()
+        if won:
+            self.mem.am_leader = True
+            self.mem.last_renewal = started
+            self.mem.renewal_failed = False
+            log.info("acquired the leader key")
+        return won
+
+    def _do_RenewLeader(self, a: RenewLeader) -> bool:
+        started = self.clock()
+        status = LeaderStatus(lsn=a.lsn or 0, slots=self._slot_positions()) if a.lsn is not None else None
+        ok = self.dcs.update_leader(status)
+        if ok:
+            self.mem.am_leader = True
+            self.mem.last_renewal = started
+            self.mem.renewal_failed = False
+        else:
+            self.mem.am_leader = False
+            self.mem.leader_key_lost = True
+            log.warning("the leader key is no longer ours")
+        return ok
+
+    def _do_ReleaseLeader(self, a: ReleaseLeader) -> bool:
+        last = a.last_lsn
+        if last is None and not self.node.ctl.is_running():
+            with contextlib.suppress(PgCtlError):
+                last = self.node.ctl.controldata().checkpoint_lsn
+        ok = self.dcs.delete_leader(last)
+        self.mem.am_leader = False
+        log.info("released the leader key", last_lsn=last, ok=ok)
+        return True
+
+    def _do_WriteHistory(self, a: WriteHistory) -> bool:
+        entries = list(self.view.history.entries) if self.view and self.view.history else []
+        if any(e.timeline == a.entry.timeline for e in entries):
+            return True
+        entry = a.entry
+        if not entry.timestamp:
+            entry = HistoryEntry(entry.timeline, entry.lsn, entry.reason, _now_iso(), entry.new_leader)
+        return self.dcs.set_history([*entries, entry], a.version)
+
+    def _do_ClearFailover(self, a: ClearFailover) -> bool:
+        return self.dcs.delete_failover(a.version)
+
+    def _do_UpdateSync(self, _a: UpdateSync) -> bool:
+        return True  # synchronous replication control comes with the safety-modes work
+
+    def _do_WaitForLeader(self, _a: WaitForLeader) -> bool:
+        return True
+
+    def _do_NoOp(self, _a: NoOp) -> bool:
+        return True
+
+    # --- PostgreSQL lifecycle ----------------------------------------------------------------
+    def _do_Bootstrap(self, _a: Bootstrap) -> bool:
+        ctl = self.node.ctl
+        su = self.node.cfg.postgresql.authentication.superuser
+        try:
+            ctl.initdb(superuser=su.username, password=su.password, checksums=True)
+            self.node.write_config(self.dynamic)
+            ctl.clear_recovery()
+            ctl.start(timeout=120)
+            self.mem.expect_running = True
+            self._create_roles()
+        except (PgCtlError, ProbeError) as exc:
+            log.error("bootstrap failed: giving the race back", error=str(exc))
+            with contextlib.suppress(PgCtlError):
+                ctl.stop("immediate", timeout=30)
+            self.mem.expect_running = False
+            with contextlib.suppress(DCSError):
+                self.dcs.cancel_initialization()
+            with contextlib.suppress(PgCtlError):
+                ctl.wipe()
+            raise
+        log.info("bootstrapped a new cluster")
+        return True
+
+    def _create_roles(self) -> None:
+        auth = self.node.cfg.postgresql.authentication
+        with connect(self.node.superuser_conninfo()) as conn:
+            create_role(conn, auth.replication.username, auth.replication.password)
+            if auth.rewind is not None and auth.rewind.username != auth.superuser.username:
+                create_role(conn, auth.rewind.username, auth.rewind.password)
+                # pg_rewind needs these functions (PostgreSQL docs, pg_rewind "Notes").
+                for fn in (
+                    "pg_ls_dir(text, boolean, boolean)",
+                    "pg_stat_file(text, boolean)",
+                    "pg_read_binary_file(text)",
+                    "pg_read_binary_file(text, bigint, bigint, boolean)",
+                ):
+                    conn.execute(f'GRANT EXECUTE ON function {fn} TO "{auth.rewind.username}"')
+
+    def _start(self, role: str, upstream: str | None, slot: str | None, remote: StandbyTarget | None) -> None:
+        ctl = self.node.ctl
+        self.node.write_config(self.dynamic)
+        if role == "primary":
+            ctl.clear_recovery()
+            self.mem.following = None
+        else:
+            conninfo, restore = self._upstream(upstream, remote)
+            ctl.set_recovery(conninfo, slot, restore)
+            self.mem.following = STANDBY_SOURCE if remote is not None else upstream
+        # Wait a bounded time only: the loop must keep renewing the lease; a server still in
+        # recovery after that is reported as "starting" by the next observation.
+        wait = max(5.0, 3.0 * self.dynamic.loop_wait)
+        try:
+            ctl.start(timeout=wait)
+        except PgCtlError:
+            if ctl.is_running():
+                log.info("PostgreSQL still starting", waited=wait)
+                self.mem.start_failed = False
+                self.mem.expect_running = True
+                return
+            self.mem.start_failed = True
+            self.mem.expect_running = False
+            raise
+        self.mem.start_failed = False
+        self.mem.expect_running = True
+
+    def _upstream(self, upstream: str | None, remote: StandbyTarget | None) -> tuple[str | None, str | None]:
+        if remote is not None:
+            conninfo = self.node.remote_conninfo(remote.host, remote.port) if remote.host else None
+            return conninfo, remote.restore_command
+        if upstream is None or self.view is None:
+            return None, None
+        member = self.view.member(upstream)
+        if member is None or not member.info.conn_url:
+            return None, None
+        return self.node.member_conninfo(member, replication=True), None
+
+    def _do_StartPostgres(self, a: StartPostgres) -> bool:
+        if self.node.ctl.is_running():
+            return True
+        if a.role == "primary" and self.mem.first_crash_at is not None:
+            self.mem.crash_restarts += 1
+        log.info("starting PostgreSQL", role=a.role, upstream=a.as_replica_of)
+        self._start(a.role, a.as_replica_of, a.slot, a.remote)
+        return True
+
+    def _do_StopPostgres(self, a: StopPostgres) -> bool:
+        self.mem.expect_running = False
+        return self.node.ctl.stop(a.mode, timeout=60)
+
+    def _do_RestartPostgres(self, _a: RestartPostgres) -> bool:
+        ctl = self.node.ctl
+        in_recovery = ctl.standby_signal()
+        self.mem.expect_running = False
+        ctl.stop("fast", timeout=60)
+        self.mem.pending_restart = False
+        if in_recovery:
+            self._start(
+                "replica", self.mem.following if self.mem.following != STANDBY_SOURCE else None, None, None
+            )
+        else:
+            self._start("primary", None, None, None)
+        return True
+
+    def _do_Promote(self, _a: Promote) -> bool:
+        log.warning("promoting PostgreSQL")
+        self.node.ctl.promote(wait=True, timeout=60)
+        self.mem.following = None
+        self.mem.timeline_verified = True
+        return True
+
+    def _do_Demote(self, a: Demote) -> bool:
+        ctl = self.node.ctl
+        log.warning("demoting", mode=a.mode)
+        self.mem.expect_running = False
+        self.mem.am_leader = False if a.mode != "graceful" else self.mem.am_leader
+        if a.mode == "graceful" and ctl.is_running():
+            with contextlib.suppress(ProbeError, PgCtlError), connect(self.node.superuser_conninfo()) as conn:
+                checkpoint(conn)
+            ctl.stop("fast", timeout=60)
+        elif a.mode == "immediate":
+            ctl.stop("immediate", timeout=30)
+        else:
+            ctl.stop("fast", timeout=60)
+        self.mem.timeline_verified = False
+        return True
+
+    def _do_Follow(self, a: Follow) -> bool:
+        ctl = self.node.ctl
+        conninfo, restore = self._upstream(a.leader, a.remote)
+        ctl.set_recovery(conninfo, a.slot, restore)
+        target = STANDBY_SOURCE if a.remote is not None else a.leader
+        if ctl.is_running():
+            ctl.reload()  # primary_conninfo / primary_slot_name are reloadable (PG 13+)
+        log.info("following", upstream=target)
+        self.mem.following = target
+        return True
+
+    def _do_Rewind(self, a: Rewind) -> bool:
+        ctl = self.node.ctl
+        if self.view is None or (source := self.view.member(a.source)) is None:
+            raise ActionFailed(f"rewind source {a.source} is not a known member")
+        self.mem.expect_running = False
+        if ctl.is_running():
+            ctl.stop("fast", timeout=60)
+        if (self.node.data_dir / "backup_label").exists():
+            # A base backup that never started: nothing of its own to rewind, and single-user
+            # crash recovery on it would be wrong.
+            self.mem.timeline_verified = True
+            return True
+        control = ctl.controldata()
+        if not control.shut_down_cleanly:
+            log.info("crash recovery before pg_rewind", state=control.cluster_state)
+            ctl.crash_recovery()
+        src = self.node.member_conninfo(source, replication=False)
+        # The source's control file must show its new timeline (a fresh promotion may not have
+        # checkpointed yet).
+        with contextlib.suppress(ProbeError), connect(src) as conn:
+            checkpoint(conn)
+        result = ctl.rewind(src, restore_target_wal=False)
+        if result.ok:
+            log.info("pg_rewind done", source=a.source, seconds=round(result.duration, 2))
+            self.mem.rewind_failed = False
+            self.mem.timeline_verified = True
+            self.node.write_config(self.dynamic)
+            return True
+        self.mem.rewind_failed = True
+        log.error("pg_rewind failed", source=a.source, output=result.output_tail[-500:])
+        return False
+
+    def _do_Clone(self, a: Clone) -> bool:
+        self._clone(a.source, a.methods, a.remote)
+        self.mem.timeline_verified = True  # a fresh copy of the leader is on its timeline
+        return True
+
+    def _do_Rebuild(self, a: Rebuild) -> bool:
+        ctl = self.node.ctl
+        self.mem.expect_running = False
+        if ctl.is_running():
+            ctl.stop("immediate", timeout=30)
+        log.warning("rebuilding the data directory", source=a.source)
+        ctl.wipe()
+        self.mem.pending_reinitialize = False
+        self._clone(a.source, a.methods, None)
+        self.mem.rewind_failed = False
+        self.mem.timeline_verified = True
+        return True
+
+    def _clone(self, source: str | None, methods: tuple[str, ...], remote: StandbyTarget | None) -> None:
+        ctl = self.node.ctl
+        if remote is not None and remote.host:
+            conninfo = self.node.remote_conninfo(remote.host, remote.port)
+        else:
+            member = self.view.member(source) if (self.view and source) else None
+            if member is None:
+                raise ActionFailed(f"clone source {source!r} is not a known member")
+            conninfo = self.node.member_conninfo(member, replication=True)
+        errors = []
+        for method in methods or ("basebackup",):
+            if method != "basebackup":
+                errors.append(f"{method}: not available yet")
+                continue
+            try:
+                log.info("cloning with pg_basebackup", source=source or "remote site")
+                ctl.basebackup(conninfo)
+                self.node.write_config(self.dynamic)
+                return
+            except PgCtlError as exc:
+                errors.append(f"basebackup: {exc}")
+                with contextlib.suppress(PgCtlError):
+                    ctl.wipe()
+        raise ActionFailed("; ".join(errors))
+
+    def _do_ManageSlots(self, a: ManageSlots) -> bool:
+        if not self.node.ctl.is_running():
+            return True
+        with connect(self.node.superuser_conninfo()) as conn:
+            existing = {s.slot_name: s for s in list_slots(conn) if s.slot_type == "physical"}
+            for name in a.slots:
+                if name not in existing:
+                    create_physical_slot(conn, name)
+                    log.info("created replication slot", slot=name)
+            for name, slot in existing.items():
+                if name not in a.slots and not slot.active:
+                    with contextlib.suppress(ProbeError):
+                        drop_slot(conn, name)
+                        log.info("dropped replication slot", slot=name)
+        return True
+
+    def _slot_positions(self) -> dict[str, int]:
+        try:
+            with connect(self.node.superuser_conninfo(), timeout=2) as conn:
+                return {s.slot_name: s.restart_lsn for s in list_slots(conn) if s.restart_lsn is not None}
+        except (ProbeError, PgCtlError):
+            return {}
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def describe(actions: tuple[Action, ...]) -> list[Any]:
+    return [a.describe() for a in actions]

@@ -1,0 +1,168 @@
+"""This node's PostgreSQL as the agent sees and drives it: settings derived from the agent
+configuration, connection strings, and the observation that feeds LocalState."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from drctl.dcs.base import Member
+from drctl.pg.conninfo import make_conninfo, parse_host_port
+from drctl.pg.controldata import ControlData
+from drctl.pg.ctl import PgCtl, PgCtlError
+from drctl.pg.probe import PgState as ProbeState
+from drctl.pg.probe import ProbeError, probe
+from site_agent.config import AgentConfig, DynamicConfig
+from site_agent.state import DataDirState
+
+DEFAULT_BIN = "/usr/lib/postgresql/15/bin"
+
+# Settings an HA cluster needs whatever the user wrote (replication, rewind, hot standby).
+REQUIRED_PARAMETERS: dict[str, Any] = {
+    "wal_level": "replica",
+    "hot_standby": "on",
+    "wal_log_hints": "on",
+}
+DEFAULT_PARAMETERS: dict[str, Any] = {
+    "max_wal_senders": 10,
+    "max_replication_slots": 10,
+    "wal_keep_size": "128MB",
+    "max_connections": 100,
+}
+
+
+def split_host_port(address: str, default_port: int = 5432) -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` / ``host`` as written in the agent configuration."""
+    address = address.strip()
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest.lstrip(":")
+    else:
+        host, sep, port = address.rpartition(":")
+        if not sep:
+            host, port = address, ""
+    if port and not port.isdigit():
+        raise ValueError(f"invalid port in {address!r}")
+    return host, int(port) if port else default_port
+
+
+@dataclass
+class Observation:
+    """What one look at the local PostgreSQL found."""
+
+    running: bool
+    probe: ProbeState | None
+    probe_error: str | None
+    data_dir: DataDirState
+    control: ControlData | None
+
+
+class Node:
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        pg = cfg.postgresql
+        self.data_dir = Path(pg.data_dir)
+        self.log_file = self.data_dir.parent / f"{self.data_dir.name}.postgres.log"
+        params = pg.parameters
+        sock = params.get("unix_socket_directories")
+        self.socket_dir = Path(str(sock).split(",")[0].strip()) if sock else None
+        self.ctl = PgCtl(
+            self.data_dir, Path(pg.bin_dir or DEFAULT_BIN), pg.run_as, self.log_file, self.socket_dir
+        )
+        self.listen_host, self.port = split_host_port(pg.listen)
+        self.connect_host, self.connect_port = split_host_port(pg.connect_address)
+
+    # --- addresses ---------------------------------------------------------------------------
+    @property
+    def conn_url(self) -> str:
+        return f"postgres://{self.connect_host}:{self.connect_port}/postgres"
+
+    def superuser_conninfo(self, timeout: int = 3) -> str:
+        su = self.cfg.postgresql.authentication.superuser
+        try:
+            return self.ctl.local_conninfo(
+                "postgres", su.username, password=su.password, connect_timeout=timeout
+            )
+        except PgCtlError:
+            return make_conninfo(
+                host=self.connect_host,
+                port=self.connect_port,
+                dbname="postgres",
+                user=su.username,
+                password=su.password,
+                connect_timeout=timeout,
+            )
+
+    def member_conninfo(self, member: Member, *, replication: bool, dbname: str = "postgres") -> str:
+        """How to reach another member's PostgreSQL: as the replication user (streaming,
+        pg_basebackup) or as the superuser (pg_rewind, CHECKPOINT)."""
+        host, port = parse_host_port(member.info.conn_url)
+        auth = self.cfg.postgresql.authentication
+        cred = auth.replication if replication else (auth.rewind or auth.superuser)
+        return make_conninfo(
+            host=host,
+            port=port,
+            user=cred.username,
+            password=cred.password,
+            dbname=dbname,
+            application_name=self.cfg.name,
+            connect_timeout=3,
+        )
+
+    def remote_conninfo(self, host: str, port: int) -> str:
+        rep = self.cfg.postgresql.authentication.replication
+        return make_conninfo(
+            host=host, port=port, user=rep.username, password=rep.password, dbname="postgres",
+            application_name=self.cfg.name, connect_timeout=3,
+        )  # fmt: skip
+
+    # --- configuration -----------------------------------------------------------------------
+    def parameters(self, dynamic: DynamicConfig) -> dict[str, Any]:
+        params: dict[str, Any] = dict(DEFAULT_PARAMETERS)
+        params.update(dynamic.postgresql.parameters)
+        params.update(self.cfg.postgresql.parameters)
+        params.update(REQUIRED_PARAMETERS)
+        params["port"] = self.port
+        params["listen_addresses"] = self.listen_host or "*"
+        params.setdefault("cluster_name", self.cfg.scope)
+        return params
+
+    def hba(self, dynamic: DynamicConfig) -> list[str]:
+        return list(self.cfg.postgresql.pg_hba or dynamic.postgresql.pg_hba)
+
+    def write_config(self, dynamic: DynamicConfig) -> None:
+        self.ctl.configure(self.parameters(dynamic), self.hba(dynamic))
+
+    # --- observation -------------------------------------------------------------------------
+    def data_dir_state(self) -> DataDirState:
+        if self.ctl.rewind_in_progress():
+            return DataDirState.REWIND_MARKER
+        if not self.data_dir.exists():
+            return DataDirState.EMPTY
+        try:
+            entries = list(self.data_dir.iterdir())
+        except OSError:
+            return DataDirState.INVALID
+        if not entries:
+            return DataDirState.EMPTY
+        if (self.data_dir / "PG_VERSION").exists() and (self.data_dir / "global" / "pg_control").exists():
+            return DataDirState.VALID
+        return DataDirState.INVALID
+
+    def observe(self) -> Observation:
+        dd = self.data_dir_state()
+        running = self.ctl.is_running()
+        state: ProbeState | None = None
+        error: str | None = None
+        control: ControlData | None = None
+        if running:
+            try:
+                state = probe(self.superuser_conninfo(), timeout=3)
+            except (ProbeError, PgCtlError) as exc:
+                error = str(exc)
+        if dd is DataDirState.VALID and (state is None or not running):
+            with contextlib.suppress(PgCtlError):
+                control = self.ctl.controldata()
+        return Observation(running, state, error, dd, control)
