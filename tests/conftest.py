@@ -56,7 +56,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     leaked = [r for r in procs.spawned if r.alive()]
     if leaked:
         names = ", ".join(f"{r.name} (pid {r.pid})" for r in leaked)
-        session.config.get_terminal_writer().line(
-            f"LEAKED PROCESSES after the test session: {names}", red=True
-        )
+        session.config.get_terminal_writer().line(f"LEAKED PROCESSES after the test session: {names}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -133,7 +133,9 @@ class AgentClient:
                 redirect=False,
             )
         except (Urllib3Error, OSError) as exc:
-            raise AgentUnreachable(f"cannot reach the agent at {url}: {_reason(exc)}") from None
+            raise AgentUnreachable(
+                f"cannot reach the agent at {url}: {_reason(exc)} (is the site agent running there?)"
+            ) from None
         return decode_reply(resp.status, resp.data, resp.headers.get("Content-Type"))
 
     def close(self) -> None:

@@ -252,9 +252,7 @@ def cluster_doc(view: ClusterView, *, topology: bool = False) -> dict[str, Any]:
 
 
 def _tags_text(tags: Mapping[str, Any]) -> str:
-    return ", ".join(
-        f"{k}: {json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(tags.items())
-    )
+    return ", ".join(f"{k}: {json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(tags.items()))
 
 
 def table_rows(doc: Mapping[str, Any], *, topology: bool, extended: bool = False) -> list[list[str]]:
@@ -333,9 +331,7 @@ def render_cluster(doc: Mapping[str, Any], *, topology: bool, extended: bool = F
         footer.append(" Maintenance mode: on")
     sw = doc.get("scheduled_switchover")
     if sw:
-        footer.append(
-            f" Switchover scheduled at: {sw['at']} from: {sw['from'] or '-'} to: {sw['to'] or 'any'}"
-        )
+        footer.append(f" Switchover scheduled at: {sw['at']} from: {sw['from'] or '-'} to: {sw['to'] or 'any'}")
     return "\n".join([text, *footer])
 
 
@@ -536,9 +532,7 @@ def parse_when(text: str, now: datetime) -> datetime | None:
     try:
         when = datetime.fromisoformat(raw)
     except ValueError:
-        raise CliError(
-            f"cannot parse time {text!r}: use ISO 8601, e.g. 2030-01-31T02:00+00:00, or now"
-        ) from None
+        raise CliError(f"cannot parse time {text!r}: use ISO 8601, e.g. 2030-01-31T02:00+00:00, or now") from None
     if when.tzinfo is None:
         when = when.astimezone()  # local time zone
     if when < now:
@@ -639,9 +633,7 @@ def cas_config(
 # =============================================================================================
 # Commands
 
-format_option = click.option(
-    "--format", "fmt", type=FORMATS, default="table", show_default=True, help="Output format."
-)
+format_option = click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help="Output format.")
 force_option = click.option("--force", is_flag=True, help="Do not ask for confirmation.")
 
 
@@ -708,9 +700,7 @@ def list_cmd(cluster: str | None, fmt: str, extended: bool, watch_default: bool,
 @format_option
 @_watch_options
 @cluster_verb
-def topology_cmd(
-    cluster: str | None, fmt: str, extended: bool, watch_default: bool, watch: float | None
-) -> None:
+def topology_cmd(cluster: str | None, fmt: str, extended: bool, watch_default: bool, watch: float | None) -> None:
     """The members of CLUSTER as a replication tree (cascading replicas under their upstream)."""
     interval = watch if watch is not None else (2.0 if watch_default else None)
     try:
@@ -727,9 +717,7 @@ def topology_cmd(
 @click.option("--scheduled", default="now", show_default=True, help="ISO 8601 time, or now.")
 @force_option
 @cluster_verb
-def switchover_cmd(
-    cluster: str | None, leader: str | None, candidate: str | None, scheduled: str, force: bool
-) -> None:
+def switchover_cmd(cluster: str | None, leader: str | None, candidate: str | None, scheduled: str, force: bool) -> None:
     """Planned handover: the leader demotes itself and CANDIDATE (or the best replica) promotes."""
     ctx = click.get_current_context()
     session = open_session(ctx, cluster)
@@ -738,9 +726,7 @@ def switchover_cmd(
         raise CliError(f"cluster {view.scope!r} has no leader: use `drctl failover --candidate NAME`")
     current = view.leader.name
     if leader and leader != current:
-        raise CliError(
-            f"member {leader!r} is not the leader of cluster {view.scope!r} (the leader is {current})"
-        )
+        raise CliError(f"member {leader!r} is not the leader of cluster {view.scope!r} (the leader is {current})")
     if candidate:
         member_or_fail(view, candidate)
         if candidate == current:
@@ -790,9 +776,7 @@ def failover_cmd(cluster: str | None, candidate: str, leader: str | None, force:
     if not force:
         click.echo(render_cluster(cluster_doc(view), topology=False))
         what = f"demoting current leader {current}" if current else "the cluster has no leader"
-        click.confirm(
-            f"Are you sure you want to failover cluster {view.scope} to {candidate} ({what})?", abort=True
-        )
+        click.confirm(f"Are you sure you want to failover cluster {view.scope} to {candidate} ({what})?", abort=True)
     # Ask the leader when there is one (it coordinates the handover), else the candidate itself.
     targets: list[Member] = []
     lm = view.leader_member
@@ -802,9 +786,7 @@ def failover_cmd(cluster: str | None, candidate: str, leader: str | None, force:
     last_error: AgentUnreachable | None = None
     for target in targets:
         try:
-            reply = call_agent(
-                session, target, "POST", "/failover", {"candidate": candidate}, SWITCHOVER_TIMEOUT_S
-            )
+            reply = call_agent(session, target, "POST", "/failover", {"candidate": candidate}, SWITCHOVER_TIMEOUT_S)
         except AgentUnreachable as exc:
             last_error = exc
             continue
@@ -827,9 +809,7 @@ def failover_cmd(cluster: str | None, candidate: str, leader: str | None, force:
 )
 @click.option("--pending", is_flag=True, help="Restart only members with a pending restart.")
 @click.option("--scheduled", default=None, help="ISO 8601 time for the restart (default: now).")
-@click.option(
-    "--timeout", type=click.FloatRange(min=1), default=None, help="Seconds to wait for each restart."
-)
+@click.option("--timeout", type=click.FloatRange(min=1), default=None, help="Seconds to wait for each restart.")
 @force_option
 @cluster_verb
 def restart_cmd(
@@ -866,9 +846,7 @@ def restart_cmd(
         body["timeout"] = timeout
     if not force:
         click.echo(render_cluster(cluster_doc(view), topology=False))
-        click.confirm(
-            f"Are you sure you want to restart members {', '.join(m.name for m in picked)}?", abort=True
-        )
+        click.confirm(f"Are you sure you want to restart members {', '.join(m.name for m in picked)}?", abort=True)
     read_timeout = (timeout or 120.0) + 15.0
     failed = 0
     for m in picked:
@@ -910,7 +888,17 @@ def _cluster_and_members(ctx: click.Context, names: Sequence[str]) -> tuple[Sess
     if cluster is None and first_session is not None and first_view is not None:
         return first_session, first_view, members
     session = open_session(ctx, cluster, base)
-    return session, existing_view(session), members
+    if first_view is None:
+        return session, existing_view(session), members
+    # The first word was not a member of the configured cluster: try it as a cluster name.
+    view = session.view()
+    if not view.members and view.leader is None and view.config is None and not view.initialize:
+        known = ", ".join(m.name for m in first_view.members) or "none"
+        raise CliError(
+            f"{names[0]!r} is neither a member of cluster {first_view.scope!r} (members: {known}) "
+            "nor a cluster in the DCS"
+        )
+    return session, view, members
 
 
 @click.command("reinit")
@@ -928,14 +916,10 @@ def reinit_cmd(names: tuple[str, ...], wait: bool, timeout: float, force: bool) 
     picked = [member_or_fail(view, n) for n in members]
     for m in picked:
         if view.leader is not None and m.name == view.leader.name:
-            raise CliError(
-                f"member {m.name!r} is the leader: switch over first, a leader cannot be reinitialized"
-            )
+            raise CliError(f"member {m.name!r} is the leader: switch over first, a leader cannot be reinitialized")
     if not force:
         click.echo(render_cluster(cluster_doc(view), topology=False))
-        click.confirm(
-            f"Are you sure you want to reinitialize members {', '.join(m.name for m in picked)}?", abort=True
-        )
+        click.confirm(f"Are you sure you want to reinitialize members {', '.join(m.name for m in picked)}?", abort=True)
     failed = 0
     for m in picked:
         try:
@@ -1009,9 +993,7 @@ def flush_cmd(names: tuple[str, ...], force: bool) -> None:
                 return
             if reply.status not in (502, 503, 504):
                 raise refused("flush switchover", lm.name, reply)
-            click.echo(
-                f"warning: the leader answered HTTP {reply.status}; deleting the DCS key instead", err=True
-            )
+            click.echo(f"warning: the leader answered HTTP {reply.status}; deleting the DCS key instead", err=True)
     try:
         ok = session.dcs.delete_failover(view.failover.version)
     except DCSError as exc:
@@ -1111,9 +1093,7 @@ def _read_yaml_mapping(source: str, option: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise CliError(
-            f"{option} {source}:{where}: YAML syntax error: {getattr(exc, 'problem', exc)}"
-        ) from None
+        raise CliError(f"{option} {source}:{where}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -1125,9 +1105,7 @@ def _read_yaml_mapping(source: str, option: str) -> dict[str, Any]:
 @click.argument("cluster", required=False)
 @click.option("-s", "--set", "sets", multiple=True, metavar="KEY.PATH=VALUE", help="Set a key (YAML value).")
 @click.option("-p", "--pg", "params", multiple=True, metavar="NAME=VALUE", help="Set a PostgreSQL parameter.")
-@click.option(
-    "--apply", "apply_file", default=None, metavar="FILE|-", help="Merge a YAML patch (null deletes)."
-)
+@click.option("--apply", "apply_file", default=None, metavar="FILE|-", help="Merge a YAML patch (null deletes).")
 @click.option("--replace", "replace_file", default=None, metavar="FILE|-", help="Replace the whole config.")
 @click.option("-q", "--quiet", is_flag=True, help="Do not show the diff.")
 @force_option
@@ -1143,9 +1121,7 @@ def edit_config_cmd(
 ) -> None:
     """Change the dynamic configuration: validated, shown as a diff, written with compare-and-swap."""
     if not (sets or params or apply_file or replace_file):
-        raise CliError(
-            "edit-config: nothing to change: give -s KEY=VALUE, -p NAME=VALUE, --apply or --replace"
-        )
+        raise CliError("edit-config: nothing to change: give -s KEY=VALUE, -p NAME=VALUE, --apply or --replace")
     if apply_file == "-" and replace_file == "-":
         raise CliError("edit-config: --apply - and --replace - cannot both read stdin")
     apply_doc = _read_yaml_mapping(apply_file, "--apply") if apply_file else None
@@ -1169,9 +1145,7 @@ def edit_config_cmd(
     except DCSError as exc:
         raise session.dcs_failure(exc, "write the configuration of") from None
     if not ok:
-        raise CliError(
-            f"config changed since read (version {version}): retry (run show-config to see the new one)"
-        )
+        raise CliError(f"config changed since read (version {version}): retry (run show-config to see the new one)")
     click.echo("Configuration changed")
 
 
@@ -1186,7 +1160,7 @@ def history_cmd(cluster: str | None, fmt: str) -> None:
     if fmt != "table":
         emit_structured(docs, fmt)
         return
-    click.echo(render_table(HISTORY_COLUMNS, history_rows(docs), right=("TL", "LSN")))
+    click.echo(render_table(HISTORY_COLUMNS, history_rows(docs), right=("TL",)))
 
 
 @click.command("dsn")

@@ -247,9 +247,7 @@ def parse_dcs_url(text: str) -> DcsSettings:
         if len(consul) > 1:
             raise CliError("--dcs-url: give a single consul:// endpoint")
         host, scheme, port = consul[0]
-        return DcsSettings(
-            consul=ConsulSettings.model_validate({"host": host, "port": port, "scheme": scheme})
-        )
+        return DcsSettings(consul=ConsulSettings.model_validate({"host": host, "port": port, "scheme": scheme}))
     return DcsSettings(etcd=EtcdSettings(hosts=etcd_hosts))
 
 
@@ -258,9 +256,17 @@ def parse_dcs_url(text: str) -> DcsSettings:
 
 
 def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
-        if value is not None:
-            ctx.meta.setdefault(_META_KEY, {})[name] = value
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return value
+        store = ctx.meta.setdefault(_META_KEY, {})
+        # A value from the environment must not override one given explicitly on a parent group.
+        from_env = param.name is not None and ctx.get_parameter_source(param.name) in (
+            click.core.ParameterSource.ENVIRONMENT,
+            click.core.ParameterSource.DEFAULT,
+        )
+        if not (from_env and name in store):
+            store[name] = value
         return value
 
     return callback
@@ -331,9 +337,7 @@ def resolve_base(settings: Mapping[str, Any]) -> TargetBase:
 
 def resolve_target(base: TargetBase, cluster: str | None) -> Target:
     if base.dcs is None:
-        raise CliError(
-            f"no DCS to ask: give -c/--config FILE (or set ${CONFIG_ENVVAR}) or --dcs-url http://HOST:2379"
-        )
+        raise CliError(f"no DCS to ask: give -c/--config FILE (or set ${CONFIG_ENVVAR}) or --dcs-url http://HOST:2379")
     scope = cluster or base.scope
     if not scope:
         raise CliError("no cluster name: give CLUSTER, --scope NAME, or `scope:` in the configuration file")

@@ -26,14 +26,14 @@ dir_option = click.option(
 
 @click.group("lab")
 def lab_group() -> None:
-    """Run a local lab: per site an etcd cluster and PostgreSQL nodes, all on loopback."""
+    """Run a local lab: per site an etcd cluster and nodes (site-agent + PostgreSQL), all on loopback."""
 
 
 @lab_group.command("up")
 @dir_option
 @click.option("--sites", default=2, show_default=True, type=click.IntRange(1, 26))
 @click.option(
-    "--nodes", default=3, show_default=True, type=click.IntRange(1, 9), help="PostgreSQL nodes per site."
+    "--nodes", default=3, show_default=True, type=click.IntRange(1, 9), help="Nodes (agent + PostgreSQL) per site."
 )
 @click.option("--etcd-members", default=3, show_default=True, type=click.IntRange(1, 7))
 @click.option("--pg-user", default="postgres", show_default=True, help="OS user that runs PostgreSQL.")
@@ -46,7 +46,9 @@ def lab_up(lab_dir: Path | None, sites: int, nodes: int, etcd_members: int, pg_u
     for site in state.sites:
         click.echo(f"site {site.name}: etcd {','.join(site.etcd_endpoints)}")
         for n in site.nodes:
-            click.echo(f"  {n['name']}: postgresql on 127.0.0.1:{n['port']}")
+            click.echo(
+                f"  {n['name']}: postgresql 127.0.0.1:{n['pg_port']}, agent API http://127.0.0.1:{n['api_port']}"
+            )
     click.echo(f"stop it with: drctl lab down --dir {lab.dir}")
 
 
@@ -69,9 +71,7 @@ def lab_status(lab_dir: Path | None, fmt: str) -> None:
 
 @lab_group.command("down")
 @dir_option
-@click.option(
-    "--grace", default=15.0, show_default=True, help="Seconds to wait after SIGTERM before SIGKILL."
-)
+@click.option("--grace", default=15.0, show_default=True, help="Seconds to wait after SIGTERM before SIGKILL.")
 @operator_errors
 def lab_down(lab_dir: Path | None, grace: float) -> None:
     """Stop every process of the lab, by PID."""

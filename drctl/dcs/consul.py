@@ -105,9 +105,7 @@ def nodes_from_items(prefix: str, items: Sequence[Mapping[str, Any]] | None) -> 
     return out
 
 
-def view_from_items(
-    scope: str, prefix: str, index: Any, items: Sequence[Mapping[str, Any]] | None
-) -> ClusterView:
+def view_from_items(scope: str, prefix: str, index: Any, items: Sequence[Mapping[str, Any]] | None) -> ClusterView:
     try:
         revision = int(index or 0)
     except (TypeError, ValueError):
@@ -275,16 +273,12 @@ class ConsulDCS(DCS):
 
     def _write_member(self, info: MemberInfo, sid: str, deadline: float) -> None:
         doc = info.to_json()
-        self._run(
-            "member put", deadline, lambda c: c.kv.put(self.ckey("members", self.name), doc, acquire=sid)
-        )
+        self._run("member put", deadline, lambda c: c.kv.put(self.ckey("members", self.name), doc, acquire=sid))
         self._member_written = (doc, sid, time.monotonic())
 
     # --- reads ----------------------------------------------------------------------------------
     def _read(self, deadline: float) -> tuple[Any, Any]:
-        result: tuple[Any, Any] = self._run(
-            "get_cluster", deadline, lambda c: c.kv.get(self.kv_prefix, recurse=True)
-        )
+        result: tuple[Any, Any] = self._run("get_cluster", deadline, lambda c: c.kv.get(self.kv_prefix, recurse=True))
         return result
 
     def get_cluster(self) -> ClusterView:
@@ -380,14 +374,10 @@ class ConsulDCS(DCS):
         return bool(self._run(what, self._deadline(), lambda c: c.kv.delete(key, cas=version)))
 
     def set_config(self, data: Mapping[str, Any], version: int | None) -> bool:
-        return self._cas_put(
-            self.ckey("config"), json.dumps(dict(data), sort_keys=True), version, "set config"
-        )
+        return self._cas_put(self.ckey("config"), json.dumps(dict(data), sort_keys=True), version, "set config")
 
     def set_history(self, history: Sequence[HistoryEntry], version: int | None) -> bool:
-        return self._cas_put(
-            self.ckey("history"), History(tuple(history), 0).to_json(), version, "set history"
-        )
+        return self._cas_put(self.ckey("history"), History(tuple(history), 0).to_json(), version, "set history")
 
     def set_failover(self, failover: Failover, version: int | None) -> bool:
         return self._cas_put(self.ckey("failover"), failover.to_json(), version, "set failover")
@@ -416,9 +406,7 @@ class ConsulDCS(DCS):
         return self._cas_put(self.ckey("site"), site.to_json(), version, "set site")
 
     def write_fence(self, fence_id: str, data: Mapping[str, Any]) -> bool:
-        return self._cas_put(
-            self.ckey("fence", fence_id), json.dumps(dict(data), sort_keys=True), None, "fence"
-        )
+        return self._cas_put(self.ckey("fence", fence_id), json.dumps(dict(data), sort_keys=True), None, "fence")
 
     # --- bootstrap ------------------------------------------------------------------------------
     def initialize(self, value: str = "", create_new: bool = True, version: int | None = None) -> bool:

@@ -296,9 +296,7 @@ class EtcdClient:
             if key:
                 tls["key_file"] = key
         tls["cert_reqs"] = "CERT_REQUIRED" if (verify or cacert) else "CERT_NONE"
-        self._pool = urllib3.PoolManager(
-            num_pools=max(4, len(self.endpoints)), maxsize=4, retries=False, **tls
-        )
+        self._pool = urllib3.PoolManager(num_pools=max(4, len(self.endpoints)), maxsize=4, retries=False, **tls)
         self._lock = threading.Lock()
         self._preferred = 0
         self._api: str | None = None
@@ -579,9 +577,7 @@ class Etcd3(DCS):
         except LeaseNotFound as exc:
             raise DCSError(f"etcd {what}: {exc}", self.client.endpoints) from None
 
-    def _txn(
-        self, compare: list[Json], success: list[Json], failure: list[Json], deadline: float, what: str
-    ) -> Json:
+    def _txn(self, compare: list[Json], success: list[Json], failure: list[Json], deadline: float, what: str) -> Json:
         return self.client.call("/kv/txn", linearizable_txn(compare, success, failure), deadline, what)
 
     def _safe_txn(
@@ -650,9 +646,12 @@ class Etcd3(DCS):
 
             def acquire(lease: str) -> Json:
                 return self._txn(
-                    [cmp_create(leader, 0)], [op_put(leader, self.name, lease)], [op_range(leader)], deadline,
+                    [cmp_create(leader, 0)],
+                    [op_put(leader, self.name, lease)],
+                    [op_range(leader)],
+                    deadline,
                     "acquire leader",
-                )  # fmt: skip
+                )
 
             doc = self._with_lease(deadline, acquire, "acquire leader")
             if txn_succeeded(doc):
@@ -750,9 +749,7 @@ class Etcd3(DCS):
         with self._lock:
             self._member_info = None
             self._member_written = None
-        self._call(
-            "/kv/deleterange", {"key": b64(self.key("members", self.name))}, self._deadline(), "delete member"
-        )
+        self._call("/kv/deleterange", {"key": b64(self.key("members", self.name))}, self._deadline(), "delete member")
 
     # --- CAS writes -------------------------------------------------------------------------------
     def _cas_put(self, key: str, value: str, version: int | None, what: str) -> bool:
@@ -765,9 +762,7 @@ class Etcd3(DCS):
         return txn_succeeded(doc)
 
     def set_config(self, data: Mapping[str, Any], version: int | None) -> bool:
-        return self._cas_put(
-            self.key("config"), json.dumps(dict(data), sort_keys=True), version, "set config"
-        )
+        return self._cas_put(self.key("config"), json.dumps(dict(data), sort_keys=True), version, "set config")
 
     def set_history(self, history: Sequence[HistoryEntry], version: int | None) -> bool:
         value = History(tuple(history), 0).to_json()
@@ -842,9 +837,7 @@ class Etcd3(DCS):
         current = to_int(kvs[0].get("mod_revision")) if kvs else None
         if current != leader_version:
             return True
-        return self.client.watch(
-            self.prefix, prefix_range_end(self.prefix), reply_revision(doc) + 1, deadline
-        )
+        return self.client.watch(self.prefix, prefix_range_end(self.prefix), reply_revision(doc) + 1, deadline)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:

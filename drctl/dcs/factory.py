@@ -98,9 +98,7 @@ class DcsSettings(_Strict):
         return [f"{self.consul.scheme}://{self.consul.host}:{self.consul.port}"]
 
 
-def get_dcs(
-    settings: DcsSettings, *, namespace: str, scope: str, name: str, ttl: int, retry_timeout: float
-) -> DCS:
+def get_dcs(settings: DcsSettings, *, namespace: str, scope: str, name: str, ttl: int, retry_timeout: float) -> DCS:
     """The DCS object for one member. Nothing is contacted yet: the first call does, and when the
     DCS is unreachable it raises :class:`DCSError` naming the hosts it tried."""
     if settings.etcd is not None:

@@ -20,12 +20,14 @@ import yaml
 from drctl.dcs.base import DCS, ClusterView, DCSError
 from drctl.dcs.factory import DcsSettings, EtcdSettings, get_dcs
 from drctl.lab.etcd import LabError
+from drctl.lab.netproxy import TcpProxy
 from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor, record_for_pid, terminate
 from drctl.pg.osuser import make_dir
 from drctl.pg.pidfile import parse_postmaster_pid
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
+LAB_SCOPE = "main"
 SUPERUSER = ("postgres", "pgdr-lab-su")
 REPLICATION = ("replicator", "pgdr-lab-rep")
 API_AUTH = ("pgdr", "pgdr-lab-api")
@@ -110,7 +112,9 @@ class LabCluster:
     dynamic: dict[str, Any] = field(default_factory=dict)  # extra bootstrap.dcs settings
     tags: dict[str, dict[str, Any]] = field(default_factory=dict)  # member -> tags
     namespace: str = "/service"
+    dcs_proxies: bool = False  # route each agent's etcd traffic through proxies a test can cut
     nodes: list[AgentNode] = field(default_factory=list)
+    proxies: dict[str, list[TcpProxy]] = field(default_factory=dict)
 
     # --- set-up ------------------------------------------------------------------------------
     def plan(self) -> LabCluster:
@@ -120,6 +124,8 @@ class LabCluster:
             for i in range(1, self.size + 1)
         ]
         for node in self.nodes:
+            if self.dcs_proxies:
+                self.proxies[node.name] = [TcpProxy(int(e.rsplit(":", 1)[1])) for e in self.etcd_endpoints]
             make_dir(node.dir, self.pg_user, 0o755)
             make_dir(node.socket_dir, self.pg_user, 0o750)
             node.config_path.write_text(yaml.safe_dump(self.agent_config(node), sort_keys=False))
@@ -147,7 +153,7 @@ class LabCluster:
                 "connect_address": f"127.0.0.1:{node.api_port}",
                 "authentication": {"username": API_AUTH[0], "password": API_AUTH[1]},
             },
-            "etcd3": {"hosts": [e.removeprefix("http://") for e in self.etcd_endpoints]},
+            "etcd3": {"hosts": self._etcd_hosts(node)},
             "bootstrap": {"dcs": dcs},
             "postgresql": {
                 "listen": f"127.0.0.1:{node.pg_port}",
@@ -172,6 +178,22 @@ class LabCluster:
         if node.name in self.tags:
             cfg["tags"] = self.tags[node.name]
         return cfg
+
+    def _etcd_hosts(self, node: AgentNode) -> list[str]:
+        if node.name in self.proxies:
+            return [p.address for p in self.proxies[node.name]]
+        return [e.removeprefix("http://") for e in self.etcd_endpoints]
+
+    def isolate_from_dcs(self, name: str) -> None:
+        """Partition ``name``'s agent from every etcd member (traffic black-holed)."""
+        if name not in self.proxies:
+            raise LabError("isolate_from_dcs needs a cluster planned with dcs_proxies=True")
+        for p in self.proxies[name]:
+            p.blackhole()
+
+    def heal_dcs(self, name: str) -> None:
+        for p in self.proxies.get(name, []):
+            p.heal()
 
     # --- processes ---------------------------------------------------------------------------
     def start_agent(self, name: str) -> None:
@@ -241,15 +263,22 @@ class LabCluster:
         self.sup.stop_records(recs, signal.SIGTERM, grace)
         for n in self.nodes:
             self.sup.forget(n.proc_name)
-        left = [record_for_pid(pid, f"postmaster-{n.name}", "postgres") for n in self.nodes
-                if (pid := n.postmaster_pid()) is not None]  # fmt: skip
+        left = [
+            record_for_pid(pid, f"postmaster-{n.name}", "postgres")
+            for n in self.nodes
+            if (pid := n.postmaster_pid()) is not None
+        ]
         terminate([r for r in left if r is not None and r.alive()], signal.SIGINT, grace)
+        for proxies in self.proxies.values():
+            for p in proxies:
+                p.close()
 
     # --- observation -------------------------------------------------------------------------
     def dcs(self) -> DCS:
         settings = DcsSettings(etcd=EtcdSettings(hosts=list(self.etcd_endpoints)))
-        return get_dcs(settings, namespace=self.namespace, scope=self.scope, name="lab-observer", ttl=30,
-                       retry_timeout=3)  # fmt: skip
+        return get_dcs(
+            settings, namespace=self.namespace, scope=self.scope, name="lab-observer", ttl=30, retry_timeout=3
+        )
 
     def view(self) -> ClusterView | None:
         dcs = self.dcs()
@@ -293,9 +322,7 @@ class LabCluster:
                 return False
             if n.name == leader and st.get("role") != "primary":
                 return False
-            if n.name != leader and (
-                st.get("role") != "replica" or st.get("replication_state") != "streaming"
-            ):
+            if n.name != leader and (st.get("role") != "replica" or st.get("replication_state") != "streaming"):
                 return False
         return True
 

@@ -84,23 +84,38 @@ class EtcdCluster:
         initial = ",".join(f"{x.member_name}={x.peer_url}" for x in self.members)
         return [
             ETCD_BIN,
-            "--name", m.member_name,
-            "--data-dir", str(m.data_dir),
-            "--listen-client-urls", m.client_url,
-            "--advertise-client-urls", m.client_url,
-            "--listen-peer-urls", m.peer_url,
-            "--initial-advertise-peer-urls", m.peer_url,
-            "--initial-cluster", initial,
-            "--initial-cluster-state", state,
-            "--initial-cluster-token", self.token,
+            "--name",
+            m.member_name,
+            "--data-dir",
+            str(m.data_dir),
+            "--listen-client-urls",
+            m.client_url,
+            "--advertise-client-urls",
+            m.client_url,
+            "--listen-peer-urls",
+            m.peer_url,
+            "--initial-advertise-peer-urls",
+            m.peer_url,
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-state",
+            state,
+            "--initial-cluster-token",
+            self.token,
             # Small, fast timings on loopback; a lab should notice a dead member quickly.
-            "--heartbeat-interval", "100",
-            "--election-timeout", "1000",
-            "--snapshot-count", "10000",
-            "--quota-backend-bytes", str(256 * 1024 * 1024),
-            "--logger", "zap",
-            "--log-outputs", "stderr",
-        ]  # fmt: skip
+            "--heartbeat-interval",
+            "100",
+            "--election-timeout",
+            "1000",
+            "--snapshot-count",
+            "10000",
+            "--quota-backend-bytes",
+            str(256 * 1024 * 1024),
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+        ]
 
     def _spawn(self, m: EtcdMember, state: str) -> None:
         m.data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -144,9 +159,7 @@ class EtcdCluster:
                 if rec is None or not rec.alive():
                     raise LabError(f"etcd member {m.name} exited during start-up: see {m.log}")
             time.sleep(0.1)
-        raise LabError(
-            f"etcd cluster {self.name} not healthy after {timeout:.0f}s: see {self.base_dir}/*.log"
-        )
+        raise LabError(f"etcd cluster {self.name} not healthy after {timeout:.0f}s: see {self.base_dir}/*.log")
 
     def healthy_members(self) -> list[EtcdMember]:
         return [m for m in self.members if etcd_health(m.client_url, timeout=0.5)]

@@ -15,8 +15,8 @@ from typing import Any
 
 import psycopg
 
+from drctl.lab.cluster import LAB_SCOPE, AgentNode, LabCluster, Timings
 from drctl.lab.etcd import EtcdCluster, LabError, etcd_health
-from drctl.lab.postgres import PgNode, new_node
 from drctl.lab.procs import ProcRecord, Supervisor, pid_alive, record_for_pid, release, terminate
 from drctl.pg.osuser import make_dir
 
@@ -88,7 +88,16 @@ class Lab:
         return [r for r in Supervisor(self.dir).records() if r.alive()]
 
     # --- up --------------------------------------------------------------------------------------
-    def up(self, sites: int = 2, nodes: int = 3, etcd_members: int = 3) -> LabState:
+    def _clear_stale(self) -> None:
+        """Remove a stale lab directory: only one that holds a lab of ours (or nothing)."""
+        if not self.dir.exists():
+            return
+        if (self.dir / STATE_FILE).exists() or (self.dir / "pids").is_dir():
+            shutil.rmtree(self.dir)
+        elif any(self.dir.iterdir()):
+            raise LabError(f"{self.dir} exists and is not a pgdr lab: choose another --dir (nothing was changed)")
+
+    def up(self, sites: int = 2, nodes: int = 3, etcd_members: int = 3, timings: Timings | None = None) -> LabState:
         if sites < 1 or nodes < 1 or etcd_members < 1:
             raise LabError("--sites, --nodes and --etcd-members must be at least 1")
         if sites > 26:
@@ -99,28 +108,60 @@ class Lab:
                 f"a lab is already running in {self.dir} ({len(live)} processes): "
                 f"use `drctl lab status --dir {self.dir}` or `drctl lab down --dir {self.dir}` first"
             )
-        if self.dir.exists():
-            shutil.rmtree(self.dir)  # a stale lab: nothing of it runs any more
+        self._clear_stale()
         make_dir(self.dir, self.pg_user, 0o755)
         sup = Supervisor(self.dir)
         state = LabState(dir=str(self.dir), sites=[], pg_user=self.pg_user, created_at=time.time())
         try:
+            clusters = []
             for site in site_names(sites):
-                spec = SiteSpec(name=site)
                 site_dir = make_dir(self.dir / f"site-{site}", self.pg_user, 0o755)
                 etcd = EtcdCluster(sup, site_dir / "etcd", name=f"{site}-etcd", size=etcd_members).start()
-                spec.etcd_endpoints = etcd.endpoints
-                for i in range(1, nodes + 1):
-                    node = new_node(sup, f"{site}-pg{i}", site_dir / f"pg{i}", self.pg_user)
-                    node.init().start()
-                    spec.nodes.append({"name": node.name, "port": node.port, "data_dir": str(node.data_dir)})
-                state.sites.append(spec)
+                cluster = LabCluster(
+                    sup,
+                    site_dir,
+                    LAB_SCOPE,
+                    etcd.endpoints,
+                    size=nodes,
+                    site=site,
+                    timings=timings or Timings(),
+                    pg_user=self.pg_user,
+                ).plan()
+                clusters.append(cluster)
+                state.sites.append(SiteSpec(site, etcd.endpoints, [_node_doc(n) for n in cluster.nodes]))
                 state.save()
+            for cluster in clusters:
+                cluster.start(wait=False)
+            for cluster in clusters:
+                cluster.wait_healthy(180)
         except BaseException:
-            sup.stop_all(grace=10.0)
+            self._stop(sup, grace=10.0)
             raise
         release(sup)  # the lab outlives this command; `lab down` stops it by PID
         return state
+
+    def clusters(self, state: LabState | None = None) -> list[LabCluster]:
+        """The lab's clusters, rebuilt from lab.json (to observe or drive them)."""
+        state = state or LabState.load(self.dir)
+        if state is None:
+            raise LabError(f"no lab in {self.dir}: start one with `drctl lab up --dir {self.dir}`")
+        sup = Supervisor(self.dir)
+        out = []
+        for site in state.sites:
+            cluster = LabCluster(
+                sup,
+                self.dir / f"site-{site.name}",
+                LAB_SCOPE,
+                site.etcd_endpoints,
+                size=len(site.nodes),
+                site=site.name,
+                pg_user=state.pg_user,
+            )
+            cluster.nodes = [
+                AgentNode(n["name"], Path(n["dir"]), int(n["pg_port"]), int(n["api_port"])) for n in site.nodes
+            ]
+            out.append(cluster)
+        return out
 
     # --- status ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -128,32 +169,40 @@ class Lab:
         if state is None:
             raise LabError(f"no lab in {self.dir}: start one with `drctl lab up --dir {self.dir}`")
         sup = Supervisor(self.dir)
-        site_of: dict[str, str] = {}
-        for site in state.sites:
-            for n in site.nodes:
-                site_of[n["name"]] = site.name
-        procs = []
+        procs: list[dict[str, Any]] = []
         for rec in sup.records():
             alive = rec.alive()
             health = "down"
             if alive and rec.role == "etcd":
                 health = "healthy" if etcd_health(str(rec.extra.get("url")), timeout=1.0) else "unhealthy"
-            elif alive and rec.role == "postgres":
-                health = _pg_health(rec.port)
             elif alive:
                 health = "running"
             procs.append(
-                {
-                    "name": rec.name,
-                    "site": site_of.get(rec.name, rec.name.split("-")[0]),
-                    "role": rec.role,
-                    "port": rec.port,
-                    "pid": rec.pid,
-                    "alive": alive,
-                    "health": health,
-                    "log": rec.log,
-                }
+                _proc_doc(rec.name, rec.name.split("-")[0], rec.role, rec.port, rec.pid, alive, health, rec.log)
             )
+        for cluster in self.clusters(state):
+            for node in cluster.nodes:
+                for p in procs:
+                    if p["name"] == node.proc_name:
+                        p["site"] = cluster.site
+                        st = cluster.status(node.name) if p["alive"] else None
+                        p["health"] = f"{st.get('role')}, {st.get('state')}" if st else p["health"]
+                pid = node.postmaster_pid()
+                alive = pid is not None and pid_alive(pid)
+                health = _pg_health(node.dsn) if alive else "down"
+                procs.append(
+                    _proc_doc(
+                        f"{node.name}-postgres",
+                        cluster.site,
+                        "postgres",
+                        node.pg_port,
+                        pid,
+                        alive,
+                        health,
+                        str(node.dir / "data.postgres.log"),
+                    )
+                )
+        procs.sort(key=lambda p: (p["site"], p["role"] != "etcd", p["name"]))
         return {"dir": str(self.dir), "sites": [asdict(s) for s in state.sites], "processes": procs}
 
     # --- down ------------------------------------------------------------------------------------
@@ -163,20 +212,41 @@ class Lab:
             raise LabError(f"no lab in {self.dir}: nothing to stop")
         sup = Supervisor(self.dir)
         names = [r.name for r in sup.records() if r.alive()]
-        stray = _stray_postmasters(self.dir)
-        sup.stop_all(grace=grace)
-        # Postmasters started by agents, not by the lab itself: SIGINT is a fast shutdown.
-        recs = [r for r in (record_for_pid(pid, f"postmaster-{pid}", "postgres") for pid in stray) if r]
-        terminate(recs, signal.SIGINT, grace)
+        self._stop(sup, grace)
         return names
 
+    def _stop(self, sup: Supervisor, grace: float) -> None:
+        # Agents first (each stops its PostgreSQL and releases its key while etcd still
+        # answers), then etcd and anything else, then postmasters an agent left behind.
+        sup.stop_all(grace=grace, roles=["agent"])
+        sup.stop_all(grace=grace)
+        stray = _stray_postmasters(self.dir)
+        recs = [r for r in (record_for_pid(pid, f"postmaster-{pid}", "postgres") for pid in stray) if r]
+        terminate(recs, signal.SIGINT, grace)
 
-def _pg_health(port: int | None) -> str:
-    if port is None:
-        return "unknown"
-    dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=1"
+
+def _node_doc(node: AgentNode) -> dict[str, Any]:
+    return {"name": node.name, "dir": str(node.dir), "pg_port": node.pg_port, "api_port": node.api_port}
+
+
+def _proc_doc(
+    name: str, site: str, role: str, port: int | None, pid: int | None, alive: bool, health: str, log: str
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "site": site,
+        "role": role,
+        "port": port,
+        "pid": pid,
+        "alive": alive,
+        "health": health,
+        "log": log,
+    }
+
+
+def _pg_health(dsn: str) -> str:
     try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=1) as conn:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
     except psycopg.Error:
         return "not accepting connections"
@@ -196,11 +266,3 @@ def _stray_postmasters(lab_dir: Path) -> list[int]:
             if cmdline.endswith(b"postgres"):
                 out.append(pid)
     return out
-
-
-def node_by_name(state: LabState, name: str) -> PgNode | None:
-    for site in state.sites:
-        for n in site.nodes:
-            if n["name"] == name:
-                return PgNode(Supervisor(Path(state.dir)), name, Path(n["data_dir"]).parent, int(n["port"]))
-    return None

@@ -81,9 +81,7 @@ class PgNode:
             raise LabError(f"PostgreSQL 15 binaries not found in {PG_BIN}: run scripts/setup")
         sock_path = self.socket_dir / f".s.PGSQL.{self.port}"
         if len(str(sock_path)) > 100:
-            raise LabError(
-                f"lab path too long for a unix socket ({sock_path}, max ~100 bytes): use a shorter --dir"
-            )
+            raise LabError(f"lab path too long for a unix socket ({sock_path}, max ~100 bytes): use a shorter --dir")
         make_dir(self.base_dir, self.user, 0o750)
         make_dir(self.socket_dir, self.user, 0o750)
         ctl = self.ctl()

@@ -201,9 +201,7 @@ class Supervisor:
             self._pid_file(name).unlink()
 
 
-def _wait_gone(
-    recs: Sequence[ProcRecord], deadline: float, reap: Callable[[str], None] | None
-) -> list[ProcRecord]:
+def _wait_gone(recs: Sequence[ProcRecord], deadline: float, reap: Callable[[str], None] | None) -> list[ProcRecord]:
     pending = list(recs)
     while pending and time.monotonic() < deadline:
         if reap is not None:
@@ -215,9 +213,7 @@ def _wait_gone(
     return pending
 
 
-def terminate(
-    recs: Sequence[ProcRecord], sig: int, grace: float, reap: Callable[[str], None] | None = None
-) -> None:
+def terminate(recs: Sequence[ProcRecord], sig: int, grace: float, reap: Callable[[str], None] | None = None) -> None:
     """Send ``sig`` to each record's process group, wait up to ``grace`` seconds, then SIGKILL
     what is left and wait for it to go."""
     live = [r for r in recs if r.alive()]
@@ -238,9 +234,7 @@ def record_for_pid(pid: int, name: str, role: str) -> ProcRecord | None:
         pgid = os.getpgid(pid)
     except ProcessLookupError:
         return None
-    return ProcRecord(
-        name=name, pid=pid, pgid=pgid, start_time=proc_start_time(pid), argv=[], role=role, log=""
-    )
+    return ProcRecord(name=name, pid=pid, pgid=pgid, start_time=proc_start_time(pid), argv=[], role=role, log="")
 
 
 # --- crash safety: stop what this Python process started when it exits ---------------------------

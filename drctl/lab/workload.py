@@ -59,9 +59,7 @@ class Writer:
 
     def prepare(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY, at timestamptz DEFAULT now())"
-            )
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
 
     def start(self) -> Writer:
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)

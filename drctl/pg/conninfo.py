@@ -161,9 +161,7 @@ def _url_hosts(url: str, default_port: int) -> list[tuple[str, int]]:
     if hosts == [""]:
         # host given as a query parameter (e.g. a socket directory)
         params = parse_conninfo(url)
-        return _pair(
-            (params.get("host") or "").split(","), (params.get("port") or "").split(","), default_port
-        )
+        return _pair((params.get("host") or "").split(","), (params.get("port") or "").split(","), default_port)
     return _pair(hosts, ports, default_port)
 
 

@@ -29,11 +29,7 @@ class ConfigError(ValueError):
 def quote_string(text: str) -> str:
     """A single-quoted configuration-file string (PostgreSQL unescapes ``\\`` sequences inside)."""
     escaped = (
-        text.replace("\\", "\\\\")
-        .replace("'", "''")
-        .replace("\n", "\\n")
-        .replace("\r", "\\r")
-        .replace("\t", "\\t")
+        text.replace("\\", "\\\\").replace("'", "''").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
     )
     return f"'{escaped}'"
 

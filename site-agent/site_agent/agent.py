@@ -93,8 +93,7 @@ class Agent:
             self._publish(view, decision)
             self.cycles += 1
         return self.mem.leader_key_lost or (
-            acted_ok
-            and any(isinstance(a, (Promote, Rewind, Clone, Rebuild, AcquireLeader)) for a in decision.actions)
+            acted_ok and any(isinstance(a, (Promote, Rewind, Clone, Rebuild, AcquireLeader)) for a in decision.actions)
         )
 
     def shutdown(self) -> None:
@@ -296,9 +295,7 @@ class Agent:
         )
 
     def _log_decision(self, decision: Decision, local: LocalState) -> None:
-        acting = [
-            a for a in decision.actions if type(a).__name__ not in ("NoOp", "RenewLeader", "WaitForLeader")
-        ]
+        acting = [a for a in decision.actions if type(a).__name__ not in ("NoOp", "RenewLeader", "WaitForLeader")]
         if decision.reason != self._last_reason or acting:
             log.info(
                 "decision",

@@ -157,9 +157,7 @@ def _check_fields(body: Mapping[str, Any], spec: Mapping[str, tuple[type, ...]],
     """Reject unknown fields and wrong types; ``None`` is accepted for every field."""
     unknown = sorted(set(body) - set(spec))
     if unknown:
-        raise BadRequest(
-            f"{what}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(spec))})"
-        )
+        raise BadRequest(f"{what}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(spec))})")
     out: dict[str, Any] = {}
     for key, types in spec.items():
         if key not in body or body[key] is None:

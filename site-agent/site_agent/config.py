@@ -233,9 +233,7 @@ class StandbyClusterConfig(_Model):
     @model_validator(mode="after")
     def _some_source(self) -> StandbyClusterConfig:
         if not self.host and not self.restore_command:
-            raise ValueError(
-                "standby_cluster needs `host` (stream from the active site) or `restore_command`"
-            )
+            raise ValueError("standby_cluster needs `host` (stream from the active site) or `restore_command`")
         return self
 
 

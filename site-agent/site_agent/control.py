@@ -123,11 +123,7 @@ class Control:
         self.agent.request_cycle()
         old = view.leader.name
         done = self._wait_for(
-            lambda v: (
-                v.leader is not None
-                and v.leader.name != old
-                and (not candidate or v.leader.name == candidate)
-            ),
+            lambda v: v.leader is not None and v.leader.name != old and (not candidate or v.leader.name == candidate),
             self._handover_wait(),
         )
         if done is None or done.leader is None:
@@ -165,16 +161,12 @@ class Control:
             return 409, "a switchover or failover is already pending"
         leader = view.leader.name if view.leader else None
         try:
-            if not self.agent.dcs.set_failover(
-                Failover(leader=leader, candidate=candidate, scheduled_at=None), None
-            ):
+            if not self.agent.dcs.set_failover(Failover(leader=leader, candidate=candidate, scheduled_at=None), None):
                 return 409, "a switchover or failover is already pending"
         except DCSError as exc:
             return 503, f"could not record the failover: {exc}"
         self.agent.request_cycle()
-        done = self._wait_for(
-            lambda v: v.leader is not None and v.leader.name == candidate, self._handover_wait()
-        )
+        done = self._wait_for(lambda v: v.leader is not None and v.leader.name == candidate, self._handover_wait())
         if done is None:
             return 503, "failover status unknown: check `drctl list`"
         return 200, f"Successfully failed over to {candidate}"

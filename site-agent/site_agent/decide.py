@@ -187,9 +187,7 @@ def _safety(ctx: _Ctx) -> Decision | None:
     local, cfg = ctx.local, ctx.cfg
     if local.is_primary and ctx.standby_mode:
         why = "site record says standby" if ctx.site_standby else "standby_cluster is configured"
-        return _dec(
-            [Demote("immediate")], f"writable primary on a standby cluster ({why}): demoting", "demoted"
-        )
+        return _dec([Demote("immediate")], f"writable primary on a standby cluster ({why}): demoting", "demoted")
     if ctx.paused:
         return None
     if local.am_leader:
@@ -204,15 +202,11 @@ def _safety(ctx: _Ctx) -> Decision | None:
             )
     if local.is_primary:
         if local.leader_key_lost:
-            return _dec(
-                [Demote("immediate")], "leader renewal said the key is no longer mine: demoting", "demoted"
-            )
+            return _dec([Demote("immediate")], "leader renewal said the key is no longer mine: demoting", "demoted")
         if not ctx.i_hold:
             holder = f"{ctx.leader} holds the leader key" if ctx.leader else "nobody holds the leader key"
             lost = "lost the leader key; " if local.am_leader else ""
-            return _dec(
-                [Demote("immediate")], f"{lost}primary without the key ({holder}): demoting", "demoted"
-            )
+            return _dec([Demote("immediate")], f"{lost}primary without the key ({holder}): demoting", "demoted")
     return None
 
 
@@ -224,9 +218,7 @@ def _pause(ctx: _Ctx) -> Decision | None:
         return None
     role = _observed_role(ctx.local, ctx.i_hold, ctx.standby_mode)
     if ctx.i_hold:
-        return _dec(
-            [RenewLeader(ctx.local.lsn)], "paused: keeping the leader key, no action on PostgreSQL", role
-        )
+        return _dec([RenewLeader(ctx.local.lsn)], "paused: keeping the leader key, no action on PostgreSQL", role)
     return _dec([NoOp()], "paused: no action on PostgreSQL", role)
 
 
@@ -262,9 +254,7 @@ def _bootstrap(ctx: _Ctx) -> Decision | None:
     empty = local.data_dir is DataDirState.EMPTY
     if view.initialize is None and ctx.leader is None:
         if local.data_dir is DataDirState.REWIND_MARKER:
-            return _dec(
-                [NoOp()], "cluster not initialized and local data is half rewound: refusing", "demoted"
-            )
+            return _dec([NoOp()], "cluster not initialized and local data is half rewound: refusing", "demoted")
         if empty:
             if ctx.standby_mode:
                 remote = cfg.standby_cluster
@@ -303,24 +293,16 @@ def _bootstrap(ctx: _Ctx) -> Decision | None:
             _observed_role(local, False, ctx.standby_mode),
         )
     if view.initialize == "" and not ctx.i_hold and empty:
-        return _dec(
-            [WaitForLeader()], "another member is bootstrapping the cluster: waiting", "uninitialized"
-        )
+        return _dec([WaitForLeader()], "another member is bootstrapping the cluster: waiting", "uninitialized")
     if empty:
         if ctx.i_hold:
-            return _dec(
-                [ReleaseLeader(None)], "I hold the leader key but have no data: releasing it", "uninitialized"
-            )
+            return _dec([ReleaseLeader(None)], "I hold the leader key but have no data: releasing it", "uninitialized")
         if ctx.leader is None:
-            return _dec(
-                [WaitForLeader()], "empty data directory: waiting for a leader to clone from", "uninitialized"
-            )
+            return _dec([WaitForLeader()], "empty data directory: waiting for a leader to clone from", "uninitialized")
         if view.initialize == "":
             return _dec([WaitForLeader()], "leader is still bootstrapping: waiting to clone", "uninitialized")
         source = clone_source(view, local)
-        return _dec(
-            [Clone(source, ctx.methods)], f"empty data directory: cloning from {source}", "uninitialized"
-        )
+        return _dec([Clone(source, ctx.methods)], f"empty data directory: cloning from {source}", "uninitialized")
     return None
 
 
@@ -345,9 +327,7 @@ def _reinitialize(ctx: _Ctx) -> Decision | None:
     if ctx.leader is None:
         return _dec([WaitForLeader()], "reinitialize requested: waiting for a leader to rebuild from", role)
     source = clone_source(ctx.view, ctx.local)
-    return _dec(
-        [Rebuild(source, ctx.methods)], f"reinitialize requested: rebuilding from {source}", "replica"
-    )
+    return _dec([Rebuild(source, ctx.methods)], f"reinitialize requested: rebuilding from {source}", "replica")
 
 
 def _with_restart(ctx: _Ctx, d: Decision) -> Decision:
@@ -363,11 +343,7 @@ def _with_restart(ctx: _Ctx, d: Decision) -> Decision:
         ReleaseLeader,
         Bootstrap,
     )
-    if (
-        not ctx.local.pending_restart
-        or not ctx.local.running
-        or any(isinstance(a, disruptive) for a in d.actions)
-    ):
+    if not ctx.local.pending_restart or not ctx.local.running or any(isinstance(a, disruptive) for a in d.actions):
         return d
     return _dec([*d.actions, RestartPostgres()], d.reason + "; restart requested", d.role)
 
@@ -390,9 +366,7 @@ def _leader(ctx: _Ctx) -> Decision:
         if local.in_recovery is False:
             return _primary_running(ctx)
         if is_diverged(local, ctx.view) or local.rewind_failed:
-            return _dec(
-                [ReleaseLeader(local.lsn)], "leader key held but local data diverged: releasing", "replica"
-            )
+            return _dec([ReleaseLeader(local.lsn)], "leader key held but local data diverged: releasing", "replica")
         return _dec(
             [
                 RenewLeader(local.lsn),
@@ -455,9 +429,7 @@ def _slots(ctx: _Ctx) -> list[Action]:
 
 
 def _primary_running(ctx: _Ctx) -> Decision:
-    renew: list[Action] = [
-        RenewLeader(ctx.local.current_lsn if ctx.local.current_lsn is not None else ctx.local.lsn)
-    ]
+    renew: list[Action] = [RenewLeader(ctx.local.current_lsn if ctx.local.current_lsn is not None else ctx.local.lsn)]
     handover = _switchover(ctx)
     if handover is not None:
         return handover
@@ -556,9 +528,7 @@ def _history(ctx: _Ctx, reason: str) -> WriteHistory:
     local, view = ctx.local, ctx.view
     timeline = local.timeline if local.timeline is not None else view.timeline
     stamp = datetime.fromtimestamp(local.wall_clock, tz=UTC).isoformat()
-    entry = HistoryEntry(
-        timeline=timeline, lsn=local.lsn or 0, reason=reason, timestamp=stamp, new_leader=ctx.me
-    )
+    entry = HistoryEntry(timeline=timeline, lsn=local.lsn or 0, reason=reason, timestamp=stamp, new_leader=ctx.me)
     return WriteHistory(entry, view.history.version if view.history else None)
 
 
@@ -629,17 +599,11 @@ def _replica(ctx: _Ctx) -> Decision:
     assert leader is not None
     lost = "lost the leader key; " if local.am_leader else ""
     if local.data_dir is DataDirState.REWIND_MARKER or local.rewind_failed:
-        what = (
-            "a pg_rewind did not finish"
-            if local.data_dir is DataDirState.REWIND_MARKER
-            else "pg_rewind failed"
-        )
+        what = "a pg_rewind did not finish" if local.data_dir is DataDirState.REWIND_MARKER else "pg_rewind failed"
         if cfg.rebuild_on_rewind_failure:
             source = clone_source(view, local)
             return _dec([Rebuild(source, ctx.methods)], f"{lost}{what}: rebuilding from {source}", "demoted")
-        return _dec(
-            [NoOp()], f"{lost}{what} and rebuild is disabled: manual action needed (data kept)", "demoted"
-        )
+        return _dec([NoOp()], f"{lost}{what} and rebuild is disabled: manual action needed (data kept)", "demoted")
     if is_diverged(local, view):
         if view.leader_member is None or view.leader_member.info.state != "running":
             return _dec(
@@ -660,9 +624,7 @@ def _replica(ctx: _Ctx) -> Decision:
                 f"{lost}diverged timeline and use_pg_rewind is off: rebuilding from {source}",
                 "demoted",
             )
-        return _dec(
-            [NoOp()], f"{lost}diverged timeline, rewind and rebuild disabled: manual action needed", "demoted"
-        )
+        return _dec([NoOp()], f"{lost}diverged timeline, rewind and rebuild disabled: manual action needed", "demoted")
     me = view.member(ctx.me)
     upstream = upstream_of(view, me) if me is not None else leader
     upstream = upstream or leader

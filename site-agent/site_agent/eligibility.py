@@ -92,9 +92,7 @@ def failover_blockers(
     """
     out: list[str] = []
     if not (local.running and local.in_recovery is True):
-        out.append(
-            f"PostgreSQL is not a running replica (state={local.pg.value}, in_recovery={local.in_recovery})"
-        )
+        out.append(f"PostgreSQL is not a running replica (state={local.pg.value}, in_recovery={local.in_recovery})")
     if local.data_dir is not DataDirState.VALID:
         out.append(f"data directory is {local.data_dir.value}")
     if local.rewind_failed:
@@ -111,22 +109,14 @@ def failover_blockers(
         out.append(f"timeline {local.timeline} is behind the cluster's {view.timeline} (check_timeline)")
     if sync_active(view, cfg) and not in_sync_set(view, local.name):
         out.append("synchronous mode: not a synchronous standby")
-    if (
-        cfg.failsafe_mode
-        and local.failsafe_heartbeat_at is not None
-        and now - local.failsafe_heartbeat_at < cfg.ttl
-    ):
+    if cfg.failsafe_mode and local.failsafe_heartbeat_at is not None and now - local.failsafe_heartbeat_at < cfg.ttl:
         out.append("failsafe mode: the primary confirmed it is alive less than ttl ago")
     my_lsn = local.lsn
     if my_lsn is None:
         out.append("own WAL position unknown")
     if manual:
         return out
-    if (
-        view.status is not None
-        and my_lsn is not None
-        and view.status.lsn - my_lsn > cfg.maximum_lag_on_failover
-    ):
+    if view.status is not None and my_lsn is not None and view.status.lsn - my_lsn > cfg.maximum_lag_on_failover:
         out.append(
             f"lag {view.status.lsn - my_lsn} bytes behind the last leader position exceeds "
             f"maximum_lag_on_failover={cfg.maximum_lag_on_failover}"
@@ -183,9 +173,7 @@ def candidate_blockers(view: ClusterView, local: LocalState, cfg: DecideConfig, 
     else:
         running_replica = member.info.state == "running" and member.info.role in ("replica", "standby_leader")
         lsn = member.info.lsn
-        can_failover = (
-            not _tag(tags, "nofailover", False) and int(_tag(tags, "failover_priority", 1) or 0) > 0
-        )
+        can_failover = not _tag(tags, "nofailover", False) and int(_tag(tags, "failover_priority", 1) or 0) > 0
     out = []
     if not running_replica:
         out.append(f"{name} is not a running replica")
@@ -195,9 +183,7 @@ def candidate_blockers(view: ClusterView, local: LocalState, cfg: DecideConfig, 
     if lsn is None:
         out.append(f"{name}'s WAL position is unknown")
     elif my_lsn is not None and my_lsn - lsn > cfg.maximum_lag_on_failover:
-        out.append(
-            f"{name} lags {my_lsn - lsn} bytes (maximum_lag_on_failover={cfg.maximum_lag_on_failover})"
-        )
+        out.append(f"{name} lags {my_lsn - lsn} bytes (maximum_lag_on_failover={cfg.maximum_lag_on_failover})")
     if sync_active(view, cfg) and not in_sync_set(view, name):
         out.append(f"{name} is not a synchronous standby")
     return out

@@ -76,9 +76,7 @@ class ActionFailed(Exception):
 
 
 class Executor:
-    def __init__(
-        self, node: Node, dcs: DCS, memory: Memory, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, node: Node, dcs: DCS, memory: Memory, clock: Callable[[], float] = time.monotonic) -> None:
         self.node = node
         self.dcs = dcs
         self.mem = memory
@@ -279,9 +277,7 @@ class Executor:
         ctl.stop("fast", timeout=60)
         self.mem.pending_restart = False
         if in_recovery:
-            self._start(
-                "replica", self.mem.following if self.mem.following != STANDBY_SOURCE else None, None, None
-            )
+            self._start("replica", self.mem.following if self.mem.following != STANDBY_SOURCE else None, None, None)
         else:
             self._start("primary", None, None, None)
         return True

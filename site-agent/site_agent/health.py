@@ -87,13 +87,7 @@ def lease_valid(s: NodeSnapshot, now: float) -> bool:
 
 
 def is_writable_primary(s: NodeSnapshot, now: float) -> bool:
-    return (
-        pg_up(s)
-        and s.role == "primary"
-        and not s.in_recovery
-        and s.site_role != "standby"
-        and lease_valid(s, now)
-    )
+    return pg_up(s) and s.role == "primary" and not s.in_recovery and s.site_role != "standby" and lease_valid(s, now)
 
 
 def is_standby_leader(s: NodeSnapshot, now: float) -> bool:
@@ -139,13 +133,7 @@ def matches_filters(s: NodeSnapshot, query: Mapping[str, str]) -> bool:
 
 def is_balanced_replica(s: NodeSnapshot, query: Mapping[str, str]) -> bool:
     """A running replica that read traffic may be sent to, within the query's filters."""
-    return (
-        pg_up(s)
-        and s.role == "replica"
-        and s.in_recovery
-        and not s.noloadbalance
-        and matches_filters(s, query)
-    )
+    return pg_up(s) and s.role == "replica" and s.in_recovery and not s.noloadbalance and matches_filters(s, query)
 
 
 def is_alive(s: NodeSnapshot, now: float) -> bool:

@@ -68,9 +68,7 @@ class Node:
         params = pg.parameters
         sock = params.get("unix_socket_directories")
         self.socket_dir = Path(str(sock).split(",")[0].strip()) if sock else None
-        self.ctl = PgCtl(
-            self.data_dir, Path(pg.bin_dir or DEFAULT_BIN), pg.run_as, self.log_file, self.socket_dir
-        )
+        self.ctl = PgCtl(self.data_dir, Path(pg.bin_dir or DEFAULT_BIN), pg.run_as, self.log_file, self.socket_dir)
         self.listen_host, self.port = split_host_port(pg.listen)
         self.connect_host, self.connect_port = split_host_port(pg.connect_address)
 
@@ -82,9 +80,7 @@ class Node:
     def superuser_conninfo(self, timeout: int = 3) -> str:
         su = self.cfg.postgresql.authentication.superuser
         try:
-            return self.ctl.local_conninfo(
-                "postgres", su.username, password=su.password, connect_timeout=timeout
-            )
+            return self.ctl.local_conninfo("postgres", su.username, password=su.password, connect_timeout=timeout)
         except PgCtlError:
             return make_conninfo(
                 host=self.connect_host,
@@ -114,9 +110,14 @@ class Node:
     def remote_conninfo(self, host: str, port: int) -> str:
         rep = self.cfg.postgresql.authentication.replication
         return make_conninfo(
-            host=host, port=port, user=rep.username, password=rep.password, dbname="postgres",
-            application_name=self.cfg.name, connect_timeout=3,
-        )  # fmt: skip
+            host=host,
+            port=port,
+            user=rep.username,
+            password=rep.password,
+            dbname="postgres",
+            application_name=self.cfg.name,
+            connect_timeout=3,
+        )
 
     # --- configuration -----------------------------------------------------------------------
     def parameters(self, dynamic: DynamicConfig) -> dict[str, Any]:

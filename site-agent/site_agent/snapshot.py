@@ -136,9 +136,7 @@ class NodeSnapshot:
     def lsn(self) -> int | None:
         """Most advanced WAL position this node holds."""
         vals = [
-            v
-            for v in (self.xlog.location, self.xlog.received_location, self.xlog.replayed_location)
-            if v is not None
+            v for v in (self.xlog.location, self.xlog.received_location, self.xlog.replayed_location) if v is not None
         ]
         return max(vals) if vals else None
 

@@ -375,9 +375,7 @@ def test_touch_member_and_get_cluster_round_trip_every_field(backend: Backend) -
     assert a.initialize("7300000000000000001", create_new=False, version=init_v)
     assert a.attempt_to_acquire_leader()
     assert a.update_leader(LeaderStatus(lsn=6000, slots={"b": 5000}))
-    assert a.set_config(
-        {"ttl": 30, "loop_wait": 10, "postgresql": {"parameters": {"max_connections": 100}}}, None
-    )
+    assert a.set_config({"ttl": 30, "loop_wait": 10, "postgresql": {"parameters": {"max_connections": 100}}}, None)
     hist = [HistoryEntry(1, 4096, "no recovery target specified", "2024-05-01T10:00:00+00:00", "a")]
     assert a.set_history(hist, None)
     assert a.set_failover(Failover("a", "b", "2030-01-01T00:00:00+00:00"), None)
@@ -522,9 +520,7 @@ def test_watch_wakes_on_leader_delete_and_expiry(backend: Backend) -> None:
 
 
 def _etcd(hosts: list[str], name: str, scope: str, *, ttl: int = 6, retry_timeout: float = 2.0) -> Etcd3:
-    return Etcd3(
-        namespace=NAMESPACE, scope=scope, name=name, ttl=ttl, retry_timeout=retry_timeout, hosts=hosts
-    )
+    return Etcd3(namespace=NAMESPACE, scope=scope, name=name, ttl=ttl, retry_timeout=retry_timeout, hosts=hosts)
 
 
 def _assert_all_fail_within(dcs: Etcd3, other: Etcd3, bound: float) -> None:
@@ -543,9 +539,7 @@ def _assert_all_fail_within(dcs: Etcd3, other: Etcd3, bound: float) -> None:
     for what, op in ops.items():
         result, took = _timed(op)
         assert isinstance(result, DCSError), f"{what} returned {result!r} without quorum"
-        assert took <= dcs.retry_timeout + bound, (
-            f"{what} took {took:.2f}s (retry_timeout {dcs.retry_timeout})"
-        )
+        assert took <= dcs.retry_timeout + bound, f"{what} took {took:.2f}s (retry_timeout {dcs.retry_timeout})"
         assert result.endpoints, f"{what}: DCSError names no endpoint"
     result, took = _timed(lambda: dcs.watch(None, 1.0))
     assert result is False and took <= 1.0 + bound

@@ -25,9 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 DRCTL = [sys.executable, "-m", "drctl.cli.main"]
 
 
-def etcdctl_put(
-    endpoints: list[str], key: str, value: str, timeout_s: int = 2
-) -> subprocess.CompletedProcess[str]:
+def etcdctl_put(endpoints: list[str], key: str, value: str, timeout_s: int = 2) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, ETCDCTL_API="3")
     return subprocess.run(
         [
@@ -108,13 +106,13 @@ def test_lab_cli_up_status_down(lab_dir: Path) -> None:
         st = run_drctl("lab", "status", "--dir", d, "--format", "json")
         assert st.returncode == 0, st.stderr
         procs = json.loads(st.stdout)["processes"]
-        assert len(procs) == 2 * (3 + 1)
+        assert len(procs) == 2 * (3 + 1 + 1)  # per site: 3 etcd members, one agent, its PostgreSQL
         for p in procs:
             assert p["alive"] and p["pid"] > 0 and p["port"] > 0, p
-            assert p["health"] in ("healthy", "primary"), p
-        assert {p["role"] for p in procs} == {"etcd", "postgres"}
+            assert p["health"] in ("healthy", "primary", "primary, running"), p
+        assert {p["role"] for p in procs} == {"etcd", "agent", "postgres"}
         table = run_drctl("lab", "status", "--dir", d)
-        assert "a-etcd1" in table.stdout and "b-pg1" in table.stdout
+        assert "a-etcd1" in table.stdout and "b1-postgres" in table.stdout and "agent-a1" in table.stdout
 
         again = run_drctl("lab", "up", "--dir", d)
         assert again.returncode != 0

@@ -69,9 +69,7 @@ class Node:
         return self.ctl.local_conninfo()
 
     def tcp(self, user: str = "postgres", password: str = SUPER_PW, **extra: Any) -> str:
-        return make_conninfo(
-            host="127.0.0.1", port=self.port, user=user, password=password, dbname="postgres", **extra
-        )
+        return make_conninfo(host="127.0.0.1", port=self.port, user=user, password=password, dbname="postgres", **extra)
 
     def repl(self) -> str:
         return self.tcp(REPL_USER, REPL_PW, application_name="")
@@ -210,9 +208,7 @@ def test_replica_promote_rewind_rejoin(nodes: Callable[[str], Node]) -> None:
     assert result.ok, result.output_tail
     assert result.target_modified and not p1.ctl.rewind_in_progress()
     assert (p1.ctl.data_dir / "pgdr.conf").read_text() == own_conf  # not r1's port
-    p1.ctl.set_recovery(
-        primary_conninfo=r1.tcp(REPL_USER, REPL_PW, application_name="p1"), primary_slot_name="p1_slot"
-    )
+    p1.ctl.set_recovery(primary_conninfo=r1.tcp(REPL_USER, REPL_PW, application_name="p1"), primary_slot_name="p1_slot")
     p1.ctl.start(timeout=30)
     _wait(lambda: p1.sql("SELECT count(*) FROM t WHERE src = 'r1'") == [(10,)], what="r1 rows on p1")
     assert p1.sql("SELECT count(*) FROM t WHERE src = 'p1-diverged'") == [(0,)]
@@ -280,9 +276,7 @@ def test_rewind_marker_blocks_start(nodes: Callable[[str], Node]) -> None:
     node.ctl.stop("fast", timeout=20)
     # A rewind that cannot reach its source fails before touching anything: no marker left.
     result = node.ctl.rewind(
-        make_conninfo(
-            host="127.0.0.1", port=free_port(), user="postgres", dbname="postgres", connect_timeout=2
-        ),
+        make_conninfo(host="127.0.0.1", port=free_port(), user="postgres", dbname="postgres", connect_timeout=2),
         timeout=30,
     )
     assert not result.ok and not result.target_modified and not node.ctl.rewind_in_progress()

@@ -73,9 +73,7 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
 
 
 def test_dcs_grouped_under_dcs_key(tmp_path: Path) -> None:
-    text = MINIMAL.replace(
-        "etcd3:\n  hosts: 127.0.0.1:2379,127.0.0.2:2379\n", "dcs:\n  consul:\n    host: c1:8500\n"
-    )
+    text = MINIMAL.replace("etcd3:\n  hosts: 127.0.0.1:2379,127.0.0.2:2379\n", "dcs:\n  consul:\n    host: c1:8500\n")
     cfg = load_config(write(tmp_path, text))
     kind, backend = cfg.dcs_backend
     assert kind == "consul"

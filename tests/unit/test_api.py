@@ -128,9 +128,7 @@ def cluster_view() -> ClusterView:
             Member("n3", MemberInfo(role="replica", state="stopped"), 8),
         ),
         config=Record({"ttl": 30, "loop_wait": 10, "pause": True, "postgresql": {"parameters": {"a": 1}}}, 3),
-        history=History(
-            (HistoryEntry(1, 50 * MB, "no recovery target specified", "2024-01-01T00:00:00Z", "n1"),), 2
-        ),
+        history=History((HistoryEntry(1, 50 * MB, "no recovery target specified", "2024-01-01T00:00:00Z", "n1"),), 2),
         failover=Failover("n1", "n2", "2030-01-01T00:00:00+00:00", 9),
         sync=SyncState("n1", ("n2",), 4),
         status=LeaderStatus(100 * MB, {}, 10),
@@ -515,9 +513,7 @@ def test_switchover(api: ApiServer, control: FakeControl) -> None:
         ([1, 2], 400, "must be an object"),
     ],
 )
-def test_switchover_validation(
-    api: ApiServer, control: FakeControl, body: Any, code: int, fragment: str
-) -> None:
+def test_switchover_validation(api: ApiServer, control: FakeControl, body: Any, code: int, fragment: str) -> None:
     r = call(api, "POST", "/switchover", body, auth=AUTH)
     assert r.code == code
     assert fragment in r.text

@@ -25,9 +25,7 @@ def _make(raw: dict[str, object], retry_timeout: float = 1.0) -> object:
 
 
 def test_etcd_and_consul_selection() -> None:
-    e = _make(
-        {"etcd": {"hosts": ["10.0.0.1:2379", "https://10.0.0.2:2379"], "username": "u", "password": "p"}}
-    )
+    e = _make({"etcd": {"hosts": ["10.0.0.1:2379", "https://10.0.0.2:2379"], "username": "u", "password": "p"}})
     assert isinstance(e, Etcd3)
     assert e.client.endpoints == ["http://10.0.0.1:2379", "https://10.0.0.2:2379"]
     c = _make({"consul": {"host": "10.0.0.9", "port": 8501, "scheme": "https", "token": "t"}})

@@ -151,9 +151,7 @@ def test_bootstrap_race_on_empty_cluster() -> None:
 
 
 def test_nofailover_member_does_not_bootstrap() -> None:
-    d = decide(
-        view(None, members=(), initialize=None), LocalState("n1", tags=NodeTags(nofailover=True)), CFG, NOW
-    )
+    d = decide(view(None, members=(), initialize=None), LocalState("n1", tags=NodeTags(nofailover=True)), CFG, NOW)
     assert kinds(d) == [WaitForLeader]
 
 
@@ -165,9 +163,7 @@ def test_losers_wait_while_bootstrap_in_progress() -> None:
 
 
 def test_empty_member_clones_from_leader_once_initialized() -> None:
-    d = decide(
-        view("n2"), LocalState("n1"), replace(CFG, create_replica_methods=("pgbackrest", "basebackup")), NOW
-    )
+    d = decide(view("n2"), LocalState("n1"), replace(CFG, create_replica_methods=("pgbackrest", "basebackup")), NOW)
     assert d.actions == (Clone("n2", ("pgbackrest", "basebackup")),)
     assert d.role == "uninitialized"
 

@@ -221,12 +221,7 @@ def paused(view: ClusterView | None, cfg: DecideConfig) -> bool:
 
 def failsafe_holds(local: LocalState, cfg: DecideConfig) -> bool:
     others = set(local.failsafe_members) - {local.name}
-    return (
-        cfg.failsafe_mode
-        and local.am_leader
-        and bool(local.failsafe_members)
-        and others <= local.failsafe_acks
-    )
+    return cfg.failsafe_mode and local.am_leader and bool(local.failsafe_members) and others <= local.failsafe_acks
 
 
 def index(actions: tuple[Any, ...], kind: type) -> int:
@@ -266,9 +261,7 @@ def test_never_promote_on_standby_site_or_in_pause(
 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
-def test_automatic_failover_never_promotes_ineligible(
-    view: ClusterView, local: LocalState, cfg: DecideConfig
-) -> None:
+def test_automatic_failover_never_promotes_ineligible(view: ClusterView, local: LocalState, cfg: DecideConfig) -> None:
     d = decide(view, local, cfg, NOW)
     if d.has(AcquireLeader) and d.has(Promote):
         manual = view.failover is not None and view.failover.candidate == ME
@@ -286,9 +279,7 @@ def test_automatic_failover_never_promotes_ineligible(
 
 @PROPS
 @given(any_view, any_local, cfgs)
-def test_primary_without_the_key_always_demotes(
-    view: ClusterView | None, local: LocalState, cfg: DecideConfig
-) -> None:
+def test_primary_without_the_key_always_demotes(view: ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
     local = replace(local, pg=PgState.RUNNING, in_recovery=False)
     d = decide(view, local, cfg, NOW)
     standby_site = view is not None and (

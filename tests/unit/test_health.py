@@ -60,9 +60,7 @@ def replica(**kw: Any) -> NodeSnapshot:
 
 
 def standby_leader(**kw: Any) -> NodeSnapshot:
-    base = replica(
-        name="s1", role="standby_leader", is_leader=True, site_role="standby", leader_name="s1", lag_bytes=0
-    )
+    base = replica(name="s1", role="standby_leader", is_leader=True, site_role="standby", leader_name="s1", lag_bytes=0)
     return dataclasses.replace(base, **kw)
 
 
@@ -184,9 +182,7 @@ CASES: list[tuple[str, NodeSnapshot, str, dict[str, str], int]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("snap", "path", "query", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
-)
+@pytest.mark.parametrize(("snap", "path", "query", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_health_table(snap: NodeSnapshot, path: str, query: dict[str, str], expected: int) -> None:
     assert health_code(snap, path, query, NOW) == expected
 
@@ -260,9 +256,7 @@ all_paths = st.sampled_from(sorted(health.HEALTH_CHECKS))
 
 @settings(max_examples=500, deadline=None)
 @given(snapshots, st.sampled_from(WRITE_PATHS), queries)
-def test_write_paths_only_for_a_leased_writable_primary(
-    s: NodeSnapshot, path: str, q: dict[str, str]
-) -> None:
+def test_write_paths_only_for_a_leased_writable_primary(s: NodeSnapshot, path: str, q: dict[str, str]) -> None:
     if health_code(s, path, q, NOW) == 200:
         assert s.role == "primary"
         assert s.is_leader

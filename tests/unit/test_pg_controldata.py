@@ -62,9 +62,7 @@ def test_states_and_rewind_possible() -> None:
     cd = parse_controldata(text)
     assert cd.in_production and not cd.shut_down_cleanly
     assert cd.rewind_possible is False
-    cd = parse_controldata(
-        text.replace("wal_log_hints setting:                off", "wal_log_hints setting: on")
-    )
+    cd = parse_controldata(text.replace("wal_log_hints setting:                off", "wal_log_hints setting: on"))
     assert cd.rewind_possible is True
 
 

@@ -1,0 +1,108 @@
+"""A TCP proxy on loopback that a test can cut: the closest real equivalent of a network
+partition between two processes on one machine without network namespaces.
+
+``blackhole()`` keeps connections open but forwards nothing (packets dropped: the client
+hangs until its own timeouts fire, as with a real partition); ``heal()`` forwards again;
+``reject()`` closes every connection and refuses new ones (a host that is down)."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+
+from drctl.lab.ports import free_port
+
+
+class TcpProxy:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", listen_port: int | None = None) -> None:
+        self.target = (target_host, target_port)
+        self.port = listen_port or free_port()
+        self.mode = "open"  # open | blackhole | reject
+        self._stop = threading.Event()
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", self.port))
+        self._listener.listen(64)
+        self._threads: list[threading.Thread] = []
+        t = threading.Thread(target=self._accept, name=f"proxy-{self.port}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def blackhole(self) -> None:
+        self.mode = "blackhole"
+
+    def reject(self) -> None:
+        self.mode = "reject"
+        self._close_all()
+
+    def heal(self) -> None:
+        self.mode = "open"
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        self._close_all()
+        for t in self._threads:
+            t.join(timeout=2)
+
+    def _close_all(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                readable, _, _ = select.select([self._listener], [], [], 0.2)
+                if not readable:
+                    continue
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.mode == "reject":
+                client.close()
+                continue
+            t = threading.Thread(target=self._pump, args=(client,), daemon=True)
+            t.start()
+            self._threads = [x for x in self._threads if x.is_alive()] + [t]
+
+    def _pump(self, client: socket.socket) -> None:
+        upstream: socket.socket | None = None
+        try:
+            # In blackhole mode a new connection is accepted but nothing ever reaches the target.
+            while self.mode == "blackhole" and not self._stop.is_set():
+                self._stop.wait(0.1)
+            if self.mode == "reject" or self._stop.is_set():
+                return
+            upstream = socket.create_connection(self.target, timeout=2)
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [client, upstream]
+            socks = [client, upstream]
+            while not self._stop.is_set():
+                readable, _, _ = select.select(socks, [], [], 0.2)
+                for s in readable:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    if self.mode == "open":
+                        (upstream if s is client else client).sendall(data)
+                    # blackhole: read and drop, like packets lost on the wire
+        except OSError:
+            return
+        finally:
+            for s in (client, upstream):
+                if s is not None:
+                    with contextlib.suppress(OSError):
+                        s.close()
