@@ -102,7 +102,7 @@ class TcpProxy:
         except OSError:
             return
         finally:
-            for s in (client, upstream):
-                if s is not None:
+            for sock in (client, upstream):
+                if sock is not None:
                     with contextlib.suppress(OSError):
-                        s.close()
+                        sock.close()
