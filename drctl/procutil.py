@@ -7,7 +7,9 @@ stranger.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -108,3 +110,16 @@ def group_alive(pgid: int) -> bool:
         if fields and len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
             return True
     return False
+
+
+def signal_with_children(pid: int, sig: int) -> list[int]:
+    """Send ``sig`` to ``pid`` and to its direct children (PostgreSQL's backends call setsid(),
+    so killing the postmaster's process group does not reach them; a SIGSTOPped backend would
+    outlive its postmaster and hold its shared memory). Stopped processes are continued first
+    so that a catchable signal is handled. Returns the PIDs signalled."""
+    targets = [*children_of(pid), pid]
+    for target in targets:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(target, signal.SIGCONT)
+            os.kill(target, sig)
+    return targets

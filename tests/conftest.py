@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
 
 PG_USER = os.environ.get("PGDR_PG_USER", "postgres")
@@ -21,7 +22,10 @@ def lab_root() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="pgdr-test-", dir=os.environ.get("PGDR_TEST_DIR", "/tmp")))
     os.chmod(root, 0o755)
     yield root
-    shutil.rmtree(root, ignore_errors=True)
+    if os.environ.get("PGDR_KEEP_TEST_DIR"):
+        print(f"\nkept test directory {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +50,20 @@ def supervisor(lab_dir: Path) -> Iterator[Supervisor]:
     sup = Supervisor(lab_dir)
     yield sup
     sup.stop_all(grace=10.0)
+
+
+@pytest.fixture(scope="session")
+def etcd_site_a(session_supervisor: Supervisor, lab_root: Path) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(session_supervisor, lab_root / "etcd-site-a", name="a-etcd", size=3).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd_site_b(session_supervisor: Supervisor, lab_root: Path) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(session_supervisor, lab_root / "etcd-site-b", name="b-etcd", size=3).start()
+    yield cluster
+    cluster.stop()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

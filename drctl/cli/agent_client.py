@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -70,6 +71,11 @@ class AgentApi(Protocol):
 
 
 def join_url(api_url: str, path: str) -> str:
+    """The endpoint ``path`` of a member's agent. A member publishes its api_url Patroni-style,
+    often with a path (``http://10.0.0.1:8008/status``): only scheme and host:port are kept."""
+    parts = urlsplit(api_url.strip())
+    if parts.scheme and parts.netloc:
+        return f"{parts.scheme}://{parts.netloc}/{path.lstrip('/')}"
     return api_url.rstrip("/") + "/" + path.lstrip("/")
 
 

@@ -858,6 +858,8 @@ def restart_cmd(
             continue
         if reply.ok:
             click.echo(f"Success: restart on member {m.name} ({reply.message})")
+        elif pending and reply.status == 412:
+            click.echo(f"Skipped: member {m.name} ({reply.message})")
         else:
             click.echo(
                 f"Failed: restart for member {m.name}, status code={reply.status}, ({reply.message})",
@@ -943,25 +945,35 @@ def reinit_cmd(names: tuple[str, ...], wait: bool, timeout: float, force: bool) 
 
 
 def _wait_running(session: Session, names: Sequence[str], timeout: float) -> None:
+    """Wait until each member has left ``running`` (the rebuild started) and is ``running`` again.
+    A member never seen leaving ``running`` within 15 s counts as done (a very fast rebuild)."""
     rt = session.rt
-    deadline = rt.monotonic() + timeout
+    start = rt.monotonic()
+    deadline = start + timeout
+    left: set[str] = set()
     click.echo("Waiting for " + ", ".join(names) + " to be running again...")
-    rt.sleep(1.0)
     while True:
+        rt.sleep(1.0)
         try:
-            view = session.view()
+            view: ClusterView | None = session.view()
         except CliError:
             view = None
+        pending = list(names)
         if view is not None:
-            pending = [n for n in names if (m := view.member(n)) is None or m.info.state != "running"]
+            pending = []
+            for n in names:
+                m = view.member(n)
+                state = m.info.state if m is not None else "absent"
+                if state != "running":
+                    left.add(n)
+                    pending.append(n)
+                elif n not in left and rt.monotonic() - start < min(15.0, timeout):
+                    pending.append(n)
             if not pending:
                 click.echo("Success: " + ", ".join(names) + " running")
                 return
-        else:
-            pending = list(names)
         if rt.monotonic() >= deadline:
             raise CliError(f"not running after {timeout:g}s: {', '.join(pending)}")
-        rt.sleep(2.0)
 
 
 @click.command("flush")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import click
 
 from drctl.cli.cluster_cmd import COMMANDS as CLUSTER_COMMANDS
+from drctl.cli.context import target_options
 from drctl.cli.lab_cmd import lab_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pgdr")
-def cli() -> None:
+@target_options
+def cli(**_target: object) -> None:
     """pgdr: disaster recovery for PostgreSQL across datacenters."""
 
 

@@ -25,6 +25,7 @@ from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor, record_for_pid, terminate
 from drctl.pg.osuser import make_dir
 from drctl.pg.pidfile import parse_postmaster_pid
+from drctl.procutil import signal_with_children
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 LAB_SCOPE = "main"
@@ -241,9 +242,9 @@ class LabCluster:
         pid = self.node(name).postmaster_pid()
         if pid is None:
             return None
-        rec = record_for_pid(pid, f"postmaster-{name}", "postgres")
-        if rec is not None:
-            terminate([rec], signal.SIGKILL, 0.0)
+        pids = signal_with_children(pid, signal.SIGKILL)
+        recs = [r for r in (record_for_pid(p, f"pg-{p}", "postgres") for p in pids) if r is not None]
+        terminate(recs, signal.SIGKILL, 0.0)
         return pid
 
     def kill_node(self, name: str) -> None:
@@ -322,9 +323,25 @@ class LabCluster:
                 return False
             if n.name == leader and st.get("role") != "primary":
                 return False
-            if n.name != leader and (st.get("role") != "replica" or st.get("replication_state") != "streaming"):
+            if n.name != leader and (st.get("role") != "replica" or self.upstream_port(n.name) is None):
                 return False
         return True
+
+    def upstream_port(self, name: str) -> int | None:
+        """Port of the server ``name`` streams from right now (pg_stat_wal_receiver), or None."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.node(name).dsn, autocommit=True, connect_timeout=1) as conn:
+                row = conn.execute("SELECT status, sender_port FROM pg_stat_wal_receiver").fetchone()
+        except psycopg.Error:
+            return None
+        if row is None or row[0] != "streaming" or row[1] is None:
+            return None
+        return int(str(row[1]))
+
+    def streams_from(self, name: str, upstream: str) -> bool:
+        return self.upstream_port(name) == self.node(upstream).pg_port
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout

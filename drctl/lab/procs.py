@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from drctl.pg.osuser import user_prefix
-from drctl.procutil import group_alive, pid_alive, proc_start_time
+from drctl.procutil import group_alive, pid_alive, proc_start_time, signal_with_children
 
 
 @dataclass
@@ -221,6 +221,8 @@ def terminate(recs: Sequence[ProcRecord], sig: int, grace: float, reap: Callable
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(rec.pgid, signal.SIGCONT)  # a stopped process can't handle SIGTERM
             os.killpg(rec.pgid, sig)
+        if rec.role == "postgres":
+            signal_with_children(rec.pid, signal.SIGCONT)
     left = _wait_gone(live, time.monotonic() + grace, reap)
     for rec in left:
         with contextlib.suppress(ProcessLookupError, PermissionError):

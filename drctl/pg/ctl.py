@@ -44,7 +44,7 @@ from drctl.pg.pgconf import (
     with_includes,
 )
 from drctl.pg.pidfile import PM_READY, PM_STANDBY, PostmasterPidFile, parse_postmaster_pid
-from drctl.procutil import children_of, group_alive, pid_alive, proc_start_epoch
+from drctl.procutil import children_of, group_alive, pid_alive, proc_start_epoch, signal_with_children
 
 StopMode = Literal["smart", "fast", "immediate"]
 STOP_SIGNALS: Mapping[str, signal.Signals] = {
@@ -585,12 +585,12 @@ class PgCtl:
             pgid = self._spawned_pgid  # postmaster gone, children of ours still there
         if pgid is None and not targets:
             return False
+        if pid is not None:
+            # Backends call setsid(): kill them by PID too, not only through the group.
+            targets = signal_with_children(pid, signal.SIGKILL)
         if pgid is not None and pgid != os.getpgrp():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
-        for target in targets:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(target, signal.SIGKILL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.poll()

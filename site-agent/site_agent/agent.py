@@ -43,6 +43,7 @@ class Agent:
         self._last_reason = ""
         self._dcs_last_seen: float | None = None
         self._dcs_error: str | None = None
+        self._obs: Observation | None = None
         self._snapshot = NodeSnapshot(name=cfg.name, scope=cfg.scope, version=VERSION)
         self.cycle_lock = threading.Lock()  # the API waits on cycles, never runs one
         self.cycles = 0
@@ -81,6 +82,7 @@ class Agent:
             view = self._read_view()
             self._refresh_dynamic(view)
             obs = self.node.observe()
+            self._obs = obs
             local = self._local_state(view, obs, now)
             cfg = self.decide_config()
             decision = decide(view, local, cfg, now)
@@ -291,8 +293,14 @@ class Agent:
             ttl=self.dynamic.ttl,
             loop_wait=self.dynamic.loop_wait,
             maximum_lag_on_failover=self.dynamic.maximum_lag_on_failover,
-            replication_state="streaming" if local.in_recovery and local.following else None,
+            replication_state=self._wal_receiver_status(),
         )
+
+    def _wal_receiver_status(self) -> str | None:
+        probe = self._obs.probe if self._obs is not None else None
+        if probe is None or not probe.in_recovery or probe.wal_receiver is None:
+            return None
+        return probe.wal_receiver.status
 
     def _log_decision(self, decision: Decision, local: LocalState) -> None:
         acting = [a for a in decision.actions if type(a).__name__ not in ("NoOp", "RenewLeader", "WaitForLeader")]

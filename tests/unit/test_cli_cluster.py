@@ -171,7 +171,12 @@ def run(
     def dcs_factory(target: Target) -> FakeStore:
         return store if target.scope == store.view.scope else FakeStore(ClusterView(scope=target.scope))
 
-    rt = Runtime(dcs_factory=dcs_factory, agent_factory=lambda _t: fake_agents, sleep=lambda _s: None)
+    clock = [0.0]  # a fake clock: sleeping advances it, so waits are instant and bounded
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    rt = Runtime(dcs_factory=dcs_factory, agent_factory=lambda _t: fake_agents, sleep=sleep, monotonic=lambda: clock[0])
     runner = CliRunner(env={"PGDR_CONFIG": None})
     result = runner.invoke(cli, [*args, "--dcs-url", "http://127.0.0.1:2379", "--scope", "demo"], obj=rt, input=input)
     return result, store, fake_agents
@@ -844,3 +849,57 @@ def test_target_options_on_a_parent_group(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     result = runner.invoke(group, ["-c", str(p), "list", "--scope", "other"], obj=rt)
     assert seen == ["demo", "other"]
+
+
+def test_join_url_drops_the_published_path() -> None:
+    from drctl.cli.agent_client import join_url
+
+    assert join_url("http://127.0.0.1:8008/status", "/switchover") == "http://127.0.0.1:8008/switchover"
+    assert join_url("https://[::1]:8008/patroni", "restart") == "https://[::1]:8008/restart"
+    assert join_url("http://h:1", "/status") == "http://h:1/status"
+
+
+def test_restart_pending_skips_members_without_pending_restart() -> None:
+    agents = FakeAgents(
+        {("POST", "http://127.0.0.1:8433/restart"): AgentReply(412, "restart not done: no restart is pending")}
+    )
+    result, _, _ = run(["restart", "--pending", "--force"], agents=agents)
+    assert result.exit_code == 0, result.output
+    assert "Skipped: member n2 (restart not done: no restart is pending)" in result.stdout
+
+
+class _SequenceStore(FakeStore):
+    """Serves a different view on each read (the last one repeats)."""
+
+    def __init__(self, views: list[ClusterView]) -> None:
+        super().__init__(views[0])
+        self.views = views
+
+    def get_cluster(self) -> ClusterView:
+        return self.views.pop(0) if len(self.views) > 1 else self.views[0]
+
+
+def test_reinit_wait_sees_the_rebuild_then_running() -> None:
+    base = make_view()
+
+    def with_state(state: str) -> ClusterView:
+        n3 = base.members[2]
+        return replace(base, members=(*base.members[:2], replace(n3, info=replace(n3.info, state=state))))
+
+    store = _SequenceStore([base, with_state("rebuilding"), with_state("rebuilding"), base])
+    clock = [0.0]
+
+    def sleep(s: float) -> None:
+        clock[0] += s
+
+    rt = Runtime(
+        dcs_factory=lambda _t: store, agent_factory=lambda _t: FakeAgents(), sleep=sleep, monotonic=lambda: clock[0]
+    )
+    args = ["reinit", "n3", "--force", "--wait", "--dcs-url", "http://h:1", "--scope", "demo"]
+    result = CliRunner(env={"PGDR_CONFIG": None}).invoke(cli, args, obj=rt)
+    assert result.exit_code == 0, result.output
+    assert "Success: n3 running" in result.stdout and clock[0] == 3.0
+    stuck = _SequenceStore([base, with_state("rebuilding")])
+    rt.dcs_factory = lambda _t: stuck
+    result = CliRunner(env={"PGDR_CONFIG": None}).invoke(cli, [*args, "--timeout", "5"], obj=rt)
+    assert result.exit_code == 1 and error_lines(result) == ["error: not running after 5s: n3"]

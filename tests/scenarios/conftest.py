@@ -1,0 +1,89 @@
+"""Scenario fixtures: a real 3-node cluster of site agents (PostgreSQL 15 each) on a real etcd
+cluster, with the two instruments every scenario runs: the dual-primary checker (every node's
+pg_is_in_recovery() every 100 ms) and a writer that records acknowledged rows."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drctl.lab.cluster import LabCluster, Timings
+from drctl.lab.etcd import EtcdCluster
+from drctl.lab.procs import Supervisor
+from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows
+
+pytestmark = pytest.mark.scenario
+
+
+@dataclass
+class Instruments:
+    cluster: LabCluster
+    checker: DualPrimaryChecker
+    writer: Writer
+    faults: list[tuple[str, float]] = field(default_factory=list)
+
+    def fault(self, what: str) -> float:
+        at = time.monotonic()
+        self.faults.append((what, at))
+        return at
+
+    def stop(self) -> None:
+        self.writer.stop()
+        self.checker.stop()
+
+    def assert_no_dual_primary(self) -> None:
+        violations = self.checker.violations()
+        assert not violations, f"two writable primaries at once: {violations}"
+
+    def missing(self) -> set[int]:
+        return missing_rows(self.cluster.url(), self.writer.acked_ids())
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "acked": len(self.writer.acks),
+            "write_errors": self.writer.errors,
+            "max_gap_s": round(self.writer.max_gap(), 2),
+        }
+
+
+@pytest.fixture
+def make_cluster(
+    supervisor: Supervisor, lab_dir: Path, etcd_site_a: EtcdCluster
+) -> Iterator[Callable[..., LabCluster]]:
+    made: list[LabCluster] = []
+
+    def make(size: int = 3, timings: Timings | None = None, **kwargs: Any) -> LabCluster:
+        scope = f"s{uuid.uuid4().hex[:6]}"
+        cluster = LabCluster(
+            supervisor, lab_dir / scope, scope, etcd_site_a.endpoints, size=size, timings=timings or Timings(), **kwargs
+        )
+        made.append(cluster)
+        return cluster.start(timeout=120)
+
+    yield make
+    for cluster in made:
+        cluster.stop(grace=20)
+
+
+@pytest.fixture
+def instruments() -> Iterator[Callable[[LabCluster], Instruments]]:
+    started: list[Instruments] = []
+
+    def start(cluster: LabCluster) -> Instruments:
+        checker = DualPrimaryChecker({n.name: n.dsn for n in cluster.nodes}).start()
+        writer = Writer(cluster.url())
+        writer.prepare()
+        writer.start()
+        inst = Instruments(cluster, checker, writer)
+        started.append(inst)
+        return inst
+
+    yield start
+    for inst in started:
+        inst.stop()
