@@ -120,6 +120,7 @@ def signal_with_children(pid: int, sig: int) -> list[int]:
     targets = [*children_of(pid), pid]
     for target in targets:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(target, signal.SIGCONT)
+            if sig != signal.SIGKILL:  # SIGKILL needs no SIGCONT, and must not let it run first
+                os.kill(target, signal.SIGCONT)
             os.kill(target, sig)
     return targets

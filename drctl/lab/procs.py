@@ -219,9 +219,10 @@ def terminate(recs: Sequence[ProcRecord], sig: int, grace: float, reap: Callable
     live = [r for r in recs if r.alive()]
     for rec in live:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(rec.pgid, signal.SIGCONT)  # a stopped process can't handle SIGTERM
+            if sig != signal.SIGKILL:
+                os.killpg(rec.pgid, signal.SIGCONT)  # a stopped process can't handle SIGTERM
             os.killpg(rec.pgid, sig)
-        if rec.role == "postgres":
+        if rec.role == "postgres" and sig != signal.SIGKILL:
             signal_with_children(rec.pid, signal.SIGCONT)
     left = _wait_gone(live, time.monotonic() + grace, reap)
     for rec in left:

@@ -13,6 +13,8 @@ from typing import Any
 import structlog
 
 from drctl.dcs.base import DCS, ClusterView, DCSError, MemberInfo
+from drctl.pg.conninfo import parse_host_port
+from drctl.pg.probe import PgState as ProbeState
 from site_agent.actions import AcquireLeader, Clone, Decision, Promote, Rebuild, Rewind
 from site_agent.config import AgentConfig, ConfigError, DynamicConfig, parse_dynamic_config
 from site_agent.decide import decide
@@ -173,7 +175,11 @@ class Agent:
             timeline = probe.timeline
             received, replayed, current = probe.received_lsn, probe.replayed_lsn, probe.current_lsn
             system_id = str(probe.system_identifier)
-            was_primary = not probe.in_recovery
+            if not probe.in_recovery:
+                mem.former_primary = True
+            elif view is not None and self._streams_from_leader(view, probe):
+                mem.verified_timeline, mem.former_primary = view.timeline, False
+            was_primary = mem.former_primary
         elif control is not None:
             timeline = control.effective_timeline
             system_id = str(control.system_identifier)
@@ -183,6 +189,12 @@ class Agent:
                 control.cluster_state in ("in production", "shut down")
                 and not (self.node.data_dir / "backup_label").exists()
             )
+        if mem.former_primary and view is not None:
+            clean = probe is not None or (control is not None and control.shut_down_cleanly)
+            lsn = max((v for v in (received, replayed, current) if v is not None), default=None)
+            if clean and self._prefix_of_history(view, timeline, lsn):
+                mem.verified_timeline, mem.former_primary = view.timeline, False
+                was_primary = False
         peers: dict[str, Any] = {}
         if view is not None and (view.leader is None or view.failover is not None):
             peers = gather_peers(view, self.cfg.name, timeout=min(2.0, self.dynamic.retry_timeout / 2))
@@ -198,7 +210,7 @@ class Agent:
             data_dir=obs.data_dir,
             was_primary=was_primary,
             following=mem.following,
-            timeline_diverged=False if mem.timeline_verified else None,
+            timeline_diverged=False if view is not None and mem.verified_timeline == view.timeline else None,
             rewind_failed=mem.rewind_failed,
             am_leader=mem.am_leader,
             last_renewal=mem.last_renewal,
@@ -213,6 +225,30 @@ class Agent:
             pending_reinitialize=mem.pending_reinitialize,
             wall_clock=time.time(),
         )
+
+    @staticmethod
+    def _prefix_of_history(view: ClusterView, timeline: int | None, lsn: int | None) -> bool:
+        """A former primary whose WAL ends before the point where its timeline ended in the
+        cluster history holds nothing the new leader lacks: it can follow without pg_rewind
+        (the clean switchover case). Only meaningful when the WAL end is known: PostgreSQL
+        running, or shut down cleanly."""
+        if timeline is None or lsn is None or view.history is None or timeline >= view.timeline:
+            return False
+        for entry in view.history.entries:
+            if entry.timeline == timeline:
+                return lsn <= entry.lsn
+        return False
+
+    def _streams_from_leader(self, view: ClusterView, probe: ProbeState) -> bool:
+        leader = view.leader_member
+        receiver = probe.wal_receiver
+        if leader is None or receiver is None or receiver.status != "streaming" or not leader.info.conn_url:
+            return False
+        try:
+            _host, port = parse_host_port(leader.info.conn_url)
+        except ValueError:
+            return False
+        return receiver.sender_port == port
 
     # --- after acting ------------------------------------------------------------------------
     def _after_act(self, view: ClusterView | None, decision: Decision) -> None:

@@ -75,6 +75,8 @@ def history_diverged(local: LocalState, view: ClusterView) -> bool | None:
 
 def is_diverged(local: LocalState, view: ClusterView) -> bool:
     """Must reconcile (rewind/rebuild) before following a leader (invariant 4)."""
+    if local.timeline_diverged is False:
+        return False  # the shell proved it: rewound, cloned, or streamed from the leader on this timeline
     if local.timeline_diverged is True or history_diverged(local, view) is True:
         return True
     # Former primary: unless the shell proved the timelines agree, assume it diverged
@@ -138,6 +140,8 @@ def _peer_wins(
 ) -> str | None:
     if peer.in_recovery is False:
         return f"{name} is running as a primary"
+    if view.failover is not None and view.failover.leader == name:
+        return None  # the leader being switched away from does not compete
     if not peer.can_failover or peer.in_recovery is None or peer.lsn is None:
         return None  # cannot compete: ignored (otherwise a nofailover replica could block every failover)
     if sync_active(view, cfg) and not in_sync_set(view, name):
@@ -150,8 +154,9 @@ def _peer_wins(
         mine = local.tags.failover_priority
         if peer.failover_priority > mine:
             return f"{name} is as advanced and has a higher failover_priority"
-        if peer.failover_priority == mine and name < local.name:
-            return f"{name} is as advanced with the same failover_priority and sorts first"
+        # Equally advanced, same priority: both try; the DCS's create-if-absent lets exactly one
+        # win. (A name-order tie-break would stall the election whenever the first-named peer
+        # cannot take the key for a reason we do not see.)
     return None
 
 

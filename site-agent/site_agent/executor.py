@@ -60,7 +60,10 @@ class Memory:
     expect_running: bool = False  # we started PostgreSQL and did not stop it since
     start_failed: bool = False
     following: str | None = None
-    timeline_verified: bool = False  # former primary proven (rewind) to be on the leader's history
+    # The cluster timeline (per DCS history) this node's data was proven to be on: by a rewind,
+    # a clone, or streaming from the leader (a primary refuses a start point off its history).
+    verified_timeline: int | None = None
+    former_primary: bool = False  # ran writable since the last proof above
     rewind_failed: bool = False
     crash_restarts: int = 0
     first_crash_at: float | None = None
@@ -286,7 +289,7 @@ class Executor:
         log.warning("promoting PostgreSQL")
         self.node.ctl.promote(wait=True, timeout=60)
         self.mem.following = None
-        self.mem.timeline_verified = True
+        self.mem.former_primary = True
         return True
 
     def _do_Demote(self, a: Demote) -> bool:
@@ -302,7 +305,8 @@ class Executor:
             ctl.stop("immediate", timeout=30)
         else:
             ctl.stop("fast", timeout=60)
-        self.mem.timeline_verified = False
+        self.mem.verified_timeline = None
+        self.mem.former_primary = True
         return True
 
     def _do_Follow(self, a: Follow) -> bool:
@@ -326,7 +330,7 @@ class Executor:
         if (self.node.data_dir / "backup_label").exists():
             # A base backup that never started: nothing of its own to rewind, and single-user
             # crash recovery on it would be wrong.
-            self.mem.timeline_verified = True
+            self._verified()
             return True
         control = ctl.controldata()
         if not control.shut_down_cleanly:
@@ -341,16 +345,20 @@ class Executor:
         if result.ok:
             log.info("pg_rewind done", source=a.source, seconds=round(result.duration, 2))
             self.mem.rewind_failed = False
-            self.mem.timeline_verified = True
+            self._verified()
             self.node.write_config(self.dynamic)
             return True
         self.mem.rewind_failed = True
         log.error("pg_rewind failed", source=a.source, output=result.output_tail[-500:])
         return False
 
+    def _verified(self) -> None:
+        self.mem.verified_timeline = self.view.timeline if self.view is not None else None
+        self.mem.former_primary = False
+
     def _do_Clone(self, a: Clone) -> bool:
         self._clone(a.source, a.methods, a.remote)
-        self.mem.timeline_verified = True  # a fresh copy of the leader is on its timeline
+        self._verified()  # a fresh copy of the leader is on its timeline
         return True
 
     def _do_Rebuild(self, a: Rebuild) -> bool:
@@ -363,7 +371,7 @@ class Executor:
         self.mem.pending_reinitialize = False
         self._clone(a.source, a.methods, None)
         self.mem.rewind_failed = False
-        self.mem.timeline_verified = True
+        self._verified()
         return True
 
     def _clone(self, source: str | None, methods: tuple[str, ...], remote: StandbyTarget | None) -> None:

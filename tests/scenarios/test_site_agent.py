@@ -224,7 +224,7 @@ def test_switchover_to_named_candidate_and_to_any(make_cluster: MakeCluster, ins
     wait_until(lambda: c.health(target, "/primary") == 200, 30, f"/primary answering 200 on {target}")
     assert c.health(old, "/primary") == 503
     wait_until(lambda: c.streams_from(old, target), 60, f"{old} streaming from {target}")
-    assert c.health(old, "/replica") == 200
+    wait_until(lambda: c.health(old, "/replica") == 200, 10, f"/replica answering 200 on {old}: {c.status(old)}")
 
     code, body = api(c, target, "POST", "/switchover", {"leader": target})
     assert code == 200, body

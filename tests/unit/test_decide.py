@@ -358,7 +358,6 @@ def test_eligible_replica_takes_key_and_promotes() -> None:
             replica(peers=peers(n2=PeerStatus(True, lsn=1000, in_recovery=True, failover_priority=2))),
             "higher failover_priority",
         ),
-        (replica(name="n4", peers=peers(n2=PeerStatus(True, lsn=1000, in_recovery=True))), "sorts first"),
         (replica(peers=peers(n2=PeerStatus(True, lsn=10, in_recovery=False))), "running as a primary"),
         (replica(timeline_diverged=True), "diverged"),
     ],
@@ -367,6 +366,19 @@ def test_ineligible_replica_waits(local: LocalState, why: str) -> None:
     d = elect(local)
     assert not d.has(AcquireLeader) and not d.has(Promote)
     assert why in d.reason
+
+
+def test_equally_advanced_peers_both_try_and_the_dcs_picks_one() -> None:
+    d = elect(replica(name="n4", peers=peers(n2=PeerStatus(True, lsn=1000, in_recovery=True))))
+    assert kinds(d)[:2] == [AcquireLeader, Promote]
+
+
+def test_switched_away_leader_does_not_block_the_election() -> None:
+    d = elect(
+        replica(peers=peers(n2=PeerStatus(True, lsn=1000, in_recovery=True))),
+        failover=Failover(leader="n2", candidate=None, scheduled_at=None, version=5),
+    )
+    assert d.has(AcquireLeader), d.reason
 
 
 def test_lagging_replica_waits() -> None:
