@@ -180,6 +180,7 @@ def test_split_brain_rows_are_discarded_on_rejoin(make_cluster: MakeCluster, ins
     wait_until(lambda: c.leader() not in (None, old), 60, "a new leader")
     new = c.leader()
     assert new is not None
+    wait_until(lambda: c.writable_nodes() == [new], 30, f"{new} promoted")
     with psycopg.connect(c.node(new).dsn, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM split").fetchone() == (0,), "the diverged rows never reached it"
         for i in range(1000, 1020):
