@@ -7,6 +7,7 @@ import click
 from drctl.cli.cluster_cmd import COMMANDS as CLUSTER_COMMANDS
 from drctl.cli.context import target_options
 from drctl.cli.lab_cmd import lab_group
+from drctl.cli.sites_cmd import COMMANDS as SITE_COMMANDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,7 +18,7 @@ def cli(**_target: object) -> None:
 
 
 cli.add_command(lab_group)
-for _command in CLUSTER_COMMANDS:
+for _command in [*CLUSTER_COMMANDS, *SITE_COMMANDS]:
     cli.add_command(_command)
 
 

@@ -1,0 +1,160 @@
+"""Cross-site verbs: `drctl sites`, `drctl switchover-site --to B`, `drctl promote-site B`.
+
+The topology file comes from --topology, else $PGDR_TOPOLOGY. Nothing here ever promotes a
+site on its own: promote-site is the operator's decision, with evidence and an audit record."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from drctl.cli.errors import fail, operator_errors, register_operator_error
+from drctl.cli.output import FORMATS, emit_structured, table
+from drctl.sites.controller import SiteOpError, cross_site_lag, promote_site, read_sites, switchover_site
+from drctl.sites.topology import Topology, TopologyError, load_topology
+
+register_operator_error(TopologyError)
+register_operator_error(SiteOpError)
+
+topology_option = click.option(
+    "--topology",
+    "topology_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Topology file (default: $PGDR_TOPOLOGY).",
+)
+
+
+def _topology(path: Path | None) -> Topology:
+    chosen = path or (Path(os.environ["PGDR_TOPOLOGY"]) if os.environ.get("PGDR_TOPOLOGY") else None)
+    if chosen is None:
+        fail("no topology file: pass --topology FILE or set PGDR_TOPOLOGY (see policies/topology.example.yaml)")
+        raise AssertionError  # unreachable
+    return load_topology(chosen)
+
+
+def sites_document(topology: Topology) -> dict[str, Any]:
+    states = read_sites(topology)
+    lags = cross_site_lag(states)
+    sites = []
+    for name, st in states.items():
+        members = []
+        if st.view is not None:
+            leader_lsn = st.leader_lsn()
+            for m in st.view.members:
+                s = st.statuses.get(m.name) or {}
+                xlog = s.get("xlog") or {}
+                lsn = max((v for v in xlog.values() if isinstance(v, int)), default=None)
+                members.append(
+                    {
+                        "name": m.name,
+                        "role": s.get("role", m.info.role),
+                        "state": s.get("state", m.info.state),
+                        "timeline": s.get("timeline", m.info.timeline),
+                        "lag_bytes": (leader_lsn - lsn) if (leader_lsn is not None and lsn is not None) else None,
+                        "replication_state": s.get("replication_state"),
+                    }
+                )
+        sites.append(
+            {
+                "site": name,
+                "role": st.role,
+                "epoch": st.epoch,
+                "follows": st.record.follows if st.record else None,
+                "leader": st.leader,
+                "entry_point": st.spec.entry_point,
+                "dcs_error": st.error,
+                "cross_site_lag_bytes": lags.get(name),
+                "members": members,
+            }
+        )
+    return {"sites": sites}
+
+
+@click.command("sites")
+@topology_option
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@operator_errors
+def sites_cmd(topology_path: Path | None, fmt: str) -> None:
+    """Every site: DR role, epoch, leader, members and cross-site lag."""
+    doc = sites_document(_topology(topology_path))
+    if fmt != "table":
+        emit_structured(doc, fmt)
+        return
+    rows = []
+    for s in doc["sites"]:
+        lag = s["cross_site_lag_bytes"]
+        head = f"{s['role']} (epoch {s['epoch']})" + (f", follows {s['follows']}" if s["follows"] else "")
+        if s["dcs_error"]:
+            rows.append((s["site"], "unreachable", "", "", "", "", s["dcs_error"][:60]))
+            continue
+        for m in s["members"]:
+            rows.append(
+                (
+                    s["site"],
+                    head,
+                    m["name"] + (" *" if m["name"] == s["leader"] else ""),
+                    m["role"],
+                    m["state"],
+                    "" if m["lag_bytes"] is None else m["lag_bytes"],
+                    "" if lag is None or m["name"] != s["leader"] else f"{lag} bytes behind the active site",
+                )
+            )
+            head = ""
+    table("sites (* = leader)", ["Site", "DR role", "Member", "Role", "State", "Lag (bytes)", "Cross-site"], rows)
+
+
+@click.command("switchover-site")
+@topology_option
+@click.option("--to", "to", required=True, help="The site that becomes active.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+@operator_errors
+def switchover_site_cmd(topology_path: Path | None, to: str, dry_run: bool, force: bool) -> None:
+    """Planned switchover of the active role to another site (no data loss)."""
+    topology = _topology(topology_path)
+    topology.site(to)
+    if not dry_run and not force:
+        switchover_site(topology, to, dry_run=True, say=click.echo)
+        click.confirm(f"Switch the active site over to {to}?", abort=True)
+    result = switchover_site(topology, to, dry_run=dry_run, say=click.echo)
+    if result.get("result") == "done":
+        t = result["timings"]
+        click.echo(
+            f"timings: demote {t['demote_s']:.1f}s, catch-up {t['catch_up_s']:.1f}s, promote {t['promote_s']:.1f}s, "
+            f"old site streaming {t['follow_s']:.1f}s, total {t['total_s']:.1f}s"
+        )
+
+
+@click.command("promote-site")
+@topology_option
+@click.argument("site")
+@click.option("--confirm-old-site-down", is_flag=True, help="Attest that the old active site cannot write.")
+@click.option("--reason", default=None, help="Why (recorded in the audit log with who and when).")
+@click.option("--accept-data-loss", is_flag=True, help="Promote even if the estimated loss exceeds the policy.")
+@click.option("--dry-run", is_flag=True)
+@operator_errors
+def promote_site_cmd(
+    topology_path: Path | None,
+    site: str,
+    confirm_old_site_down: bool,
+    reason: str | None,
+    accept_data_loss: bool,
+    dry_run: bool,
+) -> None:
+    """Disaster promotion of a standby site (manual only; needs evidence the old site is down)."""
+    promote_site(
+        _topology(topology_path),
+        site,
+        confirm_old_site_down=confirm_old_site_down,
+        accept_data_loss=accept_data_loss,
+        reason=reason,
+        dry_run=dry_run,
+        say=click.echo,
+    )
+
+
+COMMANDS = [sites_cmd, switchover_site_cmd, promote_site_cmd]

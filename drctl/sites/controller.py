@@ -1,0 +1,492 @@
+"""The cross-site controller (DESIGN.md section 5): reads every site's DCS and agents, and runs
+the planned site switchover and the manual disaster promotion.
+
+Every step is idempotent and derived from live facts (site records, dynamic configuration,
+agents' status), so an interrupted command is simply run again: it reports where things stand
+and continues. Each step is appended to the audit log."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import urllib3
+
+from drctl.dcs.base import DCS, ClusterView, DCSError, SiteRecord
+from drctl.dcs.factory import get_dcs
+from drctl.sites.topology import SiteSpec, Topology
+
+_http = urllib3.PoolManager(num_pools=16, maxsize=4, retries=False)
+
+
+class SiteOpError(Exception):
+    """A cross-site operation refused or could not continue; the message says why and what next."""
+
+
+Say = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    return None
+
+
+@dataclass
+class SiteState:
+    name: str
+    spec: SiteSpec
+    view: ClusterView | None = None
+    error: str | None = None
+    statuses: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+
+    @property
+    def record(self) -> SiteRecord | None:
+        return self.view.site if self.view else None
+
+    @property
+    def role(self) -> str:
+        """The site's DR role: its record, else inferred from its dynamic configuration."""
+        if self.record is not None:
+            return self.record.role
+        if self.view is not None and self.view.config_data.get("standby_cluster"):
+            return "standby"
+        return "active" if self.view is not None else "unknown"
+
+    @property
+    def epoch(self) -> int:
+        return self.record.epoch if self.record else 0
+
+    @property
+    def leader(self) -> str | None:
+        return self.view.leader.name if self.view and self.view.leader else None
+
+    def leader_status(self) -> dict[str, Any] | None:
+        return self.statuses.get(self.leader) if self.leader else None
+
+    def leader_lsn(self) -> int | None:
+        """Active site: the primary's current WAL position; standby site: what its standby
+        leader has replayed (received, if larger)."""
+        st = self.leader_status()
+        if not st:
+            return None
+        xlog = st.get("xlog") or {}
+        vals = [xlog.get(k) for k in ("location", "received_location", "replayed_location")]
+        known = [v for v in vals if isinstance(v, int)]
+        return max(known) if known else None
+
+    def replayed_lsn(self) -> int | None:
+        st = self.leader_status()
+        xlog = (st or {}).get("xlog") or {}
+        v = xlog.get("replayed_location", xlog.get("location"))
+        return v if isinstance(v, int) else None
+
+
+class SiteClient:
+    """One site's DCS (short timeouts: an operator waits on it) and its agents' REST APIs."""
+
+    def __init__(self, name: str, spec: SiteSpec, retry_timeout: float = 3.0) -> None:
+        self.name = name
+        self.spec = spec
+        self.retry_timeout = retry_timeout
+
+    def dcs(self) -> DCS:
+        return get_dcs(
+            self.spec.dcs,
+            namespace=self.spec.namespace,
+            scope=self.spec.scope,
+            name="drctl",
+            ttl=30,
+            retry_timeout=self.retry_timeout,
+        )
+
+    def read(self, with_agents: bool = True) -> SiteState:
+        state = SiteState(self.name, self.spec)
+        dcs = self.dcs()
+        try:
+            state.view = dcs.get_cluster()
+        except DCSError as exc:
+            state.error = str(exc)
+            return state
+        finally:
+            dcs.close()
+        if with_agents and state.view is not None:
+            for m in state.view.members:
+                state.statuses[m.name] = self.agent_status(m.info.api_url)
+        return state
+
+    def agent_status(self, api_url: str) -> dict[str, Any] | None:
+        if not api_url:
+            return None
+        base = api_url.rstrip("/")
+        url = base if base.endswith("/status") else base + "/status"
+        try:
+            resp = _http.request("GET", url, timeout=urllib3.Timeout(total=2.0))
+            doc = json.loads(resp.data or b"{}")
+        except (urllib3.exceptions.HTTPError, ValueError, OSError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def write_site(self, record: SiteRecord) -> None:
+        dcs = self.dcs()
+        try:
+            current = dcs.get_cluster().site
+            if not dcs.set_site(record, current.version if current else None):
+                raise SiteOpError(f"site {self.name}: its site record changed meanwhile: run the command again")
+        except DCSError as exc:
+            raise SiteOpError(f"site {self.name}: cannot write its site record: {exc}") from exc
+        finally:
+            dcs.close()
+
+    def patch_config(self, patch: dict[str, Any]) -> None:
+        dcs = self.dcs()
+        try:
+            view = dcs.get_cluster()
+            data = dict(view.config.data) if view.config else {}
+            for key, value in patch.items():
+                if value is None:
+                    data.pop(key, None)
+                else:
+                    data[key] = value
+            if not dcs.set_config(data, view.config.version if view.config else None):
+                raise SiteOpError(f"site {self.name}: configuration changed meanwhile: run the command again")
+        except DCSError as exc:
+            raise SiteOpError(f"site {self.name}: cannot change its configuration: {exc}") from exc
+        finally:
+            dcs.close()
+
+
+def standby_cluster_section(target: SiteSpec) -> dict[str, Any]:
+    host, port = target.entry_host_port
+    section: dict[str, Any] = {"host": host, "port": port}
+    if target.replication_slot:
+        section["primary_slot_name"] = target.replication_slot
+    return section
+
+
+# ---------------------------------------------------------------------------------------------
+# Audit log
+
+
+def default_audit_log() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/pgdr/audit.log")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "pgdr" / "audit.log"
+
+
+def operator_name() -> str:
+    for var in ("SUDO_USER", "USER", "LOGNAME"):
+        if os.environ.get(var):
+            return os.environ[var]
+    try:
+        return getpass.getuser()
+    except Exception:  # pragma: no cover - no passwd entry
+        return f"uid-{os.geteuid()}"
+
+
+class Audit:
+    def __init__(self, path: Path, operation: str) -> None:
+        self.path = path
+        self.operation = operation
+        self.started = time.time()
+
+    def record(self, event: str, **details: Any) -> None:
+        entry = {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "operation": self.operation,
+            "event": event,
+            "operator": operator_name(),
+            **details,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry, default=str) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Status
+
+
+def read_sites(topology: Topology) -> dict[str, SiteState]:
+    return {name: SiteClient(name, spec).read() for name, spec in topology.sites.items()}
+
+
+def cross_site_lag(states: dict[str, SiteState]) -> dict[str, int | None]:
+    """Per standby site: bytes its standby leader is behind the active site's primary."""
+    active = [s for s in states.values() if s.role == "active" and s.view is not None]
+    out: dict[str, int | None] = {}
+    for s in states.values():
+        if s.role != "standby":
+            continue
+        src = active[0].leader_lsn() if len(active) == 1 else None
+        mine = s.leader_lsn()
+        out[s.name] = max(0, src - mine) if src is not None and mine is not None else None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Planned site switchover
+
+
+def _wait(pred: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if pred():
+            return time.monotonic() - started
+        time.sleep(0.25)
+    raise SiteOpError(f"timed out after {timeout:.0f}s waiting for {what}: run the command again to continue")
+
+
+def switchover_site(topology: Topology, to: str, *, dry_run: bool = False, say: Say = _quiet) -> dict[str, Any]:
+    """Planned, zero-data-loss switchover of the active role to site ``to``."""
+    target = topology.site(to)
+    states = read_sites(topology)
+    for s in states.values():
+        if s.error:
+            raise SiteOpError(f"site {s.name}'s DCS is unreachable ({s.error}): a planned switchover needs both")
+    actives = [s for s in states.values() if s.role == "active"]
+    new = states[to]
+    if new.role == "active" and len(actives) == 1:
+        say(f"site {to} is already the active site (epoch {new.epoch}): nothing to do")
+        return {"result": "noop", "active": to, "epoch": new.epoch}
+    old_candidates = [
+        s
+        for s in states.values()
+        if s.name != to and (s.role == "active" or (s.record is not None and s.record.extra.get("switchover_to") == to))
+    ]
+    if len(old_candidates) != 1:
+        raise SiteOpError("cannot tell which site is active now: check `drctl sites`")
+    old = old_candidates[0]
+    epoch = max(s.epoch for s in states.values()) + 1
+    lag = cross_site_lag(states).get(to)
+    shown_lag = lag if lag is not None else "?"
+    plan = [
+        f"1. preflight: {to}'s standby leader {new.leader} is streaming and within "
+        f"{topology.policy.max_switchover_lag_bytes} bytes of {old.name} (now: {shown_lag} bytes)",
+        f"2. demote {old.name} cleanly (shutdown checkpoint; its LSN is the demotion token); "
+        f"{old.name} will follow {target.entry_point}",
+        f"3. wait until {to}'s standby leader has replayed the demotion token",
+        f"4. promote {to}: site record active with epoch {epoch}, standby_cluster removed",
+        f"5. {old.name} becomes a standby cluster of {to} (epoch {epoch}) without a rebuild",
+    ]
+    if dry_run:
+        for line in plan:
+            say(line)
+        return {"result": "dry-run", "plan": plan}
+
+    audit = Audit(Path(topology.policy.audit_log or default_audit_log()), "switchover-site")
+    audit.record("start", from_site=old.name, to_site=to, epoch=epoch)
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+
+    # 1. preflight (skipped when resuming after the old site was already demoted)
+    demoting = old.record is not None and old.record.extra.get("switchover_to") == to
+    if not demoting:
+        if new.leader is None or new.leader_status() is None:
+            raise SiteOpError(f"site {to} has no reachable standby leader: fix it first (`drctl sites`)")
+        if old.leader is None:
+            raise SiteOpError(f"site {old.name} has no leader: use `drctl promote-site {to}` if it is lost")
+        if lag is None or lag > topology.policy.max_switchover_lag_bytes:
+            raise SiteOpError(
+                f"site {to} is not caught up (lag {lag if lag is not None else 'unknown'} bytes, "
+                f"limit {topology.policy.max_switchover_lag_bytes}): wait or investigate replication"
+            )
+        say(f"preflight ok: {to}'s standby leader {new.leader} lags {lag} bytes")
+        # 2. demote the old site: it becomes a standby of the target (same epoch for now)
+        old_client = SiteClient(old.name, old.spec)
+        old_client.patch_config({"standby_cluster": standby_cluster_section(target)})
+        old_client.write_site(SiteRecord("standby", old.epoch, to, extra={"switchover_to": to, "since": time.time()}))
+        audit.record("demote-requested", site=old.name)
+        say(f"demoting site {old.name} ...")
+    old_client = SiteClient(old.name, old.spec)
+
+    def old_demoted() -> bool:
+        st = old_client.read()
+        ls = st.leader_status()
+        return (
+            ls is not None
+            and ls.get("role") == "standby_leader"
+            and st.leader_lsn() is not None
+            and all((x or {}).get("role") != "primary" for x in st.statuses.values())
+        )
+
+    timings["demote_s"] = _wait(old_demoted, topology.policy.switchover_timeout_s, f"site {old.name} to demote")
+    token = old_client.read().leader_lsn()
+    assert token is not None
+    audit.record("demoted", site=old.name, token=token)
+    say(f"site {old.name} demoted: demotion token {token:X}")
+
+    # 3. the target replays everything the old primary wrote
+    new_client = SiteClient(to, target)
+
+    def caught_up() -> bool:
+        v = new_client.read().replayed_lsn()
+        return v is not None and v >= token
+
+    timings["catch_up_s"] = _wait(caught_up, topology.policy.switchover_timeout_s, f"site {to} to replay {token:X}")
+    say(f"site {to} replayed the demotion token")
+
+    # 4. promote the target
+    new_client.write_site(SiteRecord("active", epoch, None, extra={"promoted_at": time.time(), "planned": True}))
+    new_client.patch_config({"standby_cluster": None})
+    audit.record("promote-requested", site=to, epoch=epoch)
+
+    def promoted() -> bool:
+        st = new_client.read()
+        ls = st.leader_status()
+        return ls is not None and ls.get("role") == "primary" and not ls.get("in_recovery", True)
+
+    timings["promote_s"] = _wait(promoted, topology.policy.switchover_timeout_s, f"site {to} to promote")
+    say(f"site {to} is active (epoch {epoch})")
+
+    # 5. the old site follows the new one
+    old_client.write_site(SiteRecord("standby", epoch, to, extra={}))
+
+    def following() -> bool:
+        st = old_client.read()
+        ls = st.leader_status()
+        return ls is not None and ls.get("role") == "standby_leader" and ls.get("replication_state") == "streaming"
+
+    timings["follow_s"] = _wait(following, topology.policy.switchover_timeout_s, f"site {old.name} to stream from {to}")
+    timings["total_s"] = time.monotonic() - t0
+    audit.record("done", from_site=old.name, to_site=to, epoch=epoch, token=token, **timings)
+    say(f"site {old.name} streams from {to}: switchover done in {timings['total_s']:.1f}s")
+    return {"result": "done", "from": old.name, "to": to, "epoch": epoch, "token": token, "timings": timings}
+
+
+# ---------------------------------------------------------------------------------------------
+# Disaster promotion
+
+
+@dataclass
+class LossEstimate:
+    old_site: str
+    old_last_lsn: int | None
+    source: str  # where the old site's last position came from
+    new_lsn: int | None
+
+    @property
+    def bytes(self) -> int | None:
+        if self.old_last_lsn is None or self.new_lsn is None:
+            return None
+        return max(0, self.old_last_lsn - self.new_lsn)
+
+
+def estimate_loss(states: dict[str, SiteState], to: str) -> LossEstimate:
+    new = states[to]
+    others = [s for s in states.values() if s.name != to]
+    old = next((s for s in others if s.role == "active"), others[0])
+    last: int | None = None
+    source = "unknown (old site's DCS unreachable)"
+    if old.view is not None:
+        lsn = old.leader_lsn()
+        if lsn is not None:
+            last, source = lsn, f"{old.name}'s primary (live)"
+        elif old.view.status is not None:
+            last, source = old.view.status.lsn, f"{old.name}'s DCS status key"
+    return LossEstimate(old.name, last, source, new.leader_lsn())
+
+
+def promote_site(
+    topology: Topology,
+    to: str,
+    *,
+    confirm_old_site_down: bool = False,
+    accept_data_loss: bool = False,
+    reason: str | None = None,
+    dry_run: bool = False,
+    say: Say = _quiet,
+) -> dict[str, Any]:
+    """Manual disaster promotion of site ``to``. Refuses without evidence that the old active
+    site cannot write; records who, when and why in the audit log."""
+    target = topology.site(to)
+    states = read_sites(topology)
+    new = states[to]
+    if new.error:
+        raise SiteOpError(f"site {to}'s DCS is unreachable ({new.error}): cannot promote it")
+    if new.role == "active":
+        say(f"site {to} is already active (epoch {new.epoch})")
+        return {"result": "noop"}
+    if new.leader is None or new.leader_status() is None:
+        raise SiteOpError(f"site {to} has no reachable standby leader: fix the site first (`drctl sites`)")
+    est = estimate_loss(states, to)
+    lost = est.bytes
+    say(
+        f"estimated data loss: {lost if lost is not None else 'unknown'} bytes "
+        f"({to} is at {est.new_lsn if est.new_lsn is not None else '?'}; {est.old_site}'s last known position "
+        f"{est.old_last_lsn if est.old_last_lsn is not None else '?'} from {est.source})"
+    )
+    old = states[est.old_site]
+    old_demoted = (old.view is not None and old.role == "standby") or (
+        old.view is not None
+        and old.leader_status() is not None
+        and all((x or {}).get("role") != "primary" for x in old.statuses.values())
+    )
+    if old_demoted:
+        evidence = f"site {old.name} is reachable and has no writable primary"
+    elif confirm_old_site_down:
+        if not reason:
+            raise SiteOpError("--confirm-old-site-down needs --reason: it is recorded in the audit log")
+        evidence = f"operator attestation: {reason}"
+    else:
+        raise SiteOpError(
+            f"refusing to promote {to}: no evidence that site {old.name} cannot write "
+            f"({'its DCS is unreachable' if old.view is None else 'it still has a primary'}). If {old.name} is "
+            f"really down, rerun with --confirm-old-site-down --reason '...' (recorded in the audit log)"
+        )
+    limit = topology.policy.max_data_loss_bytes
+    if (lost is None or lost > limit) and not accept_data_loss:
+        raise SiteOpError(
+            f"estimated loss {lost if lost is not None else 'unknown'} bytes exceeds the policy's "
+            f"max_data_loss_bytes={limit}: rerun with --accept-data-loss to promote anyway"
+        )
+    epoch = max(s.epoch for s in states.values()) + 1
+    if dry_run:
+        say(f"would promote {to} with epoch {epoch} ({evidence})")
+        return {"result": "dry-run", "epoch": epoch, "estimate_bytes": lost}
+    audit = Audit(Path(topology.policy.audit_log or default_audit_log()), "promote-site")
+    audit.record(
+        "promote",
+        site=to,
+        epoch=epoch,
+        evidence=evidence,
+        reason=reason,
+        estimate_bytes=lost,
+        old_site=old.name,
+        old_last_lsn=est.old_last_lsn,
+        new_lsn=est.new_lsn,
+    )
+    client = SiteClient(to, target)
+    client.write_site(SiteRecord("active", epoch, None, extra={"promoted_at": time.time(), "planned": False}))
+    client.patch_config({"standby_cluster": None})
+    # Fence the old site where we can still reach it: it must follow the new active site.
+    fenced = False
+    if old.view is not None:
+        try:
+            old_client = SiteClient(old.name, old.spec)
+            old_client.patch_config({"standby_cluster": standby_cluster_section(target)})
+            old_client.write_site(SiteRecord("standby", epoch, to, extra={"fenced_by": "promote-site"}))
+            fenced = True
+        except SiteOpError as exc:
+            say(f"warning: could not fence site {old.name} now ({exc}); its agents demote on sight of epoch {epoch}")
+
+    def promoted() -> bool:
+        ls = client.read().leader_status()
+        return ls is not None and ls.get("role") == "primary"
+
+    took = _wait(promoted, topology.policy.switchover_timeout_s, f"site {to} to promote")
+    audit.record("done", site=to, epoch=epoch, seconds=took, fenced_old_site=fenced)
+    say(f"site {to} is active (epoch {epoch}) after {took:.1f}s")
+    return {
+        "result": "done",
+        "site": to,
+        "epoch": epoch,
+        "estimate_bytes": lost,
+        "fenced_old_site": fenced,
+        "seconds": took,
+    }

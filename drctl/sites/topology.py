@@ -1,0 +1,97 @@
+"""The cross-site topology file (policies/topology.yaml): which sites exist, how to reach each
+site's DCS, agents and entry point, and the DR policy. Validated with pydantic; errors name
+the file and the field, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from drctl.dcs.factory import DcsSettings
+
+
+class TopologyError(Exception):
+    """A topology file could not be used; the message names the file and the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiAuth(_Model):
+    username: str
+    password: str
+
+
+class SiteSpec(_Model):
+    dcs: DcsSettings
+    namespace: str = "/service"
+    scope: str = Field(min_length=1)
+    entry_point: str = Field(description="host:port of the site's read-write entry point (HAProxy, VIP)")
+    api_auth: ApiAuth | None = None
+    replication_slot: str | None = Field(default=None, description="slot the other site streams through")
+
+    @property
+    def entry_host_port(self) -> tuple[str, int]:
+        host, _, port = self.entry_point.rpartition(":")
+        return host, int(port)
+
+    @model_validator(mode="after")
+    def _check_entry(self) -> SiteSpec:
+        host, sep, port = self.entry_point.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"entry_point must be host:port, got {self.entry_point!r}")
+        return self
+
+
+class DrPolicy(_Model):
+    max_data_loss_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    max_switchover_lag_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    switchover_timeout_s: float = Field(default=120.0, gt=0)
+    audit_log: str | None = None
+
+
+class Topology(_Model):
+    sites: dict[str, SiteSpec] = Field(min_length=2)
+    witness: DcsSettings | None = None
+    policy: DrPolicy = Field(default_factory=DrPolicy)
+    source: str = ""
+
+    def site(self, name: str) -> SiteSpec:
+        try:
+            return self.sites[name]
+        except KeyError:
+            raise TopologyError(f"{self.source}: no site {name!r} (sites: {', '.join(sorted(self.sites))})") from None
+
+    def others(self, name: str) -> list[str]:
+        return [n for n in self.sites if n != name]
+
+
+def load_topology(path: str | Path) -> Topology:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise TopologyError(f"{p}: cannot read the topology file ({exc.strerror})") from exc
+    try:
+        doc: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise TopologyError(f"{p}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    if not isinstance(doc, dict):
+        raise TopologyError(f"{p}: expected a mapping with `sites:` at the top")
+    try:
+        return Topology.model_validate({**doc, "source": str(p)})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise TopologyError(f"{p}: field `{field}`: {err['msg']}") from exc
+
+
+def dump_topology(topology: Topology) -> str:
+    data = topology.model_dump(mode="json", exclude_none=True, exclude={"source"})
+    return yaml.safe_dump(data, sort_keys=False)
