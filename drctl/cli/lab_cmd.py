@@ -9,7 +9,7 @@ import click
 from drctl.cli.errors import operator_errors, register_operator_error
 from drctl.cli.output import FORMATS, emit_structured, table
 from drctl.lab.etcd import LabError
-from drctl.lab.lab import Lab, default_lab_dir
+from drctl.lab.lab import Lab, default_lab_dir, topology_path
 from drctl.pg.osuser import OSUserError
 
 register_operator_error(LabError)
@@ -37,18 +37,24 @@ def lab_group() -> None:
 )
 @click.option("--etcd-members", default=3, show_default=True, type=click.IntRange(1, 7))
 @click.option("--pg-user", default="postgres", show_default=True, help="OS user that runs PostgreSQL.")
+@click.option("--independent", is_flag=True, help="Independent clusters: no site is a standby of another.")
 @operator_errors
-def lab_up(lab_dir: Path | None, sites: int, nodes: int, etcd_members: int, pg_user: str) -> None:
-    """Start a lab and leave it running."""
+def lab_up(lab_dir: Path | None, sites: int, nodes: int, etcd_members: int, pg_user: str, independent: bool) -> None:
+    """Start a lab and leave it running. Site a is active; the other sites are standby clusters of it."""
     lab = Lab(lab_dir or default_lab_dir(), pg_user=pg_user)
     click.echo(f"lab directory: {lab.dir}")
-    state = lab.up(sites=sites, nodes=nodes, etcd_members=etcd_members)
+    state = lab.up(sites=sites, nodes=nodes, etcd_members=etcd_members, dr=not independent)
     for site in state.sites:
         click.echo(f"site {site.name}: etcd {','.join(site.etcd_endpoints)}")
         for n in site.nodes:
             click.echo(
                 f"  {n['name']}: postgresql 127.0.0.1:{n['pg_port']}, agent API http://127.0.0.1:{n['api_port']}"
             )
+    for site in state.sites:
+        click.echo(f"site {site.name} entry point (HAProxy, /primary): 127.0.0.1:{site.entry_port}")
+    topo = topology_path(lab.dir)
+    if topo.exists():
+        click.echo(f"topology file: {topo}  (export PGDR_TOPOLOGY={topo})")
     click.echo(f"stop it with: drctl lab down --dir {lab.dir}")
 
 

@@ -313,17 +313,25 @@ class LabCluster:
             return None
 
     def healthy(self) -> bool:
-        """One running primary holding the key; every other member a running, streaming replica."""
-        leader = self.leader()
-        if leader is None:
+        """One leader holding the key and running (a primary, or on a standby site a standby
+        leader streaming from the other site); every other member a running replica streaming."""
+        view = self.view()
+        if view is None or view.leader is None:
             return False
+        leader = view.leader.name
+        standby = bool(view.config_data.get("standby_cluster")) or (
+            view.site is not None and view.site.role == "standby"
+        )
         for n in self.nodes:
             st = self.status(n.name)
             if st is None or st.get("state") != "running":
                 return False
-            if n.name == leader and st.get("role") != "primary":
-                return False
-            if n.name != leader and (st.get("role") != "replica" or self.upstream_port(n.name) is None):
+            if n.name == leader:
+                if st.get("role") != ("standby_leader" if standby else "primary"):
+                    return False
+                if standby and self.upstream_port(n.name) is None:
+                    return False
+            elif st.get("role") != "replica" or self.upstream_port(n.name) is None:
                 return False
         return True
 

@@ -14,9 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import yaml
 
-from drctl.lab.cluster import LAB_SCOPE, AgentNode, LabCluster, Timings
+from drctl.dcs.base import DCSError, SiteRecord
+from drctl.lab.cluster import API_AUTH, LAB_SCOPE, AgentNode, LabCluster, Timings
+from drctl.lab.entrypoint import EntryPoint
 from drctl.lab.etcd import EtcdCluster, LabError, etcd_health
+from drctl.lab.ports import free_port
 from drctl.lab.procs import ProcRecord, Supervisor, pid_alive, record_for_pid, release, terminate
 from drctl.pg.osuser import make_dir
 
@@ -36,16 +40,17 @@ def default_lab_dir() -> Path:
 
 
 @dataclass
-class SiteSpec:
+class LabSite:
     name: str
     etcd_endpoints: list[str] = field(default_factory=list)
     nodes: list[dict[str, Any]] = field(default_factory=list)
+    entry_port: int = 0
 
 
 @dataclass
 class LabState:
     dir: str
-    sites: list[SiteSpec]
+    sites: list[LabSite]
     pg_user: str
     created_at: float
 
@@ -64,7 +69,7 @@ class LabState:
             doc = json.loads(path.read_text())
             return cls(
                 dir=doc["dir"],
-                sites=[SiteSpec(**s) for s in doc["sites"]],
+                sites=[LabSite(**s) for s in doc["sites"]],
                 pg_user=doc.get("pg_user", "postgres"),
                 created_at=doc.get("created_at", 0.0),
             )
@@ -97,7 +102,9 @@ class Lab:
         elif any(self.dir.iterdir()):
             raise LabError(f"{self.dir} exists and is not a pgdr lab: choose another --dir (nothing was changed)")
 
-    def up(self, sites: int = 2, nodes: int = 3, etcd_members: int = 3, timings: Timings | None = None) -> LabState:
+    def up(
+        self, sites: int = 2, nodes: int = 3, etcd_members: int = 3, timings: Timings | None = None, dr: bool = True
+    ) -> LabState:
         if sites < 1 or nodes < 1 or etcd_members < 1:
             raise LabError("--sites, --nodes and --etcd-members must be at least 1")
         if sites > 26:
@@ -113,10 +120,15 @@ class Lab:
         sup = Supervisor(self.dir)
         state = LabState(dir=str(self.dir), sites=[], pg_user=self.pg_user, created_at=time.time())
         try:
-            clusters = []
-            for site in site_names(sites):
+            names = site_names(sites)
+            entry_ports = {site: free_port() for site in names}
+            clusters: list[LabCluster] = []
+            for site in names:
                 site_dir = make_dir(self.dir / f"site-{site}", self.pg_user, 0o755)
                 etcd = EtcdCluster(sup, site_dir / "etcd", name=f"{site}-etcd", size=etcd_members).start()
+                # Every site but the first is a standby cluster of the first (DESIGN.md section 5).
+                standby = dr and site != names[0]
+                dynamic = {"standby_cluster": {"host": "127.0.0.1", "port": entry_ports[names[0]]}} if standby else {}
                 cluster = LabCluster(
                     sup,
                     site_dir,
@@ -126,14 +138,22 @@ class Lab:
                     site=site,
                     timings=timings or Timings(),
                     pg_user=self.pg_user,
+                    dynamic=dynamic,
                 ).plan()
+                if dr:
+                    record = SiteRecord("standby", 1, names[0]) if standby else SiteRecord("active", 1, None)
+                    _write_site_record(cluster, record)
+                EntryPoint(sup, cluster, port=entry_ports[site]).start()
                 clusters.append(cluster)
-                state.sites.append(SiteSpec(site, etcd.endpoints, [_node_doc(n) for n in cluster.nodes]))
+                state.sites.append(
+                    LabSite(site, etcd.endpoints, [_node_doc(n) for n in cluster.nodes], entry_ports[site])
+                )
                 state.save()
             for cluster in clusters:
                 cluster.start(wait=False)
-            for cluster in clusters:
                 cluster.wait_healthy(180)
+            if dr and sites > 1:
+                write_lab_topology(self.dir, state)
         except BaseException:
             self._stop(sup, grace=10.0)
             raise
@@ -223,6 +243,39 @@ class Lab:
         stray = _stray_postmasters(self.dir)
         recs = [r for r in (record_for_pid(pid, f"postmaster-{pid}", "postgres") for pid in stray) if r]
         terminate(recs, signal.SIGINT, grace)
+
+
+def _write_site_record(cluster: LabCluster, record: SiteRecord) -> None:
+    dcs = cluster.dcs()
+    try:
+        current = dcs.get_cluster().site
+        if not dcs.set_site(record, current.version if current else None):
+            raise LabError(f"site {cluster.site}: could not write its site record")
+    except DCSError as exc:
+        raise LabError(f"site {cluster.site}: {exc}") from exc
+    finally:
+        dcs.close()
+
+
+def topology_path(lab_dir: Path) -> Path:
+    return lab_dir / "topology.yaml"
+
+
+def write_lab_topology(lab_dir: Path, state: LabState) -> Path:
+    """The cross-site topology file of the lab (what an operator writes in policies/)."""
+    sites = {}
+    for site in state.sites:
+        sites[site.name] = {
+            "dcs": {"etcd": {"hosts": list(site.etcd_endpoints)}},
+            "namespace": "/service",
+            "scope": LAB_SCOPE,
+            "entry_point": f"127.0.0.1:{site.entry_port}",
+            "api_auth": {"username": API_AUTH[0], "password": API_AUTH[1]},
+        }
+    doc = {"sites": sites, "policy": {"audit_log": str(lab_dir / "audit.log"), "switchover_timeout_s": 120}}
+    path = topology_path(lab_dir)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
 
 
 def _node_doc(node: AgentNode) -> dict[str, Any]:
