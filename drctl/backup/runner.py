@@ -300,6 +300,8 @@ class PgBackRest:
         pgBackRest into postgresql.auto.conf. The copy carries the source's pgdr.conf (port,
         archive_command...): configure it before starting it."""
         target_dir = Path(target_dir).absolute()
+        if delta and not any((target_dir / name).exists() for name in ("PG_VERSION", "backup.manifest")):
+            delta = False  # nothing to compare against (pgBackRest would only warn and disable it)
         opts = restore_options(
             target_dir,
             type,

@@ -51,6 +51,8 @@ class Writer:
 
     url: str
     interval: float = 0.05
+    # ids never collide with an earlier writer's on the same table
+    first_id: int = field(default_factory=lambda: time.time_ns() // 1_000)
     acks: list[Ack] = field(default_factory=list)
     errors: int = 0
     attempted: int = 0
@@ -72,7 +74,7 @@ class Writer:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
-        next_id = 1
+        next_id = self.first_id
         conn: psycopg.Connection[tuple[object, ...]] | None = None
         while not self._stop.is_set():
             try:

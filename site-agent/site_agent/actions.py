@@ -204,10 +204,88 @@ class ClearFailover(Action):
 
 @dataclass(frozen=True)
 class UpdateSync(Action):
-    """Placeholder (synchronous replication comes with the next issue)."""
+    """Write the ``sync`` key: ``{"leader": <this member>, "sync_standby": sync_standbys}`` with a
+    compare-and-swap on ``version`` (None: create only if absent), i.e.
+    ``dcs.set_sync(<own name>, sync_standbys, version)``.
 
+    A guard: False (CAS lost) or an error stops the decision, because the actions after it
+    (a :class:`SetSyncStandbyNames` that drops a member) are only safe once the key no longer
+    lists that member. Only the leader emits it, and only for members PostgreSQL already reports
+    as synchronous (see :mod:`site_agent.sync`)."""
+
+    guard: ClassVar[bool] = True
     sync_standbys: tuple[str, ...]
     version: int | None
+
+
+@dataclass(frozen=True)
+class ClearSync(Action):
+    """synchronous_mode was turned off: delete the ``sync`` key (``dcs.delete_sync(version)``,
+    CAS). A guard, like :class:`UpdateSync`: the :class:`SetSyncStandbyNames` that follows may
+    relax replication only once the key is gone."""
+
+    guard: ClassVar[bool] = True
+    version: int
+
+
+@dataclass(frozen=True)
+class SetSyncStandbyNames(Action):
+    """Set PostgreSQL's ``synchronous_standby_names`` to :attr:`value` and reload (ALTER SYSTEM
+    + pg_reload_conf(), or the shell's own parameter file; it must also work on a replica that
+    is about to be promoted). Success means PostgreSQL accepted the value (SHOW returns it).
+
+    ``names=()``: ``''`` (asynchronous). ``names=("*",)``: ``'*'`` (strict mode without a
+    standby: any standby may acknowledge, commits block while none is connected). Otherwise
+    ``FIRST num ("a", "b")`` with every name double-quoted (member names are case-sensitive);
+    the decision always uses ``num == len(names)``: every listed standby must confirm each commit.
+    A guard: when it fails the decision stops (e.g. no promotion without ``'*'`` in strict mode)."""
+
+    guard: ClassVar[bool] = True
+    names: tuple[str, ...]
+    num: int = 0
+
+    @property
+    def value(self) -> str:
+        return render_ssn(self.names, self.num)
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def render_ssn(names: tuple[str, ...], num: int) -> str:
+    """The ``synchronous_standby_names`` string of (names, num) (see :class:`SetSyncStandbyNames`)."""
+    if not names:
+        return ""
+    if names == ("*",):
+        return "*"
+    count = min(max(num, 1), len(names))
+    return f"FIRST {count} ({', '.join(_quote_ident(n) for n in names)})"
+
+
+# -- failsafe -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteFailsafe(Action):
+    """The leader publishes the ``failsafe`` key: member name -> api_url of every member in the
+    view (``dcs.set_failsafe(dict(members))``; conditional on holding the leader key). An empty
+    ``members`` (failsafe_mode turned off) clears it: ``set_failsafe({})``. Not a guard."""
+
+    members: tuple[tuple[str, str], ...]
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.members)
+
+
+@dataclass(frozen=True)
+class FailsafeHold(Action):
+    """The DCS is unreachable but every other member of the last ``failsafe`` map acknowledged
+    this cycle's ``POST /failsafe``: stay primary. The shell counts this like a successful
+    renewal: ``last_renewal`` = the monotonic time taken **before** the POST round started,
+    and it feeds the lease keeper with ``that time + leader_deadline`` (ttl - safety_margin).
+    Every member that acknowledged refuses to promote for ``ttl`` after receiving the POST, which
+    is later than that deadline."""
 
 
 # -- waiting ------------------------------------------------------------------------------------

@@ -177,7 +177,7 @@ class Agent:
             system_id = str(probe.system_identifier)
             if not probe.in_recovery:
                 mem.former_primary = True
-            elif view is not None and self._streams_from_leader(view, probe):
+            elif view is not None and (self._streams_from_leader(view, probe) or self._streams_from_remote(probe)):
                 mem.verified_timeline, mem.former_primary = view.timeline, False
             was_primary = mem.former_primary
         elif control is not None:
@@ -238,6 +238,15 @@ class Agent:
             if entry.timeline == timeline:
                 return lsn <= entry.lsn
         return False
+
+    def _streams_from_remote(self, probe: ProbeState) -> bool:
+        """A standby leader streaming from the active site: the remote primary accepted our start
+        point on its history, so our data is a prefix of it."""
+        remote = self.decide_config().standby_cluster
+        receiver = probe.wal_receiver
+        if remote is None or receiver is None or receiver.status != "streaming":
+            return False
+        return receiver.sender_port == remote.port
 
     def _streams_from_leader(self, view: ClusterView, probe: ProbeState) -> bool:
         leader = view.leader_member

@@ -7,7 +7,10 @@ timestamps) comes in ``local.wall_clock``.
 Rules are tried in this order; the first that applies decides:
 
 1. **DCS unreachable** (``view is None``): a writable primary demotes at once, unless failsafe mode
-   is on and every member of the last failsafe map acknowledged us this cycle.
+   is on and every other member of the last failsafe map acknowledged our ``POST /failsafe`` this
+   cycle (:class:`FailsafeHold`: the shell counts it as a renewal). When the DCS answers again and
+   the leader key expired meanwhile, a primary whose last failsafe round is less than ``ttl`` old
+   takes the key back (every member that acknowledged still refuses to promote).
 2. **Safety** (invariants 1, 2, 5), checked before anything else:
    a leader past ``ttl - safety_margin`` since its last successful renewal demotes; a primary on a
    standby site (site record ``standby`` or ``standby_cluster`` configured) demotes; a primary
@@ -18,7 +21,8 @@ Rules are tried in this order; the first that applies decides:
 4. **Data directory / bootstrap**: refuse invalid or foreign data (never wipe it); bootstrap race;
    record the system identifier; clone into an empty directory once a leader exists.
 5. **Leader** (the key carries this member's name): adopt it after an agent restart, keep it
-   (RenewLeader + slots), promote a replica we just acquired for, restart a crashed primary within
+   (RenewLeader + slots + the ``failsafe`` map + synchronous replication, see
+   :mod:`site_agent.sync`), promote a replica we just acquired for, restart a crashed primary within
    ``primary_start_timeout``/``max_crash_restarts`` else release, hand over on switchover.
    In standby-cluster mode the leader is a standby leader following the remote site; it never
    promotes.
@@ -26,6 +30,10 @@ Rules are tried in this order; the first that applies decides:
    replica without upstream so it can take part in the next election).
 7. **Another leader**: reconcile a diverged timeline first (rewind, else rebuild; never start
    on a half-rewound directory: invariant 4), then follow the leader (or ``replicatefrom``).
+
+Synchronous mode: only a member recorded in ``sync`` may take the key (eligibility); a promotion
+sets synchronous_standby_names first (``'*'`` in strict mode, else ``''``) and then records the
+new leader in ``sync`` with no standby.
 
 Acquiring and promoting happen in the **same** decision: ``[AcquireLeader(), Promote(),
 WriteHistory(...)]``. AcquireLeader is a guard action, so the shell never promotes when the
@@ -47,6 +55,7 @@ from site_agent.actions import (
     Clone,
     Decision,
     Demote,
+    FailsafeHold,
     Follow,
     ManageSlots,
     NoOp,
@@ -61,6 +70,7 @@ from site_agent.actions import (
     StartPostgres,
     StopPostgres,
     WaitForLeader,
+    WriteFailsafe,
     WriteHistory,
 )
 from site_agent.eligibility import (
@@ -75,6 +85,7 @@ from site_agent.eligibility import (
     upstream_of,
 )
 from site_agent.state import STANDBY_SOURCE, DataDirState, DecideConfig, LocalState, PgState
+from site_agent.sync import plan_sync, promotion_sync_actions
 
 __all__ = ["decide"]
 
@@ -168,7 +179,7 @@ def _dcs_unreachable(local: LocalState, cfg: DecideConfig, now: float) -> Decisi
         missing = sorted(set(others) - local.failsafe_acks)
         if not missing:
             return _dec(
-                [NoOp()],
+                [FailsafeHold()],
                 f"DCS unreachable ({err}); failsafe: all {len(others)} members confirmed, staying primary",
                 "primary",
             )
@@ -203,11 +214,31 @@ def _safety(ctx: _Ctx) -> Decision | None:
     if local.is_primary:
         if local.leader_key_lost:
             return _dec([Demote("immediate")], "leader renewal said the key is no longer mine: demoting", "demoted")
+        if ctx.leader is None and _failsafe_reacquire(ctx):
+            return _dec(
+                [AcquireLeader()],
+                "failsafe: the DCS is back and the leader key expired during the outage; every member "
+                "vouched for me less than ttl ago: taking the key back",
+                "primary",
+            )
         if not ctx.i_hold:
             holder = f"{ctx.leader} holds the leader key" if ctx.leader else "nobody holds the leader key"
             lost = "lost the leader key; " if local.am_leader else ""
             return _dec([Demote("immediate")], f"{lost}primary without the key ({holder}): demoting", "demoted")
     return None
+
+
+def _failsafe_reacquire(ctx: _Ctx) -> bool:
+    local, cfg = ctx.local, ctx.cfg
+    return (
+        cfg.failsafe_mode
+        and local.am_leader
+        and not local.renewal_failed
+        and local.failsafe_held_at is not None
+        and ctx.now - local.failsafe_held_at < cfg.leader_deadline
+        and local.last_renewal is not None
+        and ctx.now - local.last_renewal < cfg.leader_deadline
+    )
 
 
 # -- 3. pause -----------------------------------------------------------------------------------
@@ -367,12 +398,15 @@ def _leader(ctx: _Ctx) -> Decision:
             return _primary_running(ctx)
         if is_diverged(local, ctx.view) or local.rewind_failed:
             return _dec([ReleaseLeader(local.lsn)], "leader key held but local data diverged: releasing", "replica")
+        before, after = promotion_sync_actions(ctx.view, cfg)
         return _dec(
             [
                 RenewLeader(local.lsn),
+                *before,
                 Promote(),
                 _history(ctx, "promoted: holds the leader key"),
                 *_clear_fo(ctx),
+                *after,
             ],
             "holding the leader key as a replica: promoting",
             "primary",
@@ -434,7 +468,26 @@ def _primary_running(ctx: _Ctx) -> Decision:
     if handover is not None:
         return handover
     note = _failover_note(ctx)
-    return _dec([*renew, *_slots(ctx), *_stale_failover(ctx)], "leader: renewing the key" + note, "primary")
+    fs, fs_note = _failsafe_map(ctx)
+    sync = plan_sync(ctx.view, ctx.local, ctx.cfg)
+    # The sync actions come last: UpdateSync is a guard, a lost CAS must not skip the others.
+    actions = [*renew, *_slots(ctx), *fs, *_stale_failover(ctx), *sync.actions]
+    extra = "".join(f"; {n}" for n in (fs_note, sync.note) if n)
+    return _dec(actions, "leader: renewing the key" + note + extra, "primary")
+
+
+def _failsafe_map(ctx: _Ctx) -> tuple[list[Action], str]:
+    """The leader keeps the ``failsafe`` key equal to the members of the view (name -> api_url)."""
+    view = ctx.view
+    current = dict(view.failsafe or {})
+    if not ctx.cfg.failsafe_mode:
+        if current:
+            return [WriteFailsafe(())], "failsafe_mode is off: clearing the failsafe map"
+        return [], ""
+    wanted = tuple(sorted((m.name, m.info.api_url) for m in view.members if m.info.api_url))
+    if dict(wanted) == current:
+        return [], ""
+    return [WriteFailsafe(wanted)], f"failsafe map -> {', '.join(n for n, _ in wanted) or 'nobody'}"
 
 
 def _standby_leader_running(ctx: _Ctx) -> Decision:
@@ -562,8 +615,9 @@ def _no_leader(ctx: _Ctx) -> Decision:
             f"no leader: taking the key as standby leader ({kind}); never promoting on a standby cluster",
             "standby_leader",
         )
+    before, after = promotion_sync_actions(view, cfg)
     return _dec(
-        [AcquireLeader(), Promote(), _history(ctx, f"{kind}: no leader"), *_clear_fo(ctx)],
+        [AcquireLeader(), *before, Promote(), _history(ctx, f"{kind}: no leader"), *_clear_fo(ctx), *after],
         f"no leader and I am the best eligible member: taking the key and promoting ({kind})",
         "primary",
     )

@@ -10,6 +10,7 @@ from typing import Any
 
 from drctl.dcs.base import ClusterView, Member
 from site_agent.state import DataDirState, DecideConfig, LocalState, PeerStatus
+from site_agent.sync import sync_restricts
 
 _SLOT_BAD = re.compile(r"[^a-z0-9_]")
 
@@ -21,6 +22,24 @@ def slot_name(member: str) -> str:
 
 def _tag(tags: Mapping[str, Any], key: str, default: Any) -> Any:
     return tags.get(key, default)
+
+
+def _bool_tag(tags: Mapping[str, Any], key: str) -> bool:
+    v = tags.get(key, False)
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    return bool(v)
+
+
+def _priority_tag(tags: Mapping[str, Any]) -> int:
+    """``failover_priority`` of a member record (1 when absent or unreadable)."""
+    v = tags.get("failover_priority", 1)
+    if v is None:
+        return 1
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 1
 
 
 def upstream_of(view: ClusterView, member: Member) -> str | None:
@@ -47,7 +66,28 @@ def desired_slots(view: ClusterView, me: str) -> tuple[str, ...]:
 
 
 def sync_active(view: ClusterView, cfg: DecideConfig) -> bool:
-    return cfg.synchronous_mode and view.sync is not None and bool(view.sync.sync_standbys)
+    """The ``sync`` key restricts who may take the leader key (see :func:`site_agent.sync.sync_restricts`)."""
+    return sync_restricts(view, cfg)
+
+
+def failsafe_active(view: ClusterView, cfg: DecideConfig) -> bool:
+    return cfg.failsafe_mode and bool(view.failsafe)
+
+
+def failsafe_refusal(local: LocalState, cfg: DecideConfig, sender: str) -> str | None:
+    """How a member answers the leader's ``POST /failsafe`` (pure): None to accept (HTTP 200;
+    the shell then records ``failsafe_heartbeat_at`` = its monotonic now), else the reason to
+    refuse (HTTP 409): failsafe mode off, the sender is this member, or this member is itself
+    a writable primary or believes it holds the leader key (it must not vouch for another)."""
+    if not cfg.failsafe_mode:
+        return "failsafe_mode is off"
+    if sender == local.name:
+        return "the sender is this member"
+    if local.is_primary:
+        return "this member is running as a primary"
+    if local.am_leader:
+        return "this member holds the leader key"
+    return None
 
 
 def in_sync_set(view: ClusterView, name: str) -> bool:
@@ -102,7 +142,7 @@ def failover_blockers(
     if local.tags.nofailover:
         out.append("tagged nofailover")
     if local.tags.failover_priority <= 0:
-        out.append("failover_priority is 0")
+        out.append("failover_priority is 0 (never promotes)")
     if view.initialize and local.system_id and local.system_id != view.initialize:
         out.append(f"system identifier {local.system_id} differs from the cluster's {view.initialize}")
     if is_diverged(local, view):
@@ -110,9 +150,11 @@ def failover_blockers(
     if cfg.check_timeline and local.timeline is not None and local.timeline < view.timeline:
         out.append(f"timeline {local.timeline} is behind the cluster's {view.timeline} (check_timeline)")
     if sync_active(view, cfg) and not in_sync_set(view, local.name):
-        out.append("synchronous mode: not a synchronous standby")
+        out.append(_not_sync_reason(view, local.name))
     if cfg.failsafe_mode and local.failsafe_heartbeat_at is not None and now - local.failsafe_heartbeat_at < cfg.ttl:
         out.append("failsafe mode: the primary confirmed it is alive less than ttl ago")
+    if failsafe_active(view, cfg) and view.failsafe is not None and local.name not in view.failsafe:
+        out.append("failsafe mode: not in the failsafe member list (the leader never asked me to vouch for it)")
     my_lsn = local.lsn
     if my_lsn is None:
         out.append("own WAL position unknown")
@@ -174,24 +216,36 @@ def candidate_blockers(view: ClusterView, local: LocalState, cfg: DecideConfig, 
             return [f"{name} does not answer"]
         running_replica = peer.in_recovery is True
         lsn = peer.lsn
-        can_failover = peer.can_failover
+        nofailover, priority = peer.nofailover, peer.failover_priority
     else:
         running_replica = member.info.state == "running" and member.info.role in ("replica", "standby_leader")
         lsn = member.info.lsn
-        can_failover = not _tag(tags, "nofailover", False) and int(_tag(tags, "failover_priority", 1) or 0) > 0
+        nofailover, priority = _bool_tag(tags, "nofailover"), _priority_tag(tags)
     out = []
     if not running_replica:
         out.append(f"{name} is not a running replica")
-    if not can_failover:
-        out.append(f"{name} is tagged nofailover (or failover_priority 0)")
+    if nofailover:
+        out.append(f"{name} is tagged nofailover")
+    if priority <= 0:
+        out.append(f"{name} has failover_priority 0 (never promotes)")
     my_lsn = local.lsn
     if lsn is None:
         out.append(f"{name}'s WAL position is unknown")
     elif my_lsn is not None and my_lsn - lsn > cfg.maximum_lag_on_failover:
         out.append(f"{name} lags {my_lsn - lsn} bytes (maximum_lag_on_failover={cfg.maximum_lag_on_failover})")
     if sync_active(view, cfg) and not in_sync_set(view, name):
-        out.append(f"{name} is not a synchronous standby")
+        out.append(_not_sync_reason(view, name))
+    if failsafe_active(view, cfg) and view.failsafe is not None and name not in view.failsafe:
+        out.append(f"{name} is not in the failsafe member list yet")
     return out
+
+
+def _not_sync_reason(view: ClusterView, name: str) -> str:
+    listed = ", ".join(view.sync.sync_standbys) if view.sync and view.sync.sync_standbys else "none"
+    return (
+        f"synchronous mode: {name} is not a synchronous standby (only members recorded in the sync key may "
+        f"be promoted; sync standbys: {listed})"
+    )
 
 
 def best_candidate(view: ClusterView, local: LocalState, cfg: DecideConfig) -> str | None:
@@ -202,7 +256,7 @@ def best_candidate(view: ClusterView, local: LocalState, cfg: DecideConfig) -> s
             continue
         peer = local.peers.get(m.name)
         lsn = (peer.lsn if peer else m.info.lsn) or 0
-        prio = peer.failover_priority if peer else int(_tag(m.info.tags, "failover_priority", 1) or 0)
+        prio = peer.failover_priority if peer else _priority_tag(m.info.tags)
         ranked.append((-lsn, -prio, m.name))
     return min(ranked)[2] if ranked else None
 

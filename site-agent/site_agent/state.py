@@ -15,6 +15,12 @@ module docstring of :mod:`site_agent.decide`):
 * ``crash_restarts``/``first_crash_at`` count StartPostgres attempts after PostgreSQL stopped
   unexpectedly; the shell resets them once PostgreSQL has run for ``loop_wait`` cycles.
 * ``rewind_failed`` stays True from a failed pg_rewind until a Rebuild succeeded.
+* ``replication`` (on a primary): the rows of ``pg_stat_replication`` this cycle, one
+  :class:`ReplicaConn` per walsender whose ``application_name`` is a member name (the shell sets
+  ``application_name=<member name>`` in every replica's primary_conninfo);
+  ``synchronous_standby_names`` is the value PostgreSQL reports (``SHOW``) this cycle, None when
+  it could not be read.
+* ``failsafe_*``: see :mod:`site_agent.decide` (rule 1) and :func:`site_agent.eligibility.failsafe_refusal`.
 * ``peers``: when the view has no leader (or a failover key is pending) the shell asks every
   other member in ``view.members`` over REST (GET /status) before deciding; a member absent from
   ``peers`` counts as unreachable.
@@ -79,6 +85,23 @@ class PeerStatus:
         return not self.nofailover and self.failover_priority > 0
 
 
+@dataclass(frozen=True)
+class ReplicaConn:
+    """One row of the primary's ``pg_stat_replication``: ``name`` is the ``application_name``
+    (a member name), ``state`` the walsender state (startup, catchup, streaming, backup,
+    stopping), ``sync_state`` async | potential | sync | quorum."""
+
+    name: str
+    state: str = "streaming"
+    sync_state: str = "async"
+    flush_lsn: int | None = None
+    replay_lsn: int | None = None
+
+    @property
+    def streaming(self) -> bool:
+        return self.state == "streaming"
+
+
 def _empty() -> Mapping[str, PeerStatus]:
     return MappingProxyType({})
 
@@ -119,6 +142,10 @@ class LocalState:
     failsafe_members: tuple[str, ...] = ()  # names in the last failsafe map read from the DCS
     failsafe_acks: frozenset[str] = frozenset()  # members that acknowledged our POST /failsafe this cycle
     failsafe_heartbeat_at: float | None = None  # monotonic time a leader's POST /failsafe last reached us
+    failsafe_held_at: float | None = None  # monotonic start of our last POST /failsafe round that FailsafeHold'ed
+    # synchronous replication (observed on a primary)
+    replication: tuple[ReplicaConn, ...] = ()
+    synchronous_standby_names: str | None = None  # SHOW synchronous_standby_names; None = unknown
     wall_clock: float = 0.0  # time.time() of this cycle: scheduled switchovers, history timestamps
 
     @property
@@ -151,6 +178,8 @@ class DecideConfig:
     use_slots: bool = True
     synchronous_mode: bool = False
     synchronous_mode_strict: bool = False
+    synchronous_node_count: int = 1
+    maximum_lag_on_syncnode: int = -1  # bytes; -1: no limit
     failsafe_mode: bool = False
     primary_start_timeout: int = 300
     max_crash_restarts: int = 3
@@ -191,6 +220,8 @@ class DecideConfig:
             use_slots=dyn.use_slots,
             synchronous_mode=dyn.synchronous_mode,
             synchronous_mode_strict=dyn.synchronous_mode_strict,
+            synchronous_node_count=dyn.synchronous_node_count,
+            maximum_lag_on_syncnode=dyn.maximum_lag_on_syncnode,
             failsafe_mode=dyn.failsafe_mode,
             primary_start_timeout=dyn.primary_start_timeout,
             check_timeline=dyn.check_timeline,
