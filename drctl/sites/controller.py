@@ -487,6 +487,8 @@ def promote_site(
         "site": to,
         "epoch": epoch,
         "estimate_bytes": lost,
+        "old_last_lsn": est.old_last_lsn,
+        "new_lsn": est.new_lsn,
         "fenced_old_site": fenced,
         "seconds": took,
     }
