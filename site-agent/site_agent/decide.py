@@ -233,7 +233,6 @@ def _failsafe_reacquire(ctx: _Ctx) -> bool:
     return (
         cfg.failsafe_mode
         and local.am_leader
-        and not local.renewal_failed
         and local.failsafe_held_at is not None
         and ctx.now - local.failsafe_held_at < cfg.leader_deadline
         and local.last_renewal is not None

@@ -16,6 +16,7 @@ from site_agent.actions import (
     Clone,
     Decision,
     Demote,
+    FailsafeHold,
     Follow,
     ManageSlots,
     NoOp,
@@ -255,7 +256,7 @@ def test_dcs_unreachable_replica_does_nothing() -> None:
 def test_failsafe_keeps_primary_only_with_all_confirmations() -> None:
     cfg = replace(CFG, failsafe_mode=True)
     local = primary(failsafe_members=("n1", "n2", "n3"), failsafe_acks=frozenset({"n2", "n3"}))
-    assert kinds(decide(None, local, cfg, NOW)) == [NoOp]
+    assert kinds(decide(None, local, cfg, NOW)) == [FailsafeHold]
     missing = replace(local, failsafe_acks=frozenset({"n2"}))
     d = decide(None, missing, cfg, NOW)
     assert d.actions == (Demote("immediate"),)
@@ -681,3 +682,136 @@ def test_every_decision_explains_itself() -> None:
         decide(view("n1"), primary(), CFG, NOW),
     ):
         assert d.reason and d.actions
+
+
+# -- safety modes: synchronous replication ------------------------------------------------------
+
+
+def test_sync_promotion_sets_ssn_first_and_records_itself_after() -> None:
+    from site_agent.actions import SetSyncStandbyNames, UpdateSync
+
+    strict = replace(CFG, synchronous_mode=True, synchronous_mode_strict=True)
+    d = elect(replica(), strict, sync=SyncState("n3", ("n1",), version=8))
+    assert kinds(d)[:3] == [AcquireLeader, SetSyncStandbyNames, Promote]
+    assert d.actions[1] == SetSyncStandbyNames(("*",), 1)
+    assert d.actions[-1] == UpdateSync((), 8)
+    loose = elect(replica(), replace(strict, synchronous_mode_strict=False), sync=SyncState("n3", ("n1",), version=8))
+    assert loose.actions[1] == SetSyncStandbyNames((), 0)
+
+
+def test_strict_mode_with_empty_sync_key_blocks_every_election() -> None:
+    strict = replace(CFG, synchronous_mode=True, synchronous_mode_strict=True)
+    d = elect(replica(), strict, sync=SyncState("n3", ()))
+    assert not d.has(Promote) and "synchronous" in d.reason
+    # non-strict: the leader ran asynchronously, nothing to protect
+    assert elect(replica(), replace(strict, synchronous_mode_strict=False), sync=SyncState("n3", ())).has(Promote)
+
+
+def test_manual_failover_to_non_sync_member_is_refused() -> None:
+    from site_agent.eligibility import candidate_blockers
+
+    cfg = replace(CFG, synchronous_mode=True)
+    fo = Failover(None, "n1", None, version=2)
+    d = elect(replica(), cfg, sync=SyncState("n3", ("n2",)), failover=fo)
+    assert not d.has(Promote) and "synchronous" in d.reason
+    v = view("n1", sync=SyncState("n1", ("n2",)))
+    why = candidate_blockers(v, primary(), cfg, "n3")
+    assert any("n3 is not a synchronous standby" in w for w in why)
+    assert candidate_blockers(v, primary(), cfg, "n2") == []
+
+
+def test_sync_leader_adds_then_records_standby() -> None:
+    from site_agent.actions import SetSyncStandbyNames, UpdateSync
+    from site_agent.state import ReplicaConn
+
+    cfg = replace(CFG, synchronous_mode=True)
+    v = view("n1", sync=SyncState("n1", (), version=3))
+    d = decide(v, primary(replication=(ReplicaConn("n2"),), synchronous_standby_names=""), cfg, NOW)
+    assert d.actions[-1] == SetSyncStandbyNames(("n2",), 1) and not d.has(UpdateSync)
+    rows = (ReplicaConn("n2", sync_state="sync"),)
+    d = decide(v, primary(replication=rows, synchronous_standby_names='FIRST 1 ("n2")'), cfg, NOW)
+    assert d.actions[-1] == UpdateSync(("n2",), 3) and not d.has(SetSyncStandbyNames)
+
+
+# -- safety modes: failsafe ---------------------------------------------------------------------
+
+
+def test_leader_keeps_the_failsafe_map_up_to_date() -> None:
+    from site_agent.actions import WriteFailsafe
+
+    cfg = replace(CFG, failsafe_mode=True)
+    d = decide(view("n1"), primary(), cfg, NOW)
+    wf = d.first(WriteFailsafe)
+    assert isinstance(wf, WriteFailsafe)
+    assert wf.as_dict() == {n: f"http://{n}:8008/patroni" for n in ("n1", "n2", "n3")}
+    same = view("n1", failsafe=wf.as_dict())
+    assert not decide(same, primary(), cfg, NOW).has(WriteFailsafe)
+    assert decide(same, primary(), CFG, NOW).first(WriteFailsafe) == WriteFailsafe(())  # mode off: clear
+
+
+def test_member_outside_the_failsafe_map_never_promotes() -> None:
+    cfg = replace(CFG, failsafe_mode=True)
+    d = elect(replica(), cfg, failsafe={"n2": "http://n2", "n3": "http://n3"})
+    assert not d.has(AcquireLeader) and "failsafe" in d.reason
+    assert elect(replica(), cfg, failsafe={"n1": "http://n1"}).has(AcquireLeader)
+
+
+def test_failsafe_leader_takes_back_an_expired_key() -> None:
+    cfg = replace(CFG, failsafe_mode=True)
+    local = primary(failsafe_held_at=NOW - 3, last_renewal=NOW - 3, renewal_failed=True)
+    d = decide(view(None), local, cfg, NOW)
+    assert d.actions == (AcquireLeader(),) and "failsafe" in d.reason
+    assert decide(view(None), replace(local, failsafe_held_at=None), cfg, NOW).has(Demote)
+    assert decide(view(None), local, CFG, NOW).has(Demote)
+    assert decide(view("n2"), local, cfg, NOW).has(Demote)
+
+
+def test_failsafe_refusal() -> None:
+    from site_agent.eligibility import failsafe_refusal
+
+    cfg = replace(CFG, failsafe_mode=True)
+    assert failsafe_refusal(replica(), cfg, "n2") is None
+    assert failsafe_refusal(replica(), CFG, "n2") == "failsafe_mode is off"
+    assert failsafe_refusal(primary(), cfg, "n2") is not None
+    assert failsafe_refusal(replica(am_leader=True), cfg, "n2") is not None
+    assert failsafe_refusal(replica(), cfg, "n1") is not None
+
+
+# -- priorities and pause -----------------------------------------------------------------------
+
+
+def test_failover_priority_breaks_ties_and_zero_never_promotes() -> None:
+    higher = peers(n2=PeerStatus(True, lsn=1000, in_recovery=True, failover_priority=2))
+    d = elect(replica(peers=higher))
+    assert not d.has(AcquireLeader) and "failover_priority" in d.reason
+    lower = peers(n2=PeerStatus(True, lsn=1000, in_recovery=True, failover_priority=1))
+    assert elect(replica(peers=lower, tags=NodeTags(failover_priority=2))).has(AcquireLeader)
+    d = elect(replica(tags=NodeTags(failover_priority=0)))
+    assert not d.has(AcquireLeader) and "failover_priority is 0" in d.reason
+
+
+def test_candidate_blockers_explain_ineligibility() -> None:
+    from site_agent.eligibility import candidate_blockers
+
+    ms = (
+        member("n1", "primary"),
+        member("n2", tags={"nofailover": True}),
+        member("n3", tags={"failover_priority": 0}),
+        member("n4", state="stopped"),
+        member("n5", tags={"failover_priority": "junk"}),
+    )
+    v = view("n1", members=ms)
+    assert candidate_blockers(v, primary(), CFG, "n2") == ["n2 is tagged nofailover"]
+    assert candidate_blockers(v, primary(), CFG, "n3") == ["n3 has failover_priority 0 (never promotes)"]
+    assert candidate_blockers(v, primary(), CFG, "n4") == ["n4 is not a running replica"]
+    assert candidate_blockers(v, primary(), CFG, "n5") == []
+    assert candidate_blockers(v, primary(), CFG, "zz") == ["zz is not a member"]
+    assert candidate_blockers(v, primary(), CFG, "n1") == ["n1 is already the leader"]
+
+
+def test_scheduled_switchover_does_not_fire_while_paused() -> None:
+    fo = Failover("n1", "n2", "2023-01-01T00:00:00+00:00", version=4)
+    paused_cfg = replace(CFG, pause=True)
+    d = decide(view("n1", failover=fo), primary(), paused_cfg, NOW)
+    assert not d.has(Demote) and not d.has(ReleaseLeader) and not d.has(ClearFailover)
+    assert decide(view("n1", failover=fo), primary(), CFG, NOW).has(Demote)  # fires once unpaused

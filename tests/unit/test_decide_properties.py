@@ -12,12 +12,20 @@ from site_agent.actions import (
     Bootstrap,
     Clone,
     Demote,
+    FailsafeHold,
+    Follow,
     Promote,
     Rebuild,
+    ReleaseLeader,
     RenewLeader,
+    RestartPostgres,
     Rewind,
+    SetSyncStandbyNames,
     StandbyTarget,
     StartPostgres,
+    StopPostgres,
+    UpdateSync,
+    WriteFailsafe,
 )
 from site_agent.decide import decide
 from site_agent.state import DataDirState, DecideConfig, LocalState, NodeTags, PeerStatus, PgState
@@ -109,6 +117,9 @@ def views(draw: st.DrawFn) -> ClusterView:
         sync=draw(st.one_of(st.none(), st.builds(SyncState, st.sampled_from(NAMES), names_list))),
         status=draw(st.one_of(st.none(), st.builds(LeaderStatus, st.integers(0, 3_000_000)))),
         site=draw(st.one_of(st.none(), sites)),
+        failsafe=draw(
+            st.one_of(st.none(), st.dictionaries(st.sampled_from(NAMES), st.just("http://x:8008"), max_size=3))
+        ),
     )
 
 
@@ -162,6 +173,8 @@ def locals_(draw: st.DrawFn) -> LocalState:
         failsafe_members=draw(st.sampled_from([(), NAMES])),
         failsafe_acks=draw(st.frozensets(st.sampled_from(NAMES))),
         failsafe_heartbeat_at=draw(st.one_of(st.none(), st.floats(NOW - 100, NOW))),
+        failsafe_held_at=draw(st.one_of(st.none(), st.floats(NOW - 100, NOW))),
+        synchronous_standby_names=draw(st.sampled_from([None, "", "*", 'FIRST 1 ("n2")'])),
         wall_clock=1_700_000_000.0,
     )
 
@@ -205,6 +218,8 @@ cfgs = st.builds(
     use_pg_rewind=st.booleans(),
     use_slots=st.booleans(),
     synchronous_mode=st.booleans(),
+    synchronous_mode_strict=st.booleans(),
+    synchronous_node_count=st.integers(1, 2),
     failsafe_mode=st.booleans(),
     primary_start_timeout=st.sampled_from([0, 60, 300]),
     standby_cluster=st.one_of(st.none(), st.just(StandbyTarget("remote", 5432, "slot_b"))),
@@ -267,7 +282,7 @@ def test_automatic_failover_never_promotes_ineligible(view: ClusterView, local: 
         manual = view.failover is not None and view.failover.candidate == ME
         assert local.tags.can_failover
         assert local.running and local.in_recovery is True
-        if cfg.synchronous_mode and view.sync is not None and view.sync.sync_standbys:
+        if cfg.synchronous_mode and view.sync is not None and (view.sync.sync_standbys or cfg.synchronous_mode_strict):
             assert ME in view.sync.sync_standbys or view.sync.leader == ME
         if not manual and view.status is not None:
             assert local.lsn is not None and view.status.lsn - local.lsn <= cfg.maximum_lag_on_failover
@@ -362,3 +377,122 @@ def test_deterministic_and_explained(view: ClusterView | None, local: LocalState
     assert a == b
     assert a.actions and a.reason
     assert a.role in ("primary", "replica", "standby_leader", "demoted", "uninitialized")
+
+
+def elected(d: Any) -> bool:
+    return d.has(AcquireLeader) and d.has(Promote)
+
+
+@PROPS
+@given(st.one_of(views(), plausible_views()), any_local, cfgs)
+def test_sync_mode_never_promotes_a_member_not_in_sync(view: ClusterView, local: LocalState, cfg: DecideConfig) -> None:
+    cfg = replace(cfg, synchronous_mode=True)
+    d = decide(view, local, cfg, NOW)
+    if not d.has(Promote):
+        return
+    sync = view.sync
+    if sync is not None and (sync.sync_standbys or cfg.synchronous_mode_strict):
+        assert ME in sync.sync_standbys or sync.leader == ME, d
+    # the promotion itself: SSN first, the key (me, no standby) afterwards
+    p = index(d.actions, Promote)
+    assert isinstance(d.actions[p - 1], SetSyncStandbyNames)
+    expected = ("*",) if cfg.synchronous_mode_strict else ()
+    assert d.actions[p - 1] == SetSyncStandbyNames(expected, 1 if expected else 0)
+    assert d.actions[-1] == UpdateSync((), sync.version if sync is not None else None)
+
+
+@PROPS
+@given(st.one_of(views(), plausible_views()), any_local, cfgs)
+def test_sync_key_only_lists_members_already_required_by_postgres(
+    view: ClusterView, local: LocalState, cfg: DecideConfig
+) -> None:
+    """Whatever the leader decides, an UpdateSync lists only members PostgreSQL already reported
+    synchronous while named in synchronous_standby_names, or members already in the key."""
+    from site_agent.sync import confirmed_sync, parse_ssn
+
+    d = decide(view, local, cfg, NOW)
+    confirmed = confirmed_sync(local, parse_ssn(local.synchronous_standby_names))
+    for a in d.actions:
+        if isinstance(a, UpdateSync) and not d.has(Promote):
+            before = set(view.sync.sync_standbys) if view.sync and view.sync.leader == ME else set()
+            assert set(a.sync_standbys) <= before | confirmed
+
+
+@PROPS
+@given(st.one_of(views(), plausible_views()), any_local, cfgs)
+def test_failsafe_blocks_elections(view: ClusterView, local: LocalState, cfg: DecideConfig) -> None:
+    cfg = replace(cfg, failsafe_mode=True)
+    d = decide(view, local, cfg, NOW)
+    if not elected(d):
+        return
+    assert local.failsafe_heartbeat_at is None or NOW - local.failsafe_heartbeat_at >= cfg.ttl
+    if view.failsafe:
+        assert ME in view.failsafe
+
+
+@PROPS
+@given(any_local, cfgs)
+def test_failsafe_holds_only_with_every_acknowledgement(local: LocalState, cfg: DecideConfig) -> None:
+    d = decide(None, local, cfg, NOW)
+    if d.has(FailsafeHold):
+        assert cfg.failsafe_mode and local.am_leader and local.is_primary and local.failsafe_members
+        assert set(local.failsafe_members) - {ME} <= local.failsafe_acks
+    if local.is_primary and not cfg.pause:
+        assert d.has(Demote) or d.has(FailsafeHold)
+
+
+@PROPS
+@given(st.one_of(views(), plausible_views()), any_local, cfgs)
+def test_failsafe_map_follows_the_members(view: ClusterView, local: LocalState, cfg: DecideConfig) -> None:
+    d = decide(view, local, cfg, NOW)
+    for a in d.actions:
+        if isinstance(a, WriteFailsafe):
+            assert view.leader is not None and view.leader.name == ME
+            if cfg.failsafe_mode:
+                assert {n for n, _ in a.members} == {m.name for m in view.members if m.info.api_url}
+            else:
+                assert a.members == ()
+
+
+@PROPS
+@given(st.one_of(views(), plausible_views()), any_local, cfgs)
+def test_priority_zero_and_nofailover_never_win_an_election(
+    view: ClusterView, local: LocalState, cfg: DecideConfig
+) -> None:
+    d = decide(view, local, cfg, NOW)
+    if elected(d):
+        assert local.tags.failover_priority > 0 and not local.tags.nofailover
+        manual = view.failover is not None and view.failover.candidate == ME
+        if not manual:
+            for name, p in local.peers.items():
+                if (
+                    view.member(name) is not None
+                    and p.reachable
+                    and p.in_recovery is True
+                    and p.can_failover
+                    and p.lsn == local.lsn
+                    and not (view.failover is not None and view.failover.leader == name)
+                    and not (cfg.synchronous_mode and view.sync is not None and name not in view.sync.sync_standbys)
+                ):
+                    assert p.failover_priority <= local.tags.failover_priority
+
+
+PG_ACTIONS = (Promote, StartPostgres, StopPostgres, RestartPostgres, Follow, Rewind, Rebuild, Clone, Bootstrap)
+
+
+@PROPS
+@given(any_view, any_local, cfgs)
+def test_pause_touches_nothing(view: ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
+    """Paused: no action on PostgreSQL at all (exceptions: a writable primary on a standby site
+    still demotes, invariant 5; a restart the operator requested over REST), no synchronous
+    replication change, no switchover."""
+    if not paused(view, cfg):
+        return
+    d = decide(view, local, cfg, NOW)
+    for kind in (*PG_ACTIONS, SetSyncStandbyNames, UpdateSync, ReleaseLeader):
+        if kind is RestartPostgres and local.pending_restart:
+            continue
+        assert not d.has(kind), d
+    if d.has(Demote):
+        standby = cfg.standby_cluster is not None or (view is not None and view.site is not None)
+        assert standby and local.is_primary

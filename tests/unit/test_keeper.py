@@ -1,0 +1,293 @@
+"""The lease keeper: its pure decision, its state file, and the process itself against a fake
+postmaster (a ``sleep`` with a setsid()'d child, like PostgreSQL's backends). Every process
+started here is stopped by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from site_agent.keeper import (
+    KeeperState,
+    LeaseKeeperClient,
+    keeper_should_fire,
+    read_postmaster,
+    read_state,
+)
+
+from drctl.procutil import children_of, pid_alive
+
+# -- pure ---------------------------------------------------------------------------------------
+
+
+def test_should_fire_only_when_armed_and_expired() -> None:
+    assert keeper_should_fire(10.0, 9.0, True)
+    assert keeper_should_fire(10.0, 10.0, True)
+    assert not keeper_should_fire(10.0, 10.5, True)
+    assert not keeper_should_fire(10.0, 9.0, False)
+    assert not keeper_should_fire(10.0, None, True)
+
+
+@given(st.floats(0, 1e6), st.one_of(st.none(), st.floats(0, 1e6)), st.booleans())
+def test_should_fire_property(now: float, deadline: float | None, armed: bool) -> None:
+    fire = keeper_should_fire(now, deadline, armed)
+    assert fire == (armed and deadline is not None and now >= deadline)
+
+
+def test_monotonic_clock_is_shared_between_processes() -> None:
+    """CLOCK_MONOTONIC is system-wide on Linux: another process's time.monotonic() falls between
+    two readings of ours. The agent's deadlines rely on it."""
+    for _ in range(3):
+        before = time.monotonic()
+        out = subprocess.run(
+            [sys.executable, "-c", "import time; print(repr(time.monotonic()))"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        after = time.monotonic()
+        theirs = float(out.stdout.strip())
+        assert before <= theirs <= after
+
+
+def test_client_writes_atomically_with_growing_seq(tmp_path: Path) -> None:
+    path = tmp_path / "keeper.state"
+    client = LeaseKeeperClient(path)
+    assert read_state(path) is None
+    client.feed(123.5)
+    first = read_state(path)
+    assert first is not None and first.armed and first.deadline == 123.5
+    client.disarm()
+    second = read_state(path)
+    assert second is not None and not second.armed and second.deadline is None
+    assert second.seq > first.seq
+    # a new client (agent restarted) never goes backwards
+    LeaseKeeperClient(path).feed(200.0)
+    third = read_state(path)
+    assert third is not None and third.seq > second.seq
+    assert [p.name for p in tmp_path.iterdir()] == ["keeper.state"]  # no temporary file left
+
+
+def test_unreadable_state_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    path.write_text("{not json")
+    assert read_state(path) is None
+    path.write_text('{"seq": "1", "armed": true}')
+    assert read_state(path) is None
+    path.write_text(KeeperState(3, True, 1.0, "b").to_json())
+    assert read_state(path) == KeeperState(3, True, 1.0, "b")
+
+
+def test_read_postmaster_pid(tmp_path: Path) -> None:
+    assert read_postmaster(tmp_path) is None
+    (tmp_path / "postmaster.pid").write_text(f"4242\n{tmp_path}\n1700000000\n5432\n/tmp\n*\n  1 2\nstandby \n")
+    assert read_postmaster(tmp_path) == (4242, "standby")
+    (tmp_path / "postmaster.pid").write_text("garbage\n")
+    assert read_postmaster(tmp_path) is None
+
+
+# -- the process --------------------------------------------------------------------------------
+
+
+@dataclass
+class FakePostgres:
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    child: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and pid_alive(self.pid)
+
+    def child_alive(self) -> bool:
+        return pid_alive(self.child)
+
+
+def _wait(cond: object, timeout: float, step: float = 0.02) -> bool:
+    assert callable(cond)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    return bool(cond())
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    extra: list[int] = []
+    yield started
+    for p in started:
+        extra += children_of(p.pid)
+    for p in started:
+        if p.poll() is None:
+            _kill(p.pid)
+    for pid in extra:
+        _kill(pid)
+    for p in started:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=10)
+
+
+def start_fake_postgres(tmp_path: Path, procs: list[subprocess.Popen[bytes]], status: str = "ready") -> FakePostgres:
+    data = tmp_path / "data"
+    data.mkdir()
+    proc = subprocess.Popen(
+        ["sh", "-c", "setsid sleep 300 & exec sleep 300"],
+        cwd=data,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
+    procs.append(proc)
+    assert _wait(lambda: bool(children_of(proc.pid)), 10)
+    child = children_of(proc.pid)[0]
+    lines = [str(proc.pid), str(data), str(int(time.time())), "5432", "/tmp", "*", "  5432001 0", f"{status:<8}"]
+    (data / "postmaster.pid").write_text("\n".join(lines) + "\n")
+    fake = FakePostgres(data, proc, child)
+    assert fake.alive() and fake.child_alive()
+    return fake
+
+
+def start_keeper(
+    tmp_path: Path, data: Path, procs: list[subprocess.Popen[bytes]], parent: int | None = None
+) -> tuple[subprocess.Popen[bytes], Path]:
+    state = tmp_path / "keeper.state"
+    args = [sys.executable, "-m", "site_agent.keeper", "--data-dir", str(data), "--state-file", str(state)]
+    args += ["--poll", "0.05", "--parent-pid", str(parent if parent is not None else os.getpid())]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=open(tmp_path / "keeper.log", "wb"))  # noqa: SIM115
+    procs.append(proc)
+    return proc, state
+
+
+def test_keeper_kills_postmaster_and_children_when_not_fed(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    pg = start_fake_postgres(tmp_path, procs)
+    keeper, state = start_keeper(tmp_path, pg.data_dir, procs)
+    deadline = time.monotonic() + 1.0
+    LeaseKeeperClient(state).feed(deadline)
+    time.sleep(0.5)
+    assert pg.alive(), "killed before its deadline"
+    assert _wait(lambda: not pg.alive() and not pg.child_alive(), 5)
+    assert time.monotonic() >= deadline
+    assert keeper.poll() is None  # keeps watching
+    assert "SIGKILLed" in (tmp_path / "keeper.log").read_text()
+
+
+def test_keeper_leaves_postgres_alone_while_fed_and_when_disarmed(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    pg = start_fake_postgres(tmp_path, procs)
+    _keeper, state = start_keeper(tmp_path, pg.data_dir, procs)
+    client = LeaseKeeperClient(state)
+    end = time.monotonic() + 2.0
+    while time.monotonic() < end:
+        client.feed(time.monotonic() + 0.4)
+        time.sleep(0.1)
+        assert pg.alive() and pg.child_alive()
+    client.disarm()
+    time.sleep(1.0)
+    assert pg.alive() and pg.child_alive()
+
+
+def test_keeper_never_kills_a_hot_standby(tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    pg = start_fake_postgres(tmp_path, procs, status="standby")
+    _keeper, state = start_keeper(tmp_path, pg.data_dir, procs)
+    LeaseKeeperClient(state).feed(time.monotonic() - 1)  # armed and expired
+    time.sleep(1.0)
+    assert pg.alive() and pg.child_alive()
+
+
+def test_keeper_ignores_a_stale_postmaster_pid(tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    """postmaster.pid naming a process that is not this data directory's postmaster (recycled PID)."""
+    pg = start_fake_postgres(tmp_path, procs)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "postmaster.pid").write_text(f"{pg.pid}\n{other}\n")
+    _keeper, state = start_keeper(tmp_path, other, procs)
+    LeaseKeeperClient(state).feed(time.monotonic() - 1)
+    time.sleep(0.8)
+    assert pg.alive()
+
+
+FEEDER = """
+import sys, time
+from site_agent.keeper import LeaseKeeperClient
+c = LeaseKeeperClient(sys.argv[1])
+while True:
+    c.feed(time.monotonic() + 0.6)
+    time.sleep(0.1)
+"""
+
+
+def test_keeper_fires_on_time_while_the_feeder_is_stopped(tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    pg = start_fake_postgres(tmp_path, procs)
+    _keeper, state = start_keeper(tmp_path, pg.data_dir, procs)
+    feeder = subprocess.Popen([sys.executable, "-c", FEEDER, str(state)], stdin=subprocess.DEVNULL)
+    procs.append(feeder)
+    assert _wait(state.exists, 10)
+    time.sleep(1.5)
+    assert pg.alive(), "killed while fed"
+    os.kill(feeder.pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    assert _wait(lambda: not pg.alive() and not pg.child_alive(), 5)
+    took = time.monotonic() - stopped_at
+    assert 0.4 <= took <= 0.6 + 1.5, took  # last deadline <= stop + 0.6; fired within the poll slack
+    assert feeder.poll() is None  # the feeder is merely stopped
+
+
+def test_keeper_survives_a_stopped_parent_and_exits_when_it_is_gone(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    pg = start_fake_postgres(tmp_path, procs)
+    parent = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
+    procs.append(parent)
+    keeper, state = start_keeper(tmp_path, pg.data_dir, procs, parent=parent.pid)
+    LeaseKeeperClient(state).disarm()
+    os.kill(parent.pid, signal.SIGSTOP)
+    time.sleep(0.8)
+    assert keeper.poll() is None, "a stopped agent is not a dead one"
+    _kill(parent.pid)
+    parent.wait(timeout=10)
+    assert keeper.wait(timeout=5) == 0
+    assert pg.alive()
+
+
+def test_keeper_of_a_dead_armed_agent_enforces_the_deadline_then_exits(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    pg = start_fake_postgres(tmp_path, procs)
+    parent = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
+    procs.append(parent)
+    keeper, state = start_keeper(tmp_path, pg.data_dir, procs, parent=parent.pid)
+    deadline = time.monotonic() + 1.0
+    LeaseKeeperClient(state).feed(deadline)
+    time.sleep(0.2)
+    _kill(parent.pid)
+    parent.wait(timeout=10)
+    time.sleep(0.3)
+    assert keeper.poll() is None and pg.alive()
+    assert keeper.wait(timeout=5) == 0
+    assert time.monotonic() >= deadline
+    assert not pg.alive() and not pg.child_alive()
