@@ -114,6 +114,7 @@ class LabCluster:
     tags: dict[str, dict[str, Any]] = field(default_factory=dict)  # member -> tags
     namespace: str = "/service"
     dcs_proxies: bool = False  # route each agent's etcd traffic through proxies a test can cut
+    backup: bool = False  # pgBackRest with two repositories (repo1 "this site", repo2 "the other")
     nodes: list[AgentNode] = field(default_factory=list)
     proxies: dict[str, list[TcpProxy]] = field(default_factory=dict)
 
@@ -176,6 +177,15 @@ class LabCluster:
             },
             "log": {"format": "console", "level": "INFO"},
         }
+        if self.backup:
+            pg = cfg["postgresql"]
+            pg["pgbackrest"] = {
+                "stanza": self.scope,
+                "repos": [{"path": str(self.base_dir / "repo1")}, {"path": str(self.base_dir / "repo2")}],
+                "base_dir": str(node.dir / "pgbackrest"),
+                "archive_timeout": 30,
+            }
+            pg["create_replica_methods"] = ["pgbackrest", "basebackup"]
         if node.name in self.tags:
             cfg["tags"] = self.tags[node.name]
         return cfg

@@ -92,6 +92,9 @@ class Agent:
             self.mem.leader_key_lost = False
             self.view, self.local, self.decision = view, local, decision
             acted_ok = self.executor.execute(decision, view, self.dynamic)
+            backup = self.node.backup
+            if backup is not None and self.mem.am_leader and local.is_primary and not backup.stanza_ready:
+                backup.ensure_stanza()
             self._after_act(view, decision)
             self._seed_config(view)
             self._publish(view, decision)

@@ -133,13 +133,23 @@ class PostgresqlAuth(_Model):
     rewind: Credentials | None = None
 
 
-class PgBackRestMethod(_Model):
-    """``postgresql.pgbackrest``: how to build a replica from the backup repository."""
+class PgBackRestRepo(_Model):
+    path: str = Field(description="repository directory (repo1: this site, repo2: the other site)")
+    retention_full: int | None = Field(default=2, ge=1)
+    retention_diff: int | None = Field(default=None, ge=1)
 
-    command: str = "pgbackrest --stanza={scope} --delta restore"
-    keep_data: bool = True
-    no_params: bool = True
-    no_leader: bool = True
+
+class PgBackRestSection(_Model):
+    """``postgresql.pgbackrest``: the node's pgBackRest setup. The agent writes its own
+    pgBackRest configuration file (never /etc/pgbackrest.conf), archives WAL to every repo,
+    restores WAL from them by priority, and builds replicas from the latest backup."""
+
+    stanza: str = Field(min_length=1)
+    repos: list[PgBackRestRepo] = Field(min_length=1, max_length=4)
+    config_file: str | None = Field(default=None, description="default: <data_dir>/../pgbackrest/pgbackrest.conf")
+    base_dir: str | None = Field(default=None, description="log/lock/spool directory (default beside data_dir)")
+    archive: bool = True
+    archive_timeout: int = Field(default=60, ge=1)
 
 
 ReplicaMethod = Literal["basebackup", "pgbackrest"]
@@ -162,7 +172,7 @@ class PostgresqlConfig(_Model):
     pg_hba: list[str] = Field(default_factory=list)
     create_replica_methods: list[ReplicaMethod] = Field(default_factory=_default_methods, min_length=1)
     basebackup: list[str | dict[str, str]] = Field(default_factory=list)
-    pgbackrest: PgBackRestMethod | None = None
+    pgbackrest: PgBackRestSection | None = None
     use_unix_socket: bool = False
     use_pg_rewind: bool | None = None  # overrides the dynamic config when set
     remove_data_directory_on_rewind_failure: bool = True

@@ -11,11 +11,13 @@ from types import FrameType
 
 import structlog
 
+from drctl.backup.errors import BackupError
 from drctl.dcs.base import DCS, DCSError
 from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
 from drctl.pg.ctl import PgCtlError
 from site_agent.agent import VERSION, Agent
 from site_agent.api import start_api
+from site_agent.backup import NodeBackup
 from site_agent.config import AgentConfig, ConfigError, ConsulConfig, EtcdConfig, load_config
 from site_agent.control import Control
 from site_agent.logsetup import configure_logging
@@ -103,6 +105,13 @@ def run(argv: list[str]) -> int:
     except (PgCtlError, ValueError) as exc:
         _err(f"{args.config}: postgresql: {exc}")
         return EXIT_CONFIG
+    if cfg.postgresql.pgbackrest is not None:
+        try:
+            node.backup = NodeBackup(cfg, node, cfg.postgresql.pgbackrest)
+            node.backup.prepare()
+        except (BackupError, OSError, ValueError) as exc:
+            _err(f"{args.config}: postgresql.pgbackrest: {exc}")
+            return EXIT_CONFIG
     agent = Agent(cfg, dcs, node)
     auth = cfg.restapi.authentication
     try:

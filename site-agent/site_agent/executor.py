@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from drctl.backup.errors import BackupError
 from drctl.dcs.base import DCS, ClusterView, DCSError, HistoryEntry, LeaderStatus
 from drctl.pg.ctl import PgCtlError
 from drctl.pg.probe import ProbeError, checkpoint, connect, create_physical_slot, drop_slot, list_slots
@@ -205,6 +206,8 @@ class Executor:
                 ctl.wipe()
             raise
         log.info("bootstrapped a new cluster")
+        if self.node.backup is not None:
+            self.node.backup.ensure_stanza()
         return True
 
     def _create_roles(self) -> None:
@@ -253,12 +256,13 @@ class Executor:
         if remote is not None:
             conninfo = self.node.remote_conninfo(remote.host, remote.port) if remote.host else None
             return conninfo, remote.restore_command
+        restore = self.node.backup.restore_command() if self.node.backup is not None else None
         if upstream is None or self.view is None:
-            return None, None
+            return None, restore
         member = self.view.member(upstream)
         if member is None or not member.info.conn_url:
-            return None, None
-        return self.node.member_conninfo(member, replication=True), None
+            return None, restore
+        return self.node.member_conninfo(member, replication=True), restore
 
     def _do_StartPostgres(self, a: StartPostgres) -> bool:
         if self.node.ctl.is_running():
@@ -367,7 +371,8 @@ class Executor:
         if ctl.is_running():
             ctl.stop("immediate", timeout=30)
         log.warning("rebuilding the data directory", source=a.source)
-        ctl.wipe()
+        if not self._backup_usable(a.methods):
+            ctl.wipe()  # a delta restore from the repository reuses the files instead
         self.mem.pending_reinitialize = False
         self._clone(a.source, a.methods, None)
         self.mem.rewind_failed = False
@@ -376,18 +381,34 @@ class Executor:
 
     def _clone(self, source: str | None, methods: tuple[str, ...], remote: StandbyTarget | None) -> None:
         ctl = self.node.ctl
-        if remote is not None and remote.host:
-            conninfo = self.node.remote_conninfo(remote.host, remote.port)
-        else:
-            member = self.view.member(source) if (self.view and source) else None
-            if member is None:
-                raise ActionFailed(f"clone source {source!r} is not a known member")
-            conninfo = self.node.member_conninfo(member, replication=True)
         errors = []
         for method in methods or ("basebackup",):
+            if method == "pgbackrest":
+                if not self._backup_usable(methods):
+                    errors.append("pgbackrest: no backup in the repository yet")
+                    continue
+                try:
+                    log.info("restoring the latest backup (pgBackRest, delta)", source="repository")
+                    assert self.node.backup is not None
+                    self.node.backup.restore_replica()
+                    self.node.write_config(self.dynamic)
+                    return
+                except (BackupError, PgCtlError) as exc:
+                    errors.append(f"pgbackrest: {exc}")
+                    continue
             if method != "basebackup":
-                errors.append(f"{method}: not available yet")
+                errors.append(f"{method}: unknown replica creation method")
                 continue
+            if remote is not None and remote.host:
+                conninfo = self.node.remote_conninfo(remote.host, remote.port)
+            else:
+                member = self.view.member(source) if (self.view and source) else None
+                if member is None:
+                    errors.append(f"basebackup: source {source!r} is not a known member")
+                    continue
+                conninfo = self.node.member_conninfo(member, replication=True)
+            if (self.node.data_dir / "PG_VERSION").exists():
+                ctl.wipe()  # pg_basebackup needs an empty directory
             try:
                 log.info("cloning with pg_basebackup", source=source or "remote site")
                 ctl.basebackup(conninfo)
@@ -398,6 +419,9 @@ class Executor:
                 with contextlib.suppress(PgCtlError):
                     ctl.wipe()
         raise ActionFailed("; ".join(errors))
+
+    def _backup_usable(self, methods: tuple[str, ...]) -> bool:
+        return "pgbackrest" in methods and self.node.backup is not None and self.node.backup.has_backup()
 
     def _do_ManageSlots(self, a: ManageSlots) -> bool:
         if not self.node.ctl.is_running():

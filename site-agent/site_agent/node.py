@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drctl.dcs.base import Member
 from drctl.pg.conninfo import make_conninfo, parse_host_port
@@ -16,6 +16,9 @@ from drctl.pg.probe import PgState as ProbeState
 from drctl.pg.probe import ProbeError, probe
 from site_agent.config import AgentConfig, DynamicConfig
 from site_agent.state import DataDirState
+
+if TYPE_CHECKING:
+    from site_agent.backup import NodeBackup
 
 DEFAULT_BIN = "/usr/lib/postgresql/15/bin"
 
@@ -71,6 +74,7 @@ class Node:
         self.ctl = PgCtl(self.data_dir, Path(pg.bin_dir or DEFAULT_BIN), pg.run_as, self.log_file, self.socket_dir)
         self.listen_host, self.port = split_host_port(pg.listen)
         self.connect_host, self.connect_port = split_host_port(pg.connect_address)
+        self.backup: NodeBackup | None = None  # set by the agent when postgresql.pgbackrest is configured
 
     # --- addresses ---------------------------------------------------------------------------
     @property
@@ -125,6 +129,8 @@ class Node:
         params.update(dynamic.postgresql.parameters)
         params.update(self.cfg.postgresql.parameters)
         params.update(REQUIRED_PARAMETERS)
+        if self.backup is not None:
+            params.update(self.backup.archive_parameters())
         params["port"] = self.port
         params["listen_addresses"] = self.listen_host or "*"
         params.setdefault("cluster_name", self.cfg.scope)

@@ -1,0 +1,102 @@
+"""The agent with pgBackRest (two repositories): WAL archived, replicas built from the backup,
+and a diverged former primary brought back by a delta restore when pg_rewind is disabled."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import psycopg
+import pytest
+from site_agent.backup import NodeBackup
+from site_agent.config import load_config
+from site_agent.node import Node
+
+from drctl.backup.errors import BackupError
+from drctl.backup.info import STATUS_NO_BACKUP, STATUS_OK
+from drctl.backup.runner import PgBackRest
+from drctl.lab.cluster import LabCluster
+from tests.scenarios.conftest import Instruments
+
+pytestmark = pytest.mark.scenario
+
+MakeCluster = Callable[..., LabCluster]
+
+
+def runner(c: LabCluster, name: str) -> PgBackRest:
+    cfg = load_config(c.node(name).config_path)
+    assert cfg.postgresql.pgbackrest is not None
+    return NodeBackup(cfg, Node(cfg), cfg.postgresql.pgbackrest).runner
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def stanza_ok(r: PgBackRest) -> bool:
+    """The stanza exists (pgBackRest reports "ok", or "no valid backups" before the first one)."""
+    try:
+        return r.info().status.code in (STATUS_OK, STATUS_NO_BACKUP)
+    except BackupError:
+        return False
+
+
+def test_diverged_former_primary_comes_back_by_delta_restore(
+    make_cluster: MakeCluster, instruments: Callable[[LabCluster], Instruments]
+) -> None:
+    c = make_cluster(backup=True, dynamic={"postgresql": {"use_pg_rewind": False, "use_slots": True}})
+    old = c.leader()
+    assert old is not None
+    r = runner(c, old)
+    wait_until(lambda: stanza_ok(r), 60, "the leader to create the pgBackRest stanza")
+    with psycopg.connect(c.node(old).dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, origin text)")
+        conn.execute("INSERT INTO t SELECT g, 'base' FROM generate_series(1, 1000) g")
+    backup = r.backup("full", repo=1)
+    r.backup("full", repo=2)  # the other site's repository gets its own copy
+    info = r.info()
+    assert info.latest_backup(repo=1) is not None and info.latest_backup(repo=2) is not None, "backup in both repos"
+    inst = instruments(c)
+    replicas = [n.name for n in c.nodes if n.name != old]
+    wait_until(lambda: all(_count(c, n, "base") == 1000 for n in replicas), 30, "base rows replicated")
+    # Diverge: the old primary writes rows no replica receives, then dies.
+    with psycopg.connect(c.node(old).dsn, autocommit=True) as conn:
+        pids = [int(row[0]) for row in conn.execute("SELECT pid FROM pg_stat_replication").fetchall()]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    with psycopg.connect(c.node(old).dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO t SELECT g, 'diverged' FROM generate_series(2001, 2050) g")
+    c.kill_node(old)
+    wait_until(lambda: c.leader() not in (None, old), 60, "a new leader")
+    new = c.leader()
+    assert new is not None
+    wait_until(lambda: c.writable_nodes() == [new], 30, f"{new} promoted")
+    with psycopg.connect(c.node(new).dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO t SELECT g, 'new' FROM generate_series(3001, 3020) g")
+    c.start_agent(old)
+    wait_until(lambda: c.streams_from(old, new), 120, f"{old} restored from the backup and streaming from {new}")
+    wait_until(lambda: _count(c, old, "new") == 20, 30, "the new primary's rows on the old one")
+    assert _count(c, old, "diverged") == 0, "the diverged rows must be gone"
+    assert _count(c, old, "base") == 1000
+    log = c.node(old).log.read_text()
+    assert "restoring the latest backup" in log, "the old primary should come back from the repository"
+    assert "Rewind(source" not in log, "pg_rewind is disabled: no Rewind action may be decided"
+    inst.stop()
+    inst.assert_no_dual_primary()
+    print(f"delta restore from backup {backup.label}: old primary back and streaming")
+
+
+def _count(c: LabCluster, name: str, origin: str) -> int | None:
+    try:
+        with psycopg.connect(c.node(name).dsn, autocommit=True, connect_timeout=1) as conn:
+            row = conn.execute("SELECT count(*) FROM t WHERE origin = %s", (origin,)).fetchone()
+    except psycopg.Error:
+        return None
+    return int(row[0]) if row else None
