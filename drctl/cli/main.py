@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from drctl.cli.backup_cmd import COMMANDS as BACKUP_COMMANDS
 from drctl.cli.cluster_cmd import COMMANDS as CLUSTER_COMMANDS
 from drctl.cli.context import target_options
 from drctl.cli.lab_cmd import lab_group
@@ -18,7 +19,7 @@ def cli(**_target: object) -> None:
 
 
 cli.add_command(lab_group)
-for _command in [*CLUSTER_COMMANDS, *SITE_COMMANDS]:
+for _command in [*CLUSTER_COMMANDS, *SITE_COMMANDS, *BACKUP_COMMANDS]:
     cli.add_command(_command)
 
 

@@ -283,6 +283,9 @@ class LabCluster:
         for proxies in self.proxies.values():
             for p in proxies:
                 p.close()
+        from drctl.lab.lab import stop_stray_keepers
+
+        stop_stray_keepers(self.base_dir)
 
     # --- observation -------------------------------------------------------------------------
     def dcs(self) -> DCS:

@@ -243,6 +243,7 @@ class Lab:
         stray = _stray_postmasters(self.dir)
         recs = [r for r in (record_for_pid(pid, f"postmaster-{pid}", "postgres") for pid in stray) if r]
         terminate(recs, signal.SIGINT, grace)
+        stop_stray_keepers(self.dir)
 
 
 def _write_site_record(cluster: LabCluster, record: SiteRecord) -> None:
@@ -304,6 +305,21 @@ def _pg_health(dsn: str) -> str:
     except psycopg.Error:
         return "not accepting connections"
     return "replica" if row and row[0] else "primary"
+
+
+def stop_stray_keepers(root: Path) -> None:
+    """Lease keepers whose agent was killed exit by themselves within ttl; stop them now."""
+    recs = []
+    for pidfile in root.rglob("lease-keeper.pid"):
+        try:
+            pid = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if pid_alive(pid) and b"site_agent.keeper" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            rec = record_for_pid(pid, f"keeper-{pid}", "keeper")
+            if rec is not None:
+                recs.append(rec)
+    terminate(recs, signal.SIGTERM, 5.0)
 
 
 def _stray_postmasters(lab_dir: Path) -> list[int]:

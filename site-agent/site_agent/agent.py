@@ -19,10 +19,11 @@ from site_agent.actions import AcquireLeader, Clone, Decision, Promote, Rebuild,
 from site_agent.config import AgentConfig, ConfigError, DynamicConfig, parse_dynamic_config
 from site_agent.decide import decide
 from site_agent.executor import Executor, Memory
+from site_agent.fencing import LeaseKeeper
 from site_agent.node import Node, Observation
-from site_agent.peers import gather_peers
+from site_agent.peers import gather_peers, post_failsafe
 from site_agent.snapshot import NodeSnapshot, XlogPosition
-from site_agent.state import DecideConfig, LocalState, PgState, tags_from_config
+from site_agent.state import DecideConfig, LocalState, PgState, ReplicaConn, tags_from_config
 
 log = structlog.get_logger("site_agent")
 
@@ -46,6 +47,8 @@ class Agent:
         self._dcs_last_seen: float | None = None
         self._dcs_error: str | None = None
         self._obs: Observation | None = None
+        self._failsafe_map: dict[str, str] = {}  # last failsafe key read from the DCS
+        self.keeper: LeaseKeeper | None = None
         self._snapshot = NodeSnapshot(name=cfg.name, scope=cfg.scope, version=VERSION)
         self.cycle_lock = threading.Lock()  # the API waits on cycles, never runs one
         self.cycles = 0
@@ -85,13 +88,26 @@ class Agent:
             self._refresh_dynamic(view)
             obs = self.node.observe()
             self._obs = obs
+            if view is not None:
+                self._failsafe_map = dict(view.failsafe or {})
+                self.mem.failsafe_acks, self.mem.failsafe_round_started = frozenset(), None
+            elif (
+                self.mem.am_leader
+                and self.dynamic.failsafe_mode
+                and obs.probe is not None
+                and not obs.probe.in_recovery
+            ):
+                self._failsafe_round(obs)
             local = self._local_state(view, obs, now)
             cfg = self.decide_config()
             decision = decide(view, local, cfg, now)
             self._log_decision(decision, local)
             self.mem.leader_key_lost = False
             self.view, self.local, self.decision = view, local, decision
+            if self.keeper is not None and not decision.has(Promote) and not self.mem.am_leader:
+                self.keeper.disarm()  # before starting, following, rewinding or rebuilding as a replica
             acted_ok = self.executor.execute(decision, view, self.dynamic)
+            self._feed_keeper()
             backup = self.node.backup
             if backup is not None and self.mem.am_leader and local.is_primary and not backup.stanza_ready:
                 backup.ensure_stanza()
@@ -122,6 +138,8 @@ class Agent:
             with contextlib.suppress(DCSError):
                 self.dcs.delete_member()
             self.dcs.close()
+            if self.keeper is not None:
+                self.keeper.stop()
         log.info("agent stopped", released_leader=was_leader)
 
     # --- observe -----------------------------------------------------------------------------
@@ -227,6 +245,15 @@ class Agent:
             pending_restart=mem.pending_restart,
             pending_reinitialize=mem.pending_reinitialize,
             wall_clock=time.time(),
+            replication=tuple(
+                ReplicaConn(r.application_name, r.state or "", r.sync_state or "async", r.flush_lsn, r.replay_lsn)
+                for r in (probe.replication if probe is not None else ())
+            ),
+            synchronous_standby_names=obs.synchronous_standby_names,
+            failsafe_members=tuple(sorted(self._failsafe_map)),
+            failsafe_acks=mem.failsafe_acks,
+            failsafe_heartbeat_at=mem.failsafe_heartbeat_at,
+            failsafe_held_at=mem.failsafe_held_at,
         )
 
     @staticmethod
@@ -261,6 +288,37 @@ class Agent:
         except ValueError:
             return False
         return receiver.sender_port == port
+
+    def _feed_keeper(self) -> None:
+        if self.keeper is None:
+            return
+        if self.mem.am_leader and self.mem.last_renewal is not None:
+            self.keeper.feed(self.mem.last_renewal + self.decide_config().leader_deadline)
+        else:
+            self.keeper.disarm()
+
+    def _failsafe_round(self, obs: Observation) -> None:
+        """DCS unreachable, this node a primary in failsafe mode: ask every member of the last
+        failsafe map to confirm (POST /failsafe). decide keeps the primary only if all did."""
+        started = time.monotonic()
+        probe = obs.probe
+        body = {
+            "name": self.cfg.name,
+            "api_url": self.api_url,
+            "lsn": probe.current_lsn if probe else None,
+            "timeline": probe.timeline if probe else None,
+        }
+        auth = self.cfg.restapi.authentication
+        targets = {n: u for n, u in self._failsafe_map.items() if n != self.cfg.name}
+        acks = post_failsafe(
+            targets,
+            body,
+            (auth.username, auth.password or "") if auth else None,
+            timeout=min(2.0, self.dynamic.retry_timeout / 2),
+        )
+        self.mem.failsafe_acks = frozenset(acks)
+        self.mem.failsafe_round_started = started
+        log.info("failsafe round", asked=sorted(targets), confirmed=sorted(acks))
 
     # --- after acting ------------------------------------------------------------------------
     def _after_act(self, view: ClusterView | None, decision: Decision) -> None:

@@ -204,6 +204,7 @@ class WatchdogConfig(_Model):
     mode: Literal["off", "automatic", "required"] = "off"
     device: str = "/dev/watchdog"
     safety_margin: int = Field(default=5, ge=0)
+    lease_keeper: bool = Field(default=True, description="a separate process stops PostgreSQL at the lease deadline")
 
     @field_validator("mode", mode="before")
     @classmethod

@@ -15,7 +15,7 @@ import structlog
 from drctl.dcs.base import ClusterView, DCSError, Failover
 from site_agent.agent import Agent
 from site_agent.config import ConfigError, parse_dynamic_config
-from site_agent.eligibility import best_candidate, candidate_blockers
+from site_agent.eligibility import best_candidate, candidate_blockers, failsafe_refusal
 from site_agent.peers import gather_peers
 from site_agent.snapshot import NodeSnapshot
 
@@ -227,4 +227,13 @@ class Control:
         return self._write_config(lambda _cur: config)
 
     def failsafe_confirm(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        return 501, {"error": "failsafe mode is not available in this version"}
+        """The leader, cut off from the DCS, asks us to confirm it may stay primary."""
+        local = self.agent.local
+        if local is None:
+            return 503, {"error": "the agent has not completed a cycle yet"}
+        sender = str(payload.get("name") or "")
+        why = failsafe_refusal(local, self.agent.decide_config(), sender)
+        if why is not None:
+            return 409, {"error": why}
+        self.agent.mem.failsafe_heartbeat_at = time.monotonic()
+        return 200, {"accepted": True, "name": self.agent.cfg.name}

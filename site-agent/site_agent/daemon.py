@@ -20,6 +20,7 @@ from site_agent.api import start_api
 from site_agent.backup import NodeBackup
 from site_agent.config import AgentConfig, ConfigError, ConsulConfig, EtcdConfig, load_config
 from site_agent.control import Control
+from site_agent.fencing import LeaseKeeper
 from site_agent.logsetup import configure_logging
 from site_agent.node import Node
 
@@ -113,6 +114,9 @@ def run(argv: list[str]) -> int:
             _err(f"{args.config}: postgresql.pgbackrest: {exc}")
             return EXIT_CONFIG
     agent = Agent(cfg, dcs, node)
+    if cfg.watchdog.lease_keeper:
+        agent.keeper = LeaseKeeper(node.data_dir, node.data_dir.parent)
+        agent.keeper.start()
     auth = cfg.restapi.authentication
     try:
         api = start_api(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import structlog
 
 from drctl.backup.errors import BackupError
@@ -23,9 +24,11 @@ from site_agent.actions import (
     Action,
     Bootstrap,
     ClearFailover,
+    ClearSync,
     Clone,
     Decision,
     Demote,
+    FailsafeHold,
     Follow,
     ManageSlots,
     NoOp,
@@ -36,11 +39,13 @@ from site_agent.actions import (
     RenewLeader,
     RestartPostgres,
     Rewind,
+    SetSyncStandbyNames,
     StandbyTarget,
     StartPostgres,
     StopPostgres,
     UpdateSync,
     WaitForLeader,
+    WriteFailsafe,
     WriteHistory,
 )
 from site_agent.config import DynamicConfig
@@ -71,6 +76,10 @@ class Memory:
     running_since: float | None = None
     pending_restart: bool = False
     pending_reinitialize: bool = False
+    failsafe_round_started: float | None = None
+    failsafe_held_at: float | None = None
+    failsafe_acks: frozenset[str] = frozenset()
+    failsafe_heartbeat_at: float | None = None  # a leader's POST /failsafe last reached us
     last_error: str | None = None
     events: list[str] = field(default_factory=list)
 
@@ -175,8 +184,46 @@ class Executor:
     def _do_ClearFailover(self, a: ClearFailover) -> bool:
         return self.dcs.delete_failover(a.version)
 
-    def _do_UpdateSync(self, _a: UpdateSync) -> bool:
-        return True  # synchronous replication control comes with the safety-modes work
+    def _do_UpdateSync(self, a: UpdateSync) -> bool:
+        return self.dcs.set_sync(self.node.cfg.name, a.sync_standbys, a.version)
+
+    def _do_ClearSync(self, a: ClearSync) -> bool:
+        return self.dcs.delete_sync(a.version)
+
+    def _do_SetSyncStandbyNames(self, a: SetSyncStandbyNames) -> bool:
+        """Through pgdr's own parameter file (not ALTER SYSTEM), then reload; done once
+        PostgreSQL reports the new value."""
+        self.node.sync_standby_names = a.value
+        self.node.write_config(self.dynamic)
+        ctl = self.node.ctl
+        if not ctl.is_running():
+            return True  # takes effect at start
+        ctl.reload()
+        deadline = self.clock() + 5.0
+        while self.clock() < deadline:
+            if self._show("synchronous_standby_names") == a.value:
+                log.info("synchronous_standby_names set", value=a.value)
+                return True
+            time.sleep(0.05)
+        raise ActionFailed(f"PostgreSQL did not take synchronous_standby_names={a.value!r}")
+
+    def _show(self, setting: str) -> str | None:
+        try:
+            with connect(self.node.superuser_conninfo(), timeout=2) as conn:
+                row = conn.execute(f"SHOW {setting}").fetchone()
+        except (ProbeError, PgCtlError, psycopg.Error):
+            return None
+        return str(row[0]) if row else None
+
+    def _do_WriteFailsafe(self, a: WriteFailsafe) -> bool:
+        return self.dcs.set_failsafe(a.as_dict())
+
+    def _do_FailsafeHold(self, _a: FailsafeHold) -> bool:
+        # Counts as a renewal from the start of the POST round (set by the agent before deciding).
+        if self.mem.failsafe_round_started is not None:
+            self.mem.last_renewal = self.mem.failsafe_round_started
+            self.mem.failsafe_held_at = self.mem.failsafe_round_started
+        return True
 
     def _do_WaitForLeader(self, _a: WaitForLeader) -> bool:
         return True

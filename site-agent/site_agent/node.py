@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from drctl.dcs.base import Member
 from drctl.pg.conninfo import make_conninfo, parse_host_port
 from drctl.pg.controldata import ControlData
 from drctl.pg.ctl import PgCtl, PgCtlError
 from drctl.pg.probe import PgState as ProbeState
-from drctl.pg.probe import ProbeError, probe
+from drctl.pg.probe import ProbeError, connect, probe_conn
 from site_agent.config import AgentConfig, DynamicConfig
 from site_agent.state import DataDirState
 
@@ -60,6 +62,8 @@ class Observation:
     probe_error: str | None
     data_dir: DataDirState
     control: ControlData | None
+    synchronous_standby_names: str | None = None
+    archive_failed_count: int | None = None
 
 
 class Node:
@@ -75,6 +79,7 @@ class Node:
         self.listen_host, self.port = split_host_port(pg.listen)
         self.connect_host, self.connect_port = split_host_port(pg.connect_address)
         self.backup: NodeBackup | None = None  # set by the agent when postgresql.pgbackrest is configured
+        self.sync_standby_names: str | None = None  # managed by the leader in synchronous mode
 
     # --- addresses ---------------------------------------------------------------------------
     @property
@@ -131,6 +136,8 @@ class Node:
         params.update(REQUIRED_PARAMETERS)
         if self.backup is not None:
             params.update(self.backup.archive_parameters())
+        if self.sync_standby_names is not None:
+            params["synchronous_standby_names"] = self.sync_standby_names
         params["port"] = self.port
         params["listen_addresses"] = self.listen_host or "*"
         params.setdefault("cluster_name", self.cfg.scope)
@@ -164,12 +171,20 @@ class Node:
         state: ProbeState | None = None
         error: str | None = None
         control: ControlData | None = None
+        ssn: str | None = None
+        archive_failed: int | None = None
         if running:
             try:
-                state = probe(self.superuser_conninfo(), timeout=3)
-            except (ProbeError, PgCtlError) as exc:
-                error = str(exc)
+                with connect(self.superuser_conninfo(), timeout=3) as conn:
+                    state = probe_conn(conn)
+                    row = conn.execute("SHOW synchronous_standby_names").fetchone()
+                    ssn = str(row[0]) if row else None
+                    if not state.in_recovery:
+                        arow = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()
+                        archive_failed = int(arow[0]) if arow else None
+            except (ProbeError, PgCtlError, psycopg.Error) as exc:
+                error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if dd is DataDirState.VALID and (state is None or not running):
             with contextlib.suppress(PgCtlError):
                 control = self.ctl.controldata()
-        return Observation(running, state, error, dd, control)
+        return Observation(running, state, error, dd, control, ssn, archive_failed)

@@ -62,3 +62,31 @@ def gather_peers(view: ClusterView, me: str, timeout: float) -> dict[str, PeerSt
     with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
         futures = {name: pool.submit(fetch_one, url, timeout) for name, url in targets.items()}
         return {name: fut.result() for name, fut in futures.items()}
+
+
+def post_failsafe(
+    targets: Mapping[str, str], body: Mapping[str, Any], auth: tuple[str, str] | None, timeout: float
+) -> set[str]:
+    """POST /failsafe to every member (name -> api_url) in parallel; the names that answered 200."""
+    if not targets:
+        return set()
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:
+        headers.update(urllib3.make_headers(basic_auth=f"{auth[0]}:{auth[1]}"))
+    data = json.dumps(body).encode()
+
+    def one(url: str) -> bool:
+        base = url.rstrip("/")
+        for suffix in ("/status", "/patroni"):
+            base = base.removesuffix(suffix)
+        try:
+            resp = _http.request(
+                "POST", base + "/failsafe", body=data, headers=headers, timeout=urllib3.Timeout(total=timeout)
+            )
+        except (urllib3.exceptions.HTTPError, OSError):
+            return False
+        return resp.status == 200
+
+    with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
+        futures = {name: pool.submit(one, url) for name, url in targets.items()}
+        return {name for name, fut in futures.items() if fut.result()}

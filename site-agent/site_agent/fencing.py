@@ -1,0 +1,66 @@
+"""The agent's handle on its lease keeper process (site_agent.keeper): started beside the agent,
+fed after every successful renewal, disarmed when this node is not a leading primary. If the
+agent freezes, the keeper stops PostgreSQL hard at the lease deadline (DESIGN.md invariant 2)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import structlog
+
+from site_agent.keeper import LeaseKeeperClient
+
+log = structlog.get_logger("site_agent.fencing")
+
+
+class LeaseKeeper:
+    def __init__(self, data_dir: Path, state_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.state_file = state_dir / "lease-keeper.state"
+        self.pid_file = state_dir / "lease-keeper.pid"
+        self.client = LeaseKeeperClient(self.state_file)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.armed = False
+
+    def start(self) -> None:
+        self.client.disarm()  # never inherit an armed state from a previous agent
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "site_agent.keeper",
+                "--data-dir", str(self.data_dir),
+                "--state-file", str(self.state_file),
+                "--parent-pid", str(os.getpid()),
+                "--pid-file", str(self.pid_file),
+            ],
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        log.info("lease keeper started", pid=self.proc.pid)
+
+    def feed(self, deadline_monotonic: float) -> None:
+        self.client.feed(deadline_monotonic)
+        self.armed = True
+
+    def disarm(self) -> None:
+        if self.armed:
+            self.client.disarm()
+            self.armed = False
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        self.client.disarm()
+        self.armed = False
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
