@@ -22,6 +22,7 @@ from site_agent.executor import Executor, Memory
 from site_agent.fencing import LeaseKeeper
 from site_agent.node import Node, Observation
 from site_agent.peers import gather_peers, post_failsafe
+from site_agent.remote import RemoteHistoryCache, diverged_from
 from site_agent.snapshot import NodeSnapshot, XlogPosition
 from site_agent.state import DecideConfig, LocalState, PgState, ReplicaConn, tags_from_config
 
@@ -48,6 +49,7 @@ class Agent:
         self._dcs_error: str | None = None
         self._obs: Observation | None = None
         self._failsafe_map: dict[str, str] = {}  # last failsafe key read from the DCS
+        self._remote_history = RemoteHistoryCache()
         self.keeper: LeaseKeeper | None = None
         self._snapshot = NodeSnapshot(name=cfg.name, scope=cfg.scope, version=VERSION)
         self.cycle_lock = threading.Lock()  # the API waits on cycles, never runs one
@@ -144,12 +146,20 @@ class Agent:
 
     # --- observe -----------------------------------------------------------------------------
     def _read_view(self) -> ClusterView | None:
+        # While the DCS is known to be down, ask it with a short timeout: the cycle must stay
+        # well inside the lease deadline (failsafe rounds, the lease keeper's feed).
+        down = self._dcs_error is not None
+        if down:
+            self.dcs.set_retry_timeout(min(float(self.dynamic.retry_timeout), max(1.0, self.dynamic.loop_wait / 2)))
         try:
             view = self.dcs.get_cluster()
         except DCSError as exc:
             self._dcs_error = str(exc)
             log.warning("DCS unreachable", error=str(exc))
             return None
+        finally:
+            if down:
+                self.dcs.set_retry_timeout(self.dynamic.retry_timeout)
         self._dcs_error = None
         self._dcs_last_seen = time.time()
         return view
@@ -210,12 +220,22 @@ class Agent:
                 control.cluster_state in ("in production", "shut down")
                 and not (self.node.data_dir / "backup_label").exists()
             )
-        if mem.former_primary and view is not None:
-            clean = probe is not None or (control is not None and control.shut_down_cleanly)
-            lsn = max((v for v in (received, replayed, current) if v is not None), default=None)
-            if clean and self._prefix_of_history(view, timeline, lsn):
-                mem.verified_timeline, mem.former_primary = view.timeline, False
-                was_primary = False
+        clean = probe is not None or (control is not None and control.shut_down_cleanly)
+        lsn = max((v for v in (received, replayed, current) if v is not None), default=None)
+        if mem.former_primary and view is not None and clean and self._prefix_of_history(view, timeline, lsn):
+            mem.verified_timeline, mem.former_primary = view.timeline, False
+            was_primary = False
+        diverged: bool | None = None
+        remote = self.dynamic.standby_cluster
+        if remote is not None and remote.host and view is not None and not (probe and not probe.in_recovery):
+            # A standby site: judge divergence against the active site's own timeline history.
+            history = self._remote_history.get(self.node.remote_conninfo(remote.host, remote.port, superuser=True))
+            if history is not None:
+                verdict = diverged_from(history, timeline, lsn)
+                if verdict is True:
+                    diverged = True
+                elif verdict is False and clean and mem.verified_timeline != view.timeline and not mem.former_primary:
+                    mem.verified_timeline = view.timeline
         peers: dict[str, Any] = {}
         if view is not None and (view.leader is None or view.failover is not None):
             peers = gather_peers(view, self.cfg.name, timeout=min(2.0, self.dynamic.retry_timeout / 2))
@@ -231,7 +251,9 @@ class Agent:
             data_dir=obs.data_dir,
             was_primary=was_primary,
             following=mem.following,
-            timeline_diverged=False if view is not None and mem.verified_timeline == view.timeline else None,
+            timeline_diverged=diverged
+            if diverged
+            else (False if view is not None and mem.verified_timeline == view.timeline else None),
             rewind_failed=mem.rewind_failed,
             am_leader=mem.am_leader,
             last_renewal=mem.last_renewal,
@@ -355,10 +377,11 @@ class Agent:
             tags=self.cfg.tags.model_dump(exclude_none=True),
             version=VERSION,
         )
-        try:
-            self.dcs.touch_member(info)
-        except DCSError as exc:
-            log.warning("could not publish this member", error=str(exc))
+        if view is not None:  # no point waiting on a DCS this cycle already found unreachable
+            try:
+                self.dcs.touch_member(info)
+            except DCSError as exc:
+                log.warning("could not publish this member", error=str(exc))
         leader_lsn = view.status.lsn if view is not None and view.status is not None else None
         lag = None
         if local.in_recovery and leader_lsn is not None and local.lsn is not None:

@@ -42,7 +42,7 @@ acquisition failed (see :mod:`site_agent.actions`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from drctl.dcs.base import ClusterView, HistoryEntry
@@ -198,6 +198,13 @@ def _safety(ctx: _Ctx) -> Decision | None:
     local, cfg = ctx.local, ctx.cfg
     if local.is_primary and ctx.standby_mode:
         why = "site record says standby" if ctx.site_standby else "standby_cluster is configured"
+        site = ctx.view.site if ctx.view is not None else None
+        if site is not None and site.extra.get("switchover_to"):
+            # Planned site switchover: a clean shutdown checkpoint is the demotion token, and the
+            # walsenders hand every byte to the other site before PostgreSQL stops.
+            return _dec(
+                [Demote("graceful")], f"site switchover to {site.extra['switchover_to']}: demoting cleanly", "demoted"
+            )
         return _dec([Demote("immediate")], f"writable primary on a standby cluster ({why}): demoting", "demoted")
     if ctx.paused:
         return None
@@ -432,6 +439,20 @@ def _leader(ctx: _Ctx) -> Decision:
         attempt = f"attempt {local.crash_restarts + 1}/{cfg.max_crash_restarts}"
         if ctx.standby_mode:
             remote = cfg.standby_cluster
+            if remote is not None and is_diverged(local, ctx.view):
+                # A former primary of this site (demoted when the other site became active):
+                # reconcile with the active site before following it (invariant 4).
+                if cfg.use_pg_rewind:
+                    return _dec(
+                        [RenewLeader(local.lsn), Rewind(STANDBY_SOURCE)],
+                        "standby leader with a former primary's data: pg_rewind from the active site",
+                        "standby_leader",
+                    )
+                return _dec(
+                    [ReleaseLeader(local.lsn)],
+                    "standby leader with diverged data and use_pg_rewind off: releasing for a member that can follow",
+                    "demoted",
+                )
             start = StartPostgres("replica", None, remote.primary_slot_name if remote else None, remote)
             return _dec(
                 [RenewLeader(local.lsn), start],
@@ -494,8 +515,16 @@ def _standby_leader_running(ctx: _Ctx) -> Decision:
     handover = _switchover(ctx)
     if handover is not None:
         return handover
-    actions: list[Action] = [RenewLeader(local.lsn)]
     remote = cfg.standby_cluster
+    if remote is not None and cfg.use_pg_rewind and is_diverged(local, ctx.view):
+        # Data the active site does not have (this site was active before): rewind from it
+        # before following (invariant 4). The shell stops PostgreSQL cleanly first.
+        return _dec(
+            [RenewLeader(local.lsn), Rewind(STANDBY_SOURCE)],
+            "standby leader holds WAL the active site does not have: pg_rewind from the active site",
+            "standby_leader",
+        )
+    actions: list[Action] = [RenewLeader(local.lsn)]
     reason = "standby leader: renewing the key"
     if remote is not None and local.following != STANDBY_SOURCE:
         actions.append(Follow(None, remote.primary_slot_name, remote))
@@ -600,7 +629,10 @@ def _no_leader(ctx: _Ctx) -> Decision:
             return _wait_or_start(ctx, f"no leader: waiting for the failover candidate {fo.candidate}")
     elif fo is not None and fo.candidate == ctx.me:
         manual = True
-    blockers = failover_blockers(view, local, cfg, ctx.now, manual=manual)
+    # On a standby site nobody promotes: a member whose data diverged from the active site may
+    # still hold the standby leader key; it reconciles (pg_rewind from the active site) first.
+    electing = replace(local, timeline_diverged=False, was_primary=False) if ctx.standby_mode else local
+    blockers = failover_blockers(view, electing, cfg, ctx.now, manual=manual)
     if fo is not None and fo.leader == ctx.me:
         blockers.append("I am the leader being switched away from")
     if blockers:
@@ -629,7 +661,7 @@ def _wait_or_start(ctx: _Ctx, reason: str) -> Decision:
         local.pg in (PgState.STOPPED, PgState.CRASHED, PgState.START_FAILED)
         and local.data_dir is DataDirState.VALID
         and not local.rewind_failed
-        and not _history_says_diverged(ctx)
+        and (ctx.standby_mode or not _history_says_diverged(ctx))
     ):
         return _dec(
             [StartPostgres("replica", None, None)],
@@ -689,6 +721,14 @@ def _replica(ctx: _Ctx) -> Decision:
             "replica",
         )
     if local.pg is PgState.STARTING:
+        if local.following != upstream:
+            # Still recovering towards an upstream that is gone (e.g. it was the leader and
+            # failed): point it at the current one; primary_conninfo is reloadable during recovery.
+            return _dec(
+                [Follow(upstream, slot)],
+                f"{lost}PostgreSQL is starting: following {upstream} instead of {local.following or 'nobody'}",
+                "replica",
+            )
         return _dec([NoOp()], f"{lost}PostgreSQL is starting (replica of {upstream})", "replica")
     actions: list[Action] = []
     if local.following != upstream:

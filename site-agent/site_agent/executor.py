@@ -373,8 +373,15 @@ class Executor:
 
     def _do_Rewind(self, a: Rewind) -> bool:
         ctl = self.node.ctl
-        if self.view is None or (source := self.view.member(a.source)) is None:
+        if a.source == STANDBY_SOURCE:
+            remote = self.dynamic.standby_cluster
+            if remote is None or not remote.host:
+                raise ActionFailed("rewind from the active site: no standby_cluster host configured")
+            src = self.node.remote_conninfo(remote.host, remote.port, superuser=True)
+        elif self.view is None or (source := self.view.member(a.source)) is None:
             raise ActionFailed(f"rewind source {a.source} is not a known member")
+        else:
+            src = self.node.member_conninfo(source, replication=False)
         self.mem.expect_running = False
         if ctl.is_running():
             ctl.stop("fast", timeout=60)
@@ -387,7 +394,6 @@ class Executor:
         if not control.shut_down_cleanly:
             log.info("crash recovery before pg_rewind", state=control.cluster_state)
             ctl.crash_recovery()
-        src = self.node.member_conninfo(source, replication=False)
         # The source's control file must show its new timeline (a fresh promotion may not have
         # checkpointed yet).
         with contextlib.suppress(ProbeError), connect(src) as conn:

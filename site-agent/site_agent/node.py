@@ -116,8 +116,11 @@ class Node:
             connect_timeout=3,
         )
 
-    def remote_conninfo(self, host: str, port: int) -> str:
-        rep = self.cfg.postgresql.authentication.replication
+    def remote_conninfo(self, host: str, port: int, superuser: bool = False) -> str:
+        """The other site's entry point: as the replication user (streaming, cloning) or as the
+        superuser/rewind user (pg_rewind)."""
+        auth = self.cfg.postgresql.authentication
+        rep = (auth.rewind or auth.superuser) if superuser else auth.replication
         return make_conninfo(
             host=host,
             port=port,

@@ -176,6 +176,50 @@ def test_disaster_promotion_needs_evidence_and_estimates_the_loss(two_sites: Two
     assert abs(estimate - actual) <= 16 * 1024 * 1024, f"estimate {estimate} vs actual {actual} bytes"
     audit = Path(ts.topology.policy.audit_log or "").read_text()
     assert "test: site a lost" in audit and "promote-site" in audit
+    assert result["fenced_old_site"], "site a's DCS was reachable: its record must say standby now"
+
+    # The old site comes back: it must never accept a write (the checker watches every node) and
+    # must become a standby cluster of b, rewinding away the rows b never received.
+    with psycopg.connect(b_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO pgdr_writes (id) VALUES (-2)")
+    for n in ts.a.nodes:
+        ts.a.start_agent(n.name)
+    b_entry = ts.entry_port("b")
+    wait_until(
+        lambda: (ld := ts.a.leader()) is not None and ts.a.upstream_port(ld) == b_entry,
+        120,
+        "site a's standby leader streaming from site b",
+    )
+    a_leader2 = str(ts.a.leader())
+    wait_until(lambda: _row_exists(ts.a, a_leader2, -2), 30, "site b's new rows on site a")
+    assert ts.a.writable_nodes() == []
+    for n in ts.a.nodes:
+        wait_until(
+            lambda name=n.name: _missing_on(ts.a, name, lost_rows) == lost_rows,
+            90,
+            f"{n.name} without the rows site b never received",
+        )
+    states = read_sites(ts.topology)
+    assert states["a"].role == "standby" and states["b"].role == "active"
+    assert states["a"].epoch == states["b"].epoch and states["a"].record is not None
+    assert states["a"].record.follows == "b"
+
+
+def _row_exists(c: LabCluster, name: str, row_id: int) -> bool:
+    try:
+        with psycopg.connect(c.node(name).dsn, autocommit=True, connect_timeout=1) as conn:
+            return conn.execute("SELECT 1 FROM pgdr_writes WHERE id = %s", (row_id,)).fetchone() is not None
+    except psycopg.Error:
+        return False
+
+
+def _missing_on(c: LabCluster, name: str, ids: set[int]) -> set[int] | None:
+    try:
+        with psycopg.connect(c.node(name).dsn, autocommit=True, connect_timeout=1) as conn:
+            present = {int(r[0]) for r in conn.execute("SELECT id FROM pgdr_writes WHERE id = ANY(%s)", (list(ids),))}
+    except psycopg.Error:
+        return None
+    return ids - present
 
 
 def test_standby_site_keeps_following_when_its_standby_leader_dies(two_sites: TwoSites) -> None:
