@@ -296,7 +296,16 @@ def switchover_site(topology: Topology, to: str, *, dry_run: bool = False, say: 
                 f"site {to} is not caught up (lag {lag if lag is not None else 'unknown'} bytes, "
                 f"limit {topology.policy.max_switchover_lag_bytes}): wait or investigate replication"
             )
-        say(f"preflight ok: {to}'s standby leader {new.leader} lags {lag} bytes")
+        # The clean shutdown hands every byte to the standbys connected at that moment: the target's
+        # standby leader must be streaming now, not reconnecting.
+        target_client = SiteClient(to, target)
+
+        def streaming() -> bool:
+            ls = target_client.read().leader_status()
+            return ls is not None and ls.get("replication_state") == "streaming"
+
+        _wait(streaming, topology.policy.switchover_timeout_s, f"site {to}'s standby leader to stream from {old.name}")
+        say(f"preflight ok: {to}'s standby leader {new.leader} lags {lag} bytes and is streaming")
         # 2. demote the old site: it becomes a standby of the target (same epoch for now)
         old_client = SiteClient(old.name, old.spec)
         old_client.patch_config({"standby_cluster": standby_cluster_section(target)})

@@ -106,11 +106,19 @@ def test_lab_cli_up_status_down(lab_dir: Path) -> None:
         st = run_drctl("lab", "status", "--dir", d, "--format", "json")
         assert st.returncode == 0, st.stderr
         procs = json.loads(st.stdout)["processes"]
-        assert len(procs) == 2 * (3 + 1 + 1)  # per site: 3 etcd members, one agent, its PostgreSQL
+        # per site: 3 etcd members, one agent, its PostgreSQL, the HAProxy entry point
+        assert len(procs) == 2 * (3 + 1 + 1 + 1)
         for p in procs:
             assert p["alive"] and p["pid"] > 0 and p["port"] > 0, p
-            assert p["health"] in ("healthy", "primary", "primary, running"), p
-        assert {p["role"] for p in procs} == {"etcd", "agent", "postgres"}
+            assert p["health"] in (
+                "healthy",
+                "primary",
+                "replica",
+                "running",
+                "primary, running",
+                "standby_leader, running",
+            ), p
+        assert {p["role"] for p in procs} == {"etcd", "agent", "postgres", "haproxy"}
         table = run_drctl("lab", "status", "--dir", d)
         assert "a-etcd1" in table.stdout and "b1-postgres" in table.stdout and "agent-a1" in table.stdout
 

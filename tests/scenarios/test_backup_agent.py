@@ -100,3 +100,52 @@ def _count(c: LabCluster, name: str, origin: str) -> int | None:
     except psycopg.Error:
         return None
     return int(row[0]) if row else None
+
+
+def test_broken_archiving_shows_in_status_and_nothing_is_lost_once_fixed(make_cluster: MakeCluster) -> None:
+    c = make_cluster(size=1, backup=True)
+    leader = c.nodes[0].name
+    r = runner(c, leader)
+    wait_until(lambda: stanza_ok(r), 60, "the stanza")
+    repo1 = c.base_dir / "repo1"
+    repo1.chmod(0o000)  # the archive-push to repo1 now fails (it runs as the postgres user)
+    try:
+        with psycopg.connect(c.node(leader).dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE arch (x int)")
+            conn.execute("INSERT INTO arch SELECT generate_series(1, 1000)")
+            row = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+            conn.execute("SELECT pg_switch_wal()")
+        assert row is not None
+        segment = str(row[0])
+        started = time.monotonic()
+        wait_until(
+            lambda: ((c.status(leader) or {}).get("backup") or {}).get("archive_failed_count", 0) > 0,
+            60,
+            "archive failures reported in /status",
+        )
+        print(f"archive failure visible in /status after {time.monotonic() - started:.1f}s")
+        assert _metric(c, leader, "pgdr_archive_failed_count") > 0
+    finally:
+        repo1.chmod(0o750)
+    # Fixed: PostgreSQL retries the same segment; it reaches both repositories.
+    wait_until(lambda: _archived(c, leader, segment), 90, f"{segment} archived after the fix")
+    info = r.info()
+    for repo in (1, 2):
+        top = info.archive_max(repo)
+        assert top is not None and top >= segment, f"repo{repo} archive ends at {top}, expected {segment}"
+
+
+def _metric(c: LabCluster, name: str, metric: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{c.node(name).api_url}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(metric):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _archived(c: LabCluster, name: str, segment: str) -> bool:
+    with psycopg.connect(c.node(name).dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
+    return row is not None and row[0] is not None and str(row[0]) >= segment
