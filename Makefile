@@ -23,3 +23,12 @@ unit: setup
 
 clean-lab: setup
 	@$(VENV)/drctl lab down || true
+
+bench-setup: setup
+	@bash bench/setup_patroni.sh
+
+bench: bench-setup
+	@$(VENV)/python -m bench.scenarios
+
+chaos: bench-setup
+	@$(VENV)/python -m bench.chaos

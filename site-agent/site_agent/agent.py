@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from drctl.backup.schedule import BackupScheduler
 from drctl.dcs.base import DCS, ClusterView, DCSError, MemberInfo
 from drctl.pg.conninfo import parse_host_port
 from drctl.pg.probe import PgState as ProbeState
@@ -48,9 +49,12 @@ class Agent:
         self._dcs_last_seen: float | None = None
         self._dcs_error: str | None = None
         self._obs: Observation | None = None
+        self._pg_state: PgState | None = None
+        self._pg_state_since: float | None = None
         self._failsafe_map: dict[str, str] = {}  # last failsafe key read from the DCS
         self._remote_history = RemoteHistoryCache()
         self.keeper: LeaseKeeper | None = None
+        self.scheduler: BackupScheduler | None = None  # scheduled backups, fired on the leader only
         self._snapshot = NodeSnapshot(name=cfg.name, scope=cfg.scope, version=VERSION)
         self.cycle_lock = threading.Lock()  # the API waits on cycles, never runs one
         self.cycles = 0
@@ -142,6 +146,8 @@ class Agent:
             self.dcs.close()
             if self.keeper is not None:
                 self.keeper.stop()
+            if self.scheduler is not None:
+                self.scheduler.shutdown(wait=False)
         log.info("agent stopped", released_leader=was_leader)
 
     # --- observe -----------------------------------------------------------------------------
@@ -227,7 +233,17 @@ class Agent:
             was_primary = False
         diverged: bool | None = None
         remote = self.dynamic.standby_cluster
-        if remote is not None and remote.host and view is not None and not (probe and not probe.in_recovery):
+        # The local timeline is only trustworthy from a live WAL receiver or from a primary's own
+        # control data; a standby's checkpoint timeline lags behind a timeline switch.
+        # (A former primary replaying only its own WAL is on its own timeline.)
+        tl_known = (probe is not None and probe.timeline_source == "pg_stat_wal_receiver") or mem.former_primary
+        if (
+            remote is not None
+            and remote.host
+            and view is not None
+            and tl_known
+            and not (probe and not probe.in_recovery)
+        ):
             # A standby site: judge divergence against the active site's own timeline history.
             history = self._remote_history.get(self.node.remote_conninfo(remote.host, remote.port, superuser=True))
             if history is not None:
@@ -239,9 +255,12 @@ class Agent:
         peers: dict[str, Any] = {}
         if view is not None and (view.leader is None or view.failover is not None):
             peers = gather_peers(view, self.cfg.name, timeout=min(2.0, self.dynamic.retry_timeout / 2))
+        if pg is not self._pg_state:
+            self._pg_state, self._pg_state_since = pg, now
         return LocalState(
             name=self.cfg.name,
             pg=pg,
+            pg_state_since=self._pg_state_since,
             in_recovery=in_recovery,
             timeline=timeline,
             received_lsn=received,
@@ -310,6 +329,15 @@ class Agent:
         except ValueError:
             return False
         return receiver.sender_port == port
+
+    def is_backup_source(self) -> bool:
+        """Scheduled backups run on the leading read-write primary of an active site only."""
+        snap = self._snapshot
+        return self.mem.am_leader and snap.role == "primary" and not snap.in_recovery and snap.site_role != "standby"
+
+    def attach_keeper(self, keeper: LeaseKeeper) -> None:
+        self.keeper = keeper
+        self.executor.on_lease = lambda at: keeper.feed(at + self.decide_config().leader_deadline)
 
     def _feed_keeper(self) -> None:
         if self.keeper is None:
@@ -419,6 +447,8 @@ class Agent:
             site_epoch=view.site.epoch if view and view.site else None,
             version=VERSION,
             last_cycle_at=time.time(),
+            archive_failed_count=self._obs.archive_failed_count if self._obs is not None else None,
+            last_backup_age_s=self.scheduler.last_backup_age_s() if self.scheduler is not None else None,
             ttl=self.dynamic.ttl,
             loop_wait=self.dynamic.loop_wait,
             maximum_lag_on_failover=self.dynamic.maximum_lag_on_failover,

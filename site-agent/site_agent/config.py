@@ -25,6 +25,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from drctl.backup.policy import BackupSchedule
+
 
 class ConfigError(Exception):
     """A configuration problem, already phrased for an operator (file, field, what to do)."""
@@ -150,6 +152,7 @@ class PgBackRestSection(_Model):
     base_dir: str | None = Field(default=None, description="log/lock/spool directory (default beside data_dir)")
     archive: bool = True
     archive_timeout: int = Field(default=60, ge=1)
+    schedule: BackupSchedule | None = Field(default=None, description="cron schedule; runs on the leader only")
 
 
 ReplicaMethod = Literal["basebackup", "pgbackrest"]

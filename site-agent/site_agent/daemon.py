@@ -12,6 +12,7 @@ from types import FrameType
 import structlog
 
 from drctl.backup.errors import BackupError
+from drctl.backup.schedule import BackupScheduler
 from drctl.dcs.base import DCS, DCSError
 from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
 from drctl.pg.ctl import PgCtlError
@@ -114,9 +115,14 @@ def run(argv: list[str]) -> int:
             _err(f"{args.config}: postgresql.pgbackrest: {exc}")
             return EXIT_CONFIG
     agent = Agent(cfg, dcs, node)
+    section = cfg.postgresql.pgbackrest
+    if section is not None and section.schedule is not None and node.backup is not None:
+        agent.scheduler = BackupScheduler(node.backup.runner, section.schedule, is_leader=agent.is_backup_source)
+        agent.scheduler.start()
     if cfg.watchdog.lease_keeper:
-        agent.keeper = LeaseKeeper(node.data_dir, node.data_dir.parent)
-        agent.keeper.start()
+        keeper = LeaseKeeper(node.data_dir, node.data_dir.parent)
+        keeper.start()
+        agent.attach_keeper(keeper)
     auth = cfg.restapi.authentication
     try:
         api = start_api(

@@ -439,7 +439,7 @@ def _leader(ctx: _Ctx) -> Decision:
         attempt = f"attempt {local.crash_restarts + 1}/{cfg.max_crash_restarts}"
         if ctx.standby_mode:
             remote = cfg.standby_cluster
-            if remote is not None and is_diverged(local, ctx.view):
+            if remote is not None and local.timeline_diverged is True:
                 # A former primary of this site (demoted when the other site became active):
                 # reconcile with the active site before following it (invariant 4).
                 if cfg.use_pg_rewind:
@@ -516,7 +516,7 @@ def _standby_leader_running(ctx: _Ctx) -> Decision:
     if handover is not None:
         return handover
     remote = cfg.standby_cluster
-    if remote is not None and cfg.use_pg_rewind and is_diverged(local, ctx.view):
+    if remote is not None and cfg.use_pg_rewind and local.timeline_diverged is True:
         # Data the active site does not have (this site was active before): rewind from it
         # before following (invariant 4). The shell stops PostgreSQL cleanly first.
         return _dec(
@@ -721,6 +721,22 @@ def _replica(ctx: _Ctx) -> Decision:
             "replica",
         )
     if local.pg is PgState.STARTING:
+        starting_for = ctx.now - local.pg_state_since if local.pg_state_since is not None else 0.0
+        stuck = starting_for > max(cfg.primary_start_timeout, 3 * cfg.loop_wait)
+        if stuck and local.following == upstream and view.leader_member is not None:
+            # Recovery cannot reach a consistent state from this upstream (e.g. rewound from a
+            # primary that died before the new leader had all its WAL): reconcile again.
+            if cfg.use_pg_rewind:
+                return _dec(
+                    [Rewind(leader)],
+                    f"{lost}replica stuck in recovery for {starting_for:.0f}s: pg_rewind from {leader}",
+                    "demoted",
+                )
+            return _dec(
+                [Rebuild(clone_source(view, local), ctx.methods)],
+                f"{lost}replica stuck in recovery for {starting_for:.0f}s: rebuilding",
+                "demoted",
+            )
         if local.following != upstream:
             # Still recovering towards an upstream that is gone (e.g. it was the leader and
             # failed): point it at the current one; primary_conninfo is reloadable during recovery.

@@ -16,6 +16,7 @@ import structlog
 from drctl.backup.errors import BackupError
 from drctl.dcs.base import DCS, ClusterView, DCSError, HistoryEntry, LeaderStatus
 from drctl.pg.ctl import PgCtlError
+from drctl.pg.lsn import parse_lsn
 from drctl.pg.probe import ProbeError, checkpoint, connect, create_physical_slot, drop_slot, list_slots
 from drctl.pg.probe import create_replication_role as create_role
 from site_agent.actions import (
@@ -94,6 +95,13 @@ class Executor:
         self.dcs = dcs
         self.mem = memory
         self.clock = clock
+        # Called with the monotonic time a lease was (re)confirmed, before any further action
+        # of the decision runs: the lease keeper must be armed before a Promote, not after.
+        self.on_lease: Callable[[float], None] | None = None
+
+    def _leased(self, at: float) -> None:
+        if self.on_lease is not None:
+            self.on_lease(at)
 
     # --- entry point -------------------------------------------------------------------------
     def execute(self, decision: Decision, view: ClusterView | None, dynamic: DynamicConfig) -> bool:
@@ -145,6 +153,7 @@ class Executor:
             self.mem.am_leader = True
             self.mem.last_renewal = started
             self.mem.renewal_failed = False
+            self._leased(started)
             log.info("acquired the leader key")
         return won
 
@@ -156,6 +165,7 @@ class Executor:
             self.mem.am_leader = True
             self.mem.last_renewal = started
             self.mem.renewal_failed = False
+            self._leased(started)
         else:
             self.mem.am_leader = False
             self.mem.leader_key_lost = True
@@ -174,12 +184,39 @@ class Executor:
 
     def _do_WriteHistory(self, a: WriteHistory) -> bool:
         entries = list(self.view.history.entries) if self.view and self.view.history else []
-        if any(e.timeline == a.entry.timeline for e in entries):
-            return True
         entry = a.entry
+        exact = self._switch_point()
+        if exact is not None:
+            # The promotion's own .history file: the timeline that ended and exactly where (the
+            # decision only knew a replica's possibly stale timeline and position).
+            entry = HistoryEntry(exact[0], exact[1], entry.reason, entry.timestamp, entry.new_leader)
+        if any(e.timeline == entry.timeline for e in entries):
+            return True
         if not entry.timestamp:
             entry = HistoryEntry(entry.timeline, entry.lsn, entry.reason, _now_iso(), entry.new_leader)
         return self.dcs.set_history([*entries, entry], a.version)
+
+    def _switch_point(self) -> tuple[int, int] | None:
+        """(ended timeline, switch LSN) from the last line of the current timeline's history
+        file, on a freshly promoted primary."""
+        try:
+            with connect(self.node.superuser_conninfo(), timeout=2) as conn:
+                row = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+                if row is None:
+                    return None
+                tli = int(str(row[0])[:8], 16)
+                if tli < 2:
+                    return None
+                got = conn.execute("SELECT pg_read_file(%s)", (f"pg_wal/{tli:08X}.history",)).fetchone()
+        except (ProbeError, PgCtlError, psycopg.Error, ValueError):
+            return None
+        lines = [ln.split("\t") for ln in str(got[0] if got else "").splitlines() if ln.strip()]
+        if not lines or len(lines[-1]) < 2:
+            return None
+        try:
+            return int(lines[-1][0]), parse_lsn(lines[-1][1].strip())
+        except ValueError:
+            return None
 
     def _do_ClearFailover(self, a: ClearFailover) -> bool:
         return self.dcs.delete_failover(a.version)
@@ -223,6 +260,7 @@ class Executor:
         if self.mem.failsafe_round_started is not None:
             self.mem.last_renewal = self.mem.failsafe_round_started
             self.mem.failsafe_held_at = self.mem.failsafe_round_started
+            self._leased(self.mem.failsafe_round_started)
         return True
 
     def _do_WaitForLeader(self, _a: WaitForLeader) -> bool:

@@ -1,0 +1,324 @@
+"""Patroni on the same lab as :class:`drctl.lab.cluster.LabCluster`: the peer pgdr is measured
+against. Same etcd cluster, same ttl/loop_wait/retry_timeout, same PostgreSQL settings and
+credentials; Patroni (from its own venv, bench/.venv-patroni) runs as the ``postgres`` OS user
+through the lab Supervisor (own process group, PID file, stopped by PID).
+
+Patroni starts PostgreSQL detached: killing Patroni leaves PostgreSQL running, so node loss kills
+both (the postmaster is found through DATA/postmaster.pid)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from drctl.lab.cluster import API_AUTH, LAB_PG_PARAMETERS, PG_BIN, REPLICATION, SUPERUSER, Timings
+from drctl.lab.etcd import LabError
+from drctl.lab.netproxy import TcpProxy
+from drctl.lab.ports import free_port
+from drctl.lab.procs import Supervisor, record_for_pid, terminate
+from drctl.lab.workload import multi_host_url
+from drctl.pg.osuser import make_dir, user_env
+from drctl.pg.pidfile import parse_postmaster_pid
+from drctl.procutil import signal_with_children
+
+BENCH_DIR = Path(__file__).resolve().parent
+PATRONI_VENV = BENCH_DIR / ".venv-patroni"
+PATRONI_BIN = PATRONI_VENV / "bin" / "patroni"
+
+
+@dataclass
+class PatroniNode:
+    name: str
+    dir: Path
+    pg_port: int
+    api_port: int
+
+    @property
+    def proc_name(self) -> str:
+        return f"patroni-{self.name}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "patroni.yml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.dir / "sock"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "patroni.log"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def dsn(self) -> str:
+        user, password = SUPERUSER
+        return f"host=127.0.0.1 port={self.pg_port} user={user} password={password} dbname=postgres connect_timeout=2"
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            info = parse_postmaster_pid((self.data_dir / "postmaster.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        return info.pid if info else None
+
+
+@dataclass
+class PatroniCluster:
+    sup: Supervisor
+    base_dir: Path
+    scope: str
+    etcd_endpoints: list[str]
+    size: int = 3
+    timings: Timings = field(default_factory=lambda: Timings(ttl=20, loop_wait=2, retry_timeout=4))
+    pg_user: str = "postgres"
+    namespace: str = "/service"
+    dcs_proxies: bool = False
+    nodes: list[PatroniNode] = field(default_factory=list)
+    proxies: dict[str, list[TcpProxy]] = field(default_factory=dict)
+
+    # --- set-up ------------------------------------------------------------------------------
+    def plan(self) -> PatroniCluster:
+        if not PATRONI_BIN.exists():
+            raise LabError(f"{PATRONI_BIN} missing: run `make bench-setup` (bench/setup_patroni.sh)")
+        if self.timings.ttl < 20:
+            raise LabError("Patroni raises any ttl below 20 to 20: benchmark both systems at ttl >= 20")
+        make_dir(self.base_dir, self.pg_user, 0o755)
+        self.nodes = [
+            PatroniNode(f"p{i}", self.base_dir / f"p{i}", free_port(), free_port()) for i in range(1, self.size + 1)
+        ]
+        for node in self.nodes:
+            if self.dcs_proxies:
+                self.proxies[node.name] = [TcpProxy(int(e.rsplit(":", 1)[1])) for e in self.etcd_endpoints]
+            make_dir(node.dir, self.pg_user, 0o755)
+            make_dir(node.socket_dir, self.pg_user, 0o750)
+            node.config_path.write_text(yaml.safe_dump(self.patroni_config(node), sort_keys=False))
+        return self
+
+    def patroni_config(self, node: PatroniNode) -> dict[str, Any]:
+        su, rep = SUPERUSER, REPLICATION
+        params = dict(LAB_PG_PARAMETERS)
+        return {
+            "scope": self.scope,
+            "namespace": self.namespace,
+            "name": node.name,
+            "restapi": {
+                "listen": f"127.0.0.1:{node.api_port}",
+                "connect_address": f"127.0.0.1:{node.api_port}",
+                "authentication": {"username": API_AUTH[0], "password": API_AUTH[1]},
+            },
+            "etcd3": {
+                "hosts": self._etcd_hosts(node),
+                # Without this Patroni discovers the etcd members and talks to them directly,
+                # around the proxies a test cuts.
+                "use_proxies": True,
+            },
+            "bootstrap": {
+                "dcs": {
+                    "ttl": self.timings.ttl,
+                    "loop_wait": self.timings.loop_wait,
+                    "retry_timeout": self.timings.retry_timeout,
+                    "maximum_lag_on_failover": 16 * 1024 * 1024,
+                    "primary_start_timeout": 30,
+                    "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": params},
+                },
+                "initdb": [{"encoding": "UTF8"}],
+            },
+            "postgresql": {
+                "listen": f"127.0.0.1:{node.pg_port}",
+                "connect_address": f"127.0.0.1:{node.pg_port}",
+                "data_dir": str(node.data_dir),
+                "bin_dir": PG_BIN,
+                "pgpass": str(node.dir / "pgpass"),
+                "authentication": {
+                    "superuser": {"username": su[0], "password": su[1]},
+                    "replication": {"username": rep[0], "password": rep[1]},
+                },
+                "parameters": {"unix_socket_directories": str(node.socket_dir)},
+                "pg_hba": [
+                    "local all all trust",
+                    f"host all {su[0]} 127.0.0.1/32 scram-sha-256",
+                    f"host replication {rep[0]} 127.0.0.1/32 scram-sha-256",
+                    f"host all {rep[0]} 127.0.0.1/32 scram-sha-256",
+                ],
+            },
+            "log": {"level": "INFO"},
+        }
+
+    def _etcd_hosts(self, node: PatroniNode) -> list[str]:
+        if node.name in self.proxies:
+            return [p.address for p in self.proxies[node.name]]
+        return [e.removeprefix("http://") for e in self.etcd_endpoints]
+
+    def isolate_from_dcs(self, name: str) -> None:
+        if name not in self.proxies:
+            raise LabError("isolate_from_dcs needs a cluster planned with dcs_proxies=True")
+        for p in self.proxies[name]:
+            p.blackhole()
+
+    def heal_dcs(self, name: str) -> None:
+        for p in self.proxies.get(name, []):
+            p.heal()
+
+    # --- processes ---------------------------------------------------------------------------
+    def node(self, name: str) -> PatroniNode:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise LabError(f"no member {name!r} in {self.scope}")
+
+    def start_agent(self, name: str) -> None:
+        node = self.node(name)
+        env = user_env(self.pg_user)
+        env["PATH"] = f"{PATRONI_VENV / 'bin'}:{PG_BIN}:/usr/bin:/bin"
+        self.sup.spawn(
+            node.proc_name,
+            [str(PATRONI_BIN), str(node.config_path)],
+            role="agent",
+            log=node.log,
+            cwd=node.dir,
+            env=env,
+            user=self.pg_user,
+            port=node.api_port,
+            extra={"scope": self.scope, "pg_port": node.pg_port, "data_dir": str(node.data_dir)},
+        )
+
+    def start(self, wait: bool = True, timeout: float = 180.0) -> PatroniCluster:
+        if not self.nodes:
+            self.plan()
+        self.start_agent(self.nodes[0].name)
+        self.wait_for(lambda: self.leader() is not None, timeout, "a leader after bootstrap")
+        for node in self.nodes[1:]:
+            self.start_agent(node.name)
+        if wait:
+            self.wait_healthy(timeout)
+        return self
+
+    def kill_agent(self, name: str) -> None:
+        self.sup.kill(self.node(name).proc_name)
+
+    def kill_postgres(self, name: str) -> int | None:
+        pid = self.node(name).postmaster_pid()
+        if pid is None:
+            return None
+        pids = signal_with_children(pid, signal.SIGKILL)
+        recs = [r for r in (record_for_pid(p, f"pg-{p}", "postgres") for p in pids) if r is not None]
+        terminate(recs, signal.SIGKILL, 0.0)
+        return pid
+
+    def kill_node(self, name: str) -> None:
+        self.kill_agent(name)
+        self.kill_postgres(name)
+
+    def pause_agent(self, name: str) -> None:
+        self.sup.pause(self.node(name).proc_name)
+
+    def resume_agent(self, name: str) -> None:
+        self.sup.resume(self.node(name).proc_name)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM every Patroni (each stops its PostgreSQL), then whatever PostgreSQL is left."""
+        recs = [r for r in (self.sup.record(n.proc_name) for n in self.nodes) if r is not None]
+        self.sup.stop_records(recs, signal.SIGTERM, grace)
+        for n in self.nodes:
+            self.sup.forget(n.proc_name)
+        left = [
+            record_for_pid(pid, f"postmaster-{n.name}", "postgres")
+            for n in self.nodes
+            if (pid := n.postmaster_pid()) is not None
+        ]
+        terminate([r for r in left if r is not None and r.alive()], signal.SIGINT, grace)
+        for proxies in self.proxies.values():
+            for p in proxies:
+                p.close()
+
+    # --- observation (Patroni's REST API) ---------------------------------------------------
+    def _get(self, name: str, path: str, timeout: float = 1.5) -> Any:
+        try:
+            with urllib.request.urlopen(f"{self.node(name).api_url}{path}", timeout=timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                return json.loads(exc.read())
+            except ValueError:
+                return None
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+
+    def cluster_doc(self) -> dict[str, Any] | None:
+        for n in self.nodes:
+            doc = self._get(n.name, "/cluster")
+            if isinstance(doc, dict) and "members" in doc:
+                return doc
+        return None
+
+    def leader(self) -> str | None:
+        doc = self.cluster_doc()
+        if doc is None:
+            return None
+        for m in doc.get("members", []):
+            if m.get("role") == "leader":
+                return str(m["name"])
+        return None
+
+    def healthy(self) -> bool:
+        doc = self.cluster_doc()
+        if doc is None:
+            return False
+        members = {m.get("name"): m for m in doc.get("members", [])}
+        if set(members) != {n.name for n in self.nodes}:
+            return False
+        leaders = [m for m in members.values() if m.get("role") == "leader"]
+        if len(leaders) != 1 or leaders[0].get("state") != "running":
+            return False
+        return all(m.get("state") == "streaming" for m in members.values() if m.get("role") != "leader")
+
+    def switchover(self, leader: str, candidate: str, timeout: float = 60.0) -> tuple[int, str]:
+        body = json.dumps({"leader": leader, "candidate": candidate}).encode()
+        auth = b64encode(f"{API_AUTH[0]}:{API_AUTH[1]}".encode()).decode()
+        req = urllib.request.Request(
+            f"{self.node(leader).api_url}/switchover",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return int(resp.status), resp.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read().decode(errors="replace")
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            for n in self.nodes:
+                rec = self.sup.record(n.proc_name)
+                if rec is not None and not rec.alive():
+                    raise LabError(f"patroni {n.name} exited: see {n.log}")
+            time.sleep(0.2)
+        raise LabError(f"{self.scope}: no {what} after {timeout:.0f}s: see the Patroni logs in {self.base_dir}")
+
+    def wait_healthy(self, timeout: float = 120.0) -> None:
+        self.wait_for(self.healthy, timeout, "healthy Patroni cluster (one leader running, replicas streaming)")
+
+    def url(self) -> str:
+        return multi_host_url([("127.0.0.1", n.pg_port) for n in self.nodes], password=SUPERUSER[1])

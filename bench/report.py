@@ -1,0 +1,286 @@
+"""bench/results/summary.md and one PNG timeline per scenario, from the JSON files of the runs.
+
+For each (system, scenario) the runs of the most recent bench invocation that measured that pair
+are used, so a partial re-run (BENCH_SCENARIOS=...) refreshes only its rows.
+
+    python -m bench.report
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ORDER = ["crash", "node_loss", "frozen", "isolation", "switchover"]
+LABELS = {
+    "crash": "PostgreSQL crash on the leader (kill -9 postmaster + backends)",
+    "node_loss": "node loss (kill -9 agent + PostgreSQL on the leader)",
+    "frozen": "frozen agent (SIGSTOP leader's agent for ttl+10 s, then SIGCONT)",
+    "isolation": "leader cut off from the DCS (etcd proxies black-holed until writes resume, +3 s)",
+    "switchover": "planned switchover (POST /switchover)",
+}
+
+
+def load(results: Path = RESULTS) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(results.glob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and "system" in doc and "scenario" in doc:
+            doc["_file"] = path.name
+            out.append(doc)
+    return out
+
+
+def latest(docs: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """(system, scenario) -> runs of the latest run_id that has that pair."""
+    by: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
+    for d in docs:
+        by.setdefault((d["system"], d["scenario"]), {}).setdefault(d.get("run_id", ""), []).append(d)
+    return {k: v[max(v)] for k, v in by.items()}
+
+
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def _fmt(x: float | None, unit: str = " s") -> str:
+    return "-" if x is None else f"{x:.2f}{unit}"
+
+
+def _vals(runs: list[dict[str, Any]], key: str) -> list[float]:
+    if key == "durable_gap_s":  # runs recorded before the field existed: equal to the gap when nothing was lost
+        return [
+            float(r["durable_gap_s"] if r.get("durable_gap_s") is not None else r["gap_s"])
+            for r in runs
+            if r.get("durable_gap_s") is not None or r.get("lost") == 0
+        ]
+    return [float(r[key]) for r in runs if r.get(key) is not None]
+
+
+def write_summary(results: Path = RESULTS) -> Path:
+    runs = latest(load(results))
+    scenarios = [s for s in ORDER if any((k, s) in runs for k in ("pgdr", "patroni"))]
+    lines = [
+        "# pgdr vs Patroni: fault benchmarks",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `python -m bench.report` from the JSON files in",
+        "bench/results/ (the latest run of each system and scenario). 3-node clusters on one etcd cluster,",
+        "ttl 20, loop_wait 2, retry_timeout 4, asynchronous replication; writer: one autocommit INSERT every",
+        "50 ms through a read-write multi-host URL; checker: every node's pg_is_in_recovery() every 100 ms.",
+        "Gap = longest interval between consecutive acknowledged writes, from the last ack before the fault",
+        "on. Durable gap = the same, ignoring acks of writes that were lost afterwards (a primary that keeps",
+        "acknowledging writes that will be rewound away is not available). Lost = acknowledged writes missing",
+        "afterwards. Dual = overlaps of two nodes seen writable.",
+        "Rejoin = heal (or fault, when nothing is healed) until every node streams again.",
+        "Values are medians; [min-max] in brackets; n = runs.",
+        "",
+        "| scenario | pgdr gap | Patroni gap | ratio pgdr/Patroni | durable gap pgdr / Patroni (ratio) "
+        "| lost acked writes (pgdr / Patroni, total) | dual-primary (pgdr / Patroni, runs with any) "
+        "| rejoin (pgdr / Patroni) | n |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in scenarios:
+        p, q = runs.get(("pgdr", s), []), runs.get(("patroni", s), [])
+        pg, qg = _vals(p, "gap_s"), _vals(q, "gap_s")
+        mp, mq = _median(pg), _median(qg)
+        ratio = f"{mp / mq:.2f}" if mp is not None and mq else "-"
+
+        def rng(xs: list[float]) -> str:
+            return f" [{min(xs):.1f}-{max(xs):.1f}]" if len(xs) > 1 else ""
+
+        dp, dq = _median(_vals(p, "durable_gap_s")), _median(_vals(q, "durable_gap_s"))
+        dratio = f" ({dp / dq:.2f})" if dp is not None and dq else ""
+        durable = f"{_fmt(dp)} / {_fmt(dq)}{dratio}"
+        lost = f"{int(sum(_vals(p, 'lost')))} / {int(sum(_vals(q, 'lost')))}"
+        dual = (
+            f"{sum(1 for r in p if r.get('dual_primary_count'))} / {sum(1 for r in q if r.get('dual_primary_count'))}"
+        )
+        dual_s = [sum(_vals(p, "dual_primary_s")), sum(_vals(q, "dual_primary_s"))]
+        if any(dual_s):
+            dual += f" ({dual_s[0]:.1f} s / {dual_s[1]:.1f} s total)"
+        rejoin = f"{_fmt(_median(_vals(p, 'rejoin_s')))} / {_fmt(_median(_vals(q, 'rejoin_s')))}"
+        not_rejoined = sum(1 for r in p + q if r.get("not_rejoined"))
+        if not_rejoined:
+            rejoin += f" ({not_rejoined} runs never rejoined)"
+        lines.append(
+            f"| {s} | {_fmt(mp)}{rng(pg)} | {_fmt(mq)}{rng(qg)} | {ratio} | {durable} | {lost} | {dual} | {rejoin} "
+            f"| {len(p)} / {len(q)} |"
+        )
+    lines += ["", "Scenarios:", ""] + [f"- `{s}`: {LABELS[s]}" for s in scenarios]
+    idle = [d for d in load(results) if d.get("scenario") == "idle"]
+    if idle:
+        lines += ["", "## Idle agents (per node: agent process + helpers, not PostgreSQL)", ""]
+        lines += [
+            "| system | CPU % of one core (mean per node) | RSS MB (mean per node) | processes |",
+            "|---|---|---|---|",
+        ]
+        last: dict[str, dict[str, Any]] = {}
+        for d in idle:
+            if d["system"] not in last or d.get("run_id", "") >= last[d["system"]].get("run_id", ""):
+                last[d["system"]] = d
+        for kind, d in sorted(last.items()):
+            nodes = list(d.get("per_node", {}).values())
+            cpu = statistics.mean(n["cpu_pct"] for n in nodes) if nodes else 0.0
+            rss = statistics.mean(n["rss_mb"] for n in nodes) if nodes else 0.0
+            procs = ", ".join(f"{k} {v['cpu_pct']}%/{v['rss_mb']}MB" for k, v in d.get("processes", {}).items())
+            lines.append(f"| {kind} | {cpu:.2f} | {rss:.1f} | {procs} (over {d.get('seconds')} s) |")
+    chaos = []
+    for path in sorted(results.glob("*-chaos-seed*.json")):
+        try:
+            chaos.append((path.name, json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue
+    if chaos:
+        lines += ["", "## Chaos (pgdr only, `make chaos`)", ""]
+        lines += [
+            "| file | seed | faults (kind x count) | acked writes | lost | dual-primary | never rejoined |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, d in chaos:
+            kinds: dict[str, int] = {}
+            for e in d.get("events", []):
+                kinds[e["fault"]] = kinds.get(e["fault"], 0) + 1
+            mix = ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items()))
+            lines.append(
+                f"| {name} | {d.get('seed')} | {mix} | {d.get('acked')} | {d.get('lost')} "
+                f"| {len(d.get('dual_primary', []))} | {', '.join(d.get('never_rejoined', [])) or 'none'} |"
+            )
+    lines += ["", "Per-run JSON files (timeline data included):", ""]
+    for s in scenarios:
+        for k in ("pgdr", "patroni"):
+            for r in runs.get((k, s), []):
+                lines.append(
+                    f"- {r['_file']}: gap {r['gap_s']:.2f} s, lost {r.get('lost')}, "
+                    f"dual {r.get('dual_primary_count')}, rejoin {r.get('rejoin_s')} s, "
+                    f"{r.get('leader_before')} -> {r.get('leader_after')}"
+                )
+    out = results / "summary.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+STATE_COLOURS = {"w": "#d62728", "r": "#7fb3d5", "?": "#cccccc"}
+WRITE_INTERVAL = 0.05
+
+
+def _span(run: dict[str, Any]) -> tuple[float, float]:
+    acks = [a[0] for a in run["timeline"]["acks"]]
+    return min([-3.0, *acks[:1]]), max([5.0, *acks[-1:]])
+
+
+def _plot_run(ax_rate: Any, ax_nodes: Any, run: dict[str, Any], title: str, lo: float, hi: float) -> None:
+    tl = run["timeline"]
+    acks = [a[0] for a in tl["acks"]]
+    width = 0.25
+    nbins = int((hi - lo) / width) + 1
+    counts = [0] * nbins
+    for t in acks:
+        counts[min(nbins - 1, max(0, int((t - lo) / width)))] += 1
+    xs = [lo + i * width for i in range(nbins)]
+    own_lo, own_hi = (acks[0], acks[-1]) if acks else (lo, hi)
+    rate = [c / width if own_lo - width <= x <= own_hi else float("nan") for x, c in zip(xs, counts, strict=True)]
+    ax_rate.step(xs, rate, where="post", color="#2ca02c", lw=1.2)
+    ax_rate.fill_between(xs, rate, step="post", color="#2ca02c", alpha=0.3)
+    lost = [a[0] for a in tl["acks"] if len(a) > 2 and a[2]]
+    if lost:
+        lcounts = [0] * nbins
+        for t in lost:
+            lcounts[min(nbins - 1, max(0, int((t - lo) / width)))] += 1
+        ax_rate.fill_between(
+            xs, [c / width for c in lcounts], step="post", color="black", alpha=0.6, label="acked, later lost"
+        )
+    ax_rate.set_ylabel("acked\nwrites/s")
+    ax_rate.set_ylim(0, 1.45 / WRITE_INTERVAL)
+    ax_rate.set_title(title, fontsize=9.5, loc="left")
+    g0, g1 = run.get("gap_from_s"), run.get("gap_to_s")
+    if g0 is not None and g1 is not None:
+        ax_rate.axvspan(g0, g1, color="#ff7f0e", alpha=0.2, label=f"longest write gap {run['gap_s']:.2f} s")
+    if g0 is not None or lost:
+        ax_rate.legend(loc="lower right", fontsize=7)
+    names = sorted(tl["nodes"])
+    for i, name in enumerate(names):
+        for s, e, state in tl["nodes"][name]:
+            ax_nodes.broken_barh([(s, max(e - s, 0.05))], (i - 0.4, 0.8), color=STATE_COLOURS[state])
+    ax_nodes.set_yticks(range(len(names)))
+    ax_nodes.set_yticklabels(names)
+    ax_nodes.set_ylim(-0.6, len(names) - 0.4)
+    for k, (what, t) in enumerate(tl["events"]):
+        colour = "#d62728" if t == 0 else "#1f77b4"
+        for ax in (ax_rate, ax_nodes):
+            ax.axvline(t, color=colour, ls="--", lw=1)
+        ax_rate.annotate(
+            f" {what}",
+            (t, 0.97 - 0.14 * (k % 2)),
+            xycoords=("data", "axes fraction"),
+            fontsize=7,
+            va="top",
+            ha="left",
+            color=colour,
+            bbox={"facecolor": "white", "alpha": 0.85, "lw": 0, "pad": 1},
+        )
+    for ax in (ax_rate, ax_nodes):
+        ax.set_xlim(lo, hi)
+        ax.grid(axis="x", alpha=0.3)
+
+
+def write_timelines(results: Path = RESULTS) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    runs = latest(load(results))
+    out = []
+    for s in ORDER:
+        chosen = []
+        for kind in ("pgdr", "patroni"):
+            rs = [r for r in runs.get((kind, s), []) if "timeline" in r]
+            if rs:
+                rs.sort(key=lambda r: r["gap_s"])
+                chosen.append((kind, rs[len(rs) // 2], len(rs)))  # the median run
+        if not chosen:
+            continue
+        spans = [_span(r) for _, r, _ in chosen]
+        lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+        fig = plt.figure(figsize=(12, 3.8 * len(chosen)))
+        gs = fig.add_gridspec(2 * len(chosen), 1, height_ratios=[1.4, 1] * len(chosen), hspace=0.75)
+        for i, (kind, r, n) in enumerate(chosen):
+            ax_rate = fig.add_subplot(gs[2 * i])
+            ax_nodes = fig.add_subplot(gs[2 * i + 1], sharex=ax_rate)
+            title = (
+                f"{'pgdr' if kind == 'pgdr' else 'Patroni'} (median of {n} runs): write gap {r['gap_s']:.2f} s, "
+                f"acked writes lost {r.get('lost')}, dual-primary overlaps {r.get('dual_primary_count')}, "
+                f"all streaming {r.get('rejoin_s')} s after heal (or fault)"
+            )
+            _plot_run(ax_rate, ax_nodes, r, title, lo, hi)
+            ax_nodes.set_xlabel(f"seconds from the fault  ({r['_file']})", fontsize=8)
+        fig.legend(
+            handles=[
+                Patch(color=STATE_COLOURS["w"], label="writable (primary)"),
+                Patch(color=STATE_COLOURS["r"], label="read-only (replica)"),
+                Patch(color=STATE_COLOURS["?"], label="unreachable"),
+            ],
+            loc="upper right",
+            ncol=3,
+            fontsize=8,
+        )
+        fig.suptitle(f"{s}: {LABELS[s]}", x=0.01, ha="left", fontsize=11)
+        path = results / f"{s}.png"
+        fig.savefig(path, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        out.append(path)
+    return out
+
+
+if __name__ == "__main__":
+    print(write_summary())
+    for p in write_timelines():
+        print(p)

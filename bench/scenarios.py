@@ -1,0 +1,362 @@
+"""Named fault scenarios measured side by side on pgdr and Patroni (``make bench``).
+
+Each run: a healthy 3-node cluster, the Writer (one autocommit INSERT every 50 ms through a
+read-write multi-host URL) and the DualPrimaryChecker (every node's pg_is_in_recovery() every
+100 ms) running; 3 s of baseline writes; the fault; the heal where the scenario has one; the wait
+until every node streams again; 2 s more of writes. Measured: the write gap (the longest interval
+between consecutive acknowledged writes from the last ack before the fault on), acknowledged
+writes missing afterwards, dual-primary instants, time from the heal (or the fault when nothing
+is healed) until all nodes stream again.
+
+    python -m bench.scenarios [--systems pgdr,patroni] [--scenarios crash,node_loss,...] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.systems import BENCH_TIMINGS, System, measure_idle
+from drctl.lab.cluster import Timings
+from drctl.lab.etcd import EtcdCluster, LabError
+from drctl.lab.procs import Supervisor, spawned
+from drctl.lab.workload import Ack, DualPrimaryChecker, Writer, missing_rows
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS = BENCH_DIR / "results"
+SCENARIOS = ["crash", "node_loss", "frozen", "isolation", "switchover"]
+SYSTEMS = ["pgdr", "patroni"]
+WRITE_INTERVAL = 0.05
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return True
+        except Exception:
+            pass
+        time.sleep(step)
+    return False
+
+
+def wait_stably_healthy(system: System, timeout: float) -> bool:
+    """Healthy on two checks about a second apart (a stale report cannot pass both)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if wait_until(system.healthy, deadline - time.monotonic(), step=0.3):
+            time.sleep(1.0)
+            if system.healthy():
+                return True
+    return False
+
+
+def acks_resumed(writer: Writer, after: float, not_port: int | None = None) -> bool:
+    recent = list(writer.acks[-40:])
+    return any(a.at > after and (not_port is None or a.port != not_port) for a in recent)
+
+
+class Instruments:
+    def __init__(self, system: System) -> None:
+        self.system = system
+        self.checker = DualPrimaryChecker({n.name: n.dsn for n in system.nodes}).start()
+        self.writer = Writer(system.url(), interval=WRITE_INTERVAL)
+        self.writer.prepare()
+        self.writer.start()
+        self.events: list[tuple[str, float]] = []
+
+    def mark(self, what: str) -> float:
+        at = time.monotonic()
+        self.events.append((what, at))
+        return at
+
+    def stop(self) -> None:
+        self.writer.stop()
+        self.checker.stop()
+
+
+# --- faults: each returns (fault_at, heal_at, notes) -------------------------------------------------
+
+
+def inject(system: System, scenario: str, target: str, timings: Timings, inst: Instruments) -> dict[str, Any]:
+    port = {n.name: n.pg_port for n in system.nodes}[target]
+    notes: dict[str, Any] = {"target": target}
+    hold = timings.ttl + 10.0
+    if scenario == "crash":
+        fault_at = inst.mark(f"kill -9 postgres on {target}")
+        system.crash_postgres(target)
+        heal_at = fault_at
+    elif scenario == "node_loss":
+        fault_at = inst.mark(f"kill -9 agent + postgres on {target}")
+        system.kill_node(target)
+        notes["writes_resumed"] = wait_until(lambda: acks_resumed(inst.writer, fault_at, port), timings.ttl + 60)
+        time.sleep(2.0)
+        heal_at = inst.mark(f"restart {target}'s agent")
+        system.restart_node(target)
+    elif scenario == "frozen":
+        fault_at = inst.mark(f"SIGSTOP {target}'s agent")
+        system.pause_agent(target)
+        time.sleep(hold)
+        heal_at = inst.mark(f"SIGCONT {target}'s agent")
+        system.resume_agent(target)
+    elif scenario == "isolation":
+        fault_at = inst.mark(f"cut {target} from the DCS")
+        system.isolate(target)
+        notes["writes_resumed"] = wait_until(lambda: acks_resumed(inst.writer, fault_at, port), hold + 15)
+        time.sleep(3.0)
+        heal_at = inst.mark(f"heal {target}'s DCS link")
+        system.heal(target)
+    elif scenario == "switchover":
+        candidate = sorted(n.name for n in system.nodes if n.name != target)[0]
+        fault_at = inst.mark(f"switchover {target} -> {candidate}")
+        code, text = system.switchover(target, candidate)
+        notes.update(candidate=candidate, response=[code, text[:200]], response_s=round(time.monotonic() - fault_at, 2))
+        notes["leader_changed"] = wait_until(lambda: system.leader() == candidate, 60)
+        heal_at = fault_at
+    else:
+        raise ValueError(f"unknown scenario {scenario!r}")
+    notes["fault_at"] = fault_at
+    notes["heal_at"] = heal_at
+    return notes
+
+
+# --- measurement ---------------------------------------------------------------------------------
+
+
+def write_gap(acks: list[Ack], fault_at: float, end: float) -> tuple[float, float | None, float | None]:
+    """Longest interval between consecutive acks from the last ack before the fault on; ``end``
+    (when the writer stopped) closes a gap that never ended."""
+    before = [a for a in acks if a.at <= fault_at]
+    start = before[-1].at if before else fault_at
+    times = [start] + [a.at for a in acks if a.at > start] + [end]
+    best, s, e = 0.0, None, None
+    for a, b in itertools.pairwise(times):
+        if b - a > best:
+            best, s, e = b - a, a, b
+    return best, s, e
+
+
+def node_runs(checker: DualPrimaryChecker, name: str, t0: float) -> list[list[Any]]:
+    """Run-length encoded samples: [start, end, "w"|"r"|"?"] relative to t0."""
+    out: list[list[Any]] = []
+    for s in checker.samples[name]:
+        state = "?" if s.writable is None else ("w" if s.writable else "r")
+        rel = round(s.at - t0, 3)
+        if out and out[-1][2] == state:
+            out[-1][1] = rel
+        else:
+            if out:
+                out[-1][1] = rel
+            out.append([rel, rel, state])
+    return out
+
+
+def run_scenario(system: System, scenario: str, rep: int, run_id: str, timings: Timings) -> dict[str, Any]:
+    leader = system.leader()
+    if leader is None:
+        raise LabError("no leader before the fault")
+    inst = Instruments(system)
+    try:
+        wait_until(lambda: len(inst.writer.acks) > 0, 20)
+        time.sleep(3.0)
+        notes = inject(system, scenario, leader, timings, inst)
+        fault_at, heal_at = notes.pop("fault_at"), notes.pop("heal_at")
+        # Health is read from the agents' own reports, which lag a crash by up to a loop: first
+        # wait for writes to flow again, then for the cluster to look healthy twice in a row.
+        notes["writes_resumed_s"] = (
+            round(time.monotonic() - fault_at, 2)
+            if wait_until(lambda: acks_resumed(inst.writer, max(heal_at, fault_at + 0.2)), 180)
+            else None
+        )
+        healthy = wait_stably_healthy(system, 180)
+        healthy_at = time.monotonic() if healthy else None
+        if healthy_at is not None:
+            inst.mark("all nodes streaming")
+        not_rejoined = [] if healthy else system.not_rejoined()
+        wait_until(lambda: acks_resumed(inst.writer, time.monotonic() - 0.5), 30)
+        time.sleep(2.0)
+    finally:
+        inst.stop()
+        end = time.monotonic()
+    acks = list(inst.writer.acks)
+    missing: set[int] | None = None
+    for _ in range(30):
+        try:
+            missing = missing_rows(system.url(), inst.writer.acked_ids())
+            break
+        except Exception:
+            time.sleep(1.0)
+    gap, gs, ge = write_gap(acks, fault_at, end)
+    # Acks of writes that were later lost did not make the data durable: the durable gap ignores them.
+    lost_ids = missing or set()
+    dgap, dgs, dge = write_gap([a for a in acks if a.id not in lost_ids], fault_at, end)
+    violations = inst.checker.violations()
+    names = system.port_names()
+    writes_on: dict[str, int] = {}
+    for a in acks:
+        writes_on[names.get(a.port, str(a.port))] = writes_on.get(names.get(a.port, str(a.port)), 0) + 1
+    result = {
+        "run_id": run_id,
+        "system": system.kind,
+        "scenario": scenario,
+        "rep": rep,
+        "timings": {"ttl": timings.ttl, "loop_wait": timings.loop_wait, "retry_timeout": timings.retry_timeout},
+        "leader_before": leader,
+        "leader_after": system.leader(),
+        "gap_s": round(gap, 3),
+        "gap_from_s": None if gs is None else round(gs - fault_at, 3),
+        "gap_to_s": None if ge is None else round(ge - fault_at, 3),
+        "durable_gap_s": round(dgap, 3),
+        "durable_gap_from_s": None if dgs is None else round(dgs - fault_at, 3),
+        "durable_gap_to_s": None if dge is None else round(dge - fault_at, 3),
+        "lost": None if missing is None else len(missing),
+        "lost_ids": sorted(lost_ids),
+        "dual_primary_count": len(violations),
+        "dual_primary_s": round(sum(e - s for _, _, s, e in violations), 3),
+        "dual_primary": [[a, b, round(s - fault_at, 3), round(e - fault_at, 3)] for a, b, s, e in violations],
+        "heal_at_s": round(heal_at - fault_at, 3),
+        "rejoin_s": None if healthy_at is None else round(healthy_at - heal_at, 3),
+        "not_rejoined": not_rejoined,
+        "acked": len(acks),
+        "write_errors": inst.writer.errors,
+        "writes_on": writes_on,
+        "notes": notes,
+        "timeline": {
+            "events": [[what, round(at - fault_at, 3)] for what, at in inst.events],
+            "acks": [[round(a.at - fault_at, 3), names.get(a.port, str(a.port)), int(a.id in lost_ids)] for a in acks],
+            "nodes": {n.name: node_runs(inst.checker, n.name, fault_at) for n in system.nodes},
+        },
+    }
+    return result
+
+
+def save(result: dict[str, Any], name: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}.json"
+    path.write_text(json.dumps(result, indent=1))
+    return path
+
+
+def lab_base(run_id: str) -> Path:
+    base = RESULTS / "tmp" / run_id
+    base.mkdir(parents=True, exist_ok=True)
+    os.chmod(base, 0o755)
+    for p in (RESULTS / "tmp", RESULTS, BENCH_DIR):
+        os.chmod(p, 0o755)
+    return base
+
+
+def prune_lab(base: Path) -> None:
+    """Remove the PostgreSQL and etcd data directories of a finished lab (hundreds of MB), keep
+    the logs; BENCH_KEEP_DATA=1 keeps everything. Only called once nothing we started runs."""
+    if os.environ.get("BENCH_KEEP_DATA") == "1":
+        return
+    for d in [*base.glob("*/*/data"), *(p for p in base.glob("*/*") if (p / "member").is_dir())]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def leftovers() -> list[str]:
+    """Processes this interpreter started that still run (should be none)."""
+    return [f"{r.name}({r.pid})" for r in spawned if r.alive()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.scenarios", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--systems", default=os.environ.get("BENCH_SYSTEMS", ",".join(SYSTEMS)))
+    ap.add_argument("--scenarios", default=os.environ.get("BENCH_SCENARIOS", ",".join(SCENARIOS)))
+    ap.add_argument("--repeat", type=int, default=int(os.environ.get("BENCH_REPEAT", "5")))
+    ap.add_argument("--idle-seconds", type=float, default=float(os.environ.get("BENCH_IDLE_SECONDS", "30")))
+    args = ap.parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    for s in scenarios:
+        if s not in SCENARIOS:
+            ap.error(f"unknown scenario {s!r} (known: {', '.join(SCENARIOS)})")
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    base = lab_base(run_id)
+    timings = BENCH_TIMINGS
+    sup = Supervisor(base)
+    etcd = EtcdCluster(sup, base / "etcd", name="be", size=3)
+    system: System | None = None
+    failures: list[str] = []
+    try:
+        etcd.start()
+        log(f"etcd up: {etcd.endpoints}; run {run_id}; lab in {base}")
+        for kind in systems:
+            generation = 0
+
+            def fresh(kind: str = kind) -> System:
+                nonlocal generation
+                generation += 1
+                log(f"{kind}: starting a fresh 3-node cluster (#{generation})")
+                return System(kind, sup, base / f"{kind}{generation}", etcd.endpoints, timings).start()
+
+            system = fresh()
+            if args.idle_seconds > 0:
+                time.sleep(5.0)
+                idle = measure_idle(system, args.idle_seconds)
+                idle.update(run_id=run_id, system=kind, scenario="idle")
+                save(idle, f"{kind}-idle")
+                log(f"{kind}: idle per node {idle['per_node']}")
+            for scenario in scenarios:
+                for rep in range(1, args.repeat + 1):
+                    if not wait_until(system.healthy, 120, step=0.5):
+                        log(f"{kind}: cluster not healthy ({system.not_rejoined()}): rebuilding")
+                        system.stop()
+                        system = fresh()
+                    try:
+                        result = run_scenario(system, scenario, rep, run_id, timings)
+                    except Exception as exc:  # record and go on with a fresh cluster
+                        failures.append(f"{kind}/{scenario}#{rep}: {exc!r}")
+                        log(f"{kind}/{scenario}#{rep} FAILED: {exc!r}")
+                        system.stop()
+                        system = fresh()
+                        continue
+                    path = save(result, f"{kind}-{scenario}-{rep}")
+                    log(
+                        f"{kind}/{scenario}#{rep}: gap {result['gap_s']:.2f}s lost {result['lost']} "
+                        f"dual {result['dual_primary_count']} rejoin {result['rejoin_s']}s "
+                        f"leader {result['leader_before']}->{result['leader_after']} ({path.name})"
+                    )
+            system.stop()
+            system = None
+    finally:
+        if system is not None:
+            system.stop()
+        etcd.stop()
+        sup.stop_all(grace=10.0)
+    left = leftovers()
+    if left:
+        log(f"WARNING: processes left running: {left}")
+    else:
+        prune_lab(base)
+    from bench.report import write_summary, write_timelines
+
+    summary = write_summary()
+    pngs = write_timelines()
+    log(f"summary: {summary}; timelines: {', '.join(p.name for p in pngs)}")
+    for f in failures:
+        log(f"failure: {f}")
+    return 1 if failures or left else 0
+
+
+def median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
