@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup demo test lint unit chaos bench clean-lab
+.PHONY: setup demo test lint unit chaos bench bench-setup clean-lab
 
 setup:
 	@bash scripts/setup
