@@ -194,7 +194,7 @@ class Lab:
             alive = rec.alive()
             health = "down"
             if alive and rec.role == "etcd":
-                health = "healthy" if etcd_health(str(rec.extra.get("url")), timeout=1.0) else "unhealthy"
+                health = "healthy" if _etcd_healthy(str(rec.extra.get("url"))) else "unhealthy"
             elif alive:
                 health = "running"
             procs.append(
@@ -277,6 +277,17 @@ def write_lab_topology(lab_dir: Path, state: LabState) -> Path:
     path = topology_path(lab_dir)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def _etcd_healthy(url: str, tries: int = 3) -> bool:
+    """A member is reported unhealthy only if it stays so for a few checks: a loaded machine can
+    make it miss one heartbeat and hold a short election."""
+    for attempt in range(tries):
+        if etcd_health(url, timeout=1.0):
+            return True
+        if attempt < tries - 1:
+            time.sleep(0.5)
+    return False
 
 
 def _node_doc(node: AgentNode) -> dict[str, Any]:

@@ -103,21 +103,20 @@ def test_lab_cli_up_status_down(lab_dir: Path) -> None:
     up = run_drctl("lab", "up", "--dir", d, "--sites", "2", "--nodes", "1")
     try:
         assert up.returncode == 0, up.stderr
-        st = run_drctl("lab", "status", "--dir", d, "--format", "json")
-        assert st.returncode == 0, st.stderr
-        procs = json.loads(st.stdout)["processes"]
+        ok = ("healthy", "primary", "replica", "running", "primary, running", "standby_leader, running")
+        deadline = time.monotonic() + 30  # a member may be in a short election right after start-up
+        while True:
+            st = run_drctl("lab", "status", "--dir", d, "--format", "json")
+            assert st.returncode == 0, st.stderr
+            procs = json.loads(st.stdout)["processes"]
+            if all(p["health"] in ok for p in procs) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         # per site: 3 etcd members, one agent, its PostgreSQL, the HAProxy entry point
         assert len(procs) == 2 * (3 + 1 + 1 + 1)
         for p in procs:
             assert p["alive"] and p["pid"] > 0 and p["port"] > 0, p
-            assert p["health"] in (
-                "healthy",
-                "primary",
-                "replica",
-                "running",
-                "primary, running",
-                "standby_leader, running",
-            ), p
+            assert p["health"] in ok, p
         assert {p["role"] for p in procs} == {"etcd", "agent", "postgres", "haproxy"}
         table = run_drctl("lab", "status", "--dir", d)
         assert "a-etcd1" in table.stdout and "b1-postgres" in table.stdout and "agent-a1" in table.stdout
