@@ -4,7 +4,13 @@ leader or, one time in three, a random node; after each the harness heals and wa
 every node to stream again. Reports acknowledged writes lost, dual-primary instants and nodes that
 never rejoined.
 
-    python -m bench.chaos [--seed 1] [--count 10] [--faults crash,node_loss,frozen,isolation,switchover]
+    python -m bench.chaos [--seed 1] [--count 10] [--mode async|sync|strict] [--failsafe]
+        [--timings ttl,loop_wait,retry_timeout] [--faults crash,node_loss,...]
+
+Faults: crash, node_loss, frozen (agent SIGSTOPped past ttl), isolation (cut from the DCS),
+switchover, freeze_node (agent, keeper and PostgreSQL SIGSTOPped past ttl), partition (cut from
+the DCS, the peers and the clients), dcs_quorum (2 of 3 etcd members SIGSTOPped past ttl).
+The result JSON is rewritten after every fault, so a campaign cut short keeps what it saw.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ import time
 from typing import Any
 
 from bench.scenarios import (
+    CAMPAIGN_FAULTS,
     RESULTS,
-    SCENARIOS,
     Instruments,
     acks_resumed,
     inject,
@@ -28,12 +34,12 @@ from bench.scenarios import (
     log,
     node_runs,
     prune_lab,
-    save,
     wait_stably_healthy,
     wait_until,
     write_gap,
 )
-from bench.systems import BENCH_TIMINGS, System
+from bench.systems import System
+from drctl.lab.cluster import Timings
 from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
 from drctl.lab.workload import missing_rows
@@ -43,24 +49,62 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=int(os.environ.get("CHAOS_SEED", "1")))
     ap.add_argument("--count", type=int, default=int(os.environ.get("CHAOS_COUNT", "10")))
-    ap.add_argument("--faults", default=os.environ.get("CHAOS_FAULTS", ",".join(SCENARIOS)))
+    ap.add_argument("--faults", default=os.environ.get("CHAOS_FAULTS", ",".join(CAMPAIGN_FAULTS)))
+    ap.add_argument(
+        "--mode",
+        choices=["async", "sync", "strict"],
+        default=os.environ.get("CHAOS_MODE", "async"),
+        help="replication mode: async, synchronous_mode, synchronous_mode_strict",
+    )
+    ap.add_argument("--failsafe", action="store_true", default=os.environ.get("CHAOS_FAILSAFE") == "1")
+    ap.add_argument(
+        "--timings",
+        default=os.environ.get("CHAOS_TIMINGS", "10,1,3"),
+        help="ttl,loop_wait,retry_timeout (default 10,1,3; the bench scenarios use 20,2,4)",
+    )
     ap.add_argument("--rejoin-timeout", type=float, default=120.0)
     args = ap.parse_args(argv)
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
     for f in faults:
-        if f not in SCENARIOS:
-            ap.error(f"unknown fault {f!r} (known: {', '.join(SCENARIOS)})")
+        if f not in CAMPAIGN_FAULTS:
+            ap.error(f"unknown fault {f!r} (known: {', '.join(CAMPAIGN_FAULTS)})")
+    try:
+        ttl, loop_wait, retry = (int(x) for x in args.timings.split(","))
+    except ValueError:
+        ap.error(f"--timings wants ttl,loop_wait,retry_timeout, got {args.timings!r}")
+    timings = Timings(ttl=ttl, loop_wait=loop_wait, retry_timeout=retry)
+    dynamic: dict[str, Any] = {"failsafe_mode": args.failsafe}
+    if args.mode in ("sync", "strict"):
+        dynamic["synchronous_mode"] = True
+        dynamic["synchronous_mode_strict"] = args.mode == "strict"
+    max_lag = 16 * 1024 * 1024
     rng = random.Random(args.seed)
     run_id = time.strftime("%Y%m%d-%H%M%S")
-    base = lab_base(f"chaos-{run_id}")
+    name = f"chaos-{args.mode}-seed{args.seed}"
+    base = lab_base(f"{name}-{run_id}")
+    out_path = RESULTS / f"{run_id}-{name}.json"
     sup = Supervisor(base)
     etcd = EtcdCluster(sup, base / "etcd", name="ce", size=3)
     system: System | None = None
     events: list[dict[str, Any]] = []
     inst: Instruments | None = None
+    bad = True
+    head = {
+        "run_id": run_id,
+        "kind": "chaos",
+        "system": "pgdr",
+        "seed": args.seed,
+        "count": args.count,
+        "mode": args.mode,
+        "failsafe": args.failsafe,
+        "timings": {"ttl": timings.ttl, "loop_wait": timings.loop_wait, "retry_timeout": timings.retry_timeout},
+        "maximum_lag_on_failover": max_lag,
+        "faults": faults,
+    }
     try:
         etcd.start()
-        system = System("pgdr", sup, base / "pgdr", etcd.endpoints, BENCH_TIMINGS).start()
+        system = System("pgdr", sup, base / "pgdr", etcd.endpoints, timings, dynamic=dynamic, node_proxies=True)
+        system.start()
         inst = Instruments(system)
         t0 = time.monotonic()
         wait_until(lambda: len(inst.writer.acks) > 0, 20)
@@ -72,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"#{i}: no leader; waiting")
                 wait_until(lambda: system.leader() is not None, 60)
                 leader = system.leader() or names[0]
-            target = leader if fault == "switchover" or rng.random() >= 1 / 3 else rng.choice(names)
+            hits_leader = fault in ("switchover", "dcs_quorum") or rng.random() >= 1 / 3
+            target = leader if hits_leader else rng.choice(names)
             log(f"#{i}: {fault} on {target} (leader {leader})")
-            notes = inject(system, fault, target, BENCH_TIMINGS, inst)
+            notes = inject(system, fault, target, timings, inst, etcd=etcd, rng=rng)
             fault_at, heal_at = notes.pop("fault_at"), notes.pop("heal_at")
             since = max(heal_at, fault_at + 0.2)
             wait_until(lambda since=since: acks_resumed(inst.writer, since), args.rejoin_timeout)
@@ -96,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             }
             events.append(ev)
             log(f"#{i}: gap {ev['gap_s']} s, rejoin {ev['rejoin_s']} s, not rejoined {not_rejoined}")
+            # Checkpoint: a campaign cut short still leaves its faults on record.
+            partial = {**head, "complete": False, "acked_so_far": len(inst.writer.acks), "events": events}
+            partial["dual_primary_so_far"] = _violations(inst, t0)
+            out_path.write_text(json.dumps(partial, indent=1))
             time.sleep(rng.uniform(1.0, 4.0))
         inst.stop()
         acked = inst.writer.acked_ids()
@@ -106,31 +155,36 @@ def main(argv: list[str] | None = None) -> int:
                 break
             except Exception:
                 time.sleep(1.0)
-        violations = inst.checker.violations()
+        violations = _violations(inst, t0)
         final_not_rejoined = system.not_rejoined()
+        wal_per_row = _wal_bytes_per_row(system, len(acked))
+        lost = None if missing is None else len(missing)
         result = {
-            "run_id": run_id,
-            "kind": "chaos",
-            "system": "pgdr",
-            "seed": args.seed,
-            "count": args.count,
-            "faults": faults,
+            **head,
+            "complete": True,
             "acked": len(acked),
             "write_errors": inst.writer.errors,
-            "lost": None if missing is None else len(missing),
+            "lost": lost,
             "lost_ids": sorted(missing or [])[:50],
-            "dual_primary": [[a, b, round(s - t0, 3), round(e - t0, 3)] for a, b, s, e in violations],
+            "wal_bytes_per_row": wal_per_row,
+            "lost_wal_bytes_estimate": None if lost is None or wal_per_row is None else int(lost * wal_per_row),
+            "dual_primary": violations,
             "never_rejoined": final_not_rejoined,
+            "rejoin_failures": [e["i"] for e in events if e["rejoin_s"] is None],
             "events": events,
             "nodes": {n.name: node_runs(inst.checker, n.name, t0) for n in system.nodes},
         }
-        path = save(result, f"chaos-seed{args.seed}")
+        out_path.write_text(json.dumps(result, indent=1))
         log(
-            f"chaos seed {args.seed}: {len(events)} faults, acked {len(acked)}, lost {result['lost']}, "
-            f"dual-primary {len(violations)}, never rejoined {final_not_rejoined}  ({path})"
+            f"chaos {args.mode} seed {args.seed}: {len(events)} faults, acked {len(acked)}, lost {lost}, "
+            f"dual-primary {len(violations)}, never rejoined {final_not_rejoined}  ({out_path})"
         )
-        print(json.dumps({k: result[k] for k in ("lost", "dual_primary", "never_rejoined")}, indent=1))
-        bad = bool(result["lost"]) or bool(violations) or bool(final_not_rejoined)
+        print(json.dumps({k: result[k] for k in ("lost", "dual_primary", "never_rejoined", "rejoin_failures")}))
+        if args.mode == "async":  # bounded by maximum_lag_on_failover
+            lost_ok = lost is not None and (result["lost_wal_bytes_estimate"] or 0) <= max_lag
+        else:
+            lost_ok = lost == 0
+        bad = not lost_ok or bool(violations) or bool(final_not_rejoined)
     finally:
         if inst is not None:
             inst.stop()
@@ -143,8 +197,26 @@ def main(argv: list[str] | None = None) -> int:
         log(f"WARNING: processes left running: {left}")
     else:
         prune_lab(base)
-    _ = RESULTS
     return 1 if bad or left else 0
+
+
+def _violations(inst: Instruments, t0: float) -> list[list[Any]]:
+    return [[a, b, round(s - t0, 3), round(e - t0, 3)] for a, b, s, e in inst.checker.violations()]
+
+
+def _wal_bytes_per_row(system: System, rows: int) -> float | None:
+    """Upper bound of the WAL one acknowledged write costs: all WAL of the run over the rows
+    (checkpoints, timeline switches and the rest included), to express a loss in bytes."""
+    import psycopg
+
+    if rows <= 0:
+        return None
+    try:
+        with psycopg.connect(system.url(), autocommit=True, connect_timeout=2) as conn:
+            row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    except psycopg.Error:
+        return None
+    return None if row is None else round(float(row[0]) / rows, 1)
 
 
 if __name__ == "__main__":

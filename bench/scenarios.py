@@ -17,6 +17,7 @@ import argparse
 import itertools
 import json
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -34,6 +35,9 @@ from drctl.lab.workload import Ack, DualPrimaryChecker, Writer, missing_rows
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
 SCENARIOS = ["crash", "node_loss", "frozen", "isolation", "switchover"]
+# Faults only the random campaign draws (pgdr): the whole node paused, the node partitioned from
+# the DCS, its peers and its clients, the DCS losing its quorum.
+CAMPAIGN_FAULTS = [*SCENARIOS, "freeze_node", "partition", "dcs_quorum"]
 SYSTEMS = ["pgdr", "patroni"]
 WRITE_INTERVAL = 0.05
 
@@ -92,10 +96,19 @@ class Instruments:
 # --- faults: each returns (fault_at, heal_at, notes) -------------------------------------------------
 
 
-def inject(system: System, scenario: str, target: str, timings: Timings, inst: Instruments) -> dict[str, Any]:
+def inject(
+    system: System,
+    scenario: str,
+    target: str,
+    timings: Timings,
+    inst: Instruments,
+    etcd: EtcdCluster | None = None,
+    rng: random.Random | None = None,
+) -> dict[str, Any]:
     port = {n.name: n.pg_port for n in system.nodes}[target]
     notes: dict[str, Any] = {"target": target}
     hold = timings.ttl + 10.0
+    rng = rng or random.Random()
     if scenario == "crash":
         fault_at = inst.mark(f"kill -9 postgres on {target}")
         system.crash_postgres(target)
@@ -120,6 +133,36 @@ def inject(system: System, scenario: str, target: str, timings: Timings, inst: I
         time.sleep(3.0)
         heal_at = inst.mark(f"heal {target}'s DCS link")
         system.heal(target)
+    elif scenario == "freeze_node":
+        fault_at = inst.mark(f"SIGSTOP every process of {target}")
+        pids = system.freeze_node(target)
+        time.sleep(hold)
+        # A hypervisor resumes every vCPU at once; which process runs first is up to the
+        # scheduler, so the order is drawn (the worst one is PostgreSQL before the keeper).
+        order = ["agent", "keeper", "postgres"]
+        rng.shuffle(order)
+        notes["thaw_order"] = order
+        heal_at = inst.mark(f"SIGCONT every process of {target}")
+        system.thaw_node(pids, order)
+    elif scenario == "partition":
+        fault_at = inst.mark(f"partition {target} from the DCS, peers and clients")
+        system.partition(target)
+        notes["writes_resumed"] = wait_until(lambda: acks_resumed(inst.writer, fault_at, port), hold + 15)
+        time.sleep(3.0)
+        heal_at = inst.mark(f"heal {target}'s partition")
+        system.heal_partition(target)
+    elif scenario == "dcs_quorum":
+        if etcd is None:
+            raise ValueError("dcs_quorum needs the etcd cluster")
+        members = rng.sample(range(len(etcd.members)), 2)
+        notes["etcd_paused"] = members
+        fault_at = inst.mark(f"SIGSTOP etcd members {members} (quorum lost)")
+        for m in members:
+            etcd.pause_member(m)
+        time.sleep(hold)
+        heal_at = inst.mark("SIGCONT the etcd members")
+        for m in members:
+            etcd.resume_member(m)
     elif scenario == "switchover":
         candidate = sorted(n.name for n in system.nodes if n.name != target)[0]
         fault_at = inst.mark(f"switchover {target} -> {candidate}")

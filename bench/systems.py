@@ -32,12 +32,30 @@ class NodeInfo:
 class System:
     """``kind`` is "pgdr" or "patroni"; ``cluster`` the lab object behind it."""
 
-    def __init__(self, kind: str, sup: Supervisor, base_dir: Path, etcd_endpoints: list[str], timings: Timings) -> None:
+    def __init__(
+        self,
+        kind: str,
+        sup: Supervisor,
+        base_dir: Path,
+        etcd_endpoints: list[str],
+        timings: Timings,
+        dynamic: dict[str, Any] | None = None,
+        node_proxies: bool = False,
+    ) -> None:
         self.kind = kind
         scope = f"b{kind[:3]}{uuid.uuid4().hex[:6]}"
         self.cluster: LabCluster | PatroniCluster
         if kind == "pgdr":
-            self.cluster = LabCluster(sup, base_dir, scope, etcd_endpoints, timings=timings, dcs_proxies=True)
+            self.cluster = LabCluster(
+                sup,
+                base_dir,
+                scope,
+                etcd_endpoints,
+                timings=timings,
+                dcs_proxies=True,
+                node_proxies=node_proxies,
+                dynamic=dict(dynamic or {}),
+            )
         elif kind == "patroni":
             self.cluster = PatroniCluster(sup, base_dir, scope, etcd_endpoints, timings=timings, dcs_proxies=True)
         else:
@@ -120,6 +138,23 @@ class System:
 
     def heal(self, name: str) -> None:
         self.cluster.heal_dcs(name)
+
+    def _pgdr(self) -> LabCluster:
+        if not isinstance(self.cluster, LabCluster):
+            raise NotImplementedError(f"this fault is only wired for pgdr, not {self.kind}")
+        return self.cluster
+
+    def freeze_node(self, name: str) -> dict[str, list[int]]:
+        return self._pgdr().freeze_node(name)
+
+    def thaw_node(self, pids: dict[str, list[int]], order: list[str]) -> None:
+        self._pgdr().thaw_node(pids, order)
+
+    def partition(self, name: str) -> None:
+        self._pgdr().isolate_node(name)
+
+    def heal_partition(self, name: str) -> None:
+        self._pgdr().heal_node(name)
 
     def switchover(self, leader: str, candidate: str, timeout: float = 90.0) -> tuple[int, str]:
         if isinstance(self.cluster, PatroniCluster):

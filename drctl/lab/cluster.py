@@ -4,7 +4,9 @@ PostgreSQL), configured by files the lab writes, on a given etcd cluster. Used b
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -115,8 +117,12 @@ class LabCluster:
     namespace: str = "/service"
     dcs_proxies: bool = False  # route each agent's etcd traffic through proxies a test can cut
     backup: bool = False  # pgBackRest with two repositories (repo1 "this site", repo2 "the other")
+    # Everyone (peers, clients) reaches a node's PostgreSQL and REST API through proxies, so that a
+    # test can cut a node off from the other nodes and the clients as well as from the DCS.
+    node_proxies: bool = False
     nodes: list[AgentNode] = field(default_factory=list)
     proxies: dict[str, list[TcpProxy]] = field(default_factory=dict)
+    ingress: dict[str, list[TcpProxy]] = field(default_factory=dict)  # member -> [pg, api]
 
     # --- set-up ------------------------------------------------------------------------------
     def plan(self) -> LabCluster:
@@ -128,6 +134,8 @@ class LabCluster:
         for node in self.nodes:
             if self.dcs_proxies:
                 self.proxies[node.name] = [TcpProxy(int(e.rsplit(":", 1)[1])) for e in self.etcd_endpoints]
+            if self.node_proxies:
+                self.ingress[node.name] = [TcpProxy(node.pg_port), TcpProxy(node.api_port)]
             make_dir(node.dir, self.pg_user, 0o755)
             make_dir(node.socket_dir, self.pg_user, 0o750)
             node.config_path.write_text(yaml.safe_dump(self.agent_config(node), sort_keys=False))
@@ -152,14 +160,14 @@ class LabCluster:
             "name": node.name,
             "restapi": {
                 "listen": f"127.0.0.1:{node.api_port}",
-                "connect_address": f"127.0.0.1:{node.api_port}",
+                "connect_address": self._connect_address(node, 1, node.api_port),
                 "authentication": {"username": API_AUTH[0], "password": API_AUTH[1]},
             },
             "etcd3": {"hosts": self._etcd_hosts(node)},
             "bootstrap": {"dcs": dcs},
             "postgresql": {
                 "listen": f"127.0.0.1:{node.pg_port}",
-                "connect_address": f"127.0.0.1:{node.pg_port}",
+                "connect_address": self._connect_address(node, 0, node.pg_port),
                 "data_dir": str(node.data_dir),
                 "bin_dir": PG_BIN,
                 "run_as": self.pg_user,
@@ -194,6 +202,66 @@ class LabCluster:
         if node.name in self.proxies:
             return [p.address for p in self.proxies[node.name]]
         return [e.removeprefix("http://") for e in self.etcd_endpoints]
+
+    def _connect_address(self, node: AgentNode, which: int, port: int) -> str:
+        if node.name in self.ingress:
+            return self.ingress[node.name][which].address
+        return f"127.0.0.1:{port}"
+
+    def isolate_node(self, name: str) -> None:
+        """Partition ``name`` from the DCS, from the other nodes and from the clients: its etcd
+        traffic and everything that reaches its PostgreSQL or REST API through the proxies is
+        black-holed (connections hang, as with a real partition). Its own connections to the
+        other nodes' PostgreSQL are not cut (one proxy per node, not per pair)."""
+        if name not in self.ingress:
+            raise LabError("isolate_node needs a cluster planned with node_proxies=True and dcs_proxies=True")
+        self.isolate_from_dcs(name)
+        for p in self.ingress[name]:
+            p.blackhole()
+
+    def heal_node(self, name: str) -> None:
+        for p in self.ingress.get(name, []):
+            p.heal()
+        self.heal_dcs(name)
+
+    def node_pids(self, name: str) -> dict[str, list[int]]:
+        """Every process of a node: the agent's group, the lease keeper (own session), the
+        postmaster and its backends (own sessions)."""
+        from drctl.procutil import children_of
+
+        node = self.node(name)
+        out: dict[str, list[int]] = {"agent": [], "keeper": [], "postgres": []}
+        rec = self.sup.record(node.proc_name)
+        if rec is not None and rec.alive():
+            out["agent"].append(rec.pid)
+            for child in children_of(rec.pid):
+                try:
+                    cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if b"keeper" in cmd:
+                    out["keeper"].append(child)
+        pm = node.postmaster_pid()
+        if pm is not None:
+            out["postgres"] = [pm, *children_of(pm)]
+        return out
+
+    def freeze_node(self, name: str) -> dict[str, list[int]]:
+        """SIGSTOP every process of the node (a VM paused by its hypervisor)."""
+        pids = self.node_pids(name)
+        self.sup.pause(self.node(name).proc_name)
+        for group in ("keeper", "postgres"):
+            for pid in pids[group]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    def thaw_node(self, pids: dict[str, list[int]], order: list[str]) -> None:
+        """SIGCONT the processes ``freeze_node`` stopped, groups in ``order`` back to back."""
+        for group in order:
+            for pid in pids.get(group, []):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def isolate_from_dcs(self, name: str) -> None:
         """Partition ``name``'s agent from every etcd member (traffic black-holed)."""
@@ -280,7 +348,7 @@ class LabCluster:
             if (pid := n.postmaster_pid()) is not None
         ]
         terminate([r for r in left if r is not None and r.alive()], signal.SIGINT, grace)
-        for proxies in self.proxies.values():
+        for proxies in [*self.proxies.values(), *self.ingress.values()]:
             for p in proxies:
                 p.close()
         from drctl.lab.lab import stop_stray_keepers
@@ -362,7 +430,10 @@ class LabCluster:
         return int(str(row[1]))
 
     def streams_from(self, name: str, upstream: str) -> bool:
-        return self.upstream_port(name) == self.node(upstream).pg_port
+        ports = {self.node(upstream).pg_port}
+        if upstream in self.ingress:
+            ports.add(self.ingress[upstream][0].port)
+        return self.upstream_port(name) in ports
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -397,4 +468,5 @@ class LabCluster:
         """Multi-host libpq URL landing on the writable node (as applications connect)."""
         from drctl.lab.workload import multi_host_url
 
-        return multi_host_url([("127.0.0.1", n.pg_port) for n in self.nodes], password=SUPERUSER[1])
+        ports = [self.ingress[n.name][0].port if n.name in self.ingress else n.pg_port for n in self.nodes]
+        return multi_host_url([("127.0.0.1", p) for p in ports], password=SUPERUSER[1])
