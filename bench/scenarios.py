@@ -40,6 +40,7 @@ SCENARIOS = ["crash", "node_loss", "frozen", "isolation", "switchover"]
 CAMPAIGN_FAULTS = [*SCENARIOS, "freeze_node", "partition", "dcs_quorum"]
 SYSTEMS = ["pgdr", "patroni"]
 WRITE_INTERVAL = 0.05
+WRITE_TIMEOUT = 2.0  # client-side limit per INSERT, like an application's socket timeout
 
 
 def log(msg: str) -> None:
@@ -78,7 +79,7 @@ class Instruments:
     def __init__(self, system: System) -> None:
         self.system = system
         self.checker = DualPrimaryChecker({n.name: n.dsn for n in system.nodes}).start()
-        self.writer = Writer(system.url(), interval=WRITE_INTERVAL)
+        self.writer = Writer(system.url(), interval=WRITE_INTERVAL, timeout=WRITE_TIMEOUT)
         self.writer.prepare()
         self.writer.start()
         self.events: list[tuple[str, float]] = []

@@ -10,7 +10,18 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from pathlib import Path
+
+# Imported by the lease keeper, which is kept small: os and signal only, no pathlib.
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -18,7 +29,7 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 def _stat_fields(pid: int) -> list[str] | None:
     """Fields of /proc/PID/stat after ``comm`` (field 3 onwards), or None if unreadable."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        raw = _read(f"/proc/{pid}/stat")
     except OSError:
         return None
     # comm (field 2) may contain spaces and parentheses: split after the last ')'.
@@ -58,7 +69,7 @@ def proc_start_time(pid: int) -> int | None:
 
 def _boot_time() -> float | None:
     try:
-        for line in Path("/proc/stat").read_text().splitlines():
+        for line in _read("/proc/stat").splitlines():
             if line.startswith("btime "):
                 return float(line.split()[1])
     except OSError:
@@ -86,10 +97,7 @@ def pid_alive(pid: int, start_time: int | None = None) -> bool:
 def children_of(pid: int) -> list[int]:
     """Live direct children of ``pid``."""
     out: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        child = int(entry.name)
+    for child in _pids():
         if proc_ppid(child) == pid and pid_alive(child):
             out.append(child)
     return out
@@ -103,10 +111,8 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        fields = _stat_fields(int(entry.name))
+    for other in _pids():
+        fields = _stat_fields(other)
         if fields and len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
             return True
     return False

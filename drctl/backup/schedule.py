@@ -21,13 +21,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import BaseScheduler
-from apscheduler.triggers.cron import CronTrigger
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.base import BaseScheduler
+    from apscheduler.triggers.cron import CronTrigger
+
+# APScheduler is imported where a schedule is used: an agent without scheduled backups does not
+# carry it (and its multiprocessing/concurrent.futures imports) for its lifetime.
 
 from drctl.backup.info import BackupInfo, BackupType
 
@@ -93,6 +97,8 @@ def cron_trigger(expr: str, timezone: tzinfo | str = "UTC") -> CronTrigger:
     minute, hour, day, month, dow = values
     if day != "*" and dow != "*":
         raise ValueError(f"{expr!r}: restrict either the day of month or the day of week, not both")
+    from apscheduler.triggers.cron import CronTrigger
+
     try:
         return CronTrigger.from_crontab(
             " ".join([minute, hour, day, month, crontab_day_of_week(dow)]), timezone=timezone
@@ -253,6 +259,8 @@ class BackupScheduler:
         if self.running:
             return
         if self._scheduler is None:
+            from apscheduler.schedulers.background import BackgroundScheduler
+
             self._scheduler = BackgroundScheduler(timezone=self.timezone, daemon=True)
         for btype, trigger in self.triggers.items():
             self._scheduler.add_job(

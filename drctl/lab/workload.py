@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -51,6 +53,10 @@ class Writer:
 
     url: str
     interval: float = 0.05
+    # Client-side limit on one INSERT (a driver's socket timeout): a server that is frozen or
+    # behind a black-holed link keeps the TCP connection open, and without it the writer would
+    # wait there forever. The statement's outcome is then unknown: not acknowledged.
+    timeout: float | None = None
     # ids never collide with an earlier writer's on the same table
     first_id: int = field(default_factory=lambda: time.time_ns() // 1_000)
     acks: list[Ack] = field(default_factory=list)
@@ -81,9 +87,17 @@ class Writer:
                 if conn is None or conn.closed:
                     conn = psycopg.connect(self.url, autocommit=True)
                 self.attempted += 1
-                row = conn.execute(
-                    f"INSERT INTO {TABLE} (id) VALUES (%s) RETURNING inet_server_port()", (next_id,)
-                ).fetchone()
+                timer = threading.Timer(self.timeout, _cut, args=(conn,)) if self.timeout else None
+                if timer is not None:
+                    timer.daemon = True
+                    timer.start()
+                try:
+                    row = conn.execute(
+                        f"INSERT INTO {TABLE} (id) VALUES (%s) RETURNING inet_server_port()", (next_id,)
+                    ).fetchone()
+                finally:
+                    if timer is not None:
+                        timer.cancel()
                 self.acks.append(Ack(next_id, time.monotonic(), int(str(row[0])) if row and row[0] else 0))
             except psycopg.Error:
                 self.errors += 1
@@ -104,6 +118,15 @@ class Writer:
         """Longest time between consecutive acknowledgements (write unavailability)."""
         times = [a.at for a in self.acks if after is None or a.at >= after]
         return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+def _cut(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Shut the connection's socket down under a statement that is taking too long: the blocked
+    read returns and psycopg raises (a dup of the descriptor shuts down the same socket)."""
+    with contextlib.suppress(Exception):
+        fd = os.dup(conn.pgconn.socket)
+        with socket.socket(fileno=fd) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def missing_rows(url: str, acked: set[int]) -> set[int]:

@@ -8,11 +8,10 @@ import contextlib
 import threading
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from drctl.backup.schedule import BackupScheduler
 from drctl.dcs.base import DCS, ClusterView, DCSError, MemberInfo
 from drctl.pg.conninfo import parse_host_port
 from drctl.pg.probe import PgState as ProbeState
@@ -23,6 +22,10 @@ from site_agent.executor import Executor, Memory
 from site_agent.fencing import LeaseKeeper
 from site_agent.node import Node, Observation
 from site_agent.peers import gather_peers, post_failsafe
+from site_agent.pmwatch import PostmasterWatch
+
+if TYPE_CHECKING:
+    from drctl.backup.schedule import BackupScheduler
 from site_agent.remote import RemoteHistoryCache, diverged_from
 from site_agent.snapshot import NodeSnapshot, XlogPosition
 from site_agent.state import DecideConfig, LocalState, PgState, ReplicaConn, tags_from_config
@@ -55,6 +58,7 @@ class Agent:
         self._remote_history = RemoteHistoryCache()
         self.keeper: LeaseKeeper | None = None
         self.scheduler: BackupScheduler | None = None  # scheduled backups, fired on the leader only
+        self.pm_watch: PostmasterWatch | None = None  # wakes the loop when the postmaster exits
         self._snapshot = NodeSnapshot(name=cfg.name, scope=cfg.scope, version=VERSION)
         self.cycle_lock = threading.Lock()  # the API waits on cycles, never runs one
         self.cycles = 0
@@ -120,6 +124,8 @@ class Agent:
             self._after_act(view, decision)
             self._seed_config(view)
             self._publish(view, decision)
+            if self.pm_watch is not None:
+                self.pm_watch.track(self.node.ctl.postmaster_pid())
             self.cycles += 1
         return self.mem.leader_key_lost or (
             acted_ok and any(isinstance(a, (Promote, Rewind, Clone, Rebuild, AcquireLeader)) for a in decision.actions)
@@ -146,6 +152,8 @@ class Agent:
             self.dcs.close()
             if self.keeper is not None:
                 self.keeper.stop()
+            if self.pm_watch is not None:
+                self.pm_watch.stop()
             if self.scheduler is not None:
                 self.scheduler.shutdown(wait=False)
         log.info("agent stopped", released_leader=was_leader)
@@ -338,6 +346,7 @@ class Agent:
     def attach_keeper(self, keeper: LeaseKeeper) -> None:
         self.keeper = keeper
         self.executor.on_lease = lambda at: keeper.feed(at + self.decide_config().leader_deadline)
+        self.executor.on_demoted = keeper.disarm
 
     def _feed_keeper(self) -> None:
         if self.keeper is None:

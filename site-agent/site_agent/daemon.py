@@ -12,7 +12,6 @@ from types import FrameType
 import structlog
 
 from drctl.backup.errors import BackupError
-from drctl.backup.schedule import BackupScheduler
 from drctl.dcs.base import DCS, DCSError
 from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
 from drctl.pg.ctl import PgCtlError
@@ -24,6 +23,7 @@ from site_agent.control import Control
 from site_agent.fencing import LeaseKeeper
 from site_agent.logsetup import configure_logging
 from site_agent.node import Node
+from site_agent.pmwatch import PostmasterWatch
 
 EXIT_CONFIG = 2
 EXIT_DCS = 3
@@ -117,8 +117,11 @@ def run(argv: list[str]) -> int:
     agent = Agent(cfg, dcs, node)
     section = cfg.postgresql.pgbackrest
     if section is not None and section.schedule is not None and node.backup is not None:
+        from drctl.backup.schedule import BackupScheduler  # only with a schedule: keeps APScheduler out otherwise
+
         agent.scheduler = BackupScheduler(node.backup.runner, section.schedule, is_leader=agent.is_backup_source)
         agent.scheduler.start()
+    agent.pm_watch = PostmasterWatch(agent.request_cycle)
     if cfg.watchdog.lease_keeper:
         keeper = LeaseKeeper(node.data_dir, node.data_dir.parent)
         keeper.start()

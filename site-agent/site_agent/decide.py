@@ -170,7 +170,13 @@ def _observed_role(local: LocalState, leader: bool, standby: bool) -> Role:
 def _dcs_unreachable(local: LocalState, cfg: DecideConfig, now: float) -> Decision:
     err = local.dcs_error or "unknown error"
     role = _observed_role(local, local.am_leader, cfg.standby_cluster is not None)
+    # A demoted primary comes back read-only (no upstream) while the DCS is away: reads keep
+    # working and, once the DCS answers, the node is judged and rejoins like any replica.
+    startable = local.data_dir is DataDirState.VALID and not local.rewind_failed  # invariant 4
+    read_only: list[Action] = [StartPostgres("replica", None, None)] if startable else []
     if not local.is_primary:
+        if not cfg.pause and local.pg in (PgState.STOPPED, PgState.CRASHED) and startable:
+            return _dec(read_only, f"DCS unreachable ({err}); starting PostgreSQL read-only (no upstream)", role)
         return _dec([NoOp()], f"DCS unreachable ({err}); not a primary, nothing to do", role)
     if cfg.pause:
         return _dec([NoOp()], f"DCS unreachable ({err}); paused: leaving the primary alone", role)
@@ -184,11 +190,16 @@ def _dcs_unreachable(local: LocalState, cfg: DecideConfig, now: float) -> Decisi
                 "primary",
             )
         return _dec(
-            [Demote("immediate")],
-            f"DCS unreachable ({err}); failsafe: no confirmation from {', '.join(missing)}: demoting",
+            [Demote("immediate"), *read_only],
+            f"DCS unreachable ({err}); failsafe: no confirmation from {', '.join(missing)}: demoting, "
+            "restarting read-only",
             "demoted",
         )
-    return _dec([Demote("immediate")], f"DCS unreachable ({err}) and I am a primary: demoting", "demoted")
+    return _dec(
+        [Demote("immediate"), *read_only],
+        f"DCS unreachable ({err}) and I am a primary: demoting, restarting read-only",
+        "demoted",
+    )
 
 
 # -- 2. safety ----------------------------------------------------------------------------------
@@ -671,6 +682,26 @@ def _wait_or_start(ctx: _Ctx, reason: str) -> Decision:
     return _dec([WaitForLeader()], reason, role)
 
 
+def _history_entry_pending(ctx: _Ctx) -> str | None:
+    """A former primary, shortly after it stopped, whose timeline the cluster history does not
+    close yet although another member leads: the new leader writes the entry (with the exact
+    switch point) right after its promotion, and with it a cleanly stopped former primary can
+    usually follow without pg_rewind. Waiting a few loops for it avoids a needless rewind (and
+    PostgreSQL restart); past the bound the rule "a former primary rewinds unless proven
+    otherwise" applies. Returns the reason to wait, or None."""
+    local, view = ctx.local, ctx.view
+    if not local.was_primary or local.timeline_diverged is not None or local.timeline is None:
+        return None
+    if local.timeline < view.timeline or local.pg_state_since is None:
+        return None  # the history closes our timeline: judged by it
+    if view.history is not None and any(e.timeline == local.timeline for e in view.history.entries):
+        return None
+    bound = max(3 * ctx.cfg.loop_wait, 5)
+    if ctx.now - local.pg_state_since >= bound:
+        return None
+    return f"timeline {local.timeline} not in the cluster history yet: waiting up to {bound}s for the leader's entry"
+
+
 def _history_says_diverged(ctx: _Ctx) -> bool:
     return ctx.local.timeline_diverged is True or history_diverged(ctx.local, ctx.view) is True
 
@@ -690,6 +721,9 @@ def _replica(ctx: _Ctx) -> Decision:
             return _dec([Rebuild(source, ctx.methods)], f"{lost}{what}: rebuilding from {source}", "demoted")
         return _dec([NoOp()], f"{lost}{what} and rebuild is disabled: manual action needed (data kept)", "demoted")
     if is_diverged(local, view):
+        pending = _history_entry_pending(ctx)
+        if pending is not None:
+            return _dec([WaitForLeader()], f"{lost}{pending}", "demoted")
         if view.leader_member is None or view.leader_member.info.state != "running":
             return _dec(
                 [WaitForLeader()],

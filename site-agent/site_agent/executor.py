@@ -98,6 +98,7 @@ class Executor:
         # Called with the monotonic time a lease was (re)confirmed, before any further action
         # of the decision runs: the lease keeper must be armed before a Promote, not after.
         self.on_lease: Callable[[float], None] | None = None
+        self.on_demoted: Callable[[], None] | None = None  # PostgreSQL stopped by a Demote
 
     def _leased(self, at: float) -> None:
         if self.on_lease is not None:
@@ -396,6 +397,10 @@ class Executor:
             ctl.stop("fast", timeout=60)
         self.mem.verified_timeline = None
         self.mem.former_primary = True
+        if not ctl.is_running() and self.on_demoted is not None:
+            # Nothing writable is left to fence: a read-only restart later in this decision must
+            # not be mistaken for a primary by the lease keeper.
+            self.on_demoted()
         return True
 
     def _do_Follow(self, a: Follow) -> bool:

@@ -43,11 +43,13 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 
 from drctl.procutil import pid_alive, proc_start_time, signal_with_children
+
+# The keeper runs for as long as the node does: it imports only small stdlib modules (no
+# pathlib, no dataclasses) so that it stays near the interpreter's own footprint.
+StrPath = str | os.PathLike[str]
 
 __all__ = ["KeeperState", "LeaseKeeperClient", "keeper_should_fire", "main", "read_state"]
 
@@ -57,28 +59,44 @@ def keeper_should_fire(now: float, deadline: float | None, armed: bool) -> bool:
     return armed and deadline is not None and now >= deadline
 
 
+def _read(path: StrPath) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def boot_id() -> str:
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return _read("/proc/sys/kernel/random/boot_id").strip()
     except OSError:
         return ""
 
 
-@dataclass(frozen=True)
 class KeeperState:
-    seq: int
-    armed: bool
-    deadline: float | None
-    boot_id: str = ""
+    __slots__ = ("armed", "boot_id", "deadline", "seq")
+
+    def __init__(self, seq: int, armed: bool, deadline: float | None, boot_id: str = "") -> None:
+        self.seq, self.armed, self.deadline, self.boot_id = seq, armed, deadline, boot_id
+
+    def _key(self) -> tuple[int, bool, float | None, str]:
+        return (self.seq, self.armed, self.deadline, self.boot_id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KeeperState) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"KeeperState(seq={self.seq}, armed={self.armed}, deadline={self.deadline}, boot_id={self.boot_id!r})"
 
     def to_json(self) -> str:
         return json.dumps({"seq": self.seq, "armed": self.armed, "deadline": self.deadline, "boot_id": self.boot_id})
 
 
-def read_state(path: Path) -> KeeperState | None:
+def read_state(path: StrPath) -> KeeperState | None:
     """The state file, or None when absent or unreadable (the keeper then keeps what it had)."""
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(_read(path))
     except (OSError, ValueError):
         return None
     if not isinstance(doc, dict):
@@ -94,8 +112,8 @@ def read_state(path: Path) -> KeeperState | None:
 class LeaseKeeperClient:
     """The agent's side: write the keeper's state file atomically."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+    def __init__(self, path: StrPath) -> None:
+        self.path = os.fspath(path)
         self._seq = 0
         self._boot = boot_id()
 
@@ -105,7 +123,8 @@ class LeaseKeeperClient:
         return self._seq
 
     def _write(self, state: KeeperState) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        head, name = os.path.split(self.path)
+        tmp = os.path.join(head, f".{name}.{os.getpid()}.tmp")
         with open(tmp, "w") as f:
             f.write(state.to_json())
         os.replace(tmp, self.path)
@@ -127,10 +146,10 @@ def _log(msg: str) -> None:
     print(f"{stamp} lease-keeper[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
 
 
-def read_postmaster(data_dir: Path) -> tuple[int, str] | None:
+def read_postmaster(data_dir: StrPath) -> tuple[int, str] | None:
     """(postmaster PID, status line) from DATA_DIR/postmaster.pid, or None."""
     try:
-        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+        lines = _read(os.path.join(data_dir, "postmaster.pid")).splitlines()
     except OSError:
         return None
     try:
@@ -141,7 +160,7 @@ def read_postmaster(data_dir: Path) -> tuple[int, str] | None:
     return (pid, status) if pid > 0 else None
 
 
-def _is_postmaster_of(pid: int, data_dir: Path) -> bool:
+def _is_postmaster_of(pid: int, data_dir: StrPath) -> bool:
     """The postmaster chdir()s to its data directory; a recycled PID will be elsewhere. When
     /proc/PID/cwd cannot be read (another user's process), assume yes: failing to kill a primary
     is the worse error, and a process we may not inspect is one we may not signal either."""
@@ -154,7 +173,7 @@ def _is_postmaster_of(pid: int, data_dir: Path) -> bool:
     return os.path.realpath(cwd) == os.path.realpath(data_dir)
 
 
-def kill_primary(data_dir: Path) -> list[int]:
+def kill_primary(data_dir: StrPath) -> list[int]:
     """SIGKILL the postmaster of ``data_dir`` and its children; [] when there is nothing to kill."""
     pm = read_postmaster(data_dir)
     if pm is None:
@@ -170,7 +189,7 @@ def kill_primary(data_dir: Path) -> list[int]:
 
 
 class Keeper:
-    def __init__(self, data_dir: Path, state_file: Path, parent_pid: int, poll: float) -> None:
+    def __init__(self, data_dir: StrPath, state_file: StrPath, parent_pid: int, poll: float) -> None:
         self.data_dir = data_dir
         self.state_file = state_file
         self.parent_pid = parent_pid
@@ -222,11 +241,11 @@ class Keeper:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m site_agent.keeper", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", required=True, type=Path, help="PostgreSQL data directory (postmaster.pid)")
-    ap.add_argument("--state-file", required=True, type=Path, help="file the agent feeds (LeaseKeeperClient)")
+    ap.add_argument("--data-dir", required=True, help="PostgreSQL data directory (postmaster.pid)")
+    ap.add_argument("--state-file", required=True, help="file the agent feeds (LeaseKeeperClient)")
     ap.add_argument("--parent-pid", type=int, default=None, help="agent PID to watch (default: parent)")
     ap.add_argument("--poll", type=float, default=0.1, help="seconds between checks (default 0.1)")
-    ap.add_argument("--pid-file", type=Path, default=None, help="write this process's PID here")
+    ap.add_argument("--pid-file", default=None, help="write this process's PID here")
     ap.add_argument("--no-setsid", action="store_true", help="stay in the caller's session")
     args = ap.parse_args(argv)
     if not args.no_setsid:
@@ -241,13 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     if args.pid_file is not None:
-        args.pid_file.write_text(f"{os.getpid()}\n")
+        with open(args.pid_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
     try:
         return keeper.run()
     finally:
         if args.pid_file is not None:
             with contextlib.suppress(OSError):
-                args.pid_file.unlink()
+                os.unlink(args.pid_file)
 
 
 if __name__ == "__main__":

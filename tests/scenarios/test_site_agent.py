@@ -260,11 +260,24 @@ def test_primary_isolated_from_the_dcs_stops_writes_within_ttl(
     # When did the old primary last answer as writable?
     last_writable = max((s.at for s in inst.checker.samples[old] if s.writable), default=cut_at)
     assert last_writable - cut_at <= ttl, f"old primary writable {last_writable - cut_at:.1f}s after the cut"
+    # Cut off, the old primary stays up read-only (reads keep working), as a DBA expects.
+    wait_until(lambda: _answers_read_only(c.node(old).dsn), 30, f"{old} answering read-only while cut off")
     c.heal_dcs(old)
     wait_until(lambda: c.streams_from(old, new), 90, f"{old} rejoining as a replica of {new}")
     inst.stop()
     inst.assert_no_dual_primary()
     print(f"isolated: old primary read-only {last_writable - cut_at:.1f}s after the cut, {inst.report()}")
+
+
+def _answers_read_only(dsn: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=1) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    except psycopg.Error:
+        return False
+    return row is not None and row[0] is True
 
 
 def run_agent(config: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:

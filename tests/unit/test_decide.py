@@ -242,9 +242,9 @@ def test_leader_past_deadline_demotes() -> None:
     assert "deadline" in late.reason
 
 
-def test_dcs_unreachable_primary_demotes() -> None:
+def test_dcs_unreachable_primary_demotes_and_comes_back_read_only() -> None:
     d = decide(None, primary(dcs_error="etcd: connection refused"), CFG, NOW)
-    assert d.actions == (Demote("immediate"),)
+    assert d.actions == (Demote("immediate"), StartPostgres("replica", None, None))
     assert "connection refused" in d.reason
 
 
@@ -253,13 +253,23 @@ def test_dcs_unreachable_replica_does_nothing() -> None:
     assert kinds(d) == [NoOp]
 
 
+def test_dcs_unreachable_stopped_node_starts_read_only_unless_paused_or_unsafe() -> None:
+    stopped = replace(replica(dcs_error="timeout"), pg=PgState.STOPPED, in_recovery=None, was_primary=True)
+    d = decide(None, stopped, CFG, NOW)
+    assert d.actions == (StartPostgres("replica", None, None),)
+    assert kinds(decide(None, stopped, replace(CFG, pause=True), NOW)) == [NoOp]
+    assert kinds(decide(None, replace(stopped, rewind_failed=True), CFG, NOW)) == [NoOp]
+    assert kinds(decide(None, replace(stopped, data_dir=DataDirState.REWIND_MARKER), CFG, NOW)) == [NoOp]
+    assert kinds(decide(None, replace(stopped, pg=PgState.START_FAILED), CFG, NOW)) == [NoOp]
+
+
 def test_failsafe_keeps_primary_only_with_all_confirmations() -> None:
     cfg = replace(CFG, failsafe_mode=True)
     local = primary(failsafe_members=("n1", "n2", "n3"), failsafe_acks=frozenset({"n2", "n3"}))
     assert kinds(decide(None, local, cfg, NOW)) == [FailsafeHold]
     missing = replace(local, failsafe_acks=frozenset({"n2"}))
     d = decide(None, missing, cfg, NOW)
-    assert d.actions == (Demote("immediate"),)
+    assert d.actions == (Demote("immediate"), StartPostgres("replica", None, None))
     assert "n3" in d.reason
     assert decide(None, local, CFG, NOW).has(Demote)  # failsafe off
 
@@ -474,6 +484,22 @@ def test_former_primary_rewinds_before_following() -> None:
     d = decide(view("n2"), local, CFG, NOW)
     assert d.actions == (Rewind("n2"),)
     assert not d.has(StartPostgres)
+
+
+def test_former_primary_waits_briefly_for_the_new_leaders_history_entry() -> None:
+    # Just demoted (clean switchover): the new leader has the key but has not written the entry
+    # closing timeline 1 yet. Wait for it rather than rewind at once ...
+    local = replica(pg=PgState.STOPPED, in_recovery=None, was_primary=True, pg_state_since=NOW - 1)
+    d = decide(view("n2"), local, CFG, NOW)
+    assert kinds(d) == [WaitForLeader] and "history" in d.reason
+    # ... but not forever: past the bound a former primary rewinds unless proven otherwise.
+    late = replace(local, pg_state_since=NOW - max(3 * CFG.loop_wait, 5))
+    assert decide(view("n2"), late, CFG, NOW).actions == (Rewind("n2"),)
+    # Once the entry is there it decides (the shell proves a prefix; WAL past the point rewinds).
+    hist = History((HistoryEntry(1, 900, "switchover", "", "n2"),), version=2)
+    assert decide(view("n2", history=hist), local, CFG, NOW).actions == (Rewind("n2"),)
+    # A proven divergence never waits.
+    assert decide(view("n2"), replace(local, timeline_diverged=True), CFG, NOW).actions == (Rewind("n2"),)
 
 
 def test_former_primary_proven_in_sync_just_follows() -> None:
