@@ -8,8 +8,10 @@ never rejoined.
         [--timings ttl,loop_wait,retry_timeout] [--faults crash,node_loss,...]
 
 Faults: crash, node_loss, frozen (agent SIGSTOPped past ttl), isolation (cut from the DCS),
-switchover, freeze_node (agent, keeper and PostgreSQL SIGSTOPped past ttl), partition (cut from
-the DCS, the peers and the clients), dcs_quorum (2 of 3 etcd members SIGSTOPped past ttl).
+switchover, freeze_node (agent and PostgreSQL SIGSTOPped past ttl; the lease keeper, pgdr's
+watchdog, keeps running), partition (cut from the DCS, the peers and the clients), dcs_quorum (2
+of 3 etcd members SIGSTOPped past ttl). Only on request: freeze_all (agent, keeper and
+PostgreSQL stopped: a paused VM, which no in-node fencing can cover).
 The result JSON is rewritten after every fault, so a campaign cut short keeps what it saw.
 """
 
@@ -25,6 +27,7 @@ from typing import Any
 
 from bench.scenarios import (
     CAMPAIGN_FAULTS,
+    EXTRA_FAULTS,
     RESULTS,
     Instruments,
     acks_resumed,
@@ -66,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
     for f in faults:
-        if f not in CAMPAIGN_FAULTS:
-            ap.error(f"unknown fault {f!r} (known: {', '.join(CAMPAIGN_FAULTS)})")
+        if f not in CAMPAIGN_FAULTS + EXTRA_FAULTS:
+            ap.error(f"unknown fault {f!r} (known: {', '.join(CAMPAIGN_FAULTS + EXTRA_FAULTS)})")
     try:
         ttl, loop_wait, retry = (int(x) for x in args.timings.split(","))
     except ValueError:

@@ -38,6 +38,8 @@ SCENARIOS = ["crash", "node_loss", "frozen", "isolation", "switchover"]
 # Faults only the random campaign draws (pgdr): the whole node paused, the node partitioned from
 # the DCS, its peers and its clients, the DCS losing its quorum.
 CAMPAIGN_FAULTS = [*SCENARIOS, "freeze_node", "partition", "dcs_quorum"]
+# Drawn only when asked for (--faults): see inject().
+EXTRA_FAULTS = ["freeze_all"]
 SYSTEMS = ["pgdr", "patroni"]
 WRITE_INTERVAL = 0.05
 WRITE_TIMEOUT = 2.0  # client-side limit per INSERT, like an application's socket timeout
@@ -134,17 +136,19 @@ def inject(
         time.sleep(3.0)
         heal_at = inst.mark(f"heal {target}'s DCS link")
         system.heal(target)
-    elif scenario == "freeze_node":
-        fault_at = inst.mark(f"SIGSTOP every process of {target}")
-        pids = system.freeze_node(target)
+    elif scenario in ("freeze_node", "freeze_all"):
+        # freeze_node: the agent and PostgreSQL stop (a node stalled in I/O, swapped out); the
+        # fencing device keeps running, as a kernel watchdog would. freeze_all: the lease keeper
+        # too (a VM paused by its hypervisor): nothing in the node can act until it resumes.
+        groups = ["agent", "postgres"] if scenario == "freeze_node" else ["agent", "keeper", "postgres"]
+        fault_at = inst.mark(f"SIGSTOP {'+'.join(groups)} of {target}")
+        pids = system.freeze_node(target, groups)
         time.sleep(hold)
-        # A hypervisor resumes every vCPU at once; which process runs first is up to the
-        # scheduler, so the order is drawn (the worst one is PostgreSQL before the keeper).
-        order = ["agent", "keeper", "postgres"]
-        rng.shuffle(order)
-        notes["thaw_order"] = order
-        heal_at = inst.mark(f"SIGCONT every process of {target}")
-        system.thaw_node(pids, order)
+        # Which process runs first after the resume is up to the scheduler: the order is drawn.
+        rng.shuffle(groups)
+        notes["thaw_order"] = groups
+        heal_at = inst.mark(f"SIGCONT {'+'.join(groups)} of {target}")
+        system.thaw_node(pids, groups)
     elif scenario == "partition":
         fault_at = inst.mark(f"partition {target} from the DCS, peers and clients")
         system.partition(target)

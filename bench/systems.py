@@ -144,8 +144,8 @@ class System:
             raise NotImplementedError(f"this fault is only wired for pgdr, not {self.kind}")
         return self.cluster
 
-    def freeze_node(self, name: str) -> dict[str, list[int]]:
-        return self._pgdr().freeze_node(name)
+    def freeze_node(self, name: str, groups: list[str]) -> dict[str, list[int]]:
+        return self._pgdr().freeze_node(name, groups)
 
     def thaw_node(self, pids: dict[str, list[int]], order: list[str]) -> None:
         self._pgdr().thaw_node(pids, order)

@@ -246,12 +246,15 @@ class LabCluster:
             out["postgres"] = [pm, *children_of(pm)]
         return out
 
-    def freeze_node(self, name: str) -> dict[str, list[int]]:
-        """SIGSTOP every process of the node (a VM paused by its hypervisor)."""
-        pids = self.node_pids(name)
-        self.sup.pause(self.node(name).proc_name)
+    def freeze_node(self, name: str, groups: list[str] | None = None) -> dict[str, list[int]]:
+        """SIGSTOP the node's processes of ``groups`` (agent, keeper, postgres; default all: a
+        VM paused by its hypervisor). Returns the PIDs stopped, by group."""
+        groups = groups or ["agent", "keeper", "postgres"]
+        pids = {g: p for g, p in self.node_pids(name).items() if g in groups}
+        if "agent" in groups:
+            self.sup.pause(self.node(name).proc_name)
         for group in ("keeper", "postgres"):
-            for pid in pids[group]:
+            for pid in pids.get(group, []):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGSTOP)
         return pids
