@@ -1,8 +1,9 @@
 """A TCP proxy on loopback that a test can cut: the closest real equivalent of a network
 partition between two processes on one machine without network namespaces.
 
-``blackhole()`` keeps connections open but forwards nothing (packets dropped: the client
-hangs until its own timeouts fire, as with a real partition); ``heal()`` forwards again;
+``blackhole()`` keeps connections open but forwards nothing (the client hangs until its own
+timeouts fire, as with a real partition); ``heal()`` forwards again, and a connection that
+survived delivers every byte sent meanwhile, in order (TCP retransmission);
 ``reject()`` closes every connection and refuses new ones (a host that is down)."""
 
 from __future__ import annotations
@@ -91,14 +92,19 @@ class TcpProxy:
                 self._conns += [client, upstream]
             socks = [client, upstream]
             while not self._stop.is_set():
+                if self.mode == "blackhole":
+                    # Nothing crosses, and nothing is lost: TCP retransmits what a partition
+                    # drops, so a healed link delivers the whole byte stream, in order (a stream
+                    # with a hole in it would be something no real network produces). The bytes
+                    # wait in the socket buffers; once they are full the senders block.
+                    self._stop.wait(0.05)
+                    continue
                 readable, _, _ = select.select(socks, [], [], 0.2)
                 for s in readable:
                     data = s.recv(65536)
                     if not data:
                         return
-                    if self.mode == "open":
-                        (upstream if s is client else client).sendall(data)
-                    # blackhole: read and drop, like packets lost on the wire
+                    (upstream if s is client else client).sendall(data)
         except OSError:
             return
         finally:

@@ -138,6 +138,7 @@ class Agent:
         with self.cycle_lock:
             ctl = self.node.ctl
             was_leader = self.mem.am_leader
+            self.node.close_session()
             with contextlib.suppress(Exception):
                 if ctl.is_running():
                     ctl.stop("fast", timeout=60)

@@ -247,7 +247,7 @@ class Executor:
 
     def _show(self, setting: str) -> str | None:
         try:
-            with connect(self.node.superuser_conninfo(), timeout=2) as conn:
+            with self.node.session(timeout=2) as conn:
                 row = conn.execute(f"SHOW {setting}").fetchone()
         except (ProbeError, PgCtlError, psycopg.Error):
             return None
@@ -361,6 +361,7 @@ class Executor:
 
     def _do_StopPostgres(self, a: StopPostgres) -> bool:
         self.mem.expect_running = False
+        self.node.close_session()  # a smart shutdown would wait for it
         return self.node.ctl.stop(a.mode, timeout=60)
 
     def _do_RestartPostgres(self, _a: RestartPostgres) -> bool:
@@ -522,7 +523,7 @@ class Executor:
     def _do_ManageSlots(self, a: ManageSlots) -> bool:
         if not self.node.ctl.is_running():
             return True
-        with connect(self.node.superuser_conninfo()) as conn:
+        with self.node.session() as conn:
             existing = {s.slot_name: s for s in list_slots(conn) if s.slot_type == "physical"}
             for name in a.slots:
                 if name not in existing:
@@ -537,9 +538,9 @@ class Executor:
 
     def _slot_positions(self) -> dict[str, int]:
         try:
-            with connect(self.node.superuser_conninfo(), timeout=2) as conn:
+            with self.node.session(timeout=2) as conn:
                 return {s.slot_name: s.restart_lsn for s in list_slots(conn) if s.restart_lsn is not None}
-        except (ProbeError, PgCtlError):
+        except (ProbeError, PgCtlError, psycopg.Error):
             return {}
 
 

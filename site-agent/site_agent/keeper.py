@@ -3,7 +3,7 @@ leader lease may have expired (invariant 2 of DESIGN.md), even while the agent i
 (SIGSTOP, swapped out, stuck in a system call) and cannot demote.
 
     python -m site_agent.keeper --data-dir DATA_DIR --state-file STATE [--parent-pid PID]
-                                [--poll 0.1] [--no-setsid]
+                                [--poll 0.1] [--idle-poll 0.5] [--no-setsid]
 
 Feeding. The agent writes STATE atomically (write a temporary file, rename) through
 :class:`LeaseKeeperClient`: ``feed(deadline)`` after every successful leader renewal (and after a
@@ -16,7 +16,9 @@ Linux, so the agent's deadline is directly comparable with the keeper's clock; `
 file left over from before a reboot count as disarmed. A state whose ``seq`` is not greater than
 the last one applied is ignored, so a late rename cannot re-arm an older deadline.
 
-Firing. Every ``poll`` seconds, when armed and ``now >= deadline`` (:func:`keeper_should_fire`),
+Firing. The keeper wakes at the armed deadline (and at least every ``idle_poll`` seconds, 0.5, to
+read the state file; every ``poll`` seconds, 0.1, once the deadline passed). When armed and
+``now >= deadline`` (:func:`keeper_should_fire`),
 the keeper reads the postmaster PID from ``DATA_DIR/postmaster.pid`` and, unless the postmaster
 reports itself a hot standby there (status ``standby``: in recovery, not writable) or the PID is
 not the postmaster of DATA_DIR (stale file: ``/proc/PID/cwd`` is another directory), stops the
@@ -189,12 +191,15 @@ def kill_primary(data_dir: StrPath) -> list[int]:
 
 
 class Keeper:
-    def __init__(self, data_dir: StrPath, state_file: StrPath, parent_pid: int, poll: float) -> None:
+    def __init__(
+        self, data_dir: StrPath, state_file: StrPath, parent_pid: int, poll: float, idle_poll: float = 0.5
+    ) -> None:
         self.data_dir = data_dir
         self.state_file = state_file
         self.parent_pid = parent_pid
         self.parent_start = proc_start_time(parent_pid)
         self.poll = poll
+        self.idle_poll = max(poll, idle_poll)
         self.boot = boot_id()
         self.state = KeeperState(0, False, None)
         self.stop = False
@@ -224,6 +229,17 @@ class Keeper:
                 _log("lease deadline passed without a feed; no writable PostgreSQL to kill")
             self.fired_for = self.state.deadline
 
+    def next_sleep(self, now: float) -> float:
+        """``poll`` while the deadline has passed (keep killing); otherwise wake at the deadline,
+        and at least every ``idle_poll`` to learn a new state and watch the parent. Sleeping
+        with CLOCK_MONOTONIC means a keeper stopped past its deadline fires as soon as it runs."""
+        st = self.state
+        if not st.armed or st.deadline is None:
+            return self.idle_poll
+        if now >= st.deadline:
+            return self.poll
+        return min(self.idle_poll, st.deadline - now)
+
     def run(self) -> int:
         _log(f"watching {self.data_dir} (state {self.state_file}, parent {self.parent_pid})")
         while not self.stop:
@@ -234,7 +250,7 @@ class Keeper:
                 if not st.armed or st.deadline is None or now >= st.deadline:
                     _log("the agent is gone: exiting")
                     return 0
-            time.sleep(self.poll)
+            time.sleep(self.next_sleep(time.monotonic()))
         _log("stopping on signal")
         return 0
 
@@ -244,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", required=True, help="PostgreSQL data directory (postmaster.pid)")
     ap.add_argument("--state-file", required=True, help="file the agent feeds (LeaseKeeperClient)")
     ap.add_argument("--parent-pid", type=int, default=None, help="agent PID to watch (default: parent)")
-    ap.add_argument("--poll", type=float, default=0.1, help="seconds between checks (default 0.1)")
+    ap.add_argument("--poll", type=float, default=0.1, help="seconds between kills once the deadline passed (0.1)")
+    ap.add_argument(
+        "--idle-poll", type=float, default=0.5, help="longest sleep before the deadline, to read new states (0.5)"
+    )
     ap.add_argument("--pid-file", default=None, help="write this process's PID here")
     ap.add_argument("--no-setsid", action="store_true", help="stay in the caller's session")
     args = ap.parse_args(argv)
@@ -252,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.setsid()
     parent = args.parent_pid if args.parent_pid is not None else os.getppid()
-    keeper = Keeper(args.data_dir, args.state_file, parent, max(args.poll, 0.01))
+    keeper = Keeper(args.data_dir, args.state_file, parent, max(args.poll, 0.01), max(args.idle_poll, 0.01))
 
     def _stop(_sig: int, _frame: FrameType | None) -> None:
         keeper.stop = True

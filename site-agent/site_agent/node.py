@@ -4,6 +4,7 @@ configuration, connection strings, and the observation that feeds LocalState."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,8 +15,8 @@ from drctl.dcs.base import Member
 from drctl.pg.conninfo import make_conninfo, parse_host_port
 from drctl.pg.controldata import ControlData
 from drctl.pg.ctl import PgCtl, PgCtlError
+from drctl.pg.probe import Conn, ProbeError, connect, probe_conn
 from drctl.pg.probe import PgState as ProbeState
-from drctl.pg.probe import ProbeError, connect, probe_conn
 from site_agent.config import AgentConfig, DynamicConfig
 from site_agent.state import DataDirState
 
@@ -80,6 +81,8 @@ class Node:
         self.connect_host, self.connect_port = split_host_port(pg.connect_address)
         self.backup: NodeBackup | None = None  # set by the agent when postgresql.pgbackrest is configured
         self.sync_standby_names: str | None = None  # managed by the leader in synchronous mode
+        self._conn: Conn | None = None  # see session()
+        self._conn_pm: int | None = None
 
     # --- addresses ---------------------------------------------------------------------------
     @property
@@ -168,6 +171,35 @@ class Node:
             return DataDirState.VALID
         return DataDirState.INVALID
 
+    @contextlib.contextmanager
+    def session(self, timeout: float = 3.0) -> Iterator[Conn]:
+        """The agent's own connection to the local PostgreSQL, kept open across cycles (a new
+        connection per look would fork a backend several times a second). Reopened when the
+        postmaster changed or the connection broke; closed on any error so the next use starts
+        clean. For the agent loop's thread only."""
+        pm = self.ctl.postmaster_pid()
+        conn = self._conn
+        if conn is not None and (conn.closed or conn.broken or self._conn_pm != pm):
+            with contextlib.suppress(Exception):
+                conn.close()
+            conn = None
+        if conn is None:
+            conn = connect(self.superuser_conninfo(), timeout=timeout)
+            self._conn, self._conn_pm = conn, pm
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            self._conn = None
+            raise
+
+    def close_session(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
     def observe(self) -> Observation:
         dd = self.data_dir_state()
         running = self.ctl.is_running()
@@ -177,16 +209,27 @@ class Node:
         ssn: str | None = None
         archive_failed: int | None = None
         if running:
-            try:
-                with connect(self.superuser_conninfo(), timeout=3) as conn:
-                    state = probe_conn(conn)
-                    row = conn.execute("SHOW synchronous_standby_names").fetchone()
-                    ssn = str(row[0]) if row else None
-                    if not state.in_recovery:
-                        arow = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()
-                        archive_failed = int(arow[0]) if arow else None
-            except (ProbeError, PgCtlError, psycopg.Error) as exc:
-                error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            # Twice at most: a kept connection may have been cut since the last look (a backend
+            # terminated, a restart on the same PID is impossible but a broken socket is not).
+            for attempt in (1, 2):
+                reused = self._conn is not None
+                try:
+                    with self.session() as conn:
+                        state = probe_conn(conn)
+                        row = conn.execute("SHOW synchronous_standby_names").fetchone()
+                        ssn = str(row[0]) if row else None
+                        if not state.in_recovery:
+                            arow = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()
+                            archive_failed = int(arow[0]) if arow else None
+                    error = None
+                    break
+                except (ProbeError, PgCtlError, psycopg.Error) as exc:
+                    state = None
+                    error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    if not (reused and attempt == 1):
+                        break
+        else:
+            self.close_session()
         if dd is DataDirState.VALID and (state is None or not running):
             with contextlib.suppress(PgCtlError):
                 control = self.ctl.controldata()

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from site_agent.keeper import (
+    Keeper,
     KeeperState,
     LeaseKeeperClient,
     keeper_should_fire,
@@ -291,3 +292,12 @@ def test_keeper_of_a_dead_armed_agent_enforces_the_deadline_then_exits(
     assert keeper.wait(timeout=5) == 0
     assert time.monotonic() >= deadline
     assert not pg.alive() and not pg.child_alive()
+
+
+def test_keeper_sleeps_until_the_deadline_and_polls_once_it_passed(tmp_path: Path) -> None:
+    k = Keeper(tmp_path, tmp_path / "state", os.getpid(), poll=0.1, idle_poll=0.5)
+    assert k.next_sleep(100.0) == 0.5  # disarmed: read the state file twice a second
+    k.state = KeeperState(1, True, 100.2)
+    assert abs(k.next_sleep(100.0) - 0.2) < 1e-9  # wake exactly at the deadline
+    assert k.next_sleep(90.0) == 0.5  # far from it: still look at the file regularly
+    assert k.next_sleep(100.2) == 0.1  # passed: keep killing every poll
