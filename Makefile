@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup demo test lint unit chaos bench bench-setup clean-lab
+.PHONY: setup demo test lint unit chaos chaos-sites soak bench bench-setup clean-lab
 
 setup:
 	@bash scripts/setup
@@ -30,5 +30,11 @@ bench-setup: setup
 bench: bench-setup
 	@$(VENV)/python -m bench.scenarios
 
-chaos: bench-setup
+chaos: setup
 	@$(VENV)/python -m bench.chaos
+
+chaos-sites: setup
+	@$(VENV)/python -m bench.chaos_sites
+
+soak: setup
+	@$(VENV)/python -m bench.soak

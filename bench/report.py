@@ -83,8 +83,8 @@ def write_summary(results: Path = RESULTS) -> Path:
         "",
         "| scenario | pgdr gap | Patroni gap | ratio pgdr/Patroni | durable gap pgdr / Patroni (ratio) "
         "| lost acked writes (pgdr / Patroni, total) | dual-primary (pgdr / Patroni, runs with any) "
-        "| rejoin (pgdr / Patroni) | n |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| rejoin (pgdr / Patroni) | leader key gone -> writes (pgdr / Patroni) | n |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in scenarios:
         p, q = runs.get(("pgdr", s), []), runs.get(("patroni", s), [])
@@ -109,10 +109,37 @@ def write_summary(results: Path = RESULTS) -> Path:
         not_rejoined = sum(1 for r in p + q if r.get("not_rejoined"))
         if not_rejoined:
             rejoin += f" ({not_rejoined} runs never rejoined)"
+        after = f"{_fmt(_median(_vals(p, 'after_key_change_s')))} / {_fmt(_median(_vals(q, 'after_key_change_s')))}"
         lines.append(
             f"| {s} | {_fmt(mp)}{rng(pg)} | {_fmt(mq)}{rng(qg)} | {ratio} | {durable} | {lost} | {dual} | {rejoin} "
-            f"| {len(p)} / {len(q)} |"
+            f"| {after} | {len(p)} / {len(q)} |"
         )
+    lines += [
+        "",
+        "Leader key gone -> writes: from the moment the old leader's key expired or was released in etcd",
+        "(polled every 50 ms) to the first acknowledged write after the gap. A node loss costs the rest of",
+        "the lease (ttl minus the time since the last renewal, which depends on where in the loop the fault",
+        "lands) plus this: the part each system controls.",
+    ]
+    short = sorted({k for k, _ in runs if k.startswith("pgdr-ttl")})
+    for label in short:
+        lines += [
+            "",
+            f"## {label}: pgdr at a shorter ttl, against Patroni at ttl 20",
+            "",
+            "| scenario | pgdr gap | Patroni gap (ttl 20) | ratio | lost (pgdr) | dual-primary (pgdr) | n |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for sc in ORDER:
+            p, q = runs.get((label, sc), []), runs.get(("patroni", sc), [])
+            if not p:
+                continue
+            mp, mq = _median(_vals(p, "gap_s")), _median(_vals(q, "gap_s"))
+            ratio = f"{mp / mq:.2f}" if mp is not None and mq else "-"
+            lines.append(
+                f"| {sc} | {_fmt(mp)} | {_fmt(mq)} | {ratio} | {int(sum(_vals(p, 'lost')))} "
+                f"| {sum(1 for r in p if r.get('dual_primary_count'))} | {len(p)} |"
+            )
     lines += ["", "Scenarios:", ""] + [f"- `{s}`: {LABELS[s]}" for s in scenarios]
     idle = [d for d in load(results) if d.get("scenario") == "idle"]
     if idle:
@@ -132,29 +159,59 @@ def write_summary(results: Path = RESULTS) -> Path:
             procs = ", ".join(f"{k} {v['cpu_pct']}%/{v['rss_mb']}MB" for k, v in d.get("processes", {}).items())
             lines.append(f"| {kind} | {cpu:.2f} | {rss:.1f} | {procs} (over {d.get('seconds')} s) |")
     chaos = []
-    for path in sorted(results.glob("*-chaos-seed*.json")):
+    for path in sorted(results.glob("*-chaos-*seed*.json")):
         try:
             chaos.append((path.name, json.loads(path.read_text())))
         except (OSError, ValueError):
             continue
     if chaos:
-        lines += ["", "## Chaos (pgdr only, `make chaos`)", ""]
+        lines += ["", "## Chaos (pgdr only, `make chaos`, `make chaos-sites`)", ""]
         lines += [
-            "| file | seed | faults (kind x count) | acked writes | lost | dual-primary | never rejoined |",
-            "|---|---|---|---|---|---|---|",
+            "| file | mode | seed | faults | faults (kind x count) | acked writes | lost | dual-primary "
+            "| heals not rejoined in time | never rejoined |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, d in chaos:
             kinds: dict[str, int] = {}
             for e in d.get("events", []):
                 kinds[e["fault"]] = kinds.get(e["fault"], 0) + 1
             mix = ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items()))
+            mode = d.get("mode") or d.get("kind", "")
+            if d.get("failsafe"):
+                mode += " + failsafe"
+            lost = d.get("lost") if d.get("complete", True) else "(incomplete)"
+            dual = d.get("dual_primary", d.get("dual_primary_so_far", []))
+            slow = sum(1 for e in d.get("events", []) if e.get("rejoin_s") is None)
             lines.append(
-                f"| {name} | {d.get('seed')} | {mix} | {d.get('acked')} | {d.get('lost')} "
-                f"| {len(d.get('dual_primary', []))} | {', '.join(d.get('never_rejoined', [])) or 'none'} |"
+                f"| {name} | {mode} | {d.get('seed')} | {len(d.get('events', []))} | {mix} | {d.get('acked')} "
+                f"| {lost} | {len(dual or [])} | {slow} | {', '.join(d.get('never_rejoined', []) or []) or 'none'} |"
+            )
+    soaks = []
+    for path in sorted(results.glob("*-soak-*.json")):
+        try:
+            soaks.append((path.name, json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue
+    if soaks:
+        lines += ["", "## Soak (pgdr, `make soak`): write load, no fault", ""]
+        lines += [
+            "| file | minutes | ttl / loop_wait / retry_timeout | acked | lost | leader changes | demotions "
+            "| longest write gaps (s) | dual-primary |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, d in soaks:
+            t = d.get("timings", {})
+            demotions = sum(v for k, v in d.get("agent_log_events", {}).items() if k.endswith("demoting"))
+            lines.append(
+                f"| {name} | {d.get('minutes')} | {t.get('ttl')} / {t.get('loop_wait')} / {t.get('retry_timeout')} "
+                f"| {d.get('acked')} | {d.get('lost')} | {d.get('leader_changes')} | {demotions} "
+                f"| {', '.join(str(g) for g in d.get('longest_write_gaps_s', [])[:3])} "
+                f"| {len(d.get('dual_primary', []))} |"
             )
     lines += ["", "Per-run JSON files (timeline data included):", ""]
+    kinds_seen = sorted({k for k, _ in runs})
     for s in scenarios:
-        for k in ("pgdr", "patroni"):
+        for k in kinds_seen:
             for r in runs.get((k, s), []):
                 lines.append(
                     f"- {r['_file']}: gap {r['gap_s']:.2f} s, lost {r.get('lost')}, "

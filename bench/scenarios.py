@@ -14,6 +14,7 @@ is healed) until all nodes stream again.
 from __future__ import annotations
 
 import argparse
+import base64
 import itertools
 import json
 import os
@@ -22,6 +23,7 @@ import shutil
 import statistics
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -213,10 +215,53 @@ def node_runs(checker: DualPrimaryChecker, name: str, t0: float) -> list[list[An
     return out
 
 
+class LeaderKeyWatch:
+    """Polls the leader key in etcd every 50 ms (both systems keep it at /service/<scope>/leader)
+    and records when its value changed or it vanished: the moment the lease expired (node loss)
+    or was released. Lets the bench tell the lease's share of a gap from the system's own."""
+
+    def __init__(self, endpoint: str, key: str) -> None:
+        import threading
+
+        self.url = endpoint.rstrip("/") + "/v3/kv/range"
+        self.key = base64.b64encode(key.encode()).decode()
+        self.samples: list[tuple[float, str | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="leader-key-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        body = json.dumps({"key": self.key}).encode()
+        while not self._stop.is_set():
+            try:
+                req = urllib.request.Request(self.url, data=body, method="POST")
+                with urllib.request.urlopen(req, timeout=1) as resp:
+                    doc = json.loads(resp.read())
+                kvs = doc.get("kvs") or []
+                value = base64.b64decode(kvs[0]["value"]).decode() if kvs else None
+                self.samples.append((time.monotonic(), value))
+            except (OSError, ValueError, KeyError):
+                pass
+            self._stop.wait(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def changed_after(self, t: float, holder: str) -> float | None:
+        """First time after ``t`` the key no longer named ``holder``."""
+        for at, value in self.samples:
+            if at > t and value != holder:
+                return at
+        return None
+
+
 def run_scenario(system: System, scenario: str, rep: int, run_id: str, timings: Timings) -> dict[str, Any]:
     leader = system.leader()
     if leader is None:
         raise LabError("no leader before the fault")
+    cluster = system.cluster
+    watch = LeaderKeyWatch(cluster.etcd_endpoints[0], f"/service/{cluster.scope}/leader")
     inst = Instruments(system)
     try:
         wait_until(lambda: len(inst.writer.acks) > 0, 20)
@@ -239,6 +284,7 @@ def run_scenario(system: System, scenario: str, rep: int, run_id: str, timings: 
         time.sleep(2.0)
     finally:
         inst.stop()
+        watch.stop()
         end = time.monotonic()
     acks = list(inst.writer.acks)
     missing: set[int] | None = None
@@ -253,6 +299,7 @@ def run_scenario(system: System, scenario: str, rep: int, run_id: str, timings: 
     lost_ids = missing or set()
     dgap, dgs, dge = write_gap([a for a in acks if a.id not in lost_ids], fault_at, end)
     violations = inst.checker.violations()
+    key_changed = watch.changed_after(fault_at, leader)
     names = system.port_names()
     writes_on: dict[str, int] = {}
     for a in acks:
@@ -276,6 +323,10 @@ def run_scenario(system: System, scenario: str, rep: int, run_id: str, timings: 
         "dual_primary_count": len(violations),
         "dual_primary_s": round(sum(e - s for _, _, s, e in violations), 3),
         "dual_primary": [[a, b, round(s - fault_at, 3), round(e - fault_at, 3)] for a, b, s, e in violations],
+        "key_changed_s": None if key_changed is None else round(key_changed - fault_at, 3),
+        # From the leader key's expiry/release to the first acknowledged write after the gap:
+        # the system's own failover time, without the lease's share.
+        "after_key_change_s": None if key_changed is None or ge is None else round(ge - key_changed, 3),
         "heal_at_s": round(heal_at - fault_at, 3),
         "rejoin_s": None if healthy_at is None else round(healthy_at - heal_at, 3),
         "not_rejoined": not_rejoined,
@@ -328,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios", default=os.environ.get("BENCH_SCENARIOS", ",".join(SCENARIOS)))
     ap.add_argument("--repeat", type=int, default=int(os.environ.get("BENCH_REPEAT", "5")))
     ap.add_argument("--idle-seconds", type=float, default=float(os.environ.get("BENCH_IDLE_SECONDS", "30")))
+    ap.add_argument(
+        "--timings",
+        default=os.environ.get("BENCH_TIMINGS", ""),
+        help="ttl,loop_wait,retry_timeout (default 20,2,4); other values label the system e.g. pgdr-ttl10",
+    )
     args = ap.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -337,6 +393,13 @@ def main(argv: list[str] | None = None) -> int:
     run_id = time.strftime("%Y%m%d-%H%M%S")
     base = lab_base(run_id)
     timings = BENCH_TIMINGS
+    if args.timings:
+        try:
+            ttl, loop_wait, retry = (int(x) for x in args.timings.split(","))
+        except ValueError:
+            ap.error(f"--timings wants ttl,loop_wait,retry_timeout, got {args.timings!r}")
+        timings = Timings(ttl=ttl, loop_wait=loop_wait, retry_timeout=retry)
+    label = "" if timings == BENCH_TIMINGS else f"-ttl{timings.ttl}"
     sup = Supervisor(base)
     etcd = EtcdCluster(sup, base / "etcd", name="be", size=3)
     system: System | None = None
@@ -357,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.idle_seconds > 0:
                 time.sleep(5.0)
                 idle = measure_idle(system, args.idle_seconds)
-                idle.update(run_id=run_id, system=kind, scenario="idle")
-                save(idle, f"{kind}-idle")
+                idle.update(run_id=run_id, system=kind + label, scenario="idle")
+                save(idle, f"{kind}{label}-idle")
                 log(f"{kind}: idle per node {idle['per_node']}")
             for scenario in scenarios:
                 for rep in range(1, args.repeat + 1):
@@ -368,13 +431,14 @@ def main(argv: list[str] | None = None) -> int:
                         system = fresh()
                     try:
                         result = run_scenario(system, scenario, rep, run_id, timings)
+                        result["system"] = kind + label
                     except Exception as exc:  # record and go on with a fresh cluster
                         failures.append(f"{kind}/{scenario}#{rep}: {exc!r}")
                         log(f"{kind}/{scenario}#{rep} FAILED: {exc!r}")
                         system.stop()
                         system = fresh()
                         continue
-                    path = save(result, f"{kind}-{scenario}-{rep}")
+                    path = save(result, f"{kind}{label}-{scenario}-{rep}")
                     log(
                         f"{kind}/{scenario}#{rep}: gap {result['gap_s']:.2f}s lost {result['lost']} "
                         f"dual {result['dual_primary_count']} rejoin {result['rejoin_s']}s "
