@@ -145,8 +145,9 @@ def write_summary(results: Path = RESULTS) -> Path:
     if idle:
         lines += ["", "## Idle agents (per node: agent process + helpers, not PostgreSQL)", ""]
         lines += [
-            "| system | CPU % of one core (mean per node) | RSS MB (mean per node) | processes |",
-            "|---|---|---|---|",
+            "| system | CPU % of one core (mean per node) | RSS MB (mean per node) | PSS MB (mean per node) "
+            "| processes (CPU % / RSS MB) |",
+            "|---|---|---|---|---|",
         ]
         last: dict[str, dict[str, Any]] = {}
         for d in idle:
@@ -156,8 +157,10 @@ def write_summary(results: Path = RESULTS) -> Path:
             nodes = list(d.get("per_node", {}).values())
             cpu = statistics.mean(n["cpu_pct"] for n in nodes) if nodes else 0.0
             rss = statistics.mean(n["rss_mb"] for n in nodes) if nodes else 0.0
+            pss = [n["pss_mb"] for n in nodes if "pss_mb" in n]
+            pss_s = f"{statistics.mean(pss):.1f}" if pss else "-"
             procs = ", ".join(f"{k} {v['cpu_pct']}%/{v['rss_mb']}MB" for k, v in d.get("processes", {}).items())
-            lines.append(f"| {kind} | {cpu:.2f} | {rss:.1f} | {procs} (over {d.get('seconds')} s) |")
+            lines.append(f"| {kind} | {cpu:.2f} | {rss:.1f} | {pss_s} | {procs} (over {d.get('seconds')} s) |")
     chaos = []
     for path in sorted(results.glob("*-chaos-*seed*.json")):
         try:

@@ -218,6 +218,18 @@ def _rss_kb(pid: int) -> int | None:
     return None
 
 
+def _pss_kb(pid: int) -> int | None:
+    """Proportional set size: shared pages (libpython, OpenSSL, libpq) divided among the processes
+    that map them, the memory a node really pays for the process."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def measure_idle(system: System, seconds: float = 30.0) -> dict[str, Any]:
     """CPU (% of one core over ``seconds``, utime+stime from /proc/PID/stat) and RSS (VmRSS at the
     end) of every agent process of an idle, healthy cluster."""
@@ -237,11 +249,13 @@ def measure_idle(system: System, seconds: float = 30.0) -> dict[str, Any]:
             "pid": pid,
             "cpu_pct": round(100.0 * (a - b) / _CLK_TCK / elapsed, 2),
             "rss_mb": round((_rss_kb(pid) or 0) / 1024, 1),
+            "pss_mb": round((_pss_kb(pid) or 0) / 1024, 1),
         }
     per_node: dict[str, dict[str, float]] = {}
     for k, v in procs.items():
         node = k.split("/")[0]
-        agg = per_node.setdefault(node, {"cpu_pct": 0.0, "rss_mb": 0.0})
+        agg = per_node.setdefault(node, {"cpu_pct": 0.0, "rss_mb": 0.0, "pss_mb": 0.0})
         agg["cpu_pct"] = round(agg["cpu_pct"] + v["cpu_pct"], 2)
         agg["rss_mb"] = round(agg["rss_mb"] + v["rss_mb"], 1)
+        agg["pss_mb"] = round(agg["pss_mb"] + v["pss_mb"], 1)
     return {"seconds": round(elapsed, 1), "processes": procs, "per_node": per_node, "ncpu": os.cpu_count()}
