@@ -9,6 +9,8 @@ Faults (drawn with a seed):
   site_loss        every node of the active site killed (its DCS survives), ``drctl promote-site``
                    to the other with --confirm-old-site-down; the old site is started again and
                    must come back as a standby cluster of the new active site, never writable
+  site_loss_lagging the same after the cross-site link was cut for 4 s under writes: acknowledged
+                   writes are lost, and the loss is compared with promote-site's estimate
   standby_leader   the standby site's leader node killed, started again once another leads
   active_crash     kill -9 PostgreSQL on the active site's primary
 
@@ -38,7 +40,7 @@ from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_h
 from drctl.sites.controller import SiteOpError, promote_site, read_sites, switchover_site
 from drctl.sites.topology import Topology, load_topology
 
-FAULTS = ["site_partition", "site_switchover", "site_loss", "standby_leader", "active_crash"]
+FAULTS = ["site_partition", "site_switchover", "site_loss", "site_loss_lagging", "standby_leader", "active_crash"]
 
 
 class TwoSiteLab:
@@ -148,10 +150,17 @@ def main(argv: list[str] | None = None) -> int:
                 ev["result"] = res.get("result")
                 heal_at = time.monotonic()
                 ev["switchover_s"] = round(heal_at - fault_at, 2)
-            elif fault == "site_loss":
+            elif fault in ("site_loss", "site_loss_lagging"):
+                link = f"{active}-haproxy"
+                if fault == "site_loss_lagging":
+                    ca.sup.pause(link)  # the standby site stops receiving WAL; writes go on
+                    time.sleep(4.0)
+                    time.sleep(ca.timings.loop_wait + 1)  # the leader publishes its position
                 acked_before = writer.acked_ids()
                 for n in ca.nodes:
                     ca.kill_node(n.name)
+                if fault == "site_loss_lagging":
+                    ca.sup.resume(link)
                 try:
                     res = promote_site(
                         tl.topology,
@@ -168,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 ev["writable_s"] = round(time.monotonic() - fault_at, 2)
                 lost = _missing(tl.url(), acked_before)
                 ev["lost_rows"] = None if lost is None else len(lost)
+                ev["lost_wal_bytes"] = _lost_bytes(tl.url(), lost or set())
                 expected_loss |= lost or set()
                 for n in ca.nodes:
                     ca.start_agent(n.name)
@@ -243,6 +253,27 @@ def main(argv: list[str] | None = None) -> int:
     else:
         prune_lab(base / "lab")
     return 1 if bad or left else 0
+
+
+def _lost_bytes(url: str, lost: set[int]) -> int | None:
+    """WAL the lost rows took, measured: insert as many rows the same way on the new primary
+    and read how far its WAL moved (one INSERT per transaction, as the writer does)."""
+    if not lost:
+        return 0
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=2) as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS pgdr_wal_probe (id bigint PRIMARY KEY, at timestamptz DEFAULT now())"
+            )
+            start = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
+            base = time.time_ns()
+            for k in range(len(lost)):
+                conn.execute("INSERT INTO pgdr_wal_probe (id) VALUES (%s)", (base + k,))
+            row = conn.execute("SELECT pg_current_wal_insert_lsn() - %s::pg_lsn", (str(start[0]) if start else "0/0",))
+            got = row.fetchone()
+    except psycopg.Error:
+        return None
+    return None if got is None else int(got[0])
 
 
 def _missing(url: str, acked: set[int]) -> set[int] | None:
