@@ -340,7 +340,80 @@ def write_timelines(results: Path = RESULTS) -> list[Path]:
     return out
 
 
+FAULT_COLOURS = {
+    "crash": "#1f77b4",
+    "node_loss": "#000000",
+    "frozen": "#9467bd",
+    "isolation": "#8c564b",
+    "switchover": "#2ca02c",
+    "freeze_node": "#e377c2",
+    "freeze_all": "#7f7f7f",
+    "partition": "#ff7f0e",
+    "dcs_quorum": "#17becf",
+}
+
+
+def write_chaos_timelines(results: Path = RESULTS) -> list[Path]:
+    """One PNG per finished campaign: the write gap each fault caused (a bar at the fault, coloured
+    by kind; a missing rejoin marked) above every node's role over the whole campaign."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    out = []
+    for path in sorted(results.glob("*-chaos-*seed*.json")):
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        events, nodes = d.get("events", []), d.get("nodes", {})
+        if not d.get("complete", True) or not events or not nodes:
+            continue
+        hi = max([e["at_s"] + e["gap_s"] for e in events] + [r[1] for runs in nodes.values() for r in runs])
+        fig = plt.figure(figsize=(14, 4.2))
+        gs = fig.add_gridspec(2, 1, height_ratios=[1.6, 1], hspace=0.35)
+        ax_gap = fig.add_subplot(gs[0])
+        ax_nodes = fig.add_subplot(gs[1], sharex=ax_gap)
+        for e in events:
+            ax_gap.bar(e["at_s"], e["gap_s"], width=max(hi / 400, 1.0), color=FAULT_COLOURS.get(e["fault"], "k"))
+            if e.get("rejoin_s") is None:
+                ax_gap.plot(e["at_s"], e["gap_s"] + 1, marker="v", color="black")
+        ax_gap.set_ylabel("write gap (s)")
+        mode = d.get("mode", "")
+        if d.get("failsafe"):
+            mode += " + failsafe"
+        ax_gap.set_title(
+            f"{path.name}: {len(events)} faults, {mode}, ttl {d.get('timings', {}).get('ttl')}; acked "
+            f"{d.get('acked')}, lost {d.get('lost')}, dual-primary {len(d.get('dual_primary', []))}",
+            fontsize=9,
+            loc="left",
+        )
+        names = sorted(nodes)
+        for i, name in enumerate(names):
+            for start, end, state in nodes[name]:
+                ax_nodes.barh(i, end - start, left=start, height=0.8, color=STATE_COLOURS.get(state, "k"), lw=0)
+        ax_nodes.set_yticks(range(len(names)), names)
+        ax_nodes.set_xlabel("seconds from the campaign start")
+        kinds = sorted({e["fault"] for e in events})
+        fig.legend(
+            handles=[Patch(color=FAULT_COLOURS.get(k, "k"), label=k) for k in kinds]
+            + [Patch(color=STATE_COLOURS["w"], label="writable"), Patch(color=STATE_COLOURS["r"], label="read-only")],
+            loc="upper right",
+            ncol=6,
+            fontsize=7,
+        )
+        png = path.with_suffix(".png")
+        fig.savefig(png, dpi=80, bbox_inches="tight")
+        plt.close(fig)
+        out.append(png)
+    return out
+
+
 if __name__ == "__main__":
     print(write_summary())
     for p in write_timelines():
+        print(p)
+    for p in write_chaos_timelines():
         print(p)
