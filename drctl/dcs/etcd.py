@@ -554,6 +554,7 @@ class Etcd3(DCS):
         )
         self._lock = threading.RLock()
         self._lease: str | None = None
+        self._lease_kept_at = 0.0  # monotonic time of the last grant or successful keepalive
         self._member_info: MemberInfo | None = None
         self._member_written: tuple[str, str, float] | None = None  # (json, lease, when)
         self._last_status: LeaderStatus | None = None
@@ -589,17 +590,23 @@ class Etcd3(DCS):
             raise DCSError(f"etcd {what}: {exc}", self.client.endpoints) from None
 
     def _grant(self, deadline: float) -> str:
+        started = time.monotonic()
         doc = self._call("/lease/grant", {"TTL": str(int(self.ttl))}, deadline, "lease grant")
         lease = str(to_int(doc.get("ID")))
         if lease == "0":
             raise DCSError("etcd lease grant returned no lease id", self.client.endpoints)
         self._lease = lease
+        self._lease_kept_at = started
         return lease
 
     def _keepalive(self, lease: str, deadline: float) -> bool:
         """True while the lease exists (TTL > 0 after the renewal)."""
+        started = time.monotonic()
         doc = self._call("/lease/keepalive", {"ID": lease}, deadline, "lease keepalive")
-        return to_int(doc.get("TTL")) > 0
+        alive = to_int(doc.get("TTL")) > 0
+        if alive:
+            self._lease_kept_at = started
+        return alive
 
     def _new_lease(self, deadline: float) -> str:
         """Grant a new lease and rebind this member's key to it (the old binding died with the
@@ -610,9 +617,12 @@ class Etcd3(DCS):
                 self._write_member_doc(self._member_info, lease, deadline)
         return lease
 
-    def _ensure_lease(self, deadline: float) -> tuple[str, bool]:
-        """(lease, fresh): the current lease, kept alive, or a new one when it was lost."""
+    def _ensure_lease(self, deadline: float, max_age: float | None = None) -> tuple[str, bool]:
+        """(lease, fresh): the current lease, kept alive, or a new one when it was lost. With
+        ``max_age``, a lease renewed less than that many seconds ago is not renewed again."""
         lease = self._lease
+        if lease is not None and max_age is not None and time.monotonic() - self._lease_kept_at < max_age:
+            return lease, False
         if lease is not None and self._keepalive(lease, deadline):
             return lease, False
         self._lease = None
@@ -716,7 +726,10 @@ class Etcd3(DCS):
         deadline = self._deadline()
         with self._lock:
             self._member_info = info
-            lease, fresh = self._ensure_lease(deadline)
+            # The member key only has to outlive the agent by at most ttl: a keepalive every
+            # ttl/4 is plenty (the leader renews the same lease every cycle in update_leader, and
+            # acquiring the leader key always renews first).
+            lease, fresh = self._ensure_lease(deadline, max_age=self.ttl / 4)
             written = self._member_written
             # The key is rewritten when it changed, when the lease changed, and at least once per
             # ttl (in case someone removed it); an unchanged key is left alone so that watchers
