@@ -33,10 +33,9 @@ from bench.scenarios import (
     acks_resumed,
     inject,
     lab_base,
-    leftovers,
     log,
     node_runs,
-    prune_lab,
+    teardown,
     wait_stably_healthy,
     wait_until,
     write_gap,
@@ -189,17 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             lost_ok = lost == 0
         bad = not lost_ok or bool(violations) or bool(final_not_rejoined)
     finally:
-        if inst is not None:
-            inst.stop()
-        if system is not None:
-            system.stop()
-        etcd.stop()
-        sup.stop_all(grace=10.0)
-    left = leftovers()
-    if left:
-        log(f"WARNING: processes left running: {left}")
-    else:
-        prune_lab(base)
+        left = teardown(base, sup, etcd, system, inst)
     return 1 if bad or left else 0
 
 

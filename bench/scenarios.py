@@ -373,6 +373,25 @@ def leftovers() -> list[str]:
     return [f"{r.name}({r.pid})" for r in spawned if r.alive()]
 
 
+def teardown(
+    base: Path, sup: Supervisor, etcd: EtcdCluster, system: System | None, inst: Instruments | None = None
+) -> list[str]:
+    """Stop the instruments, the cluster, etcd and anything else the supervisor started, by PID;
+    prune the lab's data directories when nothing is left running. Returns what is left."""
+    if inst is not None:
+        inst.stop()
+    if system is not None:
+        system.stop()
+    etcd.stop()
+    sup.stop_all(grace=10.0)
+    left = leftovers()
+    if left:
+        log(f"WARNING: processes left running: {left}")
+    else:
+        prune_lab(base)
+    return left
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.scenarios", description=__doc__.split("\n\n")[0])
     ap.add_argument("--systems", default=os.environ.get("BENCH_SYSTEMS", ",".join(SYSTEMS)))
@@ -447,15 +466,7 @@ def main(argv: list[str] | None = None) -> int:
             system.stop()
             system = None
     finally:
-        if system is not None:
-            system.stop()
-        etcd.stop()
-        sup.stop_all(grace=10.0)
-    left = leftovers()
-    if left:
-        log(f"WARNING: processes left running: {left}")
-    else:
-        prune_lab(base)
+        left = teardown(base, sup, etcd, system)
     from bench.report import write_summary, write_timelines
 
     summary = write_summary()

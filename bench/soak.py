@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from bench.scenarios import RESULTS, Instruments, lab_base, leftovers, log, prune_lab, wait_until
+from bench.scenarios import RESULTS, Instruments, lab_base, log, teardown, wait_until
 from bench.systems import System
 from drctl.lab.cluster import Timings
 from drctl.lab.etcd import EtcdCluster
@@ -115,17 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         demotions = sum(v for k, v in events.items() if k.endswith("demoting"))
         bad = bool(missing) or len(leaders) > 1 or bool(violations) or bool(history) or demotions > 0
     finally:
-        if inst is not None:
-            inst.stop()
-        if system is not None:
-            system.stop()
-        etcd.stop()
-        sup.stop_all(grace=10.0)
-    left = leftovers()
-    if left:
-        log(f"WARNING: processes left running: {left}")
-    else:
-        prune_lab(base)
+        left = teardown(base, sup, etcd, system, inst)
     return 1 if bad or left else 0
 
 
