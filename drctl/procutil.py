@@ -95,12 +95,23 @@ def pid_alive(pid: int, start_time: int | None = None) -> bool:
 
 
 def children_of(pid: int) -> list[int]:
-    """Live direct children of ``pid``."""
-    out: list[int] = []
-    for child in _pids():
-        if proc_ppid(child) == pid and pid_alive(child):
-            out.append(child)
-    return out
+    """Live direct children of ``pid``. Read from /proc/PID/task/*/children (one small read per
+    thread: the lease keeper must be quick when it fires), else by scanning every process."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    readable = False
+    for tid in tids:
+        try:
+            found += [int(x) for x in _read(f"/proc/{pid}/task/{tid}/children").split()]
+            readable = True
+        except (OSError, ValueError):
+            continue
+    if not readable:  # kernel without CONFIG_PROC_CHILDREN
+        found = [child for child in _pids() if proc_ppid(child) == pid]
+    return [child for child in dict.fromkeys(found) if pid_alive(child)]
 
 
 def group_alive(pgid: int) -> bool:
