@@ -54,6 +54,11 @@ class AgentControl(Protocol):
 
     def snapshot(self) -> NodeSnapshot: ...
 
+    def live_xlog(self) -> dict[str, int] | None:
+        """WAL positions read from PostgreSQL now (None: cannot ask): what peers compare in an
+        election must not be a loop old."""
+        ...
+
     def cluster(self) -> ClusterView | None: ...
 
     def request_switchover(
@@ -462,7 +467,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _status(self, path: str) -> Response:
         control = self.server.control
         if path in ("/status", "/patroni"):
-            return json_response(200, control.snapshot().to_dict())
+            doc = control.snapshot().to_dict()
+            live = control.live_xlog()
+            if live:
+                doc["xlog"] = {**doc.get("xlog", {}), **live}
+            return json_response(200, doc)
         if path == "/metrics":
             return Response(200, self.server.metrics.render(), METRICS_CONTENT_TYPE)
         view = control.cluster()

@@ -16,6 +16,7 @@ from drctl.dcs.base import ClusterView, DCSError, Failover
 from site_agent.agent import Agent
 from site_agent.config import ConfigError, parse_dynamic_config
 from site_agent.eligibility import best_candidate, candidate_blockers, failsafe_refusal
+from site_agent.livewal import LiveWal
 from site_agent.peers import gather_peers
 from site_agent.snapshot import NodeSnapshot
 
@@ -39,9 +40,14 @@ class Control:
     def __init__(self, agent: Agent, switchover_wait: float | None = None) -> None:
         self.agent = agent
         self.switchover_wait = switchover_wait
+        node = agent.node
+        self._live = LiveWal(lambda: node.superuser_conninfo(timeout=2), node.ctl.is_running)
 
     def snapshot(self) -> NodeSnapshot:
         return self.agent.snapshot
+
+    def live_xlog(self) -> dict[str, int] | None:
+        return self._live.read()
 
     def cluster(self) -> ClusterView | None:
         return self.agent.view

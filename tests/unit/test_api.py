@@ -145,6 +145,7 @@ class FakeControl:
         self.calls: list[tuple[str, Any]] = []
         self.answer: tuple[int, str] = (200, "ok")
         self.fail = False
+        self.live: dict[str, int] | None = None
 
     def _record(self, name: str, arg: Any) -> tuple[int, str]:
         if self.fail:
@@ -156,6 +157,9 @@ class FakeControl:
         if self.fail:
             raise RuntimeError("no snapshot")
         return self.snap
+
+    def live_xlog(self) -> dict[str, int] | None:
+        return self.live
 
     def cluster(self) -> ClusterView | None:
         return self.view
@@ -352,6 +356,28 @@ def test_status_document(api: ApiServer, control: FakeControl) -> None:
     # a failing cluster state still answers the status of this node
     control.snap = NodeSnapshot(name="n1", scope="c1")
     assert call(api, "GET", "/status").json()["role"] == "uninitialized"
+
+
+def test_status_reports_live_wal_positions(api: ApiServer, control: FakeControl) -> None:
+    snap_xlog = call(api, "GET", "/status").json()["xlog"]
+    control.live = {"location": 999_999_999}
+    doc = call(api, "GET", "/status").json()
+    assert doc["xlog"]["location"] == 999_999_999  # read now, not the last cycle's snapshot
+    assert {k: v for k, v in doc["xlog"].items() if k != "location"} == {
+        k: v for k, v in snap_xlog.items() if k != "location"
+    }
+
+
+def test_xlog_from_row() -> None:
+    from site_agent.livewal import xlog_from_row
+
+    assert xlog_from_row((False, "0/3000060", None, None)) == {"location": 0x3000060}
+    assert xlog_from_row((True, None, "0/5000000", "0/4FFFF00")) == {
+        "received_location": 0x5000000,
+        "replayed_location": 0x4FFFF00,
+    }
+    assert xlog_from_row((True, None, None, None)) is None
+    assert xlog_from_row(None) is None
 
 
 def test_cluster_document(api: ApiServer, control: FakeControl) -> None:
