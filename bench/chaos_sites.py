@@ -159,8 +159,6 @@ def main(argv: list[str] | None = None) -> int:
                 acked_before = writer.acked_ids()
                 for n in ca.nodes:
                     ca.kill_node(n.name)
-                if fault == "site_loss_lagging":
-                    ca.sup.resume(link)
                 try:
                     res = promote_site(
                         tl.topology,
@@ -175,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
                 ev["promote_s"] = round(time.monotonic() - fault_at, 2)
                 wait_until(lambda cs=cs: len(cs.writable_nodes()) == 1, 60)
                 ev["writable_s"] = round(time.monotonic() - fault_at, 2)
+                if fault == "site_loss_lagging":
+                    # The lost site's link comes back only now: what its stopped entry point held
+                    # in its socket buffers went down with the site (the promoted standby has
+                    # stopped streaming), as in-flight data does when a site really goes.
+                    ca.sup.resume(link)
                 lost = _missing(tl.url(), acked_before)
                 ev["lost_rows"] = None if lost is None else len(lost)
                 ev["lost_wal_bytes"] = _lost_bytes(tl.url(), lost or set())
