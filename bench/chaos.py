@@ -38,6 +38,7 @@ from bench.scenarios import (
     teardown,
     wait_stably_healthy,
     wait_until,
+    wal_bytes_of_inserts,
     write_gap,
 )
 from bench.systems import System
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1.0)
         violations = _violations(inst, t0)
         final_not_rejoined = system.not_rejoined()
-        wal_per_row = _wal_bytes_per_row(system, len(acked))
+        probe = wal_bytes_of_inserts(system.url(), 200)
+        wal_per_row = None if probe is None else round(probe / 200, 1)
         lost = None if missing is None else len(missing)
         result = {
             **head,
@@ -194,21 +196,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _violations(inst: Instruments, t0: float) -> list[list[Any]]:
     return [[a, b, round(s - t0, 3), round(e - t0, 3)] for a, b, s, e in inst.checker.violations()]
-
-
-def _wal_bytes_per_row(system: System, rows: int) -> float | None:
-    """Upper bound of the WAL one acknowledged write costs: all WAL of the run over the rows
-    (checkpoints, timeline switches and the rest included), to express a loss in bytes."""
-    import psycopg
-
-    if rows <= 0:
-        return None
-    try:
-        with psycopg.connect(system.url(), autocommit=True, connect_timeout=2) as conn:
-            row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
-    except psycopg.Error:
-        return None
-    return None if row is None else round(float(row[0]) / rows, 1)
 
 
 if __name__ == "__main__":

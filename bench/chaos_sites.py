@@ -33,7 +33,7 @@ from typing import Any
 
 import psycopg
 
-from bench.scenarios import RESULTS, lab_base, leftovers, log, prune_lab, wait_until
+from bench.scenarios import RESULTS, lab_base, leftovers, log, prune_lab, wait_until, wal_bytes_of_inserts
 from drctl.lab.cluster import SUPERUSER
 from drctl.lab.lab import Lab, topology_path
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                     ca.sup.resume(link)
                 lost = _missing(tl.url(), acked_before)
                 ev["lost_rows"] = None if lost is None else len(lost)
-                ev["lost_wal_bytes"] = _lost_bytes(tl.url(), lost or set())
+                ev["lost_wal_bytes"] = wal_bytes_of_inserts(tl.url(), len(lost or ()))
                 expected_loss |= lost or set()
                 for n in ca.nodes:
                     ca.start_agent(n.name)
@@ -256,27 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         prune_lab(base / "lab")
     return 1 if bad or left else 0
-
-
-def _lost_bytes(url: str, lost: set[int]) -> int | None:
-    """WAL the lost rows took, measured: insert as many rows the same way on the new primary
-    and read how far its WAL moved (one INSERT per transaction, as the writer does)."""
-    if not lost:
-        return 0
-    try:
-        with psycopg.connect(url, autocommit=True, connect_timeout=2) as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS pgdr_wal_probe (id bigint PRIMARY KEY, at timestamptz DEFAULT now())"
-            )
-            start = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
-            base = time.time_ns()
-            for k in range(len(lost)):
-                conn.execute("INSERT INTO pgdr_wal_probe (id) VALUES (%s)", (base + k,))
-            row = conn.execute("SELECT pg_current_wal_insert_lsn() - %s::pg_lsn", (str(start[0]) if start else "0/0",))
-            got = row.fetchone()
-    except psycopg.Error:
-        return None
-    return None if got is None else int(got[0])
 
 
 def _missing(url: str, acked: set[int]) -> set[int] | None:

@@ -368,6 +368,31 @@ def prune_lab(base: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def wal_bytes_of_inserts(url: str, rows: int) -> int | None:
+    """WAL that ``rows`` writes like the writer's cost, measured on the primary ``url`` reaches:
+    as many one-row autocommit INSERTs into a table of the same shape, and how far the WAL insert
+    position moved."""
+    import psycopg
+
+    if rows <= 0:
+        return 0
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=2) as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS pgdr_wal_probe (id bigint PRIMARY KEY, at timestamptz DEFAULT now())"
+            )
+            start = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+            base = time.time_ns()
+            for k in range(rows):
+                conn.execute("INSERT INTO pgdr_wal_probe (id) VALUES (%s)", (base + k,))
+            got = conn.execute(
+                "SELECT pg_current_wal_insert_lsn() - %s::pg_lsn", (str(start[0]) if start else "0/0",)
+            ).fetchone()
+    except psycopg.Error:
+        return None
+    return None if got is None else int(got[0])
+
+
 def leftovers() -> list[str]:
     """Processes this interpreter started that still run (should be none)."""
     return [f"{r.name}({r.pid})" for r in spawned if r.alive()]
