@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                     ca.sup.pause(link)  # the standby site stops receiving WAL; writes go on
                     time.sleep(4.0)
                     time.sleep(ca.timings.loop_wait + 1)  # the leader publishes its position
-                acked_before = writer.acked_ids()
                 for n in ca.nodes:
                     ca.kill_node(n.name)
+                acked_before = writer.acked_ids()  # every write the lost site acknowledged
                 try:
                     res = promote_site(
                         tl.topology,
@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                     # in its socket buffers went down with the site (the promoted standby has
                     # stopped streaming), as in-flight data does when a site really goes.
                     ca.sup.resume(link)
-                lost = _missing(tl.url(), acked_before)
+                missing_now = _missing(tl.url(), acked_before)
+                lost = None if missing_now is None else missing_now - expected_loss  # this event's own
                 ev["lost_rows"] = None if lost is None else len(lost)
                 ev["lost_wal_bytes"] = wal_bytes_of_inserts(tl.url(), len(lost or ()))
                 expected_loss |= lost or set()
