@@ -151,7 +151,12 @@ def failover_blockers(
         out.append(f"timeline {local.timeline} is behind the cluster's {view.timeline} (check_timeline)")
     if sync_active(view, cfg) and not in_sync_set(view, local.name):
         out.append(_not_sync_reason(view, local.name))
-    if cfg.failsafe_mode and local.failsafe_heartbeat_at is not None and now - local.failsafe_heartbeat_at < cfg.ttl:
+    if (
+        cfg.failsafe_mode
+        and local.failsafe_heartbeat_at is not None
+        and now - local.failsafe_heartbeat_at < cfg.ttl
+        and not _handed_over(view, local)
+    ):
         out.append("failsafe mode: the primary confirmed it is alive less than ttl ago")
     if failsafe_active(view, cfg) and view.failsafe is not None and local.name not in view.failsafe:
         out.append("failsafe mode: not in the failsafe member list (the leader never asked me to vouch for it)")
@@ -175,6 +180,17 @@ def failover_blockers(
         if why:
             out.append(why)
     return out
+
+
+def _handed_over(view: ClusterView, local: LocalState) -> bool:
+    """A switchover is under way and its old leader answers as a replica: it demoted and released
+    the key itself, so a failsafe heartbeat it sent before (during a DCS outage) no longer says
+    that a primary is alive."""
+    f = view.failover
+    if f is None or not f.leader:
+        return False
+    peer = local.peers.get(f.leader)
+    return peer is not None and peer.reachable and peer.in_recovery is True
 
 
 def _peer_wins(

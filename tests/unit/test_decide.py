@@ -430,6 +430,18 @@ def test_failsafe_heartbeat_blocks_takeover() -> None:
     assert elect(replica(failsafe_heartbeat_at=NOW - 60), cfg).has(AcquireLeader)
 
 
+def test_failsafe_heartbeat_does_not_block_a_switchover_once_the_old_leader_demoted() -> None:
+    cfg = replace(CFG, failsafe_mode=True)
+    fo = Failover(leader="n2", candidate="n1", scheduled_at=None, version=5)
+    demoted = peers(n2=PeerStatus(True, lsn=1000, in_recovery=True))
+    d = elect(replica(failsafe_heartbeat_at=NOW - 2, peers=demoted), cfg, failover=fo)
+    assert d.has(AcquireLeader), d.reason
+    # ... but while the old leader does not answer, or still answers as a primary, it does.
+    for ps in (peers(), peers(n2=PeerStatus(False)), peers(n2=PeerStatus(True, lsn=1000, in_recovery=False))):
+        d = elect(replica(failsafe_heartbeat_at=NOW - 2, peers=ps), cfg, failover=fo)
+        assert not d.has(AcquireLeader), ps
+
+
 def test_stopped_replica_starts_without_upstream_when_no_leader() -> None:
     d = elect(replica(pg=PgState.STOPPED, in_recovery=None))
     assert d.actions == (StartPostgres("replica", None, None),)

@@ -425,7 +425,14 @@ def test_failsafe_blocks_elections(view: ClusterView, local: LocalState, cfg: De
     d = decide(view, local, cfg, NOW)
     if not elected(d):
         return
-    assert local.failsafe_heartbeat_at is None or NOW - local.failsafe_heartbeat_at >= cfg.ttl
+    handed_over = (
+        view.failover is not None
+        and bool(view.failover.leader)
+        and (p := local.peers.get(view.failover.leader or "")) is not None
+        and p.reachable
+        and p.in_recovery is True
+    )
+    assert local.failsafe_heartbeat_at is None or NOW - local.failsafe_heartbeat_at >= cfg.ttl or handed_over
     if view.failsafe:
         assert ME in view.failsafe
 
