@@ -171,7 +171,7 @@ def inject(
         for m in members:
             etcd.resume_member(m)
     elif scenario == "switchover":
-        candidate = sorted(n.name for n in system.nodes if n.name != target)[0]
+        candidate = system.switchover_candidate(target)
         fault_at = inst.mark(f"switchover {target} -> {candidate}")
         code, text = system.switchover(target, candidate)
         notes.update(candidate=candidate, response=[code, text[:200]], response_s=round(time.monotonic() - fault_at, 2))

@@ -156,6 +156,18 @@ class System:
     def heal_partition(self, name: str) -> None:
         self._pgdr().heal_node(name)
 
+    def switchover_candidate(self, leader: str) -> str:
+        """In synchronous mode only a synchronous standby may take over: name one of those."""
+        others = sorted(n.name for n in self.nodes if n.name != leader)
+        if isinstance(self.cluster, LabCluster):
+            view = self.cluster.view()
+            sync = view.sync if view is not None else None
+            if sync is not None and sync.sync_standbys:
+                for name in sorted(sync.sync_standbys):
+                    if name in others:
+                        return name
+        return others[0]
+
     def switchover(self, leader: str, candidate: str, timeout: float = 90.0) -> tuple[int, str]:
         if isinstance(self.cluster, PatroniCluster):
             return self.cluster.switchover(leader, candidate, timeout)
