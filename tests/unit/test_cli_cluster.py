@@ -786,6 +786,9 @@ class _Control:
     def snapshot(self) -> NodeSnapshot:
         return NodeSnapshot(name="n1", scope="demo", paused=True)
 
+    def live_xlog(self) -> dict[str, int] | None:
+        return None
+
     def cluster(self) -> ClusterView | None:
         return make_view()
 
