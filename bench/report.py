@@ -183,6 +183,9 @@ def write_summary(results: Path = RESULTS) -> Path:
             if d.get("failsafe"):
                 mode += " + failsafe"
             lost = d.get("lost") if d.get("complete", True) else "(incomplete)"
+            if "lost_by_site_loss" in d:
+                unexpected = d.get("lost_unexpected") or []
+                lost = f"{lost} ({d['lost_by_site_loss']} by declared site losses, {len(unexpected)} otherwise)"
             dual = d.get("dual_primary", d.get("dual_primary_so_far", []))
             slow = sum(1 for e in d.get("events", []) if e.get("rejoin_s") is None)
             lines.append(
