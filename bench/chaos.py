@@ -35,6 +35,7 @@ from bench.scenarios import (
     lab_base,
     log,
     node_runs,
+    parse_timings,
     teardown,
     wait_stably_healthy,
     wait_until,
@@ -42,7 +43,6 @@ from bench.scenarios import (
     write_gap,
 )
 from bench.systems import System
-from drctl.lab.cluster import Timings
 from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
 from drctl.lab.workload import missing_rows
@@ -72,10 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         if f not in CAMPAIGN_FAULTS + EXTRA_FAULTS:
             ap.error(f"unknown fault {f!r} (known: {', '.join(CAMPAIGN_FAULTS + EXTRA_FAULTS)})")
     try:
-        ttl, loop_wait, retry = (int(x) for x in args.timings.split(","))
-    except ValueError:
-        ap.error(f"--timings wants ttl,loop_wait,retry_timeout, got {args.timings!r}")
-    timings = Timings(ttl=ttl, loop_wait=loop_wait, retry_timeout=retry)
+        timings = parse_timings(args.timings)
+    except ValueError as exc:
+        ap.error(str(exc))
     dynamic: dict[str, Any] = {"failsafe_mode": args.failsafe}
     if args.mode in ("sync", "strict"):
         dynamic["synchronous_mode"] = True

@@ -368,6 +368,15 @@ def prune_lab(base: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def parse_timings(text: str) -> Timings:
+    """``"ttl,loop_wait,retry_timeout"`` (integers) -> Timings; ValueError with what was given."""
+    try:
+        ttl, loop_wait, retry = (int(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"--timings wants ttl,loop_wait,retry_timeout, got {text!r}") from None
+    return Timings(ttl=ttl, loop_wait=loop_wait, retry_timeout=retry)
+
+
 def wal_bytes_of_inserts(url: str, rows: int) -> int | None:
     """WAL that ``rows`` writes like the writer's cost, measured on the primary ``url`` reaches:
     as many one-row autocommit INSERTs into a table of the same shape, and how far the WAL insert
@@ -443,10 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     timings = BENCH_TIMINGS
     if args.timings:
         try:
-            ttl, loop_wait, retry = (int(x) for x in args.timings.split(","))
-        except ValueError:
-            ap.error(f"--timings wants ttl,loop_wait,retry_timeout, got {args.timings!r}")
-        timings = Timings(ttl=ttl, loop_wait=loop_wait, retry_timeout=retry)
+            timings = parse_timings(args.timings)
+        except ValueError as exc:
+            ap.error(str(exc))
     label = "" if timings == BENCH_TIMINGS else f"-ttl{timings.ttl}"
     sup = Supervisor(base)
     etcd = EtcdCluster(sup, base / "etcd", name="be", size=3)

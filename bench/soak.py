@@ -16,9 +16,8 @@ import sys
 import time
 from typing import Any
 
-from bench.scenarios import RESULTS, Instruments, lab_base, log, teardown, wait_until
+from bench.scenarios import RESULTS, Instruments, lab_base, log, parse_timings, teardown, wait_until
 from bench.systems import System
-from drctl.lab.cluster import Timings
 from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
 from drctl.lab.workload import missing_rows
@@ -31,13 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=["async", "sync"], default=os.environ.get("SOAK_MODE", "async"))
     args = ap.parse_args(argv)
     try:
-        ttl, loop_wait, retry = (int(x) for x in args.timings.split(","))
-    except ValueError:
-        ap.error(f"--timings wants ttl,loop_wait,retry_timeout, got {args.timings!r}")
-    timings = Timings(ttl=ttl, loop_wait=loop_wait, retry_timeout=retry)
+        timings = parse_timings(args.timings)
+    except ValueError as exc:
+        ap.error(str(exc))
     dynamic: dict[str, Any] = {"synchronous_mode": args.mode == "sync"}
     run_id = time.strftime("%Y%m%d-%H%M%S")
-    name = f"soak-ttl{ttl}-{args.mode}"
+    name = f"soak-ttl{timings.ttl}-{args.mode}"
     base = lab_base(f"{name}-{run_id}")
     out_path = RESULTS / f"{run_id}-{name}.json"
     sup = Supervisor(base)
@@ -56,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         end = t0 + args.minutes * 60
         leaders: list[list[Any]] = [[0.0, first_leader]]
         unknown_s = 0.0
-        log(f"soak: {args.minutes:g} min, ttl={ttl} loop_wait={loop_wait} retry_timeout={retry}; leader {first_leader}")
+        log(f"soak: {args.minutes:g} min at {timings}; leader {first_leader}")
         next_report = t0 + 300
         while time.monotonic() < end:
             time.sleep(1.0)
@@ -94,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             "system": "pgdr",
             "minutes": args.minutes,
             "mode": args.mode,
-            "timings": {"ttl": ttl, "loop_wait": loop_wait, "retry_timeout": retry},
+            "timings": {"ttl": timings.ttl, "loop_wait": timings.loop_wait, "retry_timeout": timings.retry_timeout},
             "acked": len(acked),
             "write_errors": inst.writer.errors,
             "lost": len(missing),
