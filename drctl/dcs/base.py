@@ -14,7 +14,9 @@ so they vanish by themselves when the member stops renewing.
 from __future__ import annotations
 
 import abc
+import itertools
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -34,6 +36,42 @@ class DCSError(Exception):
         self.endpoints = tuple(endpoints)
         detail = f" (tried: {', '.join(self.endpoints)})" if self.endpoints else ""
         super().__init__(f"{message}{detail}")
+
+
+class CorruptValue(ValueError):
+    """A DCS value that does not parse into its typed form (DESIGN.md invariant 7)."""
+
+
+def _json_object(raw: str | bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptValue(f"{what} is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise CorruptValue(f"{what} must be a JSON object, not {type(doc).__name__}")
+    return doc
+
+
+def _strict_int(value: Any, what: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise CorruptValue(f"{what} must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
+def _opt_str(doc: Mapping[str, Any], key: str, what: str) -> str | None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise CorruptValue(f"{what}.{key} must be a string or null, not {value!r}")
+    return value
+
+
+_NAME_OK = re.compile(r"^[^\s/\x00-\x1f\x7f]{1,255}$")
+
+
+def valid_member_name(name: str) -> bool:
+    """What a leader key or member key may carry as a member name: 1-255 printable characters,
+    no whitespace and no slash (a name is also a DCS key component)."""
+    return bool(_NAME_OK.match(name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,12 +126,9 @@ class MemberInfo:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> MemberInfo:
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            doc = {}
-        if not isinstance(doc, dict):
-            doc = {}
+        """Fields of the wrong type are dropped; a value that is not a JSON object raises
+        :class:`CorruptValue`."""
+        doc = _json_object(raw, "member")
         known = {"conn_url", "api_url", "role", "state", "timeline", "received_lsn", "replayed_lsn", "tags"}
         known.add("version")
 
@@ -136,12 +171,9 @@ class Record:
     version: int
 
     @classmethod
-    def parse(cls, raw: str | bytes, version: int) -> Record:
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            doc = {}
-        return cls(_freeze(doc if isinstance(doc, dict) else {"value": doc}), version)
+    def parse(cls, raw: str | bytes, version: int, what: str = "value") -> Record:
+        """A JSON object; anything else raises :class:`CorruptValue` (never a silent ``{}``)."""
+        return cls(_freeze(_json_object(raw, what)), version)
 
 
 @dataclass(frozen=True)
@@ -159,13 +191,19 @@ class HistoryEntry:
 
     @classmethod
     def from_list(cls, item: Sequence[Any]) -> HistoryEntry:
-        padded = [*list(item), None, None, None, None, None][:5]
+        """``[timeline, lsn, reason?, timestamp?, new_leader?]``; raises :class:`CorruptValue`."""
+        if not isinstance(item, list) or not 2 <= len(item) <= 5:
+            raise CorruptValue(f"history entry {item!r} is not a list of 2 to 5 items")
+        padded = [*item, None, None, None][:5]
+        for i, v in enumerate(padded[2:], start=2):
+            if v is not None and not isinstance(v, str):
+                raise CorruptValue(f"history entry {item!r}: item {i} must be a string")
         return cls(
-            timeline=int(padded[0] or 0),
-            lsn=int(padded[1] or 0),
-            reason=str(padded[2] or ""),
-            timestamp=str(padded[3] or ""),
-            new_leader=str(padded[4] or ""),
+            timeline=_strict_int(padded[0], "history timeline", 1),
+            lsn=_strict_int(padded[1], "history lsn", 0),
+            reason=padded[2] or "",
+            timestamp=padded[3] or "",
+            new_leader=padded[4] or "",
         )
 
 
@@ -181,10 +219,15 @@ class History:
     def parse(cls, raw: str | bytes, version: int) -> History:
         try:
             doc = json.loads(raw)
-        except ValueError:
-            doc = []
-        items = doc if isinstance(doc, list) else []
-        return cls(tuple(HistoryEntry.from_list(i) for i in items if isinstance(i, list)), version)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptValue(f"history is not valid JSON ({exc})") from None
+        if not isinstance(doc, list):
+            raise CorruptValue(f"history must be a JSON list, not {type(doc).__name__}")
+        entries = tuple(HistoryEntry.from_list(i) for i in doc)
+        for before, after in itertools.pairwise(entries):
+            if after.timeline <= before.timeline:
+                raise CorruptValue(f"history timelines must increase ({before.timeline} then {after.timeline})")
+        return cls(entries, version)
 
 
 @dataclass(frozen=True)
@@ -202,11 +245,11 @@ class Failover:
 
     @classmethod
     def parse(cls, raw: str | bytes, version: int) -> Failover:
-        rec = Record.parse(raw, version).data
+        rec = _json_object(raw, "failover")
         return cls(
-            leader=rec.get("leader"),
-            candidate=rec.get("member"),
-            scheduled_at=rec.get("scheduled_at"),
+            leader=_opt_str(rec, "leader", "failover"),
+            candidate=_opt_str(rec, "member", "failover"),
+            scheduled_at=_opt_str(rec, "scheduled_at", "failover"),
             version=version,
         )
 
@@ -224,11 +267,13 @@ class SyncState:
 
     @classmethod
     def parse(cls, raw: str | bytes, version: int) -> SyncState:
-        rec = Record.parse(raw, version).data
+        rec = _json_object(raw, "sync")
         sb = rec.get("sync_standby") or []
         if isinstance(sb, str):
             sb = [s for s in sb.split(",") if s]
-        return cls(leader=rec.get("leader"), sync_standbys=tuple(str(s) for s in sb), version=version)
+        if not isinstance(sb, list) or not all(isinstance(s, str) and s for s in sb):
+            raise CorruptValue(f"sync.sync_standby must be a list of member names, not {sb!r}")
+        return cls(leader=_opt_str(rec, "leader", "sync"), sync_standbys=tuple(sb), version=version)
 
 
 @dataclass(frozen=True)
@@ -244,10 +289,14 @@ class LeaderStatus:
 
     @classmethod
     def parse(cls, raw: str | bytes, version: int) -> LeaderStatus:
-        rec = Record.parse(raw, version).data
-        slots = rec.get("slots") if isinstance(rec.get("slots"), dict) else {}
-        lsn = rec.get("optime", 0)
-        return cls(lsn=int(lsn) if isinstance(lsn, int) else 0, slots=_freeze(slots), version=version)
+        rec = _json_object(raw, "status")
+        slots = rec.get("slots") or {}
+        if not isinstance(slots, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in slots.values()
+        ):
+            raise CorruptValue(f"status.slots must map slot names to LSNs, not {slots!r}")
+        lsn = _strict_int(rec.get("optime"), "status.optime")
+        return cls(lsn=lsn, slots=_freeze(slots), version=version)
 
 
 @dataclass(frozen=True)
@@ -267,11 +316,25 @@ class SiteRecord:
 
     @classmethod
     def parse(cls, raw: str | bytes, version: int) -> SiteRecord:
-        rec = dict(Record.parse(raw, version).data)
-        role = str(rec.pop("role", "active"))
-        epoch = rec.pop("epoch", 0)
-        follows = rec.pop("follows", None)
-        return cls(role, int(epoch) if isinstance(epoch, int) else 0, follows, version, _freeze(rec))
+        rec = _json_object(raw, "site")
+        follows = _opt_str(rec, "follows", "site")
+        role = rec.pop("role", None)
+        if role not in ("active", "standby"):
+            raise CorruptValue(f"site.role must be 'active' or 'standby', not {role!r}")
+        epoch = _strict_int(rec.pop("epoch", None), "site.epoch")
+        rec.pop("follows", None)
+        return cls(role, epoch, follows, version, _freeze(rec))
+
+
+@dataclass(frozen=True)
+class CorruptKey:
+    """A key whose value did not parse: shown to operators, and read by the agents as the
+    rules of each key say (DESIGN.md invariant 7), never as a silent default."""
+
+    key: str  # relative to the cluster prefix: ``config``, ``members/a``...
+    reason: str
+    version: int
+    session: str = ""
 
 
 @dataclass(frozen=True)
@@ -292,6 +355,13 @@ class ClusterView:
     site: SiteRecord | None = None
     fences: tuple[Record, ...] = ()
     revision: int = 0  # the DCS revision this view was read at
+    corrupt: tuple[CorruptKey, ...] = ()  # keys present whose value does not parse
+
+    def corrupt_key(self, key: str) -> CorruptKey | None:
+        for c in self.corrupt:
+            if c.key == key:
+                return c
+        return None
 
     def member(self, name: str) -> Member | None:
         for m in self.members:
@@ -350,6 +420,18 @@ class DCS(abc.ABC):
 
     def set_retry_timeout(self, retry_timeout: float) -> None:
         self.retry_timeout = retry_timeout
+
+    @property
+    def session_id(self) -> str | None:
+        """The lease/session this member's keys are bound to (None before the first one)."""
+        return None
+
+    @property
+    def granted_ttl(self) -> float:
+        """A TTL no longer than that of any lease the leader key may be bound to right now,
+        counted from the last successful renewal: the leader's deadline derives from it, never
+        from the configured ttl alone (a ttl change applies to leases granted later)."""
+        return float(self.ttl)
 
     # reads -----------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -458,47 +540,85 @@ class RawNode:
     session: str = ""
 
 
+_PARSERS: dict[str, Any] = {
+    "config": lambda raw, v: Record.parse(raw, v, "config"),
+    "history": History.parse,
+    "failover": Failover.parse,
+    "sync": SyncState.parse,
+    "status": LeaderStatus.parse,
+    "site": SiteRecord.parse,
+}
+
+
+def _parse_failsafe(raw: bytes, version: int) -> Mapping[str, str]:
+    doc = _json_object(raw, "failsafe")
+    if not all(isinstance(v, str) for v in doc.values()):
+        raise CorruptValue("failsafe must map member names to API URLs (strings)")
+    return _freeze(doc)
+
+
+def _parse_initialize(raw: bytes) -> str:
+    """The system identifier (digits), or "" while the bootstrap winner runs initdb."""
+    try:
+        value = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptValue("initialize is not UTF-8") from None
+    if value and not value.isdigit():
+        raise CorruptValue(f"initialize must be a PostgreSQL system identifier (digits), not {value[:40]!r}")
+    return value
+
+
+def _parse_leader(raw: bytes) -> str:
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptValue("leader is not UTF-8") from None
+    if not valid_member_name(name):
+        raise CorruptValue(f"leader must be a member name, not {name[:40]!r}")
+    return name
+
+
 def build_cluster_view(scope: str, nodes: Sequence[RawNode], revision: int = 0) -> ClusterView:
-    """The typed :class:`ClusterView` of the raw keys of one cluster (unknown keys are ignored)."""
+    """The typed :class:`ClusterView` of the raw keys of one cluster (unknown keys are ignored).
+
+    Never raises: a value that does not parse is left out of its typed field and listed in
+    ``corrupt`` with the reason, so that each reader applies that key's own rule."""
     leader: Leader | None = None
     members: list[Member] = []
     fences: list[tuple[str, Record]] = []
     fields: dict[str, Any] = {}
+    corrupt: list[CorruptKey] = []
     for node in nodes:
         raw = node.value
-        if node.key.startswith("members/"):
-            name = node.key[len("members/") :]
-            if name:
-                members.append(Member(name, MemberInfo.from_json(raw), node.version, node.session))
-        elif node.key.startswith("fence/"):
-            fences.append((node.key, Record.parse(raw, node.version)))
-        elif node.key == "leader":
-            name = raw.decode("utf-8", "replace")
-            if name:
-                leader = Leader(name, node.version, node.session)
-        elif node.key == "config":
-            fields["config"] = Record.parse(raw, node.version)
-        elif node.key == "initialize":
-            fields["initialize"] = raw.decode("utf-8", "replace")
-            fields["initialize_version"] = node.version
-        elif node.key == "history":
-            fields["history"] = History.parse(raw, node.version)
-        elif node.key == "failover":
-            fields["failover"] = Failover.parse(raw, node.version)
-        elif node.key == "sync":
-            fields["sync"] = SyncState.parse(raw, node.version)
-        elif node.key == "status":
-            fields["status"] = LeaderStatus.parse(raw, node.version)
-        elif node.key == "failsafe":
-            doc = Record.parse(raw, node.version).data
-            fields["failsafe"] = _freeze({str(k): str(v) for k, v in doc.items()})
-        elif node.key == "site":
-            fields["site"] = SiteRecord.parse(raw, node.version)
+        try:
+            if node.key.startswith("members/"):
+                name = node.key[len("members/") :]
+                if name:
+                    members.append(Member(name, MemberInfo.from_json(raw), node.version, node.session))
+            elif node.key.startswith("fence/"):
+                fences.append((node.key, Record.parse(raw, node.version, node.key)))
+            elif node.key == "leader":
+                leader = Leader(_parse_leader(raw), node.version, node.session)
+            elif node.key == "initialize":
+                fields["initialize"] = _parse_initialize(raw)
+                fields["initialize_version"] = node.version
+            elif node.key == "failsafe":
+                fields["failsafe"] = _parse_failsafe(raw, node.version)
+            elif node.key in _PARSERS:
+                fields[node.key] = _PARSERS[node.key](raw, node.version)
+        except CorruptValue as exc:
+            corrupt.append(CorruptKey(node.key, str(exc), node.version, node.session))
+            member = node.key[len("members/") :] if node.key.startswith("members/") else ""
+            if member:
+                # A live member (its key is bound to its lease) whose record is unreadable: still a
+                # member to ask and to count, with nothing known about it.
+                members.append(Member(member, MemberInfo(), node.version, node.session))
     return ClusterView(
         scope=scope,
         leader=leader,
         members=tuple(sorted(members, key=lambda m: m.name)),
         fences=tuple(rec for _, rec in sorted(fences, key=lambda f: f[0])),
         revision=revision,
+        corrupt=tuple(sorted(corrupt, key=lambda c: c.key)),
         **fields,
     )

@@ -198,6 +198,16 @@ class ConsulDCS(DCS):
     def session(self) -> str | None:
         return self._session
 
+    @property
+    def session_id(self) -> str | None:
+        return self._session
+
+    @property
+    def granted_ttl(self) -> float:
+        """The leader ttl the current session was created for: a ttl change applies to the next
+        session, never to the deadline of the one that holds the key."""
+        return getattr(self, "_session_leader_ttl", float(self.ttl))
+
     def _deadline(self) -> float:
         return time.monotonic() + self.retry_timeout
 
@@ -252,6 +262,7 @@ class ConsulDCS(DCS):
         if not sid:
             raise DCSError("consul session create returned no id", [self.endpoint])
         self._session = str(sid)
+        self._session_leader_ttl = float(self.ttl)
         if self._member_info is not None:
             with contextlib.suppress(SessionGone):
                 self._write_member(self._member_info, self._session, deadline)

@@ -555,6 +555,8 @@ class Etcd3(DCS):
         self._lock = threading.RLock()
         self._lease: str | None = None
         self._lease_kept_at = 0.0  # monotonic time of the last grant or successful keepalive
+        self._lease_ttl: int | None = None  # the TTL etcd granted the current lease
+        self._ttl_floor: int | None = None  # while a re-grant's outcome is unknown: min(old, new)
         self._member_info: MemberInfo | None = None
         self._member_written: tuple[str, str, float] | None = None  # (json, lease, when)
         self._last_status: LeaderStatus | None = None
@@ -568,6 +570,15 @@ class Etcd3(DCS):
     def lease(self) -> str | None:
         """This member's current lease id (None before the first lease-bound write)."""
         return self._lease
+
+    @property
+    def session_id(self) -> str | None:
+        return self._lease
+
+    @property
+    def granted_ttl(self) -> float:
+        ttl = self._lease_ttl if self._lease_ttl is not None else int(self.ttl)
+        return float(min(ttl, self._ttl_floor) if self._ttl_floor is not None else ttl)
 
     def _deadline(self) -> float:
         return time.monotonic() + self.retry_timeout
@@ -597,16 +608,18 @@ class Etcd3(DCS):
             raise DCSError("etcd lease grant returned no lease id", self.client.endpoints)
         self._lease = lease
         self._lease_kept_at = started
+        self._lease_ttl = to_int(doc.get("TTL")) or int(self.ttl)
         return lease
 
     def _keepalive(self, lease: str, deadline: float) -> bool:
         """True while the lease exists (TTL > 0 after the renewal)."""
         started = time.monotonic()
         doc = self._call("/lease/keepalive", {"ID": lease}, deadline, "lease keepalive")
-        alive = to_int(doc.get("TTL")) > 0
-        if alive:
+        ttl = to_int(doc.get("TTL"))
+        if ttl > 0:
             self._lease_kept_at = started
-        return alive
+            self._lease_ttl = ttl  # a keepalive restores the TTL the lease was granted with
+        return ttl > 0
 
     def _new_lease(self, deadline: float) -> str:
         """Grant a new lease and rebind this member's key to it (the old binding died with the
@@ -689,17 +702,73 @@ class Etcd3(DCS):
                 with contextlib.suppress(DCSError):
                     self._new_lease(deadline)
                 return False
-            success = [op_put(self.key("status"), status.to_json())] if status is not None else []
+            puts = [op_put(self.key("status"), status.to_json())] if status is not None else []
+            if self._lease_ttl is not None and self._lease_ttl != int(self.ttl):
+                return self._regrant_leader(lease, puts, deadline, status)
             doc = self._safe_txn(
                 [cmp_value(leader, self.name), cmp_lease(leader, lease)],
-                success,
-                [],
+                puts,
+                [op_range(leader)],
                 deadline,
                 "update leader",
             )
-            if txn_succeeded(doc) and status is not None:
-                self._last_status = status
-            return txn_succeeded(doc)
+            ok = txn_succeeded(doc) or self._repair_leader_value(lease, txn_range_kvs(doc), puts, deadline)
+            if ok:
+                self._ttl_floor = None
+                if status is not None:
+                    self._last_status = status
+            return ok
+
+    def _repair_leader_value(self, lease: str, kvs: list[Json], puts: list[Json], deadline: float) -> bool:
+        """The leader key is bound to my lease but carries another value (written by hand, or
+        corrupted): it is mine (nobody else can create it while it exists), so rewrite my name,
+        only if it is still that same key (CAS on its revision)."""
+        if not kvs or str(to_int(kvs[0].get("lease"))) != lease:
+            return False
+        leader = self.key("leader")
+        doc = self._safe_txn(
+            [cmp_mod(leader, to_int(kvs[0].get("mod_revision"))), cmp_lease(leader, lease)],
+            [op_put(leader, self.name, lease), *puts],
+            [],
+            deadline,
+            "repair leader value",
+        )
+        return txn_succeeded(doc)
+
+    def _regrant_leader(self, old: str, puts: list[Json], deadline: float, status: LeaderStatus | None) -> bool:
+        """The configured ttl changed: move the leader key (and the member key) to a lease granted
+        with the new ttl, in one transaction conditional on still holding the key. Until the
+        outcome is known the deadline counts from the shorter of the two TTLs (the key may be on
+        either lease), from the keepalive of the old lease that preceded this call."""
+        old_ttl = self._lease_ttl or int(self.ttl)
+        kept_at = self._lease_kept_at
+        self._ttl_floor = min(old_ttl, int(self.ttl))
+        started = time.monotonic()
+        grant = self._call("/lease/grant", {"TTL": str(int(self.ttl))}, deadline, "lease grant")
+        new = str(to_int(grant.get("ID")))
+        if new == "0":
+            raise DCSError("etcd lease grant returned no lease id", self.client.endpoints)
+        leader = self.key("leader")
+        success = [op_put(leader, self.name, new), *puts]
+        if self._member_info is not None:
+            success.append(op_put(self.key("members", self.name), self._member_info.to_json(), new))
+        doc = self._safe_txn(
+            [cmp_value(leader, self.name), cmp_lease(leader, old)], success, [], deadline, "move leader to new lease"
+        )
+        if not txn_succeeded(doc):
+            with contextlib.suppress(DCSError, LeaseNotFound):
+                self.client.call("/lease/revoke", {"ID": new}, deadline, "lease revoke")
+            return False
+        # Bound to the new lease now. The deadline stays on the floor (min of both TTLs, from the
+        # old lease's last keepalive) until the next plain renewal of the new lease.
+        self._lease, self._lease_ttl = new, to_int(grant.get("TTL")) or int(self.ttl)
+        self._lease_kept_at = min(kept_at, started)
+        self._member_written = None
+        with contextlib.suppress(DCSError, LeaseNotFound):
+            self.client.call("/lease/revoke", {"ID": old}, deadline, "lease revoke")
+        if status is not None:
+            self._last_status = status
+        return True
 
     def delete_leader(self, last_lsn: int | None = None) -> bool:
         deadline = self._deadline()
@@ -729,7 +798,7 @@ class Etcd3(DCS):
             # The member key only has to outlive the agent by at most ttl: a keepalive every
             # ttl/4 is plenty (the leader renews the same lease every cycle in update_leader, and
             # acquiring the leader key always renews first).
-            lease, fresh = self._ensure_lease(deadline, max_age=self.ttl / 4)
+            lease, fresh = self._ensure_lease(deadline, max_age=min(self.ttl, self._lease_ttl or self.ttl) / 4)
             written = self._member_written
             # The key is rewritten when it changed, when the lease changed, and at least once per
             # ttl (in case someone removed it); an unchanged key is left alone so that watchers

@@ -198,6 +198,15 @@ class WriteHistory(Action):
 
 
 @dataclass(frozen=True)
+class RewriteHistory(Action):
+    """Replace a corrupt ``history`` value with the last good one (CAS on the corrupt key's
+    ``version``)."""
+
+    entries: tuple[HistoryEntry, ...]
+    version: int
+
+
+@dataclass(frozen=True)
 class ClearFailover(Action):
     version: int
 

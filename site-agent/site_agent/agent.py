@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 from site_agent.remote import RemoteHistoryCache, diverged_from
 from site_agent.snapshot import NodeSnapshot, XlogPosition
 from site_agent.state import DecideConfig, LocalState, PgState, ReplicaConn, tags_from_config
+from site_agent.viewmend import LastGood, mend_view
 
 log = structlog.get_logger("site_agent")
 
@@ -56,6 +57,8 @@ class Agent:
         self._pg_state_since: float | None = None
         self._failsafe_map: dict[str, str] = {}  # last failsafe key read from the DCS
         self._remote_history = RemoteHistoryCache()
+        self._last_good = LastGood()  # history and site record last read intact
+        self._corrupt_notes: tuple[str, ...] = ()
         self.keeper: LeaseKeeper | None = None
         self.scheduler: BackupScheduler | None = None  # scheduled backups, fired on the leader only
         self.pm_watch: PostmasterWatch | None = None  # wakes the loop when the postmaster exits
@@ -78,14 +81,20 @@ class Agent:
 
     def run(self) -> None:
         log.info("agent started", scope=self.cfg.scope, name=self.cfg.name)
+        failures = 0
         while not self.stopping.is_set():
             started = time.monotonic()
             try:
                 hurry = self.run_cycle()
+                failures = 0
             except Exception:
-                # A bug must not stop the loop: the lease deadline rule still has to run.
-                log.exception("agent cycle failed")
-                hurry = False
+                # A bug must not stop the loop: the lease deadline rule still has to run (and the
+                # lease keeper enforces it meanwhile). Back off instead of spinning, but never
+                # past the next lease deadline.
+                failures += 1
+                log.exception("agent cycle failed", consecutive=failures)
+                self.stopping.wait(self._leader_wait_cap(min(0.1 * 2**failures, float(self.dynamic.loop_wait))))
+                continue
             if self.stopping.is_set():
                 break
             self._wait(started, hurry)
@@ -177,10 +186,18 @@ class Agent:
                 self.dcs.set_retry_timeout(self.dynamic.retry_timeout)
         self._dcs_error = None
         self._dcs_last_seen = time.time()
+        view, self._last_good, notes = mend_view(view, self.cfg.name, self.dcs.session_id, self._last_good)
+        if notes != self._corrupt_notes:
+            for note in notes:
+                log.error("corrupt DCS key", detail=note)
+            if not notes and self._corrupt_notes:
+                log.info("DCS keys readable again")
+            self._corrupt_notes = notes
         return view
 
     def _refresh_dynamic(self, view: ClusterView | None) -> None:
         if view is None or view.config is None:
+            # A corrupt `config` key is reported by mend_view; the last good configuration stays.
             return
         try:
             dyn = parse_dynamic_config(dict(view.config.data))
@@ -208,10 +225,11 @@ class Agent:
             elif mem.expect_running:
                 pg = PgState.CRASHED
                 if mem.first_crash_at is None:
-                    mem.first_crash_at = now
                     log.warning("PostgreSQL stopped unexpectedly")
             else:
                 pg = PgState.STOPPED
+            if pg is not PgState.STOPPED and mem.first_crash_at is None:
+                mem.first_crash_at = now  # the outage primary_start_timeout is counted from
         in_recovery: bool | None = None
         timeline = received = replayed = current = None
         system_id = None
@@ -285,6 +303,7 @@ class Agent:
             rewind_failed=mem.rewind_failed,
             am_leader=mem.am_leader,
             last_renewal=mem.last_renewal,
+            lease_ttl=mem.lease_ttl,
             renewal_failed=mem.renewal_failed,
             leader_key_lost=mem.leader_key_lost,
             dcs_error=self._dcs_error,
@@ -346,14 +365,19 @@ class Agent:
 
     def attach_keeper(self, keeper: LeaseKeeper) -> None:
         self.keeper = keeper
-        self.executor.on_lease = lambda at: keeper.feed(at + self.decide_config().leader_deadline)
+        self.executor.on_lease = lambda at: keeper.feed(at + self.lease_deadline())
         self.executor.on_demoted = keeper.disarm
+
+    def lease_deadline(self) -> float:
+        """Seconds after the last renewal at which this leader must stop being writable, from the
+        TTL of the lease that holds the key (not the configured ttl: see DecideConfig.deadline_for)."""
+        return self.decide_config().deadline_for(self.mem.lease_ttl)
 
     def _feed_keeper(self) -> None:
         if self.keeper is None:
             return
         if self.mem.am_leader and self.mem.last_renewal is not None:
-            self.keeper.feed(self.mem.last_renewal + self.decide_config().leader_deadline)
+            self.keeper.feed(self.mem.last_renewal + self.lease_deadline())
         else:
             self.keeper.disarm()
 
@@ -391,10 +415,11 @@ class Agent:
                 mem.leader_key_lost = True
         if not mem.am_leader:
             mem.last_renewal = None
+            mem.lease_ttl = None
 
     def _seed_config(self, view: ClusterView | None) -> None:
         """The bootstrap winner seeds the dynamic configuration once."""
-        if view is None or view.config is not None or not self.mem.am_leader:
+        if view is None or view.config is not None or view.corrupt_key("config") or not self.mem.am_leader:
             return
         data = self.cfg.bootstrap.dcs.model_dump(mode="json", exclude_none=True)
         with contextlib.suppress(DCSError):
@@ -424,10 +449,9 @@ class Agent:
         lag = None
         if local.in_recovery and leader_lsn is not None and local.lsn is not None:
             lag = max(0, leader_lsn - local.lsn)
-        cfg = self.decide_config()
         deadline = None
         if self.mem.am_leader and self.mem.last_renewal is not None:
-            deadline = time.time() + (self.mem.last_renewal + cfg.leader_deadline - time.monotonic())
+            deadline = time.time() + (self.mem.last_renewal + self.lease_deadline() - time.monotonic())
         obs_probe = self.node.ctl.is_running()
         self._snapshot = NodeSnapshot(
             name=self.cfg.name,
@@ -488,7 +512,7 @@ class Agent:
         if hurry:
             self.stopping.wait(0.05)
             return
-        remaining = self.dynamic.loop_wait - (time.monotonic() - started)
+        remaining = self._leader_wait_cap(self.dynamic.loop_wait - (time.monotonic() - started))
         if remaining <= 0:
             return
         if self.wake.is_set():
@@ -503,6 +527,16 @@ class Agent:
         with contextlib.suppress(DCSError):
             self.dcs.watch(leader_version, remaining)
         self.wake.clear()
+
+    def _leader_wait_cap(self, wait: float) -> float:
+        """A leader sleeps no longer than leaves time to renew before its lease deadline (a lease
+        re-granted with a shorter ttl, or a slow renewal, can bring the deadline within loop_wait)."""
+        renewed = self.mem.last_renewal
+        if not self.mem.am_leader or renewed is None:
+            return wait
+        span = self.lease_deadline()
+        reserve = min(float(self.dynamic.retry_timeout), span / 2)
+        return min(wait, max(0.05, renewed + span - reserve - time.monotonic()))
 
     def request_cycle(self) -> None:
         self.wake.set()

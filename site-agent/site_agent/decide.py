@@ -23,7 +23,7 @@ Rules are tried in this order; the first that applies decides:
 5. **Leader** (the key carries this member's name): adopt it after an agent restart, keep it
    (RenewLeader + slots + the ``failsafe`` map + synchronous replication, see
    :mod:`site_agent.sync`), promote a replica we just acquired for, restart a crashed primary within
-   ``primary_start_timeout``/``max_crash_restarts`` else release, hand over on switchover.
+   ``primary_start_timeout`` else release, hand over on switchover.
    In standby-cluster mode the leader is a standby leader following the remote site; it never
    promotes.
 6. **No leader**: take the key if eligible (invariant 3), else wait (starting PostgreSQL as a
@@ -66,6 +66,7 @@ from site_agent.actions import (
     RenewLeader,
     RestartPostgres,
     Rewind,
+    RewriteHistory,
     Role,
     StartPostgres,
     StopPostgres,
@@ -221,12 +222,14 @@ def _safety(ctx: _Ctx) -> Decision | None:
         return None
     if local.am_leader:
         age = None if local.last_renewal is None else ctx.now - local.last_renewal
-        if age is None or age >= cfg.leader_deadline:
+        limit = cfg.deadline_for(local.lease_ttl)
+        if age is None or age >= limit:
             shown = "never" if age is None else f"{age:.1f}s ago"
+            granted = cfg.ttl if local.lease_ttl is None else local.lease_ttl
             return _dec(
                 [Demote("immediate")],
-                f"leader lease last renewed {shown} (deadline ttl-safety_margin={cfg.leader_deadline}s): "
-                "demoting before another member may take the key",
+                f"leader lease last renewed {shown} (deadline: granted ttl {granted:g}s - safety_margin "
+                f"{cfg.safety_margin}s = {limit:g}s): demoting before another member may take the key",
                 "demoted",
             )
     if local.is_primary:
@@ -254,7 +257,7 @@ def _failsafe_reacquire(ctx: _Ctx) -> bool:
         and local.failsafe_held_at is not None
         and ctx.now - local.failsafe_held_at < cfg.leader_deadline
         and local.last_renewal is not None
-        and ctx.now - local.last_renewal < cfg.leader_deadline
+        and ctx.now - local.last_renewal < cfg.deadline_for(local.lease_ttl)
     )
 
 
@@ -445,9 +448,14 @@ def _leader(ctx: _Ctx) -> Decision:
             f"holding the leader key but cannot start on a {local.data_dir.value} data directory: releasing",
             "demoted",
         )
-    within_time = local.first_crash_at is None or ctx.now - local.first_crash_at < cfg.primary_start_timeout
-    if cfg.primary_start_timeout > 0 and local.crash_restarts < cfg.max_crash_restarts and within_time:
-        attempt = f"attempt {local.crash_restarts + 1}/{cfg.max_crash_restarts}"
+    # primary_start_timeout alone bounds how long the leader keeps trying (Patroni's meaning):
+    # a count of attempts would cut it short when each start fails fast (a taken port).
+    down_for = 0.0 if local.first_crash_at is None else ctx.now - local.first_crash_at
+    if cfg.primary_start_timeout > 0 and down_for < cfg.primary_start_timeout:
+        attempt = (
+            f"attempt {local.crash_restarts + 1}, down {down_for:.0f}s of "
+            f"primary_start_timeout={cfg.primary_start_timeout}s"
+        )
         if ctx.standby_mode:
             remote = cfg.standby_cluster
             if remote is not None and local.timeline_diverged is True:
@@ -483,8 +491,8 @@ def _leader(ctx: _Ctx) -> Decision:
         )
     return _dec(
         [ReleaseLeader(local.lsn)],
-        f"PostgreSQL could not be restarted ({local.crash_restarts} attempts, primary_start_timeout="
-        f"{cfg.primary_start_timeout}s): releasing the leader key for a failover",
+        f"PostgreSQL could not be restarted ({local.crash_restarts} attempts in {down_for:.0f}s, "
+        f"primary_start_timeout={cfg.primary_start_timeout}s): releasing the leader key for a failover",
         "demoted",
     )
 
@@ -502,7 +510,7 @@ def _primary_running(ctx: _Ctx) -> Decision:
     fs, fs_note = _failsafe_map(ctx)
     sync = plan_sync(ctx.view, ctx.local, ctx.cfg)
     # The sync actions come last: UpdateSync is a guard, a lost CAS must not skip the others.
-    actions = [*renew, *_slots(ctx), *fs, *_stale_failover(ctx), *sync.actions]
+    actions = [*renew, *_slots(ctx), *fs, *_stale_failover(ctx), *_repairs(ctx), *sync.actions]
     extra = "".join(f"; {n}" for n in (fs_note, sync.note) if n)
     return _dec(actions, "leader: renewing the key" + note + extra, "primary")
 
@@ -540,7 +548,7 @@ def _standby_leader_running(ctx: _Ctx) -> Decision:
     if remote is not None and local.following != STANDBY_SOURCE:
         actions.append(Follow(None, remote.primary_slot_name, remote))
         reason += f"; following the remote site {remote.host}:{remote.port}"
-    return _dec([*actions, *_slots(ctx), *_stale_failover(ctx)], reason, "standby_leader")
+    return _dec([*actions, *_slots(ctx), *_stale_failover(ctx), *_repairs(ctx)], reason, "standby_leader")
 
 
 def _scheduled_in_future(ctx: _Ctx) -> bool | None:
@@ -565,6 +573,19 @@ def _stale_failover(ctx: _Ctx) -> list[Action]:
     if (fo.leader and fo.leader != ctx.me) or fo.candidate == ctx.me or _scheduled_in_future(ctx) is None:
         return [ClearFailover(fo.version)]
     return []
+
+
+def _repairs(ctx: _Ctx) -> list[Action]:
+    """The leader rewrites the corrupt keys it owns and can restore (see site_agent.viewmend;
+    ``sync``, ``status``, ``failsafe`` and ``initialize`` are rewritten by their usual actions)."""
+    out: list[Action] = []
+    bad_history = ctx.view.corrupt_key("history")
+    if bad_history is not None and ctx.view.history is not None:
+        out.append(RewriteHistory(ctx.view.history.entries, bad_history.version))
+    bad_failover = ctx.view.corrupt_key("failover")
+    if bad_failover is not None:
+        out.append(ClearFailover(bad_failover.version))
+    return out
 
 
 def _failover_note(ctx: _Ctx) -> str:

@@ -40,6 +40,7 @@ from site_agent.actions import (
     RenewLeader,
     RestartPostgres,
     Rewind,
+    RewriteHistory,
     SetSyncStandbyNames,
     StandbyTarget,
     StartPostgres,
@@ -62,6 +63,7 @@ class Memory:
 
     am_leader: bool = False
     last_renewal: float | None = None
+    lease_ttl: float | None = None  # DCS.granted_ttl at the last renewal (see LocalState.lease_ttl)
     renewal_failed: bool = False
     leader_key_lost: bool = False
     expect_running: bool = False  # we started PostgreSQL and did not stop it since
@@ -123,6 +125,10 @@ class Executor:
                 log.warning("action failed: DCS", action=action.describe(), error=str(exc))
                 if isinstance(action, RenewLeader):
                     self.mem.renewal_failed = True
+                    # A renewal that failed midway may have moved the key to a lease with a
+                    # shorter TTL (a re-grant after a ttl change): count from the shorter one.
+                    granted = self.dcs.granted_ttl
+                    self.mem.lease_ttl = granted if self.mem.lease_ttl is None else min(self.mem.lease_ttl, granted)
                 ok = False
             if not ok and not action.guard:
                 all_ok = False
@@ -153,6 +159,7 @@ class Executor:
         if won:
             self.mem.am_leader = True
             self.mem.last_renewal = started
+            self.mem.lease_ttl = self.dcs.granted_ttl
             self.mem.renewal_failed = False
             self._leased(started)
             log.info("acquired the leader key")
@@ -165,6 +172,7 @@ class Executor:
         if ok:
             self.mem.am_leader = True
             self.mem.last_renewal = started
+            self.mem.lease_ttl = self.dcs.granted_ttl
             self.mem.renewal_failed = False
             self._leased(started)
         else:
@@ -218,6 +226,11 @@ class Executor:
             return int(lines[-1][0]), parse_lsn(lines[-1][1].strip())
         except ValueError:
             return None
+
+    def _do_RewriteHistory(self, a: RewriteHistory) -> bool:
+        ok = self.dcs.set_history(list(a.entries), a.version)
+        log.warning("rewrote the corrupt history key with the last good history", ok=ok)
+        return ok
 
     def _do_ClearFailover(self, a: ClearFailover) -> bool:
         return self.dcs.delete_failover(a.version)

@@ -126,6 +126,7 @@ class LocalState:
     # leadership memory kept by the shell
     am_leader: bool = False
     last_renewal: float | None = None
+    lease_ttl: float | None = None  # TTL of the lease the key is bound to (DCS.granted_ttl); None: cfg.ttl
     renewal_failed: bool = False
     leader_key_lost: bool = False
     dcs_error: str | None = None  # why the view is None this cycle
@@ -182,7 +183,6 @@ class DecideConfig:
     maximum_lag_on_syncnode: int = -1  # bytes; -1: no limit
     failsafe_mode: bool = False
     primary_start_timeout: int = 300
-    max_crash_restarts: int = 3
     check_timeline: bool = False
     pause: bool = False
     standby_cluster: StandbyTarget | None = None
@@ -192,8 +192,16 @@ class DecideConfig:
 
     @property
     def leader_deadline(self) -> float:
-        """Seconds after the last successful renewal at which a leader must stop being writable."""
-        return max(self.ttl - self.safety_margin, 1)
+        """Seconds after the last successful renewal at which a leader must stop being writable,
+        for a lease granted with the configured ttl (see :meth:`deadline_for`)."""
+        return self.deadline_for(None)
+
+    def deadline_for(self, lease_ttl: float | None) -> float:
+        """Seconds after the last successful renewal at which a leader must stop being writable:
+        derived from the TTL the lease holding the key was actually granted (invariant 7: a ttl
+        change in the DCS does not change the lease that already holds the key)."""
+        ttl = self.ttl if lease_ttl is None else lease_ttl
+        return max(ttl - self.safety_margin, 1)
 
     @classmethod
     def from_config(cls, agent: AgentConfig, dynamic: DynamicConfig | None = None) -> DecideConfig:

@@ -13,8 +13,9 @@ acknowledged only once each of them flushed it.
 * To **remove** a member: the key first (CAS, a guard action), then SSN.
 * No standby qualifies: strict mode sets SSN to ``'*'`` (commits block until some standby
   confirms) and the key lists nobody (only the leader itself may hold the leader key); non-strict
-  mode sets SSN to ``''`` (asynchronous) and the key lists nobody (any healthy member may then
-  promote: nothing is guaranteed any more).
+  mode sets SSN to ``''`` (asynchronous) and the key lists nobody: in both modes only the
+  leader named in the key may then hold the leader key (commits acknowledged meanwhile may exist
+  on the leader alone), see :func:`sync_restricts`.
 
 A candidate is a member of the view, other than the leader, not tagged ``nosync``, whose walsender
 is ``streaming`` (and within ``maximum_lag_on_syncnode`` when set). Current key members come
@@ -293,9 +294,10 @@ def promotion_sync_actions(view: ClusterView, cfg: DecideConfig) -> tuple[list[A
 def sync_restricts(view: ClusterView, cfg: DecideConfig) -> bool:
     """In synchronous mode, does the ``sync`` key restrict who may take the leader key?
 
-    Yes when it lists standbys, and in strict mode also when it lists none (then only the leader
-    it names may). No key, or non-strict with no standby: replication was asynchronous, nothing is
-    guaranteed, any eligible member may."""
-    if not cfg.synchronous_mode or view.sync is None:
-        return False
-    return bool(view.sync.sync_standbys) or cfg.synchronous_mode_strict
+    Yes whenever the key exists (invariant 3): only the standbys it lists may, whoever released
+    the leader key and why. A key that lists none (the leader ran without a synchronous standby,
+    in strict or non-strict mode) lets nobody but its leader take the key: commits acknowledged
+    meanwhile may exist on the leader only, and synchronous mode promises not to lose them (the
+    operator can still choose loss with a manual failover after turning synchronous_mode off).
+    No key at all: the cluster never recorded a synchronous state, any eligible member may."""
+    return cfg.synchronous_mode and view.sync is not None

@@ -126,6 +126,7 @@ def test_view_from_range() -> None:
     assert [m.name for m in view.members] == ["a", "b"]
     assert view.member("a").info == info  # type: ignore[union-attr]
     assert view.member("b").info.role == "uninitialized"  # type: ignore[union-attr]
+    assert [c.key for c in view.corrupt] == ["members/b"] and "not valid JSON" in view.corrupt[0].reason
     assert view.config_data == {"ttl": 30} and view.config.version == 13  # type: ignore[union-attr]
     assert view.initialize == "123" and view.initialize_version == 14
     assert view.timeline == 2
