@@ -239,6 +239,9 @@ class Agent:
             timeline = probe.timeline
             received, replayed, current = probe.received_lsn, probe.replayed_lsn, probe.current_lsn
             system_id = str(probe.system_identifier)
+            if probe.in_recovery and probe.timeline_source != "pg_stat_wal_receiver":
+                # pg_control's timeline lags behind a switch the standby replayed (Patroni #2175)
+                timeline = self.node.wal_timeline(replayed) or timeline
             if not probe.in_recovery:
                 mem.former_primary = True
             elif view is not None and (self._streams_from_leader(view, probe) or self._streams_from_remote(probe)):
@@ -248,6 +251,11 @@ class Agent:
             timeline = control.effective_timeline
             system_id = str(control.system_identifier)
             replayed = control.checkpoint_lsn
+            if control.cluster_state in ("in archive recovery", "shut down in recovery"):
+                # A stopped standby replayed at least to its min recovery point, on the timeline
+                # its WAL says (its checkpoint's timeline may predate a switch it replayed).
+                replayed = max(replayed, control.min_recovery_end_lsn)
+                timeline = self.node.wal_timeline(replayed) or timeline
             # A base backup that never started also says "in production": not a former primary.
             was_primary = (
                 control.cluster_state in ("in production", "shut down")

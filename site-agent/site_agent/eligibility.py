@@ -202,6 +202,8 @@ def _peer_wins(
         return None  # the leader being switched away from does not compete
     if not peer.can_failover or peer.in_recovery is None or peer.lsn is None:
         return None  # cannot compete: ignored (otherwise a nofailover replica could block every failover)
+    if _past_its_timeline_end(view, peer.timeline, peer.lsn):
+        return None  # diverged from the cluster history (a former primary): it can never lead
     if sync_active(view, cfg) and not in_sync_set(view, name):
         return None
     if my_lsn is None:
@@ -216,6 +218,13 @@ def _peer_wins(
         # win. (A name-order tie-break would stall the election whenever the first-named peer
         # cannot take the key for a reason we do not see.)
     return None
+
+
+def _past_its_timeline_end(view: ClusterView, timeline: int | None, lsn: int) -> bool:
+    """The history closed ``timeline`` before ``lsn``: WAL written after another member forked."""
+    if timeline is None or view.history is None or timeline >= view.timeline:
+        return False
+    return any(e.timeline == timeline and lsn > e.lsn for e in view.history.entries)
 
 
 def candidate_blockers(view: ClusterView, local: LocalState, cfg: DecideConfig, name: str) -> list[str]:

@@ -4,6 +4,7 @@ configuration, connection strings, and the observation that feeds LocalState."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from drctl.pg.controldata import ControlData
 from drctl.pg.ctl import PgCtl, PgCtlError
 from drctl.pg.probe import Conn, ProbeError, connect, probe_conn
 from drctl.pg.probe import PgState as ProbeState
+from drctl.pg.waltimeline import history_timelines, parse_history_file, replay_timeline
 from site_agent.config import AgentConfig, DynamicConfig
 from site_agent.state import DataDirState
 
@@ -83,6 +85,7 @@ class Node:
         self.sync_standby_names: str | None = None  # managed by the leader in synchronous mode
         self._conn: Conn | None = None  # see session()
         self._conn_pm: int | None = None
+        self._seg_size: int | None = None  # wal_segment_size, read once from pg_control
 
     # --- addresses ---------------------------------------------------------------------------
     @property
@@ -199,6 +202,24 @@ class Node:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
+
+    def wal_timeline(self, lsn: int | None) -> int | None:
+        """The timeline this standby replayed ``lsn`` on, judged from the WAL segments and history
+        files in its pg_wal (see drctl.pg.waltimeline); None when they do not tell."""
+        if lsn is None:
+            return None
+        wal_dir = self.data_dir / "pg_wal"
+        try:
+            names = os.listdir(wal_dir)
+            if self._seg_size is None:
+                self._seg_size = int(self.ctl.controldata().raw.get("Bytes per WAL segment", "16777216"))
+        except (OSError, PgCtlError, ValueError):
+            return None
+        histories = {}
+        for tli in history_timelines(names):
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                histories[tli] = parse_history_file((wal_dir / f"{tli:08X}.history").read_text())
+        return replay_timeline(lsn, names, histories, self._seg_size)
 
     def observe(self) -> Observation:
         dd = self.data_dir_state()
