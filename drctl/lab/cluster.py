@@ -120,6 +120,10 @@ class LabCluster:
     # Everyone (peers, clients) reaches a node's PostgreSQL and REST API through proxies, so that a
     # test can cut a node off from the other nodes and the clients as well as from the DCS.
     node_proxies: bool = False
+    # A fencing command that powers a node off (drctl.lab.fence: SIGKILL by PID), standing for a
+    # hypervisor's or IPMI's power-off: agents run it before taking over from a leader they did
+    # not see demoted.
+    fencing: bool = False
     nodes: list[AgentNode] = field(default_factory=list)
     proxies: dict[str, list[TcpProxy]] = field(default_factory=dict)
     ingress: dict[str, list[TcpProxy]] = field(default_factory=dict)  # member -> [pg, api]
@@ -196,6 +200,11 @@ class LabCluster:
             pg["create_replica_methods"] = ["pgbackrest", "basebackup"]
         if node.name in self.tags:
             cfg["tags"] = self.tags[node.name]
+        if self.fencing:
+            cfg["fencing"] = {
+                "command": [sys.executable, "-m", "drctl.lab.fence", "--pid-dir", str(self.sup.pid_dir)],
+                "timeout": 15,
+            }
         return cfg
 
     def _etcd_hosts(self, node: AgentNode) -> list[str]:

@@ -184,6 +184,16 @@ class ManageSlots(Action):
     slots: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class FenceNode(Action):
+    """Run the fencing command against ``member`` (the old leader, which did not demote cleanly)
+    before taking over. A guard: a failed fence stops the decision (``fencing.on_failure: block``),
+    so nothing promotes while the old leader may still be writable."""
+
+    guard: ClassVar[bool] = True
+    member: str
+
+
 # -- DCS records --------------------------------------------------------------------------------
 
 

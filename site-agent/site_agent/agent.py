@@ -20,6 +20,7 @@ from site_agent.config import AgentConfig, ConfigError, DynamicConfig, parse_dyn
 from site_agent.decide import decide
 from site_agent.executor import Executor, Memory
 from site_agent.fencing import LeaseKeeper
+from site_agent.identity import identity
 from site_agent.node import Node, Observation
 from site_agent.peers import gather_peers, post_failsafe
 from site_agent.pmwatch import PostmasterWatch
@@ -43,6 +44,7 @@ class Agent:
         self.node = node
         self.mem = Memory()
         self.executor = Executor(node, dcs, self.mem)
+        self.executor.fencing = cfg.fencing
         self.dynamic: DynamicConfig = cfg.bootstrap.dcs
         self.view: ClusterView | None = None
         self.local: LocalState | None = None
@@ -60,6 +62,7 @@ class Agent:
         self._last_good = LastGood()  # history and site record last read intact
         self._corrupt_notes: tuple[str, ...] = ()
         self.keeper: LeaseKeeper | None = None
+        self.identity = identity(str(node.data_dir))
         self.scheduler: BackupScheduler | None = None  # scheduled backups, fired on the leader only
         self.pm_watch: PostmasterWatch | None = None  # wakes the loop when the postmaster exits
         self._snapshot = NodeSnapshot(name=cfg.name, scope=cfg.scope, version=VERSION)
@@ -109,6 +112,11 @@ class Agent:
             self._obs = obs
             if view is not None:
                 self._failsafe_map = dict(view.failsafe or {})
+                leader = view.leader_member
+                if leader is not None and leader.name != self.cfg.name:
+                    self.mem.last_leader = leader
+                elif self.mem.am_leader:
+                    self.mem.last_leader = None
                 self.mem.failsafe_acks, self.mem.failsafe_round_started = frozenset(), None
             elif (
                 self.mem.am_leader
@@ -331,6 +339,7 @@ class Agent:
             failsafe_acks=mem.failsafe_acks,
             failsafe_heartbeat_at=mem.failsafe_heartbeat_at,
             failsafe_held_at=mem.failsafe_held_at,
+            last_leader=mem.last_leader.name if mem.last_leader is not None else None,
         )
 
     @staticmethod
@@ -447,6 +456,7 @@ class Agent:
             replayed_lsn=local.replayed_lsn,
             tags=self.cfg.tags.model_dump(exclude_none=True),
             version=VERSION,
+            extra=self.identity,
         )
         if view is not None:  # no point waiting on a DCS this cycle already found unreachable
             try:

@@ -218,6 +218,18 @@ class WatchdogConfig(_Model):
         return v
 
 
+class FencingConfig(_Model):
+    """STONITH for a leader that could not be demoted cleanly (a paused VM, a hung host): before
+    a replica takes over, it runs ``command`` with the old leader's name, host and API URL
+    appended as arguments (also in PGDR_FENCE_NAME/HOST/API_URL/CONN_URL); exit 0 = fenced."""
+
+    command: list[str] = Field(min_length=1)
+    timeout: float = Field(default=30.0, gt=0, le=600)
+    on_failure: Literal["block", "proceed"] = Field(
+        default="block", description="block: no promotion until fencing succeeds; proceed: promote anyway"
+    )
+
+
 class LogConfig(_Model):
     format: Literal["json", "console"] = "console"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
@@ -321,6 +333,7 @@ class AgentConfig(_Model):
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     tags: Tags = Field(default_factory=Tags)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    fencing: FencingConfig | None = None
     log: LogConfig = Field(default_factory=LogConfig)
 
     @model_validator(mode="after")

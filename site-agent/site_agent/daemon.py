@@ -21,6 +21,7 @@ from site_agent.backup import NodeBackup
 from site_agent.config import AgentConfig, ConfigError, ConsulConfig, EtcdConfig, load_config
 from site_agent.control import Control
 from site_agent.fencing import LeaseKeeper
+from site_agent.identity import duplicate_name_refusal
 from site_agent.logsetup import configure_logging
 from site_agent.node import Node
 from site_agent.pmwatch import PostmasterWatch
@@ -95,7 +96,7 @@ def run(argv: list[str]) -> int:
     log = structlog.get_logger("site_agent")
     dcs = build_dcs(cfg)
     try:
-        dcs.get_cluster()
+        view = dcs.get_cluster()
     except DCSError as exc:
         _err(
             f"cannot reach the DCS at start: {exc}. Check the `etcd3.hosts`/`consul` section "
@@ -115,6 +116,10 @@ def run(argv: list[str]) -> int:
             _err(f"{args.config}: postgresql.pgbackrest: {exc}")
             return EXIT_CONFIG
     agent = Agent(cfg, dcs, node)
+    refusal = duplicate_name_refusal(view, cfg.name, agent.identity, node.conn_url, agent.api_url)
+    if refusal is not None:
+        _err(f"{args.config}: name: {refusal}")
+        return EXIT_CONFIG
     section = cfg.postgresql.pgbackrest
     if section is not None and section.schedule is not None and node.backup is not None:
         from drctl.backup.schedule import BackupScheduler  # only with a schedule: keeps APScheduler out otherwise

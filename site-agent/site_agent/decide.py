@@ -56,6 +56,7 @@ from site_agent.actions import (
     Decision,
     Demote,
     FailsafeHold,
+    FenceNode,
     Follow,
     ManageSlots,
     NoOp,
@@ -679,11 +680,24 @@ def _no_leader(ctx: _Ctx) -> Decision:
             "standby_leader",
         )
     before, after = promotion_sync_actions(view, cfg)
+    fence, fence_note = _fence_old_leader(ctx)
     return _dec(
-        [AcquireLeader(), *before, Promote(), _history(ctx, f"{kind}: no leader"), *_clear_fo(ctx), *after],
-        f"no leader and I am the best eligible member: taking the key and promoting ({kind})",
+        [*fence, AcquireLeader(), *before, Promote(), _history(ctx, f"{kind}: no leader"), *_clear_fo(ctx), *after],
+        f"no leader and I am the best eligible member: {fence_note}taking the key and promoting ({kind})",
         "primary",
     )
+
+
+def _fence_old_leader(ctx: _Ctx) -> tuple[list[Action], str]:
+    """With a fencing command configured, the old leader is fenced before anyone promotes unless
+    it answers as a demoted node right now (it released the key cleanly, or demoted itself)."""
+    old = ctx.local.last_leader
+    if not ctx.cfg.fencing or old is None or old == ctx.me:
+        return [], ""
+    peer = ctx.local.peers.get(old)
+    if peer is not None and peer.reachable and peer.in_recovery is True:
+        return [], ""
+    return [FenceNode(old)], f"fencing the old leader {old} (not seen demoted), then "
 
 
 def _wait_or_start(ctx: _Ctx, reason: str) -> Decision:

@@ -14,7 +14,7 @@ import psycopg
 import structlog
 
 from drctl.backup.errors import BackupError
-from drctl.dcs.base import DCS, ClusterView, DCSError, HistoryEntry, LeaderStatus
+from drctl.dcs.base import DCS, ClusterView, DCSError, HistoryEntry, LeaderStatus, Member
 from drctl.pg.ctl import PgCtlError
 from drctl.pg.lsn import parse_lsn
 from drctl.pg.probe import ProbeError, checkpoint, connect, create_physical_slot, drop_slot, list_slots
@@ -30,6 +30,7 @@ from site_agent.actions import (
     Decision,
     Demote,
     FailsafeHold,
+    FenceNode,
     Follow,
     ManageSlots,
     NoOp,
@@ -50,9 +51,10 @@ from site_agent.actions import (
     WriteFailsafe,
     WriteHistory,
 )
-from site_agent.config import DynamicConfig
+from site_agent.config import DynamicConfig, FencingConfig
 from site_agent.node import Node
 from site_agent.state import STANDBY_SOURCE
+from site_agent.stonith import FenceTarget, run_fence
 
 log = structlog.get_logger("site_agent.act")
 
@@ -84,6 +86,7 @@ class Memory:
     failsafe_acks: frozenset[str] = frozenset()
     failsafe_heartbeat_at: float | None = None  # a leader's POST /failsafe last reached us
     last_error: str | None = None
+    last_leader: Member | None = None  # the last leader another view showed, with its record
     events: list[str] = field(default_factory=list)
 
 
@@ -101,6 +104,7 @@ class Executor:
         # of the decision runs: the lease keeper must be armed before a Promote, not after.
         self.on_lease: Callable[[float], None] | None = None
         self.on_demoted: Callable[[], None] | None = None  # PostgreSQL stopped by a Demote
+        self.fencing: FencingConfig | None = None
 
     def _leased(self, at: float) -> None:
         if self.on_lease is not None:
@@ -226,6 +230,27 @@ class Executor:
             return int(lines[-1][0]), parse_lsn(lines[-1][1].strip())
         except ValueError:
             return None
+
+    def _do_FenceNode(self, a: FenceNode) -> bool:
+        if self.fencing is None:
+            raise ActionFailed("FenceNode without a fencing configuration")
+        old = self.mem.last_leader
+        info = old.info if old is not None and old.name == a.member else None
+        target = FenceTarget(
+            a.member,
+            str(info.extra.get("host", "")) if info else "",
+            info.api_url if info else "",
+            info.conn_url if info else "",
+        )
+        fenced, what = run_fence(self.fencing.command, target, self.fencing.timeout)
+        if fenced:
+            log.warning("fenced the old leader", member=a.member, outcome=what)
+            return True
+        if self.fencing.on_failure == "proceed":
+            log.error("fencing failed; fencing.on_failure=proceed: taking over anyway", member=a.member, outcome=what)
+            return True
+        log.error("fencing failed: not taking over (fencing.on_failure=block)", member=a.member, outcome=what)
+        return False
 
     def _do_RewriteHistory(self, a: RewriteHistory) -> bool:
         ok = self.dcs.set_history(list(a.entries), a.version)

@@ -148,6 +148,7 @@ class LocalState:
     replication: tuple[ReplicaConn, ...] = ()
     synchronous_standby_names: str | None = None  # SHOW synchronous_standby_names; None = unknown
     wall_clock: float = 0.0  # time.time() of this cycle: scheduled switchovers, history timestamps
+    last_leader: str | None = None  # the last leader another view showed (the one to fence)
 
     @property
     def lsn(self) -> int | None:
@@ -189,6 +190,7 @@ class DecideConfig:
     create_replica_methods: tuple[str, ...] = ("basebackup",)
     rebuild_on_rewind_failure: bool = True
     rebuild_on_diverged_timeline: bool = True
+    fencing: bool = False  # a fencing command is configured (see FenceNode)
 
     @property
     def leader_deadline(self) -> float:
@@ -238,6 +240,7 @@ class DecideConfig:
             create_replica_methods=tuple(pg.create_replica_methods),
             rebuild_on_rewind_failure=pg.remove_data_directory_on_rewind_failure,
             rebuild_on_diverged_timeline=pg.remove_data_directory_on_diverged_timelines,
+            fencing=agent.fencing is not None,
         )
 
 
