@@ -248,6 +248,7 @@ def cluster_doc(view: ClusterView, *, topology: bool = False) -> dict[str, Any]:
         "pause": bool(view.config_data.get("pause", False)),
         "scheduled_switchover": scheduled,
         "members": [member_doc(view, m, d) for m, d in ordered],
+        "corrupt_keys": [{"key": c.key, "reason": c.reason} for c in view.corrupt],
     }
 
 
@@ -332,6 +333,8 @@ def render_cluster(doc: Mapping[str, Any], *, topology: bool, extended: bool = F
     sw = doc.get("scheduled_switchover")
     if sw:
         footer.append(f" Switchover scheduled at: {sw['at']} from: {sw['from'] or '-'} to: {sw['to'] or 'any'}")
+    for bad in doc.get("corrupt_keys") or ():
+        footer.append(f" CORRUPT DCS KEY {bad['key']}: {bad['reason']}")
     return "\n".join([text, *footer])
 
 

@@ -482,6 +482,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/history":
             return json_response(200, history_document(view))
         # /config
+        bad = view.corrupt_key("config")
+        if bad is not None:
+            return text_response(
+                502, f"the DCS key `config` is corrupt ({bad.reason}); the agent keeps its last good one"
+            )
         if view.config is None:
             return text_response(502, "no dynamic configuration in the DCS")
         return json_response(200, dict(view.config.data))
