@@ -641,3 +641,81 @@ def test_etcd_isolated_member_is_not_trusted_and_paused_cluster_fails_fast(etcd_
     observer.set_retry_timeout(5.0)
     view = observer.get_cluster()
     assert view.member("o") is not None or view.member("a") is not None or view.revision > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Leases and ttl changes (invariant 7): the deadline follows the lease actually granted
+
+
+def _lease_ttl(hosts: list[str], lease: str) -> tuple[int, int]:
+    """(granted TTL, remaining TTL) of a lease, as etcd reports them."""
+    client = EtcdClient(hosts, retry_timeout=2.0)
+    try:
+        doc = client.call("/lease/timetolive", {"ID": lease}, time.monotonic() + 2.0)
+    finally:
+        client.close()
+    return int(doc.get("grantedTTL", 0)), int(doc.get("TTL", -1))
+
+
+@pytest.mark.parametrize(("old", "new"), [(4, 12), (12, 4)])
+def test_etcd_ttl_change_regrants_the_leader_lease_safely(etcd_site_a: EtcdCluster, old: int, new: int) -> None:
+    hosts = etcd_site_a.endpoints
+    scope = _scope()
+    settings = DcsSettings.model_validate({"etcd": {"hosts": hosts}})
+    dcs = get_dcs(settings, namespace=NAMESPACE, scope=scope, name="a", ttl=old, retry_timeout=2.0)
+    other = get_dcs(settings, namespace=NAMESPACE, scope=scope, name="b", ttl=old, retry_timeout=2.0)
+    try:
+        dcs.touch_member(_info("a"))
+        assert dcs.attempt_to_acquire_leader()
+        assert dcs.granted_ttl == old
+        first = dcs.session_id
+        dcs.set_ttl(new)  # the dynamic configuration changed
+        # The key stays on the lease granted with the old ttl until the leader moves it: the
+        # deadline must not switch to the new ttl before that.
+        assert dcs.granted_ttl == old
+        assert dcs.update_leader(LeaderStatus(10))
+        moved = dcs.session_id
+        assert moved != first
+        # until the next plain renewal, the shorter of both TTLs counts
+        assert dcs.granted_ttl == min(old, new)
+        view = other.get_cluster()
+        assert view.leader is not None and view.leader.name == "a" and view.leader.session == moved
+        assert view.member("a") is not None and view.member("a").session == moved  # type: ignore[union-attr]
+        assert _lease_ttl(hosts, moved)[0] == new  # type: ignore[arg-type]
+        assert _lease_ttl(hosts, first)[1] == -1  # type: ignore[arg-type]  # the old lease is revoked
+        assert dcs.update_leader(LeaderStatus(11))
+        assert dcs.granted_ttl == new
+        assert not other.attempt_to_acquire_leader()
+    finally:
+        for d in (dcs, other):
+            with contextlib.suppress(DCSError):
+                d.revoke_session()
+            d.close()
+
+
+def test_etcd_leader_key_with_a_foreign_value_on_my_lease_is_repaired(etcd_site_a: EtcdCluster) -> None:
+    hosts = etcd_site_a.endpoints
+    scope = _scope()
+    settings = DcsSettings.model_validate({"etcd": {"hosts": hosts}})
+    dcs = get_dcs(settings, namespace=NAMESPACE, scope=scope, name="a", ttl=10, retry_timeout=2.0)
+    try:
+        assert dcs.attempt_to_acquire_leader()
+        lease = dcs.session_id
+        client = EtcdClient(hosts, retry_timeout=2.0)
+        from drctl.dcs.etcd import b64
+
+        key = f"{NAMESPACE}/{scope}/leader"
+        client.call(
+            "/kv/put", {"key": b64(key), "value": b64(b"\xff\xfegarbage"), "lease": lease}, time.monotonic() + 2
+        )
+        client.close()
+        view = dcs.get_cluster()
+        assert view.leader is None and view.corrupt_key("leader") is not None
+        assert view.corrupt_key("leader").session == lease  # type: ignore[union-attr]
+        assert dcs.update_leader()  # bound to my lease: still mine, and the value is rewritten
+        view = dcs.get_cluster()
+        assert view.leader is not None and view.leader.name == "a" and view.corrupt == ()
+    finally:
+        with contextlib.suppress(DCSError):
+            dcs.revoke_session()
+        dcs.close()
