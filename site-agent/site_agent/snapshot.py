@@ -169,6 +169,7 @@ class NodeSnapshot:
                 "archive_failed_count": self.archive_failed_count,
             },
             "last_cycle_at": self.last_cycle_at,
+            "dynamic": {"ttl": self.ttl, "loop_wait": self.loop_wait},  # the settings in force
             "pgdr": {"version": self.version, "scope": self.scope, "name": self.name},
         }
         if self.postmaster_start_time is not None:

@@ -1,0 +1,298 @@
+"""The seven ways an independent tester broke the agent's invariants (issue 12), replayed on a real
+3-node lab (ttl 10, loop_wait 1): each with the 100 ms dual-primary checker over every node and
+the writer's acknowledged rows checked afterwards (DESIGN.md section 4, invariants 1-4 and 7)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+import yaml
+
+from drctl.dcs.etcd import EtcdClient, b64
+from drctl.lab.cluster import LabCluster, Timings
+from drctl.lab.ports import free_port
+from tests.scenarios.conftest import Instruments
+from tests.scenarios.test_site_agent import others, wait_until
+
+pytestmark = pytest.mark.scenario
+
+MakeCluster = Callable[..., LabCluster]
+StartInstruments = Callable[[LabCluster], Instruments]
+
+
+def put_raw(c: LabCluster, key: str, value: bytes, lease: str | None = None) -> None:
+    """Write a raw value under the cluster's prefix, behind the agents' backs (a hostile operator
+    or a corrupted store)."""
+    client = EtcdClient(list(c.etcd_endpoints), retry_timeout=3.0)
+    body: dict[str, str] = {"key": b64(f"{c.namespace}/{c.scope}/{key}"), "value": b64(value)}
+    if lease:
+        body["lease"] = lease
+    try:
+        client.call("/kv/put", body, time.monotonic() + 3.0)
+    finally:
+        client.close()
+
+
+def leader_change_free(c: LabCluster, leader: str, seconds: float) -> None:
+    """For ``seconds``: the leader stays and stays the only writable node."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert c.leader() == leader, f"leader changed to {c.leader()}"
+        assert c.writable_nodes() in ([leader], []), f"writable: {c.writable_nodes()}"
+        time.sleep(0.5)
+    assert c.leader() == leader and c.writable_nodes() == [leader]
+
+
+def corrupt_keys(c: LabCluster) -> set[str] | None:
+    view = c.view()
+    return None if view is None else {k.key for k in view.corrupt}
+
+
+def finish(inst: Instruments, lossless: bool = True) -> None:
+    inst.stop()
+    inst.assert_no_dual_primary()
+    if lossless:
+        assert inst.missing() == set(), "acknowledged rows lost"
+
+
+# 1. -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("before", "after"), [(10, 30), (30, 10)])
+def test_ttl_change_then_frozen_leader_never_gives_two_primaries(
+    make_cluster: MakeCluster, instruments: StartInstruments, before: int, after: int
+) -> None:
+    """Raising ttl then freezing the leader's agent gave 14.5 s with two writable primaries: the key
+    was still on the 10 s lease while the deadline and the keeper moved to 30 - 5. Lowering it
+    demoted a healthy leader. Deadlines now follow the lease actually granted."""
+    c = make_cluster(timings=Timings(ttl=before, loop_wait=1, retry_timeout=3))
+    inst = instruments(c)
+    leader = c.leader()
+    assert leader is not None
+    dcs = c.dcs()
+    try:
+        view = dcs.get_cluster()
+        assert view.config is not None
+        new = dict(view.config.data, ttl=after)
+        assert dcs.set_config(new, view.config.version)
+    finally:
+        dcs.close()
+    inst.fault(f"ttl {before} -> {after}")
+    if after < before:
+        # a healthy leader is not demoted by the change (it renews well inside the old lease)
+        leader_change_free(c, leader, 12)
+    c.pause_agent(leader)  # right after the change: the lease may still carry the old ttl
+    inst.fault("leader agent frozen")
+    try:
+        wait_until(lambda: c.leader() not in (None, leader), 90, "a replica taking over")
+        new_leader = c.leader()
+        wait_until(lambda: new_leader in c.writable_nodes(), 30, f"{new_leader} writable")
+    finally:
+        c.resume_agent(leader)
+    wait_until(c.healthy, 120, "the old leader rejoined")
+    finish(inst, lossless=False)  # asynchronous mode: the frozen leader's last commits may be lost
+    print(f"ttl {before}->{after} + frozen leader: {inst.report()}")
+
+
+# 2. and 3. --------------------------------------------------------------------------------------
+
+
+def test_corrupt_keys_neither_stop_the_cluster_nor_change_its_settings(
+    make_cluster: MakeCluster, instruments: StartInstruments
+) -> None:
+    c = make_cluster(dynamic={"synchronous_mode": True})
+    inst = instruments(c)
+    wait_until(lambda: bool((v := c.view()) and v.sync and v.sync.sync_standbys), 60, "a sync standby recorded")
+    leader = c.leader()
+    assert leader is not None
+    put_raw(c, "config", b"{not json")
+    put_raw(c, "history", b'[[1, "garbage"]]')
+    put_raw(c, "sync", b'{"sync_standby": 42}')
+    put_raw(c, "failover", b"\xff\xfe")
+    inst.fault("config, history, sync, failover corrupted")
+    # the corrupt config is reported as such, never served as {}
+    req = c.node(leader).api_url + "/config"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=3)
+    assert err.value.code == 502 and b"corrupt" in err.value.read()
+    out = subprocess.run(
+        [sys.executable, "-m", "drctl.cli.main", "-c", str(c.node(leader).config_path), "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert "CORRUPT DCS KEY config" in out.stdout, out.stdout
+    # the leader keeps leading with the settings it had (ttl 10), repairs what it owns
+    leader_change_free(c, leader, 12)
+    wait_until(lambda: corrupt_keys(c) == {"config"}, 30, "history, sync and failover repaired by the leader")
+    for n in c.nodes:
+        st = c.status(n.name) or {}
+        ttl = (st.get("dynamic") or {}).get("ttl")
+        assert ttl == 10, f"{n.name} switched settings on a corrupt config: ttl {ttl}"
+    # a garbage leader value on the leader's own lease: still the leader's, rewritten
+    view = c.view()
+    assert view is not None and view.leader is not None
+    put_raw(c, "leader", b"\x00garbage", lease=view.leader.session)
+    inst.fault("leader value corrupted on the leader's lease")
+    wait_until(lambda: c.leader() == leader, 15, "the leader value repaired")
+    leader_change_free(c, leader, 5)
+    # and with the config still corrupt, a real failure still fails over once, cleanly
+    c.kill_node(leader)
+    inst.fault("leader killed")
+    wait_until(lambda: c.leader() not in (None, leader), 60, "a failover")
+    new_leader = c.leader()
+    wait_until(lambda: new_leader in c.writable_nodes(), 30, f"{new_leader} writable")
+    c.start_agent(leader)
+    wait_until(c.healthy, 120, "healed")
+    finish(inst)  # synchronous mode: nothing acknowledged is lost
+    print(f"corrupt keys: {inst.report()}")
+
+
+# 4. -------------------------------------------------------------------------------------------
+
+
+def test_sync_mode_with_only_nosync_replicas_never_promotes_an_async_one(
+    make_cluster: MakeCluster, instruments: StartInstruments
+) -> None:
+    """Patroni #2819: synchronous_mode on, both replicas nosync, the primary's PostgreSQL cannot
+    start (its port is taken). primary_start_timeout (30 s) is honoured, and then nobody promotes:
+    no replica is recorded as synchronous."""
+    c = make_cluster(dynamic={"synchronous_mode": True}, tags={"a2": {"nosync": True}, "a3": {"nosync": True}})
+    wait_until(lambda: bool((v := c.view()) and v.sync is not None and v.sync.leader), 60, "the sync key written")
+    inst = instruments(c)
+    leader = c.leader()
+    assert leader == "a1"
+    time.sleep(1)
+    port = c.node(leader).pg_port
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    c.kill_postgres(leader)
+    bound = False
+    for _ in range(100):
+        try:
+            blocker.bind(("127.0.0.1", port))
+            blocker.listen(1)
+            bound = True
+            break
+        except OSError:
+            time.sleep(0.05)
+    assert bound, "could not take the primary's port"
+    inst.fault("primary's PostgreSQL killed, its port taken")
+    started = time.monotonic()
+    try:
+        # within primary_start_timeout the leader keeps the key and keeps trying
+        while time.monotonic() - started < 25:
+            assert c.leader() == leader, f"leader key released after {time.monotonic() - started:.1f}s"
+            assert c.writable_nodes() == [], "an asynchronous replica was promoted"
+            time.sleep(0.5)
+        # past it, the key may go, but no nosync replica may take it
+        while time.monotonic() - started < 50:
+            assert c.writable_nodes() == [], "an asynchronous replica was promoted"
+            assert c.leader() in (None, leader)
+            time.sleep(0.5)
+    finally:
+        blocker.close()
+    wait_until(lambda: c.writable_nodes() == [leader], 90, "the old primary back once its port is free")
+    finish(inst)
+    print(f"sync + nosync + port taken: {inst.report()}")
+
+
+# 5. -------------------------------------------------------------------------------------------
+
+
+def test_replica_that_replayed_the_new_timeline_can_lead_while_its_leader_is_down(
+    make_cluster: MakeCluster, instruments: StartInstruments
+) -> None:
+    """Patroni #2175: A dies, B leads on timeline 2, C replicates B; B and C killed; A started
+    alone stays read-only; C started then must lead (it holds every row B acknowledged) although
+    its checkpoint timeline is still 1."""
+    c = make_cluster()
+    inst = instruments(c)
+    a = c.leader()
+    assert a is not None
+    time.sleep(1)
+    c.kill_node(a)
+    inst.fault("A killed")
+    wait_until(lambda: c.leader() not in (None, a), 60, "B taking over")
+    b = c.leader()
+    assert b is not None
+    (cc,) = [n for n in others(c, a) if n != b]
+    wait_until(lambda: c.streams_from(cc, b), 60, f"{cc} streaming from {b}")
+    time.sleep(2)  # rows on timeline 2, replicated to C
+    inst.writer.stop()
+    wait_until(lambda: (c.status(cc) or {}).get("timeline") == 2, 30, "C on timeline 2")
+    c.kill_node(b)
+    c.kill_node(cc)
+    inst.fault("B and C killed")
+    c.start_agent(a)
+    time.sleep(c.timings.ttl + 5)
+    assert c.writable_nodes() == [], "A (diverged or behind) must not lead"
+    c.start_agent(cc)
+    wait_until(lambda: c.leader() == cc and cc in c.writable_nodes(), 60, f"{cc} leading while {b} is down")
+    inst.checker.stop()
+    inst.assert_no_dual_primary()
+    assert inst.missing() == set(), "C holds every row acknowledged on timeline 2"
+    c.start_agent(b)
+    wait_until(c.healthy, 180, "healed")
+
+
+# 6. -------------------------------------------------------------------------------------------
+
+
+def test_paused_vm_is_fenced_before_takeover_and_loses_no_acknowledged_write(
+    make_cluster: MakeCluster, instruments: StartInstruments
+) -> None:
+    """Patroni #2779 as a paused VM: agent, lease keeper and PostgreSQL all stopped. No process
+    inside the machine can act; the fencing hook (the lab powers the node off by PID) runs before
+    the replica promotes, so nothing the old primary received can be acknowledged later."""
+    c = make_cluster(fencing=True)
+    inst = instruments(c)
+    for round_ in range(2):
+        leader = c.leader()
+        assert leader is not None
+        time.sleep(2)
+        pids = c.freeze_node(leader)
+        inst.fault(f"round {round_}: {leader} paused (agent, keeper, PostgreSQL)")
+        wait_until(lambda old=leader: c.leader() not in (None, old), 60, "a replica taking over")
+        new_leader = c.leader()
+        wait_until(lambda nl=new_leader: nl in c.writable_nodes(), 30, f"{new_leader} writable")
+        time.sleep(1)
+        c.thaw_node(pids, ["postgres", "keeper", "agent"])  # the VM resumes: nothing of it is left
+        time.sleep(2)
+        assert c.node_pids(leader)["postgres"] == [], "the fenced node's PostgreSQL survived"
+        c.start_agent(leader)  # the VM boots again
+        wait_until(c.healthy, 180, "the fenced node rejoined")
+    finish(inst)  # asynchronous mode, yet no acknowledged write lost: fencing came first
+    print(f"paused VM with fencing: {inst.report()}")
+
+
+# 7. -------------------------------------------------------------------------------------------
+
+
+def test_agent_refuses_to_start_under_a_live_members_name(make_cluster: MakeCluster) -> None:
+    c = make_cluster(size=2)
+    node = c.node("a2")
+    cfg = yaml.safe_load(node.config_path.read_text())
+    twin_dir = node.dir.parent / "twin"
+    twin_dir.mkdir(mode=0o755)
+    cfg["postgresql"]["data_dir"] = str(twin_dir / "data")
+    cfg["restapi"]["listen"] = f"127.0.0.1:{free_port()}"
+    path = twin_dir / "agent.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    path.chmod(0o600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "site_agent.main", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "a2" in lines[0] and "data_dir" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert c.healthy() and c.leader() is not None
