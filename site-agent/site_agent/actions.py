@@ -209,10 +209,11 @@ class WriteHistory(Action):
 
 @dataclass(frozen=True)
 class RewriteHistory(Action):
-    """Replace a corrupt ``history`` value with the last good one (CAS on the corrupt key's
-    ``version``)."""
+    """Replace a corrupt ``history`` value (CAS on the corrupt key's ``version``) with the last
+    good one, or, when ``entries`` is None (none known), with the switch points of the primary's
+    own timeline history file (reasons and timestamps are not in it)."""
 
-    entries: tuple[HistoryEntry, ...]
+    entries: tuple[HistoryEntry, ...] | None
     version: int
 
 

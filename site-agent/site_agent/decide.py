@@ -581,8 +581,10 @@ def _repairs(ctx: _Ctx) -> list[Action]:
     ``sync``, ``status``, ``failsafe`` and ``initialize`` are rewritten by their usual actions)."""
     out: list[Action] = []
     bad_history = ctx.view.corrupt_key("history")
-    if bad_history is not None and ctx.view.history is not None:
-        out.append(RewriteHistory(ctx.view.history.entries, bad_history.version))
+    if bad_history is not None:
+        known = ctx.view.history.entries if ctx.view.history is not None else None
+        if known is not None or ctx.local.is_primary:
+            out.append(RewriteHistory(known, bad_history.version))
     bad_failover = ctx.view.corrupt_key("failover")
     if bad_failover is not None:
         out.append(ClearFailover(bad_failover.version))

@@ -253,8 +253,12 @@ class Executor:
         return False
 
     def _do_RewriteHistory(self, a: RewriteHistory) -> bool:
-        ok = self.dcs.set_history(list(a.entries), a.version)
-        log.warning("rewrote the corrupt history key with the last good history", ok=ok)
+        entries = list(a.entries) if a.entries is not None else self.node.timeline_history()
+        if entries is None:
+            raise ActionFailed("no timeline history to rebuild the history key from")
+        ok = self.dcs.set_history(entries, a.version)
+        source = "the last good history" if a.entries is not None else "this primary's timeline history file"
+        log.warning("rewrote the corrupt history key", source=source, entries=len(entries), ok=ok)
         return ok
 
     def _do_ClearFailover(self, a: ClearFailover) -> bool:

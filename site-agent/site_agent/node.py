@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from drctl.dcs.base import Member
+from drctl.dcs.base import HistoryEntry, Member
 from drctl.pg.conninfo import make_conninfo, parse_host_port
 from drctl.pg.controldata import ControlData
 from drctl.pg.ctl import PgCtl, PgCtlError
@@ -220,6 +220,21 @@ class Node:
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 histories[tli] = parse_history_file((wal_dir / f"{tli:08X}.history").read_text())
         return replay_timeline(lsn, names, histories, self._seg_size)
+
+    def timeline_history(self) -> list[HistoryEntry] | None:
+        """The cluster history as this primary's newest ``.history`` file tells it ([] on timeline
+        1, which has none); None when pg_wal cannot be read."""
+        wal_dir = self.data_dir / "pg_wal"
+        try:
+            tlis = history_timelines(os.listdir(wal_dir))
+            if not tlis:
+                return []
+            text = (wal_dir / f"{tlis[-1]:08X}.history").read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return [
+            HistoryEntry(tli, lsn, "from the timeline history file", "", "") for tli, lsn in parse_history_file(text)
+        ]
 
     def observe(self) -> Observation:
         dd = self.data_dir_state()

@@ -40,14 +40,33 @@ def put_raw(c: LabCluster, key: str, value: bytes, lease: str | None = None) -> 
         client.close()
 
 
-def leader_change_free(c: LabCluster, leader: str, seconds: float) -> None:
-    """For ``seconds``: the leader stays and stays the only writable node."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+def leader_change_free(inst: Instruments, leader: str, seconds: float, since: float | None = None) -> None:
+    """Until ``seconds`` after ``since`` (default now): the leader keeps the key and its PostgreSQL
+    never stops being writable (a demotion shows as a read-only sample even when the same node
+    takes the key back)."""
+    c = inst.cluster
+    since = time.monotonic() if since is None else since
+    while time.monotonic() - since < seconds:
         assert c.leader() == leader, f"leader changed to {c.leader()}"
-        assert c.writable_nodes() in ([leader], []), f"writable: {c.writable_nodes()}"
         time.sleep(0.5)
-    assert c.leader() == leader and c.writable_nodes() == [leader]
+    demoted = [s.at - since for s in inst.checker.samples[leader] if s.at >= since and s.writable is False]
+    assert not demoted, f"{leader} was read-only {demoted[0]:.1f}s into the window: a healthy leader demoted"
+    assert c.writable_nodes() == [leader]
+
+
+def dynamic_ttl(c: LabCluster, name: str) -> int | None:
+    doc = c.status(name) or {}
+    return (doc.get("dynamic") or {}).get("ttl")
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
 
 
 def corrupt_keys(c: LabCluster) -> set[str] | None:
@@ -65,14 +84,19 @@ def finish(inst: Instruments, lossless: bool = True) -> None:
 # 1. -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("before", "after"), [(10, 30), (30, 10)])
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [(Timings(10, 1, 3), Timings(30, 1, 3)), (Timings(30, 10, 5), Timings(10, 1, 3))],
+    ids=["raise", "lower"],
+)
 def test_ttl_change_then_frozen_leader_never_gives_two_primaries(
-    make_cluster: MakeCluster, instruments: StartInstruments, before: int, after: int
+    make_cluster: MakeCluster, instruments: StartInstruments, before: Timings, after: Timings
 ) -> None:
     """Raising ttl then freezing the leader's agent gave 14.5 s with two writable primaries: the key
-    was still on the 10 s lease while the deadline and the keeper moved to 30 - 5. Lowering it
-    demoted a healthy leader. Deadlines now follow the lease actually granted."""
-    c = make_cluster(timings=Timings(ttl=before, loop_wait=1, retry_timeout=3))
+    was still on the 10 s lease while the deadline and the keeper moved to 30 - 5. Lowering ttl and
+    loop_wait demoted a healthy leader ("renewed 10.0s ago, deadline 5s"). Deadlines now follow the
+    lease actually granted."""
+    c = make_cluster(timings=before)
     inst = instruments(c)
     leader = c.leader()
     assert leader is not None
@@ -80,20 +104,26 @@ def test_ttl_change_then_frozen_leader_never_gives_two_primaries(
     try:
         view = dcs.get_cluster()
         assert view.config is not None
-        new = dict(view.config.data, ttl=after)
+        changed = time.monotonic()
+        new = dict(view.config.data, ttl=after.ttl, loop_wait=after.loop_wait, retry_timeout=after.retry_timeout)
         assert dcs.set_config(new, view.config.version)
     finally:
         dcs.close()
-    inst.fault(f"ttl {before} -> {after}")
-    if after < before:
-        # a healthy leader is not demoted by the change (it renews well inside the old lease)
-        leader_change_free(c, leader, 12)
+    inst.fault(f"{before} -> {after}")
+    # the leader applies the new settings (its lease was granted with the old ttl)
+    wait_until(lambda: dynamic_ttl(c, leader) == after.ttl, 2 * before.loop_wait + 5, f"{leader} applying {after}")
+    if after.ttl < before.ttl:
+        # a healthy leader is not demoted by the change (its lease was granted for the old ttl)
+        leader_change_free(inst, leader, 2 * before.loop_wait + 5, since=changed)
     c.pause_agent(leader)  # right after the change: the lease may still carry the old ttl
     inst.fault("leader agent frozen")
     try:
         wait_until(lambda: c.leader() not in (None, leader), 90, "a replica taking over")
         new_leader = c.leader()
         wait_until(lambda: new_leader in c.writable_nodes(), 30, f"{new_leader} writable")
+        # stay frozen until the lease keeper has stopped the old primary (the window the finding
+        # measured lasted until then: 14.5 s)
+        wait_until(lambda: leader not in c.writable_nodes(), 40, f"{leader}'s PostgreSQL stopped by its keeper")
     finally:
         c.resume_agent(leader)
     wait_until(c.healthy, 120, "the old leader rejoined")
@@ -118,10 +148,9 @@ def test_corrupt_keys_neither_stop_the_cluster_nor_change_its_settings(
     put_raw(c, "failover", b"\xff\xfe")
     inst.fault("config, history, sync, failover corrupted")
     # the corrupt config is reported as such, never served as {}
-    req = c.node(leader).api_url + "/config"
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(req, timeout=3)
-    assert err.value.code == 502 and b"corrupt" in err.value.read()
+    url = c.node(leader).api_url + "/config"
+    wait_until(lambda: get(url)[0] == 502, 15, "GET /config reporting the corrupt key")
+    assert b"corrupt" in get(url)[1]
     out = subprocess.run(
         [sys.executable, "-m", "drctl.cli.main", "-c", str(c.node(leader).config_path), "list"],
         capture_output=True,
@@ -131,11 +160,10 @@ def test_corrupt_keys_neither_stop_the_cluster_nor_change_its_settings(
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert "CORRUPT DCS KEY config" in out.stdout, out.stdout
     # the leader keeps leading with the settings it had (ttl 10), repairs what it owns
-    leader_change_free(c, leader, 12)
+    leader_change_free(inst, leader, 12)
     wait_until(lambda: corrupt_keys(c) == {"config"}, 30, "history, sync and failover repaired by the leader")
     for n in c.nodes:
-        st = c.status(n.name) or {}
-        ttl = (st.get("dynamic") or {}).get("ttl")
+        ttl = dynamic_ttl(c, n.name)
         assert ttl == 10, f"{n.name} switched settings on a corrupt config: ttl {ttl}"
     # a garbage leader value on the leader's own lease: still the leader's, rewritten
     view = c.view()
@@ -143,7 +171,7 @@ def test_corrupt_keys_neither_stop_the_cluster_nor_change_its_settings(
     put_raw(c, "leader", b"\x00garbage", lease=view.leader.session)
     inst.fault("leader value corrupted on the leader's lease")
     wait_until(lambda: c.leader() == leader, 15, "the leader value repaired")
-    leader_change_free(c, leader, 5)
+    leader_change_free(inst, leader, 5)
     # and with the config still corrupt, a real failure still fails over once, cleanly
     c.kill_node(leader)
     inst.fault("leader killed")

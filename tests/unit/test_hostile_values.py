@@ -156,6 +156,10 @@ def test_corrupt_history_uses_the_last_good_one_with_the_corrupt_version() -> No
     # the leader rewrites it from there
     d = decide(replace(v, failover=None), primary(name="a", last_renewal=NOW - 1), CFG, NOW)
     assert RewriteHistory(kept.history.entries, v.history.version) in d.actions
+    # no good copy known: the primary rebuilds it from its own timeline history file
+    v, _, _ = mend_view(corrupt_view(history=b"[[x"), "a", "77", LastGood())
+    d = decide(replace(v, failover=None), primary(name="a", last_renewal=NOW - 1), CFG, NOW)
+    assert RewriteHistory(None, v.corrupt_key("history").version) in d.actions  # type: ignore[union-attr]
 
 
 def test_corrupt_sync_key_lets_nobody_promote_and_the_leader_rewrites_it() -> None:
