@@ -87,7 +87,7 @@ from site_agent.eligibility import (
     upstream_of,
 )
 from site_agent.state import STANDBY_SOURCE, DataDirState, DecideConfig, LocalState, PgState
-from site_agent.sync import plan_sync, promotion_sync_actions
+from site_agent.sync import plan_sync, promotion_sync_actions, sync_restricts
 
 __all__ = ["decide"]
 
@@ -667,6 +667,11 @@ def _no_leader(ctx: _Ctx) -> Decision:
     # On a standby site nobody promotes: a member whose data diverged from the active site may
     # still hold the standby leader key; it reconciles (pg_rewind from the active site) first.
     electing = replace(local, timeline_diverged=False, was_primary=False) if ctx.standby_mode else local
+    if _last_synchronous_leader(ctx):
+        # In synchronous mode the key's leader holds every acknowledged commit, and nobody else
+        # may have promoted since (the key restricts promotion, and the timeline did not move):
+        # it is the lineage itself, not a diverged former primary.
+        electing = replace(local, timeline_diverged=False, was_primary=False)
     blockers = failover_blockers(view, electing, cfg, ctx.now, manual=manual)
     if fo is not None and fo.leader == ctx.me:
         blockers.append("I am the leader being switched away from")
@@ -700,6 +705,17 @@ def _fence_old_leader(ctx: _Ctx) -> tuple[list[Action], str]:
     if peer is not None and peer.reachable and peer.in_recovery is True:
         return [], ""
     return [FenceNode(old)], f"fencing the old leader {old} (not seen demoted), then "
+
+
+def _last_synchronous_leader(ctx: _Ctx) -> bool:
+    sync = ctx.view.sync
+    return (
+        sync_restricts(ctx.view, ctx.cfg)
+        and sync is not None
+        and sync.leader == ctx.me
+        and ctx.local.timeline is not None
+        and ctx.local.timeline >= ctx.view.timeline
+    )
 
 
 def _wait_or_start(ctx: _Ctx, reason: str) -> Decision:

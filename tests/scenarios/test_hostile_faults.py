@@ -18,6 +18,7 @@ import yaml
 from drctl.dcs.etcd import EtcdClient, b64
 from drctl.lab.cluster import LabCluster, Timings
 from drctl.lab.ports import free_port
+from drctl.procutil import pid_alive
 from tests.scenarios.conftest import Instruments
 from tests.scenarios.test_site_agent import others, wait_until
 
@@ -52,6 +53,15 @@ def leader_change_free(inst: Instruments, leader: str, seconds: float, since: fl
     demoted = [s.at - since for s in inst.checker.samples[leader] if s.at >= since and s.writable is False]
     assert not demoted, f"{leader} was read-only {demoted[0]:.1f}s into the window: a healthy leader demoted"
     assert c.writable_nodes() == [leader]
+
+
+def try_bind(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    sock.listen(1)
+    return True
 
 
 def dynamic_ttl(c: LabCluster, name: str) -> int | None:
@@ -202,17 +212,12 @@ def test_sync_mode_with_only_nosync_replicas_never_promotes_an_async_one(
     port = c.node(leader).pg_port
     blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    c.kill_postgres(leader)
-    bound = False
-    for _ in range(100):
-        try:
-            blocker.bind(("127.0.0.1", port))
-            blocker.listen(1)
-            bound = True
-            break
-        except OSError:
-            time.sleep(0.05)
-    assert bound, "could not take the primary's port"
+    c.pause_agent(leader)  # a moment (well inside the lease), so that it cannot restart first
+    try:
+        c.kill_postgres(leader)
+        wait_until(lambda: try_bind(blocker, port), 5, "the primary's port")
+    finally:
+        c.resume_agent(leader)
     inst.fault("primary's PostgreSQL killed, its port taken")
     started = time.monotonic()
     try:
@@ -295,7 +300,8 @@ def test_paused_vm_is_fenced_before_takeover_and_loses_no_acknowledged_write(
         time.sleep(1)
         c.thaw_node(pids, ["postgres", "keeper", "agent"])  # the VM resumes: nothing of it is left
         time.sleep(2)
-        assert c.node_pids(leader)["postgres"] == [], "the fenced node's PostgreSQL survived"
+        survivors = [p for group in pids.values() for p in group if pid_alive(p)]
+        assert survivors == [], f"the fenced node's processes survived: {survivors}"
         c.start_agent(leader)  # the VM boots again
         wait_until(c.healthy, 180, "the fenced node rejoined")
     finish(inst)  # asynchronous mode, yet no acknowledged write lost: fencing came first

@@ -307,3 +307,18 @@ def test_run_fence_reports_exit_status_and_timeout() -> None:
     assert not ok and "did not finish" in what
     ok, what = run_fence(["/nonexistent/fence"], target, 1)
     assert not ok and "cannot run" in what
+
+
+def test_the_synchronous_leader_that_released_the_key_may_take_it_back() -> None:
+    """After primary_start_timeout the leader released the key; in synchronous mode with nobody
+    recorded it is the only member that holds every acknowledged commit: once its PostgreSQL runs
+    again (read-only) it must be able to lead, not be judged a diverged former primary."""
+    cfg = replace(CFG, synchronous_mode=True)
+    v = view(None, sync=SyncState("n1", ()), status=LeaderStatus(1000))
+    me = replica(was_primary=True, timeline=1)
+    assert decide(v, me, cfg, NOW).has(Promote)
+    # a former primary that is not the recorded leader stays diverged
+    assert not decide(v, replace(me, name="n2"), cfg, NOW).has(Promote)
+    # and not once the cluster moved to a newer timeline
+    moved = replace(v, history=History((HistoryEntry(1, 900, "failover", "", "n2"),), 1))
+    assert not decide(moved, me, cfg, NOW).has(Promote)
