@@ -11,7 +11,10 @@ Faults: crash, node_loss, frozen (agent SIGSTOPped past ttl), isolation (cut fro
 switchover, freeze_node (agent and PostgreSQL SIGSTOPped past ttl; the lease keeper, pgdr's
 watchdog, keeps running), partition (cut from the DCS, the peers and the clients), dcs_quorum (2
 of 3 etcd members SIGSTOPped past ttl). Only on request: freeze_all (agent, keeper and
-PostgreSQL stopped: a paused VM, which no in-node fencing can cover).
+PostgreSQL stopped: a paused VM, which no in-node fencing can cover). Hostile faults (issue 12):
+config_change (ttl/loop_wait/retry_timeout changed, then the leader's agent frozen at once),
+corrupt_key (garbage in one DCS key), and with --fencing (default) paused_vm (agent, keeper and
+PostgreSQL stopped; the fencing hook powers the node off before a replica promotes).
 The result JSON is rewritten after every fault, so a campaign cut short keeps what it saw.
 """
 
@@ -52,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=int(os.environ.get("CHAOS_SEED", "1")))
     ap.add_argument("--count", type=int, default=int(os.environ.get("CHAOS_COUNT", "10")))
-    ap.add_argument("--faults", default=os.environ.get("CHAOS_FAULTS", ",".join(CAMPAIGN_FAULTS)))
+    ap.add_argument("--faults", default=os.environ.get("CHAOS_FAULTS"), help="default: every campaign fault")
+    ap.add_argument(
+        "--fencing",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("CHAOS_FENCING", "1") == "1",
+        help="agents run the lab's fencing hook before taking over (default on; adds the paused_vm fault)",
+    )
     ap.add_argument(
         "--mode",
         choices=["async", "sync", "strict"],
@@ -67,10 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--rejoin-timeout", type=float, default=120.0)
     args = ap.parse_args(argv)
-    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    default_faults = [*CAMPAIGN_FAULTS, *(["paused_vm"] if args.fencing else [])]
+    faults = [f.strip() for f in (args.faults or ",".join(default_faults)).split(",") if f.strip()]
     for f in faults:
         if f not in CAMPAIGN_FAULTS + EXTRA_FAULTS:
             ap.error(f"unknown fault {f!r} (known: {', '.join(CAMPAIGN_FAULTS + EXTRA_FAULTS)})")
+    if "paused_vm" in faults and not args.fencing:
+        ap.error("paused_vm needs the fencing hook (--fencing): no process inside a paused VM can act")
     try:
         timings = parse_timings(args.timings)
     except ValueError as exc:
@@ -99,13 +111,23 @@ def main(argv: list[str] | None = None) -> int:
         "count": args.count,
         "mode": args.mode,
         "failsafe": args.failsafe,
+        "fencing": args.fencing,
         "timings": {"ttl": timings.ttl, "loop_wait": timings.loop_wait, "retry_timeout": timings.retry_timeout},
         "maximum_lag_on_failover": max_lag,
         "faults": faults,
     }
     try:
         etcd.start()
-        system = System("pgdr", sup, base / "pgdr", etcd.endpoints, timings, dynamic=dynamic, node_proxies=True)
+        system = System(
+            "pgdr",
+            sup,
+            base / "pgdr",
+            etcd.endpoints,
+            timings,
+            dynamic=dynamic,
+            node_proxies=True,
+            fencing=args.fencing,
+        )
         system.start()
         inst = Instruments(system)
         t0 = time.monotonic()
@@ -118,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"#{i}: no leader; waiting")
                 wait_until(lambda: system.leader() is not None, 60)
                 leader = system.leader() or names[0]
-            hits_leader = fault in ("switchover", "dcs_quorum") or rng.random() >= 1 / 3
+            hits_leader = fault in ("switchover", "dcs_quorum", "config_change") or rng.random() >= 1 / 3
             target = leader if hits_leader else rng.choice(names)
             log(f"#{i}: {fault} on {target} (leader {leader})")
             notes = inject(system, fault, target, timings, inst, etcd=etcd, rng=rng)

@@ -28,8 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import hostile
+from bench.hostile import HOSTILE_FAULTS
 from bench.systems import BENCH_TIMINGS, System, measure_idle
-from drctl.lab.cluster import Timings
+from drctl.lab.cluster import LabCluster, Timings
 from drctl.lab.etcd import EtcdCluster, LabError
 from drctl.lab.procs import Supervisor, spawned
 from drctl.lab.workload import Ack, DualPrimaryChecker, Writer, missing_rows
@@ -39,9 +41,9 @@ RESULTS = BENCH_DIR / "results"
 SCENARIOS = ["crash", "node_loss", "frozen", "isolation", "switchover"]
 # Faults only the random campaign draws (pgdr): the whole node paused, the node partitioned from
 # the DCS, its peers and its clients, the DCS losing its quorum.
-CAMPAIGN_FAULTS = [*SCENARIOS, "freeze_node", "partition", "dcs_quorum"]
-# Drawn only when asked for (--faults): see inject().
-EXTRA_FAULTS = ["freeze_all"]
+CAMPAIGN_FAULTS = [*SCENARIOS, "freeze_node", "partition", "dcs_quorum", "config_change", "corrupt_key"]
+# Drawn only when asked for (--faults), or (paused_vm) when the fencing hook is on: see inject().
+EXTRA_FAULTS = ["freeze_all", "paused_vm"]
 SYSTEMS = ["pgdr", "patroni"]
 WRITE_INTERVAL = 0.05
 WRITE_TIMEOUT = 2.0  # client-side limit per INSERT, like an application's socket timeout
@@ -170,6 +172,25 @@ def inject(
         heal_at = inst.mark("SIGCONT the etcd members")
         for m in members:
             etcd.resume_member(m)
+    elif scenario in HOSTILE_FAULTS:
+        cluster = system.cluster
+        if not isinstance(cluster, LabCluster):
+            raise ValueError(f"{scenario} is a pgdr-only fault")
+        if scenario == "config_change":
+            notes.update(hostile.config_change(cluster, target, timings, inst.mark, rng))
+        elif scenario == "corrupt_key":
+            notes.update(hostile.corrupt_key(cluster, target, timings, inst.mark, rng))
+        else:
+            t_freeze = time.monotonic()
+
+            def took_over(timeout: float) -> bool:
+                return wait_until(lambda: system.leader() not in (None, target), timeout) and wait_until(
+                    lambda: acks_resumed(inst.writer, t_freeze), 30
+                )
+
+            notes.update(hostile.paused_vm(cluster, target, timings, inst.mark, rng, took_over))
+        notes["target"] = target
+        return notes
     elif scenario == "switchover":
         candidate = system.switchover_candidate(target)
         fault_at = inst.mark(f"switchover {target} -> {candidate}")

@@ -41,6 +41,7 @@ class System:
         timings: Timings,
         dynamic: dict[str, Any] | None = None,
         node_proxies: bool = False,
+        fencing: bool = False,
     ) -> None:
         self.kind = kind
         scope = f"b{kind[:3]}{uuid.uuid4().hex[:6]}"
@@ -55,6 +56,7 @@ class System:
                 dcs_proxies=True,
                 node_proxies=node_proxies,
                 dynamic=dict(dynamic or {}),
+                fencing=fencing,
             )
         elif kind == "patroni":
             self.cluster = PatroniCluster(sup, base_dir, scope, etcd_endpoints, timings=timings, dcs_proxies=True)
