@@ -9,7 +9,7 @@ import click
 from drctl.cli.errors import operator_errors, register_operator_error
 from drctl.cli.output import FORMATS, emit_structured, table
 from drctl.lab.etcd import LabError
-from drctl.lab.lab import Lab, default_lab_dir, topology_path
+from drctl.lab.lab import Lab, default_lab_dir, policy_path, topology_path
 from drctl.pg.osuser import OSUserError
 
 register_operator_error(LabError)
@@ -55,6 +55,9 @@ def lab_up(lab_dir: Path | None, sites: int, nodes: int, etcd_members: int, pg_u
     topo = topology_path(lab.dir)
     if topo.exists():
         click.echo(f"topology file: {topo}  (export PGDR_TOPOLOGY={topo})")
+    pol = policy_path(lab.dir)
+    if pol.exists():
+        click.echo(f"policy file: {pol}  (export PGDR_POLICY={pol})")
     click.echo(f"stop it with: drctl lab down --dir {lab.dir}")
 
 

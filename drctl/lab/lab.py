@@ -154,6 +154,7 @@ class Lab:
                 cluster.wait_healthy(180)
             if dr and sites > 1:
                 write_lab_topology(self.dir, state)
+                write_lab_policy(self.dir, state)
         except BaseException:
             self._stop(sup, grace=10.0)
             raise
@@ -276,6 +277,44 @@ def write_lab_topology(lab_dir: Path, state: LabState) -> Path:
     doc = {"sites": sites, "policy": {"audit_log": str(lab_dir / "audit.log"), "switchover_timeout_s": 120}}
     path = topology_path(lab_dir)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def policy_path(lab_dir: Path) -> Path:
+    return lab_dir / "policy.yaml"
+
+
+def write_lab_policy(lab_dir: Path, state: LabState) -> Path:
+    """The lab's policy (drctl.policy): its sites, targets a lab can meet, and drills that every
+    runbook and drill command can use with no hand edits."""
+    topo = yaml.safe_load(topology_path(lab_dir).read_text()) if topology_path(lab_dir).exists() else {}
+    sites = topo.get("sites") or {}
+    for spec in sites.values():
+        spec["targets"] = {"rto_seconds": 30, "max_data_loss_bytes": 0}
+    names = [s.name for s in state.sites]
+    doc: dict[str, Any] = {
+        "version": 1,
+        "sites": sites,
+        "dr": {
+            "audit_log": str(lab_dir / "audit.log"),
+            "switchover_timeout_s": 120,
+            "max_switchover_lag_bytes": 16 * 1024 * 1024,
+        },
+        "drills": {
+            "site-roundtrip": {
+                "kind": "site-switchover",
+                "site": names[1],
+                "max_lag_bytes": 16 * 1024 * 1024,
+                "settle_s": 2,
+            },
+        },
+        "paths": {"state_dir": str(lab_dir / "pgdr")},
+    }
+    path = policy_path(lab_dir)
+    path.write_text(
+        "# Written by `drctl lab up`: the lab's sites, targets and drills (see policies/pgdr.example.yaml).\n"
+        + yaml.safe_dump(doc, sort_keys=False)
+    )
     return path
 
 
