@@ -1,0 +1,304 @@
+"""Running a drill: guards, a probe writer through the application's entry points, the operation
+(through the cross-site controller's public functions), figures, a record and a report.
+
+A drill whose guard fails midway stops and restores the topology it started from (a planned
+switchover back to the site that was active), and says so in its record."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from drctl.drills import guards, measure
+from drctl.drills.measure import Phase
+from drctl.drills.probe import Probe, RoleSampler, present_ids
+from drctl.policy.model import DrillSpec, Policy
+from drctl.runbooks.runner import default_state_dir
+from drctl.sites.controller import Audit, SiteOpError, default_audit_log, operator_name, read_sites, switchover_site
+
+Say = Callable[[str], None]
+
+
+class DrillError(Exception):
+    """A drill cannot be run as asked (unknown name, unsupported kind, another one running)."""
+
+
+def drills_dir(policy: Policy) -> Path:
+    return default_state_dir(policy) / "drills"
+
+
+def app_url(policy: Policy, dbname: str = "postgres") -> str:
+    """How an application reaches the writable primary: every site's entry point, read-write.
+    User and password come from libpq's environment (PGUSER, PGPASSWORD) or ~/.pgpass."""
+    hosts = ",".join(spec.entry_point for spec in policy.sites.values())
+    opts = (
+        "target_session_attrs=read-write&connect_timeout=1"
+        "&tcp_user_timeout=2000&keepalives_idle=1&keepalives_interval=1&keepalives_count=2"
+    )
+    return f"postgresql://{hosts}/{dbname}?{opts}"
+
+
+@dataclass
+class DrillRecord:
+    run_id: str
+    drill: str
+    kind: str
+    status: str = "running"  # passed | failed | refused | aborted | error
+    started_at: str = ""
+    ended_at: str | None = None
+    trigger: str = "manual"
+    operator: str = ""
+    policy: str = ""
+    start_topology: dict[str, str] = field(default_factory=dict)
+    end_topology: dict[str, str] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    figures: dict[str, Any] | None = None
+    restored: bool | None = None
+    operations: list[dict[str, Any]] = field(default_factory=list)
+    roles: list[dict[str, Any]] = field(default_factory=list)
+    probe_log: str = ""
+    report_html: str = ""
+    report_png: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@contextmanager
+def drill_lock(root: Path) -> Iterator[str | None]:
+    """Yields None when this process holds the drill lock, else who holds it."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield None
+    finally:
+        os.close(fd)
+
+
+def _roles(policy: Policy) -> dict[str, str]:
+    return {name: st.role for name, st in read_sites(policy.topology()).items()}
+
+
+class DrillRunner:
+    def __init__(self, policy: Policy, *, say: Say = print, clock: Callable[[], datetime] | None = None) -> None:
+        self.policy = policy
+        self.topology = policy.topology()
+        self.say = say
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.root = drills_dir(policy)
+        self.audit = Audit(Path(policy.dr.audit_log or default_audit_log()), "drill")
+
+    def run(
+        self,
+        name: str,
+        *,
+        trigger: str = "manual",
+        ignore_window: bool = False,
+        confirmed_destructive: bool = False,
+    ) -> DrillRecord:
+        try:
+            drill = self.policy.drill(name)
+        except KeyError as exc:
+            raise DrillError(str(exc.args[0])) from None
+        if drill.kind != "site-switchover":
+            raise DrillError(f"drill {name}: kind {drill.kind} is not implemented yet (site-switchover is)")
+        run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+        rec = DrillRecord(run_id, name, drill.kind, started_at=_now_iso(), trigger=trigger, operator=operator_name())
+        rec.policy = self.policy.source
+        out = self.root / run_id
+        out.mkdir(parents=True, exist_ok=True)
+        with drill_lock(self.root) as holder:
+            states = read_sites(self.topology)
+            rec.start_topology = {n: s.role for n, s in states.items()}
+            reasons = guards.preflight(
+                drill,
+                self.policy,
+                guards.snapshot(states),
+                self.clock(),
+                other_drill=holder,
+                ignore_window=ignore_window,
+                confirmed_destructive=confirmed_destructive,
+            )
+            if reasons:
+                rec.status = "refused"
+                rec.reasons = reasons
+                rec.ended_at = _now_iso()
+                self.audit.record("drill-refused", run_id=run_id, drill=name, reasons=reasons, trigger=trigger)
+                self.say("drill refused: " + "; ".join(reasons))
+                return self._finish(rec, out, [], [])
+            self.audit.record("drill-start", run_id=run_id, drill=name, trigger=trigger)
+            return self._site_switchover(drill, rec, out)
+
+    # --- site switchover round trip --------------------------------------------------------
+    def _site_switchover(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
+        start_active = next(n for n, r in rec.start_topology.items() if r == "active")
+        target = drill.site if drill.site and drill.site != start_active else None
+        if target is None:
+            target = next(n for n, r in rec.start_topology.items() if r == "standby")
+        legs = [target] + ([start_active] if drill.round_trip else [])
+        origin = time.monotonic()
+        probe = Probe(app_url(self.policy), out / "probe.jsonl", origin, rec.run_id, interval=drill.probe_interval_s)
+        roles = RoleSampler(self.topology, origin)
+        phases: list[Phase] = []
+        try:
+            probe.prepare()
+        except Exception as exc:
+            rec.status = "error"
+            rec.reasons = [f"the probe cannot write through the entry points: {' '.join(str(exc).split())[:200]}"]
+            rec.ended_at = _now_iso()
+            return self._finish(rec, out, [], [])
+        probe.start()
+        roles.start()
+        aborted: str | None = None
+        try:
+            time.sleep(drill.settle_s)
+            for i, to in enumerate(legs):
+                t0 = time.monotonic() - origin
+                self.say(f"switchover-site to {to} ...")
+                try:
+                    result = switchover_site(self.topology, to, say=self.say)
+                    rec.operations.append({"op": "switchover-site", "to": to, **_plain(result)})
+                    phases.append(Phase(f"switchover to {to}", t0, time.monotonic() - origin))
+                except SiteOpError as exc:
+                    phases.append(
+                        Phase(f"switchover to {to}", t0, time.monotonic() - origin, ok=False, detail=str(exc))
+                    )
+                    aborted = f"switchover to {to} failed: {exc}"
+                    break
+                if i + 1 < len(legs):
+                    # midway guard: the topology must be fit again before the way back
+                    t1 = time.monotonic() - origin
+                    problems = self._wait_fit(drill, drill.timeout_s)
+                    phases.append(
+                        Phase(
+                            "midway check", t1, time.monotonic() - origin, ok=not problems, detail="; ".join(problems)
+                        )
+                    )
+                    if problems:
+                        aborted = "midway guard failed: " + "; ".join(problems)
+                        break
+            time.sleep(drill.settle_s)
+        finally:
+            probe.stop()
+            roles.stop()
+        if aborted is not None:
+            rec.status = "aborted"
+            rec.reasons = [aborted]
+            rec.restored = self._restore(start_active, rec)
+        lost = self._lost(probe)
+        figures = measure.compute(
+            probe.attempts,
+            phases,
+            lost,
+            rto_target_s=self.policy.rto_target(target),
+            rpo_target_bytes=self.policy.rpo_target(target),
+            probe_interval_s=drill.probe_interval_s,
+        )
+        rec.figures = figures.to_json()
+        if rec.status == "running":
+            rec.status = "passed" if figures.passed else "failed"
+        rec.phases = [vars(p) for p in phases]
+        rec.roles = [{"t": round(s.t, 3), "roles": s.roles} for s in roles.samples]
+        rec.end_topology = _roles(self.policy)
+        rec.ended_at = _now_iso()
+        self.audit.record(
+            "drill-end",
+            run_id=rec.run_id,
+            drill=rec.drill,
+            status=rec.status,
+            rto_s=figures.rto_s,
+            lost_rows=figures.lost_rows,
+        )
+        return self._finish(rec, out, probe.attempts, phases)
+
+    def _wait_fit(self, drill: DrillSpec, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            problems = guards.topology_problems(
+                guards.snapshot(read_sites(self.topology)), guards.lag_bound(drill, self.policy)
+            )
+            if not problems or time.monotonic() >= deadline:
+                return problems
+            time.sleep(1.0)
+
+    def _restore(self, start_active: str, rec: DrillRecord) -> bool:
+        """Back to the starting topology: the site that was active is active again."""
+        try:
+            if _roles(self.policy).get(start_active) == "active":
+                return True
+            self.say(f"restoring the starting topology: switchover-site to {start_active}")
+            result = switchover_site(self.topology, start_active, say=self.say)
+            rec.operations.append({"op": "switchover-site", "to": start_active, "restore": True, **_plain(result)})
+            return _roles(self.policy).get(start_active) == "active"
+        except SiteOpError as exc:
+            rec.reasons.append(f"could not restore the starting topology: {exc}")
+            return False
+
+    def _lost(self, probe: Probe) -> set[int]:
+        acked = {a.id for a in probe.attempts if a.ok}
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return acked - present_ids(app_url(self.policy), acked)
+            except Exception:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
+
+    def _finish(self, rec: DrillRecord, out: Path, attempts: list[Any], phases: list[Phase]) -> DrillRecord:
+        from drctl.drills.report import write_report
+
+        rec.probe_log = str(out / "probe.jsonl") if attempts else ""
+        html, png = write_report(rec, attempts, phases, out, self.policy)
+        rec.report_html, rec.report_png = str(html), str(png) if png else ""
+        (out / "record.json").write_text(json.dumps(rec.to_json(), indent=2, default=str))
+        return rec
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def load_record(policy: Policy, run_id: str) -> dict[str, Any]:
+    path = drills_dir(policy) / run_id / "record.json"
+    if "/" in run_id or not path.exists():
+        raise DrillError(f"no drill run {run_id!r} under {drills_dir(policy)} (see `drctl drill history`)")
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
+def history(policy: Policy) -> list[dict[str, Any]]:
+    root = drills_dir(policy)
+    if not root.is_dir():
+        return []
+    out = []
+    for d in root.iterdir():
+        p = d / "record.json"
+        if p.exists():
+            try:
+                out.append(json.loads(p.read_text()))
+            except ValueError:
+                continue
+    return sorted(out, key=lambda r: r.get("started_at", ""))
