@@ -44,9 +44,9 @@ def timeline_png(rec: Any, attempts: Sequence[Attempt], phases: Sequence[Phase],
     bad = [a.t for a in attempts if not a.ok]
     ax1.vlines(ok, 0.55, 1.0, colors="#27ae60", linewidth=0.6, label="write acknowledged")
     ax1.vlines(bad, 0.0, 0.45, colors="#c0392b", linewidth=0.6, label="write failed")
-    for p in phases:
+    for i, p in enumerate(phases):
         ax1.axvspan(p.start, p.end, color="#f4d03f" if p.ok else "#e74c3c", alpha=0.18)
-        ax1.text(p.start, 1.05, p.name, fontsize=7, va="bottom")
+        ax1.text(p.start, 1.04 + 0.16 * (i % 2), p.name, fontsize=7, va="bottom")  # staggered: short phases
     fig_rto = (rec.figures or {}).get("worst_gap") or {}
     if fig_rto:
         ax1.annotate(
@@ -56,7 +56,7 @@ def timeline_png(rec: Any, attempts: Sequence[Attempt], phases: Sequence[Phase],
             fontsize=8,
             color="#c0392b",
         )
-    ax1.set_ylim(0, 1.3)
+    ax1.set_ylim(0, 1.45)
     ax1.set_yticks([])
     ax1.set_title(f"{rec.drill} ({rec.run_id}): writes through the entry points", fontsize=9, loc="left")
     ax1.legend(loc="upper right", fontsize=7)
@@ -73,7 +73,12 @@ def timeline_png(rec: Any, attempts: Sequence[Attempt], phases: Sequence[Phase],
     ax2.set_yticklabels(nodes, fontsize=8)
     ax2.set_xlabel("seconds since the drill started")
     ax2.legend(
-        handles=[Patch(color=c, label=r) for r, c in ROLE_COLOURS.items()], loc="upper right", fontsize=7, ncol=4
+        handles=[Patch(color=c, label=r) for r, c in ROLE_COLOURS.items()],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.35),
+        fontsize=7,
+        ncol=4,
+        frameon=False,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -106,8 +111,9 @@ def render_html(rec: Any, png: Path | None, policy: Policy) -> str:
         "</style></head><body>",
         f"<h1>DR drill <code>{html.escape(rec.drill)}</code> "
         f"<span class='badge' id='verdict' style='background:{colour}'>{html.escape(status.upper())}</span></h1>",
-        f"<p>Run <code>{html.escape(rec.run_id)}</code> ({html.escape(rec.kind)}), {html.escape(rec.trigger)} by "
-        f"{html.escape(rec.operator)}, {html.escape(rec.started_at)} to {html.escape(str(rec.ended_at))}. "
+        f"<p>Run <code>{html.escape(rec.run_id)}</code> ({html.escape(rec.kind)}), started by "
+        f"{'the scheduler' if rec.trigger == 'schedule' else 'hand'} as {html.escape(rec.operator)}, "
+        f"{html.escape(rec.started_at)} to {html.escape(str(rec.ended_at))}. "
         f"Policy: <code>{html.escape(rec.policy)}</code>.</p>",
     ]
     if rec.reasons:

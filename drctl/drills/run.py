@@ -102,8 +102,16 @@ def _roles(policy: Policy) -> dict[str, str]:
 
 
 class DrillRunner:
-    def __init__(self, policy: Policy, *, say: Say = print, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        say: Say = print,
+        clock: Callable[[], datetime] | None = None,
+        between_legs: Callable[[], None] | None = None,
+    ) -> None:
         self.policy = policy
+        self.between_legs = between_legs  # fault injection point for tests and game days
         self.topology = policy.topology()
         self.say = say
         self.clock = clock or (lambda: datetime.now(UTC))
@@ -188,6 +196,8 @@ class DrillRunner:
                     aborted = f"switchover to {to} failed: {exc}"
                     break
                 if i + 1 < len(legs):
+                    if self.between_legs is not None:
+                        self.between_legs()
                     # midway guard: the topology must be fit again before the way back
                     t1 = time.monotonic() - origin
                     problems = self._wait_fit(drill, drill.timeout_s)
@@ -245,16 +255,22 @@ class DrillRunner:
 
     def _restore(self, start_active: str, rec: DrillRecord) -> bool:
         """Back to the starting topology: the site that was active is active again."""
-        try:
-            if _roles(self.policy).get(start_active) == "active":
-                return True
-            self.say(f"restoring the starting topology: switchover-site to {start_active}")
-            result = switchover_site(self.topology, start_active, say=self.say)
-            rec.operations.append({"op": "switchover-site", "to": start_active, "restore": True, **_plain(result)})
-            return _roles(self.policy).get(start_active) == "active"
-        except SiteOpError as exc:
-            rec.reasons.append(f"could not restore the starting topology: {exc}")
-            return False
+        deadline = time.monotonic() + self.policy.dr.switchover_timeout_s
+        while True:
+            try:
+                if _roles(self.policy).get(start_active) == "active":
+                    return True
+                self.say(f"restoring the starting topology: switchover-site to {start_active}")
+                result = switchover_site(self.topology, start_active, say=self.say)
+                rec.operations.append({"op": "switchover-site", "to": start_active, "restore": True, **_plain(result)})
+                return _roles(self.policy).get(start_active) == "active"
+            except SiteOpError as exc:
+                # the controller refuses while the topology is unfit; it is resumable: try again
+                if time.monotonic() >= deadline:
+                    rec.reasons.append(f"could not restore the starting topology: {exc}")
+                    return False
+                self.say(f"not yet: {exc}")
+                time.sleep(2.0)
 
     def _lost(self, probe: Probe) -> set[int]:
         acked = {a.id for a in probe.attempts if a.ok}

@@ -18,7 +18,6 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
-from drctl.backup.schedule import cron_trigger, zone
 from drctl.dcs.base import DCS, DCSError
 from drctl.dcs.factory import get_dcs
 from drctl.drills.run import DrillError, DrillRecord, DrillRunner
@@ -114,11 +113,7 @@ class DrillScheduler:
         self.on_done = on_done
         self.records: list[DrillRecord] = []
         self._scheduler: Any = None
-        self.triggers = {
-            name: cron_trigger(d.schedule, zone(d.timezone))
-            for name, d in policy.drills.items()
-            if d.schedule and d.enabled
-        }
+        self.triggers = {name: d.trigger() for name, d in policy.drills.items() if d.schedule and d.enabled}
 
     def fire(self, name: str) -> DrillRecord | None:
         if self.lock is not None and not self.lock.held():

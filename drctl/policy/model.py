@@ -12,6 +12,7 @@ import re
 from datetime import datetime
 from typing import Literal
 
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from drctl.backup.policy import BackupPolicy
@@ -59,9 +60,13 @@ class DrillSpec(_Model):
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
         if value is not None:
-            cron_trigger(value)
+            drill_trigger(value)
             value = " ".join(value.split())
         return value
+
+    def trigger(self) -> CronTrigger:
+        assert self.schedule is not None
+        return drill_trigger(self.schedule, self.timezone)
 
     @field_validator("timezone")
     @classmethod
@@ -81,6 +86,31 @@ class DrillSpec(_Model):
 
     def allowed_at(self, at: datetime) -> bool:
         return in_windows(self.parsed_windows(), at.astimezone(zone(self.timezone)))
+
+
+def drill_trigger(expr: str, timezone: str = "UTC") -> CronTrigger:
+    """A crontab (minute hour day month weekday), or the same with seconds first (6 fields: a lab
+    or a test may want a drill a few seconds ahead)."""
+    fields = expr.split()
+    if len(fields) != 6:
+        return cron_trigger(expr, zone(timezone))
+    second, rest = fields[0], " ".join(fields[1:])
+    base = cron_trigger(rest, zone(timezone))  # validates the other five fields
+    from apscheduler.triggers.cron import CronTrigger
+
+    values = {f.name: str(f) for f in base.fields}
+    try:
+        return CronTrigger(
+            second=second,
+            minute=values["minute"],
+            hour=values["hour"],
+            day=values["day"],
+            month=values["month"],
+            day_of_week=values["day_of_week"],
+            timezone=zone(timezone),
+        )
+    except ValueError as exc:
+        raise ValueError(f"{expr!r}: seconds field: {exc}") from None
 
 
 class Paths(_Model):
