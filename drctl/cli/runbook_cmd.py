@@ -132,7 +132,7 @@ def run_cmd(
                 extra = " [already done now: would be skipped]"
             click.echo(f"{label} [{entry['kind']}] {entry['what']}{extra}")
             for line in entry.get("plan", []):
-                click.echo(f"      {line}")
+                click.echo(f"      now: {line}")
         return
     state = runner.start(loaded, given, builtins)
     _finish(state)

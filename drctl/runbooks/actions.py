@@ -88,6 +88,18 @@ def run_argv(argv: list[str], env: dict[str, str], timeout_s: float, cwd: str | 
     }
 
 
+def flag(value: Any, name: str) -> bool:
+    """A yes/no argument (a variable arrives as text: "false" must not be true)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0", ""):
+        return False
+    raise StepFailed(f"argument {name}: expected true or false, got {value!r}")
+
+
 class Actions:
     """Conditions and operations against the sites of one policy."""
 
@@ -148,9 +160,9 @@ class Actions:
     def _site(self, c: SiteCondition) -> Outcome:
         st = self._client(c.name).read()
         problems = []
-        if c.reachable and st.error:
+        if c.reachable is True and st.error:
             problems.append(f"DCS unreachable ({st.error})")
-        if not c.reachable and not st.error:
+        if c.reachable is False and not st.error:
             problems.append("DCS reachable")
         if c.role is not None and st.role != c.role:
             problems.append(f"role {st.role}, expected {c.role}")
@@ -248,8 +260,8 @@ class Actions:
                 promote_site(
                     self.topology,
                     str(args["site"]),
-                    confirm_old_site_down=bool(args.get("confirm_old_site_down", False)),
-                    accept_data_loss=bool(args.get("accept_data_loss", False)),
+                    confirm_old_site_down=flag(args.get("confirm_old_site_down", False), "confirm_old_site_down"),
+                    accept_data_loss=flag(args.get("accept_data_loss", False), "accept_data_loss"),
                     reason=args.get("reason"),
                     dry_run=True,
                     say=lines.append,
@@ -327,8 +339,8 @@ class Actions:
             return promote_site(
                 self.topology,
                 str(args["site"]),
-                confirm_old_site_down=bool(args.get("confirm_old_site_down", False)),
-                accept_data_loss=bool(args.get("accept_data_loss", False)),
+                confirm_old_site_down=flag(args.get("confirm_old_site_down", False), "confirm_old_site_down"),
+                accept_data_loss=flag(args.get("accept_data_loss", False), "accept_data_loss"),
                 reason=args.get("reason") or "runbook",
                 say=self.say,
             )

@@ -115,7 +115,7 @@ def resolve_vars(runbook: Runbook, given: dict[str, str], builtins: dict[str, st
 
 def needed_builtins(runbook: Runbook, include_defaults: bool = True) -> set[str]:
     """Built-ins the runbook's guards and steps (and, unless told otherwise, its defaults) use."""
-    used = referenced_vars(runbook.model_dump(mode="json", by_alias=True, exclude={"vars"}))
+    used = set(runbook.references) or referenced_vars(runbook.model_dump(mode="json", by_alias=True, exclude={"vars"}))
     if include_defaults:
         used |= referenced_vars([v.default for v in runbook.vars.values() if v.default])
     return used & BUILTIN_VARS

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from drctl.policy.source import Document, SourceError, read_document, validation_problems
 from drctl.runbooks.engine import RunbookError
-from drctl.runbooks.model import Runbook, substitute
+from drctl.runbooks.model import VAR_RE, Runbook, referenced_vars, substitute
 
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "runbooks"
 
@@ -52,10 +52,17 @@ def parse_document(doc: Document) -> LoadedRunbook:
 
     if not isinstance(doc.data, dict):
         raise SourceError([doc.problem((), "expected a mapping with name:, steps: at the top")])
-    if "source" in doc.data:
-        raise SourceError([doc.problem(("source",), "unknown key: remove it or fix its spelling")])
+    for internal in ("source", "references"):
+        if internal in doc.data:
+            raise SourceError([doc.problem((internal,), "unknown key: remove it or fix its spelling")])
     try:
-        runbook = Runbook.model_validate({**doc.data, "source": doc.source})
+        runbook = Runbook.model_validate(
+            {
+                **_placeheld(doc.data),
+                "source": doc.source,
+                "references": referenced_vars([doc.data.get("guards"), doc.data.get("steps")]),
+            }
+        )
     except ValidationError as exc:
         raise SourceError(validation_problems(exc, doc)) from None
     problems = [
@@ -65,6 +72,29 @@ def parse_document(doc: Document) -> LoadedRunbook:
     if problems:
         raise SourceError(problems)
     return LoadedRunbook(runbook, doc)
+
+
+def _placeheld(raw: dict[str, Any]) -> dict[str, Any]:
+    """The document with every value that is exactly one ``${name}`` replaced by the variable's
+    default (or "1", which pydantic reads as a string, a number or true), so that a number or a
+    flag given by a variable validates at load time; the real values are validated at run time."""
+    specs = raw.get("vars") if isinstance(raw.get("vars"), dict) else {}
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            m = VAR_RE.fullmatch(value)
+            if m is None:
+                return value
+            spec = specs.get(m.group(1)) if isinstance(specs, dict) else None
+            default = spec.get("default") if isinstance(spec, dict) else None
+            return default if isinstance(default, str) and not VAR_RE.search(default) else "1"
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return {k: (walk(v) if k in ("guards", "steps") else v) for k, v in raw.items()}
 
 
 def load_runbook_file(path: str | Path) -> LoadedRunbook:

@@ -55,7 +55,7 @@ class SiteCondition(_Model):
 
     name: str
     role: Literal["active", "standby"] | None = None
-    reachable: bool = True
+    reachable: bool | None = Field(default=None, description="its DCS answers (None: either)")
     has_leader: bool | None = None
     streaming: bool | None = Field(default=None, description="its standby leader streams from the active site")
 
@@ -171,6 +171,8 @@ class Runbook(_Model):
     guards: list[Condition] = Field(default_factory=list, description="all must hold before the first step")
     steps: list[Step] = Field(min_length=1)
     source: str = Field(default="", exclude=True)
+    # the ${names} its guards and steps use, read from the file before any substitution
+    references: frozenset[str] = Field(default_factory=frozenset, exclude=True)
 
     @model_validator(mode="after")
     def _consistent(self) -> Runbook:

@@ -313,3 +313,23 @@ def test_engine_refuses_out_of_order() -> None:
     with pytest.raises(RunbookError, match="is done, not running"):
         engine.finish(state, 0, 3.0, "done")
     assert engine.next_step(state) == engine.NextStep(1, interrupted=False, retry=False)
+
+
+def test_variables_in_number_and_flag_fields(tmp_path: Path) -> None:
+    text = RUNBOOK.replace("  to: {description: target site}", '  to: {description: target site}\n  t: {default: "5"}')
+    text = text.replace('    shell: {argv: ["true", "${run_id}"]}', '    shell: {argv: ["true"], timeout_s: "${t}"}')
+    rb = loaded(text)
+    assert rb.runbook.steps[3].shell.timeout_s == 5  # the default, at load time
+    rendered = rb.render({"to": "b", "who": "a", "t": "7", "run_id": "r"})
+    assert rendered.steps[3].shell.timeout_s == 7
+    with pytest.raises(SourceError, match=r"rb\.yaml:\d+: steps\.3\.shell\.timeout_s: expected a number"):
+        rb.render({"to": "b", "who": "a", "t": "soon", "run_id": "r"})
+
+
+@pytest.mark.parametrize(("value", "expected"), [(True, True), ("false", False), ("yes", True), ("0", False)])
+def test_flags_from_variables(value: object, expected: bool) -> None:
+    from drctl.runbooks.actions import flag
+
+    assert flag(value, "x") is expected
+    with pytest.raises(StepFailed, match="expected true or false"):
+        flag("maybe", "x")
