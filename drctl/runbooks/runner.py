@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from drctl.policy.model import Policy
-from drctl.runbooks import engine
+from drctl.runbooks import engine, report
 from drctl.runbooks.actions import Outcome, StepFailed
 from drctl.runbooks.engine import RunbookError, RunState
 from drctl.runbooks.load import LoadedRunbook
@@ -205,6 +205,7 @@ class Runner:
                 self.store.event(run_id, event="run-refused", reason=reason)
                 self.audit.record("run-refused", run_id=run_id, reason=reason)
                 self.say(f"refused: {reason}")
+                self.say(f"report: {report.write(state, self.store.dir(run_id))}")
                 return state
             return self._loop(rb, state)
 
@@ -277,6 +278,7 @@ class Runner:
             )
         self.store.event(state.run_id, event="run-end", status=state.status)
         self.audit.record("run-end", run_id=state.run_id, status=state.status)
+        self.say(f"report: {report.write(state, self.store.dir(state.run_id))}")
         return state
 
     def _execute(

@@ -125,6 +125,8 @@ def test_runs_every_step_and_records_them(tmp_path: Path) -> None:
     assert all(e.get("operator") == "tester" for e in events if e["event"].startswith("step"))
     audit = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
     assert {a["event"] for a in audit} >= {"run-start", "step", "run-end"}
+    page = (tmp_path / "state" / "runs" / state.run_id / "report.html").read_text()
+    assert "DONE" in page and page.count("<tr>") == 1 + len(state.steps) and "tester" in page
 
 
 def test_guard_refuses_before_any_step(tmp_path: Path) -> None:
@@ -165,6 +167,8 @@ def test_failure_stops_and_resume_retries_that_step(tmp_path: Path) -> None:
     state = runner.start(loaded(), {"to": "b"}, BUILTINS)
     assert state.status == "failed" and [s.status for s in state.steps] == ["done", "failed", "pending", "pending"]
     assert "site b is not caught up" in str(state.error)
+    page = (tmp_path / "state" / "runs" / state.run_id / "report.html").read_text()
+    assert "FAILED" in page and f"drctl runbook resume {state.run_id}" in page and "class='bad'" in page
     world.fail_apply = None
     resumed = runner.resume(loaded(), state.run_id)
     assert resumed.status == "done" and resumed.steps[0].attempts == 1 and resumed.steps[1].attempts == 2
