@@ -336,14 +336,24 @@ class Actions:
         if op.name == "switchover-site":
             return switchover_site(self.topology, str(args["to"]), say=self.say)
         if op.name == "promote-site":
-            return promote_site(
+            site = str(args["site"])
+            result = promote_site(
                 self.topology,
-                str(args["site"]),
+                site,
                 confirm_old_site_down=flag(args.get("confirm_old_site_down", False), "confirm_old_site_down"),
                 accept_data_loss=flag(args.get("accept_data_loss", False), "accept_data_loss"),
                 reason=args.get("reason") or "runbook",
                 say=self.say,
             )
+            # promote-site is a no-op on an already active site: if a runner died between the
+            # promotion and the fencing, another reachable site may still claim to be active
+            others = [s.name for s in read_sites(self.topology).values() if s.name != site and s.role == "active"]
+            if others:
+                raise StepFailed(
+                    f"site {site} is active but site(s) {', '.join(others)} still claim to be active: fence them "
+                    "(their agents demote on sight of the higher epoch once they can see it), then resume"
+                )
+            return result
         site = str(args["site"])
         spec = self.topology.site(site)
         auth = RestAuth(spec.api_auth.username, spec.api_auth.password) if spec.api_auth else RestAuth()

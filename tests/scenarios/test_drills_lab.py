@@ -232,3 +232,35 @@ def test_a_guard_failing_midway_restores_the_starting_topology(lab_sites: LabSit
     assert rec.operations[-1]["restore"] is True
     assert rec.figures is not None and rec.figures["lost_rows"] == 0
     wait_healthy(ls)
+
+
+def test_one_scheduler_at_a_time_holds_the_dcs_lock(lab_sites: LabSites) -> None:
+    first, second = SchedulerLock(lab_sites.policy, ttl=5), SchedulerLock(lab_sites.policy, ttl=5)
+    second.name = second.dcs.name = "other-host"
+    try:
+        assert first.held()
+        assert not second.held()
+        assert first.held()  # renewing keeps it
+        first.release()  # a clean stop hands it over at once
+        assert second.held()
+        assert not first.held()
+    finally:
+        first.release()
+        second.release()
+
+
+def test_a_dead_schedulers_lock_expires_and_another_takes_over(lab_sites: LabSites) -> None:
+    dead, alive = SchedulerLock(lab_sites.policy, ttl=4), SchedulerLock(lab_sites.policy, ttl=4)
+    alive.name = alive.dcs.name = "standby-host"
+    try:
+        assert dead.held()
+        assert not alive.held()
+        deadline = time.monotonic() + 20  # the dead one no longer renews: its lease runs out
+        while not alive.held():
+            assert time.monotonic() < deadline, "the lock never expired"
+            time.sleep(0.5)
+        assert time.monotonic() - (deadline - 20) >= 2.0
+        assert not dead.held()  # the old holder sees it lost the key
+    finally:
+        dead.release()
+        alive.release()

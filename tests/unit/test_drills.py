@@ -136,3 +136,56 @@ def test_report_is_self_contained_and_says_what_failed(tmp_path: Path) -> None:
     assert "data:image/png;base64," in text and "FAILED" in text and "What to do" in text
     assert "7.10 s" in text and "FAIL" in text
     assert "<script" not in text and "http" not in text.replace("http-equiv", "")  # nothing fetched
+
+
+class FakeRunner:
+    def __init__(self, status: str = "passed") -> None:
+        self.status = status
+        self.calls: list[tuple[str, str]] = []
+
+    def run(self, name: str, *, trigger: str = "manual", **_: object) -> DrillRecord:
+        self.calls.append((name, trigger))
+        rec = DrillRecord(f"{name}-1", name, "site-switchover", status=self.status)
+        rec.figures = {"rto_s": 2.5, "lost_rows": 0, "lost_bytes": 0}
+        return rec
+
+
+class FakeLock:
+    def __init__(self, held: bool) -> None:
+        self._held = held
+
+    def held(self) -> bool:
+        return self._held
+
+    def release(self) -> None:
+        pass
+
+
+def test_scheduler_runs_only_with_the_lock_and_exports_metrics() -> None:
+    from prometheus_client import generate_latest
+
+    from drctl.drills.scheduler import DrillMetrics, DrillScheduler
+
+    fake = FakeRunner()
+    metrics = DrillMetrics()
+    sched = DrillScheduler(POLICY, lock=FakeLock(True), metrics=metrics, runner_factory=lambda _p: fake)  # type: ignore[arg-type,return-value]
+    assert set(sched.triggers) == {"rt"}  # only drills with a schedule
+    rec = sched.fire("rt")
+    assert rec is not None and fake.calls == [("rt", "schedule")]
+    text = generate_latest(metrics.registry).decode()
+    assert 'pgdr_drill_rto_seconds{drill="rt"} 2.5' in text
+    assert 'pgdr_drill_last_passed{drill="rt"} 1.0' in text
+    assert 'pgdr_drill_runs{drill="rt",status="passed"} 1.0' in text
+    other = FakeRunner()
+    idle = DrillScheduler(POLICY, lock=FakeLock(False), runner_factory=lambda _p: other)  # type: ignore[arg-type,return-value]
+    assert idle.fire("rt") is None and other.calls == []
+
+
+def test_six_field_schedule_and_trigger() -> None:
+    from drctl.policy.model import drill_trigger
+
+    t = drill_trigger("5 30 2 * * 6", "UTC")
+    nxt = t.get_next_fire_time(None, datetime(2026, 11, 26, 0, 0, tzinfo=UTC))
+    assert nxt == datetime(2026, 11, 28, 2, 30, 5, tzinfo=UTC)  # Saturday
+    with pytest.raises(ValueError, match="seconds field"):
+        drill_trigger("61 30 2 * * 6")
