@@ -89,7 +89,15 @@ def _summary(doc: dict[str, Any]) -> None:
     for r in doc.get("reasons") or []:
         click.echo(f"  reason: {r}")
     f = doc.get("figures")
-    if f:
+    if f and f.get("kind") == "restore":
+        click.echo(
+            f"  restore of backup {f['backup_label']}: read-write copy after {f['total_s']}s "
+            f"(restore {f['restore_s']}s, replay {f['recovery_s']}s; target {f['rto_target_s']:g}s, "
+            f"{'pass' if f['rto_ok'] else 'FAIL'}); verification {'pass' if f['checks_ok'] else 'FAIL'}"
+        )
+        for a in f.get("advice") or []:
+            click.echo(f"  what to do: {a}")
+    elif f:
         click.echo(
             f"  RTO {f['rto_s']:.2f}s (target {f['rto_target_s']:g}s, {'pass' if f['rto_ok'] else 'FAIL'}); "
             f"RPO {f['lost_rows']} acknowledged rows lost, {f['lost_bytes']} bytes "
@@ -120,8 +128,8 @@ def history_cmd(policy_path: Path | None, fmt: str) -> None:
                 d["drill"],
                 d["trigger"],
                 d["status"],
-                "" if not f else f"{f['rto_s']:.2f}s",
-                "" if not f else f"{f['lost_rows']} rows",
+                "" if not f else f"{f.get('rto_s', f.get('total_s'))}s",
+                "" if not f or "lost_rows" not in f else f"{f['lost_rows']} rows",
                 d.get("report_html", ""),
             )
         )

@@ -91,7 +91,10 @@ def preflight(
         reasons.append(f"outside the drill's windows ({'; '.join(drill.windows)}, time zone {drill.timezone})")
     if drill.destructive and not confirmed_destructive:
         reasons.append("a destructive drill needs --destructive and a confirmation")
-    reasons += topology_problems(sites, lag_bound(drill, policy))
+    if drill.kind in ("site-switchover", "site-loss", "replica-rebuild"):
+        reasons += topology_problems(sites, lag_bound(drill, policy))
+    if drill.kind == "backup-restore" and policy.backup is None:
+        reasons.append("a backup-restore drill needs the policy's `backup:` section")
     if drill.site is not None and drill.kind == "site-switchover":
         target = next((s for s in sites if s.name == drill.site), None)
         if target is None:

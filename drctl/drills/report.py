@@ -124,7 +124,9 @@ def render_html(rec: Any, png: Path | None, policy: Policy) -> str:
             parts.append(
                 f"<p>Starting topology restored: <b>{'yes' if rec.restored else 'NO: check `drctl sites`'}</b></p>"
             )
-    if f:
+    if f and f.get("kind") == "restore":
+        parts += _restore_section(f)
+    elif f:
         rto_cls = "ok" if f["rto_ok"] else "bad"
         rpo_cls = "ok" if f["rpo_ok"] else "bad"
         lost_bytes = "unknown" if f["lost_bytes"] is None else f"{f['lost_bytes']} bytes"
@@ -197,6 +199,51 @@ def render_html(rec: Any, png: Path | None, policy: Policy) -> str:
     )
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _restore_section(f: dict[str, Any]) -> list[str]:
+    size = f.get("backup_size_bytes")
+    parts = [
+        "<h2>Restore</h2><table id='figures'>" + _head("Measure", "Measured", "Target", "Result"),
+        _row(
+            "time to a read-write copy (restore + replay + promote)",
+            "-" if f["total_s"] is None else f"{f['total_s']:.2f} s",
+            f"{f['rto_target_s']:g} s",
+            "pass" if f["rto_ok"] else "FAIL",
+            cls="ok" if f["rto_ok"] else "bad",
+        ),
+        _row(
+            "verification queries",
+            f"{sum(1 for c in f['checks'] if c['ok'])} of {len(f['checks'])} as expected",
+            "all",
+            "pass" if f["checks_ok"] else "FAIL",
+            cls="ok" if f["checks_ok"] else "bad",
+        ),
+        "</table>",
+        f"<p>Backup {html.escape(str(f['backup_label']))} ({html.escape(str(f['backup_type']))}"
+        + (f", {size / 1048576:.1f} MiB" if isinstance(size, int) else "")
+        + f"); pgbackrest restore {f['restore_s']}s, start and replay {f['recovery_s']}s.</p>",
+    ]
+    if f["checks"]:
+        parts.append("<table>" + _head("Query", "Returned", "Expected", "Result"))
+        for c in f["checks"]:
+            parts.append(
+                _row(
+                    c["sql"],
+                    c["error"] or c["value"],
+                    c["expected"],
+                    "ok" if c["ok"] else "FAIL",
+                    cls="" if c["ok"] else "bad",
+                )
+            )
+        parts.append("</table>")
+    if f.get("advice"):
+        parts.append(
+            "<div class='advice'><b>What to do</b><ul>"
+            + "".join(f"<li>{html.escape(a)}</li>" for a in f["advice"])
+            + "</ul></div>"
+        )
+    return parts
 
 
 def topo(roles: dict[str, str]) -> str:

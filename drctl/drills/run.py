@@ -130,8 +130,10 @@ class DrillRunner:
             drill = self.policy.drill(name)
         except KeyError as exc:
             raise DrillError(str(exc.args[0])) from None
-        if drill.kind != "site-switchover":
-            raise DrillError(f"drill {name}: kind {drill.kind} is not implemented yet (site-switchover is)")
+        if drill.kind not in ("site-switchover", "backup-restore"):
+            raise DrillError(
+                f"drill {name}: kind {drill.kind} is not implemented yet (site-switchover and backup-restore are)"
+            )
         run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
         rec = DrillRecord(run_id, name, drill.kind, started_at=_now_iso(), trigger=trigger, operator=operator_name())
         rec.policy = self.policy.source
@@ -157,7 +159,31 @@ class DrillRunner:
                 self.say("drill refused: " + "; ".join(reasons))
                 return self._finish(rec, out, [], [])
             self.audit.record("drill-start", run_id=run_id, drill=name, trigger=trigger)
+            if drill.kind == "backup-restore":
+                return self._backup_restore(drill, rec, out)
             return self._site_switchover(drill, rec, out)
+
+    # --- backup restore --------------------------------------------------------------------
+    def _backup_restore(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
+        from drctl.drills.restore import RestoreDrillError, run_restore_drill
+
+        try:
+            figures = run_restore_drill(self.policy, drill, out, self.say)
+        except RestoreDrillError as exc:
+            rec.status = "error"
+            rec.reasons = [str(exc)]
+        else:
+            rec.figures = figures.to_json()
+            rec.status = "passed" if figures.passed else "failed"
+            phases = [Phase("pgbackrest restore", 0.0, figures.restore_s or 0.0)]
+            if figures.recovery_s is not None:
+                end = (figures.restore_s or 0.0) + figures.recovery_s
+                phases.append(Phase("start, replay the archive, promote", figures.restore_s or 0.0, end))
+            rec.phases = [vars(p) for p in phases]
+        rec.end_topology = _roles(self.policy)
+        rec.ended_at = _now_iso()
+        self.audit.record("drill-end", run_id=rec.run_id, drill=rec.drill, status=rec.status)
+        return self._finish(rec, out, [], [])
 
     # --- site switchover round trip --------------------------------------------------------
     def _site_switchover(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:

@@ -53,6 +53,7 @@ class LabState:
     sites: list[LabSite]
     pg_user: str
     created_at: float
+    backup: bool = False
 
     def save(self) -> None:
         path = Path(self.dir) / STATE_FILE
@@ -72,6 +73,7 @@ class LabState:
                 sites=[LabSite(**s) for s in doc["sites"]],
                 pg_user=doc.get("pg_user", "postgres"),
                 created_at=doc.get("created_at", 0.0),
+                backup=bool(doc.get("backup", False)),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LabError(f"{path} is unreadable ({exc}): remove the lab directory by hand") from exc
@@ -103,8 +105,16 @@ class Lab:
             raise LabError(f"{self.dir} exists and is not a pgdr lab: choose another --dir (nothing was changed)")
 
     def up(
-        self, sites: int = 2, nodes: int = 3, etcd_members: int = 3, timings: Timings | None = None, dr: bool = True
+        self,
+        sites: int = 2,
+        nodes: int = 3,
+        etcd_members: int = 3,
+        timings: Timings | None = None,
+        dr: bool = True,
+        backup: bool = False,
     ) -> LabState:
+        """``backup``: the first (active) site's nodes run pgBackRest (stanza, WAL archive, two
+        local repositories); the lab policy then has a `backup:` section and a restore drill."""
         if sites < 1 or nodes < 1 or etcd_members < 1:
             raise LabError("--sites, --nodes and --etcd-members must be at least 1")
         if sites > 26:
@@ -118,7 +128,7 @@ class Lab:
         self._clear_stale()
         make_dir(self.dir, self.pg_user, 0o755)
         sup = Supervisor(self.dir)
-        state = LabState(dir=str(self.dir), sites=[], pg_user=self.pg_user, created_at=time.time())
+        state = LabState(dir=str(self.dir), sites=[], pg_user=self.pg_user, created_at=time.time(), backup=backup)
         try:
             names = site_names(sites)
             entry_ports = {site: free_port() for site in names}
@@ -139,6 +149,7 @@ class Lab:
                     timings=timings or Timings(),
                     pg_user=self.pg_user,
                     dynamic=dynamic,
+                    backup=backup and site == names[0],
                 ).plan()
                 if dr:
                     record = SiteRecord("standby", 1, names[0]) if standby else SiteRecord("active", 1, None)
@@ -310,6 +321,22 @@ def write_lab_policy(lab_dir: Path, state: LabState) -> Path:
         },
         "paths": {"state_dir": str(lab_dir / "pgdr")},
     }
+    if state.backup:
+        first = lab_dir / f"site-{names[0]}"
+        doc["backup"] = {
+            "stanza": LAB_SCOPE,
+            "repos": [{"site": names[0], "path": str(first / "repo1")}, {"path": str(first / "repo2")}],
+            "schedule": {"full": "0 1 * * 0"},
+        }
+        doc["drills"]["restore"] = {
+            "kind": "backup-restore",
+            "site": names[0],
+            "run_as": state.pg_user,
+            "verify": [
+                {"sql": "SELECT count(*) FROM pg_class", "expect_min": 100},
+                {"sql": "SELECT current_setting('archive_mode')", "expect": "off"},
+            ],
+        }
     path = policy_path(lab_dir)
     path.write_text(
         "# Written by `drctl lab up`: the lab's sites, targets and drills (see policies/pgdr.example.yaml).\n"

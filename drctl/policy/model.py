@@ -55,6 +55,7 @@ class DrillSpec(_Model):
     timeout_s: float = Field(default=600.0, gt=0)
     round_trip: bool = Field(default=True, description="site-switchover: switch back to the starting site")
     verify: list[VerifyQuery] = Field(default_factory=list)
+    run_as: str = Field(default="postgres", min_length=1, description="backup-restore: OS user of PostgreSQL")
 
     @field_validator("schedule")
     @classmethod

@@ -189,3 +189,17 @@ def test_six_field_schedule_and_trigger() -> None:
     assert nxt == datetime(2026, 11, 28, 2, 30, 5, tzinfo=UTC)  # Saturday
     with pytest.raises(ValueError, match="seconds field"):
         drill_trigger("61 30 2 * * 6")
+
+
+def test_restore_report(tmp_path: Path) -> None:
+    from drctl.drills.restore import RestoreFigures
+
+    fig = RestoreFigures("20261126-1F", "full", 50 * 1048576, 1.1, 0.7, 1.8, rto_target_s=1.0)
+    fig.checks = [{"sql": "SELECT 1", "value": "1", "expected": "= 1", "ok": True, "error": None}]
+    fig.rto_ok, fig.checks_ok = False, True
+    rec = DrillRecord("r-1", "restore", "backup-restore", status="failed", started_at="now", operator="me")
+    rec.figures = fig.to_json()
+    html, png = write_report(rec, [], [], tmp_path, POLICY)
+    text = html.read_text()
+    assert png is None and "time to a read-write copy" in text and "1.80 s" in text and "50.0 MiB" in text
+    assert "FAIL" in text and "1 of 1 as expected" in text
