@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # Resolved when a run starts (and recorded, so a resumed run keeps the values it started with).
-BUILTIN_VARS = {"active_site", "standby_site", "run_id", "state_dir"}
+BUILTIN_VARS = {"active_site", "standby_site", "run_id", "state_dir", "drctl"}
 
 
 class _Model(BaseModel):

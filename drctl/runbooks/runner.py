@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -126,6 +127,12 @@ class RunStore:
             os.close(fd)
 
 
+def drctl_program() -> str:
+    """The drctl a shell hook should call: the one installed beside this Python (a venv)."""
+    beside = Path(sys.executable).parent / "drctl"
+    return str(beside) if beside.exists() else "drctl"
+
+
 def builtin_vars(policy: Policy) -> dict[str, str]:
     """Facts a runbook may refer to: the active and the standby site (when there is exactly one)."""
     try:
@@ -166,7 +173,12 @@ class Runner:
     # --- entry points ----------------------------------------------------------------------
     def plan(self, loaded: LoadedRunbook, given: dict[str, str], builtins: dict[str, str]) -> list[dict[str, Any]]:
         """--dry-run: every step as it would run, operations described from live facts."""
-        builtins = {**builtins, "run_id": "(dry-run)", "state_dir": str(self.store.root.parent)}
+        builtins = {
+            **builtins,
+            "run_id": "(dry-run)",
+            "state_dir": str(self.store.root.parent),
+            "drctl": drctl_program(),
+        }
         variables = engine.resolve_vars(loaded.runbook, given, builtins)
         rb = loaded.render(variables)
         out = []
@@ -188,7 +200,7 @@ class Runner:
     def start(self, loaded: LoadedRunbook, given: dict[str, str], builtins: dict[str, str]) -> RunState:
         now = self.clock()
         run_id = self.store.new_id(loaded.runbook.name, now)
-        builtins = {**builtins, "run_id": run_id, "state_dir": str(self.store.root.parent)}
+        builtins = {**builtins, "run_id": run_id, "state_dir": str(self.store.root.parent), "drctl": drctl_program()}
         variables = engine.resolve_vars(loaded.runbook, given, builtins)
         rb = loaded.render(variables)
         state = engine.new_run(run_id, rb, variables, now, self.operator)
