@@ -63,6 +63,9 @@ class Probe:
                 f"CREATE TABLE IF NOT EXISTS {PROBE_TABLE} "
                 "(id bigint PRIMARY KEY, run text, at timestamptz DEFAULT now())"
             )
+            # the probe's rows are not the application's data: the last day's are kept (to check a
+            # recent drill's figures by hand), older ones go
+            conn.execute(f"DELETE FROM {PROBE_TABLE} WHERE at < now() - interval '1 day'")
 
     def start(self) -> Probe:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

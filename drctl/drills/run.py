@@ -303,11 +303,13 @@ class DrillRunner:
         deadline = time.monotonic() + 30
         while True:
             try:
-                return acked - present_ids(app_url(self.policy), acked)
+                lost = acked - present_ids(app_url(self.policy), acked)
+                break
             except Exception:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(1.0)
+        return lost
 
     def _finish(self, rec: DrillRecord, out: Path, attempts: list[Any], phases: list[Phase]) -> DrillRecord:
         from drctl.drills.report import write_report

@@ -181,6 +181,7 @@ def begin(state: RunState, index: int, now: float, operator: str) -> None:
     rec.operator = operator
     state.status = "running"
     state.error = None
+    state.ended_at = None
     state.updated_at = now
 
 

@@ -14,7 +14,7 @@ import re
 from string import Template
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -40,6 +40,14 @@ class SqlCondition(_Model):
     dbname: str = "postgres"
     expect: str | None = None
     expect_min: float | None = None
+
+    @field_validator("expect", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        # `expect: true` / `expect: 3` in YAML mean what the query prints: True / 3
+        if isinstance(value, bool | int | float):
+            return str(value)
+        return value
 
     @model_validator(mode="after")
     def _one_target(self) -> SqlCondition:

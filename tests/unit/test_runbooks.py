@@ -337,3 +337,12 @@ def test_flags_from_variables(value: object, expected: bool) -> None:
     assert flag(value, "x") is expected
     with pytest.raises(StepFailed, match="expected true or false"):
         flag("maybe", "x")
+
+
+def test_sql_expect_accepts_yaml_scalars() -> None:
+    from drctl.runbooks.model import SqlCondition
+
+    assert SqlCondition(site="a", query="SELECT true", expect=True).expect == "True"  # type: ignore[arg-type]
+    assert SqlCondition(site="a", query="SELECT 3", expect=3).expect == "3"  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="exactly one of `site` and `dsn`"):
+        SqlCondition(query="SELECT 1", expect="1")
