@@ -81,6 +81,26 @@ def lab_status(lab_dir: Path | None, fmt: str) -> None:
     table(f"lab {status['dir']}", ["Site", "Process", "Role", "Port", "PID", "Alive", "Health"], rows)
 
 
+@lab_group.command("kill-site")
+@click.argument("site")
+@dir_option
+@operator_errors
+def lab_kill_site(site: str, lab_dir: Path | None) -> None:
+    """Simulate a site's power loss: kill every node (agent and PostgreSQL); its DCS stays up."""
+    nodes = Lab(lab_dir or default_lab_dir()).kill_site(site)
+    click.echo(f"site {site}: killed {', '.join(nodes)}")
+
+
+@lab_group.command("start-site")
+@click.argument("site")
+@dir_option
+@operator_errors
+def lab_start_site(site: str, lab_dir: Path | None) -> None:
+    """Power a site back on: start the agents of its nodes that are not running."""
+    nodes = Lab(lab_dir or default_lab_dir()).start_site(site)
+    click.echo(f"site {site}: started {', '.join(nodes) or 'nothing (all running)'}")
+
+
 @lab_group.command("down")
 @dir_option
 @click.option("--grace", default=15.0, show_default=True, help="Seconds to wait after SIGTERM before SIGKILL.")

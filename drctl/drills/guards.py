@@ -95,6 +95,10 @@ def preflight(
         reasons += topology_problems(sites, lag_bound(drill, policy))
     if drill.kind == "backup-restore" and policy.backup is None:
         reasons.append("a backup-restore drill needs the policy's `backup:` section")
+    if drill.kind == "site-loss" and drill.site is not None:
+        me = next((s for s in sites if s.name == drill.site), None)
+        if me is not None and me.role != "active":
+            reasons.append(f"a site-loss drill loses the active site: site {drill.site} is {me.role}")
     if drill.site is not None and drill.kind == "site-switchover":
         target = next((s for s in sites if s.name == drill.site), None)
         if target is None:

@@ -24,7 +24,15 @@ from drctl.drills.measure import Phase
 from drctl.drills.probe import Probe, RoleSampler, present_ids
 from drctl.policy.model import DrillSpec, Policy
 from drctl.runbooks.runner import default_state_dir
-from drctl.sites.controller import Audit, SiteOpError, default_audit_log, operator_name, read_sites, switchover_site
+from drctl.sites.controller import (
+    Audit,
+    SiteOpError,
+    default_audit_log,
+    operator_name,
+    promote_site,
+    read_sites,
+    switchover_site,
+)
 
 Say = Callable[[str], None]
 
@@ -130,10 +138,8 @@ class DrillRunner:
             drill = self.policy.drill(name)
         except KeyError as exc:
             raise DrillError(str(exc.args[0])) from None
-        if drill.kind not in ("site-switchover", "backup-restore"):
-            raise DrillError(
-                f"drill {name}: kind {drill.kind} is not implemented yet (site-switchover and backup-restore are)"
-            )
+        if drill.kind not in ("site-switchover", "backup-restore", "site-loss"):
+            raise DrillError(f"drill {name}: kind {drill.kind} is not implemented yet")
         run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
         rec = DrillRecord(run_id, name, drill.kind, started_at=_now_iso(), trigger=trigger, operator=operator_name())
         rec.policy = self.policy.source
@@ -161,7 +167,114 @@ class DrillRunner:
             self.audit.record("drill-start", run_id=run_id, drill=name, trigger=trigger)
             if drill.kind == "backup-restore":
                 return self._backup_restore(drill, rec, out)
+            if drill.kind == "site-loss":
+                return self._site_loss(drill, rec, out)
             return self._site_switchover(drill, rec, out)
+
+    # --- site loss: power off, promote the other site, power on, fail back -----------------
+    def _hook(self, argv: list[str] | None, site: str, what: str) -> None:
+        from drctl.runbooks.actions import StepFailed, run_argv
+        from drctl.runbooks.model import substitute
+
+        assert argv
+        try:
+            res = run_argv(substitute(list(argv), {"site": site}), {}, 300)
+        except (StepFailed, KeyError, ValueError) as exc:
+            raise SiteOpError(f"{what} hook failed: {exc}") from None
+        if res["rc"] != 0:
+            raise SiteOpError(f"{what} hook exited {res['rc']}: {res['stderr'].strip()[-300:]}")
+
+    def _site_loss(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
+        lost = str(drill.site)
+        survivor = next(n for n, r in rec.start_topology.items() if r == "standby")
+        origin = time.monotonic()
+        probe = Probe(app_url(self.policy), out / "probe.jsonl", origin, rec.run_id, interval=drill.probe_interval_s)
+        roles = RoleSampler(self.topology, origin)
+        phases: list[Phase] = []
+        try:
+            probe.prepare()
+        except Exception as exc:
+            rec.status = "error"
+            rec.reasons = [f"the probe cannot write through the entry points: {' '.join(str(exc).split())[:200]}"]
+            rec.ended_at = _now_iso()
+            return self._finish(rec, out, [], [])
+        probe.start()
+        roles.start()
+        powered_off = False
+        aborted: str | None = None
+
+        def phase(name: str, fn: Callable[[], Any]) -> Any:
+            t0 = time.monotonic() - origin
+            try:
+                result = fn()
+            except SiteOpError as exc:
+                phases.append(Phase(name, t0, time.monotonic() - origin, ok=False, detail=str(exc)))
+                raise
+            phases.append(Phase(name, t0, time.monotonic() - origin))
+            return result
+
+        try:
+            time.sleep(drill.settle_s)
+            self.say(f"power loss of site {lost}")
+            phase(f"power loss of {lost}", lambda: self._hook(drill.power_off, lost, "power_off"))
+            powered_off = True
+            result = phase(
+                f"promote-site {survivor}",
+                lambda: promote_site(
+                    self.topology,
+                    survivor,
+                    confirm_old_site_down=True,
+                    accept_data_loss=True,
+                    reason=f"DR drill {rec.run_id}: site {lost} powered off by the drill",
+                    say=self.say,
+                ),
+            )
+            rec.operations.append({"op": "promote-site", "site": survivor, **_plain(result)})
+            self.say(f"power back on: site {lost}")
+            phase(f"power on {lost}", lambda: self._hook(drill.power_on, lost, "power_on"))
+            powered_off = False
+            t1 = time.monotonic() - origin
+            problems = self._wait_fit(drill, drill.timeout_s)
+            phases.append(Phase(f"{lost} rejoins as a standby", t1, time.monotonic() - origin, ok=not problems,
+                                detail="; ".join(problems)))  # fmt: skip
+            if problems:
+                raise SiteOpError("the old site did not rejoin: " + "; ".join(problems))
+            result = phase(f"failback to {lost}", lambda: switchover_site(self.topology, lost, say=self.say))
+            rec.operations.append({"op": "switchover-site", "to": lost, **_plain(result)})
+            time.sleep(drill.settle_s)
+        except SiteOpError as exc:
+            aborted = str(exc)
+        finally:
+            probe.stop()
+            roles.stop()
+        if aborted is not None:
+            rec.status = "aborted"
+            rec.reasons = [aborted]
+            if powered_off:
+                try:
+                    self._hook(drill.power_on, lost, "power_on")
+                except SiteOpError as exc:
+                    rec.reasons.append(str(exc))
+            rec.restored = self._restore(lost, rec)
+        missing = self._lost(probe)
+        figures = measure.compute(
+            probe.attempts,
+            phases,
+            missing,
+            rto_target_s=self.policy.rto_target(survivor),
+            rpo_target_bytes=self.policy.rpo_target(survivor),
+            probe_interval_s=drill.probe_interval_s,
+        )
+        rec.figures = figures.to_json()
+        if rec.status == "running":
+            rec.status = "passed" if figures.passed else "failed"
+        rec.phases = [vars(p) for p in phases]
+        rec.roles = [{"t": round(s.t, 3), "roles": s.roles} for s in roles.samples]
+        rec.end_topology = _roles(self.policy)
+        rec.ended_at = _now_iso()
+        self.audit.record("drill-end", run_id=rec.run_id, drill=rec.drill, status=rec.status, rto_s=figures.rto_s,
+                          lost_rows=figures.lost_rows)  # fmt: skip
+        return self._finish(rec, out, probe.attempts, phases)
 
     # --- backup restore --------------------------------------------------------------------
     def _backup_restore(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:

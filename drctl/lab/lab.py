@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -195,6 +196,33 @@ class Lab:
             out.append(cluster)
         return out
 
+    # --- site power loss (for drills) -------------------------------------------------------------
+    def _cluster(self, site: str) -> LabCluster:
+        for c in self.clusters():
+            if c.site == site:
+                return c
+        raise LabError(f"no site {site!r} in the lab in {self.dir}")
+
+    def kill_site(self, site: str) -> list[str]:
+        """A datacenter's power loss: SIGKILL every node's agent and PostgreSQL (its DCS stays)."""
+        c = self._cluster(site)
+        for n in c.nodes:
+            c.kill_node(n.name)
+        return [n.name for n in c.nodes]
+
+    def start_site(self, site: str) -> list[str]:
+        """Power back: start every node's agent again (each starts its PostgreSQL)."""
+        c = self._cluster(site)
+        started = []
+        for n in c.nodes:
+            rec = c.sup.record(n.proc_name)
+            if rec is not None and rec.alive():
+                continue
+            c.start_agent(n.name)
+            started.append(n.name)
+        release(c.sup)  # they outlive this command, like the rest of the lab
+        return started
+
     # --- status ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         state = LabState.load(self.dir)
@@ -320,6 +348,16 @@ def write_lab_policy(lab_dir: Path, state: LabState) -> Path:
             },
         },
         "paths": {"state_dir": str(lab_dir / "pgdr")},
+    }
+    drctl = str(Path(sys.executable).parent / "drctl")
+    doc["drills"]["site-loss"] = {
+        "kind": "site-loss",
+        "site": names[0],
+        "destructive": True,
+        "power_off": [drctl, "lab", "kill-site", "--dir", str(lab_dir), "${site}"],
+        "power_on": [drctl, "lab", "start-site", "--dir", str(lab_dir), "${site}"],
+        "settle_s": 2,
+        "timeout_s": 180,
     }
     if state.backup:
         first = lab_dir / f"site-{names[0]}"

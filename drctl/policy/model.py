@@ -56,6 +56,8 @@ class DrillSpec(_Model):
     round_trip: bool = Field(default=True, description="site-switchover: switch back to the starting site")
     verify: list[VerifyQuery] = Field(default_factory=list)
     run_as: str = Field(default="postgres", min_length=1, description="backup-restore: OS user of PostgreSQL")
+    power_off: list[str] | None = Field(default=None, description="site-loss: argv that cuts the site (${site})")
+    power_on: list[str] | None = Field(default=None, description="site-loss: argv that brings it back (${site})")
 
     @field_validator("schedule")
     @classmethod
@@ -167,6 +169,12 @@ def cross_checks(policy: Policy) -> list[tuple[Loc, str]]:
                     f"a {drill.kind} drill stops a whole site: set `destructive: true` to say you mean it",
                 )
             )
+        if drill.kind == "site-loss":
+            for key in ("power_off", "power_on"):
+                if not getattr(drill, key):
+                    out.append(
+                        (("drills", name, key), "required for a site-loss drill (argv, ${site} = the site): add it")
+                    )
         if drill.kind in {"site-switchover", "site-loss"} and drill.site is None:
             out.append((("drills", name, "site"), f"required for a {drill.kind} drill: add it"))
         if drill.kind == "backup-restore" and policy.backup is None:

@@ -203,3 +203,24 @@ def test_restore_report(tmp_path: Path) -> None:
     text = html.read_text()
     assert png is None and "time to a read-write copy" in text and "1.80 s" in text and "50.0 MiB" in text
     assert "FAIL" in text and "1 of 1 as expected" in text
+
+
+def test_site_loss_drill_loses_the_active_site_only() -> None:
+    policy = parse_policy(
+        """\
+sites:
+  a: {dcs: {etcd: {hosts: ["127.0.0.1:1"]}}, scope: m, entry_point: "10.0.0.1:5000"}
+  b: {dcs: {etcd: {hosts: ["127.0.0.1:3"]}}, scope: m, entry_point: "10.0.0.2:5000"}
+drills:
+  loss: {kind: site-loss, site: b, destructive: true, power_off: [x], power_on: [y]}
+""",
+        "p.yaml",
+    )
+    d = policy.drill("loss")
+    assert guards.preflight(d, policy, snap(lag_bytes=0), SAT_3AM) == [
+        "a destructive drill needs --destructive and a confirmation",
+        "a site-loss drill loses the active site: site b is standby",
+    ]
+    assert guards.preflight(d, policy, snap(lag_bytes=0), SAT_3AM, confirmed_destructive=True) == [
+        "a site-loss drill loses the active site: site b is standby"
+    ]

@@ -180,3 +180,11 @@ def test_windows(window: str, at: datetime, inside: bool) -> None:
 def test_bad_windows(bad: str) -> None:
     with pytest.raises(ValueError, match="window"):
         parse_window(bad)
+
+
+def test_site_loss_drill_needs_power_hooks() -> None:
+    base = MINIMAL + "drills:\n  d:\n    kind: site-loss\n    site: a\n    destructive: true\n"
+    out = problems(base)
+    assert [o.split(": ")[1] for o in out] == ["drills.d.power_off", "drills.d.power_on"]
+    ok = parse_policy(base + "    power_off: [kill-site, '${site}']\n    power_on: [start-site, '${site}']\n")
+    assert ok.drill("d").power_off == ["kill-site", "${site}"]
