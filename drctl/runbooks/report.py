@@ -88,9 +88,50 @@ def render(state: RunState) -> str:
     )
 
 
+_BAR = {"done": "#27ae60", "skipped": "#95a5a6", "failed": "#c0392b", "running": "#2e86c1", "pending": "#ecf0f1"}
+
+
+def timeline_png(state: RunState, path: Path) -> Path | None:
+    """Each step as a bar on the run's time axis (attempts after a resume show where it resumed)."""
+    spans = [(s.name, s.started_at, s.ended_at or s.started_at, s.status) for s in state.steps if s.started_at]
+    if not spans:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = state.created_at
+    fig, ax = plt.subplots(figsize=(10, 0.6 + 0.32 * len(state.steps)))
+    names = [s.name for s in state.steps][::-1]
+    for name, start, end, status in spans:
+        y = names.index(name)
+        ax.broken_barh([(start - t0, max(end - start, 0.05))], (y - 0.35, 0.7), facecolors=_BAR.get(status, "#bbb"))
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_xlabel("seconds since the run started")
+    ax.set_title(f"runbook {state.runbook} ({state.run_id})", fontsize=9, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write(state: RunState, run_dir: Path) -> Path:
+    import base64
+
     path = run_dir / "report.html"
+    png = None
+    try:
+        png = timeline_png(state, run_dir / "timeline.png")
+    except Exception:  # a picture must never cost the run its report
+        png = None
+    page = render(state)
+    if png is not None:
+        data = base64.b64encode(png.read_bytes()).decode()
+        page = page.replace("</table></body>", f"</table><h2>Timeline</h2><img alt='timeline' style='max-width:100%' "
+                            f"src='data:image/png;base64,{data}'></body>")  # fmt: skip
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(render(state))
+    tmp.write_text(page)
     tmp.replace(path)
     return path

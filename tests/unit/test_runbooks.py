@@ -127,6 +127,7 @@ def test_runs_every_step_and_records_them(tmp_path: Path) -> None:
     assert {a["event"] for a in audit} >= {"run-start", "step", "run-end"}
     page = (tmp_path / "state" / "runs" / state.run_id / "report.html").read_text()
     assert "DONE" in page and page.count("<tr>") == 1 + len(state.steps) and "tester" in page
+    assert "data:image/png;base64," in page
 
 
 def test_guard_refuses_before_any_step(tmp_path: Path) -> None:
