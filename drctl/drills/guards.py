@@ -54,8 +54,9 @@ def topology_problems(sites: list[SiteSnapshot], bound: int) -> list[str]:
         if not s.reachable:
             problems.append(f"site {s.name}: DCS unreachable ({s.error})")
     actives = [s for s in sites if s.role == "active"]
-    if len(actives) != 1:
-        problems.append(f"expected one active site, found {len(actives)} ({', '.join(s.name for s in actives)})")
+    if len(actives) != 1 and all(s.reachable for s in sites):
+        names = f" ({', '.join(s.name for s in actives)})" if actives else ""
+        problems.append(f"expected one active site, found {len(actives)}{names}")
     for s in actives:
         if s.leader is None or s.leader_role != "primary":
             problems.append(f"site {s.name} (active) has no running primary (leader {s.leader or 'none'})")

@@ -103,7 +103,5 @@ def policy_from_env(path: str | Path | None = None) -> Policy:
     """``path``, else $PGDR_POLICY, else $PGDR_TOPOLOGY (a topology file is a policy too)."""
     chosen = path or os.environ.get("PGDR_POLICY") or os.environ.get("PGDR_TOPOLOGY")
     if not chosen:
-        raise SourceError(
-            [Problem("(policy)", None, "--policy", "no policy file: pass --policy FILE or set PGDR_POLICY")]
-        )
+        raise SourceError([Problem("drctl", None, "--policy", "no policy file: pass --policy FILE or set PGDR_POLICY")])
     return load_policy(chosen)
