@@ -87,7 +87,7 @@ def preflight(
     """Every reason not to start the drill now."""
     reasons = []
     if other_drill is not None:
-        reasons.append(f"another drill is running ({other_drill})")
+        reasons.append(f"another DR operation is running ({other_drill})")
     if not ignore_window and not drill.allowed_at(now):
         reasons.append(f"outside the drill's windows ({'; '.join(drill.windows)}, time zone {drill.timezone})")
     if drill.destructive and not confirmed_destructive:

@@ -6,14 +6,10 @@ switchover back to the site that was active), and says so in its record."""
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import secrets
-import socket
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +19,7 @@ from drctl.drills import guards, measure
 from drctl.drills.measure import Phase
 from drctl.drills.probe import Probe, RoleSampler, present_ids
 from drctl.policy.model import DrillSpec, Policy
-from drctl.runbooks.runner import default_state_dir
+from drctl.runbooks.runner import default_state_dir, operation_lock
 from drctl.sites.controller import (
     Audit,
     SiteOpError,
@@ -87,24 +83,6 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-@contextmanager
-def drill_lock(root: Path) -> Iterator[str | None]:
-    """Yields None when this process holds the drill lock, else who holds it."""
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            return
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        yield None
-    finally:
-        os.close(fd)
-
-
 def _roles(policy: Policy) -> dict[str, str]:
     return {name: st.role for name, st in read_sites(policy.topology()).items()}
 
@@ -145,7 +123,7 @@ class DrillRunner:
         rec.policy = self.policy.source
         out = self.root / run_id
         out.mkdir(parents=True, exist_ok=True)
-        with drill_lock(self.root) as holder:
+        with operation_lock(default_state_dir(self.policy), f"drill {name} run {run_id}") as holder:
             states = read_sites(self.topology)
             rec.start_topology = {n: s.role for n, s in states.items()}
             reasons = guards.preflight(

@@ -52,6 +52,26 @@ def default_state_dir(policy: Policy | None = None) -> Path:
     return Path(state) / "pgdr"
 
 
+@contextmanager
+def operation_lock(state_dir: Path, what: str) -> Iterator[str | None]:
+    """One DR operation (a runbook run or a drill) at a time per state directory: yields None
+    when this process holds the lock, else a description of who holds it. The kernel releases
+    it when the holder dies."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "operation.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{what} (pid {os.getpid()} on {socket.gethostname()})".encode(), 0)
+        yield None
+    finally:
+        os.close(fd)
+
+
 class RunStore:
     def __init__(self, state_dir: Path) -> None:
         self.root = Path(state_dir) / "runs"
@@ -205,7 +225,7 @@ class Runner:
         rb = loaded.render(variables)
         state = engine.new_run(run_id, rb, variables, now, self.operator)
         state.policy = self.policy.source
-        with self.store.lock(run_id):
+        with self._exclusive(f"runbook {rb.name} run {run_id}"), self.store.lock(run_id):
             self.store.save(state)
             self.store.event(run_id, event="run-start", runbook=rb.name, vars=variables, operator=self.operator)
             self.audit.record("run-start", run_id=run_id, runbook=rb.name, vars=variables)
@@ -226,7 +246,7 @@ class Runner:
         if state.status == "done":
             self.say(f"run {run_id} is already done")
             return state
-        with self.store.lock(run_id):
+        with self._exclusive(f"runbook {state.runbook} run {run_id}"), self.store.lock(run_id):
             state = self.store.load(run_id)  # again, under the lock
             rb = loaded.render(state.vars)
             engine.check_matches(state, rb)
@@ -238,6 +258,13 @@ class Runner:
                     self.say("still refused: " + "; ".join(o.detail for o in failed))
                     return state
             return self._loop(rb, state)
+
+    @contextmanager
+    def _exclusive(self, what: str) -> Iterator[None]:
+        with operation_lock(self.store.root.parent, what) as holder:
+            if holder is not None:
+                raise RunbookError(f"another DR operation is running: {holder}; wait for it or resume it")
+            yield
 
     # --- the loop --------------------------------------------------------------------------
     def _loop(self, rb: Runbook, state: RunState) -> RunState:

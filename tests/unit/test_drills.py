@@ -101,7 +101,9 @@ def test_guards_refuse_with_reasons() -> None:
     out = guards.preflight(rt, POLICY, snap(), datetime(2026, 11, 27, 3, 0, tzinfo=UTC))
     assert out == ["outside the drill's windows (sat 02:00-05:00, time zone UTC)"]
     assert guards.preflight(rt, POLICY, snap(), datetime(2026, 11, 27, 3, 0, tzinfo=UTC), ignore_window=True) == []
-    assert "another drill is running (pid 1)" in guards.preflight(rt, POLICY, snap(), SAT_3AM, other_drill="pid 1")
+    assert "another DR operation is running (pid 1)" in guards.preflight(
+        rt, POLICY, snap(), SAT_3AM, other_drill="pid 1"
+    )
     assert "not streaming" in guards.preflight(rt, POLICY, snap(streaming=False), SAT_3AM)[0]
     assert "no running standby leader" in guards.preflight(rt, POLICY, snap(leader_role=None), SAT_3AM)[0]
     two_active = guards.preflight(rt, POLICY, snap(role="active", leader_role="primary"), SAT_3AM)

@@ -347,3 +347,18 @@ def test_sql_expect_accepts_yaml_scalars() -> None:
     assert SqlCondition(site="a", query="SELECT 3", expect=3).expect == "3"  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="exactly one of `site` and `dsn`"):
         SqlCondition(query="SELECT 1", expect="1")
+
+
+def test_one_dr_operation_at_a_time(tmp_path: Path) -> None:
+    from drctl.runbooks.runner import operation_lock
+
+    world = FakeWorld()
+    runner = make_runner(tmp_path, world)
+    with operation_lock(tmp_path / "state", "drill rt run rt-1") as holder:
+        assert holder is None
+        with pytest.raises(RunbookError, match=r"another DR operation is running: drill rt run rt-1 \(pid"):
+            runner.start(loaded(), {"to": "b"}, BUILTINS)
+        with operation_lock(tmp_path / "state", "second") as other:
+            assert other is not None and other.startswith("drill rt run rt-1")
+    assert world.applied == [] and runner.store.runs() == []
+    assert runner.start(loaded(), {"to": "b"}, BUILTINS).status == "done"  # released
