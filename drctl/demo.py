@@ -3,8 +3,9 @@
 Two sites, each a 3-member etcd cluster, three nodes (site-agent + PostgreSQL 15) and an
 HAProxy entry point; site b is a standby cluster of site a. The demo shows `drctl lab status`,
 `drctl sites`, a planned switchover inside site a under a running writer, then a planned site
-switchover a -> b and back under writes, with timings, write gaps and acknowledged rows lost
-(none expected). The lab is left running; `drctl lab down` stops it."""
+switchover a -> b and back as the lab policy's DR drill: a probe writer through the entry points,
+RTO/RPO measured against the policy's targets, and an HTML report whose path is printed last.
+The lab is left running; `drctl lab down` stops it."""
 
 from __future__ import annotations
 
@@ -14,21 +15,16 @@ import sys
 import time
 from pathlib import Path
 
+from drctl.drills.run import DrillRunner
 from drctl.lab.cluster import SUPERUSER, LabCluster
-from drctl.lab.lab import Lab, LabState, default_lab_dir, topology_path
-from drctl.lab.workload import Writer, missing_rows, multi_host_url
+from drctl.lab.lab import Lab, default_lab_dir, policy_path, topology_path
+from drctl.lab.workload import Writer, missing_rows
+from drctl.policy.load import load_policy
 
 
 def drctl(*args: str) -> None:
     print(f"\n$ drctl {' '.join(args)}", flush=True)
     subprocess.run([sys.executable, "-m", "drctl.cli.main", *args], check=True)
-
-
-def entry_url(lab: Lab, site: str) -> str:
-    state = LabState.load(lab.dir)
-    assert state is not None
-    port = next(s.entry_port for s in state.sites if s.name == site)
-    return multi_host_url([("127.0.0.1", port)], password=SUPERUSER[1])
 
 
 def site_config(cluster: LabCluster) -> str:
@@ -72,26 +68,33 @@ def main() -> int:
     drctl("-c", site_config(site_a), "list")
     drctl("-c", site_config(site_a), "history")
 
-    # Cross-site: the application writes through site a's entry point, then site b's.
+    # Cross-site: the lab's policy drill `site-roundtrip` switches the active site over to b and
+    # back under a probe writer, measures RTO/RPO against the policy's targets and writes a report.
     os.environ["PGDR_TOPOLOGY"] = str(topology_path(lab_dir))
+    os.environ["PGDR_POLICY"] = str(policy_path(lab_dir))
+    os.environ.setdefault("PGUSER", SUPERUSER[0])
+    os.environ.setdefault("PGPASSWORD", SUPERUSER[1])
     drctl("sites")
-    report = []
-    for target, source in (("b", site_a), ("a", clusters[1])):
-        url = entry_url(lab, source.site)
-        writer = Writer(url, interval=0.02)
-        writer.start()
-        time.sleep(1)
-        t0 = time.monotonic()
-        drctl("switchover-site", "--to", target, "--force")
-        took = time.monotonic() - t0
-        writer.stop()
-        new_url = entry_url(lab, target)
-        lost = missing_rows(new_url, writer.acked_ids())
-        report.append((f"site switchover -> {target}", took, len(writer.acks), len(lost)))
+    drctl("drill", "list")
+    print("\n$ drctl drill run site-roundtrip", flush=True)
+    record = DrillRunner(load_policy(policy_path(lab_dir)), say=lambda m: print(f"  {m}", flush=True)).run(
+        "site-roundtrip", trigger="demo"
+    )
     drctl("sites")
+    f = record.figures or {}
     print("\nsummary")
-    for what, took, acked, lost_n in report:
-        print(f"  {what}: {took:.1f}s; {acked} writes acknowledged through the old site, {lost_n} missing afterwards")
+    print(f"  drill site-roundtrip (site switchover a -> b -> a under writes): {record.status.upper()}")
+    for reason in record.reasons:
+        print(f"  reason: {reason}")
+    if f:
+        print(
+            f"  RTO {f['rto_s']:.2f}s (target {f['rto_target_s']:g}s); {f['acknowledged']} probe writes acknowledged, "
+            f"{f['lost_rows']} of them missing afterwards (target: {f['rpo_target_bytes']} bytes lost)"
+        )
+    for phase in record.phases:
+        print(f"  {phase['name']}: {phase['end'] - phase['start']:.1f}s")
+    print(f"\nreport: {record.report_html}")
+    print(f"JSON record: {Path(record.report_html).parent / 'record.json'}")
     print(f"\nThe lab keeps running. Agent logs: {Path(lab_dir)}/site-*/*/agent.log")
     print(f"Stop it with: .venv/bin/drctl lab down --dir {lab_dir}")
     return 0

@@ -9,7 +9,7 @@ import click
 from drctl.cli.errors import operator_errors, register_operator_error
 from drctl.cli.output import FORMATS, emit_structured, table
 from drctl.lab.etcd import LabError
-from drctl.lab.lab import Lab, default_lab_dir, topology_path
+from drctl.lab.lab import Lab, default_lab_dir, policy_path, topology_path
 from drctl.pg.osuser import OSUserError
 
 register_operator_error(LabError)
@@ -38,12 +38,15 @@ def lab_group() -> None:
 @click.option("--etcd-members", default=3, show_default=True, type=click.IntRange(1, 7))
 @click.option("--pg-user", default="postgres", show_default=True, help="OS user that runs PostgreSQL.")
 @click.option("--independent", is_flag=True, help="Independent clusters: no site is a standby of another.")
+@click.option("--backup", is_flag=True, help="pgBackRest on the active site (stanza, WAL archive, restore drill).")
 @operator_errors
-def lab_up(lab_dir: Path | None, sites: int, nodes: int, etcd_members: int, pg_user: str, independent: bool) -> None:
+def lab_up(
+    lab_dir: Path | None, sites: int, nodes: int, etcd_members: int, pg_user: str, independent: bool, backup: bool
+) -> None:
     """Start a lab and leave it running. Site a is active; the other sites are standby clusters of it."""
     lab = Lab(lab_dir or default_lab_dir(), pg_user=pg_user)
     click.echo(f"lab directory: {lab.dir}")
-    state = lab.up(sites=sites, nodes=nodes, etcd_members=etcd_members, dr=not independent)
+    state = lab.up(sites=sites, nodes=nodes, etcd_members=etcd_members, dr=not independent, backup=backup)
     for site in state.sites:
         click.echo(f"site {site.name}: etcd {','.join(site.etcd_endpoints)}")
         for n in site.nodes:
@@ -55,6 +58,9 @@ def lab_up(lab_dir: Path | None, sites: int, nodes: int, etcd_members: int, pg_u
     topo = topology_path(lab.dir)
     if topo.exists():
         click.echo(f"topology file: {topo}  (export PGDR_TOPOLOGY={topo})")
+    pol = policy_path(lab.dir)
+    if pol.exists():
+        click.echo(f"policy file: {pol}  (export PGDR_POLICY={pol})")
     click.echo(f"stop it with: drctl lab down --dir {lab.dir}")
 
 
@@ -73,6 +79,26 @@ def lab_status(lab_dir: Path | None, fmt: str) -> None:
         for p in status["processes"]
     ]
     table(f"lab {status['dir']}", ["Site", "Process", "Role", "Port", "PID", "Alive", "Health"], rows)
+
+
+@lab_group.command("kill-site")
+@click.argument("site")
+@dir_option
+@operator_errors
+def lab_kill_site(site: str, lab_dir: Path | None) -> None:
+    """Simulate a site's power loss: kill every node (agent and PostgreSQL); its DCS stays up."""
+    nodes = Lab(lab_dir or default_lab_dir()).kill_site(site)
+    click.echo(f"site {site}: killed {', '.join(nodes)}")
+
+
+@lab_group.command("start-site")
+@click.argument("site")
+@dir_option
+@operator_errors
+def lab_start_site(site: str, lab_dir: Path | None) -> None:
+    """Power a site back on: start the agents of its nodes that are not running."""
+    nodes = Lab(lab_dir or default_lab_dir()).start_site(site)
+    click.echo(f"site {site}: started {', '.join(nodes) or 'nothing (all running)'}")
 
 
 @lab_group.command("down")

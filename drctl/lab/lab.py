@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +54,7 @@ class LabState:
     sites: list[LabSite]
     pg_user: str
     created_at: float
+    backup: bool = False
 
     def save(self) -> None:
         path = Path(self.dir) / STATE_FILE
@@ -72,6 +74,7 @@ class LabState:
                 sites=[LabSite(**s) for s in doc["sites"]],
                 pg_user=doc.get("pg_user", "postgres"),
                 created_at=doc.get("created_at", 0.0),
+                backup=bool(doc.get("backup", False)),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LabError(f"{path} is unreadable ({exc}): remove the lab directory by hand") from exc
@@ -103,8 +106,16 @@ class Lab:
             raise LabError(f"{self.dir} exists and is not a pgdr lab: choose another --dir (nothing was changed)")
 
     def up(
-        self, sites: int = 2, nodes: int = 3, etcd_members: int = 3, timings: Timings | None = None, dr: bool = True
+        self,
+        sites: int = 2,
+        nodes: int = 3,
+        etcd_members: int = 3,
+        timings: Timings | None = None,
+        dr: bool = True,
+        backup: bool = False,
     ) -> LabState:
+        """``backup``: the first (active) site's nodes run pgBackRest (stanza, WAL archive, two
+        local repositories); the lab policy then has a `backup:` section and a restore drill."""
         if sites < 1 or nodes < 1 or etcd_members < 1:
             raise LabError("--sites, --nodes and --etcd-members must be at least 1")
         if sites > 26:
@@ -118,7 +129,7 @@ class Lab:
         self._clear_stale()
         make_dir(self.dir, self.pg_user, 0o755)
         sup = Supervisor(self.dir)
-        state = LabState(dir=str(self.dir), sites=[], pg_user=self.pg_user, created_at=time.time())
+        state = LabState(dir=str(self.dir), sites=[], pg_user=self.pg_user, created_at=time.time(), backup=backup)
         try:
             names = site_names(sites)
             entry_ports = {site: free_port() for site in names}
@@ -139,6 +150,7 @@ class Lab:
                     timings=timings or Timings(),
                     pg_user=self.pg_user,
                     dynamic=dynamic,
+                    backup=backup and site == names[0],
                 ).plan()
                 if dr:
                     record = SiteRecord("standby", 1, names[0]) if standby else SiteRecord("active", 1, None)
@@ -154,6 +166,7 @@ class Lab:
                 cluster.wait_healthy(180)
             if dr and sites > 1:
                 write_lab_topology(self.dir, state)
+                write_lab_policy(self.dir, state)
         except BaseException:
             self._stop(sup, grace=10.0)
             raise
@@ -182,6 +195,33 @@ class Lab:
             ]
             out.append(cluster)
         return out
+
+    # --- site power loss (for drills) -------------------------------------------------------------
+    def _cluster(self, site: str) -> LabCluster:
+        for c in self.clusters():
+            if c.site == site:
+                return c
+        raise LabError(f"no site {site!r} in the lab in {self.dir}")
+
+    def kill_site(self, site: str) -> list[str]:
+        """A datacenter's power loss: SIGKILL every node's agent and PostgreSQL (its DCS stays)."""
+        c = self._cluster(site)
+        for n in c.nodes:
+            c.kill_node(n.name)
+        return [n.name for n in c.nodes]
+
+    def start_site(self, site: str) -> list[str]:
+        """Power back: start every node's agent again (each starts its PostgreSQL)."""
+        c = self._cluster(site)
+        started = []
+        for n in c.nodes:
+            rec = c.sup.record(n.proc_name)
+            if rec is not None and rec.alive():
+                continue
+            c.start_agent(n.name)
+            started.append(n.name)
+        release(c.sup)  # they outlive this command, like the rest of the lab
+        return started
 
     # --- status ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -276,6 +316,70 @@ def write_lab_topology(lab_dir: Path, state: LabState) -> Path:
     doc = {"sites": sites, "policy": {"audit_log": str(lab_dir / "audit.log"), "switchover_timeout_s": 120}}
     path = topology_path(lab_dir)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def policy_path(lab_dir: Path) -> Path:
+    return lab_dir / "policy.yaml"
+
+
+def write_lab_policy(lab_dir: Path, state: LabState) -> Path:
+    """The lab's policy (drctl.policy): its sites, targets a lab can meet, and drills that every
+    runbook and drill command can use with no hand edits."""
+    topo = yaml.safe_load(topology_path(lab_dir).read_text()) if topology_path(lab_dir).exists() else {}
+    sites = topo.get("sites") or {}
+    for spec in sites.values():
+        spec["targets"] = {"rto_seconds": 30, "max_data_loss_bytes": 0}
+    names = [s.name for s in state.sites]
+    doc: dict[str, Any] = {
+        "version": 1,
+        "sites": sites,
+        "dr": {
+            "audit_log": str(lab_dir / "audit.log"),
+            "switchover_timeout_s": 120,
+            "max_switchover_lag_bytes": 16 * 1024 * 1024,
+        },
+        "drills": {
+            "site-roundtrip": {
+                "kind": "site-switchover",
+                "site": names[1],
+                "max_lag_bytes": 16 * 1024 * 1024,
+                "settle_s": 2,
+            },
+        },
+        "paths": {"state_dir": str(lab_dir / "pgdr")},
+    }
+    drctl = str(Path(sys.executable).parent / "drctl")
+    doc["drills"]["site-loss"] = {
+        "kind": "site-loss",
+        "site": names[0],
+        "destructive": True,
+        "power_off": [drctl, "lab", "kill-site", "--dir", str(lab_dir), "${site}"],
+        "power_on": [drctl, "lab", "start-site", "--dir", str(lab_dir), "${site}"],
+        "settle_s": 2,
+        "timeout_s": 180,
+    }
+    if state.backup:
+        first = lab_dir / f"site-{names[0]}"
+        doc["backup"] = {
+            "stanza": LAB_SCOPE,
+            "repos": [{"site": names[0], "path": str(first / "repo1")}, {"path": str(first / "repo2")}],
+            "schedule": {"full": "0 1 * * 0"},
+        }
+        doc["drills"]["restore"] = {
+            "kind": "backup-restore",
+            "site": names[0],
+            "run_as": state.pg_user,
+            "verify": [
+                {"sql": "SELECT count(*) FROM pg_class", "expect_min": 100},
+                {"sql": "SELECT current_setting('archive_mode')", "expect": "off"},
+            ],
+        }
+    path = policy_path(lab_dir)
+    path.write_text(
+        "# Written by `drctl lab up`: the lab's sites, targets and drills (see policies/pgdr.example.yaml).\n"
+        + yaml.safe_dump(doc, sort_keys=False)
+    )
     return path
 
 

@@ -26,6 +26,13 @@ class ApiAuth(_Model):
     password: str
 
 
+class SiteTargets(_Model):
+    """What a drill measures this site against (unset: the DR policy's values)."""
+
+    rto_seconds: float | None = Field(default=None, gt=0, description="longest write unavailability allowed")
+    max_data_loss_bytes: int | None = Field(default=None, ge=0, description="RPO: WAL bytes that may be lost")
+
+
 class SiteSpec(_Model):
     dcs: DcsSettings
     namespace: str = "/service"
@@ -33,6 +40,7 @@ class SiteSpec(_Model):
     entry_point: str = Field(description="host:port of the site's read-write entry point (HAProxy, VIP)")
     api_auth: ApiAuth | None = None
     replication_slot: str | None = Field(default=None, description="slot the other site streams through")
+    targets: SiteTargets = Field(default_factory=SiteTargets)
 
     @property
     def entry_host_port(self) -> tuple[str, int]:
@@ -52,6 +60,7 @@ class DrPolicy(_Model):
     max_switchover_lag_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     switchover_timeout_s: float = Field(default=120.0, gt=0)
     audit_log: str | None = None
+    rto_seconds: float = Field(default=60.0, gt=0, description="default RTO target of every site")
 
 
 class Topology(_Model):
@@ -84,6 +93,15 @@ def load_topology(path: str | Path) -> Topology:
         raise TopologyError(f"{p}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
     if not isinstance(doc, dict):
         raise TopologyError(f"{p}: expected a mapping with `sites:` at the top")
+    if set(doc) & {"version", "dr", "drills", "backup", "paths"}:
+        # a full policy file (drctl.policy) holds the topology in its `sites:` and `dr:` sections
+        from drctl.policy.load import load_policy
+        from drctl.policy.source import SourceError
+
+        try:
+            return load_policy(p).topology()
+        except SourceError as exc:
+            raise TopologyError(str(exc)) from None
     try:
         return Topology.model_validate({**doc, "source": str(p)})
     except ValidationError as exc:

@@ -1,0 +1,439 @@
+"""Running a drill: guards, a probe writer through the application's entry points, the operation
+(through the cross-site controller's public functions), figures, a record and a report.
+
+A drill whose guard fails midway stops and restores the topology it started from (a planned
+switchover back to the site that was active), and says so in its record."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from drctl.drills import guards, measure
+from drctl.drills.measure import Phase
+from drctl.drills.probe import Probe, RoleSampler, present_ids
+from drctl.policy.model import DrillSpec, Policy
+from drctl.runbooks.runner import default_state_dir, operation_lock
+from drctl.sites.controller import (
+    Audit,
+    SiteOpError,
+    default_audit_log,
+    operator_name,
+    promote_site,
+    read_sites,
+    switchover_site,
+)
+
+Say = Callable[[str], None]
+
+
+class DrillError(Exception):
+    """A drill cannot be run as asked (unknown name, unsupported kind, another one running)."""
+
+
+def drills_dir(policy: Policy) -> Path:
+    return default_state_dir(policy) / "drills"
+
+
+def app_url(policy: Policy, dbname: str = "postgres") -> str:
+    """How an application reaches the writable primary: every site's entry point, read-write.
+    User and password come from libpq's environment (PGUSER, PGPASSWORD) or ~/.pgpass."""
+    hosts = ",".join(spec.entry_point for spec in policy.sites.values())
+    opts = (
+        "target_session_attrs=read-write&connect_timeout=1"
+        "&tcp_user_timeout=2000&keepalives_idle=1&keepalives_interval=1&keepalives_count=2"
+    )
+    return f"postgresql://{hosts}/{dbname}?{opts}"
+
+
+@dataclass
+class DrillRecord:
+    run_id: str
+    drill: str
+    kind: str
+    status: str = "running"  # passed | failed | refused | aborted | error
+    started_at: str = ""
+    ended_at: str | None = None
+    trigger: str = "manual"
+    operator: str = ""
+    policy: str = ""
+    start_topology: dict[str, str] = field(default_factory=dict)
+    end_topology: dict[str, str] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    figures: dict[str, Any] | None = None
+    restored: bool | None = None
+    operations: list[dict[str, Any]] = field(default_factory=list)
+    roles: list[dict[str, Any]] = field(default_factory=list)
+    probe_log: str = ""
+    report_html: str = ""
+    report_png: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _roles(policy: Policy) -> dict[str, str]:
+    return {name: st.role for name, st in read_sites(policy.topology()).items()}
+
+
+class DrillRunner:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        say: Say = print,
+        clock: Callable[[], datetime] | None = None,
+        between_legs: Callable[[], None] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.between_legs = between_legs  # fault injection point for tests and game days
+        self.topology = policy.topology()
+        self.say = say
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.root = drills_dir(policy)
+        self.audit = Audit(Path(policy.dr.audit_log or default_audit_log()), "drill")
+
+    def run(
+        self,
+        name: str,
+        *,
+        trigger: str = "manual",
+        ignore_window: bool = False,
+        confirmed_destructive: bool = False,
+    ) -> DrillRecord:
+        try:
+            drill = self.policy.drill(name)
+        except KeyError as exc:
+            raise DrillError(str(exc.args[0])) from None
+        if drill.kind not in ("site-switchover", "backup-restore", "site-loss"):
+            raise DrillError(f"drill {name}: kind {drill.kind} is not implemented yet")
+        run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+        rec = DrillRecord(run_id, name, drill.kind, started_at=_now_iso(), trigger=trigger, operator=operator_name())
+        rec.policy = self.policy.source
+        out = self.root / run_id
+        out.mkdir(parents=True, exist_ok=True)
+        with operation_lock(default_state_dir(self.policy), f"drill {name} run {run_id}") as holder:
+            states = read_sites(self.topology)
+            rec.start_topology = {n: s.role for n, s in states.items()}
+            reasons = guards.preflight(
+                drill,
+                self.policy,
+                guards.snapshot(states),
+                self.clock(),
+                other_drill=holder,
+                ignore_window=ignore_window,
+                confirmed_destructive=confirmed_destructive,
+            )
+            if reasons:
+                rec.status = "refused"
+                rec.reasons = reasons
+                rec.ended_at = _now_iso()
+                self.audit.record("drill-refused", run_id=run_id, drill=name, reasons=reasons, trigger=trigger)
+                self.say("drill refused: " + "; ".join(reasons))
+                return self._finish(rec, out, [], [])
+            self.audit.record("drill-start", run_id=run_id, drill=name, trigger=trigger)
+            if drill.kind == "backup-restore":
+                return self._backup_restore(drill, rec, out)
+            if drill.kind == "site-loss":
+                return self._site_loss(drill, rec, out)
+            return self._site_switchover(drill, rec, out)
+
+    # --- site loss: power off, promote the other site, power on, fail back -----------------
+    def _hook(self, argv: list[str] | None, site: str, what: str) -> None:
+        from drctl.runbooks.actions import StepFailed, run_argv
+        from drctl.runbooks.model import substitute
+
+        assert argv
+        try:
+            res = run_argv(substitute(list(argv), {"site": site}), {}, 300)
+        except (StepFailed, KeyError, ValueError) as exc:
+            raise SiteOpError(f"{what} hook failed: {exc}") from None
+        if res["rc"] != 0:
+            raise SiteOpError(f"{what} hook exited {res['rc']}: {res['stderr'].strip()[-300:]}")
+
+    def _site_loss(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
+        lost = str(drill.site)
+        survivor = next(n for n, r in rec.start_topology.items() if r == "standby")
+        origin = time.monotonic()
+        probe = Probe(app_url(self.policy), out / "probe.jsonl", origin, rec.run_id, interval=drill.probe_interval_s)
+        roles = RoleSampler(self.topology, origin)
+        phases: list[Phase] = []
+        try:
+            probe.prepare()
+        except Exception as exc:
+            rec.status = "error"
+            rec.reasons = [f"the probe cannot write through the entry points: {' '.join(str(exc).split())[:200]}"]
+            rec.ended_at = _now_iso()
+            return self._finish(rec, out, [], [])
+        probe.start()
+        roles.start()
+        powered_off = False
+        aborted: str | None = None
+
+        def phase(name: str, fn: Callable[[], Any]) -> Any:
+            t0 = time.monotonic() - origin
+            try:
+                result = fn()
+            except SiteOpError as exc:
+                phases.append(Phase(name, t0, time.monotonic() - origin, ok=False, detail=str(exc)))
+                raise
+            phases.append(Phase(name, t0, time.monotonic() - origin))
+            return result
+
+        try:
+            time.sleep(drill.settle_s)
+            self.say(f"power loss of site {lost}")
+            phase(f"power loss of {lost}", lambda: self._hook(drill.power_off, lost, "power_off"))
+            powered_off = True
+            result = phase(
+                f"promote-site {survivor}",
+                lambda: promote_site(
+                    self.topology,
+                    survivor,
+                    confirm_old_site_down=True,
+                    accept_data_loss=True,
+                    reason=f"DR drill {rec.run_id}: site {lost} powered off by the drill",
+                    say=self.say,
+                ),
+            )
+            rec.operations.append({"op": "promote-site", "site": survivor, **_plain(result)})
+            self.say(f"power back on: site {lost}")
+            phase(f"power on {lost}", lambda: self._hook(drill.power_on, lost, "power_on"))
+            powered_off = False
+            t1 = time.monotonic() - origin
+            problems = self._wait_fit(drill, drill.timeout_s)
+            phases.append(Phase(f"{lost} rejoins as a standby", t1, time.monotonic() - origin, ok=not problems,
+                                detail="; ".join(problems)))  # fmt: skip
+            if problems:
+                raise SiteOpError("the old site did not rejoin: " + "; ".join(problems))
+            result = phase(f"failback to {lost}", lambda: switchover_site(self.topology, lost, say=self.say))
+            rec.operations.append({"op": "switchover-site", "to": lost, **_plain(result)})
+            time.sleep(drill.settle_s)
+        except SiteOpError as exc:
+            aborted = str(exc)
+        finally:
+            probe.stop()
+            roles.stop()
+        if aborted is not None:
+            rec.status = "aborted"
+            rec.reasons = [aborted]
+            if powered_off:
+                try:
+                    self._hook(drill.power_on, lost, "power_on")
+                except SiteOpError as exc:
+                    rec.reasons.append(str(exc))
+            rec.restored = self._restore(lost, rec)
+        missing = self._lost(probe)
+        figures = measure.compute(
+            probe.attempts,
+            phases,
+            missing,
+            rto_target_s=self.policy.rto_target(survivor),
+            rpo_target_bytes=self.policy.rpo_target(survivor),
+            probe_interval_s=drill.probe_interval_s,
+        )
+        rec.figures = figures.to_json()
+        if rec.status == "running":
+            rec.status = "passed" if figures.passed else "failed"
+        rec.phases = [vars(p) for p in phases]
+        rec.roles = [{"t": round(s.t, 3), "roles": s.roles} for s in roles.samples]
+        rec.end_topology = _roles(self.policy)
+        rec.ended_at = _now_iso()
+        self.audit.record("drill-end", run_id=rec.run_id, drill=rec.drill, status=rec.status, rto_s=figures.rto_s,
+                          lost_rows=figures.lost_rows)  # fmt: skip
+        return self._finish(rec, out, probe.attempts, phases)
+
+    # --- backup restore --------------------------------------------------------------------
+    def _backup_restore(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
+        from drctl.drills.restore import RestoreDrillError, run_restore_drill
+
+        try:
+            figures = run_restore_drill(self.policy, drill, out, self.say)
+        except RestoreDrillError as exc:
+            rec.status = "error"
+            rec.reasons = [str(exc)]
+        else:
+            rec.figures = figures.to_json()
+            rec.status = "passed" if figures.passed else "failed"
+            phases = [Phase("pgbackrest restore", 0.0, figures.restore_s or 0.0)]
+            if figures.recovery_s is not None:
+                end = (figures.restore_s or 0.0) + figures.recovery_s
+                phases.append(Phase("start, replay the archive, promote", figures.restore_s or 0.0, end))
+            rec.phases = [vars(p) for p in phases]
+        rec.end_topology = _roles(self.policy)
+        rec.ended_at = _now_iso()
+        self.audit.record("drill-end", run_id=rec.run_id, drill=rec.drill, status=rec.status)
+        return self._finish(rec, out, [], [])
+
+    # --- site switchover round trip --------------------------------------------------------
+    def _site_switchover(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
+        start_active = next(n for n, r in rec.start_topology.items() if r == "active")
+        target = drill.site if drill.site and drill.site != start_active else None
+        if target is None:
+            target = next(n for n, r in rec.start_topology.items() if r == "standby")
+        legs = [target] + ([start_active] if drill.round_trip else [])
+        origin = time.monotonic()
+        probe = Probe(app_url(self.policy), out / "probe.jsonl", origin, rec.run_id, interval=drill.probe_interval_s)
+        roles = RoleSampler(self.topology, origin)
+        phases: list[Phase] = []
+        try:
+            probe.prepare()
+        except Exception as exc:
+            rec.status = "error"
+            rec.reasons = [f"the probe cannot write through the entry points: {' '.join(str(exc).split())[:200]}"]
+            rec.ended_at = _now_iso()
+            return self._finish(rec, out, [], [])
+        probe.start()
+        roles.start()
+        aborted: str | None = None
+        try:
+            time.sleep(drill.settle_s)
+            for i, to in enumerate(legs):
+                t0 = time.monotonic() - origin
+                self.say(f"switchover-site to {to} ...")
+                try:
+                    result = switchover_site(self.topology, to, say=self.say)
+                    rec.operations.append({"op": "switchover-site", "to": to, **_plain(result)})
+                    phases.append(Phase(f"switchover to {to}", t0, time.monotonic() - origin))
+                except SiteOpError as exc:
+                    phases.append(
+                        Phase(f"switchover to {to}", t0, time.monotonic() - origin, ok=False, detail=str(exc))
+                    )
+                    aborted = f"switchover to {to} failed: {exc}"
+                    break
+                if i + 1 < len(legs):
+                    if self.between_legs is not None:
+                        self.between_legs()
+                    # midway guard: the topology must be fit again before the way back
+                    t1 = time.monotonic() - origin
+                    problems = self._wait_fit(drill, drill.timeout_s)
+                    phases.append(
+                        Phase(
+                            "midway check", t1, time.monotonic() - origin, ok=not problems, detail="; ".join(problems)
+                        )
+                    )
+                    if problems:
+                        aborted = "midway guard failed: " + "; ".join(problems)
+                        break
+            time.sleep(drill.settle_s)
+        finally:
+            probe.stop()
+            roles.stop()
+        if aborted is not None:
+            rec.status = "aborted"
+            rec.reasons = [aborted]
+            rec.restored = self._restore(start_active, rec)
+        lost = self._lost(probe)
+        figures = measure.compute(
+            probe.attempts,
+            phases,
+            lost,
+            rto_target_s=self.policy.rto_target(target),
+            rpo_target_bytes=self.policy.rpo_target(target),
+            probe_interval_s=drill.probe_interval_s,
+        )
+        rec.figures = figures.to_json()
+        if rec.status == "running":
+            rec.status = "passed" if figures.passed else "failed"
+        rec.phases = [vars(p) for p in phases]
+        rec.roles = [{"t": round(s.t, 3), "roles": s.roles} for s in roles.samples]
+        rec.end_topology = _roles(self.policy)
+        rec.ended_at = _now_iso()
+        self.audit.record(
+            "drill-end",
+            run_id=rec.run_id,
+            drill=rec.drill,
+            status=rec.status,
+            rto_s=figures.rto_s,
+            lost_rows=figures.lost_rows,
+        )
+        return self._finish(rec, out, probe.attempts, phases)
+
+    def _wait_fit(self, drill: DrillSpec, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            problems = guards.topology_problems(
+                guards.snapshot(read_sites(self.topology)), guards.lag_bound(drill, self.policy)
+            )
+            if not problems or time.monotonic() >= deadline:
+                return problems
+            time.sleep(1.0)
+
+    def _restore(self, start_active: str, rec: DrillRecord) -> bool:
+        """Back to the starting topology: the site that was active is active again."""
+        deadline = time.monotonic() + self.policy.dr.switchover_timeout_s
+        while True:
+            try:
+                if _roles(self.policy).get(start_active) == "active":
+                    return True
+                self.say(f"restoring the starting topology: switchover-site to {start_active}")
+                result = switchover_site(self.topology, start_active, say=self.say)
+                rec.operations.append({"op": "switchover-site", "to": start_active, "restore": True, **_plain(result)})
+                return _roles(self.policy).get(start_active) == "active"
+            except SiteOpError as exc:
+                # the controller refuses while the topology is unfit; it is resumable: try again
+                if time.monotonic() >= deadline:
+                    rec.reasons.append(f"could not restore the starting topology: {exc}")
+                    return False
+                self.say(f"not yet: {exc}")
+                time.sleep(2.0)
+
+    def _lost(self, probe: Probe) -> set[int]:
+        acked = {a.id for a in probe.attempts if a.ok}
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                lost = acked - present_ids(app_url(self.policy), acked)
+                break
+            except Exception:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
+        return lost
+
+    def _finish(self, rec: DrillRecord, out: Path, attempts: list[Any], phases: list[Phase]) -> DrillRecord:
+        from drctl.drills.report import write_report
+
+        rec.probe_log = str(out / "probe.jsonl") if attempts else ""
+        html, png = write_report(rec, attempts, phases, out, self.policy)
+        rec.report_html, rec.report_png = str(html), str(png) if png else ""
+        (out / "record.json").write_text(json.dumps(rec.to_json(), indent=2, default=str))
+        return rec
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def load_record(policy: Policy, run_id: str) -> dict[str, Any]:
+    path = drills_dir(policy) / run_id / "record.json"
+    if "/" in run_id or not path.exists():
+        raise DrillError(f"no drill run {run_id!r} under {drills_dir(policy)} (see `drctl drill history`)")
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
+def history(policy: Policy) -> list[dict[str, Any]]:
+    root = drills_dir(policy)
+    if not root.is_dir():
+        return []
+    out = []
+    for d in root.iterdir():
+        p = d / "record.json"
+        if p.exists():
+            try:
+                out.append(json.loads(p.read_text()))
+            except ValueError:
+                continue
+    return sorted(out, key=lambda r: r.get("started_at", ""))

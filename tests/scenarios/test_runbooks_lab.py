@@ -1,0 +1,185 @@
+"""Runbooks on a real two-site lab (site a active, site b its standby cluster): a shipped
+runbook runs end to end under a writer; a run whose runner is killed inside its switchover step
+resumes there and finishes without a second switchover; --dry-run lists the steps that then run.
+A background checker fails the test if two writable primaries ever exist."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from drctl.lab.cluster import SUPERUSER, LabCluster
+from drctl.lab.lab import Lab, policy_path
+from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows
+from drctl.policy.load import load_policy
+from drctl.policy.model import Policy
+from drctl.runbooks.actions import Actions
+from drctl.runbooks.load import load_named
+from drctl.runbooks.runner import Runner, RunStore, builtin_vars
+
+pytestmark = pytest.mark.scenario
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class LabSites:
+    lab: Lab
+    a: LabCluster
+    b: LabCluster
+    policy: Policy
+    checker: DualPrimaryChecker
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PGDR_POLICY": str(policy_path(self.lab.dir)),
+            "PGUSER": SUPERUSER[0],
+            "PGPASSWORD": SUPERUSER[1],
+        }
+
+
+@pytest.fixture(scope="module")
+def lab_sites(lab_root: Path) -> Iterator[LabSites]:
+    lab = Lab(lab_root / "runbooks-lab")
+    state = lab.up(sites=2, nodes=2)
+    try:
+        a, b = lab.clusters(state)
+        checker = DualPrimaryChecker({n.name: n.dsn for c in (a, b) for n in c.nodes}).start()
+        yield LabSites(lab, a, b, load_policy(policy_path(lab.dir)), checker)
+        checker.stop()
+        violations = checker.violations()
+        assert not violations, f"two writable primaries at once: {violations}"
+    finally:
+        lab.down(grace=20)
+
+
+@pytest.fixture(autouse=True)
+def _pg_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGUSER", SUPERUSER[0])
+    monkeypatch.setenv("PGPASSWORD", SUPERUSER[1])
+
+
+def _replica(c: LabCluster) -> str:
+    c.wait_healthy(120)
+    leader = c.leader()
+    return next(n.name for n in c.nodes if n.name != leader)
+
+
+def test_switchover_runbook_runs_end_to_end_under_writes(lab_sites: LabSites) -> None:
+    ls = lab_sites
+    candidate = _replica(ls.a)
+    old_leader = ls.a.leader()
+    writer = Writer(ls.a.url(), interval=0.03)
+    writer.prepare()
+    writer.start()
+    loaded = load_named("switchover-in-site", [REPO / "runbooks"])
+    lines: list[str] = []
+    runner = Runner(ls.policy, Actions(ls.policy, say=lines.append), RunStore(ls.lab.dir / "pgdr"), say=lines.append)
+    plan = runner.plan(loaded, {"candidate": candidate}, builtin_vars(ls.policy))
+    state = runner.start(loaded, {"candidate": candidate}, builtin_vars(ls.policy))
+    time.sleep(1)
+    writer.stop()
+    assert state.status == "done", (state.error, lines)
+    assert state.vars["site"] == "a"  # the default: the active site
+    assert [s.status for s in state.steps] == ["done"] * len(state.steps), lines
+    assert [s.name for s in state.steps] == [p["step"] for p in plan if p["step"] != "(guard)"]
+    assert ls.a.leader() == candidate != old_leader
+    assert state.step("switchover").result["to"] == candidate
+    assert missing_rows(ls.a.url(), writer.acked_ids()) == set()
+    events = runner.store.events(state.run_id)
+    assert sum(1 for e in events if e["event"] == "step-end") == len(state.steps)
+    # running it again changes nothing: the candidate is already the leader
+    again = runner.start(loaded, {"candidate": candidate}, builtin_vars(ls.policy))
+    assert again.status == "done"
+    assert again.step("switchover").status == "skipped"
+    assert again.step("candidate-is-a-replica").status == "skipped"
+    assert ls.a.leader() == candidate
+
+
+def _timeline(c: LabCluster) -> int:
+    leader = c.leader()
+    st = c.status(leader) if leader else None
+    assert st is not None and isinstance(st.get("timeline"), int), st
+    return int(st["timeline"])
+
+
+def _drctl(ls: LabSites, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "drctl.cli.main", *args], env=ls.env(), capture_output=True, text=True, timeout=300
+    )
+
+
+def test_killed_runner_resumes_inside_the_switchover_step(lab_sites: LabSites) -> None:
+    ls = lab_sites
+    candidate = _replica(ls.a)
+    old_leader = ls.a.leader()
+    timeline_before = _timeline(ls.a)
+    dry = _drctl(ls, "runbook", "run", "switchover-in-site", "--var", f"candidate={candidate}", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "switch site a's leader" in dry.stdout and f"over to {candidate}" in dry.stdout
+    runs = ls.lab.dir / "pgdr" / "runs"
+    before = set(os.listdir(runs)) if runs.exists() else set()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "drctl.cli.main",
+            "runbook",
+            "run",
+            "switchover-in-site",
+            "--var",
+            f"candidate={candidate}",
+        ],
+        env=ls.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    run_id = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            new = set(os.listdir(runs)) - before if runs.exists() else set()
+            if new:
+                run_id = next(iter(new))
+                try:
+                    doc = json.loads((runs / run_id / "state.json").read_text())
+                except (OSError, ValueError):
+                    doc = {}
+                step = next((s for s in doc.get("steps", []) if s["name"] == "switchover"), None)
+                if step is not None and step["status"] == "running" and step["memo"].get("requested"):
+                    break
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.02)
+        else:
+            raise AssertionError("the run never reached its switchover step")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert run_id is not None
+    status = _drctl(ls, "runbook", "status", run_id, "--format", "json")
+    doc = json.loads(status.stdout)
+    assert doc["status"] == "running"
+    assert [s["status"] for s in doc["steps"]][:5] == ["done", "done", "done", "running", "pending"]
+    resumed = _drctl(ls, "runbook", "resume", run_id)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "(resumed: it was interrupted)" in resumed.stdout
+    doc = json.loads(_drctl(ls, "runbook", "status", run_id, "--format", "json").stdout)
+    assert doc["status"] == "done"
+    steps = {s["name"]: s for s in doc["steps"]}
+    assert steps["healthy-before"]["attempts"] == 1  # finished steps are not run again
+    assert steps["switchover"]["attempts"] == 2
+    ls.a.wait_healthy(120)
+    assert ls.a.leader() == candidate != old_leader
+    # exactly one promotion: the resumed step did not switch over a second time
+    assert _timeline(ls.a) == timeline_before + 1
+    assert any(e["event"] == "run-resume" for e in doc["events"])

@@ -1,0 +1,212 @@
+"""Every shipped cross-site runbook end to end on a real two-site lab, run as an operator would
+(`drctl runbook ...` in a subprocess, --yes for the confirmations): --dry-run lists the steps that
+then run; a runner killed inside a site switchover resumes there; planned maintenance loses no
+acknowledged write; a lost datacenter is promoted, and fails back once it returns. A background
+checker fails the module if two writable primaries ever exist."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drctl.lab.cluster import SUPERUSER, LabCluster
+from drctl.lab.lab import Lab, LabState, policy_path
+from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
+from drctl.policy.load import load_policy
+from drctl.policy.model import Policy
+from drctl.sites.controller import read_sites
+
+pytestmark = pytest.mark.scenario
+
+
+@dataclass
+class LabSites:
+    lab: Lab
+    state: LabState
+    a: LabCluster
+    b: LabCluster
+    policy: Policy
+    checker: DualPrimaryChecker
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PGDR_POLICY": str(policy_path(self.lab.dir)),
+            "PGUSER": SUPERUSER[0],
+            "PGPASSWORD": SUPERUSER[1],
+        }
+
+    def app_url(self) -> str:
+        ports = [s.entry_port for s in self.state.sites]
+        return multi_host_url([("127.0.0.1", p) for p in ports], password=SUPERUSER[1])
+
+    def roles(self) -> dict[str, str]:
+        return {n: s.role for n, s in read_sites(self.policy.topology()).items()}
+
+    def runs_dir(self) -> Path:
+        return self.lab.dir / "pgdr" / "runs"
+
+
+@pytest.fixture(scope="module")
+def lab_sites(lab_root: Path) -> Iterator[LabSites]:
+    lab = Lab(lab_root / "shipped-runbooks-lab")
+    state = lab.up(sites=2, nodes=2)
+    try:
+        a, b = lab.clusters(state)
+        checker = DualPrimaryChecker({n.name: n.dsn for c in (a, b) for n in c.nodes}).start()
+        yield LabSites(lab, state, a, b, load_policy(policy_path(lab.dir)), checker)
+        checker.stop()
+        violations = checker.violations()
+        assert not violations, f"two writable primaries at once: {violations}"
+    finally:
+        lab.down(grace=20)
+
+
+def drctl(ls: LabSites, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "drctl.cli.main", *args], env=ls.env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def dry_run_steps(ls: LabSites, name: str, *var_args: str) -> list[str]:
+    res = drctl(ls, "runbook", "run", name, *var_args, "--dry-run", "--format", "json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    return [e["step"] for e in json.loads(res.stdout) if e["step"] != "(guard)"]
+
+
+def run_id_of(output: str) -> str:
+    m = re.search(r"^run (\S+): (done|failed|refused|running)$", output, re.M)
+    assert m, output
+    return m.group(1)
+
+
+def status(ls: LabSites, run_id: str) -> dict[str, Any]:
+    res = drctl(ls, "runbook", "status", run_id, "--format", "json")
+    assert res.returncode == 0, res.stderr
+    doc: dict[str, Any] = json.loads(res.stdout)
+    return doc
+
+
+def healthy(ls: LabSites) -> None:
+    ls.a.wait_healthy(180)
+    ls.b.wait_healthy(180)
+
+
+def test_site_maintenance_killed_mid_switchover_resumes_and_loses_nothing(lab_sites: LabSites) -> None:
+    ls = lab_sites
+    healthy(ls)
+    assert ls.roles() == {"a": "active", "b": "standby"}
+    planned = dry_run_steps(ls, "site-maintenance")
+    writer = Writer(ls.app_url(), interval=0.03)
+    writer.prepare()
+    writer.start()
+    before = set(os.listdir(ls.runs_dir())) if ls.runs_dir().exists() else set()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "drctl.cli.main", "runbook", "run", "site-maintenance", "--yes"],
+        env=ls.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    run_id = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            new = set(os.listdir(ls.runs_dir())) - before if ls.runs_dir().exists() else set()
+            if new:
+                run_id = next(iter(new))
+                try:
+                    doc = json.loads((ls.runs_dir() / run_id / "state.json").read_text())
+                except (OSError, ValueError):
+                    doc = {}
+                steps = {s["name"]: s for s in doc.get("steps", [])}
+                if steps.get("switch-to-other-site", {}).get("status") == "running":
+                    time.sleep(0.5)  # inside the controller's switchover: demotion under way
+                    break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("the run never reached its first switchover")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert run_id is not None
+    killed = status(ls, run_id)
+    assert killed["status"] == "running"
+    assert {s["name"]: s["status"] for s in killed["steps"]}["switch-to-other-site"] == "running"
+    resumed = drctl(ls, "runbook", "resume", run_id, "--yes")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "(resumed: it was interrupted)" in resumed.stdout
+    time.sleep(1)
+    writer.stop()
+    doc = status(ls, run_id)
+    assert doc["status"] == "done"
+    assert [s["name"] for s in doc["steps"]] == planned
+    assert all(s["status"] in ("done", "skipped") for s in doc["steps"])
+    assert {s["name"]: s["attempts"] for s in doc["steps"]}["other-site-caught-up"] == 1
+    assert ls.roles() == {"a": "active", "b": "standby"}
+    lost = missing_rows(ls.app_url(), writer.acked_ids())
+    assert lost == set(), f"{len(lost)} acknowledged writes lost in planned maintenance"
+    assert len(writer.acks) > 50
+    events = [e["event"] for e in doc["events"]]
+    assert events.count("run-resume") == 1 and events[-1] == "run-end"
+
+
+def test_rebuild_replica(lab_sites: LabSites) -> None:
+    ls = lab_sites
+    healthy(ls)
+    leader = ls.b.leader()
+    member = next(n.name for n in ls.b.nodes if n.name != leader)
+    args = ("--var", "site=b", "--var", f"member={member}")
+    planned = dry_run_steps(ls, "rebuild-replica", *args)
+    res = drctl(ls, "runbook", "run", "rebuild-replica", *args, "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = status(ls, run_id_of(res.stdout))
+    assert [s["name"] for s in doc["steps"]] == planned
+    assert [s["status"] for s in doc["steps"]] == ["done"] * len(planned)
+    log = ls.b.node(member).log.read_text()
+    assert "rebuild" in log.lower() or "reinit" in log.lower()
+    # the leader cannot be rebuilt: the guard refuses before any step
+    refused = drctl(ls, "runbook", "run", "rebuild-replica", "--var", "site=b", "--var", f"member={leader}", "--yes")
+    assert refused.returncode == 1 and "refused" in refused.stdout
+    healthy(ls)
+
+
+def test_datacenter_lost_then_failback(lab_sites: LabSites) -> None:
+    ls = lab_sites
+    healthy(ls)
+    assert ls.roles() == {"a": "active", "b": "standby"}
+    lost_args = ("--var", "lost=a", "--var", "survivor=b", "--var", "reason=test: site a lost")
+    planned = dry_run_steps(ls, "datacenter-lost", *lost_args)
+    time.sleep(ls.a.timings.loop_wait + 1)
+    for n in ls.a.nodes:  # the datacenter's database nodes are gone (its DCS still answers)
+        ls.a.kill_node(n.name)
+    res = drctl(ls, "runbook", "run", "datacenter-lost", *lost_args, "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = status(ls, run_id_of(res.stdout))
+    assert [s["name"] for s in doc["steps"]] == planned
+    assert all(s["status"] == "done" for s in doc["steps"]), doc["steps"]
+    assert ls.roles()["b"] == "active"
+    audit = Path(ls.policy.dr.audit_log or "").read_text()
+    assert "test: site a lost (runbook run " in audit
+    # the old site comes back and rejoins as a standby; failback moves the active role home
+    for n in ls.a.nodes:
+        ls.a.start_agent(n.name)
+    planned = dry_run_steps(ls, "failback", "--var", "site=a")
+    res = drctl(ls, "runbook", "run", "failback", "--var", "site=a", "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = status(ls, run_id_of(res.stdout))
+    assert [s["name"] for s in doc["steps"]] == planned
+    assert all(s["status"] == "done" for s in doc["steps"]), doc["steps"]
+    assert ls.roles() == {"a": "active", "b": "standby"}
+    healthy(ls)
