@@ -92,7 +92,7 @@ def main() -> int:
     print("\nsummary")
     for what, took, acked, lost_n in report:
         print(f"  {what}: {took:.1f}s; {acked} writes acknowledged through the old site, {lost_n} missing afterwards")
-    print(f"\nThe lab keeps running. Agent logs: {Path(lab_dir)}/site-*/*/agent.log")
+    print(f"\nThe lab keeps running. Agent logs: {Path(lab_dir)}/site-*/*.agent/agent.log")
     print(f"Stop it with: .venv/bin/drctl lab down --dir {lab_dir}")
     return 0
 

@@ -28,6 +28,7 @@ from drctl.lab.procs import Supervisor, record_for_pid, terminate
 from drctl.pg.osuser import make_dir
 from drctl.pg.pidfile import parse_postmaster_pid
 from drctl.procutil import signal_with_children
+from drctl.safefs import make_private_dir, write_atomic
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 LAB_SCOPE = "main"
@@ -70,8 +71,15 @@ class AgentNode:
         return f"agent-{self.name}"
 
     @property
+    def agent_dir(self) -> Path:
+        """The agent's own files (configuration, log, lease keeper state): owned by the agent's
+        user, 0700, beside the node directory, which the PostgreSQL user owns and could plant
+        links in or swap files of."""
+        return self.dir.parent / f"{self.dir.name}.agent"
+
+    @property
     def config_path(self) -> Path:
-        return self.dir / "agent.yml"
+        return self.agent_dir / "agent.yml"
 
     @property
     def data_dir(self) -> Path:
@@ -83,7 +91,7 @@ class AgentNode:
 
     @property
     def log(self) -> Path:
-        return self.dir / "agent.log"
+        return self.agent_dir / "agent.log"
 
     @property
     def api_url(self) -> str:
@@ -126,7 +134,7 @@ class LabCluster:
 
     # --- set-up ------------------------------------------------------------------------------
     def plan(self) -> LabCluster:
-        make_dir(self.base_dir, self.pg_user, 0o755)
+        make_dir(self.base_dir, None, 0o755)  # the agents' user's: their private dirs live in it
         self.nodes = [
             AgentNode(f"{self.site}{i}", self.base_dir / f"{self.site}{i}", free_port(), free_port())
             for i in range(1, self.size + 1)
@@ -138,7 +146,12 @@ class LabCluster:
                 self.ingress[node.name] = [TcpProxy(node.pg_port), TcpProxy(node.api_port)]
             make_dir(node.dir, self.pg_user, 0o755)
             make_dir(node.socket_dir, self.pg_user, 0o750)
-            node.config_path.write_text(yaml.safe_dump(self.agent_config(node), sort_keys=False))
+            if os.geteuid() == 0:
+                make_private_dir(node.agent_dir, 0o700)
+            else:
+                node.agent_dir.mkdir(mode=0o700, exist_ok=True)
+            # 0600: it holds the superuser, replication and REST passwords.
+            write_atomic(node.config_path, yaml.safe_dump(self.agent_config(node), sort_keys=False), 0o600)
         return self
 
     def agent_config(self, node: AgentNode) -> dict[str, Any]:
@@ -184,6 +197,7 @@ class LabCluster:
                 ],
             },
             "log": {"format": "console", "level": "INFO"},
+            "watchdog": {"state_dir": str(node.agent_dir)},
         }
         if self.backup:
             pg = cfg["postgresql"]

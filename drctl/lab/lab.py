@@ -23,6 +23,7 @@ from drctl.lab.etcd import EtcdCluster, LabError, etcd_health
 from drctl.lab.ports import free_port
 from drctl.lab.procs import ProcRecord, Supervisor, pid_alive, record_for_pid, release, terminate
 from drctl.pg.osuser import make_dir
+from drctl.safefs import write_atomic
 
 STATE_FILE = "lab.json"
 
@@ -56,9 +57,7 @@ class LabState:
 
     def save(self) -> None:
         path = Path(self.dir) / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(asdict(self), indent=2), 0o644)
 
     @classmethod
     def load(cls, lab_dir: Path) -> LabState | None:
@@ -116,7 +115,7 @@ class Lab:
                 f"use `drctl lab status --dir {self.dir}` or `drctl lab down --dir {self.dir}` first"
             )
         self._clear_stale()
-        make_dir(self.dir, self.pg_user, 0o755)
+        make_dir(self.dir, None, 0o755)  # ours: the agents' private directories live below it
         sup = Supervisor(self.dir)
         state = LabState(dir=str(self.dir), sites=[], pg_user=self.pg_user, created_at=time.time())
         try:
@@ -124,7 +123,7 @@ class Lab:
             entry_ports = {site: free_port() for site in names}
             clusters: list[LabCluster] = []
             for site in names:
-                site_dir = make_dir(self.dir / f"site-{site}", self.pg_user, 0o755)
+                site_dir = make_dir(self.dir / f"site-{site}", None, 0o755)
                 etcd = EtcdCluster(sup, site_dir / "etcd", name=f"{site}-etcd", size=etcd_members).start()
                 # Every site but the first is a standby cluster of the first (DESIGN.md section 5).
                 standby = dr and site != names[0]
@@ -275,7 +274,7 @@ def write_lab_topology(lab_dir: Path, state: LabState) -> Path:
         }
     doc = {"sites": sites, "policy": {"audit_log": str(lab_dir / "audit.log"), "switchover_timeout_s": 120}}
     path = topology_path(lab_dir)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    write_atomic(path, yaml.safe_dump(doc, sort_keys=False), 0o600)  # holds the REST password
     return path
 
 

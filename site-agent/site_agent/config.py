@@ -208,6 +208,14 @@ class WatchdogConfig(_Model):
     device: str = "/dev/watchdog"
     safety_margin: int = Field(default=5, ge=0)
     lease_keeper: bool = Field(default=True, description="a separate process stops PostgreSQL at the lease deadline")
+    state_dir: str | None = Field(
+        default=None,
+        description=(
+            "directory of the agent's own files (lease keeper state and pid); must be owned by the agent's "
+            "user with no ancestor another user can write. Default: /run/pgdr/<scope>/<name> when the agent "
+            "runs as root, else the directory holding data_dir"
+        ),
+    )
 
     @field_validator("mode", mode="before")
     @classmethod

@@ -20,7 +20,7 @@ from site_agent.api import start_api
 from site_agent.backup import NodeBackup
 from site_agent.config import AgentConfig, ConfigError, ConsulConfig, EtcdConfig, load_config
 from site_agent.control import Control
-from site_agent.fencing import LeaseKeeper
+from site_agent.fencing import LeaseKeeper, keeper_state_dir
 from site_agent.logsetup import configure_logging
 from site_agent.node import Node
 from site_agent.pmwatch import PostmasterWatch
@@ -123,7 +123,12 @@ def run(argv: list[str]) -> int:
         agent.scheduler.start()
     agent.pm_watch = PostmasterWatch(agent.request_cycle)
     if cfg.watchdog.lease_keeper:
-        keeper = LeaseKeeper(node.data_dir, node.data_dir.parent)
+        try:
+            state_dir = keeper_state_dir(cfg.watchdog.state_dir, cfg.scope, cfg.name, node.data_dir)
+        except OSError as exc:
+            _err(f"{args.config}: watchdog.state_dir: {exc}")
+            return EXIT_CONFIG
+        keeper = LeaseKeeper(node.data_dir, state_dir)
         keeper.start()
         agent.attach_keeper(keeper)
     auth = cfg.restapi.authentication
