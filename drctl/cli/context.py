@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import click
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from drctl.cli.agent_client import AgentApi, AgentClient, RestAuth
 from drctl.dcs.base import ClusterView, DCSError
@@ -70,10 +70,23 @@ class _Strict(BaseModel):
 class RestApiClientConfig(_Strict):
     username: str | None = None
     password: str | None = None
+    password_file: str | None = None
     cafile: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
     verify: bool = True
+
+    @model_validator(mode="after")
+    def _secret(self) -> RestApiClientConfig:
+        from site_agent.config import read_secret_file
+
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set `password` or `password_file`, not both")
+        if self.password_file is not None:
+            object.__setattr__(self, "password", read_secret_file(self.password_file))
+        if self.username and not self.password:
+            raise ValueError("`username` needs `password` or `password_file`")
+        return self
 
 
 class CtlConfig(_Strict):
@@ -186,7 +199,9 @@ def load_target_file(path: str | Path) -> TargetBase:
             cfg = parse_config(text, source=str(p))
         except ConfigError as exc:
             raise CliError(one_line(str(exc))) from None
-        auth = cfg.restapi.authentication
+        rest = cfg.restapi
+        auth = rest.authentication
+        mtls = rest.verify_client != "none"  # the agents want a client certificate: present ours
         return TargetBase(
             dcs=_agent_dcs_settings(cfg),
             namespace=cfg.namespace,
@@ -194,7 +209,9 @@ def load_target_file(path: str | Path) -> TargetBase:
             rest=RestAuth(
                 username=auth.username if auth else None,
                 password=auth.password if auth else None,
-                cafile=cfg.restapi.cafile,
+                cafile=rest.cafile,
+                certfile=rest.certfile if mtls else None,
+                keyfile=rest.keyfile if mtls else None,
             ),
             source=str(p),
         )

@@ -5,13 +5,10 @@ PostgreSQL), configured by files the lab writes, on a given etcd cluster. Used b
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from drctl.cli.agent_client import AgentClient, AgentUnreachable, RestAuth
 from drctl.dcs.base import DCS, ClusterView, DCSError
 from drctl.dcs.factory import DcsSettings, EtcdSettings, get_dcs
 from drctl.lab.etcd import LabError
@@ -34,7 +32,8 @@ PG_BIN = "/usr/lib/postgresql/15/bin"
 LAB_SCOPE = "main"
 SUPERUSER = ("postgres", "pgdr-lab-su")
 REPLICATION = ("replicator", "pgdr-lab-rep")
-API_AUTH = ("pgdr", "pgdr-lab-api")
+API_AUTH = ("pgdr", "pgdr-lab-api")  # admin: mutations
+API_READONLY = ("pgdr-monitor", "pgdr-lab-monitor")  # status endpoints only
 
 LAB_PG_PARAMETERS: dict[str, Any] = {
     "shared_buffers": "32MB",
@@ -131,6 +130,7 @@ class LabCluster:
     nodes: list[AgentNode] = field(default_factory=list)
     proxies: dict[str, list[TcpProxy]] = field(default_factory=dict)
     ingress: dict[str, list[TcpProxy]] = field(default_factory=dict)  # member -> [pg, api]
+    _clients: dict[tuple[str, str], AgentClient] = field(default_factory=dict, repr=False)
 
     # --- set-up ------------------------------------------------------------------------------
     def plan(self) -> LabCluster:
@@ -151,6 +151,8 @@ class LabCluster:
             else:
                 node.agent_dir.mkdir(mode=0o700, exist_ok=True)
             # 0600: it holds the superuser, replication and REST passwords.
+            # Secrets from a file (restapi.authentication.password_file), as in production.
+            write_atomic(node.agent_dir / "api-admin.password", API_AUTH[1] + "\n", 0o600)
             write_atomic(node.config_path, yaml.safe_dump(self.agent_config(node), sort_keys=False), 0o600)
         return self
 
@@ -174,7 +176,11 @@ class LabCluster:
             "restapi": {
                 "listen": f"127.0.0.1:{node.api_port}",
                 "connect_address": self._connect_address(node, 1, node.api_port),
-                "authentication": {"username": API_AUTH[0], "password": API_AUTH[1]},
+                "authentication": {
+                    "username": API_AUTH[0],
+                    "password_file": str(node.agent_dir / "api-admin.password"),
+                },
+                "readonly_authentication": {"username": API_READONLY[0], "password": API_READONLY[1]},
             },
             "etcd3": {"hosts": self._etcd_hosts(node)},
             "bootstrap": {"dcs": dcs},
@@ -392,23 +398,40 @@ class LabCluster:
         view = self.view()
         return view.leader.name if view and view.leader else None
 
+    def api_client(self, auth: tuple[str, str] | None = API_READONLY) -> AgentClient:
+        """A REST client of the agents with ``auth`` (read-only credentials by default)."""
+        key = auth or ("", "")
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = AgentClient(RestAuth(*auth) if auth else RestAuth())
+        return client
+
+    def api_request(
+        self,
+        name: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        auth: tuple[str, str] | None = API_AUTH,
+        timeout: float = 30.0,
+    ) -> tuple[int, str]:
+        """One request to ``name``'s agent: (status, body text); (0, reason) when unreachable."""
+        try:
+            reply = self.api_client(auth).request(method, self.node(name).api_url, path, body, timeout=timeout)
+        except AgentUnreachable as exc:
+            return 0, str(exc)
+        return reply.status, reply.text
+
     def status(self, name: str, timeout: float = 2.0) -> dict[str, Any] | None:
         try:
-            with urllib.request.urlopen(f"{self.node(name).api_url}/status", timeout=timeout) as resp:
-                doc = json.loads(resp.read())
-        except (OSError, ValueError, urllib.error.URLError):
+            reply = self.api_client().request("GET", self.node(name).api_url, "status", timeout=timeout)
+        except AgentUnreachable:
             return None
-        return doc if isinstance(doc, dict) else None
+        return reply.doc if reply.ok and isinstance(reply.doc, dict) else None
 
     def health(self, name: str, path: str) -> int | None:
-        req = urllib.request.Request(f"{self.node(name).api_url}{path}", method="GET")
-        try:
-            with urllib.request.urlopen(req, timeout=2) as resp:
-                return int(resp.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-        except (OSError, urllib.error.URLError):
-            return None
+        code, _ = self.api_request(name, "GET", path, auth=None, timeout=2.0)
+        return code or None
 
     def healthy(self) -> bool:
         """One leader holding the key and running (a primary, or on a standby site a standby

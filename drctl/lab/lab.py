@@ -17,7 +17,7 @@ import psycopg
 import yaml
 
 from drctl.dcs.base import DCSError, SiteRecord
-from drctl.lab.cluster import API_AUTH, LAB_SCOPE, AgentNode, LabCluster, Timings
+from drctl.lab.cluster import API_READONLY, LAB_SCOPE, AgentNode, LabCluster, Timings
 from drctl.lab.entrypoint import EntryPoint
 from drctl.lab.etcd import EtcdCluster, LabError, etcd_health
 from drctl.lab.ports import free_port
@@ -270,7 +270,7 @@ def write_lab_topology(lab_dir: Path, state: LabState) -> Path:
             "namespace": "/service",
             "scope": LAB_SCOPE,
             "entry_point": f"127.0.0.1:{site.entry_port}",
-            "api_auth": {"username": API_AUTH[0], "password": API_AUTH[1]},
+            "api_auth": {"username": API_READONLY[0], "password": API_READONLY[1]},  # it only reads /status
         }
     doc = {"sites": sites, "policy": {"audit_log": str(lab_dir / "audit.log"), "switchover_timeout_s": 120}}
     path = topology_path(lab_dir)

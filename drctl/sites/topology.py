@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from drctl.cli.agent_client import RestAuth
 from drctl.dcs.factory import DcsSettings
 
 
@@ -22,8 +23,32 @@ class _Model(BaseModel):
 
 
 class ApiAuth(_Model):
-    username: str
-    password: str
+    """Credentials the controller sends to the site's agents (it only reads their status: the
+    agents' read-only credentials are enough)."""
+
+    username: str = Field(min_length=1)
+    password: str | None = None
+    password_file: str | None = None
+
+    @model_validator(mode="after")
+    def _secret(self) -> ApiAuth:
+        from site_agent.config import read_secret_file
+
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set `password` or `password_file`, not both")
+        if self.password_file is not None:
+            object.__setattr__(self, "password", read_secret_file(self.password_file))
+        if not self.password:
+            raise ValueError("`username` needs `password` or `password_file`")
+        return self
+
+
+class ApiTls(_Model):
+    """How the controller checks the site's agents over https."""
+
+    cafile: str | None = Field(default=None, description="CA of the agents' certificates (default: system store)")
+    certfile: str | None = Field(default=None, description="client certificate, for agents that require one")
+    keyfile: str | None = None
 
 
 class SiteSpec(_Model):
@@ -32,6 +57,7 @@ class SiteSpec(_Model):
     scope: str = Field(min_length=1)
     entry_point: str = Field(description="host:port of the site's read-write entry point (HAProxy, VIP)")
     api_auth: ApiAuth | None = None
+    api_tls: ApiTls | None = None
     replication_slot: str | None = Field(default=None, description="slot the other site streams through")
 
     @property
@@ -39,11 +65,15 @@ class SiteSpec(_Model):
         host, _, port = self.entry_point.rpartition(":")
         return host, int(port)
 
+    def rest_auth(self) -> RestAuth:
+        a, t = self.api_auth, self.api_tls or ApiTls()
+        return RestAuth(a.username if a else None, a.password if a else None, t.cafile, t.certfile, t.keyfile, True)
+
     @model_validator(mode="after")
     def _check_entry(self) -> SiteSpec:
         host, sep, port = self.entry_point.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"entry_point must be host:port, got {self.entry_point!r}")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"entry_point must be host:port with a port in 1-65535, got {self.entry_point!r}")
         return self
 
 

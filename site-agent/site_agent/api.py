@@ -82,22 +82,27 @@ class AgentControl(Protocol):
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """Server certificate and key (PEM). With ``cafile`` and ``verify_client``, clients must
-    present a certificate signed by that CA."""
+    """Server certificate and key (PEM). ``verify_client``: ``required`` (mutual TLS: every
+    client presents a certificate signed by ``cafile``), ``optional`` (a certificate, when
+    presented, must be signed by it) or ``none``."""
 
     certfile: str
     keyfile: str | None = None
     cafile: str | None = None
-    verify_client: bool = False
+    verify_client: str | bool = "none"
     keyfile_password: str | None = None
 
     def context(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.certfile, self.keyfile, self.keyfile_password)
-        if self.cafile:
+        v = self.verify_client
+        mode = ("required" if v else "none") if isinstance(v, bool) else v
+        if mode != "none":
+            if not self.cafile:
+                raise ValueError("verify_client needs cafile (the CA that signs client certificates)")
             ctx.load_verify_locations(self.cafile)
-            ctx.verify_mode = ssl.CERT_REQUIRED if self.verify_client else ssl.CERT_OPTIONAL
+            ctx.verify_mode = ssl.CERT_REQUIRED if mode == "required" else ssl.CERT_OPTIONAL
         return ctx
 
 
@@ -288,10 +293,12 @@ class _Server(ThreadingHTTPServer):
         control: AgentControl,
         auth: tuple[str, str] | None,
         ssl_context: ssl.SSLContext | None,
+        readonly_auth: tuple[str, str] | None = None,
     ) -> None:
         self.address_family = family
         self.control = control
         self.auth = auth
+        self.readonly_auth = readonly_auth
         self.ssl_context = ssl_context
         self.metrics = AgentMetrics(control.snapshot)
         super().__init__(address, _Handler)
@@ -446,6 +453,10 @@ class _Handler(BaseHTTPRequestHandler):
                     return text_response(code, f"bad query parameter in {self.path!r}")
                 return json_response(code, snap.to_dict())
             if path in _STATUS_PATHS:
+                if self.server.readonly_auth is not None:
+                    denied = self._check_auth(self.server.readonly_auth, self.server.auth)
+                    if denied is not None:
+                        return denied
                 return self._status(path)
         op = _MUTATIONS.get((method, path))
         if op is None:
@@ -458,9 +469,10 @@ class _Handler(BaseHTTPRequestHandler):
                 TEXT_CONTENT_TYPE,
                 {"Allow": ", ".join(allowed)},
             )
-        denied = self._check_auth()
-        if denied is not None:
-            return denied
+        if self.server.auth is not None:
+            denied = self._check_auth(self.server.auth)
+            if denied is not None:
+                return denied
         handler: Callable[[], Response] = getattr(self, f"_op_{op}")
         return handler()
 
@@ -488,10 +500,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- auth and body -----------------------------------------------------------------------
 
-    def _check_auth(self) -> Response | None:
-        auth = self.server.auth
-        if auth is None:
-            return None
+    def _check_auth(self, *accepted: tuple[str, str] | None) -> Response | None:
+        """None when the request carries one of the ``accepted`` (user, password) pairs, else
+        the 401 to send."""
         header = self.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         user = password = b""
@@ -504,10 +515,15 @@ class _Handler(BaseHTTPRequestHandler):
                     user, password, valid_form = u, p, True
             except (binascii.Error, ValueError):
                 pass
-        # Compare both parts every time, in constant time.
-        user_ok = hmac.compare_digest(user, auth[0].encode())
-        password_ok = hmac.compare_digest(password, auth[1].encode())
-        if valid_form and user_ok and password_ok:
+        # Compare both parts of every pair every time, in constant time.
+        ok = False
+        for auth in accepted:
+            if auth is None:
+                continue
+            user_ok = hmac.compare_digest(user, auth[0].encode())
+            password_ok = hmac.compare_digest(password, auth[1].encode())
+            ok |= valid_form and user_ok and password_ok
+        if ok:
             return None
         resp = text_response(401, "authentication required")
         resp.headers["WWW-Authenticate"] = f'Basic realm="{AUTH_REALM}", charset="UTF-8"'
@@ -696,12 +712,15 @@ def start_api(
     listen: str,
     auth: tuple[str, str] | None = None,
     tls: TlsConfig | ssl.SSLContext | None = None,
+    readonly_auth: tuple[str, str] | None = None,
 ) -> ApiServer:
     """Bind ``listen`` (``host:port``; port 0 picks a free one) and serve in a background
-    thread. ``auth`` = (user, password) protects the mutations with HTTP Basic auth."""
+    thread. ``auth`` = (user, password) protects the mutations with HTTP Basic auth;
+    ``readonly_auth``, when given, protects the status endpoints (``auth`` is accepted there
+    too). Health checks stay open: load balancers probe them."""
     host, port, family = parse_listen(listen)
     ctx = tls.context() if isinstance(tls, TlsConfig) else tls
-    server = _Server((host, port), family, control, auth, ctx)
+    server = _Server((host, port), family, control, auth, ctx, readonly_auth)
     api = ApiServer(server)
-    log.info("api listening", url=api.url, auth=auth is not None)
+    log.info("api listening", url=api.url, auth=auth is not None, readonly_auth=readonly_auth is not None)
     return api

@@ -40,23 +40,111 @@ class _Model(BaseModel):
 # Pieces
 
 
+def read_secret_file(path: str) -> str:
+    """The secret in ``path`` (first line, without its newline). Refuses a file other users can
+    read (as libpq does for .pgpass): a secret in a world-readable file is not a secret."""
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    if mode & 0o004:
+        raise ValueError(f"{path} is readable by every user (mode {mode & 0o777:o}): chmod o-r {path}")
+    secret = text.splitlines()[0] if text else ""
+    if not secret:
+        raise ValueError(f"{path} is empty: write the secret on its first line")
+    return secret
+
+
+def _resolve_secret(obj: BaseModel, field: str, file_field: str) -> None:
+    inline, path = getattr(obj, field), getattr(obj, file_field)
+    if inline is not None and path is not None:
+        raise ValueError(f"set `{field}` or `{file_field}`, not both")
+    if path is not None:
+        object.__setattr__(obj, field, read_secret_file(path))  # frozen model: set once, here
+
+
 class Credentials(_Model):
-    username: str
+    """PostgreSQL credentials. The password may be absent (peer, cert or .pgpass authentication)."""
+
+    username: str = Field(min_length=1)
     password: str | None = None
+    password_file: str | None = Field(default=None, description="file holding the password (mode 0600 or 0640)")
+
+    @model_validator(mode="after")
+    def _file(self) -> Credentials:
+        _resolve_secret(self, "password", "password_file")
+        return self
+
+
+class ApiCredentials(_Model):
+    """REST API credentials (HTTP Basic): a username always comes with a password."""
+
+    username: str = Field(min_length=1)
+    password: str | None = None
+    password_file: str | None = Field(default=None, description="file holding the password (mode 0600 or 0640)")
+
+    @model_validator(mode="after")
+    def _file(self) -> ApiCredentials:
+        _resolve_secret(self, "password", "password_file")
+        if not self.password:
+            raise ValueError("a username needs a non-empty `password` or `password_file`")
+        return self
 
 
 class RestApiConfig(_Model):
     listen: str = Field(description="host:port the REST API binds to")
     connect_address: str = Field(description="host:port other members and load balancers use")
-    authentication: Credentials | None = None
+    authentication: ApiCredentials | None = Field(
+        default=None, description="admin credentials: every mutation (switchover, failover, restart, config) needs them"
+    )
+    readonly_authentication: ApiCredentials | None = Field(
+        default=None, description="when set, status endpoints (/status, /cluster, /config, ...) need these or admin"
+    )
+    allow_unauthenticated: bool = Field(
+        default=False, description="run with mutations open to anyone who reaches the port (logged at every start)"
+    )
     certfile: str | None = None
     keyfile: str | None = None
+    keyfile_password: str | None = None
+    keyfile_password_file: str | None = None
     cafile: str | None = None
+    verify_client: Literal["none", "optional", "required"] = Field(
+        default="none", description="client certificates checked against cafile: required = mutual TLS"
+    )
 
     @field_validator("listen", "connect_address")
     @classmethod
     def _host_port(cls, v: str) -> str:
         return _check_host_port(v)
+
+    @model_validator(mode="after")
+    def _security(self) -> RestApiConfig:
+        _resolve_secret(self, "keyfile_password", "keyfile_password_file")
+        if self.authentication is None and not self.allow_unauthenticated:
+            raise ValueError(
+                "`authentication` (username + password or password_file) is required: without it anyone "
+                "who reaches the port can switch over, fail over or set archive_command. To run without "
+                "on purpose, set `allow_unauthenticated: true`"
+            )
+        if self.keyfile and not self.certfile:
+            raise ValueError("`keyfile` needs `certfile`")
+        if self.verify_client != "none" and not (self.certfile and self.cafile):
+            raise ValueError("`verify_client` needs TLS: set `certfile` and `cafile` (the CA of the clients)")
+        if (
+            self.authentication is not None
+            and self.readonly_authentication is not None
+            and self.authentication.username == self.readonly_authentication.username
+        ):
+            raise ValueError("`readonly_authentication` must use another username than `authentication`")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None
 
 
 def _check_host_port(v: str) -> str:
@@ -73,6 +161,7 @@ class EtcdConfig(_Model):
     protocol: Literal["http", "https"] = "http"
     username: str | None = None
     password: str | None = None
+    password_file: str | None = None
     cacert: str | None = None
     cert: str | None = None
     key: str | None = None
@@ -98,6 +187,15 @@ class EtcdConfig(_Model):
             _check_host_port(h)
         return v
 
+    @model_validator(mode="after")
+    def _auth(self) -> EtcdConfig:
+        _resolve_secret(self, "password", "password_file")
+        if self.username and not self.password:
+            raise ValueError("`username` needs `password` or `password_file`")
+        if self.password and not self.username:
+            raise ValueError("`password` needs `username`")
+        return self
+
     @property
     def urls(self) -> list[str]:
         return [h if "://" in h else f"{self.protocol}://{h}" for h in self.hosts]
@@ -108,12 +206,18 @@ class ConsulConfig(_Model):
     port: int | None = None
     scheme: Literal["http", "https"] = "http"
     token: str | None = None
+    token_file: str | None = None
     verify: bool = True
     cacert: str | None = None
     cert: str | None = None
     key: str | None = None
     dc: str | None = None
     consistency: Literal["default", "consistent", "stale"] = "default"
+
+    @model_validator(mode="after")
+    def _token(self) -> ConsulConfig:
+        _resolve_secret(self, "token", "token_file")
+        return self
 
     @property
     def url(self) -> str:

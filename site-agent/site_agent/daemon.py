@@ -15,10 +15,11 @@ from drctl.backup.errors import BackupError
 from drctl.dcs.base import DCS, DCSError
 from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
 from drctl.pg.ctl import PgCtlError
+from site_agent import peers
 from site_agent.agent import VERSION, Agent
-from site_agent.api import start_api
+from site_agent.api import TlsConfig, start_api
 from site_agent.backup import NodeBackup
-from site_agent.config import AgentConfig, ConfigError, ConsulConfig, EtcdConfig, load_config
+from site_agent.config import AgentConfig, ApiCredentials, ConfigError, ConsulConfig, EtcdConfig, load_config
 from site_agent.control import Control
 from site_agent.fencing import LeaseKeeper, keeper_state_dir
 from site_agent.logsetup import configure_logging
@@ -73,6 +74,31 @@ def build_dcs(cfg: AgentConfig) -> DCS:
     )
 
 
+def _creds(c: ApiCredentials | None) -> tuple[str, str] | None:
+    return (c.username, c.password or "") if c is not None else None
+
+
+def security_warnings(cfg: AgentConfig) -> list[str]:
+    """What the agent logs at every start about a configuration that runs without protection."""
+    out = []
+    rest = cfg.restapi
+    host = rest.listen.rpartition(":")[0].strip("[]")
+    if rest.authentication is None:
+        where = "on every interface" if host in ("", "0.0.0.0", "::") else f"on {host}"
+        out.append(
+            f"REST API mutations are NOT authenticated (restapi.allow_unauthenticated: true), listening {where}: "
+            "anyone who reaches the port can switch over, fail over or change archive_command"
+        )
+    elif not rest.certfile and host not in ("127.0.0.1", "::1", "localhost"):
+        out.append("REST API without TLS (restapi.certfile unset): credentials travel in cleartext")
+    _kind, backend = cfg.dcs_backend
+    if isinstance(backend, EtcdConfig) and backend.username and any(u.startswith("http://") for u in backend.urls):
+        out.append("etcd password sent over plain http: set etcd3.protocol: https (and cacert)")
+    if isinstance(backend, ConsulConfig) and backend.token and backend.scheme == "http":
+        out.append("Consul token sent over plain http: set consul.scheme: https")
+    return out
+
+
 def _err(message: str) -> None:
     print(f"site-agent: error: {message}", file=sys.stderr)
 
@@ -93,6 +119,8 @@ def run(argv: list[str]) -> int:
         return 0
     configure_logging(cfg.log.format, cfg.log.level)
     log = structlog.get_logger("site_agent")
+    for warning in security_warnings(cfg):
+        log.warning(warning)
     dcs = build_dcs(cfg)
     try:
         dcs.get_cluster()
@@ -131,15 +159,22 @@ def run(argv: list[str]) -> int:
         keeper = LeaseKeeper(node.data_dir, state_dir)
         keeper.start()
         agent.attach_keeper(keeper)
-    auth = cfg.restapi.authentication
+    rest = cfg.restapi
+    admin, readonly = _creds(rest.authentication), _creds(rest.readonly_authentication)
+    peers.configure(
+        readonly or admin,
+        cafile=rest.cafile,
+        certfile=rest.certfile,
+        keyfile=rest.keyfile,
+        keyfile_password=rest.keyfile_password,
+    )
+    tls = None
+    if rest.certfile:
+        tls = TlsConfig(rest.certfile, rest.keyfile, rest.cafile, rest.verify_client, rest.keyfile_password)
     try:
-        api = start_api(
-            Control(agent),
-            cfg.restapi.listen,
-            (auth.username, auth.password or "") if auth else None,
-        )
-    except OSError as exc:
-        _err(f"cannot listen on restapi.listen={cfg.restapi.listen}: {exc}")
+        api = start_api(Control(agent), rest.listen, admin, tls, readonly)
+    except (OSError, ValueError) as exc:
+        _err(f"cannot serve the REST API on restapi.listen={rest.listen}: {exc}")
         return EXIT_CONFIG
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
