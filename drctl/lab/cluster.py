@@ -23,6 +23,7 @@ from drctl.lab.etcd import LabError
 from drctl.lab.netproxy import TcpProxy
 from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor, record_for_pid, terminate
+from drctl.lab.tls import LabCA
 from drctl.pg.osuser import make_dir
 from drctl.pg.pidfile import parse_postmaster_pid
 from drctl.procutil import signal_with_children
@@ -64,6 +65,7 @@ class AgentNode:
     dir: Path
     pg_port: int
     api_port: int
+    tls: bool = False  # the agent serves its REST API over https
 
     @property
     def proc_name(self) -> str:
@@ -94,7 +96,15 @@ class AgentNode:
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.api_port}"
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.agent_dir / "api.crt"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.agent_dir / "api.key"
 
     @property
     def dsn(self) -> str:
@@ -130,13 +140,21 @@ class LabCluster:
     nodes: list[AgentNode] = field(default_factory=list)
     proxies: dict[str, list[TcpProxy]] = field(default_factory=dict)
     ingress: dict[str, list[TcpProxy]] = field(default_factory=dict)  # member -> [pg, api]
+    # TLS lab: the directory of the lab's CA (drctl.lab.tls); every agent serves https with a
+    # certificate of it, and with mtls also requires clients to present one.
+    tls_ca: Path | None = None
+    mtls: bool = False
     _clients: dict[tuple[str, str], AgentClient] = field(default_factory=dict, repr=False)
 
     # --- set-up ------------------------------------------------------------------------------
     def plan(self) -> LabCluster:
         make_dir(self.base_dir, None, 0o755)  # the agents' user's: their private dirs live in it
+        if self.tls_ca is not None and self.mtls and not (self.tls_ca / "client.crt").exists():
+            LabCA(self.tls_ca).issue(self.tls_ca, "client")  # what the lab's own clients present
         self.nodes = [
-            AgentNode(f"{self.site}{i}", self.base_dir / f"{self.site}{i}", free_port(), free_port())
+            AgentNode(
+                f"{self.site}{i}", self.base_dir / f"{self.site}{i}", free_port(), free_port(), self.tls_ca is not None
+            )
             for i in range(1, self.size + 1)
         ]
         for node in self.nodes:
@@ -151,6 +169,8 @@ class LabCluster:
             else:
                 node.agent_dir.mkdir(mode=0o700, exist_ok=True)
             # 0600: it holds the superuser, replication and REST passwords.
+            if self.tls_ca is not None:
+                LabCA(self.tls_ca).issue(node.agent_dir, "api")
             # Secrets from a file (restapi.authentication.password_file), as in production.
             write_atomic(node.agent_dir / "api-admin.password", API_AUTH[1] + "\n", 0o600)
             write_atomic(node.config_path, yaml.safe_dump(self.agent_config(node), sort_keys=False), 0o600)
@@ -181,6 +201,7 @@ class LabCluster:
                     "password_file": str(node.agent_dir / "api-admin.password"),
                 },
                 "readonly_authentication": {"username": API_READONLY[0], "password": API_READONLY[1]},
+                **self._restapi_tls(node),
             },
             "etcd3": {"hosts": self._etcd_hosts(node)},
             "bootstrap": {"dcs": dcs},
@@ -217,6 +238,30 @@ class LabCluster:
         if node.name in self.tags:
             cfg["tags"] = self.tags[node.name]
         return cfg
+
+    def _restapi_tls(self, node: AgentNode) -> dict[str, str]:
+        if self.tls_ca is None:
+            return {}
+        return {
+            "certfile": str(node.tls_cert),
+            "keyfile": str(node.tls_key),
+            "cafile": str(LabCA(self.tls_ca).cert),
+            "verify_client": "required" if self.mtls else "none",
+        }
+
+    def rest_auth(self, auth: tuple[str, str] | None = API_READONLY) -> RestAuth:
+        """How a client of this lab's agents authenticates: ``auth`` and, in a TLS lab, the lab's
+        CA (and with mtls the lab's client certificate)."""
+        user, password = auth or (None, None)
+        if self.tls_ca is None:
+            return RestAuth(user, password)
+        return RestAuth(
+            user,
+            password,
+            cafile=str(LabCA(self.tls_ca).cert),
+            certfile=str(self.tls_ca / "client.crt") if self.mtls else None,
+            keyfile=str(self.tls_ca / "client.key") if self.mtls else None,
+        )
 
     def _etcd_hosts(self, node: AgentNode) -> list[str]:
         if node.name in self.proxies:
@@ -403,7 +448,7 @@ class LabCluster:
         key = auth or ("", "")
         client = self._clients.get(key)
         if client is None:
-            client = self._clients[key] = AgentClient(RestAuth(*auth) if auth else RestAuth())
+            client = self._clients[key] = AgentClient(self.rest_auth(auth))
         return client
 
     def api_request(

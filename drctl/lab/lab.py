@@ -22,6 +22,7 @@ from drctl.lab.entrypoint import EntryPoint
 from drctl.lab.etcd import EtcdCluster, LabError, etcd_health
 from drctl.lab.ports import free_port
 from drctl.lab.procs import ProcRecord, Supervisor, pid_alive, record_for_pid, release, terminate
+from drctl.lab.tls import LabCA
 from drctl.pg.osuser import make_dir
 from drctl.safefs import write_atomic
 
@@ -54,6 +55,8 @@ class LabState:
     sites: list[LabSite]
     pg_user: str
     created_at: float
+    tls: bool = False  # agents serve https with certificates of the lab's CA (<dir>/tls)
+    mtls: bool = False  # ... and require client certificates
 
     def save(self) -> None:
         path = Path(self.dir) / STATE_FILE
@@ -71,6 +74,8 @@ class LabState:
                 sites=[LabSite(**s) for s in doc["sites"]],
                 pg_user=doc.get("pg_user", "postgres"),
                 created_at=doc.get("created_at", 0.0),
+                tls=bool(doc.get("tls", False)),
+                mtls=bool(doc.get("mtls", False)),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LabError(f"{path} is unreadable ({exc}): remove the lab directory by hand") from exc
@@ -101,8 +106,19 @@ class Lab:
         elif any(self.dir.iterdir()):
             raise LabError(f"{self.dir} exists and is not a pgdr lab: choose another --dir (nothing was changed)")
 
+    @property
+    def tls_dir(self) -> Path:
+        return self.dir / "tls"
+
     def up(
-        self, sites: int = 2, nodes: int = 3, etcd_members: int = 3, timings: Timings | None = None, dr: bool = True
+        self,
+        sites: int = 2,
+        nodes: int = 3,
+        etcd_members: int = 3,
+        timings: Timings | None = None,
+        dr: bool = True,
+        tls: bool = False,
+        mtls: bool = False,
     ) -> LabState:
         if sites < 1 or nodes < 1 or etcd_members < 1:
             raise LabError("--sites, --nodes and --etcd-members must be at least 1")
@@ -117,8 +133,11 @@ class Lab:
         self._clear_stale()
         make_dir(self.dir, None, 0o755)  # ours: the agents' private directories live below it
         sup = Supervisor(self.dir)
-        state = LabState(dir=str(self.dir), sites=[], pg_user=self.pg_user, created_at=time.time())
+        tls = tls or mtls
+        state = LabState(dir=str(self.dir), sites=[], pg_user=self.pg_user, created_at=time.time(), tls=tls, mtls=mtls)
         try:
+            if tls:
+                LabCA.create(self.tls_dir, f"pgdr lab CA {os.urandom(4).hex()}")
             names = site_names(sites)
             entry_ports = {site: free_port() for site in names}
             clusters: list[LabCluster] = []
@@ -138,6 +157,8 @@ class Lab:
                     timings=timings or Timings(),
                     pg_user=self.pg_user,
                     dynamic=dynamic,
+                    tls_ca=self.tls_dir if tls else None,
+                    mtls=mtls,
                 ).plan()
                 if dr:
                     record = SiteRecord("standby", 1, names[0]) if standby else SiteRecord("active", 1, None)
@@ -175,9 +196,12 @@ class Lab:
                 size=len(site.nodes),
                 site=site.name,
                 pg_user=state.pg_user,
+                tls_ca=self.tls_dir if state.tls else None,
+                mtls=state.mtls,
             )
             cluster.nodes = [
-                AgentNode(n["name"], Path(n["dir"]), int(n["pg_port"]), int(n["api_port"])) for n in site.nodes
+                AgentNode(n["name"], Path(n["dir"]), int(n["pg_port"]), int(n["api_port"]), state.tls)
+                for n in site.nodes
             ]
             out.append(cluster)
         return out
@@ -263,7 +287,7 @@ def topology_path(lab_dir: Path) -> Path:
 
 def write_lab_topology(lab_dir: Path, state: LabState) -> Path:
     """The cross-site topology file of the lab (what an operator writes in policies/)."""
-    sites = {}
+    sites: dict[str, dict[str, Any]] = {}
     for site in state.sites:
         sites[site.name] = {
             "dcs": {"etcd": {"hosts": list(site.etcd_endpoints)}},
@@ -272,6 +296,12 @@ def write_lab_topology(lab_dir: Path, state: LabState) -> Path:
             "entry_point": f"127.0.0.1:{site.entry_port}",
             "api_auth": {"username": API_READONLY[0], "password": API_READONLY[1]},  # it only reads /status
         }
+        if state.tls:
+            tls_dir = lab_dir / "tls"
+            api_tls = {"cafile": str(tls_dir / "ca.crt")}
+            if state.mtls:
+                api_tls.update(certfile=str(tls_dir / "client.crt"), keyfile=str(tls_dir / "client.key"))
+            sites[site.name]["api_tls"] = api_tls
     doc = {"sites": sites, "policy": {"audit_log": str(lab_dir / "audit.log"), "switchover_timeout_s": 120}}
     path = topology_path(lab_dir)
     write_atomic(path, yaml.safe_dump(doc, sort_keys=False), 0o600)  # holds the REST password
