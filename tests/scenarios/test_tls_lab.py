@@ -133,3 +133,44 @@ def test_tls_lab_switchover_failover_list_sites_and_site_switchover(
     assert "certificate verify failed" in refused.stderr and "Traceback" not in refused.stderr
     time.sleep(2)
     assert a.leader() == before
+
+
+def test_mtls_lab_needs_client_certificates(lab_dir: Path) -> None:
+    """`--mtls`: agents require a client certificate of the lab CA. The agents' peers, drctl (the
+    agent's own certificate) and HAProxy's checks present one; a client without is refused."""
+    lab = Lab(lab_dir / "lab")
+    up = drctl("lab", "up", "--dir", str(lab.dir), "--sites", "1", "--nodes", "2", "--etcd-members", "1", "--mtls")
+    try:
+        assert up.returncode == 0, up.stderr
+        (a,) = lab.clusters()
+        wait_until(lambda: a.healthy(), 60, "site a healthy")
+        leader = a.leader()
+        other = next(n.name for n in a.nodes if n.name != leader)
+        ca = str(lab.tls_dir / "ca.crt")
+        with pytest.raises(AgentUnreachable):
+            AgentClient(RestAuth(*API_READONLY, cafile=ca)).request("GET", a.nodes[0].api_url, "health", timeout=5)
+        sw = drctl("-c", str(a.nodes[0].config_path), "switchover", "--candidate", other, "--force")
+        assert sw.returncode == 0, sw.stderr
+        wait_until(lambda: a.leader() == other, 60, f"{other} leading after the switchover")
+        wait_until(lambda: a.healthy(), 90, "site a healthy after the switchover")
+        # HAProxy's TLS checks (with the client certificate) route the entry point to the new primary.
+        import psycopg
+
+        from drctl.lab.cluster import SUPERUSER
+
+        state = LabState.load(lab.dir)
+        assert state is not None
+        port = state.sites[0].entry_port
+
+        def entry_is_new_primary() -> bool:
+            try:
+                dsn = f"host=127.0.0.1 port={port} user={SUPERUSER[0]} password={SUPERUSER[1]} dbname=postgres"
+                with psycopg.connect(dsn, connect_timeout=2) as conn:
+                    row = conn.execute("SELECT inet_server_port()").fetchone()
+                return row is not None and row[0] == a.node(other).pg_port
+            except psycopg.Error:
+                return False
+
+        wait_until(entry_is_new_primary, 30, "the entry point on the new primary")
+    finally:
+        lab.down(grace=20)
