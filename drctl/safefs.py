@@ -31,6 +31,7 @@ __all__ = [
     "make_private_dir",
     "open_append",
     "open_read",
+    "read_secret_file",
     "write_atomic",
 ]
 
@@ -215,3 +216,22 @@ def make_private_dir(path: StrPath, mode: int = 0o700) -> str:
         os.close(fd)
     check_private_dir(p)
     return p
+
+
+def read_secret_file(path: str) -> str:
+    """The secret in ``path`` (first line, without its newline). Refuses a file other users can
+    read (as libpq does for .pgpass): a secret in a world-readable file is not a secret."""
+    try:
+        mode = os.stat(path).st_mode
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    if mode & 0o004:
+        raise ValueError(f"{path} is readable by every user (mode {mode & 0o777:o}): chmod o-r {path}")
+    secret = text.splitlines()[0] if text else ""
+    if not secret:
+        raise ValueError(f"{path} is empty: write the secret on its first line")
+    return secret

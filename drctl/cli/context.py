@@ -34,12 +34,13 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import click
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from drctl.cli.agent_client import AgentApi, AgentClient, RestAuth
 from drctl.dcs.base import ClusterView, DCSError
 from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
+from drctl.safefs import read_secret_file
+from drctl.yamlsafe import YamlError, decode_utf8, load_yaml
 
 CONFIG_ENVVAR = "PGDR_CONFIG"
 DEFAULT_NAMESPACE = "/service"
@@ -78,8 +79,6 @@ class RestApiClientConfig(_Strict):
 
     @model_validator(mode="after")
     def _secret(self) -> RestApiClientConfig:
-        from site_agent.config import read_secret_file
-
         if self.password is not None and self.password_file is not None:
             raise ValueError("set `password` or `password_file`, not both")
         if self.password_file is not None:
@@ -182,16 +181,14 @@ def load_target_file(path: str | Path) -> TargetBase:
 
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
         raise CliError(f"{p}: cannot read the configuration file: {exc.strerror or exc}") from None
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise CliError(f"{p}:{where}: YAML syntax error: {problem}") from None
+        text = decode_utf8(data, str(p))
+        doc = load_yaml(text, str(p))
+    except YamlError as exc:
+        raise CliError(str(exc)) from None
     if not isinstance(doc, dict):
         raise CliError(f"{p}: expected a YAML mapping (dcs:, scope:, ... or a site-agent configuration)")
     if _AGENT_KEYS & set(doc):

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from drctl.cli.agent_client import RestAuth
 from drctl.dcs.factory import DcsSettings
+from drctl.safefs import read_secret_file
+from drctl.yamlsafe import YamlError, load_yaml
 
 
 class TopologyError(Exception):
@@ -32,8 +34,6 @@ class ApiAuth(_Model):
 
     @model_validator(mode="after")
     def _secret(self) -> ApiAuth:
-        from site_agent.config import read_secret_file
-
         if self.password is not None and self.password_file is not None:
             raise ValueError("set `password` or `password_file`, not both")
         if self.password_file is not None:
@@ -103,15 +103,13 @@ class Topology(_Model):
 def load_topology(path: str | Path) -> Topology:
     p = Path(path)
     try:
-        text = p.read_text()
+        data = p.read_bytes()
     except OSError as exc:
         raise TopologyError(f"{p}: cannot read the topology file ({exc.strerror})") from exc
     try:
-        doc: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise TopologyError(f"{p}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+        doc: Any = load_yaml(data, str(p))
+    except YamlError as exc:
+        raise TopologyError(str(exc)) from None
     if not isinstance(doc, dict):
         raise TopologyError(f"{p}: expected a mapping with `sites:` at the top")
     try:

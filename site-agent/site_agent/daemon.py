@@ -19,7 +19,15 @@ from site_agent import peers
 from site_agent.agent import VERSION, Agent
 from site_agent.api import TlsConfig, start_api
 from site_agent.backup import NodeBackup
-from site_agent.config import AgentConfig, ApiCredentials, ConfigError, ConsulConfig, EtcdConfig, load_config
+from site_agent.config import (
+    AgentConfig,
+    ApiCredentials,
+    ConfigError,
+    ConsulConfig,
+    EtcdConfig,
+    check_files,
+    load_config,
+)
 from site_agent.control import Control
 from site_agent.fencing import LeaseKeeper, keeper_state_dir
 from site_agent.logsetup import configure_logging
@@ -113,6 +121,10 @@ def run(argv: list[str]) -> int:
         cfg = load_config(args.config)
     except ConfigError as exc:
         _err(str(exc))
+        return EXIT_CONFIG
+    problems = check_files(cfg, args.config)
+    if problems:
+        _err(f"{args.config}: {len(problems)} problem(s) with referenced files\n  " + "\n  ".join(problems))
         return EXIT_CONFIG
     if args.validate_config:
         print(f"{args.config}: configuration is valid")
