@@ -19,7 +19,7 @@ import yaml
 from drctl.cli.agent_client import AgentClient, AgentUnreachable, RestAuth
 from drctl.dcs.base import DCS, ClusterView, DCSError
 from drctl.dcs.factory import DcsSettings, EtcdSettings, get_dcs
-from drctl.lab.etcd import LabError
+from drctl.lab.etcd import EtcdTls, LabError
 from drctl.lab.netproxy import TcpProxy
 from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor, record_for_pid, terminate
@@ -35,6 +35,8 @@ SUPERUSER = ("postgres", "pgdr-lab-su")
 REPLICATION = ("replicator", "pgdr-lab-rep")
 API_AUTH = ("pgdr", "pgdr-lab-api")  # admin: mutations
 API_READONLY = ("pgdr-monitor", "pgdr-lab-monitor")  # status endpoints only
+ETCD_AUTH = ("pgdr-lab", "pgdr-lab-etcd")  # TLS labs: etcd user, read-write on its cluster's prefix only
+ETCD_ROOT_PASSWORD = "pgdr-lab-etcd-root"
 
 LAB_PG_PARAMETERS: dict[str, Any] = {
     "shared_buffers": "32MB",
@@ -144,6 +146,8 @@ class LabCluster:
     # certificate of it, and with mtls also requires clients to present one.
     tls_ca: Path | None = None
     mtls: bool = False
+    etcd_tls: EtcdTls | None = None  # etcd over TLS with client certificates...
+    etcd_auth: tuple[str, str] | None = None  # ... and authentication
     _clients: dict[tuple[str, str], AgentClient] = field(default_factory=dict, repr=False)
 
     # --- set-up ------------------------------------------------------------------------------
@@ -203,7 +207,7 @@ class LabCluster:
                 "readonly_authentication": {"username": API_READONLY[0], "password": API_READONLY[1]},
                 **self._restapi_tls(node),
             },
-            "etcd3": {"hosts": self._etcd_hosts(node)},
+            "etcd3": self._etcd_section(node),
             "bootstrap": {"dcs": dcs},
             "postgresql": {
                 "listen": f"127.0.0.1:{node.pg_port}",
@@ -266,7 +270,31 @@ class LabCluster:
     def _etcd_hosts(self, node: AgentNode) -> list[str]:
         if node.name in self.proxies:
             return [p.address for p in self.proxies[node.name]]
-        return [e.removeprefix("http://") for e in self.etcd_endpoints]
+        return [e.removeprefix("http://").removeprefix("https://") for e in self.etcd_endpoints]
+
+    def _etcd_section(self, node: AgentNode) -> dict[str, Any]:
+        section: dict[str, Any] = {"hosts": self._etcd_hosts(node)}
+        t = self.etcd_tls
+        if t is not None:
+            section.update(protocol="https", cacert=str(t.ca), cert=str(t.client_cert), key=str(t.client_key))
+        if self.etcd_auth is not None:
+            pw = node.agent_dir / "etcd.password"
+            write_atomic(pw, self.etcd_auth[1] + "\n", 0o600)
+            section.update(username=self.etcd_auth[0], password_file=str(pw))
+        return section
+
+    def dcs_settings(self) -> DcsSettings:
+        t, auth = self.etcd_tls, self.etcd_auth
+        return DcsSettings(
+            etcd=EtcdSettings(
+                hosts=list(self.etcd_endpoints),
+                username=auth[0] if auth else None,
+                password=auth[1] if auth else None,
+                cacert=str(t.ca) if t else None,
+                cert=str(t.client_cert) if t else None,
+                key=str(t.client_key) if t else None,
+            )
+        )
 
     def _connect_address(self, node: AgentNode, which: int, port: int) -> str:
         if node.name in self.ingress:
@@ -425,9 +453,13 @@ class LabCluster:
 
     # --- observation -------------------------------------------------------------------------
     def dcs(self) -> DCS:
-        settings = DcsSettings(etcd=EtcdSettings(hosts=list(self.etcd_endpoints)))
         return get_dcs(
-            settings, namespace=self.namespace, scope=self.scope, name="lab-observer", ttl=30, retry_timeout=3
+            self.dcs_settings(),
+            namespace=self.namespace,
+            scope=self.scope,
+            name="lab-observer",
+            ttl=30,
+            retry_timeout=3,
         )
 
     def view(self) -> ClusterView | None:

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,9 +18,9 @@ import psycopg
 import yaml
 
 from drctl.dcs.base import DCSError, SiteRecord
-from drctl.lab.cluster import API_READONLY, LAB_SCOPE, AgentNode, LabCluster, Timings
+from drctl.lab.cluster import API_READONLY, ETCD_AUTH, ETCD_ROOT_PASSWORD, LAB_SCOPE, AgentNode, LabCluster, Timings
 from drctl.lab.entrypoint import EntryPoint
-from drctl.lab.etcd import EtcdCluster, LabError, etcd_health
+from drctl.lab.etcd import EtcdCluster, EtcdTls, LabError, etcd_health
 from drctl.lab.ports import free_port
 from drctl.lab.procs import ProcRecord, Supervisor, pid_alive, record_for_pid, release, terminate
 from drctl.lab.tls import LabCA
@@ -110,6 +111,23 @@ class Lab:
     def tls_dir(self) -> Path:
         return self.dir / "tls"
 
+    def etcd_tls(self, site: str, create: bool = False) -> EtcdTls:
+        """Site ``site``'s etcd certificates (member and client) from the lab CA. The client
+        certificate has no CommonName: etcd 3.4's JSON gateway refuses one that has."""
+        ca = LabCA(self.tls_dir)
+        member, client = self.tls_dir / f"{site}-etcd", self.tls_dir / "etcd-client"
+        if create:
+            if not (client.with_suffix(".crt")).exists():
+                ca.issue(self.tls_dir, "etcd-client", common_name=False)
+            ca.issue(self.tls_dir, f"{site}-etcd")
+        return EtcdTls(
+            ca.cert,
+            member.with_suffix(".crt"),
+            member.with_suffix(".key"),
+            client.with_suffix(".crt"),
+            client.with_suffix(".key"),
+        )
+
     def up(
         self,
         sites: int = 2,
@@ -143,7 +161,13 @@ class Lab:
             clusters: list[LabCluster] = []
             for site in names:
                 site_dir = make_dir(self.dir / f"site-{site}", None, 0o755)
-                etcd = EtcdCluster(sup, site_dir / "etcd", name=f"{site}-etcd", size=etcd_members).start()
+                etcd_tls = self.etcd_tls(site, create=True) if tls else None
+                etcd = EtcdCluster(sup, site_dir / "etcd", name=f"{site}-etcd", size=etcd_members, tls=etcd_tls).start()
+                if tls:
+                    # Authentication on, and the site's agents get a user that may read and
+                    # write their cluster's keys only.
+                    etcd.enable_auth(ETCD_ROOT_PASSWORD)
+                    etcd.add_prefix_user(*ETCD_AUTH, f"/service/{LAB_SCOPE}/")
                 # Every site but the first is a standby cluster of the first (DESIGN.md section 5).
                 standby = dr and site != names[0]
                 dynamic = {"standby_cluster": {"host": "127.0.0.1", "port": entry_ports[names[0]]}} if standby else {}
@@ -159,6 +183,8 @@ class Lab:
                     dynamic=dynamic,
                     tls_ca=self.tls_dir if tls else None,
                     mtls=mtls,
+                    etcd_tls=etcd_tls,
+                    etcd_auth=ETCD_AUTH if tls else None,
                 ).plan()
                 if dr:
                     record = SiteRecord("standby", 1, names[0]) if standby else SiteRecord("active", 1, None)
@@ -198,6 +224,8 @@ class Lab:
                 pg_user=state.pg_user,
                 tls_ca=self.tls_dir if state.tls else None,
                 mtls=state.mtls,
+                etcd_tls=self.etcd_tls(site.name) if state.tls else None,
+                etcd_auth=ETCD_AUTH if state.tls else None,
             )
             cluster.nodes = [
                 AgentNode(n["name"], Path(n["dir"]), int(n["pg_port"]), int(n["api_port"]), state.tls)
@@ -213,11 +241,12 @@ class Lab:
             raise LabError(f"no lab in {self.dir}: start one with `drctl lab up --dir {self.dir}`")
         sup = Supervisor(self.dir)
         procs: list[dict[str, Any]] = []
+        ctx = self.etcd_tls(state.sites[0].name).client_context() if state.tls and state.sites else None
         for rec in sup.records():
             alive = rec.alive()
             health = "down"
             if alive and rec.role == "etcd":
-                health = "healthy" if _etcd_healthy(str(rec.extra.get("url"))) else "unhealthy"
+                health = "healthy" if _etcd_healthy(str(rec.extra.get("url")), ctx=ctx) else "unhealthy"
             elif alive:
                 health = "running"
             procs.append(
@@ -290,7 +319,7 @@ def write_lab_topology(lab_dir: Path, state: LabState) -> Path:
     sites: dict[str, dict[str, Any]] = {}
     for site in state.sites:
         sites[site.name] = {
-            "dcs": {"etcd": {"hosts": list(site.etcd_endpoints)}},
+            "dcs": {"etcd": _etcd_doc(lab_dir, site, state.tls)},
             "namespace": "/service",
             "scope": LAB_SCOPE,
             "entry_point": f"127.0.0.1:{site.entry_port}",
@@ -308,11 +337,25 @@ def write_lab_topology(lab_dir: Path, state: LabState) -> Path:
     return path
 
 
-def _etcd_healthy(url: str, tries: int = 3) -> bool:
+def _etcd_doc(lab_dir: Path, site: LabSite, tls: bool) -> dict[str, Any]:
+    doc: dict[str, Any] = {"hosts": list(site.etcd_endpoints)}
+    if tls:
+        t = Lab(lab_dir).etcd_tls(site.name)
+        doc.update(
+            username=ETCD_AUTH[0],
+            password=ETCD_AUTH[1],
+            cacert=str(t.ca),
+            cert=str(t.client_cert),
+            key=str(t.client_key),
+        )
+    return doc
+
+
+def _etcd_healthy(url: str, tries: int = 3, ctx: ssl.SSLContext | None = None) -> bool:
     """A member is reported unhealthy only if it stays so for a few checks: a loaded machine can
     make it miss one heartbeat and hold a short election."""
     for attempt in range(tries):
-        if etcd_health(url, timeout=1.0):
+        if etcd_health(url, timeout=1.0, context=ctx):
             return True
         if attempt < tries - 1:
             time.sleep(0.5)

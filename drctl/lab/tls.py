@@ -67,9 +67,17 @@ class LabCA:
         os.chmod(ca.cert, 0o644)
         return ca
 
-    def issue(self, out_dir: Path, name: str, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> CertPair:
+    def issue(
+        self,
+        out_dir: Path,
+        name: str,
+        hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+        common_name: bool = True,
+    ) -> CertPair:
         """A certificate for ``name`` signed by this CA, written to ``out_dir``/NAME.crt and .key
-        (0600)."""
+        (0600). ``common_name=False`` leaves the CN out (subject O/OU only): etcd 3.4's JSON
+        gateway refuses a client certificate with a CommonName when client-cert-auth is on."""
+        subject = f"/CN={name}" if common_name else f"/O=pgdr lab/OU={name}"
         pair = CertPair(out_dir / f"{name}.crt", out_dir / f"{name}.key")
         san = ",".join(f"IP:{h}" if h.replace(".", "").isdigit() or ":" in h else f"DNS:{h}" for h in hosts)
         with tempfile.TemporaryDirectory(prefix="pgdr-tls-") as tmp:
@@ -77,7 +85,7 @@ class LabCA:
             ext.write_text(_EXT.format(san=san))
             _openssl(
                 "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-subj", f"/CN={name}", "-keyout", str(Path(tmp) / "key.pem"), "-out", str(csr),
+                "-subj", subject, "-keyout", str(Path(tmp) / "key.pem"), "-out", str(csr),
             )  # fmt: skip
             _openssl(
                 "x509", "-req", "-in", str(csr), "-CA", str(self.cert), "-CAkey", str(self.key),

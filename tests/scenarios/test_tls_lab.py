@@ -66,6 +66,22 @@ def test_tls_lab_switchover_failover_list_sites_and_site_switchover(
     agent_cfg = yaml.safe_load(Path(cfg).read_text())
     assert agent_cfg["restapi"]["certfile"] and agent_cfg["restapi"]["cafile"]
 
+    # etcd too: https only, client certificates and authentication required.
+    assert all(e.startswith("https://") for e in a.etcd_endpoints)
+    from drctl.dcs.base import DCSError
+    from drctl.dcs.factory import DcsSettings, get_dcs
+
+    settings = a.dcs_settings()
+    assert settings.etcd is not None and settings.etcd.username
+    anonymous = DcsSettings.model_validate(
+        {"etcd": {"hosts": a.etcd_endpoints, "cacert": settings.etcd.cacert, "cert": settings.etcd.cert,
+                  "key": settings.etcd.key}}
+    )  # fmt: skip
+    dcs = get_dcs(anonymous, namespace="/service", scope=a.scope, name="x", ttl=10, retry_timeout=1)
+    with pytest.raises(DCSError, match=r"user name is empty|permission denied"):
+        dcs.get_cluster()
+    dcs.close()
+
     # Every agent publishes an https api_url and answers only TLS.
     view = a.view()
     assert view is not None and all(m.info.api_url.startswith("https://") for m in view.members)
@@ -75,6 +91,11 @@ def test_tls_lab_switchover_failover_list_sites_and_site_switchover(
             assert not sock.recv(100).startswith(b"HTTP/1.0 200")
         except ConnectionResetError:
             pass
+
+    st = drctl("lab", "status", "--dir", str(lab.dir), "--format", "json")
+    assert st.returncode == 0, st.stderr
+    etcd_procs = [p for p in json.loads(st.stdout)["processes"] if p["role"] == "etcd"]
+    assert etcd_procs and all(p["health"] == "healthy" for p in etcd_procs), etcd_procs
 
     listing = drctl("-c", cfg, "list", "--format", "json")
     assert listing.returncode == 0, listing.stderr
