@@ -24,7 +24,7 @@ from drctl.lab.netproxy import TcpProxy
 from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor, record_for_pid, terminate
 from drctl.lab.tls import LabCA
-from drctl.pg.osuser import make_dir
+from drctl.pg.osuser import make_dir, user_ids
 from drctl.pg.pidfile import parse_postmaster_pid
 from drctl.procutil import signal_with_children
 from drctl.safefs import make_private_dir, write_atomic
@@ -174,7 +174,10 @@ class LabCluster:
                 node.agent_dir.mkdir(mode=0o700, exist_ok=True)
             # 0600: it holds the superuser, replication and REST passwords.
             if self.tls_ca is not None:
-                LabCA(self.tls_ca).issue(node.agent_dir, "api")
+                ca = LabCA(self.tls_ca)
+                ca.issue(node.agent_dir, "api")
+                # PostgreSQL's server certificate: its key must belong to the PostgreSQL user.
+                ca.issue(node.dir, "pg-server", owner=user_ids(self.pg_user))
             # Secrets from a file (restapi.authentication.password_file), as in production.
             write_atomic(node.agent_dir / "api-admin.password", API_AUTH[1] + "\n", 0o600)
             write_atomic(node.config_path, yaml.safe_dump(self.agent_config(node), sort_keys=False), 0o600)
@@ -193,6 +196,15 @@ class LabCluster:
         dcs.update(self.dynamic)
         params = dict(LAB_PG_PARAMETERS)
         params["unix_socket_directories"] = str(node.socket_dir)
+        tls = self.tls_ca is not None
+        if tls:
+            # Replication, pg_basebackup, pg_rewind and the other site's standby leader reach this
+            # node over TLS only (hostssl) and verify its certificate (sslmode=verify-full).
+            params.update(
+                ssl="on", ssl_cert_file=str(node.dir / "pg-server.crt"), ssl_key_file=str(node.dir / "pg-server.key")
+            )
+        host = "hostssl" if tls else "host"
+        client_ssl = {"sslmode": "verify-full", "sslrootcert": str(LabCA(self.tls_ca).cert)} if self.tls_ca else {}
         cfg: dict[str, Any] = {
             "scope": self.scope,
             "namespace": self.namespace,
@@ -216,15 +228,15 @@ class LabCluster:
                 "bin_dir": PG_BIN,
                 "run_as": self.pg_user,
                 "authentication": {
-                    "superuser": {"username": su[0], "password": su[1]},
-                    "replication": {"username": rep[0], "password": rep[1]},
+                    "superuser": {"username": su[0], "password": su[1], **client_ssl},
+                    "replication": {"username": rep[0], "password": rep[1], **client_ssl},
                 },
                 "parameters": params,
                 "pg_hba": [
                     "local all all trust",
-                    f"host all {su[0]} 127.0.0.1/32 scram-sha-256",
-                    f"host replication {rep[0]} 127.0.0.1/32 scram-sha-256",
-                    f"host all {rep[0]} 127.0.0.1/32 scram-sha-256",
+                    f"{host} all {su[0]} 127.0.0.1/32 scram-sha-256",
+                    f"{host} replication {rep[0]} 127.0.0.1/32 scram-sha-256",
+                    f"{host} all {rep[0]} 127.0.0.1/32 scram-sha-256",
                 ],
             },
             "log": {"format": "console", "level": "INFO"},

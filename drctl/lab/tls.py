@@ -73,6 +73,7 @@ class LabCA:
         name: str,
         hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
         common_name: bool = True,
+        owner: tuple[int, int] | None = None,
     ) -> CertPair:
         """A certificate for ``name`` signed by this CA, written to ``out_dir``/NAME.crt and .key
         (0600). ``common_name=False`` leaves the CN out (subject O/OU only): etcd 3.4's JSON
@@ -92,6 +93,7 @@ class LabCA:
                 "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", DAYS,
                 "-extfile", str(ext), "-out", str(Path(tmp) / "cert.pem"),
             )  # fmt: skip
-            write_atomic(pair.key, (Path(tmp) / "key.pem").read_bytes(), 0o600)
-            write_atomic(pair.cert, (Path(tmp) / "cert.pem").read_bytes(), 0o644)
+            uid, gid = owner or (None, None)
+            write_atomic(pair.key, (Path(tmp) / "key.pem").read_bytes(), 0o600, uid, gid)
+            write_atomic(pair.cert, (Path(tmp) / "cert.pem").read_bytes(), 0o644, uid, gid)
         return pair

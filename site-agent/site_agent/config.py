@@ -60,17 +60,36 @@ def _resolve_secret(obj: BaseModel, field: str, file_field: str) -> None:
         object.__setattr__(obj, field, read_secret_file(path))  # frozen model: set once, here
 
 
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
+
 class Credentials(_Model):
-    """PostgreSQL credentials. The password may be absent (peer, cert or .pgpass authentication)."""
+    """PostgreSQL credentials. The password may be absent (peer, cert or .pgpass authentication).
+    The ssl* keys (libpq's, as in Patroni) apply to the TCP connections made with them: streaming
+    replication, pg_basebackup, pg_rewind, the other site's entry point."""
 
     username: str = Field(min_length=1)
     password: str | None = None
     password_file: str | None = Field(default=None, description="file holding the password (mode 0600 or 0640)")
+    sslmode: SslMode | None = None
+    sslrootcert: str | None = None
+    sslcert: str | None = None
+    sslkey: str | None = None
 
     @model_validator(mode="after")
     def _file(self) -> Credentials:
         _resolve_secret(self, "password", "password_file")
+        if self.sslkey and not self.sslcert:
+            raise ValueError("`sslkey` needs `sslcert`")
         return self
+
+    def ssl_params(self) -> dict[str, str | None]:
+        return {
+            "sslmode": self.sslmode,
+            "sslrootcert": self.sslrootcert,
+            "sslcert": self.sslcert,
+            "sslkey": self.sslkey,
+        }
 
 
 class ApiCredentials(_Model):
@@ -515,6 +534,12 @@ def referenced_files(cfg: AgentConfig) -> list[tuple[str, str]]:
     for name in ("cacert", "cert", "key"):
         if getattr(backend, name, None):
             out.append((f"{kind}.{name}", getattr(backend, name)))
+    auth = cfg.postgresql.authentication
+    for role in ("superuser", "replication", "rewind"):
+        cred = getattr(auth, role)
+        for name in ("sslrootcert", "sslcert", "sslkey"):
+            if cred is not None and getattr(cred, name):
+                out.append((f"postgresql.authentication.{role}.{name}", getattr(cred, name)))
     return out
 
 

@@ -132,6 +132,26 @@ def test_tls_lab_switchover_failover_list_sites_and_site_switchover(
     doc = {s["site"]: s for s in json.loads(sites.stdout)["sites"]}
     assert doc["b"]["role"] == "active" and doc["a"]["role"] == "standby"
 
+    # Replication is TLS too: every walsender on the new active primary (its local replica and
+    # site a's standby leader, through the entry point) runs over SSL; plain TCP is refused.
+    import psycopg
+
+    def walsenders() -> list[tuple[str, bool]]:
+        leader = b.leader()
+        if leader is None:
+            return []
+        with psycopg.connect(b.node(leader).dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT r.application_name, s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)"
+            ).fetchall()
+        return [(str(r[0]), bool(r[1])) for r in rows]
+
+    wait_until(lambda: len(walsenders()) >= 2, 90, "site b's primary streaming to its replica and to site a")
+    assert all(ssl for _name, ssl in walsenders()), walsenders()
+    plain = b.node(b.nodes[0].name).dsn + " sslmode=disable"
+    with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry"):
+        psycopg.connect(plain).close()
+
     # A client that trusts another CA is refused, and so is one with the system store only.
     evil = LabCA.create(lab_dir / "evil-ca", "not the lab CA")
     for auth in (RestAuth(*API_READONLY, cafile=str(evil.cert)), RestAuth(*API_READONLY)):
