@@ -212,3 +212,32 @@ def test_topology_api_auth_without_password_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(TopologyError, match="api_auth"):
         load_topology(topo)
+
+
+def test_site_agent_warns_at_start_when_mutations_are_open(tmp_path: Path) -> None:
+    """The warning is logged by the real program at start, before anything else can fail (here:
+    no DCS at that address, exit 3)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    cfg = tmp_path / "agent.yml"
+    cfg.write_text(
+        cfg_text("  allow_unauthenticated: true", listen="0.0.0.0:8008").replace(
+            "hosts: 127.0.0.1:2379", f"hosts: 127.0.0.1:{dead_port}\n  protocol: http"
+        )
+        + "bootstrap:\n  dcs: {ttl: 10, loop_wait: 1, retry_timeout: 1}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from site_agent.main import main; sys.exit(main())", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 3, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "REST API mutations are NOT authenticated" in out and "every interface" in out
+    assert "Traceback" not in out
