@@ -390,6 +390,11 @@ class _Server(HTTPServer):
         with self._deadlines_lock:
             self._deadlines.pop(sock, None)
 
+    def deadline_of(self, sock: socket.socket) -> float:
+        """The connection's read deadline (now when the reaper already enforced it)."""
+        with self._deadlines_lock:
+            return self._deadlines.get(sock, time.monotonic())
+
     def _reap(self) -> None:
         while not self._closing.wait(0.2):
             now = time.monotonic()
@@ -404,9 +409,13 @@ class _Server(HTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the connection to the pool; when the pool and its queue are full, refuse it at
         once (503 on plain HTTP, a closed connection on TLS) instead of growing."""
+        # The read deadline runs from accept(), not from when a worker gets to the connection:
+        # a connection waiting in the queue behind slow ones is dropped at its deadline too.
+        self.watch(request, time.monotonic() + READ_DEADLINE_S)
         try:
             self._queue.put_nowait((request, client_address))
         except queue.Full:
+            self.unwatch(request)
             self.rejected += 1
             if self.ssl_context is None:
                 with contextlib.suppress(OSError):
@@ -495,8 +504,7 @@ class _Handler(BaseHTTPRequestHandler):
         ctx = self.server.ssl_context
         self._tls: ssl.SSLSocket | None = None
         self._raw_sock: socket.socket = self.request
-        deadline = time.monotonic() + READ_DEADLINE_S
-        self.server.watch(self._raw_sock, deadline)
+        deadline = self.server.deadline_of(self._raw_sock)
         if ctx is not None:
             # Handshake here, in the request thread and under the request timeout, rather than
             # in accept() where one slow client would stall the whole server.
