@@ -171,3 +171,26 @@ def test_standby_cluster_and_topology_ports_in_range(tmp_path: Path) -> None:
     topo.write_text(topo.read_text().replace("99999", "5432").replace("2379']", "123456']"))
     with pytest.raises(TopologyError, match="etcd host"):
         load_topology(topo)
+
+
+def test_password_files_for_drctl_and_dcs_settings(tmp_path: Path) -> None:
+    """Every secret can come from a file: drctl's REST password, the etcd password, the Consul
+    token (issue 14)."""
+    from drctl.dcs.factory import DcsSettings
+
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    pw.chmod(0o600)
+    cfg = tmp_path / "drctl.yml"
+    cfg.write_text(
+        f"dcs: {{etcd: {{hosts: ['127.0.0.1:2379'], username: pgdr, password_file: {pw}}}}}\n"
+        f"scope: main\nrestapi: {{username: admin, password_file: {pw}}}\n"
+    )
+    base = load_target_file(cfg)
+    assert base.rest.password == "s3cret"
+    assert base.dcs is not None and base.dcs.etcd is not None and base.dcs.etcd.password == "s3cret"
+    consul = DcsSettings.model_validate({"consul": {"host": "127.0.0.1", "token_file": str(pw)}})
+    assert consul.consul is not None and consul.consul.token == "s3cret"
+    pw.chmod(0o644)
+    with pytest.raises(CliError, match="readable by every user"):
+        load_target_file(cfg)
