@@ -95,7 +95,7 @@ def main() -> int:
         print(f"  {phase['name']}: {phase['end'] - phase['start']:.1f}s")
     print(f"\nreport: {record.report_html}")
     print(f"JSON record: {Path(record.report_html).parent / 'record.json'}")
-    print(f"\nThe lab keeps running. Agent logs: {Path(lab_dir)}/site-*/*/agent.log")
+    print(f"\nThe lab keeps running. Agent logs: {Path(lab_dir)}/site-*/*.agent/agent.log")
     print(f"Stop it with: .venv/bin/drctl lab down --dir {lab_dir}")
     return 0
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from drctl.backup.config import CompressType, PgBackRestConfig, RepoConfig
 from drctl.backup.schedule import cron_trigger, zone
+from drctl.yamlsafe import YamlError, compose, decode_utf8
 
 
 class BackupPolicyError(Exception):
@@ -202,8 +203,10 @@ def _error_text(exc: ValidationError, source: str, root: yaml.Node | None) -> st
 
 def parse_backup_policy(text: str, source: str = "<backup policy>") -> BackupPolicy:
     try:
-        root = yaml.compose(text)
+        root = compose(text, source)
         doc: Any = yaml.safe_load(text)
+    except YamlError as exc:
+        raise BackupPolicyError(str(exc)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -222,7 +225,9 @@ def load_backup_policy(path: str | Path) -> BackupPolicy:
     """Read and validate a backup policy file; every problem is one :class:`BackupPolicyError`."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = decode_utf8(p.read_bytes(), str(p))
     except OSError as exc:
         raise BackupPolicyError(f"{p}: cannot read the backup policy ({exc.strerror or exc})") from None
+    except YamlError as exc:
+        raise BackupPolicyError(str(exc)) from None
     return parse_backup_policy(text, str(p))

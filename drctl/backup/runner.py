@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
-from drctl.backup.config import DEFAULT_BIN, PgBackRestConfig, has_secrets, render_config
+from drctl.backup.config import DEFAULT_BIN, PgBackRestConfig, render_config
 from drctl.backup.errors import BackupError, PgBackRestUnavailableError, classify, parse_output
 from drctl.backup.info import BackupInfo, BackupType, StanzaInfo, parse_stanza
 from drctl.backup.restore import RestoreType, TargetAction, restore_options
@@ -89,8 +89,7 @@ class PgBackRest:
     # --- configuration -----------------------------------------------------------------------
     def write_config(self, *, create_dirs: bool = True) -> Path:
         """Create the log/lock/spool directories and the (local) repository directories owned by
-        the user, and write the configuration file atomically (0600 when it holds a cipher
-        passphrase, else 0644)."""
+        the user, and write the configuration file atomically, 0600 owned by the user."""
         if create_dirs:
             for path in (self.cfg.log_path, self.cfg.lock_path, self.cfg.spool_path):
                 make_dir(Path(path), self.run_as, 0o750)
@@ -98,7 +97,8 @@ class PgBackRest:
                 make_dir(Path(repo.path), self.run_as, 0o750)
         self.config_file.parent.mkdir(parents=True, exist_ok=True)
         text = render_config(self.cfg, self.bin_path)
-        atomic_write(self.config_file, text, self.run_as, 0o600 if has_secrets(self.cfg) else 0o644)
+        # Always 0600: secrets can reach it through options other than the cipher pass too.
+        atomic_write(self.config_file, text, self.run_as, 0o600)
         return self.config_file
 
     # --- commands for PostgreSQL -------------------------------------------------------------

@@ -46,7 +46,9 @@ class AgentReply:
 
 @dataclass(frozen=True)
 class RestAuth:
-    """How drctl talks to the agents: Basic credentials for mutations, TLS trust."""
+    """How drctl talks to the agents: Basic credentials (sent with every request), the CA that
+    signs the agents' certificates (https is always verified unless ``verify`` is False), and an
+    optional client certificate for agents that require one."""
 
     username: str | None = None
     password: str | None = None
@@ -96,7 +98,7 @@ def decode_reply(status: int, data: bytes, content_type: str | None) -> AgentRep
 
 
 class AgentClient:
-    """urllib3 implementation of :class:`AgentApi`. Mutations carry Basic auth when configured."""
+    """urllib3 implementation of :class:`AgentApi`. Requests carry Basic auth when configured."""
 
     def __init__(self, auth: RestAuth | None = None) -> None:
         self.auth = auth or RestAuth()
@@ -127,7 +129,8 @@ class AgentClient:
         if body is not None:
             payload = json.dumps(dict(body)).encode()
             headers["Content-Type"] = "application/json"
-        if method.upper() != "GET" and self.auth.username:
+        if self.auth.username:
+            # Every request: status endpoints may require (read-only) credentials too.
             headers["Authorization"] = basic_auth_header(self.auth.username, self.auth.password)
         try:
             resp = self._pool.request(

@@ -135,7 +135,7 @@ def _from_agent_config(path: str) -> tuple[Path, str | None, str | None]:
 
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_bytes()
     except OSError as exc:
         raise CliError(f"{p}: cannot read the configuration file: {exc.strerror or exc}") from None
     try:

@@ -89,6 +89,7 @@ from drctl.cli.output import FORMATS, emit_structured
 from drctl.dcs.base import ClusterView, DCSError, Member
 from drctl.pg.conninfo import ConninfoError, make_conninfo, parse_conninfo
 from drctl.pg.lsn import format_lsn
+from drctl.yamlsafe import YamlError, decode_utf8, load_yaml
 
 register_operator_error(CliError)
 register_operator_error(AgentUnreachable)
@@ -373,8 +374,8 @@ def _plain(value: Any) -> Any:
 def parse_scalar(text: str) -> Any:
     """A YAML scalar (``10`` -> 10, ``true`` -> True, ``null`` -> None, ``'10'`` -> "10")."""
     try:
-        return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        return load_yaml(text, "value") if text.strip() else ""
+    except YamlError:
         return text
 
 
@@ -1099,16 +1100,16 @@ def _read_yaml_mapping(source: str, option: str) -> dict[str, Any]:
         if source == "-":
             text = sys.stdin.read()
         else:
-            with open(source, encoding="utf-8") as fh:
-                text = fh.read()
+            with open(source, "rb") as fh:
+                text = decode_utf8(fh.read(), f"{option} {source}")
     except OSError as exc:
         raise CliError(f"{option} {source}: cannot read: {exc.strerror or exc}") from None
+    except YamlError as exc:
+        raise CliError(str(exc)) from None
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise CliError(f"{option} {source}:{where}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+        doc = load_yaml(text, f"{option} {source}")
+    except YamlError as exc:
+        raise CliError(str(exc)) from None
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):

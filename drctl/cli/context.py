@@ -34,12 +34,13 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import click
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from drctl.cli.agent_client import AgentApi, AgentClient, RestAuth
 from drctl.dcs.base import ClusterView, DCSError
 from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
+from drctl.safefs import read_secret_file
+from drctl.yamlsafe import YamlError, decode_utf8, load_yaml
 
 CONFIG_ENVVAR = "PGDR_CONFIG"
 DEFAULT_NAMESPACE = "/service"
@@ -70,10 +71,21 @@ class _Strict(BaseModel):
 class RestApiClientConfig(_Strict):
     username: str | None = None
     password: str | None = None
+    password_file: str | None = None
     cafile: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
     verify: bool = True
+
+    @model_validator(mode="after")
+    def _secret(self) -> RestApiClientConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set `password` or `password_file`, not both")
+        if self.password_file is not None:
+            object.__setattr__(self, "password", read_secret_file(self.password_file))
+        if self.username and not self.password:
+            raise ValueError("`username` needs `password` or `password_file`")
+        return self
 
 
 class CtlConfig(_Strict):
@@ -169,16 +181,14 @@ def load_target_file(path: str | Path) -> TargetBase:
 
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
         raise CliError(f"{p}: cannot read the configuration file: {exc.strerror or exc}") from None
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise CliError(f"{p}:{where}: YAML syntax error: {problem}") from None
+        text = decode_utf8(data, str(p))
+        doc = load_yaml(text, str(p))
+    except YamlError as exc:
+        raise CliError(str(exc)) from None
     if not isinstance(doc, dict):
         raise CliError(f"{p}: expected a YAML mapping (dcs:, scope:, ... or a site-agent configuration)")
     if _AGENT_KEYS & set(doc):
@@ -186,7 +196,9 @@ def load_target_file(path: str | Path) -> TargetBase:
             cfg = parse_config(text, source=str(p))
         except ConfigError as exc:
             raise CliError(one_line(str(exc))) from None
-        auth = cfg.restapi.authentication
+        rest = cfg.restapi
+        auth = rest.authentication
+        mtls = rest.verify_client != "none"  # the agents want a client certificate: present ours
         return TargetBase(
             dcs=_agent_dcs_settings(cfg),
             namespace=cfg.namespace,
@@ -194,7 +206,9 @@ def load_target_file(path: str | Path) -> TargetBase:
             rest=RestAuth(
                 username=auth.username if auth else None,
                 password=auth.password if auth else None,
-                cafile=cfg.restapi.cafile,
+                cafile=rest.cafile,
+                certfile=rest.certfile if mtls else None,
+                keyfile=rest.keyfile if mtls else None,
             ),
             source=str(p),
         )

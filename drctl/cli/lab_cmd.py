@@ -38,23 +38,38 @@ def lab_group() -> None:
 @click.option("--etcd-members", default=3, show_default=True, type=click.IntRange(1, 7))
 @click.option("--pg-user", default="postgres", show_default=True, help="OS user that runs PostgreSQL.")
 @click.option("--independent", is_flag=True, help="Independent clusters: no site is a standby of another.")
+@click.option("--tls", is_flag=True, help="Agents' REST APIs over https, with a throwaway CA the lab creates.")
+@click.option("--mtls", is_flag=True, help="Like --tls, and the agents require client certificates.")
 @click.option("--backup", is_flag=True, help="pgBackRest on the active site (stanza, WAL archive, restore drill).")
 @operator_errors
 def lab_up(
-    lab_dir: Path | None, sites: int, nodes: int, etcd_members: int, pg_user: str, independent: bool, backup: bool
+    lab_dir: Path | None,
+    sites: int,
+    nodes: int,
+    etcd_members: int,
+    pg_user: str,
+    independent: bool,
+    tls: bool,
+    mtls: bool,
+    backup: bool,
 ) -> None:
     """Start a lab and leave it running. Site a is active; the other sites are standby clusters of it."""
     lab = Lab(lab_dir or default_lab_dir(), pg_user=pg_user)
     click.echo(f"lab directory: {lab.dir}")
-    state = lab.up(sites=sites, nodes=nodes, etcd_members=etcd_members, dr=not independent, backup=backup)
+    state = lab.up(
+        sites=sites, nodes=nodes, etcd_members=etcd_members, dr=not independent, tls=tls, mtls=mtls, backup=backup
+    )
+    scheme = "https" if state.tls else "http"
     for site in state.sites:
         click.echo(f"site {site.name}: etcd {','.join(site.etcd_endpoints)}")
         for n in site.nodes:
             click.echo(
-                f"  {n['name']}: postgresql 127.0.0.1:{n['pg_port']}, agent API http://127.0.0.1:{n['api_port']}"
+                f"  {n['name']}: postgresql 127.0.0.1:{n['pg_port']}, agent API {scheme}://127.0.0.1:{n['api_port']}"
             )
     for site in state.sites:
         click.echo(f"site {site.name} entry point (HAProxy, /primary): 127.0.0.1:{site.entry_port}")
+    if state.tls:
+        click.echo(f"CA of the agents' certificates: {lab.tls_dir / 'ca.crt'}")
     topo = topology_path(lab.dir)
     if topo.exists():
         click.echo(f"topology file: {topo}  (export PGDR_TOPOLOGY={topo})")

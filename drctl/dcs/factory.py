@@ -25,14 +25,33 @@ Unknown keys are refused (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drctl.dcs.base import DCS, DCSError
+from drctl.safefs import read_secret_file
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _secret_from_file(obj: BaseModel, field: str, file_field: str) -> None:
+    inline, path = getattr(obj, field), getattr(obj, file_field)
+    if inline is not None and path is not None:
+        raise ValueError(f"set `{field}` or `{file_field}`, not both")
+    if path is not None:
+        object.__setattr__(obj, field, read_secret_file(path))  # frozen model: set once, here
+
+
+def _check_port(host: str) -> None:
+    try:
+        port = urlsplit(host if "://" in host else f"//{host}").port
+    except ValueError as exc:
+        raise ValueError(f"etcd host {host!r}: {exc} (expected host:port with a port in 1-65535)") from None
+    if port == 0:
+        raise ValueError(f"etcd host {host!r}: port 0 (expected 1-65535)")
 
 
 class EtcdSettings(_Strict):
@@ -40,6 +59,7 @@ class EtcdSettings(_Strict):
     protocol: Literal["http", "https"] = "http"
     username: str | None = None
     password: str | None = None
+    password_file: str | None = None
     cacert: str | None = None
     cert: str | None = None
     key: str | None = None
@@ -47,6 +67,11 @@ class EtcdSettings(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> EtcdSettings:
+        _secret_from_file(self, "password", "password_file")
+        for h in self.hosts:
+            _check_port(h)
+        if self.username and not self.password:
+            raise ValueError("etcd: username given without password (or password_file)")
         if self.password is not None and not self.username:
             raise ValueError("etcd: password given without username")
         if self.key and not self.cert:
@@ -61,6 +86,7 @@ class ConsulSettings(_Strict):
     port: int = Field(default=8500, ge=1, le=65535)
     scheme: Literal["http", "https"] = "http"
     token: str | None = None
+    token_file: str | None = None
     dc: str | None = None
     cacert: str | None = None
     cert: str | None = None
@@ -69,6 +95,7 @@ class ConsulSettings(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ConsulSettings:
+        _secret_from_file(self, "token", "token_file")
         if self.key and not self.cert:
             raise ValueError("consul: key given without cert")
         return self

@@ -5,13 +5,10 @@ PostgreSQL), configured by files the lab writes, on a given etcd cluster. Used b
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,21 +16,27 @@ from typing import Any
 
 import yaml
 
+from drctl.cli.agent_client import AgentClient, AgentUnreachable, RestAuth
 from drctl.dcs.base import DCS, ClusterView, DCSError
 from drctl.dcs.factory import DcsSettings, EtcdSettings, get_dcs
-from drctl.lab.etcd import LabError
+from drctl.lab.etcd import EtcdTls, LabError
 from drctl.lab.netproxy import TcpProxy
 from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor, record_for_pid, terminate
-from drctl.pg.osuser import make_dir
+from drctl.lab.tls import LabCA
+from drctl.pg.osuser import make_dir, user_ids
 from drctl.pg.pidfile import parse_postmaster_pid
 from drctl.procutil import signal_with_children
+from drctl.safefs import make_private_dir, write_atomic
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 LAB_SCOPE = "main"
 SUPERUSER = ("postgres", "pgdr-lab-su")
 REPLICATION = ("replicator", "pgdr-lab-rep")
-API_AUTH = ("pgdr", "pgdr-lab-api")
+API_AUTH = ("pgdr", "pgdr-lab-api")  # admin: mutations
+API_READONLY = ("pgdr-monitor", "pgdr-lab-monitor")  # status endpoints only
+ETCD_AUTH = ("pgdr-lab", "pgdr-lab-etcd")  # TLS labs: etcd user, read-write on its cluster's prefix only
+ETCD_ROOT_PASSWORD = "pgdr-lab-etcd-root"
 
 LAB_PG_PARAMETERS: dict[str, Any] = {
     "shared_buffers": "32MB",
@@ -64,14 +67,22 @@ class AgentNode:
     dir: Path
     pg_port: int
     api_port: int
+    tls: bool = False  # the agent serves its REST API over https
 
     @property
     def proc_name(self) -> str:
         return f"agent-{self.name}"
 
     @property
+    def agent_dir(self) -> Path:
+        """The agent's own files (configuration, log, lease keeper state): owned by the agent's
+        user, 0700, beside the node directory, which the PostgreSQL user owns and could plant
+        links in or swap files of."""
+        return self.dir.parent / f"{self.dir.name}.agent"
+
+    @property
     def config_path(self) -> Path:
-        return self.dir / "agent.yml"
+        return self.agent_dir / "agent.yml"
 
     @property
     def data_dir(self) -> Path:
@@ -83,11 +94,19 @@ class AgentNode:
 
     @property
     def log(self) -> Path:
-        return self.dir / "agent.log"
+        return self.agent_dir / "agent.log"
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.api_port}"
+
+    @property
+    def tls_cert(self) -> Path:
+        return self.agent_dir / "api.crt"
+
+    @property
+    def tls_key(self) -> Path:
+        return self.agent_dir / "api.key"
 
     @property
     def dsn(self) -> str:
@@ -127,12 +146,23 @@ class LabCluster:
     nodes: list[AgentNode] = field(default_factory=list)
     proxies: dict[str, list[TcpProxy]] = field(default_factory=dict)
     ingress: dict[str, list[TcpProxy]] = field(default_factory=dict)  # member -> [pg, api]
+    # TLS lab: the directory of the lab's CA (drctl.lab.tls); every agent serves https with a
+    # certificate of it, and with mtls also requires clients to present one.
+    tls_ca: Path | None = None
+    mtls: bool = False
+    etcd_tls: EtcdTls | None = None  # etcd over TLS with client certificates...
+    etcd_auth: tuple[str, str] | None = None  # ... and authentication
+    _clients: dict[tuple[str, str], AgentClient] = field(default_factory=dict, repr=False)
 
     # --- set-up ------------------------------------------------------------------------------
     def plan(self) -> LabCluster:
-        make_dir(self.base_dir, self.pg_user, 0o755)
+        make_dir(self.base_dir, None, 0o755)  # the agents' user's: their private dirs live in it
+        if self.tls_ca is not None and self.mtls and not (self.tls_ca / "client.crt").exists():
+            LabCA(self.tls_ca).issue(self.tls_ca, "client")  # what the lab's own clients present
         self.nodes = [
-            AgentNode(f"{self.site}{i}", self.base_dir / f"{self.site}{i}", free_port(), free_port())
+            AgentNode(
+                f"{self.site}{i}", self.base_dir / f"{self.site}{i}", free_port(), free_port(), self.tls_ca is not None
+            )
             for i in range(1, self.size + 1)
         ]
         for node in self.nodes:
@@ -142,7 +172,19 @@ class LabCluster:
                 self.ingress[node.name] = [TcpProxy(node.pg_port), TcpProxy(node.api_port)]
             make_dir(node.dir, self.pg_user, 0o755)
             make_dir(node.socket_dir, self.pg_user, 0o750)
-            node.config_path.write_text(yaml.safe_dump(self.agent_config(node), sort_keys=False))
+            if os.geteuid() == 0:
+                make_private_dir(node.agent_dir, 0o700)
+            else:
+                node.agent_dir.mkdir(mode=0o700, exist_ok=True)
+            # 0600: it holds the superuser, replication and REST passwords.
+            if self.tls_ca is not None:
+                ca = LabCA(self.tls_ca)
+                ca.issue(node.agent_dir, "api")
+                # PostgreSQL's server certificate: its key must belong to the PostgreSQL user.
+                ca.issue(node.dir, "pg-server", owner=user_ids(self.pg_user))
+            # Secrets from a file (restapi.authentication.password_file), as in production.
+            write_atomic(node.agent_dir / "api-admin.password", API_AUTH[1] + "\n", 0o600)
+            write_atomic(node.config_path, yaml.safe_dump(self.agent_config(node), sort_keys=False), 0o600)
         return self
 
     def agent_config(self, node: AgentNode) -> dict[str, Any]:
@@ -158,6 +200,15 @@ class LabCluster:
         dcs.update(self.dynamic)
         params = dict(LAB_PG_PARAMETERS)
         params["unix_socket_directories"] = str(node.socket_dir)
+        tls = self.tls_ca is not None
+        if tls:
+            # Replication, pg_basebackup, pg_rewind and the other site's standby leader reach this
+            # node over TLS only (hostssl) and verify its certificate (sslmode=verify-full).
+            params.update(
+                ssl="on", ssl_cert_file=str(node.dir / "pg-server.crt"), ssl_key_file=str(node.dir / "pg-server.key")
+            )
+        host = "hostssl" if tls else "host"
+        client_ssl = {"sslmode": "verify-full", "sslrootcert": str(LabCA(self.tls_ca).cert)} if self.tls_ca else {}
         cfg: dict[str, Any] = {
             "scope": self.scope,
             "namespace": self.namespace,
@@ -165,9 +216,14 @@ class LabCluster:
             "restapi": {
                 "listen": f"127.0.0.1:{node.api_port}",
                 "connect_address": self._connect_address(node, 1, node.api_port),
-                "authentication": {"username": API_AUTH[0], "password": API_AUTH[1]},
+                "authentication": {
+                    "username": API_AUTH[0],
+                    "password_file": str(node.agent_dir / "api-admin.password"),
+                },
+                "readonly_authentication": {"username": API_READONLY[0], "password": API_READONLY[1]},
+                **self._restapi_tls(node),
             },
-            "etcd3": {"hosts": self._etcd_hosts(node)},
+            "etcd3": self._etcd_section(node),
             "bootstrap": {"dcs": dcs},
             "postgresql": {
                 "listen": f"127.0.0.1:{node.pg_port}",
@@ -176,18 +232,19 @@ class LabCluster:
                 "bin_dir": PG_BIN,
                 "run_as": self.pg_user,
                 "authentication": {
-                    "superuser": {"username": su[0], "password": su[1]},
-                    "replication": {"username": rep[0], "password": rep[1]},
+                    "superuser": {"username": su[0], "password": su[1], **client_ssl},
+                    "replication": {"username": rep[0], "password": rep[1], **client_ssl},
                 },
                 "parameters": params,
                 "pg_hba": [
                     "local all all trust",
-                    f"host all {su[0]} 127.0.0.1/32 scram-sha-256",
-                    f"host replication {rep[0]} 127.0.0.1/32 scram-sha-256",
-                    f"host all {rep[0]} 127.0.0.1/32 scram-sha-256",
+                    f"{host} all {su[0]} 127.0.0.1/32 scram-sha-256",
+                    f"{host} replication {rep[0]} 127.0.0.1/32 scram-sha-256",
+                    f"{host} all {rep[0]} 127.0.0.1/32 scram-sha-256",
                 ],
             },
             "log": {"format": "console", "level": "INFO"},
+            "watchdog": {"state_dir": str(node.agent_dir)},
         }
         if self.backup:
             pg = cfg["postgresql"]
@@ -207,10 +264,58 @@ class LabCluster:
             }
         return cfg
 
+    def _restapi_tls(self, node: AgentNode) -> dict[str, str]:
+        if self.tls_ca is None:
+            return {}
+        return {
+            "certfile": str(node.tls_cert),
+            "keyfile": str(node.tls_key),
+            "cafile": str(LabCA(self.tls_ca).cert),
+            "verify_client": "required" if self.mtls else "none",
+        }
+
+    def rest_auth(self, auth: tuple[str, str] | None = API_READONLY) -> RestAuth:
+        """How a client of this lab's agents authenticates: ``auth`` and, in a TLS lab, the lab's
+        CA (and with mtls the lab's client certificate)."""
+        user, password = auth or (None, None)
+        if self.tls_ca is None:
+            return RestAuth(user, password)
+        return RestAuth(
+            user,
+            password,
+            cafile=str(LabCA(self.tls_ca).cert),
+            certfile=str(self.tls_ca / "client.crt") if self.mtls else None,
+            keyfile=str(self.tls_ca / "client.key") if self.mtls else None,
+        )
+
     def _etcd_hosts(self, node: AgentNode) -> list[str]:
         if node.name in self.proxies:
             return [p.address for p in self.proxies[node.name]]
-        return [e.removeprefix("http://") for e in self.etcd_endpoints]
+        return [e.removeprefix("http://").removeprefix("https://") for e in self.etcd_endpoints]
+
+    def _etcd_section(self, node: AgentNode) -> dict[str, Any]:
+        section: dict[str, Any] = {"hosts": self._etcd_hosts(node)}
+        t = self.etcd_tls
+        if t is not None:
+            section.update(protocol="https", cacert=str(t.ca), cert=str(t.client_cert), key=str(t.client_key))
+        if self.etcd_auth is not None:
+            pw = node.agent_dir / "etcd.password"
+            write_atomic(pw, self.etcd_auth[1] + "\n", 0o600)
+            section.update(username=self.etcd_auth[0], password_file=str(pw))
+        return section
+
+    def dcs_settings(self) -> DcsSettings:
+        t, auth = self.etcd_tls, self.etcd_auth
+        return DcsSettings(
+            etcd=EtcdSettings(
+                hosts=list(self.etcd_endpoints),
+                username=auth[0] if auth else None,
+                password=auth[1] if auth else None,
+                cacert=str(t.ca) if t else None,
+                cert=str(t.client_cert) if t else None,
+                key=str(t.client_key) if t else None,
+            )
+        )
 
     def _connect_address(self, node: AgentNode, which: int, port: int) -> str:
         if node.name in self.ingress:
@@ -369,9 +474,13 @@ class LabCluster:
 
     # --- observation -------------------------------------------------------------------------
     def dcs(self) -> DCS:
-        settings = DcsSettings(etcd=EtcdSettings(hosts=list(self.etcd_endpoints)))
         return get_dcs(
-            settings, namespace=self.namespace, scope=self.scope, name="lab-observer", ttl=30, retry_timeout=3
+            self.dcs_settings(),
+            namespace=self.namespace,
+            scope=self.scope,
+            name="lab-observer",
+            ttl=30,
+            retry_timeout=3,
         )
 
     def view(self) -> ClusterView | None:
@@ -387,23 +496,40 @@ class LabCluster:
         view = self.view()
         return view.leader.name if view and view.leader else None
 
+    def api_client(self, auth: tuple[str, str] | None = API_READONLY) -> AgentClient:
+        """A REST client of the agents with ``auth`` (read-only credentials by default)."""
+        key = auth or ("", "")
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = AgentClient(self.rest_auth(auth))
+        return client
+
+    def api_request(
+        self,
+        name: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        auth: tuple[str, str] | None = API_AUTH,
+        timeout: float = 30.0,
+    ) -> tuple[int, str]:
+        """One request to ``name``'s agent: (status, body text); (0, reason) when unreachable."""
+        try:
+            reply = self.api_client(auth).request(method, self.node(name).api_url, path, body, timeout=timeout)
+        except AgentUnreachable as exc:
+            return 0, str(exc)
+        return reply.status, reply.text
+
     def status(self, name: str, timeout: float = 2.0) -> dict[str, Any] | None:
         try:
-            with urllib.request.urlopen(f"{self.node(name).api_url}/status", timeout=timeout) as resp:
-                doc = json.loads(resp.read())
-        except (OSError, ValueError, urllib.error.URLError):
+            reply = self.api_client().request("GET", self.node(name).api_url, "status", timeout=timeout)
+        except AgentUnreachable:
             return None
-        return doc if isinstance(doc, dict) else None
+        return reply.doc if reply.ok and isinstance(reply.doc, dict) else None
 
     def health(self, name: str, path: str) -> int | None:
-        req = urllib.request.Request(f"{self.node(name).api_url}{path}", method="GET")
-        try:
-            with urllib.request.urlopen(req, timeout=2) as resp:
-                return int(resp.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-        except (OSError, urllib.error.URLError):
-            return None
+        code, _ = self.api_request(name, "GET", path, auth=None, timeout=2.0)
+        return code or None
 
     def healthy(self) -> bool:
         """One leader holding the key and running (a primary, or on a standby site a standby

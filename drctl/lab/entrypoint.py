@@ -12,6 +12,7 @@ from drctl.lab.cluster import LabCluster
 from drctl.lab.etcd import LabError
 from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor
+from drctl.safefs import write_atomic
 
 
 @dataclass
@@ -29,8 +30,15 @@ class EntryPoint:
         return self.cluster.base_dir / "haproxy.cfg"
 
     def render(self) -> str:
+        check = ""
+        ca = self.cluster.tls_ca
+        if ca is not None:
+            # The agents serve https: check over TLS, verifying their certificates against the CA.
+            check = f" check-ssl verify required ca-file {ca / 'ca.crt'}"
+            if self.cluster.mtls:
+                check += f" crt {self.client_pem()}"
         servers = "\n".join(
-            f"  server {n.name} 127.0.0.1:{n.pg_port} check port {n.api_port}" for n in self.cluster.nodes
+            f"  server {n.name} 127.0.0.1:{n.pg_port} check port {n.api_port}{check}" for n in self.cluster.nodes
         )
         return f"""global
   maxconn 256
@@ -49,6 +57,14 @@ listen primary
   default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions
 {servers}
 """
+
+    def client_pem(self) -> Path:
+        """HAProxy wants the client certificate and its key in one file."""
+        ca = self.cluster.tls_ca
+        assert ca is not None
+        pem = self.cluster.base_dir / "haproxy-client.pem"
+        write_atomic(pem, (ca / "client.crt").read_bytes() + (ca / "client.key").read_bytes(), 0o600)
+        return pem
 
     def start(self) -> EntryPoint:
         if shutil.which("haproxy") is None:

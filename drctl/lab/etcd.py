@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -30,20 +32,38 @@ class EtcdMember:
     peer_port: int
     data_dir: Path
     log: Path
+    scheme: str = "http"
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://127.0.0.1:{self.peer_port}"
+        return f"{self.scheme}://127.0.0.1:{self.peer_port}"
 
 
-def etcd_health(url: str, timeout: float = 1.0) -> bool:
+@dataclass(frozen=True)
+class EtcdTls:
+    """A TLS etcd in the lab: certificates of the lab's CA, client certificates required (on the
+    client and the peer ports)."""
+
+    ca: Path  # CA certificate
+    cert: Path  # member certificate (server and peer)
+    key: Path
+    client_cert: Path  # what clients present (agents, drctl, the harness)
+    client_key: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return ctx
+
+
+def etcd_health(url: str, timeout: float = 1.0, context: ssl.SSLContext | None = None) -> bool:
     """True when the member answers /health with health=true (it has a leader and quorum)."""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout, context=context) as resp:
             doc = json.loads(resp.read() or b"{}")
     except (OSError, ValueError, urllib.error.URLError):
         return False
@@ -51,15 +71,22 @@ def etcd_health(url: str, timeout: float = 1.0) -> bool:
 
 
 class EtcdCluster:
-    def __init__(self, sup: Supervisor, base_dir: Path, name: str = "etcd", size: int = 3) -> None:
+    def __init__(
+        self, sup: Supervisor, base_dir: Path, name: str = "etcd", size: int = 3, tls: EtcdTls | None = None
+    ) -> None:
         if size < 1:
             raise LabError("an etcd cluster needs at least one member")
         self.sup = sup
         self.base_dir = Path(base_dir)
         self.name = name
         self.size = size
+        self.tls = tls
         self.token = f"{name}-{uuid.uuid4().hex[:8]}"
         self.members: list[EtcdMember] = []
+        self.root_password: str | None = None  # set by enable_auth()
+
+    def _health(self, url: str, timeout: float) -> bool:
+        return etcd_health(url, timeout, self.tls.client_context() if self.tls else None)
 
     @property
     def endpoints(self) -> list[str]:
@@ -77,6 +104,7 @@ class EtcdCluster:
                     peer_port=free_port(),
                     data_dir=self.base_dir / member_name,
                     log=self.base_dir / f"{member_name}.log",
+                    scheme="https" if self.tls else "http",
                 )
             )
 
@@ -111,11 +139,62 @@ class EtcdCluster:
             "10000",
             "--quota-backend-bytes",
             str(256 * 1024 * 1024),
+            # Lab only: the cheapest password hash, so that authenticating many clients at once
+            # (the contract suite's ten contenders) does not queue behind bcrypt.
+            "--bcrypt-cost",
+            "4",
             "--logger",
             "zap",
             "--log-outputs",
             "stderr",
+            *self._tls_args(),
         ]
+
+    def _tls_args(self) -> list[str]:
+        t = self.tls
+        if t is None:
+            return []
+        return [
+            "--cert-file", str(t.cert), "--key-file", str(t.key),
+            "--trusted-ca-file", str(t.ca), "--client-cert-auth",
+            "--peer-cert-file", str(t.cert), "--peer-key-file", str(t.key),
+            "--peer-trusted-ca-file", str(t.ca), "--peer-client-cert-auth",
+        ]  # fmt: skip
+
+    def etcdctl(self, *args: str, user: str | None = None) -> str:
+        """Run etcdctl against the cluster (TLS and root credentials as configured)."""
+        argv = ["etcdctl", "--endpoints", ",".join(self.endpoints), "--dial-timeout", "5s"]
+        if self.tls is not None:
+            t = self.tls
+            argv += ["--cacert", str(t.ca), "--cert", str(t.client_cert), "--key", str(t.client_key)]
+        if user is not None:
+            argv += ["--user", user]
+        proc = subprocess.run(
+            [*argv, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        )
+        if proc.returncode != 0:
+            raise LabError(f"etcdctl {' '.join(args[:2])}: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc.stdout
+
+    def enable_auth(self, root_password: str) -> None:
+        """Turn on etcd authentication: a root user (root role), then auth enable."""
+        self.etcdctl("user", "add", f"root:{root_password}")
+        self.etcdctl("user", "grant-role", "root", "root")
+        self.etcdctl("auth", "enable")
+        self.root_password = root_password
+
+    def add_prefix_user(self, user: str, password: str, prefix: str) -> None:
+        """A least-privilege user: read-write on ``prefix`` (a cluster's keys) and nothing else."""
+        root = f"root:{self.root_password}" if self.root_password else None
+        role = f"{user}-rw"
+        self.etcdctl("role", "add", role, user=root)
+        self.etcdctl("role", "grant-permission", role, "--prefix=true", "readwrite", prefix, user=root)
+        self.etcdctl("user", "add", f"{user}:{password}", user=root)
+        self.etcdctl("user", "grant-role", user, role, user=root)
 
     def _spawn(self, m: EtcdMember, state: str) -> None:
         m.data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +231,7 @@ class EtcdCluster:
         deadline = time.monotonic() + timeout
         targets = members if members is not None else self.members
         while time.monotonic() < deadline:
-            if all(etcd_health(m.client_url, timeout=0.5) for m in targets):
+            if all(self._health(m.client_url, timeout=0.5) for m in targets):
                 return
             for m in targets:
                 rec = self.sup.record(m.name)
@@ -162,7 +241,7 @@ class EtcdCluster:
         raise LabError(f"etcd cluster {self.name} not healthy after {timeout:.0f}s: see {self.base_dir}/*.log")
 
     def healthy_members(self) -> list[EtcdMember]:
-        return [m for m in self.members if etcd_health(m.client_url, timeout=0.5)]
+        return [m for m in self.members if self._health(m.client_url, timeout=0.5)]
 
     # --- faults ----------------------------------------------------------------------------------
     def member(self, index: int) -> EtcdMember:

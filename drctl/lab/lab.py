@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,12 +19,14 @@ import psycopg
 import yaml
 
 from drctl.dcs.base import DCSError, SiteRecord
-from drctl.lab.cluster import API_AUTH, LAB_SCOPE, AgentNode, LabCluster, Timings
+from drctl.lab.cluster import API_READONLY, ETCD_AUTH, ETCD_ROOT_PASSWORD, LAB_SCOPE, AgentNode, LabCluster, Timings
 from drctl.lab.entrypoint import EntryPoint
-from drctl.lab.etcd import EtcdCluster, LabError, etcd_health
+from drctl.lab.etcd import EtcdCluster, EtcdTls, LabError, etcd_health
 from drctl.lab.ports import free_port
 from drctl.lab.procs import ProcRecord, Supervisor, pid_alive, record_for_pid, release, terminate
+from drctl.lab.tls import LabCA
 from drctl.pg.osuser import make_dir
+from drctl.safefs import write_atomic
 
 STATE_FILE = "lab.json"
 
@@ -55,12 +58,12 @@ class LabState:
     pg_user: str
     created_at: float
     backup: bool = False
+    tls: bool = False  # agents serve https with certificates of the lab's CA (<dir>/tls)
+    mtls: bool = False  # ... and require client certificates
 
     def save(self) -> None:
         path = Path(self.dir) / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(asdict(self), indent=2), 0o644)
 
     @classmethod
     def load(cls, lab_dir: Path) -> LabState | None:
@@ -75,6 +78,8 @@ class LabState:
                 pg_user=doc.get("pg_user", "postgres"),
                 created_at=doc.get("created_at", 0.0),
                 backup=bool(doc.get("backup", False)),
+                tls=bool(doc.get("tls", False)),
+                mtls=bool(doc.get("mtls", False)),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise LabError(f"{path} is unreadable ({exc}): remove the lab directory by hand") from exc
@@ -105,6 +110,27 @@ class Lab:
         elif any(self.dir.iterdir()):
             raise LabError(f"{self.dir} exists and is not a pgdr lab: choose another --dir (nothing was changed)")
 
+    @property
+    def tls_dir(self) -> Path:
+        return self.dir / "tls"
+
+    def etcd_tls(self, site: str, create: bool = False) -> EtcdTls:
+        """Site ``site``'s etcd certificates (member and client) from the lab CA. The client
+        certificate has no CommonName: etcd 3.4's JSON gateway refuses one that has."""
+        ca = LabCA(self.tls_dir)
+        member, client = self.tls_dir / f"{site}-etcd", self.tls_dir / "etcd-client"
+        if create:
+            if not (client.with_suffix(".crt")).exists():
+                ca.issue(self.tls_dir, "etcd-client", common_name=False)
+            ca.issue(self.tls_dir, f"{site}-etcd")
+        return EtcdTls(
+            ca.cert,
+            member.with_suffix(".crt"),
+            member.with_suffix(".key"),
+            client.with_suffix(".crt"),
+            client.with_suffix(".key"),
+        )
+
     def up(
         self,
         sites: int = 2,
@@ -113,6 +139,8 @@ class Lab:
         timings: Timings | None = None,
         dr: bool = True,
         backup: bool = False,
+        tls: bool = False,
+        mtls: bool = False,
     ) -> LabState:
         """``backup``: the first (active) site's nodes run pgBackRest (stanza, WAL archive, two
         local repositories); the lab policy then has a `backup:` section and a restore drill."""
@@ -127,16 +155,27 @@ class Lab:
                 f"use `drctl lab status --dir {self.dir}` or `drctl lab down --dir {self.dir}` first"
             )
         self._clear_stale()
-        make_dir(self.dir, self.pg_user, 0o755)
+        make_dir(self.dir, None, 0o755)  # ours: the agents' private directories live below it
         sup = Supervisor(self.dir)
-        state = LabState(dir=str(self.dir), sites=[], pg_user=self.pg_user, created_at=time.time(), backup=backup)
+        tls = tls or mtls
+        state = LabState(
+            dir=str(self.dir), sites=[], pg_user=self.pg_user, created_at=time.time(), backup=backup, tls=tls, mtls=mtls
+        )
         try:
+            if tls:
+                LabCA.create(self.tls_dir, f"pgdr lab CA {os.urandom(4).hex()}")
             names = site_names(sites)
             entry_ports = {site: free_port() for site in names}
             clusters: list[LabCluster] = []
             for site in names:
-                site_dir = make_dir(self.dir / f"site-{site}", self.pg_user, 0o755)
-                etcd = EtcdCluster(sup, site_dir / "etcd", name=f"{site}-etcd", size=etcd_members).start()
+                site_dir = make_dir(self.dir / f"site-{site}", None, 0o755)
+                etcd_tls = self.etcd_tls(site, create=True) if tls else None
+                etcd = EtcdCluster(sup, site_dir / "etcd", name=f"{site}-etcd", size=etcd_members, tls=etcd_tls).start()
+                if tls:
+                    # Authentication on, and the site's agents get a user that may read and
+                    # write their cluster's keys only.
+                    etcd.enable_auth(ETCD_ROOT_PASSWORD)
+                    etcd.add_prefix_user(*ETCD_AUTH, f"/service/{LAB_SCOPE}/")
                 # Every site but the first is a standby cluster of the first (DESIGN.md section 5).
                 standby = dr and site != names[0]
                 dynamic = {"standby_cluster": {"host": "127.0.0.1", "port": entry_ports[names[0]]}} if standby else {}
@@ -151,6 +190,10 @@ class Lab:
                     pg_user=self.pg_user,
                     dynamic=dynamic,
                     backup=backup and site == names[0],
+                    tls_ca=self.tls_dir if tls else None,
+                    mtls=mtls,
+                    etcd_tls=etcd_tls,
+                    etcd_auth=ETCD_AUTH if tls else None,
                 ).plan()
                 if dr:
                     record = SiteRecord("standby", 1, names[0]) if standby else SiteRecord("active", 1, None)
@@ -189,9 +232,14 @@ class Lab:
                 size=len(site.nodes),
                 site=site.name,
                 pg_user=state.pg_user,
+                tls_ca=self.tls_dir if state.tls else None,
+                mtls=state.mtls,
+                etcd_tls=self.etcd_tls(site.name) if state.tls else None,
+                etcd_auth=ETCD_AUTH if state.tls else None,
             )
             cluster.nodes = [
-                AgentNode(n["name"], Path(n["dir"]), int(n["pg_port"]), int(n["api_port"])) for n in site.nodes
+                AgentNode(n["name"], Path(n["dir"]), int(n["pg_port"]), int(n["api_port"]), state.tls)
+                for n in site.nodes
             ]
             out.append(cluster)
         return out
@@ -230,11 +278,12 @@ class Lab:
             raise LabError(f"no lab in {self.dir}: start one with `drctl lab up --dir {self.dir}`")
         sup = Supervisor(self.dir)
         procs: list[dict[str, Any]] = []
+        ctx = self.etcd_tls(state.sites[0].name).client_context() if state.tls and state.sites else None
         for rec in sup.records():
             alive = rec.alive()
             health = "down"
             if alive and rec.role == "etcd":
-                health = "healthy" if _etcd_healthy(str(rec.extra.get("url"))) else "unhealthy"
+                health = "healthy" if _etcd_healthy(str(rec.extra.get("url")), ctx=ctx) else "unhealthy"
             elif alive:
                 health = "running"
             procs.append(
@@ -304,18 +353,24 @@ def topology_path(lab_dir: Path) -> Path:
 
 def write_lab_topology(lab_dir: Path, state: LabState) -> Path:
     """The cross-site topology file of the lab (what an operator writes in policies/)."""
-    sites = {}
+    sites: dict[str, dict[str, Any]] = {}
     for site in state.sites:
         sites[site.name] = {
-            "dcs": {"etcd": {"hosts": list(site.etcd_endpoints)}},
+            "dcs": {"etcd": _etcd_doc(lab_dir, site, state.tls)},
             "namespace": "/service",
             "scope": LAB_SCOPE,
             "entry_point": f"127.0.0.1:{site.entry_port}",
-            "api_auth": {"username": API_AUTH[0], "password": API_AUTH[1]},
+            "api_auth": {"username": API_READONLY[0], "password": API_READONLY[1]},  # it only reads /status
         }
+        if state.tls:
+            tls_dir = lab_dir / "tls"
+            api_tls = {"cafile": str(tls_dir / "ca.crt")}
+            if state.mtls:
+                api_tls.update(certfile=str(tls_dir / "client.crt"), keyfile=str(tls_dir / "client.key"))
+            sites[site.name]["api_tls"] = api_tls
     doc = {"sites": sites, "policy": {"audit_log": str(lab_dir / "audit.log"), "switchover_timeout_s": 120}}
     path = topology_path(lab_dir)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    write_atomic(path, yaml.safe_dump(doc, sort_keys=False), 0o600)  # holds the REST password
     return path
 
 
@@ -380,14 +435,29 @@ def write_lab_policy(lab_dir: Path, state: LabState) -> Path:
         "# Written by `drctl lab up`: the lab's sites, targets and drills (see policies/pgdr.example.yaml).\n"
         + yaml.safe_dump(doc, sort_keys=False)
     )
+    path.chmod(0o600)  # it copies the topology's sites, credentials included
     return path
 
 
-def _etcd_healthy(url: str, tries: int = 3) -> bool:
+def _etcd_doc(lab_dir: Path, site: LabSite, tls: bool) -> dict[str, Any]:
+    doc: dict[str, Any] = {"hosts": list(site.etcd_endpoints)}
+    if tls:
+        t = Lab(lab_dir).etcd_tls(site.name)
+        doc.update(
+            username=ETCD_AUTH[0],
+            password=ETCD_AUTH[1],
+            cacert=str(t.ca),
+            cert=str(t.client_cert),
+            key=str(t.client_key),
+        )
+    return doc
+
+
+def _etcd_healthy(url: str, tries: int = 3, ctx: ssl.SSLContext | None = None) -> bool:
     """A member is reported unhealthy only if it stays so for a few checks: a loaded machine can
     make it miss one heartbeat and hold a short election."""
     for attempt in range(tries):
-        if etcd_health(url, timeout=1.0):
+        if etcd_health(url, timeout=1.0, context=ctx):
             return True
         if attempt < tries - 1:
             time.sleep(0.5)

@@ -23,6 +23,7 @@ from typing import Any
 
 from drctl.pg.osuser import user_prefix
 from drctl.procutil import group_alive, pid_alive, proc_start_time, signal_with_children
+from drctl.safefs import open_append
 
 
 @dataclass
@@ -118,7 +119,7 @@ class Supervisor:
             raise RuntimeError(f"{name} is already running (pid {existing.pid})")
         full = [*user_prefix(user), *argv]
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:
+        with os.fdopen(open_append(log, 0o640), "ab") as out:  # never through a planted link
             proc = subprocess.Popen(
                 full,
                 stdin=subprocess.DEVNULL,

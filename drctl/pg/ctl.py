@@ -34,7 +34,7 @@ from typing import Any, Literal
 from drctl.pg.conninfo import make_conninfo, split_password
 from drctl.pg.controldata import ControlData, ControlDataError, parse_controldata
 from drctl.pg.fsutil import atomic_write, remove_durably
-from drctl.pg.osuser import chown_to, make_dir, user_env, user_prefix
+from drctl.pg.osuser import make_dir, user_env, user_ids, user_prefix
 from drctl.pg.pgconf import (
     PARAMS_FILE,
     RECOVERY_FILE,
@@ -45,6 +45,7 @@ from drctl.pg.pgconf import (
 )
 from drctl.pg.pidfile import PM_READY, PM_STANDBY, PostmasterPidFile, parse_postmaster_pid
 from drctl.procutil import children_of, group_alive, pid_alive, proc_start_epoch, signal_with_children
+from drctl.safefs import open_append, open_read
 
 StopMode = Literal["smart", "fast", "immediate"]
 STOP_SIGNALS: Mapping[str, signal.Signals] = {
@@ -146,21 +147,33 @@ class PgCtl:
 
     def _log_size(self) -> int:
         try:
-            return self.log_file.stat().st_size
+            return self.log_file.lstat().st_size
         except OSError:
             return 0
 
     def _log_since(self, offset: int) -> str:
         try:
-            with open(self.log_file, "rb") as f:
+            with os.fdopen(open_read(self.log_file), "rb") as f:
                 f.seek(offset)
                 return f.read().decode("utf-8", "replace")
         except OSError:
             return ""
 
-    def _append_log(self, header: str, output: str) -> None:
+    def _open_log(self) -> int:
+        """Append descriptor on the log file. It usually sits in a directory the PostgreSQL user
+        owns: a link or hard link planted there is refused, never followed (drctl.safefs)."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "a", encoding="utf-8") as f:
+        owners = {os.geteuid()}
+        ids = user_ids(self.run_as)
+        if ids is not None:
+            owners.add(ids[0])
+        try:
+            return open_append(self.log_file, 0o640, owners)
+        except OSError as exc:
+            raise PgCtlError(f"cannot open the log file {self.log_file}: {exc.strerror or exc}") from None
+
+    def _append_log(self, header: str, output: str) -> None:
+        with os.fdopen(self._open_log(), "a", encoding="utf-8") as f:
             f.write(f"--- pgdr {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n")
             if output:
                 f.write(output if output.endswith("\n") else output + "\n")
@@ -385,9 +398,11 @@ class PgCtl:
             if password is not None:
                 fd, name = tempfile.mkstemp(prefix=".pgdr-pw-", dir=self.data_dir.parent)
                 pwfile = Path(name)
+                ids = user_ids(self.run_as)
+                if ids is not None:
+                    os.fchown(fd, *ids)  # through the descriptor: the name may be swapped
                 with os.fdopen(fd, "w") as f:
                     f.write(password + "\n")
-                chown_to(pwfile, self.run_as)
                 argv.append(f"--pwfile={pwfile}")
             self._run(argv, what="initdb", timeout=timeout)
         finally:
@@ -468,10 +483,9 @@ class PgCtl:
         if self.socket_dir is not None:
             argv += ["-k", str(self.socket_dir)]
         argv += list(options)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         offset = self._log_size()
         self._append_log("start postgres", "")
-        with open(self.log_file, "ab") as out:
+        with os.fdopen(self._open_log(), "ab") as out:
             try:
                 proc = subprocess.Popen(
                     argv,

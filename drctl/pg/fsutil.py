@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
-from drctl.pg.osuser import chown_to
+from drctl.pg.osuser import user_ids
+from drctl.safefs import write_atomic
 
 
 def fsync_dir(path: Path) -> None:
@@ -20,21 +19,11 @@ def fsync_dir(path: Path) -> None:
 
 def atomic_write(path: Path, text: str | bytes, user: str | None, mode: int = 0o600) -> None:
     """Write ``text`` (str as UTF-8, or bytes) to ``path`` via a temporary file + fsync + rename,
-    owned by ``user``. A reader (or a crash) sees the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(text.encode("utf-8") if isinstance(text, str) else text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        chown_to(Path(tmp), user)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    owned by ``user``. A reader (or a crash) sees the old file or the new one, never half of one.
+    Safe in a directory ``user`` owns (drctl.safefs): no link is followed, the temporary file's
+    name is unpredictable and its mode and owner are set through its descriptor."""
+    ids = user_ids(user)
+    write_atomic(path, text, mode, *(ids or (None, None)))
 
 
 def remove_durably(path: Path) -> bool:

@@ -39,17 +39,39 @@ def user_env(user: str | None, base: dict[str, str] | None = None) -> dict[str, 
     return env
 
 
-def chown_to(path: Path, user: str | None) -> None:
-    """Give ``path`` to ``user`` (no-op unless root)."""
+def user_ids(user: str | None) -> tuple[int, int] | None:
+    """(uid, gid) to give files to ``user``, or None when no change of owner applies (no user,
+    or we are not root)."""
     if not user or os.geteuid() != 0:
-        return
+        return None
     pw = pwd.getpwnam(user)
-    os.chown(path, pw.pw_uid, pw.pw_gid)
+    return pw.pw_uid, pw.pw_gid
+
+
+def chown_to(path: Path, user: str | None) -> None:
+    """Give ``path`` to ``user`` (no-op unless root). Never follows a link: use it only on
+    paths in directories no other user can write, or prefer ``os.fchown`` on a descriptor."""
+    ids = user_ids(user)
+    if ids is not None:
+        os.chown(path, *ids, follow_symlinks=False)
 
 
 def make_dir(path: Path, user: str | None, mode: int = 0o750) -> Path:
-    """Create ``path`` (and parents) owned by ``user`` with ``mode``."""
+    """Create ``path`` (and parents) owned by ``user`` with ``mode``. The mode and owner are set
+    through a descriptor opened without following links: a link planted at ``path`` (by the
+    user who owns the parent directory) is refused, never chmod/chown-ed through."""
     path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, mode)
-    chown_to(path, user)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if path.is_symlink():
+            raise OSError(exc.errno, f"{path} is a symbolic link (possibly planted): remove it") from None
+        raise
+    try:
+        os.fchmod(fd, mode)
+        ids = user_ids(user)
+        if ids is not None:
+            os.fchown(fd, *ids)
+    finally:
+        os.close(fd)
     return path

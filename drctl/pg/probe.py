@@ -327,6 +327,26 @@ def create_replication_role(conn: Conn, name: str, password: str | None) -> None
         raise ProbeError(f"cannot create role {name}: {_one_line(exc)}") from exc
 
 
+# pg_rewind needs these functions (PostgreSQL docs, pg_rewind "Notes").
+REWIND_FUNCTIONS = (
+    "pg_ls_dir(text, boolean, boolean)",
+    "pg_stat_file(text, boolean)",
+    "pg_read_binary_file(text)",
+    "pg_read_binary_file(text, bigint, bigint, boolean)",
+)
+
+
+def grant_rewind_functions(conn: Conn, role: str) -> None:
+    """GRANT EXECUTE on what pg_rewind calls to ``role``, quoted by the driver (the name comes
+    from configuration: never pasted into SQL)."""
+    for fn in REWIND_FUNCTIONS:
+        stmt = sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(fn), sql.Identifier(role))
+        try:
+            conn.execute(stmt)
+        except psycopg.Error as exc:
+            raise ProbeError(f"cannot grant {fn} to {role}: {_one_line(exc)}") from exc
+
+
 def checkpoint(conn: Conn) -> None:
     try:
         conn.execute("CHECKPOINT")

@@ -16,13 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import urllib3
-
+from drctl.cli.agent_client import AgentClient, AgentUnreachable
 from drctl.dcs.base import DCS, ClusterView, DCSError, SiteRecord
 from drctl.dcs.factory import get_dcs
 from drctl.sites.topology import SiteSpec, Topology
-
-_http = urllib3.PoolManager(num_pools=16, maxsize=4, retries=False)
 
 
 class SiteOpError(Exception):
@@ -93,6 +90,7 @@ class SiteClient:
         self.name = name
         self.spec = spec
         self.retry_timeout = retry_timeout
+        self._client: AgentClient | None = None
 
     def dcs(self) -> DCS:
         return get_dcs(
@@ -120,16 +118,16 @@ class SiteClient:
         return state
 
     def agent_status(self, api_url: str) -> dict[str, Any] | None:
+        """GET /status of one agent, with the site's api_auth and api_tls (None: no answer)."""
         if not api_url:
             return None
-        base = api_url.rstrip("/")
-        url = base if base.endswith("/status") else base + "/status"
+        if self._client is None:
+            self._client = AgentClient(self.spec.rest_auth())
         try:
-            resp = _http.request("GET", url, timeout=urllib3.Timeout(total=2.0))
-            doc = json.loads(resp.data or b"{}")
-        except (urllib3.exceptions.HTTPError, ValueError, OSError):
+            reply = self._client.request("GET", api_url, "status", timeout=2.0)
+        except AgentUnreachable:
             return None
-        return doc if isinstance(doc, dict) else None
+        return reply.doc if reply.ok and isinstance(reply.doc, dict) else None
 
     def write_site(self, record: SiteRecord) -> None:
         dcs = self.dcs()

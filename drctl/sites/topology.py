@@ -10,7 +10,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from drctl.cli.agent_client import RestAuth
 from drctl.dcs.factory import DcsSettings
+from drctl.safefs import read_secret_file
+from drctl.yamlsafe import YamlError, load_yaml
 
 
 class TopologyError(Exception):
@@ -22,8 +25,30 @@ class _Model(BaseModel):
 
 
 class ApiAuth(_Model):
-    username: str
-    password: str
+    """Credentials the controller sends to the site's agents (it only reads their status: the
+    agents' read-only credentials are enough)."""
+
+    username: str = Field(min_length=1)
+    password: str | None = None
+    password_file: str | None = None
+
+    @model_validator(mode="after")
+    def _secret(self) -> ApiAuth:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set `password` or `password_file`, not both")
+        if self.password_file is not None:
+            object.__setattr__(self, "password", read_secret_file(self.password_file))
+        if not self.password:
+            raise ValueError("`username` needs `password` or `password_file`")
+        return self
+
+
+class ApiTls(_Model):
+    """How the controller checks the site's agents over https."""
+
+    cafile: str | None = Field(default=None, description="CA of the agents' certificates (default: system store)")
+    certfile: str | None = Field(default=None, description="client certificate, for agents that require one")
+    keyfile: str | None = None
 
 
 class SiteTargets(_Model):
@@ -39,6 +64,7 @@ class SiteSpec(_Model):
     scope: str = Field(min_length=1)
     entry_point: str = Field(description="host:port of the site's read-write entry point (HAProxy, VIP)")
     api_auth: ApiAuth | None = None
+    api_tls: ApiTls | None = None
     replication_slot: str | None = Field(default=None, description="slot the other site streams through")
     targets: SiteTargets = Field(default_factory=SiteTargets)
 
@@ -47,11 +73,15 @@ class SiteSpec(_Model):
         host, _, port = self.entry_point.rpartition(":")
         return host, int(port)
 
+    def rest_auth(self) -> RestAuth:
+        a, t = self.api_auth, self.api_tls or ApiTls()
+        return RestAuth(a.username if a else None, a.password if a else None, t.cafile, t.certfile, t.keyfile, True)
+
     @model_validator(mode="after")
     def _check_entry(self) -> SiteSpec:
         host, sep, port = self.entry_point.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"entry_point must be host:port, got {self.entry_point!r}")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"entry_point must be host:port with a port in 1-65535, got {self.entry_point!r}")
         return self
 
 
@@ -82,15 +112,13 @@ class Topology(_Model):
 def load_topology(path: str | Path) -> Topology:
     p = Path(path)
     try:
-        text = p.read_text()
+        data = p.read_bytes()
     except OSError as exc:
         raise TopologyError(f"{p}: cannot read the topology file ({exc.strerror})") from exc
     try:
-        doc: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise TopologyError(f"{p}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+        doc: Any = load_yaml(data, str(p))
+    except YamlError as exc:
+        raise TopologyError(str(exc)) from None
     if not isinstance(doc, dict):
         raise TopologyError(f"{p}: expected a mapping with `sites:` at the top")
     if set(doc) & {"version", "dr", "drills", "backup", "paths"}:

@@ -1,8 +1,10 @@
 """The per-node REST API: health checks for load balancers, status, metrics, and mutations.
 
-stdlib ``http.server`` with one daemon thread per request, optional TLS, optional HTTP Basic
-authentication on every mutation. Paths, status codes and JSON field names follow Patroni's REST
-API so that existing HAProxy configurations and tooling carry over (DESIGN.md section 4).
+stdlib ``http.server`` served by a bounded pool of worker threads (a connection beyond the pool
+and its bounded queue is refused at once), each connection with a total read deadline (a client
+sending slowly is dropped), optional TLS, HTTP Basic authentication on every mutation. Paths,
+status codes and JSON field names follow Patroni's REST API so that existing HAProxy
+configurations and tooling carry over (DESIGN.md section 4).
 
 The server never decides anything itself: health codes come from the pure functions in
 ``site_agent.health`` over the daemon's last published ``NodeSnapshot``; mutations are
@@ -16,8 +18,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hmac
 import json
+import queue
+import re
 import socket
 import ssl
 import sys
@@ -26,7 +31,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -41,7 +46,13 @@ from site_agent.snapshot import NodeSnapshot
 log = structlog.get_logger()
 
 MAX_BODY_BYTES = 1 << 20
-REQUEST_TIMEOUT_S = 10.0
+MAX_JSON_DEPTH = 64
+MAX_RESTART_TIMEOUT_S = 3600
+REQUEST_TIMEOUT_S = 10.0  # TLS handshake and each write
+READ_DEADLINE_S = 10.0  # the whole request (line, headers, body) must arrive within this
+BODY_IDLE_TIMEOUT_S = 2.0  # a body that stops short of its Content-Length: 408 after this
+WORKERS = 16
+QUEUED_CONNECTIONS = 64
 JSON_CONTENT_TYPE = "application/json"
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 AUTH_REALM = "pgdr"
@@ -82,22 +93,27 @@ class AgentControl(Protocol):
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """Server certificate and key (PEM). With ``cafile`` and ``verify_client``, clients must
-    present a certificate signed by that CA."""
+    """Server certificate and key (PEM). ``verify_client``: ``required`` (mutual TLS: every
+    client presents a certificate signed by ``cafile``), ``optional`` (a certificate, when
+    presented, must be signed by it) or ``none``."""
 
     certfile: str
     keyfile: str | None = None
     cafile: str | None = None
-    verify_client: bool = False
+    verify_client: str | bool = "none"
     keyfile_password: str | None = None
 
     def context(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.certfile, self.keyfile, self.keyfile_password)
-        if self.cafile:
+        v = self.verify_client
+        mode = ("required" if v else "none") if isinstance(v, bool) else v
+        if mode != "none":
+            if not self.cafile:
+                raise ValueError("verify_client needs cafile (the CA that signs client certificates)")
             ctx.load_verify_locations(self.cafile)
-            ctx.verify_mode = ssl.CERT_REQUIRED if self.verify_client else ssl.CERT_OPTIONAL
+            ctx.verify_mode = ssl.CERT_REQUIRED if mode == "required" else ssl.CERT_OPTIONAL
         return ctx
 
 
@@ -144,6 +160,27 @@ def _daemon_response(result: tuple[int, str]) -> Response:
         except ValueError:
             pass
     return text_response(code, text)
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays/objects in a JSON text (brackets inside strings ignored),
+    checked before parsing: json.loads recurses once per level."""
+    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", raw))
+    depth = deepest = 0
+    for b in brackets:
+        if b in (0x5B, 0x7B):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    return deepest
+        else:
+            depth -= 1
+    return deepest
 
 
 class BadRequest(Exception):
@@ -276,9 +313,43 @@ def history_document(view: ClusterView) -> list[list[Any]]:
 # Server
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = True  # server_close() joins the request threads (bounded by their timeout)
+class _DeadlineReader:
+    """The request stream with one deadline for the whole request: every read waits at most
+    what is left of it (and at most ``idle`` seconds when set), so a client that trickles bytes
+    cannot hold a worker longer than READ_DEADLINE_S."""
+
+    def __init__(self, raw: Any, sock: socket.socket, deadline: float) -> None:
+        self._raw = raw
+        self._sock = sock
+        self.deadline = deadline
+        self.idle: float | None = None
+
+    def _arm(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request read deadline passed")
+        self._sock.settimeout(min(left, self.idle) if self.idle is not None else left)
+
+    def readline(self, limit: int = -1) -> bytes:
+        self._arm()
+        return bytes(self._raw.readline(limit))
+
+    def read(self, n: int = -1) -> bytes:
+        self._arm()
+        return bytes(self._raw.read(n))
+
+    def read1(self, n: int = -1) -> bytes:
+        self._arm()
+        return bytes(self._raw.read1(n))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+_REJECT = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+
+
+class _Server(HTTPServer):
     request_queue_size = 128  # listen backlog: several load balancers probe at once
 
     def __init__(
@@ -288,13 +359,98 @@ class _Server(ThreadingHTTPServer):
         control: AgentControl,
         auth: tuple[str, str] | None,
         ssl_context: ssl.SSLContext | None,
+        readonly_auth: tuple[str, str] | None = None,
     ) -> None:
         self.address_family = family
         self.control = control
         self.auth = auth
+        self.readonly_auth = readonly_auth
         self.ssl_context = ssl_context
         self.metrics = AgentMetrics(control.snapshot)
+        self.rejected = 0
+        self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue(QUEUED_CONNECTIONS)
         super().__init__(address, _Handler)
+        self._workers = [
+            threading.Thread(target=self._work, name=f"pgdr-api-worker-{i}", daemon=True) for i in range(WORKERS)
+        ]
+        # Socket timeouts apply per recv(): a client sending one byte at a time would reset them
+        # forever. The reaper shuts the reading side of a connection at its deadline instead.
+        self._deadlines: dict[socket.socket, float] = {}
+        self._deadlines_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="pgdr-api-reaper", daemon=True)
+        for w in [*self._workers, self._reaper]:
+            w.start()
+
+    def watch(self, sock: socket.socket, deadline: float) -> None:
+        with self._deadlines_lock:
+            self._deadlines[sock] = deadline
+
+    def unwatch(self, sock: socket.socket) -> None:
+        with self._deadlines_lock:
+            self._deadlines.pop(sock, None)
+
+    def deadline_of(self, sock: socket.socket) -> float:
+        """The connection's read deadline (now when the reaper already enforced it)."""
+        with self._deadlines_lock:
+            return self._deadlines.get(sock, time.monotonic())
+
+    def _reap(self) -> None:
+        while not self._closing.wait(0.2):
+            now = time.monotonic()
+            with self._deadlines_lock:
+                expired = [s for s, d in self._deadlines.items() if d <= now]
+                for s in expired:
+                    del self._deadlines[s]
+            for s in expired:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RD)  # its reads end; a response can still be written
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand the connection to the pool; when the pool and its queue are full, refuse it at
+        once (503 on plain HTTP, a closed connection on TLS) instead of growing."""
+        # The read deadline runs from accept(), not from when a worker gets to the connection:
+        # a connection waiting in the queue behind slow ones is dropped at its deadline too.
+        self.watch(request, time.monotonic() + READ_DEADLINE_S)
+        try:
+            self._queue.put_nowait((request, client_address))
+        except queue.Full:
+            self.unwatch(request)
+            self.rejected += 1
+            if self.ssl_context is None:
+                with contextlib.suppress(OSError):
+                    request.setblocking(False)
+                    request.send(_REJECT)
+            self.shutdown_request(request)
+            log.warning("api overloaded: connection refused", client=str(client_address))
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            request, client_address = item
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        while True:  # connections still queued: close them
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self.shutdown_request(item[0])
+        for _ in self._workers:
+            self._queue.put(None)
+        self._closing.set()
+        for w in [*self._workers, self._reaper]:
+            w.join(timeout=READ_DEADLINE_S + REQUEST_TIMEOUT_S)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the FQDN of the bound address (a DNS lookup that can
@@ -347,6 +503,8 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         ctx = self.server.ssl_context
         self._tls: ssl.SSLSocket | None = None
+        self._raw_sock: socket.socket = self.request
+        deadline = self.server.deadline_of(self._raw_sock)
         if ctx is not None:
             # Handshake here, in the request thread and under the request timeout, rather than
             # in accept() where one slow client would stall the whole server.
@@ -360,8 +518,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._tls = tls
             self.request = tls
         super().setup()
+        self.rfile = _DeadlineReader(self.rfile, self.connection, deadline)  # type: ignore[assignment]
 
     def finish(self) -> None:
+        self.server.unwatch(self._raw_sock)
         try:
             super().finish()
         finally:
@@ -446,6 +606,10 @@ class _Handler(BaseHTTPRequestHandler):
                     return text_response(code, f"bad query parameter in {self.path!r}")
                 return json_response(code, snap.to_dict())
             if path in _STATUS_PATHS:
+                if self.server.readonly_auth is not None:
+                    denied = self._check_auth(self.server.readonly_auth, self.server.auth)
+                    if denied is not None:
+                        return denied
                 return self._status(path)
         op = _MUTATIONS.get((method, path))
         if op is None:
@@ -458,9 +622,10 @@ class _Handler(BaseHTTPRequestHandler):
                 TEXT_CONTENT_TYPE,
                 {"Allow": ", ".join(allowed)},
             )
-        denied = self._check_auth()
-        if denied is not None:
-            return denied
+        if self.server.auth is not None:
+            denied = self._check_auth(self.server.auth)
+            if denied is not None:
+                return denied
         handler: Callable[[], Response] = getattr(self, f"_op_{op}")
         return handler()
 
@@ -493,10 +658,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- auth and body -----------------------------------------------------------------------
 
-    def _check_auth(self) -> Response | None:
-        auth = self.server.auth
-        if auth is None:
-            return None
+    def _check_auth(self, *accepted: tuple[str, str] | None) -> Response | None:
+        """None when the request carries one of the ``accepted`` (user, password) pairs, else
+        the 401 to send."""
         header = self.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         user = password = b""
@@ -509,10 +673,15 @@ class _Handler(BaseHTTPRequestHandler):
                     user, password, valid_form = u, p, True
             except (binascii.Error, ValueError):
                 pass
-        # Compare both parts every time, in constant time.
-        user_ok = hmac.compare_digest(user, auth[0].encode())
-        password_ok = hmac.compare_digest(password, auth[1].encode())
-        if valid_form and user_ok and password_ok:
+        # Compare both parts of every pair every time, in constant time.
+        ok = False
+        for auth in accepted:
+            if auth is None:
+                continue
+            user_ok = hmac.compare_digest(user, auth[0].encode())
+            password_ok = hmac.compare_digest(password, auth[1].encode())
+            ok |= valid_form and user_ok and password_ok
+        if ok:
             return None
         resp = text_response(401, "authentication required")
         resp.headers["WWW-Authenticate"] = f'Basic realm="{AUTH_REALM}", charset="UTF-8"'
@@ -532,16 +701,32 @@ class _Handler(BaseHTTPRequestHandler):
                 raise BadRequest(f"invalid Content-Length: {length_header!r}")
         if length > MAX_BODY_BYTES:
             raise BadRequest(f"request body too large ({length} bytes, max {MAX_BODY_BYTES})", code=413)
-        raw = self.rfile.read(length) if length else b""
+        reader = self.rfile
+        if isinstance(reader, _DeadlineReader):
+            reader.idle = BODY_IDLE_TIMEOUT_S
+        raw = b""
+        try:
+            while len(raw) < length:
+                chunk = reader.read1(length - len(raw)) if isinstance(reader, _DeadlineReader) else reader.read(length)
+                if not chunk:
+                    break
+                raw += chunk
+        except (TimeoutError, OSError):
+            raise BadRequest(
+                f"request body incomplete: {len(raw)} of {length} bytes (Content-Length) arrived in time", code=408
+            ) from None
         if len(raw) < length:
-            raise BadRequest("request body shorter than Content-Length")
+            raise BadRequest(f"request body shorter than Content-Length ({len(raw)} of {length} bytes)")
         if not raw.strip():
             if required:
                 raise BadRequest("a JSON object body is required")
             return {}
+        depth = json_depth(raw)
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest(f"JSON body nested too deeply ({depth} levels, max {MAX_JSON_DEPTH})")
         try:
             doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise BadRequest(f"invalid JSON body: {exc}") from None
         if not isinstance(doc, dict):
             raise BadRequest("the JSON body must be an object")
@@ -599,8 +784,8 @@ class _Handler(BaseHTTPRequestHandler):
             if role not in ("primary", "replica", "standby_leader"):
                 raise BadRequest("restart: role must be one of primary, replica, standby_leader")
             opts["role"] = role
-        if "timeout" in f and f["timeout"] <= 0:
-            raise BadRequest("restart: timeout must be a positive number of seconds")
+        if "timeout" in f and not 0 < f["timeout"] <= MAX_RESTART_TIMEOUT_S:
+            raise BadRequest(f"restart: timeout must be a number of seconds in (0, {MAX_RESTART_TIMEOUT_S}]")
         return _daemon_response(self.server.control.request_restart(opts))
 
     def _op_reinitialize(self) -> Response:
@@ -701,12 +886,15 @@ def start_api(
     listen: str,
     auth: tuple[str, str] | None = None,
     tls: TlsConfig | ssl.SSLContext | None = None,
+    readonly_auth: tuple[str, str] | None = None,
 ) -> ApiServer:
     """Bind ``listen`` (``host:port``; port 0 picks a free one) and serve in a background
-    thread. ``auth`` = (user, password) protects the mutations with HTTP Basic auth."""
+    thread. ``auth`` = (user, password) protects the mutations with HTTP Basic auth;
+    ``readonly_auth``, when given, protects the status endpoints (``auth`` is accepted there
+    too). Health checks stay open: load balancers probe them."""
     host, port, family = parse_listen(listen)
     ctx = tls.context() if isinstance(tls, TlsConfig) else tls
-    server = _Server((host, port), family, control, auth, ctx)
+    server = _Server((host, port), family, control, auth, ctx, readonly_auth)
     api = ApiServer(server)
-    log.info("api listening", url=api.url, auth=auth is not None)
+    log.info("api listening", url=api.url, auth=auth is not None, readonly_auth=readonly_auth is not None)
     return api

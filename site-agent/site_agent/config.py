@@ -18,6 +18,7 @@ message names the file, the field path (and line when known) and what to do.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drctl.backup.policy import BackupSchedule
+from drctl.safefs import read_secret_file
+from drctl.yamlsafe import YamlError, check_graph, decode_utf8, yaml_error_line
 
 
 class ConfigError(Exception):
@@ -36,27 +39,124 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def _refuse(data: Any, unsupported: Mapping[str, str]) -> Any:
+    """Patroni keys pgdr does not implement: an error that says so, never a silent no-op."""
+    if isinstance(data, dict):
+        for key, why in unsupported.items():
+            if key in data:
+                raise ValueError(f"`{key}` is not supported: {why}")
+    return data
+
+
 # ---------------------------------------------------------------------------------------------
 # Pieces
 
 
+def _resolve_secret(obj: BaseModel, field: str, file_field: str) -> None:
+    inline, path = getattr(obj, field), getattr(obj, file_field)
+    if inline is not None and path is not None:
+        raise ValueError(f"set `{field}` or `{file_field}`, not both")
+    if path is not None:
+        object.__setattr__(obj, field, read_secret_file(path))  # frozen model: set once, here
+
+
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
+
 class Credentials(_Model):
-    username: str
+    """PostgreSQL credentials. The password may be absent (peer, cert or .pgpass authentication).
+    The ssl* keys (libpq's, as in Patroni) apply to the TCP connections made with them: streaming
+    replication, pg_basebackup, pg_rewind, the other site's entry point."""
+
+    username: str = Field(min_length=1)
     password: str | None = None
+    password_file: str | None = Field(default=None, description="file holding the password (mode 0600 or 0640)")
+    sslmode: SslMode | None = None
+    sslrootcert: str | None = None
+    sslcert: str | None = None
+    sslkey: str | None = None
+
+    @model_validator(mode="after")
+    def _file(self) -> Credentials:
+        _resolve_secret(self, "password", "password_file")
+        if self.sslkey and not self.sslcert:
+            raise ValueError("`sslkey` needs `sslcert`")
+        return self
+
+    def ssl_params(self) -> dict[str, str | None]:
+        return {
+            "sslmode": self.sslmode,
+            "sslrootcert": self.sslrootcert,
+            "sslcert": self.sslcert,
+            "sslkey": self.sslkey,
+        }
+
+
+class ApiCredentials(_Model):
+    """REST API credentials (HTTP Basic): a username always comes with a password."""
+
+    username: str = Field(min_length=1)
+    password: str | None = None
+    password_file: str | None = Field(default=None, description="file holding the password (mode 0600 or 0640)")
+
+    @model_validator(mode="after")
+    def _file(self) -> ApiCredentials:
+        _resolve_secret(self, "password", "password_file")
+        if not self.password:
+            raise ValueError("a username needs a non-empty `password` or `password_file`")
+        return self
 
 
 class RestApiConfig(_Model):
     listen: str = Field(description="host:port the REST API binds to")
     connect_address: str = Field(description="host:port other members and load balancers use")
-    authentication: Credentials | None = None
+    authentication: ApiCredentials | None = Field(
+        default=None, description="admin credentials: every mutation (switchover, failover, restart, config) needs them"
+    )
+    readonly_authentication: ApiCredentials | None = Field(
+        default=None, description="when set, status endpoints (/status, /cluster, /config, ...) need these or admin"
+    )
+    allow_unauthenticated: bool = Field(
+        default=False, description="run with mutations open to anyone who reaches the port (logged at every start)"
+    )
     certfile: str | None = None
     keyfile: str | None = None
+    keyfile_password: str | None = None
+    keyfile_password_file: str | None = None
     cafile: str | None = None
+    verify_client: Literal["none", "optional", "required"] = Field(
+        default="none", description="client certificates checked against cafile: required = mutual TLS"
+    )
 
     @field_validator("listen", "connect_address")
     @classmethod
     def _host_port(cls, v: str) -> str:
         return _check_host_port(v)
+
+    @model_validator(mode="after")
+    def _security(self) -> RestApiConfig:
+        _resolve_secret(self, "keyfile_password", "keyfile_password_file")
+        if self.authentication is None and not self.allow_unauthenticated:
+            raise ValueError(
+                "`authentication` (username + password or password_file) is required: without it anyone "
+                "who reaches the port can switch over, fail over or set archive_command. To run without "
+                "on purpose, set `allow_unauthenticated: true`"
+            )
+        if self.keyfile and not self.certfile:
+            raise ValueError("`keyfile` needs `certfile`")
+        if self.verify_client != "none" and not (self.certfile and self.cafile):
+            raise ValueError("`verify_client` needs TLS: set `certfile` and `cafile` (the CA of the clients)")
+        if (
+            self.authentication is not None
+            and self.readonly_authentication is not None
+            and self.authentication.username == self.readonly_authentication.username
+        ):
+            raise ValueError("`readonly_authentication` must use another username than `authentication`")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None
 
 
 def _check_host_port(v: str) -> str:
@@ -73,6 +173,7 @@ class EtcdConfig(_Model):
     protocol: Literal["http", "https"] = "http"
     username: str | None = None
     password: str | None = None
+    password_file: str | None = None
     cacert: str | None = None
     cert: str | None = None
     key: str | None = None
@@ -98,6 +199,15 @@ class EtcdConfig(_Model):
             _check_host_port(h)
         return v
 
+    @model_validator(mode="after")
+    def _auth(self) -> EtcdConfig:
+        _resolve_secret(self, "password", "password_file")
+        if self.username and not self.password:
+            raise ValueError("`username` needs `password` or `password_file`")
+        if self.password and not self.username:
+            raise ValueError("`password` needs `username`")
+        return self
+
     @property
     def urls(self) -> list[str]:
         return [h if "://" in h else f"{self.protocol}://{h}" for h in self.hosts]
@@ -105,15 +215,21 @@ class EtcdConfig(_Model):
 
 class ConsulConfig(_Model):
     host: str = "127.0.0.1:8500"
-    port: int | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
     scheme: Literal["http", "https"] = "http"
     token: str | None = None
+    token_file: str | None = None
     verify: bool = True
     cacert: str | None = None
     cert: str | None = None
     key: str | None = None
     dc: str | None = None
     consistency: Literal["default", "consistent", "stale"] = "default"
+
+    @model_validator(mode="after")
+    def _token(self) -> ConsulConfig:
+        _resolve_secret(self, "token", "token_file")
+        return self
 
     @property
     def url(self) -> str:
@@ -167,8 +283,6 @@ class PostgresqlConfig(_Model):
     connect_address: str
     data_dir: str
     bin_dir: str = ""
-    config_dir: str | None = None
-    pgpass: str | None = None
     run_as: str | None = Field(default=None, description="OS user PostgreSQL runs as (never root)")
     authentication: PostgresqlAuth
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -180,6 +294,19 @@ class PostgresqlConfig(_Model):
     use_pg_rewind: bool | None = None  # overrides the dynamic config when set
     remove_data_directory_on_rewind_failure: bool = True
     remove_data_directory_on_diverged_timelines: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _refuse(
+            data,
+            {
+                "config_dir": "PostgreSQL's configuration lives in data_dir (postgresql.conf includes "
+                "pgdr's file); remove it",
+                "pgpass": "pgdr never writes a .pgpass file: passwords reach each command through its "
+                "environment; remove it",
+            },
+        )
 
     @field_validator("listen")
     @classmethod
@@ -204,17 +331,36 @@ class Tags(_Model):
 
 
 class WatchdogConfig(_Model):
-    mode: Literal["off", "automatic", "required"] = "off"
-    device: str = "/dev/watchdog"
+    mode: Literal["off"] = Field(
+        default="off", description="hardware watchdog: not supported (the lease keeper fences instead)"
+    )
     safety_margin: int = Field(default=5, ge=0)
     lease_keeper: bool = Field(default=True, description="a separate process stops PostgreSQL at the lease deadline")
+    state_dir: str | None = Field(
+        default=None,
+        description=(
+            "directory of the agent's own files (lease keeper state and pid); must be owned by the agent's "
+            "user with no ancestor another user can write. Default: /run/pgdr/<scope>/<name> when the agent "
+            "runs as root, else the directory holding data_dir"
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _refuse(data, {"device": "pgdr drives no hardware watchdog device (the lease keeper fences); remove it"})
 
     @field_validator("mode", mode="before")
     @classmethod
     def _yaml_bool(cls, v: Any) -> Any:
         # YAML 1.1 reads a bare `off`/`on` as a boolean.
         if isinstance(v, bool):
-            return "automatic" if v else "off"
+            v = "automatic" if v else "off"
+        if v in ("automatic", "required"):
+            raise ValueError(
+                f"mode {v!r} is not supported: pgdr drives no hardware watchdog; its lease keeper "
+                "(watchdog.lease_keeper, on by default) stops PostgreSQL at the lease deadline. Set mode: off"
+            )
         return v
 
 
@@ -233,7 +379,11 @@ class FencingConfig(_Model):
 class LogConfig(_Model):
     format: Literal["json", "console"] = "console"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    dir: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _refuse(data, {"dir": "the agent logs to stderr: send it to the journal or redirect it; remove it"})
 
     @field_validator("level", mode="before")
     @classmethod
@@ -249,7 +399,7 @@ class StandbyClusterConfig(_Model):
     """Makes this cluster a standby of another site: its leader stays in recovery."""
 
     host: str | None = None
-    port: int = 5432
+    port: int = Field(default=5432, ge=1, le=65535)
     primary_slot_name: str | None = None
     restore_command: str | None = None
     archive_cleanup_command: str | None = None
@@ -312,8 +462,18 @@ class DynamicConfig(_Model):
 
 class BootstrapConfig(_Model):
     dcs: DynamicConfig = Field(default_factory=DynamicConfig)
-    initdb: list[str | dict[str, str]] = Field(default_factory=list)
-    post_bootstrap: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _refuse(
+            data,
+            {
+                "initdb": "pgdr runs initdb with encoding UTF8, locale C, data checksums and scram-sha-256 "
+                "for TCP connections; remove it",
+                "post_bootstrap": "run your script once the cluster is up (e.g. a runbook step); remove it",
+            },
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,6 +533,57 @@ class AgentConfig(_Model):
 
 
 # ---------------------------------------------------------------------------------------------
+# Files the configuration refers to
+
+
+def referenced_files(cfg: AgentConfig) -> list[tuple[str, str]]:
+    """(field, path) of every file the agent will read, to check before it runs."""
+    out: list[tuple[str, str]] = []
+    rest = cfg.restapi
+    for name in ("certfile", "keyfile", "cafile"):
+        if getattr(rest, name):
+            out.append((f"restapi.{name}", getattr(rest, name)))
+    kind, backend = cfg.dcs_backend
+    for name in ("cacert", "cert", "key"):
+        if getattr(backend, name, None):
+            out.append((f"{kind}.{name}", getattr(backend, name)))
+    auth = cfg.postgresql.authentication
+    for role in ("superuser", "replication", "rewind"):
+        cred = getattr(auth, role)
+        for name in ("sslrootcert", "sslcert", "sslkey"):
+            if cred is not None and getattr(cred, name):
+                out.append((f"postgresql.authentication.{role}.{name}", getattr(cred, name)))
+    return out
+
+
+def check_files(cfg: AgentConfig, source: str) -> list[str]:
+    """One line per referenced file that is missing or unreadable, per binary that is not there,
+    and for a certificate/key pair that does not load (wrong key, wrong passphrase)."""
+    problems = []
+    for field, path in referenced_files(cfg):
+        if not os.path.isfile(path):
+            problems.append(f"{source}: field `{field}`: {path}: no such file")
+        elif not os.access(path, os.R_OK):
+            problems.append(f"{source}: field `{field}`: {path}: not readable by this user")
+    pg = cfg.postgresql
+    bin_dir = pg.bin_dir or "/usr/lib/postgresql/15/bin"
+    if not os.access(os.path.join(bin_dir, "postgres"), os.X_OK):
+        problems.append(f"{source}: field `postgresql.bin_dir`: no postgres executable in {bin_dir}")
+    rest = cfg.restapi
+    if rest.certfile and not problems:
+        import ssl
+
+        try:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(rest.certfile, rest.keyfile, rest.keyfile_password)
+            if rest.cafile:
+                ctx.load_verify_locations(rest.cafile)
+        except (ssl.SSLError, OSError) as exc:
+            problems.append(f"{source}: field `restapi.certfile`: cannot load the certificate/key/CA: {exc}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -380,17 +591,26 @@ def load_config(path: str | Path) -> AgentConfig:
     """Read and validate ``path``. Every problem becomes one :class:`ConfigError`."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the configuration file: {exc.strerror or exc}") from None
-    return parse_config(text, source=str(p))
+    return parse_config(data, source=str(p))
 
 
-def parse_config(text: str, source: str = "<config>") -> AgentConfig:
+def parse_config(text: str | bytes, source: str = "<config>") -> AgentConfig:
+    """Validate a configuration document. UTF-8 only; recursive aliases, alias bombs and absurd
+    nesting are refused before anything walks the document (drctl.yamlsafe)."""
     try:
+        if isinstance(text, bytes):
+            text = decode_utf8(text, source)
+        check_graph(yaml.compose(text, Loader=yaml.SafeLoader), source)
         doc = yaml.safe_load(text)
+    except YamlError as exc:
+        raise ConfigError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(_yaml_message(exc, source)) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to read") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: expected a YAML mapping at the top (scope:, name:, restapi:, ...)")
     try:
@@ -408,8 +628,10 @@ def parse_dynamic_config(data: Mapping[str, Any], source: str = "DCS key `config
 
 
 def _yaml_message(exc: yaml.YAMLError, source: str) -> str:
+    if isinstance(exc, yaml.reader.ReaderError):
+        return yaml_error_line(exc, source)
     mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
     where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
     return f"{source}:{where}: YAML syntax error: {problem}. Fix the indentation/quoting there."
 

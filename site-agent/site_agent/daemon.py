@@ -15,12 +15,21 @@ from drctl.backup.errors import BackupError
 from drctl.dcs.base import DCS, DCSError
 from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
 from drctl.pg.ctl import PgCtlError
+from site_agent import peers
 from site_agent.agent import VERSION, Agent
-from site_agent.api import start_api
+from site_agent.api import TlsConfig, start_api
 from site_agent.backup import NodeBackup
-from site_agent.config import AgentConfig, ConfigError, ConsulConfig, EtcdConfig, load_config
+from site_agent.config import (
+    AgentConfig,
+    ApiCredentials,
+    ConfigError,
+    ConsulConfig,
+    EtcdConfig,
+    check_files,
+    load_config,
+)
 from site_agent.control import Control
-from site_agent.fencing import LeaseKeeper
+from site_agent.fencing import LeaseKeeper, keeper_state_dir
 from site_agent.identity import duplicate_name_refusal
 from site_agent.logsetup import configure_logging
 from site_agent.node import Node
@@ -74,6 +83,31 @@ def build_dcs(cfg: AgentConfig) -> DCS:
     )
 
 
+def _creds(c: ApiCredentials | None) -> tuple[str, str] | None:
+    return (c.username, c.password or "") if c is not None else None
+
+
+def security_warnings(cfg: AgentConfig) -> list[str]:
+    """What the agent logs at every start about a configuration that runs without protection."""
+    out = []
+    rest = cfg.restapi
+    host = rest.listen.rpartition(":")[0].strip("[]")
+    if rest.authentication is None:
+        where = "on every interface" if host in ("", "0.0.0.0", "::") else f"on {host}"
+        out.append(
+            f"REST API mutations are NOT authenticated (restapi.allow_unauthenticated: true), listening {where}: "
+            "anyone who reaches the port can switch over, fail over or change archive_command"
+        )
+    elif not rest.certfile and host not in ("127.0.0.1", "::1", "localhost"):
+        out.append("REST API without TLS (restapi.certfile unset): credentials travel in cleartext")
+    _kind, backend = cfg.dcs_backend
+    if isinstance(backend, EtcdConfig) and backend.username and any(u.startswith("http://") for u in backend.urls):
+        out.append("etcd password sent over plain http: set etcd3.protocol: https (and cacert)")
+    if isinstance(backend, ConsulConfig) and backend.token and backend.scheme == "http":
+        out.append("Consul token sent over plain http: set consul.scheme: https")
+    return out
+
+
 def _err(message: str) -> None:
     print(f"site-agent: error: {message}", file=sys.stderr)
 
@@ -89,11 +123,17 @@ def run(argv: list[str]) -> int:
     except ConfigError as exc:
         _err(str(exc))
         return EXIT_CONFIG
+    problems = check_files(cfg, args.config)
+    if problems:
+        _err(f"{args.config}: {len(problems)} problem(s) with referenced files\n  " + "\n  ".join(problems))
+        return EXIT_CONFIG
     if args.validate_config:
         print(f"{args.config}: configuration is valid")
         return 0
     configure_logging(cfg.log.format, cfg.log.level)
     log = structlog.get_logger("site_agent")
+    for warning in security_warnings(cfg):
+        log.warning(warning)
     dcs = build_dcs(cfg)
     try:
         view = dcs.get_cluster()
@@ -128,18 +168,30 @@ def run(argv: list[str]) -> int:
         agent.scheduler.start()
     agent.pm_watch = PostmasterWatch(agent.request_cycle)
     if cfg.watchdog.lease_keeper:
-        keeper = LeaseKeeper(node.data_dir, node.data_dir.parent)
+        try:
+            state_dir = keeper_state_dir(cfg.watchdog.state_dir, cfg.scope, cfg.name, node.data_dir)
+        except OSError as exc:
+            _err(f"{args.config}: watchdog.state_dir: {exc}")
+            return EXIT_CONFIG
+        keeper = LeaseKeeper(node.data_dir, state_dir)
         keeper.start()
         agent.attach_keeper(keeper)
-    auth = cfg.restapi.authentication
+    rest = cfg.restapi
+    admin, readonly = _creds(rest.authentication), _creds(rest.readonly_authentication)
+    peers.configure(
+        readonly or admin,
+        cafile=rest.cafile,
+        certfile=rest.certfile,
+        keyfile=rest.keyfile,
+        keyfile_password=rest.keyfile_password,
+    )
+    tls = None
+    if rest.certfile:
+        tls = TlsConfig(rest.certfile, rest.keyfile, rest.cafile, rest.verify_client, rest.keyfile_password)
     try:
-        api = start_api(
-            Control(agent),
-            cfg.restapi.listen,
-            (auth.username, auth.password or "") if auth else None,
-        )
-    except OSError as exc:
-        _err(f"cannot listen on restapi.listen={cfg.restapi.listen}: {exc}")
+        api = start_api(Control(agent), rest.listen, admin, tls, readonly)
+    except (OSError, ValueError) as exc:
+        _err(f"cannot serve the REST API on restapi.listen={rest.listen}: {exc}")
         return EXIT_CONFIG
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -17,7 +17,15 @@ from drctl.backup.errors import BackupError
 from drctl.dcs.base import DCS, ClusterView, DCSError, HistoryEntry, LeaderStatus, Member
 from drctl.pg.ctl import PgCtlError
 from drctl.pg.lsn import parse_lsn
-from drctl.pg.probe import ProbeError, checkpoint, connect, create_physical_slot, drop_slot, list_slots
+from drctl.pg.probe import (
+    ProbeError,
+    checkpoint,
+    connect,
+    create_physical_slot,
+    drop_slot,
+    grant_rewind_functions,
+    list_slots,
+)
 from drctl.pg.probe import create_replication_role as create_role
 from site_agent.actions import (
     AcquireInitialize,
@@ -344,14 +352,7 @@ class Executor:
             create_role(conn, auth.replication.username, auth.replication.password)
             if auth.rewind is not None and auth.rewind.username != auth.superuser.username:
                 create_role(conn, auth.rewind.username, auth.rewind.password)
-                # pg_rewind needs these functions (PostgreSQL docs, pg_rewind "Notes").
-                for fn in (
-                    "pg_ls_dir(text, boolean, boolean)",
-                    "pg_stat_file(text, boolean)",
-                    "pg_read_binary_file(text)",
-                    "pg_read_binary_file(text, bigint, bigint, boolean)",
-                ):
-                    conn.execute(f'GRANT EXECUTE ON function {fn} TO "{auth.rewind.username}"')
+                grant_rewind_functions(conn, auth.rewind.username)
 
     def _start(self, role: str, upstream: str | None, slot: str | None, remote: StandbyTarget | None) -> None:
         ctl = self.node.ctl

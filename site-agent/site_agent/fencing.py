@@ -15,6 +15,7 @@ import structlog
 
 import drctl.procutil
 import site_agent.keeper
+from drctl.safefs import make_private_dir
 from site_agent.keeper import LeaseKeeperClient
 
 log = structlog.get_logger("site_agent.fencing")
@@ -30,6 +31,19 @@ _BOOTSTRAP = (
 def _keeper_path() -> str:
     roots = {os.path.dirname(os.path.dirname(m.__file__ or "")) for m in (site_agent.keeper, drctl.procutil)}
     return ":".join(sorted(roots))
+
+
+def keeper_state_dir(configured: str | None, scope: str, name: str, data_dir: Path) -> Path:
+    """Where the keeper's state and pid files live, created and checked: a directory the
+    PostgreSQL user cannot write, rename or replace (otherwise it could swap the state file and
+    disarm fencing, or plant links the agent would write through). Raises drctl.safefs's
+    UnsafePathError (an OSError) with the reason."""
+    if configured is None and os.geteuid() != 0:
+        return data_dir.parent  # one user owns everything: there is no boundary to keep
+    path = Path(configured) if configured else Path("/run/pgdr") / scope.strip("/") / name
+    if os.geteuid() == 0:
+        make_private_dir(path, 0o700)
+    return path
 
 
 class LeaseKeeper:

@@ -48,6 +48,7 @@ import time
 from types import FrameType
 
 from drctl.procutil import pid_alive, proc_start_time, signal_with_children
+from drctl.safefs import write_atomic
 
 # The keeper runs for as long as the node does: it imports only small stdlib modules (no
 # pathlib, no dataclasses) so that it stays near the interpreter's own footprint.
@@ -125,11 +126,9 @@ class LeaseKeeperClient:
         return self._seq
 
     def _write(self, state: KeeperState) -> None:
-        head, name = os.path.split(self.path)
-        tmp = os.path.join(head, f".{name}.{os.getpid()}.tmp")
-        with open(tmp, "w") as f:
-            f.write(state.to_json())
-        os.replace(tmp, self.path)
+        # Random temporary name, O_EXCL|O_NOFOLLOW, rename (drctl.safefs); the directory itself
+        # must be one the PostgreSQL user cannot write (site_agent.fencing checks it).
+        write_atomic(self.path, state.to_json(), 0o600, fsync=False)
 
     def feed(self, deadline_monotonic: float) -> None:
         """Arm (or keep armed) until ``deadline_monotonic`` (a time.monotonic() value)."""
@@ -279,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     if args.pid_file is not None:
-        with open(args.pid_file, "w") as f:
-            f.write(f"{os.getpid()}\n")
+        write_atomic(args.pid_file, f"{os.getpid()}\n", 0o644, fsync=False)
     try:
         return keeper.run()
     finally:

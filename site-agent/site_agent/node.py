@@ -98,6 +98,7 @@ class Node:
             return self.ctl.local_conninfo("postgres", su.username, password=su.password, connect_timeout=timeout)
         except PgCtlError:
             return make_conninfo(
+                su.ssl_params(),
                 host=self.connect_host,
                 port=self.connect_port,
                 dbname="postgres",
@@ -113,6 +114,7 @@ class Node:
         auth = self.cfg.postgresql.authentication
         cred = auth.replication if replication else (auth.rewind or auth.superuser)
         return make_conninfo(
+            cred.ssl_params(),
             host=host,
             port=port,
             user=cred.username,
@@ -128,6 +130,7 @@ class Node:
         auth = self.cfg.postgresql.authentication
         rep = (auth.rewind or auth.superuser) if superuser else auth.replication
         return make_conninfo(
+            rep.ssl_params(),
             host=host,
             port=port,
             user=rep.username,

@@ -13,6 +13,29 @@ from drctl.dcs.base import ClusterView
 from site_agent.state import PeerStatus
 
 _http = urllib3.PoolManager(num_pools=16, maxsize=4, retries=False)
+_read_headers: dict[str, str] = {}
+
+
+def configure(
+    read_auth: tuple[str, str] | None,
+    cafile: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    keyfile_password: str | None = None,
+) -> None:
+    """How this agent reaches its peers' REST APIs: ``read_auth`` sent with status requests
+    (peers may require read-only credentials), https verified against ``cafile`` (the system
+    store when None), and ``certfile``/``keyfile`` presented as a client certificate."""
+    global _http, _read_headers
+    tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED"}
+    if cafile:
+        tls["ca_certs"] = cafile
+    if certfile:
+        tls["cert_file"] = certfile
+        tls["key_file"] = keyfile
+        tls["key_password"] = keyfile_password
+    _http = urllib3.PoolManager(num_pools=16, maxsize=4, retries=False, **tls)
+    _read_headers = urllib3.make_headers(basic_auth=f"{read_auth[0]}:{read_auth[1]}") if read_auth else {}
 
 
 def status_url(api_url: str) -> str:
@@ -44,7 +67,7 @@ def parse_peer_status(doc: Mapping[str, Any]) -> PeerStatus:
 
 def fetch_one(api_url: str, timeout: float) -> PeerStatus:
     try:
-        resp = _http.request("GET", status_url(api_url), timeout=urllib3.Timeout(total=timeout))
+        resp = _http.request("GET", status_url(api_url), headers=_read_headers, timeout=urllib3.Timeout(total=timeout))
         doc = json.loads(resp.data or b"{}")
     except (urllib3.exceptions.HTTPError, ValueError, OSError):
         return PeerStatus(reachable=False)

@@ -34,16 +34,20 @@ from drctl.dcs.base import (
 from drctl.dcs.consul import session_ttl
 from drctl.dcs.etcd import Etcd3, EtcdClient
 from drctl.dcs.factory import DcsSettings, get_dcs
-from drctl.lab.etcd import EtcdCluster
+from drctl.lab.etcd import EtcdCluster, EtcdTls
 from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor
+from drctl.lab.tls import LabCA
 
 pytestmark = pytest.mark.integration
 
 NAMESPACE = "/pgdr-test"
 HAVE_CONSUL = shutil.which("consul") is not None
 CONSUL = pytest.param("consul", marks=pytest.mark.skipif(not HAVE_CONSUL, reason="consul binary not on PATH"))
-BACKENDS = ["etcd", CONSUL]
+# etcd with TLS (client certificates required) and authentication, as a least-privilege user
+# that may read and write its namespace only (issue 14).
+BACKENDS = ["etcd", "etcd-tls-auth", CONSUL]
+SECURE_USER = ("pgdr-contract", "contract-pw")
 
 
 def _scope() -> str:
@@ -118,9 +122,61 @@ def consul_agent(session_supervisor: Supervisor, lab_root: Path) -> Iterator[str
     session_supervisor.stop(name, grace=10)
 
 
+@dataclass
+class SecureEtcd:
+    cluster: EtcdCluster
+    tls: EtcdTls
+
+    def settings(self, **override: Any) -> DcsSettings:
+        doc: dict[str, Any] = {
+            "hosts": self.cluster.endpoints,
+            "username": SECURE_USER[0],
+            "password": SECURE_USER[1],
+            "cacert": str(self.tls.ca),
+            "cert": str(self.tls.client_cert),
+            "key": str(self.tls.client_key),
+        }
+        doc.update(override)
+        return DcsSettings.model_validate({"etcd": {k: v for k, v in doc.items() if v is not None}})
+
+
+@pytest.fixture(scope="session")
+def etcd_secure(session_supervisor: Supervisor, lab_root: Path) -> Iterator[SecureEtcd]:
+    """A 3-member etcd serving TLS only, client certificates required (client and peer ports),
+    authentication on, and a user whose role grants read-write on NAMESPACE/ only."""
+    d = lab_root / "etcd-secure"
+    ca = LabCA.create(d / "ca")
+    member = ca.issue(d / "ca", "etcd")
+    client = ca.issue(d / "ca", "client", common_name=False)
+    tls = EtcdTls(ca.cert, member.cert, member.key, client.cert, client.key)
+    cluster = EtcdCluster(session_supervisor, d, name="sec-etcd", size=3, tls=tls).start()
+    try:
+        cluster.enable_auth("contract-root-pw")
+        cluster.add_prefix_user(*SECURE_USER, f"{NAMESPACE}/")
+        yield SecureEtcd(cluster, tls)
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    if request.param == "etcd":
+    if request.param == "etcd-tls-auth":
+        sec: SecureEtcd = request.getfixturevalue("etcd_secure")
+        settings = sec.settings()
+        assert settings.etcd is not None
+
+        def revoke_secure(lease: str) -> None:
+            e = settings.etcd
+            assert e is not None
+            client = EtcdClient(
+                e.hosts, retry_timeout=2.0, username=e.username, password=e.password,
+                cacert=e.cacert, cert=e.cert, key=e.key,
+            )  # fmt: skip
+            client.call("/lease/revoke", {"ID": lease}, time.monotonic() + 2.0)
+            client.close()
+
+        b = Backend("etcd", settings, 3, revoke_secure)
+    elif request.param == "etcd":
         cluster: EtcdCluster = request.getfixturevalue("etcd_site_a")
         hosts = cluster.endpoints
 
@@ -718,4 +774,48 @@ def test_etcd_leader_key_with_a_foreign_value_on_my_lease_is_repaired(etcd_site_
     finally:
         with contextlib.suppress(DCSError):
             dcs.revoke_session()
+        dcs.close()
+
+
+# etcd security: least privilege, client certificates, credentials
+
+
+def test_etcd_least_privilege_user_is_confined_to_its_namespace(etcd_secure: SecureEtcd) -> None:
+    settings = etcd_secure.settings()
+    outside = get_dcs(settings, namespace="/service", scope=_scope(), name="n1", ttl=5, retry_timeout=2.0)
+    try:
+        with pytest.raises(DCSError, match="permission denied"):
+            outside.touch_member(_info("n1"))
+        with pytest.raises(DCSError, match="permission denied"):
+            outside.get_cluster()
+    finally:
+        outside.close()
+    inside = get_dcs(settings, namespace=NAMESPACE, scope=_scope(), name="n1", ttl=5, retry_timeout=2.0)
+    try:
+        inside.touch_member(_info("n1"))
+        assert inside.attempt_to_acquire_leader()
+        inside.revoke_session()
+    finally:
+        inside.close()
+
+
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ({"password": "wrong"}, "authentication as 'pgdr-contract' failed"),
+        ({"cert": None, "key": None}, "certificate"),
+        ({"cacert": None}, "certificate verify failed"),
+    ],
+)
+def test_etcd_wrong_credentials_or_certificates_are_refused(
+    etcd_secure: SecureEtcd, override: dict[str, Any], fragment: str
+) -> None:
+    dcs = get_dcs(
+        etcd_secure.settings(**override), namespace=NAMESPACE, scope=_scope(), name="n", ttl=5, retry_timeout=1.0
+    )
+    try:
+        with pytest.raises(DCSError) as exc:
+            dcs.get_cluster()
+        assert fragment in str(exc.value)
+    finally:
         dcs.close()

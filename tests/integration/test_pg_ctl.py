@@ -306,3 +306,21 @@ def test_start_not_waiting_and_reap(nodes: Callable[[str], Node]) -> None:
         code = node.ctl.poll()
         time.sleep(0.05)
     assert code == 0 and not node.ctl.is_running()
+
+
+def test_rewind_role_name_from_configuration_is_quoted_by_the_driver(nodes: Callable[[str], Node]) -> None:
+    """Issue 14: the GRANT for pg_rewind's role was an f-string; a name with a double quote could
+    end the identifier and append SQL. Now it is one role, whatever its name."""
+    node = _primary(nodes)
+    hostile = 'rew"ind TO public; DROP ROLE postgres; --'
+    with probe.connect(node.local()) as conn:
+        probe.create_replication_role(conn, hostile, "pw")
+        probe.grant_rewind_functions(conn, hostile)
+    with probe.connect(node.local()) as conn:
+        row = conn.execute(
+            "SELECT has_function_privilege(%s, 'pg_read_binary_file(text)', 'EXECUTE'), "
+            "has_function_privilege('public', 'pg_read_binary_file(text)', 'EXECUTE')",
+            (hostile,),
+        ).fetchone()
+    assert row == (True, False)
+    assert node.sql("SELECT count(*) FROM pg_roles WHERE rolname = 'postgres'") == [(1,)]

@@ -17,7 +17,7 @@ from site_agent.node import Node
 from drctl.backup.errors import BackupError
 from drctl.backup.info import STATUS_NO_BACKUP, STATUS_OK
 from drctl.backup.runner import PgBackRest
-from drctl.lab.cluster import LabCluster
+from drctl.lab.cluster import API_READONLY, LabCluster
 from tests.scenarios.conftest import Instruments
 
 pytestmark = pytest.mark.scenario
@@ -136,12 +136,11 @@ def test_broken_archiving_shows_in_status_and_nothing_is_lost_once_fixed(make_cl
 
 
 def _metric(c: LabCluster, name: str, metric: str) -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(f"{c.node(name).api_url}/metrics", timeout=5) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith(metric):
-                return float(line.rsplit(" ", 1)[1])
+    code, text = c.api_request(name, "GET", "/metrics", auth=API_READONLY, timeout=5)
+    assert code == 200, text
+    for line in text.splitlines():
+        if line.startswith(metric):
+            return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 

@@ -23,6 +23,7 @@ name: n1
 restapi:
   listen: 127.0.0.1:8008
   connect_address: 127.0.0.1:8008
+  authentication: {username: admin, password: secret}
 etcd3:
   hosts: 127.0.0.1:2379,127.0.0.2:2379
 postgresql:
@@ -103,7 +104,7 @@ def test_unknown_key_names_file_and_field_path(tmp_path: Path) -> None:
     assert str(p) in msg
     assert "`postgresql.datadir`" in msg
     assert "unknown key" in msg
-    assert f"{p}:12" in msg  # the line of the offending key
+    assert f"{p}:13" in msg  # the line of the offending key
     assert "Traceback" not in msg
 
 

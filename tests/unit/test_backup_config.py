@@ -157,3 +157,15 @@ def test_write_config_is_atomic_and_private_with_secrets(tmp_path: Path) -> None
     assert "repo1-cipher-pass=pw" in path.read_text()
     for d in ("log", "lock", "spool", "r1"):
         assert (tmp_path / d).is_dir()
+
+
+def test_write_config_is_private_without_a_cipher_too(tmp_path: Path) -> None:
+    """Issue 14: secrets can reach the file through other options; it is always 0600."""
+    cfg = make_cfg(
+        repos=[RepoConfig(path=PurePosixPath(str(tmp_path / "r1")))],
+        log_path=tmp_path / "log",
+        lock_path=tmp_path / "lock",
+        spool_path=tmp_path / "spool",
+    )
+    path = PgBackRest(cfg, tmp_path / "conf" / "pgbackrest.conf", run_as=None).write_config()
+    assert path.stat().st_mode & 0o777 == 0o600

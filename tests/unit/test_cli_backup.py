@@ -193,7 +193,11 @@ def test_site_agent_config_gives_the_pgbackrest_file(h: Harness) -> None:
     agent = {
         "scope": "demo",
         "name": "n1",
-        "restapi": {"listen": "127.0.0.1:8008", "connect_address": "127.0.0.1:8008"},
+        "restapi": {
+            "listen": "127.0.0.1:8008",
+            "connect_address": "127.0.0.1:8008",
+            "authentication": {"username": "admin", "password": "pw"},
+        },
         "etcd3": {"hosts": "127.0.0.1:2379"},
         "postgresql": {
             "listen": "127.0.0.1:5432",
