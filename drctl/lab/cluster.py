@@ -120,6 +120,7 @@ class LabCluster:
     # Everyone (peers, clients) reaches a node's PostgreSQL and REST API through proxies, so that a
     # test can cut a node off from the other nodes and the clients as well as from the DCS.
     node_proxies: bool = False
+    dr: dict[str, Any] | None = None  # the agents' `dr:` section (site name, topology file)
     nodes: list[AgentNode] = field(default_factory=list)
     proxies: dict[str, list[TcpProxy]] = field(default_factory=dict)
     ingress: dict[str, list[TcpProxy]] = field(default_factory=dict)  # member -> [pg, api]
@@ -196,6 +197,8 @@ class LabCluster:
             pg["create_replica_methods"] = ["pgbackrest", "basebackup"]
         if node.name in self.tags:
             cfg["tags"] = self.tags[node.name]
+        if self.dr is not None:
+            cfg["dr"] = dict(self.dr)
         return cfg
 
     def _etcd_hosts(self, node: AgentNode) -> list[str]:

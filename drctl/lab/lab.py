@@ -4,6 +4,7 @@ even after the process that started the lab died)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -129,6 +130,8 @@ class Lab:
                 # Every site but the first is a standby cluster of the first (DESIGN.md section 5).
                 standby = dr and site != names[0]
                 dynamic = {"standby_cluster": {"host": "127.0.0.1", "port": entry_ports[names[0]]}} if standby else {}
+                # The agents know the other sites (cross-site epochs, cold-start confirmation).
+                cross = {"site": site, "topology": str(topology_path(self.dir)), "poll_interval": 1.0, "timeout": 1.0}
                 cluster = LabCluster(
                     sup,
                     site_dir,
@@ -139,6 +142,7 @@ class Lab:
                     timings=timings or Timings(),
                     pg_user=self.pg_user,
                     dynamic=dynamic,
+                    dr=cross if dr and sites > 1 else None,
                 ).plan()
                 if dr:
                     record = SiteRecord("standby", 1, names[0]) if standby else SiteRecord("active", 1, None)
@@ -149,11 +153,11 @@ class Lab:
                     LabSite(site, etcd.endpoints, [_node_doc(n) for n in cluster.nodes], entry_ports[site])
                 )
                 state.save()
+            if dr and sites > 1:
+                write_lab_topology(self.dir, state)  # before the agents start: they read it
             for cluster in clusters:
                 cluster.start(wait=False)
                 cluster.wait_healthy(180)
-            if dr and sites > 1:
-                write_lab_topology(self.dir, state)
         except BaseException:
             self._stop(sup, grace=10.0)
             raise
@@ -182,6 +186,67 @@ class Lab:
             ]
             out.append(cluster)
         return out
+
+    # --- faults: a whole site ---------------------------------------------------------------------
+    def site_records(self, site: str) -> list[ProcRecord]:
+        """The recorded processes of ``site``: its etcd members, HAProxy and agents."""
+        state = LabState.load(self.dir)
+        nodes = {n["name"] for s in (state.sites if state else []) if s.name == site for n in s.nodes}
+        return [
+            r
+            for r in Supervisor(self.dir).records()
+            if r.name.startswith(f"{site}-") or r.name.removeprefix("agent-") in nodes
+        ]
+
+    def power_off_site(self, site: str) -> list[ProcRecord]:
+        """Power loss of a whole datacenter: SIGKILL at once every process of ``site`` (agents and
+        their lease keepers, PostgreSQL and its backends, etcd, HAProxy). Returns the records of
+        the recorded processes, for :meth:`power_on_site`."""
+        from drctl.procutil import children_of
+
+        recs = [r for r in self.site_records(site) if r.alive()]
+        cluster = next(c for c in self.clusters() if c.site == site)
+        pids: list[int] = []
+        for node in cluster.nodes:
+            pm = node.postmaster_pid()
+            if pm is not None and pid_alive(pm):
+                pids += [pm, *children_of(pm)]
+        for rec in recs:
+            pids += [rec.pid, *children_of(rec.pid)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for rec in recs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(rec.pgid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+            time.sleep(0.05)
+        stop_stray_keepers(self.dir / f"site-{site}")
+        return recs
+
+    def power_on_site(self, site: str, records: list[ProcRecord], agents: bool = True, timeout: float = 60.0) -> None:
+        """The power comes back: etcd members restart from their own data directories, then
+        HAProxy, then (``agents``) every agent, each from its own configuration file."""
+        sup = Supervisor(self.dir)
+        etcd = [r for r in records if r.role == "etcd"]
+        for rec in etcd:
+            argv = ["existing" if a == "new" else a for a in rec.argv]  # rejoin from the data dir
+            sup.spawn(rec.name, argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
+        deadline = time.monotonic() + timeout
+        while etcd and not all(_etcd_healthy(str(r.extra.get("url")), tries=1) for r in etcd):
+            if time.monotonic() > deadline:
+                raise LabError(f"site {site}: etcd not healthy {timeout:.0f}s after the power came back")
+            time.sleep(0.2)
+        for rec in records:
+            if rec.role == "haproxy":
+                sup.spawn(rec.name, rec.argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
+        release(sup)
+        if agents:
+            cluster = next(c for c in self.clusters() if c.site == site)
+            for node in cluster.nodes:
+                cluster.start_agent(node.name)
+            release(cluster.sup)
 
     # --- status ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import getpass
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import urllib3
 
 from drctl.dcs.base import DCS, ClusterView, DCSError, SiteRecord
 from drctl.dcs.factory import get_dcs
-from drctl.sites.topology import SiteSpec, Topology
+from drctl.sites.topology import SiteSpec, Topology, standby_cluster_section
 
 _http = urllib3.PoolManager(num_pools=16, maxsize=4, retries=False)
 
@@ -160,12 +160,9 @@ class SiteClient:
             dcs.close()
 
 
-def standby_cluster_section(target: SiteSpec) -> dict[str, Any]:
-    host, port = target.entry_host_port
-    section: dict[str, Any] = {"host": host, "port": port}
-    if target.replication_slot:
-        section["primary_slot_name"] = target.replication_slot
-    return section
+def _current_section(state: SiteState) -> dict[str, Any] | None:
+    section = state.view.config_data.get("standby_cluster") if state.view is not None else None
+    return dict(section) if isinstance(section, Mapping) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +305,7 @@ def switchover_site(topology: Topology, to: str, *, dry_run: bool = False, say: 
         say(f"preflight ok: {to}'s standby leader {new.leader} lags {lag} bytes and is streaming")
         # 2. demote the old site: it becomes a standby of the target (same epoch for now)
         old_client = SiteClient(old.name, old.spec)
-        old_client.patch_config({"standby_cluster": standby_cluster_section(target)})
+        old_client.patch_config({"standby_cluster": standby_cluster_section(target, old.spec, _current_section(old))})
         old_client.write_site(SiteRecord("standby", old.epoch, to, extra={"switchover_to": to, "since": time.time()}))
         audit.record("demote-requested", site=old.name)
         say(f"demoting site {old.name} ...")
@@ -478,7 +475,9 @@ def promote_site(
     if old.view is not None:
         try:
             old_client = SiteClient(old.name, old.spec)
-            old_client.patch_config({"standby_cluster": standby_cluster_section(target)})
+            old_client.patch_config(
+                {"standby_cluster": standby_cluster_section(target, old.spec, _current_section(old))}
+            )
             old_client.write_site(SiteRecord("standby", epoch, to, extra={"fenced_by": "promote-site"}))
             fenced = True
         except SiteOpError as exc:

@@ -15,11 +15,13 @@ from drctl.backup.errors import BackupError
 from drctl.dcs.base import DCS, DCSError
 from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
 from drctl.pg.ctl import PgCtlError
+from drctl.sites.topology import TopologyError
 from site_agent.agent import VERSION, Agent
 from site_agent.api import start_api
 from site_agent.backup import NodeBackup
 from site_agent.config import AgentConfig, ConfigError, ConsulConfig, EtcdConfig, load_config
 from site_agent.control import Control
+from site_agent.crosssite import SiteGuard
 from site_agent.fencing import LeaseKeeper
 from site_agent.logsetup import configure_logging
 from site_agent.node import Node
@@ -115,6 +117,13 @@ def run(argv: list[str]) -> int:
             _err(f"{args.config}: postgresql.pgbackrest: {exc}")
             return EXIT_CONFIG
     agent = Agent(cfg, dcs, node)
+    if cfg.dr is not None:
+        try:
+            agent.site_guard = SiteGuard.from_config(cfg.dr, cfg.name)
+        except TopologyError as exc:
+            _err(f"{args.config}: dr.topology: {exc}")
+            return EXIT_CONFIG
+        agent.site_guard.monitor.start()
     section = cfg.postgresql.pgbackrest
     if section is not None and section.schedule is not None and node.backup is not None:
         from drctl.backup.schedule import BackupScheduler  # only with a schedule: keeps APScheduler out otherwise
@@ -149,5 +158,7 @@ def run(argv: list[str]) -> int:
     while loop.is_alive():
         loop.join(0.5)
     agent.shutdown()
+    if agent.site_guard is not None:
+        agent.site_guard.monitor.stop()
     api.stop()
     return 0

@@ -105,6 +105,10 @@ class NodeSnapshot:
     sync_standby: bool = False  # this member is recorded in the DCS sync key
     site_role: str | None = None  # "active" | "standby" | None (single site / unknown)
     site_epoch: int | None = None
+    # cross-site standing (agents with `dr:`): confirmed | unconfirmed | fenced | standby; None: off
+    site_state: str | None = None
+    site_reason: str | None = None
+    site_writable_allowed: bool | None = None
     version: str = ""  # pgdr version
     last_backup_age_s: float | None = None
     archive_failed_count: int | None = None
@@ -175,6 +179,10 @@ class NodeSnapshot:
             doc["postmaster_start_time"] = self.postmaster_start_time
         if self.system_identifier is not None:
             doc["database_system_identifier"] = self.system_identifier
+        if self.site_state is not None:  # cross-site standing (agents configured with `dr:`)
+            doc["site"].update(
+                state=self.site_state, reason=self.site_reason, writable_allowed=self.site_writable_allowed
+            )
         if self.replication_state is not None:
             doc["replication_state"] = self.replication_state
         if self.lag_bytes is not None:

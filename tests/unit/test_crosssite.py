@@ -1,0 +1,257 @@
+"""The pure cross-site rules of the site agent (site_agent.crosssite): which site a member
+belongs to in a disaster, and whether it may be or become a writable primary."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from site_agent.config import DynamicConfig, StandbyClusterConfig
+from site_agent.crosssite import (
+    ActiveClaim,
+    CrossSiteMonitor,
+    PeerObservation,
+    SiteGuard,
+    Verdict,
+    effective_inputs,
+    judge,
+    may_become_writable,
+)
+from site_agent.decide import decide
+from site_agent.state import DataDirState, DecideConfig, LocalState, PgState
+
+from drctl.dcs.base import ClusterView, Leader, Record, SiteRecord
+from drctl.sites.topology import Topology, standby_cluster_section
+
+NOW = 1000.0
+WALL = 1.7e9
+
+
+def topo(**policy: Any) -> Topology:
+    site = {"dcs": {"etcd": {"hosts": ["127.0.0.1:2379"]}}, "scope": "main"}
+    return Topology.model_validate(
+        {
+            "sites": {
+                "a": {**site, "entry_point": "10.0.0.1:5000", "restore_command": "pgbackrest archive-get %f %p"},
+                "b": {**site, "entry_point": "10.0.1.1:5000", "replication_slot": "site_a"},
+            },
+            "policy": policy,
+        }
+    )
+
+
+def active(epoch: int) -> SiteRecord:
+    return SiteRecord("active", epoch, None)
+
+
+def peer(site: str, record: SiteRecord | None, age: float | None = 1.0, ok: bool = True) -> PeerObservation:
+    return PeerObservation(site, ok, record, None if age is None else NOW - age, None if ok else "timed out")
+
+
+def test_a_higher_active_epoch_elsewhere_fences_this_site() -> None:
+    v = judge("a", active(1), {"b": peer("b", active(2))}, ActiveClaim("b", 2), NOW, 10, WALL)
+    assert v.state == "fenced" and v.active_site == "b" and v.epoch == 2
+    assert "demoting on sight" in v.reason
+
+
+def test_a_fence_seen_once_sticks_when_the_wan_goes() -> None:
+    # The peer is unreachable now, but it was seen active at epoch 2: epochs only grow.
+    v = judge("a", active(1), {"b": peer("b", active(2), age=500, ok=False)}, ActiveClaim("b", 2), NOW, 10, WALL)
+    assert v.state == "fenced"
+
+
+def test_a_site_without_a_record_follows_any_active_site() -> None:
+    v = judge("a", None, {"b": peer("b", active(1))}, ActiveClaim("b", 1), NOW, 10, WALL)
+    assert v.state == "fenced" and v.active_site == "b"
+
+
+def test_a_lower_or_equal_epoch_elsewhere_does_not_fence() -> None:
+    v = judge("a", active(3), {"b": peer("b", SiteRecord("standby", 3, "a"))}, ActiveClaim("b", 2), NOW, 10, WALL)
+    assert v.state == "confirmed"
+
+
+def test_a_standby_already_following_the_active_site_is_left_alone() -> None:
+    own = SiteRecord("standby", 1, "b")
+    v = judge("a", own, {"b": peer("b", active(2))}, ActiveClaim("b", 2), NOW, 10, WALL)
+    assert v.state == "standby"
+
+
+def test_a_standby_following_the_wrong_site_is_fenced_to_the_right_one() -> None:
+    own = SiteRecord("standby", 2, "c")
+    v = judge("a", own, {"b": peer("b", active(3))}, ActiveClaim("b", 3), NOW, 10, WALL)
+    assert v.state == "fenced" and v.active_site == "b"
+
+
+def test_confirmation_needs_a_fresh_answer() -> None:
+    standby_b = SiteRecord("standby", 1, "a")
+    assert judge("a", active(1), {"b": peer("b", standby_b, age=5)}, None, NOW, 10, WALL).state == "confirmed"
+    stale = judge("a", active(1), {"b": peer("b", standby_b, age=50, ok=False)}, None, NOW, 10, WALL)
+    assert stale.state == "unconfirmed" and "timed out" in stale.reason and "50s ago" in stale.reason
+    never = judge("a", active(1), {"b": PeerObservation("b")}, None, NOW, 10, WALL)
+    assert never.state == "unconfirmed" and "no answer yet" in never.reason
+
+
+def test_an_equal_epoch_rival_is_never_a_confirmation() -> None:
+    v = judge("a", active(2), {"b": peer("b", active(2))}, ActiveClaim("b", 2), NOW, 10, WALL)
+    assert v.state == "unconfirmed" and "also claims" in v.reason
+
+
+def test_no_own_record_and_nobody_active_is_unconfirmed() -> None:
+    v = judge("a", None, {"b": peer("b", SiteRecord("standby", 1, "a"))}, None, NOW, 10, WALL)
+    assert v.state == "unconfirmed" and "confirm-site" in v.reason
+
+
+def test_operator_confirmation_is_bounded_in_time_and_epoch() -> None:
+    conf = {"operator_confirmed": {"until": WALL + 60, "epoch": 4, "by": "alice", "reason": "WAN down, b is dead"}}
+    own = SiteRecord("active", 4, None, extra=conf)
+    down = {"b": peer("b", None, age=None, ok=False)}
+    assert judge("a", own, down, None, NOW, 10, WALL).state == "confirmed"
+    assert judge("a", own, down, None, NOW, 10, WALL + 61).state == "unconfirmed"
+    older = SiteRecord("active", 5, None, extra=conf)  # an old confirmation does not carry over an epoch
+    assert judge("a", older, down, None, NOW, 10, WALL).state == "unconfirmed"
+    # ... and never against a higher epoch seen elsewhere.
+    assert judge("a", own, down, ActiveClaim("b", 5), NOW, 10, WALL).state == "fenced"
+
+
+UNCONF = Verdict("unconfirmed", "nobody answered")
+
+
+@pytest.mark.parametrize(
+    ("verdict", "writable_now", "held_key", "warm", "policy", "expected"),
+    [
+        (Verdict("fenced", "x", "b", 2), True, True, True, "allow", False),
+        (Verdict("confirmed", "x"), False, False, False, "deny", True),
+        (Verdict("standby", "x"), False, False, False, "deny", True),
+        (UNCONF, True, False, False, "deny", True),  # a running primary keeps writing through a WAN cut
+        (UNCONF, False, True, True, "deny", True),  # the key holder restarts its own PostgreSQL
+        (UNCONF, False, True, False, "allow", False),  # ... but not after a cold start
+        (UNCONF, False, False, True, "deny", False),  # intra-site failover during a cut: denied
+        (UNCONF, False, False, True, "allow", True),  # ... or allowed by the policy, once warm
+        (UNCONF, False, False, False, "allow", False),  # cold start: never without a confirmation
+    ],
+)
+def test_may_become_writable(
+    verdict: Verdict, writable_now: bool, held_key: bool, warm: bool, policy: str, expected: bool
+) -> None:
+    assert (
+        may_become_writable(verdict, writable_now=writable_now, held_key=held_key, warm=warm, policy=policy) is expected
+    )
+
+
+def _view(site: SiteRecord | None, leader: str | None = None) -> ClusterView:
+    return ClusterView(
+        scope="main",
+        leader=Leader(leader, 1) if leader else None,
+        initialize="123",
+        site=site,
+        config=Record({"ttl": 10, "loop_wait": 1, "retry_timeout": 3}, 2),
+    )
+
+
+def _dyn() -> DynamicConfig:
+    return DynamicConfig(ttl=10, loop_wait=1, retry_timeout=3)
+
+
+def test_a_fenced_site_is_shown_to_decide_as_a_standby_of_the_active_site() -> None:
+    t = topo()
+    target = StandbyClusterConfig.model_validate(standby_cluster_section(t.site("b"), t.site("a")))
+    view, dyn = effective_inputs(_view(active(1)), _dyn(), Verdict("fenced", "x", "b", 2), False, target)
+    assert view.site is not None and view.site.role == "standby" and view.site.follows == "b" and view.site.epoch == 2
+    assert dyn.standby_cluster is not None and dyn.standby_cluster.host == "10.0.1.1"
+    assert dyn.standby_cluster.primary_slot_name == "site_a"
+    assert dyn.standby_cluster.restore_command == "pgbackrest archive-get %f %p"  # archive fallback kept
+
+
+def _primary(**kw: Any) -> LocalState:
+    base: dict[str, Any] = {
+        "name": "a1",
+        "pg": PgState.RUNNING,
+        "in_recovery": False,
+        "data_dir": DataDirState.VALID,
+        "system_id": "123",
+        "timeline": 1,
+        "current_lsn": 100,
+        "am_leader": True,
+        "last_renewal": NOW - 1,
+        "was_primary": True,
+    }
+    base.update(kw)
+    return LocalState(**base)
+
+
+def test_decide_demotes_a_writable_primary_of_a_fenced_site() -> None:
+    t = topo()
+    target = StandbyClusterConfig.model_validate(standby_cluster_section(t.site("b"), t.site("a")))
+    view, _dyn_out = effective_inputs(_view(active(1), "a1"), _dyn(), Verdict("fenced", "x", "b", 2), False, target)
+    d = decide(view, _primary(), DecideConfig(ttl=10, loop_wait=1, retry_timeout=3), NOW)
+    assert d.role == "demoted" and "standby" in d.reason
+
+
+def test_decide_never_promotes_on_a_cold_unconfirmed_site() -> None:
+    # No leader, a former primary with the most WAL: normally it takes the key and promotes.
+    local = _primary(pg=PgState.STOPPED, in_recovery=None, am_leader=False, last_renewal=None)
+    cfg = DecideConfig(ttl=10, loop_wait=1, retry_timeout=3)
+    view, _dyn_out = effective_inputs(_view(active(1)), _dyn(), UNCONF, False, None)
+    for pg in (PgState.STOPPED, PgState.RUNNING):
+        st = local if pg is PgState.STOPPED else _primary(in_recovery=True, am_leader=False, last_renewal=None)
+        d = decide(view, st, cfg, NOW)
+        names = [type(a).__name__ for a in d.actions]
+        assert "Promote" not in names and "Bootstrap" not in names, d
+        assert all(getattr(a, "role", "replica") != "primary" for a in d.actions), d
+    # The key holder without a writable PostgreSQL restarts it read-only, never as a primary.
+    held = decide(_view(view.site, "a1"), replace(local, am_leader=True), cfg, NOW)
+    assert all(getattr(a, "role", "replica") != "primary" for a in held.actions), held
+    assert not any(type(a).__name__ == "Promote" for a in held.actions), held
+
+
+def test_decide_lets_a_running_primary_keep_writing_when_unconfirmed() -> None:
+    view, _ = effective_inputs(_view(active(1), "a1"), _dyn(), UNCONF, True, None)
+    d = decide(view, _primary(), DecideConfig(ttl=10, loop_wait=1, retry_timeout=3), NOW)
+    assert d.role == "primary" and not any(type(a).__name__ == "Demote" for a in d.actions)
+
+
+class _FakeDcs:
+    def __init__(self) -> None:
+        self.config: dict[str, Any] | None = None
+        self.site: SiteRecord | None = None
+
+    def set_config(self, data: Any, version: int | None) -> bool:
+        self.config = dict(data)
+        return True
+
+    def set_site(self, site: SiteRecord, version: int | None) -> bool:
+        self.site = site
+        return True
+
+
+def test_the_guard_records_the_fence_config_first_then_the_record() -> None:
+    t = topo()
+    mon = CrossSiteMonitor("a", t, 1.0, 1.0)
+    mon.record_result("b", active(2), None, 0.0)
+    guard = SiteGuard(mon, "a1")
+    real = _view(active(1), None)
+    view, dyn = guard.inputs(real, _dyn(), writable_now=False, held_key=False)
+    assert guard.verdict.state == "fenced" and view is not None and view.site is not None
+    assert view.site.role == "standby"
+    fake = _FakeDcs()
+    guard.persist(fake, real, dyn)  # type: ignore[arg-type]
+    assert fake.config is not None and fake.config["standby_cluster"]["port"] == 5000 and fake.site is None
+    assert fake.config["ttl"] == 10  # the rest of the configuration kept
+    with_config = ClusterView(scope="main", site=active(1), config=Record(fake.config, 3))
+    guard.persist(fake, with_config, dyn)  # type: ignore[arg-type]
+    assert fake.site is not None and fake.site.role == "standby" and fake.site.follows == "b"
+    assert fake.site.epoch == 2 and fake.site.extra["fenced_by"] == "agent a1"
+
+
+def test_the_guard_returns_to_the_dcs_configuration_when_the_override_ends() -> None:
+    t = topo()
+    mon = CrossSiteMonitor("a", t, 1.0, 1.0)
+    guard = SiteGuard(mon, "a1")
+    base = _dyn()
+    _, out = guard.inputs(_view(active(1)), base, writable_now=False, held_key=False)
+    assert out is base and not guard.may_write  # cold start: unconfirmed, read-only
+    mon.record_result("b", SiteRecord("standby", 1, "a"), None, time.monotonic())
+    _, out2 = guard.inputs(_view(active(1)), out, writable_now=False, held_key=False)
+    assert guard.verdict.state == "confirmed" and guard.may_write and out2 is base
