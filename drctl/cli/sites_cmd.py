@@ -13,7 +13,16 @@ import click
 
 from drctl.cli.errors import fail, operator_errors, register_operator_error
 from drctl.cli.output import FORMATS, emit_structured, table
-from drctl.sites.controller import SiteOpError, cross_site_lag, promote_site, read_sites, switchover_site
+from drctl.sites.controller import (
+    SiteOpError,
+    confirm_site,
+    cross_site_lag,
+    fence_site,
+    promote_site,
+    read_sites,
+    site_standing,
+    switchover_site,
+)
 from drctl.sites.topology import Topology, TopologyError, load_topology
 
 register_operator_error(TopologyError)
@@ -58,10 +67,13 @@ def sites_document(topology: Topology) -> dict[str, Any]:
                         "replication_state": s.get("replication_state"),
                     }
                 )
+        standing, standing_reason = site_standing(st)
         sites.append(
             {
                 "site": name,
                 "role": st.role,
+                "standing": standing,
+                "standing_reason": standing_reason,
                 "epoch": st.epoch,
                 "follows": st.record.follows if st.record else None,
                 "leader": st.leader,
@@ -88,6 +100,9 @@ def sites_cmd(topology_path: Path | None, fmt: str) -> None:
     for s in doc["sites"]:
         lag = s["cross_site_lag_bytes"]
         head = f"{s['role']} (epoch {s['epoch']})" + (f", follows {s['follows']}" if s["follows"] else "")
+        if s["standing"] in ("unconfirmed", "fenced"):
+            # A site that may not write: say so first, with the agents' reason.
+            head += f", {s['standing'].upper()}: {s['standing_reason'] or ''}"
         if s["dcs_error"]:
             rows.append((s["site"], "unreachable", "", "", "", "", s["dcs_error"][:60]))
             continue
@@ -157,4 +172,34 @@ def promote_site_cmd(
     )
 
 
-COMMANDS = [sites_cmd, switchover_site_cmd, promote_site_cmd]
+@click.command("confirm-site")
+@topology_option
+@click.argument("site")
+@click.option("--reason", required=True, help="Why (recorded in the audit log with who and when).")
+@click.option(
+    "--valid-for",
+    "valid_for",
+    type=click.FloatRange(min=10, max=86400),
+    default=600.0,
+    show_default=True,
+    help="Seconds the confirmation lets a cold site's agents promote.",
+)
+@operator_errors
+def confirm_site_cmd(topology_path: Path | None, site: str, reason: str, valid_for: float) -> None:
+    """Confirm a cold, unconfirmed active site's role when its agents cannot reach any other
+    site nor the witness (audited; time-bounded)."""
+    confirm_site(_topology(topology_path), site, reason=reason, valid_for_s=valid_for, say=click.echo)
+
+
+@click.command("fence-site")
+@topology_option
+@click.argument("site")
+@click.option("--reason", required=True, help="Why (recorded in the audit log with who and when).")
+@operator_errors
+def fence_site_cmd(topology_path: Path | None, site: str, reason: str) -> None:
+    """Make SITE a standby of the active site with the highest epoch (audited): for a site that
+    came back with a lower epoch while it could not see the others."""
+    fence_site(_topology(topology_path), site, reason=reason, say=click.echo)
+
+
+COMMANDS = [sites_cmd, switchover_site_cmd, promote_site_cmd, confirm_site_cmd, fence_site_cmd]

@@ -21,6 +21,7 @@ from drctl.dcs.base import DCSError, SiteRecord
 from drctl.lab.cluster import API_AUTH, LAB_SCOPE, AgentNode, LabCluster, Timings
 from drctl.lab.entrypoint import EntryPoint
 from drctl.lab.etcd import EtcdCluster, LabError, etcd_health
+from drctl.lab.netproxy import TcpProxy
 from drctl.lab.ports import free_port
 from drctl.lab.procs import ProcRecord, Supervisor, pid_alive, record_for_pid, release, terminate
 from drctl.pg.osuser import make_dir
@@ -86,6 +87,9 @@ class Lab:
     def __init__(self, lab_dir: Path, pg_user: str = "postgres") -> None:
         self.dir = Path(lab_dir)
         self.pg_user = pg_user
+        # wan_proxies=True: every cross-site path (another site's DCS, its entry point) goes through
+        # a proxy of this process that :meth:`cut_wan` black-holes (tests: a real WAN cut).
+        self.wan: dict[str, list[TcpProxy]] = {}
 
     # --- queries ---------------------------------------------------------------------------------
     def running(self) -> list[ProcRecord]:
@@ -104,7 +108,13 @@ class Lab:
             raise LabError(f"{self.dir} exists and is not a pgdr lab: choose another --dir (nothing was changed)")
 
     def up(
-        self, sites: int = 2, nodes: int = 3, etcd_members: int = 3, timings: Timings | None = None, dr: bool = True
+        self,
+        sites: int = 2,
+        nodes: int = 3,
+        etcd_members: int = 3,
+        timings: Timings | None = None,
+        dr: bool = True,
+        wan_proxies: bool = False,
     ) -> LabState:
         if sites < 1 or nodes < 1 or etcd_members < 1:
             raise LabError("--sites, --nodes and --etcd-members must be at least 1")
@@ -123,13 +133,20 @@ class Lab:
         try:
             names = site_names(sites)
             entry_ports = {site: free_port() for site in names}
+            # What the other sites (and the operator) use to reach a site's entry point.
+            remote_entry = dict(entry_ports)
+            if wan_proxies:
+                for site in names:
+                    proxy = TcpProxy(entry_ports[site])
+                    self.wan.setdefault(site, []).append(proxy)
+                    remote_entry[site] = proxy.port
             clusters: list[LabCluster] = []
             for site in names:
                 site_dir = make_dir(self.dir / f"site-{site}", self.pg_user, 0o755)
                 etcd = EtcdCluster(sup, site_dir / "etcd", name=f"{site}-etcd", size=etcd_members).start()
                 # Every site but the first is a standby cluster of the first (DESIGN.md section 5).
                 standby = dr and site != names[0]
-                dynamic = {"standby_cluster": {"host": "127.0.0.1", "port": entry_ports[names[0]]}} if standby else {}
+                dynamic = {"standby_cluster": {"host": "127.0.0.1", "port": remote_entry[names[0]]}} if standby else {}
                 # The agents know the other sites (cross-site epochs, cold-start confirmation).
                 cross = {"site": site, "topology": str(topology_path(self.dir)), "poll_interval": 1.0, "timeout": 1.0}
                 cluster = LabCluster(
@@ -154,12 +171,20 @@ class Lab:
                 )
                 state.save()
             if dr and sites > 1:
-                write_lab_topology(self.dir, state)  # before the agents start: they read it
+                remote_dcs: dict[str, list[str]] = {}
+                if wan_proxies:
+                    for lab_site in state.sites:
+                        proxies = [TcpProxy(int(e.rsplit(":", 1)[1])) for e in lab_site.etcd_endpoints]
+                        self.wan[lab_site.name] += proxies
+                        remote_dcs[lab_site.name] = [f"http://{p.address}" for p in proxies]
+                # before the agents start: they read it
+                write_lab_topology(self.dir, state, remote_dcs=remote_dcs, remote_entry=remote_entry)
             for cluster in clusters:
                 cluster.start(wait=False)
                 cluster.wait_healthy(180)
         except BaseException:
             self._stop(sup, grace=10.0)
+            self.close_wan()
             raise
         release(sup)  # the lab outlives this command; `lab down` stops it by PID
         return state
@@ -186,6 +211,27 @@ class Lab:
             ]
             out.append(cluster)
         return out
+
+    # --- faults: the WAN -------------------------------------------------------------------------
+    def cut_wan(self) -> None:
+        """Black-hole every cross-site path (needs ``up(wan_proxies=True)``): no site reaches
+        another's DCS or entry point; connections hang as with a real WAN cut."""
+        if not self.wan:
+            raise LabError("cut_wan needs a lab started with wan_proxies=True")
+        for proxies in self.wan.values():
+            for p in proxies:
+                p.blackhole()
+
+    def heal_wan(self) -> None:
+        for proxies in self.wan.values():
+            for p in proxies:
+                p.heal()
+
+    def close_wan(self) -> None:
+        for proxies in self.wan.values():
+            for p in proxies:
+                p.close()
+        self.wan = {}
 
     # --- faults: a whole site ---------------------------------------------------------------------
     def site_records(self, site: str) -> list[ProcRecord]:
@@ -298,6 +344,7 @@ class Lab:
         sup = Supervisor(self.dir)
         names = [r.name for r in sup.records() if r.alive()]
         self._stop(sup, grace)
+        self.close_wan()
         return names
 
     def _stop(self, sup: Supervisor, grace: float) -> None:
@@ -327,15 +374,23 @@ def topology_path(lab_dir: Path) -> Path:
     return lab_dir / "topology.yaml"
 
 
-def write_lab_topology(lab_dir: Path, state: LabState) -> Path:
-    """The cross-site topology file of the lab (what an operator writes in policies/)."""
+def write_lab_topology(
+    lab_dir: Path,
+    state: LabState,
+    remote_dcs: dict[str, list[str]] | None = None,
+    remote_entry: dict[str, int] | None = None,
+) -> Path:
+    """The cross-site topology file of the lab (what an operator writes in policies/). With WAN
+    proxies, the addresses are the proxies' (what another site reaches)."""
     sites = {}
     for site in state.sites:
+        hosts = (remote_dcs or {}).get(site.name) or list(site.etcd_endpoints)
+        entry = (remote_entry or {}).get(site.name) or site.entry_port
         sites[site.name] = {
-            "dcs": {"etcd": {"hosts": list(site.etcd_endpoints)}},
+            "dcs": {"etcd": {"hosts": hosts}},
             "namespace": "/service",
             "scope": LAB_SCOPE,
-            "entry_point": f"127.0.0.1:{site.entry_port}",
+            "entry_point": f"127.0.0.1:{entry}",
             "api_auth": {"username": API_AUTH[0], "password": API_AUTH[1]},
         }
     doc = {"sites": sites, "policy": {"audit_log": str(lab_dir / "audit.log"), "switchover_timeout_s": 120}}

@@ -161,8 +161,21 @@ class SiteClient:
 
 
 def _current_section(state: SiteState) -> dict[str, Any] | None:
+    """The site's standby_cluster section now, else what it had before it was last promoted (kept
+    in its site record): the archive fallback survives every site operation."""
     section = state.view.config_data.get("standby_cluster") if state.view is not None else None
-    return dict(section) if isinstance(section, Mapping) else None
+    if isinstance(section, Mapping):
+        return dict(section)
+    kept = state.record.extra.get("standby_restore_command") if state.record is not None else None
+    return {"restore_command": kept} if isinstance(kept, str) and kept else None
+
+
+def _promoted_extra(state: SiteState, **extra: Any) -> dict[str, Any]:
+    """A promoted site's record remembers its archive fallback for when it follows again."""
+    section = _current_section(state) or {}
+    if section.get("restore_command"):
+        extra["standby_restore_command"] = section["restore_command"]
+    return extra
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,8 +252,30 @@ def _wait(pred: Callable[[], bool], timeout: float, what: str) -> float:
     raise SiteOpError(f"timed out after {timeout:.0f}s waiting for {what}: run the command again to continue")
 
 
+def _audited(operation: str, topology: Topology, call: Callable[[], dict[str, Any]], **details: Any) -> dict[str, Any]:
+    """Run a cross-site command; a refusal or a failure is recorded in the audit log too."""
+    try:
+        return call()
+    except SiteOpError as exc:
+        Audit(Path(topology.policy.audit_log or default_audit_log()), operation).record(
+            "refused", error=str(exc), **details
+        )
+        raise
+    except Exception as exc:
+        Audit(Path(topology.policy.audit_log or default_audit_log()), operation).record(
+            "failed", error=f"{type(exc).__name__}: {exc}", **details
+        )
+        raise
+
+
 def switchover_site(topology: Topology, to: str, *, dry_run: bool = False, say: Say = _quiet) -> dict[str, Any]:
     """Planned, zero-data-loss switchover of the active role to site ``to``."""
+    return _audited(
+        "switchover-site", topology, lambda: _switchover_site(topology, to, dry_run=dry_run, say=say), to_site=to
+    )
+
+
+def _switchover_site(topology: Topology, to: str, *, dry_run: bool, say: Say) -> dict[str, Any]:
     target = topology.site(to)
     states = read_sites(topology)
     for s in states.values():
@@ -338,7 +373,9 @@ def switchover_site(topology: Topology, to: str, *, dry_run: bool = False, say: 
     say(f"site {to} replayed the demotion token")
 
     # 4. promote the target
-    new_client.write_site(SiteRecord("active", epoch, None, extra={"promoted_at": time.time(), "planned": True}))
+    new_client.write_site(
+        SiteRecord("active", epoch, None, extra=_promoted_extra(new, promoted_at=time.time(), planned=True))
+    )
     new_client.patch_config({"standby_cluster": None})
     audit.record("promote-requested", site=to, epoch=epoch)
 
@@ -363,6 +400,141 @@ def switchover_site(topology: Topology, to: str, *, dry_run: bool = False, say: 
     audit.record("done", from_site=old.name, to_site=to, epoch=epoch, token=token, **timings)
     say(f"site {old.name} streams from {to}: switchover done in {timings['total_s']:.1f}s")
     return {"result": "done", "from": old.name, "to": to, "epoch": epoch, "token": token, "timings": timings}
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-fencing a site that came back with a lower epoch
+
+
+def _fence(states: dict[str, SiteState], site: str, active: str, by: str) -> None:
+    me, act = states[site], states[active]
+    client = SiteClient(site, me.spec)
+    client.patch_config({"standby_cluster": standby_cluster_section(act.spec, me.spec, _current_section(me))})
+    client.write_site(SiteRecord("standby", act.epoch, active, extra={"fenced_by": by, "fenced_at": time.time()}))
+
+
+def _needs_fence(state: SiteState, active: SiteState) -> bool:
+    if state.view is None or state.name == active.name:
+        return False
+    if state.role == "active":
+        return state.epoch <= active.epoch
+    return state.record is None or state.record.follows != active.name or state.epoch < active.epoch
+
+
+def refence(
+    topology: Topology, states: dict[str, SiteState], active: str, *, by: str, reason: str | None, say: Say
+) -> list[str]:
+    """Make every reachable site other than ``active`` a standby of it (record and
+    ``standby_cluster``); unreachable ones are reported. Returns the sites fenced."""
+    audit = Audit(Path(topology.policy.audit_log or default_audit_log()), by)
+    act = states[active]
+    fenced = []
+    for st in states.values():
+        if st.name == active:
+            continue
+        if st.view is None:
+            say(f"site {st.name} is unreachable ({st.error}): its agents fence it on sight of epoch {act.epoch}")
+            audit.record("unreachable", site=st.name, active=active, epoch=act.epoch, error=st.error)
+            continue
+        if not _needs_fence(st, act):
+            continue
+        _fence(states, st.name, active, by)
+        audit.record("fenced", site=st.name, active=active, epoch=act.epoch, reason=reason, was=st.role)
+        say(f"site {st.name} ({st.role}, epoch {st.epoch}) is now a standby of {active} (epoch {act.epoch})")
+        fenced.append(st.name)
+    return fenced
+
+
+def fence_site(topology: Topology, site: str, *, reason: str | None, say: Say = _quiet) -> dict[str, Any]:
+    """Re-apply the standby role to ``site``: it follows the active site with the highest epoch."""
+
+    def run() -> dict[str, Any]:
+        topology.site(site)
+        if not reason:
+            raise SiteOpError("fence-site needs --reason: it is recorded in the audit log")
+        states = read_sites(topology)
+        me = states[site]
+        if me.view is None:
+            raise SiteOpError(f"site {site}'s DCS is unreachable ({me.error}): it cannot be fenced now")
+        actives = sorted(
+            (s for s in states.values() if s.name != site and s.role == "active" and s.view is not None),
+            key=lambda s: s.epoch,
+        )
+        if not actives:
+            raise SiteOpError(
+                f"no other reachable site is active: fencing {site} would leave no active site "
+                "(promote one first: `drctl promote-site`)"
+            )
+        act = actives[-1]
+        if me.role == "active" and me.epoch > act.epoch:
+            raise SiteOpError(
+                f"site {site} is active at epoch {me.epoch}, above {act.name}'s {act.epoch}: fence {act.name} instead"
+            )
+        _fence(states, site, act.name, "fence-site")
+        Audit(Path(topology.policy.audit_log or default_audit_log()), "fence-site").record(
+            "fenced", site=site, active=act.name, epoch=act.epoch, reason=reason, was=me.role
+        )
+        say(f"site {site} is now a standby of {act.name} (epoch {act.epoch})")
+        return {"result": "fenced", "site": site, "active": act.name, "epoch": act.epoch}
+
+    return _audited("fence-site", topology, run, site=site, reason=reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# Operator's confirmation of a cold site's role
+
+
+def site_standing(state: SiteState) -> tuple[str | None, str | None]:
+    """What the site's agents say of its cross-site standing (confirmed, unconfirmed, fenced,
+    standby) and why: the leader's view first, else any member's."""
+    docs = [state.leader_status(), *state.statuses.values()]
+    for doc in docs:
+        site = (doc or {}).get("site") or {}
+        if site.get("state"):
+            return str(site["state"]), site.get("reason")
+    return None, None
+
+
+def confirm_site(
+    topology: Topology, site: str, *, reason: str | None, valid_for_s: float = 600.0, say: Say = _quiet
+) -> dict[str, Any]:
+    """An operator vouches that ``site`` is the active site at its current epoch while its agents
+    cannot confirm it themselves (the other sites and the witness unreachable). Time-bounded: a
+    later cold start needs a new confirmation. Refused when another reachable site is active at a
+    higher epoch."""
+    audit = Audit(Path(topology.policy.audit_log or default_audit_log()), "confirm-site")
+    try:
+        topology.site(site)
+        if not reason:
+            raise SiteOpError("confirm-site needs --reason: it is recorded in the audit log")
+        states = read_sites(topology)
+        me = states[site]
+        if me.error or me.view is None:
+            raise SiteOpError(f"site {site}'s DCS is unreachable ({me.error}): nothing to confirm")
+        if me.record is None or me.record.role != "active":
+            raise SiteOpError(f"site {site} is not active (role {me.role}): only an active site's role is confirmed")
+        higher = [s for s in states.values() if s.name != site and s.role == "active" and s.epoch >= me.epoch]
+        if higher:
+            h = higher[0]
+            raise SiteOpError(
+                f"site {h.name} is active at epoch {h.epoch} (>= {me.epoch}): site {site} must follow it, "
+                f"not be confirmed (`drctl fence-site {site}`)"
+            )
+        until = time.time() + valid_for_s
+        extra = dict(me.record.extra)
+        extra["operator_confirmed"] = {
+            "until": until,
+            "epoch": me.record.epoch,
+            "by": operator_name(),
+            "reason": reason,
+        }
+        SiteClient(site, me.spec).write_site(SiteRecord("active", me.record.epoch, me.record.follows, extra=extra))
+    except SiteOpError as exc:
+        audit.record("refused", site=site, reason=reason, error=str(exc))
+        raise
+    audit.record("confirmed", site=site, epoch=me.record.epoch, reason=reason, valid_for_s=valid_for_s)
+    say(f"site {site} confirmed active at epoch {me.record.epoch} for {valid_for_s:.0f}s (recorded in the audit log)")
+    return {"result": "confirmed", "site": site, "epoch": me.record.epoch, "until": until}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,15 +581,46 @@ def promote_site(
     say: Say = _quiet,
 ) -> dict[str, Any]:
     """Manual disaster promotion of site ``to``. Refuses without evidence that the old active
-    site cannot write; records who, when and why in the audit log."""
+    site cannot write; records who, when and why in the audit log (refusals too). Rerun on a site
+    that is already active, it fences every other site it can reach that is not yet a standby of
+    it (a site that came back while it could not see the others)."""
+    return _audited(
+        "promote-site",
+        topology,
+        lambda: _promote_site(
+            topology,
+            to,
+            confirm_old_site_down=confirm_old_site_down,
+            accept_data_loss=accept_data_loss,
+            reason=reason,
+            dry_run=dry_run,
+            say=say,
+        ),
+        site=to,
+        reason=reason,
+        confirm_old_site_down=confirm_old_site_down,
+    )
+
+
+def _promote_site(
+    topology: Topology,
+    to: str,
+    *,
+    confirm_old_site_down: bool,
+    accept_data_loss: bool,
+    reason: str | None,
+    dry_run: bool,
+    say: Say,
+) -> dict[str, Any]:
     target = topology.site(to)
     states = read_sites(topology)
     new = states[to]
     if new.error:
         raise SiteOpError(f"site {to}'s DCS is unreachable ({new.error}): cannot promote it")
     if new.role == "active":
-        say(f"site {to} is already active (epoch {new.epoch})")
-        return {"result": "noop"}
+        say(f"site {to} is already active (epoch {new.epoch}): checking the other sites")
+        refenced = [] if dry_run else refence(topology, states, to, by="promote-site", reason=reason, say=say)
+        return {"result": "refenced" if refenced else "noop", "fenced": refenced, "epoch": new.epoch}
     if new.leader is None or new.leader_status() is None:
         raise SiteOpError(f"site {to} has no reachable standby leader: fix the site first (`drctl sites`)")
     est = estimate_loss(states, to)
@@ -468,7 +671,9 @@ def promote_site(
         new_lsn=est.new_lsn,
     )
     client = SiteClient(to, target)
-    client.write_site(SiteRecord("active", epoch, None, extra={"promoted_at": time.time(), "planned": False}))
+    client.write_site(
+        SiteRecord("active", epoch, None, extra=_promoted_extra(new, promoted_at=time.time(), planned=False))
+    )
     client.patch_config({"standby_cluster": None})
     # Fence the old site where we can still reach it: it must follow the new active site.
     fenced = False

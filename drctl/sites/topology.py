@@ -33,7 +33,11 @@ class SiteSpec(_Model):
     scope: str = Field(min_length=1)
     entry_point: str = Field(description="host:port of the site's read-write entry point (HAProxy, VIP)")
     api_auth: ApiAuth | None = None
-    replication_slot: str | None = Field(default=None, description="slot the other site streams through")
+    replication_slot: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9_]{1,63}$",
+        description="permanent slot on this site's primary that the other site streams through",
+    )
     restore_command: str | None = Field(
         default=None,
         description="restore_command this site uses while it is a standby cluster (e.g. pgBackRest archive-get "

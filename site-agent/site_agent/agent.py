@@ -17,7 +17,7 @@ from drctl.pg.conninfo import parse_host_port
 from drctl.pg.probe import PgState as ProbeState
 from site_agent.actions import AcquireLeader, Clone, Decision, Promote, Rebuild, Rewind
 from site_agent.config import AgentConfig, ConfigError, DynamicConfig, parse_dynamic_config
-from site_agent.crosssite import SiteGuard
+from site_agent.crosssite import SiteGuard, with_permanent_slots
 from site_agent.decide import decide
 from site_agent.executor import Executor, Memory
 from site_agent.fencing import LeaseKeeper
@@ -121,6 +121,8 @@ class Agent:
             local = self._local_state(view, obs, now)
             cfg = self.decide_config()
             decision = decide(view, local, cfg, now)
+            if self.site_guard is not None:
+                decision = with_permanent_slots(decision, self.site_guard.permanent_slots())
             self._log_decision(decision, local)
             self.mem.leader_key_lost = False
             self.view, self.local, self.decision = view, local, decision

@@ -42,6 +42,7 @@ import structlog
 from drctl.dcs.base import DCS, ClusterView, DCSError, SiteRecord
 from drctl.dcs.factory import get_dcs
 from drctl.sites.topology import Topology, TopologyError, load_topology, standby_cluster_section
+from site_agent.actions import Decision, ManageSlots
 from site_agent.config import DrConfig, DynamicConfig, StandbyClusterConfig
 
 log = structlog.get_logger("site_agent.crosssite")
@@ -221,6 +222,19 @@ def effective_inputs(
     return view, dynamic
 
 
+def with_permanent_slots(decision: Decision, slots: tuple[str, ...]) -> Decision:
+    """A writable primary of the active site keeps the slots the other sites stream through:
+    slot management never drops them (they are inactive whenever the WAN is down, which is
+    exactly when they matter)."""
+    if not slots or decision.role != "primary":
+        return decision
+    actions = tuple(
+        ManageSlots(tuple(sorted(set(a.slots) | set(slots)))) if isinstance(a, ManageSlots) else a
+        for a in decision.actions
+    )
+    return replace(decision, actions=actions)
+
+
 # ---------------------------------------------------------------------------------------------
 # The reader threads
 
@@ -379,6 +393,13 @@ class SiteGuard:
             log.warning("cross-site: site role not confirmed; staying read-only", reason=verdict.reason)
         else:
             log.info("cross-site", state=verdict.state, reason=verdict.reason)
+
+    def permanent_slots(self) -> tuple[str, ...]:
+        """The cross-site slots this site keeps while it is (or believes it is) the active site."""
+        if self.verdict.state not in ("confirmed", "unconfirmed"):
+            return ()
+        slot = self.topology.site(self.site).replication_slot
+        return (slot,) if slot else ()
 
     def persist(self, dcs: DCS, view: ClusterView | None, dynamic: DynamicConfig) -> None:
         """A fenced site records it in its own DCS: ``standby_cluster`` first (the upstream is

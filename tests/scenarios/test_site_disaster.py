@@ -12,12 +12,20 @@ power loss, and that every row acknowledged by the new active site is kept."""
 from __future__ import annotations
 
 import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC
+from pathlib import Path
+from typing import Any
 
 import psycopg
+import pytest
 
 from drctl.lab.cluster import SUPERUSER
-from drctl.lab.workload import Writer, missing_rows, multi_host_url
-from drctl.sites.controller import promote_site, read_sites
+from drctl.lab.lab import Lab, topology_path
+from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
+from drctl.sites.controller import confirm_site, promote_site, read_sites
+from drctl.sites.topology import Topology, load_topology
 from tests.scenarios.test_cross_site import TwoSites, _missing_on, two_sites, wait_until
 
 __all__ = ["two_sites"]  # the fixture, shared with test_cross_site
@@ -39,7 +47,9 @@ def _follows(ts: TwoSites, site: str, other: str) -> bool:
     others from the leader."""
     c = ts.cluster(site)
     leader = c.leader()
-    if leader is None or c.upstream_port(leader) != ts.entry_port(other):
+    # The other site's entry point as the topology names it (a WAN proxy in the WAN labs).
+    entry = ts.topology.site(other).entry_host_port[1]
+    if leader is None or c.upstream_port(leader) != entry:
         return False
     return all(c.streams_from(n.name, leader) for n in c.nodes if n.name != leader)
 
@@ -99,10 +109,172 @@ def test_power_loss_and_return_never_writes_and_converges(two_sites: TwoSites) -
     assert a_rec is not None and a_rec.role == "standby" and a_rec.follows == "b" and a_rec.epoch == epoch, a_rec
     assert str(a_rec.extra.get("fenced_by", "")).startswith("agent "), a_rec
     config = states["a"].view.config_data if states["a"].view else {}
-    assert (config.get("standby_cluster") or {}).get("port") == ts.entry_port("b")
+    assert (config.get("standby_cluster") or {}).get("port") == ts.topology.site("b").entry_host_port[1]
     # Every agent of site a says why it is a standby.
     for n in ts.a.nodes:
         st = ts.a.status(n.name) or {}
         assert (st.get("site") or {}).get("state") in ("fenced", "standby"), st
     with psycopg.connect(_site_url(ts, "b"), autocommit=True) as conn:
         conn.execute("INSERT INTO pgdr_writes (id) VALUES (-7)")
+
+
+# ---------------------------------------------------------------------------------------------
+# With a WAN that can be cut: every cross-site path (the other site's DCS, its entry point) goes
+# through proxies of the test process.
+
+
+@pytest.fixture
+def wan_sites(lab_dir: Path) -> Iterator[TwoSites]:
+    lab = Lab(lab_dir / "lab")
+    state = lab.up(sites=2, nodes=2, wan_proxies=True)
+    try:
+        a, b = lab.clusters(state)
+        checker = DualPrimaryChecker({n.name: n.dsn for c in (a, b) for n in c.nodes}).start()
+        yield TwoSites(lab, state, a, b, load_topology(topology_path(lab.dir)), checker)
+        checker.stop()
+        violations = checker.violations()
+        assert not violations, f"two writable primaries at once across sites: {violations}"
+    finally:
+        lab.heal_wan()
+        lab.down(grace=20)
+
+
+def _site_docs(ts: TwoSites, site: str) -> dict[str, dict[str, Any]]:
+    return {n.name: (ts.cluster(site).status(n.name) or {}).get("site") or {} for n in ts.cluster(site).nodes}
+
+
+def _metric(ts: TwoSites, site: str, name: str, metric: str) -> float | None:
+    url = f"{ts.cluster(site).node(name).api_url}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(metric + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_return_while_the_wan_is_cut_stays_read_only_then_converges(wan_sites: TwoSites) -> None:
+    ts = wan_sites
+    writer = Writer(ts.app_url(), interval=0.03, timeout=3.0)
+    writer.prepare()
+    writer.start()
+    wait_until(lambda: len(writer.acks) > 50, 30, "writes on site a")
+    records = ts.lab.power_off_site("a")
+    off_at = time.monotonic()
+    result = promote_site(
+        ts.topology, "b", confirm_old_site_down=True, accept_data_loss=True, reason="test: site a lost power"
+    )
+    assert result["result"] == "done", result
+    b_ports = {n.pg_port for n in ts.b.nodes}
+    wait_until(lambda: sum(1 for a in writer.acks if a.port in b_ports) > 50, 60, "writes acknowledged by site b")
+
+    # Site a comes back while the WAN is cut: it sees neither site b nor a witness.
+    ts.lab.cut_wan()
+    ts.lab.power_on_site("a", records)
+    # Past ttl (the old leader key has expired, an election would have happened) and more.
+    wait_until(
+        lambda: all(d.get("state") == "unconfirmed" for d in _site_docs(ts, "a").values()),
+        30,
+        "site a's agents reporting an unconfirmed role",
+    )
+    time.sleep(2 * ts.a.timings.ttl)
+    assert ts.a.writable_nodes() == []
+    docs = _site_docs(ts, "a")
+    for name, doc in docs.items():
+        assert doc.get("state") == "unconfirmed" and doc.get("writable_allowed") is False, (name, doc)
+        assert "no other site answered" in str(doc.get("reason")), doc
+        assert _metric(ts, "a", name, "pgdr_site_confirmed") == 0.0
+    assert any("site role not confirmed" in n.log.read_text() for n in ts.a.nodes)
+    # Site a still says "active" in its own DCS: only the other sites could tell it otherwise.
+    own = ts.a.view()
+    assert own is not None and own.site is not None and own.site.role == "active" and own.site.epoch == 1
+
+    ts.lab.heal_wan()
+    took = wait_until(lambda: _follows(ts, "a", "b"), 60, "site a converged to a standby of b after the WAN healed")
+    print(f"site a converged {took:.1f}s after the WAN healed")
+    time.sleep(2)
+    writer.stop()
+    writable = _writable_samples(ts, "a", off_at)
+    assert sum(writable.values()) == 0, f"site a had writable samples: {writable}"
+    acked_by_b = {a.id for a in writer.acks if a.port in b_ports}
+    assert missing_rows(_site_url(ts, "b"), acked_by_b) == set()
+    for n in ts.a.nodes:
+        wait_until(lambda name=n.name: _missing_on(ts.a, name, acked_by_b) == set(), 60, f"{n.name} has b's rows")
+    states = read_sites(ts.topology)
+    assert states["a"].role == "standby" and states["a"].epoch == result["epoch"]
+
+
+def test_active_site_keeps_writing_through_a_wan_cut_and_failover_waits_for_confirmation(
+    wan_sites: TwoSites,
+) -> None:
+    ts = wan_sites
+    leader = ts.a.leader()
+    assert leader is not None
+    other = next(n.name for n in ts.a.nodes if n.name != leader)
+    wait_until(lambda: all(d.get("state") == "confirmed" for d in _site_docs(ts, "a").values()), 30, "a confirmed")
+    writer = Writer(_site_url(ts, "a"), interval=0.03, timeout=3.0)
+    writer.prepare()
+    writer.start()
+    wait_until(lambda: len(writer.acks) > 30, 30, "writes on site a")
+
+    cut_at = time.monotonic()
+    ts.lab.cut_wan()
+    time.sleep(120)
+    # The running primary never depended on the WAN: no demotion, every sample writable.
+    samples = [s for s in ts.checker.samples[leader] if s.at >= cut_at]
+    assert samples and all(s.writable for s in samples), "the active primary stopped being writable in the cut"
+    assert ts.a.leader() == leader
+    assert not any("demoting" in line for line in _log_since(ts.a.node(leader).log, cut_at))
+    st = _site_docs(ts, "a")
+    assert st[leader].get("state") == "unconfirmed" and st[leader].get("writable_allowed") is True, st
+
+    # The primary's node is lost during the cut. The documented rule (policy wan_cut_failover:
+    # deny, no witness): the survivor takes over read-only, and waits for a confirmation.
+    acked_before = writer.acked_ids()
+    ts.a.kill_node(leader)
+    lost_at = time.monotonic()
+    wait_until(lambda: ts.a.leader() == other, 60, f"{other} holding the leader key")
+    time.sleep(ts.a.timings.ttl)
+    assert ts.a.writable_nodes() == [], "an intra-site failover happened during the cut with policy deny"
+    doc = _site_docs(ts, "a")[other]
+    assert doc.get("state") == "unconfirmed" and doc.get("writable_allowed") is False, doc
+
+    # An operator in site a (who reaches its DCS directly) confirms, with a reason: audited.
+    local = _operator_topology(ts, "a")
+    confirm_site(local, "a", reason="test: WAN cut, site b known to be standby")
+    wait_until(lambda: ts.a.writable_nodes() == [other], 60, f"{other} promoted after the operator's confirmation")
+    print(f"failover completed {time.monotonic() - lost_at:.1f}s after the primary was lost (incl. the wait)")
+    ts.lab.heal_wan()
+    wait_until(lambda: _follows(ts, "b", "a"), 90, "site b streaming from a again")
+    time.sleep(2)
+    writer.stop()
+    assert ts.b.writable_nodes() == []
+    assert missing_rows(_site_url(ts, "a"), acked_before & writer.acked_ids()) == set()
+    audit = Path(ts.topology.policy.audit_log or "").read_text()
+    assert "confirm-site" in audit and "test: WAN cut" in audit
+
+
+def _log_since(path: Path, since_monotonic: float) -> list[str]:
+    """Lines of an agent log written after a monotonic instant (the log has wall-clock stamps)."""
+    from datetime import datetime
+
+    cutoff = time.time() - (time.monotonic() - since_monotonic)
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            at = datetime.fromisoformat(line[:27].rstrip("Z")).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+        if at >= cutoff:
+            out.append(line)
+    return out
+
+
+def _operator_topology(ts: TwoSites, site: str) -> Topology:
+    """The topology as an operator inside ``site`` sees it: that site's DCS reached directly."""
+    doc = ts.topology.model_dump(mode="json", exclude_none=True, exclude={"source"})
+    doc["sites"][site]["dcs"] = {"etcd": {"hosts": list(ts.cluster(site).etcd_endpoints)}}
+    return Topology.model_validate({**doc, "source": "operator-in-site-" + site})

@@ -18,6 +18,7 @@ from site_agent.crosssite import (
     effective_inputs,
     judge,
     may_become_writable,
+    with_permanent_slots,
 )
 from site_agent.decide import decide
 from site_agent.state import DataDirState, DecideConfig, LocalState, PgState
@@ -255,3 +256,38 @@ def test_the_guard_returns_to_the_dcs_configuration_when_the_override_ends() -> 
     mon.record_result("b", SiteRecord("standby", 1, "a"), None, time.monotonic())
     _, out2 = guard.inputs(_view(active(1)), out, writable_now=False, held_key=False)
     assert guard.verdict.state == "confirmed" and guard.may_write and out2 is base
+
+
+def test_the_active_primary_keeps_the_cross_site_slot() -> None:
+    from site_agent.actions import Decision, ManageSlots, RenewLeader
+
+    d = Decision((RenewLeader(1), ManageSlots(("a2",))), "leader", "primary")
+    kept = with_permanent_slots(d, ("site_a",))
+    assert kept.first(ManageSlots) == ManageSlots(("a2", "site_a"))
+    replica = Decision((ManageSlots(()),), "replica", "replica")
+    assert with_permanent_slots(replica, ("site_a",)) is replica  # an unadvanced slot would pin WAL
+
+
+def test_only_an_active_site_keeps_its_cross_site_slot() -> None:
+    t = Topology.model_validate(
+        {
+            "sites": {
+                "a": {"dcs": {"etcd": {"hosts": ["h:1"]}}, "scope": "m", "entry_point": "h:2", "replication_slot": "x"},
+                "b": {"dcs": {"etcd": {"hosts": ["h:3"]}}, "scope": "m", "entry_point": "h:4"},
+            }
+        }
+    )
+    guard = SiteGuard(CrossSiteMonitor("a", t, 1.0, 1.0), "a1")
+    guard.verdict = Verdict("confirmed", "x")
+    assert guard.permanent_slots() == ("x",)
+    guard.verdict = Verdict("fenced", "x", "b", 3)
+    assert guard.permanent_slots() == ()
+
+
+def test_standby_cluster_sections_keep_the_archive_fallback() -> None:
+    t = topo()
+    # The standby site's own restore_command from the topology wins; else the current section's.
+    assert standby_cluster_section(t.site("b"), t.site("a"))["restore_command"] == "pgbackrest archive-get %f %p"
+    kept = standby_cluster_section(t.site("a"), t.site("b"), {"host": "x", "restore_command": "cp /arch/%f %p"})
+    assert kept["restore_command"] == "cp /arch/%f %p" and kept["host"] == "10.0.0.1"
+    assert "restore_command" not in standby_cluster_section(t.site("a"), t.site("b"), None)
