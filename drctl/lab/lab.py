@@ -115,6 +115,7 @@ class Lab:
         timings: Timings | None = None,
         dr: bool = True,
         wan_proxies: bool = False,
+        dr_slots: bool = False,
     ) -> LabState:
         if sites < 1 or nodes < 1 or etcd_members < 1:
             raise LabError("--sites, --nodes and --etcd-members must be at least 1")
@@ -146,7 +147,10 @@ class Lab:
                 etcd = EtcdCluster(sup, site_dir / "etcd", name=f"{site}-etcd", size=etcd_members).start()
                 # Every site but the first is a standby cluster of the first (DESIGN.md section 5).
                 standby = dr and site != names[0]
-                dynamic = {"standby_cluster": {"host": "127.0.0.1", "port": remote_entry[names[0]]}} if standby else {}
+                section: dict[str, Any] = {"host": "127.0.0.1", "port": remote_entry[names[0]]}
+                if dr_slots:  # stream through the active site's permanent cross-site slot
+                    section["primary_slot_name"] = dr_slot_name(names[0])
+                dynamic = {"standby_cluster": section} if standby else {}
                 # The agents know the other sites (cross-site epochs, cold-start confirmation).
                 cross = {"site": site, "topology": str(topology_path(self.dir)), "poll_interval": 1.0, "timeout": 1.0}
                 cluster = LabCluster(
@@ -178,7 +182,7 @@ class Lab:
                         self.wan[lab_site.name] += proxies
                         remote_dcs[lab_site.name] = [f"http://{p.address}" for p in proxies]
                 # before the agents start: they read it
-                write_lab_topology(self.dir, state, remote_dcs=remote_dcs, remote_entry=remote_entry)
+                write_lab_topology(self.dir, state, remote_dcs=remote_dcs, remote_entry=remote_entry, dr_slots=dr_slots)
             for cluster in clusters:
                 cluster.start(wait=False)
                 cluster.wait_healthy(180)
@@ -370,6 +374,11 @@ def _write_site_record(cluster: LabCluster, record: SiteRecord) -> None:
         dcs.close()
 
 
+def dr_slot_name(site: str) -> str:
+    """The permanent slot on ``site``'s primary that the other sites stream through."""
+    return f"pgdr_dr_{site}"
+
+
 def topology_path(lab_dir: Path) -> Path:
     return lab_dir / "topology.yaml"
 
@@ -379,6 +388,7 @@ def write_lab_topology(
     state: LabState,
     remote_dcs: dict[str, list[str]] | None = None,
     remote_entry: dict[str, int] | None = None,
+    dr_slots: bool = False,
 ) -> Path:
     """The cross-site topology file of the lab (what an operator writes in policies/). With WAN
     proxies, the addresses are the proxies' (what another site reaches)."""
@@ -393,6 +403,8 @@ def write_lab_topology(
             "entry_point": f"127.0.0.1:{entry}",
             "api_auth": {"username": API_AUTH[0], "password": API_AUTH[1]},
         }
+        if dr_slots:
+            sites[site.name]["replication_slot"] = dr_slot_name(site.name)
     doc = {"sites": sites, "policy": {"audit_log": str(lab_dir / "audit.log"), "switchover_timeout_s": 120}}
     path = topology_path(lab_dir)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -174,17 +174,21 @@ def _operator_confirmation(own: SiteRecord | None, wall_clock: float) -> str | N
     return f"confirmed by operator {conf.get('by', '?')} ({conf.get('reason', 'no reason given')})"
 
 
-def may_become_writable(verdict: Verdict, *, writable_now: bool, held_key: bool, warm: bool, policy: str) -> bool:
+def may_become_writable(
+    verdict: Verdict, *, writable_now: bool, restarting_primary: bool, warm: bool, policy: str
+) -> bool:
     """Whether this member may be (or become) a writable primary this cycle. A fenced site never;
     a writable primary keeps writing (availability of a healthy active site never depends on the
-    WAN), and so may the key holder restarting its own PostgreSQL in place; otherwise the role
+    WAN), and so may a primary that has held the leader key without interruption since it was
+    writable, restarting its own PostgreSQL in place (``restarting_primary``); otherwise the role
     must be confirmed now, or, when the policy allows a failover during a WAN cut, at least once
-    since this agent started."""
+    since this agent started. (Holding the key is not enough: on an unconfirmed site a member
+    may take it read-only, and that must not turn into a promotion.)"""
     if verdict.state == "fenced":
         return False
     if verdict.state in ("off", "confirmed", "standby"):
         return True
-    if writable_now or (held_key and warm):
+    if writable_now or restarting_primary:
         return True
     return policy == "allow" and warm
 
@@ -328,6 +332,9 @@ class SiteGuard:
     verdict: Verdict = field(default_factory=lambda: Verdict("unconfirmed", "no other site read yet"))
     warm: bool = False  # this agent confirmed its site's role at least once since it started
     may_write: bool = True
+    # This member has held the leader key without interruption since its PostgreSQL was a
+    # writable primary (a crash restart in place is not a failover).
+    primary_key_holder: bool = False
     _base: DynamicConfig | None = None
     _last_out: DynamicConfig | None = None
     _logged: tuple[str, str] = ("", "")
@@ -367,8 +374,16 @@ class SiteGuard:
         verdict = judge(self.site, view.site, peers, highest, time.monotonic(), max_age, time.time())
         if verdict.state == "confirmed":
             self.warm = True
+        if not held_key:
+            self.primary_key_holder = False
+        elif writable_now:
+            self.primary_key_holder = True
         may = may_become_writable(
-            verdict, writable_now=writable_now, held_key=held_key, warm=self.warm, policy=policy.wan_cut_failover
+            verdict,
+            writable_now=writable_now,
+            restarting_primary=held_key and self.primary_key_holder,
+            warm=self.warm,
+            policy=policy.wan_cut_failover,
         )
         self.verdict, self.may_write = verdict, may
         self._log(verdict, may)

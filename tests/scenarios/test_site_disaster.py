@@ -125,8 +125,17 @@ def test_power_loss_and_return_never_writes_and_converges(two_sites: TwoSites) -
 
 @pytest.fixture
 def wan_sites(lab_dir: Path) -> Iterator[TwoSites]:
+    yield from _wan_lab(lab_dir)
+
+
+@pytest.fixture
+def wan_slot_sites(lab_dir: Path) -> Iterator[TwoSites]:
+    yield from _wan_lab(lab_dir, dr_slots=True)
+
+
+def _wan_lab(lab_dir: Path, **kwargs: Any) -> Iterator[TwoSites]:
     lab = Lab(lab_dir / "lab")
-    state = lab.up(sites=2, nodes=2, wan_proxies=True)
+    state = lab.up(sites=2, nodes=2, wan_proxies=True, **kwargs)
     try:
         a, b = lab.clusters(state)
         checker = DualPrimaryChecker({n.name: n.dsn for c in (a, b) for n in c.nodes}).start()
@@ -278,3 +287,56 @@ def _operator_topology(ts: TwoSites, site: str) -> Topology:
     doc = ts.topology.model_dump(mode="json", exclude_none=True, exclude={"source"})
     doc["sites"][site]["dcs"] = {"etcd": {"hosts": list(ts.cluster(site).etcd_endpoints)}}
     return Topology.model_validate({**doc, "source": "operator-in-site-" + site})
+
+
+def _lsn(dsn: str, query: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(query).fetchone()
+    assert row is not None and row[0] is not None, query
+    return int(row[0])
+
+
+def test_standby_site_catches_up_through_its_slot_without_a_reclone(wan_slot_sites: TwoSites) -> None:
+    ts = wan_slot_sites
+    a_leader, b_leader = ts.a.leader(), ts.b.leader()
+    assert a_leader is not None and b_leader is not None
+    slot = ts.topology.site("a").replication_slot
+    assert slot
+    a_dsn, b_dsn = ts.a.node(a_leader).dsn, ts.b.node(b_leader).dsn
+    wait_until(lambda: _follows(ts, "b", "a"), 60, "site b streaming from a through its slot")
+    active_slot = f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"
+    assert _lsn(a_dsn, active_slot) == 1
+    writer = Writer(_site_url(ts, "a"), interval=0.03, timeout=3.0)
+    writer.prepare()
+    writer.start()
+
+    ts.lab.cut_wan()
+    cut_at = time.monotonic()
+    # Far more WAL than wal_keep_size (64MB), with checkpoints that would recycle it.
+    with psycopg.connect(a_dsn, autocommit=True) as conn:
+        for i in range(3):
+            conn.execute(f"CREATE TABLE bulk{i} AS SELECT g, repeat('x', 400) AS pad FROM generate_series(1, 200000) g")
+            conn.execute("CHECKPOINT")
+    behind = _lsn(
+        a_dsn, f"SELECT pg_current_wal_lsn() - restart_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    )
+    assert behind > 128 * 1024 * 1024, f"the slot retains only {behind} bytes"
+    assert ts.b.writable_nodes() == []
+    assert all(s.writable for s in ts.checker.samples[a_leader] if s.at >= cut_at)
+
+    ts.lab.heal_wan()
+    healed_at = time.monotonic()
+    target = _lsn(a_dsn, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+    took = wait_until(
+        lambda: _lsn(b_dsn, "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn") >= target,
+        180,
+        "site b's standby leader caught up",
+    )
+    print(f"site b caught up {behind / 2**20:.0f} MB {took:.1f}s after the WAN healed")
+    writer.stop()
+    for n in ts.b.nodes:
+        lines = _log_since(n.log, cut_at)
+        assert not any("Clone(" in ln or "Rebuild(" in ln for ln in lines), f"{n.name} was re-cloned"
+    assert ts.b.leader() == b_leader
+    wait_until(lambda: _missing_on(ts.b, b_leader, writer.acked_ids()) == set(), 60, "every acknowledged row on b")
+    assert healed_at > cut_at

@@ -120,25 +120,25 @@ UNCONF = Verdict("unconfirmed", "nobody answered")
 
 
 @pytest.mark.parametrize(
-    ("verdict", "writable_now", "held_key", "warm", "policy", "expected"),
+    ("verdict", "writable_now", "restarting", "warm", "policy", "expected"),
     [
         (Verdict("fenced", "x", "b", 2), True, True, True, "allow", False),
         (Verdict("confirmed", "x"), False, False, False, "deny", True),
         (Verdict("standby", "x"), False, False, False, "deny", True),
         (UNCONF, True, False, False, "deny", True),  # a running primary keeps writing through a WAN cut
-        (UNCONF, False, True, True, "deny", True),  # the key holder restarts its own PostgreSQL
-        (UNCONF, False, True, False, "allow", False),  # ... but not after a cold start
+        (UNCONF, False, True, True, "deny", True),  # a primary keeping its key restarts PostgreSQL in place
         (UNCONF, False, False, True, "deny", False),  # intra-site failover during a cut: denied
         (UNCONF, False, False, True, "allow", True),  # ... or allowed by the policy, once warm
         (UNCONF, False, False, False, "allow", False),  # cold start: never without a confirmation
     ],
 )
 def test_may_become_writable(
-    verdict: Verdict, writable_now: bool, held_key: bool, warm: bool, policy: str, expected: bool
+    verdict: Verdict, writable_now: bool, restarting: bool, warm: bool, policy: str, expected: bool
 ) -> None:
-    assert (
-        may_become_writable(verdict, writable_now=writable_now, held_key=held_key, warm=warm, policy=policy) is expected
+    got = may_become_writable(
+        verdict, writable_now=writable_now, restarting_primary=restarting, warm=warm, policy=policy
     )
+    assert got is expected
 
 
 def _view(site: SiteRecord | None, leader: str | None = None) -> ClusterView:
@@ -291,3 +291,26 @@ def test_standby_cluster_sections_keep_the_archive_fallback() -> None:
     kept = standby_cluster_section(t.site("a"), t.site("b"), {"host": "x", "restore_command": "cp /arch/%f %p"})
     assert kept["restore_command"] == "cp /arch/%f %p" and kept["host"] == "10.0.0.1"
     assert "restore_command" not in standby_cluster_section(t.site("a"), t.site("b"), None)
+
+
+def test_a_read_only_key_holder_of_an_unconfirmed_site_never_gets_to_promote() -> None:
+    """Seen in the WAN-cut scenario: a warm replica took the key read-only during the cut, and
+    the next cycle, holding the key, was let through to promote."""
+    t = topo()
+    mon = CrossSiteMonitor("a", t, 1.0, 1.0)
+    mon.record_result("b", SiteRecord("standby", 1, "a"), None, time.monotonic() - 100)  # confirmed long ago
+    guard = SiteGuard(mon, "a2")
+    guard.warm = True
+    view = _view(active(1))
+    guard.inputs(view, _dyn(), writable_now=False, held_key=False)
+    assert guard.verdict.state == "unconfirmed" and not guard.may_write
+    guard.inputs(_view(active(1), "a2"), _dyn(), writable_now=False, held_key=True)  # took the key read-only
+    assert not guard.may_write
+    # The primary that held the key all along may restart its crashed PostgreSQL in place.
+    p = SiteGuard(mon, "a1")
+    p.inputs(_view(active(1), "a1"), _dyn(), writable_now=True, held_key=True)
+    p.inputs(_view(active(1), "a1"), _dyn(), writable_now=False, held_key=True)
+    assert p.may_write
+    p.inputs(_view(active(1)), _dyn(), writable_now=False, held_key=False)  # lost the key once
+    p.inputs(_view(active(1), "a1"), _dyn(), writable_now=False, held_key=True)
+    assert not p.may_write
