@@ -38,12 +38,19 @@ def lab_group() -> None:
 @click.option("--etcd-members", default=3, show_default=True, type=click.IntRange(1, 7))
 @click.option("--pg-user", default="postgres", show_default=True, help="OS user that runs PostgreSQL.")
 @click.option("--independent", is_flag=True, help="Independent clusters: no site is a standby of another.")
+@click.option(
+    "--witness", is_flag=True, help="Also start a witness (one etcd member) holding the active site and epoch."
+)
 @operator_errors
-def lab_up(lab_dir: Path | None, sites: int, nodes: int, etcd_members: int, pg_user: str, independent: bool) -> None:
+def lab_up(
+    lab_dir: Path | None, sites: int, nodes: int, etcd_members: int, pg_user: str, independent: bool, witness: bool
+) -> None:
     """Start a lab and leave it running. Site a is active; the other sites are standby clusters of it."""
+    if witness and (independent or sites < 2):
+        raise click.UsageError("--witness needs at least two sites in a DR layout (not --independent)")
     lab = Lab(lab_dir or default_lab_dir(), pg_user=pg_user)
     click.echo(f"lab directory: {lab.dir}")
-    state = lab.up(sites=sites, nodes=nodes, etcd_members=etcd_members, dr=not independent)
+    state = lab.up(sites=sites, nodes=nodes, etcd_members=etcd_members, dr=not independent, witness=witness)
     for site in state.sites:
         click.echo(f"site {site.name}: etcd {','.join(site.etcd_endpoints)}")
         for n in site.nodes:

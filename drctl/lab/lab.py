@@ -90,6 +90,7 @@ class Lab:
         # wan_proxies=True: every cross-site path (another site's DCS, its entry point) goes through
         # a proxy of this process that :meth:`cut_wan` black-holes (tests: a real WAN cut).
         self.wan: dict[str, list[TcpProxy]] = {}
+        self.witness_proxies: list[TcpProxy] = []
 
     # --- queries ---------------------------------------------------------------------------------
     def running(self) -> list[ProcRecord]:
@@ -116,6 +117,7 @@ class Lab:
         dr: bool = True,
         wan_proxies: bool = False,
         dr_slots: bool = False,
+        witness: bool = False,
     ) -> LabState:
         if sites < 1 or nodes < 1 or etcd_members < 1:
             raise LabError("--sites, --nodes and --etcd-members must be at least 1")
@@ -174,6 +176,15 @@ class Lab:
                     LabSite(site, etcd.endpoints, [_node_doc(n) for n in cluster.nodes], entry_ports[site])
                 )
                 state.save()
+            witness_hosts: list[str] | None = None
+            if witness and dr and sites > 1:
+                # A third location holding the authoritative {active site, epoch}.
+                w_etcd = EtcdCluster(sup, self.dir / "witness", name="witness", size=1).start()
+                witness_hosts = list(w_etcd.endpoints)
+                if wan_proxies:  # its own link, cut separately from the WAN between the sites
+                    self.witness_proxies = [TcpProxy(int(e.rsplit(":", 1)[1])) for e in w_etcd.endpoints]
+                    witness_hosts = [f"http://{p.address}" for p in self.witness_proxies]
+                _write_witness(w_etcd.endpoints, names[0], 1)
             if dr and sites > 1:
                 remote_dcs: dict[str, list[str]] = {}
                 if wan_proxies:
@@ -182,7 +193,14 @@ class Lab:
                         self.wan[lab_site.name] += proxies
                         remote_dcs[lab_site.name] = [f"http://{p.address}" for p in proxies]
                 # before the agents start: they read it
-                write_lab_topology(self.dir, state, remote_dcs=remote_dcs, remote_entry=remote_entry, dr_slots=dr_slots)
+                write_lab_topology(
+                    self.dir,
+                    state,
+                    remote_dcs=remote_dcs,
+                    remote_entry=remote_entry,
+                    dr_slots=dr_slots,
+                    witness=witness_hosts,
+                )
             for cluster in clusters:
                 cluster.start(wait=False)
                 cluster.wait_healthy(180)
@@ -232,10 +250,20 @@ class Lab:
                 p.heal()
 
     def close_wan(self) -> None:
-        for proxies in self.wan.values():
+        for proxies in [*self.wan.values(), self.witness_proxies]:
             for p in proxies:
                 p.close()
-        self.wan = {}
+        self.wan, self.witness_proxies = {}, []
+
+    def cut_witness(self) -> None:
+        if not self.witness_proxies:
+            raise LabError("cut_witness needs a lab started with witness=True and wan_proxies=True")
+        for p in self.witness_proxies:
+            p.blackhole()
+
+    def heal_witness(self) -> None:
+        for p in self.witness_proxies:
+            p.heal()
 
     # --- faults: a whole site ---------------------------------------------------------------------
     def site_records(self, site: str) -> list[ProcRecord]:
@@ -374,6 +402,20 @@ def _write_site_record(cluster: LabCluster, record: SiteRecord) -> None:
         dcs.close()
 
 
+def _write_witness(endpoints: list[str], site: str, epoch: int) -> None:
+    from drctl.dcs.factory import DcsSettings, EtcdSettings
+    from drctl.sites.witness import Witness
+
+    w = Witness(DcsSettings(etcd=EtcdSettings(hosts=list(endpoints))), name="lab")
+    try:
+        if not w.claim(site, epoch, w.read(), by="lab"):
+            raise LabError("could not write the witness record")
+    except DCSError as exc:
+        raise LabError(f"witness: {exc}") from exc
+    finally:
+        w.close()
+
+
 def dr_slot_name(site: str) -> str:
     """The permanent slot on ``site``'s primary that the other sites stream through."""
     return f"pgdr_dr_{site}"
@@ -389,6 +431,7 @@ def write_lab_topology(
     remote_dcs: dict[str, list[str]] | None = None,
     remote_entry: dict[str, int] | None = None,
     dr_slots: bool = False,
+    witness: list[str] | None = None,
 ) -> Path:
     """The cross-site topology file of the lab (what an operator writes in policies/). With WAN
     proxies, the addresses are the proxies' (what another site reaches)."""
@@ -405,7 +448,12 @@ def write_lab_topology(
         }
         if dr_slots:
             sites[site.name]["replication_slot"] = dr_slot_name(site.name)
-    doc = {"sites": sites, "policy": {"audit_log": str(lab_dir / "audit.log"), "switchover_timeout_s": 120}}
+    doc: dict[str, Any] = {
+        "sites": sites,
+        "policy": {"audit_log": str(lab_dir / "audit.log"), "switchover_timeout_s": 120},
+    }
+    if witness:
+        doc["witness"] = {"etcd": {"hosts": list(witness)}}
     path = topology_path(lab_dir)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

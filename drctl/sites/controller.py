@@ -21,6 +21,7 @@ import urllib3
 from drctl.dcs.base import DCS, ClusterView, DCSError, SiteRecord
 from drctl.dcs.factory import get_dcs
 from drctl.sites.topology import SiteSpec, Topology, standby_cluster_section
+from drctl.sites.witness import Witness, WitnessRecord
 
 _http = urllib3.PoolManager(num_pools=16, maxsize=4, retries=False)
 
@@ -372,7 +373,8 @@ def _switchover_site(topology: Topology, to: str, *, dry_run: bool, say: Say) ->
     timings["catch_up_s"] = _wait(caught_up, topology.policy.switchover_timeout_s, f"site {to} to replay {token:X}")
     say(f"site {to} replayed the demotion token")
 
-    # 4. promote the target
+    # 4. promote the target (the witness first: it is the authority on who is active)
+    epoch = claim_witness(topology, to, epoch, by="switchover-site", say=say)
     new_client.write_site(
         SiteRecord("active", epoch, None, extra=_promoted_extra(new, promoted_at=time.time(), planned=True))
     )
@@ -400,6 +402,52 @@ def _switchover_site(topology: Topology, to: str, *, dry_run: bool, say: Say) ->
     audit.record("done", from_site=old.name, to_site=to, epoch=epoch, token=token, **timings)
     say(f"site {old.name} streams from {to}: switchover done in {timings['total_s']:.1f}s")
     return {"result": "done", "from": old.name, "to": to, "epoch": epoch, "token": token, "timings": timings}
+
+
+# ---------------------------------------------------------------------------------------------
+# The witness
+
+
+def witness_record(topology: Topology) -> WitnessRecord | None:
+    """The witness's record (None: no witness configured, or it holds none). A configured witness
+    that does not answer is an error: promotions must be recorded there first."""
+    if topology.witness is None:
+        return None
+    w = Witness(topology.witness)
+    try:
+        return w.read()
+    except DCSError as exc:
+        raise SiteOpError(
+            f"the witness is unreachable ({exc}): a promotion is recorded there first. Bring it back, or "
+            f"remove `witness:` from {topology.source or 'the topology'} to promote without it"
+        ) from exc
+    finally:
+        w.close()
+
+
+def claim_witness(topology: Topology, site: str, epoch: int, *, by: str, say: Say) -> int:
+    """Record ``{site, epoch}`` in the witness with a compare-and-swap, before ``site`` is
+    promoted. Returns the epoch to use (the witness's if it already names ``site``: a rerun)."""
+    if topology.witness is None:
+        return epoch
+    current = witness_record(topology)
+    if current is not None and current.active_site == site and current.epoch >= epoch:
+        return current.epoch  # already recorded for this site (a rerun after an interruption)
+    if current is not None and current.epoch >= epoch:
+        raise SiteOpError(
+            f"the witness says site {current.active_site} is active at epoch {current.epoch} (>= {epoch}): "
+            "another promotion happened meanwhile; check `drctl sites`"
+        )
+    w = Witness(topology.witness)
+    try:
+        if not w.claim(site, epoch, current, by=by, operator=operator_name()):
+            raise SiteOpError("the witness record changed meanwhile: run the command again")
+    except DCSError as exc:
+        raise SiteOpError(f"the witness is unreachable ({exc}): nothing was promoted") from exc
+    finally:
+        w.close()
+    say(f"witness: site {site} is active at epoch {epoch}")
+    return epoch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -655,6 +703,9 @@ def _promote_site(
             f"max_data_loss_bytes={limit}: rerun with --accept-data-loss to promote anyway"
         )
     epoch = max(s.epoch for s in states.values()) + 1
+    witnessed = witness_record(topology)
+    if witnessed is not None:
+        epoch = max(epoch, witnessed.epoch + 1)
     if dry_run:
         say(f"would promote {to} with epoch {epoch} ({evidence})")
         return {"result": "dry-run", "epoch": epoch, "estimate_bytes": lost}
@@ -670,6 +721,7 @@ def _promote_site(
         old_last_lsn=est.old_last_lsn,
         new_lsn=est.new_lsn,
     )
+    epoch = claim_witness(topology, to, epoch, by="promote-site", say=say)
     client = SiteClient(to, target)
     client.write_site(
         SiteRecord("active", epoch, None, extra=_promoted_extra(new, promoted_at=time.time(), planned=False))

@@ -42,12 +42,14 @@ import structlog
 from drctl.dcs.base import DCS, ClusterView, DCSError, SiteRecord
 from drctl.dcs.factory import get_dcs
 from drctl.sites.topology import Topology, TopologyError, load_topology, standby_cluster_section
+from drctl.sites.witness import WITNESS_SCOPE
 from site_agent.actions import Decision, ManageSlots
 from site_agent.config import DrConfig, DynamicConfig, StandbyClusterConfig
 
 log = structlog.get_logger("site_agent.crosssite")
 
 State = Literal["off", "standby", "fenced", "confirmed", "unconfirmed"]
+WITNESS = "(witness)"  # the witness's name among the reader threads
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,19 +102,31 @@ def judge(
     now: float,
     max_age: float,
     wall_clock: float,
+    witness: PeerObservation | None = None,
 ) -> Verdict:
     """This site's cross-site standing. Pure: ``now`` is monotonic, ``wall_clock`` is time.time()
-    (for an operator's confirmation, which carries a wall-clock expiry)."""
+    (for an operator's confirmation, which carries a wall-clock expiry). ``witness`` is the last
+    read of the witness (its record's ``extra["active_site"]`` names the active site)."""
+    claims: list[ActiveClaim] = []
     if highest is not None and highest.site != my_site and (own is None or highest.epoch > own.epoch):
-        if own is not None and own.role == "standby" and own.follows == highest.site:
-            return Verdict("standby", f"standby of site {highest.site}", highest.site, own.epoch)
+        claims.append(highest)
+    wclaim = _witness_claim(witness)
+    # The witness is written before any promotion: another site named there at our epoch or
+    # above is the active one.
+    if wclaim is not None and wclaim.site != my_site and (own is None or wclaim.epoch >= own.epoch):
+        claims.append(wclaim)
+    if claims:
+        top = max(claims, key=lambda c: c.epoch)
+        if own is not None and own.role == "standby" and own.follows == top.site:
+            return Verdict("standby", f"standby of site {top.site}", top.site, own.epoch)
         mine = "no site record" if own is None else f"{own.role} at epoch {own.epoch}"
+        source = "the witness says " if top is wclaim else ""
         return Verdict(
             "fenced",
-            f"site {highest.site} is active at epoch {highest.epoch} and this site is {mine}: "
-            f"demoting on sight and following {highest.site}",
-            highest.site,
-            highest.epoch,
+            f"{source}site {top.site} is active at epoch {top.epoch} and this site is {mine}: "
+            f"demoting on sight and following {top.site}",
+            top.site,
+            top.epoch,
         )
     if own is not None and own.role == "standby":
         return Verdict("standby", f"standby of site {own.follows or '?'}", own.follows, own.epoch)
@@ -142,17 +156,20 @@ def judge(
             epoch,
         )
     fresh = sorted(
-        (n, now - p.last_ok_at)
+        (f"site {n}", now - p.last_ok_at)
         for n, p in peers.items()
         if p.last_ok_at is not None and now - p.last_ok_at <= max_age and n != my_site
     )
+    if witness is not None and witness.last_ok_at is not None and now - witness.last_ok_at <= max_age:
+        fresh.append(("the witness", now - witness.last_ok_at))
     if fresh:
         shown = ", ".join(f"{n} ({age:.0f}s ago)" for n, age in fresh)
-        return Verdict("confirmed", f"active at epoch {epoch}, confirmed by site {shown}", None, epoch)
+        return Verdict("confirmed", f"active at epoch {epoch}, confirmed by {shown}", None, epoch)
+    tried = [*sorted(peers.items()), *([("witness", witness)] if witness is not None else [])]
     why = "; ".join(
         f"{n}: {p.error or 'no answer yet'}"
         + (f" (last answer {now - p.last_ok_at:.0f}s ago)" if p.last_ok_at is not None else "")
-        for n, p in sorted(peers.items())
+        for n, p in tried
     )
     return Verdict(
         "unconfirmed",
@@ -160,6 +177,14 @@ def judge(
         None,
         epoch,
     )
+
+
+def _witness_claim(witness: PeerObservation | None) -> ActiveClaim | None:
+    rec = witness.record if witness is not None else None
+    if rec is None or rec.role != "active":
+        return None
+    site = rec.extra.get("active_site")
+    return ActiveClaim(site, rec.epoch) if isinstance(site, str) and site else None
 
 
 def _operator_confirmation(own: SiteRecord | None, wall_clock: float) -> str | None:
@@ -259,11 +284,12 @@ class CrossSiteMonitor:
         self._lock = threading.Lock()
         self._peers: dict[str, PeerObservation] = {n: PeerObservation(n) for n in topology.others(my_site)}
         self._highest: ActiveClaim | None = None
+        self._witness: PeerObservation | None = PeerObservation(WITNESS) if topology.witness is not None else None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> CrossSiteMonitor:
-        for name in self._peers:
+        for name in [*self._peers, *([WITNESS] if self._witness is not None else [])]:
             t = threading.Thread(target=self._run, args=(name,), name=f"crosssite-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -276,7 +302,21 @@ class CrossSiteMonitor:
         with self._lock:
             return dict(self._peers), self._highest
 
+    def witness(self) -> PeerObservation | None:
+        with self._lock:
+            return self._witness
+
     def _dcs(self, name: str) -> DCS:
+        if name == WITNESS:
+            assert self.topology.witness is not None
+            return get_dcs(
+                self.topology.witness,
+                namespace="/service",
+                scope=WITNESS_SCOPE,
+                name=f"crosssite-{self.my_site}",
+                ttl=30,
+                retry_timeout=self.timeout,
+            )
         spec = self.topology.site(name)
         return get_dcs(
             spec.dcs,
@@ -308,6 +348,13 @@ class CrossSiteMonitor:
 
     def record_result(self, name: str, record: SiteRecord | None, error: str | None, at: float) -> None:
         with self._lock:
+            if name == WITNESS:
+                w = self._witness or PeerObservation(WITNESS)
+                if error is None:
+                    self._witness = PeerObservation(WITNESS, True, record, at, None, w.attempts + 1)
+                else:
+                    self._witness = replace(w, ok=False, error=error, attempts=w.attempts + 1)
+                return
             prev = self._peers[name]
             if error is None:
                 self._peers[name] = PeerObservation(name, True, record, at, None, prev.attempts + 1)
@@ -371,7 +418,9 @@ class SiteGuard:
         peers, highest = self.monitor.observations()
         policy = self.topology.policy
         max_age = policy.confirmation_max_age_s or float(base.ttl)
-        verdict = judge(self.site, view.site, peers, highest, time.monotonic(), max_age, time.time())
+        verdict = judge(
+            self.site, view.site, peers, highest, time.monotonic(), max_age, time.time(), self.monitor.witness()
+        )
         if verdict.state == "confirmed":
             self.warm = True
         if not held_key:
@@ -472,4 +521,18 @@ class SiteGuard:
                 for n, p in sorted(peers.items())
             },
             "highest_active": {"site": highest.site, "epoch": highest.epoch} if highest else None,
+            "witness": _witness_doc(self.monitor.witness(), now),
         }
+
+
+def _witness_doc(w: PeerObservation | None, now: float) -> dict[str, Any] | None:
+    if w is None:
+        return None
+    claim = _witness_claim(w)
+    return {
+        "ok": w.ok,
+        "active_site": claim.site if claim else None,
+        "epoch": claim.epoch if claim else None,
+        "last_answer_age_s": round(now - w.last_ok_at, 1) if w.last_ok_at is not None else None,
+        "error": w.error,
+    }

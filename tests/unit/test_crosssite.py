@@ -314,3 +314,31 @@ def test_a_read_only_key_holder_of_an_unconfirmed_site_never_gets_to_promote() -
     p.inputs(_view(active(1)), _dyn(), writable_now=False, held_key=False)  # lost the key once
     p.inputs(_view(active(1), "a1"), _dyn(), writable_now=False, held_key=True)
     assert not p.may_write
+
+
+def _witness(site: str | None, epoch: int, age: float | None = 1.0, ok: bool = True) -> PeerObservation:
+    rec = SiteRecord("active", epoch, None, extra={"active_site": site}) if site else None
+    return PeerObservation("(witness)", ok, rec, None if age is None else NOW - age, None if ok else "timed out")
+
+
+def test_the_witness_fences_a_site_it_does_not_name() -> None:
+    down = {"b": peer("b", None, age=None, ok=False)}
+    v = judge("a", active(1), down, None, NOW, 10, WALL, _witness("b", 2))
+    assert v.state == "fenced" and v.active_site == "b" and v.epoch == 2 and "the witness says" in v.reason
+    # Equal epochs: the witness is written before any promotion, so it is the authority.
+    assert judge("a", active(2), down, None, NOW, 10, WALL, _witness("b", 2)).state == "fenced"
+    # Even when the witness is unreachable now, what it said is kept.
+    assert judge("a", active(1), down, None, NOW, 10, WALL, _witness("b", 2, age=300, ok=False)).state == "fenced"
+
+
+def test_the_witness_confirms_the_site_it_names() -> None:
+    down = {"b": peer("b", None, age=None, ok=False)}
+    v = judge("a", active(3), down, None, NOW, 10, WALL, _witness("a", 3))
+    assert v.state == "confirmed" and "the witness" in v.reason
+    stale = judge("a", active(3), down, None, NOW, 10, WALL, _witness("a", 3, age=60, ok=False))
+    assert stale.state == "unconfirmed" and "witness" in stale.reason
+
+
+def test_a_stale_witness_below_our_epoch_does_not_fence() -> None:
+    v = judge("a", active(4), {"b": peer("b", None, age=None, ok=False)}, None, NOW, 10, WALL, _witness("b", 3))
+    assert v.state == "confirmed"
