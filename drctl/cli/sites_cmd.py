@@ -15,6 +15,7 @@ from drctl.cli.errors import fail, operator_errors, register_operator_error
 from drctl.cli.output import FORMATS, emit_structured, table
 from drctl.sites.controller import (
     SiteOpError,
+    abort_switchover_site,
     confirm_site,
     cross_site_lag,
     fence_site,
@@ -22,6 +23,7 @@ from drctl.sites.controller import (
     read_sites,
     site_standing,
     switchover_site,
+    witness_record,
 )
 from drctl.sites.topology import Topology, TopologyError, load_topology
 
@@ -83,7 +85,14 @@ def sites_document(topology: Topology) -> dict[str, Any]:
                 "members": members,
             }
         )
-    return {"sites": sites}
+    doc: dict[str, Any] = {"sites": sites}
+    if topology.witness is not None:
+        try:
+            rec = witness_record(topology)
+            doc["witness"] = {"active_site": rec.active_site if rec else None, "epoch": rec.epoch if rec else None}
+        except SiteOpError as exc:
+            doc["witness"] = {"error": str(exc)}
+    return doc
 
 
 @click.command("sites")
@@ -119,6 +128,10 @@ def sites_cmd(topology_path: Path | None, fmt: str) -> None:
                 )
             )
             head = ""
+    w = doc.get("witness")
+    if w is not None:
+        shown = w.get("error") or f"site {w.get('active_site')} active at epoch {w.get('epoch')}"
+        rows.append(("witness", str(shown)[:80], "", "", "", "", ""))
     table("sites (* = leader)", ["Site", "DR role", "Member", "Role", "State", "Lag (bytes)", "Cross-site"], rows)
 
 
@@ -127,11 +140,22 @@ def sites_cmd(topology_path: Path | None, fmt: str) -> None:
 @click.option("--to", "to", required=True, help="The site that becomes active.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--resume", is_flag=True, help="Complete an interrupted switchover (the same as running it again).")
+@click.option("--abort", is_flag=True, help="Roll back an interrupted switchover that has not promoted the target.")
 @operator_errors
-def switchover_site_cmd(topology_path: Path | None, to: str, dry_run: bool, force: bool) -> None:
-    """Planned switchover of the active role to another site (no data loss)."""
+def switchover_site_cmd(
+    topology_path: Path | None, to: str, dry_run: bool, force: bool, resume: bool, abort: bool
+) -> None:
+    """Planned switchover of the active role to another site (no data loss). Every step is
+    recorded (audit log, site records): an interrupted one is completed with --resume or rolled
+    back with --abort."""
     topology = _topology(topology_path)
     topology.site(to)
+    if resume and abort:
+        raise click.UsageError("--resume and --abort exclude each other")
+    if abort:
+        abort_switchover_site(topology, to, say=click.echo)
+        return
     if not dry_run and not force:
         switchover_site(topology, to, dry_run=True, say=click.echo)
         click.confirm(f"Switch the active site over to {to}?", abort=True)

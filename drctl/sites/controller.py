@@ -285,8 +285,7 @@ def _switchover_site(topology: Topology, to: str, *, dry_run: bool, say: Say) ->
     actives = [s for s in states.values() if s.role == "active"]
     new = states[to]
     if new.role == "active" and len(actives) == 1:
-        say(f"site {to} is already the active site (epoch {new.epoch}): nothing to do")
-        return {"result": "noop", "active": to, "epoch": new.epoch}
+        return _finish_switchover(topology, states, to, dry_run=dry_run, say=say)
     old_candidates = [
         s
         for s in states.values()
@@ -339,13 +338,16 @@ def _switchover_site(topology: Topology, to: str, *, dry_run: bool, say: Say) ->
 
         _wait(streaming, topology.policy.switchover_timeout_s, f"site {to}'s standby leader to stream from {old.name}")
         say(f"preflight ok: {to}'s standby leader {new.leader} lags {lag} bytes and is streaming")
-        # 2. demote the old site: it becomes a standby of the target (same epoch for now)
+        # 2. demote the old site: it becomes a standby of the target (same epoch for now). The
+        # record first: its `switchover_to` makes the demotion graceful (shutdown checkpoint,
+        # every byte handed to the target); a standby_cluster alone would demote immediately.
         old_client = SiteClient(old.name, old.spec)
-        old_client.patch_config({"standby_cluster": standby_cluster_section(target, old.spec, _current_section(old))})
         old_client.write_site(SiteRecord("standby", old.epoch, to, extra={"switchover_to": to, "since": time.time()}))
         audit.record("demote-requested", site=old.name)
         say(f"demoting site {old.name} ...")
     old_client = SiteClient(old.name, old.spec)
+    if old.view is None or not old.view.config_data.get("standby_cluster"):
+        old_client.patch_config({"standby_cluster": standby_cluster_section(target, old.spec, _current_section(old))})
 
     def old_demoted() -> bool:
         st = old_client.read()
@@ -583,6 +585,94 @@ def confirm_site(
     audit.record("confirmed", site=site, epoch=me.record.epoch, reason=reason, valid_for_s=valid_for_s)
     say(f"site {site} confirmed active at epoch {me.record.epoch} for {valid_for_s:.0f}s (recorded in the audit log)")
     return {"result": "confirmed", "site": site, "epoch": me.record.epoch, "until": until}
+
+
+def _finish_switchover(
+    topology: Topology, states: dict[str, SiteState], to: str, *, dry_run: bool, say: Say
+) -> dict[str, Any]:
+    """``to`` is already active: complete what an interrupted switchover left undone (its
+    ``standby_cluster`` still configured, the old site not yet recorded as its standby)."""
+    new = states[to]
+    pending = [s.name for s in states.values() if _needs_fence(s, new)]
+    leftover = bool(new.view is not None and new.view.config_data.get("standby_cluster"))
+    if not pending and not leftover:
+        say(f"site {to} is already the active site (epoch {new.epoch}): nothing to do")
+        return {"result": "noop", "active": to, "epoch": new.epoch}
+    if dry_run:
+        say(f"would complete the switchover to {to}: promote it, then make {', '.join(pending)} follow it")
+        return {"result": "dry-run", "pending": pending}
+    audit = Audit(Path(topology.policy.audit_log or default_audit_log()), "switchover-site")
+    audit.record("resume", to_site=to, epoch=new.epoch, pending=pending, standby_cluster_left=leftover)
+    client = SiteClient(to, new.spec)
+    if leftover:
+        client.patch_config({"standby_cluster": None})
+        say(f"site {to}: standby_cluster removed (it promotes)")
+    _wait(
+        lambda: (client.read().leader_status() or {}).get("role") == "primary",
+        topology.policy.switchover_timeout_s,
+        f"site {to} to promote",
+    )
+    for name in pending:
+        _fence(states, name, to, "switchover-site")
+        say(f"site {name} is now a standby of {to} (epoch {new.epoch})")
+    for name in pending:
+        other = SiteClient(name, states[name].spec)
+
+        def following(c: SiteClient = other) -> bool:
+            ls = c.read().leader_status()
+            return ls is not None and ls.get("role") == "standby_leader" and ls.get("replication_state") == "streaming"
+
+        _wait(following, topology.policy.switchover_timeout_s, f"site {name} to stream from {to}")
+    audit.record("done", to_site=to, epoch=new.epoch, resumed=True)
+    say(f"switchover to {to} completed (epoch {new.epoch})")
+    return {"result": "done", "to": to, "epoch": new.epoch, "resumed": True}
+
+
+def abort_switchover_site(topology: Topology, to: str, *, say: Say = _quiet) -> dict[str, Any]:
+    """Roll back an interrupted switchover to ``to`` that has not promoted ``to`` yet: the old
+    site becomes active again at its own epoch (no data loss: its primary's WAL is all there and
+    ``to`` only ever followed it). Past the promotion it can only be completed (``--resume``)."""
+
+    def run() -> dict[str, Any]:
+        states = read_sites(topology)
+        for st in states.values():
+            if st.error:
+                raise SiteOpError(f"site {st.name}'s DCS is unreachable ({st.error}): cannot abort safely")
+        new = states[to]
+        olds = [s for s in states.values() if s.record is not None and s.record.extra.get("switchover_to") == to]
+        if new.role == "active":
+            raise SiteOpError(
+                f"site {to} was already promoted (epoch {new.epoch}): the switchover can only be completed "
+                f"(`drctl switchover-site --to {to} --resume`)"
+            )
+        if len(olds) != 1:
+            actives = [s.name for s in states.values() if s.role == "active"]
+            if len(actives) == 1:
+                say(f"no interrupted switchover to {to}: site {actives[0]} is active")
+                return {"result": "noop", "active": actives[0]}
+            raise SiteOpError("cannot tell which site the switchover started from: check `drctl sites`")
+        old = olds[0]
+        witnessed = witness_record(topology)
+        if witnessed is not None and witnessed.active_site == to and witnessed.epoch > old.epoch:
+            raise SiteOpError(
+                f"the witness already names {to} active at epoch {witnessed.epoch}: complete it with --resume"
+            )
+        audit = Audit(Path(topology.policy.audit_log or default_audit_log()), "switchover-site")
+        audit.record("abort", from_site=old.name, to_site=to, epoch=old.epoch)
+        client = SiteClient(old.name, old.spec)
+        extra = {k: v for k, v in old.record.extra.items() if k not in ("switchover_to", "since")} if old.record else {}
+        client.write_site(SiteRecord("active", old.epoch, None, extra=extra))
+        client.patch_config({"standby_cluster": None})
+        _wait(
+            lambda: (client.read().leader_status() or {}).get("role") == "primary",
+            topology.policy.switchover_timeout_s,
+            f"site {old.name} to be active again",
+        )
+        audit.record("aborted", from_site=old.name, to_site=to, epoch=old.epoch)
+        say(f"switchover to {to} aborted: site {old.name} is active again (epoch {old.epoch})")
+        return {"result": "aborted", "active": old.name, "epoch": old.epoch}
+
+    return _audited("switchover-site", topology, run, to_site=to, abort=True)
 
 
 # ---------------------------------------------------------------------------------------------
