@@ -132,6 +132,7 @@ class Agent:
             self._feed_keeper()
             if self.site_guard is not None:
                 self.site_guard.persist(self.dcs, real_view, self.dynamic)
+                self.site_guard.advance_slot_copies(self.node, real_view, decision)
             backup = self.node.backup
             if backup is not None and self.mem.am_leader and local.is_primary and not backup.stanza_ready:
                 backup.ensure_stanza()

@@ -209,9 +209,9 @@ def may_become_writable(
     must be confirmed now, or, when the policy allows a failover during a WAN cut, at least once
     since this agent started. (Holding the key is not enough: on an unconfirmed site a member
     may take it read-only, and that must not turn into a promotion.)"""
-    if verdict.state == "fenced":
-        return False
-    if verdict.state in ("off", "confirmed", "standby"):
+    if verdict.state in ("fenced", "standby"):
+        return False  # a standby site never has a writable primary (the decision sees to it)
+    if verdict.state in ("off", "confirmed"):
         return True
     if writable_now or restarting_primary:
         return True
@@ -243,7 +243,7 @@ def effective_inputs(
         record = SiteRecord("standby", verdict.epoch or 0, verdict.active_site, own.version if own else 0, extra)
         dyn = dynamic if target is None else dynamic.model_copy(update={"standby_cluster": target})
         return replace(view, site=record), dyn
-    if not may_write:
+    if not may_write and verdict.state == "unconfirmed":
         extra = {**(dict(own.extra) if own is not None else {}), "unconfirmed": verdict.reason}
         epoch = own.epoch if own is not None else 0
         record = SiteRecord("standby", epoch, None, own.version if own else 0, extra)
@@ -252,10 +252,12 @@ def effective_inputs(
 
 
 def with_permanent_slots(decision: Decision, slots: tuple[str, ...]) -> Decision:
-    """A writable primary of the active site keeps the slots the other sites stream through:
-    slot management never drops them (they are inactive whenever the WAN is down, which is
-    exactly when they matter)."""
-    if not slots or decision.role != "primary":
+    """The active site keeps the slots the other sites stream through: slot management never
+    drops them (they are inactive whenever the WAN is down, which is exactly when they matter).
+    On the primary they are the real thing; on its replicas they are copies that the shell
+    advances to the primary's published position (:meth:`SiteGuard.advance_slot_copies`), so a
+    replica promoted by an intra-site failover already holds the WAL the other site needs."""
+    if not slots or decision.role not in ("primary", "replica"):
         return decision
     actions = tuple(
         ManageSlots(tuple(sorted(set(a.slots) | set(slots)))) if isinstance(a, ManageSlots) else a
@@ -464,6 +466,31 @@ class SiteGuard:
             return ()
         slot = self.topology.site(self.site).replication_slot
         return (slot,) if slot else ()
+
+    def advance_slot_copies(self, node: Any, view: ClusterView | None, decision: Decision) -> None:
+        """On a replica of the active site: move each cross-site slot copy to the position the
+        primary published for it (never past what this replica has replayed), so that it pins no
+        more WAL than the primary does."""
+        slots = self.permanent_slots()
+        if not slots or view is None or view.status is None or decision.role != "replica":
+            return
+        from drctl.pg.lsn import format_lsn
+        from drctl.pg.probe import list_slots
+
+        try:
+            with node.session(timeout=2) as conn:
+                row = conn.execute("SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn").fetchone()
+                replayed = int(row[0]) if row and row[0] is not None else None
+                existing = {x.slot_name: x for x in list_slots(conn)}
+                for name in slots:
+                    target, copy = view.status.slots.get(name), existing.get(name)
+                    if copy is None or not isinstance(target, int) or replayed is None:
+                        continue
+                    lsn = min(target, replayed)
+                    if copy.restart_lsn is None or copy.restart_lsn < lsn:
+                        conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (name, format_lsn(lsn)))
+        except Exception as exc:  # never let a slot copy break the cycle
+            log.warning("cross-site: could not advance the slot copies", error=f"{type(exc).__name__}: {exc}")
 
     def persist(self, dcs: DCS, view: ClusterView | None, dynamic: DynamicConfig) -> None:
         """A fenced site records it in its own DCS: ``standby_cluster`` first (the upstream is

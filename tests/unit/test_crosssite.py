@@ -124,7 +124,7 @@ UNCONF = Verdict("unconfirmed", "nobody answered")
     [
         (Verdict("fenced", "x", "b", 2), True, True, True, "allow", False),
         (Verdict("confirmed", "x"), False, False, False, "deny", True),
-        (Verdict("standby", "x"), False, False, False, "deny", True),
+        (Verdict("standby", "x"), True, True, True, "allow", False),
         (UNCONF, True, False, False, "deny", True),  # a running primary keeps writing through a WAN cut
         (UNCONF, False, True, True, "deny", True),  # a primary keeping its key restarts PostgreSQL in place
         (UNCONF, False, False, True, "deny", False),  # intra-site failover during a cut: denied
@@ -264,8 +264,10 @@ def test_the_active_primary_keeps_the_cross_site_slot() -> None:
     d = Decision((RenewLeader(1), ManageSlots(("a2",))), "leader", "primary")
     kept = with_permanent_slots(d, ("site_a",))
     assert kept.first(ManageSlots) == ManageSlots(("a2", "site_a"))
-    replica = Decision((ManageSlots(()),), "replica", "replica")
-    assert with_permanent_slots(replica, ("site_a",)) is replica  # an unadvanced slot would pin WAL
+    replica = Decision((ManageSlots(()),), "replica", "replica")  # a copy, advanced by the shell
+    assert with_permanent_slots(replica, ("site_a",)).first(ManageSlots) == ManageSlots(("site_a",))
+    standby_leader = Decision((ManageSlots(("b2",)),), "standby leader", "standby_leader")
+    assert with_permanent_slots(standby_leader, ("site_a",)) is standby_leader
 
 
 def test_only_an_active_site_keeps_its_cross_site_slot() -> None:
@@ -342,3 +344,57 @@ def test_the_witness_confirms_the_site_it_names() -> None:
 def test_a_stale_witness_below_our_epoch_does_not_fence() -> None:
     v = judge("a", active(4), {"b": peer("b", None, age=None, ok=False)}, None, NOW, 10, WALL, _witness("b", 3))
     assert v.state == "confirmed"
+
+
+def test_an_unknown_dr_site_is_a_clear_error() -> None:
+    from drctl.sites.topology import TopologyError
+
+    with pytest.raises(TopologyError, match=r"site 'c' \(dr.site\) is not in the topology \(sites: a, b\)"):
+        CrossSiteMonitor("c", topo(), 1.0, 1.0)
+
+
+def test_the_standing_is_in_the_status_document_and_the_metrics() -> None:
+    from site_agent.metrics import snapshot_gauges
+    from site_agent.snapshot import NodeSnapshot
+
+    snap = NodeSnapshot(
+        name="a1",
+        scope="main",
+        site_role="active",
+        site_epoch=1,
+        site_state="unconfirmed",
+        site_reason="no other site answered",
+        site_writable_allowed=False,
+    )
+    doc = snap.to_dict()["site"]
+    assert doc == {
+        "role": "active",
+        "epoch": 1,
+        "state": "unconfirmed",
+        "reason": "no other site answered",
+        "writable_allowed": False,
+    }
+    gauges = {name: value for name, _doc, value in snapshot_gauges(snap)}
+    assert gauges["pgdr_site_confirmed"] == 0.0 and gauges["pgdr_site_writable_allowed"] == 0.0
+    off = {name: value for name, _doc, value in snapshot_gauges(NodeSnapshot(name="a1", scope="main"))}
+    assert off["pgdr_site_confirmed"] is None  # no `dr:`: left out, not reported as 0
+
+
+def test_the_agent_configuration_accepts_a_dr_section() -> None:
+    from site_agent.config import ConfigError, parse_config
+
+    base = """
+scope: main
+name: a1
+restapi: {listen: 127.0.0.1:8008, connect_address: 127.0.0.1:8008}
+etcd3: {hosts: [127.0.0.1:2379]}
+postgresql:
+  listen: 127.0.0.1:5432
+  connect_address: 127.0.0.1:5432
+  data_dir: /tmp/x
+  authentication: {superuser: {username: postgres}, replication: {username: rep}}
+"""
+    cfg = parse_config(base + "dr: {site: a, topology: /etc/pgdr/topology.yaml}\n")
+    assert cfg.dr is not None and cfg.dr.site == "a" and cfg.dr.poll_interval == 2.0
+    with pytest.raises(ConfigError, match=r"dr\.poll_intervall"):
+        parse_config(base + "dr: {site: a, topology: /t.yaml, poll_intervall: 1}\n")
