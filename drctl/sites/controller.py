@@ -561,30 +561,37 @@ def confirm_site(
         me = states[site]
         if me.error or me.view is None:
             raise SiteOpError(f"site {site}'s DCS is unreachable ({me.error}): nothing to confirm")
-        if me.record is None or me.record.role != "active":
-            raise SiteOpError(f"site {site} is not active (role {me.role}): only an active site's role is confirmed")
-        higher = [s for s in states.values() if s.name != site and s.role == "active" and s.epoch >= me.epoch]
+        if me.record is not None and me.record.role != "active":
+            raise SiteOpError(f"site {site} is a standby (of {me.record.follows}): only an active site is confirmed")
+        # A site whose DCS lost its record (restored or rebuilt DCS) is confirmed at the highest
+        # epoch known anywhere: it must not fall below a site or witness that saw a later one.
+        witnessed = witness_record(topology)
+        known = [s.epoch for s in states.values()] + ([witnessed.epoch] if witnessed else [])
+        epoch = me.record.epoch if me.record is not None else max([*known, 1])
+        higher = [s for s in states.values() if s.name != site and s.role == "active" and s.epoch >= epoch]
         if higher:
             h = higher[0]
             raise SiteOpError(
-                f"site {h.name} is active at epoch {h.epoch} (>= {me.epoch}): site {site} must follow it, "
+                f"site {h.name} is active at epoch {h.epoch} (>= {epoch}): site {site} must follow it, "
                 f"not be confirmed (`drctl fence-site {site}`)"
             )
+        if witnessed is not None and witnessed.active_site not in (None, site) and witnessed.epoch >= epoch:
+            raise SiteOpError(
+                f"the witness says site {witnessed.active_site} is active at epoch {witnessed.epoch}: "
+                f"site {site} must follow it (`drctl fence-site {site}`)"
+            )
         until = time.time() + valid_for_s
-        extra = dict(me.record.extra)
-        extra["operator_confirmed"] = {
-            "until": until,
-            "epoch": me.record.epoch,
-            "by": operator_name(),
-            "reason": reason,
-        }
-        SiteClient(site, me.spec).write_site(SiteRecord("active", me.record.epoch, me.record.follows, extra=extra))
+        extra = dict(me.record.extra) if me.record is not None else {}
+        by = operator_name()
+        extra["operator_confirmed"] = {"until": until, "epoch": epoch, "by": by, "reason": reason}
+        follows = me.record.follows if me.record is not None else None
+        SiteClient(site, me.spec).write_site(SiteRecord("active", epoch, follows, extra=extra))
     except SiteOpError as exc:
         audit.record("refused", site=site, reason=reason, error=str(exc))
         raise
-    audit.record("confirmed", site=site, epoch=me.record.epoch, reason=reason, valid_for_s=valid_for_s)
-    say(f"site {site} confirmed active at epoch {me.record.epoch} for {valid_for_s:.0f}s (recorded in the audit log)")
-    return {"result": "confirmed", "site": site, "epoch": me.record.epoch, "until": until}
+    audit.record("confirmed", site=site, epoch=epoch, reason=reason, valid_for_s=valid_for_s)
+    say(f"site {site} confirmed active at epoch {epoch} for {valid_for_s:.0f}s (recorded in the audit log)")
+    return {"result": "confirmed", "site": site, "epoch": epoch, "until": until}
 
 
 def _finish_switchover(
