@@ -455,7 +455,7 @@ class SiteGuard:
         self._logged = key
         if verdict.state == "fenced":
             log.warning("cross-site: fenced", reason=verdict.reason)
-        elif not may:
+        elif not may and verdict.state == "unconfirmed":
             log.warning("cross-site: site role not confirmed; staying read-only", reason=verdict.reason)
         else:
             log.info("cross-site", state=verdict.state, reason=verdict.reason)
