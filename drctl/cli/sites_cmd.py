@@ -70,12 +70,15 @@ def sites_document(topology: Topology) -> dict[str, Any]:
                     }
                 )
         standing, standing_reason = site_standing(st)
+        slot = ((st.leader_status() or {}).get("site") or {}).get("slot") or {}
         sites.append(
             {
                 "site": name,
                 "role": st.role,
                 "standing": standing,
                 "standing_reason": standing_reason,
+                "slot_retained_bytes": slot.get("retained_bytes"),
+                "slot_wal_status": slot.get("wal_status"),
                 "epoch": st.epoch,
                 "follows": st.record.follows if st.record else None,
                 "leader": st.leader,
@@ -101,7 +104,9 @@ def sites_document(topology: Topology) -> dict[str, Any]:
 @operator_errors
 def sites_cmd(topology_path: Path | None, fmt: str) -> None:
     """Every site: DR role, epoch, leader, members and cross-site lag."""
-    doc = sites_document(_topology(topology_path))
+    topology = _topology(topology_path)
+    limit = topology.policy.max_slot_retention_bytes
+    doc = sites_document(topology)
     if fmt != "table":
         emit_structured(doc, fmt)
         return
@@ -109,6 +114,9 @@ def sites_cmd(topology_path: Path | None, fmt: str) -> None:
     for s in doc["sites"]:
         lag = s["cross_site_lag_bytes"]
         head = f"{s['role']} (epoch {s['epoch']})" + (f", follows {s['follows']}" if s["follows"] else "")
+        retained = s.get("slot_retained_bytes")
+        if retained is not None and retained > limit:
+            head += f", SLOT RETAINS {retained} bytes (> {limit}; wal_status {s.get('slot_wal_status')})"
         if s["standing"] in ("unconfirmed", "fenced"):
             # A site that may not write: say so first, with the agents' reason.
             head += f", {s['standing'].upper()}: {s['standing_reason'] or ''}"

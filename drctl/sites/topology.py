@@ -66,6 +66,9 @@ class DrPolicy(_Model):
     # "deny" keeps the site read-only until the role is confirmed again (or an operator confirms);
     # "allow" lets a member that confirmed the role since its start promote. See docs/cross-site.md.
     wan_cut_failover: Literal["deny", "allow"] = "deny"
+    # `drctl sites` flags a cross-site slot retaining more WAL than this (set PostgreSQL's
+    # max_slot_wal_keep_size on the active site to bound it for real).
+    max_slot_retention_bytes: int = Field(default=8 * 1024**3, ge=0)
     # How old a confirmation may be to count as fresh (default: the agents' ttl).
     confirmation_max_age_s: float | None = Field(default=None, gt=0)
 

@@ -481,6 +481,8 @@ class Agent:
             site_state=self.site_guard.verdict.state if self.site_guard is not None else None,
             site_reason=self.site_guard.verdict.reason if self.site_guard is not None else None,
             site_writable_allowed=self.site_guard.may_write if self.site_guard is not None else None,
+            cross_site_slot_retained=self.site_guard.slot_retained if self.site_guard is not None else None,
+            cross_site_slot_status=self.site_guard.slot_wal_status if self.site_guard is not None else None,
         )
 
     def _wal_receiver_status(self) -> str | None:

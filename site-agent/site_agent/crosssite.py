@@ -384,6 +384,10 @@ class SiteGuard:
     # This member has held the leader key without interruption since its PostgreSQL was a
     # writable primary (a crash restart in place is not a failover).
     primary_key_holder: bool = False
+    # On the active primary: WAL the cross-site slot retains (bytes) and its wal_status
+    # (reserved | extended | unreserved | lost); None when not measured this cycle.
+    slot_retained: int | None = None
+    slot_wal_status: str | None = None
     _base: DynamicConfig | None = None
     _last_out: DynamicConfig | None = None
     _logged: tuple[str, str] = ("", "")
@@ -472,6 +476,9 @@ class SiteGuard:
         primary published for it (never past what this replica has replayed), so that it pins no
         more WAL than the primary does."""
         slots = self.permanent_slots()
+        self.slot_retained = self.slot_wal_status = None
+        if slots and decision.role == "primary":
+            self._measure_slots(node, slots)
         if not slots or view is None or view.status is None or decision.role != "replica":
             return
         from drctl.pg.lsn import format_lsn
@@ -491,6 +498,24 @@ class SiteGuard:
                         conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (name, format_lsn(lsn)))
         except Exception as exc:  # never let a slot copy break the cycle
             log.warning("cross-site: could not advance the slot copies", error=f"{type(exc).__name__}: {exc}")
+
+    def _measure_slots(self, node: Any, slots: tuple[str, ...]) -> None:
+        """How much WAL the cross-site slot holds back on the active primary: reported (status,
+        metric, `drctl sites`) so that a dead standby site is seen long before the disk fills
+        (PostgreSQL's max_slot_wal_keep_size bounds it)."""
+        try:
+            with node.session(timeout=2) as conn:
+                row = conn.execute(
+                    "SELECT max(pg_current_wal_lsn() - restart_lsn), min(wal_status) FROM pg_replication_slots "
+                    "WHERE slot_name = ANY(%s)",
+                    (list(slots),),
+                ).fetchone()
+        except Exception as exc:
+            log.warning("cross-site: could not measure the cross-site slot", error=f"{type(exc).__name__}: {exc}")
+            return
+        if row is not None:
+            self.slot_retained = int(row[0]) if row[0] is not None else None
+            self.slot_wal_status = str(row[1]) if row[1] is not None else None
 
     def persist(self, dcs: DCS, view: ClusterView | None, dynamic: DynamicConfig) -> None:
         """A fenced site records it in its own DCS: ``standby_cluster`` first (the upstream is

@@ -398,3 +398,19 @@ postgresql:
     assert cfg.dr is not None and cfg.dr.site == "a" and cfg.dr.poll_interval == 2.0
     with pytest.raises(ConfigError, match=r"dr\.poll_intervall"):
         parse_config(base + "dr: {site: a, topology: /t.yaml, poll_intervall: 1}\n")
+
+
+def test_the_cross_site_slot_retention_is_reported() -> None:
+    from site_agent.metrics import snapshot_gauges
+    from site_agent.snapshot import NodeSnapshot
+
+    snap = NodeSnapshot(
+        name="a1",
+        scope="main",
+        site_state="confirmed",
+        cross_site_slot_retained=123456,
+        cross_site_slot_status="extended",
+    )
+    assert snap.to_dict()["site"]["slot"] == {"retained_bytes": 123456, "wal_status": "extended"}
+    gauges = {name: value for name, _doc, value in snapshot_gauges(snap)}
+    assert gauges["pgdr_cross_site_slot_retained_bytes"] == 123456.0
