@@ -375,6 +375,16 @@ def test_standby_site_catches_up_through_its_slot_without_a_reclone(wan_slot_sit
     assert behind > 128 * 1024 * 1024, f"the slot retains only {behind} bytes"
     assert ts.b.writable_nodes() == []
     assert all(s.writable for s in ts.checker.samples[a_leader] if s.at >= cut_at)
+    # The primary's agent reports what the slot retains (status, metric, `drctl sites`).
+    wait_until(
+        lambda: (
+            (((ts.a.status(a_leader) or {}).get("site") or {}).get("slot") or {}).get("retained_bytes", 0)
+            > 128 * 1024 * 1024
+        ),
+        30,
+        "the retained WAL reported by the primary's agent",
+    )
+    assert (_metric(ts, "a", a_leader, "pgdr_cross_site_slot_retained_bytes") or 0) > 128 * 1024 * 1024
 
     # An intra-site failover on site a during the cut, once the replica has everything.
     head = _lsn(dsn[a_leader], "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
