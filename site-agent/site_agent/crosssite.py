@@ -289,6 +289,37 @@ class CrossSiteMonitor:
         self._witness: PeerObservation | None = PeerObservation(WITNESS) if topology.witness is not None else None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._source = Path(topology.source) if topology.source else None
+        self._mtime = self._stat()
+        self._bad_mtime: float | None = None
+
+    def _stat(self) -> float | None:
+        try:
+            return self._source.stat().st_mtime if self._source is not None else None
+        except OSError:
+            return None
+
+    def maybe_reload(self) -> None:
+        """Re-read the topology file when it changed (one stat per call). A file that does not
+        load, or no longer names this site, is logged and the last good topology kept (invariant
+        7). New or removed sites, or a witness added or removed, need an agent restart; changed
+        endpoints and the policy apply at once."""
+        mtime = self._stat()
+        if mtime is None or mtime == self._mtime or mtime == self._bad_mtime:
+            return
+        assert self._source is not None
+        try:
+            new = load_topology(self._source)
+            if self.my_site not in new.sites:
+                raise TopologyError(f"{self._source}: site {self.my_site!r} (dr.site) is no longer in the topology")
+        except TopologyError as exc:
+            self._bad_mtime = mtime
+            log.error("cross-site: the topology file does not load; keeping the last good one", error=str(exc))
+            return
+        if set(new.others(self.my_site)) != set(self._peers) or (new.witness is None) != (self._witness is None):
+            log.warning("cross-site: sites or witness added/removed in the topology: restart the agent to read them")
+        self.topology, self._mtime = new, mtime
+        log.info("cross-site: topology reloaded", source=str(self._source))
 
     def start(self) -> CrossSiteMonitor:
         for name in [*self._peers, *([WITNESS] if self._witness is not None else [])]:
@@ -329,14 +360,27 @@ class CrossSiteMonitor:
             retry_timeout=self.timeout,
         )
 
+    def _settings(self, name: str) -> Any:
+        if name == WITNESS:
+            return self.topology.witness
+        spec = self.topology.sites.get(name)
+        return (spec.dcs, spec.namespace, spec.scope) if spec is not None else None
+
     def _run(self, name: str) -> None:
         dcs: DCS | None = None
+        used: Any = None
         while not self._stop.is_set():
             started = time.monotonic()
             record: SiteRecord | None = None
             error: str | None = None
             try:
+                if dcs is not None and self._settings(name) != used:
+                    dcs.close()  # the topology was reloaded with other endpoints
+                    dcs = None
                 if dcs is None:
+                    used = self._settings(name)
+                    if used is None:
+                        raise TopologyError(f"site {name} is no longer in the topology (restart the agent)")
                     dcs = self._dcs(name)
                 record = dcs.get_cluster().site
             except DCSError as exc:
@@ -421,6 +465,7 @@ class SiteGuard:
             # No local DCS: the decision demotes a primary anyway; keep the last verdict.
             self._last_out = base
             return None, base
+        self.monitor.maybe_reload()
         peers, highest = self.monitor.observations()
         policy = self.topology.policy
         max_age = policy.confirmation_max_age_s or float(base.ttl)

@@ -414,3 +414,34 @@ def test_the_cross_site_slot_retention_is_reported() -> None:
     assert snap.to_dict()["site"]["slot"] == {"retained_bytes": 123456, "wal_status": "extended"}
     gauges = {name: value for name, _doc, value in snapshot_gauges(snap)}
     assert gauges["pgdr_cross_site_slot_retained_bytes"] == 123456.0
+
+
+def test_the_topology_is_reloaded_and_a_bad_one_is_survived(tmp_path: Any) -> None:
+    import os
+
+    import yaml
+
+    from drctl.sites.topology import load_topology
+
+    path = tmp_path / "topology.yaml"
+    doc = topo().model_dump(mode="json", exclude_none=True, exclude={"source"})
+    path.write_text(yaml.safe_dump(doc))
+    mon = CrossSiteMonitor("a", load_topology(path), 1.0, 1.0)
+    assert mon.topology.policy.wan_cut_failover == "deny"
+
+    def write(text: str, tick: int) -> None:
+        path.write_text(text)
+        os.utime(path, (1000 + tick, 1000 + tick))  # a distinct mtime even within one second
+
+    doc["policy"] = {"wan_cut_failover": "allow"}
+    write(yaml.safe_dump(doc), 1)
+    mon.maybe_reload()
+    assert mon.topology.policy.wan_cut_failover == "allow"
+    write("sites: [not, a, mapping", 2)  # malformed: logged, last good kept
+    mon.maybe_reload()
+    assert mon.topology.policy.wan_cut_failover == "allow"
+    del doc["sites"]["a"]
+    doc["sites"]["c"] = doc["sites"]["b"]
+    write(yaml.safe_dump(doc), 3)  # no longer names this site: kept
+    mon.maybe_reload()
+    assert "a" in mon.topology.sites
