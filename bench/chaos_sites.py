@@ -11,6 +11,12 @@ Faults (drawn with a seed):
                    must come back as a standby cluster of the new active site, never writable
   site_loss_lagging the same after the cross-site link was cut for 4 s under writes: acknowledged
                    writes are lost, and the loss is compared with promote-site's estimate
+  site_power_loss  every process of the active site at once, its etcd and HAProxy included (a
+                   datacenter losing power), ``drctl promote-site`` with --confirm-old-site-down,
+                   then the old site restarts from its own files (its DCS still says "active"): it
+                   must never be writable and must converge to a standby of the new active site
+  return_during_wan_cut  the same, but the old site comes back while the WAN is cut: it stays
+                   read-only (unconfirmed) until the WAN heals, then converges
   standby_leader   the standby site's leader node killed, started again once another leads
   active_crash     kill -9 PostgreSQL on the active site's primary
 
@@ -40,13 +46,22 @@ from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_h
 from drctl.sites.controller import SiteOpError, promote_site, read_sites, switchover_site
 from drctl.sites.topology import Topology, load_topology
 
-FAULTS = ["site_partition", "site_switchover", "site_loss", "site_loss_lagging", "standby_leader", "active_crash"]
+FAULTS = [
+    "site_partition",
+    "site_switchover",
+    "site_loss",
+    "site_loss_lagging",
+    "site_power_loss",
+    "return_during_wan_cut",
+    "standby_leader",
+    "active_crash",
+]
 
 
 class TwoSiteLab:
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
-        self.state = lab.up(sites=2, nodes=2)
+        self.state = lab.up(sites=2, nodes=2, wan_proxies=True)  # cross-site paths can be cut
         a, b = lab.clusters(self.state)
         self.clusters = {"a": a, "b": b}
         self.topology: Topology = load_topology(topology_path(lab.dir))
@@ -68,7 +83,8 @@ class TwoSiteLab:
         return multi_host_url(nodes, password=SUPERUSER[1])
 
     def entry_port(self, site: str) -> int:
-        return next(s.entry_port for s in self.state.sites if s.name == site)
+        """The site's entry point as the other site reaches it (through the WAN proxy)."""
+        return self.topology.site(site).entry_host_port[1]
 
     def healthy(self) -> bool:
         """One writable primary on the active site; the standby leader streaming from the active
@@ -186,6 +202,40 @@ def main(argv: list[str] | None = None) -> int:
                 for n in ca.nodes:
                     ca.start_agent(n.name)
                 heal_at = time.monotonic()
+            elif fault in ("site_power_loss", "return_during_wan_cut"):
+                acked_before = writer.acked_ids()
+                records = tl.lab.power_off_site(active)
+                off_at = time.monotonic()
+                try:
+                    res = promote_site(
+                        tl.topology,
+                        standby,
+                        confirm_old_site_down=True,
+                        accept_data_loss=True,
+                        reason=f"chaos #{i}: site {active} lost power",
+                    )
+                except SiteOpError as exc:
+                    res = {"result": f"refused: {exc}"}
+                ev["promote"] = {k: res.get(k) for k in ("result", "estimate_bytes", "old_last_lsn", "new_lsn")}
+                wait_until(lambda cs=cs: len(cs.writable_nodes()) == 1, 60)
+                ev["writable_s"] = round(time.monotonic() - fault_at, 2)
+                missing_now = _missing(tl.url(), acked_before)
+                lost = None if missing_now is None else missing_now - expected_loss
+                ev["lost_rows"] = None if lost is None else len(lost)
+                expected_loss |= lost or set()
+                if fault == "return_during_wan_cut":
+                    tl.lab.cut_wan()
+                tl.lab.power_on_site(active, records)
+                if fault == "return_during_wan_cut":
+                    time.sleep(2 * ttl)
+                    ev["returned_writable_during_cut"] = ca.writable_nodes()
+                    tl.lab.heal_wan()
+                heal_at = time.monotonic()
+                ok_back = wait_until(lambda ca=ca, act=standby: _follows(tl, ca, act), args.rejoin_timeout, step=0.5)
+                ev["converged_s"] = round(time.monotonic() - heal_at, 2) if ok_back else None
+                ev["returned_writable_samples"] = sum(
+                    1 for n in ca.nodes for smp in checker.samples[n.name] if smp.at >= off_at and smp.writable
+                )
             elif fault == "standby_leader":
                 old = cs.leader()
                 if old is None:
@@ -231,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             "dual_primary": violations,
             "rejoin_failures": [e["i"] for e in events if e["rejoin_s"] is None],
             "standby_promoted_by_partition": [e["i"] for e in events if e.get("standby_writable_during")],
+            "returned_site_writable": [
+                e["i"] for e in events if e.get("returned_writable_samples") or e.get("returned_writable_during_cut")
+            ],
             "events": events,
         }
         out_path.write_text(json.dumps(result, indent=1))
@@ -244,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             or bool(violations)
             or bool(result["rejoin_failures"])
             or bool(result["standby_promoted_by_partition"])
+            or bool(result["returned_site_writable"])
         )
     finally:
         if writer is not None:
@@ -257,6 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         prune_lab(base / "lab")
     return 1 if bad or left else 0
+
+
+def _follows(tl: TwoSiteLab, c: Any, active: str) -> bool:
+    leader = c.leader()
+    if leader is None or c.upstream_port(leader) != tl.entry_port(active):
+        return False
+    return all(c.streams_from(n.name, leader) for n in c.nodes if n.name != leader)
 
 
 def _missing(url: str, acked: set[int]) -> set[int] | None:

@@ -41,6 +41,9 @@ def lab_group() -> None:
 @click.option("--tls", is_flag=True, help="Agents' REST APIs over https, with a throwaway CA the lab creates.")
 @click.option("--mtls", is_flag=True, help="Like --tls, and the agents require client certificates.")
 @click.option("--backup", is_flag=True, help="pgBackRest on the active site (stanza, WAL archive, restore drill).")
+@click.option(
+    "--witness", is_flag=True, help="Also start a witness (one etcd member) holding the active site and epoch."
+)
 @operator_errors
 def lab_up(
     lab_dir: Path | None,
@@ -52,12 +55,22 @@ def lab_up(
     tls: bool,
     mtls: bool,
     backup: bool,
+    witness: bool,
 ) -> None:
     """Start a lab and leave it running. Site a is active; the other sites are standby clusters of it."""
+    if witness and (independent or sites < 2):
+        raise click.UsageError("--witness needs at least two sites in a DR layout (not --independent)")
     lab = Lab(lab_dir or default_lab_dir(), pg_user=pg_user)
     click.echo(f"lab directory: {lab.dir}")
     state = lab.up(
-        sites=sites, nodes=nodes, etcd_members=etcd_members, dr=not independent, tls=tls, mtls=mtls, backup=backup
+        sites=sites,
+        nodes=nodes,
+        etcd_members=etcd_members,
+        dr=not independent,
+        tls=tls,
+        mtls=mtls,
+        backup=backup,
+        witness=witness,
     )
     scheme = "https" if state.tls else "http"
     for site in state.sites:

@@ -13,7 +13,18 @@ import click
 
 from drctl.cli.errors import fail, operator_errors, register_operator_error
 from drctl.cli.output import FORMATS, emit_structured, table
-from drctl.sites.controller import SiteOpError, cross_site_lag, promote_site, read_sites, switchover_site
+from drctl.sites.controller import (
+    SiteOpError,
+    abort_switchover_site,
+    confirm_site,
+    cross_site_lag,
+    fence_site,
+    promote_site,
+    read_sites,
+    site_standing,
+    switchover_site,
+    witness_record,
+)
 from drctl.sites.topology import Topology, TopologyError, load_topology
 
 register_operator_error(TopologyError)
@@ -58,10 +69,16 @@ def sites_document(topology: Topology) -> dict[str, Any]:
                         "replication_state": s.get("replication_state"),
                     }
                 )
+        standing, standing_reason = site_standing(st)
+        slot = ((st.leader_status() or {}).get("site") or {}).get("slot") or {}
         sites.append(
             {
                 "site": name,
                 "role": st.role,
+                "standing": standing,
+                "standing_reason": standing_reason,
+                "slot_retained_bytes": slot.get("retained_bytes"),
+                "slot_wal_status": slot.get("wal_status"),
                 "epoch": st.epoch,
                 "follows": st.record.follows if st.record else None,
                 "leader": st.leader,
@@ -71,7 +88,14 @@ def sites_document(topology: Topology) -> dict[str, Any]:
                 "members": members,
             }
         )
-    return {"sites": sites}
+    doc: dict[str, Any] = {"sites": sites}
+    if topology.witness is not None:
+        try:
+            rec = witness_record(topology)
+            doc["witness"] = {"active_site": rec.active_site if rec else None, "epoch": rec.epoch if rec else None}
+        except SiteOpError as exc:
+            doc["witness"] = {"error": str(exc)}
+    return doc
 
 
 @click.command("sites")
@@ -80,7 +104,9 @@ def sites_document(topology: Topology) -> dict[str, Any]:
 @operator_errors
 def sites_cmd(topology_path: Path | None, fmt: str) -> None:
     """Every site: DR role, epoch, leader, members and cross-site lag."""
-    doc = sites_document(_topology(topology_path))
+    topology = _topology(topology_path)
+    limit = topology.policy.max_slot_retention_bytes
+    doc = sites_document(topology)
     if fmt != "table":
         emit_structured(doc, fmt)
         return
@@ -88,6 +114,12 @@ def sites_cmd(topology_path: Path | None, fmt: str) -> None:
     for s in doc["sites"]:
         lag = s["cross_site_lag_bytes"]
         head = f"{s['role']} (epoch {s['epoch']})" + (f", follows {s['follows']}" if s["follows"] else "")
+        retained = s.get("slot_retained_bytes")
+        if retained is not None and retained > limit:
+            head += f", SLOT RETAINS {retained} bytes (> {limit}; wal_status {s.get('slot_wal_status')})"
+        if s["standing"] in ("unconfirmed", "fenced"):
+            # A site that may not write: say so first, with the agents' reason.
+            head += f", {s['standing'].upper()}: {s['standing_reason'] or ''}"
         if s["dcs_error"]:
             rows.append((s["site"], "unreachable", "", "", "", "", s["dcs_error"][:60]))
             continue
@@ -104,6 +136,10 @@ def sites_cmd(topology_path: Path | None, fmt: str) -> None:
                 )
             )
             head = ""
+    w = doc.get("witness")
+    if w is not None:
+        shown = w.get("error") or f"site {w.get('active_site')} active at epoch {w.get('epoch')}"
+        rows.append(("witness", str(shown)[:80], "", "", "", "", ""))
     table("sites (* = leader)", ["Site", "DR role", "Member", "Role", "State", "Lag (bytes)", "Cross-site"], rows)
 
 
@@ -112,11 +148,22 @@ def sites_cmd(topology_path: Path | None, fmt: str) -> None:
 @click.option("--to", "to", required=True, help="The site that becomes active.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--resume", is_flag=True, help="Complete an interrupted switchover (the same as running it again).")
+@click.option("--abort", is_flag=True, help="Roll back an interrupted switchover that has not promoted the target.")
 @operator_errors
-def switchover_site_cmd(topology_path: Path | None, to: str, dry_run: bool, force: bool) -> None:
-    """Planned switchover of the active role to another site (no data loss)."""
+def switchover_site_cmd(
+    topology_path: Path | None, to: str, dry_run: bool, force: bool, resume: bool, abort: bool
+) -> None:
+    """Planned switchover of the active role to another site (no data loss). Every step is
+    recorded (audit log, site records): an interrupted one is completed with --resume or rolled
+    back with --abort."""
     topology = _topology(topology_path)
     topology.site(to)
+    if resume and abort:
+        raise click.UsageError("--resume and --abort exclude each other")
+    if abort:
+        abort_switchover_site(topology, to, say=click.echo)
+        return
     if not dry_run and not force:
         switchover_site(topology, to, dry_run=True, say=click.echo)
         click.confirm(f"Switch the active site over to {to}?", abort=True)
@@ -157,4 +204,34 @@ def promote_site_cmd(
     )
 
 
-COMMANDS = [sites_cmd, switchover_site_cmd, promote_site_cmd]
+@click.command("confirm-site")
+@topology_option
+@click.argument("site")
+@click.option("--reason", required=True, help="Why (recorded in the audit log with who and when).")
+@click.option(
+    "--valid-for",
+    "valid_for",
+    type=click.FloatRange(min=10, max=86400),
+    default=600.0,
+    show_default=True,
+    help="Seconds the confirmation lets a cold site's agents promote.",
+)
+@operator_errors
+def confirm_site_cmd(topology_path: Path | None, site: str, reason: str, valid_for: float) -> None:
+    """Confirm a cold, unconfirmed active site's role when its agents cannot reach any other
+    site nor the witness (audited; time-bounded)."""
+    confirm_site(_topology(topology_path), site, reason=reason, valid_for_s=valid_for, say=click.echo)
+
+
+@click.command("fence-site")
+@topology_option
+@click.argument("site")
+@click.option("--reason", required=True, help="Why (recorded in the audit log with who and when).")
+@operator_errors
+def fence_site_cmd(topology_path: Path | None, site: str, reason: str) -> None:
+    """Make SITE a standby of the active site with the highest epoch (audited): for a site that
+    came back with a lower epoch while it could not see the others."""
+    fence_site(_topology(topology_path), site, reason=reason, say=click.echo)
+
+
+COMMANDS = [sites_cmd, switchover_site_cmd, promote_site_cmd, confirm_site_cmd, fence_site_cmd]

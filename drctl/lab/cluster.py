@@ -143,6 +143,7 @@ class LabCluster:
     # hypervisor's or IPMI's power-off: agents run it before taking over from a leader they did
     # not see demoted.
     fencing: bool = False
+    dr: dict[str, Any] | None = None  # the agents' `dr:` section (site name, topology file)
     nodes: list[AgentNode] = field(default_factory=list)
     proxies: dict[str, list[TcpProxy]] = field(default_factory=dict)
     ingress: dict[str, list[TcpProxy]] = field(default_factory=dict)  # member -> [pg, api]
@@ -262,6 +263,8 @@ class LabCluster:
                 "command": [sys.executable, "-m", "drctl.lab.fence", "--pid-dir", str(self.sup.pid_dir)],
                 "timeout": 15,
             }
+        if self.dr is not None:
+            cfg["dr"] = dict(self.dr)
         return cfg
 
     def _restapi_tls(self, node: AgentNode) -> dict[str, str]:

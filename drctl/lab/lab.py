@@ -4,6 +4,7 @@ even after the process that started the lab died)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from drctl.dcs.base import DCSError, SiteRecord
 from drctl.lab.cluster import API_READONLY, ETCD_AUTH, ETCD_ROOT_PASSWORD, LAB_SCOPE, AgentNode, LabCluster, Timings
 from drctl.lab.entrypoint import EntryPoint
 from drctl.lab.etcd import EtcdCluster, EtcdTls, LabError, etcd_health
+from drctl.lab.netproxy import TcpProxy
 from drctl.lab.ports import free_port
 from drctl.lab.procs import ProcRecord, Supervisor, pid_alive, record_for_pid, release, terminate
 from drctl.lab.tls import LabCA
@@ -93,6 +95,10 @@ class Lab:
     def __init__(self, lab_dir: Path, pg_user: str = "postgres") -> None:
         self.dir = Path(lab_dir)
         self.pg_user = pg_user
+        # wan_proxies=True: every cross-site path (another site's DCS, its entry point) goes through
+        # a proxy of this process that :meth:`cut_wan` black-holes (tests: a real WAN cut).
+        self.wan: dict[str, list[TcpProxy]] = {}
+        self.witness_proxies: list[TcpProxy] = []
 
     # --- queries ---------------------------------------------------------------------------------
     def running(self) -> list[ProcRecord]:
@@ -141,6 +147,9 @@ class Lab:
         backup: bool = False,
         tls: bool = False,
         mtls: bool = False,
+        wan_proxies: bool = False,
+        dr_slots: bool = False,
+        witness: bool = False,
     ) -> LabState:
         """``backup``: the first (active) site's nodes run pgBackRest (stanza, WAL archive, two
         local repositories); the lab policy then has a `backup:` section and a restore drill."""
@@ -166,6 +175,13 @@ class Lab:
                 LabCA.create(self.tls_dir, f"pgdr lab CA {os.urandom(4).hex()}")
             names = site_names(sites)
             entry_ports = {site: free_port() for site in names}
+            # What the other sites (and the operator) use to reach a site's entry point.
+            remote_entry = dict(entry_ports)
+            if wan_proxies:
+                for site in names:
+                    proxy = TcpProxy(entry_ports[site])
+                    self.wan.setdefault(site, []).append(proxy)
+                    remote_entry[site] = proxy.port
             clusters: list[LabCluster] = []
             for site in names:
                 site_dir = make_dir(self.dir / f"site-{site}", None, 0o755)
@@ -178,7 +194,12 @@ class Lab:
                     etcd.add_prefix_user(*ETCD_AUTH, f"/service/{LAB_SCOPE}/")
                 # Every site but the first is a standby cluster of the first (DESIGN.md section 5).
                 standby = dr and site != names[0]
-                dynamic = {"standby_cluster": {"host": "127.0.0.1", "port": entry_ports[names[0]]}} if standby else {}
+                section: dict[str, Any] = {"host": "127.0.0.1", "port": remote_entry[names[0]]}
+                if dr_slots:  # stream through the active site's permanent cross-site slot
+                    section["primary_slot_name"] = dr_slot_name(names[0])
+                dynamic = {"standby_cluster": section} if standby else {}
+                # The agents know the other sites (cross-site epochs, cold-start confirmation).
+                cross = {"site": site, "topology": str(topology_path(self.dir)), "poll_interval": 1.0, "timeout": 1.0}
                 cluster = LabCluster(
                     sup,
                     site_dir,
@@ -194,6 +215,7 @@ class Lab:
                     mtls=mtls,
                     etcd_tls=etcd_tls,
                     etcd_auth=ETCD_AUTH if tls else None,
+                    dr=cross if dr and sites > 1 else None,
                 ).plan()
                 if dr:
                     record = SiteRecord("standby", 1, names[0]) if standby else SiteRecord("active", 1, None)
@@ -204,14 +226,39 @@ class Lab:
                     LabSite(site, etcd.endpoints, [_node_doc(n) for n in cluster.nodes], entry_ports[site])
                 )
                 state.save()
+            witness_hosts: list[str] | None = None
+            if witness and dr and sites > 1:
+                # A third location holding the authoritative {active site, epoch}.
+                w_etcd = EtcdCluster(sup, self.dir / "witness", name="witness", size=1).start()
+                witness_hosts = list(w_etcd.endpoints)
+                if wan_proxies:  # its own link, cut separately from the WAN between the sites
+                    self.witness_proxies = [TcpProxy(int(e.rsplit(":", 1)[1])) for e in w_etcd.endpoints]
+                    witness_hosts = [f"http://{p.address}" for p in self.witness_proxies]
+                _write_witness(w_etcd.endpoints, names[0], 1)
+            if dr and sites > 1:
+                remote_dcs: dict[str, list[str]] = {}
+                if wan_proxies:
+                    for lab_site in state.sites:
+                        proxies = [TcpProxy(int(e.rsplit(":", 1)[1])) for e in lab_site.etcd_endpoints]
+                        self.wan[lab_site.name] += proxies
+                        remote_dcs[lab_site.name] = [f"http://{p.address}" for p in proxies]
+                # before the agents start: they read it
+                write_lab_topology(
+                    self.dir,
+                    state,
+                    remote_dcs=remote_dcs,
+                    remote_entry=remote_entry,
+                    dr_slots=dr_slots,
+                    witness=witness_hosts,
+                )
             for cluster in clusters:
                 cluster.start(wait=False)
                 cluster.wait_healthy(180)
             if dr and sites > 1:
-                write_lab_topology(self.dir, state)
                 write_lab_policy(self.dir, state)
         except BaseException:
             self._stop(sup, grace=10.0)
+            self.close_wan()
             raise
         release(sup)  # the lab outlives this command; `lab down` stops it by PID
         return state
@@ -271,6 +318,98 @@ class Lab:
         release(c.sup)  # they outlive this command, like the rest of the lab
         return started
 
+    # --- faults: the WAN -------------------------------------------------------------------------
+    def cut_wan(self) -> None:
+        """Black-hole every cross-site path (needs ``up(wan_proxies=True)``): no site reaches
+        another's DCS or entry point; connections hang as with a real WAN cut."""
+        if not self.wan:
+            raise LabError("cut_wan needs a lab started with wan_proxies=True")
+        for proxies in self.wan.values():
+            for p in proxies:
+                p.blackhole()
+
+    def heal_wan(self) -> None:
+        for proxies in self.wan.values():
+            for p in proxies:
+                p.heal()
+
+    def close_wan(self) -> None:
+        for proxies in [*self.wan.values(), self.witness_proxies]:
+            for p in proxies:
+                p.close()
+        self.wan, self.witness_proxies = {}, []
+
+    def cut_witness(self) -> None:
+        if not self.witness_proxies:
+            raise LabError("cut_witness needs a lab started with witness=True and wan_proxies=True")
+        for p in self.witness_proxies:
+            p.blackhole()
+
+    def heal_witness(self) -> None:
+        for p in self.witness_proxies:
+            p.heal()
+
+    # --- faults: a whole site ---------------------------------------------------------------------
+    def site_records(self, site: str) -> list[ProcRecord]:
+        """The recorded processes of ``site``: its etcd members, HAProxy and agents."""
+        state = LabState.load(self.dir)
+        nodes = {n["name"] for s in (state.sites if state else []) if s.name == site for n in s.nodes}
+        return [
+            r
+            for r in Supervisor(self.dir).records()
+            if r.name.startswith(f"{site}-") or r.name.removeprefix("agent-") in nodes
+        ]
+
+    def power_off_site(self, site: str) -> list[ProcRecord]:
+        """Power loss of a whole datacenter: SIGKILL at once every process of ``site`` (agents and
+        their lease keepers, PostgreSQL and its backends, etcd, HAProxy). Returns the records of
+        the recorded processes, for :meth:`power_on_site`."""
+        from drctl.procutil import children_of
+
+        recs = [r for r in self.site_records(site) if r.alive()]
+        cluster = next(c for c in self.clusters() if c.site == site)
+        pids: list[int] = []
+        for node in cluster.nodes:
+            pm = node.postmaster_pid()
+            if pm is not None and pid_alive(pm):
+                pids += [pm, *children_of(pm)]
+        for rec in recs:
+            pids += [rec.pid, *children_of(rec.pid)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for rec in recs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(rec.pgid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+            time.sleep(0.05)
+        stop_stray_keepers(self.dir / f"site-{site}")
+        return recs
+
+    def power_on_site(self, site: str, records: list[ProcRecord], agents: bool = True, timeout: float = 60.0) -> None:
+        """The power comes back: etcd members restart from their own data directories, then
+        HAProxy, then (``agents``) every agent, each from its own configuration file."""
+        sup = Supervisor(self.dir)
+        etcd = [r for r in records if r.role == "etcd"]
+        for rec in etcd:
+            argv = ["existing" if a == "new" else a for a in rec.argv]  # rejoin from the data dir
+            sup.spawn(rec.name, argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
+        deadline = time.monotonic() + timeout
+        while etcd and not all(_etcd_healthy(str(r.extra.get("url")), tries=1) for r in etcd):
+            if time.monotonic() > deadline:
+                raise LabError(f"site {site}: etcd not healthy {timeout:.0f}s after the power came back")
+            time.sleep(0.2)
+        for rec in records:
+            if rec.role == "haproxy":
+                sup.spawn(rec.name, rec.argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
+        release(sup)
+        if agents:
+            cluster = next(c for c in self.clusters() if c.site == site)
+            for node in cluster.nodes:
+                cluster.start_agent(node.name)
+            release(cluster.sup)
+
     # --- status ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         state = LabState.load(self.dir)
@@ -322,6 +461,7 @@ class Lab:
         sup = Supervisor(self.dir)
         names = [r.name for r in sup.records() if r.alive()]
         self._stop(sup, grace)
+        self.close_wan()
         return names
 
     def _stop(self, sup: Supervisor, grace: float) -> None:
@@ -347,19 +487,48 @@ def _write_site_record(cluster: LabCluster, record: SiteRecord) -> None:
         dcs.close()
 
 
+def _write_witness(endpoints: list[str], site: str, epoch: int) -> None:
+    from drctl.dcs.factory import DcsSettings, EtcdSettings
+    from drctl.sites.witness import Witness
+
+    w = Witness(DcsSettings(etcd=EtcdSettings(hosts=list(endpoints))), name="lab")
+    try:
+        if not w.claim(site, epoch, w.read(), by="lab"):
+            raise LabError("could not write the witness record")
+    except DCSError as exc:
+        raise LabError(f"witness: {exc}") from exc
+    finally:
+        w.close()
+
+
+def dr_slot_name(site: str) -> str:
+    """The permanent slot on ``site``'s primary that the other sites stream through."""
+    return f"pgdr_dr_{site}"
+
+
 def topology_path(lab_dir: Path) -> Path:
     return lab_dir / "topology.yaml"
 
 
-def write_lab_topology(lab_dir: Path, state: LabState) -> Path:
-    """The cross-site topology file of the lab (what an operator writes in policies/)."""
+def write_lab_topology(
+    lab_dir: Path,
+    state: LabState,
+    remote_dcs: dict[str, list[str]] | None = None,
+    remote_entry: dict[str, int] | None = None,
+    dr_slots: bool = False,
+    witness: list[str] | None = None,
+) -> Path:
+    """The cross-site topology file of the lab (what an operator writes in policies/). With WAN
+    proxies, the addresses are the proxies' (what another site reaches)."""
     sites: dict[str, dict[str, Any]] = {}
     for site in state.sites:
+        hosts = (remote_dcs or {}).get(site.name) or list(site.etcd_endpoints)
+        entry = (remote_entry or {}).get(site.name) or site.entry_port
         sites[site.name] = {
-            "dcs": {"etcd": _etcd_doc(lab_dir, site, state.tls)},
+            "dcs": {"etcd": {**_etcd_doc(lab_dir, site, state.tls), "hosts": hosts}},
             "namespace": "/service",
             "scope": LAB_SCOPE,
-            "entry_point": f"127.0.0.1:{site.entry_port}",
+            "entry_point": f"127.0.0.1:{entry}",
             "api_auth": {"username": API_READONLY[0], "password": API_READONLY[1]},  # it only reads /status
         }
         if state.tls:
@@ -368,7 +537,14 @@ def write_lab_topology(lab_dir: Path, state: LabState) -> Path:
             if state.mtls:
                 api_tls.update(certfile=str(tls_dir / "client.crt"), keyfile=str(tls_dir / "client.key"))
             sites[site.name]["api_tls"] = api_tls
-    doc = {"sites": sites, "policy": {"audit_log": str(lab_dir / "audit.log"), "switchover_timeout_s": 120}}
+        if dr_slots:
+            sites[site.name]["replication_slot"] = dr_slot_name(site.name)
+    doc: dict[str, Any] = {
+        "sites": sites,
+        "policy": {"audit_log": str(lab_dir / "audit.log"), "switchover_timeout_s": 120},
+    }
+    if witness:
+        doc["witness"] = {"etcd": {"hosts": list(witness)}}
     path = topology_path(lab_dir)
     write_atomic(path, yaml.safe_dump(doc, sort_keys=False), 0o600)  # holds the REST password
     return path

@@ -16,6 +16,23 @@ import threading
 from drctl.lab.ports import free_port
 
 
+def _readable(socks: list[socket.socket], timeout: float) -> list[socket.socket]:
+    """poll(2), not select(2): a test process may hold more than FD_SETSIZE descriptors."""
+    poller = select.poll()
+    by_fd = {s.fileno(): s for s in socks}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+    return [by_fd[fd] for fd, _ev in poller.poll(timeout * 1000) if fd in by_fd]
+
+
+def _gave_up(client: socket.socket) -> bool:
+    """The client closed its end (it gave up on a black-holed connection): free the descriptors
+    instead of keeping them until the link heals."""
+    poller = select.poll()
+    poller.register(client.fileno(), select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(0))
+
+
 class TcpProxy:
     def __init__(self, target_port: int, target_host: str = "127.0.0.1", listen_port: int | None = None) -> None:
         self.target = (target_host, target_port)
@@ -65,8 +82,7 @@ class TcpProxy:
     def _accept(self) -> None:
         while not self._stop.is_set():
             try:
-                readable, _, _ = select.select([self._listener], [], [], 0.2)
-                if not readable:
+                if not _readable([self._listener], 0.2):
                     continue
                 client, _ = self._listener.accept()
             except OSError:
@@ -83,6 +99,8 @@ class TcpProxy:
         try:
             # In blackhole mode a new connection is accepted but nothing ever reaches the target.
             while self.mode == "blackhole" and not self._stop.is_set():
+                if _gave_up(client):
+                    return
                 self._stop.wait(0.1)
             if self.mode == "reject" or self._stop.is_set():
                 return
@@ -97,10 +115,11 @@ class TcpProxy:
                     # drops, so a healed link delivers the whole byte stream, in order (a stream
                     # with a hole in it would be something no real network produces). The bytes
                     # wait in the socket buffers; once they are full the senders block.
+                    if _gave_up(client):
+                        return
                     self._stop.wait(0.05)
                     continue
-                readable, _, _ = select.select(socks, [], [], 0.2)
-                for s in readable:
+                for s in _readable(socks, 0.2):
                     data = s.recv(65536)
                     if not data:
                         return

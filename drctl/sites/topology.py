@@ -4,8 +4,9 @@ the file and the field, never a traceback."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -65,7 +66,16 @@ class SiteSpec(_Model):
     entry_point: str = Field(description="host:port of the site's read-write entry point (HAProxy, VIP)")
     api_auth: ApiAuth | None = None
     api_tls: ApiTls | None = None
-    replication_slot: str | None = Field(default=None, description="slot the other site streams through")
+    replication_slot: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9_]{1,63}$",
+        description="permanent slot on this site's primary that the other site streams through",
+    )
+    restore_command: str | None = Field(
+        default=None,
+        description="restore_command this site uses while it is a standby cluster (e.g. pgBackRest archive-get "
+        "from a repository it can read): its archive fallback when the active site's WAL is gone",
+    )
     targets: SiteTargets = Field(default_factory=SiteTargets)
 
     @property
@@ -91,6 +101,15 @@ class DrPolicy(_Model):
     switchover_timeout_s: float = Field(default=120.0, gt=0)
     audit_log: str | None = None
     rto_seconds: float = Field(default=60.0, gt=0, description="default RTO target of every site")
+    # Intra-site failover inside the active site while no other site (nor the witness) answers:
+    # "deny" keeps the site read-only until the role is confirmed again (or an operator confirms);
+    # "allow" lets a member that confirmed the role since its start promote. See docs/cross-site.md.
+    wan_cut_failover: Literal["deny", "allow"] = "deny"
+    # `drctl sites` flags a cross-site slot retaining more WAL than this (set PostgreSQL's
+    # max_slot_wal_keep_size on the active site to bound it for real).
+    max_slot_retention_bytes: int = Field(default=8 * 1024**3, ge=0)
+    # How old a confirmation may be to count as fresh (default: the agents' ttl).
+    confirmation_max_age_s: float | None = Field(default=None, gt=0)
 
 
 class Topology(_Model):
@@ -107,6 +126,26 @@ class Topology(_Model):
 
     def others(self, name: str) -> list[str]:
         return [n for n in self.sites if n != name]
+
+
+def standby_cluster_section(
+    target: SiteSpec, standby: SiteSpec | None = None, current: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The ``standby_cluster`` section of a site that follows ``target``: the target's entry point
+    and slot, and always an archive fallback (``restore_command``): the standby site's own
+    setting from the topology, else the one its current section carries. Without it a standby
+    site that falls behind the active primary's retained WAL would need a full re-clone."""
+    host, port = target.entry_host_port
+    section: dict[str, Any] = {"host": host, "port": port}
+    if target.replication_slot:
+        section["primary_slot_name"] = target.replication_slot
+    restore = (standby.restore_command if standby is not None else None) or (current or {}).get("restore_command")
+    if restore:
+        section["restore_command"] = restore
+    for key in ("archive_cleanup_command", "recovery_min_apply_delay", "create_replica_methods"):
+        if current and current.get(key) is not None:
+            section[key] = current[key]
+    return section
 
 
 def load_topology(path: str | Path) -> Topology:

@@ -17,6 +17,7 @@ from drctl.pg.conninfo import parse_host_port
 from drctl.pg.probe import PgState as ProbeState
 from site_agent.actions import AcquireLeader, Clone, Decision, Promote, Rebuild, Rewind
 from site_agent.config import AgentConfig, ConfigError, DynamicConfig, parse_dynamic_config
+from site_agent.crosssite import SiteGuard, with_permanent_slots
 from site_agent.decide import decide
 from site_agent.executor import Executor, Memory
 from site_agent.fencing import LeaseKeeper
@@ -65,6 +66,7 @@ class Agent:
         self.identity = identity(str(node.data_dir))
         self.scheduler: BackupScheduler | None = None  # scheduled backups, fired on the leader only
         self.pm_watch: PostmasterWatch | None = None  # wakes the loop when the postmaster exits
+        self.site_guard: SiteGuard | None = None  # cross-site awareness (dr: in the configuration)
         self._snapshot = NodeSnapshot(name=cfg.name, scope=cfg.scope, version=VERSION)
         self.cycle_lock = threading.Lock()  # the API waits on cycles, never runs one
         self.cycles = 0
@@ -110,6 +112,14 @@ class Agent:
             self._refresh_dynamic(view)
             obs = self.node.observe()
             self._obs = obs
+            real_view = view
+            if self.site_guard is not None:
+                # Cross-site standing (cached reads of the other sites): may show the decision
+                # a standby site (fenced, or not allowed to become writable yet).
+                writable = obs.probe is not None and not obs.probe.in_recovery
+                view, self.dynamic = self.site_guard.inputs(
+                    view, self.dynamic, writable_now=writable, held_key=self.mem.am_leader
+                )
             if view is not None:
                 self._failsafe_map = dict(view.failsafe or {})
                 leader = view.leader_member
@@ -128,6 +138,8 @@ class Agent:
             local = self._local_state(view, obs, now)
             cfg = self.decide_config()
             decision = decide(view, local, cfg, now)
+            if self.site_guard is not None:
+                decision = with_permanent_slots(decision, self.site_guard.permanent_slots())
             self._log_decision(decision, local)
             self.mem.leader_key_lost = False
             self.view, self.local, self.decision = view, local, decision
@@ -135,12 +147,15 @@ class Agent:
                 self.keeper.disarm()  # before starting, following, rewinding or rebuilding as a replica
             acted_ok = self.executor.execute(decision, view, self.dynamic)
             self._feed_keeper()
+            if self.site_guard is not None:
+                self.site_guard.persist(self.dcs, real_view, self.dynamic)
+                self.site_guard.advance_slot_copies(self.node, real_view, decision)
             backup = self.node.backup
             if backup is not None and self.mem.am_leader and local.is_primary and not backup.stanza_ready:
                 backup.ensure_stanza()
             self._after_act(view, decision)
             self._seed_config(view)
-            self._publish(view, decision)
+            self._publish(real_view, decision)
             if self.pm_watch is not None:
                 self.pm_watch.track(self.node.ctl.postmaster_pid())
             self.cycles += 1
@@ -505,6 +520,11 @@ class Agent:
             loop_wait=self.dynamic.loop_wait,
             maximum_lag_on_failover=self.dynamic.maximum_lag_on_failover,
             replication_state=self._wal_receiver_status(),
+            site_state=self.site_guard.verdict.state if self.site_guard is not None else None,
+            site_reason=self.site_guard.verdict.reason if self.site_guard is not None else None,
+            site_writable_allowed=self.site_guard.may_write if self.site_guard is not None else None,
+            cross_site_slot_retained=self.site_guard.slot_retained if self.site_guard is not None else None,
+            cross_site_slot_status=self.site_guard.slot_wal_status if self.site_guard is not None else None,
         )
 
     def _wal_receiver_status(self) -> str | None:

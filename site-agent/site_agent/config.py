@@ -476,6 +476,18 @@ class BootstrapConfig(_Model):
         )
 
 
+class DrConfig(_Model):
+    """``dr:``: this node's site in a cross-site topology. The agents then read the other sites'
+    ``site`` records (read-only, from the topology's DCS endpoints) and, where configured, the
+    witness: a site with a lower epoch than another site's ``active`` record demotes on sight,
+    and a site that starts cold confirms its role before any member may become writable."""
+
+    site: str = Field(min_length=1, description="this site's name in the topology file")
+    topology: str = Field(min_length=1, description="path of the topology file (drctl's --topology)")
+    poll_interval: float = Field(default=2.0, ge=0.2, le=60, description="seconds between reads of each site")
+    timeout: float = Field(default=2.0, ge=0.2, le=30, description="bound on one read of another site's DCS")
+
+
 # ---------------------------------------------------------------------------------------------
 # The file
 
@@ -495,6 +507,7 @@ class AgentConfig(_Model):
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     fencing: FencingConfig | None = None
     log: LogConfig = Field(default_factory=LogConfig)
+    dr: DrConfig | None = None
 
     @model_validator(mode="after")
     def _one_dcs(self) -> AgentConfig:

@@ -15,6 +15,7 @@ from drctl.backup.errors import BackupError
 from drctl.dcs.base import DCS, DCSError
 from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
 from drctl.pg.ctl import PgCtlError
+from drctl.sites.topology import TopologyError
 from site_agent import peers
 from site_agent.agent import VERSION, Agent
 from site_agent.api import TlsConfig, start_api
@@ -29,6 +30,7 @@ from site_agent.config import (
     load_config,
 )
 from site_agent.control import Control
+from site_agent.crosssite import SiteGuard
 from site_agent.fencing import LeaseKeeper, keeper_state_dir
 from site_agent.identity import duplicate_name_refusal
 from site_agent.logsetup import configure_logging
@@ -160,6 +162,13 @@ def run(argv: list[str]) -> int:
     if refusal is not None:
         _err(f"{args.config}: name: {refusal}")
         return EXIT_CONFIG
+    if cfg.dr is not None:
+        try:
+            agent.site_guard = SiteGuard.from_config(cfg.dr, cfg.name)
+        except TopologyError as exc:
+            _err(f"{args.config}: dr.topology: {exc}")
+            return EXIT_CONFIG
+        agent.site_guard.monitor.start()
     section = cfg.postgresql.pgbackrest
     if section is not None and section.schedule is not None and node.backup is not None:
         from drctl.backup.schedule import BackupScheduler  # only with a schedule: keeps APScheduler out otherwise
@@ -206,5 +215,7 @@ def run(argv: list[str]) -> int:
     while loop.is_alive():
         loop.join(0.5)
     agent.shutdown()
+    if agent.site_guard is not None:
+        agent.site_guard.monitor.stop()
     api.stop()
     return 0

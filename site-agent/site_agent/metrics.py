@@ -72,6 +72,21 @@ def snapshot_gauges(s: NodeSnapshot) -> list[tuple[str, str, float | None]]:
             "1 if this site's DR role is active, 0 if standby.",
             _b(s.site_role == "active") if s.site_role is not None else None,
         ),
+        (
+            "pgdr_site_confirmed",
+            "1 if this site's cross-site role is confirmed (or it is a standby), 0 if unconfirmed or fenced.",
+            _b(s.site_state in ("confirmed", "standby")) if s.site_state not in (None, "off") else None,
+        ),
+        (
+            "pgdr_site_writable_allowed",
+            "1 if this member may be or become a writable primary by the cross-site rules.",
+            _b(bool(s.site_writable_allowed)) if s.site_writable_allowed is not None else None,
+        ),
+        (
+            "pgdr_cross_site_slot_retained_bytes",
+            "WAL the cross-site replication slot holds back on the active primary, bytes.",
+            _num(s.cross_site_slot_retained),
+        ),
         ("pgdr_last_cycle_timestamp_seconds", "Epoch seconds of the last agent cycle.", s.last_cycle_at),
         ("pgdr_last_backup_age_seconds", "Age of the last successful backup.", s.last_backup_age_s),
         ("pgdr_archive_failed_count", "WAL archiving failures.", _num(s.archive_failed_count)),

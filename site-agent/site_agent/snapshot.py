@@ -105,6 +105,12 @@ class NodeSnapshot:
     sync_standby: bool = False  # this member is recorded in the DCS sync key
     site_role: str | None = None  # "active" | "standby" | None (single site / unknown)
     site_epoch: int | None = None
+    # cross-site standing (agents with `dr:`): confirmed | unconfirmed | fenced | standby; None: off
+    site_state: str | None = None
+    site_reason: str | None = None
+    site_writable_allowed: bool | None = None
+    cross_site_slot_retained: int | None = None  # active primary: WAL its cross-site slot holds (bytes)
+    cross_site_slot_status: str | None = None  # that slot's wal_status
     version: str = ""  # pgdr version
     last_backup_age_s: float | None = None
     archive_failed_count: int | None = None
@@ -176,6 +182,15 @@ class NodeSnapshot:
             doc["postmaster_start_time"] = self.postmaster_start_time
         if self.system_identifier is not None:
             doc["database_system_identifier"] = self.system_identifier
+        if self.site_state is not None:  # cross-site standing (agents configured with `dr:`)
+            doc["site"].update(
+                state=self.site_state, reason=self.site_reason, writable_allowed=self.site_writable_allowed
+            )
+            if self.cross_site_slot_retained is not None or self.cross_site_slot_status is not None:
+                doc["site"]["slot"] = {
+                    "retained_bytes": self.cross_site_slot_retained,
+                    "wal_status": self.cross_site_slot_status,
+                }
         if self.replication_state is not None:
             doc["replication_state"] = self.replication_state
         if self.lag_bytes is not None:

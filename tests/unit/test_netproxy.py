@@ -73,3 +73,28 @@ def test_reject_closes_connections() -> None:
     finally:
         proxy.close()
         srv.close()
+
+
+def test_a_black_holed_connection_the_client_abandons_is_freed() -> None:
+    """Clients that time out and reconnect every second through a long cut must not pile up
+    descriptors in the proxy (seen: select() failing past FD_SETSIZE in a 2-minute WAN cut)."""
+    import socket as _socket
+    import time as _time
+
+    server = _socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    proxy = TcpProxy(server.getsockname()[1])
+    try:
+        proxy.blackhole()
+        for _ in range(5):
+            c = _socket.create_connection(("127.0.0.1", proxy.port), timeout=2)
+            c.sendall(b"ping")
+            c.close()
+        deadline = _time.monotonic() + 5
+        while _time.monotonic() < deadline and sum(t.is_alive() for t in proxy._threads) > 1:
+            _time.sleep(0.05)
+        assert sum(t.is_alive() for t in proxy._threads) == 1  # only the acceptor is left
+    finally:
+        proxy.close()
+        server.close()
