@@ -386,7 +386,7 @@ def test_the_agent_configuration_accepts_a_dr_section() -> None:
     base = """
 scope: main
 name: a1
-restapi: {listen: 127.0.0.1:8008, connect_address: 127.0.0.1:8008}
+restapi: {listen: 127.0.0.1:8008, connect_address: 127.0.0.1:8008, authentication: {username: u, password: p}}
 etcd3: {hosts: [127.0.0.1:2379]}
 postgresql:
   listen: 127.0.0.1:5432
