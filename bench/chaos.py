@@ -147,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             fault_at, heal_at = notes.pop("fault_at"), notes.pop("heal_at")
             since = max(heal_at, fault_at + 0.2)
             wait_until(lambda since=since: acks_resumed(inst.writer, since), args.rejoin_timeout)
+            # A node the fencing hook powered off (it led and was not seen demoted) boots again.
+            fenced = system.revive_fenced()
+            if fenced:
+                notes["fenced_and_restarted"] = fenced
+                log(f"#{i}: fenced by the new leader, restarted: {fenced}")
             ok = wait_stably_healthy(system, args.rejoin_timeout)
             not_rejoined = [] if ok else system.not_rejoined()
             now = time.monotonic()

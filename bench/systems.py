@@ -94,6 +94,20 @@ class System:
     def wait_healthy(self, timeout: float) -> None:
         self.cluster.wait_healthy(timeout)
 
+    def revive_fenced(self) -> list[str]:
+        """Boot again the nodes the fencing hook powered off (their agent is gone): what the
+        hypervisor or an operator does after a STONITH. Returns the names restarted."""
+        cluster = self.cluster
+        if not isinstance(cluster, LabCluster) or not cluster.fencing:
+            return []
+        out = []
+        for n in cluster.nodes:
+            rec = cluster.sup.record(n.proc_name)
+            if rec is None or not rec.alive():
+                cluster.start_agent(n.name)
+                out.append(n.name)
+        return out
+
     def not_rejoined(self) -> list[str]:
         """Members that are not (running primary | streaming replica) right now."""
         out = []

@@ -366,7 +366,11 @@ def _with_record_initialize(ctx: _Ctx, d: Decision) -> Decision:
             return d
         version = view.initialize_version if view.initialize is not None else None
         rec = RecordInitialize(ctx.local.system_id, version)
-        return _dec([*d.actions, rec], d.reason + "; recording the system identifier", d.role)
+        # Right after the leader-key guard: the synchronous-state guards stay last (a lost CAS
+        # there must not skip anything else).
+        at = 1 if d.actions and isinstance(d.actions[0], (AcquireLeader, RenewLeader)) else len(d.actions)
+        actions = [*d.actions[:at], rec, *d.actions[at:]]
+        return _dec(actions, d.reason + "; recording the system identifier", d.role)
     return d
 
 
