@@ -162,6 +162,19 @@ class DrillRunner:
         if res["rc"] != 0:
             raise SiteOpError(f"{what} hook exited {res['rc']}: {res['stderr'].strip()[-300:]}")
 
+    def _wait_not_writable(self, site: str, conn_urls: dict[str, str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            writable = [name for name, url in conn_urls.items() if url and _writable(url)]
+            if not writable:
+                return
+            if time.monotonic() >= deadline:
+                raise SiteOpError(
+                    f"site {site} still has a writable primary ({', '.join(writable)}) {timeout:g}s after power_off: "
+                    "refusing to promote the other site (two writable primaries); check the power_off hook"
+                )
+            time.sleep(0.5)
+
     def _site_loss(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
         lost = str(drill.site)
         survivor = next(n for n, r in rec.start_topology.items() if r == "standby")
@@ -191,11 +204,18 @@ class DrillRunner:
             phases.append(Phase(name, t0, time.monotonic() - origin))
             return result
 
+        states = read_sites(self.topology)
+        lost_view = states[lost].view
+        lost_urls = {m.name: m.info.conn_url for m in (lost_view.members if lost_view is not None else ())}
         try:
             time.sleep(drill.settle_s)
             self.say(f"power loss of site {lost}")
             phase(f"power loss of {lost}", lambda: self._hook(drill.power_off, lost, "power_off"))
             powered_off = True
+            # The promotion below attests that the old site cannot write: check it, as far as this
+            # host can see, before promoting (a power_off hook that did not work must not lead to
+            # two writable primaries).
+            phase(f"{lost} not writable", lambda: self._wait_not_writable(lost, lost_urls, drill.timeout_s))
             result = phase(
                 f"promote-site {survivor}",
                 lambda: promote_site(
@@ -410,6 +430,18 @@ class DrillRunner:
         rec.report_html, rec.report_png = str(html), str(png) if png else ""
         (out / "record.json").write_text(json.dumps(rec.to_json(), indent=2, default=str))
         return rec
+
+
+def _writable(conn_url: str) -> bool:
+    """``conn_url`` answers and is not in recovery (unreachable counts as not writable)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(conn_url, connect_timeout=2, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    except psycopg.Error:
+        return False
+    return row is not None and row[0] is False
 
 
 def _plain(value: Any) -> Any:
