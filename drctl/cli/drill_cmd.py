@@ -97,6 +97,13 @@ def _summary(doc: dict[str, Any]) -> None:
         )
         for a in f.get("advice") or []:
             click.echo(f"  what to do: {a}")
+    elif f and f.get("kind") == "rebuild":
+        click.echo(
+            f"  rebuild of {f['member']} (site {f['site']}): streaming again after {f['rebuild_s']}s; "
+            f"{f['basebackup_bytes']} base backup bytes and {f['wal_streamed_bytes']} WAL bytes from {f['source']}"
+        )
+        for a in f.get("advice") or []:
+            click.echo(f"  note: {a}")
     elif f:
         click.echo(
             f"  RTO {f['rto_s']:.2f}s (target {f['rto_target_s']:g}s, {'pass' if f['rto_ok'] else 'FAIL'}); "

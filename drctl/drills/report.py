@@ -126,6 +126,8 @@ def render_html(rec: Any, png: Path | None, policy: Policy) -> str:
             )
     if f and f.get("kind") == "restore":
         parts += _restore_section(f)
+    elif f and f.get("kind") == "rebuild":
+        parts += _rebuild_section(f)
     elif f:
         rto_cls = "ok" if f["rto_ok"] else "bad"
         rpo_cls = "ok" if f["rpo_ok"] else "bad"
@@ -199,6 +201,30 @@ def render_html(rec: Any, png: Path | None, policy: Policy) -> str:
     )
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _rebuild_section(f: dict[str, Any]) -> list[str]:
+    wal = f.get("wal_streamed_bytes")
+    parts = [
+        "<h2>Replica rebuild</h2><table id='figures'>" + _head("Measure", "Measured"),
+        _row("member rebuilt", f"{f['member']} (site {f['site']}, source {f['source']})"),
+        _row(
+            "time until it streams again",
+            "-" if f["rebuild_s"] is None else f"{f['rebuild_s']:.2f} s",
+            cls="ok" if f["ok"] else "bad",
+        ),
+        _row("base backup bytes sent by the source (sampled: at least)", f"{f['basebackup_bytes'] / 1048576:.1f} MiB"),
+        _row("WAL streamed to it afterwards (sampled)", "unknown" if wal is None else f"{wal / 1048576:.2f} MiB"),
+        _row("method", f["method"]),
+        "</table>",
+    ]
+    if f.get("advice"):
+        parts.append(
+            "<div class='advice'><b>What to do</b><ul>"
+            + "".join(f"<li>{html.escape(a)}</li>" for a in f["advice"])
+            + "</ul></div>"
+        )
+    return parts
 
 
 def _restore_section(f: dict[str, Any]) -> list[str]:

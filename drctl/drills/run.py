@@ -116,8 +116,6 @@ class DrillRunner:
             drill = self.policy.drill(name)
         except KeyError as exc:
             raise DrillError(str(exc.args[0])) from None
-        if drill.kind not in ("site-switchover", "backup-restore", "site-loss"):
-            raise DrillError(f"drill {name}: kind {drill.kind} is not implemented yet")
         run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
         rec = DrillRecord(run_id, name, drill.kind, started_at=_now_iso(), trigger=trigger, operator=operator_name())
         rec.policy = self.policy.source
@@ -147,6 +145,8 @@ class DrillRunner:
                 return self._backup_restore(drill, rec, out)
             if drill.kind == "site-loss":
                 return self._site_loss(drill, rec, out)
+            if drill.kind == "replica-rebuild":
+                return self._replica_rebuild(drill, rec, out)
             return self._site_switchover(drill, rec, out)
 
     # --- site loss: power off, promote the other site, power on, fail back -----------------
@@ -233,8 +233,15 @@ class DrillRunner:
             powered_off = False
             t1 = time.monotonic() - origin
             problems = self._wait_fit(drill, drill.timeout_s)
-            phases.append(Phase(f"{lost} rejoins as a standby", t1, time.monotonic() - origin, ok=not problems,
-                                detail="; ".join(problems)))  # fmt: skip
+            phases.append(
+                Phase(
+                    f"{lost} rejoins as a standby",
+                    t1,
+                    time.monotonic() - origin,
+                    ok=not problems,
+                    detail="; ".join(problems),
+                )
+            )
             if problems:
                 raise SiteOpError("the old site did not rejoin: " + "; ".join(problems))
             result = phase(f"failback to {lost}", lambda: switchover_site(self.topology, lost, say=self.say))
@@ -270,9 +277,35 @@ class DrillRunner:
         rec.roles = [{"t": round(s.t, 3), "roles": s.roles} for s in roles.samples]
         rec.end_topology = _roles(self.policy)
         rec.ended_at = _now_iso()
-        self.audit.record("drill-end", run_id=rec.run_id, drill=rec.drill, status=rec.status, rto_s=figures.rto_s,
-                          lost_rows=figures.lost_rows)  # fmt: skip
+        self.audit.record(
+            "drill-end",
+            run_id=rec.run_id,
+            drill=rec.drill,
+            status=rec.status,
+            rto_s=figures.rto_s,
+            lost_rows=figures.lost_rows,
+        )
         return self._finish(rec, out, probe.attempts, phases)
+
+    # --- replica rebuild -------------------------------------------------------------------
+    def _replica_rebuild(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
+        from drctl.drills.rebuild import RebuildDrillError, run_rebuild_drill
+
+        try:
+            figures = run_rebuild_drill(self.policy, drill, self.say)
+        except RebuildDrillError as exc:
+            rec.status = "error"
+            rec.reasons = [str(exc)]
+        else:
+            rec.figures = figures.to_json()
+            rec.status = "passed" if figures.passed else "failed"
+            rec.phases = [
+                vars(Phase(f"rebuild {figures.member}", 0.0, figures.rebuild_s or drill.timeout_s, figures.ok))
+            ]
+        rec.end_topology = _roles(self.policy)
+        rec.ended_at = _now_iso()
+        self.audit.record("drill-end", run_id=rec.run_id, drill=rec.drill, status=rec.status)
+        return self._finish(rec, out, [], [])
 
     # --- backup restore --------------------------------------------------------------------
     def _backup_restore(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:

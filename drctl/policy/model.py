@@ -56,6 +56,7 @@ class DrillSpec(_Model):
     round_trip: bool = Field(default=True, description="site-switchover: switch back to the starting site")
     verify: list[VerifyQuery] = Field(default_factory=list)
     run_as: str = Field(default="postgres", min_length=1, description="backup-restore: OS user of PostgreSQL")
+    member: str | None = Field(default=None, description="replica-rebuild: the replica (default: one of them)")
     power_off: list[str] | None = Field(default=None, description="site-loss: argv that cuts the site (${site})")
     power_on: list[str] | None = Field(default=None, description="site-loss: argv that brings it back (${site})")
 

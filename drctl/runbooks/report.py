@@ -129,8 +129,11 @@ def write(state: RunState, run_dir: Path) -> Path:
     page = render(state)
     if png is not None:
         data = base64.b64encode(png.read_bytes()).decode()
-        page = page.replace("</table></body>", f"</table><h2>Timeline</h2><img alt='timeline' style='max-width:100%' "
-                            f"src='data:image/png;base64,{data}'></body>")  # fmt: skip
+        page = page.replace(
+            "</table></body>",
+            f"</table><h2>Timeline</h2><img alt='timeline' style='max-width:100%' "
+            f"src='data:image/png;base64,{data}'></body>",
+        )
     tmp = path.with_suffix(".tmp")
     tmp.write_text(page)
     tmp.replace(path)
