@@ -95,6 +95,11 @@ def _summary(doc: dict[str, Any]) -> None:
             f"(restore {f['restore_s']}s, replay {f['recovery_s']}s; target {f['rto_target_s']:g}s, "
             f"{'pass' if f['rto_ok'] else 'FAIL'}); verification {'pass' if f['checks_ok'] else 'FAIL'}"
         )
+        if f.get("pitr_ok") is not None:
+            click.echo(
+                f"  point-in-time restore to {f['pitr_target']}: read-write after {f['pitr_total_s']}s, "
+                f"{'stopped at the target' if f['pitr_ok'] else 'DID NOT stop at the target'}"
+            )
         for a in f.get("advice") or []:
             click.echo(f"  what to do: {a}")
     elif f and f.get("kind") == "rebuild":

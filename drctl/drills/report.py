@@ -245,14 +245,27 @@ def _restore_section(f: dict[str, Any]) -> list[str]:
             "pass" if f["checks_ok"] else "FAIL",
             cls="ok" if f["checks_ok"] else "bad",
         ),
+    ]
+    if f.get("pitr_ok") is not None:
+        parts.append(
+            _row(
+                f"point-in-time copy (to {f['pitr_target']}) stops at the target",
+                f"read-write after {f['pitr_total_s']} s",
+                "only the row written before the target",
+                "pass" if f["pitr_ok"] else "FAIL",
+                cls="ok" if f["pitr_ok"] else "bad",
+            )
+        )
+    parts += [
         "</table>",
         f"<p>Backup {html.escape(str(f['backup_label']))} ({html.escape(str(f['backup_type']))}"
         + (f", {size / 1048576:.1f} MiB" if isinstance(size, int) else "")
         + f"); pgbackrest restore {f['restore_s']}s, start and replay {f['recovery_s']}s.</p>",
     ]
-    if f["checks"]:
+    checks = list(f["checks"]) + list(f.get("pitr_checks") or [])
+    if checks:
         parts.append("<table>" + _head("Query", "Returned", "Expected", "Result"))
-        for c in f["checks"]:
+        for c in checks:
             parts.append(
                 _row(
                     c["sql"],

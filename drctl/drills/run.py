@@ -312,7 +312,7 @@ class DrillRunner:
         from drctl.drills.restore import RestoreDrillError, run_restore_drill
 
         try:
-            figures = run_restore_drill(self.policy, drill, out, self.say)
+            figures = run_restore_drill(self.policy, drill, out, self.say, run_tag=rec.run_id)
         except RestoreDrillError as exc:
             rec.status = "error"
             rec.reasons = [str(exc)]
