@@ -19,6 +19,7 @@ ROLE_COLOURS = {
     "standby_leader": "#e67e22",
     "replica": "#2e86c1",
     "down": "#7f8c8d",
+    "other": "#bdc3c7",  # demoted, uninitialized, starting...
 }
 
 
@@ -68,7 +69,9 @@ def timeline_png(rec: Any, attempts: Sequence[Attempt], phases: Sequence[Phase],
             role = s["roles"].get(node, "down")
             spans.append((s["t"], nxt - s["t"], role))
         for start, width, role in spans:
-            ax2.broken_barh([(start, width)], (row - 0.4, 0.8), facecolors=ROLE_COLOURS.get(role, "#bdc3c7"))
+            ax2.broken_barh(
+                [(start, width)], (row - 0.4, 0.8), facecolors=ROLE_COLOURS.get(role, ROLE_COLOURS["other"])
+            )
     ax2.set_yticks(range(len(nodes)))
     ax2.set_yticklabels(nodes, fontsize=8)
     ax2.set_xlabel("seconds since the drill started")
