@@ -95,8 +95,20 @@ def _summary(doc: dict[str, Any]) -> None:
             f"(restore {f['restore_s']}s, replay {f['recovery_s']}s; target {f['rto_target_s']:g}s, "
             f"{'pass' if f['rto_ok'] else 'FAIL'}); verification {'pass' if f['checks_ok'] else 'FAIL'}"
         )
+        if f.get("pitr_ok") is not None:
+            click.echo(
+                f"  point-in-time restore to {f['pitr_target']}: read-write after {f['pitr_total_s']}s, "
+                f"{'stopped at the target' if f['pitr_ok'] else 'DID NOT stop at the target'}"
+            )
         for a in f.get("advice") or []:
             click.echo(f"  what to do: {a}")
+    elif f and f.get("kind") == "rebuild":
+        click.echo(
+            f"  rebuild of {f['member']} (site {f['site']}): streaming again after {f['rebuild_s']}s; "
+            f"{f['basebackup_bytes']} base backup bytes and {f['wal_streamed_bytes']} WAL bytes from {f['source']}"
+        )
+        for a in f.get("advice") or []:
+            click.echo(f"  note: {a}")
     elif f:
         click.echo(
             f"  RTO {f['rto_s']:.2f}s (target {f['rto_target_s']:g}s, {'pass' if f['rto_ok'] else 'FAIL'}); "

@@ -95,6 +95,7 @@ def show_cmd(name: str, runbooks_dir: Path | None) -> None:
 @click.option("--var", "var_items", multiple=True, metavar="NAME=VALUE", help="A variable (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print every step as it would run; change nothing.")
 @click.option("--yes", is_flag=True, help="Answer yes to every confirmation step (automation).")
+@click.option("--probe", is_flag=True, help="Probe writes through the entry points; the report shows availability.")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help="--dry-run output.")
 @policy_option
 @runbooks_option
@@ -104,6 +105,7 @@ def run_cmd(
     var_items: tuple[str, ...],
     dry_run: bool,
     yes: bool,
+    probe: bool,
     fmt: str,
     policy_path: Path | None,
     runbooks_dir: Path | None,
@@ -112,7 +114,7 @@ def run_cmd(
     loaded = load_named(name, runbook_dirs(runbooks_dir))
     policy = policy_from_env(policy_path)
     given = _vars(var_items)
-    runner = _runner(policy, yes)
+    runner = _runner(policy, yes, probe)
     builtins = builtin_vars(policy) if engine.needed_builtins(loaded.runbook) else {}
     if dry_run:
         plan = runner.plan(loaded, given, builtins)
@@ -189,7 +191,7 @@ def status_cmd(run_id: str | None, fmt: str, policy_path: Path | None) -> None:
     table(None, ["Step", "Kind", "Status", "Time / note"], engine.summary(state))
 
 
-def _runner(policy: Policy, yes: bool) -> Runner:
+def _runner(policy: Policy, yes: bool, probe: bool = False) -> Runner:
     def confirm(text: str) -> bool:
         if yes:
             click.echo(f"    confirm: {text} -> yes (--yes)")
@@ -198,7 +200,7 @@ def _runner(policy: Policy, yes: bool) -> Runner:
             raise StepFailed(f"needs an operator's yes ({text!r}) and there is no terminal: pass --yes")
         return click.confirm(f"    {text}", default=False)
 
-    return Runner(policy, Actions(policy, say=click.echo), _store(policy), say=click.echo, confirm=confirm)
+    return Runner(policy, Actions(policy, say=click.echo), _store(policy), say=click.echo, confirm=confirm, probe=probe)
 
 
 def _finish(state: engine.RunState) -> None:

@@ -19,6 +19,7 @@ ROLE_COLOURS = {
     "standby_leader": "#e67e22",
     "replica": "#2e86c1",
     "down": "#7f8c8d",
+    "other": "#bdc3c7",  # demoted, uninitialized, starting...
 }
 
 
@@ -68,7 +69,9 @@ def timeline_png(rec: Any, attempts: Sequence[Attempt], phases: Sequence[Phase],
             role = s["roles"].get(node, "down")
             spans.append((s["t"], nxt - s["t"], role))
         for start, width, role in spans:
-            ax2.broken_barh([(start, width)], (row - 0.4, 0.8), facecolors=ROLE_COLOURS.get(role, "#bdc3c7"))
+            ax2.broken_barh(
+                [(start, width)], (row - 0.4, 0.8), facecolors=ROLE_COLOURS.get(role, ROLE_COLOURS["other"])
+            )
     ax2.set_yticks(range(len(nodes)))
     ax2.set_yticklabels(nodes, fontsize=8)
     ax2.set_xlabel("seconds since the drill started")
@@ -126,6 +129,8 @@ def render_html(rec: Any, png: Path | None, policy: Policy) -> str:
             )
     if f and f.get("kind") == "restore":
         parts += _restore_section(f)
+    elif f and f.get("kind") == "rebuild":
+        parts += _rebuild_section(f)
     elif f:
         rto_cls = "ok" if f["rto_ok"] else "bad"
         rpo_cls = "ok" if f["rpo_ok"] else "bad"
@@ -201,6 +206,30 @@ def render_html(rec: Any, png: Path | None, policy: Policy) -> str:
     return "\n".join(parts)
 
 
+def _rebuild_section(f: dict[str, Any]) -> list[str]:
+    wal = f.get("wal_streamed_bytes")
+    parts = [
+        "<h2>Replica rebuild</h2><table id='figures'>" + _head("Measure", "Measured"),
+        _row("member rebuilt", f"{f['member']} (site {f['site']}, source {f['source']})"),
+        _row(
+            "time until it streams again",
+            "-" if f["rebuild_s"] is None else f"{f['rebuild_s']:.2f} s",
+            cls="ok" if f["ok"] else "bad",
+        ),
+        _row("base backup bytes sent by the source (sampled: at least)", f"{f['basebackup_bytes'] / 1048576:.1f} MiB"),
+        _row("WAL streamed to it afterwards (sampled)", "unknown" if wal is None else f"{wal / 1048576:.2f} MiB"),
+        _row("method", f["method"]),
+        "</table>",
+    ]
+    if f.get("advice"):
+        parts.append(
+            "<div class='advice'><b>What to do</b><ul>"
+            + "".join(f"<li>{html.escape(a)}</li>" for a in f["advice"])
+            + "</ul></div>"
+        )
+    return parts
+
+
 def _restore_section(f: dict[str, Any]) -> list[str]:
     size = f.get("backup_size_bytes")
     parts = [
@@ -219,14 +248,27 @@ def _restore_section(f: dict[str, Any]) -> list[str]:
             "pass" if f["checks_ok"] else "FAIL",
             cls="ok" if f["checks_ok"] else "bad",
         ),
+    ]
+    if f.get("pitr_ok") is not None:
+        parts.append(
+            _row(
+                f"point-in-time copy (to {f['pitr_target']}) stops at the target",
+                f"read-write after {f['pitr_total_s']} s",
+                "only the row written before the target",
+                "pass" if f["pitr_ok"] else "FAIL",
+                cls="ok" if f["pitr_ok"] else "bad",
+            )
+        )
+    parts += [
         "</table>",
         f"<p>Backup {html.escape(str(f['backup_label']))} ({html.escape(str(f['backup_type']))}"
         + (f", {size / 1048576:.1f} MiB" if isinstance(size, int) else "")
         + f"); pgbackrest restore {f['restore_s']}s, start and replay {f['recovery_s']}s.</p>",
     ]
-    if f["checks"]:
+    checks = list(f["checks"]) + list(f.get("pitr_checks") or [])
+    if checks:
         parts.append("<table>" + _head("Query", "Returned", "Expected", "Result"))
-        for c in f["checks"]:
+        for c in checks:
             parts.append(
                 _row(
                     c["sql"],

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from drctl.backup.errors import BackupError
 from drctl.backup.runner import PgBackRest
 from drctl.lab.ports import free_port
 from drctl.pg.osuser import make_dir, user_env, user_prefix
-from drctl.policy.model import DrillSpec, Policy
+from drctl.policy.model import DrillSpec, Policy, VerifyQuery
 
 
 class RestoreDrillError(Exception):
@@ -43,11 +44,15 @@ class RestoreFigures:
     checks: list[dict[str, Any]] = field(default_factory=list)
     rto_ok: bool = False
     checks_ok: bool = False
+    pitr_target: str | None = None
+    pitr_total_s: float | None = None
+    pitr_checks: list[dict[str, Any]] = field(default_factory=list)
+    pitr_ok: bool | None = None  # None: no point-in-time restore was asked for
     advice: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return self.rto_ok and self.checks_ok
+        return self.rto_ok and self.checks_ok and self.pitr_ok is not False
 
     def to_json(self) -> dict[str, Any]:
         return {**vars(self), "passed": self.passed, "kind": "restore"}
@@ -72,15 +77,96 @@ def _runner(policy: Policy, drill: DrillSpec, scratch: Path, work: Path, port: i
     return runner
 
 
-def run_restore_drill(policy: Policy, drill: DrillSpec, out: Path, say: Any) -> RestoreFigures:
+PITR_TABLE = "pgdr_drill_pitr"
+
+
+def _markers(url: str, tag: str, archive_wait_s: float) -> datetime:
+    """Two rows through the application's entry points, 'before' and 'after' a target time, then
+    wait until the WAL holding 'after' is archived. Returns the target time (server clock)."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {PITR_TABLE} (run text, mark text, at timestamptz DEFAULT clock_timestamp())"
+        )
+        conn.execute(f"INSERT INTO {PITR_TABLE} (run, mark) VALUES (%s, 'before')", (tag,))
+        time.sleep(0.5)
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
+        assert row is not None
+        target: datetime = row[0]
+        time.sleep(0.5)
+        conn.execute(f"INSERT INTO {PITR_TABLE} (run, mark) VALUES (%s, 'after')", (tag,))
+        row = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+        assert row is not None
+        segment = str(row[0])
+        with contextlib.suppress(psycopg.Error):  # needs a privilege; else archive_timeout does it
+            conn.execute("SELECT pg_switch_wal()")
+        deadline = time.monotonic() + archive_wait_s
+        while True:
+            row = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
+            done = row is not None and row[0] is not None and str(row[0])[8:] >= segment[8:]
+            if done:
+                return target
+            if time.monotonic() >= deadline:
+                raise RestoreDrillError(
+                    f"WAL segment {segment} was not archived within {archive_wait_s:g}s: check archiving "
+                    "(`drctl backup verify`)"
+                )
+            time.sleep(0.5)
+
+
+def _restore_once(
+    runner: PgBackRest,
+    drill: DrillSpec,
+    work: Path,
+    name: str,
+    checks: list[VerifyQuery],
+    say: Any,
+    target: datetime | None = None,
+) -> tuple[float, float, float, list[dict[str, Any]]]:
+    """Restore (latest, or to ``target``) into ``work/name``, start it, wait until read-write,
+    run ``checks``, stop and remove it. Returns (restore_s, recovery_s, total_s, check results)."""
+    scratch = work / name
+    port = free_port()
+    t0 = time.monotonic()
+    try:
+        if target is None:
+            runner.restore(scratch, type="default", archive_mode_off=True, delta=False)
+        else:
+            runner.restore(
+                scratch, type="time", target=target, target_action="promote", archive_mode_off=True, delta=False
+            )
+    except BackupError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise RestoreDrillError(f"pgbackrest restore failed: {exc}") from None
+    restore_s = time.monotonic() - t0
+    # a Unix socket path is limited to ~107 bytes: a short directory of its own
+    sock = make_dir(Path(tempfile.mkdtemp(prefix="pgdr-drill-")), drill.run_as, 0o755)
+    t1 = time.monotonic()
+    started = False
+    try:
+        _start(scratch, port, sock, drill.run_as, work / f"{name}.log", drill.timeout_s)
+        started = True
+        _wait_writable(port, sock, drill.timeout_s)
+        recovery_s = time.monotonic() - t1
+        total_s = time.monotonic() - t0
+        say(f"{name}: read-write after {total_s:.1f}s (restore {restore_s:.1f}s)")
+        results = _verify(checks, port, sock)
+    finally:
+        if started or (scratch / "postmaster.pid").exists():
+            _stop(scratch, drill.run_as)
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(sock, ignore_errors=True)
+    return round(restore_s, 3), round(recovery_s, 3), round(total_s, 3), results
+
+
+def run_restore_drill(policy: Policy, drill: DrillSpec, out: Path, say: Any, run_tag: str = "") -> RestoreFigures:
+    from drctl.drills.run import app_url
+
     if policy.backup is None:
         raise RestoreDrillError(f"{policy.source}: a backup-restore drill needs the `backup:` section")
     site = drill.site or next(iter(policy.sites))
     figures = RestoreFigures(rto_target_s=policy.rto_target(site))
     work = make_dir(out / "restore", drill.run_as, 0o755)
-    scratch = work / "data"
-    port = free_port()
-    runner = _runner(policy, drill, scratch, work, port)
+    runner = _runner(policy, drill, work / "latest", work, free_port())
     try:
         info = runner.info()
     except BackupError as exc:
@@ -90,30 +176,35 @@ def run_restore_drill(policy: Policy, drill: DrillSpec, out: Path, say: Any) -> 
         raise RestoreDrillError(f"stanza {runner.stanza} has no backup yet: take one (`drctl backup run`)")
     figures.backup_label, figures.backup_type = latest.label, latest.type
     figures.backup_size_bytes = latest.size
-    say(f"restoring backup {latest.label} ({latest.type}) of stanza {runner.stanza} into {scratch}")
-    t0 = time.monotonic()
-    try:
-        runner.restore(scratch, type="default", archive_mode_off=True, delta=False)
-    except BackupError as exc:
-        raise RestoreDrillError(f"pgbackrest restore failed: {exc}") from None
-    figures.restore_s = round(time.monotonic() - t0, 3)
-    # a Unix socket path is limited to ~107 bytes: a short directory of its own
-    sock = make_dir(Path(tempfile.mkdtemp(prefix="pgdr-drill-")), drill.run_as, 0o755)
-    t1 = time.monotonic()
-    started = False
-    try:
-        _start(scratch, port, sock, drill.run_as, work / "postgres.log", drill.timeout_s)
-        started = True
-        _wait_writable(port, sock, drill.timeout_s)
-        figures.recovery_s = round(time.monotonic() - t1, 3)
-        figures.total_s = round(time.monotonic() - t0, 3)
-        say(f"restored copy read-write after {figures.total_s:.1f}s (restore {figures.restore_s:.1f}s)")
-        figures.checks = _verify(drill, port, sock)
-    finally:
-        if started or (scratch / "postmaster.pid").exists():
-            _stop(scratch, drill.run_as)
-        shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(sock, ignore_errors=True)
+    checks = list(drill.verify)
+    tag = run_tag or f"drill-{time.time_ns()}"
+    target = None
+    if drill.pitr:
+        say("writing marker rows before and after a point in time, waiting for their WAL to be archived")
+        try:
+            target = _markers(app_url(policy), tag, policy.backup.archive.archive_timeout + 60)
+        except psycopg.Error as exc:
+            raise RestoreDrillError(f"cannot write the marker rows: {' '.join(str(exc).split())[:200]}") from None
+        figures.pitr_target = target.isoformat()
+        checks.append(VerifyQuery(sql=f"SELECT count(*) FROM {PITR_TABLE} WHERE run = '{tag}'", expect="2"))
+    say(f"restoring the latest backup {latest.label} ({latest.type}) of stanza {runner.stanza}")
+    figures.restore_s, figures.recovery_s, figures.total_s, figures.checks = _restore_once(
+        runner, drill, work, "latest", checks, say
+    )
+    if target is not None:
+        say(f"restoring to {target.isoformat()} (point in time)")
+        pitr_check = VerifyQuery(
+            sql=f"SELECT string_agg(mark, ',' ORDER BY mark) FROM {PITR_TABLE} WHERE run = '{tag}'", expect="before"
+        )
+        _r, _rec, figures.pitr_total_s, figures.pitr_checks = _restore_once(
+            runner, drill, work, "pitr", [pitr_check], say, target=target
+        )
+        figures.pitr_ok = all(c["ok"] for c in figures.pitr_checks)
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(app_url(policy), autocommit=True, connect_timeout=5) as conn,
+        ):
+            conn.execute(f"DELETE FROM {PITR_TABLE} WHERE run = %s OR at < now() - interval '1 day'", (tag,))
     figures.rto_ok = figures.total_s is not None and figures.total_s <= figures.rto_target_s
     figures.checks_ok = all(c["ok"] for c in figures.checks)
     if not figures.rto_ok:
@@ -126,6 +217,11 @@ def run_restore_drill(policy: Policy, drill: DrillSpec, out: Path, say: Any) -> 
         figures.advice.append(
             f"Verification failed on the restored copy ({'; '.join(failed)}): the backup or the archive does not "
             "hold what the queries expect. Check `drctl backup verify` and that archiving reaches the repository."
+        )
+    if figures.pitr_ok is False:
+        figures.advice.append(
+            "The point-in-time copy did not stop at the target (expected the 'before' row only): check the "
+            "archive's continuity and the servers' clocks."
         )
     return figures
 
@@ -185,10 +281,10 @@ def _wait_writable(port: int, sock: Path, timeout: float) -> None:
     raise RestoreDrillError(f"the restored copy is not read-write after {timeout:g}s ({last})")
 
 
-def _verify(drill: DrillSpec, port: int, sock: Path) -> list[dict[str, Any]]:
+def _verify(checks: list[VerifyQuery], port: int, sock: Path) -> list[dict[str, Any]]:
     out = []
     with _connect(port, sock) as conn:
-        for q in drill.verify:
+        for q in checks:
             try:
                 row = conn.execute(q.sql).fetchone()
                 value = None if row is None else row[0]

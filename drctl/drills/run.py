@@ -116,8 +116,6 @@ class DrillRunner:
             drill = self.policy.drill(name)
         except KeyError as exc:
             raise DrillError(str(exc.args[0])) from None
-        if drill.kind not in ("site-switchover", "backup-restore", "site-loss"):
-            raise DrillError(f"drill {name}: kind {drill.kind} is not implemented yet")
         run_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
         rec = DrillRecord(run_id, name, drill.kind, started_at=_now_iso(), trigger=trigger, operator=operator_name())
         rec.policy = self.policy.source
@@ -147,6 +145,8 @@ class DrillRunner:
                 return self._backup_restore(drill, rec, out)
             if drill.kind == "site-loss":
                 return self._site_loss(drill, rec, out)
+            if drill.kind == "replica-rebuild":
+                return self._replica_rebuild(drill, rec, out)
             return self._site_switchover(drill, rec, out)
 
     # --- site loss: power off, promote the other site, power on, fail back -----------------
@@ -161,6 +161,19 @@ class DrillRunner:
             raise SiteOpError(f"{what} hook failed: {exc}") from None
         if res["rc"] != 0:
             raise SiteOpError(f"{what} hook exited {res['rc']}: {res['stderr'].strip()[-300:]}")
+
+    def _wait_not_writable(self, site: str, conn_urls: dict[str, str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            writable = [name for name, url in conn_urls.items() if url and _writable(url)]
+            if not writable:
+                return
+            if time.monotonic() >= deadline:
+                raise SiteOpError(
+                    f"site {site} still has a writable primary ({', '.join(writable)}) {timeout:g}s after power_off: "
+                    "refusing to promote the other site (two writable primaries); check the power_off hook"
+                )
+            time.sleep(0.5)
 
     def _site_loss(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
         lost = str(drill.site)
@@ -191,11 +204,18 @@ class DrillRunner:
             phases.append(Phase(name, t0, time.monotonic() - origin))
             return result
 
+        states = read_sites(self.topology)
+        lost_view = states[lost].view
+        lost_urls = {m.name: m.info.conn_url for m in (lost_view.members if lost_view is not None else ())}
         try:
             time.sleep(drill.settle_s)
             self.say(f"power loss of site {lost}")
             phase(f"power loss of {lost}", lambda: self._hook(drill.power_off, lost, "power_off"))
             powered_off = True
+            # The promotion below attests that the old site cannot write: check it, as far as this
+            # host can see, before promoting (a power_off hook that did not work must not lead to
+            # two writable primaries).
+            phase(f"{lost} not writable", lambda: self._wait_not_writable(lost, lost_urls, drill.timeout_s))
             result = phase(
                 f"promote-site {survivor}",
                 lambda: promote_site(
@@ -213,8 +233,15 @@ class DrillRunner:
             powered_off = False
             t1 = time.monotonic() - origin
             problems = self._wait_fit(drill, drill.timeout_s)
-            phases.append(Phase(f"{lost} rejoins as a standby", t1, time.monotonic() - origin, ok=not problems,
-                                detail="; ".join(problems)))  # fmt: skip
+            phases.append(
+                Phase(
+                    f"{lost} rejoins as a standby",
+                    t1,
+                    time.monotonic() - origin,
+                    ok=not problems,
+                    detail="; ".join(problems),
+                )
+            )
             if problems:
                 raise SiteOpError("the old site did not rejoin: " + "; ".join(problems))
             result = phase(f"failback to {lost}", lambda: switchover_site(self.topology, lost, say=self.say))
@@ -250,16 +277,42 @@ class DrillRunner:
         rec.roles = [{"t": round(s.t, 3), "roles": s.roles} for s in roles.samples]
         rec.end_topology = _roles(self.policy)
         rec.ended_at = _now_iso()
-        self.audit.record("drill-end", run_id=rec.run_id, drill=rec.drill, status=rec.status, rto_s=figures.rto_s,
-                          lost_rows=figures.lost_rows)  # fmt: skip
+        self.audit.record(
+            "drill-end",
+            run_id=rec.run_id,
+            drill=rec.drill,
+            status=rec.status,
+            rto_s=figures.rto_s,
+            lost_rows=figures.lost_rows,
+        )
         return self._finish(rec, out, probe.attempts, phases)
+
+    # --- replica rebuild -------------------------------------------------------------------
+    def _replica_rebuild(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
+        from drctl.drills.rebuild import RebuildDrillError, run_rebuild_drill
+
+        try:
+            figures = run_rebuild_drill(self.policy, drill, self.say)
+        except RebuildDrillError as exc:
+            rec.status = "error"
+            rec.reasons = [str(exc)]
+        else:
+            rec.figures = figures.to_json()
+            rec.status = "passed" if figures.passed else "failed"
+            rec.phases = [
+                vars(Phase(f"rebuild {figures.member}", 0.0, figures.rebuild_s or drill.timeout_s, figures.ok))
+            ]
+        rec.end_topology = _roles(self.policy)
+        rec.ended_at = _now_iso()
+        self.audit.record("drill-end", run_id=rec.run_id, drill=rec.drill, status=rec.status)
+        return self._finish(rec, out, [], [])
 
     # --- backup restore --------------------------------------------------------------------
     def _backup_restore(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
         from drctl.drills.restore import RestoreDrillError, run_restore_drill
 
         try:
-            figures = run_restore_drill(self.policy, drill, out, self.say)
+            figures = run_restore_drill(self.policy, drill, out, self.say, run_tag=rec.run_id)
         except RestoreDrillError as exc:
             rec.status = "error"
             rec.reasons = [str(exc)]
@@ -410,6 +463,18 @@ class DrillRunner:
         rec.report_html, rec.report_png = str(html), str(png) if png else ""
         (out / "record.json").write_text(json.dumps(rec.to_json(), indent=2, default=str))
         return rec
+
+
+def _writable(conn_url: str) -> bool:
+    """``conn_url`` answers and is not in recovery (unreachable counts as not writable)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(conn_url, connect_timeout=2, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    except psycopg.Error:
+        return False
+    return row is not None and row[0] is False
 
 
 def _plain(value: Any) -> Any:

@@ -56,6 +56,8 @@ class DrillSpec(_Model):
     round_trip: bool = Field(default=True, description="site-switchover: switch back to the starting site")
     verify: list[VerifyQuery] = Field(default_factory=list)
     run_as: str = Field(default="postgres", min_length=1, description="backup-restore: OS user of PostgreSQL")
+    member: str | None = Field(default=None, description="replica-rebuild: the replica (default: one of them)")
+    pitr: bool = Field(default=True, description="backup-restore: also restore to a point in time and check it")
     power_off: list[str] | None = Field(default=None, description="site-loss: argv that cuts the site (${site})")
     power_on: list[str] | None = Field(default=None, description="site-loss: argv that brings it back (${site})")
 

@@ -117,7 +117,23 @@ def timeline_png(state: RunState, path: Path) -> Path | None:
     return path
 
 
-def write(state: RunState, run_dir: Path) -> Path:
+def _availability(doc: dict[str, Any]) -> str:
+    import base64
+
+    f = doc["figures"]
+    lost = f"{f['lost_rows']} lost" if doc.get("lost_checked") else "loss not checked (the table was unreachable)"
+    parts = [
+        "<h2>Write availability during the run</h2>",
+        f"<p id='availability'>Probe writes through the entry points: longest gap <b>{f['rto_s']:.2f} s</b>, "
+        f"{f['acknowledged']} of {f['attempts']} acknowledged, {html.escape(lost)}.</p>",
+    ]
+    if doc.get("png"):
+        data = base64.b64encode(Path(doc["png"]).read_bytes()).decode()
+        parts.append(f"<img alt='write availability' style='max-width:100%' src='data:image/png;base64,{data}'>")
+    return "".join(parts)
+
+
+def write(state: RunState, run_dir: Path, availability: dict[str, Any] | None = None) -> Path:
     import base64
 
     path = run_dir / "report.html"
@@ -127,10 +143,15 @@ def write(state: RunState, run_dir: Path) -> Path:
     except Exception:  # a picture must never cost the run its report
         png = None
     page = render(state)
+    extra = ""
     if png is not None:
         data = base64.b64encode(png.read_bytes()).decode()
-        page = page.replace("</table></body>", f"</table><h2>Timeline</h2><img alt='timeline' style='max-width:100%' "
-                            f"src='data:image/png;base64,{data}'></body>")  # fmt: skip
+        extra += (
+            f"<h2>Steps over time</h2><img alt='timeline' style='max-width:100%' src='data:image/png;base64,{data}'>"
+        )
+    if availability is not None:
+        extra += _availability(availability)
+    page = page.replace("</body></html>", extra + "</body></html>")
     tmp = path.with_suffix(".tmp")
     tmp.write_text(page)
     tmp.replace(path)

@@ -180,7 +180,9 @@ class Runner:
         confirm: Confirm | None = None,
         clock: Callable[[], float] = time.time,
         operator: str | None = None,
+        probe: bool = False,
     ) -> None:
+        self.probe = probe  # a probe writer and role sampler around the run (its report shows them)
         self.policy = policy
         self.world = world
         self.store = store
@@ -268,6 +270,37 @@ class Runner:
 
     # --- the loop --------------------------------------------------------------------------
     def _loop(self, rb: Runbook, state: RunState) -> RunState:
+        instruments = None
+        if self.probe:
+            from drctl.runbooks.instruments import RunInstruments
+
+            try:
+                instruments = RunInstruments(self.policy, self.store.dir(state.run_id), state.run_id)
+                instruments.start()
+            except Exception as exc:
+                self.say(f"warning: no probe writer ({' '.join(str(exc).split())[:160]}): the run goes on without")
+                instruments = None
+        availability = None
+        try:
+            self._steps(rb, state)
+        finally:
+            if instruments is not None:
+                try:
+                    availability = instruments.finish(state)
+                except Exception as exc:  # the instruments must never hide the run's own outcome
+                    self.say(f"warning: probe figures unavailable ({' '.join(str(exc).split())[:160]})")
+                else:
+                    f = availability["figures"]
+                    self.say(
+                        f"writes: longest gap {f['rto_s']:.2f}s, {f['acknowledged']} acknowledged, "
+                        f"{f['lost_rows']} lost"
+                    )
+        self.store.event(state.run_id, event="run-end", status=state.status)
+        self.audit.record("run-end", run_id=state.run_id, status=state.status)
+        self.say(f"report: {report.write(state, self.store.dir(state.run_id), availability)}")
+        return state
+
+    def _steps(self, rb: Runbook, state: RunState) -> None:
         while (nxt := engine.next_step(state)) is not None:
             step = rb.steps[nxt.index]
             rec = state.steps[nxt.index]
@@ -315,10 +348,6 @@ class Runner:
                     else ""
                 )
             )
-        self.store.event(state.run_id, event="run-end", status=state.status)
-        self.audit.record("run-end", run_id=state.run_id, status=state.status)
-        self.say(f"report: {report.write(state, self.store.dir(state.run_id))}")
-        return state
 
     def _execute(
         self, step: Step, rec: engine.StepRecord, reentered: bool, state: RunState

@@ -264,3 +264,22 @@ def test_a_dead_schedulers_lock_expires_and_another_takes_over(lab_sites: LabSit
     finally:
         dead.release()
         alive.release()
+
+
+def test_replica_rebuild_drill_measures_time_and_bytes_from_the_leader(lab_sites: LabSites) -> None:
+    ls = lab_sites
+    wait_healthy(ls)
+    drills = {**ls.policy.drills, "rebuild": ls.policy.drill("site-roundtrip").model_copy(
+        update={"kind": "replica-rebuild", "site": "a", "timeout_s": 300.0})}  # fmt: skip
+    policy = ls.policy.model_copy(update={"drills": drills})
+    leader = ls.a.leader()
+    rec = DrillRunner(policy, say=print).run("rebuild")
+    assert rec.status == "passed", (rec.reasons, rec.figures)
+    f = rec.figures
+    assert f is not None and f["kind"] == "rebuild" and f["source"] == leader and f["member"] != leader
+    assert f["rebuild_s"] > 0
+    # this lab has no pgBackRest repository: the rebuild copied the data directory from the leader
+    assert f["basebackup_bytes"] > 1024 * 1024 and f["method"].startswith("base backup")
+    assert ls.a.leader() == leader  # the leader is untouched
+    wait_healthy(ls)
+    print(f"\nreplica rebuild: {f['rebuild_s']}s, {f['basebackup_bytes']} base backup bytes")

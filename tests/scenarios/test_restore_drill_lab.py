@@ -37,6 +37,14 @@ def backup_lab(lab_root: Path) -> Iterator[tuple[Lab, LabCluster]]:
         lab.down(grace=20)
 
 
+@pytest.fixture(autouse=True)
+def _pg_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from drctl.lab.cluster import SUPERUSER
+
+    monkeypatch.setenv("PGUSER", SUPERUSER[0])
+    monkeypatch.setenv("PGPASSWORD", SUPERUSER[1])
+
+
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -85,7 +93,8 @@ def test_restore_drill_replays_the_archive_and_cleans_up(backup_lab: tuple[Lab, 
     assert rec is not None and rec.status == "passed", (rec and rec.reasons, rec and rec.figures)
     f = rec.figures
     assert f is not None and f["kind"] == "restore"
-    assert [c["ok"] for c in f["checks"]] == [True, True, True]
+    assert [c["ok"] for c in f["checks"]] == [True, True, True, True]  # policy's 2, PITR markers, the test's
+    assert f["pitr_ok"] is True and f["pitr_checks"][0]["value"] == "before"
     assert f["total_s"] > 0 and f["restore_s"] > 0 and f["total_s"] >= f["restore_s"]
     out = Path(rec.report_html).parent
     assert not (out / "restore" / "data").exists(), "the scratch copy must be removed"

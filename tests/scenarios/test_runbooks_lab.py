@@ -83,7 +83,9 @@ def test_switchover_runbook_runs_end_to_end_under_writes(lab_sites: LabSites) ->
     writer.start()
     loaded = load_named("switchover-in-site", [REPO / "runbooks"])
     lines: list[str] = []
-    runner = Runner(ls.policy, Actions(ls.policy, say=lines.append), RunStore(ls.lab.dir / "pgdr"), say=lines.append)
+    runner = Runner(
+        ls.policy, Actions(ls.policy, say=lines.append), RunStore(ls.lab.dir / "pgdr"), say=lines.append, probe=True
+    )
     plan = runner.plan(loaded, {"candidate": candidate}, builtin_vars(ls.policy))
     state = runner.start(loaded, {"candidate": candidate}, builtin_vars(ls.policy))
     time.sleep(1)
@@ -95,6 +97,13 @@ def test_switchover_runbook_runs_end_to_end_under_writes(lab_sites: LabSites) ->
     assert ls.a.leader() == candidate != old_leader
     assert state.step("switchover").result["to"] == candidate
     assert missing_rows(ls.a.url(), writer.acked_ids()) == set()
+    # --probe: the report shows write availability around the switchover
+    availability = json.loads((runner.store.dir(state.run_id) / "availability.json").read_text())
+    fig = availability["figures"]
+    assert availability["lost_checked"] and fig["lost_rows"] == 0 and fig["acknowledged"] > 20
+    assert 0 < fig["rto_s"] < 60 and fig["per_phase_rto_s"]["switchover"] == fig["rto_s"]
+    page = (runner.store.dir(state.run_id) / "report.html").read_text()
+    assert "Write availability during the run" in page and page.count("data:image/png;base64,") == 2
     events = runner.store.events(state.run_id)
     assert sum(1 for e in events if e["event"] == "step-end") == len(state.steps)
     # running it again changes nothing: the candidate is already the leader

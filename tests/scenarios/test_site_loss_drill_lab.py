@@ -23,16 +23,34 @@ from drctl.sites.controller import read_sites
 pytestmark = pytest.mark.scenario
 
 
-@pytest.fixture
-def lab(lab_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
-    monkeypatch.setenv("PGUSER", SUPERUSER[0])
-    monkeypatch.setenv("PGPASSWORD", SUPERUSER[1])
-    lab = Lab(lab_root / "site-loss-lab")
-    lab.up(sites=2, nodes=2)
-    try:
-        yield lab
-    finally:
-        lab.down(grace=20)
+@pytest.fixture(scope="module")
+def lab(lab_root: Path) -> Iterator[Lab]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PGUSER", SUPERUSER[0])
+        mp.setenv("PGPASSWORD", SUPERUSER[1])
+        lab = Lab(lab_root / "site-loss-lab")
+        lab.up(sites=2, nodes=2)
+        try:
+            yield lab
+        finally:
+            lab.down(grace=20)
+
+
+def test_a_power_off_that_did_not_work_never_leads_to_a_promotion(lab: Lab) -> None:
+    a, b = lab.clusters()
+    checker = DualPrimaryChecker({n.name: n.dsn for c in (a, b) for n in c.nodes}).start()
+    policy = load_policy(policy_path(lab.dir))
+    broken = policy.drill("site-loss").model_copy(update={"power_off": ["true"], "timeout_s": 5.0})
+    policy = policy.model_copy(update={"drills": {**policy.drills, "site-loss": broken}})
+    rec = DrillRunner(policy, say=print).run("site-loss", confirmed_destructive=True)
+    checker.stop()
+    assert not checker.violations(), checker.violations()
+    assert rec.status == "aborted"
+    assert "still has a writable primary" in rec.reasons[0] and "refusing to promote" in rec.reasons[0]
+    assert not [op for op in rec.operations if op["op"] == "promote-site"]
+    assert rec.restored is True and rec.end_topology == {"a": "active", "b": "standby"}
+    assert [p["name"] for p in rec.phases] == ["power loss of a", "a not writable"]
+    assert rec.figures is not None and rec.figures["lost_rows"] == 0
 
 
 def test_site_loss_drill_promotes_fails_back_and_measures(lab: Lab) -> None:
@@ -47,6 +65,7 @@ def test_site_loss_drill_promotes_fails_back_and_measures(lab: Lab) -> None:
     assert rec.status in ("passed", "failed"), (rec.status, rec.reasons)  # failed = a target missed, measured
     assert [p["name"] for p in rec.phases] == [
         "power loss of a",
+        "a not writable",
         "promote-site b",
         "power on a",
         "a rejoins as a standby",

@@ -226,3 +226,15 @@ drills:
     assert guards.preflight(d, policy, snap(lag_bytes=0), SAT_3AM, confirmed_destructive=True) == [
         "a site-loss drill loses the active site: site b is standby"
     ]
+
+
+def test_rebuild_report(tmp_path: Path) -> None:
+    from drctl.drills.rebuild import RebuildFigures
+
+    fig = RebuildFigures("a", "a2", "a1", rebuild_s=15.3, basebackup_bytes=15 * 1048576, wal_streamed_bytes=None)
+    fig.method, fig.ok = "base backup from the leader", True
+    rec = DrillRecord("rb-1", "rebuild", "replica-rebuild", status="passed", started_at="now", operator="me")
+    rec.figures = fig.to_json()
+    html, _png = write_report(rec, [], [], tmp_path, POLICY)
+    text = html.read_text()
+    assert "Replica rebuild" in text and "15.30 s" in text and "15.0 MiB" in text and "unknown" in text
