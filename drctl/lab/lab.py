@@ -20,7 +20,16 @@ import psycopg
 import yaml
 
 from drctl.dcs.base import DCSError, SiteRecord
-from drctl.lab.cluster import API_READONLY, ETCD_AUTH, ETCD_ROOT_PASSWORD, LAB_SCOPE, AgentNode, LabCluster, Timings
+from drctl.lab.cluster import (
+    API_AUTH,
+    API_READONLY,
+    ETCD_AUTH,
+    ETCD_ROOT_PASSWORD,
+    LAB_SCOPE,
+    AgentNode,
+    LabCluster,
+    Timings,
+)
 from drctl.lab.entrypoint import EntryPoint
 from drctl.lab.etcd import EtcdCluster, EtcdTls, LabError, etcd_health
 from drctl.lab.netproxy import TcpProxy
@@ -561,6 +570,9 @@ def write_lab_policy(lab_dir: Path, state: LabState) -> Path:
     sites = topo.get("sites") or {}
     for spec in sites.values():
         spec["targets"] = {"rto_seconds": 30, "max_data_loss_bytes": 0}
+        # Runbooks and drills switch over and reinitialize: the agents' admin credentials (the
+        # topology file, for the sites controller, only carries read-only ones).
+        spec["api_auth"] = {"username": API_AUTH[0], "password": API_AUTH[1]}
     names = [s.name for s in state.sites]
     doc: dict[str, Any] = {
         "version": 1,

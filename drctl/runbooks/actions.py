@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from drctl.cli.agent_client import AgentClient, AgentUnreachable, RestAuth
+from drctl.cli.agent_client import AgentClient, AgentUnreachable
 from drctl.policy.model import Policy
 from drctl.runbooks.model import (
     ClusterCondition,
@@ -356,8 +356,7 @@ class Actions:
             return result
         site = str(args["site"])
         spec = self.topology.site(site)
-        auth = RestAuth(spec.api_auth.username, spec.api_auth.password) if spec.api_auth else RestAuth()
-        agents = AgentClient(auth)
+        agents = AgentClient(spec.rest_auth())  # credentials and TLS of the policy's site
         try:
             st = self._client(site).read()
             if st.view is None:

@@ -8,8 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -67,16 +65,6 @@ def try_bind(sock: socket.socket, port: int) -> bool:
 def dynamic_ttl(c: LabCluster, name: str) -> int | None:
     doc = c.status(name) or {}
     return (doc.get("dynamic") or {}).get("ttl")
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
 
 
 def corrupt_keys(c: LabCluster) -> set[str] | None:
@@ -158,9 +146,8 @@ def test_corrupt_keys_neither_stop_the_cluster_nor_change_its_settings(
     put_raw(c, "failover", b"\xff\xfe")
     inst.fault("config, history, sync, failover corrupted")
     # the corrupt config is reported as such, never served as {}
-    url = c.node(leader).api_url + "/config"
-    wait_until(lambda: get(url)[0] == 502, 15, "GET /config reporting the corrupt key")
-    assert b"corrupt" in get(url)[1]
+    wait_until(lambda: c.api_request(leader, "GET", "/config")[0] == 502, 15, "GET /config reporting the corrupt key")
+    assert "corrupt" in c.api_request(leader, "GET", "/config")[1]
     out = subprocess.run(
         [sys.executable, "-m", "drctl.cli.main", "-c", str(c.node(leader).config_path), "list"],
         capture_output=True,
