@@ -524,12 +524,13 @@ def _failsafe_map(ctx: _Ctx) -> tuple[list[Action], str]:
     """The leader keeps the ``failsafe`` key equal to the members of the view (name -> api_url)."""
     view = ctx.view
     current = dict(view.failsafe or {})
+    corrupt = view.corrupt_key("failsafe") is not None
     if not ctx.cfg.failsafe_mode:
-        if current:
+        if current or corrupt:
             return [WriteFailsafe(())], "failsafe_mode is off: clearing the failsafe map"
         return [], ""
     wanted = tuple(sorted((m.name, m.info.api_url) for m in view.members if m.info.api_url))
-    if dict(wanted) == current:
+    if dict(wanted) == current and not corrupt:
         return [], ""
     return [WriteFailsafe(wanted)], f"failsafe map -> {', '.join(n for n, _ in wanted) or 'nobody'}"
 

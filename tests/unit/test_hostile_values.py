@@ -322,3 +322,13 @@ def test_the_synchronous_leader_that_released_the_key_may_take_it_back() -> None
     # and not once the cluster moved to a newer timeline
     moved = replace(v, history=History((HistoryEntry(1, 900, "failover", "", "n2"),), 1))
     assert not decide(moved, me, cfg, NOW).has(Promote)
+
+
+def test_corrupt_failsafe_key_is_rewritten_or_cleared_by_the_leader() -> None:
+    from site_agent.actions import WriteFailsafe
+
+    v, _, _ = mend_view(corrupt_view(failsafe=b"[1"), "a", "77", LastGood())
+    v = replace(v, failover=None, members=(member("a", "primary"),), leader=Leader("a", 1, "77"))
+    for mode in (False, True):
+        d = decide(v, primary(name="a", last_renewal=NOW - 1), replace(CFG, failsafe_mode=mode), NOW)
+        assert any(isinstance(a, WriteFailsafe) for a in d.actions), (mode, d)
