@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"#{i}: no leader; waiting")
                 wait_until(lambda: system.leader() is not None, 60)
                 leader = system.leader() or names[0]
-            hits_leader = fault in ("switchover", "dcs_quorum", "config_change") or rng.random() >= 1 / 3
+            hits_leader = fault in ("switchover", "dcs_quorum", "config_change", "paused_vm") or rng.random() >= 1 / 3
             target = leader if hits_leader else rng.choice(names)
             log(f"#{i}: {fault} on {target} (leader {leader})")
             notes = inject(system, fault, target, timings, inst, etcd=etcd, rng=rng)

@@ -115,12 +115,15 @@ def paused_vm(
         raise ValueError("paused_vm needs a cluster with the fencing hook (chaos --fencing)")
     fault_at = mark(f"SIGSTOP agent+keeper+postgres of {target} (paused VM)")
     pids = c.freeze_node(target, ["agent", "keeper", "postgres"])
-    fenced = took_over(timings.ttl + 60.0)
+    took = took_over(timings.ttl + 60.0)
     time.sleep(rng.uniform(0.5, 3.0))
     order = ["agent", "keeper", "postgres"]
     rng.shuffle(order)
     c.thaw_node(pids, order)
     time.sleep(1.0)
-    heal_at = mark(f"VM {target} resumed ({'+'.join(order)}) and its agent restarted")
-    c.start_agent(target)
-    return {"fault_at": fault_at, "heal_at": heal_at, "took_over": fenced, "thaw_order": order}
+    rec = c.sup.record(c.node(target).proc_name)
+    fenced = rec is None or not rec.alive()
+    heal_at = mark(f"VM {target} resumed ({'+'.join(order)})" + (" and booted again" if fenced else ""))
+    if fenced:
+        c.start_agent(target)
+    return {"fault_at": fault_at, "heal_at": heal_at, "took_over": took, "fenced": fenced, "thaw_order": order}

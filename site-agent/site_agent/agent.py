@@ -159,7 +159,11 @@ class Agent:
             if self.pm_watch is not None:
                 self.pm_watch.track(self.node.ctl.postmaster_pid())
             self.cycles += 1
-        return self.mem.leader_key_lost or (
+        # A primary that lost the key decides again at once (it must demote); a member that only
+        # failed to confirm a key still carrying its name (left by its previous run, on a lease it
+        # cannot renew) waits a normal loop instead of retrying ~20 times a second until it expires.
+        lost_as_primary = self.mem.leader_key_lost and local.is_primary
+        return lost_as_primary or (
             acted_ok and any(isinstance(a, (Promote, Rewind, Clone, Rebuild, AcquireLeader)) for a in decision.actions)
         )
 
