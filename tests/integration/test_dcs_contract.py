@@ -693,9 +693,18 @@ def test_etcd_isolated_member_is_not_trusted_and_paused_cluster_fails_fast(etcd_
     finally:
         etcd_cluster.resume_all()
 
-    # Back to normal: the same objects work again (no state poisoned by the outage).
+    # Back to normal: the same objects work again (no state poisoned by the outage), once the
+    # resumed cluster has elected a raft leader (slow on a loaded machine).
     observer.set_retry_timeout(5.0)
-    view = observer.get_cluster()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            view = observer.get_cluster()
+            break
+        except DCSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     assert view.member("o") is not None or view.member("a") is not None or view.revision > 0
 
 

@@ -12,7 +12,6 @@ power loss, and that every row acknowledged by the new active site is kept."""
 from __future__ import annotations
 
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
@@ -174,11 +173,8 @@ def _site_docs(ts: TwoSites, site: str) -> dict[str, dict[str, Any]]:
 
 
 def _metric(ts: TwoSites, site: str, name: str, metric: str) -> float | None:
-    url = f"{ts.cluster(site).node(name).api_url}/metrics"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            text = resp.read().decode()
-    except OSError:
+    code, text = ts.cluster(site).api_request(name, "GET", "/metrics", timeout=2.0)  # with credentials
+    if code != 200:
         return None
     for line in text.splitlines():
         if line.startswith(metric + "{"):
