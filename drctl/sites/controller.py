@@ -329,10 +329,15 @@ def _switchover_site(topology: Topology, to: str, *, dry_run: bool, say: Say) ->
         # The clean shutdown hands every byte to the standbys connected at that moment: the target's
         # standby leader must be streaming now, not reconnecting.
         target_client = SiteClient(to, target)
+        # "streaming" in the target's status may be a cycle old (e.g. it is reconnecting after a
+        # timeline switch): it must also have received what the old primary had written before
+        # this check, which only a connected receiver on the current timeline can have.
+        src_lsn = SiteClient(old.name, old.spec).read().leader_lsn() or 0
 
         def streaming() -> bool:
-            ls = target_client.read().leader_status()
-            return ls is not None and ls.get("replication_state") == "streaming"
+            st = target_client.read()
+            ls = st.leader_status()
+            return ls is not None and ls.get("replication_state") == "streaming" and (st.leader_lsn() or 0) >= src_lsn
 
         _wait(streaming, topology.policy.switchover_timeout_s, f"site {to}'s standby leader to stream from {old.name}")
         say(f"preflight ok: {to}'s standby leader {new.leader} lags {lag} bytes and is streaming")
@@ -370,7 +375,13 @@ def _switchover_site(topology: Topology, to: str, *, dry_run: bool, say: Say) ->
         v = new_client.read().replayed_lsn()
         return v is not None and v >= token
 
-    timings["catch_up_s"] = _wait(caught_up, topology.policy.switchover_timeout_s, f"site {to} to replay {token:X}")
+    try:
+        timings["catch_up_s"] = _wait(caught_up, topology.policy.switchover_timeout_s, f"site {to} to replay {token:X}")
+    except SiteOpError as exc:
+        raise SiteOpError(
+            f"{exc}. If site {to} was not streaming when site {old.name} demoted, it cannot get the rest: "
+            f"`drctl switchover-site --to {to} --abort` makes {old.name} active again (nothing is lost)"
+        ) from exc
     say(f"site {to} replayed the demotion token")
 
     # 4. promote the target (the witness first: it is the authority on who is active)
