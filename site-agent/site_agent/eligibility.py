@@ -99,16 +99,20 @@ def history_diverged(local: LocalState, view: ClusterView) -> bool | None:
     """True when local data holds WAL past the point where its timeline ended in the cluster
     history (it was a primary that kept writing after another member promoted).
     None when it cannot be told from the history alone."""
-    if local.timeline is None or view.history is None:
+    return timeline_overrun(view, local.timeline, local.lsn)
+
+
+def timeline_overrun(view: ClusterView, timeline: int | None, lsn: int | None) -> bool | None:
+    """Does WAL up to ``lsn`` on ``timeline`` go past where the cluster history closed that
+    timeline? False on the cluster's own timeline; None when the history cannot tell."""
+    if timeline is None or view.history is None:
         return None
-    cluster_tl = view.timeline
-    if local.timeline == cluster_tl:
+    if timeline == view.timeline:
         return False
-    if local.timeline > cluster_tl:
+    if timeline > view.timeline:
         return None
     for entry in view.history.entries:
-        if entry.timeline == local.timeline:
-            lsn = local.lsn
+        if entry.timeline == timeline:
             return None if lsn is None else lsn > entry.lsn
     return None
 
@@ -202,7 +206,7 @@ def _peer_wins(
         return None  # the leader being switched away from does not compete
     if not peer.can_failover or peer.in_recovery is None or peer.lsn is None:
         return None  # cannot compete: ignored (otherwise a nofailover replica could block every failover)
-    if _past_its_timeline_end(view, peer.timeline, peer.lsn):
+    if timeline_overrun(view, peer.timeline, peer.lsn) is True:
         return None  # diverged from the cluster history (a former primary): it can never lead
     if sync_active(view, cfg) and not in_sync_set(view, name):
         return None
@@ -218,13 +222,6 @@ def _peer_wins(
         # win. (A name-order tie-break would stall the election whenever the first-named peer
         # cannot take the key for a reason we do not see.)
     return None
-
-
-def _past_its_timeline_end(view: ClusterView, timeline: int | None, lsn: int) -> bool:
-    """The history closed ``timeline`` before ``lsn``: WAL written after another member forked."""
-    if timeline is None or view.history is None or timeline >= view.timeline:
-        return False
-    return any(e.timeline == timeline and lsn > e.lsn for e in view.history.entries)
 
 
 def candidate_blockers(view: ClusterView, local: LocalState, cfg: DecideConfig, name: str) -> list[str]:
