@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from drctl.dcs.etcd import EtcdClient, b64
 from drctl.lab.cluster import LabCluster, Timings
 
 HOSTILE_FAULTS = ["config_change", "corrupt_key", "paused_vm"]
@@ -19,17 +18,6 @@ HOSTILE_FAULTS = ["config_change", "corrupt_key", "paused_vm"]
 SETTINGS = [(10, 1, 3), (20, 2, 4), (15, 1, 5), (12, 2, 3)]
 
 GARBAGE = [b"{not json", b"\xff\xfe\x00", b"[1, 2", b'"text"', b"42", b"null", b'{"x": [}']
-
-
-def _put_raw(c: LabCluster, key: str, value: bytes, lease: str | None = None) -> None:
-    client = EtcdClient(list(c.etcd_endpoints), retry_timeout=3.0)
-    body: dict[str, str] = {"key": b64(f"{c.namespace}/{c.scope}/{key}"), "value": b64(value)}
-    if lease:
-        body["lease"] = lease
-    try:
-        client.call("/kv/put", body, time.monotonic() + 3.0)
-    finally:
-        client.close()
 
 
 def _set_dynamic(c: LabCluster, changes: dict[str, Any]) -> dict[str, Any] | None:
@@ -85,11 +73,11 @@ def corrupt_key(
         lease = member.session if member is not None else None
     good = dict(view.config.data) if view is not None and view.config is not None else None
     fault_at = mark(f"corrupt DCS key {key} with {garbage!r}")
-    _put_raw(c, key, garbage, lease)
+    c.put_raw(key, garbage, lease)
     time.sleep(timings.ttl + 5.0)
     heal_at = mark(f"restore {key}" if key == "config" else f"{key} left to its owner")
     if key == "config" and good is not None:
-        _put_raw(c, "config", json.dumps(good, sort_keys=True).encode())
+        c.put_raw("config", json.dumps(good, sort_keys=True).encode())
     after = c.view()
     return {
         "fault_at": fault_at,

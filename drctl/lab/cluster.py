@@ -18,6 +18,7 @@ import yaml
 
 from drctl.cli.agent_client import AgentClient, AgentUnreachable, RestAuth
 from drctl.dcs.base import DCS, ClusterView, DCSError
+from drctl.dcs.etcd import Etcd3, b64
 from drctl.dcs.factory import DcsSettings, EtcdSettings, get_dcs
 from drctl.lab.etcd import EtcdTls, LabError
 from drctl.lab.netproxy import TcpProxy
@@ -485,6 +486,20 @@ class LabCluster:
             ttl=30,
             retry_timeout=3,
         )
+
+    def put_raw(self, key: str, value: bytes, lease: str | None = None) -> None:
+        """Write a raw value under the cluster's prefix behind the agents' backs (a hostile
+        operator or a corrupted store: the corrupt-key tests and chaos fault)."""
+        dcs = self.dcs()
+        try:
+            if not isinstance(dcs, Etcd3):
+                raise LabError("put_raw needs an etcd cluster")
+            body: dict[str, str] = {"key": b64(dcs.key(key)), "value": b64(value)}
+            if lease:
+                body["lease"] = lease
+            dcs.client.call("/kv/put", body, time.monotonic() + 3.0)
+        finally:
+            dcs.close()
 
     def view(self) -> ClusterView | None:
         dcs = self.dcs()

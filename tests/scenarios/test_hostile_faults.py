@@ -13,7 +13,6 @@ from collections.abc import Callable
 import pytest
 import yaml
 
-from drctl.dcs.etcd import EtcdClient, b64
 from drctl.lab.cluster import LabCluster, Timings
 from drctl.lab.ports import free_port
 from drctl.procutil import pid_alive
@@ -24,19 +23,6 @@ pytestmark = pytest.mark.scenario
 
 MakeCluster = Callable[..., LabCluster]
 StartInstruments = Callable[[LabCluster], Instruments]
-
-
-def put_raw(c: LabCluster, key: str, value: bytes, lease: str | None = None) -> None:
-    """Write a raw value under the cluster's prefix, behind the agents' backs (a hostile operator
-    or a corrupted store)."""
-    client = EtcdClient(list(c.etcd_endpoints), retry_timeout=3.0)
-    body: dict[str, str] = {"key": b64(f"{c.namespace}/{c.scope}/{key}"), "value": b64(value)}
-    if lease:
-        body["lease"] = lease
-    try:
-        client.call("/kv/put", body, time.monotonic() + 3.0)
-    finally:
-        client.close()
 
 
 def leader_change_free(inst: Instruments, leader: str, seconds: float, since: float | None = None) -> None:
@@ -140,10 +126,10 @@ def test_corrupt_keys_neither_stop_the_cluster_nor_change_its_settings(
     wait_until(lambda: bool((v := c.view()) and v.sync and v.sync.sync_standbys), 60, "a sync standby recorded")
     leader = c.leader()
     assert leader is not None
-    put_raw(c, "config", b"{not json")
-    put_raw(c, "history", b'[[1, "garbage"]]')
-    put_raw(c, "sync", b'{"sync_standby": 42}')
-    put_raw(c, "failover", b"\xff\xfe")
+    c.put_raw("config", b"{not json")
+    c.put_raw("history", b'[[1, "garbage"]]')
+    c.put_raw("sync", b'{"sync_standby": 42}')
+    c.put_raw("failover", b"\xff\xfe")
     inst.fault("config, history, sync, failover corrupted")
     # the corrupt config is reported as such, never served as {}
     wait_until(lambda: c.api_request(leader, "GET", "/config")[0] == 502, 15, "GET /config reporting the corrupt key")
@@ -165,7 +151,7 @@ def test_corrupt_keys_neither_stop_the_cluster_nor_change_its_settings(
     # a garbage leader value on the leader's own lease: still the leader's, rewritten
     view = c.view()
     assert view is not None and view.leader is not None
-    put_raw(c, "leader", b"\x00garbage", lease=view.leader.session)
+    c.put_raw("leader", b"\x00garbage", lease=view.leader.session)
     inst.fault("leader value corrupted on the leader's lease")
     wait_until(lambda: c.leader() == leader, 15, "the leader value repaired")
     leader_change_free(inst, leader, 5)
