@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup demo test lint unit chaos chaos-sites soak bench bench-setup clean-lab
+.PHONY: setup demo test test-slow lint unit chaos chaos-sites soak bench bench-setup clean-lab
 
 setup:
 	@bash scripts/setup
@@ -11,7 +11,11 @@ demo: setup
 	@$(VENV)/python -m drctl.demo
 
 test: setup lint
-	@$(VENV)/python -m pytest -q tests -p no:cacheprovider
+	@$(VENV)/python -m pytest -q tests -p no:cacheprovider -m "not slow"
+
+# The long scenarios (minutes each) that `make test` leaves out.
+test-slow: setup
+	@$(VENV)/python -m pytest -q tests -p no:cacheprovider -m slow
 
 lint:
 	@$(VENV)/ruff check drctl site-agent tests bench
