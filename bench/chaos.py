@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import sys
 import time
 from typing import Any
@@ -132,7 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         inst = Instruments(system)
         t0 = time.monotonic()
         wait_until(lambda: len(inst.writer.acks) > 0, 20)
+        # SIGUSR1 ends the campaign after the fault in progress, with the full check of every
+        # acknowledged row: a run that must be cut short still gives its lost count.
+        stop_requested: list[bool] = []
+        signal.signal(signal.SIGUSR1, lambda *_: stop_requested.append(True))
         for i in range(1, args.count + 1):
+            if stop_requested:
+                log(f"stopping early on SIGUSR1 after {i - 1} faults")
+                break
             fault = rng.choice(faults)
             leader = system.leader()
             names = [n.name for n in system.nodes]
@@ -191,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         lost = None if missing is None else len(missing)
         result = {
             **head,
-            "complete": True,
+            "complete": len(events) == args.count,
+            "faults_run": len(events),
             "acked": len(acked),
             "write_errors": inst.writer.errors,
             "lost": lost,
