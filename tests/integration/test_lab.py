@@ -164,11 +164,21 @@ CHILD = textwrap.dedent(
 )
 
 
+def _interactive_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_interrupted_run_leaves_no_servers(lab_dir: Path, sig: int) -> None:
     """A test run interrupted (Ctrl-C, SIGTERM from CI) stops what it started, by PID."""
     pids_file = lab_dir / "pids.json"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(lab_dir / "run"), str(pids_file)], cwd=REPO)
+    # A run started in the background (`make test &`, nohup) inherits an ignored SIGINT, and Python
+    # then never raises KeyboardInterrupt. The child stands for an interactive run: Ctrl-C delivered.
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(lab_dir / "run"), str(pids_file)],
+        cwd=REPO,
+        preexec_fn=_interactive_signals,
+    )
     try:
         deadline = time.monotonic() + 90
         while not pids_file.exists() and time.monotonic() < deadline:
