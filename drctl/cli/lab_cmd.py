@@ -8,8 +8,9 @@ import click
 
 from drctl.cli.errors import operator_errors, register_operator_error
 from drctl.cli.output import FORMATS, emit_structured, table
+from drctl.lab.cluster import SUPERUSER
 from drctl.lab.etcd import LabError
-from drctl.lab.lab import Lab, default_lab_dir, policy_path, topology_path
+from drctl.lab.lab import Lab, default_lab_dir, pgpass_path, policy_path, topology_path
 from drctl.pg.osuser import OSUserError
 
 register_operator_error(LabError)
@@ -79,8 +80,14 @@ def lab_up(
             click.echo(
                 f"  {n['name']}: postgresql 127.0.0.1:{n['pg_port']}, agent API {scheme}://127.0.0.1:{n['api_port']}"
             )
+    pgpass = pgpass_path(lab.dir)
     for site in state.sites:
-        click.echo(f"site {site.name} entry point (HAProxy, /primary): 127.0.0.1:{site.entry_port}")
+        click.echo(
+            f"site {site.name} entry points (HAProxy): read-write 127.0.0.1:{site.entry_port} (/primary; "
+            f"none on a standby site), read-only 127.0.0.1:{site.entry_ro_port} (/read-only)"
+        )
+    first = state.sites[0]
+    click.echo(f"connect: PGPASSFILE={pgpass} psql -h 127.0.0.1 -p {first.entry_port} -U {SUPERUSER[0]} postgres")
     if state.tls:
         click.echo(f"CA of the agents' certificates: {lab.tls_dir / 'ca.crt'}")
     topo = topology_path(lab.dir)
@@ -102,11 +109,22 @@ def lab_status(lab_dir: Path | None, fmt: str) -> None:
     if fmt != "table":
         emit_structured(status, fmt)
         return
+    procs = status["processes"]
+    if not any(p["alive"] for p in procs):
+        # Nothing runs: say so plainly (and exit 3, as `systemctl status` does for a stopped unit).
+        click.echo(
+            f"lab {status['dir']}: stopped (no process running). Start a new one with `drctl lab up`; "
+            f"`drctl lab down --purge --dir {status['dir']}` removes its data.",
+            err=True,
+        )
+        raise SystemExit(3)
     rows = [
         (p["site"], p["name"], p["role"], p["port"], p["pid"], "yes" if p["alive"] else "no", p["health"])
-        for p in status["processes"]
+        for p in procs
     ]
     table(f"lab {status['dir']}", ["Site", "Process", "Role", "Port", "PID", "Alive", "Health"], rows)
+    alive = sum(1 for p in procs if p["alive"])
+    click.echo(f"{alive} of {len(procs)} processes running")
 
 
 @lab_group.command("kill-site")
@@ -132,9 +150,18 @@ def lab_start_site(site: str, lab_dir: Path | None) -> None:
 @lab_group.command("down")
 @dir_option
 @click.option("--grace", default=15.0, show_default=True, help="Seconds to wait after SIGTERM before SIGKILL.")
+@click.option("--purge", is_flag=True, help="Then remove the lab directory (data directories, logs, certificates).")
 @operator_errors
-def lab_down(lab_dir: Path | None, grace: float) -> None:
-    """Stop every process of the lab, by PID."""
+def lab_down(lab_dir: Path | None, grace: float, purge: bool) -> None:
+    """Stop every process of the lab, by PID (the data stays unless --purge)."""
     lab = Lab(lab_dir or default_lab_dir())
-    stopped = lab.down(grace=grace)
+    size = lab.size_bytes() if purge else 0
+    stopped = lab.down(grace=grace, purge=purge)
     click.echo(f"stopped {len(stopped)} processes of the lab in {lab.dir}")
+    if purge:
+        click.echo(f"removed {lab.dir} ({size / 2**20:.0f} MiB)")
+    else:
+        click.echo(
+            f"its data ({lab.size_bytes() / 2**20:.0f} MiB) stays in {lab.dir}: "
+            f"`drctl lab down --purge --dir {lab.dir}` removes it"
+        )

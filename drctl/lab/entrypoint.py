@@ -20,6 +20,7 @@ class EntryPoint:
     sup: Supervisor
     cluster: LabCluster
     port: int = 0  # read-write: the node answering /primary
+    ro_port: int = 0  # read-only: any node answering /read-only (the standby site's readers too)
 
     @property
     def name(self) -> str:
@@ -56,6 +57,14 @@ listen primary
   http-check expect status 200
   default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions
 {servers}
+
+listen read_only
+  bind 127.0.0.1:{self.ro_port}
+  balance roundrobin
+  option httpchk OPTIONS /read-only
+  http-check expect status 200
+  default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions
+{servers}
 """
 
     def client_pem(self) -> Path:
@@ -70,6 +79,7 @@ listen primary
         if shutil.which("haproxy") is None:
             raise LabError("haproxy is not installed: run scripts/setup")
         self.port = self.port or free_port()
+        self.ro_port = self.ro_port or free_port()
         self.config_path.write_text(self.render())
         self.sup.spawn(
             self.name,

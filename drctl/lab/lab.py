@@ -26,6 +26,7 @@ from drctl.lab.cluster import (
     ETCD_AUTH,
     ETCD_ROOT_PASSWORD,
     LAB_SCOPE,
+    SUPERUSER,
     AgentNode,
     LabCluster,
     Timings,
@@ -60,6 +61,7 @@ class LabSite:
     etcd_endpoints: list[str] = field(default_factory=list)
     nodes: list[dict[str, Any]] = field(default_factory=list)
     entry_port: int = 0
+    entry_ro_port: int = 0  # read-only entry point (0 in a lab.json written before it existed)
 
 
 @dataclass
@@ -229,12 +231,15 @@ class Lab:
                 if dr:
                     record = SiteRecord("standby", 1, names[0]) if standby else SiteRecord("active", 1, None)
                     _write_site_record(cluster, record)
-                EntryPoint(sup, cluster, port=entry_ports[site]).start()
+                entry = EntryPoint(sup, cluster, port=entry_ports[site]).start()
                 clusters.append(cluster)
                 state.sites.append(
-                    LabSite(site, etcd.endpoints, [_node_doc(n) for n in cluster.nodes], entry_ports[site])
+                    LabSite(
+                        site, etcd.endpoints, [_node_doc(n) for n in cluster.nodes], entry_ports[site], entry.ro_port
+                    )
                 )
                 state.save()
+            write_pgpass(self.dir)
             witness_hosts: list[str] | None = None
             if witness and dr and sites > 1:
                 # A third location holding the authoritative {active site, epoch}.
@@ -459,18 +464,39 @@ class Lab:
                         str(node.dir / "data.postgres.log"),
                     )
                 )
-        procs.sort(key=lambda p: (p["site"], p["role"] != "etcd", p["name"]))
+        procs.sort(key=_status_order)
         return {"dir": str(self.dir), "sites": [asdict(s) for s in state.sites], "processes": procs}
 
+    def running_postmasters(self) -> list[str]:
+        """``<node>-postgres`` for every node whose postmaster runs: the agents start them, so
+        they are not in the supervisor's records."""
+        state = LabState.load(self.dir)
+        if state is None:
+            return []
+        out = []
+        for cluster in self.clusters(state):
+            for node in cluster.nodes:
+                pid = node.postmaster_pid()
+                if pid is not None and pid_alive(pid):
+                    out.append(f"{node.name}-postgres")
+        return out
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.dir.rglob("*") if f.is_file() and not f.is_symlink())
+
     # --- down ------------------------------------------------------------------------------------
-    def down(self, grace: float = 15.0) -> list[str]:
-        """Stop everything recorded in the lab directory. Returns the names stopped."""
+    def down(self, grace: float = 15.0, purge: bool = False) -> list[str]:
+        """Stop everything of the lab (supervised processes and the PostgreSQL servers their
+        agents started). Returns the names that were running. ``purge``: then remove the lab
+        directory (data directories, logs, certificates)."""
         if not (self.dir / "pids").is_dir() and LabState.load(self.dir) is None:
             raise LabError(f"no lab in {self.dir}: nothing to stop")
         sup = Supervisor(self.dir)
-        names = [r.name for r in sup.records() if r.alive()]
+        names = [r.name for r in sup.records() if r.alive()] + self.running_postmasters()
         self._stop(sup, grace)
         self.close_wan()
+        if purge:
+            self._clear_stale()
         return names
 
     def _stop(self, sup: Supervisor, grace: float) -> None:
@@ -517,6 +543,18 @@ def dr_slot_name(site: str) -> str:
 
 def topology_path(lab_dir: Path) -> Path:
     return lab_dir / "topology.yaml"
+
+
+def pgpass_path(lab_dir: Path) -> Path:
+    """libpq password file with the lab's superuser: `PGPASSFILE=<this> psql -h ... -U postgres`."""
+    return lab_dir / "pgpass"
+
+
+def write_pgpass(lab_dir: Path) -> Path:
+    user, password = SUPERUSER
+    path = pgpass_path(lab_dir)
+    write_atomic(path, f"*:*:*:{user}:{password}\n", 0o600)
+    return path
 
 
 def write_lab_topology(
@@ -654,6 +692,17 @@ def _etcd_healthy(url: str, tries: int = 3, ctx: ssl.SSLContext | None = None) -
 
 def _node_doc(node: AgentNode) -> dict[str, Any]:
     return {"name": node.name, "dir": str(node.dir), "pg_port": node.pg_port, "api_port": node.api_port}
+
+
+_ROLE_ORDER = {"etcd": 0, "witness": 0, "haproxy": 1, "postgres": 2, "agent": 3}
+
+
+def _status_order(p: dict[str, Any]) -> tuple[str, int, str, int]:
+    """Per site: DCS members, the entry point, then each node's PostgreSQL and agent together."""
+    role = str(p["role"])
+    rank = _ROLE_ORDER.get(role, 1)
+    node = str(p["name"]).removeprefix("agent-").removesuffix("-postgres") if rank >= 2 else str(p["name"])
+    return (str(p["site"]), min(rank, 2), node, rank)
 
 
 def _proc_doc(

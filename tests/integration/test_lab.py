@@ -118,6 +118,17 @@ def test_lab_cli_up_status_down(lab_dir: Path) -> None:
             assert p["alive"] and p["pid"] > 0 and p["port"] > 0, p
             assert p["health"] in ok, p
         assert {p["role"] for p in procs} == {"etcd", "agent", "postgres", "haproxy"}
+        # every site's rows in the same order: DCS, entry point, then each node's PostgreSQL and agent
+        per_site = [[p["role"] for p in procs if p["site"] == s] for s in ("a", "b")]
+        assert per_site[0] == per_site[1] == ["etcd"] * 3 + ["haproxy", "postgres", "agent"], per_site
+        # the standby site's read-only entry point serves reads, with the password file lab up wrote
+        state = json.loads((Path(d) / "lab.json").read_text())
+        pgpass = Path(d) / "pgpass"
+        assert pgpass.stat().st_mode & 0o077 == 0
+        user, password = pgpass.read_text().strip().split(":")[3:5]
+        ro = state["sites"][1]["entry_ro_port"]
+        with psycopg.connect(host="127.0.0.1", port=ro, user=user, password=password, dbname="postgres") as conn:
+            assert conn.execute("select pg_is_in_recovery()").fetchone() == (True,)
         table = run_drctl("lab", "status", "--dir", d)
         assert "a-etcd1" in table.stdout and "b1-postgres" in table.stdout and "agent-a1" in table.stdout
 
@@ -129,6 +140,13 @@ def test_lab_cli_up_status_down(lab_dir: Path) -> None:
     assert down.returncode == 0, down.stderr
     for p in procs:
         assert not pid_alive(p["pid"]), f"{p['name']} (pid {p['pid']}) still running after lab down"
+    # lab down counts what lab status listed (the PostgreSQL servers the agents started included)
+    assert f"stopped {len(procs)} processes" in down.stdout, down.stdout
+    stopped = run_drctl("lab", "status", "--dir", d)
+    assert stopped.returncode == 3 and "stopped" in stopped.stderr, (stopped.returncode, stopped.stderr)
+    purge = run_drctl("lab", "down", "--purge", "--dir", d)
+    assert purge.returncode == 0 and "removed" in purge.stdout, purge.stderr
+    assert not Path(d).exists()
 
     missing = run_drctl("lab", "down", "--dir", str(lab_dir / "nothing-here"))
     assert missing.returncode != 0
