@@ -59,11 +59,12 @@ def main() -> int:
     time.sleep(2)
     writer.stop()
     lost = missing_rows(site_a.url(), writer.acked_ids())
-    print(
-        f"\nswitchover {leader} -> {candidate}: command returned in {took:.1f}s; "
+    in_site = (
+        f"switchover {leader} -> {candidate} inside site a: command returned in {took:.1f}s; "
         f"longest write gap {writer.max_gap():.2f}s; {len(writer.acks)} writes acknowledged, "
         f"{len(lost)} of them missing afterwards"
     )
+    print("\n" + in_site)
     site_a.wait_healthy(60)
     drctl("-c", site_config(site_a), "list")
     drctl("-c", site_config(site_a), "history")
@@ -83,6 +84,7 @@ def main() -> int:
     drctl("sites")
     f = record.figures or {}
     print("\nsummary")
+    print(f"  {in_site}")
     print(f"  drill site-roundtrip (site switchover a -> b -> a under writes): {record.status.upper()}")
     for reason in record.reasons:
         print(f"  reason: {reason}")
@@ -91,8 +93,10 @@ def main() -> int:
             f"  RTO {f['rto_s']:.2f}s (target {f['rto_target_s']:g}s); {f['acknowledged']} probe writes acknowledged, "
             f"{f['lost_rows']} of them missing afterwards (target: {f['rpo_target_bytes']} bytes lost)"
         )
+    # A phase runs from the command to the old site streaming again: longer than the write gap
+    # (the RTO above), which ends as soon as the new site accepts writes.
     for phase in record.phases:
-        print(f"  {phase['name']}: {phase['end'] - phase['start']:.1f}s")
+        print(f"  {phase['name']}: {phase['end'] - phase['start']:.1f}s until both sites are in their new roles")
     print(f"\nreport: {record.report_html}")
     print(f"JSON record: {Path(record.report_html).parent / 'record.json'}")
     print(f"\nThe lab keeps running. Agent logs: {Path(lab_dir)}/site-*/*.agent/agent.log")
