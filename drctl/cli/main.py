@@ -8,6 +8,7 @@ from drctl.cli.backup_cmd import COMMANDS as BACKUP_COMMANDS
 from drctl.cli.cluster_cmd import COMMANDS as CLUSTER_COMMANDS
 from drctl.cli.context import target_options
 from drctl.cli.drill_cmd import drill_group
+from drctl.cli.entrypoint_cmd import entrypoint_group
 from drctl.cli.lab_cmd import lab_group
 from drctl.cli.policy_cmd import policy_group
 from drctl.cli.runbook_cmd import runbook_group
@@ -25,6 +26,7 @@ cli.add_command(lab_group)
 cli.add_command(policy_group)
 cli.add_command(runbook_group)
 cli.add_command(drill_group)
+cli.add_command(entrypoint_group)
 for _command in [*CLUSTER_COMMANDS, *SITE_COMMANDS, *BACKUP_COMMANDS]:
     cli.add_command(_command)
 

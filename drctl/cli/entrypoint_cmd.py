@@ -1,0 +1,180 @@
+"""`drctl entrypoint haproxy|pgbouncer|watch`: client routing for one site, from the topology file
+and the site's DCS. Rendered configurations go to stdout or --output (written atomically)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from drctl.cli.errors import operator_errors, register_operator_error
+from drctl.cli.sites_cmd import _topology, topology_option
+from drctl.dcs.base import ClusterView, DCSError
+from drctl.entrypoint import haproxy, pgbouncer
+from drctl.entrypoint.members import BackendError, backends, unroutable
+from drctl.entrypoint.watch import EntrypointError, Watcher, WatchTargets
+from drctl.safefs import write_atomic
+from drctl.sites.controller import SiteClient
+
+register_operator_error(EntrypointError)
+register_operator_error(BackendError)
+
+site_option = click.option("--site", required=True, help="Site whose members the entry point routes to.")
+output_option = click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here (default: stdout)."
+)
+
+
+def _haproxy_options(f: click.decorators.FC) -> click.decorators.FC:
+    for opt in reversed(
+        [
+            click.option("--bind-rw", default="*:5000", show_default=True, help="Read-write listener (/primary)."),
+            click.option("--bind-ro", default="*:5001", show_default=True, help="Read-only listener (/replica)."),
+            click.option(
+                "--stats-socket",
+                default="/run/haproxy/pgdr-admin.sock",
+                show_default=True,
+                help="HAProxy runtime API socket (what `entrypoint watch --haproxy-socket` talks to).",
+            ),
+            click.option("--ca-file", default=None, help="CA of the agents' certificates (agents on https)."),
+            click.option("--client-pem", default=None, help="Client certificate+key for agents requiring mTLS."),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def _pgbouncer_options(f: click.decorators.FC) -> click.decorators.FC:
+    for opt in reversed(
+        [
+            click.option("--database", "databases", multiple=True, default=["postgres"], show_default=True),
+            click.option("--listen-port", default=6432, show_default=True, type=click.IntRange(1, 65535)),
+            click.option("--auth-file", default="/etc/pgbouncer/userlist.txt", show_default=True),
+            click.option("--auth-type", default="scram-sha-256", show_default=True),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def _view(topology_path: Path | None, site: str) -> tuple[SiteClient, ClusterView]:
+    topo = _topology(topology_path)
+    client = SiteClient(site, topo.site(site))
+    dcs = client.dcs()
+    try:
+        view = dcs.get_cluster()
+    except DCSError as exc:
+        raise EntrypointError(f"site {site}: its DCS does not answer ({exc}); check the topology's dcs hosts") from exc
+    finally:
+        dcs.close()
+    for problem in unroutable(view):
+        click.echo(f"warning: {problem}; left out", err=True)
+    return client, view
+
+
+def _emit(text: str, output: Path | None) -> None:
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_atomic(output, text, 0o644)
+        click.echo(f"wrote {output}", err=True)
+
+
+@click.group("entrypoint")
+def entrypoint_group() -> None:
+    """Client routing: HAProxy and PgBouncer configurations for a site, kept current on role changes."""
+
+
+@entrypoint_group.command("haproxy")
+@site_option
+@topology_option
+@output_option
+@_haproxy_options
+@operator_errors
+def render_haproxy(
+    site: str,
+    topology_path: Path | None,
+    output: Path | None,
+    bind_rw: str,
+    bind_ro: str,
+    stats_socket: str,
+    ca_file: str | None,
+    client_pem: str | None,
+) -> None:
+    """HAProxy configuration: a read-write listener (/primary) and a read-only one (/replica)."""
+    _, view = _view(topology_path, site)
+    opts = haproxy.HaproxyOptions(site, bind_rw, bind_ro, stats_socket, ca_file=ca_file, client_pem=client_pem)
+    _emit(haproxy.render(backends(view), opts), output)
+
+
+@entrypoint_group.command("pgbouncer")
+@site_option
+@topology_option
+@output_option
+@_pgbouncer_options
+@operator_errors
+def render_pgbouncer(
+    site: str,
+    topology_path: Path | None,
+    output: Path | None,
+    databases: tuple[str, ...],
+    listen_port: int,
+    auth_file: str,
+    auth_type: str,
+) -> None:
+    """PgBouncer configuration: each database to the site's leader, `<db>_ro` to a replica."""
+    _, view = _view(topology_path, site)
+    opts = pgbouncer.PgbouncerOptions(
+        site, tuple(databases), listen_port=listen_port, auth_file=auth_file, auth_type=auth_type
+    )
+    _emit(pgbouncer.render(backends(view), opts), output)
+
+
+@entrypoint_group.command("watch")
+@site_option
+@topology_option
+@click.option("--haproxy-socket", default=None, help="HAProxy runtime API socket to push role changes to.")
+@click.option("--pgbouncer-config", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--pgbouncer-pidfile", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--once", is_flag=True, help="Apply the current state once and exit.")
+@_haproxy_options
+@_pgbouncer_options
+@operator_errors
+def watch(
+    site: str,
+    topology_path: Path | None,
+    haproxy_socket: str | None,
+    pgbouncer_config: Path | None,
+    pgbouncer_pidfile: Path | None,
+    once: bool,
+    bind_rw: str,
+    bind_ro: str,
+    stats_socket: str,
+    ca_file: str | None,
+    client_pem: str | None,
+    databases: tuple[str, ...],
+    listen_port: int,
+    auth_file: str,
+    auth_type: str,
+) -> None:
+    """Follow the site's leader key; on a change, tell HAProxy at once (runtime API) and re-render and
+    reload PgBouncer, as soon as the new leader answers /primary."""
+    if not haproxy_socket and not pgbouncer_config:
+        raise click.UsageError("nothing to keep current: give --haproxy-socket and/or --pgbouncer-config")
+    client, _ = _view(topology_path, site)
+    targets = WatchTargets(
+        haproxy_socket=haproxy_socket,
+        haproxy_options=haproxy.HaproxyOptions(site, bind_rw, bind_ro, stats_socket, ca_file=ca_file),
+        pgbouncer_config=pgbouncer_config,
+        pgbouncer_pidfile=pgbouncer_pidfile,
+        pgbouncer_options=pgbouncer.PgbouncerOptions(
+            site, tuple(databases), listen_port=listen_port, auth_file=auth_file, auth_type=auth_type
+        ),
+    )
+    dcs = client.dcs()
+    try:
+        Watcher(dcs, targets, say=lambda m: click.echo(f"site {site}: {m}", err=True)).run(once=once)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        dcs.close()

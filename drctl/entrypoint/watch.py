@@ -1,0 +1,153 @@
+"""`drctl entrypoint watch`: follow a site's leader key and tell HAProxy (runtime API) and PgBouncer
+(re-rendered file + reload) at once, so that clients see a role change as soon as the new leader
+accepts writes instead of at the entry point's next health checks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from drctl.dcs.base import DCS, ClusterView, DCSError
+from drctl.entrypoint import haproxy, pgbouncer
+from drctl.entrypoint.members import Backend, backends
+from drctl.safefs import write_atomic
+
+
+class EntrypointError(Exception):
+    """The watcher cannot reach HAProxy or PgBouncer; the message names which and how."""
+
+
+def haproxy_command(socket_path: str, command: str, timeout: float = 2.0) -> str:
+    """One command on HAProxy's runtime API (a unix socket); returns its answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(socket_path)
+        except OSError as exc:
+            raise EntrypointError(f"HAProxy runtime API {socket_path}: {exc.strerror or exc}") from exc
+        s.sendall(command.encode() + b"\n")
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks).decode(errors="replace").strip()
+
+
+def is_primary(b: Backend, timeout: float = 1.0, ctx: ssl.SSLContext | None = None) -> bool:
+    """The agent's own answer on /primary: the same check HAProxy makes, asked at once."""
+    scheme = "https" if b.api_https else "http"
+    host = f"[{b.api_host}]" if ":" in b.api_host else b.api_host
+    req = urllib.request.Request(f"{scheme}://{host}:{b.api_port}/primary", method="OPTIONS")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
+            return bool(resp.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass
+class WatchTargets:
+    haproxy_socket: str | None = None
+    haproxy_options: haproxy.HaproxyOptions | None = None
+    pgbouncer_config: Path | None = None
+    pgbouncer_pidfile: Path | None = None
+    pgbouncer_options: pgbouncer.PgbouncerOptions | None = None
+
+
+class Watcher:
+    """Pushes every leader change of one site to its entry points."""
+
+    def __init__(
+        self,
+        dcs: DCS,
+        targets: WatchTargets,
+        say: Callable[[str], None] = print,
+        primary_probe: Callable[[Backend], bool] = is_primary,
+        promote_wait: float = 30.0,
+    ) -> None:
+        self.dcs = dcs
+        self.targets = targets
+        self.say = say
+        self.primary_probe = primary_probe
+        self.promote_wait = promote_wait
+        self.applied: tuple[str | None, tuple[Backend, ...]] | None = None
+        self.stopping = threading.Event()
+
+    def run(self, once: bool = False) -> None:
+        while not self.stopping.is_set():
+            try:
+                view = self.dcs.get_cluster()
+            except DCSError as exc:
+                self.say(f"DCS unreachable ({exc}); the entry points keep their health checks")
+                self.stopping.wait(1.0)
+                continue
+            self.sync(view)
+            if once:
+                return
+            try:
+                self.dcs.watch(view.leader.version if view.leader else None, timeout=10.0)
+            except DCSError:
+                self.stopping.wait(1.0)
+
+    def sync(self, view: ClusterView) -> bool:
+        """Apply ``view`` if its leader or members changed since the last apply. Returns whether it
+        applied. A new leader is announced only once its agent answers /primary (it holds the key a
+        moment before PostgreSQL accepts writes)."""
+        bs = backends(view)
+        leader = next((b for b in bs if b.leader), None)
+        key = (leader.name if leader else None, tuple(bs))
+        if key == self.applied:
+            return False
+        if leader is not None and not self._wait_primary(leader):
+            self.say(f"leader {leader.name} does not answer /primary yet; leaving the health checks in charge")
+            return False
+        self._push(bs)
+        self.applied = key
+        self.say(f"entry points now route writes to {leader.name if leader else 'nobody (no leader)'}")
+        return True
+
+    def _wait_primary(self, leader: Backend) -> bool:
+        if leader.role == "standby_leader":
+            return True  # a standby site: its leader never answers /primary, and needs not
+        deadline = time.monotonic() + self.promote_wait
+        while not self.stopping.is_set():
+            if self.primary_probe(leader):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return False
+
+    def _push(self, bs: list[Backend]) -> None:
+        t = self.targets
+        if t.haproxy_socket and t.haproxy_options:
+            for cmd in haproxy.switch_commands(bs, t.haproxy_options):
+                answer = haproxy_command(t.haproxy_socket, cmd)
+                if answer and "No such" in answer:
+                    self.say(f"HAProxy: {cmd!r}: {answer} (re-render the configuration: the members changed)")
+        if t.pgbouncer_config and t.pgbouncer_options:
+            write_atomic(t.pgbouncer_config, pgbouncer.render(bs, t.pgbouncer_options), 0o640)
+            if t.pgbouncer_pidfile:
+                reload_pgbouncer(t.pgbouncer_pidfile)
+
+
+def reload_pgbouncer(pidfile: Path) -> None:
+    """SIGHUP: PgBouncer re-reads its configuration (the same as RELOAD on its console)."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError) as exc:
+        raise EntrypointError(f"PgBouncer pid file {pidfile}: {exc}") from exc
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        raise EntrypointError(f"PgBouncer (pid {pid} from {pidfile}): {exc.strerror}") from exc
