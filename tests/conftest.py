@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,18 @@ from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
 
 PG_USER = os.environ.get("PGDR_PG_USER", "postgres")
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM or SIGHUP (CI's timeout, a closed terminal) ends the whole run as Ctrl-C does: pytest
+    stops, tears the fixtures down and stops every server by PID. A plain SystemExit raised inside
+    a test would only fail that test, and the run would go on starting labs."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,3 +213,50 @@ def test_interrupted_run_leaves_no_servers(lab_dir: Path, sig: int) -> None:
             child.kill()
             child.wait()
         Supervisor(lab_dir / "run").stop_all(grace=5)
+
+
+INNER_TEST = textwrap.dedent(
+    """
+    import time
+    from drctl.lab.etcd import EtcdCluster
+
+    def test_sleeps_beside_an_etcd(supervisor, lab_dir):
+        EtcdCluster(supervisor, lab_dir / "etcd", size=1).start()
+        (lab_dir / "started").write_text(str(supervisor.records()[0].pid))
+        time.sleep(600)
+
+    def test_never_reached():
+        raise AssertionError("the run went on after SIGTERM")
+    """
+)
+
+
+def test_sigterm_ends_a_pytest_run_and_stops_its_servers(lab_dir: Path) -> None:
+    """SIGTERM to a test run (CI's timeout) ends the whole run, not just the test in progress."""
+    (lab_dir / "test_inner.py").write_text(INNER_TEST)
+    shutil.copy(REPO / "tests" / "conftest.py", lab_dir / "conftest.py")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", str(lab_dir)],
+        cwd=lab_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PGDR_TEST_DIR": str(lab_dir)},
+    )
+    try:
+        deadline = time.monotonic() + 90
+        started = list(lab_dir.rglob("started"))
+        while not started:
+            assert run.poll() is None and time.monotonic() < deadline, "the inner run did not start its etcd"
+            time.sleep(0.2)
+            started = list(lab_dir.rglob("started"))
+        etcd_pid = int(started[0].read_text())
+        run.send_signal(signal.SIGTERM)
+        out, _ = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert "the run went on after SIGTERM" not in out and "test_never_reached" not in out, out
+    assert run.returncode != 0, out
+    assert not pid_alive(etcd_pid), "etcd survived the interrupted run"
