@@ -20,6 +20,24 @@ from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows
 
 pytestmark = pytest.mark.scenario
 
+# Scenarios of two minutes or more, left to `make test-slow` (each proves a must-show of its issue;
+# they run before every release and after any change to the cross-site code).
+SLOW = {
+    # a 2-minute WAN cut under writes, by design
+    "test_site_disaster.py::test_active_site_keeps_writing_through_a_wan_cut_and_failover_waits_for_confirmation"
+    "[no-witness]",
+    # waits out the cut until an operator confirms; ~150 s
+    "test_site_disaster.py::test_return_while_the_wan_is_cut_stays_read_only_then_converges[no-witness]",
+    # writes several times wal_keep_size behind a cut WAN, then catches up
+    "test_site_disaster.py::test_standby_site_catches_up_through_its_slot_without_a_reclone",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.split("/")[-1] in SLOW:
+            item.add_marker(pytest.mark.slow)
+
 
 @dataclass
 class Instruments:
