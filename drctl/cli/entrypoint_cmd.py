@@ -51,10 +51,27 @@ def _pgbouncer_options(f: click.decorators.FC) -> click.decorators.FC:
             click.option("--listen-port", default=6432, show_default=True, type=click.IntRange(1, 65535)),
             click.option("--auth-file", default="/etc/pgbouncer/userlist.txt", show_default=True),
             click.option("--auth-type", default="scram-sha-256", show_default=True),
+            click.option(
+                "--set",
+                "settings",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="Another [pgbouncer] setting (pidfile, unix_socket_dir, max_client_conn, ...); repeatable.",
+            ),
         ]
     ):
         f = opt(f)
     return f
+
+
+def _settings(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint="--set")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _view(topology_path: Path | None, site: str) -> tuple[SiteClient, ClusterView]:
@@ -121,11 +138,13 @@ def render_pgbouncer(
     listen_port: int,
     auth_file: str,
     auth_type: str,
+    settings: tuple[str, ...],
 ) -> None:
     """PgBouncer configuration: each database to the site's leader, `<db>_ro` to a replica."""
+    extra = _settings(settings)
     _, view = _view(topology_path, site)
     opts = pgbouncer.PgbouncerOptions(
-        site, tuple(databases), listen_port=listen_port, auth_file=auth_file, auth_type=auth_type
+        site, tuple(databases), listen_port=listen_port, auth_file=auth_file, auth_type=auth_type, extra=extra
     )
     _emit(pgbouncer.render(backends(view), opts), output)
 
@@ -156,6 +175,7 @@ def watch(
     listen_port: int,
     auth_file: str,
     auth_type: str,
+    settings: tuple[str, ...],
 ) -> None:
     """Follow the site's leader key; on a change, tell HAProxy at once (runtime API) and re-render and
     reload PgBouncer, as soon as the new leader answers /primary."""
@@ -168,7 +188,12 @@ def watch(
         pgbouncer_config=pgbouncer_config,
         pgbouncer_pidfile=pgbouncer_pidfile,
         pgbouncer_options=pgbouncer.PgbouncerOptions(
-            site, tuple(databases), listen_port=listen_port, auth_file=auth_file, auth_type=auth_type
+            site,
+            tuple(databases),
+            listen_port=listen_port,
+            auth_file=auth_file,
+            auth_type=auth_type,
+            extra=_settings(settings),
         ),
     )
     dcs = client.dcs()

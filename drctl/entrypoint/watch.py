@@ -136,9 +136,20 @@ class Watcher:
                 if answer and "No such" in answer:
                     self.say(f"HAProxy: {cmd!r}: {answer} (re-render the configuration: the members changed)")
         if t.pgbouncer_config and t.pgbouncer_options:
-            write_atomic(t.pgbouncer_config, pgbouncer.render(bs, t.pgbouncer_options), 0o640)
+            _rewrite(t.pgbouncer_config, pgbouncer.render(bs, t.pgbouncer_options))
             if t.pgbouncer_pidfile:
                 reload_pgbouncer(t.pgbouncer_pidfile)
+
+
+def _rewrite(path: Path, text: str) -> None:
+    """Replace the file atomically, keeping the owner and mode PgBouncer was set up to read it with."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        write_atomic(path, text, 0o644)
+        return
+    write_atomic(path, text, st.st_mode & 0o7777)
+    os.chown(path, st.st_uid, st.st_gid)
 
 
 def reload_pgbouncer(pidfile: Path) -> None:

@@ -4,6 +4,8 @@ during a switchover (every acknowledged row checked, the dual-primary checker on
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from drctl.lab.lab import Lab, topology_path
 from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows
+from drctl.pg.osuser import user_ids
 
 pytestmark = pytest.mark.scenario
 
@@ -105,3 +108,59 @@ def test_switchover_through_the_rendered_haproxy_kept_current_by_the_watcher(lab
     log = (the_lab.dir / "entry-a-watch.log").read_text()
     assert f"route writes to {candidate}" in log, log
     print(f"\nwrite gap through HAProxy + watcher: {writer.max_gap(after=t0):.2f}s ({len(writer.acks)} acks)")
+
+
+@pytest.mark.skipif(shutil.which("pgbouncer") is None, reason="pgbouncer is not installed (scripts/setup installs it)")
+def test_switchover_through_pgbouncer_kept_current_by_the_watcher(lab: tuple[Lab, LabCluster]) -> None:
+    the_lab, a = lab
+    topo = str(topology_path(the_lab.dir))
+    port = free_port()
+    d = the_lab.dir / "pgbouncer"
+    d.mkdir(mode=0o755)
+    userlist = d / "userlist.txt"
+    userlist.write_text(f'"{SUPERUSER[0]}" "{SUPERUSER[1]}"\n')
+    ini, pidfile = d / "pgbouncer.ini", d / "pgbouncer.pid"
+    common = [
+        "--site", "a", "--topology", topo, "--listen-port", str(port), "--auth-file", str(userlist),
+        "--set", "listen_addr=127.0.0.1", "--set", f"pidfile={pidfile}", "--set", "unix_socket_dir=",
+    ]  # fmt: skip
+    rendered = drctl("entrypoint", "pgbouncer", *common, "--output", str(ini))
+    assert rendered.returncode == 0, rendered.stderr
+    leader = a.leader()
+    assert leader is not None
+    assert f"postgres = host=127.0.0.1 port={a.node(leader).pg_port} dbname=postgres" in ini.read_text()
+    # PgBouncer refuses to run as root: it runs as the PostgreSQL user, which may write its pid file.
+    ids = user_ids(the_lab.pg_user)
+    assert ids is not None
+    os.chown(d, *ids)
+    sup = Supervisor(the_lab.dir)
+    sup.spawn("pgbouncer-a", ["pgbouncer", str(ini)], role="pgbouncer", log=d / "log", user=the_lab.pg_user)
+    wait_for(pidfile.exists, 30, "pgbouncer's pid file")
+    sup.spawn(
+        "pgbouncer-a-watch",
+        [*DRCTL, "entrypoint", "watch", *common, "--pgbouncer-config", str(ini), "--pgbouncer-pidfile", str(pidfile)],
+        role="watch",
+        log=the_lab.dir / "pgbouncer-a-watch.log",
+    )
+    checker = DualPrimaryChecker({n.name: n.dsn for n in a.nodes}).start()
+    url = f"host=127.0.0.1 port={port} user={SUPERUSER[0]} password={SUPERUSER[1]} dbname=postgres connect_timeout=2"
+    candidate = next(n.name for n in a.nodes if n.name != leader)
+    writer = Writer(url, interval=0.02, timeout=5.0)
+    writer.prepare()
+    writer.start()
+    try:
+        wait_for(lambda: len(writer.acks) > 20, 30, "writes through PgBouncer")
+        t0 = time.monotonic()
+        sw = drctl(
+            "-c", str(a.nodes[0].config_path), "switchover", "--leader", leader, "--candidate", candidate, "--force"
+        )  # fmt: skip
+        assert sw.returncode == 0, sw.stdout + sw.stderr
+        wait_for(lambda: any(x.at > t0 and x.port == a.node(candidate).pg_port for x in writer.acks), 60, "writes")
+        time.sleep(1.0)
+    finally:
+        writer.stop()
+        checker.stop()
+    assert not checker.violations(), checker.violations()
+    assert not missing_rows(url, writer.acked_ids()), "acknowledged rows lost through PgBouncer"
+    assert f"postgres = host=127.0.0.1 port={a.node(candidate).pg_port} dbname=postgres" in ini.read_text()
+    print(f"\nwrite gap through PgBouncer + watcher: {writer.max_gap(after=t0):.2f}s ({len(writer.acks)} acks)")
