@@ -156,6 +156,13 @@ def render_pgbouncer(
 @click.option("--pgbouncer-config", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--pgbouncer-pidfile", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--once", is_flag=True, help="Apply the current state once and exit.")
+@click.option(
+    "--wait-primary",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 300),
+    help="Seconds to wait for the new leader's /primary before announcing it (0: announce when it takes the key).",
+)
 @_haproxy_options
 @_pgbouncer_options
 @operator_errors
@@ -166,6 +173,7 @@ def watch(
     pgbouncer_config: Path | None,
     pgbouncer_pidfile: Path | None,
     once: bool,
+    wait_primary: float,
     bind_rw: str,
     bind_ro: str,
     stats_socket: str,
@@ -198,7 +206,8 @@ def watch(
     )
     dcs = client.dcs()
     try:
-        Watcher(dcs, targets, say=lambda m: click.echo(f"site {site}: {m}", err=True)).run(once=once)
+        say = lambda m: click.echo(f"site {site}: {m}", err=True)  # noqa: E731
+        Watcher(dcs, targets, say=say, promote_wait=wait_primary).run(once=once)
     except KeyboardInterrupt:
         pass
     finally:

@@ -73,7 +73,7 @@ class Watcher:
         targets: WatchTargets,
         say: Callable[[str], None] = print,
         primary_probe: Callable[[Backend], bool] = is_primary,
-        promote_wait: float = 30.0,
+        promote_wait: float = 0.0,
     ) -> None:
         self.dcs = dcs
         self.targets = targets
@@ -101,14 +101,18 @@ class Watcher:
 
     def sync(self, view: ClusterView) -> bool:
         """Apply ``view`` if its leader or members changed since the last apply. Returns whether it
-        applied. A new leader is announced only once its agent answers /primary (it holds the key a
-        moment before PostgreSQL accepts writes)."""
+        applied. The new leader is announced as soon as it holds the key, a moment before its
+        PostgreSQL accepts writes: clients connect to it and wait there, as a multi-host libpq URL
+        would, and a write in between fails (a replica refuses writes) rather than going anywhere
+        else. With ``promote_wait`` > 0 the watcher first waits (that long at most) for the agent's
+        /primary, which comes one agent cycle after the promotion: slower, for entry points that
+        must never hand a client a read-only session."""
         bs = backends(view)
         leader = next((b for b in bs if b.leader), None)
         key = (leader.name if leader else None, tuple(bs))
         if key == self.applied:
             return False
-        if leader is not None and not self._wait_primary(leader):
+        if leader is not None and self.promote_wait > 0 and not self._wait_primary(leader):
             self.say(f"leader {leader.name} does not answer /primary yet; leaving the health checks in charge")
             return False
         self._push(bs)
