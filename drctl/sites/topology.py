@@ -105,9 +105,17 @@ class DrPolicy(_Model):
     # "deny" keeps the site read-only until the role is confirmed again (or an operator confirms);
     # "allow" lets a member that confirmed the role since its start promote. See docs/cross-site.md.
     wan_cut_failover: Literal["deny", "allow"] = "deny"
-    # `drctl sites` flags a cross-site slot retaining more WAL than this (set PostgreSQL's
-    # max_slot_wal_keep_size on the active site to bound it for real).
+    # `drctl sites` flags a cross-site slot retaining more WAL than this; with slot_retention
+    # "limit" the agents put it in force as PostgreSQL's max_slot_wal_keep_size on the members of
+    # every site that has a replication_slot ("report": only flagged). See docs/cross-site.md.
     max_slot_retention_bytes: int = Field(default=8 * 1024**3, ge=0)
+    slot_retention: Literal["limit", "report"] = "limit"
+    # Lease-based fencing (docs/cross-site.md): the active site's members keep a lease in the
+    # witness and the other site; one that can renew in neither stops writing before it can
+    # expire, and promote-site accepts its expiry as evidence. Off: today's rules.
+    witness_fencing: bool = False
+    active_lease_ttl_s: int = Field(default=30, ge=5, le=3600)
+    active_lease_margin_s: float = Field(default=5.0, ge=1)
     # How old a confirmation may be to count as fresh (default: the agents' ttl).
     confirmation_max_age_s: float | None = Field(default=None, gt=0)
 
@@ -117,6 +125,25 @@ class Topology(_Model):
     witness: DcsSettings | None = None
     policy: DrPolicy = Field(default_factory=DrPolicy)
     source: str = ""
+
+    @model_validator(mode="after")
+    def _lease_fencing(self) -> Topology:
+        p = self.policy
+        if p.slot_retention == "limit" and p.max_slot_retention_bytes < 16 * 1024**2:
+            raise ValueError(
+                "policy.max_slot_retention_bytes: at least 16 MiB (one WAL segment) with slot_retention: limit"
+            )
+        if not p.witness_fencing:
+            return self
+        if self.witness is None:
+            raise ValueError("policy.witness_fencing needs a `witness:` (a third location): add one or turn it off")
+        if len(self.sites) != 2:
+            raise ValueError("policy.witness_fencing is supported with exactly two sites (see docs/cross-site.md)")
+        if self.witness.etcd is None or any(s.dcs.etcd is None for s in self.sites.values()):
+            raise ValueError("policy.witness_fencing needs etcd for the witness and every site (leases)")
+        if p.active_lease_margin_s >= p.active_lease_ttl_s / 2:
+            raise ValueError("policy.active_lease_margin_s must be below half of active_lease_ttl_s")
+        return self
 
     def site(self, name: str) -> SiteSpec:
         try:
