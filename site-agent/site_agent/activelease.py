@@ -17,6 +17,7 @@ that still reads an enforced lease would otherwise take its expiry as evidence).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -98,18 +99,36 @@ class ActiveLease:
         self._lock = threading.Lock()
         self._want: Want | None = None
         self._states = {s.name: StoreState(s.name) for s in stores}
+        self._wake = threading.Event()  # a new wish: renew now rather than after the interval
         self._threads = [
             threading.Thread(target=self._run, args=(s,), name=f"lease-{s.name}", daemon=True) for s in stores
         ]
         for t in self._threads:
             t.start()
 
-    def update(self, want: Want | None) -> None:
+    def update(self, want: Want | None) -> bool:
+        """Set what to hold. True when earlier renewals stopped counting (first wish, new epoch):
+        the caller may then :meth:`wait_first`."""
         with self._lock:
-            if want != self._want and (want is None or self._want is None or want.epoch != self._want.epoch):
-                # A new epoch (or no lease wanted): earlier renewals no longer count.
+            reset = want != self._want and (want is None or self._want is None or want.epoch != self._want.epoch)
+            if reset:
                 self._states = {n: StoreState(n) for n in self._states}
+            changed = want != self._want
             self._want = want
+        if changed:
+            self._wake.set()
+        return reset and want is not None
+
+    def wait_first(self, timeout: float) -> None:
+        """Wait (bounded) until every store has answered or failed once: when enforcement starts
+        on a running primary, its first cycle must not demote it just because no renewal had
+        been attempted yet. Only at that moment: the agent loop never waits on the WAN otherwise."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            with self._lock:
+                if all(s.attempts > 0 for s in self._states.values()):
+                    return
+            time.sleep(0.02)
 
     def states(self) -> dict[str, StoreState]:
         with self._lock:
@@ -125,7 +144,8 @@ class ActiveLease:
                     store.revoke()
                 else:
                     self._renew_once(store, spec.name, want)
-                self._stop.wait(self.interval)
+                self._wake.wait(self.interval)
+                self._wake.clear()
         finally:
             store.revoke()
             store.close()

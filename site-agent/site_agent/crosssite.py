@@ -16,7 +16,7 @@ demotion survives the loss of the WAN.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,9 @@ class SiteGuard:
             policy=policy.wan_cut_failover,
         )
         self.lease_hold = self._lease_step(view, verdict, base, now)
-        may = may and self.lease_hold is None
+        if self.lease_hold is not None:
+            may = False
+            verdict = replace(verdict, reason=f"{verdict.reason}; {self.lease_hold}")
         self.verdict, self.may_write = verdict, may
         self._log(verdict, may)
         target = None
@@ -175,9 +177,14 @@ class SiteGuard:
             # lease deadline, before this lease can expire.
             ttl = max(policy.active_lease_ttl_s, 2 * base.ttl)
             want = Want(self.site, own.epoch, ttl, policy.witness_fencing)
-        self.lease.update(want)
+        if self.lease.update(want):
+            # Enforcement (or a new epoch) starts now: give the first renewals their chance
+            # (bounded by one read's timeout) before judging a running primary on them.
+            self.lease.wait_first(self.monitor.timeout + 0.5)
+            now = time.monotonic()
         if not active:
             return None  # a standby or fenced site is never writable anyway
+        states = self.lease.states()
         return lease_hold(states, now, policy.active_lease_margin_s, float(base.loop_wait + base.retry_timeout))
 
     def _log(self, verdict: Verdict, may: bool) -> None:

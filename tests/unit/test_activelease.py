@@ -170,8 +170,16 @@ class _FakeLease:
         self.states_now = states
         self.wants: list[Want | None] = []
 
-    def update(self, want: Want | None) -> None:
+        self.first: dict[str, StoreState] | None = None  # what the first renewals bring
+
+    def update(self, want: Want | None) -> bool:
+        fresh = want is not None and (not self.wants or self.wants[-1] is None)
         self.wants.append(want)
+        return fresh
+
+    def wait_first(self, timeout: float) -> None:
+        if self.first is not None:
+            self.states_now = self.first
 
     def states(self) -> dict[str, StoreState]:
         return dict(self.states_now)
@@ -232,6 +240,20 @@ def test_the_guard_lets_a_primary_that_renews_in_one_store_keep_writing() -> Non
     assert guard.may_write and guard.lease_hold is None
     d = decide(view, _primary(), DecideConfig(ttl=10, loop_wait=1, retry_timeout=3), time.monotonic())
     assert d.role == "primary" and not any(type(a).__name__ == "Demote" for a in d.actions), d
+
+
+def test_turning_the_setting_on_does_not_demote_a_primary_whose_first_renewal_succeeds() -> None:
+    """Seen in the lab: the first cycle after the setting was turned on judged a primary that had
+    not had the chance to renew yet, and demoted it. The guard now waits (bounded) for the first
+    attempts when enforcement starts."""
+    guard, fake = _guard({"witness": StoreState("witness"), "b": StoreState("b")})
+    fake.first = {"witness": StoreState("witness", Renewal(time.monotonic(), 20, "1"), True, None, 1), "b": down("b")}
+    view, _ = guard.inputs(
+        _view(), DynamicConfig(ttl=10, loop_wait=1, retry_timeout=3), writable_now=True, held_key=True
+    )
+    assert guard.may_write, guard.lease_hold
+    d = decide(view, _primary(), DecideConfig(ttl=10, loop_wait=1, retry_timeout=3), time.monotonic())
+    assert d.role == "primary", d
 
 
 def test_turning_the_setting_off_is_obeyed_only_once_retracted_everywhere() -> None:
