@@ -346,3 +346,63 @@ def test_size_settings_read_as_postgresql_shows_them() -> None:
     assert megabytes("-1") == -1
     assert megabytes("1536kB") == 2
     assert megabytes("garbage") is None
+
+
+class _Conn:
+    def __init__(self, shown: str) -> None:
+        self.shown = shown
+
+    def execute(self, _sql: str, _args: Any = None) -> Any:
+        shown = self.shown
+
+        class _Cur:
+            def fetchone(self) -> tuple[str]:
+                return (shown,)
+
+        return _Cur()
+
+
+class _Node:
+    def __init__(self, shown: str, local: dict[str, Any] | None = None) -> None:
+        self.conn = _Conn(shown)
+        self.local = local or {}
+        self.written = 0
+        self.reloaded = 0
+        node = self
+
+        class _Ctl:
+            def is_running(self) -> bool:
+                return True
+
+            def reload(self) -> None:
+                node.reloaded += 1
+
+        self.ctl = _Ctl()
+
+    def parameters(self, dynamic: DynamicConfig) -> dict[str, Any]:
+        return {**dynamic.postgresql.parameters, **self.local}
+
+    def write_config(self, _dynamic: DynamicConfig) -> None:
+        self.written += 1
+
+    def session(self, timeout: float = 3.0) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext(self.conn)
+
+
+def test_the_limit_is_reloaded_into_a_running_postgresql_only_when_it_differs() -> None:
+    from site_agent.crossslots import ensure_parameters
+
+    params = {"max_slot_wal_keep_size": "64MB"}
+    dyn = with_parameters(DynamicConfig(ttl=10, loop_wait=1, retry_timeout=3), params)
+    stale = _Node("-1")
+    ensure_parameters(stale, dyn, params)
+    assert stale.written == 1 and stale.reloaded == 1
+    same = _Node("64MB")
+    ensure_parameters(same, dyn, params)
+    assert same.written == 0 and same.reloaded == 0
+    # A member's own configuration wins: it is what PostgreSQL should show, nothing to reload.
+    local = _Node("1GB", local={"max_slot_wal_keep_size": "1GB"})
+    ensure_parameters(local, dyn, params)
+    assert local.written == 0
