@@ -455,7 +455,8 @@ def claim_witness(
     w = Witness(topology.witness)
     try:
         if not w.claim(site, epoch, current, unless_lease_of, by=by, operator=operator_name()):
-            raise SiteOpError("the witness record changed meanwhile: run the command again")
+            raced = f" (or site {unless_lease_of} renewed its active lease there)" if unless_lease_of else ""
+            raise SiteOpError(f"the witness record changed meanwhile{raced}: run the command again")
     except DCSError as exc:
         raise SiteOpError(f"the witness is unreachable ({exc}): nothing was promoted") from exc
     finally:
@@ -816,7 +817,7 @@ def _promote_site(
         raise SiteOpError(
             f"refusing to promote {to}: no evidence that site {old.name} cannot write "
             f"({'its DCS is unreachable' if old.view is None else 'it still has a primary'}"
-            f"{'; ' + lease.text if lease is not None and topology.policy.witness_fencing else ''}). If {old.name} is "
+            f"{'; ' + lease.text if lease is not None else ''}). If {old.name} is "
             f"really down, rerun with --confirm-old-site-down --reason '...' (recorded in the audit log)"
         )
     limit = topology.policy.max_data_loss_bytes

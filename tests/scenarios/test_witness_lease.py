@@ -164,3 +164,31 @@ def test_site_cut_from_b_only_keeps_writing_and_promotion_is_refused(lease_sites
     time.sleep(1)
     writer.stop()
     assert missing_rows(_site_url(ts, "a"), writer.acked_ids()) == set()
+
+
+@pytest.mark.slow
+def test_a_site_that_went_read_only_writes_again_when_a_link_returns(lease_sites: TwoSites) -> None:
+    """Nobody promoted b: as soon as site a renews its lease in one store again, its leader
+    (which kept the key, read-only) becomes writable again, with no operator action."""
+    ts = lease_sites
+    ctl = _controller(ts)
+    wait_until(lambda: _leases_held(ctl), 60, "site a's leader holding its lease in the witness and in site b")
+    writer = Writer(_site_url(ts, "a"), interval=0.03, timeout=3.0)
+    writer.prepare()
+    writer.start()
+    wait_until(lambda: len(writer.acks) > 30, 30, "writes on site a")
+    ts.lab.cut_wan()
+    ts.lab.cut_witness("a")
+    wait_until(lambda: ts.a.writable_nodes() == [], 60, "site a read-only (no lease store reachable)")
+    ro_at = time.monotonic()
+    ts.lab.heal_witness("a")  # the witness only: a majority again (a + witness)
+    took = wait_until(lambda: len(ts.a.writable_nodes()) == 1, 60, "site a writable again")
+    print(f"site a writable again {took:.1f}s after its link to the witness returned")
+    assert ts.b.writable_nodes() == []
+    acked_after = wait_until(lambda: any(a.at > ro_at + took for a in writer.acks), 30, "writes acknowledged again")
+    assert acked_after >= 0
+    ts.lab.heal_wan()
+    wait_until(lambda: _follows(ts, "b", "a"), 90, "site b streaming from a again")
+    time.sleep(1)
+    writer.stop()
+    assert missing_rows(_site_url(ts, "a"), writer.acked_ids()) == set()
