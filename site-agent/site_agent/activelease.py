@@ -164,14 +164,15 @@ class ActiveLease:
         except Exception as exc:  # a bug or a malformed answer must not kill the renewer
             error = f"{type(exc).__name__}: {exc}"
         with self._lock:
-            if self._want != want:
-                return  # the wish changed while this renewal was in flight
             prev = self._states[name]
-            if renewal is not None:
-                self._states[name] = StoreState(name, renewal, want.enforced, None, prev.attempts + 1)
-            elif refused:
-                # The store names another active site: what was renewed there no longer counts.
+            if refused:
+                # The store names another active site and the lease there was revoked: what was
+                # renewed there no longer counts, whatever the wish is now.
                 self._states[name] = StoreState(name, None, prev.enforced, error, prev.attempts + 1)
+            elif self._want != want:
+                return  # the wish changed while this renewal was in flight: not counted
+            elif renewal is not None:
+                self._states[name] = StoreState(name, renewal, want.enforced, None, prev.attempts + 1)
             else:
                 self._states[name] = replace(prev, error=error, attempts=prev.attempts + 1)
 

@@ -406,3 +406,24 @@ def test_the_limit_is_reloaded_into_a_running_postgresql_only_when_it_differs() 
     local = _Node("1GB", local={"max_slot_wal_keep_size": "1GB"})
     ensure_parameters(local, dyn, params)
     assert local.written == 0
+
+
+def test_a_refused_store_stops_counting_even_if_the_wish_changed_meanwhile() -> None:
+    from site_agent.activelease import ActiveLease
+
+    from drctl.sites.activelease import LeaseRefused
+
+    stop = threading.Event()
+    stop.set()  # no threads needed: _renew_once is driven by hand
+    lease = ActiveLease([], "a1", 1.0, 1.0, stop)
+    lease._states = {"witness": ok("witness", 1)}
+    want = Want("a", 1, 20, True)
+    lease._want = Want("a", 1, 20, False)  # changed while the renewal was in flight
+
+    class _Refusing:
+        def renew(self, *_args: Any) -> Renewal:
+            raise LeaseRefused("lease store witness: the witness names site b active at epoch 2")
+
+    lease._renew_once(_Refusing(), "witness", want)  # type: ignore[arg-type]
+    st = lease.states()["witness"]
+    assert st.last_ok is None and st.error is not None and "names site b" in st.error
