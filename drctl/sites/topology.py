@@ -128,21 +128,9 @@ class Topology(_Model):
 
     @model_validator(mode="after")
     def _lease_fencing(self) -> Topology:
-        p = self.policy
-        if p.slot_retention == "limit" and p.max_slot_retention_bytes < 16 * 1024**2:
-            raise ValueError(
-                "policy.max_slot_retention_bytes: at least 16 MiB (one WAL segment) with slot_retention: limit"
-            )
-        if not p.witness_fencing:
-            return self
-        if self.witness is None:
-            raise ValueError("policy.witness_fencing needs a `witness:` (a third location): add one or turn it off")
-        if len(self.sites) != 2:
-            raise ValueError("policy.witness_fencing is supported with exactly two sites (see docs/cross-site.md)")
-        if self.witness.etcd is None or any(s.dcs.etcd is None for s in self.sites.values()):
-            raise ValueError("policy.witness_fencing needs etcd for the witness and every site (leases)")
-        if p.active_lease_margin_s >= p.active_lease_ttl_s / 2:
-            raise ValueError("policy.active_lease_margin_s must be below half of active_lease_ttl_s")
+        problems = policy_problems(self.sites, self.witness, self.policy)
+        if problems:
+            raise ValueError(f"policy.{problems[0][0]}: {problems[0][1]}")
         return self
 
     def site(self, name: str) -> SiteSpec:
@@ -153,6 +141,26 @@ class Topology(_Model):
 
     def others(self, name: str) -> list[str]:
         return [n for n in self.sites if n != name]
+
+
+def policy_problems(sites: Mapping[str, SiteSpec], witness: DcsSettings | None, p: DrPolicy) -> list[tuple[str, str]]:
+    """(field of the DR policy, what is wrong) for settings that depend on the rest of the
+    topology: lease-based fencing needs a witness, two sites and etcd; the retention limit must
+    leave room for one WAL segment."""
+    out: list[tuple[str, str]] = []
+    if p.slot_retention == "limit" and p.max_slot_retention_bytes < 16 * 1024**2:
+        out.append(("max_slot_retention_bytes", "at least 16 MiB (one WAL segment) with slot_retention: limit"))
+    if not p.witness_fencing:
+        return out
+    if witness is None:
+        out.append(("witness_fencing", "needs a `witness:` (a third location): add one or turn it off"))
+    elif len(sites) != 2:
+        out.append(("witness_fencing", "is supported with exactly two sites (see docs/cross-site.md)"))
+    elif witness.etcd is None or any(s.dcs.etcd is None for s in sites.values()):
+        out.append(("witness_fencing", "needs etcd for the witness and every site (leases)"))
+    if p.active_lease_margin_s >= p.active_lease_ttl_s / 2:
+        out.append(("active_lease_margin_s", "must be below half of active_lease_ttl_s"))
+    return out
 
 
 def standby_cluster_section(

@@ -427,3 +427,21 @@ def test_a_refused_store_stops_counting_even_if_the_wish_changed_meanwhile() -> 
     lease._renew_once(_Refusing(), "witness", want)  # type: ignore[arg-type]
     st = lease.states()["witness"]
     assert st.last_ok is None and st.error is not None and "names site b" in st.error
+
+
+def test_a_policy_file_with_witness_fencing_and_no_witness_is_one_clear_error(tmp_path: Any) -> None:
+    import yaml
+
+    from drctl.policy.load import load_policy
+    from drctl.policy.source import SourceError
+
+    doc = yaml.safe_load(open("policies/pgdr.example.yaml").read())
+    doc.pop("witness", None)
+    doc.setdefault("dr", {})["witness_fencing"] = True
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(SourceError, match="witness_fencing"):
+        load_policy(path)
+    doc["dr"] = {"witness_fencing": False}
+    path.write_text(yaml.safe_dump(doc))
+    assert not load_policy(path).topology().policy.witness_fencing
