@@ -435,7 +435,10 @@ def test_a_policy_file_with_witness_fencing_and_no_witness_is_one_clear_error(tm
     from drctl.policy.load import load_policy
     from drctl.policy.source import SourceError
 
-    doc = yaml.safe_load(open("policies/pgdr.example.yaml").read())
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "policies" / "pgdr.example.yaml"
+    doc = yaml.safe_load(example.read_text())
     doc.pop("witness", None)
     doc.setdefault("dr", {})["witness_fencing"] = True
     path = tmp_path / "p.yaml"
