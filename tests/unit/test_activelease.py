@@ -430,12 +430,12 @@ def test_a_refused_store_stops_counting_even_if_the_wish_changed_meanwhile() -> 
 
 
 def test_a_policy_file_with_witness_fencing_and_no_witness_is_one_clear_error(tmp_path: Any) -> None:
+    from pathlib import Path
+
     import yaml
 
     from drctl.policy.load import load_policy
     from drctl.policy.source import SourceError
-
-    from pathlib import Path
 
     example = Path(__file__).resolve().parents[2] / "policies" / "pgdr.example.yaml"
     doc = yaml.safe_load(example.read_text())
