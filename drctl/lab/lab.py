@@ -110,6 +110,9 @@ class Lab:
         # a proxy of this process that :meth:`cut_wan` black-holes (tests: a real WAN cut).
         self.wan: dict[str, list[TcpProxy]] = {}
         self.witness_proxies: list[TcpProxy] = []
+        # With WAN proxies and a witness, each site's agents reach the witness through their own
+        # proxies (and read their own topology file), so one site can be cut from it alone.
+        self.site_witness_proxies: dict[str, list[TcpProxy]] = {}
 
     # --- queries ---------------------------------------------------------------------------------
     def running(self) -> list[ProcRecord]:
@@ -210,7 +213,9 @@ class Lab:
                     section["primary_slot_name"] = dr_slot_name(names[0])
                 dynamic = {"standby_cluster": section} if standby else {}
                 # The agents know the other sites (cross-site epochs, cold-start confirmation).
-                cross = {"site": site, "topology": str(topology_path(self.dir)), "poll_interval": 1.0, "timeout": 1.0}
+                own_witness = wan_proxies and witness and dr and sites > 1
+                topo = site_topology_path(self.dir, site) if own_witness else topology_path(self.dir)
+                cross = {"site": site, "topology": str(topo), "poll_interval": 1.0, "timeout": 1.0}
                 cluster = LabCluster(
                     sup,
                     site_dir,
@@ -248,6 +253,8 @@ class Lab:
                 if wan_proxies:  # its own link, cut separately from the WAN between the sites
                     self.witness_proxies = [TcpProxy(int(e.rsplit(":", 1)[1])) for e in w_etcd.endpoints]
                     witness_hosts = [f"http://{p.address}" for p in self.witness_proxies]
+                    for site in names:
+                        self.site_witness_proxies[site] = [TcpProxy(int(e.rsplit(":", 1)[1])) for e in w_etcd.endpoints]
                 _write_witness(w_etcd.endpoints, names[0], 1)
             if dr and sites > 1:
                 remote_dcs: dict[str, list[str]] = {}
@@ -265,6 +272,16 @@ class Lab:
                     dr_slots=dr_slots,
                     witness=witness_hosts,
                 )
+                for site, proxies in self.site_witness_proxies.items():
+                    write_lab_topology(
+                        self.dir,
+                        state,
+                        remote_dcs=remote_dcs,
+                        remote_entry=remote_entry,
+                        dr_slots=dr_slots,
+                        witness=[f"http://{p.address}" for p in proxies],
+                        path=site_topology_path(self.dir, site),
+                    )
             for cluster in clusters:
                 cluster.start(wait=False)
                 cluster.wait_healthy(180)
@@ -348,20 +365,38 @@ class Lab:
                 p.heal()
 
     def close_wan(self) -> None:
-        for proxies in [*self.wan.values(), self.witness_proxies]:
+        for proxies in [*self.wan.values(), self.witness_proxies, *self.site_witness_proxies.values()]:
             for p in proxies:
                 p.close()
-        self.wan, self.witness_proxies = {}, []
+        self.wan, self.witness_proxies, self.site_witness_proxies = {}, [], {}
 
-    def cut_witness(self) -> None:
-        if not self.witness_proxies:
+    def _witness_links(self, site: str | None) -> list[TcpProxy]:
+        if site is not None:
+            return list(self.site_witness_proxies.get(site, []))
+        return [*self.witness_proxies, *(p for ps in self.site_witness_proxies.values() for p in ps)]
+
+    def cut_witness(self, site: str | None = None) -> None:
+        """Black-hole the witness for everybody, or only for ``site``'s agents."""
+        links = self._witness_links(site)
+        if not links:
             raise LabError("cut_witness needs a lab started with witness=True and wan_proxies=True")
-        for p in self.witness_proxies:
+        for p in links:
             p.blackhole()
 
-    def heal_witness(self) -> None:
-        for p in self.witness_proxies:
+    def heal_witness(self, site: str | None = None) -> None:
+        for p in self._witness_links(site):
             p.heal()
+
+    def set_policy(self, **policy: Any) -> None:
+        """Change the DR policy in every topology file of the lab (the operator's and the sites'
+        own); the agents reload it within a poll."""
+        paths = [topology_path(self.dir), *(site_topology_path(self.dir, s) for s in self.site_witness_proxies)]
+        for path in paths:
+            if not path.exists():
+                continue
+            doc = yaml.safe_load(path.read_text())
+            doc["policy"] = {**(doc.get("policy") or {}), **policy}
+            write_atomic(path, yaml.safe_dump(doc, sort_keys=False), 0o600)
 
     # --- faults: a whole site ---------------------------------------------------------------------
     def site_records(self, site: str) -> list[ProcRecord]:
@@ -557,6 +592,11 @@ def write_pgpass(lab_dir: Path) -> Path:
     return path
 
 
+def site_topology_path(lab_dir: Path, site: str) -> Path:
+    """The topology file ``site``'s agents read when they reach the witness by their own path."""
+    return lab_dir / f"topology-{site}.yaml"
+
+
 def write_lab_topology(
     lab_dir: Path,
     state: LabState,
@@ -564,6 +604,7 @@ def write_lab_topology(
     remote_entry: dict[str, int] | None = None,
     dr_slots: bool = False,
     witness: list[str] | None = None,
+    path: Path | None = None,
 ) -> Path:
     """The cross-site topology file of the lab (what an operator writes in policies/). With WAN
     proxies, the addresses are the proxies' (what another site reaches)."""
@@ -592,7 +633,7 @@ def write_lab_topology(
     }
     if witness:
         doc["witness"] = {"etcd": {"hosts": list(witness)}}
-    path = topology_path(lab_dir)
+    path = path or topology_path(lab_dir)
     write_atomic(path, yaml.safe_dump(doc, sort_keys=False), 0o600)  # holds the REST password
     return path
 

@@ -20,7 +20,7 @@ from drctl.backup.schedule import cron_trigger, zone
 from drctl.dcs.factory import DcsSettings
 from drctl.policy.source import Loc
 from drctl.policy.windows import Window, in_windows, parse_window
-from drctl.sites.topology import DrPolicy, SiteSpec, Topology
+from drctl.sites.topology import DrPolicy, SiteSpec, Topology, policy_problems
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -183,6 +183,8 @@ def cross_checks(policy: Policy) -> list[tuple[Loc, str]]:
             out.append((("drills", name, "kind"), "a backup-restore drill needs the `backup:` section"))
         if drill.windows and drill.schedule is None:
             out.append((("drills", name, "windows"), "windows without a schedule: add `schedule:` or drop them"))
+    for key, problem in policy_problems(policy.sites, policy.witness, policy.dr):
+        out.append((("dr", key), problem))
     if policy.backup is not None:
         for i, repo in enumerate(policy.backup.repos):
             if repo.site is not None and repo.site not in policy.sites:

@@ -19,6 +19,7 @@ from typing import Any
 from drctl.cli.agent_client import AgentClient, AgentUnreachable
 from drctl.dcs.base import DCS, ClusterView, DCSError, SiteRecord
 from drctl.dcs.factory import get_dcs
+from drctl.sites.activelease import LeaseEvidence, lease_evidence, promote_unless_lease
 from drctl.sites.topology import SiteSpec, Topology, standby_cluster_section
 from drctl.sites.witness import Witness, WitnessRecord
 
@@ -436,7 +437,9 @@ def witness_record(topology: Topology) -> WitnessRecord | None:
         w.close()
 
 
-def claim_witness(topology: Topology, site: str, epoch: int, *, by: str, say: Say) -> int:
+def claim_witness(
+    topology: Topology, site: str, epoch: int, *, by: str, say: Say, unless_lease_of: str | None = None
+) -> int:
     """Record ``{site, epoch}`` in the witness with a compare-and-swap, before ``site`` is
     promoted. Returns the epoch to use (the witness's if it already names ``site``: a rerun)."""
     if topology.witness is None:
@@ -451,8 +454,9 @@ def claim_witness(topology: Topology, site: str, epoch: int, *, by: str, say: Sa
         )
     w = Witness(topology.witness)
     try:
-        if not w.claim(site, epoch, current, by=by, operator=operator_name()):
-            raise SiteOpError("the witness record changed meanwhile: run the command again")
+        if not w.claim(site, epoch, current, unless_lease_of, by=by, operator=operator_name()):
+            raced = f" (or site {unless_lease_of} renewed its active lease there)" if unless_lease_of else ""
+            raise SiteOpError(f"the witness record changed meanwhile{raced}: run the command again")
     except DCSError as exc:
         raise SiteOpError(f"the witness is unreachable ({exc}): nothing was promoted") from exc
     finally:
@@ -724,6 +728,15 @@ def estimate_loss(states: dict[str, SiteState], to: str) -> LossEstimate:
     return LossEstimate(old.name, last, source, new.leader_lsn())
 
 
+def _lease_evidence(topology: Topology, old: SiteState) -> LeaseEvidence | None:
+    """With lease-based fencing: has the old site's active lease expired everywhere?"""
+    if not topology.policy.witness_fencing:
+        return None
+    witnessed = witness_record(topology)
+    epoch = max(old.epoch, witnessed.epoch if witnessed is not None and witnessed.active_site == old.name else 0)
+    return lease_evidence(topology, old.name, epoch)
+
+
 def promote_site(
     topology: Topology,
     to: str,
@@ -790,16 +803,21 @@ def _promote_site(
         and old.leader_status() is not None
         and all((x or {}).get("role") != "primary" for x in old.statuses.values())
     )
+    lease = None if old_demoted or confirm_old_site_down else _lease_evidence(topology, old)
     if old_demoted:
         evidence = f"site {old.name} is reachable and has no writable primary"
     elif confirm_old_site_down:
         if not reason:
             raise SiteOpError("--confirm-old-site-down needs --reason: it is recorded in the audit log")
         evidence = f"operator attestation: {reason}"
+    elif lease is not None and lease.expired:
+        evidence = lease.text
+        say(f"evidence: {evidence}")
     else:
         raise SiteOpError(
             f"refusing to promote {to}: no evidence that site {old.name} cannot write "
-            f"({'its DCS is unreachable' if old.view is None else 'it still has a primary'}). If {old.name} is "
+            f"({'its DCS is unreachable' if old.view is None else 'it still has a primary'}"
+            f"{'; ' + lease.text if lease is not None else ''}). If {old.name} is "
             f"really down, rerun with --confirm-old-site-down --reason '...' (recorded in the audit log)"
         )
     limit = topology.policy.max_data_loss_bytes
@@ -826,12 +844,18 @@ def _promote_site(
         old_site=old.name,
         old_last_lsn=est.old_last_lsn,
         new_lsn=est.new_lsn,
+        lease_expired_at=lease.expired_at if lease is not None and lease.expired else None,
     )
-    epoch = claim_witness(topology, to, epoch, by="promote-site", say=say)
+    by_lease = old.name if lease is not None and lease.expired else None
+    epoch = claim_witness(topology, to, epoch, by="promote-site", say=say, unless_lease_of=by_lease)
     client = SiteClient(to, target)
-    client.write_site(
-        SiteRecord("active", epoch, None, extra=_promoted_extra(new, promoted_at=time.time(), planned=False))
-    )
+    promoted_rec = SiteRecord("active", epoch, None, extra=_promoted_extra(new, promoted_at=time.time(), planned=False))
+    if by_lease is None:
+        client.write_site(promoted_rec)
+    elif not promote_unless_lease(topology, to, promoted_rec, new.record, by_lease):
+        raise SiteOpError(
+            f"site {old.name} renewed its active lease meanwhile (or {to}'s record changed): not promoted"
+        )
     client.patch_config({"standby_cluster": None})
     # Fence the old site where we can still reach it: it must follow the new active site.
     fenced = False
@@ -862,4 +886,5 @@ def _promote_site(
         "new_lsn": est.new_lsn,
         "fenced_old_site": fenced,
         "seconds": took,
+        "evidence": evidence,
     }

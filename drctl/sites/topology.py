@@ -105,9 +105,17 @@ class DrPolicy(_Model):
     # "deny" keeps the site read-only until the role is confirmed again (or an operator confirms);
     # "allow" lets a member that confirmed the role since its start promote. See docs/cross-site.md.
     wan_cut_failover: Literal["deny", "allow"] = "deny"
-    # `drctl sites` flags a cross-site slot retaining more WAL than this (set PostgreSQL's
-    # max_slot_wal_keep_size on the active site to bound it for real).
+    # `drctl sites` flags a cross-site slot retaining more WAL than this; with slot_retention
+    # "limit" the agents put it in force as PostgreSQL's max_slot_wal_keep_size on the members of
+    # every site that has a replication_slot ("report": only flagged). See docs/cross-site.md.
     max_slot_retention_bytes: int = Field(default=8 * 1024**3, ge=0)
+    slot_retention: Literal["limit", "report"] = "limit"
+    # Lease-based fencing (docs/cross-site.md): the active site's members keep a lease in the
+    # witness and the other site; one that can renew in neither stops writing before it can
+    # expire, and promote-site accepts its expiry as evidence. Off: today's rules.
+    witness_fencing: bool = False
+    active_lease_ttl_s: int = Field(default=30, ge=5, le=3600)
+    active_lease_margin_s: float = Field(default=5.0, ge=1)
     # How old a confirmation may be to count as fresh (default: the agents' ttl).
     confirmation_max_age_s: float | None = Field(default=None, gt=0)
 
@@ -118,6 +126,13 @@ class Topology(_Model):
     policy: DrPolicy = Field(default_factory=DrPolicy)
     source: str = ""
 
+    @model_validator(mode="after")
+    def _lease_fencing(self) -> Topology:
+        problems = policy_problems(self.sites, self.witness, self.policy)
+        if problems:
+            raise ValueError(f"policy.{problems[0][0]}: {problems[0][1]}")
+        return self
+
     def site(self, name: str) -> SiteSpec:
         try:
             return self.sites[name]
@@ -126,6 +141,26 @@ class Topology(_Model):
 
     def others(self, name: str) -> list[str]:
         return [n for n in self.sites if n != name]
+
+
+def policy_problems(sites: Mapping[str, SiteSpec], witness: DcsSettings | None, p: DrPolicy) -> list[tuple[str, str]]:
+    """(field of the DR policy, what is wrong) for settings that depend on the rest of the
+    topology: lease-based fencing needs a witness, two sites and etcd; the retention limit must
+    leave room for one WAL segment."""
+    out: list[tuple[str, str]] = []
+    if p.slot_retention == "limit" and p.max_slot_retention_bytes < 16 * 1024**2:
+        out.append(("max_slot_retention_bytes", "at least 16 MiB (one WAL segment) with slot_retention: limit"))
+    if not p.witness_fencing:
+        return out
+    if witness is None:
+        out.append(("witness_fencing", "needs a `witness:` (a third location): add one or turn it off"))
+    elif len(sites) != 2:
+        out.append(("witness_fencing", "is supported with exactly two sites (see docs/cross-site.md)"))
+    elif witness.etcd is None or any(s.dcs.etcd is None for s in sites.values()):
+        out.append(("witness_fencing", "needs etcd for the witness and every site (leases)"))
+    if p.active_lease_margin_s >= p.active_lease_ttl_s / 2:
+        out.append(("active_lease_margin_s", "must be below half of active_lease_ttl_s"))
+    return out
 
 
 def standby_cluster_section(

@@ -61,14 +61,24 @@ class Witness:
         rec = self._client().get_cluster().site
         return WitnessRecord.from_site(rec) if rec is not None else None
 
-    def claim(self, site: str, epoch: int, expected: WitnessRecord | None, **extra: object) -> bool:
+    def claim(
+        self, site: str, epoch: int, expected: WitnessRecord | None, unless_lease_of: str | None = None, **extra: object
+    ) -> bool:
         """Compare-and-swap the record to ``{site, epoch}``: only if it is still ``expected`` (None:
-        only if absent) and ``epoch`` is above the expected one. False when someone else won."""
+        only if absent) and ``epoch`` is above the expected one. False when someone else won.
+        ``unless_lease_of``: also only while no active lease of that site is alive in the witness
+        (a promotion that relies on its expiry: drctl.sites.activelease)."""
         if expected is not None and epoch <= expected.epoch:
             return False
         doc = {"active_site": site, "at": time.time(), **extra}
         record = SiteRecord("active", epoch, None, extra=doc)
-        return self._client().set_site(record, expected.version if expected is not None else None)
+        version = expected.version if expected is not None else None
+        if unless_lease_of is not None:
+            from drctl.sites.activelease import WITNESS_STORE, StoreSpec, cas_site_unless_lease
+
+            spec = StoreSpec(WITNESS_STORE, self.settings, self.namespace, WITNESS_SCOPE)
+            return cas_site_unless_lease(spec, record, version, unless_lease_of, self.timeout)
+        return self._client().set_site(record, version)
 
     def close(self) -> None:
         if self._dcs is not None:
