@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from bench.scenarios import RESULTS, lab_base, log, wait_until
 from drctl.entrypoint import haproxy
 from drctl.entrypoint.members import backends
@@ -104,7 +106,16 @@ def _routes(lab: Lab, a: LabCluster, base: Path, sup: Supervisor) -> dict[str, s
 
 def _one_switchover(a: LabCluster, url: str) -> tuple[float, int, int]:
     writer = Writer(url, interval=0.02, timeout=5.0)
-    writer.prepare()
+    # A route that only learns of the last switchover at its next checks may refuse a moment.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            writer.prepare()
+            break
+        except psycopg.Error:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     writer.start()
     try:
         wait_until(lambda: len(writer.acks) > 25, 30)
