@@ -82,13 +82,23 @@ listen {opts.ro_backend()}
 def switch_commands(backends: list[Backend], opts: HaproxyOptions) -> list[str]:
     """Runtime-API commands for the read-write backend after a leader change: the new leader is up
     and every other member down at once, and sessions to a former leader are cut. Only the health
-    state is forced: the next regular check confirms or corrects it, so a watcher that is wrong or
-    gone can never pin traffic to the wrong node."""
+    state is forced. The new leader's checks are paused: its agent answers /primary one cycle
+    after the promotion, and checks failing meanwhile would take it down again; the watcher
+    resumes them (:func:`resume_checks`) once /primary answers, or after a bound, so a watcher
+    that is wrong or gone never pins traffic to the wrong node for long."""
     rw = opts.rw_backend()
     cmds = []
     for b in backends:
         if b.leader:
-            cmds.append(f"set server {rw}/{b.name} health up")
+            cmds += [f"disable health {rw}/{b.name}", f"set server {rw}/{b.name} health up"]
         else:
-            cmds += [f"set server {rw}/{b.name} health down", f"shutdown sessions server {rw}/{b.name}"]
+            cmds += [
+                f"enable health {rw}/{b.name}",
+                f"set server {rw}/{b.name} health down",
+                f"shutdown sessions server {rw}/{b.name}",
+            ]
     return cmds
+
+
+def resume_checks(leader: Backend, opts: HaproxyOptions) -> str:
+    return f"enable health {opts.rw_backend()}/{leader.name}"

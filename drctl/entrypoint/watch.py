@@ -74,12 +74,14 @@ class Watcher:
         say: Callable[[str], None] = print,
         primary_probe: Callable[[Backend], bool] = is_primary,
         promote_wait: float = 0.0,
+        check_pause: float = 10.0,
     ) -> None:
         self.dcs = dcs
         self.targets = targets
         self.say = say
         self.primary_probe = primary_probe
         self.promote_wait = promote_wait
+        self.check_pause = check_pause  # longest pause of HAProxy's checks of a new leader
         self.applied: tuple[str | None, tuple[Backend, ...]] | None = None
         self.stopping = threading.Event()
 
@@ -112,18 +114,22 @@ class Watcher:
         key = (leader.name if leader else None, tuple(bs))
         if key == self.applied:
             return False
-        if leader is not None and self.promote_wait > 0 and not self._wait_primary(leader):
+        if leader is not None and self.promote_wait > 0 and not self._wait_primary(leader, self.promote_wait):
             self.say(f"leader {leader.name} does not answer /primary yet; leaving the health checks in charge")
             return False
         self._push(bs)
+        if leader is not None and self.targets.haproxy_socket and self.targets.haproxy_options:
+            # HAProxy's own checks of the new leader resume once its agent answers /primary.
+            self._wait_primary(leader, self.check_pause)
+            haproxy_command(self.targets.haproxy_socket, haproxy.resume_checks(leader, self.targets.haproxy_options))
         self.applied = key
         self.say(f"entry points now route writes to {leader.name if leader else 'nobody (no leader)'}")
         return True
 
-    def _wait_primary(self, leader: Backend) -> bool:
+    def _wait_primary(self, leader: Backend, bound: float) -> bool:
         if leader.role == "standby_leader":
             return True  # a standby site: its leader never answers /primary, and needs not
-        deadline = time.monotonic() + self.promote_wait
+        deadline = time.monotonic() + bound
         while not self.stopping.is_set():
             if self.primary_probe(leader):
                 return True

@@ -59,8 +59,10 @@ def test_haproxy_config_checks_the_agents_and_exposes_the_runtime_api(tmp_path: 
 def test_switch_commands_raise_the_new_leader_and_cut_the_others() -> None:
     opts = haproxy.HaproxyOptions("a")
     assert haproxy.switch_commands(backends(_view("a2")), opts) == [
+        "enable health a_rw/a1",
         "set server a_rw/a1 health down",
         "shutdown sessions server a_rw/a1",
+        "disable health a_rw/a2",
         "set server a_rw/a2 health up",
     ]
 
