@@ -56,7 +56,9 @@ global
 
 defaults
   mode tcp
-  retries 2
+  # No retries: HAProxy waits up to a second before retrying the same server, which is what a
+  # demoted primary is until the watcher (or the checks) take it out; a client reconnects sooner.
+  retries 0
   timeout connect 2s
   timeout client 30m
   timeout server 30m
