@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import click
 from pydantic import SecretStr, ValidationError
 
+from drctl.agentconfig import ConfigError, load_config
 from drctl.backup.config import PgBackRestConfig, RepoConfig
 from drctl.backup.errors import BackupError
 from drctl.backup.info import BackupInfo, BackupType, StanzaInfo
@@ -131,23 +132,15 @@ def read_pgbackrest_config(path: Path, stanza: str | None = None) -> PgBackRestC
 
 def _from_agent_config(path: str) -> tuple[Path, str | None, str | None]:
     """(pgBackRest config file, stanza, run_as) from a site-agent configuration."""
-    from site_agent.config import ConfigError, parse_config
-
     p = Path(path)
     try:
-        text = p.read_bytes()
-    except OSError as exc:
-        raise CliError(f"{p}: cannot read the configuration file: {exc.strerror or exc}") from None
-    try:
-        cfg = parse_config(text, source=str(p))
+        cfg = load_config(p)
     except ConfigError as exc:
         raise CliError(one_line(str(exc))) from None
-    section = getattr(cfg.postgresql, "pgbackrest", None)
-    if section is None or not hasattr(section, "stanza"):
+    section = cfg.postgresql.pgbackrest
+    if section is None:
         raise CliError(f"{p}: no postgresql.pgbackrest section: give --pgbackrest-config FILE")
-    config_file = getattr(section, "config_file", None)
-    conf = Path(config_file) if config_file else Path(cfg.postgresql.data_dir).parent / "pgbackrest" / "pgbackrest.conf"
-    return conf, str(section.stanza), cfg.postgresql.run_as
+    return section.config_path(cfg.postgresql.data_dir), section.stanza, cfg.postgresql.run_as
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ from typing import Any, TypeVar
 import click
 import yaml
 
+from drctl.agentconfig import ConfigError, parse_dynamic_config
 from drctl.cli.agent_client import AgentReply, AgentUnreachable
 from drctl.cli.context import (
     CliError,
@@ -86,8 +87,11 @@ from drctl.cli.context import (
 )
 from drctl.cli.errors import operator_errors, register_operator_error
 from drctl.cli.output import FORMATS, emit_structured
+from drctl.common.hostport import format_host_port
+from drctl.common.members import member_lag, member_role, upstream_of
+from drctl.common.mergepatch import merge_patch, plain
 from drctl.dcs.base import ClusterView, DCSError, Member
-from drctl.pg.conninfo import ConninfoError, make_conninfo, parse_conninfo
+from drctl.pg.conninfo import ConninfoError, conninfo_address, make_conninfo, parse_conninfo
 from drctl.pg.lsn import format_lsn
 from drctl.yamlsafe import YamlError, decode_utf8, load_yaml
 
@@ -116,66 +120,13 @@ HISTORY_COLUMNS = ("TL", "LSN", "Reason", "Timestamp", "New Leader")
 
 
 def member_host(conn_url: str) -> str:
-    """``host:port`` of a member's conn_url (URL or conninfo); "" when it names no host."""
-    if not conn_url:
-        return ""
-    try:
-        params = parse_conninfo(conn_url)
-    except ConninfoError:
-        return ""
-    host = params.get("host") or params.get("hostaddr") or ""
-    port = params.get("port") or ""
-    if not host:
-        return ""
-    host = host.split(",")[0]
-    port = port.split(",")[0]
-    return f"{host}:{port}" if port else host
-
-
-def leader_lsn(view: ClusterView) -> int | None:
-    """The leader's last known WAL position: the DCS ``status`` key, else the leader's member record."""
-    if view.status is not None and view.status.lsn > 0:
-        return view.status.lsn
-    lm = view.leader_member
-    return lm.info.lsn if lm is not None else None
-
-
-def lag_bytes(view: ClusterView, member: Member) -> int | None:
-    """Bytes this member is behind the leader; None for the leader and when unknown."""
-    if view.leader is not None and member.name == view.leader.name:
-        return None
-    ref = leader_lsn(view)
-    own = member.info.lsn
-    if ref is None or own is None:
-        return None
-    return max(0, ref - own)
+    """``host:port`` of a member's conn_url (URL or conninfo), IPv6 in brackets; "" when it names no host."""
+    address = conninfo_address(conn_url)
+    return format_host_port(*address) if address is not None else ""
 
 
 def lag_mb(lag: int | None) -> int | None:
     return None if lag is None else round(lag / MIB)
-
-
-def member_role(view: ClusterView, member: Member) -> str:
-    """leader | standby_leader | sync_standby | replica | unlocked_primary (see ROLE_LABELS)."""
-    info = member.info
-    if view.leader is not None and member.name == view.leader.name:
-        return "standby_leader" if info.role == "standby_leader" else "leader"
-    if info.role == "primary":
-        return "unlocked_primary"
-    if view.sync is not None and member.name in view.sync.sync_standbys:
-        return "sync_standby"
-    return "replica"
-
-
-def upstream_of(view: ClusterView, member: Member) -> str | None:
-    """Who this member replicates from: its ``replicatefrom`` tag when that names another member,
-    else the leader (None for the leader itself, and when there is no leader)."""
-    tag = member.info.tags.get("replicatefrom")
-    if isinstance(tag, str) and tag and tag != member.name and view.member(tag) is not None:
-        return tag
-    if view.leader is not None and member.name != view.leader.name:
-        return view.leader.name
-    return None
 
 
 def topology_order(view: ClusterView) -> list[tuple[Member, int]]:
@@ -209,7 +160,7 @@ def topology_order(view: ClusterView) -> list[tuple[Member, int]]:
 
 
 def member_doc(view: ClusterView, member: Member, depth: int) -> dict[str, Any]:
-    lag = lag_bytes(view, member)
+    lag = member_lag(view, member)
     info = member.info
     return {
         "name": member.name,
@@ -224,7 +175,7 @@ def member_doc(view: ClusterView, member: Member, depth: int) -> dict[str, Any]:
         "upstream": upstream_of(view, member),
         "depth": depth,
         "pending_restart": bool(info.extra.get("pending_restart", False)),
-        "tags": _plain(info.tags),
+        "tags": plain(info.tags),
     }
 
 
@@ -362,15 +313,6 @@ def history_rows(docs: Sequence[Mapping[str, Any]]) -> list[list[str]]:
 # Pure functions: configuration edits
 
 
-def _plain(value: Any) -> Any:
-    """Deep copy into plain dicts/lists (MappingProxyType and tuples out)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def parse_scalar(text: str) -> Any:
     """A YAML scalar (``10`` -> 10, ``true`` -> True, ``null`` -> None, ``'10'`` -> "10")."""
     try:
@@ -396,19 +338,6 @@ def parse_pg_value(text: str) -> Any:
     return value
 
 
-def merge_patch(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """RFC 7386-style merge: mappings merge recursively, ``None`` deletes the key."""
-    out = _plain(base)
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge_patch(out[key], value)
-        else:
-            out[key] = _plain(value)
-    return out
-
-
 def path_patch(path: str, value: Any) -> dict[str, Any]:
     """``"a.b.c", 1`` -> ``{"a": {"b": {"c": 1}}}``."""
     parts = [p for p in path.split(".")]
@@ -430,7 +359,7 @@ def build_new_config(
 ) -> dict[str, Any]:
     """The configuration after an edit: ``replace_doc`` (whole document) or ``current``, then
     ``apply_doc`` merged in, then each ``-s key.path=value`` and ``-p name=value``."""
-    new = _plain(replace_doc) if replace_doc is not None else _plain(current)
+    new = plain(replace_doc) if replace_doc is not None else plain(current)
     if apply_doc is not None:
         new = merge_patch(new, apply_doc)
     for item in sets:
@@ -445,8 +374,6 @@ def build_new_config(
 
 def validate_dynamic(config: Mapping[str, Any], source: str = "new configuration") -> None:
     """site_agent's validation, as one error line naming the field."""
-    from site_agent.config import ConfigError, parse_dynamic_config
-
     try:
         parse_dynamic_config(config, source=source)
     except ConfigError as exc:
@@ -456,7 +383,7 @@ def validate_dynamic(config: Mapping[str, Any], source: str = "new configuration
 
 
 def config_yaml(config: Mapping[str, Any]) -> str:
-    return yaml.safe_dump(_plain(config), sort_keys=True, default_flow_style=False)
+    return yaml.safe_dump(plain(config), sort_keys=True, default_flow_style=False)
 
 
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
@@ -493,7 +420,7 @@ def choose_dsn_member(view: ClusterView, role: str, member: str | None) -> Membe
     running = [m for m in replicas if m.info.state == "running"]
 
     def by_lag(m: Member) -> tuple[int, str]:
-        lag = lag_bytes(view, m)
+        lag = member_lag(view, m)
         return (lag if lag is not None else 1 << 62, m.name)
 
     if role in ("leader", "primary"):
@@ -625,7 +552,7 @@ def cas_config(
         view = existing_view(session)
         if view.config is None:
             raise CliError(f"cluster {view.scope!r} has no dynamic configuration in the DCS yet")
-        new = build(_plain(view.config.data))
+        new = build(plain(view.config.data))
         try:
             if dcs.set_config(new, view.config.version):
                 return new
@@ -1088,7 +1015,7 @@ def show_config_cmd(cluster: str | None, fmt: str) -> None:
     view = existing_view(session)
     if view.config is None:
         raise CliError(f"cluster {view.scope!r} has no dynamic configuration in the DCS yet")
-    data = _plain(view.config.data)
+    data = plain(view.config.data)
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
@@ -1144,7 +1071,7 @@ def edit_config_cmd(
     replace_doc = _read_yaml_mapping(replace_file, "--replace") if replace_file else None
     session = open_session(click.get_current_context(), cluster)
     view = existing_view(session)
-    current = _plain(view.config.data) if view.config else {}
+    current = plain(view.config.data) if view.config else {}
     version = view.config.version if view.config else None
     new = build_new_config(current, sets=sets, params=params, apply_doc=apply_doc, replace_doc=replace_doc)
     validate_dynamic(new)

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import click
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from drctl.agentconfig import ConfigError, dcs_settings, parse_config
 from drctl.cli.agent_client import AgentApi, AgentClient, RestAuth
 from drctl.dcs.base import ClusterView, DCSError
 from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
@@ -138,47 +139,11 @@ def _pydantic_one_line(exc: ValidationError, source: str) -> str:
     return f"{source}: invalid drctl configuration: " + "; ".join(problems)
 
 
-def _agent_dcs_settings(cfg: Any) -> DcsSettings:
-    """DcsSettings from a site-agent AgentConfig's one DCS backend."""
-    kind, backend = cfg.dcs_backend
-    if kind == "consul":
-        host, _, port = str(backend.host).rpartition(":")
-        if not host:
-            host, port = str(backend.host), ""
-        port_num = backend.port or (int(port) if port.isdigit() else 8500)
-        return DcsSettings(
-            consul=ConsulSettings(
-                host=host,
-                port=port_num,
-                scheme=backend.scheme,
-                token=backend.token,
-                dc=backend.dc,
-                cacert=backend.cacert,
-                cert=backend.cert,
-                key=backend.key,
-                verify=backend.verify,
-            )
-        )
-    return DcsSettings(
-        etcd=EtcdSettings(
-            hosts=list(backend.hosts),
-            protocol=backend.protocol,
-            username=backend.username,
-            password=backend.password,
-            cacert=backend.cacert,
-            cert=backend.cert,
-            key=backend.key,
-        )
-    )
-
-
 _AGENT_KEYS = {"name", "postgresql", "bootstrap", "etcd", "etcd3", "consul", "watchdog", "tags", "log"}
 
 
 def load_target_file(path: str | Path) -> TargetBase:
     """Read a site-agent or drctl configuration file. Every problem is one :class:`CliError`."""
-    from site_agent.config import ConfigError, parse_config
-
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -200,7 +165,7 @@ def load_target_file(path: str | Path) -> TargetBase:
         auth = rest.authentication
         mtls = rest.verify_client != "none"  # the agents want a client certificate: present ours
         return TargetBase(
-            dcs=_agent_dcs_settings(cfg),
+            dcs=dcs_settings(cfg),
             namespace=cfg.namespace,
             scope=cfg.scope,
             rest=RestAuth(

@@ -37,6 +37,7 @@ from consul.exceptions import (
     NotFound,
 )
 
+from drctl.common.hostport import format_host_port
 from drctl.dcs.base import (
     DCS,
     ClusterView,
@@ -160,7 +161,7 @@ class ConsulDCS(DCS):
         verify: bool = True,
     ) -> None:
         super().__init__(namespace=namespace, scope=scope, name=name, ttl=ttl, retry_timeout=retry_timeout)
-        self.endpoint = f"{scheme}://{host}:{port}"
+        self.endpoint = f"{scheme}://{format_host_port(host, port)}"
         verify_opt: bool | str = cacert if cacert else verify
         cert_opt: Any = (cert, key) if cert and key else cert
 

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from drctl.common.hostport import format_host_port
 from drctl.dcs.base import DCS, DCSError
 from drctl.safefs import read_secret_file
 
@@ -122,7 +123,7 @@ class DcsSettings(_Strict):
         if self.etcd is not None:
             return list(self.etcd.hosts)
         assert self.consul is not None
-        return [f"{self.consul.scheme}://{self.consul.host}:{self.consul.port}"]
+        return [f"{self.consul.scheme}://{format_host_port(self.consul.host, self.consul.port)}"]
 
 
 def get_dcs(settings: DcsSettings, *, namespace: str, scope: str, name: str, ttl: int, retry_timeout: float) -> DCS:

@@ -37,7 +37,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
+from drctl.common.hostport import split_host_port
+from drctl.common.members import member_lag, member_role
 from drctl.dcs.base import ClusterView
+from drctl.pg.conninfo import conninfo_address
 from site_agent import health
 from site_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from site_agent.metrics import AgentMetrics
@@ -234,55 +237,33 @@ def _nonempty(value: Any) -> bool:
 # Cluster documents
 
 
-def _host_port(conn_url: str) -> tuple[str | None, int | None]:
-    if not conn_url:
-        return None, None
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        params = conninfo_to_dict(conn_url)
-    except Exception:
-        return None, None
-    host = params.get("host") or params.get("hostaddr")
-    port = params.get("port")
-    port_num = int(port) if isinstance(port, str) and port.isdigit() else None
-    return (str(host) if host else None), port_num
-
-
 def cluster_document(view: ClusterView) -> dict[str, Any]:
     """GET /cluster: the members as the DCS knows them, with Patroni's field names."""
     leader = view.leader.name if view.leader else None
-    leader_lsn = view.status.lsn if view.status else None
-    sync = set(view.sync.sync_standbys) if view.sync else set()
     config = dict(view.config.data) if view.config else {}
     members = []
     for m in sorted(view.members, key=lambda m: m.name):
         info = m.info
-        role = info.role
-        if m.name == leader:
-            role = "standby_leader" if info.role == "standby_leader" else "leader"
-        elif m.name in sync and info.role == "replica":
-            role = "sync_standby"
         doc: dict[str, Any] = {
             "name": m.name,
-            "role": role,
+            "role": member_role(view, m),
             "state": info.state,
             "api_url": info.api_url,
             "timeline": info.timeline,
             "tags": dict(info.tags),
         }
-        host, port = _host_port(info.conn_url)
-        if host is not None:
-            doc["host"] = host
-        if port is not None:
-            doc["port"] = port
+        address = conninfo_address(info.conn_url)
+        if address is not None:
+            doc["host"] = address[0]
+            if address[1] is not None:
+                doc["port"] = address[1]
         if info.received_lsn is not None:
             doc["received_lsn"] = info.received_lsn
         if info.replayed_lsn is not None:
             doc["replayed_lsn"] = info.replayed_lsn
         if m.name != leader:
-            lsn = info.lsn
-            doc["lag"] = max(0, leader_lsn - lsn) if leader_lsn is not None and lsn is not None else "unknown"
+            lag = member_lag(view, m)
+            doc["lag"] = lag if lag is not None else "unknown"
         if info.version:
             doc["version"] = info.version
         members.append(doc)
@@ -817,22 +798,14 @@ def parse_listen(listen: str) -> tuple[str, int, socket.AddressFamily]:
     """``"127.0.0.1:8008"``, ``"[::1]:8008"``, ``":8008"`` / ``"8008"`` (all IPv4 interfaces),
     ``"::"``-style hosts in brackets only."""
     text = listen.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ValueError(f"invalid listen address: {listen!r}")
-        port_text = rest[1:]
-        family = socket.AF_INET6
-    elif ":" in text:
-        host, _, port_text = text.rpartition(":")
-        family = socket.AF_INET
-    else:
-        host, port_text, family = "", text, socket.AF_INET
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"invalid port in listen address: {listen!r}")
-    if ":" in host and family != socket.AF_INET6:
+    v6 = text.startswith("[")
+    try:
+        host, port = split_host_port(f":{text}" if text.isdigit() else text, allow_zero=True)
+    except ValueError:
+        raise ValueError(f"invalid listen address: {listen!r}") from None
+    if ":" in host and not v6:
         raise ValueError(f"IPv6 addresses must be bracketed: {listen!r}")
-    return (host or "0.0.0.0"), int(port_text), family
+    return (host or "0.0.0.0"), port, socket.AF_INET6 if v6 else socket.AF_INET
 
 
 class ApiServer:

@@ -11,24 +11,26 @@ from types import FrameType
 
 import structlog
 
-from drctl.backup.errors import BackupError
-from drctl.dcs.base import DCS, DCSError
-from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
-from drctl.pg.ctl import PgCtlError
-from drctl.sites.topology import TopologyError
-from site_agent import peers
-from site_agent.agent import VERSION, Agent
-from site_agent.api import TlsConfig, start_api
-from site_agent.backup import NodeBackup
-from site_agent.config import (
+from drctl.agentconfig import (
     AgentConfig,
     ApiCredentials,
     ConfigError,
     ConsulConfig,
     EtcdConfig,
     check_files,
+    dcs_settings,
     load_config,
 )
+from drctl.backup.errors import BackupError
+from drctl.common.hostport import split_host_port
+from drctl.dcs.base import DCS, DCSError
+from drctl.dcs.factory import get_dcs
+from drctl.pg.ctl import PgCtlError
+from drctl.sites.topology import TopologyError
+from site_agent import peers
+from site_agent.agent import VERSION, Agent
+from site_agent.api import TlsConfig, start_api
+from site_agent.backup import NodeBackup
 from site_agent.control import Control
 from site_agent.crosssite import SiteGuard
 from site_agent.fencing import LeaseKeeper, keeper_state_dir
@@ -39,38 +41,6 @@ from site_agent.pmwatch import PostmasterWatch
 
 EXIT_CONFIG = 2
 EXIT_DCS = 3
-
-
-def dcs_settings(cfg: AgentConfig) -> DcsSettings:
-    kind, section = cfg.dcs_backend
-    if kind == "consul":
-        assert isinstance(section, ConsulConfig)
-        host, _, port = section.host.partition(":")
-        return DcsSettings(
-            consul=ConsulSettings(
-                host=host,
-                port=section.port or int(port or 8500),
-                scheme=section.scheme,
-                token=section.token,
-                dc=section.dc,
-                cacert=section.cacert,
-                cert=section.cert,
-                key=section.key,
-                verify=section.verify,
-            )
-        )
-    assert isinstance(section, EtcdConfig)
-    return DcsSettings(
-        etcd=EtcdSettings(
-            hosts=list(section.hosts),
-            protocol=section.protocol,
-            username=section.username,
-            password=section.password,
-            cacert=section.cacert,
-            cert=section.cert,
-            key=section.key,
-        )
-    )
 
 
 def build_dcs(cfg: AgentConfig) -> DCS:
@@ -93,7 +63,7 @@ def security_warnings(cfg: AgentConfig) -> list[str]:
     """What the agent logs at every start about a configuration that runs without protection."""
     out = []
     rest = cfg.restapi
-    host = rest.listen.rpartition(":")[0].strip("[]")
+    host = split_host_port(rest.listen)[0]
     if rest.authentication is None:
         where = "on every interface" if host in ("", "0.0.0.0", "::") else f"on {host}"
         out.append(

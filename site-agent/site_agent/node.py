@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from drctl.agentconfig import AgentConfig, DynamicConfig
+from drctl.common.hostport import format_host_port, split_host_port
 from drctl.dcs.base import HistoryEntry, Member
 from drctl.pg.conninfo import make_conninfo, parse_host_port
 from drctl.pg.controldata import ControlData
@@ -19,7 +21,6 @@ from drctl.pg.ctl import PgCtl, PgCtlError
 from drctl.pg.probe import Conn, ProbeError, connect, probe_conn
 from drctl.pg.probe import PgState as ProbeState
 from drctl.pg.waltimeline import history_timelines, parse_history_file, replay_timeline
-from site_agent.config import AgentConfig, DynamicConfig
 from site_agent.state import DataDirState
 
 if TYPE_CHECKING:
@@ -39,21 +40,6 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "wal_keep_size": "128MB",
     "max_connections": 100,
 }
-
-
-def split_host_port(address: str, default_port: int = 5432) -> tuple[str, int]:
-    """``host:port`` / ``[v6]:port`` / ``host`` as written in the agent configuration."""
-    address = address.strip()
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        port = rest.lstrip(":")
-    else:
-        host, sep, port = address.rpartition(":")
-        if not sep:
-            host, port = address, ""
-    if port and not port.isdigit():
-        raise ValueError(f"invalid port in {address!r}")
-    return host, int(port) if port else default_port
 
 
 @dataclass
@@ -79,8 +65,8 @@ class Node:
         sock = params.get("unix_socket_directories")
         self.socket_dir = Path(str(sock).split(",")[0].strip()) if sock else None
         self.ctl = PgCtl(self.data_dir, Path(pg.bin_dir or DEFAULT_BIN), pg.run_as, self.log_file, self.socket_dir)
-        self.listen_host, self.port = split_host_port(pg.listen)
-        self.connect_host, self.connect_port = split_host_port(pg.connect_address)
+        self.listen_host, self.port = split_host_port(pg.listen, 5432)
+        self.connect_host, self.connect_port = split_host_port(pg.connect_address, 5432)
         self.backup: NodeBackup | None = None  # set by the agent when postgresql.pgbackrest is configured
         self.sync_standby_names: str | None = None  # managed by the leader in synchronous mode
         self._conn: Conn | None = None  # see session()
@@ -90,7 +76,7 @@ class Node:
     # --- addresses ---------------------------------------------------------------------------
     @property
     def conn_url(self) -> str:
-        return f"postgres://{self.connect_host}:{self.connect_port}/postgres"
+        return f"postgres://{format_host_port(self.connect_host, self.connect_port)}/postgres"
 
     def superuser_conninfo(self, timeout: int = 3) -> str:
         su = self.cfg.postgresql.authentication.superuser
