@@ -48,7 +48,7 @@ JSON/YAML document of ``list``/``topology`` (``--format json|yaml``), stable for
           "api_url": "http://127.0.0.1:8008",
           "upstream": null,                    # the member it replicates from (leader or replicatefrom)
           "depth": 0,                          # tree depth (0 = a root)
-          "pending_restart": false,
+          "pending_restart": false,            # PostgreSQL waits for a restart to apply a setting
           "tags": {}
         }
       ]
@@ -738,7 +738,7 @@ def failover_cmd(cluster: str | None, candidate: str, leader: str | None, force:
     show_default=True,
     help="Restart only members with this role.",
 )
-@click.option("--pending", is_flag=True, help="Restart only members with a pending restart.")
+@click.option("--pending", is_flag=True, help="Restart only members whose PostgreSQL needs a restart.")
 @click.option("--scheduled", default=None, help="ISO 8601 time for the restart (default: now).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=None, help="Seconds to wait for each restart.")
 @force_option

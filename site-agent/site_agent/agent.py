@@ -232,7 +232,8 @@ class Agent:
             log.error("invalid dynamic configuration in the DCS: keeping the last good one", error=str(exc))
             return
         if dyn != self.dynamic:
-            self.dynamic = dyn
+            old, self.dynamic = self.dynamic, dyn
+            self.node.apply_config(old, dyn)
             self.dcs.set_ttl(dyn.ttl)
             self.dcs.set_retry_timeout(dyn.retry_timeout)
 
@@ -475,7 +476,7 @@ class Agent:
             replayed_lsn=local.replayed_lsn,
             tags=self.cfg.tags.model_dump(exclude_none=True),
             version=VERSION,
-            extra=self.identity,
+            extra={**self.identity, "pending_restart": bool(self._obs is not None and self._obs.pending_restart)},
         )
         if view is not None:  # no point waiting on a DCS this cycle already found unreachable
             try:
@@ -510,7 +511,8 @@ class Agent:
             dcs_last_seen=self._dcs_last_seen,
             dcs_ok=view is not None,
             paused=self.dynamic.pause,
-            pending_restart=self.mem.pending_restart,
+            pending_restart=bool(self._obs is not None and self._obs.pending_restart),
+            restart_requested=self.mem.pending_restart,
             tags=self.cfg.tags.model_dump(exclude_none=True),
             lag_bytes=lag,
             cluster_unlocked=view is not None and view.leader is None,

@@ -38,7 +38,12 @@ def snapshot_gauges(s: NodeSnapshot) -> list[tuple[str, str, float | None]]:
         ("pgdr_is_leader", "1 if this node holds the leader key.", _b(s.is_leader)),
         ("pgdr_sync_standby", "1 if this node is a recorded synchronous standby.", _b(s.sync_standby)),
         ("pgdr_is_paused", "1 if the cluster is in maintenance mode.", _b(s.paused)),
-        ("pgdr_pending_restart", "1 if PostgreSQL needs a restart.", _b(s.pending_restart)),
+        (
+            "pgdr_pending_restart",
+            "1 if PostgreSQL reports a changed setting that needs a restart (pg_settings.pending_restart).",
+            _b(s.pending_restart),
+        ),
+        ("pgdr_restart_requested", "1 if a requested restart has not run yet.", _b(s.restart_requested)),
         ("pgdr_cluster_unlocked", "1 if nobody holds the leader key.", _b(s.cluster_unlocked)),
         (
             "pgdr_failsafe_mode_is_active",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import structlog
 
 from drctl.agentconfig import AgentConfig, DynamicConfig
 from drctl.common.hostport import format_host_port, split_host_port
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from site_agent.backup import NodeBackup
 
 DEFAULT_BIN = "/usr/lib/postgresql/15/bin"
+log = structlog.get_logger("site_agent.node")
 
 # Settings an HA cluster needs whatever the user wrote (replication, rewind, hot standby).
 REQUIRED_PARAMETERS: dict[str, Any] = {
@@ -53,6 +55,7 @@ class Observation:
     control: ControlData | None
     synchronous_standby_names: str | None = None
     archive_failed_count: int | None = None
+    pending_restart: bool | None = None  # pg_settings: a changed setting waits for a restart
 
 
 class Node:
@@ -147,6 +150,22 @@ class Node:
     def write_config(self, dynamic: DynamicConfig) -> None:
         self.ctl.configure(self.parameters(dynamic), self.hba(dynamic))
 
+    def apply_config(self, old: DynamicConfig, new: DynamicConfig) -> bool:
+        """A new dynamic configuration reaches a running PostgreSQL: when its parameters or
+        pg_hba changed, write them and reload. A setting that needs a restart then shows as
+        ``pending_restart`` until one (``drctl restart --pending``). True when it reloaded."""
+        if self.parameters(old) == self.parameters(new) and self.hba(old) == self.hba(new):
+            return False
+        if not self.ctl.is_running():
+            return False  # written at the next start
+        try:
+            self.write_config(new)
+            self.ctl.reload()
+        except PgCtlError as exc:
+            log.warning("could not apply the new configuration", error=str(exc))
+            return False
+        return True
+
     # --- observation -------------------------------------------------------------------------
     def data_dir_state(self) -> DataDirState:
         if self.ctl.rewind_in_progress():
@@ -233,6 +252,7 @@ class Node:
         control: ControlData | None = None
         ssn: str | None = None
         archive_failed: int | None = None
+        pending: bool | None = None
         if running:
             # Twice at most: a kept connection may have been cut since the last look (a backend
             # terminated, a restart on the same PID is impossible but a broken socket is not).
@@ -243,6 +263,8 @@ class Node:
                         state = probe_conn(conn)
                         row = conn.execute("SHOW synchronous_standby_names").fetchone()
                         ssn = str(row[0]) if row else None
+                        prow = conn.execute("SELECT bool_or(pending_restart) FROM pg_settings").fetchone()
+                        pending = bool(prow[0]) if prow else None
                         if not state.in_recovery:
                             arow = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()
                             archive_failed = int(arow[0]) if arow else None
@@ -258,4 +280,4 @@ class Node:
         if dd is DataDirState.VALID and (state is None or not running):
             with contextlib.suppress(PgCtlError):
                 control = self.ctl.controldata()
-        return Observation(running, state, error, dd, control, ssn, archive_failed)
+        return Observation(running, state, error, dd, control, ssn, archive_failed, pending)

@@ -93,3 +93,15 @@ json_doc = st.recursive(
 @given(st.dictionaries(st.sampled_from(sorted(full_snapshot().to_dict())), json_doc, max_size=12))
 def test_any_document_parses_without_raising(doc: dict[str, Any]) -> None:
     AgentStatus.from_dict(doc).to_dict()
+
+
+def test_the_metric_means_postgresql_needs_a_restart_not_a_queued_request() -> None:
+    from site_agent.metrics import snapshot_gauges
+
+    def gauges(snap: NodeSnapshot) -> dict[str, float | None]:
+        return {name: value for name, _help, value in snapshot_gauges(snap)}
+
+    needs = gauges(NodeSnapshot(name="n1", scope="demo", pending_restart=True))
+    queued = gauges(NodeSnapshot(name="n1", scope="demo", restart_requested=True))
+    assert (needs["pgdr_pending_restart"], needs["pgdr_restart_requested"]) == (1.0, 0.0)
+    assert (queued["pgdr_pending_restart"], queued["pgdr_restart_requested"]) == (0.0, 1.0)
