@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 
-def _freeze(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
+def freeze(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(data or {}))
 
 
@@ -150,7 +150,7 @@ class AgentStatus:
     restart_requested: bool = False  # an operator's restart is queued and has not run yet
     dcs_ok: bool = False
     dcs_last_seen: int | None = None
-    tags: Mapping[str, Any] = field(default_factory=lambda: _freeze(None))
+    tags: Mapping[str, Any] = field(default_factory=lambda: freeze(None))
     sync_standby: bool = False
     failsafe_mode_is_active: bool = False
     site: SiteStanding = field(default_factory=SiteStanding)
@@ -161,8 +161,8 @@ class AgentStatus:
     loop_wait: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tags", _freeze(self.tags))
-        object.__setattr__(self, "replication", tuple(_freeze(r) for r in self.replication))
+        object.__setattr__(self, "tags", freeze(self.tags))
+        object.__setattr__(self, "replication", tuple(freeze(r) for r in self.replication))
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {

@@ -23,6 +23,7 @@ from drctl.agentconfig.sections import (
     Tags,
     WatchdogConfig,
 )
+from drctl.dcs.base import DEFAULT_NAMESPACE
 from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings
 
 
@@ -44,7 +45,7 @@ class BootstrapConfig(_Model):
 
 class AgentConfig(_Model):
     scope: str = Field(min_length=1)
-    namespace: str = "/service"
+    namespace: str = DEFAULT_NAMESPACE
     name: str = Field(min_length=1)
     restapi: RestApiConfig
     dcs: DcsSection | None = None
@@ -125,7 +126,7 @@ def check_files(cfg: AgentConfig, source: str) -> list[str]:
         elif not os.access(path, os.R_OK):
             problems.append(f"{source}: field `{field}`: {path}: not readable by this user")
     pg = cfg.postgresql
-    bin_dir = pg.bin_dir or "/usr/lib/postgresql/15/bin"
+    bin_dir = pg.bin_path
     if not os.access(os.path.join(bin_dir, "postgres"), os.X_OK):
         problems.append(f"{source}: field `postgresql.bin_dir`: no postgres executable in {bin_dir}")
     rest = cfg.restapi

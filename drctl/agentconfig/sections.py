@@ -236,6 +236,9 @@ def _default_methods() -> list[ReplicaMethod]:
     return ["basebackup"]
 
 
+DEFAULT_BIN_DIR = "/usr/lib/postgresql/15/bin"
+
+
 class PostgresqlConfig(_Model):
     listen: str
     connect_address: str
@@ -265,6 +268,11 @@ class PostgresqlConfig(_Model):
                 "environment; remove it",
             },
         )
+
+    @property
+    def bin_path(self) -> str:
+        """Where the PostgreSQL binaries are: ``bin_dir``, else Debian's PostgreSQL 15."""
+        return self.bin_dir or DEFAULT_BIN_DIR
 
     @field_validator("listen")
     @classmethod

@@ -36,15 +36,14 @@ from urllib.parse import urlsplit
 import click
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from drctl.agentapi.client import AgentApi, AgentClient, RestAuth
 from drctl.agentconfig import ConfigError, dcs_settings, parse_config
-from drctl.cli.agent_client import AgentApi, AgentClient, RestAuth
-from drctl.dcs.base import ClusterView, DCSError
+from drctl.dcs.base import DEFAULT_NAMESPACE, ClusterView, DCSError
 from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
 from drctl.safefs import read_secret_file
 from drctl.yamlsafe import YamlError, decode_utf8, load_yaml
 
 CONFIG_ENVVAR = "PGDR_CONFIG"
-DEFAULT_NAMESPACE = "/service"
 CLI_RETRY_TIMEOUT_S = 3.0  # a CLI call must fail fast when the DCS is down
 _META_KEY = "pgdr.target"
 

@@ -26,6 +26,9 @@ from typing import Any
 # Errors
 
 
+DEFAULT_NAMESPACE = "/service"  # the keyspace root when none is configured (Patroni's)
+
+
 class DCSError(Exception):
     """The one error every DCS call raises when it cannot complete within retry_timeout.
 
@@ -464,42 +467,56 @@ class DCS(abc.ABC):
     def delete_member(self) -> None:
         """Remove this member's key (clean shutdown)."""
 
+    # primitives each backend implements; every value is serialised here, once -------------------
+    @abc.abstractmethod
+    def _cas_put(self, key: str, value: str, version: int | None, what: str) -> bool:
+        """Write ``key`` (relative to the cluster prefix, e.g. ``config`` or ``fence/<id>``) only if
+        its version is still ``version`` (None: only if the key is absent)."""
+
+    @abc.abstractmethod
+    def _cas_delete(self, key: str, version: int | None, what: str) -> bool:
+        """Delete ``key``; with a version, only if unchanged since read."""
+
+    @abc.abstractmethod
+    def _put_as_leader(self, key: str, value: str, what: str) -> bool:
+        """Write ``key`` only while this member holds the leader key (False otherwise)."""
+
     # CAS writes --------------------------------------------------------------------------------
-    @abc.abstractmethod
-    def set_config(self, data: Mapping[str, Any], version: int | None) -> bool: ...
+    def set_config(self, data: Mapping[str, Any], version: int | None) -> bool:
+        return self._cas_put("config", json.dumps(dict(data), sort_keys=True), version, "set config")
 
-    @abc.abstractmethod
-    def set_history(self, history: Sequence[HistoryEntry], version: int | None) -> bool: ...
+    def set_history(self, history: Sequence[HistoryEntry], version: int | None) -> bool:
+        return self._cas_put("history", History(tuple(history), 0).to_json(), version, "set history")
 
-    @abc.abstractmethod
-    def set_failover(self, failover: Failover, version: int | None) -> bool: ...
+    def set_failover(self, failover: Failover, version: int | None) -> bool:
+        return self._cas_put("failover", failover.to_json(), version, "set failover")
 
-    @abc.abstractmethod
     def delete_failover(self, version: int | None = None) -> bool:
         """Remove the failover key; with a version, only if unchanged since read."""
+        return self._cas_delete("failover", version, "delete failover")
 
-    @abc.abstractmethod
-    def set_sync(self, leader: str | None, sync_standbys: Sequence[str], version: int | None) -> bool: ...
+    def set_sync(self, leader: str | None, sync_standbys: Sequence[str], version: int | None) -> bool:
+        return self._cas_put("sync", SyncState(leader, tuple(sync_standbys)).to_json(), version, "set sync")
 
-    @abc.abstractmethod
-    def delete_sync(self, version: int | None = None) -> bool: ...
+    def delete_sync(self, version: int | None = None) -> bool:
+        return self._cas_delete("sync", version, "delete sync")
 
-    @abc.abstractmethod
     def set_failsafe(self, members: Mapping[str, str]) -> bool:
         """Written by the leader only (conditional on holding the leader key)."""
+        return self._put_as_leader("failsafe", json.dumps(dict(members), sort_keys=True), "set failsafe")
 
-    @abc.abstractmethod
-    def set_site(self, site: SiteRecord, version: int | None) -> bool: ...
+    def set_site(self, site: SiteRecord, version: int | None) -> bool:
+        return self._cas_put("site", site.to_json(), version, "set site")
 
-    @abc.abstractmethod
     def write_fence(self, fence_id: str, data: Mapping[str, Any]) -> bool:
         """Append a fencing record (create only; a fence is never rewritten)."""
+        return self._cas_put(f"fence/{fence_id}", json.dumps(dict(data), sort_keys=True), None, "write fence")
 
     # bootstrap race -------------------------------------------------------------------------
-    @abc.abstractmethod
     def initialize(self, value: str = "", create_new: bool = True, version: int | None = None) -> bool:
         """``create_new``: win the bootstrap race (create the key only if absent); otherwise
         record the system identifier (CAS on ``version``)."""
+        return self._cas_put("initialize", value, None if create_new else version, "initialize")
 
     @abc.abstractmethod
     def cancel_initialization(self) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import math
 import threading
 import time
@@ -42,14 +41,9 @@ from drctl.dcs.base import (
     DCS,
     ClusterView,
     DCSError,
-    Failover,
-    History,
-    HistoryEntry,
     LeaderStatus,
     MemberInfo,
     RawNode,
-    SiteRecord,
-    SyncState,
     build_cluster_view,
 )
 
@@ -374,56 +368,26 @@ class ConsulDCS(DCS):
             self._member_written = None
         self._run("delete member", self._deadline(), lambda c: c.kv.delete(self.ckey("members", self.name)))
 
-    # --- CAS writes -------------------------------------------------------------------------------
+    # --- primitives (drctl.dcs.base serialises) ---------------------------------------------------
     def _cas_put(self, key: str, value: str, version: int | None, what: str) -> bool:
-        cas = 0 if version is None else version
-        return bool(self._run(what, self._deadline(), lambda c: c.kv.put(key, value, cas=cas)))
+        full, cas = self.ckey(key), 0 if version is None else version
+        return bool(self._run(what, self._deadline(), lambda c: c.kv.put(full, value, cas=cas)))
 
     def _cas_delete(self, key: str, version: int | None, what: str) -> bool:
+        full = self.ckey(key)
         if version is None:
-            self._run(what, self._deadline(), lambda c: c.kv.delete(key))
+            self._run(what, self._deadline(), lambda c: c.kv.delete(full))
             return True
-        return bool(self._run(what, self._deadline(), lambda c: c.kv.delete(key, cas=version)))
+        return bool(self._run(what, self._deadline(), lambda c: c.kv.delete(full, cas=version)))
 
-    def set_config(self, data: Mapping[str, Any], version: int | None) -> bool:
-        return self._cas_put(self.ckey("config"), json.dumps(dict(data), sort_keys=True), version, "set config")
-
-    def set_history(self, history: Sequence[HistoryEntry], version: int | None) -> bool:
-        return self._cas_put(self.ckey("history"), History(tuple(history), 0).to_json(), version, "set history")
-
-    def set_failover(self, failover: Failover, version: int | None) -> bool:
-        return self._cas_put(self.ckey("failover"), failover.to_json(), version, "set failover")
-
-    def delete_failover(self, version: int | None = None) -> bool:
-        return self._cas_delete(self.ckey("failover"), version, "delete failover")
-
-    def set_sync(self, leader: str | None, sync_standbys: Sequence[str], version: int | None) -> bool:
-        value = SyncState(leader, tuple(sync_standbys)).to_json()
-        return self._cas_put(self.ckey("sync"), value, version, "set sync")
-
-    def delete_sync(self, version: int | None = None) -> bool:
-        return self._cas_delete(self.ckey("sync"), version, "delete sync")
-
-    def set_failsafe(self, members: Mapping[str, str]) -> bool:
+    def _put_as_leader(self, key: str, value: str, what: str) -> bool:
         sid = self._session
         if sid is None:
             return False
-        ops = [
-            txn_op("check-session", self.ckey("leader"), session=sid),
-            txn_op("set", self.ckey("failsafe"), json.dumps(dict(members), sort_keys=True)),
-        ]
-        return self._txn("set failsafe", self._deadline(), ops)
-
-    def set_site(self, site: SiteRecord, version: int | None) -> bool:
-        return self._cas_put(self.ckey("site"), site.to_json(), version, "set site")
-
-    def write_fence(self, fence_id: str, data: Mapping[str, Any]) -> bool:
-        return self._cas_put(self.ckey("fence", fence_id), json.dumps(dict(data), sort_keys=True), None, "fence")
+        ops = [txn_op("check-session", self.ckey("leader"), session=sid), txn_op("set", self.ckey(key), value)]
+        return self._txn(what, self._deadline(), ops)
 
     # --- bootstrap ------------------------------------------------------------------------------
-    def initialize(self, value: str = "", create_new: bool = True, version: int | None = None) -> bool:
-        return self._cas_put(self.ckey("initialize"), value, None if create_new else version, "initialize")
-
     def cancel_initialization(self) -> bool:
         self._run("cancel initialization", self._deadline(), lambda c: c.kv.delete(self.ckey("initialize")))
         return True

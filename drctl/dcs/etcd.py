@@ -37,14 +37,9 @@ from drctl.dcs.base import (
     DCS,
     ClusterView,
     DCSError,
-    Failover,
-    History,
-    HistoryEntry,
     LeaderStatus,
     MemberInfo,
     RawNode,
-    SiteRecord,
-    SyncState,
     build_cluster_view,
 )
 
@@ -833,62 +828,33 @@ class Etcd3(DCS):
             self._member_written = None
         self._call("/kv/deleterange", {"key": b64(self.key("members", self.name))}, self._deadline(), "delete member")
 
-    # --- CAS writes -------------------------------------------------------------------------------
+    # --- primitives (drctl.dcs.base serialises) ---------------------------------------------------
     def _cas_put(self, key: str, value: str, version: int | None, what: str) -> bool:
-        doc = self._safe_txn([cas_compare(key, version)], [op_put(key, value)], [], self._deadline(), what)
+        full = self.key(key)
+        doc = self._safe_txn([cas_compare(full, version)], [op_put(full, value)], [], self._deadline(), what)
         return txn_succeeded(doc)
 
     def _cas_delete(self, key: str, version: int | None, what: str) -> bool:
-        compare = [] if version is None else [cmp_mod(key, version)]
-        doc = self._safe_txn(compare, [op_delete(key)], [], self._deadline(), what)
+        full = self.key(key)
+        compare = [] if version is None else [cmp_mod(full, version)]
+        doc = self._safe_txn(compare, [op_delete(full)], [], self._deadline(), what)
         return txn_succeeded(doc)
 
-    def set_config(self, data: Mapping[str, Any], version: int | None) -> bool:
-        return self._cas_put(self.key("config"), json.dumps(dict(data), sort_keys=True), version, "set config")
-
-    def set_history(self, history: Sequence[HistoryEntry], version: int | None) -> bool:
-        value = History(tuple(history), 0).to_json()
-        return self._cas_put(self.key("history"), value, version, "set history")
-
-    def set_failover(self, failover: Failover, version: int | None) -> bool:
-        return self._cas_put(self.key("failover"), failover.to_json(), version, "set failover")
-
-    def delete_failover(self, version: int | None = None) -> bool:
-        return self._cas_delete(self.key("failover"), version, "delete failover")
-
-    def set_sync(self, leader: str | None, sync_standbys: Sequence[str], version: int | None) -> bool:
-        value = SyncState(leader, tuple(sync_standbys)).to_json()
-        return self._cas_put(self.key("sync"), value, version, "set sync")
-
-    def delete_sync(self, version: int | None = None) -> bool:
-        return self._cas_delete(self.key("sync"), version, "delete sync")
-
-    def set_failsafe(self, members: Mapping[str, str]) -> bool:
+    def _put_as_leader(self, key: str, value: str, what: str) -> bool:
         leader = self.key("leader")
         lease = self._lease
         if lease is None:
             return False
-        value = json.dumps(dict(members), sort_keys=True)
         doc = self._safe_txn(
             [cmp_value(leader, self.name), cmp_lease(leader, lease)],
-            [op_put(self.key("failsafe"), value)],
+            [op_put(self.key(key), value)],
             [],
             self._deadline(),
-            "set failsafe",
+            what,
         )
         return txn_succeeded(doc)
 
-    def set_site(self, site: SiteRecord, version: int | None) -> bool:
-        return self._cas_put(self.key("site"), site.to_json(), version, "set site")
-
-    def write_fence(self, fence_id: str, data: Mapping[str, Any]) -> bool:
-        value = json.dumps(dict(data), sort_keys=True)
-        return self._cas_put(self.key("fence", fence_id), value, None, "write fence")
-
     # --- bootstrap ------------------------------------------------------------------------------
-    def initialize(self, value: str = "", create_new: bool = True, version: int | None = None) -> bool:
-        return self._cas_put(self.key("initialize"), value, None if create_new else version, "initialize")
-
     def cancel_initialization(self) -> bool:
         self._call("/kv/deleterange", {"key": b64(self.key("initialize"))}, self._deadline(), "cancel init")
         return True

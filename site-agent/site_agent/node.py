@@ -27,7 +27,6 @@ from site_agent.state import DataDirState
 if TYPE_CHECKING:
     from site_agent.backup import NodeBackup
 
-DEFAULT_BIN = "/usr/lib/postgresql/15/bin"
 log = structlog.get_logger("site_agent.node")
 
 # Settings an HA cluster needs whatever the user wrote (replication, rewind, hot standby).
@@ -67,7 +66,7 @@ class Node:
         params = pg.parameters
         sock = params.get("unix_socket_directories")
         self.socket_dir = Path(str(sock).split(",")[0].strip()) if sock else None
-        self.ctl = PgCtl(self.data_dir, Path(pg.bin_dir or DEFAULT_BIN), pg.run_as, self.log_file, self.socket_dir)
+        self.ctl = PgCtl(self.data_dir, Path(pg.bin_path), pg.run_as, self.log_file, self.socket_dir)
         self.listen_host, self.port = split_host_port(pg.listen, 5432)
         self.connect_host, self.connect_port = split_host_port(pg.connect_address, 5432)
         self.backup: NodeBackup | None = None  # set by the agent when postgresql.pgbackrest is configured

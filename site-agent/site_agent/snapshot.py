@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
-from drctl.agentapi.status import AgentStatus, SiteStanding, Xlog
+from drctl.agentapi.status import AgentStatus, SiteStanding, Xlog, freeze
+from drctl.agentconfig import DynamicConfig
 
 ROLES = ("primary", "replica", "standby_leader", "demoted", "uninitialized")
 STATES = (
@@ -31,9 +31,7 @@ STATES = (
     "demoting",
 )
 
-
-def _freeze(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(data or {}))
+_DEFAULTS = DynamicConfig()  # until the first cycle publishes the settings in force
 
 
 XlogPosition = Xlog  # the name the agent has always used
@@ -74,7 +72,7 @@ class NodeSnapshot:
     paused: bool = False  # cluster in maintenance mode
     pending_restart: bool = False  # PostgreSQL needs a restart (pg_settings.pending_restart)
     restart_requested: bool = False  # an operator's restart is queued and has not run yet
-    tags: Mapping[str, Any] = field(default_factory=lambda: _freeze(None))
+    tags: Mapping[str, Any] = field(default_factory=lambda: freeze(None))
     lag_bytes: int | None = None  # behind the leader's last known LSN (replicas)
     cluster_unlocked: bool = False  # nobody holds the leader key
     failsafe_mode_active: bool = False
@@ -92,13 +90,13 @@ class NodeSnapshot:
     archive_failed_count: int | None = None
     # Agent loop bookkeeping, for /liveness and /readiness
     last_cycle_at: float | None = None
-    ttl: int = 30
-    loop_wait: int = 10
-    maximum_lag_on_failover: int = 1 << 20
+    ttl: int = _DEFAULTS.ttl
+    loop_wait: int = _DEFAULTS.loop_wait
+    maximum_lag_on_failover: int = _DEFAULTS.maximum_lag_on_failover
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tags", _freeze(self.tags))
-        object.__setattr__(self, "replication", tuple(_freeze(r) for r in self.replication))
+        object.__setattr__(self, "tags", freeze(self.tags))
+        object.__setattr__(self, "replication", tuple(freeze(r) for r in self.replication))
 
     # -- convenience -------------------------------------------------------------------------
 

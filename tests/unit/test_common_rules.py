@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from site_agent.api import cluster_document
 
 from drctl.agentconfig import dcs_settings, parse_config
-from drctl.cli.cluster_cmd import build_new_config, member_host
+from drctl.cli.cluster_view import member_host
+from drctl.cli.config_edit import build_new_config
 from drctl.common.hostport import format_host_port, split_host_port
 from drctl.common.members import lag_between, leader_lsn, member_lag, member_role, upstream_of
 from drctl.common.mergepatch import merge_patch
