@@ -1,7 +1,7 @@
 """The DCS contract: immutable typed values for what a site's DCS holds, and the operations
 every backend (etcd v3, Consul) implements.
 
-Keyspace (DESIGN.md section 3), one namespace per cluster: ``/<namespace>/<scope>/`` holds
+Keyspace (docs/ARCHITECTURE.md), one namespace per cluster: ``/<namespace>/<scope>/`` holds
 ``leader``, ``members/<name>``, ``config``, ``initialize``, ``history``, ``failover``, ``sync``,
 ``status``, ``failsafe``, ``site`` and ``fence/<id>``.
 
@@ -42,7 +42,7 @@ class DCSError(Exception):
 
 
 class CorruptValue(ValueError):
-    """A DCS value that does not parse into its typed form (DESIGN.md invariant 7)."""
+    """A DCS value that does not parse into its typed form (docs/ARCHITECTURE.md, invariant 7)."""
 
 
 def _json_object(raw: str | bytes, what: str) -> dict[str, Any]:
@@ -332,7 +332,7 @@ class SiteRecord:
 @dataclass(frozen=True)
 class CorruptKey:
     """A key whose value did not parse: shown to operators, and read by the agents as the
-    rules of each key say (DESIGN.md invariant 7), never as a silent default."""
+    rules of each key say (docs/ARCHITECTURE.md, invariant 7), never as a silent default."""
 
     key: str  # relative to the cluster prefix: ``config``, ``members/a``...
     reason: str

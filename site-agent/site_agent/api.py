@@ -4,7 +4,7 @@ stdlib ``http.server`` served by a bounded pool of worker threads (a connection 
 and its bounded queue is refused at once), each connection with a total read deadline (a client
 sending slowly is dropped), optional TLS, HTTP Basic authentication on every mutation. Paths,
 status codes and JSON field names follow Patroni's REST API so that existing HAProxy
-configurations and tooling carry over (DESIGN.md section 4).
+configurations and tooling carry over (docs/ARCHITECTURE.md).
 
 The server never decides anything itself: health codes come from the pure functions in
 ``site_agent.health`` over the daemon's last published ``NodeSnapshot``; mutations are

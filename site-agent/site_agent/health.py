@@ -5,7 +5,7 @@ conventions so that existing HAProxy configurations carry over: 200 when the nod
 the path asks for *and* PostgreSQL is running, 503 otherwise; 404 for a path that is not a health
 check; 400 for a query parameter that cannot be parsed (``?lag=lots``).
 
-Safety rules stricter than "the role matches" (DESIGN.md section 4, invariants 1 and 5):
+Safety rules stricter than "the role matches" (docs/ARCHITECTURE.md, invariants 1 and 5):
 
 * A writable primary (``/``, ``/primary``, ``/master``, ``/read-write``) must hold the leader key
   with a lease that has not run out (``leader_lease_deadline``, unless failsafe mode is active),
