@@ -27,9 +27,15 @@ def _b(flag: bool) -> float:
     return 1.0 if flag else 0.0
 
 
-def snapshot_gauges(s: NodeSnapshot) -> list[tuple[str, str, float | None]]:
+Gauge = tuple[str, str, float | None]
+
+
+def snapshot_gauges(s: NodeSnapshot) -> list[Gauge]:
     """(metric name, help, value) for one snapshot; value None means "leave out"."""
-    x = s.xlog
+    return [*_state_gauges(s), *_wal_gauges(s), *_site_gauges(s)]
+
+
+def _state_gauges(s: NodeSnapshot) -> list[Gauge]:
     return [
         ("pgdr_postgres_running", "1 if PostgreSQL is running.", _b(s.pg_running)),
         ("pgdr_primary", "1 if this node is the primary.", _b(s.role == "primary")),
@@ -58,6 +64,15 @@ def snapshot_gauges(s: NodeSnapshot) -> list[tuple[str, str, float | None]]:
             "PostgreSQL server_version_num.",
             float(s.server_version) if s.server_version else None,
         ),
+        ("pgdr_last_cycle_timestamp_seconds", "Epoch seconds of the last agent cycle.", s.last_cycle_at),
+        ("pgdr_last_backup_age_seconds", "Age of the last successful backup.", s.last_backup_age_s),
+        ("pgdr_archive_failed_count", "WAL archiving failures.", _num(s.archive_failed_count)),
+    ]
+
+
+def _wal_gauges(s: NodeSnapshot) -> list[Gauge]:
+    x = s.xlog
+    return [
         ("pgdr_xlog_location", "Current WAL position (primary), bytes.", _num(x.location)),
         ("pgdr_xlog_received_location", "Received WAL position (replica), bytes.", _num(x.received_location)),
         ("pgdr_xlog_replayed_location", "Replayed WAL position (replica), bytes.", _num(x.replayed_location)),
@@ -71,6 +86,11 @@ def snapshot_gauges(s: NodeSnapshot) -> list[tuple[str, str, float | None]]:
             "Bytes behind the leader's last known WAL position.",
             _num(s.lag_bytes),
         ),
+    ]
+
+
+def _site_gauges(s: NodeSnapshot) -> list[Gauge]:
+    return [
         ("pgdr_site_epoch", "Cross-site DR epoch of this site.", _num(s.site_epoch)),
         (
             "pgdr_site_active",
@@ -92,9 +112,6 @@ def snapshot_gauges(s: NodeSnapshot) -> list[tuple[str, str, float | None]]:
             "WAL the cross-site replication slot holds back on the active primary, bytes.",
             _num(s.cross_site_slot_retained),
         ),
-        ("pgdr_last_cycle_timestamp_seconds", "Epoch seconds of the last agent cycle.", s.last_cycle_at),
-        ("pgdr_last_backup_age_seconds", "Age of the last successful backup.", s.last_backup_age_s),
-        ("pgdr_archive_failed_count", "WAL archiving failures.", _num(s.archive_failed_count)),
     ]
 
 
