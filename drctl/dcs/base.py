@@ -45,7 +45,7 @@ class CorruptValue(ValueError):
     """A DCS value that does not parse into its typed form (docs/ARCHITECTURE.md, invariant 7)."""
 
 
-def _json_object(raw: str | bytes, what: str) -> dict[str, Any]:
+def json_object(raw: str | bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -81,7 +81,7 @@ def valid_member_name(name: str) -> bool:
 # Values
 
 
-def _freeze(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
+def freeze_mapping(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(data or {}))
 
 
@@ -106,9 +106,9 @@ class MemberInfo:
     timeline: int = 0
     received_lsn: int | None = None
     replayed_lsn: int | None = None
-    tags: Mapping[str, Any] = field(default_factory=lambda: _freeze(None))
+    tags: Mapping[str, Any] = field(default_factory=lambda: freeze_mapping(None))
     version: str = ""  # agent software version
-    extra: Mapping[str, Any] = field(default_factory=lambda: _freeze(None))
+    extra: Mapping[str, Any] = field(default_factory=lambda: freeze_mapping(None))
 
     def to_json(self) -> str:
         doc: dict[str, Any] = {
@@ -131,7 +131,7 @@ class MemberInfo:
     def from_json(cls, raw: str | bytes) -> MemberInfo:
         """Fields of the wrong type are dropped; a value that is not a JSON object raises
         :class:`CorruptValue`."""
-        doc = _json_object(raw, "member")
+        doc = json_object(raw, "member")
         known = {"conn_url", "api_url", "role", "state", "timeline", "received_lsn", "replayed_lsn", "tags"}
         known.add("version")
 
@@ -146,9 +146,9 @@ class MemberInfo:
             timeline=_int(doc.get("timeline")) or 0,
             received_lsn=_int(doc.get("received_lsn")),
             replayed_lsn=_int(doc.get("replayed_lsn")),
-            tags=_freeze(doc.get("tags") if isinstance(doc.get("tags"), dict) else None),
+            tags=freeze_mapping(doc.get("tags") if isinstance(doc.get("tags"), dict) else None),
             version=str(doc.get("version", "")),
-            extra=_freeze({k: v for k, v in doc.items() if k not in known}),
+            extra=freeze_mapping({k: v for k, v in doc.items() if k not in known}),
         )
 
     @property
@@ -176,7 +176,7 @@ class Record:
     @classmethod
     def parse(cls, raw: str | bytes, version: int, what: str = "value") -> Record:
         """A JSON object; anything else raises :class:`CorruptValue` (never a silent ``{}``)."""
-        return cls(_freeze(_json_object(raw, what)), version)
+        return cls(freeze_mapping(json_object(raw, what)), version)
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,7 @@ class Failover:
 
     @classmethod
     def parse(cls, raw: str | bytes, version: int) -> Failover:
-        rec = _json_object(raw, "failover")
+        rec = json_object(raw, "failover")
         return cls(
             leader=_opt_str(rec, "leader", "failover"),
             candidate=_opt_str(rec, "member", "failover"),
@@ -270,7 +270,7 @@ class SyncState:
 
     @classmethod
     def parse(cls, raw: str | bytes, version: int) -> SyncState:
-        rec = _json_object(raw, "sync")
+        rec = json_object(raw, "sync")
         sb = rec.get("sync_standby") or []
         if isinstance(sb, str):
             sb = [s for s in sb.split(",") if s]
@@ -284,7 +284,7 @@ class LeaderStatus:
     """The leader's last known WAL position and its replication slots' positions."""
 
     lsn: int
-    slots: Mapping[str, int] = field(default_factory=lambda: _freeze(None))
+    slots: Mapping[str, int] = field(default_factory=lambda: freeze_mapping(None))
     version: int = 0
 
     def to_json(self) -> str:
@@ -292,14 +292,14 @@ class LeaderStatus:
 
     @classmethod
     def parse(cls, raw: str | bytes, version: int) -> LeaderStatus:
-        rec = _json_object(raw, "status")
+        rec = json_object(raw, "status")
         slots = rec.get("slots") or {}
         if not isinstance(slots, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in slots.values()
         ):
             raise CorruptValue(f"status.slots must map slot names to LSNs, not {slots!r}")
         lsn = _strict_int(rec.get("optime"), "status.optime")
-        return cls(lsn=lsn, slots=_freeze(slots), version=version)
+        return cls(lsn=lsn, slots=freeze_mapping(slots), version=version)
 
 
 @dataclass(frozen=True)
@@ -310,7 +310,7 @@ class SiteRecord:
     epoch: int
     follows: str | None = None
     version: int = 0
-    extra: Mapping[str, Any] = field(default_factory=lambda: _freeze(None))
+    extra: Mapping[str, Any] = field(default_factory=lambda: freeze_mapping(None))
 
     def to_json(self) -> str:
         doc = dict(self.extra)
@@ -319,14 +319,14 @@ class SiteRecord:
 
     @classmethod
     def parse(cls, raw: str | bytes, version: int) -> SiteRecord:
-        rec = _json_object(raw, "site")
+        rec = json_object(raw, "site")
         follows = _opt_str(rec, "follows", "site")
         role = rec.pop("role", None)
         if role not in ("active", "standby"):
             raise CorruptValue(f"site.role must be 'active' or 'standby', not {role!r}")
         epoch = _strict_int(rec.pop("epoch", None), "site.epoch")
         rec.pop("follows", None)
-        return cls(role, epoch, follows, version, _freeze(rec))
+        return cls(role, epoch, follows, version, freeze_mapping(rec))
 
 
 @dataclass(frozen=True)
@@ -378,7 +378,7 @@ class ClusterView:
 
     @property
     def config_data(self) -> Mapping[str, Any]:
-        return self.config.data if self.config else _freeze(None)
+        return self.config.data if self.config else freeze_mapping(None)
 
     @property
     def timeline(self) -> int:
@@ -540,102 +540,3 @@ class DCS(abc.ABC):
     @abc.abstractmethod
     def revoke_session(self) -> None:
         """Revoke this member's lease now: its leader and member keys vanish at once."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Building a view from raw keys (shared by the backends)
-
-
-@dataclass(frozen=True)
-class RawNode:
-    """One key of the cluster prefix as a backend read it: ``key`` relative to the prefix
-    (``leader``, ``members/a``...), the raw value, its version and the lease/session it is bound to."""
-
-    key: str
-    value: bytes
-    version: int
-    session: str = ""
-
-
-_PARSERS: dict[str, Any] = {
-    "config": lambda raw, v: Record.parse(raw, v, "config"),
-    "history": History.parse,
-    "failover": Failover.parse,
-    "sync": SyncState.parse,
-    "status": LeaderStatus.parse,
-    "site": SiteRecord.parse,
-}
-
-
-def _parse_failsafe(raw: bytes, version: int) -> Mapping[str, str]:
-    doc = _json_object(raw, "failsafe")
-    if not all(isinstance(v, str) for v in doc.values()):
-        raise CorruptValue("failsafe must map member names to API URLs (strings)")
-    return _freeze(doc)
-
-
-def _parse_initialize(raw: bytes) -> str:
-    """The system identifier (digits), or "" while the bootstrap winner runs initdb."""
-    try:
-        value = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CorruptValue("initialize is not UTF-8") from None
-    if value and not value.isdigit():
-        raise CorruptValue(f"initialize must be a PostgreSQL system identifier (digits), not {value[:40]!r}")
-    return value
-
-
-def _parse_leader(raw: bytes) -> str:
-    try:
-        name = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CorruptValue("leader is not UTF-8") from None
-    if not valid_member_name(name):
-        raise CorruptValue(f"leader must be a member name, not {name[:40]!r}")
-    return name
-
-
-def build_cluster_view(scope: str, nodes: Sequence[RawNode], revision: int = 0) -> ClusterView:
-    """The typed :class:`ClusterView` of the raw keys of one cluster (unknown keys are ignored).
-
-    Never raises: a value that does not parse is left out of its typed field and listed in
-    ``corrupt`` with the reason, so that each reader applies that key's own rule."""
-    leader: Leader | None = None
-    members: list[Member] = []
-    fences: list[tuple[str, Record]] = []
-    fields: dict[str, Any] = {}
-    corrupt: list[CorruptKey] = []
-    for node in nodes:
-        raw = node.value
-        try:
-            if node.key.startswith("members/"):
-                name = node.key[len("members/") :]
-                if name:
-                    members.append(Member(name, MemberInfo.from_json(raw), node.version, node.session))
-            elif node.key.startswith("fence/"):
-                fences.append((node.key, Record.parse(raw, node.version, node.key)))
-            elif node.key == "leader":
-                leader = Leader(_parse_leader(raw), node.version, node.session)
-            elif node.key == "initialize":
-                fields["initialize"] = _parse_initialize(raw)
-                fields["initialize_version"] = node.version
-            elif node.key == "failsafe":
-                fields["failsafe"] = _parse_failsafe(raw, node.version)
-            elif node.key in _PARSERS:
-                fields[node.key] = _PARSERS[node.key](raw, node.version)
-        except CorruptValue as exc:
-            corrupt.append(CorruptKey(node.key, str(exc), node.version, node.session))
-            member = node.key[len("members/") :] if node.key.startswith("members/") else ""
-            if member:
-                # A live member (its key is bound to its lease) whose record is unreadable: still a
-                # member to ask and to count, with nothing known about it.
-                members.append(Member(member, MemberInfo(), node.version, node.session))
-    return ClusterView(
-        scope=scope,
-        leader=leader,
-        members=tuple(sorted(members, key=lambda m: m.name)),
-        fences=tuple(rec for _, rec in sorted(fences, key=lambda f: f[0])),
-        revision=revision,
-        corrupt=tuple(sorted(corrupt, key=lambda c: c.key)),
-        **fields,
-    )

@@ -43,9 +43,8 @@ from drctl.dcs.base import (
     DCSError,
     LeaderStatus,
     MemberInfo,
-    RawNode,
-    build_cluster_view,
 )
+from drctl.dcs.view import RawNode, build_cluster_view
 
 T = TypeVar("T")
 
