@@ -22,6 +22,19 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from drctl.agentapi.status import AgentStatus
 
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "READ_TIMEOUT_S",
+    "AgentApi",
+    "AgentClient",
+    "AgentReply",
+    "AgentUnreachable",
+    "RestAuth",
+    "basic_auth_header",
+    "decode_reply",
+    "join_url",
+]
+
 CONNECT_TIMEOUT_S = 3.0
 READ_TIMEOUT_S = 30.0
 

@@ -8,8 +8,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from drctl.safefs import read_secret_file
-
 
 class ConfigError(Exception):
     """A configuration problem, already phrased for an operator (file, field, what to do)."""
@@ -26,11 +24,3 @@ def _refuse(data: Any, unsupported: Mapping[str, str]) -> Any:
             if key in data:
                 raise ValueError(f"`{key}` is not supported: {why}")
     return data
-
-
-def _resolve_secret(obj: BaseModel, field: str, file_field: str) -> None:
-    inline, path = getattr(obj, field), getattr(obj, file_field)
-    if inline is not None and path is not None:
-        raise ValueError(f"set `{field}` or `{file_field}`, not both")
-    if path is not None:
-        object.__setattr__(obj, field, read_secret_file(path))  # frozen model: set once, here

@@ -147,27 +147,6 @@ def dcs_settings(cfg: AgentConfig) -> DcsSettings:
     _kind, section = cfg.dcs_backend
     if isinstance(section, ConsulConfig):
         host, port = section.host_port
-        return DcsSettings(
-            consul=ConsulSettings(
-                host=host,
-                port=port,
-                scheme=section.scheme,
-                token=section.token,
-                dc=section.dc,
-                cacert=section.cacert,
-                cert=section.cert,
-                key=section.key,
-                verify=section.verify,
-            )
-        )
-    return DcsSettings(
-        etcd=EtcdSettings(
-            hosts=list(section.hosts),
-            protocol=section.protocol,
-            username=section.username,
-            password=section.password,
-            cacert=section.cacert,
-            cert=section.cert,
-            key=section.key,
-        )
-    )
+        passed = {"scheme", "token", "dc", "cacert", "cert", "key", "verify"}
+        return DcsSettings(consul=ConsulSettings(host=host, port=port, **section.model_dump(include=passed)))
+    return DcsSettings(etcd=EtcdSettings(**section.model_dump(exclude={"password_file"})))

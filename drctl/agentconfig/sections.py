@@ -8,9 +8,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from drctl.agentconfig.base import _Model, _refuse, _resolve_secret
+from drctl.agentconfig.base import _Model, _refuse
 from drctl.backup.policy import BackupSchedule
 from drctl.common.hostport import check_host_port, format_host_port, split_host_port
+from drctl.safefs import resolve_secret
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
@@ -30,7 +31,7 @@ class Credentials(_Model):
 
     @model_validator(mode="after")
     def _file(self) -> Credentials:
-        _resolve_secret(self, "password", "password_file")
+        resolve_secret(self, "password", "password_file")
         if self.sslkey and not self.sslcert:
             raise ValueError("`sslkey` needs `sslcert`")
         return self
@@ -53,7 +54,7 @@ class ApiCredentials(_Model):
 
     @model_validator(mode="after")
     def _file(self) -> ApiCredentials:
-        _resolve_secret(self, "password", "password_file")
+        resolve_secret(self, "password", "password_file")
         if not self.password:
             raise ValueError("a username needs a non-empty `password` or `password_file`")
         return self
@@ -87,7 +88,7 @@ class RestApiConfig(_Model):
 
     @model_validator(mode="after")
     def _security(self) -> RestApiConfig:
-        _resolve_secret(self, "keyfile_password", "keyfile_password_file")
+        resolve_secret(self, "keyfile_password", "keyfile_password_file")
         if self.authentication is None and not self.allow_unauthenticated:
             raise ValueError(
                 "`authentication` (username + password or password_file) is required: without it anyone "
@@ -146,7 +147,7 @@ class EtcdConfig(_Model):
 
     @model_validator(mode="after")
     def _auth(self) -> EtcdConfig:
-        _resolve_secret(self, "password", "password_file")
+        resolve_secret(self, "password", "password_file")
         if self.username and not self.password:
             raise ValueError("`username` needs `password` or `password_file`")
         if self.password and not self.username:
@@ -173,7 +174,7 @@ class ConsulConfig(_Model):
 
     @model_validator(mode="after")
     def _token(self) -> ConsulConfig:
-        _resolve_secret(self, "token", "token_file")
+        resolve_secret(self, "token", "token_file")
         return self
 
     @property

@@ -103,34 +103,29 @@ def _watch_options(func: F) -> F:
     return func
 
 
-@click.command("list")
-@click.argument("cluster", required=False)
-@format_option
-@_watch_options
-@cluster_verb
-def list_cmd(cluster: str | None, fmt: str, extended: bool, watch_default: bool, watch: float | None) -> None:
-    """The members of CLUSTER: Member, Host, Role, State, TL, Lag in MB."""
-    interval = watch if watch is not None else (2.0 if watch_default else None)
-    try:
-        _show_cluster(click.get_current_context(), cluster, fmt, False, extended, interval)
-    except KeyboardInterrupt:
-        if interval is None:
-            raise
+def _show_command(name: str, topology: bool, doc: str) -> click.Command:
+    """``list`` and ``topology``: the same options, the same view, table or tree."""
+
+    @click.command(name, help=doc)
+    @click.argument("cluster", required=False)
+    @format_option
+    @_watch_options
+    @cluster_verb
+    def command(cluster: str | None, fmt: str, extended: bool, watch_default: bool, watch: float | None) -> None:
+        interval = watch if watch is not None else (2.0 if watch_default else None)
+        try:
+            _show_cluster(click.get_current_context(), cluster, fmt, topology, extended, interval)
+        except KeyboardInterrupt:
+            if interval is None:
+                raise
+
+    return command
 
 
-@click.command("topology")
-@click.argument("cluster", required=False)
-@format_option
-@_watch_options
-@cluster_verb
-def topology_cmd(cluster: str | None, fmt: str, extended: bool, watch_default: bool, watch: float | None) -> None:
-    """The members of CLUSTER as a replication tree (cascading replicas under their upstream)."""
-    interval = watch if watch is not None else (2.0 if watch_default else None)
-    try:
-        _show_cluster(click.get_current_context(), cluster, fmt, True, extended, interval)
-    except KeyboardInterrupt:
-        if interval is None:
-            raise
+list_cmd = _show_command("list", False, "The members of CLUSTER: Member, Host, Role, State, TL, Lag in MB.")
+topology_cmd = _show_command(
+    "topology", True, "The members of CLUSTER as a replication tree (cascading replicas under their upstream)."
+)
 
 
 def _pause_cmd(ctx: click.Context, cluster: str | None, paused: bool, wait: bool, timeout: float) -> None:

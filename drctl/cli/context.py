@@ -40,7 +40,7 @@ from drctl.agentapi.client import AgentApi, AgentClient, RestAuth
 from drctl.agentconfig import ConfigError, dcs_settings, parse_config
 from drctl.dcs.base import DEFAULT_NAMESPACE, ClusterView, DCSError
 from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
-from drctl.safefs import read_secret_file
+from drctl.safefs import resolve_secret
 from drctl.yamlsafe import YamlError, decode_utf8, load_yaml
 
 CONFIG_ENVVAR = "PGDR_CONFIG"
@@ -79,10 +79,7 @@ class RestApiClientConfig(_Strict):
 
     @model_validator(mode="after")
     def _secret(self) -> RestApiClientConfig:
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("set `password` or `password_file`, not both")
-        if self.password_file is not None:
-            object.__setattr__(self, "password", read_secret_file(self.password_file))
+        resolve_secret(self, "password", "password_file")
         if self.username and not self.password:
             raise ValueError("`username` needs `password` or `password_file`")
         return self

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from drctl.agentapi.client import AgentUnreachable
+from drctl.agentapi.client import AgentReply, AgentUnreachable
 from drctl.cli.cluster_session import (
     call_agent,
     cluster_verb,
@@ -182,18 +182,21 @@ def restart_cmd(
             click.echo(f"Failed: restart for member {m.name}: {exc}", err=True)
             failed += 1
             continue
-        if reply.ok:
-            click.echo(f"Success: restart on member {m.name} ({reply.message})")
-        elif pending and reply.status == 412:
+        if pending and reply.status == 412:
             click.echo(f"Skipped: member {m.name} ({reply.message})")
-        else:
-            click.echo(
-                f"Failed: restart for member {m.name}, status code={reply.status}, ({reply.message})",
-                err=True,
-            )
+        elif not _report(reply, f"restart on member {m.name}", f"restart for member {m.name}"):
             failed += 1
     if failed:
         raise CliError(f"restart failed on {failed} of {len(picked)} member(s)")
+
+
+def _report(reply: AgentReply, success: str, failure: str) -> bool:
+    """One line per member, patronictl's wording; True when the agent did it."""
+    if reply.ok:
+        click.echo(f"Success: {success} ({reply.message})")
+        return True
+    click.echo(f"Failed: {failure}, status code={reply.status}, ({reply.message})", err=True)
+    return False
 
 
 def _cluster_and_members(ctx: click.Context, names: Sequence[str]) -> tuple[Session, ClusterView, list[str]]:
@@ -256,13 +259,7 @@ def reinit_cmd(names: tuple[str, ...], wait: bool, timeout: float, force: bool) 
             click.echo(f"Failed: reinitialize for member {m.name}: {exc}", err=True)
             failed += 1
             continue
-        if reply.ok:
-            click.echo(f"Success: reinitialize for member {m.name} ({reply.message})")
-        else:
-            click.echo(
-                f"Failed: reinitialize for member {m.name}, status code={reply.status}, ({reply.message})",
-                err=True,
-            )
+        if not _report(reply, f"reinitialize for member {m.name}", f"reinitialize for member {m.name}"):
             failed += 1
     if failed:
         raise CliError(f"reinitialize failed on {failed} of {len(picked)} member(s)")

@@ -1,68 +1,7 @@
 """Compatibility path: the agent configuration lives in :mod:`drctl.agentconfig` (both programs
-read it). Agent modules may keep importing these names from here."""
+read it). Agent modules may keep importing its names from here."""
 
 from __future__ import annotations
 
-from drctl.agentconfig import (
-    AgentConfig,
-    ApiCredentials,
-    BootstrapConfig,
-    ConfigError,
-    ConsulConfig,
-    Credentials,
-    DcsSection,
-    DrConfig,
-    DynamicConfig,
-    DynamicPostgresql,
-    EtcdConfig,
-    FencingConfig,
-    LogConfig,
-    PgBackRestRepo,
-    PgBackRestSection,
-    PostgresqlAuth,
-    PostgresqlConfig,
-    ReplicaMethod,
-    RestApiConfig,
-    SslMode,
-    StandbyClusterConfig,
-    Tags,
-    WatchdogConfig,
-    check_files,
-    dcs_settings,
-    load_config,
-    parse_config,
-    parse_dynamic_config,
-    referenced_files,
-)
-
-__all__ = [
-    "AgentConfig",
-    "ApiCredentials",
-    "BootstrapConfig",
-    "ConfigError",
-    "ConsulConfig",
-    "Credentials",
-    "DcsSection",
-    "DrConfig",
-    "DynamicConfig",
-    "DynamicPostgresql",
-    "EtcdConfig",
-    "FencingConfig",
-    "LogConfig",
-    "PgBackRestRepo",
-    "PgBackRestSection",
-    "PostgresqlAuth",
-    "PostgresqlConfig",
-    "ReplicaMethod",
-    "RestApiConfig",
-    "SslMode",
-    "StandbyClusterConfig",
-    "Tags",
-    "WatchdogConfig",
-    "check_files",
-    "dcs_settings",
-    "load_config",
-    "parse_config",
-    "parse_dynamic_config",
-    "referenced_files",
-]
+from drctl.agentconfig import *  # noqa: F403
+from drctl.agentconfig import __all__ as __all__

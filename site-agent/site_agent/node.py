@@ -99,8 +99,16 @@ class Node:
         """How to reach another member's PostgreSQL: as the replication user (streaming,
         pg_basebackup) or as the superuser (pg_rewind, CHECKPOINT)."""
         host, port = parse_host_port(member.info.conn_url)
+        return self._tcp_conninfo(host, port, superuser=not replication, dbname=dbname)
+
+    def remote_conninfo(self, host: str, port: int, superuser: bool = False) -> str:
+        """The other site's entry point: as the replication user (streaming, cloning) or as the
+        superuser/rewind user (pg_rewind)."""
+        return self._tcp_conninfo(host, port, superuser=superuser, dbname="postgres")
+
+    def _tcp_conninfo(self, host: str, port: int, *, superuser: bool, dbname: str) -> str:
         auth = self.cfg.postgresql.authentication
-        cred = auth.replication if replication else (auth.rewind or auth.superuser)
+        cred = (auth.rewind or auth.superuser) if superuser else auth.replication
         return make_conninfo(
             cred.ssl_params(),
             host=host,
@@ -108,22 +116,6 @@ class Node:
             user=cred.username,
             password=cred.password,
             dbname=dbname,
-            application_name=self.cfg.name,
-            connect_timeout=3,
-        )
-
-    def remote_conninfo(self, host: str, port: int, superuser: bool = False) -> str:
-        """The other site's entry point: as the replication user (streaming, cloning) or as the
-        superuser/rewind user (pg_rewind)."""
-        auth = self.cfg.postgresql.authentication
-        rep = (auth.rewind or auth.superuser) if superuser else auth.replication
-        return make_conninfo(
-            rep.ssl_params(),
-            host=host,
-            port=port,
-            user=rep.username,
-            password=rep.password,
-            dbname="postgres",
             application_name=self.cfg.name,
             connect_timeout=3,
         )
