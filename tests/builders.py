@@ -1,16 +1,15 @@
 """Builders shared by the unit tests: members and cluster views as the DCS would return them,
-and one ``wait_until`` for tests that poll a real system."""
+and the one ``wait_until`` of the tests that poll a real system."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from drctl.dcs.base import ClusterView, Leader, LeaderStatus, Member, MemberInfo, Record, SyncState
 
 MIB = 1 << 20
-T = TypeVar("T")
 
 
 def member(
@@ -59,20 +58,12 @@ def view(
     )
 
 
-def wait_until(probe: Callable[[], T | None], timeout: float, what: str, *, interval: float = 0.25) -> T:
-    """Poll ``probe`` until it returns something truthy (returned); fail naming ``what``, with the
-    last value or error seen, when ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = probe()
-        except Exception as exc:  # a system coming up refuses connections for a while
-            value, last = None, exc
-        else:
-            last = value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+def wait_until(pred: Callable[[], object], timeout: float, what: str, *, interval: float = 0.25) -> float:
+    """Poll ``pred`` until it returns something truthy; the seconds that took. Fails naming
+    ``what`` once ``timeout`` seconds pass. An exception from ``pred`` is not swallowed."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if pred():
+            return time.monotonic() - started
         time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")

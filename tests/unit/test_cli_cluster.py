@@ -39,12 +39,11 @@ from drctl.dcs.base import (
     Leader,
     LeaderStatus,
     Member,
-    MemberInfo,
     Record,
     SyncState,
 )
+from tests.builders import MIB, member
 
-MIB = 1 << 20
 BASE_CONFIG = {
     "ttl": 30,
     "loop_wait": 10,
@@ -56,30 +55,6 @@ BASE_CONFIG = {
 
 # ---------------------------------------------------------------------------------------------
 # Builders and fakes
-
-
-def member(
-    name: str,
-    port: int,
-    *,
-    role: str = "replica",
-    state: str = "running",
-    lsn: int | None = None,
-    tl: int = 2,
-    tags: Mapping[str, Any] | None = None,
-    api: bool = True,
-) -> Member:
-    info = MemberInfo(
-        conn_url=f"postgresql://127.0.0.1:{port}/postgres",
-        api_url=f"http://127.0.0.1:{port + 3000}" if api else "",
-        role=role,
-        state=state,
-        timeline=tl,
-        received_lsn=lsn,
-        replayed_lsn=lsn,
-        tags=dict(tags or {}),
-    )
-    return Member(name, info, version=1)
 
 
 def make_view(
