@@ -58,10 +58,6 @@ def _from_agent_config(path: str) -> tuple[Path, str | None, str | None]:
     return section.config_path(cfg.postgresql.data_dir), section.stanza, cfg.postgresql.run_as
 
 
-# ---------------------------------------------------------------------------------------------
-# runtime (the I/O boundary tests substitute)
-
-
 class BackupApi(Protocol):
     """The part of :class:`drctl.backup.runner.PgBackRest` the verbs use."""
 
@@ -156,10 +152,6 @@ def open_runner(ctx: click.Context, config_file: Path | None, stanza: str | None
             run_as = agent_run_as
     cfg = read_pgbackrest_config(config_file, stanza)
     return _runtime(ctx).runner_factory(cfg, config_file, run_as or None)
-
-
-# ---------------------------------------------------------------------------------------------
-# rendering (pure)
 
 
 def human_bytes(value: int | None) -> str:
@@ -264,10 +256,6 @@ def verify_problems(info: StanzaInfo, now: datetime, max_age_s: float | None = N
         if max_age_s is not None and age is not None and age > max_age_s:
             problems.append(f"{where}: last backup is {human_age(age)} old (limit {human_age(max_age_s)})")
     return problems
-
-
-# ---------------------------------------------------------------------------------------------
-# commands
 
 
 @click.group("backup")
@@ -438,10 +426,6 @@ def backup_verify(
     )
     extra = ", verify ok" if deep else ""
     click.echo(f"ok: stanza {info.name}: archiving works (check passed){extra}; {repos}")
-
-
-# ---------------------------------------------------------------------------------------------
-# restore
 
 
 def parse_target_time(text: str) -> datetime:

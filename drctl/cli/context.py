@@ -60,10 +60,6 @@ def one_line(text: str) -> str:
     return "; ".join(line for line in lines if line)
 
 
-# ---------------------------------------------------------------------------------------------
-# The drctl configuration file
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -226,10 +222,6 @@ def parse_dcs_url(text: str) -> DcsSettings:
     return DcsSettings(etcd=EtcdSettings(hosts=etcd_hosts))
 
 
-# ---------------------------------------------------------------------------------------------
-# Options
-
-
 def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         if value is None:
@@ -317,10 +309,6 @@ def resolve_target(base: TargetBase, cluster: str | None) -> Target:
     if not scope:
         raise CliError("no cluster name: give CLUSTER, --scope NAME, or `scope:` in the configuration file")
     return Target(dcs=base.dcs, namespace=base.namespace, scope=scope, rest=base.rest, source=base.source)
-
-
-# ---------------------------------------------------------------------------------------------
-# Runtime: the I/O boundaries
 
 
 class ClusterStore(Protocol):

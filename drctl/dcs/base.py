@@ -22,10 +22,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-# ---------------------------------------------------------------------------------------------
-# Errors
-
-
 DEFAULT_NAMESPACE = "/service"  # the keyspace root when none is configured (Patroni's)
 
 
@@ -75,10 +71,6 @@ def valid_member_name(name: str) -> bool:
     """What a leader key or member key may carry as a member name: 1-255 printable characters,
     no whitespace and no slash (a name is also a DCS key component)."""
     return bool(_NAME_OK.match(name))
-
-
-# ---------------------------------------------------------------------------------------------
-# Values
 
 
 def freeze_mapping(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -386,10 +378,6 @@ class ClusterView:
         if self.history and self.history.entries:
             return self.history.entries[-1].timeline + 1
         return 1
-
-
-# ---------------------------------------------------------------------------------------------
-# Operations
 
 
 class DCS(abc.ABC):

@@ -51,9 +51,6 @@ T = TypeVar("T")
 CONSUL_MIN_SESSION_TTL = 10
 LOCK_DELAY = 0.001  # seconds
 
-# ---------------------------------------------------------------------------------------------
-# Pure helpers (unit-tested without a server)
-
 
 def consul_key(path: str) -> str:
     """Consul KV keys have no leading slash."""
@@ -130,10 +127,6 @@ class SessionGone(Exception):
     """Consul says our session does not exist any more (expired or destroyed)."""
 
 
-# ---------------------------------------------------------------------------------------------
-# The DCS
-
-
 class ConsulDCS(DCS):
     def __init__(
         self,
@@ -180,7 +173,6 @@ class ConsulDCS(DCS):
         self._member_written: tuple[str, str, float] | None = None
         self._last_status: LeaderStatus | None = None
 
-    # --- plumbing -------------------------------------------------------------------------------
     @property
     def kv_prefix(self) -> str:
         return consul_key(self.prefix)
@@ -240,7 +232,6 @@ class ConsulDCS(DCS):
 
         return self._run(what, deadline, go)
 
-    # --- session --------------------------------------------------------------------------------
     def _create_session(self, deadline: float) -> str:
         sid = self._run(
             "session create",
@@ -281,7 +272,6 @@ class ConsulDCS(DCS):
         self._run("member put", deadline, lambda c: c.kv.put(self.ckey("members", self.name), doc, acquire=sid))
         self._member_written = (doc, sid, time.monotonic())
 
-    # --- reads ----------------------------------------------------------------------------------
     def _read(self, deadline: float) -> tuple[Any, Any]:
         result: tuple[Any, Any] = self._run("get_cluster", deadline, lambda c: c.kv.get(self.kv_prefix, recurse=True))
         return result
@@ -290,7 +280,6 @@ class ConsulDCS(DCS):
         index, items = self._read(self._deadline())
         return view_from_items(self.scope, self.kv_prefix, index, items)
 
-    # --- leader ---------------------------------------------------------------------------------
     def attempt_to_acquire_leader(self) -> bool:
         deadline = self._deadline()
         with self._lock:
@@ -341,7 +330,6 @@ class ConsulDCS(DCS):
                 ops.append(txn_op("set", self.ckey("status"), LeaderStatus(last_lsn, slots).to_json()))
             return self._txn("delete leader", deadline, ops)
 
-    # --- members --------------------------------------------------------------------------------
     def touch_member(self, info: MemberInfo) -> None:
         deadline = self._deadline()
         with self._lock:
@@ -367,7 +355,6 @@ class ConsulDCS(DCS):
             self._member_written = None
         self._run("delete member", self._deadline(), lambda c: c.kv.delete(self.ckey("members", self.name)))
 
-    # --- primitives (drctl.dcs.base serialises) ---------------------------------------------------
     def _cas_put(self, key: str, value: str, version: int | None, what: str) -> bool:
         full, cas = self.ckey(key), 0 if version is None else version
         return bool(self._run(what, self._deadline(), lambda c: c.kv.put(full, value, cas=cas)))
@@ -386,7 +373,6 @@ class ConsulDCS(DCS):
         ops = [txn_op("check-session", self.ckey("leader"), session=sid), txn_op("set", self.ckey(key), value)]
         return self._txn(what, self._deadline(), ops)
 
-    # --- bootstrap ------------------------------------------------------------------------------
     def cancel_initialization(self) -> bool:
         self._run("cancel initialization", self._deadline(), lambda c: c.kv.delete(self.ckey("initialize")))
         return True
@@ -395,7 +381,6 @@ class ConsulDCS(DCS):
         self._run("delete cluster", self._deadline(), lambda c: c.kv.delete(self.kv_prefix, recurse=True))
         return True
 
-    # --- watch ----------------------------------------------------------------------------------
     def watch(self, leader_version: int | None, timeout: float) -> bool:
         """Blocking query on the cluster prefix from the index at call time. True at once when the
         leader key already differs from ``leader_version``. When Consul cannot be reached the rest
@@ -424,7 +409,6 @@ class ConsulDCS(DCS):
                 return False
         return str(new_index) != str(index)
 
-    # --- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
         for client in (self._client, self._watch_client):
             with contextlib.suppress(Exception):

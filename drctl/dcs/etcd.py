@@ -99,7 +99,6 @@ class Etcd3(DCS):
         self._member_written: tuple[str, str, float] | None = None  # (json, lease, when)
         self._last_status: LeaderStatus | None = None
 
-    # --- helpers --------------------------------------------------------------------------------
     def set_retry_timeout(self, retry_timeout: float) -> None:
         super().set_retry_timeout(retry_timeout)
         self.client.retry_timeout = retry_timeout
@@ -192,13 +191,11 @@ class Etcd3(DCS):
             except LeaseNotFound as exc:
                 raise DCSError(f"etcd {what}: {exc}", self.client.endpoints) from None
 
-    # --- reads ----------------------------------------------------------------------------------
     def get_cluster(self) -> ClusterView:
         body = {"key": b64(self.prefix), "range_end": b64(prefix_range_end(self.prefix))}
         doc = self._call("/kv/range", body, self._deadline(), "get_cluster")
         return view_from_range(self.scope, self.prefix, doc)
 
-    # --- leader ---------------------------------------------------------------------------------
     def attempt_to_acquire_leader(self) -> bool:
         deadline = self._deadline()
         leader = self.key("leader")
@@ -328,7 +325,6 @@ class Etcd3(DCS):
             )
             return txn_succeeded(doc)
 
-    # --- members --------------------------------------------------------------------------------
     def touch_member(self, info: MemberInfo) -> None:
         deadline = self._deadline()
         with self._lock:
@@ -371,7 +367,6 @@ class Etcd3(DCS):
             self._member_written = None
         self._call("/kv/deleterange", {"key": b64(self.key("members", self.name))}, self._deadline(), "delete member")
 
-    # --- primitives (drctl.dcs.base serialises) ---------------------------------------------------
     def _cas_put(self, key: str, value: str, version: int | None, what: str) -> bool:
         full = self.key(key)
         doc = self._safe_txn([cas_compare(full, version)], [op_put(full, value)], [], self._deadline(), what)
@@ -397,7 +392,6 @@ class Etcd3(DCS):
         )
         return txn_succeeded(doc)
 
-    # --- bootstrap ------------------------------------------------------------------------------
     def cancel_initialization(self) -> bool:
         self._call("/kv/deleterange", {"key": b64(self.key("initialize"))}, self._deadline(), "cancel init")
         return True
@@ -407,7 +401,6 @@ class Etcd3(DCS):
         self._call("/kv/deleterange", body, self._deadline(), "delete cluster")
         return True
 
-    # --- watch ----------------------------------------------------------------------------------
     def watch(self, leader_version: int | None, timeout: float) -> bool:
         """Wait for a change of any key of the cluster from the revision at call time. Returns True
         at once if the leader key already differs from ``leader_version``. When the DCS cannot be
@@ -430,7 +423,6 @@ class Etcd3(DCS):
             return True
         return self.client.watch(self.prefix, prefix_range_end(self.prefix), reply_revision(doc) + 1, deadline)
 
-    # --- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
         self.client.close()
 

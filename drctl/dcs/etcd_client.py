@@ -96,7 +96,6 @@ class EtcdClient:
         self._token: str | None = None
         self._raft_term = 0
 
-    # --- bookkeeping ----------------------------------------------------------------------------
     @property
     def raft_term(self) -> int:
         """The highest raft term seen in any reply."""
@@ -120,7 +119,6 @@ class EtcdClient:
                 raise _EndpointFailure(f"{endpoint} answered from stale raft term {term} < {self._raft_term}")
             self._raft_term = max(self._raft_term, term)
 
-    # --- one HTTP exchange ----------------------------------------------------------------------
     def _raw(
         self,
         method: str,
@@ -209,7 +207,6 @@ class EtcdClient:
             raise self._classify_error(url, resp.status, doc)
         raise _EndpointFailure(f"{url}: authentication keeps failing")
 
-    # --- public ---------------------------------------------------------------------------------
     def call(self, path: str, body: Mapping[str, Any], deadline: float, what: str = "") -> Json:
         tried: list[str] = []
         last = "no endpoint could be tried"

@@ -255,9 +255,6 @@ def wal_receiver(conn: Conn) -> WalReceiverInfo | None:
     )
 
 
-# --- slots, roles, checkpoint -----------------------------------------------------------------
-
-
 def check_slot_name(name: str) -> str:
     if not _SLOT_RE.match(name):
         raise ProbeError(f"invalid replication slot name {name!r}: use a-z, 0-9 and _, at most 63")

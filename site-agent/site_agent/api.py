@@ -121,8 +121,6 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive threads
     timeout = REQUEST_TIMEOUT_S
 
-    # -- plumbing ----------------------------------------------------------------------------
-
     def setup(self) -> None:
         ctx = self.server.ssl_context
         self._tls: ssl.SSLSocket | None = None
@@ -217,8 +215,6 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError as exc:
             log.debug("api client went away", path=self.path, error=repr(exc))
 
-    # -- routing -----------------------------------------------------------------------------
-
     def _route(self, method: str, path: str, query: dict[str, str]) -> Response:
         control = self.server.control
         if method in _GET:
@@ -278,8 +274,6 @@ class _Handler(BaseHTTPRequestHandler):
         if view.config is None:
             return text_response(502, "no dynamic configuration in the DCS")
         return json_response(200, dict(view.config.data))
-
-    # -- auth and body -----------------------------------------------------------------------
 
     def _check_auth(self, *accepted: tuple[str, str] | None) -> Response | None:
         """None when the request carries one of the ``accepted`` (user, password) pairs, else
@@ -354,8 +348,6 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(doc, dict):
             raise BadRequest("the JSON body must be an object")
         return doc
-
-    # -- mutations ---------------------------------------------------------------------------
 
     def _op_switchover(self) -> Response:
         body = self._read_json(required=True)

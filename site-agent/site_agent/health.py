@@ -38,9 +38,6 @@ class QueryError(ValueError):
     """A health-check query parameter that cannot be understood."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Sizes
-
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 _UNITS = {
     "": 1,
@@ -66,10 +63,6 @@ def parse_size(text: str) -> int:
     if unit is None:
         raise QueryError(f"unknown size unit in {text!r} (use B, kB, MB, GB, TB)")
     return int(float(m.group(1)) * unit)
-
-
-# ---------------------------------------------------------------------------------------------
-# Predicates
 
 
 def pg_up(s: NodeSnapshot) -> bool:
@@ -156,9 +149,6 @@ def is_ready(s: NodeSnapshot, query: Mapping[str, str], now: float) -> bool:
     bound = parse_size(query["lag"]) if "lag" in query else s.maximum_lag_on_failover
     return s.lag_bytes is not None and s.lag_bytes <= bound
 
-
-# ---------------------------------------------------------------------------------------------
-# Dispatch
 
 _Check = Callable[[NodeSnapshot, Mapping[str, str], float], bool]
 

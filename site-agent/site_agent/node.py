@@ -75,7 +75,6 @@ class Node:
         self._conn_pm: int | None = None
         self._seg_size: int | None = None  # wal_segment_size, read once from pg_control
 
-    # --- addresses ---------------------------------------------------------------------------
     @property
     def conn_url(self) -> str:
         return f"postgres://{format_host_port(self.connect_host, self.connect_port)}/postgres"
@@ -120,7 +119,6 @@ class Node:
             connect_timeout=3,
         )
 
-    # --- configuration -----------------------------------------------------------------------
     def parameters(self, dynamic: DynamicConfig) -> dict[str, Any]:
         params: dict[str, Any] = dict(DEFAULT_PARAMETERS)
         params.update(dynamic.postgresql.parameters)
@@ -157,7 +155,6 @@ class Node:
             return False
         return True
 
-    # --- observation -------------------------------------------------------------------------
     def data_dir_state(self) -> DataDirState:
         if self.ctl.rewind_in_progress():
             return DataDirState.REWIND_MARKER

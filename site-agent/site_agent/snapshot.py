@@ -98,8 +98,6 @@ class NodeSnapshot:
         object.__setattr__(self, "tags", freeze(self.tags))
         object.__setattr__(self, "replication", tuple(freeze(r) for r in self.replication))
 
-    # -- convenience -------------------------------------------------------------------------
-
     def tag_flag(self, key: str) -> bool:
         """A boolean tag (nofailover, noloadbalance, nosync, ...); strings like "true" count."""
         return tag_truthy(self.tags.get(key))
@@ -116,8 +114,6 @@ class NodeSnapshot:
     def lsn(self) -> int | None:
         """Most advanced WAL position this node holds."""
         return self.xlog.lsn
-
-    # -- rendering ---------------------------------------------------------------------------
 
     def status(self) -> AgentStatus:
         """The ``/status`` document this snapshot publishes."""
