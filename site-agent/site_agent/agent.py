@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from drctl.common.members import lag_between, leader_lsn
 from drctl.dcs.base import DCS, ClusterView, DCSError, MemberInfo
 from drctl.pg.conninfo import parse_host_port
 from drctl.pg.probe import PgState as ProbeState
@@ -483,10 +484,7 @@ class Agent:
                 self.dcs.touch_member(info)
             except DCSError as exc:
                 log.warning("could not publish this member", error=str(exc))
-        leader_lsn = view.status.lsn if view is not None and view.status is not None else None
-        lag = None
-        if local.in_recovery and leader_lsn is not None and local.lsn is not None:
-            lag = max(0, leader_lsn - local.lsn)
+        lag = lag_between(leader_lsn(view), local.lsn) if view is not None and local.in_recovery else None
         deadline = None
         if self.mem.am_leader and self.mem.last_renewal is not None:
             deadline = time.time() + (self.mem.last_renewal + self.lease_deadline() - time.monotonic())
