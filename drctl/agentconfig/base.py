@@ -1,12 +1,12 @@
 """Pieces every part of the agent configuration shares: the error type, the strict frozen model
-base, and how secrets read from files and refused Patroni keys are handled."""
+base, and how refused Patroni keys are reported."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class ConfigError(Exception):
@@ -14,13 +14,17 @@ class ConfigError(Exception):
 
 
 class _Model(BaseModel):
+    """Unknown keys refused, frozen. ``unsupported``: Patroni keys pgdr does not implement, each
+    with what to do instead: an error that says so, never a silent no-op."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    unsupported: ClassVar[Mapping[str, str]] = {}
 
-
-def _refuse(data: Any, unsupported: Mapping[str, str]) -> Any:
-    """Patroni keys pgdr does not implement: an error that says so, never a silent no-op."""
-    if isinstance(data, dict):
-        for key, why in unsupported.items():
-            if key in data:
-                raise ValueError(f"`{key}` is not supported: {why}")
-    return data
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, why in cls.unsupported.items():
+                if key in data:
+                    raise ValueError(f"`{key}` is not supported: {why}")
+        return data

@@ -11,17 +11,16 @@ from pydantic import ValidationError
 from drctl.agentconfig.base import ConfigError
 from drctl.agentconfig.errors import validation_message
 from drctl.agentconfig.model import AgentConfig
-from drctl.yamlsafe import YamlError, check_graph, decode_utf8, yaml_error_line
+from drctl.yamlsafe import YamlError, check_graph, decode_utf8, read_file, yaml_error_line
 
 
 def load_config(path: str | Path) -> AgentConfig:
     """Read and validate ``path``. Every problem becomes one :class:`ConfigError`."""
-    p = Path(path)
     try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read the configuration file: {exc.strerror or exc}") from None
-    return parse_config(data, source=str(p))
+        data = read_file(path)
+    except YamlError as exc:
+        raise ConfigError(str(exc)) from None
+    return parse_config(data, source=str(path))
 
 
 def parse_config(text: str | bytes, source: str = "<config>") -> AgentConfig:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import ssl
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from drctl.agentconfig.base import _Model, _refuse
+from drctl.agentconfig.base import _Model
 from drctl.agentconfig.dynamic import DynamicConfig
 from drctl.agentconfig.sections import (
     ConsulConfig,
@@ -30,17 +31,11 @@ from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings
 class BootstrapConfig(_Model):
     dcs: DynamicConfig = Field(default_factory=DynamicConfig)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _unsupported(cls, data: Any) -> Any:
-        return _refuse(
-            data,
-            {
-                "initdb": "pgdr runs initdb with encoding UTF8, locale C, data checksums and scram-sha-256 "
-                "for TCP connections; remove it",
-                "post_bootstrap": "run your script once the cluster is up (e.g. a runbook step); remove it",
-            },
-        )
+    unsupported: ClassVar[Mapping[str, str]] = {
+        "initdb": "pgdr runs initdb with encoding UTF8, locale C, data checksums and scram-sha-256 "
+        "for TCP connections; remove it",
+        "post_bootstrap": "run your script once the cluster is up (e.g. a runbook step); remove it",
+    }
 
 
 class AgentConfig(_Model):

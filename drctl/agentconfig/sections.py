@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from drctl.agentconfig.base import _Model, _refuse
+from drctl.agentconfig.base import _Model
 from drctl.backup.policy import BackupSchedule
 from drctl.common.hostport import check_host_port, format_host_port, split_host_port
 from drctl.safefs import resolve_secret
@@ -257,18 +258,10 @@ class PostgresqlConfig(_Model):
     remove_data_directory_on_rewind_failure: bool = True
     remove_data_directory_on_diverged_timelines: bool = True
 
-    @model_validator(mode="before")
-    @classmethod
-    def _unsupported(cls, data: Any) -> Any:
-        return _refuse(
-            data,
-            {
-                "config_dir": "PostgreSQL's configuration lives in data_dir (postgresql.conf includes "
-                "pgdr's file); remove it",
-                "pgpass": "pgdr never writes a .pgpass file: passwords reach each command through its "
-                "environment; remove it",
-            },
-        )
+    unsupported: ClassVar[Mapping[str, str]] = {
+        "config_dir": "PostgreSQL's configuration lives in data_dir (postgresql.conf includes pgdr's file); remove it",
+        "pgpass": "pgdr never writes a .pgpass file: passwords reach each command through its environment; remove it",
+    }
 
     @property
     def bin_path(self) -> str:
@@ -312,10 +305,9 @@ class WatchdogConfig(_Model):
         ),
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _unsupported(cls, data: Any) -> Any:
-        return _refuse(data, {"device": "pgdr drives no hardware watchdog device (the lease keeper fences); remove it"})
+    unsupported: ClassVar[Mapping[str, str]] = {
+        "device": "pgdr drives no hardware watchdog device (the lease keeper fences); remove it"
+    }
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -347,10 +339,9 @@ class LogConfig(_Model):
     format: Literal["json", "console"] = "console"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
-    @model_validator(mode="before")
-    @classmethod
-    def _unsupported(cls, data: Any) -> Any:
-        return _refuse(data, {"dir": "the agent logs to stderr: send it to the journal or redirect it; remove it"})
+    unsupported: ClassVar[Mapping[str, str]] = {
+        "dir": "the agent logs to stderr: send it to the journal or redirect it; remove it"
+    }
 
     @field_validator("level", mode="before")
     @classmethod

@@ -167,24 +167,22 @@ def _pause_cmd(ctx: click.Context, cluster: str | None, paused: bool, wait: bool
         rt.sleep(1.0)
 
 
-@click.command("pause")
-@click.argument("cluster", required=False)
-@click.option("--wait", is_flag=True, help="Wait until every member reports the pause.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True)
-@cluster_verb
-def pause_cmd(cluster: str | None, wait: bool, timeout: float) -> None:
-    """Maintenance mode: the agents stop acting automatically (no failover, no restarts)."""
-    _pause_cmd(click.get_current_context(), cluster, True, wait, timeout)
+def _pause_command(name: str, paused: bool, doc: str) -> click.Command:
+    @click.command(name, help=doc)
+    @click.argument("cluster", required=False)
+    @click.option("--wait", is_flag=True, help=f"Wait until every member reports the {name}.")
+    @click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True)
+    @cluster_verb
+    def command(cluster: str | None, wait: bool, timeout: float) -> None:
+        _pause_cmd(click.get_current_context(), cluster, paused, wait, timeout)
+
+    return command
 
 
-@click.command("resume")
-@click.argument("cluster", required=False)
-@click.option("--wait", is_flag=True, help="Wait until every member reports the resume.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True)
-@cluster_verb
-def resume_cmd(cluster: str | None, wait: bool, timeout: float) -> None:
-    """Leave maintenance mode."""
-    _pause_cmd(click.get_current_context(), cluster, False, wait, timeout)
+pause_cmd = _pause_command(
+    "pause", True, "Maintenance mode: the agents stop acting automatically (no failover, no restarts)."
+)
+resume_cmd = _pause_command("resume", False, "Leave maintenance mode.")
 
 
 @click.command("show-config")

@@ -41,7 +41,7 @@ from drctl.agentconfig import ConfigError, dcs_settings, parse_config
 from drctl.dcs.base import DEFAULT_NAMESPACE, ClusterView, DCSError
 from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
 from drctl.safefs import resolve_secret
-from drctl.yamlsafe import YamlError, decode_utf8, load_yaml
+from drctl.yamlsafe import YamlError, decode_utf8, load_yaml, read_file
 
 CONFIG_ENVVAR = "PGDR_CONFIG"
 CLI_RETRY_TIMEOUT_S = 3.0  # a CLI call must fail fast when the DCS is down
@@ -138,11 +138,7 @@ def load_target_file(path: str | Path) -> TargetBase:
     """Read a site-agent or drctl configuration file. Every problem is one :class:`CliError`."""
     p = Path(path)
     try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise CliError(f"{p}: cannot read the configuration file: {exc.strerror or exc}") from None
-    try:
-        text = decode_utf8(data, str(p))
+        text = decode_utf8(read_file(p), str(p))
         doc = load_yaml(text, str(p))
     except YamlError as exc:
         raise CliError(str(exc)) from None
