@@ -8,23 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from drctl.dcs.base import (
-    ClusterView,
-    CorruptKey,
-    CorruptValue,
-    Failover,
-    History,
-    Leader,
-    LeaderStatus,
-    Member,
-    MemberInfo,
-    Record,
-    SiteRecord,
-    SyncState,
-    freeze_mapping,
-    json_object,
-    valid_member_name,
-)
+from drctl.dcs import base as dcs
 
 
 @dataclass(frozen=True)
@@ -39,20 +23,20 @@ class RawNode:
 
 
 _PARSERS: dict[str, Any] = {
-    "config": lambda raw, v: Record.parse(raw, v, "config"),
-    "history": History.parse,
-    "failover": Failover.parse,
-    "sync": SyncState.parse,
-    "status": LeaderStatus.parse,
-    "site": SiteRecord.parse,
+    "config": lambda raw, v: dcs.Record.parse(raw, v, "config"),
+    "history": dcs.History.parse,
+    "failover": dcs.Failover.parse,
+    "sync": dcs.SyncState.parse,
+    "status": dcs.LeaderStatus.parse,
+    "site": dcs.SiteRecord.parse,
 }
 
 
 def _parse_failsafe(raw: bytes, version: int) -> Mapping[str, str]:
-    doc = json_object(raw, "failsafe")
+    doc = dcs.json_object(raw, "failsafe")
     if not all(isinstance(v, str) for v in doc.values()):
-        raise CorruptValue("failsafe must map member names to API URLs (strings)")
-    return freeze_mapping(doc)
+        raise dcs.CorruptValue("failsafe must map member names to API URLs (strings)")
+    return dcs.freeze_mapping(doc)
 
 
 def _parse_initialize(raw: bytes) -> str:
@@ -60,9 +44,9 @@ def _parse_initialize(raw: bytes) -> str:
     try:
         value = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise CorruptValue("initialize is not UTF-8") from None
+        raise dcs.CorruptValue("initialize is not UTF-8") from None
     if value and not value.isdigit():
-        raise CorruptValue(f"initialize must be a PostgreSQL system identifier (digits), not {value[:40]!r}")
+        raise dcs.CorruptValue(f"initialize must be a PostgreSQL system identifier (digits), not {value[:40]!r}")
     return value
 
 
@@ -70,33 +54,33 @@ def _parse_leader(raw: bytes) -> str:
     try:
         name = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise CorruptValue("leader is not UTF-8") from None
-    if not valid_member_name(name):
-        raise CorruptValue(f"leader must be a member name, not {name[:40]!r}")
+        raise dcs.CorruptValue("leader is not UTF-8") from None
+    if not dcs.valid_member_name(name):
+        raise dcs.CorruptValue(f"leader must be a member name, not {name[:40]!r}")
     return name
 
 
-def build_cluster_view(scope: str, nodes: Sequence[RawNode], revision: int = 0) -> ClusterView:
-    """The typed :class:`ClusterView` of the raw keys of one cluster (unknown keys are ignored).
+def build_cluster_view(scope: str, nodes: Sequence[RawNode], revision: int = 0) -> dcs.ClusterView:
+    """The typed :class:`dcs.ClusterView` of the raw keys of one cluster (unknown keys are ignored).
 
     Never raises: a value that does not parse is left out of its typed field and listed in
     ``corrupt`` with the reason, so that each reader applies that key's own rule."""
-    leader: Leader | None = None
-    members: list[Member] = []
-    fences: list[tuple[str, Record]] = []
+    leader: dcs.Leader | None = None
+    members: list[dcs.Member] = []
+    fences: list[tuple[str, dcs.Record]] = []
     fields: dict[str, Any] = {}
-    corrupt: list[CorruptKey] = []
+    corrupt: list[dcs.CorruptKey] = []
     for node in nodes:
         raw = node.value
         try:
             if node.key.startswith("members/"):
                 name = node.key[len("members/") :]
                 if name:
-                    members.append(Member(name, MemberInfo.from_json(raw), node.version, node.session))
+                    members.append(dcs.Member(name, dcs.MemberInfo.from_json(raw), node.version, node.session))
             elif node.key.startswith("fence/"):
-                fences.append((node.key, Record.parse(raw, node.version, node.key)))
+                fences.append((node.key, dcs.Record.parse(raw, node.version, node.key)))
             elif node.key == "leader":
-                leader = Leader(_parse_leader(raw), node.version, node.session)
+                leader = dcs.Leader(_parse_leader(raw), node.version, node.session)
             elif node.key == "initialize":
                 fields["initialize"] = _parse_initialize(raw)
                 fields["initialize_version"] = node.version
@@ -104,14 +88,14 @@ def build_cluster_view(scope: str, nodes: Sequence[RawNode], revision: int = 0) 
                 fields["failsafe"] = _parse_failsafe(raw, node.version)
             elif node.key in _PARSERS:
                 fields[node.key] = _PARSERS[node.key](raw, node.version)
-        except CorruptValue as exc:
-            corrupt.append(CorruptKey(node.key, str(exc), node.version, node.session))
+        except dcs.CorruptValue as exc:
+            corrupt.append(dcs.CorruptKey(node.key, str(exc), node.version, node.session))
             member = node.key[len("members/") :] if node.key.startswith("members/") else ""
             if member:
                 # A live member (its key is bound to its lease) whose record is unreadable: still a
                 # member to ask and to count, with nothing known about it.
-                members.append(Member(member, MemberInfo(), node.version, node.session))
-    return ClusterView(
+                members.append(dcs.Member(member, dcs.MemberInfo(), node.version, node.session))
+    return dcs.ClusterView(
         scope=scope,
         leader=leader,
         members=tuple(sorted(members, key=lambda m: m.name)),
