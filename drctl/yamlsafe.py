@@ -10,6 +10,7 @@ first: no node inside itself, at most ``max_nodes`` nodes once aliases are expan
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -106,3 +107,11 @@ def load_yaml(text: str | bytes, source: str) -> Any:
         raise YamlError(yaml_error_line(exc, source)) from None
     except RecursionError:
         raise YamlError(f"{source}: nested too deeply to read") from None
+
+
+def read_file(path: str | Path, what: str = "configuration file") -> bytes:
+    """The bytes of ``path``; a YamlError naming the file and why it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise YamlError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
