@@ -11,11 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
 
 PG_USER = os.environ.get("PGDR_PG_USER", "postgres")
+
+# Property tests check logic, not speed: on a loaded 2-core machine one example can take longer than
+# hypothesis's default 200 ms deadline, which would fail a correct test.
+settings.register_profile("pgdr", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("pgdr")
 
 
 def _interrupt(signum: int, _frame: object) -> None:
