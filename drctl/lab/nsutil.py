@@ -59,7 +59,7 @@ def in_netns(ns: str) -> Iterator[None]:
     it belong to ``ns`` and keep working after the block. Threads started in the block inherit it.
     Nested uses restore the previous namespace."""
     target = os.open(ns_path(ns), os.O_RDONLY | os.O_CLOEXEC)
-    back = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         _setns(target)
         try:
