@@ -489,3 +489,38 @@ def teardown_if_netns(lab_dir: Path, grace: float = 15.0) -> dict[str, list[str]
     if Fabric.load(lab_dir) is None:
         return None
     return NetnsLab(lab_dir).down(grace)
+
+
+def netns_status(lab_dir: Path) -> dict[str, Any]:
+    """`drctl lab status` of a netns lab: every recorded process with its host, and each node's
+    role as its agent reports it (asked from inside the node's namespace)."""
+    from drctl.lab.etcd import etcd_health
+
+    lab = NetnsLab(lab_dir)
+    fab = lab.load_fabric()
+    state = LabState.load(lab_dir)
+    if state is None:
+        raise LabError(f"no lab in {lab_dir}")
+    clusters = {c.site: c for c in lab.clusters(state)}
+    procs: list[dict[str, Any]] = []
+    for rec in Supervisor(lab_dir).records():
+        alive = rec.alive()
+        site, health, addr = rec.name.split("-")[0], "running" if alive else "down", ""
+        host = fab.hosts.get(rec.name) or fab.hosts.get(rec.name.removeprefix("agent-"))
+        if rec.role == "haproxy":
+            host = fab.hosts.get(f"{site}-hap")
+        if host is not None:
+            addr = host.addr
+            site = host.site
+        if alive and rec.role == "etcd" and host is not None:
+            with in_netns(host.ns):
+                health = "healthy" if etcd_health(f"http://{host.addr}:{ETCD_CLIENT}") else "unhealthy"
+        elif alive and rec.role == "agent" and site in clusters:
+            st = clusters[site].status(rec.name.removeprefix("agent-"))
+            health = f"{st.get('role')}, {st.get('state')}" if st else "not answering"
+        procs.append(
+            {"name": rec.name, "site": site, "role": rec.role, "host": addr, "pid": rec.pid, "alive": alive,
+             "health": health, "log": rec.log}
+        )  # fmt: skip
+    procs.sort(key=lambda p: (p["site"], p["role"] != "etcd", p["name"]))
+    return {"dir": str(lab_dir), "netns": fabric_summary(fab), "processes": procs}
