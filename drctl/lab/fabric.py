@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,12 +183,22 @@ class Fabric:
         self.write_relay_config()
         from drctl.lab.nsutil import ns_argv
 
+        log = Path(self.lab_dir) / "wanrelay.log"
+        seen = log.stat().st_size if log.exists() else 0
+
         sup.spawn(
             self.relay_name,
             [*ns_argv(self.router), sys.executable, "-m", "drctl.lab.wanrelay", str(self.relay_config)],
             role="wanrelay",
-            log=Path(self.lab_dir) / "wanrelay.log",
+            log=log,
         )
+        # Ready once it holds every TUN (before, packets to the WAN are dropped).
+        deadline = time.monotonic() + 15.0
+        while "links up" not in log.read_text()[seen:]:
+            rec = sup.record(self.relay_name)
+            if rec is None or not rec.alive() or time.monotonic() > deadline:
+                raise LabError(f"the WAN relay did not start: see {log}")
+            time.sleep(0.05)
 
     def set_wan(
         self, sup: Supervisor, delay_ms: dict[str, float] | None = None, loss: dict[str, float] | None = None
