@@ -65,6 +65,7 @@ class Fabric:
     delay_ms: dict[str, float] = field(default_factory=dict)
     loss: dict[str, float] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)  # created, in order
+    generation: int = 0  # of the WAN settings, acknowledged by the relay in its log
 
     # --- names ----------------------------------------------------------------------------------
     @property
@@ -176,6 +177,7 @@ class Fabric:
             "links": {s: {"rt_if": f"w-{s}", "gw_ns": self.gateway(s)} for s in self.sites},
             "delay_ms": self.delay_ms,
             "loss": self.loss,
+            "generation": self.generation,
         }
         write_atomic(self.relay_config, json.dumps(doc, indent=1), 0o644)
 
@@ -212,10 +214,18 @@ class Fabric:
             if not 0.0 <= float(p) <= 1.0:
                 raise LabError(f"loss for site {site}: {p} is not a probability between 0 and 1")
             self.loss[site] = float(p)
+        self.generation += 1
         self.write_relay_config()
         self.save()
         if not sup.send_signal(self.relay_name, signal.SIGHUP, group=False):
             raise LabError("the WAN relay is not running: see wanrelay.log in the lab directory")
+        # Return once the relay applies them: a packet sent after this call sees the new WAN.
+        log = Path(self.lab_dir) / "wanrelay.log"
+        deadline = time.monotonic() + 10.0
+        while f"applied generation {self.generation}:" not in log.read_text():
+            if time.monotonic() > deadline:
+                raise LabError(f"the WAN relay did not apply the new settings within 10 s: see {log}")
+            time.sleep(0.02)
 
     def set_site_latency(self, sup: Supervisor, one_way_ms: float, sites: list[str] | None = None) -> None:
         """One-way latency ``one_way_ms`` between any two of ``sites`` (default: every site and the

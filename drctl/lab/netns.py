@@ -346,6 +346,8 @@ class NetnsLab:
             fab.create([*names, *(["w"] if witness else []), "o"])
             ops = fab.add_host("ops", "o", 10)
             fab.start_relay(sup)
+            if wan_latency_ms:  # from the start: etcd, replication and the agents all see it
+                fab.set_site_latency(sup, wan_latency_ms)
             clusters: list[NetnsCluster] = []
             entry: dict[str, Host] = {}
             for site in names:
@@ -400,8 +402,6 @@ class NetnsLab:
                 cluster.wait_healthy(180)
             if dr and sites > 1:
                 write_lab_policy(self.dir, state)
-            if wan_latency_ms:
-                fab.set_site_latency(sup, wan_latency_ms)
         except BaseException:
             self._teardown(sup, grace=10.0)
             raise

@@ -78,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         for link in cfg["links"]:
             delay[link] = max(0.0, float((doc.get("delay_ms") or {}).get(link, 0.0))) / 1000.0
             loss[link] = min(1.0, max(0.0, float((doc.get("loss") or {}).get(link, 0.0))))
-        print(f"wanrelay: delay_ms {dict((k, v * 1000) for k, v in delay.items())} loss {loss}", flush=True)
+        print(
+            f"wanrelay: applied generation {doc.get('generation', 0)}: "
+            f"delay_ms {dict((k, v * 1000) for k, v in delay.items())} loss {loss}",
+            flush=True,
+        )
 
     signal.signal(signal.SIGHUP, lambda *_: reload.append(True))
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
