@@ -17,11 +17,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
-from drctl.dcs.base import ClusterView, SiteRecord
+from drctl.dcs.base import DCS, ClusterView, SiteRecord
+from drctl.dcs.etcd import Etcd3, b64
 from drctl.lab.cluster import API_AUTH, LAB_SCOPE, SUPERUSER, AgentNode, LabCluster, Timings
 from drctl.lab.entrypoint import EntryPoint
 from drctl.lab.etcd import EtcdCluster, EtcdMember, LabError
@@ -45,6 +46,15 @@ PG_PORT, API_PORT, ETCD_CLIENT, ETCD_PEER = 5432, 8008, 2379, 2380
 LAB_NETWORK = "10.77.0.0/16"  # every host of every site: pg_hba lets the lab's hosts in
 # Host numbers on a site's LAN (10.77.<site>.<n>); .1 is the gateway.
 ADMIN_N, ENTRY_N, ETCD_N, NODE_N, CLIENT_N = 4, 5, 10, 20, 50
+
+
+def node_pg_port(site: str, i: int) -> int:
+    """Node ``i`` of ``site`` listens on 5432 + 10 * (site - 1) + (i - 1) (a1 5432, a2 5433, b1
+    5442): ports alone tell nodes apart in what clients and replicas report (inet_server_port(),
+    pg_stat_wal_receiver.sender_port), as on loopback."""
+    from drctl.lab.fabric import site_index
+
+    return PG_PORT + 10 * (site_index(site) - 1) + (i - 1)
 
 
 # --- nodes and clusters -----------------------------------------------------------------------
@@ -90,7 +100,8 @@ class NetnsCluster(LabCluster):
         for i in range(1, self.size + 1):
             name = f"{self.site}{i}"
             h = fab.hosts.get(name) or fab.add_host(name, self.site, NODE_N + i)
-            self.nodes.append(NetnsNode(name, self.base_dir / name, PG_PORT, API_PORT, False, h.addr, h.ns))
+            port = node_pg_port(self.site, i)
+            self.nodes.append(NetnsNode(name, self.base_dir / name, port, API_PORT, False, h.addr, h.ns))
         for node in self.nodes:
             make_dir(node.dir, self.pg_user, 0o755)
             make_dir(node.socket_dir, self.pg_user, 0o750)
@@ -130,9 +141,22 @@ class NetnsCluster(LabCluster):
         with in_netns(self.admin_ns):
             return super().view()
 
+    def dcs(self) -> DCS:
+        """A DCS client whose every call runs from the site's admin host."""
+        return cast(DCS, _InNetns(super().dcs(), self.admin_ns))
+
     def put_raw(self, key: str, value: bytes, lease: str | None = None) -> None:
         with in_netns(self.admin_ns):
-            super().put_raw(key, value, lease)
+            dcs = LabCluster.dcs(self)
+            try:
+                if not isinstance(dcs, Etcd3):
+                    raise LabError("put_raw needs an etcd cluster")
+                body: dict[str, str] = {"key": b64(dcs.key(key)), "value": b64(value)}
+                if lease:
+                    body["lease"] = lease
+                dcs.client.call("/kv/put", body, time.monotonic() + 3.0)
+            finally:
+                dcs.close()
 
     def write_site_record(self, record: SiteRecord) -> None:
         from drctl.lab.lab import _write_site_record
@@ -279,6 +303,24 @@ class NetnsEntryPoint(EntryPoint):
         return self
 
 
+class _InNetns:
+    """Calls every method of ``obj`` with the calling thread in ``ns`` (its sockets are made there)."""
+
+    def __init__(self, obj: Any, ns: str) -> None:
+        self._obj, self._ns = obj, ns
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._obj, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with in_netns(self._ns):
+                return attr(*args, **kwargs)
+
+        return call
+
+
 # --- clients ---------------------------------------------------------------------------------
 
 
@@ -311,6 +353,9 @@ class NetnsLab:
     dir: Path
     pg_user: str = "postgres"
     fabric: Fabric | None = None
+    # What up() built (with their settings: timings, fencing), for the process that started the lab.
+    built: list[NetnsCluster] = field(default_factory=list)
+    etcds: dict[str, NetnsEtcd] = field(default_factory=dict)
 
     @property
     def sup(self) -> Supervisor:
@@ -326,6 +371,7 @@ class NetnsLab:
         witness: bool = False,
         dynamic: dict[str, Any] | None = None,
         wan_latency_ms: float = 0.0,
+        fencing: bool = False,
     ) -> LabState:
         why = netns_support()
         if why:
@@ -356,7 +402,7 @@ class NetnsLab:
                 entry[site] = fab.add_host(f"{site}-hap", site, ENTRY_N)
             for site in names:
                 site_dir = make_dir(self.dir / f"site-{site}", None, 0o755)
-                etcd = NetnsEtcd(sup, site_dir / "etcd", fab, site, size=etcd_members).start()
+                etcd = self.etcds[site] = NetnsEtcd(sup, site_dir / "etcd", fab, site, size=etcd_members).start()
                 standby = dr and site != names[0]
                 dyn = dict(dynamic or {})
                 if standby:
@@ -376,6 +422,7 @@ class NetnsLab:
                     fabric=fab,
                     admin_ns=fab.host(f"{site}-adm").ns,
                     etcd_hosts=list(etcd.hosts),
+                    fencing=fencing,
                 ).plan()
                 if dr:
                     cluster.write_site_record(
@@ -383,6 +430,7 @@ class NetnsLab:
                     )
                 NetnsEntryPoint(sup, cluster, port=PG_PORT, host=entry[site]).start()
                 clusters.append(cluster)
+                self.built.append(cluster)
                 state.sites.append(LabSite(site, etcd.endpoints, [_node_doc(n) for n in cluster.nodes], PG_PORT))
                 state.save()
             witness_hosts: list[str] | None = None
@@ -436,7 +484,8 @@ class NetnsLab:
                 etcd_hosts=[h.name for h in fab.hosts.values() if h.name.startswith(f"{site.name}-etcd")],
             )
             c.nodes = [
-                NetnsNode(n["name"], Path(n["dir"]), PG_PORT, API_PORT, False, n["host"], n["ns"]) for n in site.nodes
+                NetnsNode(n["name"], Path(n["dir"]), int(n["pg_port"]), API_PORT, False, n["host"], n["ns"])
+                for n in site.nodes
             ]
             out.append(c)
         return out
