@@ -143,7 +143,8 @@ def _lab_up_netns(
         click.echo(f"site {site.name}: etcd {','.join(site.etcd_endpoints)}")
         for n in site.nodes:
             click.echo(
-                f"  {n['name']}: postgresql {n['host']}:{n['pg_port']}, agent API http://{n['host']}:8008  (netns {n['ns']})"
+                f"  {n['name']}: postgresql {n['host']}:{n['pg_port']}, "
+                f"agent API http://{n['host']}:8008  (netns {n['ns']})"
             )
         hap = hosts[f"{site.name}-hap"]
         click.echo(f"  entry point (HAProxy, /primary): {hap['addr']}:5432  (netns {hap['ns']})")

@@ -13,6 +13,7 @@ Clients (the writer) run in a namespace: a site's client host ``<site>-cli`` or 
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,17 @@ LAB_NETWORK = "10.77.0.0/16"  # every host of every site: pg_hba lets the lab's 
 ADMIN_N, ENTRY_N, ETCD_N, NODE_N, CLIENT_N = 4, 5, 10, 20, 50
 
 
+SOCKET_BASE = Path("/run/pgdr")
+
+
+def socket_root(fab: Fabric) -> Path:
+    """The lab's Unix socket directories: short paths (bench labs live deep in the tree), one
+    per lab prefix, removed by the teardown."""
+    if not SOCKET_BASE.is_dir():
+        make_dir(SOCKET_BASE, None, 0o755)
+    return SOCKET_BASE / fab.prefix
+
+
 def node_pg_port(site: str, i: int) -> int:
     """Node ``i`` of ``site`` listens on 5432 + 10 * (site - 1) + (i - 1) (a1 5432, a2 5433, b1
     5442): ports alone tell nodes apart in what clients and replicas report (inet_server_port(),
@@ -64,6 +76,11 @@ def node_pg_port(site: str, i: int) -> int:
 class NetnsNode(AgentNode):
     host: str = ""  # its address
     ns: str = ""  # its namespace
+    sock_root: str = ""  # short directory for the Unix sockets (a socket path is limited to 107 bytes)
+
+    @property
+    def socket_dir(self) -> Path:
+        return Path(self.sock_root) / self.name if self.sock_root else self.dir / "sock"
 
     @property
     def api_url(self) -> str:
@@ -101,7 +118,10 @@ class NetnsCluster(LabCluster):
             name = f"{self.site}{i}"
             h = fab.hosts.get(name) or fab.add_host(name, self.site, NODE_N + i)
             port = node_pg_port(self.site, i)
-            self.nodes.append(NetnsNode(name, self.base_dir / name, port, API_PORT, False, h.addr, h.ns))
+            self.nodes.append(
+                NetnsNode(name, self.base_dir / name, port, API_PORT, False, h.addr, h.ns, str(socket_root(fab)))
+            )
+        make_dir(socket_root(fab), None, 0o755)
         for node in self.nodes:
             make_dir(node.dir, self.pg_user, 0o755)
             make_dir(node.socket_dir, self.pg_user, 0o750)
@@ -484,7 +504,9 @@ class NetnsLab:
                 etcd_hosts=[h.name for h in fab.hosts.values() if h.name.startswith(f"{site.name}-etcd")],
             )
             c.nodes = [
-                NetnsNode(n["name"], Path(n["dir"]), int(n["pg_port"]), API_PORT, False, n["host"], n["ns"])
+                NetnsNode(
+                    n["name"], Path(n["dir"]), int(n["pg_port"]), API_PORT, False, n["host"], n["ns"], n["sock_root"]
+                )
                 for n in site.nodes
             ]
             out.append(c)
@@ -506,6 +528,8 @@ class NetnsLab:
         lab._stop(sup, grace)
         fab = self.fabric or Fabric.load(self.dir)
         gone = fab.destroy() if fab is not None else []
+        if fab is not None:
+            shutil.rmtree(socket_root(fab), ignore_errors=True)
         return {"processes": stopped, "namespaces": gone}
 
     def summary(self) -> dict[str, Any]:
@@ -521,6 +545,7 @@ def _node_doc(node: AgentNode) -> dict[str, Any]:
         "api_port": node.api_port,
         "host": node.host,
         "ns": node.ns,
+        "sock_root": node.sock_root,
     }
 
 
