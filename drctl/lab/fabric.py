@@ -103,7 +103,10 @@ class Fabric:
             doc["hosts"] = {k: Host(**v) for k, v in doc["hosts"].items()}
             return cls(**doc)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise LabError(f"{path} is unreadable ({exc}): delete namespaces {doc.get('prefix')}-* by hand") from exc
+            raise LabError(
+                f"{path} is unreadable ({exc}): delete the lab's namespaces by hand (`ip netns list`, "
+                "names starting with pgdr and 6 hex digits)"
+            ) from exc
 
     # --- building -------------------------------------------------------------------------------
     def _add_ns(self, ns: str) -> None:

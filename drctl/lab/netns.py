@@ -402,6 +402,10 @@ class NetnsLab:
         live = lab.running()
         if live:
             raise LabError(f"a lab is already running in {self.dir}: `drctl lab down --dir {self.dir}` first")
+        stale = Fabric.load(self.dir) if (self.dir / "netns.json").exists() else None
+        if stale is not None:  # a netns lab whose processes are gone: its namespaces go too
+            stale.destroy()
+            shutil.rmtree(socket_root(stale), ignore_errors=True)
         lab._clear_stale()
         make_dir(self.dir, None, 0o755)
         sup = Supervisor(self.dir)
