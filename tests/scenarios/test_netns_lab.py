@@ -74,14 +74,19 @@ def netns_lab(lab_dir: Path) -> Iterator[NetnsLab]:
 
 
 @pytest.mark.slow
-def test_primary_cut_from_everything_with_a_client_in_its_namespace(netns_lab: NetnsLab) -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_primary_cut_from_everything_with_a_client_in_its_namespace(netns_lab: NetnsLab, mode: str) -> None:
+    """sync: no acknowledged row may be lost. async: the rows the cut-off primary acknowledged to
+    its local client before it demoted are lost by design, bounded by maximum_lag_on_failover;
+    reported (Patroni lost 80-108 here)."""
     timings = Timings(ttl=10, loop_wait=1, retry_timeout=3)
-    netns_lab.up(sites=1, nodes=3, dr=False, timings=timings, dynamic={"synchronous_mode": True})
+    netns_lab.up(sites=1, nodes=3, dr=False, timings=timings, dynamic={"synchronous_mode": mode == "sync"})
     (c,) = netns_lab.clusters()
     fab = netns_lab.load_fabric()
     old = c.leader()
     assert old is not None
-    wait_until(lambda: _sync_standby(c) is not None, 60, "a synchronous standby")
+    if mode == "sync":
+        wait_until(lambda: _sync_standby(c) is not None, 60, "a synchronous standby")
     checker = DualPrimaryChecker({n.name: n.dsn for n in c.nodes}).start()
     # One client on the primary's own host (it keeps reaching that PostgreSQL when the host is cut
     # off) and one application host on the site's LAN.
@@ -125,9 +130,15 @@ def test_primary_cut_from_everything_with_a_client_in_its_namespace(netns_lab: N
         "acked": len(acked),
         "lost": len(lost),
     }
-    print(f"netns partition (synchronous): {report}")
-    assert lost == set(), f"{len(lost)} acknowledged rows lost in synchronous mode: {sorted(lost)[:20]}"
+    print(f"netns partition ({mode}): {report}")
     assert len(app.acks) > 50 and len(local.acks) > 10
+    if mode == "sync":
+        assert local_after_cut == [], "the cut-off primary acknowledged commits without its synchronous standby"
+        assert lost == set(), f"{len(lost)} acknowledged rows lost in synchronous mode: {sorted(lost)[:20]}"
+    else:
+        # Each lost row is one small commit; far below the 16 MiB maximum_lag_on_failover.
+        by_old = {a.id for a in [*local.acks, *app.acks] if a.port == c.node(old).pg_port}
+        assert lost <= by_old, f"rows acknowledged by the new primary were lost: {sorted(lost - by_old)[:20]}"
 
 
 def _sync_standby(c: NetnsCluster) -> str | None:
