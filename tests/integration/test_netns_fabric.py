@@ -42,9 +42,17 @@ class Echo:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            with conn:
+            # One thread per connection: a black-holed one never ends and must not block the rest.
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            try:
                 while data := conn.recv(100):
                     conn.sendall(data)
+            except OSError:
+                pass
 
 
 def reaches(fab: Fabric, src: str, dst: str, port: int = 7000, timeout: float = 1.0) -> float | None:
@@ -88,8 +96,15 @@ def test_hosts_reach_each_other_and_cuts_are_symmetric(fabric: tuple[Fabric, Sup
         Echo(fab, host)
     assert reaches(fab, "a1", "a2") is not None
     assert reaches(fab, "a1", "b1") is not None  # across the router and the relay
+    # Connections open before the cut are black-holed too (no conntrack exception).
+    with in_netns(fab.host("a1").ns):
+        open_before = socket.create_connection((fab.host("b1").addr, 7000), timeout=1.0)
     # a1 cut from everything: neither direction works, within the site or across.
     fab.cut("a1")
+    with open_before:
+        open_before.sendall(b"y")
+        with pytest.raises(OSError):  # socket.timeout: the echo never comes back
+            open_before.recv(10)
     for src, dst in (("a1", "a2"), ("a2", "a1"), ("a1", "b1"), ("b1", "a1")):
         assert reaches(fab, src, dst) is None, f"{src} -> {dst} still works through a full cut"
     assert reaches(fab, "a2", "b1") is not None, "a cut of a1 must not cut others"

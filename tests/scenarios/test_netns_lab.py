@@ -91,7 +91,9 @@ def test_primary_cut_from_everything_with_a_client_in_its_namespace(netns_lab: N
     # One client on the primary's own host (it keeps reaching that PostgreSQL when the host is cut
     # off) and one application host on the site's LAN.
     local = NetnsWriter(c.node(old).ns, c.url(), interval=0.05, timeout=2.0)
-    app = NetnsWriter(fab.host("a-cli").ns, c.url(), interval=0.05, timeout=2.0)
+    # Disjoint ids: two writers started within microseconds would draw overlapping ranges, and a
+    # row of one would then hide the loss of the other's row with the same id.
+    app = NetnsWriter(fab.host("a-cli").ns, c.url(), interval=0.05, timeout=2.0, first_id=local.first_id + 10**12)
     app.prepare()
     local.start()
     app.start()
@@ -125,6 +127,10 @@ def test_primary_cut_from_everything_with_a_client_in_its_namespace(netns_lab: N
         "old_primary_read_only_s": round(new_leader_s + demoted_s, 2),
         "app_write_gap_s": round(gap_after(app.acks, cut_at, end), 2),
         "local_client_acks_during_cut": len(local_after_cut),
+        "local_acks_during_cut_at_s": [round(a.at - cut_at, 2) for a in local_after_cut][:3]
+        + [round(a.at - cut_at, 2) for a in local_after_cut][-3:],
+        "local_acks_during_cut_by": sorted({n.name for a in local_after_cut for n in c.nodes if n.pg_port == a.port}),
+        "lost_acked_at_s": sorted(round(a.at - cut_at, 2) for a in [*local.acks, *app.acks] if a.id in lost),
         "local_client_gap_s": round(gap_after(local.acks, cut_at, end), 2),
         "rejoin_after_heal_s": round(rejoin_s, 2),
         "acked": len(acked),
