@@ -24,7 +24,7 @@ from drctl.lab.netns import NetnsCluster, NetnsLab, NetnsWriter, missing_rows_fr
 from drctl.lab.nsutil import in_netns, list_netns, netns_support
 from drctl.lab.procs import spawned
 from drctl.lab.workload import Ack, DualPrimaryChecker
-from drctl.sites.controller import read_sites, switchover_site
+from drctl.sites.controller import cross_site_lag, read_sites, switchover_site
 from drctl.sites.topology import load_topology
 
 WHY = netns_support()
@@ -196,3 +196,49 @@ def test_site_switchover_across_a_50ms_wan(netns_lab: NetnsLab) -> None:
         f"b->a {times[1]} s; writes acked {len(writer.acks)}, longest gap {writer.max_gap():.2f} s, lost {len(lost)}"
     )
     assert lost == set(), f"{len(lost)} acknowledged writes lost across planned site switchovers"
+
+
+@pytest.mark.slow
+def test_site_cut_from_the_other_never_promotes_and_heals(netns_lab: NetnsLab) -> None:
+    """The router drops everything between the two sites (the WAN cut for real, both ways, while
+    each site's LAN keeps working): the active site keeps writing, the standby site never gets a
+    writable primary, and after the heal the standby site catches up by itself."""
+    netns_lab.up(sites=2, nodes=2)
+    a, b = netns_lab.clusters()
+    fab = netns_lab.load_fabric()
+    topology = load_topology(topology_path(netns_lab.dir))
+    checker = DualPrimaryChecker({n.name: n.dsn for cl in (a, b) for n in cl.nodes}).start()
+    # The application lives in site a and writes to site a's entry point only.
+    writer = NetnsWriter(fab.host("a-cli").ns, netns_lab.entry_url(["a"]), interval=0.05, timeout=2.0)
+    writer.prepare()
+    writer.start()
+    try:
+        wait_until(lambda: len(writer.acks) > 10, 30, "writes before the cut")
+        cut_at = time.monotonic()
+        fab.cut_sites("a", "b")
+        time.sleep(25.0)  # well past ttl (10 s) on both sides
+        acks_during = [x for x in writer.acks if x.at > cut_at]
+        with in_netns(fab.host("a-adm").ns):  # the operator on site a sees its own site only
+            a_view = read_sites(topology)["a"]
+        assert a_view.role == "active"
+        assert b.writable_nodes() == [], "a WAN cut must never promote the standby site"
+        assert len(a.writable_nodes()) == 1
+        assert b.leader() is not None, "the standby site keeps its standby leader"
+        fab.heal_sites()
+        heal_at = time.monotonic()
+        with in_netns(fab.host("ops").ns):
+            caught_up = wait_until(
+                lambda: cross_site_lag(read_sites(topology)).get("b") == 0, 90, "site b caught up after the heal"
+            )
+    finally:
+        writer.stop()
+        checker.stop()
+    violations = checker.violations()
+    assert not violations, f"two writable primaries at once: {violations}"
+    assert len(acks_during) > 100, "the active site must keep writing through a WAN cut"
+    lost = missing_rows_from(fab.host("a-cli").ns, netns_lab.entry_url(["a"]), writer.acked_ids())
+    assert lost == set()
+    print(
+        f"WAN cut 25 s: site a acked {len(acks_during)} writes during the cut, site b stayed read-only, "
+        f"caught up {caught_up:.1f} s after the heal ({time.monotonic() - heal_at:.1f} s)"
+    )
