@@ -38,7 +38,7 @@ from drctl.lab.lab import (
     write_lab_topology,
 )
 from drctl.lab.nsutil import in_netns, netns_support, ns_argv
-from drctl.lab.procs import Supervisor, release
+from drctl.lab.procs import ProcRecord, Supervisor, release
 from drctl.lab.workload import Writer, missing_rows, multi_host_url
 from drctl.pg.osuser import make_dir
 from drctl.safefs import make_private_dir, write_atomic
@@ -516,10 +516,64 @@ class NetnsLab:
             out.append(c)
         return out
 
+    # --- whole-site faults (bench.chaos_sites --netns) -------------------------------------------
+    def running(self) -> list[ProcRecord]:
+        return Lab(self.dir, self.pg_user).running()
+
+    def power_off_site(self, site: str) -> list[ProcRecord]:
+        """Power loss of a datacenter: every process of ``site`` SIGKILLed at once, by PID (the
+        loopback lab's implementation: nothing in it depends on addresses)."""
+        return Lab(self.dir, self.pg_user).power_off_site(site)
+
+    def power_on_site(self, site: str, records: list[ProcRecord], agents: bool = True, timeout: float = 60.0) -> None:
+        """The power comes back: etcd members from their data directories (each in its own host
+        again: the recorded command enters its namespace), HAProxy, then every agent."""
+        from drctl.lab.etcd import etcd_health
+
+        fab = self.load_fabric()
+        sup = Supervisor(self.dir)
+        etcd = [r for r in records if r.role == "etcd"]
+        for rec in etcd:
+            argv = ["existing" if a == "new" else a for a in rec.argv]
+            sup.spawn(rec.name, argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
+
+        def healthy(rec: ProcRecord) -> bool:
+            with in_netns(fab.host(rec.name).ns):
+                return etcd_health(str(rec.extra.get("url")), timeout=1.0)
+
+        deadline = time.monotonic() + timeout
+        while etcd and not all(healthy(r) for r in etcd):
+            if time.monotonic() > deadline:
+                raise LabError(f"site {site}: etcd not healthy {timeout:.0f}s after the power came back")
+            time.sleep(0.2)
+        for rec in records:
+            if rec.role == "haproxy":
+                sup.spawn(rec.name, rec.argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
+        release(sup)
+        if agents:
+            cluster = next(c for c in self.clusters() if c.site == site)
+            for node in cluster.nodes:
+                cluster.start_agent(node.name)
+            release(cluster.sup)
+
+    def data_sites(self) -> list[str]:
+        return [s for s in self.load_fabric().sites if s not in ("w", "o")]
+
+    def cut_wan(self) -> None:
+        """Every data site cut from every other at the router, both ways (the witness and the
+        operators' network still reach them)."""
+        fab, names = self.load_fabric(), self.data_sites()
+        for i, x in enumerate(names):
+            for y in names[i + 1 :]:
+                fab.cut_sites(x, y)
+
+    def heal_wan(self) -> None:
+        self.load_fabric().heal_sites()
+
     def entry_url(self, sites: list[str] | None = None) -> str:
         """How an application connects: the sites' entry points, read-write target."""
         fab = self.load_fabric()
-        names = sites or [s for s in fab.sites if s not in ("w", "o")]
+        names = sites or self.data_sites()
         return multi_host_url([(fab.host(f"{s}-hap").addr, PG_PORT) for s in names], password=SUPERUSER[1])
 
     def down(self, grace: float = 15.0) -> dict[str, list[str]]:
