@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup demo test test-slow lint unit chaos chaos-sites soak bench bench-setup clean-lab
+.PHONY: setup demo test test-slow lint unit chaos chaos-netns chaos-sites soak bench bench-setup clean-lab
 
 setup:
 	@bash scripts/setup
@@ -36,6 +36,10 @@ bench: bench-setup
 
 chaos: setup
 	@$(VENV)/python -m bench.chaos
+
+# The same campaign on the multi-host lab (docs/netns-lab.md): partitions are real, symmetric cuts.
+chaos-netns: setup
+	@CHAOS_NETNS=1 $(VENV)/python -m bench.chaos
 
 chaos-sites: setup
 	@$(VENV)/python -m bench.chaos_sites

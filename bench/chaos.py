@@ -21,6 +21,7 @@ The result JSON is rewritten after every fault, so a campaign cut short keeps wh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -29,6 +30,7 @@ import sys
 import time
 from typing import Any
 
+from bench.netns_system import NetnsInstruments, NetnsSystem
 from bench.scenarios import (
     CAMPAIGN_FAULTS,
     EXTRA_FAULTS,
@@ -37,9 +39,11 @@ from bench.scenarios import (
     acks_resumed,
     inject,
     lab_base,
+    leftovers,
     log,
     node_runs,
     parse_timings,
+    prune_lab,
     teardown,
     wait_stably_healthy,
     wait_until,
@@ -48,6 +52,8 @@ from bench.scenarios import (
 )
 from bench.systems import System
 from drctl.lab.etcd import EtcdCluster
+from drctl.lab.netns import NetnsLab
+from drctl.lab.nsutil import in_netns, list_netns
 from drctl.lab.procs import Supervisor
 from drctl.lab.workload import missing_rows
 
@@ -76,7 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         help="ttl,loop_wait,retry_timeout (default 10,1,3; the bench scenarios use 20,2,4)",
     )
     ap.add_argument("--rejoin-timeout", type=float, default=120.0)
+    ap.add_argument(
+        "--netns",
+        action="store_true",
+        default=os.environ.get("CHAOS_NETNS") == "1",
+        help="multi-host lab (drctl.lab.netns): every node and etcd member on a host of its own; isolation and "
+        "partition cut links for real, both ways (root; needs ip netns, nft, /dev/net/tun)",
+    )
     args = ap.parse_args(argv)
+    if args.netns:
+        from drctl.lab.nsutil import netns_support
+
+        why = netns_support()
+        if why:
+            ap.error(f"--netns: {why}")
     default_faults = [*CAMPAIGN_FAULTS, *(["paused_vm"] if args.fencing else [])]
     faults = [f.strip() for f in (args.faults or ",".join(default_faults)).split(",") if f.strip()]
     for f in faults:
@@ -95,11 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     max_lag = 16 * 1024 * 1024
     rng = random.Random(args.seed)
     run_id = time.strftime("%Y%m%d-%H%M%S")
-    name = f"chaos-{args.mode}-seed{args.seed}"
+    name = f"chaos-{'netns-' if args.netns else ''}{args.mode}-seed{args.seed}"
     base = lab_base(f"{name}-{run_id}")
     out_path = RESULTS / f"{run_id}-{name}.json"
     sup = Supervisor(base)
     etcd = EtcdCluster(sup, base / "etcd", name="ce", size=3)
+    netns_lab: NetnsLab | None = NetnsLab(base / "lab") if args.netns else None
+    client_ns: str | None = None  # netns: the writer's host, where the final checks run from too
     system: System | None = None
     events: list[dict[str, Any]] = []
     inst: Instruments | None = None
@@ -116,21 +137,33 @@ def main(argv: list[str] | None = None) -> int:
         "timings": {"ttl": timings.ttl, "loop_wait": timings.loop_wait, "retry_timeout": timings.retry_timeout},
         "maximum_lag_on_failover": max_lag,
         "faults": faults,
+        "lab": "netns" if args.netns else "loopback",
     }
     try:
-        etcd.start()
-        system = System(
-            "pgdr",
-            sup,
-            base / "pgdr",
-            etcd.endpoints,
-            timings,
-            dynamic=dynamic,
-            node_proxies=True,
-            fencing=args.fencing,
-        )
-        system.start()
-        inst = Instruments(system)
+        if netns_lab is not None:
+            # One site: 3 etcd members and 3 nodes on hosts of their own, the writer on the site's
+            # client host; the dual-primary checker reads every node through its Unix socket.
+            netns_lab.up(sites=1, nodes=3, timings=timings, dr=False, dynamic=dynamic, fencing=args.fencing)
+            etcd = netns_lab.etcds["a"]
+            fab = netns_lab.load_fabric()
+            client_ns = fab.host("a-cli").ns
+            head["netns_prefix"] = fab.prefix
+            system = NetnsSystem(netns_lab.built[0])
+            inst = NetnsInstruments(system, client_ns)
+        else:
+            etcd.start()
+            system = System(
+                "pgdr",
+                sup,
+                base / "pgdr",
+                etcd.endpoints,
+                timings,
+                dynamic=dynamic,
+                node_proxies=True,
+                fencing=args.fencing,
+            )
+            system.start()
+            inst = Instruments(system)
         t0 = time.monotonic()
         wait_until(lambda: len(inst.writer.acks) > 0, 20)
         # SIGUSR1 ends the campaign after the fault in progress, with the full check of every
@@ -188,13 +221,15 @@ def main(argv: list[str] | None = None) -> int:
         missing: set[int] | None = None
         for _ in range(30):
             try:
-                missing = missing_rows(system.url(), acked)
+                with in_netns(client_ns) if client_ns else contextlib.nullcontext():
+                    missing = missing_rows(system.url(), acked)
                 break
             except Exception:
                 time.sleep(1.0)
         violations = _violations(inst, t0)
         final_not_rejoined = system.not_rejoined()
-        probe = wal_bytes_of_inserts(system.url(), 200)
+        with in_netns(client_ns) if client_ns else contextlib.nullcontext():
+            probe = wal_bytes_of_inserts(system.url(), 200)
         wal_per_row = None if probe is None else round(probe / 200, 1)
         lost = None if missing is None else len(missing)
         result = {
@@ -225,8 +260,24 @@ def main(argv: list[str] | None = None) -> int:
             lost_ok = lost == 0
         bad = not lost_ok or bool(violations) or bool(final_not_rejoined)
     finally:
-        left = teardown(base, sup, etcd, system, inst)
+        netns_left = _teardown_netns(netns_lab, inst) if netns_lab is not None else None
+        left = netns_left if netns_left is not None else teardown(base, sup, etcd, system, inst)
     return 1 if bad or left else 0
+
+
+def _teardown_netns(lab: NetnsLab, inst: Instruments | None) -> list[str]:
+    """Stop the instruments, then every process of the lab by PID and its namespaces; what is
+    left (processes, namespaces) is reported and fails the run."""
+    if inst is not None:
+        inst.stop()
+    prefix = lab.fabric.prefix if lab.fabric is not None else None
+    lab.down(grace=10.0)
+    left = leftovers() + (list_netns(f"{prefix}-") if prefix else [])
+    if left:
+        log(f"WARNING: left behind: {left}")
+    else:
+        prune_lab(lab.dir)
+    return left
 
 
 def _violations(inst: Instruments, t0: float) -> list[list[Any]]:

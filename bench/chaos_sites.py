@@ -29,6 +29,7 @@ by a site_loss (and then compared with promote-site's estimate); every node stre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -40,8 +41,10 @@ from typing import Any
 import psycopg
 
 from bench.scenarios import RESULTS, lab_base, leftovers, log, prune_lab, wait_until, wal_bytes_of_inserts
-from drctl.lab.cluster import SUPERUSER
+from drctl.lab.cluster import SUPERUSER, LabCluster
 from drctl.lab.lab import Lab, topology_path
+from drctl.lab.netns import NetnsCluster, NetnsLab, NetnsNode
+from drctl.lab.nsutil import in_netns, netns_support
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
 from drctl.sites.controller import SiteOpError, promote_site, read_sites, switchover_site
 from drctl.sites.topology import Topology, load_topology
@@ -59,11 +62,16 @@ FAULTS = [
 
 
 class TwoSiteLab:
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab | NetnsLab) -> None:
         self.lab = lab
-        self.state = lab.up(sites=2, nodes=2, wan_proxies=True)  # cross-site paths can be cut
-        a, b = lab.clusters(self.state)
-        self.clusters = {"a": a, "b": b}
+        self.netns = isinstance(lab, NetnsLab)
+        if isinstance(lab, NetnsLab):  # cross-site paths are cut at the router
+            self.state = lab.up(sites=2, nodes=2)
+            a, b = lab.clusters(self.state)
+        else:
+            self.state = lab.up(sites=2, nodes=2, wan_proxies=True)  # cross-site paths can be cut
+            a, b = lab.clusters(self.state)
+        self.clusters: dict[str, LabCluster] = {"a": a, "b": b}
         self.topology: Topology = load_topology(topology_path(lab.dir))
 
     def roles(self) -> dict[str, str]:
@@ -79,8 +87,17 @@ class TwoSiteLab:
         return "b" if site == "a" else "a"
 
     def url(self) -> str:
+        if self.netns:  # the nodes' own addresses (the harness runs on the operators' host)
+            hosts = [(n.host, n.pg_port) for c in self.clusters.values() for n in c.nodes if isinstance(n, NetnsNode)]
+            return multi_host_url(hosts, password=SUPERUSER[1])
         nodes = [("127.0.0.1", n.pg_port) for c in self.clusters.values() for n in c.nodes]
         return multi_host_url(nodes, password=SUPERUSER[1])
+
+    def streams_from_entry(self, c: LabCluster, leader: str, active: str) -> bool:
+        """``leader`` (a standby leader) streams from the active site's entry point."""
+        if isinstance(self.lab, NetnsLab) and isinstance(c, NetnsCluster):
+            return c.upstream_host(leader) == self.lab.load_fabric().host(f"{active}-hap").addr
+        return c.upstream_port(leader) == self.entry_port(active)
 
     def entry_port(self, site: str) -> int:
         """The site's entry point as the other site reaches it (through the WAN proxy)."""
@@ -105,7 +122,7 @@ class TwoSiteLab:
                     if site == active:
                         if st.get("role") != "primary":
                             return False
-                    elif c.upstream_port(n.name) != self.entry_port(active):
+                    elif not self.streams_from_entry(c, n.name, active):
                         return False
                 elif not c.streams_from(n.name, leader):
                     return False
@@ -118,18 +135,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=int(os.environ.get("CHAOS_COUNT", "20")))
     ap.add_argument("--faults", default=os.environ.get("CHAOS_FAULTS", ",".join(FAULTS)))
     ap.add_argument("--rejoin-timeout", type=float, default=180.0)
+    ap.add_argument(
+        "--netns",
+        action="store_true",
+        default=os.environ.get("CHAOS_NETNS") == "1",
+        help="multi-host lab (docs/netns-lab.md): the WAN is cut at the router; the harness runs on the "
+        "operators' host (root; needs ip netns, nft, /dev/net/tun)",
+    )
     args = ap.parse_args(argv)
+    if args.netns:
+        why = netns_support()
+        if why:
+            ap.error(f"--netns: {why}")
     faults = [f.strip() for f in args.faults.split(",") if f.strip()]
     for f in faults:
         if f not in FAULTS:
             ap.error(f"unknown fault {f!r} (known: {', '.join(FAULTS)})")
     rng = random.Random(args.seed)
     run_id = time.strftime("%Y%m%d-%H%M%S")
-    name = f"chaos-sites-seed{args.seed}"
+    name = f"chaos-sites-{'netns-' if args.netns else ''}seed{args.seed}"
     base = lab_base(f"{name}-{run_id}")
     out_path = RESULTS / f"{run_id}-{name}.json"
-    lab = Lab(base / "lab")
+    lab: Lab | NetnsLab = NetnsLab(base / "lab") if args.netns else Lab(base / "lab")
     head: dict[str, Any] = {"run_id": run_id, "kind": "chaos-sites", "seed": args.seed, "faults": faults}
+    head["lab"] = "netns" if args.netns else "loopback"
+    # netns: this thread (and the writer it starts) works from the operators' host, as an operator
+    # and an application outside both sites would; closed before the lab is torn down.
+    on_ops_host = contextlib.ExitStack()
     events: list[dict[str, Any]] = []
     expected_loss: set[int] = set()
     checker: DualPrimaryChecker | None = None
@@ -137,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = True
     try:
         tl = TwoSiteLab(lab)
+        if isinstance(lab, NetnsLab):
+            on_ops_host.enter_context(in_netns(lab.load_fabric().host("ops").ns))
         checker = DualPrimaryChecker({n.name: n.dsn for c in tl.clusters.values() for n in c.nodes}).start()
         writer = Writer(tl.url(), interval=0.05, timeout=2.0)
         writer.prepare()
@@ -304,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             writer.stop()
         if checker is not None:
             checker.stop()
+        on_ops_host.close()
         lab.down(grace=20)
     left = leftovers() + [f"{r.name}({r.pid})" for r in lab.running()]
     if left:
@@ -315,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _follows(tl: TwoSiteLab, c: Any, active: str) -> bool:
     leader = c.leader()
-    if leader is None or c.upstream_port(leader) != tl.entry_port(active):
+    if leader is None or not tl.streams_from_entry(c, leader, active):
         return False
     return all(c.streams_from(n.name, leader) for n in c.nodes if n.name != leader)
 

@@ -45,6 +45,19 @@ def lab_group() -> None:
 @click.option(
     "--witness", is_flag=True, help="Also start a witness (one etcd member) holding the active site and epoch."
 )
+@click.option(
+    "--netns",
+    is_flag=True,
+    help="Multi-host lab: every node, etcd member, HAProxy and the witness in a network namespace of its own "
+    "(root; faults cut links for real). Without TLS, proxies or pgBackRest.",
+)
+@click.option(
+    "--wan-latency-ms",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 10000),
+    help="With --netns: one-way latency between sites, through the lab's WAN relay.",
+)
 @operator_errors
 def lab_up(
     lab_dir: Path | None,
@@ -57,10 +70,19 @@ def lab_up(
     mtls: bool,
     backup: bool,
     witness: bool,
+    netns: bool,
+    wan_latency_ms: float,
 ) -> None:
     """Start a lab and leave it running. Site a is active; the other sites are standby clusters of it."""
     if witness and (independent or sites < 2):
         raise click.UsageError("--witness needs at least two sites in a DR layout (not --independent)")
+    if netns:
+        if tls or mtls or backup:
+            raise click.UsageError("--netns runs without --tls, --mtls or --backup (yet)")
+        _lab_up_netns(lab_dir, sites, nodes, etcd_members, pg_user, independent, witness, wan_latency_ms)
+        return
+    if wan_latency_ms:
+        raise click.UsageError("--wan-latency-ms needs --netns (the loopback lab has no WAN to slow down)")
     lab = Lab(lab_dir or default_lab_dir(), pg_user=pg_user)
     click.echo(f"lab directory: {lab.dir}")
     state = lab.up(
@@ -99,13 +121,75 @@ def lab_up(
     click.echo(f"stop it with: drctl lab down --dir {lab.dir}")
 
 
+def _lab_up_netns(
+    lab_dir: Path | None,
+    sites: int,
+    nodes: int,
+    etcd_members: int,
+    pg_user: str,
+    independent: bool,
+    witness: bool,
+    wan_latency_ms: float,
+) -> None:
+    from drctl.lab.netns import NetnsLab
+
+    lab = NetnsLab(lab_dir or default_lab_dir(), pg_user=pg_user)
+    click.echo(f"lab directory: {lab.dir}")
+    state = lab.up(
+        sites=sites,
+        nodes=nodes,
+        etcd_members=etcd_members,
+        dr=not independent,
+        witness=witness,
+        wan_latency_ms=wan_latency_ms,
+    )
+    summary = lab.summary()
+    hosts = summary["hosts"]
+    click.echo(f"network namespaces: {summary['prefix']}-*  (router {summary['router']})")
+    for site in state.sites:
+        click.echo(f"site {site.name}: etcd {','.join(site.etcd_endpoints)}")
+        for n in site.nodes:
+            click.echo(
+                f"  {n['name']}: postgresql {n['host']}:{n['pg_port']}, "
+                f"agent API http://{n['host']}:8008  (netns {n['ns']})"
+            )
+        hap = hosts[f"{site.name}-hap"]
+        click.echo(f"  entry point (HAProxy, /primary): {hap['addr']}:5432  (netns {hap['ns']})")
+        cli = hosts[f"{site.name}-cli"]
+        click.echo(f"  client host: netns {cli['ns']} ({cli['addr']})")
+    click.echo(
+        f"operators' host: netns {hosts['ops']['ns']}  (run drctl there: ip netns exec {hosts['ops']['ns']} ...)"
+    )
+    if wan_latency_ms:
+        click.echo(f"WAN: {wan_latency_ms:g} ms one way between sites (userspace relay in the router namespace)")
+    topo = topology_path(lab.dir)
+    if topo.exists():
+        click.echo(f"topology file: {topo}  (export PGDR_TOPOLOGY={topo})")
+    click.echo(f"stop it with: drctl lab down --dir {lab.dir}")
+
+
 @lab_group.command("status")
 @dir_option
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 @operator_errors
 def lab_status(lab_dir: Path | None, fmt: str) -> None:
     """Every process of the lab with its role, port, PID and health."""
-    status = Lab(lab_dir or default_lab_dir()).status()
+    from drctl.lab.fabric import Fabric
+    from drctl.lab.netns import netns_status
+
+    lab_dir = lab_dir or default_lab_dir()
+    if Fabric.load(lab_dir) is not None:
+        ns_status = netns_status(lab_dir)
+        if fmt != "table":
+            emit_structured(ns_status, fmt)
+            return
+        ns_rows = [
+            (p["site"], p["name"], p["role"], p["host"], p["pid"], "yes" if p["alive"] else "no", p["health"])
+            for p in ns_status["processes"]
+        ]
+        table(f"netns lab {lab_dir}", ["Site", "Process", "Role", "Host", "PID", "Alive", "Health"], ns_rows)
+        return
+    status = Lab(lab_dir).status()
     if fmt != "table":
         emit_structured(status, fmt)
         return
@@ -153,7 +237,20 @@ def lab_start_site(site: str, lab_dir: Path | None) -> None:
 @click.option("--purge", is_flag=True, help="Then remove the lab directory (data directories, logs, certificates).")
 @operator_errors
 def lab_down(lab_dir: Path | None, grace: float, purge: bool) -> None:
-    """Stop every process of the lab, by PID (the data stays unless --purge)."""
+    """Stop every process of the lab, by PID, and a netns lab's namespaces (the data stays unless
+    --purge)."""
+    from drctl.lab.netns import teardown_if_netns
+
+    gone = teardown_if_netns(lab_dir or default_lab_dir(), grace=grace)
+    if gone is not None:
+        click.echo(
+            f"stopped {len(gone['processes'])} processes and deleted {len(gone['namespaces'])} network namespaces "
+            f"of the lab in {lab_dir or default_lab_dir()}"
+        )
+        if purge:
+            Lab(lab_dir or default_lab_dir()).purge()
+            click.echo(f"removed {lab_dir or default_lab_dir()}")
+        return
     lab = Lab(lab_dir or default_lab_dir())
     size = lab.size_bytes() if purge else 0
     stopped = lab.down(grace=grace, purge=purge)

@@ -531,8 +531,12 @@ class Lab:
         self._stop(sup, grace)
         self.close_wan()
         if purge:
-            self._clear_stale()
+            self.purge()
         return names
+
+    def purge(self) -> None:
+        """Remove the lab directory (only one that holds a lab of ours)."""
+        self._clear_stale()
 
     def _stop(self, sup: Supervisor, grace: float) -> None:
         # Agents first (each stops its PostgreSQL and releases its key while etcd still

@@ -1,0 +1,658 @@
+"""The multi-host lab (``drctl lab up --netns``): the same sites as the loopback lab, with every
+PostgreSQL node and its agent, every etcd member, each site's HAProxy and the witness on a host of
+its own (a network namespace with its own address, drctl.lab.fabric), so that partitions are real
+and symmetric and the WAN between sites has latency and loss.
+
+Ports are the standard ones (PostgreSQL 5432, agent API 8008, etcd 2379/2380) since every host
+has its own address. The harness, in the root namespace, reaches the lab three ways:
+- a node's PostgreSQL through its Unix socket (the lab's console: never cut by a fault);
+- a node's agent API from inside the node's own namespace (``in_netns``), also never cut;
+- a site's DCS from that site's admin host ``<site>-adm``, and cross-site operations (drctl) from
+  the operators' host ``ops`` on network ``o``, behind the router.
+Clients (the writer) run in a namespace: a site's client host ``<site>-cli`` or a node's own."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import yaml
+
+from drctl.dcs.base import DCS, ClusterView, SiteRecord
+from drctl.dcs.etcd import Etcd3, b64
+from drctl.lab.cluster import API_AUTH, LAB_SCOPE, SUPERUSER, AgentNode, LabCluster, Timings
+from drctl.lab.entrypoint import EntryPoint
+from drctl.lab.etcd import EtcdCluster, EtcdMember, LabError
+from drctl.lab.fabric import Fabric, Host, fabric_summary, new_prefix
+from drctl.lab.lab import (
+    Lab,
+    LabSite,
+    LabState,
+    site_names,
+    topology_path,
+    write_lab_policy,
+    write_lab_topology,
+)
+from drctl.lab.nsutil import in_netns, netns_support, ns_argv
+from drctl.lab.procs import ProcRecord, Supervisor, release
+from drctl.lab.workload import Writer, missing_rows, multi_host_url
+from drctl.pg.osuser import make_dir
+from drctl.safefs import make_private_dir, write_atomic
+
+PG_PORT, API_PORT, ETCD_CLIENT, ETCD_PEER = 5432, 8008, 2379, 2380
+LAB_NETWORK = "10.77.0.0/16"  # every host of every site: pg_hba lets the lab's hosts in
+# Host numbers on a site's LAN (10.77.<site>.<n>); .1 is the gateway.
+ADMIN_N, ENTRY_N, ETCD_N, NODE_N, CLIENT_N = 4, 5, 10, 20, 50
+
+
+SOCKET_BASE = Path("/run/pgdr")
+
+
+def socket_root(fab: Fabric) -> Path:
+    """The lab's Unix socket directories: short paths (bench labs live deep in the tree), one
+    per lab prefix, removed by the teardown."""
+    if not SOCKET_BASE.is_dir():
+        make_dir(SOCKET_BASE, None, 0o755)
+    return SOCKET_BASE / fab.prefix
+
+
+def node_pg_port(site: str, i: int) -> int:
+    """Node ``i`` of ``site`` listens on 5432 + 10 * (site - 1) + (i - 1) (a1 5432, a2 5433, b1
+    5442): ports alone tell nodes apart in what clients and replicas report (inet_server_port(),
+    pg_stat_wal_receiver.sender_port), as on loopback."""
+    from drctl.lab.fabric import site_index
+
+    return PG_PORT + 10 * (site_index(site) - 1) + (i - 1)
+
+
+# --- nodes and clusters -----------------------------------------------------------------------
+
+
+@dataclass
+class NetnsNode(AgentNode):
+    host: str = ""  # its address
+    ns: str = ""  # its namespace
+    sock_root: str = ""  # short directory for the Unix sockets (a socket path is limited to 107 bytes)
+
+    @property
+    def socket_dir(self) -> Path:
+        return Path(self.sock_root) / self.name if self.sock_root else self.dir / "sock"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"
+
+    @property
+    def dsn(self) -> str:
+        """Through the Unix socket: the lab's console, which no network fault cuts."""
+        return f"host={self.socket_dir} port={self.pg_port} user={SUPERUSER[0]} dbname=postgres connect_timeout=2"
+
+    @property
+    def tcp_dsn(self) -> str:
+        user, password = SUPERUSER
+        return f"host={self.host} port={self.pg_port} user={user} password={password} dbname=postgres connect_timeout=2"
+
+
+@dataclass
+class NetnsCluster(LabCluster):
+    fabric: Fabric | None = None
+    admin_ns: str = ""  # where the harness reads the site's DCS from
+    etcd_hosts: list[str] = field(default_factory=list)  # host names of the site's etcd members
+
+    def _fab(self) -> Fabric:
+        if self.fabric is None:
+            raise LabError("a netns cluster needs its fabric")
+        return self.fabric
+
+    def plan(self) -> NetnsCluster:
+        if self.tls_ca is not None or self.dcs_proxies or self.node_proxies or self.backup:
+            raise LabError("the netns lab runs without TLS, proxies or pgBackRest (cut links instead of proxies)")
+        fab = self._fab()
+        make_dir(self.base_dir, None, 0o755)
+        self.nodes = []
+        for i in range(1, self.size + 1):
+            name = f"{self.site}{i}"
+            h = fab.hosts.get(name) or fab.add_host(name, self.site, NODE_N + i)
+            port = node_pg_port(self.site, i)
+            self.nodes.append(
+                NetnsNode(name, self.base_dir / name, port, API_PORT, False, h.addr, h.ns, str(socket_root(fab)))
+            )
+        make_dir(socket_root(fab), None, 0o755)
+        for node in self.nodes:
+            make_dir(node.dir, self.pg_user, 0o755)
+            make_dir(node.socket_dir, self.pg_user, 0o750)
+            make_private_dir(node.agent_dir, 0o700)
+            write_atomic(node.agent_dir / "api-admin.password", API_AUTH[1] + "\n", 0o600)
+            write_atomic(node.config_path, yaml.safe_dump(self.agent_config(node), sort_keys=False), 0o600)
+        return self
+
+    def agent_config(self, node: AgentNode) -> dict[str, Any]:
+        cfg = super().agent_config(node)
+        assert isinstance(node, NetnsNode)
+        cfg["restapi"]["listen"] = cfg["restapi"]["connect_address"] = f"{node.host}:{node.api_port}"
+        pg = cfg["postgresql"]
+        pg["listen"] = pg["connect_address"] = f"{node.host}:{node.pg_port}"
+        pg["pg_hba"] = [rule.replace("127.0.0.1/32", LAB_NETWORK) for rule in pg["pg_hba"]]
+        return cfg
+
+    def node(self, name: str) -> NetnsNode:
+        n = super().node(name)
+        assert isinstance(n, NetnsNode)
+        return n
+
+    def start_agent(self, name: str) -> None:
+        node = self.node(name)
+        self.sup.spawn(
+            node.proc_name,
+            [*ns_argv(node.ns), sys.executable, "-m", "site_agent.main", str(node.config_path)],
+            role="agent",
+            log=node.log,
+            cwd=node.dir,
+            port=node.api_port,
+            extra={"site": self.site, "scope": self.scope, "pg_port": node.pg_port, "data_dir": str(node.data_dir)},
+        )
+
+    # --- observation through the namespaces ------------------------------------------------
+    def view(self) -> ClusterView | None:
+        with in_netns(self.admin_ns):
+            return super().view()
+
+    def dcs(self) -> DCS:
+        """A DCS client whose every call runs from the site's admin host."""
+        return cast(DCS, _InNetns(super().dcs(), self.admin_ns))
+
+    def put_raw(self, key: str, value: bytes, lease: str | None = None) -> None:
+        with in_netns(self.admin_ns):
+            dcs = LabCluster.dcs(self)
+            try:
+                if not isinstance(dcs, Etcd3):
+                    raise LabError("put_raw needs an etcd cluster")
+                body: dict[str, str] = {"key": b64(dcs.key(key)), "value": b64(value)}
+                if lease:
+                    body["lease"] = lease
+                dcs.client.call("/kv/put", body, time.monotonic() + 3.0)
+            finally:
+                dcs.close()
+
+    def write_site_record(self, record: SiteRecord) -> None:
+        from drctl.lab.lab import _write_site_record
+
+        with in_netns(self.admin_ns):
+            _write_site_record(self, record)
+
+    def api_request(
+        self,
+        name: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        auth: tuple[str, str] | None = API_AUTH,
+        timeout: float = 30.0,
+    ) -> tuple[int, str]:
+        with in_netns(self.node(name).ns):
+            return super().api_request(name, method, path, body, auth, timeout)
+
+    def status(self, name: str, timeout: float = 2.0) -> dict[str, Any] | None:
+        with in_netns(self.node(name).ns):
+            return super().status(name, timeout)
+
+    def upstream_host(self, name: str) -> str | None:
+        """Address of the server ``name`` streams from right now, or None."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.node(name).dsn, autocommit=True, connect_timeout=1) as conn:
+                row = conn.execute("SELECT status, sender_host FROM pg_stat_wal_receiver").fetchone()
+        except psycopg.Error:
+            return None
+        return None if row is None or row[0] != "streaming" else str(row[1])
+
+    def streams_from(self, name: str, upstream: str) -> bool:
+        return self.upstream_host(name) == self.node(upstream).host
+
+    def url(self) -> str:
+        """Multi-host URL of the nodes' addresses: use it from a namespace (client_writer)."""
+        return multi_host_url([(n.host, n.pg_port) for n in self.nodes], password=SUPERUSER[1])  # type: ignore[attr-defined]
+
+    # --- faults: real, symmetric cuts ------------------------------------------------------
+    def isolate_node(self, name: str) -> None:
+        """``name`` cut from everything (DCS, peers, clients, the other site), both directions."""
+        self._fab().cut(name)
+
+    def heal_node(self, name: str) -> None:
+        self._fab().heal(name)
+
+    def isolate_from_dcs(self, name: str) -> None:
+        self._fab().cut(name, list(self.etcd_hosts))
+
+    def heal_dcs(self, name: str) -> None:
+        self._fab().heal(name)
+
+    def isolate_from_peers(self, name: str) -> None:
+        self._fab().cut(name, [n.name for n in self.nodes if n.name != name])
+
+    def isolate_from_clients(self, name: str, clients: list[str]) -> None:
+        self._fab().cut(name, clients)
+
+
+class NetnsEtcd(EtcdCluster):
+    """An etcd cluster whose members are hosts of ``site`` (standard ports, own addresses)."""
+
+    def __init__(self, sup: Supervisor, base_dir: Path, fabric: Fabric, site: str, size: int = 3) -> None:
+        super().__init__(sup, base_dir, name=f"{site}-etcd", size=size)
+        self.fabric = fabric
+        self.site = site
+        self.hosts: dict[str, Host] = {}  # member name -> host
+
+    def _plan(self) -> None:
+        self.members = []
+        for i in range(1, self.size + 1):
+            member = f"{self.name}{i}"
+            h = self.fabric.hosts.get(member) or self.fabric.add_host(member, self.site, ETCD_N + i)
+            self.hosts[member] = h
+            self.members.append(
+                NetnsEtcdMember(
+                    member,
+                    member,
+                    ETCD_CLIENT,
+                    ETCD_PEER,
+                    self.base_dir / member,
+                    self.base_dir / f"{member}.log",
+                    host=h.addr,
+                )
+            )
+
+    def start(self, timeout: float = 30.0) -> NetnsEtcd:
+        super().start(timeout)
+        return self
+
+    def _argv(self, m: EtcdMember, state: str) -> list[str]:
+        return [*ns_argv(self.hosts[m.name].ns), *super()._argv(m, state)]
+
+    def _health(self, url: str, timeout: float) -> bool:
+        member = next((m for m in self.members if m.client_url == url), None)
+        if member is None:
+            return False
+        with in_netns(self.hosts[member.name].ns):
+            return super()._health(url, timeout)
+
+
+@dataclass
+class NetnsEtcdMember(EtcdMember):
+    host: str = "127.0.0.1"
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.host}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
+
+
+@dataclass
+class NetnsEntryPoint(EntryPoint):
+    """The site's HAProxy on a host of its own: /primary checks on the agents' APIs."""
+
+    host: Host | None = None
+
+    def render(self) -> str:
+        assert self.host is not None
+        text = super().render()
+        text = text.replace(f"bind 127.0.0.1:{self.port}", f"bind {self.host.addr}:{self.port}")
+        for n in self.cluster.nodes:
+            assert isinstance(n, NetnsNode)
+            text = text.replace(f"server {n.name} 127.0.0.1:{n.pg_port} ", f"server {n.name} {n.host}:{n.pg_port} ")
+        return text
+
+    def start(self) -> NetnsEntryPoint:
+        assert self.host is not None
+        self.config_path.write_text(self.render())
+        self.sup.spawn(
+            self.name,
+            [*ns_argv(self.host.ns), "haproxy", "-f", str(self.config_path), "-db"],
+            role="haproxy",
+            log=self.cluster.base_dir / "haproxy.log",
+            port=self.port,
+            extra={"site": self.cluster.site, "host": self.host.addr},
+        )
+        return self
+
+
+class _InNetns:
+    """Calls every method of ``obj`` with the calling thread in ``ns`` (its sockets are made there)."""
+
+    def __init__(self, obj: Any, ns: str) -> None:
+        self._obj, self._ns = obj, ns
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._obj, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with in_netns(self._ns):
+                return attr(*args, **kwargs)
+
+        return call
+
+
+# --- clients ---------------------------------------------------------------------------------
+
+
+class NetnsWriter(Writer):
+    """The workload writer, run from a host of the lab (its thread enters ``ns``)."""
+
+    def __init__(self, ns: str, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.ns = ns
+
+    def prepare(self) -> None:
+        with in_netns(self.ns):
+            super().prepare()
+
+    def _run(self) -> None:
+        with in_netns(self.ns):
+            super()._run()
+
+
+def missing_rows_from(ns: str, url: str, acked: set[int]) -> set[int]:
+    with in_netns(ns):
+        return missing_rows(url, acked)
+
+
+# --- the lab ---------------------------------------------------------------------------------
+
+
+@dataclass
+class NetnsLab:
+    dir: Path
+    pg_user: str = "postgres"
+    fabric: Fabric | None = None
+    # What up() built (with their settings: timings, fencing), for the process that started the lab.
+    built: list[NetnsCluster] = field(default_factory=list)
+    etcds: dict[str, NetnsEtcd] = field(default_factory=dict)
+
+    @property
+    def sup(self) -> Supervisor:
+        return Supervisor(self.dir)
+
+    def up(
+        self,
+        sites: int = 2,
+        nodes: int = 3,
+        etcd_members: int = 3,
+        timings: Timings | None = None,
+        dr: bool = True,
+        witness: bool = False,
+        dynamic: dict[str, Any] | None = None,
+        wan_latency_ms: float = 0.0,
+        fencing: bool = False,
+    ) -> LabState:
+        why = netns_support()
+        if why:
+            raise LabError(f"the netns lab cannot run here: {why}")
+        if sites < 1 or nodes < 1 or etcd_members < 1 or sites > 26:
+            raise LabError("--sites (1..26), --nodes and --etcd-members must be at least 1")
+        lab = Lab(self.dir, self.pg_user)
+        live = lab.running()
+        if live:
+            raise LabError(f"a lab is already running in {self.dir}: `drctl lab down --dir {self.dir}` first")
+        stale = Fabric.load(self.dir) if (self.dir / "netns.json").exists() else None
+        if stale is not None:  # a netns lab whose processes are gone: its namespaces go too
+            stale.destroy()
+            shutil.rmtree(socket_root(stale), ignore_errors=True)
+        lab._clear_stale()
+        make_dir(self.dir, None, 0o755)
+        sup = Supervisor(self.dir)
+        names = site_names(sites)
+        fab = self.fabric = Fabric(new_prefix(), str(self.dir))
+        state = LabState(dir=str(self.dir), sites=[], pg_user=self.pg_user, created_at=time.time())
+        try:
+            fab.create([*names, *(["w"] if witness else []), "o"])
+            ops = fab.add_host("ops", "o", 10)
+            fab.start_relay(sup)
+            if wan_latency_ms:  # from the start: etcd, replication and the agents all see it
+                fab.set_site_latency(sup, wan_latency_ms)
+            clusters: list[NetnsCluster] = []
+            entry: dict[str, Host] = {}
+            for site in names:
+                fab.add_host(f"{site}-adm", site, ADMIN_N)
+                fab.add_host(f"{site}-cli", site, CLIENT_N)
+                entry[site] = fab.add_host(f"{site}-hap", site, ENTRY_N)
+            for site in names:
+                site_dir = make_dir(self.dir / f"site-{site}", None, 0o755)
+                etcd = self.etcds[site] = NetnsEtcd(sup, site_dir / "etcd", fab, site, size=etcd_members).start()
+                standby = dr and site != names[0]
+                dyn = dict(dynamic or {})
+                if standby:
+                    dyn["standby_cluster"] = {"host": entry[names[0]].addr, "port": PG_PORT}
+                cross = {"site": site, "topology": str(topology_path(self.dir)), "poll_interval": 1.0, "timeout": 1.0}
+                cluster = NetnsCluster(
+                    sup,
+                    site_dir,
+                    LAB_SCOPE,
+                    etcd.endpoints,
+                    size=nodes,
+                    site=site,
+                    timings=timings or Timings(),
+                    pg_user=self.pg_user,
+                    dynamic=dyn,
+                    dr=cross if dr and sites > 1 else None,
+                    fabric=fab,
+                    admin_ns=fab.host(f"{site}-adm").ns,
+                    etcd_hosts=list(etcd.hosts),
+                    fencing=fencing,
+                ).plan()
+                if dr:
+                    cluster.write_site_record(
+                        SiteRecord("standby", 1, names[0]) if standby else SiteRecord("active", 1, None)
+                    )
+                NetnsEntryPoint(sup, cluster, port=PG_PORT, host=entry[site]).start()
+                clusters.append(cluster)
+                self.built.append(cluster)
+                state.sites.append(LabSite(site, etcd.endpoints, [_node_doc(n) for n in cluster.nodes], PG_PORT))
+                state.save()
+            witness_hosts: list[str] | None = None
+            if witness and dr and sites > 1:
+                w_etcd = NetnsEtcd(sup, self.dir / "witness", fab, "w", size=1).start()
+                witness_hosts = list(w_etcd.endpoints)
+                from drctl.lab.lab import _write_witness
+
+                with in_netns(ops.ns):
+                    _write_witness(w_etcd.endpoints, names[0], 1)
+            if dr and sites > 1:
+                write_lab_topology(self.dir, state, witness=witness_hosts)
+                _point_entries(self.dir, {s: f"{entry[s].addr}:{PG_PORT}" for s in names})
+            for cluster in clusters:
+                cluster.start(wait=False)
+            for cluster in clusters:
+                cluster.wait_healthy(180)
+            if dr and sites > 1:
+                write_lab_policy(self.dir, state)
+        except BaseException:
+            self._teardown(sup, grace=10.0)
+            raise
+        release(sup)
+        return state
+
+    def load_fabric(self) -> Fabric:
+        if self.fabric is None:
+            self.fabric = Fabric.load(self.dir)
+        if self.fabric is None:
+            raise LabError(f"no netns lab in {self.dir}")
+        return self.fabric
+
+    def clusters(self, state: LabState | None = None) -> list[NetnsCluster]:
+        state = state or LabState.load(self.dir)
+        if state is None:
+            raise LabError(f"no lab in {self.dir}")
+        fab = self.load_fabric()
+        sup = Supervisor(self.dir)
+        out = []
+        for site in state.sites:
+            c = NetnsCluster(
+                sup,
+                self.dir / f"site-{site.name}",
+                LAB_SCOPE,
+                site.etcd_endpoints,
+                size=len(site.nodes),
+                site=site.name,
+                pg_user=state.pg_user,
+                fabric=fab,
+                admin_ns=fab.host(f"{site.name}-adm").ns,
+                etcd_hosts=[h.name for h in fab.hosts.values() if h.name.startswith(f"{site.name}-etcd")],
+            )
+            c.nodes = [
+                NetnsNode(
+                    n["name"], Path(n["dir"]), int(n["pg_port"]), API_PORT, False, n["host"], n["ns"], n["sock_root"]
+                )
+                for n in site.nodes
+            ]
+            out.append(c)
+        return out
+
+    # --- whole-site faults (bench.chaos_sites --netns) -------------------------------------------
+    def running(self) -> list[ProcRecord]:
+        return Lab(self.dir, self.pg_user).running()
+
+    def power_off_site(self, site: str) -> list[ProcRecord]:
+        """Power loss of a datacenter: every process of ``site`` SIGKILLed at once, by PID (the
+        loopback lab's implementation: nothing in it depends on addresses)."""
+        return Lab(self.dir, self.pg_user).power_off_site(site)
+
+    def power_on_site(self, site: str, records: list[ProcRecord], agents: bool = True, timeout: float = 60.0) -> None:
+        """The power comes back: etcd members from their data directories (each in its own host
+        again: the recorded command enters its namespace), HAProxy, then every agent."""
+        from drctl.lab.etcd import etcd_health
+
+        fab = self.load_fabric()
+        sup = Supervisor(self.dir)
+        etcd = [r for r in records if r.role == "etcd"]
+        for rec in etcd:
+            argv = ["existing" if a == "new" else a for a in rec.argv]
+            sup.spawn(rec.name, argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
+
+        def healthy(rec: ProcRecord) -> bool:
+            with in_netns(fab.host(rec.name).ns):
+                return etcd_health(str(rec.extra.get("url")), timeout=1.0)
+
+        deadline = time.monotonic() + timeout
+        while etcd and not all(healthy(r) for r in etcd):
+            if time.monotonic() > deadline:
+                raise LabError(f"site {site}: etcd not healthy {timeout:.0f}s after the power came back")
+            time.sleep(0.2)
+        for rec in records:
+            if rec.role == "haproxy":
+                sup.spawn(rec.name, rec.argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
+        release(sup)
+        if agents:
+            cluster = next(c for c in self.clusters() if c.site == site)
+            for node in cluster.nodes:
+                cluster.start_agent(node.name)
+            release(cluster.sup)
+
+    def data_sites(self) -> list[str]:
+        return [s for s in self.load_fabric().sites if s not in ("w", "o")]
+
+    def cut_wan(self) -> None:
+        """Every data site cut from every other at the router, both ways (the witness and the
+        operators' network still reach them)."""
+        fab, names = self.load_fabric(), self.data_sites()
+        for i, x in enumerate(names):
+            for y in names[i + 1 :]:
+                fab.cut_sites(x, y)
+
+    def heal_wan(self) -> None:
+        self.load_fabric().heal_sites()
+
+    def entry_url(self, sites: list[str] | None = None) -> str:
+        """How an application connects: the sites' entry points, read-write target."""
+        fab = self.load_fabric()
+        names = sites or self.data_sites()
+        return multi_host_url([(fab.host(f"{s}-hap").addr, PG_PORT) for s in names], password=SUPERUSER[1])
+
+    def down(self, grace: float = 15.0) -> dict[str, list[str]]:
+        """Stop every process of the lab by PID, then delete its namespaces (links go with them)."""
+        return self._teardown(Supervisor(self.dir), grace)
+
+    def _teardown(self, sup: Supervisor, grace: float) -> dict[str, list[str]]:
+        lab = Lab(self.dir, self.pg_user)
+        stopped = [r.name for r in sup.records() if r.alive()]
+        lab._stop(sup, grace)
+        fab = self.fabric or Fabric.load(self.dir)
+        gone = fab.destroy() if fab is not None else []
+        if fab is not None:
+            shutil.rmtree(socket_root(fab), ignore_errors=True)
+        return {"processes": stopped, "namespaces": gone}
+
+    def summary(self) -> dict[str, Any]:
+        return fabric_summary(self.load_fabric())
+
+
+def _node_doc(node: AgentNode) -> dict[str, Any]:
+    assert isinstance(node, NetnsNode)
+    return {
+        "name": node.name,
+        "dir": str(node.dir),
+        "pg_port": node.pg_port,
+        "api_port": node.api_port,
+        "host": node.host,
+        "ns": node.ns,
+        "sock_root": node.sock_root,
+    }
+
+
+def _point_entries(lab_dir: Path, entries: dict[str, str]) -> None:
+    """The topology's entry points are the sites' HAProxy hosts (write_lab_topology assumes loopback)."""
+    path = topology_path(lab_dir)
+    doc = yaml.safe_load(path.read_text())
+    for site, addr in entries.items():
+        doc["sites"][site]["entry_point"] = addr
+    write_atomic(path, yaml.safe_dump(doc, sort_keys=False), 0o600)
+
+
+def teardown_if_netns(lab_dir: Path, grace: float = 15.0) -> dict[str, list[str]] | None:
+    """`drctl lab down` on a netns lab: processes, then namespaces. None for a loopback lab."""
+    if Fabric.load(lab_dir) is None:
+        return None
+    return NetnsLab(lab_dir).down(grace)
+
+
+def netns_status(lab_dir: Path) -> dict[str, Any]:
+    """`drctl lab status` of a netns lab: every recorded process with its host, and each node's
+    role as its agent reports it (asked from inside the node's namespace)."""
+    from drctl.lab.etcd import etcd_health
+
+    lab = NetnsLab(lab_dir)
+    fab = lab.load_fabric()
+    state = LabState.load(lab_dir)
+    if state is None:
+        raise LabError(f"no lab in {lab_dir}")
+    clusters = {c.site: c for c in lab.clusters(state)}
+    procs: list[dict[str, Any]] = []
+    for rec in Supervisor(lab_dir).records():
+        alive = rec.alive()
+        site, health, addr = rec.name.split("-")[0], "running" if alive else "down", ""
+        host = fab.hosts.get(rec.name) or fab.hosts.get(rec.name.removeprefix("agent-"))
+        if rec.role == "haproxy":
+            host = fab.hosts.get(f"{site}-hap")
+        if host is not None:
+            addr = host.addr
+            site = host.site
+        if alive and rec.role == "etcd" and host is not None:
+            with in_netns(host.ns):
+                health = "healthy" if etcd_health(f"http://{host.addr}:{ETCD_CLIENT}") else "unhealthy"
+        elif alive and rec.role == "agent" and site in clusters:
+            st = clusters[site].status(rec.name.removeprefix("agent-"))
+            health = f"{st.get('role')}, {st.get('state')}" if st else "not answering"
+        procs.append(
+            {"name": rec.name, "site": site, "role": rec.role, "host": addr, "pid": rec.pid, "alive": alive,
+             "health": health, "log": rec.log}
+        )  # fmt: skip
+    procs.sort(key=lambda p: (p["site"], p["role"] != "etcd", p["name"]))
+    return {"dir": str(lab_dir), "netns": fabric_summary(fab), "processes": procs}
