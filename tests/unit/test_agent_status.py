@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from site_agent.peers import peer_status
 from site_agent.snapshot import NodeSnapshot, XlogPosition
@@ -82,15 +82,19 @@ def test_peer_status_reads_election_fields() -> None:
     assert peer_status(primary).in_recovery is False and peer_status(primary).failover_priority == 1
 
 
+STATUS_KEYS = sorted(full_snapshot().to_dict())
+NESTED_KEYS = ["location", "received_location", "replayed_location", "role", "epoch", "slot", "name", "ttl"]
 json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=4)
 json_doc = st.recursive(
     json_leaf,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
-    max_leaves=20,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(NESTED_KEYS), inner, max_size=3),
+    max_leaves=8,
 )
 
 
-@given(st.dictionaries(st.sampled_from(sorted(full_snapshot().to_dict())), json_doc, max_size=12))
+# Input generation, not the code under test, is what a loaded machine slows down.
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(STATUS_KEYS), json_doc, max_size=12))
 def test_any_document_parses_without_raising(doc: dict[str, Any]) -> None:
     AgentStatus.from_dict(doc).to_dict()
 

@@ -4,7 +4,7 @@ replaced disagreed."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from site_agent.api import cluster_document
 
@@ -79,6 +79,7 @@ def _has_null_in_objects(value: object) -> bool:
     return False
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.text(max_size=2), json_values, max_size=4), json_values)
 def test_patch_leaves_no_null_it_brought_and_does_not_touch_inputs(target: dict, patch: object) -> None:
     before = repr((target, patch))
