@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +14,7 @@ import psycopg
 import structlog
 
 from drctl.backup.errors import BackupError
-from drctl.dcs.base import DCS, ClusterView, DCSError, HistoryEntry, LeaderStatus, Member
+from drctl.dcs.base import DCS, ClusterView, DCSError, HistoryEntry, LeaderStatus
 from drctl.pg.ctl import PgCtlError
 from drctl.pg.lsn import parse_lsn
 from drctl.pg.probe import (
@@ -60,6 +60,7 @@ from site_agent.actions import (
     WriteHistory,
 )
 from site_agent.config import DynamicConfig, FencingConfig
+from site_agent.memory import Memory
 from site_agent.node import Node
 from site_agent.state import STANDBY_SOURCE
 from site_agent.stonith import FenceTarget, run_fence
@@ -67,61 +68,44 @@ from site_agent.stonith import FenceTarget, run_fence
 log = structlog.get_logger("site_agent.act")
 
 
-@dataclass
-class Memory:
-    """What the shell remembers between cycles (reported to decide through LocalState)."""
-
-    am_leader: bool = False
-    last_renewal: float | None = None
-    lease_ttl: float | None = None  # DCS.granted_ttl at the last renewal (see LocalState.lease_ttl)
-    renewal_failed: bool = False
-    leader_key_lost: bool = False
-    expect_running: bool = False  # we started PostgreSQL and did not stop it since
-    start_failed: bool = False
-    following: str | None = None
-    # The cluster timeline (per DCS history) this node's data was proven to be on: by a rewind,
-    # a clone, or streaming from the leader (a primary refuses a start point off its history).
-    verified_timeline: int | None = None
-    former_primary: bool = False  # ran writable since the last proof above
-    rewind_failed: bool = False
-    crash_restarts: int = 0
-    first_crash_at: float | None = None
-    running_since: float | None = None
-    pending_restart: bool = False
-    pending_reinitialize: bool = False
-    failsafe_round_started: float | None = None
-    failsafe_held_at: float | None = None
-    failsafe_acks: frozenset[str] = frozenset()
-    failsafe_heartbeat_at: float | None = None  # a leader's POST /failsafe last reached us
-    last_error: str | None = None
-    last_leader: Member | None = None  # the last leader another view showed, with its record
-    events: list[str] = field(default_factory=list)
-
-
 class ActionFailed(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Executed:
+    """What carrying out a decision left: the agent's memory after it, and whether every
+    action that is not a guard succeeded."""
+
+    memory: Memory
+    all_ok: bool
+
+
 class Executor:
-    def __init__(self, node: Node, dcs: DCS, memory: Memory, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, node: Node, dcs: DCS, clock: Callable[[], float] = time.monotonic) -> None:
         self.node = node
         self.dcs = dcs
-        self.mem = memory
+        self.mem = Memory()  # the memory while one decision is carried out (see execute)
         self.clock = clock
-        # Called with the monotonic time a lease was (re)confirmed, before any further action
-        # of the decision runs: the lease keeper must be armed before a Promote, not after.
-        self.on_lease: Callable[[float], None] | None = None
+        # Called with the monotonic time a lease was (re)confirmed and the TTL it was granted,
+        # before any further action of the decision runs: the lease keeper must be armed before
+        # a Promote, not after.
+        self.on_lease: Callable[[float, float | None], None] | None = None
         self.on_demoted: Callable[[], None] | None = None  # PostgreSQL stopped by a Demote
         self.fencing: FencingConfig | None = None
 
     def _leased(self, at: float) -> None:
         if self.on_lease is not None:
-            self.on_lease(at)
+            self.on_lease(at, self.mem.lease_ttl)
+
+    def _remember(self, **changes: Any) -> None:
+        self.mem = replace(self.mem, **changes)
 
     # --- entry point -------------------------------------------------------------------------
-    def execute(self, decision: Decision, view: ClusterView | None, dynamic: DynamicConfig) -> bool:
-        """Carry out the decision; False when an action failed (the caller then waits a full
-        loop_wait before trying again instead of hammering)."""
+    def execute(self, decision: Decision, view: ClusterView | None, dynamic: DynamicConfig, memory: Memory) -> Executed:
+        """Carry out the decision starting from ``memory``; ``all_ok`` False when an action failed
+        (the caller then waits a full loop_wait before trying again instead of hammering)."""
+        self.mem = memory
         self.view = view
         self.dynamic = dynamic
         all_ok = True
@@ -129,25 +113,25 @@ class Executor:
             try:
                 ok = self._dispatch(action)
             except (PgCtlError, ProbeError, ActionFailed) as exc:
-                self.mem.last_error = f"{type(action).__name__}: {exc}"
                 log.error("action failed", action=action.describe(), error=str(exc))
                 ok = False
             except DCSError as exc:
-                self.mem.last_error = f"{type(action).__name__}: {exc}"
                 log.warning("action failed: DCS", action=action.describe(), error=str(exc))
                 if isinstance(action, RenewLeader):
-                    self.mem.renewal_failed = True
+                    self._remember(renewal_failed=True)
                     # A renewal that failed midway may have moved the key to a lease with a
                     # shorter TTL (a re-grant after a ttl change): count from the shorter one.
                     granted = self.dcs.granted_ttl
-                    self.mem.lease_ttl = granted if self.mem.lease_ttl is None else min(self.mem.lease_ttl, granted)
+                    self._remember(
+                        lease_ttl=granted if self.mem.lease_ttl is None else min(self.mem.lease_ttl, granted)
+                    )
                 ok = False
             if not ok and not action.guard:
                 all_ok = False
             if not ok and (action.guard or isinstance(action, (Promote, Rewind, Bootstrap, Clone, Rebuild))):
                 log.info("stopping this decision", at=type(action).__name__)
                 break
-        return all_ok
+        return Executed(self.mem, all_ok)
 
     def _dispatch(self, action: Action) -> bool:
         handler = getattr(self, f"_do_{type(action).__name__}", None)
@@ -169,10 +153,7 @@ class Executor:
         started = self.clock()
         won = self.dcs.attempt_to_acquire_leader()
         if won:
-            self.mem.am_leader = True
-            self.mem.last_renewal = started
-            self.mem.lease_ttl = self.dcs.granted_ttl
-            self.mem.renewal_failed = False
+            self._remember(am_leader=True, last_renewal=started, lease_ttl=self.dcs.granted_ttl, renewal_failed=False)
             self._leased(started)
             log.info("acquired the leader key")
         return won
@@ -182,14 +163,10 @@ class Executor:
         status = LeaderStatus(lsn=a.lsn or 0, slots=self._slot_positions()) if a.lsn is not None else None
         ok = self.dcs.update_leader(status)
         if ok:
-            self.mem.am_leader = True
-            self.mem.last_renewal = started
-            self.mem.lease_ttl = self.dcs.granted_ttl
-            self.mem.renewal_failed = False
+            self._remember(am_leader=True, last_renewal=started, lease_ttl=self.dcs.granted_ttl, renewal_failed=False)
             self._leased(started)
         else:
-            self.mem.am_leader = False
-            self.mem.leader_key_lost = True
+            self._remember(am_leader=False, leader_key_lost=True)
             log.warning("the leader key is no longer ours")
         return ok
 
@@ -199,7 +176,7 @@ class Executor:
             with contextlib.suppress(PgCtlError):
                 last = self.node.ctl.controldata().checkpoint_lsn
         ok = self.dcs.delete_leader(last)
-        self.mem.am_leader = False
+        self._remember(am_leader=False)
         log.info("released the leader key", last_lsn=last, ok=ok)
         return True
 
@@ -309,8 +286,9 @@ class Executor:
     def _do_FailsafeHold(self, _a: FailsafeHold) -> bool:
         # Counts as a renewal from the start of the POST round (set by the agent before deciding).
         if self.mem.failsafe_round_started is not None:
-            self.mem.last_renewal = self.mem.failsafe_round_started
-            self.mem.failsafe_held_at = self.mem.failsafe_round_started
+            self._remember(
+                last_renewal=self.mem.failsafe_round_started, failsafe_held_at=self.mem.failsafe_round_started
+            )
             self._leased(self.mem.failsafe_round_started)
         return True
 
@@ -329,13 +307,13 @@ class Executor:
             self.node.write_config(self.dynamic)
             ctl.clear_recovery()
             ctl.start(timeout=120)
-            self.mem.expect_running = True
+            self._remember(expect_running=True)
             self._create_roles()
         except (PgCtlError, ProbeError) as exc:
             log.error("bootstrap failed: giving the race back", error=str(exc))
             with contextlib.suppress(PgCtlError):
                 ctl.stop("immediate", timeout=30)
-            self.mem.expect_running = False
+            self._remember(expect_running=False)
             with contextlib.suppress(DCSError):
                 self.dcs.cancel_initialization()
             with contextlib.suppress(PgCtlError):
@@ -359,11 +337,11 @@ class Executor:
         self.node.write_config(self.dynamic)
         if role == "primary":
             ctl.clear_recovery()
-            self.mem.following = None
+            self._remember(following=None)
         else:
             conninfo, restore = self._upstream(upstream, remote)
             ctl.set_recovery(conninfo, slot, restore)
-            self.mem.following = STANDBY_SOURCE if remote is not None else upstream
+            self._remember(following=STANDBY_SOURCE if remote is not None else upstream)
         # Wait a bounded time only: the loop must keep renewing the lease; a server still in
         # recovery after that is reported as "starting" by the next observation.
         wait = max(5.0, 3.0 * self.dynamic.loop_wait)
@@ -372,14 +350,11 @@ class Executor:
         except PgCtlError:
             if ctl.is_running():
                 log.info("PostgreSQL still starting", waited=wait)
-                self.mem.start_failed = False
-                self.mem.expect_running = True
+                self._remember(start_failed=False, expect_running=True)
                 return
-            self.mem.start_failed = True
-            self.mem.expect_running = False
+            self._remember(start_failed=True, expect_running=False)
             raise
-        self.mem.start_failed = False
-        self.mem.expect_running = True
+        self._remember(start_failed=False, expect_running=True)
 
     def _upstream(self, upstream: str | None, remote: StandbyTarget | None) -> tuple[str | None, str | None]:
         if remote is not None:
@@ -397,22 +372,22 @@ class Executor:
         if self.node.ctl.is_running():
             return True
         if a.role == "primary" and self.mem.first_crash_at is not None:
-            self.mem.crash_restarts += 1
+            self._remember(crash_restarts=self.mem.crash_restarts + 1)
         log.info("starting PostgreSQL", role=a.role, upstream=a.as_replica_of)
         self._start(a.role, a.as_replica_of, a.slot, a.remote)
         return True
 
     def _do_StopPostgres(self, a: StopPostgres) -> bool:
-        self.mem.expect_running = False
+        self._remember(expect_running=False)
         self.node.close_session()  # a smart shutdown would wait for it
         return self.node.ctl.stop(a.mode, timeout=60)
 
     def _do_RestartPostgres(self, _a: RestartPostgres) -> bool:
         ctl = self.node.ctl
         in_recovery = ctl.standby_signal()
-        self.mem.expect_running = False
+        self._remember(expect_running=False)
         ctl.stop("fast", timeout=60)
-        self.mem.pending_restart = False
+        self._remember(pending_restart=False)
         if in_recovery:
             self._start("replica", self.mem.following if self.mem.following != STANDBY_SOURCE else None, None, None)
         else:
@@ -422,15 +397,13 @@ class Executor:
     def _do_Promote(self, _a: Promote) -> bool:
         log.warning("promoting PostgreSQL")
         self.node.ctl.promote(wait=True, timeout=60)
-        self.mem.following = None
-        self.mem.former_primary = True
+        self._remember(following=None, former_primary=True)
         return True
 
     def _do_Demote(self, a: Demote) -> bool:
         ctl = self.node.ctl
         log.warning("demoting", mode=a.mode)
-        self.mem.expect_running = False
-        self.mem.am_leader = False if a.mode != "graceful" else self.mem.am_leader
+        self._remember(expect_running=False, am_leader=False if a.mode != "graceful" else self.mem.am_leader)
         if a.mode == "graceful" and ctl.is_running():
             with contextlib.suppress(ProbeError, PgCtlError), connect(self.node.superuser_conninfo()) as conn:
                 checkpoint(conn)
@@ -439,8 +412,7 @@ class Executor:
             ctl.stop("immediate", timeout=30)
         else:
             ctl.stop("fast", timeout=60)
-        self.mem.verified_timeline = None
-        self.mem.former_primary = True
+        self._remember(verified_timeline=None, former_primary=True)
         if not ctl.is_running() and self.on_demoted is not None:
             # Nothing writable is left to fence: a read-only restart later in this decision must
             # not be mistaken for a primary by the lease keeper.
@@ -455,7 +427,7 @@ class Executor:
         if ctl.is_running():
             ctl.reload()  # primary_conninfo / primary_slot_name are reloadable (PG 13+)
         log.info("following", upstream=target)
-        self.mem.following = target
+        self._remember(following=target)
         return True
 
     def _do_Rewind(self, a: Rewind) -> bool:
@@ -469,7 +441,7 @@ class Executor:
             raise ActionFailed(f"rewind source {a.source} is not a known member")
         else:
             src = self.node.member_conninfo(source, replication=False)
-        self.mem.expect_running = False
+        self._remember(expect_running=False)
         if ctl.is_running():
             ctl.stop("fast", timeout=60)
         if (self.node.data_dir / "backup_label").exists():
@@ -488,17 +460,16 @@ class Executor:
         result = ctl.rewind(src, restore_target_wal=False)
         if result.ok:
             log.info("pg_rewind done", source=a.source, seconds=round(result.duration, 2))
-            self.mem.rewind_failed = False
+            self._remember(rewind_failed=False)
             self._verified()
             self.node.write_config(self.dynamic)
             return True
-        self.mem.rewind_failed = True
+        self._remember(rewind_failed=True)
         log.error("pg_rewind failed", source=a.source, output=result.output_tail[-500:])
         return False
 
     def _verified(self) -> None:
-        self.mem.verified_timeline = self.view.timeline if self.view is not None else None
-        self.mem.former_primary = False
+        self._remember(verified_timeline=self.view.timeline if self.view is not None else None, former_primary=False)
 
     def _do_Clone(self, a: Clone) -> bool:
         self._clone(a.source, a.methods, a.remote)
@@ -507,15 +478,15 @@ class Executor:
 
     def _do_Rebuild(self, a: Rebuild) -> bool:
         ctl = self.node.ctl
-        self.mem.expect_running = False
+        self._remember(expect_running=False)
         if ctl.is_running():
             ctl.stop("immediate", timeout=30)
         log.warning("rebuilding the data directory", source=a.source)
         if not self._backup_usable(a.methods):
             ctl.wipe()  # a delta restore from the repository reuses the files instead
-        self.mem.pending_reinitialize = False
+        self._remember(pending_reinitialize=False)
         self._clone(a.source, a.methods, None)
-        self.mem.rewind_failed = False
+        self._remember(rewind_failed=False)
         self._verified()
         return True
 
