@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from drctl.dcs.base import DCS, ClusterView, DCSError, MemberInfo
-from site_agent.actions import AcquireLeader, Clone, Decision, Promote, Rebuild, Rewind
+from site_agent.actions import Decision, Promote
 from site_agent.config import AgentConfig, ConfigError, DynamicConfig, parse_dynamic_config
 from site_agent.crosssite import SiteGuard, with_permanent_slots
 from site_agent.decide import decide
@@ -124,9 +124,7 @@ class Agent:
         # failed to confirm a key still carrying its name (left by its previous run, on a lease it
         # cannot renew) waits a normal loop instead of retrying ~20 times a second until it expires.
         lost_as_primary = self.mem.leader_key_lost and local.is_primary
-        return lost_as_primary or (
-            acted_ok and any(isinstance(a, (Promote, Rewind, Clone, Rebuild, AcquireLeader)) for a in decision.actions)
-        )
+        return lost_as_primary or (acted_ok and any(a.hurry for a in decision.actions))
 
     def _observe(self) -> tuple[ClusterView | None, ClusterView | None, Observation]:
         """(the view decide sees, the view as read from the DCS, the local observation)."""
@@ -403,7 +401,7 @@ class Agent:
         return probe.wal_receiver.status
 
     def _log_decision(self, decision: Decision, local: LocalState) -> None:
-        acting = [a for a in decision.actions if type(a).__name__ not in ("NoOp", "RenewLeader", "WaitForLeader")]
+        acting = [a for a in decision.actions if not a.routine]
         if decision.reason != self._last_reason or acting:
             log.info(
                 "decision",
