@@ -13,6 +13,8 @@ once, on its class (see :class:`ActionBase`):
   was not made for (promote, rewind, rebuild...): the decision stops there too.
 * ``hurry``: once it succeeded, the next cycle comes at once (the state changed a lot).
 * ``routine``: the steady state (renewing, waiting): not logged as acting.
+* ``disruptive``: it changes whether or how PostgreSQL runs (or hands the leader key over): a
+  restart requested over REST waits for a decision without one.
 
 :data:`Action` is the union of every concrete action: the shell dispatches on it with ``match``
 and ``typing.assert_never``, so mypy reports an action without a handler.
@@ -24,6 +26,7 @@ from dataclasses import dataclass, fields
 from typing import ClassVar, Literal
 
 from drctl.dcs.base import HistoryEntry
+from site_agent.ssn import render_ssn
 
 Role = Literal["primary", "replica", "standby_leader", "demoted", "uninitialized"]
 DemoteMode = Literal["graceful", "immediate", "offline"]
@@ -47,6 +50,7 @@ class ActionBase:
     vital: ClassVar[bool] = False
     hurry: ClassVar[bool] = False
     routine: ClassVar[bool] = False
+    disruptive: ClassVar[bool] = False
 
     @classmethod
     def halts_on_failure(cls) -> bool:
@@ -56,9 +60,6 @@ class ActionBase:
     def describe(self) -> str:
         args = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
         return f"{type(self).__name__}({args})"
-
-
-# -- bootstrap ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Bootstrap(ActionBase):
     roles, run post_bootstrap. On failure the shell cancels the initialize key and cleans the
     data directory it created itself."""
 
+    disruptive: ClassVar[bool] = True
     vital: ClassVar[bool] = True
 
 
@@ -86,9 +88,6 @@ class RecordInitialize(ActionBase):
 
     system_id: str
     version: int | None
-
-
-# -- leader key ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -114,16 +113,15 @@ class ReleaseLeader(ActionBase):
     """Delete the leader key if ours. ``last_lsn`` None: the shell uses the shutdown checkpoint
     location (pg_controldata) when PostgreSQL is stopped."""
 
+    disruptive: ClassVar[bool] = True
     last_lsn: int | None = None
-
-
-# -- PostgreSQL ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Promote(ActionBase):
     """pg_ctl promote (or pg_promote()); wait until out of recovery."""
 
+    disruptive: ClassVar[bool] = True
     vital: ClassVar[bool] = True
     hurry: ClassVar[bool] = True
 
@@ -138,6 +136,7 @@ class Demote(ActionBase):
     offline: stop and stay stopped (the shell does not restart it by itself).
     """
 
+    disruptive: ClassVar[bool] = True
     mode: DemoteMode = "immediate"
 
 
@@ -147,6 +146,7 @@ class StartPostgres(ActionBase):
     stream from (None: recovery without upstream, e.g. no leader yet), ``remote`` the active site
     when this node is a standby leader."""
 
+    disruptive: ClassVar[bool] = True
     role: Literal["primary", "replica"] = "replica"
     as_replica_of: str | None = None
     slot: str | None = None
@@ -155,6 +155,7 @@ class StartPostgres(ActionBase):
 
 @dataclass(frozen=True)
 class StopPostgres(ActionBase):
+    disruptive: ClassVar[bool] = True
     mode: StopMode = "fast"
 
 
@@ -179,6 +180,7 @@ class Rewind(ActionBase):
     starting and removes it only on success; PostgreSQL must be stopped cleanly first (the shell
     does a single-user crash recovery if needed)."""
 
+    disruptive: ClassVar[bool] = True
     vital: ClassVar[bool] = True
     hurry: ClassVar[bool] = True
 
@@ -190,6 +192,7 @@ class Rebuild(ActionBase):
     """Stop PostgreSQL, move the data directory aside and clone again (``methods`` in order;
     ``source`` is the member for basebackup, None when only the backup repository is used)."""
 
+    disruptive: ClassVar[bool] = True
     vital: ClassVar[bool] = True
     hurry: ClassVar[bool] = True
 
@@ -202,6 +205,7 @@ class Clone(ActionBase):
     """Create a replica in an empty data directory (``methods`` in order: pgbackrest, basebackup
     from ``source``, or from the ``remote`` site for a standby cluster's first member)."""
 
+    disruptive: ClassVar[bool] = True
     vital: ClassVar[bool] = True
     hurry: ClassVar[bool] = True
 
@@ -226,9 +230,6 @@ class FenceNode(ActionBase):
 
     guard: ClassVar[bool] = True
     member: str
-
-
-# -- DCS records --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -303,23 +304,6 @@ class SetSyncStandbyNames(ActionBase):
         return render_ssn(self.names, self.num)
 
 
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def render_ssn(names: tuple[str, ...], num: int) -> str:
-    """The ``synchronous_standby_names`` string of (names, num) (see :class:`SetSyncStandbyNames`)."""
-    if not names:
-        return ""
-    if names == ("*",):
-        return "*"
-    count = min(max(num, 1), len(names))
-    return f"FIRST {count} ({', '.join(_quote_ident(n) for n in names)})"
-
-
-# -- failsafe -----------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class WriteFailsafe(ActionBase):
     """The leader publishes the ``failsafe`` key: member name -> api_url of every member in the
@@ -340,9 +324,6 @@ class FailsafeHold(ActionBase):
     and it feeds the lease keeper with ``that time + leader_deadline`` (ttl - safety_margin).
     Every member that acknowledged refuses to promote for ``ttl`` after receiving the POST, which
     is later than that deadline."""
-
-
-# -- waiting ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

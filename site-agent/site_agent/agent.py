@@ -70,7 +70,6 @@ class Agent:
         self.cycle_lock = threading.Lock()  # the API waits on cycles, never runs one
         self.cycles = 0
 
-    # --- public ------------------------------------------------------------------------------
     @property
     def snapshot(self) -> NodeSnapshot:
         return self._snapshot
@@ -204,7 +203,6 @@ class Agent:
                 self.scheduler.shutdown(wait=False)
         log.info("agent stopped", released_leader=was_leader)
 
-    # --- observe -----------------------------------------------------------------------------
     def _read_view(self) -> ClusterView | None:
         # While the DCS is known to be down, ask it with a short timeout: the cycle must stay
         # well inside the lease deadline (failsafe rounds, the lease keeper's feed).
@@ -326,8 +324,13 @@ class Agent:
                 log.info("seeded the dynamic configuration from bootstrap.dcs")
 
     def _publish(self, view: ClusterView | None, decision: Decision) -> None:
+        """This member's record in the DCS and the snapshot the REST API serves."""
         local = self.local
         assert local is not None
+        self._touch_member(view, decision, local)
+        self._snapshot = self._with_site(self._node_snapshot(view, decision, local))
+
+    def _touch_member(self, view: ClusterView | None, decision: Decision, local: LocalState) -> None:
         info = MemberInfo(
             conn_url=self.node.conn_url,
             api_url=self.api_url,
@@ -345,6 +348,8 @@ class Agent:
                 self.dcs.touch_member(info)
             except DCSError as exc:
                 log.warning("could not publish this member", error=str(exc))
+
+    def _node_snapshot(self, view: ClusterView | None, decision: Decision, local: LocalState) -> NodeSnapshot:
         leader_lsn = view.status.lsn if view is not None and view.status is not None else None
         lag = None
         if local.in_recovery and leader_lsn is not None and local.lsn is not None:
@@ -353,7 +358,7 @@ class Agent:
         if self.mem.am_leader and self.mem.last_renewal is not None:
             deadline = time.time() + (self.mem.last_renewal + self.lease_deadline() - time.monotonic())
         obs_probe = self.node.ctl.is_running()
-        self._snapshot = NodeSnapshot(
+        return NodeSnapshot(
             name=self.cfg.name,
             scope=self.cfg.scope,
             role=decision.role,
@@ -387,11 +392,19 @@ class Agent:
             loop_wait=self.dynamic.loop_wait,
             maximum_lag_on_failover=self.dynamic.maximum_lag_on_failover,
             replication_state=self._wal_receiver_status(),
-            site_state=self.site_guard.verdict.state if self.site_guard is not None else None,
-            site_reason=self.site_guard.verdict.reason if self.site_guard is not None else None,
-            site_writable_allowed=self.site_guard.may_write if self.site_guard is not None else None,
-            cross_site_slot_retained=self.site_guard.slot_retained if self.site_guard is not None else None,
-            cross_site_slot_status=self.site_guard.slot_wal_status if self.site_guard is not None else None,
+        )
+
+    def _with_site(self, snap: NodeSnapshot) -> NodeSnapshot:
+        guard = self.site_guard
+        if guard is None:
+            return snap
+        return replace(
+            snap,
+            site_state=guard.verdict.state,
+            site_reason=guard.verdict.reason,
+            site_writable_allowed=guard.may_write,
+            cross_site_slot_retained=guard.slot_retained,
+            cross_site_slot_status=guard.slot_wal_status,
         )
 
     def _wal_receiver_status(self) -> str | None:
@@ -412,7 +425,6 @@ class Agent:
             )
             self._last_reason = decision.reason
 
-    # --- waiting -----------------------------------------------------------------------------
     def _wait(self, started: float, hurry: bool) -> None:
         if hurry:
             self.stopping.wait(0.05)

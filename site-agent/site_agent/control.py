@@ -54,7 +54,6 @@ class Control:
     def cluster(self) -> ClusterView | None:
         return self.agent.view
 
-    # --- helpers -----------------------------------------------------------------------------
     def _fresh_view(self) -> ClusterView | None:
         try:
             return self.agent.dcs.get_cluster()
@@ -84,7 +83,6 @@ class Control:
         local = replace(local, peers=peers)
         return candidate_blockers(view, local, self.agent.decide_config(), candidate)
 
-    # --- switchover / failover ---------------------------------------------------------------
     def request_switchover(
         self, leader: str | None, candidate: str | None, scheduled_at: datetime | None
     ) -> tuple[int, str]:
@@ -179,7 +177,6 @@ class Control:
             return 503, "failover status unknown: check `drctl list`"
         return 200, f"Successfully failed over to {candidate}"
 
-    # --- local requests ----------------------------------------------------------------------
     def request_restart(self, opts: dict[str, Any]) -> tuple[int, str]:
         role = opts.get("role")
         snap = self.agent.snapshot
@@ -212,7 +209,6 @@ class Control:
         self.agent.request_cycle()
         return 200, "reinitialize started"
 
-    # --- dynamic configuration ---------------------------------------------------------------
     def _write_config(self, build: Any) -> tuple[int, str]:
         view = self._fresh_view()
         if view is None:

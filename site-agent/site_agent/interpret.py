@@ -65,9 +65,6 @@ class _Position:
         return max((v for v in (self.received, self.replayed, self.current) if v is not None), default=None)
 
 
-# -- what the shell must read -------------------------------------------------------------------
-
-
 def wal_lsn_to_read(obs: Observation) -> int | None:
     """The position whose WAL timeline the shell must read from pg_wal (None: nothing to read).
     pg_control's timeline lags behind a switch a standby replayed (Patroni #2175)."""
@@ -90,9 +87,6 @@ def wants_remote_history(seen: Sighting, view: ClusterView | None, memory: Memor
     pos = _position(seen)
     _was, mem = _proofs(seen, view, memory, pos, cfg.standby_cluster)
     return _remote_applies(seen, view, mem, cfg.standby_cluster)
-
-
-# -- the interpretation -------------------------------------------------------------------------
 
 
 def interpret(

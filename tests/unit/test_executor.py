@@ -18,6 +18,7 @@ from site_agent.actions import (
     ClearSync,
     Clone,
     Decision,
+    Demote,
     FenceNode,
     NoOp,
     Promote,
@@ -26,6 +27,8 @@ from site_agent.actions import (
     RenewLeader,
     Rewind,
     SetSyncStandbyNames,
+    StartPostgres,
+    StopPostgres,
     UpdateSync,
     WaitForLeader,
 )
@@ -120,6 +123,8 @@ def test_the_declared_semantics_are_the_former_lists() -> None:
     assert halting == guards | {Promote, Rewind, Bootstrap, Clone, Rebuild}
     assert {c for c in classes if c.hurry} == {Promote, Rewind, Clone, Rebuild, AcquireLeader}
     assert {c for c in classes if c.routine} == {NoOp, RenewLeader, WaitForLeader}
+    disruptive = {Demote, StopPostgres, StartPostgres, Rewind, Rebuild, Clone, Promote, ReleaseLeader, Bootstrap}
+    assert {c for c in classes if c.disruptive} == disruptive
 
 
 def test_release_leader_reports_a_failed_delete() -> None:
