@@ -20,6 +20,7 @@ from site_agent.actions import (
     AcquireLeader,
     ClearFailover,
     ClearSync,
+    DcsAction,
     FailsafeHold,
     FenceNode,
     RecordInitialize,
@@ -34,21 +35,6 @@ from site_agent.stonith import FenceTarget, run_fence
 
 log = structlog.get_logger("site_agent.act")
 
-DcsAction = (
-    AcquireInitialize
-    | RecordInitialize
-    | AcquireLeader
-    | RenewLeader
-    | ReleaseLeader
-    | FenceNode
-    | WriteHistory
-    | RewriteHistory
-    | ClearFailover
-    | UpdateSync
-    | ClearSync
-    | WriteFailsafe
-    | FailsafeHold
-)
 
 CAS_LOST = "the key changed since it was read (compare-and-swap lost)"
 

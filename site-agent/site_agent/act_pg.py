@@ -30,6 +30,7 @@ from site_agent.actions import (
     Demote,
     Follow,
     ManageSlots,
+    PgAction,
     Promote,
     Rebuild,
     RestartPostgres,
@@ -42,21 +43,6 @@ from site_agent.actions import (
 from site_agent.state import STANDBY_SOURCE
 
 log = structlog.get_logger("site_agent.act")
-
-PgAction = (
-    Bootstrap
-    | StartPostgres
-    | StopPostgres
-    | RestartPostgres
-    | Promote
-    | Demote
-    | Follow
-    | Rewind
-    | Clone
-    | Rebuild
-    | ManageSlots
-    | SetSyncStandbyNames
-)
 
 
 class PgHands(Hands):

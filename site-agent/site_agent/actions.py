@@ -351,32 +351,35 @@ class Decision:
         return next((a for a in self.actions if isinstance(a, kind)), None)
 
 
-Action = (
+# What the shell's DCS hands carry out (site_agent.act_dcs) ...
+DcsAction = (
     AcquireInitialize
-    | Bootstrap
     | RecordInitialize
     | AcquireLeader
     | RenewLeader
     | ReleaseLeader
-    | Promote
-    | Demote
-    | StartPostgres
-    | StopPostgres
-    | RestartPostgres
-    | Follow
-    | Rewind
-    | Rebuild
-    | Clone
-    | ManageSlots
     | FenceNode
     | WriteHistory
     | RewriteHistory
     | ClearFailover
     | UpdateSync
     | ClearSync
-    | SetSyncStandbyNames
     | WriteFailsafe
     | FailsafeHold
-    | WaitForLeader
-    | NoOp
 )
+# ... and its PostgreSQL hands (site_agent.act_pg).
+PgAction = (
+    Bootstrap
+    | StartPostgres
+    | StopPostgres
+    | RestartPostgres
+    | Promote
+    | Demote
+    | Follow
+    | Rewind
+    | Clone
+    | Rebuild
+    | ManageSlots
+    | SetSyncStandbyNames
+)
+Action = DcsAction | PgAction | WaitForLeader | NoOp

@@ -55,14 +55,11 @@ class DataDirState(StrEnum):
     INVALID = "invalid"  # non-empty but not a usable data directory: refuse, never wipe
 
 
-@dataclass(frozen=True)
-class NodeTags:
-    nofailover: bool = False
-    noloadbalance: bool = False
-    clonefrom: bool = False
-    replicatefrom: str | None = None
-    nosync: bool = False
-    failover_priority: int = 1
+class _CanFailover:
+    """Whether a member may ever promote, from its nofailover tag and failover_priority."""
+
+    nofailover: bool
+    failover_priority: int
 
     @property
     def can_failover(self) -> bool:
@@ -70,7 +67,17 @@ class NodeTags:
 
 
 @dataclass(frozen=True)
-class PeerStatus:
+class NodeTags(_CanFailover):
+    nofailover: bool = False
+    noloadbalance: bool = False
+    clonefrom: bool = False
+    replicatefrom: str | None = None
+    nosync: bool = False
+    failover_priority: int = 1
+
+
+@dataclass(frozen=True)
+class PeerStatus(_CanFailover):
     """Another member's answer over REST, gathered this cycle."""
 
     reachable: bool
@@ -79,10 +86,6 @@ class PeerStatus:
     timeline: int | None = None
     nofailover: bool = False
     failover_priority: int = 1
-
-    @property
-    def can_failover(self) -> bool:
-        return not self.nofailover and self.failover_priority > 0
 
 
 @dataclass(frozen=True)

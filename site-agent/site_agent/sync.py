@@ -25,14 +25,13 @@ over, then the most advanced; up to ``synchronous_node_count``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from drctl.dcs.base import ClusterView
 from site_agent.actions import Action, ClearSync, SetSyncStandbyNames, UpdateSync
 from site_agent.ssn import SsnSetting, parse_ssn, render_ssn, target_ssn
 from site_agent.state import DecideConfig, LocalState, ReplicaConn
+from site_agent.tags import bool_tag, priority_tag
 
 __all__ = [
     "SsnSetting",
@@ -48,21 +47,6 @@ __all__ = [
 ]
 
 SYNC_STATES = ("sync", "quorum")
-
-
-def _truthy(tags: Mapping[str, Any], key: str) -> bool:
-    v = tags.get(key, False)
-    if isinstance(v, str):
-        return v.strip().lower() in ("1", "true", "yes", "on")
-    return bool(v)
-
-
-def _priority(tags: Mapping[str, Any]) -> int:
-    v = tags.get("failover_priority", 1)
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return 1
 
 
 def _key_members(view: ClusterView, me: str) -> tuple[str, ...]:
@@ -96,7 +80,7 @@ def desired_sync_set(view: ClusterView, local: LocalState, cfg: DecideConfig) ->
     confirmed = confirmed_sync(local, parse_ssn(local.synchronous_standby_names))
     ranked: list[tuple[bool, bool, bool, int, str]] = []
     for m in view.members:
-        if m.name == me or _truthy(m.info.tags, "nosync"):
+        if m.name == me or bool_tag(m.info.tags, "nosync"):
             continue
         row = rows.get(m.name)
         if row is None or not row.streaming:
@@ -108,7 +92,7 @@ def desired_sync_set(view: ClusterView, local: LocalState, cfg: DecideConfig) ->
             and local.current_lsn - row.flush_lsn > cfg.maximum_lag_on_syncnode
         ):
             continue
-        can_failover = not _truthy(m.info.tags, "nofailover") and _priority(m.info.tags) > 0
+        can_failover = not bool_tag(m.info.tags, "nofailover") and priority_tag(m.info.tags) > 0
         ranked.append((m.name not in key, m.name not in confirmed, not can_failover, -(row.flush_lsn or 0), m.name))
     ranked.sort()
     count = max(cfg.synchronous_node_count, 1)
