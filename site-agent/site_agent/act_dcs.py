@@ -77,18 +77,21 @@ class DcsHands(Hands):
         started = self.clock()
         won = self.dcs.attempt_to_acquire_leader()
         if won:
-            self._remember(am_leader=True, last_renewal=started, lease_ttl=self.dcs.granted_ttl, renewal_failed=False)
-            self._leased(started)
+            self._hold_key(started)
             log.info("acquired the leader key")
         return outcome(won, "another member holds the leader key")
+
+    def _hold_key(self, started: float) -> None:
+        """The key is ours on a lease (re)confirmed no earlier than ``started``."""
+        self._remember(am_leader=True, last_renewal=started, lease_ttl=self.dcs.granted_ttl, renewal_failed=False)
+        self._leased(started)
 
     def _renew_leader(self, a: RenewLeader) -> ActionResult:
         started = self.clock()
         status = LeaderStatus(lsn=a.lsn or 0, slots=self._slot_positions()) if a.lsn is not None else None
         ok = self.dcs.update_leader(status)
         if ok:
-            self._remember(am_leader=True, last_renewal=started, lease_ttl=self.dcs.granted_ttl, renewal_failed=False)
-            self._leased(started)
+            self._hold_key(started)
         else:
             self._remember(am_leader=False, leader_key_lost=True)
             log.warning("the leader key is no longer ours")

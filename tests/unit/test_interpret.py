@@ -269,6 +269,20 @@ def test_the_crash_counter_resets_only_after_three_loops_of_running(
         assert out.crash_restarts == mem.crash_restarts
 
 
+@SETTINGS
+@given(sightings(), views, memories(), st.one_of(st.none(), st.floats(0, 60)))
+def test_the_crash_counter_resets_exactly_after_three_loops(
+    s: Sighting, view: ClusterView | None, mem: Memory, ran_for: float | None
+) -> None:
+    running_since = None if ran_for is None else NOW - ran_for
+    mem = replace(mem, running_since=running_since, crash_restarts=mem.crash_restarts + 1, first_crash_at=NOW - 100)
+    _local, out = interpret(s, view, mem, NOW, CFG)
+    reset = out.crash_restarts == 0 and out.first_crash_at is None
+    assert reset == (s.obs.running and ran_for is not None and ran_for > 3 * CFG.loop_wait)
+    if not reset:
+        assert (out.crash_restarts, out.first_crash_at) == (mem.crash_restarts, mem.first_crash_at)
+
+
 def test_a_crash_is_counted_from_when_it_was_seen() -> None:
     mem = Memory(expect_running=True)
     local, out = interpret(seen(stopped(control_data("in production"))), cluster(), mem, NOW, CFG)
