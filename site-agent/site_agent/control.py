@@ -1,6 +1,7 @@
 """The agent's side of the REST API's mutations (site_agent.api.AgentControl): checks a request
-against the cluster view, records it in the DCS or in the agent's memory, and waits (bounded)
-for the outcome where an operator expects one."""
+against the cluster view, records it in the DCS or queues it for the agent's next cycle (never
+writing the agent's memory itself), and waits (bounded) for the outcome where an operator
+expects one."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from drctl.dcs.base import ClusterView, DCSError, Failover
 from site_agent.agent import Agent
 from site_agent.config import ConfigError, parse_dynamic_config
 from site_agent.eligibility import best_candidate, candidate_blockers, failsafe_refusal
+from site_agent.inbox import FailsafeHeartbeat, ReinitializeRequest, RestartRequest
 from site_agent.livewal import LiveWal
 from site_agent.peers import gather_peers
 from site_agent.snapshot import NodeSnapshot
@@ -40,7 +42,6 @@ class Control:
     def cluster(self) -> ClusterView | None:
         return self.agent.view
 
-    # --- helpers -----------------------------------------------------------------------------
     def _fresh_view(self) -> ClusterView | None:
         try:
             return self.agent.dcs.get_cluster()
@@ -70,7 +71,6 @@ class Control:
         local = replace(local, peers=peers)
         return candidate_blockers(view, local, self.agent.decide_config(), candidate)
 
-    # --- switchover / failover ---------------------------------------------------------------
     def request_switchover(
         self, leader: str | None, candidate: str | None, scheduled_at: datetime | None
     ) -> tuple[int, str]:
@@ -165,7 +165,6 @@ class Control:
             return 503, "failover status unknown: check `drctl list`"
         return 200, f"Successfully failed over to {candidate}"
 
-    # --- local requests ----------------------------------------------------------------------
     def request_restart(self, opts: dict[str, Any]) -> tuple[int, str]:
         role = opts.get("role")
         snap = self.agent.snapshot
@@ -175,14 +174,18 @@ class Control:
             return 412, "restart not done: no restart is pending"
         if self.agent.dynamic.pause:
             return 412, "the cluster is paused: restart PostgreSQL yourself or resume first"
-        self.agent.mem.pending_restart = True
+        ticket = self.agent.submit(RestartRequest())
         self.agent.request_cycle()
         deadline = time.monotonic() + float(opts.get("timeout") or 120)
-        while time.monotonic() < deadline and self.agent.mem.pending_restart:
+        while time.monotonic() < deadline and not self._restarted(ticket):
             time.sleep(0.2)
-        if self.agent.mem.pending_restart:
+        if not self._restarted(ticket):
             return 503, "restart requested but not finished yet"
         return 200, "restarted successfully"
+
+    def _restarted(self, ticket: int) -> bool:
+        """The cycle took the request (and with it pending_restart) and carried it out since."""
+        return self.agent.inbox.applied >= ticket and not self.agent.mem.pending_restart
 
     def request_reinitialize(self, force: bool) -> tuple[int, str]:
         if self.agent.mem.am_leader:
@@ -190,11 +193,10 @@ class Control:
         view = self.agent.view
         if view is None or view.leader is None:
             return 503, "no leader to reinitialize from"
-        self.agent.mem.pending_reinitialize = True
+        self.agent.submit(ReinitializeRequest())
         self.agent.request_cycle()
         return 200, "reinitialize started"
 
-    # --- dynamic configuration ---------------------------------------------------------------
     def _write_config(self, build: Any) -> tuple[int, str]:
         view = self._fresh_view()
         if view is None:
@@ -229,5 +231,5 @@ class Control:
         why = failsafe_refusal(local, self.agent.decide_config(), sender)
         if why is not None:
             return 409, {"error": why}
-        self.agent.mem.failsafe_heartbeat_at = time.monotonic()
+        self.agent.submit(FailsafeHeartbeat(time.monotonic()))
         return 200, {"accepted": True, "name": self.agent.cfg.name}

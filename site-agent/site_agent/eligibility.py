@@ -12,6 +12,7 @@ from drctl.common.members import upstream_of
 from drctl.dcs.base import ClusterView
 from site_agent.state import DataDirState, DecideConfig, LocalState, PeerStatus
 from site_agent.sync import sync_restricts
+from site_agent.tags import bool_tag, priority_tag
 
 _SLOT_BAD = re.compile(r"[^a-z0-9_]")
 
@@ -23,24 +24,6 @@ def slot_name(member: str) -> str:
 
 def _tag(tags: Mapping[str, Any], key: str, default: Any) -> Any:
     return tags.get(key, default)
-
-
-def _bool_tag(tags: Mapping[str, Any], key: str) -> bool:
-    v = tags.get(key, False)
-    if isinstance(v, str):
-        return v.strip().lower() in ("1", "true", "yes", "on")
-    return bool(v)
-
-
-def _priority_tag(tags: Mapping[str, Any]) -> int:
-    """``failover_priority`` of a member record (1 when absent or unreadable)."""
-    v = tags.get("failover_priority", 1)
-    if v is None:
-        return 1
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return 1
 
 
 def desired_slots(view: ClusterView, me: str) -> tuple[str, ...]:
@@ -231,7 +214,7 @@ def candidate_blockers(view: ClusterView, local: LocalState, cfg: DecideConfig, 
     else:
         running_replica = member.info.state == "running" and member.info.role in ("replica", "standby_leader")
         lsn = member.info.lsn
-        nofailover, priority = _bool_tag(tags, "nofailover"), _priority_tag(tags)
+        nofailover, priority = bool_tag(tags, "nofailover"), priority_tag(tags)
     out = []
     if not running_replica:
         out.append(f"{name} is not a running replica")
@@ -267,7 +250,7 @@ def best_candidate(view: ClusterView, local: LocalState, cfg: DecideConfig) -> s
             continue
         peer = local.peers.get(m.name)
         lsn = (peer.lsn if peer else m.info.lsn) or 0
-        prio = peer.failover_priority if peer else _priority_tag(m.info.tags)
+        prio = peer.failover_priority if peer else priority_tag(m.info.tags)
         ranked.append((-lsn, -prio, m.name))
     return min(ranked)[2] if ranked else None
 

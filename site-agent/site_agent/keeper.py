@@ -139,9 +139,6 @@ class LeaseKeeperClient:
         self._write(KeeperState(self._next_seq(), False, None, self._boot))
 
 
-# -- the process --------------------------------------------------------------------------------
-
-
 def _log(msg: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     print(f"{stamp} lease-keeper[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)

@@ -1,8 +1,9 @@
 """Inputs of the pure decision: what the shell observed (:class:`LocalState`) and the settings that
 drive the rules (:class:`DecideConfig`). All values are immutable.
 
-The shell keeps a little memory between cycles and reports it here; its rules (see also the
-module docstring of :mod:`site_agent.decide`):
+The shell keeps a little memory between cycles (:class:`site_agent.memory.Memory`) and reports it
+here through :func:`site_agent.interpret.interpret`; its rules (see also the module docstring of
+:mod:`site_agent.decide`):
 
 * ``am_leader`` is updated **after** acting on a decision: True when AcquireLeader/RenewLeader
   returned True; False when RenewLeader returned False (then ``leader_key_lost`` is True for the
@@ -13,7 +14,7 @@ module docstring of :mod:`site_agent.decide`):
 * ``last_renewal`` is the monotonic time taken **before** sending the last successful
   AcquireLeader/RenewLeader (conservative: the lease was refreshed no earlier than that).
 * ``crash_restarts``/``first_crash_at`` count StartPostgres attempts after PostgreSQL stopped
-  unexpectedly; the shell resets them once PostgreSQL has run for ``loop_wait`` cycles.
+  unexpectedly; they reset once PostgreSQL has run for more than ``3 * loop_wait`` seconds.
 * ``rewind_failed`` stays True from a failed pg_rewind until a Rebuild succeeded.
 * ``replication`` (on a primary): the rows of ``pg_stat_replication`` this cycle, one
   :class:`ReplicaConn` per walsender whose ``application_name`` is a member name (the shell sets
@@ -55,14 +56,11 @@ class DataDirState(StrEnum):
     INVALID = "invalid"  # non-empty but not a usable data directory: refuse, never wipe
 
 
-@dataclass(frozen=True)
-class NodeTags:
-    nofailover: bool = False
-    noloadbalance: bool = False
-    clonefrom: bool = False
-    replicatefrom: str | None = None
-    nosync: bool = False
-    failover_priority: int = 1
+class _CanFailover:
+    """Whether a member may ever promote, from its nofailover tag and failover_priority."""
+
+    nofailover: bool
+    failover_priority: int
 
     @property
     def can_failover(self) -> bool:
@@ -70,7 +68,17 @@ class NodeTags:
 
 
 @dataclass(frozen=True)
-class PeerStatus:
+class NodeTags(_CanFailover):
+    nofailover: bool = False
+    noloadbalance: bool = False
+    clonefrom: bool = False
+    replicatefrom: str | None = None
+    nosync: bool = False
+    failover_priority: int = 1
+
+
+@dataclass(frozen=True)
+class PeerStatus(_CanFailover):
     """Another member's answer over REST, gathered this cycle."""
 
     reachable: bool
@@ -79,10 +87,6 @@ class PeerStatus:
     timeline: int | None = None
     nofailover: bool = False
     failover_priority: int = 1
-
-    @property
-    def can_failover(self) -> bool:
-        return not self.nofailover and self.failover_priority > 0
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,13 @@ over, then the most advanced; up to ``synchronous_node_count``.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from drctl.dcs.base import ClusterView
-from site_agent.actions import Action, ClearSync, SetSyncStandbyNames, UpdateSync, render_ssn
+from site_agent.actions import Action, ClearSync, SetSyncStandbyNames, UpdateSync
+from site_agent.ssn import SsnSetting, parse_ssn, render_ssn, target_ssn
 from site_agent.state import DecideConfig, LocalState, ReplicaConn
+from site_agent.tags import bool_tag, priority_tag
 
 __all__ = [
     "SsnSetting",
@@ -48,122 +47,6 @@ __all__ = [
 ]
 
 SYNC_STATES = ("sync", "quorum")
-
-
-# -- synchronous_standby_names ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SsnSetting:
-    """A parsed synchronous_standby_names. ``names`` in the order written; ``num`` the number of
-    standbys that must confirm; ``method`` FIRST (priority) or ANY (quorum)."""
-
-    names: tuple[str, ...]
-    num: int
-    method: str = "FIRST"
-
-    @property
-    def star(self) -> bool:
-        return "*" in self.names
-
-    @property
-    def all_required(self) -> bool:
-        """Every listed standby must confirm each commit (so each one holds every ack'd commit)."""
-        return bool(self.names) and not self.star and self.num >= len(self.names)
-
-    def same_as(self, names: tuple[str, ...], num: int) -> bool:
-        if not names:
-            return not self.names
-        if names == ("*",):
-            return self.star and len(self.names) == 1 and self.num == 1
-        return set(self.names) == set(names) and self.num == num and len(self.names) == len(names) and not self.star
-
-
-_TOKEN = re.compile(r'\s*(?:"((?:[^"]|"")*)"|([^\s,()"]+)|([,()]))')
-
-
-def _tokens(value: str) -> list[tuple[str, bool]] | None:
-    """(text, quoted) tokens; None when the string cannot be tokenized."""
-    out: list[tuple[str, bool]] = []
-    pos = 0
-    value = value.strip()
-    while pos < len(value):
-        m = _TOKEN.match(value, pos)
-        if m is None or m.end() == pos:
-            return None
-        if m.group(1) is not None:
-            out.append((m.group(1).replace('""', '"'), True))
-        elif m.group(2) is not None:
-            out.append((m.group(2), False))
-        else:
-            out.append((m.group(3), False))
-        pos = m.end()
-    return out
-
-
-def parse_ssn(value: str | None) -> SsnSetting | None:
-    """Parse PostgreSQL's synchronous_standby_names (``''``, ``'*'``, ``'a, b'``, ``'2 (a, b)'``,
-    ``'FIRST 2 (a, b)'``, ``'ANY 1 ("A", b)'``). Unquoted names are case-folded as PostgreSQL
-    does. None when ``value`` is None or cannot be parsed."""
-    if value is None:
-        return None
-    toks = _tokens(value)
-    if toks is None:
-        return None
-    if not toks:
-        return SsnSetting((), 0)
-    method = "FIRST"
-    if len(toks) > 1 and not toks[0][1] and toks[0][0].upper() in ("FIRST", "ANY") and toks[1][0].isdigit():
-        method = toks[0][0].upper()
-        toks = toks[1:]
-    if toks and not toks[0][1] and toks[0][0].isdigit() and len(toks) > 1 and toks[1] == ("(", False):
-        num = int(toks[0][0])
-        if toks[-1] != (")", False):
-            return None
-        body = toks[2:-1]
-    elif method == "ANY":
-        return None
-    else:
-        num = 1  # the old syntax 'a, b': the first connected one is synchronous
-        body = toks
-    names: list[str] = []
-    expect_name = True
-    for text, quoted in body:
-        if expect_name:
-            if not quoted and text in ",()":
-                return None
-            names.append(text if quoted or text == "*" else text.lower())
-        elif (text, quoted) != (",", False):
-            return None
-        expect_name = not expect_name
-    if not names or expect_name:
-        return None
-    return SsnSetting(tuple(names), num, method)
-
-
-def target_ssn(desired: tuple[str, ...], strict: bool) -> tuple[tuple[str, ...], int]:
-    """The (names, num) SSN should have for ``desired`` synchronous standbys."""
-    if desired:
-        return desired, len(desired)
-    return (("*",), 1) if strict else ((), 0)
-
-
-# -- the leader's plan --------------------------------------------------------------------------
-
-
-def _truthy(tags: Mapping[str, Any], key: str) -> bool:
-    v = tags.get(key, False)
-    if isinstance(v, str):
-        return v.strip().lower() in ("1", "true", "yes", "on")
-    return bool(v)
-
-
-def _priority(tags: Mapping[str, Any]) -> int:
-    v = tags.get("failover_priority", 1)
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return 1
 
 
 def _key_members(view: ClusterView, me: str) -> tuple[str, ...]:
@@ -197,7 +80,7 @@ def desired_sync_set(view: ClusterView, local: LocalState, cfg: DecideConfig) ->
     confirmed = confirmed_sync(local, parse_ssn(local.synchronous_standby_names))
     ranked: list[tuple[bool, bool, bool, int, str]] = []
     for m in view.members:
-        if m.name == me or _truthy(m.info.tags, "nosync"):
+        if m.name == me or bool_tag(m.info.tags, "nosync"):
             continue
         row = rows.get(m.name)
         if row is None or not row.streaming:
@@ -209,7 +92,7 @@ def desired_sync_set(view: ClusterView, local: LocalState, cfg: DecideConfig) ->
             and local.current_lsn - row.flush_lsn > cfg.maximum_lag_on_syncnode
         ):
             continue
-        can_failover = not _truthy(m.info.tags, "nofailover") and _priority(m.info.tags) > 0
+        can_failover = not bool_tag(m.info.tags, "nofailover") and priority_tag(m.info.tags) > 0
         ranked.append((m.name not in key, m.name not in confirmed, not can_failover, -(row.flush_lsn or 0), m.name))
     ranked.sort()
     count = max(cfg.synchronous_node_count, 1)
@@ -286,9 +169,6 @@ def promotion_sync_actions(view: ClusterView, cfg: DecideConfig) -> tuple[list[A
         return [], []
     names, num = target_ssn((), cfg.synchronous_mode_strict)
     return [SetSyncStandbyNames(names, num)], [UpdateSync((), view.sync.version if view.sync is not None else None)]
-
-
-# -- the replicas' side -------------------------------------------------------------------------
 
 
 def sync_restricts(view: ClusterView, cfg: DecideConfig) -> bool:

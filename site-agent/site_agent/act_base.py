@@ -1,0 +1,58 @@
+"""What every group of the executor's handlers shares: the typed result of an action and the
+state one execution works on (the node, the DCS, the view the decision was made on, and the
+memory the actions leave)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from drctl.dcs.base import DCS, ClusterView
+from site_agent.config import DynamicConfig, FencingConfig
+from site_agent.memory import Memory
+from site_agent.node import Node
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """``ok`` False: the action did not do what it was asked (a lost compare-and-swap, a failed
+    pg_rewind...); ``reason`` says why, for the log."""
+
+    ok: bool
+    reason: str = ""
+
+
+DONE = ActionResult(True)
+
+
+def outcome(ok: bool, failure: str) -> ActionResult:
+    return DONE if ok else ActionResult(False, failure)
+
+
+class ActionFailed(Exception):
+    pass
+
+
+class Hands:
+    """The state the handlers share while the executor carries out one decision."""
+
+    node: Node
+    dcs: DCS
+    clock: Callable[[], float]
+    mem: Memory
+    view: ClusterView | None
+    dynamic: DynamicConfig
+    fencing: FencingConfig | None
+    # Called with the monotonic time a lease was (re)confirmed and the TTL it was granted,
+    # before any further action of the decision runs: the lease keeper must be armed before a
+    # Promote, not after.
+    on_lease: Callable[[float, float | None], None] | None
+    on_demoted: Callable[[], None] | None  # PostgreSQL stopped by a Demote
+
+    def _remember(self, **changes: Any) -> None:
+        self.mem = replace(self.mem, **changes)
+
+    def _leased(self, at: float) -> None:
+        if self.on_lease is not None:
+            self.on_lease(at, self.mem.lease_ttl)
