@@ -68,6 +68,7 @@ class Agent:
         self.pm_watch: PostmasterWatch | None = None  # wakes the loop when the postmaster exits
         self.site_guard: SiteGuard | None = None  # cross-site awareness (dr: in the configuration)
         self._snapshot = NodeSnapshot(name=cfg.name, scope=cfg.scope, version=VERSION)
+        self.executor.on_demoted = self._on_demoted
         self.cycle_lock = threading.Lock()  # the API waits on cycles, never runs one
         self.cycles = 0
 
@@ -279,7 +280,15 @@ class Agent:
     def attach_keeper(self, keeper: LeaseKeeper) -> None:
         self.keeper = keeper
         self.executor.on_lease = lambda at, ttl: keeper.feed(at + self.decide_config().deadline_for(ttl))
-        self.executor.on_demoted = keeper.disarm
+
+    def _on_demoted(self) -> None:
+        """PostgreSQL was stopped by a Demote. The lease keeper has nothing left to fence, and
+        /status says so at once: in a switchover this cycle releases the key next, and the member
+        taking over polls /status within milliseconds; seeing the old leader still 'primary' (the
+        snapshot of the previous cycle) it would fence a node that demoted cleanly."""
+        if self.keeper is not None:
+            self.keeper.disarm()
+        self._snapshot = replace(self._snapshot, role="demoted", pg_running=False)
 
     def lease_deadline(self) -> float:
         """Seconds after the last renewal at which this leader must stop being writable, from the

@@ -24,6 +24,7 @@ import yaml
 
 from drctl.lab.cluster import API_AUTH, LabCluster
 from drctl.lab.ports import free_port
+from drctl.procutil import pid_alive
 from tests.builders import wait_until
 from tests.scenarios.conftest import Instruments
 
@@ -310,3 +311,32 @@ def test_bad_config_unreachable_dcs_and_wrong_credentials_give_clear_errors(
     code, _ = api(c, node.name, "POST", "/restart", {}, auth=None)
     assert code == 401
     assert c.leader() == node.name
+
+
+def test_planned_switchover_never_fences_the_old_leader(
+    make_cluster: MakeCluster, instruments: StartInstruments
+) -> None:
+    """With a fencing hook (STONITH) configured, a planned switchover must not power the old leader
+    off: it demoted cleanly and says so on /status before it releases the key (the candidate polls
+    /status within milliseconds of the release)."""
+    c = make_cluster(fencing=True)
+    inst = instruments(c)
+    time.sleep(1)
+    for _ in range(3):
+        old = c.leader()
+        assert old is not None
+        rec = c.sup.record(c.node(old).proc_name)
+        assert rec is not None
+        agent_pid = rec.pid
+        target = others(c, old)[0]
+        code, body = api(c, old, "POST", "/switchover", {"leader": old, "candidate": target})
+        assert code == 200, body
+        wait_until(lambda t=target: c.health(t, "/primary") == 200, 30, f"/primary answering 200 on {target}")
+        wait_until(lambda o=old, t=target: c.streams_from(o, t), 60, f"{old} streaming from {target}")
+        assert pid_alive(agent_pid), f"the old leader {old}'s agent was killed (fenced) in a planned switchover"
+    logs = "".join(n.log.read_text(errors="replace") for n in c.nodes if n.log.exists())
+    assert "fencing the old leader" not in logs, "a planned switchover fenced the old leader"
+    c.wait_healthy(60)
+    inst.stop()
+    inst.assert_no_dual_primary()
+    assert inst.missing() == set()

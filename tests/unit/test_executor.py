@@ -66,12 +66,17 @@ class FakeDCS:
 @dataclass
 class FakeCtl:
     calls: list[str] = field(default_factory=list)
+    running: bool = True
 
     def promote(self, wait: bool, timeout: float) -> None:
         self.calls.append("promote")
 
+    def stop(self, mode: str, timeout: float) -> None:
+        self.calls.append(f"stop {mode}")
+        self.running = False
+
     def is_running(self) -> bool:
-        return True
+        return self.running
 
 
 @dataclass
@@ -178,3 +183,16 @@ def test_every_handler_returns_an_action_result() -> None:
     ex, _ctl = executor(FakeDCS())
     for action in (NoOp(), WaitForLeader(), AcquireLeader(), ReleaseLeader(1), Promote()):
         assert isinstance(ex.dispatch(cast(Action, action)), ActionResult)
+
+
+def test_a_demotion_is_announced_before_the_key_is_released() -> None:
+    """A switchover's candidate polls /status as soon as the key goes: the agent must say it is
+    demoted (on_demoted) before ReleaseLeader deletes the key, or a fencing hook powers it off."""
+    dcs = FakeDCS(delete=True)
+    ex, ctl = executor(dcs)
+    ex.on_demoted = lambda: dcs.calls.append("announced demoted")
+    decision = Decision((Demote("fast"), ReleaseLeader(last_lsn=7)), "t", "demoted")
+    done = ex.execute(decision, None, DynamicConfig(), Memory(am_leader=True))
+    assert ctl.calls == ["stop fast"]
+    assert dcs.calls == ["announced demoted", "delete 7"]
+    assert done.all_ok and not done.memory.am_leader
