@@ -168,7 +168,7 @@ def switchover_site_cmd(
         switchover_site(topology, to, dry_run=True, say=click.echo)
         click.confirm(f"Switch the active site over to {to}?", abort=True)
     result = switchover_site(topology, to, dry_run=dry_run, say=click.echo)
-    if result.get("result") == "done":
+    if result.get("result") == "done" and "timings" in result:  # a resumed one has no timings
         t = result["timings"]
         click.echo(
             f"timings: demote {t['demote_s']:.1f}s, catch-up {t['catch_up_s']:.1f}s, promote {t['promote_s']:.1f}s, "
@@ -227,11 +227,12 @@ def confirm_site_cmd(topology_path: Path | None, site: str, reason: str, valid_f
 @topology_option
 @click.argument("site")
 @click.option("--reason", required=True, help="Why (recorded in the audit log with who and when).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @operator_errors
-def fence_site_cmd(topology_path: Path | None, site: str, reason: str) -> None:
+def fence_site_cmd(topology_path: Path | None, site: str, reason: str, dry_run: bool) -> None:
     """Make SITE a standby of the active site with the highest epoch (audited): for a site that
     came back with a lower epoch while it could not see the others."""
-    fence_site(_topology(topology_path), site, reason=reason, say=click.echo)
+    fence_site(_topology(topology_path), site, reason=reason, dry_run=dry_run, say=click.echo)
 
 
 COMMANDS = [sites_cmd, switchover_site_cmd, promote_site_cmd, confirm_site_cmd, fence_site_cmd]

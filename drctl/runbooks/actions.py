@@ -29,10 +29,21 @@ from drctl.runbooks.model import (
     SiteCondition,
     SqlCondition,
 )
-from drctl.sites.controller import SiteClient, SiteState, cross_site_lag, promote_site, read_sites, switchover_site
+from drctl.sites.controller import (
+    SiteClient,
+    SiteOpError,
+    SiteState,
+    cross_site_lag,
+    fence_site,
+    plan_operation,
+    promote_site,
+    read_sites,
+    switchover_site,
+)
 
 Say = Callable[[str], None]
 SWITCHOVER_TIMEOUT_S = 180.0
+SITE_OPS = frozenset({"switchover-site", "promote-site", "fence-site"})
 
 
 class StepFailed(Exception):
@@ -237,6 +248,7 @@ class Actions:
         "switchover": ({"site"}, {"candidate"}),
         "switchover-site": ({"to"}, set()),
         "promote-site": ({"site"}, {"confirm_old_site_down", "accept_data_loss", "reason"}),
+        "fence-site": ({"site"}, {"reason"}),
         "reinit": ({"site", "member"}, set()),
         "restart": ({"site", "member"}, set()),
     }
@@ -250,38 +262,37 @@ class Actions:
         return args
 
     def describe(self, op: OpStep) -> list[str]:
-        """What the operation will do, from live facts (reads only)."""
+        """What the operation will do, from live facts (reads only). A cross-site operation is
+        planned exactly as its run plans it: these are the steps it then runs."""
         args = self.check_args(op)
-        lines: list[str] = []
-        if op.name == "switchover-site":
-            switchover_site(self.topology, str(args["to"]), dry_run=True, say=lines.append)
-        elif op.name == "promote-site":
+        if op.name in SITE_OPS:
             try:
-                promote_site(
-                    self.topology,
-                    str(args["site"]),
-                    confirm_old_site_down=flag(args.get("confirm_old_site_down", False), "confirm_old_site_down"),
-                    accept_data_loss=flag(args.get("accept_data_loss", False), "accept_data_loss"),
-                    reason=args.get("reason"),
-                    dry_run=True,
-                    say=lines.append,
-                )
+                return plan_operation(self.topology, op.name, **self._site_args(op.name, args)).lines()
             except Exception as exc:  # the dry run says what would stop the real one
-                lines.append(f"would refuse now: {exc}")
-        elif op.name == "switchover":
+                return [f"would refuse now: {exc}"]
+        if op.name == "switchover":
             st = self._client(str(args["site"])).read()
             cand = args.get("candidate") or "the best eligible replica"
-            lines.append(f"switch site {args['site']}'s leader {st.leader or '(none)'} over to {cand}")
-        else:
-            lines.append(f"{op.name} member {args['member']} of site {args['site']}")
-        return lines
+            return [f"switch site {args['site']}'s leader {st.leader or '(none)'} over to {cand}"]
+        return [f"{op.name} member {args['member']} of site {args['site']}"]
+
+    @staticmethod
+    def _site_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A cross-site operation's arguments as the controller takes them."""
+        if name == "switchover-site":
+            return {"to": str(args["to"])}
+        out: dict[str, Any] = {"site": str(args["site"]), "reason": args.get("reason") or "runbook"}
+        if name == "promote-site":
+            for key in ("confirm_old_site_down", "accept_data_loss"):
+                out[key] = flag(args.get(key, False), key)
+        return out
 
     def prepare(self, op: OpStep) -> dict[str, Any]:
         args = self.check_args(op)
         if op.name == "switchover":
             st = self._client(str(args["site"])).read()
             return {"leader": st.leader}
-        if op.name in ("switchover-site", "promote-site"):
+        if op.name in SITE_OPS:
             states = read_sites(self.topology)
             return {"active": sorted(s.name for s in states.values() if s.role == "active")}
         return {}
@@ -289,6 +300,12 @@ class Actions:
     def done(self, op: OpStep, memo: dict[str, Any], interrupted: bool) -> str | None:
         """Why the operation is already done, or None."""
         args = self.check_args(op)
+        if op.name == "fence-site":
+            try:
+                plan = plan_operation(self.topology, op.name, **self._site_args(op.name, args))
+            except SiteOpError:
+                return None  # the run says why
+            return None if plan.steps else plan.notes[0]
         if op.name == "switchover":
             st = self._settled(str(args["site"]), interrupted)
             cand = args.get("candidate")
@@ -335,25 +352,10 @@ class Actions:
         args = self.check_args(op)
         if op.name == "switchover-site":
             return switchover_site(self.topology, str(args["to"]), say=self.say)
+        if op.name == "fence-site":
+            return fence_site(self.topology, say=self.say, **self._site_args(op.name, args))
         if op.name == "promote-site":
-            site = str(args["site"])
-            result = promote_site(
-                self.topology,
-                site,
-                confirm_old_site_down=flag(args.get("confirm_old_site_down", False), "confirm_old_site_down"),
-                accept_data_loss=flag(args.get("accept_data_loss", False), "accept_data_loss"),
-                reason=args.get("reason") or "runbook",
-                say=self.say,
-            )
-            # promote-site is a no-op on an already active site: if a runner died between the
-            # promotion and the fencing, another reachable site may still claim to be active
-            others = [s.name for s in read_sites(self.topology).values() if s.name != site and s.role == "active"]
-            if others:
-                raise StepFailed(
-                    f"site {site} is active but site(s) {', '.join(others)} still claim to be active: fence them "
-                    "(their agents demote on sight of the higher epoch once they can see it), then resume"
-                )
-            return result
+            return self._promote(args)
         site = str(args["site"])
         spec = self.topology.site(site)
         agents = AgentClient(spec.rest_auth())  # credentials and TLS of the policy's site
@@ -380,6 +382,20 @@ class Actions:
             raise StepFailed(str(exc)) from None
         finally:
             agents.close()
+
+    def _promote(self, args: dict[str, Any]) -> dict[str, Any]:
+        site_args = self._site_args("promote-site", args)
+        site = site_args["site"]
+        result = promote_site(self.topology, say=self.say, **site_args)
+        # promote-site is a no-op on an already active site: if a runner died between the
+        # promotion and the fencing, another reachable site may still claim to be active
+        others = [s.name for s in read_sites(self.topology).values() if s.name != site and s.role == "active"]
+        if others:
+            raise StepFailed(
+                f"site {site} is active but site(s) {', '.join(others)} still claim to be active: fence them "
+                "(their agents demote on sight of the higher epoch once they can see it), then resume"
+            )
+        return result
 
     def _switchover(
         self,

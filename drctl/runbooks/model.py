@@ -118,7 +118,7 @@ class Condition(_Model):
 
 # --- steps -----------------------------------------------------------------------------------
 
-OpName = Literal["switchover", "switchover-site", "promote-site", "reinit", "restart"]
+OpName = Literal["switchover", "switchover-site", "promote-site", "fence-site", "reinit", "restart"]
 
 
 class OpStep(_Model):
