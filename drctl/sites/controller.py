@@ -94,9 +94,6 @@ def plan_operation(topology: Topology, operation: str, **args: Any) -> Plan:
     raise ValueError(f"not a cross-site operation: {operation}")
 
 
-# --- planned switchover ------------------------------------------------------------------------
-
-
 def switchover_site(topology: Topology, to: str, *, dry_run: bool = False, say: Say = quiet) -> dict[str, Any]:
     """Planned, zero-data-loss switchover of the active role to site ``to`` (run again, it
     continues an interrupted one)."""
@@ -155,9 +152,6 @@ def abort_switchover_site(topology: Topology, to: str, *, say: Say = quiet) -> d
         return {"result": "aborted", "active": old, "epoch": plan.epoch}
 
     return _audited("switchover-site", topology, run, to_site=to, abort=True)
-
-
-# --- disaster promotion, fencing, confirmation --------------------------------------------------
 
 
 def promote_site(
