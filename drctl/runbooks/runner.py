@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from drctl.policy.model import Policy
 from drctl.runbooks import engine, report
-from drctl.runbooks.actions import Outcome, StepFailed
+from drctl.runbooks.actions import SITE_OPS, Outcome, StepFailed
 from drctl.runbooks.engine import RunbookError, RunState
 from drctl.runbooks.load import LoadedRunbook
 from drctl.runbooks.model import Condition, OpStep, Runbook, ShellStep, Step
@@ -206,18 +206,28 @@ class Runner:
         out = []
         for guard in rb.guards:
             out.append({"step": "(guard)", "kind": guard.kind, "what": _cond_text(guard), "holds": self._holds(guard)})
+        changed_by: str | None = None  # an earlier operation that changes the sites
         for step in rb.steps:
             entry: dict[str, Any] = {"step": step.name, "kind": step.kind, "what": step_text(step)}
             if step.done_if is not None:
                 entry["done_if"] = _cond_text(step.done_if)
                 entry["already_done"] = self._holds(step.done_if)
             if step.op is not None:
-                try:
-                    entry["plan"] = self.world.describe(step.op)
-                except (StepFailed, SiteOpError) as exc:
-                    entry["plan"] = [f"cannot plan now: {exc}"]
+                entry["plan"] = self._op_plan(step.op, changed_by)
+                changed_by = step.name if step.op.name in SITE_OPS else changed_by
             out.append(entry)
         return out
+
+    def _op_plan(self, op: OpStep, changed_by: str | None) -> list[str]:
+        """The operation's plan from the sites as they are now: exactly what it runs, unless an
+        earlier operation changes the sites first (then it is planned again when it runs)."""
+        try:
+            lines = self.world.describe(op)
+        except (StepFailed, SiteOpError) as exc:
+            lines = [f"cannot plan now: {exc}"]
+        if changed_by is not None and op.name in SITE_OPS:
+            lines.insert(0, f"(planned from the sites as they are now; step {changed_by} changes them first)")
+        return lines
 
     def start(self, loaded: LoadedRunbook, given: dict[str, str], builtins: dict[str, str]) -> RunState:
         now = self.clock()

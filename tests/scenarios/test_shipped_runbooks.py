@@ -79,10 +79,26 @@ def drctl(ls: LabSites, *args: str, timeout: float = 900) -> subprocess.Complete
     )
 
 
-def dry_run_steps(ls: LabSites, name: str, *var_args: str) -> list[str]:
+def dry_run(ls: LabSites, name: str, *var_args: str) -> list[dict[str, Any]]:
     res = drctl(ls, "runbook", "run", name, *var_args, "--dry-run", "--format", "json")
     assert res.returncode == 0, res.stdout + res.stderr
-    return [e["step"] for e in json.loads(res.stdout) if e["step"] != "(guard)"]
+    return [e for e in json.loads(res.stdout) if e["step"] != "(guard)"]
+
+
+def dry_run_steps(ls: LabSites, name: str, *var_args: str) -> list[str]:
+    return [e["step"] for e in dry_run(ls, name, *var_args)]
+
+
+def planned_op_steps(entries: list[dict[str, Any]], step: str) -> list[str]:
+    """The numbered steps the dry-run planned for a cross-site operation step."""
+    plan = next(e["plan"] for e in entries if e["step"] == step)
+    return [m.group(1) for line in plan if (m := re.match(r"^\d+\. (.*)$", line))]
+
+
+def ran_op_steps(doc: dict[str, Any], step: str) -> list[str]:
+    """The steps the cross-site operation of a runbook step ran (its result)."""
+    result = next(s["result"] for s in doc["steps"] if s["name"] == step)
+    return list(result["steps"])
 
 
 def run_id_of(output: str) -> str:
@@ -187,7 +203,10 @@ def test_datacenter_lost_then_failback(lab_sites: LabSites) -> None:
     healthy(ls)
     assert ls.roles() == {"a": "active", "b": "standby"}
     lost_args = ("--var", "lost=a", "--var", "survivor=b", "--var", "reason=test: site a lost")
-    planned = dry_run_steps(ls, "datacenter-lost", *lost_args)
+    dry = dry_run(ls, "datacenter-lost", *lost_args)
+    planned = [e["step"] for e in dry]
+    promote_plan = planned_op_steps(dry, "promote")
+    assert promote_plan[0].startswith("promote b: site record active with epoch")
     time.sleep(ls.a.timings.loop_wait + 1)
     for n in ls.a.nodes:  # the datacenter's database nodes are gone (its DCS still answers)
         ls.a.kill_node(n.name)
@@ -196,17 +215,34 @@ def test_datacenter_lost_then_failback(lab_sites: LabSites) -> None:
     doc = status(ls, run_id_of(res.stdout))
     assert [s["name"] for s in doc["steps"]] == planned
     assert all(s["status"] == "done" for s in doc["steps"]), doc["steps"]
+    assert ran_op_steps(doc, "promote") == promote_plan  # the dry-run showed exactly what ran
     assert ls.roles()["b"] == "active"
     audit = Path(ls.policy.dr.audit_log or "").read_text()
     assert "test: site a lost (runbook run " in audit
     # the old site comes back and rejoins as a standby; failback moves the active role home
     for n in ls.a.nodes:
         ls.a.start_agent(n.name)
-    planned = dry_run_steps(ls, "failback", "--var", "site=a")
+
+    def a_streams() -> bool:
+        a = read_sites(ls.policy.topology())["a"]
+        return a.role == "standby" and (a.leader_status() or {}).get("replication_state") == "streaming"
+
+    deadline = time.monotonic() + 300
+    while not a_streams():
+        assert time.monotonic() < deadline, "site a never streamed from b"
+        time.sleep(1)
+    dry = dry_run(ls, "failback", "--var", "site=a")
+    planned = [e["step"] for e in dry]
+    switch_plan = planned_op_steps(dry, "switch-back")
+    assert switch_plan[0].startswith("preflight: a's standby leader")
     res = drctl(ls, "runbook", "run", "failback", "--var", "site=a", "--yes")
     assert res.returncode == 0, res.stdout + res.stderr
     doc = status(ls, run_id_of(res.stdout))
     assert [s["name"] for s in doc["steps"]] == planned
-    assert all(s["status"] == "done" for s in doc["steps"]), doc["steps"]
+    statuses = {s["name"]: s["status"] for s in doc["steps"]}
+    # promote-site fenced site a while its DCS answered: the failback's fence is already done
+    assert statuses.pop("fence-returned-site") == "skipped"
+    assert set(statuses.values()) == {"done"}, doc["steps"]
+    assert ran_op_steps(doc, "switch-back") == switch_plan  # the dry-run showed exactly what ran
     assert ls.roles() == {"a": "active", "b": "standby"}
     healthy(ls)
