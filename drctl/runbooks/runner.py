@@ -315,15 +315,8 @@ class Runner:
             step = rb.steps[nxt.index]
             rec = state.steps[nxt.index]
             engine.begin(state, nxt.index, self.clock(), self.operator)
-            self.store.save(state)
-            self.store.event(
-                state.run_id,
-                event="step-start",
-                step=step.name,
-                kind=step.kind,
-                attempt=rec.attempts,
-                interrupted=nxt.interrupted,
-                operator=self.operator,
+            self._saved(
+                state, "step-start", step.name, kind=step.kind, attempt=rec.attempts, interrupted=nxt.interrupted
             )
             tag = " (resumed: it was interrupted)" if nxt.interrupted else " (retry)" if nxt.retry else ""
             self.say(f"[{nxt.index + 1}/{len(rb.steps)}] {step.name}: {step_text(step)}{tag}")
@@ -334,16 +327,14 @@ class Runner:
                 engine.finish(state, nxt.index, self.clock(), "failed", error=str(exc))
             except KeyboardInterrupt:
                 engine.finish(state, nxt.index, self.clock(), "failed", error="interrupted by the operator")
-            self.store.save(state)
-            self.store.event(
-                state.run_id,
-                event="step-end",
-                step=step.name,
+            self._saved(
+                state,
+                "step-end",
+                step.name,
                 status=rec.status,
                 seconds=rec.duration_s,
                 result=rec.result,
                 error=rec.error,
-                operator=self.operator,
             )
             self.audit.record("step", run_id=state.run_id, step=step.name, status=rec.status, error=rec.error)
             if rec.status == "failed":
@@ -358,6 +349,11 @@ class Runner:
                     else ""
                 )
             )
+
+    def _saved(self, state: RunState, event: str, step: str, **details: Any) -> None:
+        """The run's state saved, then the step's event appended to its audit trail."""
+        self.store.save(state)
+        self.store.event(state.run_id, event=event, step=step, operator=self.operator, **details)
 
     def _execute(
         self, step: Step, rec: engine.StepRecord, reentered: bool, state: RunState

@@ -26,8 +26,15 @@ def _epoch(ctx: Context, planned: int) -> int:
     return planned if ctx.epoch is None else ctx.epoch
 
 
+class Action:
+    """A step with nothing to check first: it is planned only when it is to be done."""
+
+    def check(self, ctx: Context) -> str | None:
+        return None
+
+
 @dataclass(frozen=True)
-class AwaitStreaming:
+class AwaitStreaming(Action):
     """Preflight of a planned switchover: the target's standby leader streams from the source
     and has received what the source had written when the step began."""
 
@@ -41,9 +48,6 @@ class AwaitStreaming:
             f"preflight: {self.site}'s standby leader {self.leader} streams from {self.source}, "
             f"at most {self.limit_bytes} bytes behind"
         )
-
-    def check(self, ctx: Context) -> str | None:
-        return None
 
     def apply(self, ctx: Context) -> None:
         # "streaming" in the target's status may be a cycle old (it may be reconnecting after a
@@ -62,7 +66,7 @@ class AwaitStreaming:
 
 
 @dataclass(frozen=True)
-class RequestDemotion:
+class RequestDemotion(Action):
     """The old active site's record says it is switching over to ``to``: its agents demote it
     gracefully (shutdown checkpoint, every byte handed to the target). The record goes first: a
     standby_cluster alone would demote it immediately."""
@@ -74,9 +78,6 @@ class RequestDemotion:
     def describe(self) -> str:
         return f"demote {self.site} cleanly (shutdown checkpoint; its LSN is the demotion token)"
 
-    def check(self, ctx: Context) -> str | None:
-        return None
-
     def apply(self, ctx: Context) -> None:
         extra = {"switchover_to": self.to, "since": time.time()}
         ctx.client(self.site).write_site(SiteRecord("standby", self.epoch, self.to, extra=extra))
@@ -85,7 +86,7 @@ class RequestDemotion:
 
 
 @dataclass(frozen=True)
-class SetStandbyCluster:
+class SetStandbyCluster(Action):
     """The site's dynamic configuration gets the standby_cluster section that follows ``active``
     (skipped when it already has one)."""
 
@@ -107,7 +108,7 @@ class SetStandbyCluster:
 
 
 @dataclass(frozen=True)
-class AwaitDemoted:
+class AwaitDemoted(Action):
     """Wait until the old site has no primary and its standby leader reports a position: that
     position is the demotion token."""
 
@@ -115,9 +116,6 @@ class AwaitDemoted:
 
     def describe(self) -> str:
         return f"wait until {self.site} has demoted; note its demotion token"
-
-    def check(self, ctx: Context) -> str | None:
-        return None
 
     def apply(self, ctx: Context) -> None:
         client = ctx.client(self.site)
@@ -142,7 +140,7 @@ class AwaitDemoted:
 
 
 @dataclass(frozen=True)
-class AwaitReplayed:
+class AwaitReplayed(Action):
     """Wait until the target's standby leader has replayed the demotion token."""
 
     site: str
@@ -150,9 +148,6 @@ class AwaitReplayed:
 
     def describe(self) -> str:
         return f"wait until {self.site}'s standby leader has replayed the demotion token"
-
-    def check(self, ctx: Context) -> str | None:
-        return None
 
     def apply(self, ctx: Context) -> None:
         token = ctx.token
@@ -176,7 +171,7 @@ class AwaitReplayed:
 
 
 @dataclass(frozen=True)
-class ClaimWitness:
+class ClaimWitness(Action):
     """Record ``{site, epoch}`` in the witness (compare-and-swap) before the site is promoted:
     the witness is the authority on who is active."""
 
@@ -187,15 +182,12 @@ class ClaimWitness:
     def describe(self) -> str:
         return f"witness: record site {self.site} active at epoch {self.epoch} (compare-and-swap)"
 
-    def check(self, ctx: Context) -> str | None:
-        return None
-
     def apply(self, ctx: Context) -> None:
         ctx.epoch = claim_witness(ctx.topology, self.site, self.epoch, by=self.by, say=ctx.say)
 
 
 @dataclass(frozen=True)
-class Promote:
+class Promote(Action):
     """The site's record becomes active at the new epoch and its standby_cluster goes: its
     agents promote its standby leader."""
 
@@ -206,9 +198,6 @@ class Promote:
     def describe(self) -> str:
         return f"promote {self.site}: site record active with epoch {self.epoch}, standby_cluster removed"
 
-    def check(self, ctx: Context) -> str | None:
-        return None
-
     def apply(self, ctx: Context) -> None:
         epoch = _epoch(ctx, self.epoch)
         client = ctx.client(self.site)
@@ -218,7 +207,7 @@ class Promote:
 
 
 @dataclass(frozen=True)
-class RemoveStandbyCluster:
+class RemoveStandbyCluster(Action):
     """The site's standby_cluster section goes (an interrupted switchover left it behind)."""
 
     site: str
@@ -238,7 +227,7 @@ class RemoveStandbyCluster:
 
 
 @dataclass(frozen=True)
-class RestoreActive:
+class RestoreActive(Action):
     """Abort: the old site's record is active again at its own epoch, the switchover mark gone."""
 
     site: str
@@ -248,15 +237,12 @@ class RestoreActive:
     def describe(self) -> str:
         return f"{self.site}'s site record active again at epoch {self.epoch} (the switchover mark removed)"
 
-    def check(self, ctx: Context) -> str | None:
-        return None
-
     def apply(self, ctx: Context) -> None:
         ctx.client(self.site).write_site(SiteRecord("active", self.epoch, None, extra=dict(self.extra)))
 
 
 @dataclass(frozen=True)
-class AwaitPrimary:
+class AwaitPrimary(Action):
     """Wait until the site's leader is a writable primary."""
 
     site: str
@@ -265,9 +251,6 @@ class AwaitPrimary:
 
     def describe(self) -> str:
         return f"wait until {self.site}'s leader is a writable primary"
-
-    def check(self, ctx: Context) -> str | None:
-        return None
 
     def apply(self, ctx: Context) -> None:
         client = ctx.client(self.site)
@@ -284,7 +267,7 @@ class AwaitPrimary:
 
 
 @dataclass(frozen=True)
-class RecordFollower:
+class RecordFollower(Action):
     """The old site's record: a standby of ``active`` at the new epoch (the switchover mark goes)."""
 
     site: str
@@ -294,15 +277,12 @@ class RecordFollower:
     def describe(self) -> str:
         return f"{self.site} becomes a standby cluster of {self.active} (epoch {self.epoch}) without a rebuild"
 
-    def check(self, ctx: Context) -> str | None:
-        return None
-
     def apply(self, ctx: Context) -> None:
         ctx.client(self.site).write_site(SiteRecord("standby", _epoch(ctx, self.epoch), self.active, extra={}))
 
 
 @dataclass(frozen=True)
-class AwaitFollowing:
+class AwaitFollowing(Action):
     """Wait until the site's standby leader streams from the active site."""
 
     site: str
@@ -311,9 +291,6 @@ class AwaitFollowing:
 
     def describe(self) -> str:
         return f"wait until {self.site}'s standby leader streams from {self.active}"
-
-    def check(self, ctx: Context) -> str | None:
-        return None
 
     def apply(self, ctx: Context) -> None:
         client = ctx.client(self.site)
@@ -328,7 +305,7 @@ class AwaitFollowing:
 
 
 @dataclass(frozen=True)
-class Fence:
+class Fence(Action):
     """Make a site a standby of ``active``: its standby_cluster first, then its record (the
     order the agents expect). ``best_effort``: a failure is a warning (the site's agents demote
     on sight of the higher epoch anyway)."""
@@ -347,9 +324,6 @@ class Fence:
             f"fence {self.site} ({self.was}): a standby of {self.active} at epoch {self.epoch}, "
             f"following {_entry(self.section)}"
         )
-
-    def check(self, ctx: Context) -> str | None:
-        return None
 
     def apply(self, ctx: Context) -> None:
         epoch = _epoch(ctx, self.epoch)
@@ -372,7 +346,7 @@ class Fence:
 
 
 @dataclass(frozen=True)
-class NoteUnreachable:
+class NoteUnreachable(Action):
     """A site that cannot be fenced now: said and recorded (its agents fence it on sight)."""
 
     site: str
@@ -383,16 +357,13 @@ class NoteUnreachable:
     def describe(self) -> str:
         return f"site {self.site} is unreachable: its agents fence it on sight of epoch {self.epoch}"
 
-    def check(self, ctx: Context) -> str | None:
-        return None
-
     def apply(self, ctx: Context) -> None:
         ctx.audit.record("unreachable", site=self.site, active=self.active, epoch=self.epoch, error=self.error)
         ctx.say(f"site {self.site} is unreachable ({self.error}): its agents fence it on sight of epoch {self.epoch}")
 
 
 @dataclass(frozen=True)
-class ConfirmActive:
+class ConfirmActive(Action):
     """An operator vouches for an active site at its epoch for a bounded time (its record
     carries the confirmation: who, why, until when)."""
 
@@ -406,9 +377,6 @@ class ConfirmActive:
 
     def describe(self) -> str:
         return f"confirm site {self.site} active at epoch {self.epoch} for {self.valid_for_s:.0f}s ({self.reason})"
-
-    def check(self, ctx: Context) -> str | None:
-        return None
 
     def apply(self, ctx: Context) -> None:
         until = time.time() + self.valid_for_s
