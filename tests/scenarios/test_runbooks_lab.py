@@ -12,60 +12,25 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from drctl.lab.cluster import SUPERUSER, LabCluster
-from drctl.lab.lab import Lab, policy_path
-from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows
-from drctl.policy.load import load_policy
-from drctl.policy.model import Policy
+from drctl.lab.cluster import LabCluster
+from drctl.lab.workload import Writer, missing_rows
 from drctl.runbooks.actions import Actions
 from drctl.runbooks.load import load_named
 from drctl.runbooks.runner import Runner, RunStore, builtin_vars
+from tests.scenarios.labsites import LabSites, superuser_env, two_site_lab
 
+__all__ = ["superuser_env"]
 pytestmark = pytest.mark.scenario
 REPO = Path(__file__).resolve().parents[2]
 
 
-@dataclass
-class LabSites:
-    lab: Lab
-    a: LabCluster
-    b: LabCluster
-    policy: Policy
-    checker: DualPrimaryChecker
-
-    def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "PGDR_POLICY": str(policy_path(self.lab.dir)),
-            "PGUSER": SUPERUSER[0],
-            "PGPASSWORD": SUPERUSER[1],
-        }
-
-
 @pytest.fixture(scope="module")
 def lab_sites(lab_root: Path) -> Iterator[LabSites]:
-    lab = Lab(lab_root / "runbooks-lab")
-    state = lab.up(sites=2, nodes=2)
-    try:
-        a, b = lab.clusters(state)
-        checker = DualPrimaryChecker({n.name: n.dsn for c in (a, b) for n in c.nodes}).start()
-        yield LabSites(lab, a, b, load_policy(policy_path(lab.dir)), checker)
-        checker.stop()
-        violations = checker.violations()
-        assert not violations, f"two writable primaries at once: {violations}"
-    finally:
-        lab.down(grace=20)
-
-
-@pytest.fixture(autouse=True)
-def _pg_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PGUSER", SUPERUSER[0])
-    monkeypatch.setenv("PGPASSWORD", SUPERUSER[1])
+    yield from two_site_lab(lab_root / "runbooks-lab")
 
 
 def _replica(c: LabCluster) -> str:

@@ -14,63 +14,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from drctl.lab.cluster import SUPERUSER, LabCluster
-from drctl.lab.lab import Lab, LabState, policy_path
-from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
-from drctl.policy.load import load_policy
-from drctl.policy.model import Policy
+from drctl.lab.workload import Writer, missing_rows
 from drctl.sites.controller import read_sites
+from tests.scenarios.labsites import LabSites, superuser_env, two_site_lab
 
+__all__ = ["superuser_env"]
 pytestmark = pytest.mark.scenario
-
-
-@dataclass
-class LabSites:
-    lab: Lab
-    state: LabState
-    a: LabCluster
-    b: LabCluster
-    policy: Policy
-    checker: DualPrimaryChecker
-
-    def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "PGDR_POLICY": str(policy_path(self.lab.dir)),
-            "PGUSER": SUPERUSER[0],
-            "PGPASSWORD": SUPERUSER[1],
-        }
-
-    def app_url(self) -> str:
-        ports = [s.entry_port for s in self.state.sites]
-        return multi_host_url([("127.0.0.1", p) for p in ports], password=SUPERUSER[1])
-
-    def roles(self) -> dict[str, str]:
-        return {n: s.role for n, s in read_sites(self.policy.topology()).items()}
-
-    def runs_dir(self) -> Path:
-        return self.lab.dir / "pgdr" / "runs"
 
 
 @pytest.fixture(scope="module")
 def lab_sites(lab_root: Path) -> Iterator[LabSites]:
-    lab = Lab(lab_root / "shipped-runbooks-lab")
-    state = lab.up(sites=2, nodes=2)
-    try:
-        a, b = lab.clusters(state)
-        checker = DualPrimaryChecker({n.name: n.dsn for c in (a, b) for n in c.nodes}).start()
-        yield LabSites(lab, state, a, b, load_policy(policy_path(lab.dir)), checker)
-        checker.stop()
-        violations = checker.violations()
-        assert not violations, f"two writable primaries at once: {violations}"
-    finally:
-        lab.down(grace=20)
+    yield from two_site_lab(lab_root / "shipped-runbooks-lab")
 
 
 def drctl(ls: LabSites, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
