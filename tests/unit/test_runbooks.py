@@ -233,6 +233,27 @@ def test_dry_run_lists_the_steps_that_run(tmp_path: Path) -> None:
     assert [s.name for s in state.steps] == [p["step"] for p in plan if p["step"] != "(guard)"]
 
 
+def test_a_site_operation_after_another_says_it_is_planned_from_the_sites_as_they_are_now(tmp_path: Path) -> None:
+    text = RUNBOOK.replace(
+        "  - name: hook\n", "  - name: back\n    op: {name: switchover-site, args: {to: a}}\n  - name: hook\n"
+    )
+    plan = make_runner(tmp_path, FakeWorld()).plan(loaded(text), {"to": "b"}, BUILTINS)
+    by_step = {p["step"]: p for p in plan}
+    assert by_step["move"]["plan"] == ["plan switchover-site {'to': 'b'}"]
+    assert by_step["back"]["plan"] == [
+        "(planned from the sites as they are now; step move changes them first)",
+        "plan switchover-site {'to': 'a'}",
+    ]
+
+
+def test_fence_site_is_a_runbook_operation() -> None:
+    text = RUNBOOK.replace(
+        'op: {name: switchover-site, args: {to: "${to}"}}', "op: {name: fence-site, args: {site: a}}"
+    )
+    step = loaded(text).runbook.steps[1]
+    assert step.op is not None and step.op.name == "fence-site"
+
+
 def test_variables() -> None:
     rb = loaded().runbook
     with pytest.raises(RunbookError, match=r"set --var to=\.\.\. \(to: target site\)"):

@@ -3,13 +3,16 @@ steps, their descriptions, the epoch) or a refusal out. No DCS, no agents, no mo
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from drctl.dcs.base import ClusterView, Leader, Member, MemberInfo, Record, SiteRecord
 from drctl.sites import planner
-from drctl.sites.plan import Observed
+from drctl.sites.plan import Context, Observed, Plan, execute, new_context
 from drctl.sites.state import SiteOpError, SiteState
 from drctl.sites.steps import (
     AwaitDemoted,
@@ -300,3 +303,36 @@ def test_confirm_site_refuses_below_a_higher_active_site_or_witness() -> None:
         )
     with pytest.raises(SiteOpError, match="only an active site is confirmed"):
         planner.plan_confirm(obs, "b", reason="x", valid_for_s=60, by="d")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A step whose I/O is appending to a list (the executor's contract, not a site's)."""
+
+    name: str
+    done: bool = False
+
+    def describe(self) -> str:
+        return f"step {self.name}"
+
+    def check(self, ctx: Context) -> str | None:
+        return f"{self.name} was done before" if self.done else None
+
+    def apply(self, ctx: Context) -> None:
+        ctx.facts.setdefault("applied", []).append(self.name)
+
+
+def test_the_executor_runs_the_planned_steps_in_order_and_audits_each(tmp_path: Path) -> None:
+    topo = topology(audit_log=str(tmp_path / "audit.log"))
+    plan = Plan("fence-site", (Recorded("one"), Recorded("two", done=True), Recorded("three")), ("a note",), "start")
+    said: list[str] = []
+    ctx = new_context(topo, plan, said.append)
+    ran = execute(plan, ctx)
+    assert [r["step"] for r in ran] == plan.descriptions()  # what the dry-run lists is what ran
+    assert [r["status"] for r in ran] == ["done", "skipped", "done"]
+    assert ctx.facts["applied"] == ["one", "three"]
+    assert said[0] == "a note" and "already done: two was done before" in said
+    audit = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    assert [(a["operation"], a["event"]) for a in audit] == [("fence-site", "start")] + [("fence-site", "step")] * 3
+    assert [a.get("step") for a in audit[1:]] == ["step one", "step two", "step three"]
+    assert plan.lines() == ["a note", "1. step one", "2. step two", "3. step three"]
