@@ -76,7 +76,7 @@ def _dry_run(plan: Plan, say: Say) -> dict[str, Any]:
 def plan_operation(topology: Topology, operation: str, **args: Any) -> Plan:
     """Observe the sites and plan ``operation`` (switchover-site, abort-switchover-site,
     promote-site, fence-site): what a runbook's dry-run shows and its step then runs."""
-    obs = observe(topology)
+    obs = observe(topology, witness=operation not in ("switchover-site", "fence-site"))
     if operation == "switchover-site":
         return planner.plan_switchover(obs, str(args["to"]))
     if operation == "abort-switchover-site":
@@ -99,7 +99,7 @@ def switchover_site(topology: Topology, to: str, *, dry_run: bool = False, say: 
     continues an interrupted one)."""
 
     def run() -> dict[str, Any]:
-        plan = planner.plan_switchover(observe(topology), to)
+        plan = planner.plan_switchover(observe(topology, witness=False), to)
         if dry_run:
             return _dry_run(plan, say)
         if plan.start_event == "resume" or not plan.steps:
