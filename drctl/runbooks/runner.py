@@ -192,7 +192,6 @@ class Runner:
         self.operator = operator or operator_name()
         self.audit = Audit(Path(policy.dr.audit_log or default_audit_log()), "runbook")
 
-    # --- entry points ----------------------------------------------------------------------
     def plan(self, loaded: LoadedRunbook, given: dict[str, str], builtins: dict[str, str]) -> list[dict[str, Any]]:
         """--dry-run: every step as it would run, operations described from live facts."""
         builtins = {
@@ -278,7 +277,6 @@ class Runner:
                 raise RunbookError(f"another DR operation is running: {holder}; wait for it or resume it")
             yield
 
-    # --- the loop --------------------------------------------------------------------------
     def _loop(self, rb: Runbook, state: RunState) -> RunState:
         instruments = None
         if self.probe:
