@@ -196,8 +196,8 @@ class Actions(Conditions):
 
     def _promote(self, args: dict[str, Any]) -> dict[str, Any]:
         site_args = self._site_args("promote-site", args)
-        site = site_args["site"]
-        result = promote_site(self.topology, say=self.say, **site_args)
+        site = site_args.pop("site")
+        result = promote_site(self.topology, site, say=self.say, **site_args)
         # promote-site is a no-op on an already active site: if a runner died between the
         # promotion and the fencing, another reachable site may still claim to be active
         others = [s.name for s in read_sites(self.topology).values() if s.name != site and s.role == "active"]

@@ -383,3 +383,17 @@ def test_one_dr_operation_at_a_time(tmp_path: Path) -> None:
             assert other is not None and other.startswith("drill rt run rt-1")
     assert world.applied == [] and runner.store.runs() == []
     assert runner.start(loaded(), {"to": "b"}, BUILTINS).status == "done"  # released
+
+
+def test_site_operation_arguments_fit_the_controller_functions() -> None:
+    """The arguments a runbook's cross-site op passes are what the controller functions take."""
+    import inspect
+
+    from drctl.runbooks.actions import Actions
+    from drctl.sites.controller import fence_site, promote_site, switchover_site
+
+    promote = Actions._site_args("promote-site", {"site": "b", "confirm_old_site_down": "true", "reason": "r"})
+    assert promote["confirm_old_site_down"] is True and promote["accept_data_loss"] is False
+    inspect.signature(promote_site).bind(None, promote.pop("site"), **promote)
+    inspect.signature(fence_site).bind(None, **Actions._site_args("fence-site", {"site": "a"}))
+    inspect.signature(switchover_site).bind(None, *Actions._site_args("switchover-site", {"to": "b"}).values())
