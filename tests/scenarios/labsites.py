@@ -4,10 +4,16 @@ environment an operator's drctl runs with."""
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +51,49 @@ class LabSites:
 
     def runs_dir(self) -> Path:
         return self.lab.dir / "pgdr" / "runs"
+
+    def drctl(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        """``drctl ARGS`` as an operator runs it (the lab's policy and credentials)."""
+        return subprocess.run(
+            [sys.executable, "-m", "drctl.cli.main", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def kill_run_in_step(
+        self, args: list[str], step: str, ready: Callable[[dict[str, Any]], bool] = lambda _s: True, settle: float = 0.0
+    ) -> str:
+        """Start ``drctl runbook run ARGS``, SIGKILL its process group once ``step`` is running (and
+        ``ready(step record)``), ``settle`` seconds later; returns the run id."""
+        runs = self.runs_dir()
+        before = set(os.listdir(runs)) if runs.exists() else set()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "drctl.cli.main", "runbook", "run", *args],
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                for run_id in set(os.listdir(runs)) - before if runs.exists() else set():
+                    try:
+                        doc = json.loads((runs / run_id / "state.json").read_text())
+                    except (OSError, ValueError):
+                        doc = {}
+                    rec = next((s for s in doc.get("steps", []) if s["name"] == step), None)
+                    if rec is not None and rec["status"] == "running" and ready(rec):
+                        time.sleep(settle)
+                        return str(run_id)
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                time.sleep(0.02)
+            raise AssertionError(f"the run never reached its step {step}")
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 def two_site_lab(path: Path) -> Iterator[LabSites]:

@@ -7,11 +7,8 @@ checker fails the module if two writable primaries ever exist."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,9 +30,7 @@ def lab_sites(lab_root: Path) -> Iterator[LabSites]:
 
 
 def drctl(ls: LabSites, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "drctl.cli.main", *args], env=ls.env(), capture_output=True, text=True, timeout=timeout
-    )
+    return ls.drctl(*args, timeout=timeout)
 
 
 def dry_run(ls: LabSites, name: str, *var_args: str) -> list[dict[str, Any]]:
@@ -86,36 +81,8 @@ def test_site_maintenance_killed_mid_switchover_resumes_and_loses_nothing(lab_si
     writer = Writer(ls.app_url(), interval=0.03)
     writer.prepare()
     writer.start()
-    before = set(os.listdir(ls.runs_dir())) if ls.runs_dir().exists() else set()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "drctl.cli.main", "runbook", "run", "site-maintenance", "--yes"],
-        env=ls.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    run_id = None
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            new = set(os.listdir(ls.runs_dir())) - before if ls.runs_dir().exists() else set()
-            if new:
-                run_id = next(iter(new))
-                try:
-                    doc = json.loads((ls.runs_dir() / run_id / "state.json").read_text())
-                except (OSError, ValueError):
-                    doc = {}
-                steps = {s["name"]: s for s in doc.get("steps", [])}
-                if steps.get("switch-to-other-site", {}).get("status") == "running":
-                    time.sleep(0.5)  # inside the controller's switchover: demotion under way
-                    break
-            time.sleep(0.02)
-        else:
-            raise AssertionError("the run never reached its first switchover")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert run_id is not None
+    # killed inside the controller's switchover (demotion under way)
+    run_id = ls.kill_run_in_step(["site-maintenance", "--yes"], "switch-to-other-site", settle=0.5)
     killed = status(ls, run_id)
     assert killed["status"] == "running"
     assert {s["name"]: s["status"] for s in killed["steps"]}["switch-to-other-site"] == "running"
