@@ -42,29 +42,21 @@ def proc_state(pid: int) -> str | None:
     return fields[0] if fields else None
 
 
+def _stat_int(pid: int, index: int) -> int | None:
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[index]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
 def proc_ppid(pid: int) -> int | None:
-    fields = _stat_fields(pid)
-    try:
-        return int(fields[1]) if fields else None
-    except (IndexError, ValueError):
-        return None
-
-
-def proc_pgid(pid: int) -> int | None:
-    fields = _stat_fields(pid)
-    try:
-        return int(fields[2]) if fields else None
-    except (IndexError, ValueError):
-        return None
+    return _stat_int(pid, 1)
 
 
 def proc_start_time(pid: int) -> int | None:
     """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat)."""
-    fields = _stat_fields(pid)
-    try:
-        return int(fields[19]) if fields else None
-    except (IndexError, ValueError):
-        return None
+    return _stat_int(pid, 19)
 
 
 def _boot_time() -> float | None:

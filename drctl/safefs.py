@@ -235,3 +235,13 @@ def read_secret_file(path: str) -> str:
     if not secret:
         raise ValueError(f"{path} is empty: write the secret on its first line")
     return secret
+
+
+def resolve_secret(obj: object, field: str, file_field: str) -> None:
+    """A settings model's secret given inline (``field``) or in a file (``file_field``), not both:
+    read from the file into ``field``, once, at validation (the models are frozen)."""
+    inline, path = getattr(obj, field), getattr(obj, file_field)
+    if inline is not None and path is not None:
+        raise ValueError(f"set `{field}` or `{file_field}`, not both")
+    if path is not None:
+        object.__setattr__(obj, field, read_secret_file(path))

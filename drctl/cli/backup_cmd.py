@@ -16,20 +16,18 @@ Tests substitute the runner: ``CliRunner().invoke(cli, [...], obj=BackupRuntime(
 
 from __future__ import annotations
 
-import configparser
 import os
-import re
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Protocol
 
 import click
-from pydantic import SecretStr, ValidationError
 
-from drctl.backup.config import PgBackRestConfig, RepoConfig
+from drctl.agentconfig import ConfigError, load_config
+from drctl.backup.config import PgBackRestConfig
 from drctl.backup.errors import BackupError
 from drctl.backup.info import BackupInfo, BackupType, StanzaInfo
 from drctl.backup.restore import RestoreType, TargetAction
@@ -37,6 +35,7 @@ from drctl.backup.runner import CommandResult, PgBackRest, RestoreResult
 from drctl.cli.context import CliError, one_line, target_settings
 from drctl.cli.errors import operator_errors, register_operator_error
 from drctl.cli.output import FORMATS, emit_structured, table
+from drctl.cli.pgbackrest_file import read_pgbackrest_config
 
 register_operator_error(BackupError)
 register_operator_error(CliError)
@@ -44,114 +43,19 @@ register_operator_error(CliError)
 CONFIG_ENVVAR = "PGDR_PGBACKREST_CONFIG"
 STANZA_ENVVAR = "PGDR_STANZA"
 RUN_AS_ENVVAR = "PGDR_RUN_AS"
-_REPO_KEY_RE = re.compile(r"^repo(\d+)-path$")
-
-
-# ---------------------------------------------------------------------------------------------
-# the pgBackRest configuration file -> PgBackRestConfig
-
-
-def _int(value: str | None, name: str, source: str) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise CliError(f"{source}: option {name}={value!r} is not a number") from None
-
-
-def read_pgbackrest_config(path: Path, stanza: str | None = None) -> PgBackRestConfig:
-    """The settings of a pgBackRest configuration file (the one pgdr renders, or a hand-written
-    one with posix repositories). pgBackRest itself still reads the file: this model only tells
-    drctl the stanza, the repositories, pg1-path and the timeouts."""
-    source = str(path)
-    parser = configparser.RawConfigParser(strict=False, delimiters=("=",), comment_prefixes=("#",))
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    try:
-        with open(path, encoding="utf-8") as fh:
-            parser.read_file(fh)
-    except OSError as exc:
-        raise CliError(f"{source}: cannot read the pgBackRest configuration ({exc.strerror or exc})") from None
-    except configparser.Error as exc:
-        raise CliError(f"{source}: not a pgBackRest configuration file ({one_line(str(exc))})") from None
-    stanzas = [s for s in parser.sections() if s != "global" and ":" not in s]
-    if stanza is None:
-        if len(stanzas) != 1:
-            listed = ", ".join(stanzas) or "none"
-            raise CliError(f"{source}: give --stanza NAME (stanzas in the file: {listed})")
-        stanza = stanzas[0]
-    elif stanza not in stanzas:
-        raise CliError(f"{source}: no [{stanza}] section (stanzas in the file: {', '.join(stanzas) or 'none'})")
-    opts: dict[str, str] = {}
-    if parser.has_section("global"):
-        opts.update(parser.items("global"))
-    opts.update(parser.items(stanza))
-
-    repo_numbers = sorted({int(m.group(1)) for k in opts if (m := _REPO_KEY_RE.match(k))}) or [1]
-    repos: list[RepoConfig] = []
-    try:
-        for n in repo_numbers:
-            cipher_type = opts.get(f"repo{n}-cipher-type", "none")
-            cipher_pass = opts.get(f"repo{n}-cipher-pass")
-            has_cipher = cipher_type != "none" and bool(cipher_pass)
-            repos.append(
-                RepoConfig(
-                    path=PurePosixPath(opts.get(f"repo{n}-path", "/var/lib/pgbackrest")),
-                    retention_full=_int(opts.get(f"repo{n}-retention-full"), f"repo{n}-retention-full", source),
-                    retention_diff=_int(opts.get(f"repo{n}-retention-diff"), f"repo{n}-retention-diff", source),
-                    cipher_type=cipher_type if has_cipher else "none",  # type: ignore[arg-type]
-                    cipher_pass=SecretStr(cipher_pass) if has_cipher and cipher_pass else None,
-                )
-            )
-        if not opts.get("pg1-path"):
-            raise CliError(f"{source}: no pg1-path in [{stanza}]")
-        compress = opts.get("compress-type")
-        timeout = opts.get("archive-timeout")
-        return PgBackRestConfig(
-            stanza=stanza,
-            repos=repos,
-            pg_path=Path(opts["pg1-path"]),
-            pg_port=_int(opts.get("pg1-port"), "pg1-port", source) or 5432,
-            pg_socket_path=Path(opts["pg1-socket-path"]) if opts.get("pg1-socket-path") else None,
-            pg_user=opts.get("pg1-user", "postgres"),
-            log_path=Path(opts.get("log-path", "/var/log/pgbackrest")),
-            lock_path=Path(opts.get("lock-path", "/tmp/pgbackrest")),
-            spool_path=Path(opts.get("spool-path", "/var/spool/pgbackrest")),
-            process_max=_int(opts.get("process-max"), "process-max", source) or 1,
-            archive_async=opts.get("archive-async", "n") == "y",
-            compress_type=compress if compress in ("none", "gz", "bz2", "lz4", "zst") else None,  # type: ignore[arg-type]
-            archive_timeout=float(timeout) if timeout and timeout.replace(".", "", 1).isdigit() else 60.0,
-        )
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise CliError(f"{source}: cannot use this pgBackRest configuration: {field}: {msg}") from None
 
 
 def _from_agent_config(path: str) -> tuple[Path, str | None, str | None]:
     """(pgBackRest config file, stanza, run_as) from a site-agent configuration."""
-    from site_agent.config import ConfigError, parse_config
-
     p = Path(path)
     try:
-        text = p.read_bytes()
-    except OSError as exc:
-        raise CliError(f"{p}: cannot read the configuration file: {exc.strerror or exc}") from None
-    try:
-        cfg = parse_config(text, source=str(p))
+        cfg = load_config(p)
     except ConfigError as exc:
         raise CliError(one_line(str(exc))) from None
-    section = getattr(cfg.postgresql, "pgbackrest", None)
-    if section is None or not hasattr(section, "stanza"):
+    section = cfg.postgresql.pgbackrest
+    if section is None:
         raise CliError(f"{p}: no postgresql.pgbackrest section: give --pgbackrest-config FILE")
-    config_file = getattr(section, "config_file", None)
-    conf = Path(config_file) if config_file else Path(cfg.postgresql.data_dir).parent / "pgbackrest" / "pgbackrest.conf"
-    return conf, str(section.stanza), cfg.postgresql.run_as
-
-
-# ---------------------------------------------------------------------------------------------
-# runtime (the I/O boundary tests substitute)
+    return section.config_path(cfg.postgresql.data_dir), section.stanza, cfg.postgresql.run_as
 
 
 class BackupApi(Protocol):
@@ -248,10 +152,6 @@ def open_runner(ctx: click.Context, config_file: Path | None, stanza: str | None
             run_as = agent_run_as
     cfg = read_pgbackrest_config(config_file, stanza)
     return _runtime(ctx).runner_factory(cfg, config_file, run_as or None)
-
-
-# ---------------------------------------------------------------------------------------------
-# rendering (pure)
 
 
 def human_bytes(value: int | None) -> str:
@@ -356,10 +256,6 @@ def verify_problems(info: StanzaInfo, now: datetime, max_age_s: float | None = N
         if max_age_s is not None and age is not None and age > max_age_s:
             problems.append(f"{where}: last backup is {human_age(age)} old (limit {human_age(max_age_s)})")
     return problems
-
-
-# ---------------------------------------------------------------------------------------------
-# commands
 
 
 @click.group("backup")
@@ -530,10 +426,6 @@ def backup_verify(
     )
     extra = ", verify ok" if deep else ""
     click.echo(f"ok: stanza {info.name}: archiving works (check passed){extra}; {repos}")
-
-
-# ---------------------------------------------------------------------------------------------
-# restore
 
 
 def parse_target_time(text: str) -> datetime:

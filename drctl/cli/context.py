@@ -36,14 +36,14 @@ from urllib.parse import urlsplit
 import click
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from drctl.cli.agent_client import AgentApi, AgentClient, RestAuth
-from drctl.dcs.base import ClusterView, DCSError
+from drctl.agentapi.client import AgentApi, AgentClient, RestAuth
+from drctl.agentconfig import ConfigError, dcs_settings, parse_config
+from drctl.dcs.base import DEFAULT_NAMESPACE, ClusterView, DCSError
 from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
-from drctl.safefs import read_secret_file
+from drctl.safefs import resolve_secret
 from drctl.yamlsafe import YamlError, decode_utf8, load_yaml
 
 CONFIG_ENVVAR = "PGDR_CONFIG"
-DEFAULT_NAMESPACE = "/service"
 CLI_RETRY_TIMEOUT_S = 3.0  # a CLI call must fail fast when the DCS is down
 _META_KEY = "pgdr.target"
 
@@ -58,10 +58,6 @@ def one_line(text: str) -> str:
     """Collapse a (possibly multi-line) message into one line."""
     lines = [" ".join(line.split()) for line in str(text).splitlines()]
     return "; ".join(line for line in lines if line)
-
-
-# ---------------------------------------------------------------------------------------------
-# The drctl configuration file
 
 
 class _Strict(BaseModel):
@@ -79,10 +75,7 @@ class RestApiClientConfig(_Strict):
 
     @model_validator(mode="after")
     def _secret(self) -> RestApiClientConfig:
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("set `password` or `password_file`, not both")
-        if self.password_file is not None:
-            object.__setattr__(self, "password", read_secret_file(self.password_file))
+        resolve_secret(self, "password", "password_file")
         if self.username and not self.password:
             raise ValueError("`username` needs `password` or `password_file`")
         return self
@@ -138,47 +131,11 @@ def _pydantic_one_line(exc: ValidationError, source: str) -> str:
     return f"{source}: invalid drctl configuration: " + "; ".join(problems)
 
 
-def _agent_dcs_settings(cfg: Any) -> DcsSettings:
-    """DcsSettings from a site-agent AgentConfig's one DCS backend."""
-    kind, backend = cfg.dcs_backend
-    if kind == "consul":
-        host, _, port = str(backend.host).rpartition(":")
-        if not host:
-            host, port = str(backend.host), ""
-        port_num = backend.port or (int(port) if port.isdigit() else 8500)
-        return DcsSettings(
-            consul=ConsulSettings(
-                host=host,
-                port=port_num,
-                scheme=backend.scheme,
-                token=backend.token,
-                dc=backend.dc,
-                cacert=backend.cacert,
-                cert=backend.cert,
-                key=backend.key,
-                verify=backend.verify,
-            )
-        )
-    return DcsSettings(
-        etcd=EtcdSettings(
-            hosts=list(backend.hosts),
-            protocol=backend.protocol,
-            username=backend.username,
-            password=backend.password,
-            cacert=backend.cacert,
-            cert=backend.cert,
-            key=backend.key,
-        )
-    )
-
-
 _AGENT_KEYS = {"name", "postgresql", "bootstrap", "etcd", "etcd3", "consul", "watchdog", "tags", "log"}
 
 
 def load_target_file(path: str | Path) -> TargetBase:
     """Read a site-agent or drctl configuration file. Every problem is one :class:`CliError`."""
-    from site_agent.config import ConfigError, parse_config
-
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -200,7 +157,7 @@ def load_target_file(path: str | Path) -> TargetBase:
         auth = rest.authentication
         mtls = rest.verify_client != "none"  # the agents want a client certificate: present ours
         return TargetBase(
-            dcs=_agent_dcs_settings(cfg),
+            dcs=dcs_settings(cfg),
             namespace=cfg.namespace,
             scope=cfg.scope,
             rest=RestAuth(
@@ -263,10 +220,6 @@ def parse_dcs_url(text: str) -> DcsSettings:
         host, scheme, port = consul[0]
         return DcsSettings(consul=ConsulSettings.model_validate({"host": host, "port": port, "scheme": scheme}))
     return DcsSettings(etcd=EtcdSettings(hosts=etcd_hosts))
-
-
-# ---------------------------------------------------------------------------------------------
-# Options
 
 
 def _store(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -356,10 +309,6 @@ def resolve_target(base: TargetBase, cluster: str | None) -> Target:
     if not scope:
         raise CliError("no cluster name: give CLUSTER, --scope NAME, or `scope:` in the configuration file")
     return Target(dcs=base.dcs, namespace=base.namespace, scope=scope, rest=base.rest, source=base.source)
-
-
-# ---------------------------------------------------------------------------------------------
-# Runtime: the I/O boundaries
 
 
 class ClusterStore(Protocol):

@@ -1,7 +1,7 @@
 """The DCS contract: immutable typed values for what a site's DCS holds, and the operations
 every backend (etcd v3, Consul) implements.
 
-Keyspace (DESIGN.md section 3), one namespace per cluster: ``/<namespace>/<scope>/`` holds
+Keyspace (docs/ARCHITECTURE.md), one namespace per cluster: ``/<namespace>/<scope>/`` holds
 ``leader``, ``members/<name>``, ``config``, ``initialize``, ``history``, ``failover``, ``sync``,
 ``status``, ``failsafe``, ``site`` and ``fence/<id>``.
 
@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-# ---------------------------------------------------------------------------------------------
-# Errors
+DEFAULT_NAMESPACE = "/service"  # the keyspace root when none is configured (Patroni's)
 
 
 class DCSError(Exception):
@@ -39,10 +38,10 @@ class DCSError(Exception):
 
 
 class CorruptValue(ValueError):
-    """A DCS value that does not parse into its typed form (DESIGN.md invariant 7)."""
+    """A DCS value that does not parse into its typed form (docs/ARCHITECTURE.md, invariant 7)."""
 
 
-def _json_object(raw: str | bytes, what: str) -> dict[str, Any]:
+def json_object(raw: str | bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -74,11 +73,7 @@ def valid_member_name(name: str) -> bool:
     return bool(_NAME_OK.match(name))
 
 
-# ---------------------------------------------------------------------------------------------
-# Values
-
-
-def _freeze(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
+def freeze_mapping(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(data or {}))
 
 
@@ -103,9 +98,9 @@ class MemberInfo:
     timeline: int = 0
     received_lsn: int | None = None
     replayed_lsn: int | None = None
-    tags: Mapping[str, Any] = field(default_factory=lambda: _freeze(None))
+    tags: Mapping[str, Any] = field(default_factory=lambda: freeze_mapping(None))
     version: str = ""  # agent software version
-    extra: Mapping[str, Any] = field(default_factory=lambda: _freeze(None))
+    extra: Mapping[str, Any] = field(default_factory=lambda: freeze_mapping(None))
 
     def to_json(self) -> str:
         doc: dict[str, Any] = {
@@ -128,7 +123,7 @@ class MemberInfo:
     def from_json(cls, raw: str | bytes) -> MemberInfo:
         """Fields of the wrong type are dropped; a value that is not a JSON object raises
         :class:`CorruptValue`."""
-        doc = _json_object(raw, "member")
+        doc = json_object(raw, "member")
         known = {"conn_url", "api_url", "role", "state", "timeline", "received_lsn", "replayed_lsn", "tags"}
         known.add("version")
 
@@ -143,9 +138,9 @@ class MemberInfo:
             timeline=_int(doc.get("timeline")) or 0,
             received_lsn=_int(doc.get("received_lsn")),
             replayed_lsn=_int(doc.get("replayed_lsn")),
-            tags=_freeze(doc.get("tags") if isinstance(doc.get("tags"), dict) else None),
+            tags=freeze_mapping(doc.get("tags") if isinstance(doc.get("tags"), dict) else None),
             version=str(doc.get("version", "")),
-            extra=_freeze({k: v for k, v in doc.items() if k not in known}),
+            extra=freeze_mapping({k: v for k, v in doc.items() if k not in known}),
         )
 
     @property
@@ -173,7 +168,7 @@ class Record:
     @classmethod
     def parse(cls, raw: str | bytes, version: int, what: str = "value") -> Record:
         """A JSON object; anything else raises :class:`CorruptValue` (never a silent ``{}``)."""
-        return cls(_freeze(_json_object(raw, what)), version)
+        return cls(freeze_mapping(json_object(raw, what)), version)
 
 
 @dataclass(frozen=True)
@@ -245,7 +240,7 @@ class Failover:
 
     @classmethod
     def parse(cls, raw: str | bytes, version: int) -> Failover:
-        rec = _json_object(raw, "failover")
+        rec = json_object(raw, "failover")
         return cls(
             leader=_opt_str(rec, "leader", "failover"),
             candidate=_opt_str(rec, "member", "failover"),
@@ -267,7 +262,7 @@ class SyncState:
 
     @classmethod
     def parse(cls, raw: str | bytes, version: int) -> SyncState:
-        rec = _json_object(raw, "sync")
+        rec = json_object(raw, "sync")
         sb = rec.get("sync_standby") or []
         if isinstance(sb, str):
             sb = [s for s in sb.split(",") if s]
@@ -281,7 +276,7 @@ class LeaderStatus:
     """The leader's last known WAL position and its replication slots' positions."""
 
     lsn: int
-    slots: Mapping[str, int] = field(default_factory=lambda: _freeze(None))
+    slots: Mapping[str, int] = field(default_factory=lambda: freeze_mapping(None))
     version: int = 0
 
     def to_json(self) -> str:
@@ -289,14 +284,14 @@ class LeaderStatus:
 
     @classmethod
     def parse(cls, raw: str | bytes, version: int) -> LeaderStatus:
-        rec = _json_object(raw, "status")
+        rec = json_object(raw, "status")
         slots = rec.get("slots") or {}
         if not isinstance(slots, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in slots.values()
         ):
             raise CorruptValue(f"status.slots must map slot names to LSNs, not {slots!r}")
         lsn = _strict_int(rec.get("optime"), "status.optime")
-        return cls(lsn=lsn, slots=_freeze(slots), version=version)
+        return cls(lsn=lsn, slots=freeze_mapping(slots), version=version)
 
 
 @dataclass(frozen=True)
@@ -307,7 +302,7 @@ class SiteRecord:
     epoch: int
     follows: str | None = None
     version: int = 0
-    extra: Mapping[str, Any] = field(default_factory=lambda: _freeze(None))
+    extra: Mapping[str, Any] = field(default_factory=lambda: freeze_mapping(None))
 
     def to_json(self) -> str:
         doc = dict(self.extra)
@@ -316,20 +311,20 @@ class SiteRecord:
 
     @classmethod
     def parse(cls, raw: str | bytes, version: int) -> SiteRecord:
-        rec = _json_object(raw, "site")
+        rec = json_object(raw, "site")
         follows = _opt_str(rec, "follows", "site")
         role = rec.pop("role", None)
         if role not in ("active", "standby"):
             raise CorruptValue(f"site.role must be 'active' or 'standby', not {role!r}")
         epoch = _strict_int(rec.pop("epoch", None), "site.epoch")
         rec.pop("follows", None)
-        return cls(role, epoch, follows, version, _freeze(rec))
+        return cls(role, epoch, follows, version, freeze_mapping(rec))
 
 
 @dataclass(frozen=True)
 class CorruptKey:
     """A key whose value did not parse: shown to operators, and read by the agents as the
-    rules of each key say (DESIGN.md invariant 7), never as a silent default."""
+    rules of each key say (docs/ARCHITECTURE.md, invariant 7), never as a silent default."""
 
     key: str  # relative to the cluster prefix: ``config``, ``members/a``...
     reason: str
@@ -375,7 +370,7 @@ class ClusterView:
 
     @property
     def config_data(self) -> Mapping[str, Any]:
-        return self.config.data if self.config else _freeze(None)
+        return self.config.data if self.config else freeze_mapping(None)
 
     @property
     def timeline(self) -> int:
@@ -383,10 +378,6 @@ class ClusterView:
         if self.history and self.history.entries:
             return self.history.entries[-1].timeline + 1
         return 1
-
-
-# ---------------------------------------------------------------------------------------------
-# Operations
 
 
 class DCS(abc.ABC):
@@ -464,42 +455,56 @@ class DCS(abc.ABC):
     def delete_member(self) -> None:
         """Remove this member's key (clean shutdown)."""
 
+    # primitives each backend implements; every value is serialised here, once -------------------
+    @abc.abstractmethod
+    def _cas_put(self, key: str, value: str, version: int | None, what: str) -> bool:
+        """Write ``key`` (relative to the cluster prefix, e.g. ``config`` or ``fence/<id>``) only if
+        its version is still ``version`` (None: only if the key is absent)."""
+
+    @abc.abstractmethod
+    def _cas_delete(self, key: str, version: int | None, what: str) -> bool:
+        """Delete ``key``; with a version, only if unchanged since read."""
+
+    @abc.abstractmethod
+    def _put_as_leader(self, key: str, value: str, what: str) -> bool:
+        """Write ``key`` only while this member holds the leader key (False otherwise)."""
+
     # CAS writes --------------------------------------------------------------------------------
-    @abc.abstractmethod
-    def set_config(self, data: Mapping[str, Any], version: int | None) -> bool: ...
+    def set_config(self, data: Mapping[str, Any], version: int | None) -> bool:
+        return self._cas_put("config", json.dumps(dict(data), sort_keys=True), version, "set config")
 
-    @abc.abstractmethod
-    def set_history(self, history: Sequence[HistoryEntry], version: int | None) -> bool: ...
+    def set_history(self, history: Sequence[HistoryEntry], version: int | None) -> bool:
+        return self._cas_put("history", History(tuple(history), 0).to_json(), version, "set history")
 
-    @abc.abstractmethod
-    def set_failover(self, failover: Failover, version: int | None) -> bool: ...
+    def set_failover(self, failover: Failover, version: int | None) -> bool:
+        return self._cas_put("failover", failover.to_json(), version, "set failover")
 
-    @abc.abstractmethod
     def delete_failover(self, version: int | None = None) -> bool:
         """Remove the failover key; with a version, only if unchanged since read."""
+        return self._cas_delete("failover", version, "delete failover")
 
-    @abc.abstractmethod
-    def set_sync(self, leader: str | None, sync_standbys: Sequence[str], version: int | None) -> bool: ...
+    def set_sync(self, leader: str | None, sync_standbys: Sequence[str], version: int | None) -> bool:
+        return self._cas_put("sync", SyncState(leader, tuple(sync_standbys)).to_json(), version, "set sync")
 
-    @abc.abstractmethod
-    def delete_sync(self, version: int | None = None) -> bool: ...
+    def delete_sync(self, version: int | None = None) -> bool:
+        return self._cas_delete("sync", version, "delete sync")
 
-    @abc.abstractmethod
     def set_failsafe(self, members: Mapping[str, str]) -> bool:
         """Written by the leader only (conditional on holding the leader key)."""
+        return self._put_as_leader("failsafe", json.dumps(dict(members), sort_keys=True), "set failsafe")
 
-    @abc.abstractmethod
-    def set_site(self, site: SiteRecord, version: int | None) -> bool: ...
+    def set_site(self, site: SiteRecord, version: int | None) -> bool:
+        return self._cas_put("site", site.to_json(), version, "set site")
 
-    @abc.abstractmethod
     def write_fence(self, fence_id: str, data: Mapping[str, Any]) -> bool:
         """Append a fencing record (create only; a fence is never rewritten)."""
+        return self._cas_put(f"fence/{fence_id}", json.dumps(dict(data), sort_keys=True), None, "write fence")
 
     # bootstrap race -------------------------------------------------------------------------
-    @abc.abstractmethod
     def initialize(self, value: str = "", create_new: bool = True, version: int | None = None) -> bool:
         """``create_new``: win the bootstrap race (create the key only if absent); otherwise
         record the system identifier (CAS on ``version``)."""
+        return self._cas_put("initialize", value, None if create_new else version, "initialize")
 
     @abc.abstractmethod
     def cancel_initialization(self) -> bool:
@@ -523,102 +528,3 @@ class DCS(abc.ABC):
     @abc.abstractmethod
     def revoke_session(self) -> None:
         """Revoke this member's lease now: its leader and member keys vanish at once."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Building a view from raw keys (shared by the backends)
-
-
-@dataclass(frozen=True)
-class RawNode:
-    """One key of the cluster prefix as a backend read it: ``key`` relative to the prefix
-    (``leader``, ``members/a``...), the raw value, its version and the lease/session it is bound to."""
-
-    key: str
-    value: bytes
-    version: int
-    session: str = ""
-
-
-_PARSERS: dict[str, Any] = {
-    "config": lambda raw, v: Record.parse(raw, v, "config"),
-    "history": History.parse,
-    "failover": Failover.parse,
-    "sync": SyncState.parse,
-    "status": LeaderStatus.parse,
-    "site": SiteRecord.parse,
-}
-
-
-def _parse_failsafe(raw: bytes, version: int) -> Mapping[str, str]:
-    doc = _json_object(raw, "failsafe")
-    if not all(isinstance(v, str) for v in doc.values()):
-        raise CorruptValue("failsafe must map member names to API URLs (strings)")
-    return _freeze(doc)
-
-
-def _parse_initialize(raw: bytes) -> str:
-    """The system identifier (digits), or "" while the bootstrap winner runs initdb."""
-    try:
-        value = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CorruptValue("initialize is not UTF-8") from None
-    if value and not value.isdigit():
-        raise CorruptValue(f"initialize must be a PostgreSQL system identifier (digits), not {value[:40]!r}")
-    return value
-
-
-def _parse_leader(raw: bytes) -> str:
-    try:
-        name = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CorruptValue("leader is not UTF-8") from None
-    if not valid_member_name(name):
-        raise CorruptValue(f"leader must be a member name, not {name[:40]!r}")
-    return name
-
-
-def build_cluster_view(scope: str, nodes: Sequence[RawNode], revision: int = 0) -> ClusterView:
-    """The typed :class:`ClusterView` of the raw keys of one cluster (unknown keys are ignored).
-
-    Never raises: a value that does not parse is left out of its typed field and listed in
-    ``corrupt`` with the reason, so that each reader applies that key's own rule."""
-    leader: Leader | None = None
-    members: list[Member] = []
-    fences: list[tuple[str, Record]] = []
-    fields: dict[str, Any] = {}
-    corrupt: list[CorruptKey] = []
-    for node in nodes:
-        raw = node.value
-        try:
-            if node.key.startswith("members/"):
-                name = node.key[len("members/") :]
-                if name:
-                    members.append(Member(name, MemberInfo.from_json(raw), node.version, node.session))
-            elif node.key.startswith("fence/"):
-                fences.append((node.key, Record.parse(raw, node.version, node.key)))
-            elif node.key == "leader":
-                leader = Leader(_parse_leader(raw), node.version, node.session)
-            elif node.key == "initialize":
-                fields["initialize"] = _parse_initialize(raw)
-                fields["initialize_version"] = node.version
-            elif node.key == "failsafe":
-                fields["failsafe"] = _parse_failsafe(raw, node.version)
-            elif node.key in _PARSERS:
-                fields[node.key] = _PARSERS[node.key](raw, node.version)
-        except CorruptValue as exc:
-            corrupt.append(CorruptKey(node.key, str(exc), node.version, node.session))
-            member = node.key[len("members/") :] if node.key.startswith("members/") else ""
-            if member:
-                # A live member (its key is bound to its lease) whose record is unreadable: still a
-                # member to ask and to count, with nothing known about it.
-                members.append(Member(member, MemberInfo(), node.version, node.session))
-    return ClusterView(
-        scope=scope,
-        leader=leader,
-        members=tuple(sorted(members, key=lambda m: m.name)),
-        fences=tuple(rec for _, rec in sorted(fences, key=lambda f: f[0])),
-        revision=revision,
-        corrupt=tuple(sorted(corrupt, key=lambda c: c.key)),
-        **fields,
-    )

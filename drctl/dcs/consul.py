@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import math
 import threading
 import time
@@ -37,28 +36,20 @@ from consul.exceptions import (
     NotFound,
 )
 
+from drctl.common.hostport import format_host_port
 from drctl.dcs.base import (
     DCS,
     ClusterView,
     DCSError,
-    Failover,
-    History,
-    HistoryEntry,
     LeaderStatus,
     MemberInfo,
-    RawNode,
-    SiteRecord,
-    SyncState,
-    build_cluster_view,
 )
+from drctl.dcs.view import RawNode, build_cluster_view
 
 T = TypeVar("T")
 
 CONSUL_MIN_SESSION_TTL = 10
 LOCK_DELAY = 0.001  # seconds
-
-# ---------------------------------------------------------------------------------------------
-# Pure helpers (unit-tested without a server)
 
 
 def consul_key(path: str) -> str:
@@ -136,10 +127,6 @@ class SessionGone(Exception):
     """Consul says our session does not exist any more (expired or destroyed)."""
 
 
-# ---------------------------------------------------------------------------------------------
-# The DCS
-
-
 class ConsulDCS(DCS):
     def __init__(
         self,
@@ -160,7 +147,7 @@ class ConsulDCS(DCS):
         verify: bool = True,
     ) -> None:
         super().__init__(namespace=namespace, scope=scope, name=name, ttl=ttl, retry_timeout=retry_timeout)
-        self.endpoint = f"{scheme}://{host}:{port}"
+        self.endpoint = f"{scheme}://{format_host_port(host, port)}"
         verify_opt: bool | str = cacert if cacert else verify
         cert_opt: Any = (cert, key) if cert and key else cert
 
@@ -186,7 +173,6 @@ class ConsulDCS(DCS):
         self._member_written: tuple[str, str, float] | None = None
         self._last_status: LeaderStatus | None = None
 
-    # --- plumbing -------------------------------------------------------------------------------
     @property
     def kv_prefix(self) -> str:
         return consul_key(self.prefix)
@@ -246,7 +232,6 @@ class ConsulDCS(DCS):
 
         return self._run(what, deadline, go)
 
-    # --- session --------------------------------------------------------------------------------
     def _create_session(self, deadline: float) -> str:
         sid = self._run(
             "session create",
@@ -287,7 +272,6 @@ class ConsulDCS(DCS):
         self._run("member put", deadline, lambda c: c.kv.put(self.ckey("members", self.name), doc, acquire=sid))
         self._member_written = (doc, sid, time.monotonic())
 
-    # --- reads ----------------------------------------------------------------------------------
     def _read(self, deadline: float) -> tuple[Any, Any]:
         result: tuple[Any, Any] = self._run("get_cluster", deadline, lambda c: c.kv.get(self.kv_prefix, recurse=True))
         return result
@@ -296,7 +280,6 @@ class ConsulDCS(DCS):
         index, items = self._read(self._deadline())
         return view_from_items(self.scope, self.kv_prefix, index, items)
 
-    # --- leader ---------------------------------------------------------------------------------
     def attempt_to_acquire_leader(self) -> bool:
         deadline = self._deadline()
         with self._lock:
@@ -347,7 +330,6 @@ class ConsulDCS(DCS):
                 ops.append(txn_op("set", self.ckey("status"), LeaderStatus(last_lsn, slots).to_json()))
             return self._txn("delete leader", deadline, ops)
 
-    # --- members --------------------------------------------------------------------------------
     def touch_member(self, info: MemberInfo) -> None:
         deadline = self._deadline()
         with self._lock:
@@ -373,55 +355,23 @@ class ConsulDCS(DCS):
             self._member_written = None
         self._run("delete member", self._deadline(), lambda c: c.kv.delete(self.ckey("members", self.name)))
 
-    # --- CAS writes -------------------------------------------------------------------------------
     def _cas_put(self, key: str, value: str, version: int | None, what: str) -> bool:
-        cas = 0 if version is None else version
-        return bool(self._run(what, self._deadline(), lambda c: c.kv.put(key, value, cas=cas)))
+        full, cas = self.ckey(key), 0 if version is None else version
+        return bool(self._run(what, self._deadline(), lambda c: c.kv.put(full, value, cas=cas)))
 
     def _cas_delete(self, key: str, version: int | None, what: str) -> bool:
+        full = self.ckey(key)
         if version is None:
-            self._run(what, self._deadline(), lambda c: c.kv.delete(key))
+            self._run(what, self._deadline(), lambda c: c.kv.delete(full))
             return True
-        return bool(self._run(what, self._deadline(), lambda c: c.kv.delete(key, cas=version)))
+        return bool(self._run(what, self._deadline(), lambda c: c.kv.delete(full, cas=version)))
 
-    def set_config(self, data: Mapping[str, Any], version: int | None) -> bool:
-        return self._cas_put(self.ckey("config"), json.dumps(dict(data), sort_keys=True), version, "set config")
-
-    def set_history(self, history: Sequence[HistoryEntry], version: int | None) -> bool:
-        return self._cas_put(self.ckey("history"), History(tuple(history), 0).to_json(), version, "set history")
-
-    def set_failover(self, failover: Failover, version: int | None) -> bool:
-        return self._cas_put(self.ckey("failover"), failover.to_json(), version, "set failover")
-
-    def delete_failover(self, version: int | None = None) -> bool:
-        return self._cas_delete(self.ckey("failover"), version, "delete failover")
-
-    def set_sync(self, leader: str | None, sync_standbys: Sequence[str], version: int | None) -> bool:
-        value = SyncState(leader, tuple(sync_standbys)).to_json()
-        return self._cas_put(self.ckey("sync"), value, version, "set sync")
-
-    def delete_sync(self, version: int | None = None) -> bool:
-        return self._cas_delete(self.ckey("sync"), version, "delete sync")
-
-    def set_failsafe(self, members: Mapping[str, str]) -> bool:
+    def _put_as_leader(self, key: str, value: str, what: str) -> bool:
         sid = self._session
         if sid is None:
             return False
-        ops = [
-            txn_op("check-session", self.ckey("leader"), session=sid),
-            txn_op("set", self.ckey("failsafe"), json.dumps(dict(members), sort_keys=True)),
-        ]
-        return self._txn("set failsafe", self._deadline(), ops)
-
-    def set_site(self, site: SiteRecord, version: int | None) -> bool:
-        return self._cas_put(self.ckey("site"), site.to_json(), version, "set site")
-
-    def write_fence(self, fence_id: str, data: Mapping[str, Any]) -> bool:
-        return self._cas_put(self.ckey("fence", fence_id), json.dumps(dict(data), sort_keys=True), None, "fence")
-
-    # --- bootstrap ------------------------------------------------------------------------------
-    def initialize(self, value: str = "", create_new: bool = True, version: int | None = None) -> bool:
-        return self._cas_put(self.ckey("initialize"), value, None if create_new else version, "initialize")
+        ops = [txn_op("check-session", self.ckey("leader"), session=sid), txn_op("set", self.ckey(key), value)]
+        return self._txn(what, self._deadline(), ops)
 
     def cancel_initialization(self) -> bool:
         self._run("cancel initialization", self._deadline(), lambda c: c.kv.delete(self.ckey("initialize")))
@@ -431,7 +381,6 @@ class ConsulDCS(DCS):
         self._run("delete cluster", self._deadline(), lambda c: c.kv.delete(self.kv_prefix, recurse=True))
         return True
 
-    # --- watch ----------------------------------------------------------------------------------
     def watch(self, leader_version: int | None, timeout: float) -> bool:
         """Blocking query on the cluster prefix from the index at call time. True at once when the
         leader key already differs from ``leader_version``. When Consul cannot be reached the rest
@@ -460,7 +409,6 @@ class ConsulDCS(DCS):
                 return False
         return str(new_index) != str(index)
 
-    # --- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
         for client in (self._client, self._watch_client):
             with contextlib.suppress(Exception):

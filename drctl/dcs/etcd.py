@@ -20,503 +20,41 @@ Safety rules:
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import http.client
-import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import urllib3
-from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import ReadTimeoutError
-
 from drctl.dcs.base import (
     DCS,
     ClusterView,
     DCSError,
-    Failover,
-    History,
-    HistoryEntry,
     LeaderStatus,
     MemberInfo,
-    RawNode,
-    SiteRecord,
-    SyncState,
-    build_cluster_view,
 )
-
-Json = dict[str, Any]
-
-# A request gets at least this long even when retry_timeout / len(endpoints) is smaller (but never
-# more than what is left of the call's overall deadline).
-MIN_REQUEST_TIMEOUT = 0.25
-# Pause between two passes over all endpoints.
-PASS_PAUSE = 0.1
-
-# gRPC status codes that are an answer about the request, not a failure of the endpoint.
-_GRPC_INVALID_ARGUMENT = 3
-_GRPC_NOT_FOUND = 5
-_GRPC_PERMISSION_DENIED = 7
-_GRPC_FAILED_PRECONDITION = 9
-_GRPC_UNAUTHENTICATED = 16
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure helpers (unit-tested without a server)
-
-
-def b64(data: str | bytes) -> str:
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    return base64.b64encode(raw).decode("ascii")
-
-
-def unb64(data: str | None) -> bytes:
-    return base64.b64decode(data) if data else b""
-
-
-def prefix_range_end(prefix: str | bytes) -> bytes:
-    """The ``range_end`` that selects every key starting with ``prefix`` (etcd's prefix rule)."""
-    raw = bytearray(prefix.encode("utf-8") if isinstance(prefix, str) else prefix)
-    while raw:
-        if raw[-1] < 0xFF:
-            raw[-1] += 1
-            return bytes(raw)
-        raw.pop()
-    return b"\0"  # every key
-
-
-def to_int(value: Any, default: int = 0) -> int:
-    """An int64 field of a gateway reply (a JSON string, or absent when it is 0)."""
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def api_prefix_for_version(doc: Mapping[str, Any]) -> str:
-    """``/v3``, ``/v3beta`` or ``/v3alpha`` from a ``GET /version`` reply."""
-    version = str(doc.get("etcdcluster") or doc.get("etcdserver") or "")
-    parts = version.split(".")
-    try:
-        major, minor = int(parts[0]), int(parts[1])
-    except (IndexError, ValueError):
-        return "/v3"  # unknown: the current API
-    if (major, minor) >= (3, 4):
-        return "/v3"
-    if (major, minor) == (3, 3):
-        return "/v3beta"
-    return "/v3alpha"
-
-
-def parse_body(data: bytes) -> Json:
-    """A gateway reply body: one JSON object, or JSON lines (streaming RPCs) of which the first
-    counts. ``{"result": X}`` is unwrapped to X. Raises ValueError on anything else."""
-    text = data.decode("utf-8").strip()
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        first = text.split("\n", 1)[0]
-        doc = json.loads(first)
-    if not isinstance(doc, dict):
-        raise ValueError(f"not a JSON object: {text[:200]!r}")
-    if isinstance(doc.get("result"), dict) and "header" not in doc:
-        doc = doc["result"]
-    return doc
-
-
-def reply_term(doc: Mapping[str, Any]) -> int:
-    header = doc.get("header")
-    return to_int(header.get("raft_term")) if isinstance(header, dict) else 0
-
-
-def reply_revision(doc: Mapping[str, Any]) -> int:
-    header = doc.get("header")
-    return to_int(header.get("revision")) if isinstance(header, dict) else 0
-
-
-def kvs_of(doc: Mapping[str, Any]) -> list[Json]:
-    kvs = doc.get("kvs")
-    return [kv for kv in kvs if isinstance(kv, dict)] if isinstance(kvs, list) else []
-
-
-def txn_succeeded(doc: Mapping[str, Any]) -> bool:
-    return bool(doc.get("succeeded", False))
-
-
-def txn_range_kvs(doc: Mapping[str, Any]) -> list[Json]:
-    """The kvs of the range responses of a txn reply (in order)."""
-    out: list[Json] = []
-    for resp in doc.get("responses") or []:
-        if isinstance(resp, dict) and isinstance(resp.get("response_range"), dict):
-            out.extend(kvs_of(resp["response_range"]))
-    return out
-
-
-def nodes_from_kvs(prefix: str, kvs: Sequence[Mapping[str, Any]]) -> list[RawNode]:
-    raw_prefix = prefix.encode("utf-8")
-    out = []
-    for kv in kvs:
-        key = unb64(kv.get("key"))
-        if not key.startswith(raw_prefix):
-            continue
-        lease = to_int(kv.get("lease"))
-        out.append(
-            RawNode(
-                key=key[len(raw_prefix) :].decode("utf-8", "replace"),
-                value=unb64(kv.get("value")),
-                version=to_int(kv.get("mod_revision")),
-                session=str(lease) if lease else "",
-            )
-        )
-    return out
-
-
-def view_from_range(scope: str, prefix: str, doc: Mapping[str, Any]) -> ClusterView:
-    return build_cluster_view(scope, nodes_from_kvs(prefix, kvs_of(doc)), reply_revision(doc))
-
-
-# Transaction building blocks ------------------------------------------------------------------
-
-
-def cmp_create(key: str, revision: int = 0) -> Json:
-    return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": str(revision)}
-
-
-def cmp_mod(key: str, revision: int) -> Json:
-    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
-
-
-def cmp_value(key: str, value: str) -> Json:
-    return {"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(value)}
-
-
-def cmp_lease(key: str, lease: str) -> Json:
-    return {"key": b64(key), "target": "LEASE", "result": "EQUAL", "lease": str(lease)}
-
-
-def op_put(key: str, value: str, lease: str | None = None) -> Json:
-    req: Json = {"key": b64(key), "value": b64(value)}
-    if lease:
-        req["lease"] = str(lease)
-    return {"request_put": req}
-
-
-def op_delete(key: str, prefix: bool = False) -> Json:
-    req: Json = {"key": b64(key)}
-    if prefix:
-        req["range_end"] = b64(prefix_range_end(key))
-    return {"request_delete_range": req}
-
-
-def op_range(key: str) -> Json:
-    return {"request_range": {"key": b64(key)}}
-
-
-def linearizable_txn(compare: list[Json], success: list[Json], failure: list[Json]) -> Json:
-    """The body of a txn that etcd must answer linearizably.
-
-    etcd serves a read-only txn whose branches hold no linearizable range *locally*, without
-    confirming with a quorum (``isTxnSerializable`` is true for empty branches): a compare-only txn
-    would be answered by an isolated member, even a deposed raft leader, from its own stale state.
-    Such a txn gets a linearizable range of its first compared key in both branches.
-    """
-    ops = [*success, *failure]
-    if compare and not any("request_put" in op or "request_delete_range" in op for op in ops):
-        probe = {"request_range": {"key": compare[0]["key"]}}
-        success = [*success, probe]
-        failure = [*failure, probe]
-    return {"compare": compare, "success": success, "failure": failure}
-
-
-def cas_compare(key: str, version: int | None) -> Json:
-    """``version=None``: create only if absent; otherwise the key's mod_revision must be ``version``."""
-    return cmp_create(key, 0) if version is None else cmp_mod(key, version)
-
-
-# ---------------------------------------------------------------------------------------------
-# Transport
-
-
-class LeaseNotFound(Exception):
-    """etcd answered that the lease does not exist (expired or revoked)."""
-
-
-class _EndpointFailure(Exception):
-    """This endpoint could not give a trustworthy answer: try the next one."""
-
-
-class _RequestRejected(Exception):
-    """etcd refused the request itself (bad argument, permission): retrying cannot help."""
-
-
-def normalize_endpoint(host: str, protocol: str = "http") -> str:
-    host = host.strip().rstrip("/")
-    if "://" not in host:
-        host = f"{protocol}://{host}"
-    return host
-
-
-class EtcdClient:
-    """Minimal etcd v3 gateway client with endpoint failover, shared by one member's DCS object.
-
-    ``call(path, body, deadline)`` POSTs to ``<endpoint><api prefix><path>`` and returns the decoded
-    reply, trying each endpoint in turn (starting with the last one that worked) until ``deadline``
-    (a ``time.monotonic()`` value), then raises :class:`DCSError` naming the endpoints tried.
-    """
-
-    def __init__(
-        self,
-        endpoints: Sequence[str],
-        *,
-        retry_timeout: float,
-        protocol: str = "http",
-        username: str | None = None,
-        password: str | None = None,
-        cacert: str | None = None,
-        cert: str | None = None,
-        key: str | None = None,
-        verify: bool = True,
-    ) -> None:
-        if not endpoints:
-            raise DCSError("no etcd endpoints configured")
-        self.endpoints = [normalize_endpoint(e, protocol) for e in endpoints]
-        self.retry_timeout = retry_timeout
-        self.username = username
-        self.password = password
-        tls: dict[str, Any] = {}
-        if cacert:
-            tls["ca_certs"] = cacert
-        if cert:
-            tls["cert_file"] = cert
-            if key:
-                tls["key_file"] = key
-        tls["cert_reqs"] = "CERT_REQUIRED" if (verify or cacert) else "CERT_NONE"
-        self._pool = urllib3.PoolManager(num_pools=max(4, len(self.endpoints)), maxsize=4, retries=False, **tls)
-        self._lock = threading.Lock()
-        self._preferred = 0
-        self._api: str | None = None
-        self._token: str | None = None
-        self._raft_term = 0
-
-    # --- bookkeeping ----------------------------------------------------------------------------
-    @property
-    def raft_term(self) -> int:
-        """The highest raft term seen in any reply."""
-        return self._raft_term
-
-    def request_timeout(self, remaining: float) -> float:
-        """Per-request timeout: one pass over all endpoints fits in retry_timeout."""
-        share = max(self.retry_timeout / len(self.endpoints), MIN_REQUEST_TIMEOUT)
-        return max(0.0, min(share, remaining))
-
-    def _order(self) -> list[int]:
-        with self._lock:
-            first = self._preferred
-        n = len(self.endpoints)
-        return [(first + i) % n for i in range(n)]
-
-    def _check_term(self, endpoint: str, doc: Mapping[str, Any]) -> None:
-        term = reply_term(doc)
-        with self._lock:
-            if term and term < self._raft_term:
-                raise _EndpointFailure(f"{endpoint} answered from stale raft term {term} < {self._raft_term}")
-            self._raft_term = max(self._raft_term, term)
-
-    # --- one HTTP exchange ----------------------------------------------------------------------
-    def _raw(
-        self,
-        method: str,
-        url: str,
-        body: Mapping[str, Any] | None,
-        timeout: float,
-        *,
-        stream: bool = False,
-        read_timeout: float | None = None,
-    ) -> urllib3.BaseHTTPResponse:
-        headers = {"Content-Type": "application/json"}
-        if self._token:
-            headers["Authorization"] = self._token
-        try:
-            return self._pool.request(
-                method,
-                url,
-                body=json.dumps(body).encode() if body is not None else None,
-                headers=headers,
-                timeout=(
-                    urllib3.Timeout(connect=timeout, read=read_timeout)
-                    if read_timeout
-                    else urllib3.Timeout(total=timeout)
-                ),
-                retries=False,
-                preload_content=not stream,
-                redirect=False,
-            )
-        except (Urllib3Error, OSError, http.client.HTTPException, ValueError) as exc:
-            raise _EndpointFailure(f"{url}: {type(exc).__name__}: {exc}") from exc
-
-    def _decode(self, url: str, resp: urllib3.BaseHTTPResponse) -> Json:
-        try:
-            return parse_body(resp.data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _EndpointFailure(f"{url}: HTTP {resp.status}, undecodable reply: {exc}") from exc
-
-    def _ensure_api(self, endpoint: str, timeout: float) -> str:
-        if self._api is None:
-            url = f"{endpoint}/version"
-            resp = self._raw("GET", url, None, timeout)
-            if resp.status != 200:
-                raise _EndpointFailure(f"{url}: HTTP {resp.status}")
-            self._api = api_prefix_for_version(self._decode(url, resp))
-        return self._api
-
-    def _authenticate(self, endpoint: str, api: str, timeout: float) -> None:
-        url = f"{endpoint}{api}/auth/authenticate"
-        self._token = None
-        resp = self._raw("POST", url, {"name": self.username, "password": self.password or ""}, timeout)
-        doc = self._decode(url, resp)
-        if resp.status != 200 or not doc.get("token"):
-            message = doc.get("message") or doc.get("error") or f"HTTP {resp.status}"
-            if resp.status in (400, 401, 403, 412):
-                raise _RequestRejected(f"etcd authentication as {self.username!r} failed: {message}")
-            raise _EndpointFailure(f"{url}: {message}")
-        self._token = str(doc["token"])
-
-    def _classify_error(self, url: str, status: int, doc: Mapping[str, Any]) -> Exception:
-        message = str(doc.get("message") or doc.get("error") or f"HTTP {status}")
-        code = to_int(doc.get("code"), -1)
-        if code == _GRPC_NOT_FOUND and "lease not found" in message:
-            return LeaseNotFound(message)
-        if code in (_GRPC_INVALID_ARGUMENT, _GRPC_PERMISSION_DENIED, _GRPC_FAILED_PRECONDITION):
-            return _RequestRejected(f"{url}: {message}")
-        return _EndpointFailure(f"{url}: {message}")
-
-    def _call_one(self, endpoint: str, path: str, body: Mapping[str, Any], timeout: float) -> Json:
-        started = time.monotonic()
-        api = self._ensure_api(endpoint, timeout)
-        if self.username and not self._token:
-            self._authenticate(endpoint, api, max(0.05, timeout - (time.monotonic() - started)))
-        url = f"{endpoint}{api}{path}"
-        for attempt in range(2):
-            left = max(0.05, timeout - (time.monotonic() - started))
-            resp = self._raw("POST", url, body, left)
-            doc = self._decode(url, resp)
-            if resp.status == 200:
-                self._check_term(endpoint, doc)
-                return doc
-            code = to_int(doc.get("code"), -1)
-            auth_problem = resp.status == 401 or code == _GRPC_UNAUTHENTICATED or "auth token" in str(doc)
-            if auth_problem and self.username and attempt == 0:
-                self._authenticate(endpoint, api, max(0.05, timeout - (time.monotonic() - started)))
-                continue
-            raise self._classify_error(url, resp.status, doc)
-        raise _EndpointFailure(f"{url}: authentication keeps failing")
-
-    # --- public ---------------------------------------------------------------------------------
-    def call(self, path: str, body: Mapping[str, Any], deadline: float, what: str = "") -> Json:
-        tried: list[str] = []
-        last = "no endpoint could be tried"
-        while True:
-            for index in self._order():
-                endpoint = self.endpoints[index]
-                timeout = self.request_timeout(deadline - time.monotonic())
-                if timeout < 0.01:
-                    break
-                if endpoint not in tried:
-                    tried.append(endpoint)
-                try:
-                    doc = self._call_one(endpoint, path, body, timeout)
-                except _EndpointFailure as exc:
-                    last = str(exc)
-                    continue
-                except _RequestRejected as exc:
-                    raise DCSError(f"etcd refused {what or path}: {exc}", [endpoint]) from None
-                with self._lock:
-                    self._preferred = index
-                return doc
-            remaining = deadline - time.monotonic()
-            if remaining < 0.02:
-                break
-            time.sleep(min(PASS_PAUSE, remaining))
-        raise DCSError(f"etcd {what or path} failed: {last}", tried)
-
-    def watch(self, key: str, range_end: bytes, start_revision: int, deadline: float) -> bool:
-        """Stream ``POST /watch`` from ``start_revision`` on [key, range_end) until an event comes
-        (True) or ``deadline`` passes (False). An endpoint that cannot be reached is skipped; when
-        none can, the rest of the time is slept away (False)."""
-        body = {
-            "create_request": {
-                "key": b64(key),
-                "range_end": b64(range_end),
-                "start_revision": str(start_revision),
-            }
-        }
-        while True:
-            for index in self._order():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0.01:
-                    return False
-                try:
-                    return self._watch_one(self.endpoints[index], body, deadline)
-                except (_EndpointFailure, _RequestRejected, LeaseNotFound):
-                    continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0.01:
-                return False
-            time.sleep(min(PASS_PAUSE * 5, remaining))
-
-    def _watch_one(self, endpoint: str, body: Mapping[str, Any], deadline: float) -> bool:
-        connect = self.request_timeout(deadline - time.monotonic())
-        api = self._ensure_api(endpoint, connect)
-        url = f"{endpoint}{api}/watch"
-        remaining = deadline - time.monotonic()
-        if remaining <= 0.01:
-            return False
-        resp = self._raw("POST", url, body, min(connect, remaining), stream=True, read_timeout=remaining)
-        try:
-            if resp.status != 200:
-                raise _EndpointFailure(f"{url}: HTTP {resp.status}")
-            buffer = b""
-            try:
-                for chunk in resp.stream(65536):
-                    buffer += chunk
-                    while b"\n" in buffer:
-                        line, buffer = buffer.split(b"\n", 1)
-                        if not line.strip():
-                            continue
-                        try:
-                            doc = parse_body(line)
-                        except (ValueError, UnicodeDecodeError) as exc:
-                            raise _EndpointFailure(f"{url}: undecodable watch reply") from exc
-                        if doc.get("error"):
-                            raise _EndpointFailure(f"{url}: {doc.get('error')}")
-                        self._check_term(endpoint, doc)
-                        if doc.get("events") or doc.get("canceled") or doc.get("compact_revision"):
-                            return True
-                    if time.monotonic() >= deadline:
-                        return False
-            except ReadTimeoutError:
-                return False
-            except (Urllib3Error, OSError, http.client.HTTPException) as exc:
-                raise _EndpointFailure(f"{url}: {type(exc).__name__}: {exc}") from exc
-            # The stream ended (member stopping): not a change, try another endpoint.
-            raise _EndpointFailure(f"{url}: watch stream closed")
-        finally:
-            with contextlib.suppress(Exception):
-                resp.close()
-            with contextlib.suppress(Exception):
-                resp.release_conn()
-
-    def close(self) -> None:
-        self._pool.clear()
-
-
-# ---------------------------------------------------------------------------------------------
-# The DCS
+from drctl.dcs.etcd_client import EtcdClient, LeaseNotFound
+from drctl.dcs.etcd_wire import (
+    Json,
+    b64,
+    cas_compare,
+    cmp_create,
+    cmp_lease,
+    cmp_mod,
+    cmp_value,
+    kvs_of,
+    linearizable_txn,
+    op_delete,
+    op_put,
+    op_range,
+    prefix_range_end,
+    reply_revision,
+    to_int,
+    txn_range_kvs,
+    txn_succeeded,
+    unb64,
+    view_from_range,
+)
 
 
 class Etcd3(DCS):
@@ -561,7 +99,6 @@ class Etcd3(DCS):
         self._member_written: tuple[str, str, float] | None = None  # (json, lease, when)
         self._last_status: LeaderStatus | None = None
 
-    # --- helpers --------------------------------------------------------------------------------
     def set_retry_timeout(self, retry_timeout: float) -> None:
         super().set_retry_timeout(retry_timeout)
         self.client.retry_timeout = retry_timeout
@@ -654,13 +191,11 @@ class Etcd3(DCS):
             except LeaseNotFound as exc:
                 raise DCSError(f"etcd {what}: {exc}", self.client.endpoints) from None
 
-    # --- reads ----------------------------------------------------------------------------------
     def get_cluster(self) -> ClusterView:
         body = {"key": b64(self.prefix), "range_end": b64(prefix_range_end(self.prefix))}
         doc = self._call("/kv/range", body, self._deadline(), "get_cluster")
         return view_from_range(self.scope, self.prefix, doc)
 
-    # --- leader ---------------------------------------------------------------------------------
     def attempt_to_acquire_leader(self) -> bool:
         deadline = self._deadline()
         leader = self.key("leader")
@@ -790,7 +325,6 @@ class Etcd3(DCS):
             )
             return txn_succeeded(doc)
 
-    # --- members --------------------------------------------------------------------------------
     def touch_member(self, info: MemberInfo) -> None:
         deadline = self._deadline()
         with self._lock:
@@ -833,61 +367,30 @@ class Etcd3(DCS):
             self._member_written = None
         self._call("/kv/deleterange", {"key": b64(self.key("members", self.name))}, self._deadline(), "delete member")
 
-    # --- CAS writes -------------------------------------------------------------------------------
     def _cas_put(self, key: str, value: str, version: int | None, what: str) -> bool:
-        doc = self._safe_txn([cas_compare(key, version)], [op_put(key, value)], [], self._deadline(), what)
+        full = self.key(key)
+        doc = self._safe_txn([cas_compare(full, version)], [op_put(full, value)], [], self._deadline(), what)
         return txn_succeeded(doc)
 
     def _cas_delete(self, key: str, version: int | None, what: str) -> bool:
-        compare = [] if version is None else [cmp_mod(key, version)]
-        doc = self._safe_txn(compare, [op_delete(key)], [], self._deadline(), what)
+        full = self.key(key)
+        compare = [] if version is None else [cmp_mod(full, version)]
+        doc = self._safe_txn(compare, [op_delete(full)], [], self._deadline(), what)
         return txn_succeeded(doc)
 
-    def set_config(self, data: Mapping[str, Any], version: int | None) -> bool:
-        return self._cas_put(self.key("config"), json.dumps(dict(data), sort_keys=True), version, "set config")
-
-    def set_history(self, history: Sequence[HistoryEntry], version: int | None) -> bool:
-        value = History(tuple(history), 0).to_json()
-        return self._cas_put(self.key("history"), value, version, "set history")
-
-    def set_failover(self, failover: Failover, version: int | None) -> bool:
-        return self._cas_put(self.key("failover"), failover.to_json(), version, "set failover")
-
-    def delete_failover(self, version: int | None = None) -> bool:
-        return self._cas_delete(self.key("failover"), version, "delete failover")
-
-    def set_sync(self, leader: str | None, sync_standbys: Sequence[str], version: int | None) -> bool:
-        value = SyncState(leader, tuple(sync_standbys)).to_json()
-        return self._cas_put(self.key("sync"), value, version, "set sync")
-
-    def delete_sync(self, version: int | None = None) -> bool:
-        return self._cas_delete(self.key("sync"), version, "delete sync")
-
-    def set_failsafe(self, members: Mapping[str, str]) -> bool:
+    def _put_as_leader(self, key: str, value: str, what: str) -> bool:
         leader = self.key("leader")
         lease = self._lease
         if lease is None:
             return False
-        value = json.dumps(dict(members), sort_keys=True)
         doc = self._safe_txn(
             [cmp_value(leader, self.name), cmp_lease(leader, lease)],
-            [op_put(self.key("failsafe"), value)],
+            [op_put(self.key(key), value)],
             [],
             self._deadline(),
-            "set failsafe",
+            what,
         )
         return txn_succeeded(doc)
-
-    def set_site(self, site: SiteRecord, version: int | None) -> bool:
-        return self._cas_put(self.key("site"), site.to_json(), version, "set site")
-
-    def write_fence(self, fence_id: str, data: Mapping[str, Any]) -> bool:
-        value = json.dumps(dict(data), sort_keys=True)
-        return self._cas_put(self.key("fence", fence_id), value, None, "write fence")
-
-    # --- bootstrap ------------------------------------------------------------------------------
-    def initialize(self, value: str = "", create_new: bool = True, version: int | None = None) -> bool:
-        return self._cas_put(self.key("initialize"), value, None if create_new else version, "initialize")
 
     def cancel_initialization(self) -> bool:
         self._call("/kv/deleterange", {"key": b64(self.key("initialize"))}, self._deadline(), "cancel init")
@@ -898,7 +401,6 @@ class Etcd3(DCS):
         self._call("/kv/deleterange", body, self._deadline(), "delete cluster")
         return True
 
-    # --- watch ----------------------------------------------------------------------------------
     def watch(self, leader_version: int | None, timeout: float) -> bool:
         """Wait for a change of any key of the cluster from the revision at call time. Returns True
         at once if the leader key already differs from ``leader_version``. When the DCS cannot be
@@ -921,7 +423,6 @@ class Etcd3(DCS):
             return True
         return self.client.watch(self.prefix, prefix_range_end(self.prefix), reply_revision(doc) + 1, deadline)
 
-    # --- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
         self.client.close()
 

@@ -24,25 +24,18 @@ Unknown keys are refused (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from drctl.common.hostport import format_host_port
 from drctl.dcs.base import DCS, DCSError
-from drctl.safefs import read_secret_file
+from drctl.safefs import resolve_secret
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _secret_from_file(obj: BaseModel, field: str, file_field: str) -> None:
-    inline, path = getattr(obj, field), getattr(obj, file_field)
-    if inline is not None and path is not None:
-        raise ValueError(f"set `{field}` or `{file_field}`, not both")
-    if path is not None:
-        object.__setattr__(obj, field, read_secret_file(path))  # frozen model: set once, here
 
 
 def _check_port(host: str) -> None:
@@ -67,7 +60,7 @@ class EtcdSettings(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> EtcdSettings:
-        _secret_from_file(self, "password", "password_file")
+        resolve_secret(self, "password", "password_file")
         for h in self.hosts:
             _check_port(h)
         if self.username and not self.password:
@@ -95,7 +88,7 @@ class ConsulSettings(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ConsulSettings:
-        _secret_from_file(self, "token", "token_file")
+        resolve_secret(self, "token", "token_file")
         if self.key and not self.cert:
             raise ValueError("consul: key given without cert")
         return self
@@ -122,49 +115,25 @@ class DcsSettings(_Strict):
         if self.etcd is not None:
             return list(self.etcd.hosts)
         assert self.consul is not None
-        return [f"{self.consul.scheme}://{self.consul.host}:{self.consul.port}"]
+        return [f"{self.consul.scheme}://{format_host_port(self.consul.host, self.consul.port)}"]
 
 
 def get_dcs(settings: DcsSettings, *, namespace: str, scope: str, name: str, ttl: int, retry_timeout: float) -> DCS:
     """The DCS object for one member. Nothing is contacted yet: the first call does, and when the
     DCS is unreachable it raises :class:`DCSError` naming the hosts it tried."""
+    common: dict[str, Any] = {
+        "namespace": namespace,
+        "scope": scope,
+        "name": name,
+        "ttl": ttl,
+        "retry_timeout": retry_timeout,
+    }
     if settings.etcd is not None:
         from drctl.dcs.etcd import Etcd3
 
-        e = settings.etcd
-        return Etcd3(
-            namespace=namespace,
-            scope=scope,
-            name=name,
-            ttl=ttl,
-            retry_timeout=retry_timeout,
-            hosts=e.hosts,
-            protocol=e.protocol,
-            username=e.username,
-            password=e.password,
-            cacert=e.cacert,
-            cert=e.cert,
-            key=e.key,
-            verify=e.verify,
-        )
+        return Etcd3(**common, **settings.etcd.model_dump(exclude={"password_file"}))
     if settings.consul is not None:
         from drctl.dcs.consul import ConsulDCS
 
-        c = settings.consul
-        return ConsulDCS(
-            namespace=namespace,
-            scope=scope,
-            name=name,
-            ttl=ttl,
-            retry_timeout=retry_timeout,
-            host=c.host,
-            port=c.port,
-            scheme=c.scheme,
-            token=c.token,
-            dc=c.dc,
-            cacert=c.cacert,
-            cert=c.cert,
-            key=c.key,
-            verify=c.verify,
-        )
+        return ConsulDCS(**common, **settings.consul.model_dump(exclude={"token_file"}))
     raise DCSError("no DCS backend configured")  # unreachable: the model requires one

@@ -177,3 +177,19 @@ def _pair(hosts: Sequence[str], ports: Sequence[str], default_port: int) -> list
         except ValueError:
             raise ConninfoError(f"invalid port {port!r}") from None
     return out
+
+
+def conninfo_address(conn_url: str) -> tuple[str, int | None] | None:
+    """The first ``(host, port)`` a member's conn_url (URL or conninfo) names, as written (no
+    defaults filled in); None when it names no host or does not parse."""
+    if not conn_url:
+        return None
+    try:
+        params = parse_conninfo(conn_url)
+    except ConninfoError:
+        return None
+    host = (params.get("host") or params.get("hostaddr") or "").split(",")[0]
+    port = (params.get("port") or "").split(",")[0]
+    if not host:
+        return None
+    return host, int(port) if port.isdigit() else None

@@ -48,14 +48,6 @@ def user_ids(user: str | None) -> tuple[int, int] | None:
     return pw.pw_uid, pw.pw_gid
 
 
-def chown_to(path: Path, user: str | None) -> None:
-    """Give ``path`` to ``user`` (no-op unless root). Never follows a link: use it only on
-    paths in directories no other user can write, or prefer ``os.fchown`` on a descriptor."""
-    ids = user_ids(user)
-    if ids is not None:
-        os.chown(path, *ids, follow_symlinks=False)
-
-
 def make_dir(path: Path, user: str | None, mode: int = 0o750) -> Path:
     """Create ``path`` (and parents) owned by ``user`` with ``mode``. The mode and owner are set
     through a descriptor opened without following links: a link planted at ``path`` (by the

@@ -153,28 +153,35 @@ def probe_conn(conn: Conn) -> PgState:
         " current_setting('server_version_num')::int AS server_version,"
         " (SELECT system_identifier FROM pg_control_system()) AS system_identifier",
     )
-    in_recovery = bool(base["in_recovery"])
-    receiver = wal_receiver(conn) if in_recovery else None
-    if not in_recovery:
-        row = _one(
-            conn,
-            "SELECT pg_current_wal_lsn()::text AS current, pg_current_wal_flush_lsn()::text AS flush,"
-            " pg_walfile_name(pg_current_wal_lsn()) AS walfile",
-        )
-        return PgState(
-            in_recovery=False,
-            timeline=timeline_from_walfile(row["walfile"]),
-            timeline_source="pg_walfile_name",
-            system_identifier=int(base["system_identifier"]),
-            server_version=int(base["server_version"]),
-            current_lsn=parse_lsn_or_none(row["current"]),
-            flush_lsn=parse_lsn_or_none(row["flush"]),
-            received_lsn=None,
-            replayed_lsn=None,
-            replay_paused=False,
-            replication=tuple(replication(conn)),
-            wal_receiver=None,
-        )
+    if not base["in_recovery"]:
+        return _probe_primary(conn, base)
+    return _probe_standby(conn, base)
+
+
+def _probe_primary(conn: Conn, base: dict[str, Any]) -> PgState:
+    row = _one(
+        conn,
+        "SELECT pg_current_wal_lsn()::text AS current, pg_current_wal_flush_lsn()::text AS flush,"
+        " pg_walfile_name(pg_current_wal_lsn()) AS walfile",
+    )
+    return PgState(
+        in_recovery=False,
+        timeline=timeline_from_walfile(row["walfile"]),
+        timeline_source="pg_walfile_name",
+        system_identifier=int(base["system_identifier"]),
+        server_version=int(base["server_version"]),
+        current_lsn=parse_lsn_or_none(row["current"]),
+        flush_lsn=parse_lsn_or_none(row["flush"]),
+        received_lsn=None,
+        replayed_lsn=None,
+        replay_paused=False,
+        replication=tuple(replication(conn)),
+        wal_receiver=None,
+    )
+
+
+def _probe_standby(conn: Conn, base: dict[str, Any]) -> PgState:
+    receiver = wal_receiver(conn)
     row = _one(
         conn,
         "SELECT pg_last_wal_receive_lsn()::text AS received, pg_last_wal_replay_lsn()::text AS replayed,"
@@ -246,9 +253,6 @@ def wal_receiver(conn: Conn) -> WalReceiverInfo | None:
         sender_port=int(r["sender_port"]) if r["sender_port"] is not None else None,
         slot_name=r["slot_name"],
     )
-
-
-# --- slots, roles, checkpoint -----------------------------------------------------------------
 
 
 def check_slot_name(name: str) -> str:

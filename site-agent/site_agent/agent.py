@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from drctl.common.members import lag_between, leader_lsn
 from drctl.dcs.base import DCS, ClusterView, DCSError, MemberInfo
 from drctl.pg.conninfo import parse_host_port
 from drctl.pg.probe import PgState as ProbeState
@@ -232,7 +233,8 @@ class Agent:
             log.error("invalid dynamic configuration in the DCS: keeping the last good one", error=str(exc))
             return
         if dyn != self.dynamic:
-            self.dynamic = dyn
+            old, self.dynamic = self.dynamic, dyn
+            self.node.apply_config(old, dyn)
             self.dcs.set_ttl(dyn.ttl)
             self.dcs.set_retry_timeout(dyn.retry_timeout)
 
@@ -475,17 +477,14 @@ class Agent:
             replayed_lsn=local.replayed_lsn,
             tags=self.cfg.tags.model_dump(exclude_none=True),
             version=VERSION,
-            extra=self.identity,
+            extra={**self.identity, "pending_restart": bool(self._obs is not None and self._obs.pending_restart)},
         )
         if view is not None:  # no point waiting on a DCS this cycle already found unreachable
             try:
                 self.dcs.touch_member(info)
             except DCSError as exc:
                 log.warning("could not publish this member", error=str(exc))
-        leader_lsn = view.status.lsn if view is not None and view.status is not None else None
-        lag = None
-        if local.in_recovery and leader_lsn is not None and local.lsn is not None:
-            lag = max(0, leader_lsn - local.lsn)
+        lag = lag_between(leader_lsn(view), local.lsn) if view is not None and local.in_recovery else None
         deadline = None
         if self.mem.am_leader and self.mem.last_renewal is not None:
             deadline = time.time() + (self.mem.last_renewal + self.lease_deadline() - time.monotonic())
@@ -510,7 +509,8 @@ class Agent:
             dcs_last_seen=self._dcs_last_seen,
             dcs_ok=view is not None,
             paused=self.dynamic.pause,
-            pending_restart=self.mem.pending_restart,
+            pending_restart=bool(self._obs is not None and self._obs.pending_restart),
+            restart_requested=self.mem.pending_restart,
             tags=self.cfg.tags.model_dump(exclude_none=True),
             lag_bytes=lag,
             cluster_unlocked=view is not None and view.leader is None,

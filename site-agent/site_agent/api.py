@@ -4,7 +4,7 @@ stdlib ``http.server`` served by a bounded pool of worker threads (a connection 
 and its bounded queue is refused at once), each connection with a total read deadline (a client
 sending slowly is dropped), optional TLS, HTTP Basic authentication on every mutation. Paths,
 status codes and JSON field names follow Patroni's REST API so that existing HAProxy
-configurations and tooling carry over (DESIGN.md section 4).
+configurations and tooling carry over (docs/ARCHITECTURE.md).
 
 The server never decides anything itself: health codes come from the pure functions in
 ``site_agent.health`` over the daemon's last published ``NodeSnapshot``; mutations are
@@ -18,77 +18,52 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hmac
 import json
-import queue
-import re
 import socket
 import ssl
-import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, Protocol
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
-from drctl.dcs.base import ClusterView
+from drctl.common.hostport import split_host_port
 from site_agent import health
+from site_agent.api_docs import (
+    MAX_JSON_DEPTH,
+    TEXT_CONTENT_TYPE,
+    BadRequest,
+    Response,
+    check_fields,
+    cluster_document,
+    daemon_response,
+    history_document,
+    json_depth,
+    json_response,
+    nonempty,
+    parse_timestamp,
+    text_response,
+)
+from site_agent.api_server import (
+    REQUEST_TIMEOUT_S,
+    AgentControl,
+    DeadlineReader,
+    PooledServer,
+)
 from site_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from site_agent.metrics import AgentMetrics
-from site_agent.snapshot import NodeSnapshot
 
-log = structlog.get_logger()
+log = structlog.get_logger("site_agent.api")
 
 MAX_BODY_BYTES = 1 << 20
-MAX_JSON_DEPTH = 64
 MAX_RESTART_TIMEOUT_S = 3600
-REQUEST_TIMEOUT_S = 10.0  # TLS handshake and each write
-READ_DEADLINE_S = 10.0  # the whole request (line, headers, body) must arrive within this
 BODY_IDLE_TIMEOUT_S = 2.0  # a body that stops short of its Content-Length: 408 after this
-WORKERS = 16
-QUEUED_CONNECTIONS = 64
-JSON_CONTENT_TYPE = "application/json"
-TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 AUTH_REALM = "pgdr"
-
-
-class AgentControl(Protocol):
-    """What the agent daemon offers the REST API. Every ``request_*`` returns the HTTP status
-    code and message to send back (e.g. 200 done, 202 scheduled/accepted, 412 with the reason
-    when a candidate is ineligible, 503 when the DCS is unreachable)."""
-
-    def snapshot(self) -> NodeSnapshot: ...
-
-    def live_xlog(self) -> dict[str, int] | None:
-        """WAL positions read from PostgreSQL now (None: cannot ask): what peers compare in an
-        election must not be a loop old."""
-        ...
-
-    def cluster(self) -> ClusterView | None: ...
-
-    def request_switchover(
-        self, leader: str | None, candidate: str | None, scheduled_at: datetime | None
-    ) -> tuple[int, str]: ...
-
-    def cancel_switchover(self) -> tuple[int, str]: ...
-
-    def request_failover(self, candidate: str) -> tuple[int, str]: ...
-
-    def request_restart(self, opts: dict[str, Any]) -> tuple[int, str]: ...
-
-    def request_reinitialize(self, force: bool) -> tuple[int, str]: ...
-
-    def patch_config(self, patch: dict[str, Any]) -> tuple[int, str]: ...
-
-    def replace_config(self, config: dict[str, Any]) -> tuple[int, str]: ...
-
-    def failsafe_confirm(self, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -117,358 +92,6 @@ class TlsConfig:
         return ctx
 
 
-# ---------------------------------------------------------------------------------------------
-# Responses and JSON
-
-
-@dataclass
-class Response:
-    code: int
-    body: bytes = b""
-    content_type: str = TEXT_CONTENT_TYPE
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    if isinstance(obj, tuple | set | frozenset):
-        return list(obj)
-    if isinstance(obj, datetime):
-        return obj.isoformat()
-    return str(obj)
-
-
-def json_response(code: int, doc: Any) -> Response:
-    body = json.dumps(doc, default=_json_default, separators=(",", ":")).encode()
-    return Response(code, body, JSON_CONTENT_TYPE)
-
-
-def text_response(code: int, message: str) -> Response:
-    return Response(code, (message.rstrip("\n") + "\n").encode(), TEXT_CONTENT_TYPE)
-
-
-def _daemon_response(result: tuple[int, str]) -> Response:
-    """The daemon's (code, message). A message that is a JSON document is sent as JSON."""
-    code, message = result
-    if not isinstance(code, int) or not 100 <= code <= 599:
-        raise ValueError(f"daemon returned an invalid status code: {code!r}")
-    text = str(message)
-    if text[:1] in ("{", "["):
-        try:
-            return json_response(code, json.loads(text))
-        except ValueError:
-            pass
-    return text_response(code, text)
-
-
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
-
-
-def json_depth(raw: bytes) -> int:
-    """The deepest nesting of arrays/objects in a JSON text (brackets inside strings ignored),
-    checked before parsing: json.loads recurses once per level."""
-    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", raw))
-    depth = deepest = 0
-    for b in brackets:
-        if b in (0x5B, 0x7B):
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > MAX_JSON_DEPTH:
-                    return deepest
-        else:
-            depth -= 1
-    return deepest
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str, code: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# ---------------------------------------------------------------------------------------------
-# Body validation
-
-_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", dict: "an object"}
-
-
-def _check_fields(body: Mapping[str, Any], spec: Mapping[str, tuple[type, ...]], what: str) -> dict[str, Any]:
-    """Reject unknown fields and wrong types; ``None`` is accepted for every field."""
-    unknown = sorted(set(body) - set(spec))
-    if unknown:
-        raise BadRequest(f"{what}: unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(spec))})")
-    out: dict[str, Any] = {}
-    for key, types in spec.items():
-        if key not in body or body[key] is None:
-            continue
-        value = body[key]
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        if not ok:
-            names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-            raise BadRequest(f"{what}: field {key!r} must be {names}")
-        out[key] = value
-    return out
-
-
-def parse_timestamp(text: str, what: str, now: datetime) -> datetime:
-    """ISO 8601 with a timezone, not in the past (422, as Patroni does)."""
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise BadRequest(f"{what}: unable to parse timestamp {text!r} (ISO 8601 expected)") from None
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise BadRequest(f"{what}: timestamp {text!r} must include a timezone")
-    if when < now:
-        raise BadRequest(f"{what}: cannot schedule in the past ({text})", code=422)
-    return when
-
-
-def _nonempty(value: Any) -> bool:
-    return isinstance(value, str) and value.strip() != ""
-
-
-# ---------------------------------------------------------------------------------------------
-# Cluster documents
-
-
-def _host_port(conn_url: str) -> tuple[str | None, int | None]:
-    if not conn_url:
-        return None, None
-    try:
-        from psycopg.conninfo import conninfo_to_dict
-
-        params = conninfo_to_dict(conn_url)
-    except Exception:
-        return None, None
-    host = params.get("host") or params.get("hostaddr")
-    port = params.get("port")
-    port_num = int(port) if isinstance(port, str) and port.isdigit() else None
-    return (str(host) if host else None), port_num
-
-
-def cluster_document(view: ClusterView) -> dict[str, Any]:
-    """GET /cluster: the members as the DCS knows them, with Patroni's field names."""
-    leader = view.leader.name if view.leader else None
-    leader_lsn = view.status.lsn if view.status else None
-    sync = set(view.sync.sync_standbys) if view.sync else set()
-    config = dict(view.config.data) if view.config else {}
-    members = []
-    for m in sorted(view.members, key=lambda m: m.name):
-        info = m.info
-        role = info.role
-        if m.name == leader:
-            role = "standby_leader" if info.role == "standby_leader" else "leader"
-        elif m.name in sync and info.role == "replica":
-            role = "sync_standby"
-        doc: dict[str, Any] = {
-            "name": m.name,
-            "role": role,
-            "state": info.state,
-            "api_url": info.api_url,
-            "timeline": info.timeline,
-            "tags": dict(info.tags),
-        }
-        host, port = _host_port(info.conn_url)
-        if host is not None:
-            doc["host"] = host
-        if port is not None:
-            doc["port"] = port
-        if info.received_lsn is not None:
-            doc["received_lsn"] = info.received_lsn
-        if info.replayed_lsn is not None:
-            doc["replayed_lsn"] = info.replayed_lsn
-        if m.name != leader:
-            lsn = info.lsn
-            doc["lag"] = max(0, leader_lsn - lsn) if leader_lsn is not None and lsn is not None else "unknown"
-        if info.version:
-            doc["version"] = info.version
-        members.append(doc)
-    out: dict[str, Any] = {
-        "scope": view.scope,
-        "leader": leader,
-        "members": members,
-        "pause": bool(config.get("pause")),
-    }
-    if view.failover is not None and view.failover.scheduled_at:
-        out["scheduled_switchover"] = {
-            "at": view.failover.scheduled_at,
-            "from": view.failover.leader,
-            "to": view.failover.candidate,
-        }
-    if view.site is not None:
-        out["site"] = {"role": view.site.role, "epoch": view.site.epoch, "follows": view.site.follows}
-    if view.failsafe is not None:
-        out["failsafe"] = dict(view.failsafe)
-    return out
-
-
-def history_document(view: ClusterView) -> list[list[Any]]:
-    return [e.to_list() for e in view.history.entries] if view.history else []
-
-
-# ---------------------------------------------------------------------------------------------
-# Server
-
-
-class _DeadlineReader:
-    """The request stream with one deadline for the whole request: every read waits at most
-    what is left of it (and at most ``idle`` seconds when set), so a client that trickles bytes
-    cannot hold a worker longer than READ_DEADLINE_S."""
-
-    def __init__(self, raw: Any, sock: socket.socket, deadline: float) -> None:
-        self._raw = raw
-        self._sock = sock
-        self.deadline = deadline
-        self.idle: float | None = None
-
-    def _arm(self) -> None:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("request read deadline passed")
-        self._sock.settimeout(min(left, self.idle) if self.idle is not None else left)
-
-    def readline(self, limit: int = -1) -> bytes:
-        self._arm()
-        return bytes(self._raw.readline(limit))
-
-    def read(self, n: int = -1) -> bytes:
-        self._arm()
-        return bytes(self._raw.read(n))
-
-    def read1(self, n: int = -1) -> bytes:
-        self._arm()
-        return bytes(self._raw.read1(n))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
-
-
-_REJECT = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-
-
-class _Server(HTTPServer):
-    request_queue_size = 128  # listen backlog: several load balancers probe at once
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        family: socket.AddressFamily,
-        control: AgentControl,
-        auth: tuple[str, str] | None,
-        ssl_context: ssl.SSLContext | None,
-        readonly_auth: tuple[str, str] | None = None,
-    ) -> None:
-        self.address_family = family
-        self.control = control
-        self.auth = auth
-        self.readonly_auth = readonly_auth
-        self.ssl_context = ssl_context
-        self.metrics = AgentMetrics(control.snapshot)
-        self.rejected = 0
-        self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue(QUEUED_CONNECTIONS)
-        super().__init__(address, _Handler)
-        self._workers = [
-            threading.Thread(target=self._work, name=f"pgdr-api-worker-{i}", daemon=True) for i in range(WORKERS)
-        ]
-        # Socket timeouts apply per recv(): a client sending one byte at a time would reset them
-        # forever. The reaper shuts the reading side of a connection at its deadline instead.
-        self._deadlines: dict[socket.socket, float] = {}
-        self._deadlines_lock = threading.Lock()
-        self._closing = threading.Event()
-        self._reaper = threading.Thread(target=self._reap, name="pgdr-api-reaper", daemon=True)
-        for w in [*self._workers, self._reaper]:
-            w.start()
-
-    def watch(self, sock: socket.socket, deadline: float) -> None:
-        with self._deadlines_lock:
-            self._deadlines[sock] = deadline
-
-    def unwatch(self, sock: socket.socket) -> None:
-        with self._deadlines_lock:
-            self._deadlines.pop(sock, None)
-
-    def deadline_of(self, sock: socket.socket) -> float:
-        """The connection's read deadline (now when the reaper already enforced it)."""
-        with self._deadlines_lock:
-            return self._deadlines.get(sock, time.monotonic())
-
-    def _reap(self) -> None:
-        while not self._closing.wait(0.2):
-            now = time.monotonic()
-            with self._deadlines_lock:
-                expired = [s for s, d in self._deadlines.items() if d <= now]
-                for s in expired:
-                    del self._deadlines[s]
-            for s in expired:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RD)  # its reads end; a response can still be written
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Hand the connection to the pool; when the pool and its queue are full, refuse it at
-        once (503 on plain HTTP, a closed connection on TLS) instead of growing."""
-        # The read deadline runs from accept(), not from when a worker gets to the connection:
-        # a connection waiting in the queue behind slow ones is dropped at its deadline too.
-        self.watch(request, time.monotonic() + READ_DEADLINE_S)
-        try:
-            self._queue.put_nowait((request, client_address))
-        except queue.Full:
-            self.unwatch(request)
-            self.rejected += 1
-            if self.ssl_context is None:
-                with contextlib.suppress(OSError):
-                    request.setblocking(False)
-                    request.send(_REJECT)
-            self.shutdown_request(request)
-            log.warning("api overloaded: connection refused", client=str(client_address))
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            request, client_address = item
-            try:
-                self.finish_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
-            finally:
-                self.shutdown_request(request)
-
-    def server_close(self) -> None:
-        super().server_close()
-        while True:  # connections still queued: close them
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                self.shutdown_request(item[0])
-        for _ in self._workers:
-            self._queue.put(None)
-        self._closing.set()
-        for w in [*self._workers, self._reaper]:
-            w.join(timeout=READ_DEADLINE_S + REQUEST_TIMEOUT_S)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the FQDN of the bound address (a DNS lookup that can
-        # hang); the plain TCP bind is all we need.
-        if self.address_family == socket.AF_INET6:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind(self.server_address)
-        self.server_address = self.socket.getsockname()
-        self.server_name = str(self.server_address[0])
-        self.server_port = int(self.server_address[1])
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Client-side trouble (TLS handshake failures, resets, timeouts): not worth a traceback.
-        exc = sys.exc_info()[1]
-        log.debug("api connection error", client=str(client_address), error=repr(exc))
-
-
 _GET = ("GET", "HEAD", "OPTIONS")
 _STATUS_PATHS = ("/status", "/patroni", "/cluster", "/history", "/config", "/metrics")
 _MUTATIONS: dict[tuple[str, str], str] = {
@@ -492,13 +115,11 @@ def _allowed_methods(path: str) -> list[str]:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: PooledServer
     server_version = "pgdr"
     sys_version = ""
     protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive threads
     timeout = REQUEST_TIMEOUT_S
-
-    # -- plumbing ----------------------------------------------------------------------------
 
     def setup(self) -> None:
         ctx = self.server.ssl_context
@@ -518,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._tls = tls
             self.request = tls
         super().setup()
-        self.rfile = _DeadlineReader(self.rfile, self.connection, deadline)  # type: ignore[assignment]
+        self.rfile = DeadlineReader(self.rfile, self.connection, deadline)  # type: ignore[assignment]
 
     def finish(self) -> None:
         self.server.unwatch(self._raw_sock)
@@ -594,8 +215,6 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError as exc:
             log.debug("api client went away", path=self.path, error=repr(exc))
 
-    # -- routing -----------------------------------------------------------------------------
-
     def _route(self, method: str, path: str, query: dict[str, str]) -> Response:
         control = self.server.control
         if method in _GET:
@@ -656,8 +275,6 @@ class _Handler(BaseHTTPRequestHandler):
             return text_response(502, "no dynamic configuration in the DCS")
         return json_response(200, dict(view.config.data))
 
-    # -- auth and body -----------------------------------------------------------------------
-
     def _check_auth(self, *accepted: tuple[str, str] | None) -> Response | None:
         """None when the request carries one of the ``accepted`` (user, password) pairs, else
         the 401 to send."""
@@ -702,12 +319,12 @@ class _Handler(BaseHTTPRequestHandler):
         if length > MAX_BODY_BYTES:
             raise BadRequest(f"request body too large ({length} bytes, max {MAX_BODY_BYTES})", code=413)
         reader = self.rfile
-        if isinstance(reader, _DeadlineReader):
+        if isinstance(reader, DeadlineReader):
             reader.idle = BODY_IDLE_TIMEOUT_S
         raw = b""
         try:
             while len(raw) < length:
-                chunk = reader.read1(length - len(raw)) if isinstance(reader, _DeadlineReader) else reader.read(length)
+                chunk = reader.read1(length - len(raw)) if isinstance(reader, DeadlineReader) else reader.read(length)
                 if not chunk:
                     break
                 raw += chunk
@@ -732,40 +349,38 @@ class _Handler(BaseHTTPRequestHandler):
             raise BadRequest("the JSON body must be an object")
         return doc
 
-    # -- mutations ---------------------------------------------------------------------------
-
     def _op_switchover(self) -> Response:
         body = self._read_json(required=True)
-        f = _check_fields(body, {"leader": (str,), "candidate": (str,), "scheduled_at": (str,)}, "switchover")
+        f = check_fields(body, {"leader": (str,), "candidate": (str,), "scheduled_at": (str,)}, "switchover")
         leader = f.get("leader")
         candidate = f.get("candidate")
-        if not _nonempty(leader):
+        if not nonempty(leader):
             raise BadRequest("switchover could be performed only from a specific leader")
-        if candidate is not None and not _nonempty(candidate):
+        if candidate is not None and not nonempty(candidate):
             raise BadRequest("switchover: candidate must not be empty")
         if candidate is not None and candidate == leader:
             raise BadRequest(f"switchover: candidate {candidate!r} is already the leader")
         when = None
         if "scheduled_at" in f:
             when = parse_timestamp(f["scheduled_at"], "switchover", datetime.now(UTC))
-        return _daemon_response(self.server.control.request_switchover(leader, candidate, when))
+        return daemon_response(self.server.control.request_switchover(leader, candidate, when))
 
     def _op_cancel_switchover(self) -> Response:
         self._read_json(required=False)
-        return _daemon_response(self.server.control.cancel_switchover())
+        return daemon_response(self.server.control.cancel_switchover())
 
     def _op_failover(self) -> Response:
         body = self._read_json(required=True)
-        f = _check_fields(body, {"candidate": (str,)}, "failover")
+        f = check_fields(body, {"candidate": (str,)}, "failover")
         candidate = f.get("candidate")
-        if not _nonempty(candidate):
+        if not nonempty(candidate):
             raise BadRequest("failover could be performed only to a specific candidate")
         assert isinstance(candidate, str)
-        return _daemon_response(self.server.control.request_failover(candidate))
+        return daemon_response(self.server.control.request_failover(candidate))
 
     def _op_restart(self) -> Response:
         body = self._read_json(required=False)
-        f = _check_fields(
+        f = check_fields(
             body,
             {
                 "schedule": (str,),
@@ -786,20 +401,20 @@ class _Handler(BaseHTTPRequestHandler):
             opts["role"] = role
         if "timeout" in f and not 0 < f["timeout"] <= MAX_RESTART_TIMEOUT_S:
             raise BadRequest(f"restart: timeout must be a number of seconds in (0, {MAX_RESTART_TIMEOUT_S}]")
-        return _daemon_response(self.server.control.request_restart(opts))
+        return daemon_response(self.server.control.request_restart(opts))
 
     def _op_reinitialize(self) -> Response:
         body = self._read_json(required=False)
-        f = _check_fields(body, {"force": (bool,)}, "reinitialize")
-        return _daemon_response(self.server.control.request_reinitialize(bool(f.get("force", False))))
+        f = check_fields(body, {"force": (bool,)}, "reinitialize")
+        return daemon_response(self.server.control.request_reinitialize(bool(f.get("force", False))))
 
     def _op_patch_config(self) -> Response:
         patch = self._read_json(required=True)
-        return _daemon_response(self.server.control.patch_config(patch))
+        return daemon_response(self.server.control.patch_config(patch))
 
     def _op_put_config(self) -> Response:
         config = self._read_json(required=True)
-        return _daemon_response(self.server.control.replace_config(config))
+        return daemon_response(self.server.control.replace_config(config))
 
     def _op_failsafe(self) -> Response:
         payload = self._read_json(required=True)
@@ -809,37 +424,25 @@ class _Handler(BaseHTTPRequestHandler):
         return json_response(code, doc)
 
 
-# ---------------------------------------------------------------------------------------------
-# Lifecycle
-
-
 def parse_listen(listen: str) -> tuple[str, int, socket.AddressFamily]:
     """``"127.0.0.1:8008"``, ``"[::1]:8008"``, ``":8008"`` / ``"8008"`` (all IPv4 interfaces),
     ``"::"``-style hosts in brackets only."""
     text = listen.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ValueError(f"invalid listen address: {listen!r}")
-        port_text = rest[1:]
-        family = socket.AF_INET6
-    elif ":" in text:
-        host, _, port_text = text.rpartition(":")
-        family = socket.AF_INET
-    else:
-        host, port_text, family = "", text, socket.AF_INET
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"invalid port in listen address: {listen!r}")
-    if ":" in host and family != socket.AF_INET6:
+    v6 = text.startswith("[")
+    try:
+        host, port = split_host_port(f":{text}" if text.isdigit() else text, allow_zero=True)
+    except ValueError:
+        raise ValueError(f"invalid listen address: {listen!r}") from None
+    if ":" in host and not v6:
         raise ValueError(f"IPv6 addresses must be bracketed: {listen!r}")
-    return (host or "0.0.0.0"), int(port_text), family
+    return (host or "0.0.0.0"), port, socket.AF_INET6 if v6 else socket.AF_INET
 
 
 class ApiServer:
     """A running REST API. ``stop()`` shuts the loop down, closes the socket and joins every
     thread the server started."""
 
-    def __init__(self, server: _Server) -> None:
+    def __init__(self, server: PooledServer) -> None:
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="pgdr-api", daemon=True
@@ -894,7 +497,7 @@ def start_api(
     too). Health checks stay open: load balancers probe them."""
     host, port, family = parse_listen(listen)
     ctx = tls.context() if isinstance(tls, TlsConfig) else tls
-    server = _Server((host, port), family, control, auth, ctx, readonly_auth)
+    server = PooledServer((host, port), family, _Handler, control, auth, ctx, readonly_auth)
     api = ApiServer(server)
     log.info("api listening", url=api.url, auth=auth is not None, readonly_auth=readonly_auth is not None)
     return api

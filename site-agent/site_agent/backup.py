@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import structlog
 
+from drctl.agentconfig import AgentConfig, PgBackRestSection
 from drctl.backup.config import PgBackRestConfig, RepoConfig
 from drctl.backup.errors import BackupError
 from drctl.backup.restore import strip_pgbackrest_recovery
 from drctl.backup.runner import PgBackRest
-from site_agent.config import AgentConfig, PgBackRestSection
 from site_agent.node import Node
 
 log = structlog.get_logger("site_agent.backup")
@@ -24,7 +24,7 @@ class NodeBackup:
     def __init__(self, cfg: AgentConfig, node: Node, section: PgBackRestSection) -> None:
         self.node = node
         self.section = section
-        base = Path(section.base_dir) if section.base_dir else node.data_dir.parent / "pgbackrest"
+        base = section.base_path(node.data_dir)
         pb = PgBackRestConfig(
             stanza=section.stanza,
             repos=[
@@ -40,8 +40,7 @@ class NodeBackup:
             spool_path=base / "spool",
             archive_timeout=float(section.archive_timeout),
         )
-        config_file = Path(section.config_file) if section.config_file else base / "pgbackrest.conf"
-        self.runner = PgBackRest(pb, config_file, run_as=cfg.postgresql.run_as)
+        self.runner = PgBackRest(pb, section.config_path(node.data_dir), run_as=cfg.postgresql.run_as)
         self.stanza_ready = False
         self.last_backup_check = 0.0
         self._has_backup: bool | None = None

@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from drctl.common.mergepatch import merge_patch
 from drctl.dcs.base import ClusterView, DCSError, Failover
 from site_agent.agent import Agent
 from site_agent.config import ConfigError, parse_dynamic_config
@@ -21,19 +22,6 @@ from site_agent.peers import gather_peers
 from site_agent.snapshot import NodeSnapshot
 
 log = structlog.get_logger("site_agent.api")
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """JSON merge patch (RFC 7386): null deletes, objects merge, anything else replaces."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
 
 
 class Control:

@@ -11,24 +11,26 @@ from types import FrameType
 
 import structlog
 
-from drctl.backup.errors import BackupError
-from drctl.dcs.base import DCS, DCSError
-from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings, get_dcs
-from drctl.pg.ctl import PgCtlError
-from drctl.sites.topology import TopologyError
-from site_agent import peers
-from site_agent.agent import VERSION, Agent
-from site_agent.api import TlsConfig, start_api
-from site_agent.backup import NodeBackup
-from site_agent.config import (
+from drctl.agentconfig import (
     AgentConfig,
     ApiCredentials,
     ConfigError,
     ConsulConfig,
     EtcdConfig,
     check_files,
+    dcs_settings,
     load_config,
 )
+from drctl.backup.errors import BackupError
+from drctl.common.hostport import split_host_port
+from drctl.dcs.base import DCS, ClusterView, DCSError
+from drctl.dcs.factory import get_dcs
+from drctl.pg.ctl import PgCtlError
+from drctl.sites.topology import TopologyError
+from site_agent import peers
+from site_agent.agent import VERSION, Agent
+from site_agent.api import ApiServer, TlsConfig, start_api
+from site_agent.backup import NodeBackup
 from site_agent.control import Control
 from site_agent.crosssite import SiteGuard
 from site_agent.fencing import LeaseKeeper, keeper_state_dir
@@ -39,38 +41,6 @@ from site_agent.pmwatch import PostmasterWatch
 
 EXIT_CONFIG = 2
 EXIT_DCS = 3
-
-
-def dcs_settings(cfg: AgentConfig) -> DcsSettings:
-    kind, section = cfg.dcs_backend
-    if kind == "consul":
-        assert isinstance(section, ConsulConfig)
-        host, _, port = section.host.partition(":")
-        return DcsSettings(
-            consul=ConsulSettings(
-                host=host,
-                port=section.port or int(port or 8500),
-                scheme=section.scheme,
-                token=section.token,
-                dc=section.dc,
-                cacert=section.cacert,
-                cert=section.cert,
-                key=section.key,
-                verify=section.verify,
-            )
-        )
-    assert isinstance(section, EtcdConfig)
-    return DcsSettings(
-        etcd=EtcdSettings(
-            hosts=list(section.hosts),
-            protocol=section.protocol,
-            username=section.username,
-            password=section.password,
-            cacert=section.cacert,
-            cert=section.cert,
-            key=section.key,
-        )
-    )
 
 
 def build_dcs(cfg: AgentConfig) -> DCS:
@@ -93,7 +63,7 @@ def security_warnings(cfg: AgentConfig) -> list[str]:
     """What the agent logs at every start about a configuration that runs without protection."""
     out = []
     rest = cfg.restapi
-    host = rest.listen.rpartition(":")[0].strip("[]")
+    host = split_host_port(rest.listen)[0]
     if rest.authentication is None:
         where = "on every interface" if host in ("", "0.0.0.0", "::") else f"on {host}"
         out.append(
@@ -114,60 +84,63 @@ def _err(message: str) -> None:
     print(f"site-agent: error: {message}", file=sys.stderr)
 
 
-def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="site-agent", description="pgdr per-node HA agent")
-    parser.add_argument("config", help="agent configuration file (YAML)")
-    parser.add_argument("--validate-config", action="store_true", help="check the file and exit")
-    parser.add_argument("--version", action="version", version=f"site-agent {VERSION}")
-    args = parser.parse_args(argv)
+class _Refused(Exception):
+    """Startup stops here: one line for the operator and the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_CONFIG) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _load(path: str) -> AgentConfig:
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(path)
     except ConfigError as exc:
-        _err(str(exc))
-        return EXIT_CONFIG
-    problems = check_files(cfg, args.config)
+        raise _Refused(str(exc)) from None
+    problems = check_files(cfg, path)
     if problems:
-        _err(f"{args.config}: {len(problems)} problem(s) with referenced files\n  " + "\n  ".join(problems))
-        return EXIT_CONFIG
-    if args.validate_config:
-        print(f"{args.config}: configuration is valid")
-        return 0
-    configure_logging(cfg.log.format, cfg.log.level)
-    log = structlog.get_logger("site_agent")
-    for warning in security_warnings(cfg):
-        log.warning(warning)
+        raise _Refused(f"{path}: {len(problems)} problem(s) with referenced files\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def _connect(cfg: AgentConfig, source: str) -> tuple[DCS, ClusterView]:
     dcs = build_dcs(cfg)
     try:
-        view = dcs.get_cluster()
+        return dcs, dcs.get_cluster()
     except DCSError as exc:
-        _err(
+        raise _Refused(
             f"cannot reach the DCS at start: {exc}. Check the `etcd3.hosts`/`consul` section "
-            f"of {args.config} and that the DCS is running."
-        )
-        return EXIT_DCS
+            f"of {source} and that the DCS is running.",
+            EXIT_DCS,
+        ) from None
+
+
+def _build_node(cfg: AgentConfig, source: str) -> Node:
     try:
         node = Node(cfg)
     except (PgCtlError, ValueError) as exc:
-        _err(f"{args.config}: postgresql: {exc}")
-        return EXIT_CONFIG
+        raise _Refused(f"{source}: postgresql: {exc}") from None
     if cfg.postgresql.pgbackrest is not None:
         try:
             node.backup = NodeBackup(cfg, node, cfg.postgresql.pgbackrest)
             node.backup.prepare()
         except (BackupError, OSError, ValueError) as exc:
-            _err(f"{args.config}: postgresql.pgbackrest: {exc}")
-            return EXIT_CONFIG
+            raise _Refused(f"{source}: postgresql.pgbackrest: {exc}") from None
+    return node
+
+
+def _build_agent(cfg: AgentConfig, dcs: DCS, node: Node, view: ClusterView, source: str) -> Agent:
+    """The agent with what it runs beside it: cross-site guard, backup schedule, postmaster
+    watch, lease keeper."""
     agent = Agent(cfg, dcs, node)
     refusal = duplicate_name_refusal(view, cfg.name, agent.identity, node.conn_url, agent.api_url)
     if refusal is not None:
-        _err(f"{args.config}: name: {refusal}")
-        return EXIT_CONFIG
+        raise _Refused(f"{source}: name: {refusal}")
     if cfg.dr is not None:
         try:
             agent.site_guard = SiteGuard.from_config(cfg.dr, cfg.name)
         except TopologyError as exc:
-            _err(f"{args.config}: dr.topology: {exc}")
-            return EXIT_CONFIG
+            raise _Refused(f"{source}: dr.topology: {exc}") from None
         agent.site_guard.monitor.start()
     section = cfg.postgresql.pgbackrest
     if section is not None and section.schedule is not None and node.backup is not None:
@@ -180,11 +153,15 @@ def run(argv: list[str]) -> int:
         try:
             state_dir = keeper_state_dir(cfg.watchdog.state_dir, cfg.scope, cfg.name, node.data_dir)
         except OSError as exc:
-            _err(f"{args.config}: watchdog.state_dir: {exc}")
-            return EXIT_CONFIG
+            raise _Refused(f"{source}: watchdog.state_dir: {exc}") from None
         keeper = LeaseKeeper(node.data_dir, state_dir)
         keeper.start()
         agent.attach_keeper(keeper)
+    return agent
+
+
+def _serve_api(cfg: AgentConfig, agent: Agent) -> ApiServer:
+    """The REST API, and how this agent reaches its peers' (same CA and client certificate)."""
     rest = cfg.restapi
     admin, readonly = _creds(rest.authentication), _creds(rest.readonly_authentication)
     peers.configure(
@@ -198,10 +175,13 @@ def run(argv: list[str]) -> int:
     if rest.certfile:
         tls = TlsConfig(rest.certfile, rest.keyfile, rest.cafile, rest.verify_client, rest.keyfile_password)
     try:
-        api = start_api(Control(agent), rest.listen, admin, tls, readonly)
+        return start_api(Control(agent), rest.listen, admin, tls, readonly)
     except (OSError, ValueError) as exc:
-        _err(f"cannot serve the REST API on restapi.listen={rest.listen}: {exc}")
-        return EXIT_CONFIG
+        raise _Refused(f"cannot serve the REST API on restapi.listen={rest.listen}: {exc}") from None
+
+
+def _run_until_signalled(agent: Agent, api: ApiServer) -> None:
+    log = structlog.get_logger("site_agent")
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal received: shutting down", signal=signal.Signals(signum).name)
@@ -218,4 +198,28 @@ def run(argv: list[str]) -> int:
     if agent.site_guard is not None:
         agent.site_guard.monitor.stop()
     api.stop()
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="site-agent", description="pgdr per-node HA agent")
+    parser.add_argument("config", help="agent configuration file (YAML)")
+    parser.add_argument("--validate-config", action="store_true", help="check the file and exit")
+    parser.add_argument("--version", action="version", version=f"site-agent {VERSION}")
+    args = parser.parse_args(argv)
+    try:
+        cfg = _load(args.config)
+        if args.validate_config:
+            print(f"{args.config}: configuration is valid")
+            return 0
+        configure_logging(cfg.log.format, cfg.log.level)
+        for warning in security_warnings(cfg):
+            structlog.get_logger("site_agent").warning(warning)
+        dcs, view = _connect(cfg, args.config)
+        node = _build_node(cfg, args.config)
+        agent = _build_agent(cfg, dcs, node, view, args.config)
+        api = _serve_api(cfg, agent)
+    except _Refused as exc:
+        _err(str(exc))
+        return exc.code
+    _run_until_signalled(agent, api)
     return 0

@@ -8,7 +8,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from drctl.dcs.base import ClusterView, Member
+from drctl.common.members import upstream_of
+from drctl.dcs.base import ClusterView
 from site_agent.state import DataDirState, DecideConfig, LocalState, PeerStatus
 from site_agent.sync import sync_restricts
 
@@ -40,18 +41,6 @@ def _priority_tag(tags: Mapping[str, Any]) -> int:
         return int(v)
     except (TypeError, ValueError):
         return 1
-
-
-def upstream_of(view: ClusterView, member: Member) -> str | None:
-    """Whom ``member`` streams from: its ``replicatefrom`` member when that member exists and is
-    running, else the leader."""
-    target = _tag(member.info.tags, "replicatefrom", None)
-    leader = view.leader.name if view.leader else None
-    if isinstance(target, str) and target != member.name and target != leader:
-        up = view.member(target)
-        if up is not None and up.info.state == "running":
-            return target
-    return leader
 
 
 def desired_slots(view: ClusterView, me: str) -> tuple[str, ...]:

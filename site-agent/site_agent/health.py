@@ -5,7 +5,7 @@ conventions so that existing HAProxy configurations carry over: 200 when the nod
 the path asks for *and* PostgreSQL is running, 503 otherwise; 404 for a path that is not a health
 check; 400 for a query parameter that cannot be parsed (``?lag=lots``).
 
-Safety rules stricter than "the role matches" (DESIGN.md section 4, invariants 1 and 5):
+Safety rules stricter than "the role matches" (docs/ARCHITECTURE.md, invariants 1 and 5):
 
 * A writable primary (``/``, ``/primary``, ``/master``, ``/read-write``) must hold the leader key
   with a lease that has not run out (``leader_lease_deadline``, unless failsafe mode is active),
@@ -38,9 +38,6 @@ class QueryError(ValueError):
     """A health-check query parameter that cannot be understood."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Sizes
-
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 _UNITS = {
     "": 1,
@@ -66,10 +63,6 @@ def parse_size(text: str) -> int:
     if unit is None:
         raise QueryError(f"unknown size unit in {text!r} (use B, kB, MB, GB, TB)")
     return int(float(m.group(1)) * unit)
-
-
-# ---------------------------------------------------------------------------------------------
-# Predicates
 
 
 def pg_up(s: NodeSnapshot) -> bool:
@@ -156,9 +149,6 @@ def is_ready(s: NodeSnapshot, query: Mapping[str, str], now: float) -> bool:
     bound = parse_size(query["lag"]) if "lag" in query else s.maximum_lag_on_failover
     return s.lag_bytes is not None and s.lag_bytes <= bound
 
-
-# ---------------------------------------------------------------------------------------------
-# Dispatch
 
 _Check = Callable[[NodeSnapshot, Mapping[str, str], float], bool]
 

@@ -1,5 +1,5 @@
 """structlog configuration: JSON lines for machines, console for people. Every decision is
-logged with its reason (DESIGN.md section 4)."""
+logged with its reason (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -27,9 +27,15 @@ def _b(flag: bool) -> float:
     return 1.0 if flag else 0.0
 
 
-def snapshot_gauges(s: NodeSnapshot) -> list[tuple[str, str, float | None]]:
+Gauge = tuple[str, str, float | None]
+
+
+def snapshot_gauges(s: NodeSnapshot) -> list[Gauge]:
     """(metric name, help, value) for one snapshot; value None means "leave out"."""
-    x = s.xlog
+    return [*_state_gauges(s), *_wal_gauges(s), *_site_gauges(s)]
+
+
+def _state_gauges(s: NodeSnapshot) -> list[Gauge]:
     return [
         ("pgdr_postgres_running", "1 if PostgreSQL is running.", _b(s.pg_running)),
         ("pgdr_primary", "1 if this node is the primary.", _b(s.role == "primary")),
@@ -38,7 +44,12 @@ def snapshot_gauges(s: NodeSnapshot) -> list[tuple[str, str, float | None]]:
         ("pgdr_is_leader", "1 if this node holds the leader key.", _b(s.is_leader)),
         ("pgdr_sync_standby", "1 if this node is a recorded synchronous standby.", _b(s.sync_standby)),
         ("pgdr_is_paused", "1 if the cluster is in maintenance mode.", _b(s.paused)),
-        ("pgdr_pending_restart", "1 if PostgreSQL needs a restart.", _b(s.pending_restart)),
+        (
+            "pgdr_pending_restart",
+            "1 if PostgreSQL reports a changed setting that needs a restart (pg_settings.pending_restart).",
+            _b(s.pending_restart),
+        ),
+        ("pgdr_restart_requested", "1 if a requested restart has not run yet.", _b(s.restart_requested)),
         ("pgdr_cluster_unlocked", "1 if nobody holds the leader key.", _b(s.cluster_unlocked)),
         (
             "pgdr_failsafe_mode_is_active",
@@ -53,6 +64,15 @@ def snapshot_gauges(s: NodeSnapshot) -> list[tuple[str, str, float | None]]:
             "PostgreSQL server_version_num.",
             float(s.server_version) if s.server_version else None,
         ),
+        ("pgdr_last_cycle_timestamp_seconds", "Epoch seconds of the last agent cycle.", s.last_cycle_at),
+        ("pgdr_last_backup_age_seconds", "Age of the last successful backup.", s.last_backup_age_s),
+        ("pgdr_archive_failed_count", "WAL archiving failures.", _num(s.archive_failed_count)),
+    ]
+
+
+def _wal_gauges(s: NodeSnapshot) -> list[Gauge]:
+    x = s.xlog
+    return [
         ("pgdr_xlog_location", "Current WAL position (primary), bytes.", _num(x.location)),
         ("pgdr_xlog_received_location", "Received WAL position (replica), bytes.", _num(x.received_location)),
         ("pgdr_xlog_replayed_location", "Replayed WAL position (replica), bytes.", _num(x.replayed_location)),
@@ -66,6 +86,11 @@ def snapshot_gauges(s: NodeSnapshot) -> list[tuple[str, str, float | None]]:
             "Bytes behind the leader's last known WAL position.",
             _num(s.lag_bytes),
         ),
+    ]
+
+
+def _site_gauges(s: NodeSnapshot) -> list[Gauge]:
+    return [
         ("pgdr_site_epoch", "Cross-site DR epoch of this site.", _num(s.site_epoch)),
         (
             "pgdr_site_active",
@@ -87,9 +112,6 @@ def snapshot_gauges(s: NodeSnapshot) -> list[tuple[str, str, float | None]]:
             "WAL the cross-site replication slot holds back on the active primary, bytes.",
             _num(s.cross_site_slot_retained),
         ),
-        ("pgdr_last_cycle_timestamp_seconds", "Epoch seconds of the last agent cycle.", s.last_cycle_at),
-        ("pgdr_last_backup_age_seconds", "Age of the last successful backup.", s.last_backup_age_s),
-        ("pgdr_archive_failed_count", "WAL archiving failures.", _num(s.archive_failed_count)),
     ]
 
 

@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import structlog
 
+from drctl.agentconfig import AgentConfig, DynamicConfig
+from drctl.common.hostport import format_host_port, split_host_port
 from drctl.dcs.base import HistoryEntry, Member
 from drctl.pg.conninfo import make_conninfo, parse_host_port
 from drctl.pg.controldata import ControlData
@@ -19,13 +22,12 @@ from drctl.pg.ctl import PgCtl, PgCtlError
 from drctl.pg.probe import Conn, ProbeError, connect, probe_conn
 from drctl.pg.probe import PgState as ProbeState
 from drctl.pg.waltimeline import history_timelines, parse_history_file, replay_timeline
-from site_agent.config import AgentConfig, DynamicConfig
 from site_agent.state import DataDirState
 
 if TYPE_CHECKING:
     from site_agent.backup import NodeBackup
 
-DEFAULT_BIN = "/usr/lib/postgresql/15/bin"
+log = structlog.get_logger("site_agent.node")
 
 # Settings an HA cluster needs whatever the user wrote (replication, rewind, hot standby).
 REQUIRED_PARAMETERS: dict[str, Any] = {
@@ -41,21 +43,6 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
 }
 
 
-def split_host_port(address: str, default_port: int = 5432) -> tuple[str, int]:
-    """``host:port`` / ``[v6]:port`` / ``host`` as written in the agent configuration."""
-    address = address.strip()
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        port = rest.lstrip(":")
-    else:
-        host, sep, port = address.rpartition(":")
-        if not sep:
-            host, port = address, ""
-    if port and not port.isdigit():
-        raise ValueError(f"invalid port in {address!r}")
-    return host, int(port) if port else default_port
-
-
 @dataclass
 class Observation:
     """What one look at the local PostgreSQL found."""
@@ -67,6 +54,7 @@ class Observation:
     control: ControlData | None
     synchronous_standby_names: str | None = None
     archive_failed_count: int | None = None
+    pending_restart: bool | None = None  # pg_settings: a changed setting waits for a restart
 
 
 class Node:
@@ -78,19 +66,18 @@ class Node:
         params = pg.parameters
         sock = params.get("unix_socket_directories")
         self.socket_dir = Path(str(sock).split(",")[0].strip()) if sock else None
-        self.ctl = PgCtl(self.data_dir, Path(pg.bin_dir or DEFAULT_BIN), pg.run_as, self.log_file, self.socket_dir)
-        self.listen_host, self.port = split_host_port(pg.listen)
-        self.connect_host, self.connect_port = split_host_port(pg.connect_address)
+        self.ctl = PgCtl(self.data_dir, Path(pg.bin_path), pg.run_as, self.log_file, self.socket_dir)
+        self.listen_host, self.port = split_host_port(pg.listen, 5432)
+        self.connect_host, self.connect_port = split_host_port(pg.connect_address, 5432)
         self.backup: NodeBackup | None = None  # set by the agent when postgresql.pgbackrest is configured
         self.sync_standby_names: str | None = None  # managed by the leader in synchronous mode
         self._conn: Conn | None = None  # see session()
         self._conn_pm: int | None = None
         self._seg_size: int | None = None  # wal_segment_size, read once from pg_control
 
-    # --- addresses ---------------------------------------------------------------------------
     @property
     def conn_url(self) -> str:
-        return f"postgres://{self.connect_host}:{self.connect_port}/postgres"
+        return f"postgres://{format_host_port(self.connect_host, self.connect_port)}/postgres"
 
     def superuser_conninfo(self, timeout: int = 3) -> str:
         su = self.cfg.postgresql.authentication.superuser
@@ -111,8 +98,16 @@ class Node:
         """How to reach another member's PostgreSQL: as the replication user (streaming,
         pg_basebackup) or as the superuser (pg_rewind, CHECKPOINT)."""
         host, port = parse_host_port(member.info.conn_url)
+        return self._tcp_conninfo(host, port, superuser=not replication, dbname=dbname)
+
+    def remote_conninfo(self, host: str, port: int, superuser: bool = False) -> str:
+        """The other site's entry point: as the replication user (streaming, cloning) or as the
+        superuser/rewind user (pg_rewind)."""
+        return self._tcp_conninfo(host, port, superuser=superuser, dbname="postgres")
+
+    def _tcp_conninfo(self, host: str, port: int, *, superuser: bool, dbname: str) -> str:
         auth = self.cfg.postgresql.authentication
-        cred = auth.replication if replication else (auth.rewind or auth.superuser)
+        cred = (auth.rewind or auth.superuser) if superuser else auth.replication
         return make_conninfo(
             cred.ssl_params(),
             host=host,
@@ -124,23 +119,6 @@ class Node:
             connect_timeout=3,
         )
 
-    def remote_conninfo(self, host: str, port: int, superuser: bool = False) -> str:
-        """The other site's entry point: as the replication user (streaming, cloning) or as the
-        superuser/rewind user (pg_rewind)."""
-        auth = self.cfg.postgresql.authentication
-        rep = (auth.rewind or auth.superuser) if superuser else auth.replication
-        return make_conninfo(
-            rep.ssl_params(),
-            host=host,
-            port=port,
-            user=rep.username,
-            password=rep.password,
-            dbname="postgres",
-            application_name=self.cfg.name,
-            connect_timeout=3,
-        )
-
-    # --- configuration -----------------------------------------------------------------------
     def parameters(self, dynamic: DynamicConfig) -> dict[str, Any]:
         params: dict[str, Any] = dict(DEFAULT_PARAMETERS)
         params.update(dynamic.postgresql.parameters)
@@ -161,7 +139,22 @@ class Node:
     def write_config(self, dynamic: DynamicConfig) -> None:
         self.ctl.configure(self.parameters(dynamic), self.hba(dynamic))
 
-    # --- observation -------------------------------------------------------------------------
+    def apply_config(self, old: DynamicConfig, new: DynamicConfig) -> bool:
+        """A new dynamic configuration reaches a running PostgreSQL: when its parameters or
+        pg_hba changed, write them and reload. A setting that needs a restart then shows as
+        ``pending_restart`` until one (``drctl restart --pending``). True when it reloaded."""
+        if self.parameters(old) == self.parameters(new) and self.hba(old) == self.hba(new):
+            return False
+        if not self.ctl.is_running():
+            return False  # written at the next start
+        try:
+            self.write_config(new)
+            self.ctl.reload()
+        except PgCtlError as exc:
+            log.warning("could not apply the new configuration", error=str(exc))
+            return False
+        return True
+
     def data_dir_state(self) -> DataDirState:
         if self.ctl.rewind_in_progress():
             return DataDirState.REWIND_MARKER
@@ -247,6 +240,7 @@ class Node:
         control: ControlData | None = None
         ssn: str | None = None
         archive_failed: int | None = None
+        pending: bool | None = None
         if running:
             # Twice at most: a kept connection may have been cut since the last look (a backend
             # terminated, a restart on the same PID is impossible but a broken socket is not).
@@ -257,6 +251,8 @@ class Node:
                         state = probe_conn(conn)
                         row = conn.execute("SHOW synchronous_standby_names").fetchone()
                         ssn = str(row[0]) if row else None
+                        prow = conn.execute("SELECT bool_or(pending_restart) FROM pg_settings").fetchone()
+                        pending = bool(prow[0]) if prow else None
                         if not state.in_recovery:
                             arow = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()
                             archive_failed = int(arow[0]) if arow else None
@@ -272,4 +268,4 @@ class Node:
         if dd is DataDirState.VALID and (state is None or not running):
             with contextlib.suppress(PgCtlError):
                 control = self.ctl.controldata()
-        return Observation(running, state, error, dd, control, ssn, archive_failed)
+        return Observation(running, state, error, dd, control, ssn, archive_failed, pending)

@@ -4,18 +4,18 @@
 observe/decide/act cycle and swaps it in atomically (one attribute assignment); the HTTP threads
 only ever read whole snapshots, so they never see a half-updated state.
 
-``to_dict`` renders the JSON document every health/status endpoint returns. Field names follow
-Patroni's ``/patroni`` document where one exists (``state``, ``role``, ``xlog``, ``timeline``,
-``replication``, ``pause``, ``cluster_unlocked``, ``dcs_last_seen``, ``tags``, ...), so existing
-tooling that reads that document keeps working.
+``status()`` is the typed ``/status`` document it publishes (drctl.agentapi.status, shared with
+every reader); ``to_dict`` renders it for every health/status endpoint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
+
+from drctl.agentapi.status import AgentStatus, SiteStanding, Xlog, freeze
+from drctl.agentconfig import DynamicConfig
 
 ROLES = ("primary", "replica", "standby_leader", "demoted", "uninitialized")
 STATES = (
@@ -31,37 +31,10 @@ STATES = (
     "demoting",
 )
 
-
-def _freeze(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(data or {}))
+_DEFAULTS = DynamicConfig()  # until the first cycle publishes the settings in force
 
 
-@dataclass(frozen=True)
-class XlogPosition:
-    """WAL positions as integers (byte offsets, see drctl.pg.lsn).
-
-    A primary fills ``location`` (pg_current_wal_lsn); a replica fills the received/replayed
-    positions, the timestamp of the last replayed transaction and whether replay is paused.
-    """
-
-    location: int | None = None
-    received_location: int | None = None
-    replayed_location: int | None = None
-    replayed_timestamp: str | None = None
-    paused: bool | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {}
-        if self.location is not None:
-            doc["location"] = self.location
-        if self.received_location is not None:
-            doc["received_location"] = self.received_location
-        if self.replayed_location is not None:
-            doc["replayed_location"] = self.replayed_location
-        if self.replayed_location is not None or self.received_location is not None:
-            doc["replayed_timestamp"] = self.replayed_timestamp
-            doc["paused"] = bool(self.paused)
-        return doc
+XlogPosition = Xlog  # the name the agent has always used
 
 
 @dataclass(frozen=True)
@@ -82,7 +55,7 @@ class NodeSnapshot:
     server_version: int = 0  # server_version_num, e.g. 160004
     postmaster_start_time: str | None = None
     system_identifier: str | None = None
-    xlog: XlogPosition = field(default_factory=XlogPosition)
+    xlog: Xlog = field(default_factory=Xlog)
     # pg_stat_replication rows on a primary / cascading replica (usename, application_name,
     # client_addr, state, sync_state, sync_priority, ...)
     replication: tuple[Mapping[str, Any], ...] = ()
@@ -97,8 +70,9 @@ class NodeSnapshot:
     dcs_last_seen: float | None = None
     dcs_ok: bool = False
     paused: bool = False  # cluster in maintenance mode
-    pending_restart: bool = False
-    tags: Mapping[str, Any] = field(default_factory=lambda: _freeze(None))
+    pending_restart: bool = False  # PostgreSQL needs a restart (pg_settings.pending_restart)
+    restart_requested: bool = False  # an operator's restart is queued and has not run yet
+    tags: Mapping[str, Any] = field(default_factory=lambda: freeze(None))
     lag_bytes: int | None = None  # behind the leader's last known LSN (replicas)
     cluster_unlocked: bool = False  # nobody holds the leader key
     failsafe_mode_active: bool = False
@@ -116,15 +90,13 @@ class NodeSnapshot:
     archive_failed_count: int | None = None
     # Agent loop bookkeeping, for /liveness and /readiness
     last_cycle_at: float | None = None
-    ttl: int = 30
-    loop_wait: int = 10
-    maximum_lag_on_failover: int = 1 << 20
+    ttl: int = _DEFAULTS.ttl
+    loop_wait: int = _DEFAULTS.loop_wait
+    maximum_lag_on_failover: int = _DEFAULTS.maximum_lag_on_failover
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tags", _freeze(self.tags))
-        object.__setattr__(self, "replication", tuple(_freeze(r) for r in self.replication))
-
-    # -- convenience -------------------------------------------------------------------------
+        object.__setattr__(self, "tags", freeze(self.tags))
+        object.__setattr__(self, "replication", tuple(freeze(r) for r in self.replication))
 
     def tag_flag(self, key: str) -> bool:
         """A boolean tag (nofailover, noloadbalance, nosync, ...); strings like "true" count."""
@@ -141,61 +113,56 @@ class NodeSnapshot:
     @property
     def lsn(self) -> int | None:
         """Most advanced WAL position this node holds."""
-        vals = [
-            v for v in (self.xlog.location, self.xlog.received_location, self.xlog.replayed_location) if v is not None
-        ]
-        return max(vals) if vals else None
+        return self.xlog.lsn
 
-    # -- rendering ---------------------------------------------------------------------------
+    def status(self) -> AgentStatus:
+        """The ``/status`` document this snapshot publishes."""
+        return AgentStatus(
+            name=self.name,
+            scope=self.scope,
+            version=self.version,
+            state=self.state,
+            role=self.role,
+            pg_running=self.pg_running,
+            in_recovery=self.in_recovery,
+            timeline=self.timeline,
+            server_version=self.server_version,
+            postmaster_start_time=self.postmaster_start_time,
+            system_identifier=self.system_identifier,
+            xlog=self.xlog,
+            replication=self.replication,
+            replication_state=self.replication_state,
+            lag=self.lag_bytes,
+            leader=self.leader_name,
+            is_leader=self.is_leader,
+            cluster_unlocked=self.cluster_unlocked,
+            pause=self.paused,
+            pending_restart=self.pending_restart,
+            restart_requested=self.restart_requested,
+            dcs_ok=self.dcs_ok,
+            dcs_last_seen=int(self.dcs_last_seen) if self.dcs_last_seen is not None else None,
+            tags=self.tags,
+            sync_standby=self.sync_standby,
+            failsafe_mode_is_active=self.failsafe_mode_active,
+            site=SiteStanding(
+                self.site_role,
+                self.site_epoch,
+                self.site_state,
+                self.site_reason,
+                self.site_writable_allowed,
+                self.cross_site_slot_retained,
+                self.cross_site_slot_status,
+            ),
+            last_backup_age_seconds=self.last_backup_age_s,
+            archive_failed_count=self.archive_failed_count,
+            last_cycle_at=self.last_cycle_at,
+            ttl=self.ttl,
+            loop_wait=self.loop_wait,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of /status, /patroni and every health check GET."""
-        doc: dict[str, Any] = {
-            "state": self.state,
-            "role": self.role,
-            "pg_running": self.pg_running,
-            "in_recovery": self.in_recovery,
-            "timeline": self.timeline,
-            "server_version": self.server_version,
-            "xlog": self.xlog.to_dict(),
-            "replication": [dict(r) for r in self.replication],
-            "leader": self.leader_name,
-            "is_leader": self.is_leader,
-            "cluster_unlocked": self.cluster_unlocked,
-            "pause": self.paused,
-            "pending_restart": self.pending_restart,
-            "dcs_ok": self.dcs_ok,
-            "dcs_last_seen": int(self.dcs_last_seen) if self.dcs_last_seen is not None else None,
-            "tags": dict(self.tags),
-            "sync_standby": self.sync_standby,
-            "failsafe_mode_is_active": self.failsafe_mode_active,
-            "site": {"role": self.site_role, "epoch": self.site_epoch},
-            "backup": {
-                "last_backup_age_seconds": self.last_backup_age_s,
-                "archive_failed_count": self.archive_failed_count,
-            },
-            "last_cycle_at": self.last_cycle_at,
-            "dynamic": {"ttl": self.ttl, "loop_wait": self.loop_wait},  # the settings in force
-            "pgdr": {"version": self.version, "scope": self.scope, "name": self.name},
-        }
-        if self.postmaster_start_time is not None:
-            doc["postmaster_start_time"] = self.postmaster_start_time
-        if self.system_identifier is not None:
-            doc["database_system_identifier"] = self.system_identifier
-        if self.site_state is not None:  # cross-site standing (agents configured with `dr:`)
-            doc["site"].update(
-                state=self.site_state, reason=self.site_reason, writable_allowed=self.site_writable_allowed
-            )
-            if self.cross_site_slot_retained is not None or self.cross_site_slot_status is not None:
-                doc["site"]["slot"] = {
-                    "retained_bytes": self.cross_site_slot_retained,
-                    "wal_status": self.cross_site_slot_status,
-                }
-        if self.replication_state is not None:
-            doc["replication_state"] = self.replication_state
-        if self.lag_bytes is not None:
-            doc["lag"] = self.lag_bytes
-        return doc
+        return self.status().to_dict()
 
 
 def tag_truthy(value: Any) -> bool:

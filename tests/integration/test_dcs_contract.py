@@ -32,7 +32,8 @@ from drctl.dcs.base import (
     SiteRecord,
 )
 from drctl.dcs.consul import session_ttl
-from drctl.dcs.etcd import Etcd3, EtcdClient
+from drctl.dcs.etcd import Etcd3
+from drctl.dcs.etcd_client import EtcdClient
 from drctl.dcs.factory import DcsSettings, get_dcs
 from drctl.lab.etcd import EtcdCluster, EtcdTls
 from drctl.lab.ports import free_port
@@ -767,7 +768,7 @@ def test_etcd_leader_key_with_a_foreign_value_on_my_lease_is_repaired(etcd_site_
         assert dcs.attempt_to_acquire_leader()
         lease = dcs.session_id
         client = EtcdClient(hosts, retry_timeout=2.0)
-        from drctl.dcs.etcd import b64
+        from drctl.dcs.etcd_wire import b64
 
         key = f"{NAMESPACE}/{scope}/leader"
         client.call(

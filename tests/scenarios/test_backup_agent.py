@@ -18,6 +18,7 @@ from drctl.backup.errors import BackupError
 from drctl.backup.info import STATUS_NO_BACKUP, STATUS_OK
 from drctl.backup.runner import PgBackRest
 from drctl.lab.cluster import API_READONLY, LabCluster
+from tests.builders import wait_until
 from tests.scenarios.conftest import Instruments
 
 pytestmark = pytest.mark.scenario
@@ -29,15 +30,6 @@ def runner(c: LabCluster, name: str) -> PgBackRest:
     cfg = load_config(c.node(name).config_path)
     assert cfg.postgresql.pgbackrest is not None
     return NodeBackup(cfg, Node(cfg), cfg.postgresql.pgbackrest).runner
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def stanza_ok(r: PgBackRest) -> bool:

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from drctl.lab.lab import Lab, LabState, topology_path
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
 from drctl.sites.controller import SiteOpError, cross_site_lag, promote_site, read_sites, switchover_site
 from drctl.sites.topology import Topology, load_topology
+from tests.builders import wait_until
 
 pytestmark = pytest.mark.scenario
 
@@ -44,15 +45,6 @@ class TwoSites:
 
     def cluster(self, site: str) -> LabCluster:
         return self.a if site == "a" else self.b
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if pred():
-            return time.monotonic() - started
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @pytest.fixture

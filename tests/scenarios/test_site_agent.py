@@ -24,21 +24,13 @@ import yaml
 
 from drctl.lab.cluster import API_AUTH, LabCluster
 from drctl.lab.ports import free_port
+from tests.builders import wait_until
 from tests.scenarios.conftest import Instruments
 
 pytestmark = pytest.mark.scenario
 
 MakeCluster = Callable[..., LabCluster]
 StartInstruments = Callable[[LabCluster], Instruments]
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if pred():
-            return time.monotonic() - started
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def api(

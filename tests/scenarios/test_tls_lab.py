@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from drctl.cli.agent_client import AgentClient, AgentUnreachable, RestAuth
 from drctl.lab.cluster import API_AUTH, API_READONLY, LabCluster
 from drctl.lab.lab import Lab, LabState, topology_path
 from drctl.lab.tls import LabCA
+from tests.builders import wait_until
 
 pytestmark = pytest.mark.scenario
 
@@ -32,15 +33,6 @@ def drctl(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -
     return subprocess.run(
         [*DRCTL, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})}
     )
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from site_agent import api as api_mod
+from site_agent import api_server
 from site_agent.api import ApiServer, json_depth, start_api
 
 from tests.unit.test_api import AUTH, FakeControl, call, cluster_view
@@ -21,9 +22,9 @@ AUTH_HEADER = "Authorization: Basic YWRtaW46czNjcmV0\r\n"
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiServer]:
-    monkeypatch.setattr(api_mod, "WORKERS", 4)
-    monkeypatch.setattr(api_mod, "QUEUED_CONNECTIONS", 4)
-    monkeypatch.setattr(api_mod, "READ_DEADLINE_S", 2.0)
+    monkeypatch.setattr(api_server, "WORKERS", 4)
+    monkeypatch.setattr(api_server, "QUEUED_CONNECTIONS", 4)
+    monkeypatch.setattr(api_server, "READ_DEADLINE_S", 2.0)
     monkeypatch.setattr(api_mod, "BODY_IDLE_TIMEOUT_S", 0.5)
     before = set(threading.enumerate())
     s = start_api(FakeControl(view=cluster_view()), "127.0.0.1:0", auth=AUTH)

@@ -24,9 +24,13 @@ from site_agent.api import start_api
 from site_agent.snapshot import NodeSnapshot
 
 from drctl.cli import cluster_cmd as cc
+from drctl.cli import cluster_session as cs
+from drctl.cli import cluster_view as cv
+from drctl.cli import config_edit as ce
 from drctl.cli.agent_client import AgentClient, AgentReply, AgentUnreachable, RestAuth
 from drctl.cli.context import CliError, Runtime, Target, load_target_file, parse_dcs_url, resolve_base
 from drctl.cli.main import cli
+from drctl.common.members import member_role
 from drctl.dcs.base import (
     ClusterView,
     Failover,
@@ -35,12 +39,11 @@ from drctl.dcs.base import (
     Leader,
     LeaderStatus,
     Member,
-    MemberInfo,
     Record,
     SyncState,
 )
+from tests.builders import MIB, member
 
-MIB = 1 << 20
 BASE_CONFIG = {
     "ttl": 30,
     "loop_wait": 10,
@@ -52,30 +55,6 @@ BASE_CONFIG = {
 
 # ---------------------------------------------------------------------------------------------
 # Builders and fakes
-
-
-def member(
-    name: str,
-    port: int,
-    *,
-    role: str = "replica",
-    state: str = "running",
-    lsn: int | None = None,
-    tl: int = 2,
-    tags: Mapping[str, Any] | None = None,
-    api: bool = True,
-) -> Member:
-    info = MemberInfo(
-        conn_url=f"postgresql://127.0.0.1:{port}/postgres",
-        api_url=f"http://127.0.0.1:{port + 3000}" if api else "",
-        role=role,
-        state=state,
-        timeline=tl,
-        received_lsn=lsn,
-        replayed_lsn=lsn,
-        tags=dict(tags or {}),
-    )
-    return Member(name, info, version=1)
 
 
 def make_view(
@@ -191,16 +170,16 @@ def error_lines(result: Any) -> list[str]:
 
 
 def test_member_host_from_url_and_conninfo() -> None:
-    assert cc.member_host("postgresql://u@10.0.0.1:5433/db") == "10.0.0.1:5433"
-    assert cc.member_host("host=db1 port=6432 dbname=x") == "db1:6432"
-    assert cc.member_host("host=db1") == "db1"
-    assert cc.member_host("") == ""
-    assert cc.member_host("not a valid = = conninfo '") == ""
+    assert cv.member_host("postgresql://u@10.0.0.1:5433/db") == "10.0.0.1:5433"
+    assert cv.member_host("host=db1 port=6432 dbname=x") == "db1:6432"
+    assert cv.member_host("host=db1") == "db1"
+    assert cv.member_host("") == ""
+    assert cv.member_host("not a valid = = conninfo '") == ""
 
 
 def test_lag_in_mb_against_leader_status_lsn() -> None:
     view = make_view()
-    rows = {m["name"]: m for m in cc.cluster_doc(view)["members"]}
+    rows = {m["name"]: m for m in cv.cluster_doc(view)["members"]}
     assert rows["n1"]["lag_mb"] is None  # the leader shows no lag
     assert rows["n2"]["lag_bytes"] == 3 * MIB // 2
     assert rows["n2"]["lag_mb"] == 2  # round(1.5)
@@ -211,25 +190,25 @@ def test_lag_unknown_without_lsn_and_falls_back_to_leader_member() -> None:
     view = replace(make_view(), status=None)
     n4 = member("n4", 5435, lsn=None)
     view = replace(view, members=(*view.members, n4))
-    doc = cc.cluster_doc(view)
+    doc = cv.cluster_doc(view)
     rows = {m["name"]: m for m in doc["members"]}
     assert rows["n4"]["lag_mb"] is None
     assert rows["n2"]["lag_bytes"] == 0  # leader member record (100 MiB) - 100 MiB
-    table = cc.table_rows(doc, topology=False)
+    table = cv.table_rows(doc, topology=False)
     assert next(r for r in table if r[0] == "n4")[5] == "unknown"
 
 
 def test_roles() -> None:
     view = make_view(sync=("n2",))
-    roles = {m.name: cc.member_role(view, m) for m in view.members}
+    roles = {m.name: member_role(view, m) for m in view.members}
     assert roles == {"n1": "leader", "n2": "sync_standby", "n3": "replica"}
     standby = make_view(members=(member("n1", 5432, role="standby_leader", lsn=1),))
-    assert cc.member_role(standby, standby.members[0]) == "standby_leader"
+    assert member_role(standby, standby.members[0]) == "standby_leader"
     unlocked = make_view(leader=None)
-    assert cc.member_role(unlocked, unlocked.members[0]) == "unlocked_primary"
-    labels = [r[2] for r in cc.table_rows(cc.cluster_doc(view), topology=False)]
+    assert member_role(unlocked, unlocked.members[0]) == "unlocked_primary"
+    labels = [r[2] for r in cv.table_rows(cv.cluster_doc(view), topology=False)]
     assert labels == ["Leader", "Sync Standby", "Replica"]
-    assert cc.table_rows(cc.cluster_doc(standby), topology=False)[0][2] == "Standby Leader"
+    assert cv.table_rows(cv.cluster_doc(standby), topology=False)[0][2] == "Standby Leader"
 
 
 def test_topology_order_cascades_and_survives_cycles() -> None:
@@ -243,30 +222,30 @@ def test_topology_order_cascades_and_survives_cycles() -> None:
         ),
         leader="a",
     )
-    assert [(m.name, d) for m, d in cc.topology_order(view)] == [
+    assert [(m.name, d) for m, d in cv.topology_order(view)] == [
         ("a", 0),
         ("b", 1),
         ("c", 2),
         ("d", 3),
         ("e", 1),
     ]
-    names = [r[0] for r in cc.table_rows(cc.cluster_doc(view, topology=True), topology=True)]
+    names = [r[0] for r in cv.table_rows(cv.cluster_doc(view, topology=True), topology=True)]
     assert names == ["a", "+ b", "  + c", "    + d", "+ e"]
     cyc = make_view(
         leader=None,
         members=(member("x", 1, tags={"replicatefrom": "y"}), member("y", 2, tags={"replicatefrom": "x"})),
     )
-    assert sorted(m.name for m, _ in cc.topology_order(cyc)) == ["x", "y"]
+    assert sorted(m.name for m, _ in cv.topology_order(cyc)) == ["x", "y"]
 
 
 def test_render_cluster_header_footer_and_alignment() -> None:
     at = "2030-01-01T00:00:00+00:00"
     view = make_view(config={**BASE_CONFIG, "pause": True}, failover=Failover("n1", "n2", at))
-    text = cc.render_cluster(cc.cluster_doc(view), topology=False)
+    text = cv.render_cluster(cv.cluster_doc(view), topology=False)
     lines = text.splitlines()
     assert lines[0].startswith("+ Cluster: demo (7301234567890123456) ")
     assert lines[0].endswith("+")
-    assert [c.strip() for c in lines[1].split("|")[1:-1]] == list(cc.LIST_COLUMNS)
+    assert [c.strip() for c in lines[1].split("|")[1:-1]] == list(cv.LIST_COLUMNS)
     assert {len(ln) for ln in lines[:-2]} == {len(lines[0])}  # a rectangle
     assert " Maintenance mode: on" in lines
     assert f" Switchover scheduled at: {at} from: n1 to: n2" in lines
@@ -275,7 +254,7 @@ def test_render_cluster_header_footer_and_alignment() -> None:
 
 
 def test_render_table_widens_for_long_title() -> None:
-    text = cc.render_table(["A"], [["x"]], title="Cluster: a-very-long-cluster-name (uninitialized)")
+    text = cv.render_table(["A"], [["x"]], title="Cluster: a-very-long-cluster-name (uninitialized)")
     lines = text.splitlines()
     assert lines[0].startswith("+ Cluster: a-very-long-cluster-name (uninitialized) ")
     assert len({len(ln) for ln in lines}) == 1
@@ -283,14 +262,14 @@ def test_render_table_widens_for_long_title() -> None:
 
 def test_history_rows_format_lsn() -> None:
     view = make_view(history=(HistoryEntry(1, 0x3000060, "switchover", "2024-01-01T00:00:00+00:00", "n2"),))
-    docs = cc.history_docs(view)
+    docs = cv.history_docs(view)
     assert docs[0]["lsn_text"] == "0/3000060"
-    assert cc.history_rows(docs) == [["1", "0/3000060", "switchover", "2024-01-01T00:00:00+00:00", "n2"]]
+    assert cv.history_rows(docs) == [["1", "0/3000060", "switchover", "2024-01-01T00:00:00+00:00", "n2"]]
 
 
 def test_build_new_config_sets_params_apply_replace() -> None:
     cur = dict(BASE_CONFIG)
-    new = cc.build_new_config(
+    new = ce.build_new_config(
         cur,
         sets=["ttl=40", "postgresql.use_slots=false", "synchronous_mode=on"],
         params=["max_connections=200", "hot_standby=on", "work_mem='4MB'"],
@@ -300,66 +279,66 @@ def test_build_new_config_sets_params_apply_replace() -> None:
     assert new["synchronous_mode"] is True
     assert new["postgresql"]["parameters"] == {"max_connections": 200, "hot_standby": "on", "work_mem": "4MB"}
     assert cur == BASE_CONFIG  # not mutated
-    patched = cc.build_new_config(cur, apply_doc={"loop_wait": 5, "postgresql": {"parameters": None}})
+    patched = ce.build_new_config(cur, apply_doc={"loop_wait": 5, "postgresql": {"parameters": None}})
     assert patched["loop_wait"] == 5 and "parameters" not in patched["postgresql"]
-    deleted = cc.build_new_config(cur, sets=["maximum_lag_on_failover=null"])
+    deleted = ce.build_new_config(cur, sets=["maximum_lag_on_failover=null"])
     assert "maximum_lag_on_failover" not in deleted
-    assert cc.build_new_config(cur, replace_doc={"ttl": 60}) == {"ttl": 60}
+    assert ce.build_new_config(cur, replace_doc={"ttl": 60}) == {"ttl": 60}
     with pytest.raises(CliError, match="KEY=VALUE"):
-        cc.build_new_config(cur, sets=["ttl"])
+        ce.build_new_config(cur, sets=["ttl"])
     with pytest.raises(CliError, match="empty component"):
-        cc.build_new_config(cur, sets=["a..b=1"])
+        ce.build_new_config(cur, sets=["a..b=1"])
 
 
 def test_validate_dynamic_one_line_naming_field() -> None:
     with pytest.raises(CliError) as exc:
-        cc.validate_dynamic({**BASE_CONFIG, "ttl": "soon"})
+        ce.validate_dynamic({**BASE_CONFIG, "ttl": "soon"})
     msg = str(exc.value)
     assert "\n" not in msg and "`ttl`" in msg
     with pytest.raises(CliError, match="ttl"):
-        cc.validate_dynamic({**BASE_CONFIG, "ttl": 20})  # invariant 2: 10 + 2*10 > 20
+        ce.validate_dynamic({**BASE_CONFIG, "ttl": 20})  # invariant 2: 10 + 2*10 > 20
     with pytest.raises(CliError, match="nonsense"):
-        cc.validate_dynamic({**BASE_CONFIG, "nonsense": 1})
-    cc.validate_dynamic(BASE_CONFIG)
+        ce.validate_dynamic({**BASE_CONFIG, "nonsense": 1})
+    ce.validate_dynamic(BASE_CONFIG)
 
 
 def test_config_diff() -> None:
-    assert cc.config_diff(BASE_CONFIG, BASE_CONFIG) == ""
-    diff = cc.config_diff(BASE_CONFIG, {**BASE_CONFIG, "ttl": 40})
+    assert ce.config_diff(BASE_CONFIG, BASE_CONFIG) == ""
+    diff = ce.config_diff(BASE_CONFIG, {**BASE_CONFIG, "ttl": 40})
     assert "--- before" in diff and "-ttl: 30" in diff and "+ttl: 40" in diff
 
 
 def test_parse_when() -> None:
     now = datetime(2030, 1, 1, tzinfo=UTC)
-    assert cc.parse_when("now", now) is None
-    assert cc.parse_when("2030-01-02T00:00Z", now) == datetime(2030, 1, 2, tzinfo=UTC)
-    naive = cc.parse_when("2031-01-01T00:00", now)
+    assert cs.parse_when("now", now) is None
+    assert cs.parse_when("2030-01-02T00:00Z", now) == datetime(2030, 1, 2, tzinfo=UTC)
+    naive = cs.parse_when("2031-01-01T00:00", now)
     assert naive is not None and naive.tzinfo is not None
     with pytest.raises(CliError, match="in the past"):
-        cc.parse_when("2029-01-01T00:00+00:00", now)
+        cs.parse_when("2029-01-01T00:00+00:00", now)
     with pytest.raises(CliError, match="ISO 8601"):
-        cc.parse_when("tomorrow", now)
+        cs.parse_when("tomorrow", now)
 
 
 def test_split_cluster_args() -> None:
     members = {"n1", "n2"}
-    assert cc.split_cluster_args([], "demo", members.__contains__) == (None, [])
-    assert cc.split_cluster_args(["demo", "n1"], "demo", members.__contains__) == ("demo", ["n1"])
-    assert cc.split_cluster_args(["n1", "n2"], "demo", members.__contains__) == (None, ["n1", "n2"])
-    assert cc.split_cluster_args(["other", "x"], "demo", members.__contains__) == ("other", ["x"])
-    assert cc.split_cluster_args(["n1"], None, members.__contains__) == ("n1", [])
+    assert cs.split_cluster_args([], "demo", members.__contains__) == (None, [])
+    assert cs.split_cluster_args(["demo", "n1"], "demo", members.__contains__) == ("demo", ["n1"])
+    assert cs.split_cluster_args(["n1", "n2"], "demo", members.__contains__) == (None, ["n1", "n2"])
+    assert cs.split_cluster_args(["other", "x"], "demo", members.__contains__) == ("other", ["x"])
+    assert cs.split_cluster_args(["n1"], None, members.__contains__) == ("n1", [])
 
 
 def test_choose_dsn_member() -> None:
     view = make_view()
-    assert cc.choose_dsn_member(view, "leader", None).name == "n1"
-    assert cc.choose_dsn_member(view, "replica", None).name == "n2"  # least lag
-    assert cc.choose_dsn_member(view, "any", "n3").name == "n3"
-    assert cc.dsn_of(view.members[1]) == "host=127.0.0.1 port=5433"
+    assert cs.choose_dsn_member(view, "leader", None).name == "n1"
+    assert cs.choose_dsn_member(view, "replica", None).name == "n2"  # least lag
+    assert cs.choose_dsn_member(view, "any", "n3").name == "n3"
+    assert cs.dsn_of(view.members[1]) == "host=127.0.0.1 port=5433"
     with pytest.raises(CliError, match="no leader"):
-        cc.choose_dsn_member(make_view(leader=None), "leader", None)
+        cs.choose_dsn_member(make_view(leader=None), "leader", None)
     with pytest.raises(CliError, match="not in cluster"):
-        cc.choose_dsn_member(view, "any", "ghost")
+        cs.choose_dsn_member(view, "any", "ghost")
 
 
 # ---------------------------------------------------------------------------------------------

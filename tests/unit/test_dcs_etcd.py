@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 
-from drctl.dcs import etcd as etcd_mod
+from drctl.dcs import etcd_client as etcd_mod
 from drctl.dcs.base import DCSError, MemberInfo
-from drctl.dcs.etcd import (
-    Etcd3,
-    EtcdClient,
-    LeaseNotFound,
+from drctl.dcs.etcd import Etcd3
+from drctl.dcs.etcd_client import EtcdClient, LeaseNotFound
+from drctl.dcs.etcd_wire import (
     api_prefix_for_version,
     b64,
     cas_compare,

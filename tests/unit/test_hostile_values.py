@@ -25,11 +25,10 @@ from drctl.dcs.base import (
     LeaderStatus,
     Member,
     MemberInfo,
-    RawNode,
     SiteRecord,
     SyncState,
-    build_cluster_view,
 )
+from drctl.dcs.view import RawNode, build_cluster_view
 from drctl.pg.lsn import parse_lsn
 from drctl.pg.waltimeline import parse_history_file, replay_timeline, timeline_of_point
 from tests.unit.test_decide import CFG, NOW, kinds, member, primary, replica, view

@@ -1,0 +1,152 @@
+"""The whole agent configuration file (:class:`AgentConfig`), the files it refers to, and its
+one conversion into the DCS settings both programs connect with."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from drctl.agentconfig.base import _Model, _refuse
+from drctl.agentconfig.dynamic import DynamicConfig
+from drctl.agentconfig.sections import (
+    ConsulConfig,
+    DcsSection,
+    DrConfig,
+    EtcdConfig,
+    FencingConfig,
+    LogConfig,
+    PostgresqlConfig,
+    RestApiConfig,
+    Tags,
+    WatchdogConfig,
+)
+from drctl.dcs.base import DEFAULT_NAMESPACE
+from drctl.dcs.factory import ConsulSettings, DcsSettings, EtcdSettings
+
+
+class BootstrapConfig(_Model):
+    dcs: DynamicConfig = Field(default_factory=DynamicConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _refuse(
+            data,
+            {
+                "initdb": "pgdr runs initdb with encoding UTF8, locale C, data checksums and scram-sha-256 "
+                "for TCP connections; remove it",
+                "post_bootstrap": "run your script once the cluster is up (e.g. a runbook step); remove it",
+            },
+        )
+
+
+class AgentConfig(_Model):
+    scope: str = Field(min_length=1)
+    namespace: str = DEFAULT_NAMESPACE
+    name: str = Field(min_length=1)
+    restapi: RestApiConfig
+    dcs: DcsSection | None = None
+    etcd: EtcdConfig | None = None
+    etcd3: EtcdConfig | None = None
+    consul: ConsulConfig | None = None
+    postgresql: PostgresqlConfig
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    tags: Tags = Field(default_factory=Tags)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    fencing: FencingConfig | None = None
+    log: LogConfig = Field(default_factory=LogConfig)
+    dr: DrConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_dcs(self) -> AgentConfig:
+        found = [k for k, v in self._dcs_candidates() if v is not None]
+        if len(found) != 1:
+            what = "none" if not found else ", ".join(found)
+            raise ValueError(
+                "configure exactly one DCS backend: `etcd3:` (or `etcd:`) or `consul:`, at the top level "
+                f"or under `dcs:` (found: {what})"
+            )
+        if self.tags.replicatefrom == self.name:
+            raise ValueError("tags.replicatefrom must name another member, not this one")
+        return self
+
+    def _dcs_candidates(self) -> list[tuple[str, EtcdConfig | ConsulConfig | None]]:
+        out: list[tuple[str, EtcdConfig | ConsulConfig | None]] = [
+            ("etcd", self.etcd),
+            ("etcd3", self.etcd3),
+            ("consul", self.consul),
+        ]
+        if self.dcs is not None:
+            out += [
+                ("dcs.etcd", self.dcs.etcd),
+                ("dcs.etcd3", self.dcs.etcd3),
+                ("dcs.consul", self.dcs.consul),
+            ]
+        return out
+
+    @property
+    def dcs_backend(self) -> tuple[Literal["etcd3", "consul"], EtcdConfig | ConsulConfig]:
+        """The one configured backend: ("etcd3", EtcdConfig) or ("consul", ConsulConfig)."""
+        for key, val in self._dcs_candidates():
+            if val is not None:
+                return ("consul", val) if key.endswith("consul") else ("etcd3", val)
+        raise AssertionError("validated: one backend is configured")  # pragma: no cover
+
+
+def referenced_files(cfg: AgentConfig) -> list[tuple[str, str]]:
+    """(field, path) of every file the agent will read, to check before it runs."""
+    out: list[tuple[str, str]] = []
+    rest = cfg.restapi
+    for name in ("certfile", "keyfile", "cafile"):
+        if getattr(rest, name):
+            out.append((f"restapi.{name}", getattr(rest, name)))
+    kind, backend = cfg.dcs_backend
+    for name in ("cacert", "cert", "key"):
+        if getattr(backend, name, None):
+            out.append((f"{kind}.{name}", getattr(backend, name)))
+    auth = cfg.postgresql.authentication
+    for role in ("superuser", "replication", "rewind"):
+        cred = getattr(auth, role)
+        for name in ("sslrootcert", "sslcert", "sslkey"):
+            if cred is not None and getattr(cred, name):
+                out.append((f"postgresql.authentication.{role}.{name}", getattr(cred, name)))
+    return out
+
+
+def check_files(cfg: AgentConfig, source: str) -> list[str]:
+    """One line per referenced file that is missing or unreadable, per binary that is not there,
+    and for a certificate/key pair that does not load (wrong key, wrong passphrase)."""
+    problems = []
+    for field, path in referenced_files(cfg):
+        if not os.path.isfile(path):
+            problems.append(f"{source}: field `{field}`: {path}: no such file")
+        elif not os.access(path, os.R_OK):
+            problems.append(f"{source}: field `{field}`: {path}: not readable by this user")
+    pg = cfg.postgresql
+    bin_dir = pg.bin_path
+    if not os.access(os.path.join(bin_dir, "postgres"), os.X_OK):
+        problems.append(f"{source}: field `postgresql.bin_dir`: no postgres executable in {bin_dir}")
+    rest = cfg.restapi
+    if rest.certfile and not problems:
+        try:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(rest.certfile, rest.keyfile, rest.keyfile_password)
+            if rest.cafile:
+                ctx.load_verify_locations(rest.cafile)
+        except (ssl.SSLError, OSError) as exc:
+            problems.append(f"{source}: field `restapi.certfile`: cannot load the certificate/key/CA: {exc}")
+    return problems
+
+
+def dcs_settings(cfg: AgentConfig) -> DcsSettings:
+    """The agent configuration's one DCS backend as the settings drctl.dcs.factory connects with
+    (the agent and the CLI both use this conversion)."""
+    _kind, section = cfg.dcs_backend
+    if isinstance(section, ConsulConfig):
+        host, port = section.host_port
+        passed = {"scheme", "token", "dc", "cacert", "cert", "key", "verify"}
+        return DcsSettings(consul=ConsulSettings(host=host, port=port, **section.model_dump(include=passed)))
+    return DcsSettings(etcd=EtcdSettings(**section.model_dump(exclude={"password_file"})))

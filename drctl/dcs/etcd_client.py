@@ -1,0 +1,305 @@
+"""The etcd v3 gateway client: endpoints tried in turn within one deadline, raft-term checks (a
+member that missed an election is skipped), authentication tokens, lease keepalives and watches,
+each failure turned into :class:`DCSError` naming the endpoints (see drctl.dcs.etcd for the rules)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import ReadTimeoutError
+
+from drctl.dcs.base import (
+    DCSError,
+)
+from drctl.dcs.etcd_wire import Json, api_prefix_for_version, b64, parse_body, reply_term, to_int
+
+# A request gets at least this long even when retry_timeout / len(endpoints) is smaller (but never
+# more than what is left of the call's overall deadline).
+MIN_REQUEST_TIMEOUT = 0.25
+# Pause between two passes over all endpoints.
+PASS_PAUSE = 0.1
+
+# gRPC status codes that are an answer about the request, not a failure of the endpoint.
+_GRPC_INVALID_ARGUMENT = 3
+_GRPC_NOT_FOUND = 5
+_GRPC_PERMISSION_DENIED = 7
+_GRPC_FAILED_PRECONDITION = 9
+_GRPC_UNAUTHENTICATED = 16
+
+
+class LeaseNotFound(Exception):
+    """etcd answered that the lease does not exist (expired or revoked)."""
+
+
+class _EndpointFailure(Exception):
+    """This endpoint could not give a trustworthy answer: try the next one."""
+
+
+class _RequestRejected(Exception):
+    """etcd refused the request itself (bad argument, permission): retrying cannot help."""
+
+
+def normalize_endpoint(host: str, protocol: str = "http") -> str:
+    host = host.strip().rstrip("/")
+    if "://" not in host:
+        host = f"{protocol}://{host}"
+    return host
+
+
+class EtcdClient:
+    """Minimal etcd v3 gateway client with endpoint failover, shared by one member's DCS object.
+
+    ``call(path, body, deadline)`` POSTs to ``<endpoint><api prefix><path>`` and returns the decoded
+    reply, trying each endpoint in turn (starting with the last one that worked) until ``deadline``
+    (a ``time.monotonic()`` value), then raises :class:`DCSError` naming the endpoints tried.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        retry_timeout: float,
+        protocol: str = "http",
+        username: str | None = None,
+        password: str | None = None,
+        cacert: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        verify: bool = True,
+    ) -> None:
+        if not endpoints:
+            raise DCSError("no etcd endpoints configured")
+        self.endpoints = [normalize_endpoint(e, protocol) for e in endpoints]
+        self.retry_timeout = retry_timeout
+        self.username = username
+        self.password = password
+        tls: dict[str, Any] = {}
+        if cacert:
+            tls["ca_certs"] = cacert
+        if cert:
+            tls["cert_file"] = cert
+            if key:
+                tls["key_file"] = key
+        tls["cert_reqs"] = "CERT_REQUIRED" if (verify or cacert) else "CERT_NONE"
+        self._pool = urllib3.PoolManager(num_pools=max(4, len(self.endpoints)), maxsize=4, retries=False, **tls)
+        self._lock = threading.Lock()
+        self._preferred = 0
+        self._api: str | None = None
+        self._token: str | None = None
+        self._raft_term = 0
+
+    @property
+    def raft_term(self) -> int:
+        """The highest raft term seen in any reply."""
+        return self._raft_term
+
+    def request_timeout(self, remaining: float) -> float:
+        """Per-request timeout: one pass over all endpoints fits in retry_timeout."""
+        share = max(self.retry_timeout / len(self.endpoints), MIN_REQUEST_TIMEOUT)
+        return max(0.0, min(share, remaining))
+
+    def _order(self) -> list[int]:
+        with self._lock:
+            first = self._preferred
+        n = len(self.endpoints)
+        return [(first + i) % n for i in range(n)]
+
+    def _check_term(self, endpoint: str, doc: Mapping[str, Any]) -> None:
+        term = reply_term(doc)
+        with self._lock:
+            if term and term < self._raft_term:
+                raise _EndpointFailure(f"{endpoint} answered from stale raft term {term} < {self._raft_term}")
+            self._raft_term = max(self._raft_term, term)
+
+    def _raw(
+        self,
+        method: str,
+        url: str,
+        body: Mapping[str, Any] | None,
+        timeout: float,
+        *,
+        stream: bool = False,
+        read_timeout: float | None = None,
+    ) -> urllib3.BaseHTTPResponse:
+        headers = {"Content-Type": "application/json"}
+        if self._token:
+            headers["Authorization"] = self._token
+        try:
+            return self._pool.request(
+                method,
+                url,
+                body=json.dumps(body).encode() if body is not None else None,
+                headers=headers,
+                timeout=(
+                    urllib3.Timeout(connect=timeout, read=read_timeout)
+                    if read_timeout
+                    else urllib3.Timeout(total=timeout)
+                ),
+                retries=False,
+                preload_content=not stream,
+                redirect=False,
+            )
+        except (Urllib3Error, OSError, http.client.HTTPException, ValueError) as exc:
+            raise _EndpointFailure(f"{url}: {type(exc).__name__}: {exc}") from exc
+
+    def _decode(self, url: str, resp: urllib3.BaseHTTPResponse) -> Json:
+        try:
+            return parse_body(resp.data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _EndpointFailure(f"{url}: HTTP {resp.status}, undecodable reply: {exc}") from exc
+
+    def _ensure_api(self, endpoint: str, timeout: float) -> str:
+        if self._api is None:
+            url = f"{endpoint}/version"
+            resp = self._raw("GET", url, None, timeout)
+            if resp.status != 200:
+                raise _EndpointFailure(f"{url}: HTTP {resp.status}")
+            self._api = api_prefix_for_version(self._decode(url, resp))
+        return self._api
+
+    def _authenticate(self, endpoint: str, api: str, timeout: float) -> None:
+        url = f"{endpoint}{api}/auth/authenticate"
+        self._token = None
+        resp = self._raw("POST", url, {"name": self.username, "password": self.password or ""}, timeout)
+        doc = self._decode(url, resp)
+        if resp.status != 200 or not doc.get("token"):
+            message = doc.get("message") or doc.get("error") or f"HTTP {resp.status}"
+            if resp.status in (400, 401, 403, 412):
+                raise _RequestRejected(f"etcd authentication as {self.username!r} failed: {message}")
+            raise _EndpointFailure(f"{url}: {message}")
+        self._token = str(doc["token"])
+
+    def _classify_error(self, url: str, status: int, doc: Mapping[str, Any]) -> Exception:
+        message = str(doc.get("message") or doc.get("error") or f"HTTP {status}")
+        code = to_int(doc.get("code"), -1)
+        if code == _GRPC_NOT_FOUND and "lease not found" in message:
+            return LeaseNotFound(message)
+        if code in (_GRPC_INVALID_ARGUMENT, _GRPC_PERMISSION_DENIED, _GRPC_FAILED_PRECONDITION):
+            return _RequestRejected(f"{url}: {message}")
+        return _EndpointFailure(f"{url}: {message}")
+
+    def _call_one(self, endpoint: str, path: str, body: Mapping[str, Any], timeout: float) -> Json:
+        started = time.monotonic()
+        api = self._ensure_api(endpoint, timeout)
+        if self.username and not self._token:
+            self._authenticate(endpoint, api, max(0.05, timeout - (time.monotonic() - started)))
+        url = f"{endpoint}{api}{path}"
+        for attempt in range(2):
+            left = max(0.05, timeout - (time.monotonic() - started))
+            resp = self._raw("POST", url, body, left)
+            doc = self._decode(url, resp)
+            if resp.status == 200:
+                self._check_term(endpoint, doc)
+                return doc
+            code = to_int(doc.get("code"), -1)
+            auth_problem = resp.status == 401 or code == _GRPC_UNAUTHENTICATED or "auth token" in str(doc)
+            if auth_problem and self.username and attempt == 0:
+                self._authenticate(endpoint, api, max(0.05, timeout - (time.monotonic() - started)))
+                continue
+            raise self._classify_error(url, resp.status, doc)
+        raise _EndpointFailure(f"{url}: authentication keeps failing")
+
+    def call(self, path: str, body: Mapping[str, Any], deadline: float, what: str = "") -> Json:
+        tried: list[str] = []
+        last = "no endpoint could be tried"
+        while True:
+            for index in self._order():
+                endpoint = self.endpoints[index]
+                timeout = self.request_timeout(deadline - time.monotonic())
+                if timeout < 0.01:
+                    break
+                if endpoint not in tried:
+                    tried.append(endpoint)
+                try:
+                    doc = self._call_one(endpoint, path, body, timeout)
+                except _EndpointFailure as exc:
+                    last = str(exc)
+                    continue
+                except _RequestRejected as exc:
+                    raise DCSError(f"etcd refused {what or path}: {exc}", [endpoint]) from None
+                with self._lock:
+                    self._preferred = index
+                return doc
+            remaining = deadline - time.monotonic()
+            if remaining < 0.02:
+                break
+            time.sleep(min(PASS_PAUSE, remaining))
+        raise DCSError(f"etcd {what or path} failed: {last}", tried)
+
+    def watch(self, key: str, range_end: bytes, start_revision: int, deadline: float) -> bool:
+        """Stream ``POST /watch`` from ``start_revision`` on [key, range_end) until an event comes
+        (True) or ``deadline`` passes (False). An endpoint that cannot be reached is skipped; when
+        none can, the rest of the time is slept away (False)."""
+        body = {
+            "create_request": {
+                "key": b64(key),
+                "range_end": b64(range_end),
+                "start_revision": str(start_revision),
+            }
+        }
+        while True:
+            for index in self._order():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0.01:
+                    return False
+                try:
+                    return self._watch_one(self.endpoints[index], body, deadline)
+                except (_EndpointFailure, _RequestRejected, LeaseNotFound):
+                    continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.01:
+                return False
+            time.sleep(min(PASS_PAUSE * 5, remaining))
+
+    def _watch_one(self, endpoint: str, body: Mapping[str, Any], deadline: float) -> bool:
+        connect = self.request_timeout(deadline - time.monotonic())
+        api = self._ensure_api(endpoint, connect)
+        url = f"{endpoint}{api}/watch"
+        remaining = deadline - time.monotonic()
+        if remaining <= 0.01:
+            return False
+        resp = self._raw("POST", url, body, min(connect, remaining), stream=True, read_timeout=remaining)
+        try:
+            if resp.status != 200:
+                raise _EndpointFailure(f"{url}: HTTP {resp.status}")
+            buffer = b""
+            try:
+                for chunk in resp.stream(65536):
+                    buffer += chunk
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        if not line.strip():
+                            continue
+                        try:
+                            doc = parse_body(line)
+                        except (ValueError, UnicodeDecodeError) as exc:
+                            raise _EndpointFailure(f"{url}: undecodable watch reply") from exc
+                        if doc.get("error"):
+                            raise _EndpointFailure(f"{url}: {doc.get('error')}")
+                        self._check_term(endpoint, doc)
+                        if doc.get("events") or doc.get("canceled") or doc.get("compact_revision"):
+                            return True
+                    if time.monotonic() >= deadline:
+                        return False
+            except ReadTimeoutError:
+                return False
+            except (Urllib3Error, OSError, http.client.HTTPException) as exc:
+                raise _EndpointFailure(f"{url}: {type(exc).__name__}: {exc}") from exc
+            # The stream ended (member stopping): not a change, try another endpoint.
+            raise _EndpointFailure(f"{url}: watch stream closed")
+        finally:
+            with contextlib.suppress(Exception):
+                resp.close()
+            with contextlib.suppress(Exception):
+                resp.release_conn()
+
+    def close(self) -> None:
+        self._pool.clear()
