@@ -178,9 +178,7 @@ class RoleSampler(Background):
                 continue
             for m in st.view.members:
                 status = st.statuses.get(m.name)
-                role = str((status or {}).get("role") or "down")
-                if status is not None and status.get("state") not in (None, "running"):
-                    role = "down"
+                role = status.role if status is not None and status.state == "running" else "down"
                 roles[f"{name}/{m.name}"] = role
         return roles
 

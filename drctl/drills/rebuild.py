@@ -132,8 +132,8 @@ def run_rebuild_drill(policy: Policy, drill: DrillSpec, say: Any) -> RebuildFigu
         deadline = t0 + drill.timeout_s
         client = SiteClient(site, policy.topology().site(site))
         while time.monotonic() < deadline:
-            status = client.read().statuses.get(member) or {}
-            if status.get("state") == "running" and status.get("replication_state") == "streaming":
+            status = client.read().statuses.get(member)
+            if status is not None and status.state == "running" and status.replication_state == "streaming":
                 figures.rebuild_s = round(time.monotonic() - t0, 3)
                 figures.ok = True
                 break

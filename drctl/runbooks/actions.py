@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from drctl.cli.agent_client import AgentClient, AgentUnreachable
+from drctl.agentapi.client import AgentClient, AgentUnreachable
 from drctl.policy.model import Policy
 from drctl.runbooks.conditions import Conditions, Outcome, StepFailed, flag, run_argv
 from drctl.runbooks.model import OpStep, ShellStep
@@ -129,20 +129,18 @@ class Actions(Conditions):
             site = str(args.get("to") or args.get("site"))
             states = read_sites(self.topology)
             actives = [s for s in states.values() if s.role == "active"]
-            primary = (states[site].leader_status() or {}).get("role") == "primary"
+            primary = states[site].leader_role() == "primary"
             if not (len(actives) == 1 and actives[0].name == site and primary):
                 return None
             # a planned switchover is finished once the other sites stream from the new one
             others_follow = all(
-                s.role == "standby" and (s.leader_status() or {}).get("replication_state") == "streaming"
-                for s in states.values()
-                if s.name != site and s.view is not None
+                s.role == "standby" and s.streaming() for s in states.values() if s.name != site and s.view is not None
             )
             return f"site {site} is the active site" if op.name == "promote-site" or others_follow else None
         if memo.get("requested"):
             st = self._settled(str(args["site"]), True)
             m = st.view.member(str(args["member"])) if st.view else None
-            if m is not None and (st.statuses.get(m.name) or {}).get("state", m.info.state) == "running":
+            if m is not None and st.member_state(m.name, m.info.state) == "running":
                 return f"{op.name} of {m.name} was requested and it is running"
         return None
 
@@ -234,8 +232,7 @@ class Actions(Conditions):
         deadline = time.monotonic() + SWITCHOVER_TIMEOUT_S
         while time.monotonic() < deadline:
             now = client.read()
-            ls = now.leader_status() or {}
-            if now.leader and now.leader != leader.name and ls.get("role") == "primary":
+            if now.leader and now.leader != leader.name and now.leader_role() == "primary":
                 return {"from": leader.name, "to": now.leader, "reply": reply.message}
             time.sleep(0.5)
         raise StepFailed(f"site {site}: no new primary {SWITCHOVER_TIMEOUT_S:g}s after the switchover request")
@@ -248,7 +245,7 @@ class Actions(Conditions):
         while time.monotonic() < deadline:
             st = client.read()
             m = st.view.member(member) if st.view else None
-            state = (st.statuses.get(member) or {}).get("state", m.info.state if m else "absent")
+            state = st.member_state(member, m.info.state if m else "absent")
             if state != "running":
                 left = True
             elif left or time.monotonic() - started > 15:

@@ -156,10 +156,9 @@ class Conditions:
         if c.has_leader is not None and (st.leader is not None) != c.has_leader:
             problems.append(f"leader {st.leader or 'none'}")
         if c.streaming is not None:
-            ls = st.leader_status() or {}
-            streaming = ls.get("replication_state") == "streaming"
-            if streaming != c.streaming:
-                problems.append(f"standby leader replication {ls.get('replication_state') or 'unknown'}")
+            ls = st.leader_status()
+            if st.streaming() != c.streaming:
+                problems.append(f"standby leader replication {(ls and ls.replication_state) or 'unknown'}")
         return Outcome(not problems, f"site {c.name}: " + ("; ".join(problems) or f"{st.role}, leader {st.leader}"))
 
     def _cluster(self, c: ClusterCondition) -> Outcome:
@@ -175,14 +174,16 @@ class Conditions:
         if c.min_members is not None and len(members) < c.min_members:
             problems.append(f"{len(members)} members, expected at least {c.min_members}")
         if c.all_running:
-            down = [m.name for m in members if (st.statuses.get(m.name) or {}).get("state", m.info.state) != "running"]
+            down = [m.name for m in members if st.member_state(m.name, m.info.state) != "running"]
             if down:
                 problems.append(f"not running: {', '.join(down)}")
         if c.replicas_streaming is not None:
             streaming = [
                 m.name
                 for m in members
-                if m.name != st.leader and (st.statuses.get(m.name) or {}).get("replication_state") == "streaming"
+                if m.name != st.leader
+                and (s := st.statuses.get(m.name)) is not None
+                and s.replication_state == "streaming"
             ]
             if len(streaming) < c.replicas_streaming:
                 problems.append(f"{len(streaming)} replicas streaming, expected at least {c.replicas_streaming}")

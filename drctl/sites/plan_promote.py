@@ -54,8 +54,7 @@ def estimate_loss(states: dict[str, SiteState], to: str) -> LossEstimate:
 def promote_evidence(obs: Observed, old: SiteState, to: str, confirm_old_site_down: bool, reason: str | None) -> str:
     """The evidence that the old active site cannot write, or a refusal. Every kind of evidence
     promote-site accepts is decided here, nowhere else."""
-    no_primary = old.view is not None and old.leader_status() is not None
-    no_primary = no_primary and all((x or {}).get("role") != "primary" for x in old.statuses.values())
+    no_primary = old.view is not None and old.leader_status() is not None and not old.has_primary()
     if (old.view is not None and old.role == "standby") or no_primary:
         return f"site {old.name} is reachable and has no writable primary"
     if confirm_old_site_down:

@@ -8,7 +8,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from drctl.cli.agent_client import AgentClient, AgentUnreachable
+from drctl.agentapi.client import AgentClient, AgentUnreachable
+from drctl.agentapi.status import AgentStatus
+from drctl.agentconfig import ConfigError, parse_dynamic_config
+from drctl.common.members import lag_between
+from drctl.common.mergepatch import merge_patch, plain
 from drctl.dcs.base import DCS, ClusterView, DCSError, SiteRecord
 from drctl.dcs.factory import get_dcs
 from drctl.sites.topology import SiteSpec, Topology
@@ -31,7 +35,7 @@ class SiteState:
     spec: SiteSpec
     view: ClusterView | None = None
     error: str | None = None
-    statuses: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    statuses: dict[str, AgentStatus | None] = field(default_factory=dict)
 
     @property
     def record(self) -> SiteRecord | None:
@@ -54,25 +58,41 @@ class SiteState:
     def leader(self) -> str | None:
         return self.view.leader.name if self.view and self.view.leader else None
 
-    def leader_status(self) -> dict[str, Any] | None:
+    def leader_status(self) -> AgentStatus | None:
         return self.statuses.get(self.leader) if self.leader else None
+
+    def leader_role(self) -> str | None:
+        st = self.leader_status()
+        return st.role if st is not None else None
+
+    def streaming(self) -> bool:
+        """Its leader's WAL receiver streams (a standby site's standby leader)."""
+        return self.leader is not None and self.member_streaming(self.leader)
+
+    def member_state(self, member: str, fallback: str) -> str:
+        """A member's state as its agent reports it, else ``fallback`` (its DCS record's)."""
+        st = self.statuses.get(member)
+        return st.state if st is not None else fallback
+
+    def member_streaming(self, member: str) -> bool:
+        st = self.statuses.get(member)
+        return st is not None and st.replication_state == "streaming"
+
+    def has_primary(self) -> bool:
+        """Any member's agent reports a primary."""
+        return any(st is not None and st.role == "primary" for st in self.statuses.values())
 
     def leader_lsn(self) -> int | None:
         """Active site: the primary's current WAL position; standby site: what its standby
         leader has replayed (received, if larger)."""
         st = self.leader_status()
-        if not st:
-            return None
-        xlog = st.get("xlog") or {}
-        vals = [xlog.get(k) for k in ("location", "received_location", "replayed_location")]
-        known = [v for v in vals if isinstance(v, int)]
-        return max(known) if known else None
+        return st.xlog.lsn if st is not None else None
 
     def replayed_lsn(self) -> int | None:
         st = self.leader_status()
-        xlog = (st or {}).get("xlog") or {}
-        v = xlog.get("replayed_location", xlog.get("location"))
-        return v if isinstance(v, int) else None
+        if st is None:
+            return None
+        return st.xlog.replayed_location if st.xlog.replayed_location is not None else st.xlog.location
 
 
 class SiteClient:
@@ -109,8 +129,8 @@ class SiteClient:
                 state.statuses[m.name] = self.agent_status(m.info.api_url)
         return state
 
-    def agent_status(self, api_url: str) -> dict[str, Any] | None:
-        """GET /status of one agent, with the site's api_auth and api_tls (None: no answer)."""
+    def agent_status(self, api_url: str) -> AgentStatus | None:
+        """GET /status of one agent, typed, with the site's api_auth and api_tls (None: no answer)."""
         if not api_url:
             return None
         if self._client is None:
@@ -119,7 +139,7 @@ class SiteClient:
             reply = self._client.request("GET", api_url, "status", timeout=2.0)
         except AgentUnreachable:
             return None
-        return reply.doc if reply.ok and isinstance(reply.doc, dict) else None
+        return AgentStatus.from_dict(reply.doc) if reply.ok and isinstance(reply.doc, Mapping) else None
 
     def write_site(self, record: SiteRecord) -> None:
         dcs = self.dcs()
@@ -132,16 +152,21 @@ class SiteClient:
         finally:
             dcs.close()
 
-    def patch_config(self, patch: dict[str, Any]) -> None:
+    def patch_config(self, patch: Mapping[str, Any], *, replace: bool = False) -> None:
+        """Apply an RFC 7386 merge patch to the site's dynamic configuration, validated as the
+        agents validate it, with a compare-and-swap on its version. ``replace``: each key the patch
+        names ends up exactly as given (a section replaced, not merged into)."""
         dcs = self.dcs()
         try:
             view = dcs.get_cluster()
-            data = dict(view.config.data) if view.config else {}
-            for key, value in patch.items():
-                if value is None:
-                    data.pop(key, None)
-                else:
-                    data[key] = value
+            data = plain(view.config.data) if view.config else {}
+            if replace:
+                data = merge_patch(data, dict.fromkeys(patch))
+            data = merge_patch(data, patch)
+            try:
+                parse_dynamic_config(data, source=f"site {self.name}'s configuration")
+            except ConfigError as exc:
+                raise SiteOpError(f"site {self.name}: the change would make its configuration invalid: {exc}") from None
             if not dcs.set_config(data, view.config.version if view.config else None):
                 raise SiteOpError(f"site {self.name}: configuration changed meanwhile: run the command again")
         except DCSError as exc:
@@ -181,16 +206,14 @@ def cross_site_lag(states: dict[str, SiteState]) -> dict[str, int | None]:
             continue
         src = active[0].leader_lsn() if len(active) == 1 else None
         mine = s.leader_lsn()
-        out[s.name] = max(0, src - mine) if src is not None and mine is not None else None
+        out[s.name] = lag_between(src, mine)
     return out
 
 
 def site_standing(state: SiteState) -> tuple[str | None, str | None]:
     """What the site's agents say of its cross-site standing (confirmed, unconfirmed, fenced,
     standby) and why: the leader's view first, else any member's."""
-    docs = [state.leader_status(), *state.statuses.values()]
-    for doc in docs:
-        site = (doc or {}).get("site") or {}
-        if site.get("state"):
-            return str(site["state"]), site.get("reason")
+    for st in (state.leader_status(), *state.statuses.values()):
+        if st is not None and st.site.state:
+            return st.site.state, st.site.reason
     return None, None

@@ -58,8 +58,7 @@ class AwaitStreaming(Action):
 
         def streaming() -> bool:
             st = target.read()
-            ls = st.leader_status()
-            return ls is not None and ls.get("replication_state") == "streaming" and (st.leader_lsn() or 0) >= src_lsn
+            return st.streaming() and (st.leader_lsn() or 0) >= src_lsn
 
         ctx.wait(streaming, f"site {self.site}'s standby leader to stream from {self.source}")
         ctx.say(f"preflight ok: {self.site}'s standby leader {self.leader} is streaming from {self.source}")
@@ -104,7 +103,7 @@ class SetStandbyCluster(Action):
         return None
 
     def apply(self, ctx: Context) -> None:
-        ctx.client(self.site).patch_config({"standby_cluster": dict(self.section)})
+        ctx.client(self.site).patch_config({"standby_cluster": dict(self.section)}, replace=True)
 
 
 @dataclass(frozen=True)
@@ -122,13 +121,7 @@ class AwaitDemoted(Action):
 
         def demoted() -> bool:
             st = client.read()
-            ls = st.leader_status()
-            return (
-                ls is not None
-                and ls.get("role") == "standby_leader"
-                and st.leader_lsn() is not None
-                and all((x or {}).get("role") != "primary" for x in st.statuses.values())
-            )
+            return st.leader_role() == "standby_leader" and st.leader_lsn() is not None and not st.has_primary()
 
         ctx.timings["demote_s"] = ctx.wait(demoted, f"site {self.site} to demote")
         token = client.read().leader_lsn()
@@ -257,8 +250,7 @@ class AwaitPrimary(Action):
 
         def promoted() -> bool:
             ls = client.read().leader_status()
-            ok = ls is not None and ls.get("role") == "primary"
-            return ok and not (self.strict and (ls or {}).get("in_recovery", True))
+            return ls is not None and ls.role == "primary" and not (self.strict and ls.in_recovery)
 
         took = ctx.wait(promoted, f"site {self.site} to promote")
         if self.timing:
@@ -296,8 +288,8 @@ class AwaitFollowing(Action):
         client = ctx.client(self.site)
 
         def following() -> bool:
-            ls = client.read().leader_status()
-            return ls is not None and ls.get("role") == "standby_leader" and ls.get("replication_state") == "streaming"
+            st = client.read()
+            return st.leader_role() == "standby_leader" and st.streaming()
 
         took = ctx.wait(following, f"site {self.site} to stream from {self.active}")
         if self.timing:
@@ -329,7 +321,7 @@ class Fence(Action):
         epoch = _epoch(ctx, self.epoch)
         client = ctx.client(self.site)
         try:
-            client.patch_config({"standby_cluster": dict(self.section)})
+            client.patch_config({"standby_cluster": dict(self.section)}, replace=True)
             extra = {"fenced_by": self.by, "fenced_at": time.time()}
             client.write_site(SiteRecord("standby", epoch, self.active, extra=extra))
         except SiteOpError as exc:

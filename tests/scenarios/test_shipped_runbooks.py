@@ -151,7 +151,7 @@ def test_datacenter_lost_then_failback(lab_sites: LabSites) -> None:
 
     def a_streams() -> bool:
         a = read_sites(ls.policy.topology())["a"]
-        return a.role == "standby" and (a.leader_status() or {}).get("replication_state") == "streaming"
+        return a.role == "standby" and a.streaming()
 
     deadline = time.monotonic() + 300
     while not a_streams():

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from drctl.agentapi.status import AgentStatus
 from drctl.dcs.base import ClusterView, Leader, Member, MemberInfo, Record, SiteRecord
 from drctl.sites import planner
 from drctl.sites.plan import Context, Observed, Plan, execute, new_context
@@ -53,17 +54,16 @@ def topology(witness: bool = False, **policy: Any) -> Topology:
     return Topology.model_validate(doc)
 
 
-def active_status(lsn: int = ACTIVE_LSN) -> dict[str, Any]:
-    return {"role": "primary", "in_recovery": False, "xlog": {"location": lsn}}
+def active_status(lsn: int = ACTIVE_LSN) -> AgentStatus:
+    return AgentStatus.from_dict(
+        {"state": "running", "role": "primary", "in_recovery": False, "xlog": {"location": lsn}}
+    )
 
 
-def standby_status(lsn: int = ACTIVE_LSN, streaming: bool = True) -> dict[str, Any]:
-    repl = "streaming" if streaming else None
-    return {
-        "role": "standby_leader",
-        "replication_state": repl,
-        "xlog": {"received_location": lsn, "replayed_location": lsn},
-    }
+def standby_status(lsn: int = ACTIVE_LSN, streaming: bool = True) -> AgentStatus:
+    doc = {"state": "running", "role": "standby_leader", "in_recovery": True}
+    doc["xlog"] = {"received_location": lsn, "replayed_location": lsn}
+    return AgentStatus.from_dict(doc | ({"replication_state": "streaming"} if streaming else {}))
 
 
 def site(
@@ -72,7 +72,7 @@ def site(
     role: str | None,
     epoch: int = 1,
     follows: str | None = None,
-    leader_status: dict[str, Any] | None = None,
+    leader_status: AgentStatus | None = None,
     standby_cluster: dict[str, Any] | None = None,
     reachable: bool = True,
     extra: dict[str, Any] | None = None,
@@ -246,7 +246,13 @@ def test_promote_site_on_attestation_with_unknown_loss_needs_acceptance() -> Non
 def test_promote_site_with_a_demoted_old_site_fences_it_and_tops_the_witness_epoch() -> None:
     topo = topology(witness=True)
     obs = steady(topo, lag=100, witness=WitnessRecord("a", 5, 9))
-    obs.sites["a"] = site(topo, "a", "active", 1, leader_status={"role": "demoted", "xlog": {"location": ACTIVE_LSN}})
+    obs.sites["a"] = site(
+        topo,
+        "a",
+        "active",
+        1,
+        leader_status=AgentStatus.from_dict({"role": "demoted", "xlog": {"location": ACTIVE_LSN}}),
+    )
     plan = planner.plan_promote(obs, "b", confirm_old_site_down=False, accept_data_loss=False, reason=None)
     assert kinds(plan) == [ClaimWitness, Promote, Fence, AwaitPrimary]
     assert plan.epoch == 6  # above the witness's 5
@@ -336,3 +342,19 @@ def test_the_executor_runs_the_planned_steps_in_order_and_audits_each(tmp_path: 
     assert [(a["operation"], a["event"]) for a in audit] == [("fence-site", "start")] + [("fence-site", "step")] * 3
     assert [a.get("step") for a in audit[1:]] == ["step one", "step two", "step three"]
     assert plan.lines() == ["a note", "1. step one", "2. step two", "3. step three"]
+
+
+def test_an_ipv6_entry_point_is_followed_without_brackets() -> None:
+    doc = topology().model_dump()
+    doc["sites"]["b"]["entry_point"] = "[fd00::2]:5000"
+    topo = Topology.model_validate(doc)
+    assert topo.site("b").entry_host_port == ("fd00::2", 5000)
+    plan = planner.plan_switchover(steady(topo), "b")
+    follow = plan.steps[2]
+    assert isinstance(follow, SetStandbyCluster) and (follow.section["host"], follow.section["port"]) == (
+        "fd00::2",
+        5000,
+    )
+    doc["sites"]["b"]["entry_point"] = "pg-dc2.example.net"
+    with pytest.raises(ValueError, match="entry_point must be host:port"):
+        Topology.model_validate(doc)
