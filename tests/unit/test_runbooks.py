@@ -14,7 +14,7 @@ from drctl.policy.load import parse_policy
 from drctl.policy.source import SourceError, parse_text
 from drctl.runbooks import engine
 from drctl.runbooks.actions import Outcome, StepFailed, run_argv
-from drctl.runbooks.engine import RunbookError
+from drctl.runbooks.engine import RunbookError, RunState
 from drctl.runbooks.load import describe_all, find_runbooks, load_named, parse_document
 from drctl.runbooks.model import Condition, OpStep, ShellStep
 from drctl.runbooks.runner import Runner, RunStore
@@ -97,6 +97,17 @@ class Died(BaseException):
     """Stands for the runner process being killed (nothing after it runs)."""
 
 
+def killed_in_apply(tmp_path: Path) -> tuple[FakeWorld, Runner, RunState]:
+    """A run whose runner died inside its operation step."""
+    world = FakeWorld()
+    world.die_in_apply = Died()
+    runner = make_runner(tmp_path, world)
+    with pytest.raises(Died):
+        runner.start(loaded(), {"to": "b"}, BUILTINS)
+    [run] = runner.store.runs()
+    return world, runner, run
+
+
 def make_runner(tmp_path: Path, world: FakeWorld, confirm: Callable[[str], bool] | None = None) -> Runner:
     policy = POLICY.model_copy(update={"dr": POLICY.dr.model_copy(update={"audit_log": str(tmp_path / "audit.log")})})
     lines: list[str] = []
@@ -177,12 +188,7 @@ def test_failure_stops_and_resume_retries_that_step(tmp_path: Path) -> None:
 
 
 def test_runner_killed_inside_a_step_resumes_there(tmp_path: Path) -> None:
-    world = FakeWorld()
-    world.die_in_apply = Died()
-    runner = make_runner(tmp_path, world)
-    with pytest.raises(Died):
-        runner.start(loaded(), {"to": "b"}, BUILTINS)
-    [run] = runner.store.runs()
+    world, _runner, run = killed_in_apply(tmp_path)
     assert run.status == "running" and [s.status for s in run.steps] == ["done", "running", "pending", "pending"]
     nxt = engine.next_step(run)
     assert nxt is not None and nxt.index == 1 and nxt.interrupted
@@ -196,12 +202,7 @@ def test_runner_killed_inside_a_step_resumes_there(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_a_changed_runbook_and_a_locked_run(tmp_path: Path) -> None:
-    world = FakeWorld()
-    world.die_in_apply = Died()
-    runner = make_runner(tmp_path, world)
-    with pytest.raises(Died):
-        runner.start(loaded(), {"to": "b"}, BUILTINS)
-    [run] = runner.store.runs()
+    _world, runner, run = killed_in_apply(tmp_path)
     changed = loaded(RUNBOOK.replace("name: after", "name: afterwards"))
     with pytest.raises(RunbookError, match="changed since the run started"):
         runner.resume(changed, run.run_id)
