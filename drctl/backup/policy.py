@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from drctl.backup.config import CompressType, PgBackRestConfig, RepoConfig
 from drctl.backup.schedule import cron_trigger, zone
+from drctl.policy.source import clean_loc, line_of
 from drctl.yamlsafe import YamlError, compose, decode_utf8
 
 
@@ -164,37 +165,16 @@ class BackupPolicy(_Model):
 # loading
 
 
-def _line_of(doc_node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """The 1-based line of the YAML node at a pydantic error location (best effort)."""
-    node = doc_node
-    line = node.start_mark.line + 1 if node is not None else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.value == str(part):
-                    node = value
-                    line = key.start_mark.line + 1
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
-
-
 def _error_text(exc: ValidationError, source: str, root: yaml.Node | None) -> str:
     err = exc.errors()[0]
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+    loc = clean_loc(err["loc"])
     field = ".".join(str(p) for p in loc) or "(top level)"
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key: remove it or fix its spelling"
     elif err["type"] == "missing":
         msg = "required: add it"
-    line = _line_of(root, loc) if loc else None
+    line = line_of(root, loc) if loc else None
     where = f"{source}:{line}" if line else source
     more = len(exc.errors()) - 1
     tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""

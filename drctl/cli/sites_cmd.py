@@ -13,6 +13,7 @@ import click
 
 from drctl.cli.errors import fail, operator_errors, register_operator_error
 from drctl.cli.output import FORMATS, emit_structured, table
+from drctl.common.members import lag_between
 from drctl.sites.controller import (
     SiteOpError,
     abort_switchover_site,
@@ -56,29 +57,27 @@ def sites_document(topology: Topology) -> dict[str, Any]:
         if st.view is not None:
             leader_lsn = st.leader_lsn()
             for m in st.view.members:
-                s = st.statuses.get(m.name) or {}
-                xlog = s.get("xlog") or {}
-                lsn = max((v for v in xlog.values() if isinstance(v, int)), default=None)
+                s = st.statuses.get(m.name)
                 members.append(
                     {
                         "name": m.name,
-                        "role": s.get("role", m.info.role),
-                        "state": s.get("state", m.info.state),
-                        "timeline": s.get("timeline", m.info.timeline),
-                        "lag_bytes": (leader_lsn - lsn) if (leader_lsn is not None and lsn is not None) else None,
-                        "replication_state": s.get("replication_state"),
+                        "role": s.role if s is not None else m.info.role,
+                        "state": s.state if s is not None else m.info.state,
+                        "timeline": s.timeline if s is not None else m.info.timeline,
+                        "lag_bytes": lag_between(leader_lsn, s.xlog.lsn if s is not None else None),
+                        "replication_state": s.replication_state if s is not None else None,
                     }
                 )
         standing, standing_reason = site_standing(st)
-        slot = ((st.leader_status() or {}).get("site") or {}).get("slot") or {}
+        leader = st.leader_status()
         sites.append(
             {
                 "site": name,
                 "role": st.role,
                 "standing": standing,
                 "standing_reason": standing_reason,
-                "slot_retained_bytes": slot.get("retained_bytes"),
-                "slot_wal_status": slot.get("wal_status"),
+                "slot_retained_bytes": leader.site.slot_retained_bytes if leader is not None else None,
+                "slot_wal_status": leader.site.slot_wal_status if leader is not None else None,
                 "epoch": st.epoch,
                 "follows": st.record.follows if st.record else None,
                 "leader": st.leader,
@@ -168,7 +167,7 @@ def switchover_site_cmd(
         switchover_site(topology, to, dry_run=True, say=click.echo)
         click.confirm(f"Switch the active site over to {to}?", abort=True)
     result = switchover_site(topology, to, dry_run=dry_run, say=click.echo)
-    if result.get("result") == "done":
+    if result.get("result") == "done" and "timings" in result:  # a resumed one has no timings
         t = result["timings"]
         click.echo(
             f"timings: demote {t['demote_s']:.1f}s, catch-up {t['catch_up_s']:.1f}s, promote {t['promote_s']:.1f}s, "
@@ -227,11 +226,12 @@ def confirm_site_cmd(topology_path: Path | None, site: str, reason: str, valid_f
 @topology_option
 @click.argument("site")
 @click.option("--reason", required=True, help="Why (recorded in the audit log with who and when).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @operator_errors
-def fence_site_cmd(topology_path: Path | None, site: str, reason: str) -> None:
+def fence_site_cmd(topology_path: Path | None, site: str, reason: str, dry_run: bool) -> None:
     """Make SITE a standby of the active site with the highest epoch (audited): for a site that
     came back with a lower epoch while it could not see the others."""
-    fence_site(_topology(topology_path), site, reason=reason, say=click.echo)
+    fence_site(_topology(topology_path), site, reason=reason, dry_run=dry_run, say=click.echo)
 
 
 COMMANDS = [sites_cmd, switchover_site_cmd, promote_site_cmd, confirm_site_cmd, fence_site_cmd]

@@ -27,15 +27,15 @@ def snapshot(states: dict[str, SiteState]) -> list[SiteSnapshot]:
     lags = cross_site_lag(states)
     out = []
     for s in states.values():
-        ls = s.leader_status() or {}
+        ls = s.leader_status()
         out.append(
             SiteSnapshot(
                 name=s.name,
                 reachable=s.view is not None,
                 role=s.role,
                 leader=s.leader,
-                leader_role=ls.get("role"),
-                streaming=ls.get("replication_state") == "streaming",
+                leader_role=ls.role if ls is not None else None,
+                streaming=s.streaming(),
                 lag_bytes=lags.get(s.name),
                 error=s.error,
             )

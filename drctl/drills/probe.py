@@ -25,6 +25,26 @@ from drctl.sites.topology import Topology
 PROBE_TABLE = "pgdr_drill_probe"
 
 
+class Background:
+    """A daemon thread running ``_run`` until :meth:`stop` (the subclass holds ``_stop`` and
+    ``_thread``)."""
+
+    _stop: threading.Event
+    _thread: threading.Thread | None
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _launch(self, name: str) -> None:
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+
 @dataclass
 class Attempt:
     id: int
@@ -46,7 +66,7 @@ def _cut(conn: psycopg.Connection[Any]) -> None:
 
 
 @dataclass
-class Probe:
+class Probe(Background):
     url: str
     log_path: Path
     origin: float  # time.monotonic() of t = 0
@@ -69,14 +89,8 @@ class Probe:
 
     def start(self) -> Probe:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._thread = threading.Thread(target=self._run, name="drill-probe", daemon=True)
-        self._thread.start()
+        self._launch("drill-probe")
         return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
 
     def _run(self) -> None:
         next_id = time.time_ns() // 1000
@@ -144,7 +158,7 @@ class RoleSample:
 
 
 @dataclass
-class RoleSampler:
+class RoleSampler(Background):
     topology: Topology
     origin: float
     interval: float = 0.5
@@ -153,14 +167,8 @@ class RoleSampler:
     _thread: threading.Thread | None = None
 
     def start(self) -> RoleSampler:
-        self._thread = threading.Thread(target=self._run, name="drill-roles", daemon=True)
-        self._thread.start()
+        self._launch("drill-roles")
         return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
 
     def sample(self) -> dict[str, str]:
         roles: dict[str, str] = {}
@@ -170,9 +178,7 @@ class RoleSampler:
                 continue
             for m in st.view.members:
                 status = st.statuses.get(m.name)
-                role = str((status or {}).get("role") or "down")
-                if status is not None and status.get("state") not in (None, "running"):
-                    role = "down"
+                role = status.role if status is not None and status.state == "running" else "down"
                 roles[f"{name}/{m.name}"] = role
         return roles
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 
+from drctl.drills.probe import Background
 from drctl.policy.model import DrillSpec, Policy
 from drctl.runbooks.actions import Actions, StepFailed
 from drctl.runbooks.model import OpStep
@@ -47,7 +48,7 @@ class RebuildFigures:
 
 
 @dataclass
-class SourceSampler:
+class SourceSampler(Background):
     """Polls the rebuild source: base backup progress and the member's walsender position."""
 
     conn_url: str
@@ -60,14 +61,8 @@ class SourceSampler:
 
     def start(self, baseline_pids: set[int]) -> SourceSampler:
         self._baseline = baseline_pids
-        self._thread = threading.Thread(target=self._run, name="rebuild-sampler", daemon=True)
-        self._thread.start()
+        self._launch("rebuild-sampler")
         return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
 
     def walsenders(self, conn: psycopg.Connection[Any]) -> list[tuple[int, int | None]]:
         rows = conn.execute(
@@ -137,8 +132,8 @@ def run_rebuild_drill(policy: Policy, drill: DrillSpec, say: Any) -> RebuildFigu
         deadline = t0 + drill.timeout_s
         client = SiteClient(site, policy.topology().site(site))
         while time.monotonic() < deadline:
-            status = client.read().statuses.get(member) or {}
-            if status.get("state") == "running" and status.get("replication_state") == "streaming":
+            status = client.read().statuses.get(member)
+            if status is not None and status.state == "running" and status.replication_state == "streaming":
                 figures.rebuild_s = round(time.monotonic() - t0, 3)
                 figures.ok = True
                 break

@@ -98,20 +98,45 @@ def _row(*cells: Any, cls: str = "") -> str:
     return f"<tr{attr}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
 
 
+STYLE = (
+    "<style>body{font-family:DejaVu Sans,Arial,sans-serif;margin:24px;color:#222;max-width:1100px}"
+    "table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
+    "th{background:#f2f3f4}.bad td{background:#fdedec}.ok td{background:#eafaf1}"
+    ".badge{display:inline-block;padding:4px 14px;border-radius:4px;color:#fff;font-weight:bold}"
+    "img{max-width:100%;border:1px solid #ddd}"
+    ".advice{background:#fef9e7;border-left:4px solid #f1c40f;padding:8px 12px}"
+    "</style>"
+)
+
+
 def render_html(rec: Any, png: Path | None, policy: Policy) -> str:
     f = rec.figures or {}
+    parts = _header(rec) + _reasons(rec)
+    if f and f.get("kind") == "restore":
+        parts += _restore_section(f)
+    elif f and f.get("kind") == "rebuild":
+        parts += _rebuild_section(f)
+    elif f:
+        parts += _objectives(rec, f)
+    if png is not None:
+        data = base64.b64encode(png.read_bytes()).decode()
+        parts.append(f"<h2>Timeline</h2><img alt='timeline' src='data:image/png;base64,{data}'>")
+    parts += _phases(rec, f) + _operations(rec) + _gaps(f)
+    parts.append(
+        f"<p>Topology before: {html.escape(topo(rec.start_topology))}; "
+        f"after: {html.escape(topo(rec.end_topology))}.</p>"
+    )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _header(rec: Any) -> list[str]:
     status = rec.status
     colour = {"passed": "#1e8449", "failed": "#c0392b", "aborted": "#c0392b", "refused": "#b9770e"}.get(status, "#555")
-    parts = [
+    return [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>pgdr drill {html.escape(rec.run_id)}: {html.escape(status)}</title>",
-        "<style>body{font-family:DejaVu Sans,Arial,sans-serif;margin:24px;color:#222;max-width:1100px}"
-        "table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
-        "th{background:#f2f3f4}.bad td{background:#fdedec}.ok td{background:#eafaf1}"
-        ".badge{display:inline-block;padding:4px 14px;border-radius:4px;color:#fff;font-weight:bold}"
-        "img{max-width:100%;border:1px solid #ddd}"
-        ".advice{background:#fef9e7;border-left:4px solid #f1c40f;padding:8px 12px}"
-        "</style></head><body>",
+        STYLE + "</head><body>",
         f"<h1>DR drill <code>{html.escape(rec.drill)}</code> "
         f"<span class='badge' id='verdict' style='background:{colour}'>{html.escape(status.upper())}</span></h1>",
         f"<p>Run <code>{html.escape(rec.run_id)}</code> ({html.escape(rec.kind)}), started by "
@@ -119,70 +144,76 @@ def render_html(rec: Any, png: Path | None, policy: Policy) -> str:
         f"{html.escape(rec.started_at)} to {html.escape(str(rec.ended_at))}. "
         f"Policy: <code>{html.escape(rec.policy)}</code>.</p>",
     ]
-    if rec.reasons:
+
+
+def _reasons(rec: Any) -> list[str]:
+    if not rec.reasons:
+        return []
+    parts = ["<h2>Why it stopped</h2><ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in rec.reasons) + "</ul>"]
+    if rec.restored is not None:
         parts.append(
-            "<h2>Why it stopped</h2><ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in rec.reasons) + "</ul>"
+            f"<p>Starting topology restored: <b>{'yes' if rec.restored else 'NO: check `drctl sites`'}</b></p>"
         )
-        if rec.restored is not None:
-            parts.append(
-                f"<p>Starting topology restored: <b>{'yes' if rec.restored else 'NO: check `drctl sites`'}</b></p>"
-            )
-    if f and f.get("kind") == "restore":
-        parts += _restore_section(f)
-    elif f and f.get("kind") == "rebuild":
-        parts += _rebuild_section(f)
-    elif f:
-        rto_cls = "ok" if f["rto_ok"] else "bad"
-        rpo_cls = "ok" if f["rpo_ok"] else "bad"
-        lost_bytes = "unknown" if f["lost_bytes"] is None else f"{f['lost_bytes']} bytes"
-        parts += [
-            "<h2>Recovery objectives</h2><table id='figures'>" + _head("Measure", "Measured", "Target", "Result"),
-            _row(
-                "RTO: longest time without an acknowledged write",
-                f"{f['rto_s']:.2f} s",
-                f"{f['rto_target_s']:g} s",
-                "pass" if f["rto_ok"] else "FAIL",
-                cls=rto_cls,
-            ),
-            _row(
-                "RPO: acknowledged writes lost",
-                f"{f['lost_rows']} rows ({lost_bytes})",
-                f"{f['rpo_target_bytes']} bytes",
-                "pass" if f["rpo_ok"] else "FAIL",
-                cls=rpo_cls,
-            ),
-            "</table>",
-            f"<p>Probe: {f['attempts']} writes attempted, {f['acknowledged']} acknowledged, {f['failed']} failed"
-            + (f"; log <code>{html.escape(rec.probe_log)}</code>" if rec.probe_log else "")
-            + ".</p>",
-        ]
-        if f.get("advice"):
-            parts.append(
-                "<div class='advice'><b>What to do</b><ul>"
-                + "".join(f"<li>{html.escape(a)}</li>" for a in f["advice"])
-                + "</ul></div>"
-            )
-    if png is not None:
-        data = base64.b64encode(png.read_bytes()).decode()
-        parts.append(f"<h2>Timeline</h2><img alt='timeline' src='data:image/png;base64,{data}'>")
-    if rec.phases:
+    return parts
+
+
+def _objectives(rec: Any, f: dict[str, Any]) -> list[str]:
+    """RTO and RPO against their targets, the probe's counts, and what to do about a fail."""
+    lost_bytes = "unknown" if f["lost_bytes"] is None else f"{f['lost_bytes']} bytes"
+    parts = [
+        "<h2>Recovery objectives</h2><table id='figures'>" + _head("Measure", "Measured", "Target", "Result"),
+        _row(
+            "RTO: longest time without an acknowledged write",
+            f"{f['rto_s']:.2f} s",
+            f"{f['rto_target_s']:g} s",
+            "pass" if f["rto_ok"] else "FAIL",
+            cls="ok" if f["rto_ok"] else "bad",
+        ),
+        _row(
+            "RPO: acknowledged writes lost",
+            f"{f['lost_rows']} rows ({lost_bytes})",
+            f"{f['rpo_target_bytes']} bytes",
+            "pass" if f["rpo_ok"] else "FAIL",
+            cls="ok" if f["rpo_ok"] else "bad",
+        ),
+        "</table>",
+        f"<p>Probe: {f['attempts']} writes attempted, {f['acknowledged']} acknowledged, {f['failed']} failed"
+        + (f"; log <code>{html.escape(rec.probe_log)}</code>" if rec.probe_log else "")
+        + ".</p>",
+    ]
+    if f.get("advice"):
         parts.append(
-            "<h2>Steps</h2><table>" + _head("Step", "From (s)", "To (s)", "Duration (s)", "Worst write gap (s)", "Note")
+            "<div class='advice'><b>What to do</b><ul>"
+            + "".join(f"<li>{html.escape(a)}</li>" for a in f["advice"])
+            + "</ul></div>"
         )
-        per_phase = (f or {}).get("per_phase_rto_s", {})
-        for p in rec.phases:
-            parts.append(
-                _row(
-                    p["name"],
-                    f"{p['start']:.2f}",
-                    f"{p['end']:.2f}",
-                    f"{p['end'] - p['start']:.2f}",
-                    f"{per_phase.get(p['name'], 0):.2f}",
-                    p.get("detail", ""),
-                    cls="" if p.get("ok", True) else "bad",
-                )
+    return parts
+
+
+def _phases(rec: Any, f: dict[str, Any]) -> list[str]:
+    if not rec.phases:
+        return []
+    parts = [
+        "<h2>Steps</h2><table>" + _head("Step", "From (s)", "To (s)", "Duration (s)", "Worst write gap (s)", "Note")
+    ]
+    per_phase = (f or {}).get("per_phase_rto_s", {})
+    for p in rec.phases:
+        parts.append(
+            _row(
+                p["name"],
+                f"{p['start']:.2f}",
+                f"{p['end']:.2f}",
+                f"{p['end'] - p['start']:.2f}",
+                f"{per_phase.get(p['name'], 0):.2f}",
+                p.get("detail", ""),
+                cls="" if p.get("ok", True) else "bad",
             )
-        parts.append("</table>")
+        )
+    return [*parts, "</table>"]
+
+
+def _operations(rec: Any) -> list[str]:
+    parts = []
     for op in rec.operations:
         timings = op.get("timings") or {}
         if timings:
@@ -191,19 +222,16 @@ def render_html(rec: Any, png: Path | None, policy: Policy) -> str:
                 + ", ".join(f"{html.escape(k)} {v:.2f}s" for k, v in timings.items() if isinstance(v, (int, float)))
                 + "</p>"
             )
-    if f and f.get("gaps"):
-        parts.append("<h2>Write gaps</h2><table>" + _head("From (s)", "To (s)", "Length (s)", "Failed attempts"))
-        for g in f["gaps"]:
-            parts.append(
-                _row(f"{g['start']:.2f}", f"{g['end']:.2f}", f"{g['end'] - g['start']:.2f}", g["failed_attempts"])
-            )
-        parts.append("</table>")
-    parts.append(
-        f"<p>Topology before: {html.escape(topo(rec.start_topology))}; "
-        f"after: {html.escape(topo(rec.end_topology))}.</p>"
-    )
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return parts
+
+
+def _gaps(f: dict[str, Any]) -> list[str]:
+    if not (f and f.get("gaps")):
+        return []
+    parts = ["<h2>Write gaps</h2><table>" + _head("From (s)", "To (s)", "Length (s)", "Failed attempts")]
+    for g in f["gaps"]:
+        parts.append(_row(f"{g['start']:.2f}", f"{g['end']:.2f}", f"{g['end'] - g['start']:.2f}", g["failed_attempts"]))
+    return [*parts, "</table>"]
 
 
 def _rebuild_section(f: dict[str, Any]) -> list[str]:

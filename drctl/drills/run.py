@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from drctl.drills import guards, measure
 from drctl.drills.measure import Phase
-from drctl.drills.probe import Probe, RoleSampler, present_ids
+from drctl.drills.probe import Probe, present_ids
+from drctl.drills.probed import ProbedRun
 from drctl.policy.model import DrillSpec, Policy
 from drctl.runbooks.runner import default_state_dir, operation_lock
 from drctl.sites.controller import (
@@ -149,7 +151,6 @@ class DrillRunner:
                 return self._replica_rebuild(drill, rec, out)
             return self._site_switchover(drill, rec, out)
 
-    # --- site loss: power off, promote the other site, power on, fail back -----------------
     def _hook(self, argv: list[str] | None, site: str, what: str) -> None:
         from drctl.runbooks.actions import StepFailed, run_argv
         from drctl.runbooks.model import substitute
@@ -175,119 +176,108 @@ class DrillRunner:
                 )
             time.sleep(0.5)
 
-    def _site_loss(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
-        lost = str(drill.site)
-        survivor = next(n for n, r in rec.start_topology.items() if r == "standby")
-        origin = time.monotonic()
-        probe = Probe(app_url(self.policy), out / "probe.jsonl", origin, rec.run_id, interval=drill.probe_interval_s)
-        roles = RoleSampler(self.topology, origin)
-        phases: list[Phase] = []
+    def _probed(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> ProbedRun | None:
+        """The probe writer and role sampler of a drill, started; None (the record says why) when
+        the probe cannot write through the entry points."""
         try:
-            probe.prepare()
+            run = ProbedRun.prepare(
+                app_url(self.policy), out / "probe.jsonl", rec.run_id, self.topology, drill.probe_interval_s
+            )
         except Exception as exc:
             rec.status = "error"
             rec.reasons = [f"the probe cannot write through the entry points: {' '.join(str(exc).split())[:200]}"]
             rec.ended_at = _now_iso()
-            return self._finish(rec, out, [], [])
-        probe.start()
-        roles.start()
-        powered_off = False
-        aborted: str | None = None
+            return None
+        run.start()
+        return run
 
-        def phase(name: str, fn: Callable[[], Any]) -> Any:
-            t0 = time.monotonic() - origin
-            try:
-                result = fn()
-            except SiteOpError as exc:
-                phases.append(Phase(name, t0, time.monotonic() - origin, ok=False, detail=str(exc)))
-                raise
-            phases.append(Phase(name, t0, time.monotonic() - origin))
-            return result
-
-        states = read_sites(self.topology)
-        lost_view = states[lost].view
-        lost_urls = {m.name: m.info.conn_url for m in (lost_view.members if lost_view is not None else ())}
-        try:
-            time.sleep(drill.settle_s)
-            self.say(f"power loss of site {lost}")
-            phase(f"power loss of {lost}", lambda: self._hook(drill.power_off, lost, "power_off"))
-            powered_off = True
-            # The promotion below attests that the old site cannot write: check it, as far as this
-            # host can see, before promoting (a power_off hook that did not work must not lead to
-            # two writable primaries).
-            phase(f"{lost} not writable", lambda: self._wait_not_writable(lost, lost_urls, drill.timeout_s))
-            result = phase(
-                f"promote-site {survivor}",
-                lambda: promote_site(
-                    self.topology,
-                    survivor,
-                    confirm_old_site_down=True,
-                    accept_data_loss=True,
-                    reason=f"DR drill {rec.run_id}: site {lost} powered off by the drill",
-                    say=self.say,
-                ),
-            )
-            rec.operations.append({"op": "promote-site", "site": survivor, **_plain(result)})
-            self.say(f"power back on: site {lost}")
-            phase(f"power on {lost}", lambda: self._hook(drill.power_on, lost, "power_on"))
-            powered_off = False
-            t1 = time.monotonic() - origin
-            problems = self._wait_fit(drill, drill.timeout_s)
-            phases.append(
-                Phase(
-                    f"{lost} rejoins as a standby",
-                    t1,
-                    time.monotonic() - origin,
-                    ok=not problems,
-                    detail="; ".join(problems),
-                )
-            )
-            if problems:
-                raise SiteOpError("the old site did not rejoin: " + "; ".join(problems))
-            result = phase(f"failback to {lost}", lambda: switchover_site(self.topology, lost, say=self.say))
-            rec.operations.append({"op": "switchover-site", "to": lost, **_plain(result)})
-            time.sleep(drill.settle_s)
-        except SiteOpError as exc:
-            aborted = str(exc)
-        finally:
-            probe.stop()
-            roles.stop()
-        if aborted is not None:
-            rec.status = "aborted"
-            rec.reasons = [aborted]
-            if powered_off:
-                try:
-                    self._hook(drill.power_on, lost, "power_on")
-                except SiteOpError as exc:
-                    rec.reasons.append(str(exc))
-            rec.restored = self._restore(lost, rec)
-        missing = self._lost(probe)
+    def _measured(self, drill: DrillSpec, rec: DrillRecord, out: Path, run: ProbedRun, site: str) -> DrillRecord:
+        """The drill's figures from the probe, against ``site``'s targets; the record finished."""
         figures = measure.compute(
-            probe.attempts,
-            phases,
-            missing,
-            rto_target_s=self.policy.rto_target(survivor),
-            rpo_target_bytes=self.policy.rpo_target(survivor),
+            run.probe.attempts,
+            run.phases,
+            self._lost(run.probe),
+            rto_target_s=self.policy.rto_target(site),
+            rpo_target_bytes=self.policy.rpo_target(site),
             probe_interval_s=drill.probe_interval_s,
         )
         rec.figures = figures.to_json()
         if rec.status == "running":
             rec.status = "passed" if figures.passed else "failed"
-        rec.phases = [vars(p) for p in phases]
-        rec.roles = [{"t": round(s.t, 3), "roles": s.roles} for s in roles.samples]
+        rec.phases = [vars(p) for p in run.phases]
+        rec.roles = [{"t": round(s.t, 3), "roles": s.roles} for s in run.roles.samples]
+        return self._ended(rec, out, run.probe.attempts, run.phases, rto_s=figures.rto_s, lost_rows=figures.lost_rows)
+
+    def _ended(
+        self, rec: DrillRecord, out: Path, attempts: list[Any], phases: list[Phase], **figures: Any
+    ) -> DrillRecord:
         rec.end_topology = _roles(self.policy)
         rec.ended_at = _now_iso()
-        self.audit.record(
-            "drill-end",
-            run_id=rec.run_id,
-            drill=rec.drill,
-            status=rec.status,
-            rto_s=figures.rto_s,
-            lost_rows=figures.lost_rows,
-        )
-        return self._finish(rec, out, probe.attempts, phases)
+        self.audit.record("drill-end", run_id=rec.run_id, drill=rec.drill, status=rec.status, **figures)
+        return self._finish(rec, out, attempts, phases)
 
-    # --- replica rebuild -------------------------------------------------------------------
+    def _site_loss(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
+        lost = str(drill.site)
+        survivor = next(n for n, r in rec.start_topology.items() if r == "standby")
+        run = self._probed(drill, rec, out)
+        if run is None:
+            return self._finish(rec, out, [], [])
+        lost_view = read_sites(self.topology)[lost].view
+        lost_urls = {m.name: m.info.conn_url for m in (lost_view.members if lost_view is not None else ())}
+        powered_off = [False]
+        try:
+            self._lose_and_fail_back(drill, rec, run, lost, survivor, lost_urls, powered_off)
+        except SiteOpError as exc:
+            rec.status = "aborted"
+            rec.reasons = [str(exc)]
+        finally:
+            run.stop()
+        if rec.status == "aborted":
+            if powered_off[0]:
+                try:
+                    self._hook(drill.power_on, lost, "power_on")
+                except SiteOpError as exc:
+                    rec.reasons.append(str(exc))
+            rec.restored = self._restore(lost, rec)
+        return self._measured(drill, rec, out, run, survivor)
+
+    def _lose_and_fail_back(
+        self,
+        drill: DrillSpec,
+        rec: DrillRecord,
+        run: ProbedRun,
+        lost: str,
+        survivor: str,
+        lost_urls: dict[str, str],
+        powered_off: list[bool],
+    ) -> None:
+        """Power loss of ``lost``, promote-site ``survivor``, power on, rejoin, failback."""
+        time.sleep(drill.settle_s)
+        self.say(f"power loss of site {lost}")
+        run.phase(f"power loss of {lost}", lambda: self._hook(drill.power_off, lost, "power_off"))
+        powered_off[0] = True
+        # The promotion below attests that the old site cannot write: check it, as far as this
+        # host can see, before promoting (a power_off hook that did not work must not lead to
+        # two writable primaries).
+        run.phase(f"{lost} not writable", lambda: self._wait_not_writable(lost, lost_urls, drill.timeout_s))
+        reason = f"DR drill {rec.run_id}: site {lost} powered off by the drill"
+        result = run.phase(
+            f"promote-site {survivor}",
+            lambda: promote_site(
+                self.topology, survivor, confirm_old_site_down=True, accept_data_loss=True, reason=reason, say=self.say
+            ),
+        )
+        rec.operations.append({"op": "promote-site", "site": survivor, **_plain(result)})
+        self.say(f"power back on: site {lost}")
+        run.phase(f"power on {lost}", lambda: self._hook(drill.power_on, lost, "power_on"))
+        powered_off[0] = False
+        problems = run.checked(f"{lost} rejoins as a standby", lambda: self._wait_fit(drill, drill.timeout_s))
+        if problems:
+            raise SiteOpError("the old site did not rejoin: " + "; ".join(problems))
+        result = run.phase(f"failback to {lost}", lambda: switchover_site(self.topology, lost, say=self.say))
+        rec.operations.append({"op": "switchover-site", "to": lost, **_plain(result)})
+        time.sleep(drill.settle_s)
+
     def _replica_rebuild(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
         from drctl.drills.rebuild import RebuildDrillError, run_rebuild_drill
 
@@ -302,12 +292,8 @@ class DrillRunner:
             rec.phases = [
                 vars(Phase(f"rebuild {figures.member}", 0.0, figures.rebuild_s or drill.timeout_s, figures.ok))
             ]
-        rec.end_topology = _roles(self.policy)
-        rec.ended_at = _now_iso()
-        self.audit.record("drill-end", run_id=rec.run_id, drill=rec.drill, status=rec.status)
-        return self._finish(rec, out, [], [])
+        return self._ended(rec, out, [], [])
 
-    # --- backup restore --------------------------------------------------------------------
     def _backup_restore(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
         from drctl.drills.restore import RestoreDrillError, run_restore_drill
 
@@ -324,94 +310,46 @@ class DrillRunner:
                 end = (figures.restore_s or 0.0) + figures.recovery_s
                 phases.append(Phase("start, replay the archive, promote", figures.restore_s or 0.0, end))
             rec.phases = [vars(p) for p in phases]
-        rec.end_topology = _roles(self.policy)
-        rec.ended_at = _now_iso()
-        self.audit.record("drill-end", run_id=rec.run_id, drill=rec.drill, status=rec.status)
-        return self._finish(rec, out, [], [])
+        return self._ended(rec, out, [], [])
 
-    # --- site switchover round trip --------------------------------------------------------
     def _site_switchover(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
         start_active = next(n for n, r in rec.start_topology.items() if r == "active")
         target = drill.site if drill.site and drill.site != start_active else None
         if target is None:
             target = next(n for n, r in rec.start_topology.items() if r == "standby")
         legs = [target] + ([start_active] if drill.round_trip else [])
-        origin = time.monotonic()
-        probe = Probe(app_url(self.policy), out / "probe.jsonl", origin, rec.run_id, interval=drill.probe_interval_s)
-        roles = RoleSampler(self.topology, origin)
-        phases: list[Phase] = []
-        try:
-            probe.prepare()
-        except Exception as exc:
-            rec.status = "error"
-            rec.reasons = [f"the probe cannot write through the entry points: {' '.join(str(exc).split())[:200]}"]
-            rec.ended_at = _now_iso()
+        run = self._probed(drill, rec, out)
+        if run is None:
             return self._finish(rec, out, [], [])
-        probe.start()
-        roles.start()
-        aborted: str | None = None
         try:
-            time.sleep(drill.settle_s)
-            for i, to in enumerate(legs):
-                t0 = time.monotonic() - origin
-                self.say(f"switchover-site to {to} ...")
-                try:
-                    result = switchover_site(self.topology, to, say=self.say)
-                    rec.operations.append({"op": "switchover-site", "to": to, **_plain(result)})
-                    phases.append(Phase(f"switchover to {to}", t0, time.monotonic() - origin))
-                except SiteOpError as exc:
-                    phases.append(
-                        Phase(f"switchover to {to}", t0, time.monotonic() - origin, ok=False, detail=str(exc))
-                    )
-                    aborted = f"switchover to {to} failed: {exc}"
-                    break
-                if i + 1 < len(legs):
-                    if self.between_legs is not None:
-                        self.between_legs()
-                    # midway guard: the topology must be fit again before the way back
-                    t1 = time.monotonic() - origin
-                    problems = self._wait_fit(drill, drill.timeout_s)
-                    phases.append(
-                        Phase(
-                            "midway check", t1, time.monotonic() - origin, ok=not problems, detail="; ".join(problems)
-                        )
-                    )
-                    if problems:
-                        aborted = "midway guard failed: " + "; ".join(problems)
-                        break
-            time.sleep(drill.settle_s)
+            aborted = self._switchover_legs(drill, rec, run, legs)
         finally:
-            probe.stop()
-            roles.stop()
+            run.stop()
         if aborted is not None:
             rec.status = "aborted"
             rec.reasons = [aborted]
             rec.restored = self._restore(start_active, rec)
-        lost = self._lost(probe)
-        figures = measure.compute(
-            probe.attempts,
-            phases,
-            lost,
-            rto_target_s=self.policy.rto_target(target),
-            rpo_target_bytes=self.policy.rpo_target(target),
-            probe_interval_s=drill.probe_interval_s,
-        )
-        rec.figures = figures.to_json()
-        if rec.status == "running":
-            rec.status = "passed" if figures.passed else "failed"
-        rec.phases = [vars(p) for p in phases]
-        rec.roles = [{"t": round(s.t, 3), "roles": s.roles} for s in roles.samples]
-        rec.end_topology = _roles(self.policy)
-        rec.ended_at = _now_iso()
-        self.audit.record(
-            "drill-end",
-            run_id=rec.run_id,
-            drill=rec.drill,
-            status=rec.status,
-            rto_s=figures.rto_s,
-            lost_rows=figures.lost_rows,
-        )
-        return self._finish(rec, out, probe.attempts, phases)
+        return self._measured(drill, rec, out, run, target)
+
+    def _switchover_legs(self, drill: DrillSpec, rec: DrillRecord, run: ProbedRun, legs: list[str]) -> str | None:
+        """Each leg a switchover-site, with the midway guard between legs; why it stopped, or None."""
+        time.sleep(drill.settle_s)
+        for i, to in enumerate(legs):
+            self.say(f"switchover-site to {to} ...")
+            try:
+                result = run.phase(f"switchover to {to}", partial(switchover_site, self.topology, to, say=self.say))
+            except SiteOpError as exc:
+                return f"switchover to {to} failed: {exc}"
+            rec.operations.append({"op": "switchover-site", "to": to, **_plain(result)})
+            if i + 1 < len(legs):
+                if self.between_legs is not None:
+                    self.between_legs()
+                # midway guard: the topology must be fit again before the way back
+                problems = run.checked("midway check", lambda: self._wait_fit(drill, drill.timeout_s))
+                if problems:
+                    return "midway guard failed: " + "; ".join(problems)
+            time.sleep(drill.settle_s)
+        return None
 
     def _wait_fit(self, drill: DrillSpec, timeout: float) -> list[str]:
         deadline = time.monotonic() + timeout

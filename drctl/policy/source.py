@@ -127,7 +127,7 @@ def line_of(root: yaml.Node | None, loc: Loc) -> int | None:
     return line
 
 
-def _clean_loc(loc: Sequence[int | str]) -> Loc:
+def clean_loc(loc: Sequence[int | str]) -> Loc:
     # pydantic adds validator names ("function-after[...]") and union tags ("list[str]") to locations
     return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
 
@@ -167,6 +167,6 @@ def _shown(value: Any) -> str:
 def validation_problems(exc: ValidationError, doc: Document, prefix: Loc = ()) -> list[Problem]:
     out: list[Problem] = []
     for err in exc.errors():
-        loc = (*prefix, *_clean_loc(err["loc"]))
+        loc = (*prefix, *clean_loc(err["loc"]))
         out.append(doc.problem(loc, _message(err)))
     return out

@@ -1,5 +1,6 @@
-"""What runbook steps do to the world: conditions read it, operations change it through the
-library functions the CLI verbs use (the cross-site controller, the agents' REST API).
+"""What runbook steps do to the world: conditions read it (drctl.runbooks.conditions), shell hooks
+and operations change it through the library functions the CLI verbs use (the cross-site
+controller, the agents' REST API).
 
 Each operation is plan/apply: ``describe`` (what it will do, for --dry-run), ``prepare`` (facts
 noted before acting, stored in the run's state), ``done`` (is it already done, given those facts)
@@ -7,223 +8,44 @@ and ``apply``."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-
-from drctl.cli.agent_client import AgentClient, AgentUnreachable
+from drctl.agentapi.client import AgentClient, AgentUnreachable
 from drctl.policy.model import Policy
-from drctl.runbooks.model import (
-    ClusterCondition,
-    CommandCondition,
-    Condition,
-    LagCondition,
-    OpStep,
-    ShellStep,
-    SiteCondition,
-    SqlCondition,
+from drctl.runbooks.conditions import Conditions, Outcome, StepFailed, flag, run_argv
+from drctl.runbooks.model import OpStep, ShellStep
+from drctl.sites.controller import (
+    SiteOpError,
+    SiteState,
+    fence_site,
+    plan_operation,
+    promote_site,
+    read_sites,
+    switchover_site,
 )
-from drctl.sites.controller import SiteClient, SiteState, cross_site_lag, promote_site, read_sites, switchover_site
 
 Say = Callable[[str], None]
 SWITCHOVER_TIMEOUT_S = 180.0
+SITE_OPS = frozenset({"switchover-site", "promote-site", "fence-site"})
+
+__all__ = ["SITE_OPS", "Actions", "Outcome", "StepFailed", "flag", "run_argv"]
 
 
-class StepFailed(Exception):
-    """A step could not do its job; the message is for the operator."""
-
-
-@dataclass
-class Outcome:
-    ok: bool
-    detail: str
-
-
-def _tail(text: str | bytes | None, limit: int = 2000) -> str:
-    if text is None:
-        return ""
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    return text[-limit:]
-
-
-def run_argv(argv: list[str], env: dict[str, str], timeout_s: float, cwd: str | None = None) -> dict[str, Any]:
-    """Run a program (never through a shell) in its own process group; on timeout the whole group
-    is killed. Returns rc, output tails and duration."""
-    started = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            argv,
-            env={**os.environ, **env},
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise StepFailed(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        out, err = proc.communicate()
-        raise StepFailed(
-            f"{argv[0]} did not finish within {timeout_s:g}s (killed): {_tail(err, 300).strip()}"
-        ) from None
-    return {
-        "rc": proc.returncode,
-        "stdout": _tail(out),
-        "stderr": _tail(err),
-        "seconds": round(time.monotonic() - started, 3),
-    }
-
-
-def flag(value: Any, name: str) -> bool:
-    """A yes/no argument (a variable arrives as text: "false" must not be true)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "on", "1"):
-        return True
-    if text in ("false", "no", "off", "0", ""):
-        return False
-    raise StepFailed(f"argument {name}: expected true or false, got {value!r}")
-
-
-class Actions:
-    """Conditions and operations against the sites of one policy."""
+class Actions(Conditions):
+    """Conditions, shell hooks and operations against the sites of one policy."""
 
     def __init__(self, policy: Policy, say: Say = print) -> None:
-        self.policy = policy
-        self.topology = policy.topology()
+        super().__init__(policy)
         self.say = say
 
-    # --- conditions ------------------------------------------------------------------------
-    def evaluate(self, cond: Condition) -> Outcome:
-        kind = cond.kind
-        if kind == "sql":
-            assert cond.sql is not None
-            out = self._sql(cond.sql)
-        elif kind == "site":
-            assert cond.site is not None
-            out = self._site(cond.site)
-        elif kind == "cluster":
-            assert cond.cluster is not None
-            out = self._cluster(cond.cluster)
-        elif kind == "lag":
-            assert cond.lag is not None
-            out = self._lag(cond.lag)
-        else:
-            assert cond.command is not None
-            out = self._command(cond.command)
-        if cond.negate:
-            return Outcome(not out.ok, f"not ({out.detail})")
-        return out
-
-    def _client(self, site: str) -> SiteClient:
-        try:
-            return SiteClient(site, self.topology.site(site))
-        except Exception as exc:
-            raise StepFailed(str(exc)) from None
-
-    def _sql(self, c: SqlCondition) -> Outcome:
-        if c.dsn is not None:
-            kwargs: dict[str, Any] = {"conninfo": c.dsn}
-        else:
-            host, port = self.topology.site(str(c.site)).entry_host_port
-            kwargs = {"host": host, "port": port, "dbname": c.dbname}
-        try:
-            with psycopg.connect(**kwargs, connect_timeout=3, autocommit=True) as conn:
-                row = conn.execute(c.query).fetchone()
-        except psycopg.Error as exc:
-            return Outcome(False, f"query failed: {' '.join(str(exc).split())[:200]}")
-        value = None if row is None else row[0]
-        if c.expect is not None:
-            ok = value is not None and str(value) == c.expect
-            return Outcome(ok, f"{c.query!r} returned {value!r}, expected {c.expect!r}")
-        try:
-            ok = value is not None and float(str(value)) >= float(c.expect_min or 0)
-        except ValueError:
-            ok = False
-        return Outcome(ok, f"{c.query!r} returned {value!r}, expected at least {c.expect_min:g}")
-
-    def _site(self, c: SiteCondition) -> Outcome:
-        st = self._client(c.name).read()
-        problems = []
-        if c.reachable is True and st.error:
-            problems.append(f"DCS unreachable ({st.error})")
-        if c.reachable is False and not st.error:
-            problems.append("DCS reachable")
-        if c.role is not None and st.role != c.role:
-            problems.append(f"role {st.role}, expected {c.role}")
-        if c.has_leader is not None and (st.leader is not None) != c.has_leader:
-            problems.append(f"leader {st.leader or 'none'}")
-        if c.streaming is not None:
-            ls = st.leader_status() or {}
-            streaming = ls.get("replication_state") == "streaming"
-            if streaming != c.streaming:
-                problems.append(f"standby leader replication {ls.get('replication_state') or 'unknown'}")
-        return Outcome(not problems, f"site {c.name}: " + ("; ".join(problems) or f"{st.role}, leader {st.leader}"))
-
-    def _cluster(self, c: ClusterCondition) -> Outcome:
-        st = self._client(c.site).read()
-        if st.view is None:
-            return Outcome(False, f"site {c.site}: DCS unreachable ({st.error})")
-        problems = []
-        if c.leader is not None and st.leader != c.leader:
-            problems.append(f"leader is {st.leader or 'none'}, expected {c.leader}")
-        if c.not_leader is not None and (st.leader is None or st.leader == c.not_leader):
-            problems.append(f"leader is {st.leader or 'none'}")
-        members = st.view.members
-        if c.min_members is not None and len(members) < c.min_members:
-            problems.append(f"{len(members)} members, expected at least {c.min_members}")
-        if c.all_running:
-            down = [m.name for m in members if (st.statuses.get(m.name) or {}).get("state", m.info.state) != "running"]
-            if down:
-                problems.append(f"not running: {', '.join(down)}")
-        if c.replicas_streaming is not None:
-            streaming = [
-                m.name
-                for m in members
-                if m.name != st.leader and (st.statuses.get(m.name) or {}).get("replication_state") == "streaming"
-            ]
-            if len(streaming) < c.replicas_streaming:
-                problems.append(f"{len(streaming)} replicas streaming, expected at least {c.replicas_streaming}")
-        return Outcome(
-            not problems, f"site {c.site}: " + ("; ".join(problems) or f"leader {st.leader}, {len(members)} members")
-        )
-
-    def _lag(self, c: LagCondition) -> Outcome:
-        lag = cross_site_lag(read_sites(self.topology)).get(c.site)
-        if lag is None:
-            return Outcome(False, f"site {c.site}: cross-site lag unknown (not a standby site, or unreachable)")
-        return Outcome(lag <= c.max_bytes, f"site {c.site} lags {lag} bytes (bound {c.max_bytes})")
-
-    def _command(self, c: CommandCondition) -> Outcome:
-        try:
-            res = run_argv(c.argv, c.env, c.timeout_s)
-        except StepFailed as exc:
-            return Outcome(False, str(exc))
-        return Outcome(res["rc"] == 0, f"{c.argv[0]} exited {res['rc']}")
-
-    # --- shell hooks -----------------------------------------------------------------------
     def shell(self, s: ShellStep) -> dict[str, Any]:
         res = run_argv(s.argv, s.env, s.timeout_s, s.cwd)
         if res["rc"] != 0:
             raise StepFailed(f"{s.argv[0]} exited {res['rc']}: {res['stderr'].strip()[-300:]}")
         return res
 
-    # --- operations ------------------------------------------------------------------------
     def _args(self, op: OpStep, required: set[str], optional: set[str]) -> dict[str, Any]:
         unknown = set(op.args) - required - optional
         if unknown:
@@ -237,6 +59,7 @@ class Actions:
         "switchover": ({"site"}, {"candidate"}),
         "switchover-site": ({"to"}, set()),
         "promote-site": ({"site"}, {"confirm_old_site_down", "accept_data_loss", "reason"}),
+        "fence-site": ({"site"}, {"reason"}),
         "reinit": ({"site", "member"}, set()),
         "restart": ({"site", "member"}, set()),
     }
@@ -250,38 +73,37 @@ class Actions:
         return args
 
     def describe(self, op: OpStep) -> list[str]:
-        """What the operation will do, from live facts (reads only)."""
+        """What the operation will do, from live facts (reads only). A cross-site operation is
+        planned exactly as its run plans it: these are the steps it then runs."""
         args = self.check_args(op)
-        lines: list[str] = []
-        if op.name == "switchover-site":
-            switchover_site(self.topology, str(args["to"]), dry_run=True, say=lines.append)
-        elif op.name == "promote-site":
+        if op.name in SITE_OPS:
             try:
-                promote_site(
-                    self.topology,
-                    str(args["site"]),
-                    confirm_old_site_down=flag(args.get("confirm_old_site_down", False), "confirm_old_site_down"),
-                    accept_data_loss=flag(args.get("accept_data_loss", False), "accept_data_loss"),
-                    reason=args.get("reason"),
-                    dry_run=True,
-                    say=lines.append,
-                )
+                return plan_operation(self.topology, op.name, **self._site_args(op.name, args)).lines()
             except Exception as exc:  # the dry run says what would stop the real one
-                lines.append(f"would refuse now: {exc}")
-        elif op.name == "switchover":
+                return [f"would refuse now: {exc}"]
+        if op.name == "switchover":
             st = self._client(str(args["site"])).read()
             cand = args.get("candidate") or "the best eligible replica"
-            lines.append(f"switch site {args['site']}'s leader {st.leader or '(none)'} over to {cand}")
-        else:
-            lines.append(f"{op.name} member {args['member']} of site {args['site']}")
-        return lines
+            return [f"switch site {args['site']}'s leader {st.leader or '(none)'} over to {cand}"]
+        return [f"{op.name} member {args['member']} of site {args['site']}"]
+
+    @staticmethod
+    def _site_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A cross-site operation's arguments as the controller takes them."""
+        if name == "switchover-site":
+            return {"to": str(args["to"])}
+        out: dict[str, Any] = {"site": str(args["site"]), "reason": args.get("reason") or "runbook"}
+        if name == "promote-site":
+            for key in ("confirm_old_site_down", "accept_data_loss"):
+                out[key] = flag(args.get(key, False), key)
+        return out
 
     def prepare(self, op: OpStep) -> dict[str, Any]:
         args = self.check_args(op)
         if op.name == "switchover":
             st = self._client(str(args["site"])).read()
             return {"leader": st.leader}
-        if op.name in ("switchover-site", "promote-site"):
+        if op.name in SITE_OPS:
             states = read_sites(self.topology)
             return {"active": sorted(s.name for s in states.values() if s.role == "active")}
         return {}
@@ -289,6 +111,12 @@ class Actions:
     def done(self, op: OpStep, memo: dict[str, Any], interrupted: bool) -> str | None:
         """Why the operation is already done, or None."""
         args = self.check_args(op)
+        if op.name == "fence-site":
+            try:
+                plan = plan_operation(self.topology, op.name, **self._site_args(op.name, args))
+            except SiteOpError:
+                return None  # the run says why
+            return None if plan.steps else plan.notes[0]
         if op.name == "switchover":
             st = self._settled(str(args["site"]), interrupted)
             cand = args.get("candidate")
@@ -301,20 +129,18 @@ class Actions:
             site = str(args.get("to") or args.get("site"))
             states = read_sites(self.topology)
             actives = [s for s in states.values() if s.role == "active"]
-            primary = (states[site].leader_status() or {}).get("role") == "primary"
+            primary = states[site].leader_role() == "primary"
             if not (len(actives) == 1 and actives[0].name == site and primary):
                 return None
             # a planned switchover is finished once the other sites stream from the new one
             others_follow = all(
-                s.role == "standby" and (s.leader_status() or {}).get("replication_state") == "streaming"
-                for s in states.values()
-                if s.name != site and s.view is not None
+                s.role == "standby" and s.streaming() for s in states.values() if s.name != site and s.view is not None
             )
             return f"site {site} is the active site" if op.name == "promote-site" or others_follow else None
         if memo.get("requested"):
             st = self._settled(str(args["site"]), True)
             m = st.view.member(str(args["member"])) if st.view else None
-            if m is not None and (st.statuses.get(m.name) or {}).get("state", m.info.state) == "running":
+            if m is not None and st.member_state(m.name, m.info.state) == "running":
                 return f"{op.name} of {m.name} was requested and it is running"
         return None
 
@@ -335,25 +161,10 @@ class Actions:
         args = self.check_args(op)
         if op.name == "switchover-site":
             return switchover_site(self.topology, str(args["to"]), say=self.say)
+        if op.name == "fence-site":
+            return fence_site(self.topology, say=self.say, **self._site_args(op.name, args))
         if op.name == "promote-site":
-            site = str(args["site"])
-            result = promote_site(
-                self.topology,
-                site,
-                confirm_old_site_down=flag(args.get("confirm_old_site_down", False), "confirm_old_site_down"),
-                accept_data_loss=flag(args.get("accept_data_loss", False), "accept_data_loss"),
-                reason=args.get("reason") or "runbook",
-                say=self.say,
-            )
-            # promote-site is a no-op on an already active site: if a runner died between the
-            # promotion and the fencing, another reachable site may still claim to be active
-            others = [s.name for s in read_sites(self.topology).values() if s.name != site and s.role == "active"]
-            if others:
-                raise StepFailed(
-                    f"site {site} is active but site(s) {', '.join(others)} still claim to be active: fence them "
-                    "(their agents demote on sight of the higher epoch once they can see it), then resume"
-                )
-            return result
+            return self._promote(args)
         site = str(args["site"])
         spec = self.topology.site(site)
         agents = AgentClient(spec.rest_auth())  # credentials and TLS of the policy's site
@@ -381,6 +192,20 @@ class Actions:
         finally:
             agents.close()
 
+    def _promote(self, args: dict[str, Any]) -> dict[str, Any]:
+        site_args = self._site_args("promote-site", args)
+        site = site_args.pop("site")
+        result = promote_site(self.topology, site, say=self.say, **site_args)
+        # promote-site is a no-op on an already active site: if a runner died between the
+        # promotion and the fencing, another reachable site may still claim to be active
+        others = [s.name for s in read_sites(self.topology).values() if s.name != site and s.role == "active"]
+        if others:
+            raise StepFailed(
+                f"site {site} is active but site(s) {', '.join(others)} still claim to be active: fence them "
+                "(their agents demote on sight of the higher epoch once they can see it), then resume"
+            )
+        return result
+
     def _switchover(
         self,
         site: str,
@@ -407,8 +232,7 @@ class Actions:
         deadline = time.monotonic() + SWITCHOVER_TIMEOUT_S
         while time.monotonic() < deadline:
             now = client.read()
-            ls = now.leader_status() or {}
-            if now.leader and now.leader != leader.name and ls.get("role") == "primary":
+            if now.leader and now.leader != leader.name and now.leader_role() == "primary":
                 return {"from": leader.name, "to": now.leader, "reply": reply.message}
             time.sleep(0.5)
         raise StepFailed(f"site {site}: no new primary {SWITCHOVER_TIMEOUT_S:g}s after the switchover request")
@@ -421,7 +245,7 @@ class Actions:
         while time.monotonic() < deadline:
             st = client.read()
             m = st.view.member(member) if st.view else None
-            state = (st.statuses.get(member) or {}).get("state", m.info.state if m else "absent")
+            state = st.member_state(member, m.info.state if m else "absent")
             if state != "running":
                 left = True
             elif left or time.monotonic() - started > 15:

@@ -26,9 +26,6 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# --- conditions ------------------------------------------------------------------------------
-
-
 class SqlCondition(_Model):
     """``query``'s first column of the first row, as text, equals ``expect`` (or is a number
     >= ``expect_min``). Runs on ``dsn``, else on ``site``'s entry point (libpq environment
@@ -116,9 +113,7 @@ class Condition(_Model):
         return next(k for k in ("sql", "site", "cluster", "lag", "command") if getattr(self, k) is not None)
 
 
-# --- steps -----------------------------------------------------------------------------------
-
-OpName = Literal["switchover", "switchover-site", "promote-site", "reinit", "restart"]
+OpName = Literal["switchover", "switchover-site", "promote-site", "fence-site", "reinit", "restart"]
 
 
 class OpStep(_Model):

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from drctl.policy.model import Policy
 from drctl.runbooks import engine, report
-from drctl.runbooks.actions import Outcome, StepFailed
+from drctl.runbooks.actions import SITE_OPS, Outcome, StepFailed
 from drctl.runbooks.engine import RunbookError, RunState
 from drctl.runbooks.load import LoadedRunbook
 from drctl.runbooks.model import Condition, OpStep, Runbook, ShellStep, Step
@@ -192,7 +192,6 @@ class Runner:
         self.operator = operator or operator_name()
         self.audit = Audit(Path(policy.dr.audit_log or default_audit_log()), "runbook")
 
-    # --- entry points ----------------------------------------------------------------------
     def plan(self, loaded: LoadedRunbook, given: dict[str, str], builtins: dict[str, str]) -> list[dict[str, Any]]:
         """--dry-run: every step as it would run, operations described from live facts."""
         builtins = {
@@ -206,18 +205,28 @@ class Runner:
         out = []
         for guard in rb.guards:
             out.append({"step": "(guard)", "kind": guard.kind, "what": _cond_text(guard), "holds": self._holds(guard)})
+        changed_by: str | None = None  # an earlier operation that changes the sites
         for step in rb.steps:
             entry: dict[str, Any] = {"step": step.name, "kind": step.kind, "what": step_text(step)}
             if step.done_if is not None:
                 entry["done_if"] = _cond_text(step.done_if)
                 entry["already_done"] = self._holds(step.done_if)
             if step.op is not None:
-                try:
-                    entry["plan"] = self.world.describe(step.op)
-                except (StepFailed, SiteOpError) as exc:
-                    entry["plan"] = [f"cannot plan now: {exc}"]
+                entry["plan"] = self._op_plan(step.op, changed_by)
+                changed_by = step.name if step.op.name in SITE_OPS else changed_by
             out.append(entry)
         return out
+
+    def _op_plan(self, op: OpStep, changed_by: str | None) -> list[str]:
+        """The operation's plan from the sites as they are now: exactly what it runs, unless an
+        earlier operation changes the sites first (then it is planned again when it runs)."""
+        try:
+            lines = self.world.describe(op)
+        except (StepFailed, SiteOpError) as exc:
+            lines = [f"cannot plan now: {exc}"]
+        if changed_by is not None and op.name in SITE_OPS:
+            lines.insert(0, f"(planned from the sites as they are now; step {changed_by} changes them first)")
+        return lines
 
     def start(self, loaded: LoadedRunbook, given: dict[str, str], builtins: dict[str, str]) -> RunState:
         now = self.clock()
@@ -268,7 +277,6 @@ class Runner:
                 raise RunbookError(f"another DR operation is running: {holder}; wait for it or resume it")
             yield
 
-    # --- the loop --------------------------------------------------------------------------
     def _loop(self, rb: Runbook, state: RunState) -> RunState:
         instruments = None
         if self.probe:
@@ -305,15 +313,8 @@ class Runner:
             step = rb.steps[nxt.index]
             rec = state.steps[nxt.index]
             engine.begin(state, nxt.index, self.clock(), self.operator)
-            self.store.save(state)
-            self.store.event(
-                state.run_id,
-                event="step-start",
-                step=step.name,
-                kind=step.kind,
-                attempt=rec.attempts,
-                interrupted=nxt.interrupted,
-                operator=self.operator,
+            self._saved(
+                state, "step-start", step.name, kind=step.kind, attempt=rec.attempts, interrupted=nxt.interrupted
             )
             tag = " (resumed: it was interrupted)" if nxt.interrupted else " (retry)" if nxt.retry else ""
             self.say(f"[{nxt.index + 1}/{len(rb.steps)}] {step.name}: {step_text(step)}{tag}")
@@ -324,16 +325,14 @@ class Runner:
                 engine.finish(state, nxt.index, self.clock(), "failed", error=str(exc))
             except KeyboardInterrupt:
                 engine.finish(state, nxt.index, self.clock(), "failed", error="interrupted by the operator")
-            self.store.save(state)
-            self.store.event(
-                state.run_id,
-                event="step-end",
-                step=step.name,
+            self._saved(
+                state,
+                "step-end",
+                step.name,
                 status=rec.status,
                 seconds=rec.duration_s,
                 result=rec.result,
                 error=rec.error,
-                operator=self.operator,
             )
             self.audit.record("step", run_id=state.run_id, step=step.name, status=rec.status, error=rec.error)
             if rec.status == "failed":
@@ -348,6 +347,11 @@ class Runner:
                     else ""
                 )
             )
+
+    def _saved(self, state: RunState, event: str, step: str, **details: Any) -> None:
+        """The run's state saved, then the step's event appended to its audit trail."""
+        self.store.save(state)
+        self.store.event(state.run_id, event=event, step=step, operator=self.operator, **details)
 
     def _execute(
         self, step: Step, rec: engine.StepRecord, reentered: bool, state: RunState

@@ -11,7 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from drctl.cli.agent_client import RestAuth
+from drctl.agentapi.client import RestAuth
+from drctl.common.hostport import split_host_port
 from drctl.dcs.factory import DcsSettings
 from drctl.safefs import read_secret_file
 from drctl.yamlsafe import YamlError, load_yaml
@@ -80,8 +81,7 @@ class SiteSpec(_Model):
 
     @property
     def entry_host_port(self) -> tuple[str, int]:
-        host, _, port = self.entry_point.rpartition(":")
-        return host, int(port)
+        return split_host_port(self.entry_point)
 
     def rest_auth(self) -> RestAuth:
         a, t = self.api_auth, self.api_tls or ApiTls()
@@ -89,8 +89,11 @@ class SiteSpec(_Model):
 
     @model_validator(mode="after")
     def _check_entry(self) -> SiteSpec:
-        host, sep, port = self.entry_point.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        try:
+            host, _port = split_host_port(self.entry_point)
+        except ValueError:
+            host = ""
+        if not host:
             raise ValueError(f"entry_point must be host:port with a port in 1-65535, got {self.entry_point!r}")
         return self
 

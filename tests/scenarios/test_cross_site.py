@@ -4,6 +4,7 @@ if two writable primaries exist at any instant (invariant 1 across sites)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -61,6 +62,12 @@ def two_sites(lab_dir: Path) -> Iterator[TwoSites]:
         lab.down(grace=20)
 
 
+def audited_steps(ts: TwoSites) -> list[str]:
+    """The plan steps recorded in the audit log, oldest first."""
+    lines = Path(ts.topology.policy.audit_log or "").read_text().splitlines()
+    return [e["step"] for e in map(json.loads, lines) if e["event"] == "step"]
+
+
 def site_role(ts: TwoSites, site: str) -> str:
     return read_sites(ts.topology)[site].role
 
@@ -74,8 +81,12 @@ def test_planned_site_switchover_round_trips_lose_nothing(two_sites: TwoSites) -
     epochs = []
     for _trip in range(5):
         for target in ("b", "a"):
+            planned = switchover_site(ts.topology, target, dry_run=True)
             result = switchover_site(ts.topology, target)
             assert result["result"] == "done", result
+            # the dry-run listed exactly the steps that then ran, and each is in the audit log
+            assert result["steps"] == planned["steps"] and result["epoch"] == planned["epoch"]
+            assert audited_steps(ts)[-len(planned["steps"]) :] == planned["steps"]
             epochs.append(result["epoch"])
             assert site_role(ts, target) == "active"
     time.sleep(1)

@@ -14,7 +14,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,45 +24,21 @@ import yaml
 from drctl.drills.probe import read_probe_log
 from drctl.drills.run import DrillRecord, DrillRunner, app_url
 from drctl.drills.scheduler import DrillScheduler, SchedulerLock
-from drctl.lab.cluster import SUPERUSER, LabCluster
-from drctl.lab.lab import Lab, policy_path
-from drctl.lab.workload import DualPrimaryChecker
+from drctl.lab.cluster import LabCluster
+from drctl.lab.lab import policy_path
 from drctl.policy.load import load_policy
 from drctl.policy.model import Policy
 from drctl.sites.controller import read_sites
+from tests.scenarios.labsites import LabSites, superuser_env, two_site_lab
 
+__all__ = ["superuser_env"]
 pytestmark = pytest.mark.scenario
 ARTIFACTS = Path(os.environ.get("PGDR_TEST_ARTIFACTS", "/tmp/pgdr-test-artifacts"))
 
 
-@dataclass
-class LabSites:
-    lab: Lab
-    a: LabCluster
-    b: LabCluster
-    policy: Policy
-    checker: DualPrimaryChecker
-
-
 @pytest.fixture(scope="module")
 def lab_sites(lab_root: Path) -> Iterator[LabSites]:
-    lab = Lab(lab_root / "drills-lab")
-    state = lab.up(sites=2, nodes=2)
-    try:
-        a, b = lab.clusters(state)
-        checker = DualPrimaryChecker({n.name: n.dsn for c in (a, b) for n in c.nodes}).start()
-        yield LabSites(lab, a, b, load_policy(policy_path(lab.dir)), checker)
-        checker.stop()
-        violations = checker.violations()
-        assert not violations, f"two writable primaries at once: {violations}"
-    finally:
-        lab.down(grace=20)
-
-
-@pytest.fixture(autouse=True)
-def _pg_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PGUSER", SUPERUSER[0])
-    monkeypatch.setenv("PGPASSWORD", SUPERUSER[1])
+    yield from two_site_lab(lab_root / "drills-lab")
 
 
 def roles(policy: Policy) -> dict[str, str]:

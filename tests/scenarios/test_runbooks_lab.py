@@ -6,66 +6,28 @@ A background checker fails the test if two writable primaries ever exist."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from drctl.lab.cluster import SUPERUSER, LabCluster
-from drctl.lab.lab import Lab, policy_path
-from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows
-from drctl.policy.load import load_policy
-from drctl.policy.model import Policy
+from drctl.lab.cluster import LabCluster
+from drctl.lab.workload import Writer, missing_rows
 from drctl.runbooks.actions import Actions
 from drctl.runbooks.load import load_named
 from drctl.runbooks.runner import Runner, RunStore, builtin_vars
+from tests.scenarios.labsites import LabSites, superuser_env, two_site_lab
 
+__all__ = ["superuser_env"]
 pytestmark = pytest.mark.scenario
 REPO = Path(__file__).resolve().parents[2]
 
 
-@dataclass
-class LabSites:
-    lab: Lab
-    a: LabCluster
-    b: LabCluster
-    policy: Policy
-    checker: DualPrimaryChecker
-
-    def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "PGDR_POLICY": str(policy_path(self.lab.dir)),
-            "PGUSER": SUPERUSER[0],
-            "PGPASSWORD": SUPERUSER[1],
-        }
-
-
 @pytest.fixture(scope="module")
 def lab_sites(lab_root: Path) -> Iterator[LabSites]:
-    lab = Lab(lab_root / "runbooks-lab")
-    state = lab.up(sites=2, nodes=2)
-    try:
-        a, b = lab.clusters(state)
-        checker = DualPrimaryChecker({n.name: n.dsn for c in (a, b) for n in c.nodes}).start()
-        yield LabSites(lab, a, b, load_policy(policy_path(lab.dir)), checker)
-        checker.stop()
-        violations = checker.violations()
-        assert not violations, f"two writable primaries at once: {violations}"
-    finally:
-        lab.down(grace=20)
-
-
-@pytest.fixture(autouse=True)
-def _pg_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PGUSER", SUPERUSER[0])
-    monkeypatch.setenv("PGPASSWORD", SUPERUSER[1])
+    yield from two_site_lab(lab_root / "runbooks-lab")
 
 
 def _replica(c: LabCluster) -> str:
@@ -122,9 +84,7 @@ def _timeline(c: LabCluster) -> int:
 
 
 def _drctl(ls: LabSites, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "drctl.cli.main", *args], env=ls.env(), capture_output=True, text=True, timeout=300
-    )
+    return ls.drctl(*args, timeout=300)
 
 
 def test_killed_runner_resumes_inside_the_switchover_step(lab_sites: LabSites) -> None:
@@ -135,46 +95,11 @@ def test_killed_runner_resumes_inside_the_switchover_step(lab_sites: LabSites) -
     dry = _drctl(ls, "runbook", "run", "switchover-in-site", "--var", f"candidate={candidate}", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "switch site a's leader" in dry.stdout and f"over to {candidate}" in dry.stdout
-    runs = ls.lab.dir / "pgdr" / "runs"
-    before = set(os.listdir(runs)) if runs.exists() else set()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "drctl.cli.main",
-            "runbook",
-            "run",
-            "switchover-in-site",
-            "--var",
-            f"candidate={candidate}",
-        ],
-        env=ls.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    run_id = ls.kill_run_in_step(
+        ["switchover-in-site", "--var", f"candidate={candidate}"],
+        "switchover",
+        ready=lambda step: bool(step["memo"].get("requested")),
     )
-    run_id = None
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            new = set(os.listdir(runs)) - before if runs.exists() else set()
-            if new:
-                run_id = next(iter(new))
-                try:
-                    doc = json.loads((runs / run_id / "state.json").read_text())
-                except (OSError, ValueError):
-                    doc = {}
-                step = next((s for s in doc.get("steps", []) if s["name"] == "switchover"), None)
-                if step is not None and step["status"] == "running" and step["memo"].get("requested"):
-                    break
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.02)
-        else:
-            raise AssertionError("the run never reached its switchover step")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert run_id is not None
     status = _drctl(ls, "runbook", "status", run_id, "--format", "json")
     doc = json.loads(status.stdout)
     assert doc["status"] == "running"

@@ -7,82 +7,52 @@ checker fails the module if two writable primaries ever exist."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from drctl.lab.cluster import SUPERUSER, LabCluster
-from drctl.lab.lab import Lab, LabState, policy_path
-from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
-from drctl.policy.load import load_policy
-from drctl.policy.model import Policy
+from drctl.lab.workload import Writer, missing_rows
 from drctl.sites.controller import read_sites
+from tests.scenarios.labsites import LabSites, superuser_env, two_site_lab
 
+__all__ = ["superuser_env"]
 pytestmark = pytest.mark.scenario
-
-
-@dataclass
-class LabSites:
-    lab: Lab
-    state: LabState
-    a: LabCluster
-    b: LabCluster
-    policy: Policy
-    checker: DualPrimaryChecker
-
-    def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "PGDR_POLICY": str(policy_path(self.lab.dir)),
-            "PGUSER": SUPERUSER[0],
-            "PGPASSWORD": SUPERUSER[1],
-        }
-
-    def app_url(self) -> str:
-        ports = [s.entry_port for s in self.state.sites]
-        return multi_host_url([("127.0.0.1", p) for p in ports], password=SUPERUSER[1])
-
-    def roles(self) -> dict[str, str]:
-        return {n: s.role for n, s in read_sites(self.policy.topology()).items()}
-
-    def runs_dir(self) -> Path:
-        return self.lab.dir / "pgdr" / "runs"
 
 
 @pytest.fixture(scope="module")
 def lab_sites(lab_root: Path) -> Iterator[LabSites]:
-    lab = Lab(lab_root / "shipped-runbooks-lab")
-    state = lab.up(sites=2, nodes=2)
-    try:
-        a, b = lab.clusters(state)
-        checker = DualPrimaryChecker({n.name: n.dsn for c in (a, b) for n in c.nodes}).start()
-        yield LabSites(lab, state, a, b, load_policy(policy_path(lab.dir)), checker)
-        checker.stop()
-        violations = checker.violations()
-        assert not violations, f"two writable primaries at once: {violations}"
-    finally:
-        lab.down(grace=20)
+    yield from two_site_lab(lab_root / "shipped-runbooks-lab")
 
 
 def drctl(ls: LabSites, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "drctl.cli.main", *args], env=ls.env(), capture_output=True, text=True, timeout=timeout
-    )
+    return ls.drctl(*args, timeout=timeout)
+
+
+def dry_run(ls: LabSites, name: str, *var_args: str) -> list[dict[str, Any]]:
+    res = drctl(ls, "runbook", "run", name, *var_args, "--dry-run", "--format", "json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    return [e for e in json.loads(res.stdout) if e["step"] != "(guard)"]
 
 
 def dry_run_steps(ls: LabSites, name: str, *var_args: str) -> list[str]:
-    res = drctl(ls, "runbook", "run", name, *var_args, "--dry-run", "--format", "json")
-    assert res.returncode == 0, res.stdout + res.stderr
-    return [e["step"] for e in json.loads(res.stdout) if e["step"] != "(guard)"]
+    return [e["step"] for e in dry_run(ls, name, *var_args)]
+
+
+def planned_op_steps(entries: list[dict[str, Any]], step: str) -> list[str]:
+    """The numbered steps the dry-run planned for a cross-site operation step."""
+    plan = next(e["plan"] for e in entries if e["step"] == step)
+    return [m.group(1) for line in plan if (m := re.match(r"^\d+\. (.*)$", line))]
+
+
+def ran_op_steps(doc: dict[str, Any], step: str) -> list[str]:
+    """The steps the cross-site operation of a runbook step ran (its result)."""
+    result = next(s["result"] for s in doc["steps"] if s["name"] == step)
+    return list(result["steps"])
 
 
 def run_id_of(output: str) -> str:
@@ -111,36 +81,8 @@ def test_site_maintenance_killed_mid_switchover_resumes_and_loses_nothing(lab_si
     writer = Writer(ls.app_url(), interval=0.03)
     writer.prepare()
     writer.start()
-    before = set(os.listdir(ls.runs_dir())) if ls.runs_dir().exists() else set()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "drctl.cli.main", "runbook", "run", "site-maintenance", "--yes"],
-        env=ls.env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    run_id = None
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            new = set(os.listdir(ls.runs_dir())) - before if ls.runs_dir().exists() else set()
-            if new:
-                run_id = next(iter(new))
-                try:
-                    doc = json.loads((ls.runs_dir() / run_id / "state.json").read_text())
-                except (OSError, ValueError):
-                    doc = {}
-                steps = {s["name"]: s for s in doc.get("steps", [])}
-                if steps.get("switch-to-other-site", {}).get("status") == "running":
-                    time.sleep(0.5)  # inside the controller's switchover: demotion under way
-                    break
-            time.sleep(0.02)
-        else:
-            raise AssertionError("the run never reached its first switchover")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert run_id is not None
+    # killed inside the controller's switchover (demotion under way)
+    run_id = ls.kill_run_in_step(["site-maintenance", "--yes"], "switch-to-other-site", settle=0.5)
     killed = status(ls, run_id)
     assert killed["status"] == "running"
     assert {s["name"]: s["status"] for s in killed["steps"]}["switch-to-other-site"] == "running"
@@ -187,7 +129,10 @@ def test_datacenter_lost_then_failback(lab_sites: LabSites) -> None:
     healthy(ls)
     assert ls.roles() == {"a": "active", "b": "standby"}
     lost_args = ("--var", "lost=a", "--var", "survivor=b", "--var", "reason=test: site a lost")
-    planned = dry_run_steps(ls, "datacenter-lost", *lost_args)
+    dry = dry_run(ls, "datacenter-lost", *lost_args)
+    planned = [e["step"] for e in dry]
+    promote_plan = planned_op_steps(dry, "promote")
+    assert promote_plan[0].startswith("promote b: site record active with epoch")
     time.sleep(ls.a.timings.loop_wait + 1)
     for n in ls.a.nodes:  # the datacenter's database nodes are gone (its DCS still answers)
         ls.a.kill_node(n.name)
@@ -196,17 +141,34 @@ def test_datacenter_lost_then_failback(lab_sites: LabSites) -> None:
     doc = status(ls, run_id_of(res.stdout))
     assert [s["name"] for s in doc["steps"]] == planned
     assert all(s["status"] == "done" for s in doc["steps"]), doc["steps"]
+    assert ran_op_steps(doc, "promote") == promote_plan  # the dry-run showed exactly what ran
     assert ls.roles()["b"] == "active"
     audit = Path(ls.policy.dr.audit_log or "").read_text()
     assert "test: site a lost (runbook run " in audit
     # the old site comes back and rejoins as a standby; failback moves the active role home
     for n in ls.a.nodes:
         ls.a.start_agent(n.name)
-    planned = dry_run_steps(ls, "failback", "--var", "site=a")
+
+    def a_streams() -> bool:
+        a = read_sites(ls.policy.topology())["a"]
+        return a.role == "standby" and a.streaming()
+
+    deadline = time.monotonic() + 300
+    while not a_streams():
+        assert time.monotonic() < deadline, "site a never streamed from b"
+        time.sleep(1)
+    dry = dry_run(ls, "failback", "--var", "site=a")
+    planned = [e["step"] for e in dry]
+    switch_plan = planned_op_steps(dry, "switch-back")
+    assert switch_plan[0].startswith("preflight: a's standby leader")
     res = drctl(ls, "runbook", "run", "failback", "--var", "site=a", "--yes")
     assert res.returncode == 0, res.stdout + res.stderr
     doc = status(ls, run_id_of(res.stdout))
     assert [s["name"] for s in doc["steps"]] == planned
-    assert all(s["status"] == "done" for s in doc["steps"]), doc["steps"]
+    statuses = {s["name"]: s["status"] for s in doc["steps"]}
+    # promote-site fenced site a while its DCS answered: the failback's fence is already done
+    assert statuses.pop("fence-returned-site") == "skipped"
+    assert set(statuses.values()) == {"done"}, doc["steps"]
+    assert ran_op_steps(doc, "switch-back") == switch_plan  # the dry-run showed exactly what ran
     assert ls.roles() == {"a": "active", "b": "standby"}
     healthy(ls)

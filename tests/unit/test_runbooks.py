@@ -14,7 +14,7 @@ from drctl.policy.load import parse_policy
 from drctl.policy.source import SourceError, parse_text
 from drctl.runbooks import engine
 from drctl.runbooks.actions import Outcome, StepFailed, run_argv
-from drctl.runbooks.engine import RunbookError
+from drctl.runbooks.engine import RunbookError, RunState
 from drctl.runbooks.load import describe_all, find_runbooks, load_named, parse_document
 from drctl.runbooks.model import Condition, OpStep, ShellStep
 from drctl.runbooks.runner import Runner, RunStore
@@ -97,6 +97,17 @@ class Died(BaseException):
     """Stands for the runner process being killed (nothing after it runs)."""
 
 
+def killed_in_apply(tmp_path: Path) -> tuple[FakeWorld, Runner, RunState]:
+    """A run whose runner died inside its operation step."""
+    world = FakeWorld()
+    world.die_in_apply = Died()
+    runner = make_runner(tmp_path, world)
+    with pytest.raises(Died):
+        runner.start(loaded(), {"to": "b"}, BUILTINS)
+    [run] = runner.store.runs()
+    return world, runner, run
+
+
 def make_runner(tmp_path: Path, world: FakeWorld, confirm: Callable[[str], bool] | None = None) -> Runner:
     policy = POLICY.model_copy(update={"dr": POLICY.dr.model_copy(update={"audit_log": str(tmp_path / "audit.log")})})
     lines: list[str] = []
@@ -177,12 +188,7 @@ def test_failure_stops_and_resume_retries_that_step(tmp_path: Path) -> None:
 
 
 def test_runner_killed_inside_a_step_resumes_there(tmp_path: Path) -> None:
-    world = FakeWorld()
-    world.die_in_apply = Died()
-    runner = make_runner(tmp_path, world)
-    with pytest.raises(Died):
-        runner.start(loaded(), {"to": "b"}, BUILTINS)
-    [run] = runner.store.runs()
+    world, _runner, run = killed_in_apply(tmp_path)
     assert run.status == "running" and [s.status for s in run.steps] == ["done", "running", "pending", "pending"]
     nxt = engine.next_step(run)
     assert nxt is not None and nxt.index == 1 and nxt.interrupted
@@ -196,12 +202,7 @@ def test_runner_killed_inside_a_step_resumes_there(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_a_changed_runbook_and_a_locked_run(tmp_path: Path) -> None:
-    world = FakeWorld()
-    world.die_in_apply = Died()
-    runner = make_runner(tmp_path, world)
-    with pytest.raises(Died):
-        runner.start(loaded(), {"to": "b"}, BUILTINS)
-    [run] = runner.store.runs()
+    _world, runner, run = killed_in_apply(tmp_path)
     changed = loaded(RUNBOOK.replace("name: after", "name: afterwards"))
     with pytest.raises(RunbookError, match="changed since the run started"):
         runner.resume(changed, run.run_id)
@@ -231,6 +232,27 @@ def test_dry_run_lists_the_steps_that_run(tmp_path: Path) -> None:
     assert world.applied == [] and runner.store.runs() == []
     state = runner.start(loaded(), {"to": "b"}, BUILTINS)
     assert [s.name for s in state.steps] == [p["step"] for p in plan if p["step"] != "(guard)"]
+
+
+def test_a_site_operation_after_another_says_it_is_planned_from_the_sites_as_they_are_now(tmp_path: Path) -> None:
+    text = RUNBOOK.replace(
+        "  - name: hook\n", "  - name: back\n    op: {name: switchover-site, args: {to: a}}\n  - name: hook\n"
+    )
+    plan = make_runner(tmp_path, FakeWorld()).plan(loaded(text), {"to": "b"}, BUILTINS)
+    by_step = {p["step"]: p for p in plan}
+    assert by_step["move"]["plan"] == ["plan switchover-site {'to': 'b'}"]
+    assert by_step["back"]["plan"] == [
+        "(planned from the sites as they are now; step move changes them first)",
+        "plan switchover-site {'to': 'a'}",
+    ]
+
+
+def test_fence_site_is_a_runbook_operation() -> None:
+    text = RUNBOOK.replace(
+        'op: {name: switchover-site, args: {to: "${to}"}}', "op: {name: fence-site, args: {site: a}}"
+    )
+    step = loaded(text).runbook.steps[1]
+    assert step.op is not None and step.op.name == "fence-site"
 
 
 def test_variables() -> None:
@@ -362,3 +384,17 @@ def test_one_dr_operation_at_a_time(tmp_path: Path) -> None:
             assert other is not None and other.startswith("drill rt run rt-1")
     assert world.applied == [] and runner.store.runs() == []
     assert runner.start(loaded(), {"to": "b"}, BUILTINS).status == "done"  # released
+
+
+def test_site_operation_arguments_fit_the_controller_functions() -> None:
+    """The arguments a runbook's cross-site op passes are what the controller functions take."""
+    import inspect
+
+    from drctl.runbooks.actions import Actions
+    from drctl.sites.controller import fence_site, promote_site, switchover_site
+
+    promote = Actions._site_args("promote-site", {"site": "b", "confirm_old_site_down": "true", "reason": "r"})
+    assert promote["confirm_old_site_down"] is True and promote["accept_data_loss"] is False
+    inspect.signature(promote_site).bind(None, promote.pop("site"), **promote)
+    inspect.signature(fence_site).bind(None, **Actions._site_args("fence-site", {"site": "a"}))
+    inspect.signature(switchover_site).bind(None, *Actions._site_args("switchover-site", {"to": "b"}).values())
