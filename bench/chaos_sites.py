@@ -20,10 +20,27 @@ Faults (drawn with a seed):
   standby_leader   the standby site's leader node killed, started again once another leads
   active_crash     kill -9 PostgreSQL on the active site's primary
 
+With ``--witness-fencing`` the lab has a witness (a third location, its own link per site) and the
+policy ``witness_fencing`` on (lease 20 s, margin 5 s: docs/cross-site.md, "Lease-based fencing");
+the operator sits beside the standby site (its DCS directly, the witness by its own link). Faults:
+  site_isolated    the active site cut from the other site and from the witness: it must go
+                   read-only before its lease can expire; ``promote-site`` WITHOUT
+                   --confirm-old-site-down is refused while the lease is alive anywhere and accepted
+                   once it has expired everywhere (evidence audited); the rows the cut site
+                   acknowledged meanwhile are the declared loss, compared with the estimate; then
+                   heal: the old site converges to a standby of the new one, never writable again
+  witness_only_cut the active site loses only the witness for lease + 10 s: keeps writing, 0
+                   demotions; promote-site without confirmation refused (lease alive in b)
+  b_only_cut       the active site loses only the other site (the WAN) for lease + 10 s: keeps
+                   writing, 0 demotions; promote-site refused (lease alive in the witness)
+  witness_restart  the witness etcd killed and restarted (from its data) under load: 0 demotions,
+                   the active lease held in the witness again afterwards
+  (and site_switchover, active_crash, standby_leader as above: the lease moves with the role)
+
 Checks: no instant with two writable primaries across both sites; acknowledged writes lost only
 by a site_loss (and then compared with promote-site's estimate); every node streaming again.
 
-    python -m bench.chaos_sites [--seed 1] [--count 20] [--faults site_loss,...]
+    python -m bench.chaos_sites [--seed 1] [--count 20] [--faults site_loss,...] [--witness-fencing]
 """
 
 from __future__ import annotations
@@ -35,6 +52,7 @@ import os
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -42,7 +60,9 @@ import psycopg
 from bench.scenarios import RESULTS, lab_base, leftovers, log, prune_lab, wait_until, wal_bytes_of_inserts
 from drctl.lab.cluster import SUPERUSER
 from drctl.lab.lab import Lab, topology_path
+from drctl.lab.procs import Supervisor, release
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
+from drctl.sites.activelease import inspect_store, lease_stores
 from drctl.sites.controller import SiteOpError, promote_site, read_sites, switchover_site
 from drctl.sites.topology import Topology, load_topology
 
@@ -56,15 +76,37 @@ FAULTS = [
     "standby_leader",
     "active_crash",
 ]
+LEASE_FAULTS = ["site_isolated", "witness_only_cut", "b_only_cut", "witness_restart"]
+WITNESS_FAULTS = [*LEASE_FAULTS, "site_switchover", "active_crash", "standby_leader"]
+LEASE_TTL = 20  # the agents ask for max(this, 2 * ttl): 20 s with the lab's ttl of 10
+LEASE_MARGIN = 5.0
 
 
 class TwoSiteLab:
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, witness_fencing: bool = False) -> None:
         self.lab = lab
-        self.state = lab.up(sites=2, nodes=2, wan_proxies=True)  # cross-site paths can be cut
+        # cross-site paths can be cut; with a witness, each site reaches it by its own link
+        self.state = lab.up(sites=2, nodes=2, wan_proxies=True, witness=witness_fencing)
+        if witness_fencing:
+            lab.set_policy(witness_fencing=True, active_lease_ttl_s=LEASE_TTL, active_lease_margin_s=LEASE_MARGIN)
         a, b = lab.clusters(self.state)
         self.clusters = {"a": a, "b": b}
         self.topology: Topology = load_topology(topology_path(lab.dir))
+
+    def controller(self, beside: str) -> Topology:
+        """An operator beside site ``beside``: its DCS directly, the other site's through the WAN,
+        the witness by the operator's own link (never cut by a site's fault)."""
+        doc = self.topology.model_dump(mode="json", exclude_none=True, exclude={"source"})
+        doc["sites"][beside]["dcs"] = {"etcd": {"hosts": list(self.clusters[beside].etcd_endpoints)}}
+        return Topology.model_validate({**doc, "source": f"operator-beside-{beside}"})
+
+    def lease_live(self, ctl: Topology, active: str, store: str) -> bool | None:
+        """Whether ``active``'s lease is alive in ``store`` (None: the store did not answer)."""
+        spec = next(s for s in lease_stores(ctl, active) if s.name == store)
+        try:
+            return bool(inspect_store(spec, active, timeout=2.0).live)
+        except Exception:
+            return None
 
     def roles(self) -> dict[str, str]:
         return {name: st.role for name, st in read_sites(self.topology).items()}
@@ -116,27 +158,50 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.chaos_sites", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=int(os.environ.get("CHAOS_SEED", "1")))
     ap.add_argument("--count", type=int, default=int(os.environ.get("CHAOS_COUNT", "20")))
-    ap.add_argument("--faults", default=os.environ.get("CHAOS_FAULTS", ",".join(FAULTS)))
+    ap.add_argument("--faults", default=os.environ.get("CHAOS_FAULTS"))
     ap.add_argument("--rejoin-timeout", type=float, default=180.0)
+    ap.add_argument(
+        "--witness-fencing",
+        action="store_true",
+        help="a lab with a witness and the policy witness_fencing on; the lease faults",
+    )
+    ap.add_argument(
+        "--stop-at",
+        default=os.environ.get("CHAOS_STOP_AT"),
+        help="HH:MM (UTC): start no new fault after this time and finish the campaign cleanly",
+    )
+    ap.add_argument("--in-order", action="store_true", help="the faults in the order given, cyclically (no draw)")
     args = ap.parse_args(argv)
-    faults = [f.strip() for f in args.faults.split(",") if f.strip()]
+    known = [*FAULTS, *LEASE_FAULTS]
+    default = WITNESS_FAULTS if args.witness_fencing else FAULTS
+    faults = [f.strip() for f in (args.faults or ",".join(default)).split(",") if f.strip()]
     for f in faults:
-        if f not in FAULTS:
-            ap.error(f"unknown fault {f!r} (known: {', '.join(FAULTS)})")
+        if f not in known:
+            ap.error(f"unknown fault {f!r} (known: {', '.join(known)})")
+        if f in LEASE_FAULTS and not args.witness_fencing:
+            ap.error(f"fault {f} needs --witness-fencing")
+    stop_at = _stop_at(args.stop_at) if args.stop_at else None
     rng = random.Random(args.seed)
     run_id = time.strftime("%Y%m%d-%H%M%S")
-    name = f"chaos-sites-seed{args.seed}"
-    base = lab_base(f"{name}-{run_id}")
+    name = f"chaos-sites{'-lease' if args.witness_fencing else ''}-seed{args.seed}"
+    base = lab_base(f"chaos-sites-seed{args.seed}-{run_id}")  # short: PostgreSQL's socket path limit
     out_path = RESULTS / f"{run_id}-{name}.json"
     lab = Lab(base / "lab")
-    head: dict[str, Any] = {"run_id": run_id, "kind": "chaos-sites", "seed": args.seed, "faults": faults}
+    head: dict[str, Any] = {
+        "run_id": run_id,
+        "kind": "chaos-sites",
+        "seed": args.seed,
+        "faults": faults,
+        "witness_fencing": args.witness_fencing,
+        "lease": {"ttl_s": LEASE_TTL, "margin_s": LEASE_MARGIN} if args.witness_fencing else None,
+    }
     events: list[dict[str, Any]] = []
     expected_loss: set[int] = set()
     checker: DualPrimaryChecker | None = None
     writer: Writer | None = None
     bad = True
     try:
-        tl = TwoSiteLab(lab)
+        tl = TwoSiteLab(lab, witness_fencing=args.witness_fencing)
         checker = DualPrimaryChecker({n.name: n.dsn for c in tl.clusters.values() for n in c.nodes}).start()
         writer = Writer(tl.url(), interval=0.05, timeout=2.0)
         writer.prepare()
@@ -144,8 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         wait_until(lambda: len(writer.acks) > 0, 30)
         ttl = 10.0
+        stopped_early = False
         for i in range(1, args.count + 1):
-            fault = rng.choice(faults)
+            if stop_at is not None and time.time() >= stop_at:
+                log(f"stop time reached: {i - 1} of {args.count} faults run")
+                stopped_early = True
+                break
+            fault = faults[(i - 1) % len(faults)] if args.in_order else rng.choice(faults)
             active = tl.active()
             standby = tl.other(active)
             ca, cs = tl.clusters[active], tl.clusters[standby]
@@ -236,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
                 ev["returned_writable_samples"] = sum(
                     1 for n in ca.nodes for smp in checker.samples[n.name] if smp.at >= off_at and smp.writable
                 )
+            elif fault in LEASE_FAULTS:
+                if args.witness_fencing and fault != "witness_restart":
+                    _wait_leases(tl, active, standby, ev)
+                    fault_at = time.monotonic()
+                lost, heal_at = LEASE_HANDLERS[fault](tl, i, active, standby, ev, writer, checker, expected_loss)
+                expected_loss |= lost
             elif fault == "standby_leader":
                 old = cs.leader()
                 if old is None:
@@ -274,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             **head,
             "complete": True,
+            "stopped_early": stopped_early,
             "acked": len(acked),
             "lost": None if missing is None else len(missing),
             "lost_by_site_loss": len(expected_loss),
@@ -284,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             "returned_site_writable": [
                 e["i"] for e in events if e.get("returned_writable_samples") or e.get("returned_writable_during_cut")
             ],
+            "lease_failures": [e["i"] for e in events if e.get("lease_failures")],
             "events": events,
         }
         out_path.write_text(json.dumps(result, indent=1))
@@ -298,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             or bool(result["rejoin_failures"])
             or bool(result["standby_promoted_by_partition"])
             or bool(result["returned_site_writable"])
+            or bool(result["lease_failures"])
         )
     finally:
         if writer is not None:
@@ -327,6 +406,264 @@ def _missing(url: str, acked: set[int]) -> set[int] | None:
         except psycopg.Error:
             time.sleep(1.0)
     return None
+
+
+# --- lease-based fencing (--witness-fencing) -------------------------------------------------------
+
+
+def _wait_leases(tl: TwoSiteLab, active: str, standby: str, ev: dict[str, Any]) -> None:
+    """Before a lease fault: the active site's lease alive in the witness and in the other site."""
+    ctl = tl.controller(standby)
+    start = time.monotonic()
+    ok = wait_until(
+        lambda: bool(tl.lease_live(ctl, active, "witness")) and bool(tl.lease_live(ctl, active, standby)), 60, step=0.5
+    )
+    ev["lease_wait_s"] = round(time.monotonic() - start, 2)
+    if not ok:
+        _fail(ev, f"site {active}'s lease not held in both stores before the fault")
+
+
+def _fail(ev: dict[str, Any], what: str) -> None:
+    ev.setdefault("lease_failures", []).append(what)
+    log(f"#{ev['i']}: FAILED: {what}")
+
+
+def _try_promote(ctl: Topology, site: str, reason: str) -> tuple[dict[str, Any] | None, str | None]:
+    """promote-site WITHOUT --confirm-old-site-down: (result, None) or (None, refusal)."""
+    try:
+        return promote_site(ctl, site, accept_data_loss=True, reason=reason), None
+    except SiteOpError as exc:
+        return None, str(exc)
+
+
+def _writable_samples(checker: DualPrimaryChecker, c: Any, since: float) -> list[float]:
+    return [smp.at for n in c.nodes for smp in checker.samples[n.name] if smp.at >= since and smp.writable]
+
+
+def _last_audit(ctl: Topology, event: str) -> dict[str, Any] | None:
+    path = ctl.policy.audit_log
+    if not path or not os.path.exists(path):
+        return None
+    entries = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    hits = [e for e in entries if e.get("operation") == "promote-site" and e.get("event") == event]
+    return hits[-1] if hits else None
+
+
+def _site_isolated(
+    tl: TwoSiteLab,
+    i: int,
+    active: str,
+    standby: str,
+    ev: dict[str, Any],
+    writer: Writer,
+    checker: DualPrimaryChecker,
+    expected_loss: set[int],
+) -> tuple[set[int], float]:
+    ca, cs = tl.clusters[active], tl.clusters[standby]
+    ctl = tl.controller(standby)
+    reason = f"chaos #{i}: site {active} isolated"
+    cut_at = time.monotonic()
+    tl.lab.cut_wan()
+    tl.lab.cut_witness(active)  # the operator (and site b) still reach the witness
+    res, refusal = _try_promote(ctl, standby, reason)
+    ev["refused_at_once"] = (refusal or "")[:300]
+    if res is not None:
+        _fail(ev, f"promote-site accepted at the moment of the cut: {res}")
+    expiry: dict[str, float] = {}
+    refusals = 0
+    accepted_at: float | None = None
+    acked_before: set[int] = set()
+    deadline = cut_at + LEASE_TTL * 4 + 30
+    next_try = time.monotonic() + 2.0
+    while res is None and time.monotonic() < deadline:
+        now = time.monotonic()
+        for store in ("witness", standby):
+            if store not in expiry and tl.lease_live(ctl, active, store) is False:
+                expiry[store] = now
+        if now >= next_try:
+            acked_before = writer.acked_ids()
+            res, refusal = _try_promote(ctl, standby, reason)
+            if res is None:
+                refusals += 1
+                ev["last_refusal"] = (refusal or "")[:300]
+            else:
+                accepted_at = time.monotonic()
+            next_try = time.monotonic() + 2.0
+        time.sleep(0.2)
+    last_writable = max(_writable_samples(checker, ca, cut_at), default=cut_at)
+    ev["read_only_s"] = round(last_writable - cut_at, 2)  # last writable sample of the cut site
+    ev["lease_gone_s"] = {k: round(v - cut_at, 2) for k, v in sorted(expiry.items())}
+    ev["refused_attempts"] = refusals
+    heal_at = time.monotonic()
+    if res is None or accepted_at is None:
+        _fail(ev, f"promote-site never accepted the lease as evidence ({ev.get('last_refusal')})")
+        tl.lab.heal_wan()
+        tl.lab.heal_witness(active)
+        return set(), heal_at
+    ev["promote_accepted_s"] = round(accepted_at - cut_at, 2)
+    ev["promote"] = {k: res.get(k) for k in ("result", "estimate_bytes", "old_last_lsn", "new_lsn", "evidence")}
+    if last_writable >= accepted_at - float(res.get("seconds") or 0):
+        _fail(ev, "the cut site was writable after promote-site accepted the lease as evidence")
+    if "expired" not in str(res.get("evidence")):
+        _fail(ev, f"evidence does not name the lease's expiry: {res.get('evidence')}")
+    audit = _last_audit(ctl, "promote") or {}
+    if "expired" not in str(audit.get("evidence")) or not audit.get("lease_expired_at"):
+        _fail(ev, f"audit log: no lease evidence in the promotion entry {audit}")
+    ev["audit_lease_expired_at"] = audit.get("lease_expired_at")
+    if not wait_until(lambda: len(cs.writable_nodes()) == 1, 60):
+        _fail(ev, f"site {standby} has no writable primary 60 s after promote-site")
+    ev["writable_s"] = round(time.monotonic() - cut_at, 2)
+    missing_now = _missing(tl.url(), acked_before)
+    lost = set() if missing_now is None else missing_now - expected_loss
+    ev["lost_rows"] = None if missing_now is None else len(lost)
+    ev["lost_wal_bytes"] = wal_bytes_of_inserts(tl.url(), len(lost))
+    time.sleep(3.0)  # writes on the new active site while the old one is still cut off
+    tl.lab.heal_wan()
+    tl.lab.heal_witness(active)
+    heal_at = time.monotonic()
+    ok_back = wait_until(lambda: _follows(tl, ca, standby), 180, step=0.5)
+    ev["converged_s"] = round(time.monotonic() - heal_at, 2) if ok_back else None
+    if not ok_back:
+        _fail(ev, f"site {active} did not converge to a standby of {standby}")
+    again = _writable_samples(checker, ca, last_writable + 0.01)
+    ev["returned_writable_samples"] = len(again)
+    return lost, heal_at
+
+
+def _one_link_cut(
+    tl: TwoSiteLab,
+    i: int,
+    active: str,
+    standby: str,
+    ev: dict[str, Any],
+    writer: Writer,
+    checker: DualPrimaryChecker,
+    witness: bool,
+) -> float:
+    """The active site loses one lease store only (the witness, or the other site): it is still
+    with a majority and must keep writing, and promote-site must refuse."""
+    ca, cs = tl.clusters[active], tl.clusters[standby]
+    ctl = tl.controller(standby)
+    leader = ca.leader()
+    ev["target"] = leader
+    cut_at = time.monotonic()
+    if witness:
+        tl.lab.cut_witness(active)
+    else:
+        tl.lab.cut_wan()
+    try:
+        time.sleep(LEASE_TTL + 3)  # longer than the lease: only the store still reached keeps it
+        cut_store, kept_store = ("witness", standby) if witness else (standby, "witness")
+        ev["lease_in_cut_store"] = tl.lease_live(ctl, active, cut_store)
+        ev["lease_in_kept_store"] = tl.lease_live(ctl, active, kept_store)
+        if ev["lease_in_kept_store"] is not True:
+            _fail(ev, f"lease not alive in {kept_store} though site {active} reaches it")
+        res, refusal = _try_promote(ctl, standby, f"chaos #{i}: site {active} lost one link")
+        ev["refusal"] = (refusal or "")[:300]
+        if res is not None:
+            _fail(ev, f"promote-site accepted while site {active} reaches {kept_store}: {res}")
+        time.sleep(max(0.0, cut_at + LEASE_TTL + 10 - time.monotonic()))
+        ev["standby_writable_during"] = cs.writable_nodes()
+    finally:
+        if witness:
+            tl.lab.heal_witness(active)
+        else:
+            tl.lab.heal_wan()
+    heal_at = time.monotonic()
+    samples = [smp for smp in checker.samples.get(leader or "", []) if cut_at <= smp.at <= heal_at]
+    ev["leader_not_writable_samples"] = sum(1 for smp in samples if smp.writable is False)
+    ev["leader_unknown_samples"] = sum(1 for smp in samples if smp.writable is None)
+    ev["leader_after"] = ca.leader()
+    late = [a for a in writer.acks if cut_at + LEASE_TTL <= a.at <= heal_at]
+    ev["acked_late_in_cut"] = len(late)
+    if not samples or ev["leader_not_writable_samples"] or ev["leader_after"] != leader:
+        _fail(ev, f"site {active}'s primary {leader} was demoted during a one-link cut")
+    if not late:
+        _fail(ev, "no write acknowledged late in the cut")
+    return heal_at
+
+
+def _witness_only_cut(
+    tl: TwoSiteLab,
+    i: int,
+    active: str,
+    standby: str,
+    ev: dict[str, Any],
+    writer: Writer,
+    checker: DualPrimaryChecker,
+    expected_loss: set[int],
+) -> tuple[set[int], float]:
+    return set(), _one_link_cut(tl, i, active, standby, ev, writer, checker, witness=True)
+
+
+def _b_only_cut(
+    tl: TwoSiteLab,
+    i: int,
+    active: str,
+    standby: str,
+    ev: dict[str, Any],
+    writer: Writer,
+    checker: DualPrimaryChecker,
+    expected_loss: set[int],
+) -> tuple[set[int], float]:
+    return set(), _one_link_cut(tl, i, active, standby, ev, writer, checker, witness=False)
+
+
+def _witness_restart(
+    tl: TwoSiteLab,
+    i: int,
+    active: str,
+    standby: str,
+    ev: dict[str, Any],
+    writer: Writer,
+    checker: DualPrimaryChecker,
+    expected_loss: set[int],
+) -> tuple[set[int], float]:
+    """kill -9 the witness etcd under load, start it again from its data 5 s later."""
+    ca = tl.clusters[active]
+    ctl = tl.controller(standby)
+    sup = Supervisor(tl.lab.dir)
+    recs = [r for r in sup.records() if r.role == "etcd" and (r.extra or {}).get("cluster") == "witness"]
+    leader = ca.leader()
+    ev["target"] = [r.name for r in recs]
+    down_at = time.monotonic()
+    for r in recs:
+        sup.kill(r.name)
+    time.sleep(2.0)
+    res, refusal = _try_promote(ctl, standby, f"chaos #{i}: witness down")
+    ev["refusal"] = (refusal or "")[:300]
+    if res is not None:
+        _fail(ev, f"promote-site accepted while the witness was down and site {active} writable: {res}")
+    time.sleep(max(0.0, down_at + 5.0 - time.monotonic()))
+    for r in recs:
+        argv = ["existing" if a == "new" else a for a in r.argv]
+        sup.spawn(r.name, argv, role=r.role, log=Path(r.log), port=r.port, extra=r.extra)
+    release(sup)
+    heal_at = time.monotonic()
+    back = wait_until(lambda: bool(tl.lease_live(ctl, active, "witness")), 60, step=0.5)
+    ev["lease_back_s"] = round(time.monotonic() - heal_at, 2) if back else None
+    if not back:
+        _fail(ev, "the active lease is not held in the restarted witness")
+    samples = [smp for smp in checker.samples.get(leader or "", []) if smp.at >= down_at]
+    ev["leader_not_writable_samples"] = sum(1 for smp in samples if smp.writable is False)
+    if ev["leader_not_writable_samples"] or ca.leader() != leader:
+        _fail(ev, f"site {active}'s primary {leader} was demoted by a witness restart")
+    return set(), heal_at
+
+
+LEASE_HANDLERS = {
+    "site_isolated": _site_isolated,
+    "witness_only_cut": _witness_only_cut,
+    "b_only_cut": _b_only_cut,
+    "witness_restart": _witness_restart,
+}
+
+
+def _stop_at(hhmm: str) -> float:
+    """Today's (UTC) epoch seconds of HH:MM."""
+    h, m = (int(x) for x in hhmm.split(":"))
+    now = time.gmtime()
+    return time.mktime((now.tm_year, now.tm_mon, now.tm_mday, h, m, 0, 0, 0, 0)) - time.timezone
 
 
 if __name__ == "__main__":
