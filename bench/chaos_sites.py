@@ -35,6 +35,9 @@ the operator sits beside the standby site (its DCS directly, the witness by its 
                    writing, 0 demotions; promote-site refused (lease alive in the witness)
   witness_restart  the witness etcd killed and restarted (from its data) under load: 0 demotions,
                    the active lease held in the witness again afterwards
+  return_at_promotion (only with --faults) site_isolated until the lease expired everywhere, then
+                   the WAN returns just after promote-site claimed the witness, the controller slow
+                   to write the other site's record: the cut site renews there first
   (and site_switchover, active_crash, standby_leader as above: the lease moves with the role)
 
 Checks: no instant with two writable primaries across both sites; acknowledged writes lost only
@@ -54,6 +57,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import psycopg
 
@@ -62,6 +66,7 @@ from drctl.lab.cluster import SUPERUSER
 from drctl.lab.lab import Lab, topology_path
 from drctl.lab.procs import Supervisor, release
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
+from drctl.sites import controller
 from drctl.sites.activelease import inspect_store, lease_stores
 from drctl.sites.controller import SiteOpError, promote_site, read_sites, switchover_site
 from drctl.sites.topology import Topology, load_topology
@@ -76,8 +81,9 @@ FAULTS = [
     "standby_leader",
     "active_crash",
 ]
-LEASE_FAULTS = ["site_isolated", "witness_only_cut", "b_only_cut", "witness_restart"]
-WITNESS_FAULTS = [*LEASE_FAULTS, "site_switchover", "active_crash", "standby_leader"]
+LEASE_FAULTS = ["site_isolated", "witness_only_cut", "b_only_cut", "witness_restart", "return_at_promotion"]
+# return_at_promotion only on request (--faults): it injects a fault inside promote-site
+WITNESS_FAULTS = [*LEASE_FAULTS[:4], "site_switchover", "active_crash", "standby_leader"]
 LEASE_TTL = 20  # the agents ask for max(this, 2 * ttl): 20 s with the lab's ttl of 10
 LEASE_MARGIN = 5.0
 
@@ -340,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
             events.append(ev)
             log(f"#{i}: {json.dumps({k: v for k, v in ev.items() if k not in ('i', 'fault')})}")
             out_path.write_text(json.dumps({**head, "complete": False, "events": events}, indent=1))
+            if not ok:
+                # The faults after this one would run against a broken lab: stop, and say so.
+                log(f"#{i}: the lab did not become healthy again: stopping the campaign")
+                stopped_early = True
+                break
             time.sleep(rng.uniform(1.0, 3.0))
         writer.stop()
         checker.stop()
@@ -474,26 +485,39 @@ def _site_isolated(
     accepted_at: float | None = None
     acked_before: set[int] = set()
     deadline = cut_at + LEASE_TTL * 4 + 30
-    next_try = time.monotonic() + 2.0
+    probed_read_only = False
     while res is None and time.monotonic() < deadline:
         now = time.monotonic()
         for store in ("witness", standby):
             if store not in expiry and tl.lease_live(ctl, active, store) is False:
-                expiry[store] = now
-        if now >= next_try:
+                expiry[store] = time.monotonic()
+        if not probed_read_only and not _writable_samples(checker, ca, now - 1.0) and now - cut_at > 3.0:
+            # The cut site is read-only now, but its lease is still alive somewhere: still refused.
+            probed_read_only = True
+            ev["read_only_seen_s"] = round(now - cut_at, 2)
+            acked_before = writer.acked_ids()
+            res, refusal = _try_promote(ctl, standby, reason)
+            ev["refusal_while_read_only"] = (refusal or "")[:300]
+            if res is not None:
+                accepted_at = time.monotonic()
+                if len(expiry) < 2:
+                    _fail(ev, "promote-site accepted while the lease was still alive in a store")
+            continue
+        if len(expiry) == 2:  # gone everywhere: the operator tries at once, then every second
             acked_before = writer.acked_ids()
             res, refusal = _try_promote(ctl, standby, reason)
             if res is None:
                 refusals += 1
                 ev["last_refusal"] = (refusal or "")[:300]
+                time.sleep(1.0)
             else:
                 accepted_at = time.monotonic()
-            next_try = time.monotonic() + 2.0
-        time.sleep(0.2)
+            continue
+        time.sleep(0.3)
     last_writable = max(_writable_samples(checker, ca, cut_at), default=cut_at)
     ev["read_only_s"] = round(last_writable - cut_at, 2)  # last writable sample of the cut site
     ev["lease_gone_s"] = {k: round(v - cut_at, 2) for k, v in sorted(expiry.items())}
-    ev["refused_attempts"] = refusals
+    ev["refused_after_expiry"] = refusals
     heal_at = time.monotonic()
     if res is None or accepted_at is None:
         _fail(ev, f"promote-site never accepted the lease as evidence ({ev.get('last_refusal')})")
@@ -504,6 +528,8 @@ def _site_isolated(
     ev["promote"] = {k: res.get(k) for k in ("result", "estimate_bytes", "old_last_lsn", "new_lsn", "evidence")}
     if last_writable >= accepted_at - float(res.get("seconds") or 0):
         _fail(ev, "the cut site was writable after promote-site accepted the lease as evidence")
+    if expiry and last_writable >= min(expiry.values()):
+        _fail(ev, "the cut site was writable after its lease disappeared from a store")
     if "expired" not in str(res.get("evidence")):
         _fail(ev, f"evidence does not name the lease's expiry: {res.get('evidence')}")
     audit = _last_audit(ctl, "promote") or {}
@@ -651,11 +677,89 @@ def _witness_restart(
     return set(), heal_at
 
 
+def _return_at_promotion(
+    tl: TwoSiteLab,
+    i: int,
+    active: str,
+    standby: str,
+    ev: dict[str, Any],
+    writer: Writer,
+    checker: DualPrimaryChecker,
+    expected_loss: set[int],
+) -> tuple[set[int], float]:
+    """A flapping WAN against a slow controller: the active site is cut from both stores until its
+    lease has expired everywhere; promote-site (no confirmation) claims the witness, and at that
+    very moment the WAN to the other site returns (the controller then takes 4 s to write the
+    other site's record, as a loaded one may). The cut site renews its lease in the other site's
+    DCS meanwhile, so the promotion's last compare fails. Then the witness link heals too.
+    Safe outcomes: exactly one writable site at any instant; afterwards one active site, without
+    an operator (what is observed is recorded; an outage with no active site is a failure)."""
+    ca, cs = tl.clusters[active], tl.clusters[standby]
+    ctl = tl.controller(standby)
+    cut_at = time.monotonic()
+    tl.lab.cut_wan()
+    tl.lab.cut_witness(active)
+    gone = wait_until(
+        lambda: tl.lease_live(ctl, active, "witness") is False and tl.lease_live(ctl, active, standby) is False,
+        LEASE_TTL * 4,
+        step=0.5,
+    )
+    ev["lease_gone_s"] = round(time.monotonic() - cut_at, 2) if gone else None
+    original = controller.claim_witness
+    healed: list[float] = []
+
+    def slow_claim(*a: Any, **kw: Any) -> int:
+        epoch = original(*a, **kw)
+        tl.lab.heal_wan()  # the WAN comes back right after the witness names the new site
+        healed.append(time.monotonic())
+        time.sleep(4.0)
+        return epoch
+
+    acked_before = writer.acked_ids()
+    with mock.patch.object(controller, "claim_witness", slow_claim):
+        res, refusal = _try_promote(ctl, standby, f"chaos #{i}: site {active} isolated (flapping WAN)")
+    if not healed:
+        tl.lab.heal_wan()
+        healed.append(time.monotonic())
+    ev["promote"] = {k: res.get(k) for k in ("result", "estimate_bytes", "evidence")} if res else None
+    ev["refusal"] = (refusal or "")[:300]
+    ev["witness_after_promote"] = _witness(ctl)
+    ev["old_site_writable_again_after_wan"] = bool(
+        _writable_samples(checker, ca, healed[0]) and wait_until(lambda: len(ca.writable_nodes()) == 1, 10)
+    )
+    tl.lab.heal_witness(active)
+    heal_at = time.monotonic()
+    time.sleep(20.0)  # the old site sees the witness again
+    ev["writable_20s_after_heal"] = {"old": ca.writable_nodes(), "new": cs.writable_nodes()}
+    ev["roles_20s_after_heal"] = tl.roles()
+    ev["witness_20s_after_heal"] = _witness(ctl)
+    if not ca.writable_nodes() and not cs.writable_nodes():
+        _fail(ev, "no writable site 20 s after the links healed (the witness names a site never promoted)")
+        # The operator's remedy: promote-site again (the old site is reachable and read-only now).
+        res2, refusal2 = _try_promote(ctl, standby, f"chaos #{i}: rerun after a failed lease promotion")
+        ev["rerun"] = {k: res2.get(k) for k in ("result", "evidence")} if res2 else (refusal2 or "")[:300]
+    ev["writable_s"] = round(time.monotonic() - cut_at, 2)
+    missing_now = _missing(tl.url(), acked_before)
+    lost = set() if missing_now is None else missing_now - expected_loss
+    ev["lost_rows"] = None if missing_now is None else len(lost)
+    ev["lost_wal_bytes"] = wal_bytes_of_inserts(tl.url(), len(lost))
+    return lost, heal_at
+
+
+def _witness(ctl: Topology) -> Any:
+    try:
+        rec = controller.witness_record(ctl)
+    except SiteOpError as exc:
+        return str(exc)[:200]
+    return None if rec is None else {"active_site": rec.active_site, "epoch": rec.epoch}
+
+
 LEASE_HANDLERS = {
     "site_isolated": _site_isolated,
     "witness_only_cut": _witness_only_cut,
     "b_only_cut": _b_only_cut,
     "witness_restart": _witness_restart,
+    "return_at_promotion": _return_at_promotion,
 }
 
 
