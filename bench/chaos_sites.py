@@ -216,142 +216,153 @@ def main(argv: list[str] | None = None) -> int:
         wait_until(lambda: len(writer.acks) > 0, 30)
         ttl = 10.0
         stopped_early = False
-        for i in range(1, args.count + 1):
-            if stop_at is not None and time.time() >= stop_at:
-                log(f"stop time reached: {i - 1} of {args.count} faults run")
-                stopped_early = True
-                break
-            fault = faults[(i - 1) % len(faults)] if args.in_order else rng.choice(faults)
-            active = tl.active()
-            standby = tl.other(active)
-            ca, cs = tl.clusters[active], tl.clusters[standby]
-            log(f"#{i}: {fault} (active site {active})")
-            ev: dict[str, Any] = {"i": i, "fault": fault, "active_before": active}
-            fault_at = time.monotonic()
-            ev["at_s"] = round(fault_at - t0, 2)
-            if fault == "site_partition":
-                proc = f"{active}-haproxy"
-                ca.sup.pause(proc)
-                time.sleep(ttl + 10)
-                ev["standby_writable_during"] = cs.writable_nodes()
-                ev["roles_during"] = tl.roles()
-                ca.sup.resume(proc)
-                heal_at = time.monotonic()
-            elif fault == "site_switchover":
-                res = switchover_site(tl.topology, standby)
-                ev["result"] = res.get("result")
-                heal_at = time.monotonic()
-                ev["switchover_s"] = round(heal_at - fault_at, 2)
-            elif fault in ("site_loss", "site_loss_lagging"):
-                link = f"{active}-haproxy"
-                if fault == "site_loss_lagging":
-                    ca.sup.pause(link)  # the standby site stops receiving WAL; writes go on
-                    time.sleep(4.0)
-                    time.sleep(ca.timings.loop_wait + 1)  # the leader publishes its position
-                for n in ca.nodes:
-                    ca.kill_node(n.name)
-                acked_before = writer.acked_ids()  # every write the lost site acknowledged
-                try:
-                    res = promote_site(
-                        tl.topology,
-                        standby,
-                        confirm_old_site_down=True,
-                        accept_data_loss=True,
-                        reason=f"chaos #{i}: site {active} lost",
-                    )
-                except SiteOpError as exc:
-                    res = {"result": f"refused: {exc}"}
-                ev["promote"] = {k: res.get(k) for k in ("result", "estimate_bytes", "old_last_lsn", "new_lsn")}
-                ev["promote_s"] = round(time.monotonic() - fault_at, 2)
-                wait_until(lambda cs=cs: len(cs.writable_nodes()) == 1, 60)
-                ev["writable_s"] = round(time.monotonic() - fault_at, 2)
-                if fault == "site_loss_lagging":
-                    # The lost site's link comes back only now: what its stopped entry point held
-                    # in its socket buffers went down with the site (the promoted standby has
-                    # stopped streaming), as in-flight data does when a site really goes.
-                    ca.sup.resume(link)
-                missing_now = _missing(tl.url(), acked_before)
-                lost = None if missing_now is None else missing_now - expected_loss  # this event's own
-                ev["lost_rows"] = None if lost is None else len(lost)
-                ev["lost_wal_bytes"] = wal_bytes_of_inserts(tl.url(), len(lost or ()))
-                expected_loss |= lost or set()
-                for n in ca.nodes:
-                    ca.start_agent(n.name)
-                heal_at = time.monotonic()
-            elif fault in ("site_power_loss", "return_during_wan_cut"):
-                acked_before = writer.acked_ids()
-                records = tl.lab.power_off_site(active)
-                off_at = time.monotonic()
-                try:
-                    res = promote_site(
-                        tl.topology,
-                        standby,
-                        confirm_old_site_down=True,
-                        accept_data_loss=True,
-                        reason=f"chaos #{i}: site {active} lost power",
-                    )
-                except SiteOpError as exc:
-                    res = {"result": f"refused: {exc}"}
-                ev["promote"] = {k: res.get(k) for k in ("result", "estimate_bytes", "old_last_lsn", "new_lsn")}
-                wait_until(lambda cs=cs: len(cs.writable_nodes()) == 1, 60)
-                ev["writable_s"] = round(time.monotonic() - fault_at, 2)
-                missing_now = _missing(tl.url(), acked_before)
-                lost = None if missing_now is None else missing_now - expected_loss
-                ev["lost_rows"] = None if lost is None else len(lost)
-                expected_loss |= lost or set()
-                if fault == "return_during_wan_cut":
-                    tl.lab.cut_wan()
-                tl.lab.power_on_site(active, records)
-                if fault == "return_during_wan_cut":
-                    time.sleep(2 * ttl)
-                    ev["returned_writable_during_cut"] = ca.writable_nodes()
-                    tl.lab.heal_wan()
-                heal_at = time.monotonic()
-                ok_back = wait_until(lambda ca=ca, act=standby: _follows(tl, ca, act), args.rejoin_timeout, step=0.5)
-                ev["converged_s"] = round(time.monotonic() - heal_at, 2) if ok_back else None
-                ev["returned_writable_samples"] = sum(
-                    1 for n in ca.nodes for smp in checker.samples[n.name] if smp.at >= off_at and smp.writable
-                )
-            elif fault in LEASE_FAULTS:
-                if args.witness_fencing and fault != "witness_restart":
-                    _wait_leases(tl, active, standby, ev)
-                    fault_at = time.monotonic()
-                lost, heal_at = LEASE_HANDLERS[fault](tl, i, active, standby, ev, writer, checker, expected_loss)
-                expected_loss |= lost
-            elif fault == "standby_leader":
-                old = cs.leader()
-                if old is None:
-                    ev["skipped"] = "no standby leader"
-                    heal_at = fault_at
-                else:
-                    cs.kill_node(old)
-                    ev["target"] = old
-                    wait_until(lambda old=old, cs=cs: cs.leader() not in (None, old), 60)
-                    cs.start_agent(old)
+        try:
+            for i in range(1, args.count + 1):
+                if stop_at is not None and time.time() >= stop_at:
+                    log(f"stop time reached: {i - 1} of {args.count} faults run")
+                    stopped_early = True
+                    break
+                fault = faults[(i - 1) % len(faults)] if args.in_order else rng.choice(faults)
+                active = tl.active()
+                standby = tl.other(active)
+                ca, cs = tl.clusters[active], tl.clusters[standby]
+                log(f"#{i}: {fault} (active site {active})")
+                ev: dict[str, Any] = {"i": i, "fault": fault, "active_before": active}
+                fault_at = time.monotonic()
+                ev["at_s"] = round(fault_at - t0, 2)
+                if fault == "site_partition":
+                    proc = f"{active}-haproxy"
+                    ca.sup.pause(proc)
+                    time.sleep(ttl + 10)
+                    ev["standby_writable_during"] = cs.writable_nodes()
+                    ev["roles_during"] = tl.roles()
+                    ca.sup.resume(proc)
                     heal_at = time.monotonic()
-            else:  # active_crash
-                leader = ca.leader()
-                ev["target"] = leader
-                if leader is not None:
-                    ca.kill_postgres(leader)
-                heal_at = fault_at
-            since = max(heal_at, fault_at + 0.2)
-            wait_until(lambda since=since: any(a.at > since for a in writer.acks[-40:]), args.rejoin_timeout)
-            ok = wait_until(tl.healthy, args.rejoin_timeout, step=0.5)
-            now = time.monotonic()
-            times = [a.at for a in writer.acks if fault_at - 5 <= a.at <= now]
-            ev["gap_s"] = round(max((b - a for a, b in itertools.pairwise(times)), default=0.0), 2)
-            ev["rejoin_s"] = round(now - heal_at, 2) if ok else None
-            ev["active_after"] = tl.active() if ok else None
-            events.append(ev)
-            log(f"#{i}: {json.dumps({k: v for k, v in ev.items() if k not in ('i', 'fault')})}")
-            out_path.write_text(json.dumps({**head, "complete": False, "events": events}, indent=1))
-            if not ok:
-                # The faults after this one would run against a broken lab: stop, and say so.
-                log(f"#{i}: the lab did not become healthy again: stopping the campaign")
-                stopped_early = True
-                break
-            time.sleep(rng.uniform(1.0, 3.0))
+                elif fault == "site_switchover":
+                    res = switchover_site(tl.topology, standby)
+                    ev["result"] = res.get("result")
+                    heal_at = time.monotonic()
+                    ev["switchover_s"] = round(heal_at - fault_at, 2)
+                elif fault in ("site_loss", "site_loss_lagging"):
+                    link = f"{active}-haproxy"
+                    if fault == "site_loss_lagging":
+                        ca.sup.pause(link)  # the standby site stops receiving WAL; writes go on
+                        time.sleep(4.0)
+                        time.sleep(ca.timings.loop_wait + 1)  # the leader publishes its position
+                    for n in ca.nodes:
+                        ca.kill_node(n.name)
+                    acked_before = writer.acked_ids()  # every write the lost site acknowledged
+                    try:
+                        res = promote_site(
+                            tl.topology,
+                            standby,
+                            confirm_old_site_down=True,
+                            accept_data_loss=True,
+                            reason=f"chaos #{i}: site {active} lost",
+                        )
+                    except SiteOpError as exc:
+                        res = {"result": f"refused: {exc}"}
+                    ev["promote"] = {k: res.get(k) for k in ("result", "estimate_bytes", "old_last_lsn", "new_lsn")}
+                    ev["promote_s"] = round(time.monotonic() - fault_at, 2)
+                    wait_until(lambda cs=cs: len(cs.writable_nodes()) == 1, 60)
+                    ev["writable_s"] = round(time.monotonic() - fault_at, 2)
+                    if fault == "site_loss_lagging":
+                        # The lost site's link comes back only now: what its stopped entry point held
+                        # in its socket buffers went down with the site (the promoted standby has
+                        # stopped streaming), as in-flight data does when a site really goes.
+                        ca.sup.resume(link)
+                    missing_now = _missing(tl.url(), acked_before)
+                    lost = None if missing_now is None else missing_now - expected_loss  # this event's own
+                    ev["lost_rows"] = None if lost is None else len(lost)
+                    ev["lost_wal_bytes"] = wal_bytes_of_inserts(tl.url(), len(lost or ()))
+                    expected_loss |= lost or set()
+                    for n in ca.nodes:
+                        ca.start_agent(n.name)
+                    heal_at = time.monotonic()
+                elif fault in ("site_power_loss", "return_during_wan_cut"):
+                    acked_before = writer.acked_ids()
+                    records = tl.lab.power_off_site(active)
+                    off_at = time.monotonic()
+                    try:
+                        res = promote_site(
+                            tl.topology,
+                            standby,
+                            confirm_old_site_down=True,
+                            accept_data_loss=True,
+                            reason=f"chaos #{i}: site {active} lost power",
+                        )
+                    except SiteOpError as exc:
+                        res = {"result": f"refused: {exc}"}
+                    ev["promote"] = {k: res.get(k) for k in ("result", "estimate_bytes", "old_last_lsn", "new_lsn")}
+                    wait_until(lambda cs=cs: len(cs.writable_nodes()) == 1, 60)
+                    ev["writable_s"] = round(time.monotonic() - fault_at, 2)
+                    missing_now = _missing(tl.url(), acked_before)
+                    lost = None if missing_now is None else missing_now - expected_loss
+                    ev["lost_rows"] = None if lost is None else len(lost)
+                    expected_loss |= lost or set()
+                    if fault == "return_during_wan_cut":
+                        tl.lab.cut_wan()
+                    tl.lab.power_on_site(active, records)
+                    if fault == "return_during_wan_cut":
+                        time.sleep(2 * ttl)
+                        ev["returned_writable_during_cut"] = ca.writable_nodes()
+                        tl.lab.heal_wan()
+                    heal_at = time.monotonic()
+                    ok_back = wait_until(
+                        lambda ca=ca, act=standby: _follows(tl, ca, act), args.rejoin_timeout, step=0.5
+                    )
+                    ev["converged_s"] = round(time.monotonic() - heal_at, 2) if ok_back else None
+                    ev["returned_writable_samples"] = sum(
+                        1 for n in ca.nodes for smp in checker.samples[n.name] if smp.at >= off_at and smp.writable
+                    )
+                elif fault in LEASE_FAULTS:
+                    if args.witness_fencing and fault != "witness_restart":
+                        _wait_leases(tl, active, standby, ev)
+                        fault_at = time.monotonic()
+                    lost, heal_at = LEASE_HANDLERS[fault](tl, i, active, standby, ev, writer, checker, expected_loss)
+                    expected_loss |= lost
+                elif fault == "standby_leader":
+                    old = cs.leader()
+                    if old is None:
+                        ev["skipped"] = "no standby leader"
+                        heal_at = fault_at
+                    else:
+                        cs.kill_node(old)
+                        ev["target"] = old
+                        wait_until(lambda old=old, cs=cs: cs.leader() not in (None, old), 60)
+                        cs.start_agent(old)
+                        heal_at = time.monotonic()
+                else:  # active_crash
+                    leader = ca.leader()
+                    ev["target"] = leader
+                    if leader is not None:
+                        ca.kill_postgres(leader)
+                    heal_at = fault_at
+                since = max(heal_at, fault_at + 0.2)
+                wait_until(lambda since=since: any(a.at > since for a in writer.acks[-40:]), args.rejoin_timeout)
+                ok = wait_until(tl.healthy, args.rejoin_timeout, step=0.5)
+                now = time.monotonic()
+                times = [a.at for a in writer.acks if fault_at - 5 <= a.at <= now]
+                ev["gap_s"] = round(max((b - a for a, b in itertools.pairwise(times)), default=0.0), 2)
+                ev["rejoin_s"] = round(now - heal_at, 2) if ok else None
+                ev["active_after"] = tl.active() if ok else None
+                events.append(ev)
+                log(f"#{i}: {json.dumps({k: v for k, v in ev.items() if k not in ('i', 'fault')})}")
+                out_path.write_text(json.dumps({**head, "complete": False, "events": events}, indent=1))
+                if not ok:
+                    # The faults after this one would run against a broken lab: stop, and say so.
+                    log(f"#{i}: the lab did not become healthy again: stopping the campaign")
+                    stopped_early = True
+                    break
+                time.sleep(rng.uniform(1.0, 3.0))
+        except KeyboardInterrupt:
+            # Ctrl-C: stop the fault in progress, heal what it cut, and still judge the whole run
+            # (dual-primary samples, acknowledged rows) over what ran.
+            log(f"interrupted: {len(events)} faults recorded")
+            stopped_early = True
+            tl.lab.heal_wan()
+            if args.witness_fencing:
+                tl.lab.heal_witness()
         writer.stop()
         checker.stop()
         acked = writer.acked_ids()
