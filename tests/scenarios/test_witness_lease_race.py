@@ -8,8 +8,9 @@ first, so the promotion's compare on b fails ("site a renewed its active lease m
 not promoted. Safety holds (never two writable sites), but the witness keeps naming b: as soon as
 a reaches the witness again it fences itself on sight, and then neither site is writable until
 an operator runs promote-site again. The end state after a refused promotion should be one active
-site with no operator action (e.g. the controller gives the witness back to the old site when its
-last compare fails, or writes b's record first)."""
+site with no operator action: e.g. the controller gives the witness back to the old site (a
+compare-and-swap on the version it claimed) when its last compare fails. Writing b's record before
+the witness would not do: b could then be promoted while a renews its lease in the witness."""
 
 from __future__ import annotations
 
