@@ -285,10 +285,13 @@ def judge_lease(site: str, epoch: int, views: list[StoreLease]) -> LeaseEvidence
     for v in views:
         if v.live:
             left = max(v.live.values())
+            # etcd answers TTL -1 for a lease that ran out while its revocation (and the key's
+            # deletion) is in flight: the key still blocks a promotion's compare.
+            when = f"{left:.0f}s left unless renewed" if left > 0 else "running out now: etcd has not removed it yet"
             return LeaseEvidence(
                 False,
                 f"site {site}'s active lease is alive in {_store_name(v.store)} (held by {', '.join(sorted(v.live))}; "
-                f"{left:.0f}s left unless renewed)",
+                f"{when})",
             )
     for v in views:
         m = v.marker
