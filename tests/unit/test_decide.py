@@ -672,6 +672,28 @@ def test_standby_cluster_bootstrap_clones_from_remote() -> None:
     assert isinstance(clone, Clone) and clone.remote == REMOTE
 
 
+def test_standby_site_without_leader_streams_from_the_active_site_meanwhile() -> None:
+    """A standby site's member that cannot be elected yet (just rewound: recovering, not consistent)
+    streams from the active site instead of waiting with no upstream: with both nodes in that state,
+    nobody could ever be elected (seen in the lease chaos campaign and the netns lab)."""
+    cfg = replace(CFG, standby_cluster=REMOTE)
+    starting = replica(pg=PgState.STARTING, in_recovery=None, received_lsn=None, replayed_lsn=None, following=None)
+    d = decide(view(None), starting, cfg, NOW)
+    assert d.actions == (Follow(None, None, REMOTE),) and "active site" in d.reason
+    assert not d.has(AcquireLeader) and not d.has(Promote)
+    # already streaming from it: nothing more to do but wait
+    d = decide(view(None), replace(starting, following=STANDBY_SOURCE), cfg, NOW)
+    assert kinds(d) == [WaitForLeader]
+    # stopped: started read-only, streaming from the active site
+    d = decide(view(None), replica(pg=PgState.STOPPED, in_recovery=None), cfg, NOW)
+    assert len(d.actions) == 1 and isinstance(d.actions[0], StartPostgres)
+    assert d.actions[0].remote == REMOTE and d.actions[0].role == "replica"
+    # an active site keeps the old rule: no upstream until a leader exists
+    d = decide(view(None), replica(pg=PgState.STOPPED, in_recovery=None), CFG, NOW)
+    start = next(a for a in d.actions if isinstance(a, StartPostgres)) if d.has(StartPostgres) else None
+    assert start is None or start.remote is None
+
+
 def test_site_record_standby_forbids_promotion() -> None:
     site = SiteRecord("standby", epoch=4)
     d = elect(replica(), site=site)

@@ -7,7 +7,7 @@ from dataclasses import replace
 from site_agent.actions import AcquireLeader, Action, Decision, FenceNode, Follow, Promote, StartPostgres, WaitForLeader
 from site_agent.eligibility import failover_blockers, history_diverged
 from site_agent.rules.context import Ctx, clear_failover, dec, history_action, observed_role, scheduled_in_future
-from site_agent.state import DataDirState, PgState
+from site_agent.state import STANDBY_SOURCE, DataDirState, PgState
 from site_agent.sync import promotion_sync_actions, sync_restricts
 
 
@@ -89,15 +89,38 @@ def _last_synchronous_leader(ctx: Ctx) -> bool:
 def _wait_or_start(ctx: Ctx, reason: str) -> Decision:
     local = ctx.local
     role = observed_role(local, False, ctx.standby_mode)
+    startable = local.data_dir is DataDirState.VALID and not local.rewind_failed
+    # On a standby site without a standby leader, members stream from the active site meanwhile.
+    # A member that is not yet consistent (just rewound or restored) cannot be elected, and with
+    # no upstream it would never become consistent: both nodes of a site could wait forever.
+    remote = ctx.cfg.standby_cluster if ctx.standby_mode else None
     if (
         local.pg in (PgState.STOPPED, PgState.CRASHED, PgState.START_FAILED)
-        and local.data_dir is DataDirState.VALID
-        and not local.rewind_failed
+        and startable
         and (ctx.standby_mode or not _history_says_diverged(ctx))
     ):
+        if remote is not None:
+            return dec(
+                [StartPostgres("replica", None, None, remote)],
+                reason + "; starting PostgreSQL read-only, streaming from the active site until this site "
+                "has a standby leader",
+                role,
+            )
         return dec(
             [StartPostgres("replica", None, None)],
             reason + "; starting PostgreSQL read-only (no upstream) to take part in the election",
+            role,
+        )
+    if (
+        remote is not None
+        and startable
+        and local.pg in (PgState.RUNNING, PgState.STARTING)
+        and local.in_recovery is not False
+        and local.following != STANDBY_SOURCE
+    ):
+        return dec(
+            [Follow(None, None, remote)],
+            reason + "; streaming from the active site until this site has a standby leader",
             role,
         )
     return dec([WaitForLeader()], reason, role)
