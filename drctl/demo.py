@@ -96,7 +96,9 @@ def main() -> int:
     # A phase runs from the command to the old site streaming again: longer than the write gap
     # (the RTO above), which ends as soon as the new site accepts writes.
     for phase in record.phases:
-        print(f"  {phase['name']}: {phase['end'] - phase['start']:.1f}s until both sites are in their new roles")
+        took = phase["end"] - phase["start"]
+        what = " until both sites are in their new roles" if str(phase["name"]).startswith("switchover") else ""
+        print(f"  {phase['name']}: {took:.1f}s{what}")
     print(f"\nreport: {record.report_html}")
     print(f"JSON record: {Path(record.report_html).parent / 'record.json'}")
     print(f"\nThe lab keeps running. Agent logs: {Path(lab_dir)}/site-*/*.agent/agent.log")

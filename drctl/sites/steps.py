@@ -210,7 +210,9 @@ class Promote(Action):
         elif not promote_unless_lease(ctx.topology, self.site, record, self.current, self.unless_lease_of):
             raise SiteOpError(
                 f"site {self.unless_lease_of} renewed its active lease meanwhile (or {self.site}'s record changed): "
-                "not promoted"
+                f"{self.site} was not promoted. The witness already names {self.site} at epoch {epoch}, so site "
+                f"{self.unless_lease_of} steps down when it reads it: check `drctl sites`, and rerun `drctl "
+                f"promote-site {self.site}` to finish (it then finds {self.unless_lease_of} without a writable primary)"
             )
         client.patch_config({"standby_cluster": None})
         ctx.audit.record("promote-requested", site=self.site, epoch=epoch)
