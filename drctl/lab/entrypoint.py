@@ -57,7 +57,13 @@ listen primary
   http-check expect status 200
   default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions
 {servers}
+{self._read_only(servers)}"""
 
+    def _read_only(self, servers: str) -> str:
+        """The read-only listener, when a port was given to it (the netns lab's entry point has none)."""
+        if not self.ro_port:
+            return ""
+        return f"""
 listen read_only
   bind 127.0.0.1:{self.ro_port}
   balance roundrobin
