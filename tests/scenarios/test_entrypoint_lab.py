@@ -60,6 +60,30 @@ def _server_states(sock: str, backend: str) -> dict[str, str]:
     return states
 
 
+def _switchover_under_writes(a: LabCluster, url: str, leader: str, candidate: str, route: str) -> tuple[Writer, float]:
+    """A switchover leader -> candidate while a writer goes through ``url``, with the dual-primary
+    checker on every node; every acknowledged row is checked afterwards."""
+    checker = DualPrimaryChecker({n.name: n.dsn for n in a.nodes}).start()
+    writer = Writer(url, interval=0.02, timeout=5.0)
+    writer.prepare()
+    writer.start()
+    try:
+        wait_for(lambda: len(writer.acks) > 20, 30, f"writes through {route}")
+        t0 = time.monotonic()
+        sw = drctl(
+            "-c", str(a.nodes[0].config_path), "switchover", "--leader", leader, "--candidate", candidate, "--force"
+        )  # fmt: skip
+        assert sw.returncode == 0, sw.stdout + sw.stderr
+        wait_for(lambda: any(x.at > t0 and x.port == a.node(candidate).pg_port for x in writer.acks), 60, "writes")
+        time.sleep(1.0)
+    finally:
+        writer.stop()
+        checker.stop()
+    assert not checker.violations(), checker.violations()
+    assert not missing_rows(url, writer.acked_ids()), f"acknowledged rows lost through {route}"
+    return writer, t0
+
+
 def test_switchover_through_the_rendered_haproxy_kept_current_by_the_watcher(lab: tuple[Lab, LabCluster]) -> None:
     the_lab, a = lab
     topo = str(topology_path(the_lab.dir))
@@ -80,29 +104,12 @@ def test_switchover_through_the_rendered_haproxy_kept_current_by_the_watcher(lab
         role="watch",
         log=the_lab.dir / "entry-a-watch.log",
     )
-    checker = DualPrimaryChecker({n.name: n.dsn for n in a.nodes}).start()
     url = f"host=127.0.0.1 port={rw} user={SUPERUSER[0]} password={SUPERUSER[1]} dbname=postgres connect_timeout=2"
     leader = a.leader()
     assert leader is not None
     candidate = next(n.name for n in a.nodes if n.name != leader)
     wait_for(lambda: Path(sock).exists() and _server_states(sock, "a_rw").get(leader) == "2", 30, "HAProxy up")
-    writer = Writer(url, interval=0.02, timeout=5.0)
-    writer.prepare()
-    writer.start()
-    try:
-        wait_for(lambda: len(writer.acks) > 20, 30, "writes through HAProxy")
-        t0 = time.monotonic()
-        sw = drctl(
-            "-c", str(a.nodes[0].config_path), "switchover", "--leader", leader, "--candidate", candidate, "--force"
-        )  # fmt: skip
-        assert sw.returncode == 0, sw.stdout + sw.stderr
-        wait_for(lambda: any(x.at > t0 and x.port == a.node(candidate).pg_port for x in writer.acks), 60, "writes")
-        time.sleep(1.0)
-    finally:
-        writer.stop()
-        checker.stop()
-    assert not checker.violations(), checker.violations()
-    assert not missing_rows(url, writer.acked_ids()), "acknowledged rows lost through the entry point"
+    writer, t0 = _switchover_under_writes(a, url, leader, candidate, "HAProxy")
     states = _server_states(sock, "a_rw")
     assert states.get(candidate) == "2" and states.get(leader) != "2", states
     log = (the_lab.dir / "entry-a-watch.log").read_text()
@@ -142,25 +149,8 @@ def test_switchover_through_pgbouncer_kept_current_by_the_watcher(lab: tuple[Lab
         role="watch",
         log=the_lab.dir / "pgbouncer-a-watch.log",
     )
-    checker = DualPrimaryChecker({n.name: n.dsn for n in a.nodes}).start()
     url = f"host=127.0.0.1 port={port} user={SUPERUSER[0]} password={SUPERUSER[1]} dbname=postgres connect_timeout=2"
     candidate = next(n.name for n in a.nodes if n.name != leader)
-    writer = Writer(url, interval=0.02, timeout=5.0)
-    writer.prepare()
-    writer.start()
-    try:
-        wait_for(lambda: len(writer.acks) > 20, 30, "writes through PgBouncer")
-        t0 = time.monotonic()
-        sw = drctl(
-            "-c", str(a.nodes[0].config_path), "switchover", "--leader", leader, "--candidate", candidate, "--force"
-        )  # fmt: skip
-        assert sw.returncode == 0, sw.stdout + sw.stderr
-        wait_for(lambda: any(x.at > t0 and x.port == a.node(candidate).pg_port for x in writer.acks), 60, "writes")
-        time.sleep(1.0)
-    finally:
-        writer.stop()
-        checker.stop()
-    assert not checker.violations(), checker.violations()
-    assert not missing_rows(url, writer.acked_ids()), "acknowledged rows lost through PgBouncer"
+    writer, t0 = _switchover_under_writes(a, url, leader, candidate, "PgBouncer")
     assert f"postgres = host=127.0.0.1 port={a.node(candidate).pg_port} dbname=postgres" in ini.read_text()
     print(f"\nwrite gap through PgBouncer + watcher: {writer.max_gap(after=t0):.2f}s ({len(writer.acks)} acks)")
