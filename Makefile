@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup demo test test-slow lint unit chaos chaos-netns chaos-sites soak bench bench-setup clean-lab
+.PHONY: setup demo test test-slow lint unit chaos chaos-netns chaos-sites soak bench bench-setup clean-lab check-install
 
 setup:
 	@bash scripts/setup
@@ -11,7 +11,7 @@ demo: setup
 	@$(VENV)/python -m drctl.demo
 
 test: setup lint
-	@$(VENV)/python -m pytest -q tests -p no:cacheprovider -m "not slow"
+	@$(VENV)/python -m pytest -q tests -p no:cacheprovider -m "not slow" --durations=30
 
 # The long scenarios (minutes each) that `make test` leaves out.
 test-slow: setup
@@ -46,3 +46,8 @@ chaos-sites: setup
 
 soak: setup
 	@$(VENV)/python -m bench.soak
+
+# scripts/install-node run for real in a Debian chroot, then what it left checked (docs/deployment.md).
+check-install:
+	@apt-get install -y -qq debootstrap >/dev/null
+	@bash scripts/check-install-node

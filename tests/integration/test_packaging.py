@@ -119,3 +119,74 @@ def test_install_node_is_valid_bash_and_refuses_bad_arguments() -> None:
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     proc = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown argument --bogus" in proc.stderr
+
+
+def _install_node_config(tmp: Path, *extra: str) -> tuple[Path, Path | None]:
+    """What install-node writes to /etc/pgdr for node b1 of the Vagrant layout, staged in tmp with
+    the secrets pointed at a private file (the agent refuses an unreadable or world-readable one)."""
+    args = ["--role", "node", "--site", "b", "--name", "b1", "--address", "192.168.56.21"]
+    args += ["--etcd", "192.168.56.21,192.168.56.22,192.168.56.23", "--standby-of", "192.168.56.11:5432"]
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install-node"), "--print-config", *args, *extra],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    secret = tmp / "api-admin.password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    main, _, topology = proc.stdout.partition("\n---\n")
+    topo_path = tmp / "topology.yml" if topology else None
+    main = main.replace("/etc/pgdr/api-admin.password", str(secret))
+    main = main.replace("/etc/pgdr/topology.yml", str(topo_path))
+    (tmp / "main.yml").write_text(main)
+    if topo_path is not None:
+        topo_path.write_text(topology)
+    return tmp / "main.yml", topo_path
+
+
+def _validate_agent_config(path: Path) -> subprocess.CompletedProcess[str]:
+    agent = Path(sys.executable).parent / "site-agent"
+    return subprocess.run([str(agent), "--validate-config", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def test_install_node_writes_a_configuration_the_agent_accepts(tmp_path: Path) -> None:
+    main, topology = _install_node_config(tmp_path)
+    assert topology is None
+    proc = _validate_agent_config(main)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_install_node_makes_a_node_cross_site_aware(tmp_path: Path) -> None:
+    """With --site-dcs the node reads the other site and the witness (a returning site demotes on
+    sight): the agent accepts the `dr:` section and drctl accepts the same topology file."""
+    main, topology = _install_node_config(
+        tmp_path,
+        *("--site-dcs", "a=192.168.56.11,192.168.56.12,192.168.56.13"),
+        *("--site-dcs", "b=192.168.56.21,192.168.56.22,192.168.56.23"),
+        *("--entry", "a=192.168.56.11:5432", "--entry", "b=192.168.56.21:5432"),
+        *("--witness", "192.168.56.30", "--repo", "/var/lib/pgbackrest/site-b"),
+    )
+    assert topology is not None
+    proc = _validate_agent_config(main)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dr:\n  site: b\n" in main.read_text()
+    drctl = Path(sys.executable).parent / "drctl"
+    proc = subprocess.run(
+        [str(drctl), "policy", "validate", str(topology)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "192.168.56.30:2379" in topology.read_text()
+
+
+def test_install_node_refuses_a_site_without_its_entry_point() -> None:
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install-node"), "--print-config", "--role", "node", "--site", "a"]
+        + ["--name", "a1", "--address", "10.0.0.1", "--etcd", "10.0.0.1", "--site-dcs", "a=10.0.0.1"]
+        + ["--site-dcs", "b=10.0.1.1", "--entry", "a=10.0.0.1:5432"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and "--entry b=HOST:PORT" in proc.stderr
