@@ -173,18 +173,16 @@ def test_install_node_makes_a_node_cross_site_aware(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "dr:\n  site: b\n" in main.read_text()
     drctl = Path(sys.executable).parent / "drctl"
-    proc = subprocess.run(
-        [str(drctl), "policy", "validate", str(topology)], capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([str(drctl), "policy", "validate", str(topology)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "192.168.56.30:2379" in topology.read_text()
 
 
 def test_install_node_refuses_a_site_without_its_entry_point() -> None:
+    node = ["--role", "node", "--site", "a", "--name", "a1", "--address", "10.0.0.1", "--etcd", "10.0.0.1"]
+    sites = ["--site-dcs", "a=10.0.0.1", "--site-dcs", "b=10.0.1.1", "--entry", "a=10.0.0.1:5432"]
     proc = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "install-node"), "--print-config", "--role", "node", "--site", "a"]
-        + ["--name", "a1", "--address", "10.0.0.1", "--etcd", "10.0.0.1", "--site-dcs", "a=10.0.0.1"]
-        + ["--site-dcs", "b=10.0.1.1", "--entry", "a=10.0.0.1:5432"],
+        ["bash", str(ROOT / "scripts" / "install-node"), "--print-config", *node, *sites],
         capture_output=True,
         text=True,
         timeout=30,
