@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import signal
 import subprocess
 import threading
@@ -167,22 +168,27 @@ class _Worker:
 
     def _wait(self, proc: subprocess.Popen[bytes], argv: list[str], started: float) -> Finished:
         why = ""
+        tail = bytearray()
+        deadline = started + self.timeout
+        _read_output(proc, tail, deadline)
         try:
-            out, _ = proc.communicate(timeout=self.timeout)
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             why = "timeout"
             _kill_group(proc, signal.SIGTERM)
             try:
-                out, _ = proc.communicate(timeout=2.0)
+                proc.wait(timeout=2.0)
             except subprocess.TimeoutExpired:
                 _kill_group(proc, signal.SIGKILL)
-                out = _drain(proc)
+                proc.wait()  # one that cannot be killed (another user's) is waited for, as Patroni does
+        _read_output(proc, tail, time.monotonic() + 0.2)  # what is left, not waiting for a grandchild
+        if proc.stdout is not None:
+            proc.stdout.close()
         with self._cond:
             if self._superseded and not why:
                 why = "superseded"
-        # A killed group may leave a grandchild that kept the pipe: it is killed with the group.
         rc = proc.returncode if not why else None
-        text = out.decode(errors="replace") if out else ""
+        text = tail.decode(errors="replace")
         return Finished(tuple(argv), rc, time.monotonic() - started, text[-OUTPUT_TAIL:], why)
 
     def _report(self, result: Finished) -> None:
@@ -190,17 +196,26 @@ class _Worker:
             self.on_finished(result)
 
 
-def _drain(proc: subprocess.Popen[bytes]) -> bytes:
-    """After SIGKILL: what the script wrote, without waiting for a grandchild that left the group
-    and kept the pipe open."""
-    try:
-        out, _ = proc.communicate(timeout=2.0)
-        return out or b""
-    except subprocess.TimeoutExpired:
-        if proc.stdout is not None:
-            proc.stdout.close()
-        proc.wait()  # the script itself was killed; a process that cannot be killed is waited for
-        return b""
+def _read_output(proc: subprocess.Popen[bytes], tail: bytearray, deadline: float) -> None:
+    """Read the script's output until its end, the deadline, or the script's exit with nothing more
+    to read (a daemon it left behind may keep the pipe open). Only the last few KiB are kept: a
+    script that writes without end must not fill the agent's memory."""
+    if proc.stdout is None or proc.stdout.closed:
+        return
+    fd = proc.stdout.fileno()
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if not sel.select(min(left, 0.1)):
+                if proc.poll() is not None:
+                    return
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            tail += chunk
+            if len(tail) > 4 * OUTPUT_TAIL:
+                del tail[: -2 * OUTPUT_TAIL]
 
 
 def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:

@@ -4,6 +4,7 @@ its children, and the executor's hooks."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -159,7 +160,7 @@ def test_patroni_callbacks_section_is_accepted() -> None:
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
-        ("    on_start: \"/bin/cb 'unclosed\"\n", "cannot split"),
+        ('    on_start: "/bin/cb \'unclosed"\n', "cannot split"),
         ("    on_start: '  '\n", "empty command"),
         ("    on_promote: /bin/true\n", "on_promote"),
         ("    timeout: 0\n", "timeout"),
@@ -248,6 +249,35 @@ def test_a_callback_past_its_timeout_is_killed(tmp_path: Path) -> None:
     assert cb.finished[0].why == "timeout" and cb.finished[0].returncode is None
     wait_until(lambda: not pid_alive(int(child.read_text())), 5)
     cb.close()
+
+
+def test_a_flood_of_output_keeps_only_its_tail(tmp_path: Path) -> None:
+    from site_agent.callbacks import OUTPUT_TAIL
+
+    flood = script(tmp_path, "flood.sh", "head -c 20000000 /dev/zero | tr '\\0' x\necho; echo the-end\n")
+    cb = Callbacks(CallbacksConfig(on_start=str(flood)), "pgdr")
+    cb.event("started", "primary")
+    wait_until(lambda: len(cb.finished) == 1, 60)
+    cb.close()
+    f = cb.finished[0]
+    assert f.returncode == 0 and len(f.output) <= OUTPUT_TAIL and f.output.rstrip().endswith("the-end")
+
+
+def test_a_daemon_left_holding_the_output_does_not_hold_the_next_callback(tmp_path: Path) -> None:
+    child, calls = tmp_path / "child", tmp_path / "calls"
+    leaves = script(tmp_path, "leaves.sh", f'echo "$@" >> {calls}\nsetsid sleep 60 &\necho $! >> {child}\n')
+    cb = Callbacks(CallbacksConfig(on_start=str(leaves), on_role_change=str(leaves), timeout=30), "pgdr")
+    try:
+        cb.event("started", "replica")
+        wait_until(lambda: len(cb.finished) == 1, 10)  # not the 30 s timeout, nor the daemon's 60 s
+        cb.event("promoted", "primary")
+        wait_until(lambda: len(cb.finished) == 2, 10)
+        assert [f.returncode for f in cb.finished] == [0, 0]
+    finally:
+        for pid in child.read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), 9)
+        cb.close()
 
 
 def test_on_reload_does_not_kill_a_role_change(tmp_path: Path) -> None:
