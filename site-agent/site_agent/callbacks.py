@@ -239,6 +239,7 @@ class Callbacks:
         self.cfg = cfg
         self.scope = scope
         self.role: CallbackRole | None = None  # last announced
+        self.stopped = False  # the last event announced was a stop
         self.finished: list[Finished] = []  # the last few, newest last (tests, /status later)
         self._lock = threading.Lock()
         self._workers: dict[str, _Worker] = {}
@@ -256,9 +257,13 @@ class Callbacks:
         new = role or self.role
         if new is None:
             return None  # nothing known of this node's role yet (a stop before any start)
+        stop = event in ("stopped", "demoted")
+        if stop and self.stopped and new == self.role:
+            return None  # announced already
         action = action_for(event, self.role, new)
         if event != "reloaded":
             self.role = new
+            self.stopped = stop
         if action is not None:
             self._call(action, new)
         return action

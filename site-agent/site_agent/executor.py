@@ -81,15 +81,23 @@ class Executor(DcsHands, PgHands):
             if not result.ok and action.halts_on_failure():
                 log.info("stopping this decision", at=type(action).__name__, reason=result.reason)
                 break
-        self._attach_callbacks(decision.role)
+        self._sync_callbacks(decision.role)
         return Executed(self.mem, all_ok)
 
-    def _attach_callbacks(self, role: str) -> None:
-        """An agent that found PostgreSQL running calls on_start once, as Patroni does."""
-        if self.callbacks.role is not None or not self.callbacks.configured:
+    def _sync_callbacks(self, role: str) -> None:
+        """What the actions did not announce: PostgreSQL found running when the agent starts
+        (on_start, as Patroni does), and PostgreSQL gone under the agent (a crash, the lease
+        keeper's kill): on_stop, so that a VIP script drops the address of a dead primary before
+        another node takes it."""
+        cb = self.callbacks
+        if not cb.configured:
             return
-        if role in ("primary", "replica", "standby_leader") and self.node.ctl.is_running():
-            self.callbacks.attach(cast(CallbackRole, role))
+        running = self.node.ctl.is_running()
+        if cb.role is None:
+            if running and role in ("primary", "replica", "standby_leader"):
+                cb.attach(cast(CallbackRole, role))
+        elif not running and not cb.stopped:
+            cb.event("stopped")
 
     def _run(self, action: Action) -> ActionResult:
         """One action; the errors of PostgreSQL, the DCS and the handlers become a failed result."""

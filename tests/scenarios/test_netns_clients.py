@@ -210,3 +210,26 @@ def test_switchover_and_failover_seen_through_pgbouncer(netns_lab: NetnsLab) -> 
     assert lost == set(), f"{len(lost)} acknowledged rows lost through PgBouncer: {sorted(lost)[:20]}"
     report |= {"write_errors": writer.errors, "lost": len(lost)}
     print(f"\nnetns PgBouncer ({hap.addr}:6432): {report}")
+    # `drctl dsn --all-sites` from the operators' host, used by psql: read-write lands on site a's
+    # primary (wherever the failover put it), --read-only on a standby.
+    ops = fab.host("ops").ns
+    leader = c.leader()
+    assert leader is not None
+    for flag, expected in (([], f"f|{c.node(leader).pg_port}"), (["--read-only"], "t|")):
+        dsn = subprocess.run(
+            [*ns_argv(ops), *DRCTL, "dsn", "--all-sites", "--topology", str(topo), *flag],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert dsn.returncode == 0 and dsn.stdout.startswith("postgresql://"), dsn.stdout + dsn.stderr
+        query = "SELECT pg_is_in_recovery(), inet_server_port()"
+        psql = subprocess.run(
+            [*ns_argv(ops), "psql", "-XAtq", "-c", query, dsn.stdout.strip()],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PGPASSWORD": SUPERUSER[1], "PGUSER": SUPERUSER[0]},
+        )
+        assert psql.returncode == 0 and psql.stdout.startswith(expected), (dsn.stdout, psql.stdout, psql.stderr)
+        print(f"drctl dsn --all-sites {' '.join(flag)}: {dsn.stdout.strip()} -> {psql.stdout.strip()}")

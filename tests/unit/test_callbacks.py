@@ -105,8 +105,8 @@ def test_action_for(event: Any, last: Any, role: Any, expected: Any) -> None:
 class Recording(Callbacks):
     """The callbacks a sequence of events calls, without running anything."""
 
-    def __init__(self) -> None:
-        super().__init__(None, "demo")
+    def __init__(self, configured: bool = False) -> None:
+        super().__init__(CallbacksConfig(on_start="/bin/true") if configured else None, "demo")
         self.calls: list[tuple[CallbackAction, CallbackRole]] = []
 
     def _call(self, action: CallbackAction, role: CallbackRole) -> None:
@@ -131,6 +131,22 @@ def test_a_reload_keeps_the_role_and_a_stop_before_any_start_calls_nothing() -> 
     cb.event("reloaded")
     cb.event("stopped")
     assert cb.calls == [("on_start", "standby_leader"), ("on_reload", "standby_leader"), ("on_stop", "standby_leader")]
+
+
+def test_a_stop_is_announced_once() -> None:
+    cb = Recording()
+    cb.event("started", "primary")
+    cb.event("demoted")
+    cb.event("demoted")
+    cb.event("stopped")
+    cb.event("started", "primary")
+    cb.event("stopped")
+    assert cb.calls == [
+        ("on_start", "primary"),
+        ("on_stop", "demoted"),
+        ("on_role_change", "primary"),
+        ("on_stop", "primary"),
+    ]
 
 
 def test_attach_calls_on_start_once() -> None:
@@ -354,8 +370,14 @@ def test_executor_announces_promotion_demotion_and_stop() -> None:
     run(ex, "primary", Promote())
     run(ex, "demoted", Demote(mode="immediate"))
     node.ctl.running = True
+    rec.event("started", "replica")
     run(ex, "replica", StopPostgres())
-    assert rec.calls == [("on_role_change", "primary"), ("on_stop", "demoted"), ("on_stop", "demoted")]
+    assert rec.calls == [
+        ("on_role_change", "primary"),
+        ("on_stop", "demoted"),
+        ("on_role_change", "replica"),
+        ("on_stop", "replica"),
+    ]
 
 
 def test_executor_attaches_to_a_running_server_once_when_callbacks_are_configured(tmp_path: Path) -> None:
@@ -377,3 +399,16 @@ def test_starting_as_a_standby_leader_is_announced_as_one() -> None:
     assert _callback_role("replica", False) == "replica"
     assert _callback_role("primary", True) == "primary"
     assert StartPostgres().role == "replica"
+
+
+def test_executor_announces_a_postgres_gone_under_it_once() -> None:
+    """A crash or the lease keeper's kill: no action stopped it, the callbacks still hear of it
+    (a VIP must leave a dead primary before another node takes it)."""
+    node = FakeNode()
+    ex = Executor(cast(Node, node), cast(DCS, object()), clock=lambda: 100.0)
+    rec = ex.callbacks = Recording(configured=True)
+    run(ex, "primary")  # found running: on_start
+    node.ctl.running = False
+    run(ex, "primary")
+    run(ex, "primary")
+    assert rec.calls == [("on_start", "primary"), ("on_stop", "primary")]
