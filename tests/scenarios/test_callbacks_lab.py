@@ -90,3 +90,26 @@ def test_a_switchover_calls_the_scripts_with_patronis_arguments_on_both_nodes(cl
     assert c.calls(new) == ["on_start replica cbscope", "on_role_change primary cbscope"]
     log = c.node(old).log.read_text()
     assert "callback done" in log and "callback failed" not in log
+
+    # An agent that restarts and finds its PostgreSQL running calls on_start (as Patroni does).
+    c.kill_agent(old)
+    c.start_agent(old)
+    wait_until(lambda: len(c.calls(old)) >= 4, 60, "on_start after the agent's restart")
+    assert c.calls(old)[3] == "on_start replica cbscope"
+
+    # PostgreSQL killed under the primary's agent: whatever the agent does about it (restart in
+    # place, or a failover), each node's last callback names the role it ends with.
+    c.kill_postgres(new)
+    wait_until(lambda: c.leader() is not None and c.healthy(), 120, "a healthy cluster after the crash")
+    leader = c.leader()
+
+    def settled() -> bool:
+        return all(
+            c.calls(n.name)[-1].split()[1] == ("primary" if n.name == leader else "replica")
+            and not c.calls(n.name)[-1].startswith("on_stop")
+            for n in c.nodes
+        )
+
+    wait_until(settled, 60, "each node's last callback naming its role")
+    after = {n.name: c.calls(n.name)[4 if n.name == old else 2 :] for n in c.nodes}
+    print(f"\ncallbacks after the crash of {new}'s PostgreSQL: {after}")
