@@ -43,12 +43,18 @@ the operator sits beside the standby site (its DCS directly, the witness by its 
 Checks: no instant with two writable primaries across both sites; acknowledged writes lost only
 by a site_loss (and then compared with promote-site's estimate); every node streaming again.
 
-    python -m bench.chaos_sites [--seed 1] [--count 20] [--faults site_loss,...] [--witness-fencing]
+With ``--netns`` (or CHAOS_NETNS=1) the lab is the multi-host one (docs/netns-lab.md): every node,
+etcd member and entry point on a host of its own; the WAN cut of return_during_wan_cut is the
+router dropping everything between the sites; the harness (drctl's operations, the writer) works
+from the operators' host, outside both sites.
+
+    python -m bench.chaos_sites [--seed 1] [--count 20] [--faults site_loss,...] [--witness-fencing] [--netns]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -62,8 +68,10 @@ from unittest import mock
 import psycopg
 
 from bench.scenarios import RESULTS, lab_base, leftovers, log, prune_lab, wait_until, wal_bytes_of_inserts
-from drctl.lab.cluster import SUPERUSER
+from drctl.lab.cluster import SUPERUSER, LabCluster
 from drctl.lab.lab import Lab, topology_path
+from drctl.lab.netns import NetnsCluster, NetnsLab, NetnsNode
+from drctl.lab.nsutil import in_netns, netns_support
 from drctl.lab.procs import Supervisor, release
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
 from drctl.sites import controller
@@ -89,14 +97,18 @@ LEASE_MARGIN = 5.0
 
 
 class TwoSiteLab:
-    def __init__(self, lab: Lab, witness_fencing: bool = False) -> None:
-        self.lab = lab
-        # cross-site paths can be cut; with a witness, each site reaches it by its own link
-        self.state = lab.up(sites=2, nodes=2, wan_proxies=True, witness=witness_fencing)
-        if witness_fencing:
-            lab.set_policy(witness_fencing=True, active_lease_ttl_s=LEASE_TTL, active_lease_margin_s=LEASE_MARGIN)
+    def __init__(self, lab: Lab | NetnsLab, witness_fencing: bool = False) -> None:
+        self.lab: Any = lab  # Lab, or NetnsLab (the same whole-site faults: power, WAN cut)
+        self.netns = isinstance(lab, NetnsLab)
+        if isinstance(lab, NetnsLab):  # cross-site paths are cut at the router
+            self.state = lab.up(sites=2, nodes=2)
+        else:
+            # cross-site paths can be cut; with a witness, each site reaches it by its own link
+            self.state = lab.up(sites=2, nodes=2, wan_proxies=True, witness=witness_fencing)
+            if witness_fencing:
+                lab.set_policy(witness_fencing=True, active_lease_ttl_s=LEASE_TTL, active_lease_margin_s=LEASE_MARGIN)
         a, b = lab.clusters(self.state)
-        self.clusters = {"a": a, "b": b}
+        self.clusters: dict[str, LabCluster] = {"a": a, "b": b}
         self.topology: Topology = load_topology(topology_path(lab.dir))
 
     def controller(self, beside: str) -> Topology:
@@ -127,8 +139,17 @@ class TwoSiteLab:
         return "b" if site == "a" else "a"
 
     def url(self) -> str:
+        if self.netns:  # the nodes' own addresses (the harness runs on the operators' host)
+            hosts = [(n.host, n.pg_port) for c in self.clusters.values() for n in c.nodes if isinstance(n, NetnsNode)]
+            return multi_host_url(hosts, password=SUPERUSER[1])
         nodes = [("127.0.0.1", n.pg_port) for c in self.clusters.values() for n in c.nodes]
         return multi_host_url(nodes, password=SUPERUSER[1])
+
+    def streams_from_entry(self, c: LabCluster, leader: str, active: str) -> bool:
+        """``leader`` (a standby leader) streams from the active site's entry point."""
+        if isinstance(self.lab, NetnsLab) and isinstance(c, NetnsCluster):
+            return c.upstream_host(leader) == self.lab.load_fabric().host(f"{active}-hap").addr
+        return c.upstream_port(leader) == self.entry_port(active)
 
     def entry_port(self, site: str) -> int:
         """The site's entry point as the other site reaches it (through the WAN proxy)."""
@@ -153,7 +174,7 @@ class TwoSiteLab:
                     if site == active:
                         if st.get("role") != "primary":
                             return False
-                    elif c.upstream_port(n.name) != self.entry_port(active):
+                    elif not self.streams_from_entry(c, n.name, active):
                         return False
                 elif not c.streams_from(n.name, leader):
                     return False
@@ -177,7 +198,20 @@ def main(argv: list[str] | None = None) -> int:
         help="HH:MM (UTC): start no new fault after this time and finish the campaign cleanly",
     )
     ap.add_argument("--in-order", action="store_true", help="the faults in the order given, cyclically (no draw)")
+    ap.add_argument(
+        "--netns",
+        action="store_true",
+        default=os.environ.get("CHAOS_NETNS") == "1",
+        help="multi-host lab (docs/netns-lab.md): the WAN is cut at the router; the harness runs on the "
+        "operators' host (root; needs ip netns, nft, /dev/net/tun)",
+    )
     args = ap.parse_args(argv)
+    if args.netns:
+        why = netns_support()
+        if why:
+            ap.error(f"--netns: {why}")
+        if args.witness_fencing:
+            ap.error("--netns runs without --witness-fencing (the netns lab has no witness links to cut yet)")
     known = [*FAULTS, *LEASE_FAULTS]
     default = WITNESS_FAULTS if args.witness_fencing else FAULTS
     faults = [f.strip() for f in (args.faults or ",".join(default)).split(",") if f.strip()]
@@ -189,11 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     stop_at = _stop_at(args.stop_at) if args.stop_at else None
     rng = random.Random(args.seed)
     run_id = time.strftime("%Y%m%d-%H%M%S")
-    name = f"chaos-sites{'-lease' if args.witness_fencing else ''}-seed{args.seed}"
+    name = f"chaos-sites{'-lease' if args.witness_fencing else ''}{'-netns' if args.netns else ''}-seed{args.seed}"
     base = lab_base(f"chaos-sites-seed{args.seed}-{run_id}")  # short: PostgreSQL's socket path limit
     out_path = RESULTS / f"{run_id}-{name}.json"
-    lab = Lab(base / "lab")
+    lab: Lab | NetnsLab = NetnsLab(base / "lab") if args.netns else Lab(base / "lab")
     head: dict[str, Any] = {
+        "lab": "netns" if args.netns else "loopback",
         "run_id": run_id,
         "kind": "chaos-sites",
         "seed": args.seed,
@@ -205,9 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     expected_loss: set[int] = set()
     checker: DualPrimaryChecker | None = None
     writer: Writer | None = None
+    # netns: this thread (and the writer and checker it starts) works from the operators' host, as
+    # an operator and an application outside both sites would; left before the lab is torn down.
+    on_ops_host = contextlib.ExitStack()
     bad = True
     try:
         tl = TwoSiteLab(lab, witness_fencing=args.witness_fencing)
+        if isinstance(lab, NetnsLab):
+            on_ops_host.enter_context(in_netns(lab.load_fabric().host("ops").ns))
         checker = DualPrimaryChecker({n.name: n.dsn for c in tl.clusters.values() for n in c.nodes}).start()
         writer = Writer(tl.url(), interval=0.05, timeout=2.0)
         writer.prepare()
@@ -405,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             writer.stop()
         if checker is not None:
             checker.stop()
+        on_ops_host.close()
         lab.down(grace=20)
     left = leftovers() + [f"{r.name}({r.pid})" for r in lab.running()]
     if left:
@@ -416,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _follows(tl: TwoSiteLab, c: Any, active: str) -> bool:
     leader = c.leader()
-    if leader is None or c.upstream_port(leader) != tl.entry_port(active):
+    if leader is None or not tl.streams_from_entry(c, leader, active):
         return False
     return all(c.streams_from(n.name, leader) for n in c.nodes if n.name != leader)
 

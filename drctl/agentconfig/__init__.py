@@ -41,6 +41,7 @@ from drctl.agentconfig.model import (
 )
 from drctl.agentconfig.sections import (
     ApiCredentials,
+    CallbacksConfig,
     ConsulConfig,
     Credentials,
     DcsSection,
@@ -63,6 +64,7 @@ __all__ = [
     "AgentConfig",
     "ApiCredentials",
     "BootstrapConfig",
+    "CallbacksConfig",
     "ConfigError",
     "ConsulConfig",
     "Credentials",

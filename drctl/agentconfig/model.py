@@ -4,6 +4,7 @@ one conversion into the DCS settings both programs connect with."""
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
 from collections.abc import Mapping
 from typing import ClassVar, Literal
@@ -13,6 +14,7 @@ from pydantic import Field, model_validator
 from drctl.agentconfig.base import _Model
 from drctl.agentconfig.dynamic import DynamicConfig
 from drctl.agentconfig.sections import (
+    CALLBACK_ACTIONS,
     ConsulConfig,
     DcsSection,
     DrConfig,
@@ -124,6 +126,15 @@ def check_files(cfg: AgentConfig, source: str) -> list[str]:
     bin_dir = pg.bin_path
     if not os.access(os.path.join(bin_dir, "postgres"), os.X_OK):
         problems.append(f"{source}: field `postgresql.bin_dir`: no postgres executable in {bin_dir}")
+    callbacks = pg.callbacks
+    for action in CALLBACK_ACTIONS if callbacks is not None else ():
+        assert callbacks is not None
+        argv = callbacks.argv(action)
+        if argv and shutil.which(argv[0]) is None:
+            problems.append(
+                f"{source}: field `postgresql.callbacks.{action}`: {argv[0]}: no such executable "
+                "(give an existing script's path, executable by the agent's user)"
+            )
     rest = cfg.restapi
     if rest.certfile and not problems:
         try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -231,6 +232,45 @@ class PgBackRestSection(_Model):
         return Path(self.config_file) if self.config_file else self.base_path(data_dir) / "pgbackrest.conf"
 
 
+CALLBACK_ACTIONS = ("on_start", "on_stop", "on_restart", "on_reload", "on_role_change")
+
+
+class CallbacksConfig(_Model):
+    """``postgresql.callbacks``: scripts run when PostgreSQL starts, stops, restarts, reloads or
+    changes role, called as Patroni calls them so that existing scripts carry over:
+    ``<command> <action> <role> <scope>`` (role: primary, replica, standby_leader or demoted).
+    A command is a string split like a shell line (no shell runs it) or a list of arguments.
+    Each runs in the background, never blocking the agent's loop, for ``timeout`` seconds at
+    most; a newer callback kills one still running (on_reload only kills an older on_reload)."""
+
+    on_start: str | list[str] | None = None
+    on_stop: str | list[str] | None = None
+    on_restart: str | list[str] | None = None
+    on_reload: str | list[str] | None = None
+    on_role_change: str | list[str] | None = None
+    timeout: float = Field(default=60.0, gt=0, le=3600, description="seconds before a callback is killed")
+
+    @field_validator(*CALLBACK_ACTIONS)
+    @classmethod
+    def _command(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if v is None:
+            return v
+        try:
+            argv = shlex.split(v) if isinstance(v, str) else list(v)
+        except ValueError as exc:  # an unclosed quote
+            raise ValueError(f"cannot split the command: {exc}") from exc
+        if not argv or not argv[0]:
+            raise ValueError("an empty command: give the script's path (and its arguments)")
+        return v
+
+    def argv(self, action: str) -> list[str] | None:
+        """The configured command of ``action`` as an argument list, None when not configured."""
+        v = getattr(self, action)
+        if v is None:
+            return None
+        return shlex.split(v) if isinstance(v, str) else list(v)
+
+
 ReplicaMethod = Literal["basebackup", "pgbackrest"]
 
 
@@ -253,6 +293,7 @@ class PostgresqlConfig(_Model):
     create_replica_methods: list[ReplicaMethod] = Field(default_factory=_default_methods, min_length=1)
     basebackup: list[str | dict[str, str]] = Field(default_factory=list)
     pgbackrest: PgBackRestSection | None = None
+    callbacks: CallbacksConfig | None = None
     use_unix_socket: bool = False
     use_pg_rewind: bool | None = None  # overrides the dynamic config when set
     remove_data_directory_on_rewind_failure: bool = True

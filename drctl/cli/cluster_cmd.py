@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -54,8 +55,10 @@ from drctl.cli.config_edit import (
 from drctl.cli.context import (
     CliError,
 )
+from drctl.cli.dsn_sites import SESSION_ATTRS, sites_uri
 from drctl.cli.member_cmd import COMMANDS as MEMBER_COMMANDS
 from drctl.cli.output import emit_structured
+from drctl.cli.sites_cmd import topology_option
 from drctl.common.mergepatch import plain
 from drctl.dcs.base import DCSError
 
@@ -273,9 +276,47 @@ def history_cmd(cluster: str | None, fmt: str) -> None:
     show_default=True,
 )
 @click.option("--member", default=None, help="This member (overrides --role).")
+@click.option(
+    "--all-sites",
+    is_flag=True,
+    help="A multi-host URI over every site of the topology (--topology or $PGDR_TOPOLOGY) with "
+    "target_session_attrs: libpq finds the writable primary wherever it is.",
+)
+@click.option("--read-only", is_flag=True, help="With --all-sites: target_session_attrs=prefer-standby.")
+@click.option(
+    "--target-session-attrs",
+    "attrs",
+    type=click.Choice(SESSION_ATTRS),
+    default=None,
+    help="With --all-sites: libpq's target_session_attrs (default read-write; prefer-standby with --read-only).",
+)
+@click.option("--entry-points", is_flag=True, help="With --all-sites: the sites' entry points only, no DCS read.")
+@click.option("--dbname", default="postgres", show_default=True, help="With --all-sites: the database.")
+@click.option("--user", default=None, help="With --all-sites: the user name in the URI.")
+@topology_option
 @cluster_verb
-def dsn_cmd(cluster: str | None, role: str, member: str | None) -> None:
-    """A libpq connection string (host=... port=...) for the chosen member."""
+def dsn_cmd(
+    cluster: str | None,
+    role: str,
+    member: str | None,
+    all_sites: bool,
+    read_only: bool,
+    attrs: str | None,
+    entry_points: bool,
+    dbname: str,
+    user: str | None,
+    topology_path: Path | None,
+) -> None:
+    """A libpq connection string (host=... port=...) for the chosen member; with --all-sites a
+    multi-host URI across every site."""
+    if all_sites:
+        if attrs is not None and read_only and attrs != "prefer-standby":
+            raise CliError("--read-only means target_session_attrs=prefer-standby: give one or the other")
+        chosen = attrs or ("prefer-standby" if read_only else "read-write")
+        click.echo(sites_uri(topology_path, chosen, dbname, user, entry_points))
+        return
+    if read_only or attrs or entry_points or user:
+        raise CliError("--read-only, --target-session-attrs, --entry-points and --user go with --all-sites")
     session = open_session(click.get_current_context(), cluster)
     view = existing_view(session)
     click.echo(dsn_of(choose_dsn_member(view, role, member)))

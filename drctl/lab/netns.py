@@ -37,7 +37,7 @@ from drctl.lab.lab import (
     write_lab_policy,
     write_lab_topology,
 )
-from drctl.lab.nsutil import in_netns, netns_support, ns_argv
+from drctl.lab.nsutil import in_netns, ip, netns_support, ns_argv, run
 from drctl.lab.procs import ProcRecord, Supervisor, release
 from drctl.lab.workload import Writer, missing_rows, multi_host_url
 from drctl.pg.osuser import make_dir
@@ -47,6 +47,9 @@ PG_PORT, API_PORT, ETCD_CLIENT, ETCD_PEER = 5432, 8008, 2379, 2380
 LAB_NETWORK = "10.77.0.0/16"  # every host of every site: pg_hba lets the lab's hosts in
 # Host numbers on a site's LAN (10.77.<site>.<n>); .1 is the gateway.
 ADMIN_N, ENTRY_N, ETCD_N, NODE_N, CLIENT_N = 4, 5, 10, 20, 50
+VIP_N = 100  # the site's virtual IP (``vip=True``): held by the leader's host, moved by callbacks
+VIP_PORT = 5432
+VIP_SCRIPT = Path(__file__).resolve().parents[2] / "packaging" / "callbacks" / "pgdr-vip"
 
 
 SOCKET_BASE = Path("/run/pgdr")
@@ -97,11 +100,30 @@ class NetnsNode(AgentNode):
         return f"host={self.host} port={self.pg_port} user={user} password={password} dbname=postgres connect_timeout=2"
 
 
+def vip_address(site: str) -> str:
+    from drctl.lab.fabric import lan_address
+
+    return lan_address(site, VIP_N)
+
+
+# Each node's host sends what arrives for the VIP on the standard port to its own PostgreSQL
+# (nodes listen on distinct ports, see node_pg_port): the rule is inert while the host does not
+# hold the address.
+_VIP_NAT = """table ip pgdr_vip {{
+  chain prerouting {{ type nat hook prerouting priority dstnat; ip daddr {vip} tcp dport {port} redirect to :{to}; }}
+  chain output {{ type nat hook output priority -100; ip daddr {vip} tcp dport {port} redirect to :{to}; }}
+}}
+"""
+
+
 @dataclass
 class NetnsCluster(LabCluster):
     fabric: Fabric | None = None
     admin_ns: str = ""  # where the harness reads the site's DCS from
     etcd_hosts: list[str] = field(default_factory=list)  # host names of the site's etcd members
+    # A virtual IP (10.77.<site>.100:5432) that follows the leader: the agents' on_start, on_stop,
+    # on_restart and on_role_change callbacks run packaging/callbacks/pgdr-vip in the node's host.
+    vip: bool = False
 
     def _fab(self) -> Fabric:
         if self.fabric is None:
@@ -122,7 +144,13 @@ class NetnsCluster(LabCluster):
                 NetnsNode(name, self.base_dir / name, port, API_PORT, False, h.addr, h.ns, str(socket_root(fab)))
             )
         make_dir(socket_root(fab), None, 0o755)
+        if self.vip and not VIP_SCRIPT.is_file():
+            raise LabError(f"the VIP lab needs {VIP_SCRIPT} (a source checkout of pgdr)")
         for node in self.nodes:
+            if self.vip:
+                assert isinstance(node, NetnsNode)
+                nat = _VIP_NAT.format(vip=vip_address(self.site), port=VIP_PORT, to=node.pg_port)
+                run(["nft", "-f", "-"], ns=node.ns, input=nat)
             make_dir(node.dir, self.pg_user, 0o755)
             make_dir(node.socket_dir, self.pg_user, 0o750)
             make_private_dir(node.agent_dir, 0o700)
@@ -137,7 +165,25 @@ class NetnsCluster(LabCluster):
         pg = cfg["postgresql"]
         pg["listen"] = pg["connect_address"] = f"{node.host}:{node.pg_port}"
         pg["pg_hba"] = [rule.replace("127.0.0.1/32", LAB_NETWORK) for rule in pg["pg_hba"]]
+        if self.vip:
+            cmd = [str(VIP_SCRIPT), f"{vip_address(self.site)}/24", "eth0"]
+            actions = ("on_start", "on_stop", "on_restart", "on_role_change")
+            pg["callbacks"] = {a: cmd for a in actions} | {"timeout": 10}
         return cfg
+
+    def vip_url(self) -> str:
+        """The site's virtual IP, for a client in a namespace of the lab."""
+        return multi_host_url([(vip_address(self.site), VIP_PORT)], password=SUPERUSER[1])
+
+    def vip_holders(self) -> list[str]:
+        """The nodes whose host holds the site's virtual IP right now."""
+        vip = vip_address(self.site)
+        held = []
+        for n in self.nodes:
+            assert isinstance(n, NetnsNode)
+            if f" inet {vip}/" in ip("-o", "addr", "show", "dev", "eth0", ns=n.ns):
+                held.append(n.name)
+        return held
 
     def node(self, name: str) -> NetnsNode:
         n = super().node(name)
@@ -392,6 +438,7 @@ class NetnsLab:
         dynamic: dict[str, Any] | None = None,
         wan_latency_ms: float = 0.0,
         fencing: bool = False,
+        vip: bool = False,
     ) -> LabState:
         why = netns_support()
         if why:
@@ -447,6 +494,7 @@ class NetnsLab:
                     admin_ns=fab.host(f"{site}-adm").ns,
                     etcd_hosts=list(etcd.hosts),
                     fencing=fencing,
+                    vip=vip,
                 ).plan()
                 if dr:
                     cluster.write_site_record(

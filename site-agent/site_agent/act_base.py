@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from drctl.dcs.base import DCS, ClusterView
+from site_agent.callbacks import Callbacks
 from site_agent.config import DynamicConfig, FencingConfig
 from site_agent.memory import Memory
 from site_agent.node import Node
@@ -44,6 +45,7 @@ class Hands:
     view: ClusterView | None
     dynamic: DynamicConfig
     fencing: FencingConfig | None
+    callbacks: Callbacks  # told what was done to PostgreSQL: runs on_start/on_stop/on_role_change...
     # Called with the monotonic time a lease was (re)confirmed and the TTL it was granted,
     # before any further action of the decision runs: the lease keeper must be armed before a
     # Promote, not after.

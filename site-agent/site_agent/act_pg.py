@@ -40,6 +40,7 @@ from site_agent.actions import (
     StartPostgres,
     StopPostgres,
 )
+from site_agent.callbacks import CallbackRole
 from site_agent.state import STANDBY_SOURCE
 
 log = structlog.get_logger("site_agent.act")
@@ -121,6 +122,7 @@ class PgHands(Hands):
                 ctl.wipe()
             raise
         log.info("bootstrapped a new cluster")
+        self.callbacks.event("started", "primary")
         if self.node.backup is not None:
             self.node.backup.ensure_stanza()
         return DONE
@@ -176,12 +178,17 @@ class PgHands(Hands):
             self._remember(crash_restarts=self.mem.crash_restarts + 1)
         log.info("starting PostgreSQL", role=a.role, upstream=a.as_replica_of)
         self._start(a.role, a.as_replica_of, a.slot, a.remote)
+        self.callbacks.event("started", _callback_role(a.role, a.remote is not None))
         return DONE
 
     def _stop_postgres(self, a: StopPostgres) -> ActionResult:
         self._remember(expect_running=False)
         self.node.close_session()  # a smart shutdown would wait for it
-        return outcome(self.node.ctl.stop(a.mode, timeout=60), "PostgreSQL did not stop")
+        was_running = self.node.ctl.is_running()
+        stopped = self.node.ctl.stop(a.mode, timeout=60)
+        if stopped and was_running:
+            self.callbacks.event("stopped")
+        return outcome(stopped, "PostgreSQL did not stop")
 
     def _restart(self, _a: RestartPostgres) -> ActionResult:
         ctl = self.node.ctl
@@ -193,12 +200,16 @@ class PgHands(Hands):
             self._start("replica", self.mem.following if self.mem.following != STANDBY_SOURCE else None, None, None)
         else:
             self._start("primary", None, None, None)
+        self.callbacks.event(
+            "restarted", _callback_role("replica" if in_recovery else "primary", self.mem.following == STANDBY_SOURCE)
+        )
         return DONE
 
     def _promote(self, _a: Promote) -> ActionResult:
         log.warning("promoting PostgreSQL")
         self.node.ctl.promote(wait=True, timeout=60)
         self._remember(following=None, former_primary=True)
+        self.callbacks.event("promoted", "primary")
         return DONE
 
     def _demote(self, a: Demote) -> ActionResult:
@@ -214,6 +225,8 @@ class PgHands(Hands):
         else:
             ctl.stop("fast", timeout=60)
         self._remember(verified_timeline=None, former_primary=True)
+        if not ctl.is_running():
+            self.callbacks.event("demoted")
         if not ctl.is_running() and self.on_demoted is not None:
             # Nothing writable is left to fence: a read-only restart later in this decision must
             # not be mistaken for a primary by the lease keeper.
@@ -227,6 +240,7 @@ class PgHands(Hands):
         target = STANDBY_SOURCE if a.remote is not None else a.leader
         if ctl.is_running():
             ctl.reload()  # primary_conninfo / primary_slot_name are reloadable (PG 13+)
+            self.callbacks.event("followed", _callback_role("replica", a.remote is not None))
         log.info("following", upstream=target)
         self._remember(following=target)
         return DONE
@@ -245,6 +259,7 @@ class PgHands(Hands):
         self._remember(expect_running=False)
         if ctl.is_running():
             ctl.stop("fast", timeout=60)
+            self.callbacks.event("stopped")
         if (self.node.data_dir / "backup_label").exists():
             # A base backup that never started: nothing of its own to rewind, and single-user
             # crash recovery on it would be wrong.
@@ -282,6 +297,7 @@ class PgHands(Hands):
         self._remember(expect_running=False)
         if ctl.is_running():
             ctl.stop("immediate", timeout=30)
+            self.callbacks.event("stopped")
         log.warning("rebuilding the data directory", source=a.source)
         if not self._backup_usable(a.methods):
             ctl.wipe()  # a delta restore from the repository reuses the files instead
@@ -350,3 +366,10 @@ class PgHands(Hands):
                         drop_slot(conn, name)
                         log.info("dropped replication slot", slot=name)
         return DONE
+
+
+def _callback_role(role: str, standby_leader: bool) -> CallbackRole:
+    """The role a callback is told: a replica of the other site's primary leads a standby cluster."""
+    if role == "primary":
+        return "primary"
+    return "standby_leader" if standby_leader else "replica"

@@ -15,6 +15,7 @@ import structlog
 from drctl.common.members import lag_between, leader_lsn
 from drctl.dcs.base import DCS, ClusterView, DCSError, MemberInfo
 from site_agent.actions import Decision, Promote
+from site_agent.callbacks import Callbacks
 from site_agent.config import AgentConfig, ConfigError, DynamicConfig, parse_dynamic_config
 from site_agent.crosssite import SiteGuard, with_permanent_slots
 from site_agent.decide import decide
@@ -49,6 +50,7 @@ class Agent:
         self.inbox = Inbox()  # the REST API's requests, applied at the start of the next cycle
         self.executor = Executor(node, dcs)
         self.executor.fencing = cfg.fencing
+        self.executor.callbacks = Callbacks(cfg.postgresql.callbacks, cfg.scope)
         self.dynamic: DynamicConfig = cfg.bootstrap.dcs
         self.view: ClusterView | None = None
         self.local: LocalState | None = None
@@ -186,8 +188,8 @@ class Agent:
             was_leader = self.mem.am_leader
             self.node.close_session()
             with contextlib.suppress(Exception):
-                if ctl.is_running():
-                    ctl.stop("fast", timeout=60)
+                if ctl.is_running() and ctl.stop("fast", timeout=60):
+                    self.executor.callbacks.event("stopped")
             if was_leader:
                 last = None
                 with contextlib.suppress(Exception):
@@ -203,6 +205,7 @@ class Agent:
                 self.pm_watch.stop()
             if self.scheduler is not None:
                 self.scheduler.shutdown(wait=False)
+            self.executor.callbacks.close()  # an on_stop gets its timeout to finish
         log.info("agent stopped", released_leader=was_leader)
 
     def _read_view(self) -> ClusterView | None:
@@ -242,7 +245,8 @@ class Agent:
             return
         if dyn != self.dynamic:
             old, self.dynamic = self.dynamic, dyn
-            self.node.apply_config(old, dyn)
+            if self.node.apply_config(old, dyn):
+                self.executor.callbacks.event("reloaded")
             self.dcs.set_ttl(dyn.ttl)
             self.dcs.set_retry_timeout(dyn.retry_timeout)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import structlog
 
@@ -37,6 +38,7 @@ from site_agent.actions import (
     WriteFailsafe,
     WriteHistory,
 )
+from site_agent.callbacks import CallbackRole, Callbacks
 from site_agent.config import DynamicConfig, FencingConfig
 from site_agent.memory import Memory
 from site_agent.node import Node
@@ -63,6 +65,7 @@ class Executor(DcsHands, PgHands):
         self.on_lease = None
         self.on_demoted = None
         self.fencing: FencingConfig | None = None
+        self.callbacks = Callbacks(None, "")  # the agent gives the configured ones
 
     def execute(self, decision: Decision, view: ClusterView | None, dynamic: DynamicConfig, memory: Memory) -> Executed:
         """Carry out the decision starting from ``memory``; ``all_ok`` False when an action failed
@@ -78,7 +81,23 @@ class Executor(DcsHands, PgHands):
             if not result.ok and action.halts_on_failure():
                 log.info("stopping this decision", at=type(action).__name__, reason=result.reason)
                 break
+        self._sync_callbacks(decision.role)
         return Executed(self.mem, all_ok)
+
+    def _sync_callbacks(self, role: str) -> None:
+        """What the actions did not announce: PostgreSQL found running when the agent starts
+        (on_start, as Patroni does), and PostgreSQL gone under the agent (a crash, the lease
+        keeper's kill): on_stop, so that a VIP script drops the address of a dead primary before
+        another node takes it."""
+        cb = self.callbacks
+        if not cb.configured:
+            return
+        running = self.node.ctl.is_running()
+        if cb.role is None:
+            if running and role in ("primary", "replica", "standby_leader"):
+                cb.attach(cast(CallbackRole, role))
+        elif not running and not cb.stopped:
+            cb.event("stopped")
 
     def _run(self, action: Action) -> ActionResult:
         """One action; the errors of PostgreSQL, the DCS and the handlers become a failed result."""
