@@ -882,3 +882,13 @@ def test_scheduled_switchover_does_not_fire_while_paused() -> None:
     d = decide(view("n1", failover=fo), primary(), paused_cfg, NOW)
     assert not d.has(Demote) and not d.has(ReleaseLeader) and not d.has(ClearFailover)
     assert decide(view("n1", failover=fo), primary(), CFG, NOW).has(Demote)  # fires once unpaused
+
+
+@pytest.mark.parametrize("in_recovery", [True, None])
+def test_key_holder_with_an_unfinished_rewind_releases_instead_of_promoting(in_recovery: bool | None) -> None:
+    """Found by the property test_never_start_on_rewind_marker: a running replica holding the
+    leader key whose pg_rewind did not finish was promoted (invariant 4)."""
+    local = replica(in_recovery=in_recovery, am_leader=True, last_renewal=NOW - 1, data_dir=DataDirState.REWIND_MARKER)
+    d = decide(view("n1"), local, CFG, NOW)
+    assert not d.has(Promote)
+    assert d.has(ReleaseLeader)

@@ -55,6 +55,9 @@ def _leader_running(ctx: Ctx) -> Decision:
         return _primary_running(ctx)
     if is_diverged(local, ctx.view) or local.rewind_failed:
         return dec([ReleaseLeader(local.lsn)], "leader key held but local data diverged: releasing", "replica")
+    if local.data_dir is DataDirState.REWIND_MARKER:
+        # A pg_rewind that did not finish leaves data that must not be promoted (invariant 4).
+        return dec([ReleaseLeader(local.lsn)], "leader key held but a pg_rewind did not finish: releasing", "replica")
     before, after = promotion_sync_actions(ctx.view, ctx.cfg)
     return dec(
         [
