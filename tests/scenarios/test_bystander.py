@@ -1,11 +1,13 @@
 """A clean in-site switchover on a 3-node lab: the third node (the bystander), which only has to
 re-point to the new leader, neither runs pg_rewind nor restarts PostgreSQL (a needless restart
-is a read outage on that replica). Issue 18."""
+is a read outage on that replica), and the history records a switchover. Issue 18."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
@@ -28,6 +30,29 @@ def _postmaster_start(c: LabCluster, name: str) -> str:
     return str(row[0])
 
 
+class StatusSampler:
+    """Polls a member's /status as fast as it answers, from before a switchover until stopped."""
+
+    def __init__(self, c: LabCluster, name: str) -> None:
+        self.c, self.name = c, name
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            st = self.c.status(self.name, timeout=1.0)
+            if st is not None:
+                self.samples.append(st)
+            self._stop.wait(0.005)
+
+    def stop(self) -> list[dict[str, Any]]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.samples
+
+
 def test_switchover_bystander_neither_rewinds_nor_restarts(
     make_cluster: MakeCluster, instruments: StartInstruments
 ) -> None:
@@ -41,8 +66,17 @@ def test_switchover_bystander_neither_rewinds_nor_restarts(
         started = _postmaster_start(c, bystander)
         pm_pid = c.node(bystander).postmaster_pid()
         log_mark = c.node(bystander).log.stat().st_size
+        sampler = StatusSampler(c, target)
         code, body = api(c, old, "POST", "/switchover", {"leader": old, "candidate": target})
         assert code == 200, body
+        wait_until(lambda t=target: c.health(t, "/primary") == 200, 30, f"/primary answering 200 on {target}")
+        samples = sampler.stop()
+        # The promoting cycle publishes the new primary, not its observation from before the
+        # Promote: no /status of the new leader says "primary, key holder" while in recovery (it
+        # did for a whole cycle, and /primary answered 503 meanwhile).
+        lagging = [s for s in samples if s.get("role") == "primary" and s.get("is_leader") and s.get("in_recovery")]
+        assert not lagging, f"round {round_}: {target} published itself primary but in recovery: {lagging[0]}"
+        assert any(not s.get("in_recovery") for s in samples), f"round {round_}: {len(samples)} samples"
         wait_until(lambda t=target, b=bystander: c.streams_from(b, t), 60, f"{bystander} streaming from {target}")
         wait_until(lambda o=old, t=target: c.streams_from(o, t), 60, f"{old} streaming from {target}")
         c.wait_healthy(60)
@@ -54,6 +88,10 @@ def test_switchover_bystander_neither_rewinds_nor_restarts(
         assert "starting PostgreSQL" not in logged, f"round {round_}: bystander {bystander} restarted:\n{logged}"
         assert c.node(bystander).postmaster_pid() == pm_pid, f"round {round_}: {bystander}'s postmaster changed"
         assert _postmaster_start(c, bystander) == started, f"round {round_}: {bystander} restarted"
+        # `drctl history` reads this: a planned switchover, not a "failover: no leader".
+        view = c.view()
+        assert view is not None and view.history is not None
+        assert view.history.entries[-1].reason == f"switchover from {old} to {target}", view.history.entries
     inst.stop()
     inst.assert_no_dual_primary()
     assert inst.missing() == set()

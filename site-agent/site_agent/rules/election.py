@@ -37,7 +37,7 @@ def no_leader(ctx: Ctx) -> Decision:
         blockers.append("I am the leader being switched away from")
     if blockers:
         return _wait_or_start(ctx, "no leader; not taking the key: " + "; ".join(blockers))
-    kind = "manual failover" if manual else "automatic failover"
+    kind = _promotion_kind(ctx, manual)
     if ctx.standby_mode:
         remote = cfg.standby_cluster
         follow = Follow(None, remote.primary_slot_name if remote else None, remote)
@@ -54,13 +54,23 @@ def no_leader(ctx: Ctx) -> Decision:
             AcquireLeader(),
             *before,
             Promote(),
-            history_action(ctx, f"{kind}: no leader"),
+            history_action(ctx, kind if kind.startswith("switchover") else f"{kind}: no leader"),
             *clear_failover(ctx),
             *after,
         ],
         f"no leader and I am the best eligible member: {fence_note}taking the key and promoting ({kind})",
         "primary",
     )
+
+
+def _promotion_kind(ctx: Ctx, manual: bool) -> str:
+    """What the promotion is, for the decision's reason and the history (``drctl history``): a
+    planned switchover when the failover key names the old leader (with or without a candidate),
+    else a manual failover (this member named as candidate) or an automatic one."""
+    fo, old = ctx.view.failover, ctx.local.last_leader
+    if fo is not None and fo.leader and old in (None, fo.leader):
+        return f"switchover from {fo.leader}" + (f" to {fo.candidate}" if fo.candidate else "")
+    return "manual failover" if manual else "automatic failover"
 
 
 def _fence_old_leader(ctx: Ctx) -> tuple[list[Action], str]:
