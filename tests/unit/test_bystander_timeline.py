@@ -185,7 +185,7 @@ def forked(draw: st.DrawFn) -> tuple[Observation, Disk, int]:
     status = draw(st.sampled_from([None, "streaming", "waiting", "stopping"]))
     rcv = None if status is None else (1, draw(st.integers(0, end)), status)
     names = [seg_name(1, s) for s in range(0, (end - 1) // SEG + 1)]
-    histories = {2: ((1, fork),)} if draw(st.booleans()) else {}
+    histories: dict[int, tuple[tuple[int, int], ...]] = {2: ((1, fork),)} if draw(st.booleans()) else {}
     disk = Disk(tuple(names), histories, readable=draw(st.booleans()))
     return standby(received, replayed, rcv, 1, OLD_PRIMARY_PORT), disk, fork
 
