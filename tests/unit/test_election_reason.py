@@ -5,11 +5,13 @@ promotion without a switchover key is a "failover" (issue 18: `drctl switchover 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from site_agent.actions import Decision, Promote, WriteHistory
 from site_agent.decide import decide
 from site_agent.state import DataDirState, DecideConfig, LocalState, PgState
 
-from drctl.dcs.base import ClusterView, Failover, LeaderStatus, Member, MemberInfo
+from drctl.dcs.base import ClusterView, Failover, Leader, LeaderStatus, Member, MemberInfo
 
 NOW = 1000.0
 SYSID = "7300000000000000001"
@@ -80,3 +82,13 @@ def test_failovers_stay_failovers() -> None:
     # a leftover key naming someone who was not the leader we last saw: not this promotion's story
     d = decide(_view(Failover("n3", None, None, 4)), _me(last_leader="n1"), DecideConfig(), NOW)
     assert _history_reason(d) == "automatic failover: no leader"
+
+
+def test_a_key_holder_promoting_after_a_failed_promote_keeps_the_switchover_story() -> None:
+    """The candidate took the key but its Promote failed (the decision stopped before the history
+    and the key's clearing); next cycle it holds the key as a replica and promotes again."""
+    view = replace(_view(Failover("n1", "n2", None, 4)), leader=Leader("n2", 9))
+    me = replace(_me(last_leader=None), am_leader=True, last_renewal=NOW - 1)
+    assert _history_reason(decide(view, me, DecideConfig(), NOW)) == "switchover from n1 to n2"
+    d = decide(replace(view, failover=None), me, DecideConfig(), NOW)
+    assert _history_reason(d) == "promoted: holds the leader key"

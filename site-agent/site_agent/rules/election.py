@@ -6,7 +6,15 @@ from dataclasses import replace
 
 from site_agent.actions import AcquireLeader, Action, Decision, FenceNode, Follow, Promote, StartPostgres, WaitForLeader
 from site_agent.eligibility import failover_blockers, history_diverged
-from site_agent.rules.context import Ctx, clear_failover, dec, history_action, observed_role, scheduled_in_future
+from site_agent.rules.context import (
+    Ctx,
+    clear_failover,
+    dec,
+    history_action,
+    observed_role,
+    scheduled_in_future,
+    switchover_reason,
+)
 from site_agent.state import STANDBY_SOURCE, DataDirState, PgState
 from site_agent.sync import promotion_sync_actions, sync_restricts
 
@@ -37,7 +45,7 @@ def no_leader(ctx: Ctx) -> Decision:
         blockers.append("I am the leader being switched away from")
     if blockers:
         return _wait_or_start(ctx, "no leader; not taking the key: " + "; ".join(blockers))
-    kind = _promotion_kind(ctx, manual)
+    kind = switchover_reason(ctx) or ("manual failover" if manual else "automatic failover")
     if ctx.standby_mode:
         remote = cfg.standby_cluster
         follow = Follow(None, remote.primary_slot_name if remote else None, remote)
@@ -61,16 +69,6 @@ def no_leader(ctx: Ctx) -> Decision:
         f"no leader and I am the best eligible member: {fence_note}taking the key and promoting ({kind})",
         "primary",
     )
-
-
-def _promotion_kind(ctx: Ctx, manual: bool) -> str:
-    """What the promotion is, for the decision's reason and the history (``drctl history``): a
-    planned switchover when the failover key names the old leader (with or without a candidate),
-    else a manual failover (this member named as candidate) or an automatic one."""
-    fo, old = ctx.view.failover, ctx.local.last_leader
-    if fo is not None and fo.leader and old in (None, fo.leader):
-        return f"switchover from {fo.leader}" + (f" to {fo.candidate}" if fo.candidate else "")
-    return "manual failover" if manual else "automatic failover"
 
 
 def _fence_old_leader(ctx: Ctx) -> tuple[list[Action], str]:
