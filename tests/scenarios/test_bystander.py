@@ -74,15 +74,17 @@ def test_switchover_bystander_neither_rewinds_nor_restarts(
         }
         target = others(c, old)[0]
         sampler = StatusSampler(c, target) if named else None
-        request = {"leader": old, "candidate": target} if named else {"leader": old}
-        code, body = api(c, old, "POST", "/switchover", request)
-        assert code == 200, body
-        if not named:
-            target = c.leader() or ""
-            assert target in before, body
-        wait_until(lambda t=target: c.health(t, "/primary") == 200, 30, f"/primary answering 200 on {target}")
-        if sampler is not None:
-            samples = sampler.stop()
+        try:
+            request = {"leader": old, "candidate": target} if named else {"leader": old}
+            code, body = api(c, old, "POST", "/switchover", request)
+            assert code == 200, body
+            if not named:
+                target = c.leader() or ""
+                assert target in before, body
+            wait_until(lambda t=target: c.health(t, "/primary") == 200, 30, f"/primary answering 200 on {target}")
+        finally:
+            samples = sampler.stop() if sampler is not None else []
+        if named:
             # The promoting cycle publishes the new primary, not its observation from before the
             # Promote: no /status of the new leader says "primary, key holder" while in recovery
             # (it did for a whole cycle, and /primary answered 503 meanwhile).
