@@ -64,6 +64,32 @@ def _vals(runs: list[dict[str, Any]], key: str) -> list[float]:
     return [float(r[key]) for r in runs if r.get(key) is not None]
 
 
+def _bystander_lines(runs: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
+    """Switchover bystanders (nodes that only re-point): runs where one ran pg_rewind or
+    restarted PostgreSQL (bench/bystander.py; such a run fails the bench)."""
+    out = []
+    for system in sorted({k for k, s in runs if s == "switchover"}):
+        checked = [r["bystanders"] for r in runs[(system, "switchover")] if r.get("bystanders")]
+        if not checked:
+            continue
+        rewound = sum(1 for b in checked for v in b["bystanders"].values() if v.get("rewind_lines"))
+        restarted = sum(1 for b in checked for v in b["bystanders"].values() if v.get("restarted"))
+        old = sum(1 for b in checked if b.get("old_leader_rewind_lines"))
+        out.append(
+            f"- {system}: {len(checked)} switchovers checked, bystander pg_rewinds {rewound}, bystander "
+            f"PostgreSQL restarts {restarted} (old leader logged pg_rewind in {old})"
+        )
+    if not out:
+        return []
+    return [
+        "",
+        "Switchover bystanders (the node that only re-points to the new leader; any rewind or restart",
+        "fails the bench run):",
+        "",
+        *out,
+    ]
+
+
 def write_summary(results: Path = RESULTS) -> Path:
     runs = latest(load(results))
     scenarios = [s for s in ORDER if any((k, s) in runs for k in ("pgdr", "patroni"))]
@@ -121,6 +147,7 @@ def write_summary(results: Path = RESULTS) -> Path:
         "the lease (ttl minus the time since the last renewal, which depends on where in the loop the fault",
         "lands) plus this: the part each system controls.",
     ]
+    lines += _bystander_lines(runs)
     short = sorted({k for k, _ in runs if k.startswith("pgdr-ttl")})
     for label in short:
         lines += [

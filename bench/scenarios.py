@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import hostile
+from bench.bystander import BystanderWatch
 from bench.hostile import HOSTILE_FAULTS
 from bench.systems import BENCH_TIMINGS, System, measure_idle
 from drctl.lab.cluster import LabCluster, Timings
@@ -284,9 +285,13 @@ def run_scenario(system: System, scenario: str, rep: int, run_id: str, timings: 
     cluster = system.cluster
     watch = LeaderKeyWatch(cluster.etcd_endpoints[0], f"/service/{cluster.scope}/leader")
     inst = Instruments(system)
+    bystanders: BystanderWatch | None = None
     try:
         wait_until(lambda: len(inst.writer.acks) > 0, 20)
         time.sleep(3.0)
+        if scenario == "switchover":
+            # The nodes that only re-point must neither rewind nor restart (checked after healthy).
+            bystanders = BystanderWatch.start(list(cluster.nodes), leader, system.switchover_candidate(leader))
         notes = inject(system, scenario, leader, timings, inst)
         fault_at, heal_at = notes.pop("fault_at"), notes.pop("heal_at")
         # Health is read from the agents' own reports, which lag a crash by up to a loop: first
@@ -315,6 +320,7 @@ def run_scenario(system: System, scenario: str, rep: int, run_id: str, timings: 
             break
         except Exception:
             time.sleep(1.0)
+    bystander_verdict = bystanders.verdict() if bystanders is not None else None
     gap, gs, ge = write_gap(acks, fault_at, end)
     # Acks of writes that were later lost did not make the data durable: the durable gap ignores them.
     lost_ids = missing or set()
@@ -355,6 +361,7 @@ def run_scenario(system: System, scenario: str, rep: int, run_id: str, timings: 
         "write_errors": inst.writer.errors,
         "writes_on": writes_on,
         "notes": notes,
+        "bystanders": bystander_verdict,
         "timeline": {
             "events": [[what, round(at - fault_at, 3)] for what, at in inst.events],
             "acks": [[round(a.at - fault_at, 3), names.get(a.port, str(a.port)), int(a.id in lost_ids)] for a in acks],
@@ -516,6 +523,11 @@ def main(argv: list[str] | None = None) -> int:
                         system = fresh()
                         continue
                     path = save(result, f"{kind}{label}-{scenario}-{rep}")
+                    for v in (result.get("bystanders") or {}).get("violations", []):
+                        # Recorded for both systems; only pgdr's fail the run (Patroni's are measured).
+                        if kind == "pgdr":
+                            failures.append(f"{kind}/{scenario}#{rep}: {v}")
+                        log(f"{kind}/{scenario}#{rep} {'FAILED' if kind == 'pgdr' else 'noted'}: {v}")
                     log(
                         f"{kind}/{scenario}#{rep}: gap {result['gap_s']:.2f}s lost {result['lost']} "
                         f"dual {result['dual_primary_count']} rejoin {result['rejoin_s']}s "

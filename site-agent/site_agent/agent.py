@@ -174,6 +174,7 @@ class Agent:
             backup.ensure_stanza()
         self.mem = after_acting(self.mem, view, decision, self.cfg.name)
         self._seed_config(view)
+        self._observe_promotion(decision)
         self._publish(real_view, decision)
         if self.pm_watch is not None:
             self.pm_watch.track(self.node.ctl.postmaster_pid())
@@ -337,6 +338,31 @@ class Agent:
         with contextlib.suppress(DCSError):
             if self.dcs.set_config(data, None):
                 log.info("seeded the dynamic configuration from bootstrap.dcs")
+
+    def _observe_promotion(self, decision: Decision) -> None:
+        """A promotion is published at once: this cycle's observation was taken before the
+        Promote, in recovery, so /primary (HAProxy's check), /status and the member record would
+        show the new primary only a cycle later. PostgreSQL is looked at again and its position
+        replaces the old one (nothing else of the interpretation changes: the executor already
+        remembered the promotion). Not when the key is not ours or PostgreSQL is still in
+        recovery: then nothing is published as writable."""
+        local = self.local
+        if local is None or not decision.has(Promote) or not self.mem.am_leader:
+            return
+        obs = self.node.observe()
+        probe = obs.probe
+        if probe is None or probe.in_recovery:
+            return
+        self._obs = obs
+        self.local = replace(
+            local,
+            pg=PgState.RUNNING,
+            in_recovery=False,
+            timeline=probe.timeline,
+            current_lsn=probe.current_lsn,
+            received_lsn=None,
+            replayed_lsn=None,
+        )
 
     def _publish(self, view: ClusterView | None, decision: Decision) -> None:
         """This member's record in the DCS and the snapshot the REST API serves."""

@@ -67,13 +67,43 @@ class _Position:
 
 def wal_lsn_to_read(obs: Observation) -> int | None:
     """The position whose WAL timeline the shell must read from pg_wal (None: nothing to read).
-    pg_control's timeline lags behind a switch a standby replayed (Patroni #2175)."""
+    pg_control's timeline lags behind a switch a standby replayed (Patroni #2175).
+
+    A running standby is judged at the furthest WAL it holds (received or replayed, see
+    :func:`_standby_lsn`), so the timeline must be that WAL's: the one in pg_wal, unless the
+    WAL receiver's own (timeline, flushed position) pair already covers it."""
     probe, control = obs.probe, obs.control
     if probe is not None:
-        return probe.replayed_lsn if probe.in_recovery and probe.timeline_source != RECEIVER else None
+        if not probe.in_recovery:
+            return None
+        lsn = _standby_lsn(probe)
+        return None if _receiver_dates(probe, lsn) else lsn
     if control is not None and control.cluster_state in _STANDBY_STOPPED:
         return max(control.checkpoint_lsn, control.min_recovery_end_lsn)
     return None
+
+
+def _standby_lsn(probe: ProbeState) -> int | None:
+    """The position a running standby is judged at: the furthest WAL it received or replayed."""
+    return max((v for v in (probe.received_lsn, probe.replayed_lsn) if v is not None), default=None)
+
+
+def _receiver_dates(probe: ProbeState, lsn: int | None) -> bool:
+    """pg_stat_wal_receiver's ``received_tli`` and ``flushed_lsn`` are read together: WAL up to
+    that position is on that timeline's lineage. It dates ``lsn`` only when ``lsn`` is not past
+    it. pg_last_wal_receive_lsn() is read by a later query: a receiver that moved from the old
+    timeline's end onto the new one in between pairs the old timeline with the new timeline's
+    WAL, which looks past the switch point (the bystander's needless pg_rewind after a clean
+    switchover, issue 18)."""
+    receiver = probe.wal_receiver
+    return (
+        probe.timeline_source == RECEIVER
+        and receiver is not None
+        and receiver.received_tli is not None
+        and receiver.flushed_lsn is not None
+        and lsn is not None
+        and lsn <= receiver.flushed_lsn
+    )
 
 
 def wants_peers(view: ClusterView | None) -> bool:
@@ -168,7 +198,10 @@ def _position(seen: Sighting) -> _Position:
     probe, control = seen.obs.probe, seen.obs.control
     if probe is not None:
         timeline = probe.timeline
-        if probe.in_recovery and probe.timeline_source != RECEIVER:
+        if probe.in_recovery and not _receiver_dates(probe, _standby_lsn(probe)):
+            # The WAL in pg_wal at the judged position tells its timeline. Without it, the
+            # probe's (pg_control's lags; a receiver's may predate a switch) is no newer than
+            # that WAL's: a needless rewind at worst, never a skipped one.
             timeline = seen.wal_timeline or timeline
         return _Position(
             probe.in_recovery,

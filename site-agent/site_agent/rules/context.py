@@ -85,6 +85,16 @@ def history_action(ctx: Ctx, reason: str) -> WriteHistory:
     return WriteHistory(entry, view.history.version if view.history else None)
 
 
+def switchover_reason(ctx: Ctx) -> str | None:
+    """A promotion under a failover key that names the old leader is a planned switchover:
+    "switchover from X [to Y]" for the decision's reason and the history (``drctl history``).
+    None otherwise (a failover)."""
+    fo, old = ctx.view.failover, ctx.local.last_leader
+    if fo is None or not fo.leader or old not in (None, fo.leader):
+        return None
+    return f"switchover from {fo.leader}" + (f" to {fo.candidate}" if fo.candidate else "")
+
+
 def scheduled_in_future(ctx: Ctx) -> bool | None:
     """None: the schedule cannot be parsed."""
     fo = ctx.view.failover

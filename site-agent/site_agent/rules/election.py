@@ -6,7 +6,15 @@ from dataclasses import replace
 
 from site_agent.actions import AcquireLeader, Action, Decision, FenceNode, Follow, Promote, StartPostgres, WaitForLeader
 from site_agent.eligibility import failover_blockers, history_diverged
-from site_agent.rules.context import Ctx, clear_failover, dec, history_action, observed_role, scheduled_in_future
+from site_agent.rules.context import (
+    Ctx,
+    clear_failover,
+    dec,
+    history_action,
+    observed_role,
+    scheduled_in_future,
+    switchover_reason,
+)
 from site_agent.state import STANDBY_SOURCE, DataDirState, PgState
 from site_agent.sync import promotion_sync_actions, sync_restricts
 
@@ -37,7 +45,7 @@ def no_leader(ctx: Ctx) -> Decision:
         blockers.append("I am the leader being switched away from")
     if blockers:
         return _wait_or_start(ctx, "no leader; not taking the key: " + "; ".join(blockers))
-    kind = "manual failover" if manual else "automatic failover"
+    kind = switchover_reason(ctx) or ("manual failover" if manual else "automatic failover")
     if ctx.standby_mode:
         remote = cfg.standby_cluster
         follow = Follow(None, remote.primary_slot_name if remote else None, remote)
@@ -54,7 +62,7 @@ def no_leader(ctx: Ctx) -> Decision:
             AcquireLeader(),
             *before,
             Promote(),
-            history_action(ctx, f"{kind}: no leader"),
+            history_action(ctx, kind if kind.startswith("switchover") else f"{kind}: no leader"),
             *clear_failover(ctx),
             *after,
         ],

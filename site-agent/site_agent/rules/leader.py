@@ -27,6 +27,7 @@ from site_agent.rules.context import (
     observed_role,
     scheduled_in_future,
     slot_actions,
+    switchover_reason,
 )
 from site_agent.state import STANDBY_SOURCE, DataDirState, PgState
 from site_agent.sync import plan_sync, promotion_sync_actions
@@ -64,7 +65,7 @@ def _leader_running(ctx: Ctx) -> Decision:
             RenewLeader(local.lsn),
             *before,
             Promote(),
-            history_action(ctx, "promoted: holds the leader key"),
+            history_action(ctx, switchover_reason(ctx) or "promoted: holds the leader key"),
             *clear_failover(ctx),
             *after,
         ],
