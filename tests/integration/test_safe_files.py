@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as 
 BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-def as_pg(script: str) -> subprocess.CompletedProcess[str]:
+def as_pg(script: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run a shell snippet as the PostgreSQL OS user (what a compromised postgres can do)."""
     pw = pwd.getpwnam(PG_USER)
     return subprocess.run(
@@ -33,7 +33,7 @@ def as_pg(script: str) -> subprocess.CompletedProcess[str]:
         cwd="/",
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=timeout,
         env={"PATH": "/usr/bin:/bin", "HOME": pw.pw_dir},
     )
 

@@ -49,7 +49,7 @@ def test_links_planted_by_postgres_change_nothing_and_fencing_cannot_be_disarmed
     # temporary names for a wide PID range, planted as links to the root-only file.
     names = [*OLD_NAMES, *(f".lease-keeper.state.{p}.tmp" for p in range(300, 4400))]
     script = f'cd {node.dir} && for n in {" ".join(names)}; do ln -s {victim} "$n"; done'
-    r = as_pg(script)
+    r = as_pg(script, timeout=600)  # ~4,100 forks of ln: minutes on a loaded machine
     assert r.returncode == 0, r.stderr
     # The agent's own directory and configuration are out of reach.
     for attack in (
