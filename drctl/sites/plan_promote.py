@@ -117,7 +117,7 @@ def plan_promote(
     try:
         evidence, lease = promote_evidence(obs, old, to, confirm_old_site_down, reason)
     except SiteOpError as exc:
-        give_back = _give_back_plan(obs, to, old.name, exc)
+        give_back = None if confirm_old_site_down else _give_back_plan(obs, to, old.name, exc)
         if give_back is None:
             raise
         return give_back
