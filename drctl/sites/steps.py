@@ -280,6 +280,24 @@ class GiveBackClaim(Action):
 
 
 @dataclass(frozen=True)
+class CommitClaim(Action):
+    """The witness's claim for an active site is still pending (its promotion was interrupted
+    after the site's record was written): commit it."""
+
+    site: str
+    epoch: int
+    claim: SiteRecord
+
+    def describe(self) -> str:
+        return f"witness: commit the pending claim of site {self.site} at epoch {self.epoch} (it is active)"
+
+    def apply(self, ctx: Context) -> None:
+        why = settle_witness(ctx.topology, self.claim, promoted=True)
+        ctx.audit.record("witness-settled", site=self.site, promoted=True, error=why)
+        ctx.say(f"witness: claim of site {self.site} committed" if why is None else f"warning: {why}")
+
+
+@dataclass(frozen=True)
 class RemoveStandbyCluster(Action):
     """The site's standby_cluster section goes (an interrupted switchover left it behind)."""
 

@@ -127,9 +127,13 @@ class Witness:
         # The record a give-back restores: the one before any pending claim (a rerun's claim
         # replaces a pending one and keeps what it replaced).
         previous: Mapping[str, Any] | None = None
-        if expected is not None:
-            raw = json.loads(expected.record.to_json()) if expected.record is not None else None
-            previous = expected.previous if expected.pending else raw
+        if expected is not None and expected.pending and expected.active_site == site:
+            previous = expected.previous  # a rerun's claim replaces its own pending one
+        elif expected is not None and expected.record is not None:
+            # A pending claim of another site is restored committed: a lease promotion's target
+            # is never the active site, so that other site was promoted and only its commit is missing.
+            rec = committed(expected.record) if expected.pending else expected.record
+            previous = json.loads(rec.to_json())
         record = claim_record(site, epoch, previous, True, **extra)
         spec = StoreSpec(WITNESS_STORE, self.settings, self.namespace, WITNESS_SCOPE)
         rev = cas_site_unless_lease_at(spec, record, version, unless_lease_of, self.timeout)

@@ -259,3 +259,22 @@ def test_each_renewal_records_the_sites_position_for_the_loss_estimate(
         _wait_gone(spec, 15)
     ev = judge_lease("a", 1, [inspect_store(wspec, "a"), inspect_store(bspec, "a")])
     assert ev.expired and ev.position is not None and ev.position.lsn == 0x3000100
+
+
+def test_a_claim_over_another_sites_pending_claim_keeps_it_committed_as_previous(
+    stores: tuple[EtcdCluster, StoreSpec, StoreSpec],
+) -> None:
+    """b was promoted but its commit never came; later a lease promotion of a (b the old site)
+    that is given back restores b's claim committed, never the record from before b."""
+    _, wspec, bspec = stores
+    w, a1w, a1b, current, _ = _two_phase_setup(wspec, bspec)
+    a1b.revoke()
+    b_claim = w.claim("b", 2, current, unless_lease_of="a")
+    pending = w.read()
+    assert b_claim is not None and pending is not None and pending.pending
+    a_claim = w.claim("a", 3, pending, unless_lease_of="b")
+    assert a_claim is not None
+    assert a_claim.extra["previous"]["active_site"] == "b" and a_claim.extra["previous"]["epoch"] == 2
+    assert "pending" not in a_claim.extra["previous"]
+    for x in (a1w, a1b, w):
+        x.close()

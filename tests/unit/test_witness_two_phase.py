@@ -16,7 +16,7 @@ from drctl.sites import planner, steps
 from drctl.sites.activelease import LeaseEvidence, store_fences
 from drctl.sites.plan import Context
 from drctl.sites.state import SiteOpError
-from drctl.sites.steps import ClaimWitness, GiveBackClaim, Promote
+from drctl.sites.steps import ClaimWitness, CommitClaim, GiveBackClaim, Promote
 from drctl.sites.witness import WitnessRecord, claim_record, committed, restored
 from tests.unit.test_site_planner import lost_a, site, topology
 
@@ -209,3 +209,18 @@ def test_no_answer_to_the_last_compare_leaves_the_claim_pending(monkeypatch: pyt
     with pytest.raises(SiteOpError, match="unknown; the witness keeps a pending claim"):
         _run_promote(monkeypatch, DCSError("timed out"))
     assert settled == []
+
+
+def test_promote_site_rerun_on_the_active_site_commits_its_pending_claim() -> None:
+    """Interrupted after b's record was written, before the commit: the rerun commits it."""
+    topo = topology(witness=True, witness_fencing=True)
+    claim = claim_record("b", 2, {"active_site": "a", "epoch": 1, "role": "active"}, True)
+    pending = WitnessRecord("b", 2, 77, True, claim.extra["previous"], SiteRecord.parse(claim.to_json(), 77))
+    obs = lost_a(topo, witness=pending)
+    obs.sites["b"] = site(topo, "b", "active", 2)
+    plan = planner.plan_promote(obs, "b", confirm_old_site_down=False, accept_data_loss=False, reason=None)
+    assert [type(s) for s in plan.steps][-1] is CommitClaim
+    assert "commit the pending claim of site b at epoch 2" in plan.lines()[-1]
+    obs.sites["b"] = site(topo, "b", "active", 3)  # a claim of another epoch is left alone
+    plan = planner.plan_promote(obs, "b", confirm_old_site_down=False, accept_data_loss=False, reason=None)
+    assert CommitClaim not in [type(s) for s in plan.steps]
