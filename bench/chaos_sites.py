@@ -74,7 +74,7 @@ from drctl.lab.netns import NetnsCluster, NetnsLab, NetnsNode
 from drctl.lab.nsutil import in_netns, netns_support
 from drctl.lab.procs import Supervisor, release
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
-from drctl.sites import controller
+from drctl.sites import controller, steps
 from drctl.sites.activelease import inspect_store, lease_stores
 from drctl.sites.controller import SiteOpError, promote_site, read_sites, switchover_site
 from drctl.sites.topology import Topology, load_topology
@@ -757,10 +757,10 @@ def _return_at_promotion(
         step=0.5,
     )
     ev["lease_gone_s"] = round(time.monotonic() - cut_at, 2) if gone else None
-    original = controller.claim_witness
+    original = steps.claim_witness  # what ClaimWitness calls
     healed: list[float] = []
 
-    def slow_claim(*a: Any, **kw: Any) -> int:
+    def slow_claim(*a: Any, **kw: Any) -> Any:
         epoch = original(*a, **kw)
         tl.lab.heal_wan()  # the WAN comes back right after the witness names the new site
         healed.append(time.monotonic())
@@ -768,7 +768,7 @@ def _return_at_promotion(
         return epoch
 
     acked_before = writer.acked_ids()
-    with mock.patch.object(controller, "claim_witness", slow_claim):
+    with mock.patch.object(steps, "claim_witness", slow_claim):
         res, refusal = _try_promote(ctl, standby, f"chaos #{i}: site {active} isolated (flapping WAN)")
     if not healed:
         tl.lab.heal_wan()

@@ -92,6 +92,7 @@ def sites_document(topology: Topology) -> dict[str, Any]:
         try:
             rec = witness_record(topology)
             doc["witness"] = {"active_site": rec.active_site if rec else None, "epoch": rec.epoch if rec else None}
+            doc["witness"]["pending"] = bool(rec is not None and rec.pending)
         except SiteOpError as exc:
             doc["witness"] = {"error": str(exc)}
     return doc
@@ -137,7 +138,8 @@ def sites_cmd(topology_path: Path | None, fmt: str) -> None:
             head = ""
     w = doc.get("witness")
     if w is not None:
-        shown = w.get("error") or f"site {w.get('active_site')} active at epoch {w.get('epoch')}"
+        pending = " (pending: not yet promoted)" if w.get("pending") else ""
+        shown = w.get("error") or f"site {w.get('active_site')} active at epoch {w.get('epoch')}{pending}"
         rows.append(("witness", str(shown)[:80], "", "", "", "", ""))
     table("sites (* = leader)", ["Site", "DR role", "Member", "Role", "State", "Lag (bytes)", "Cross-site"], rows)
 

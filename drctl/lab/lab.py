@@ -102,6 +102,26 @@ def site_names(count: int) -> list[str]:
     return [chr(ord("a") + i) for i in range(count)]
 
 
+# PostgreSQL refuses a Unix socket path longer than this (sizeof(sun_path) - 1): the server then
+# never starts, and the lab failed much later as "no leader after bootstrap".
+PG_SOCKET_PATH_MAX = 107
+
+
+def check_socket_path(lab_dir: Path, nodes: int) -> None:
+    """The longest socket path of the lab's PostgreSQL within PostgreSQL's limit, or a LabError
+    naming the path, its length and the limit (checked before anything starts)."""
+    base = os.path.abspath(lab_dir)
+    longest = str(Path(base) / "site-a" / f"a{nodes}" / "sock" / ".s.PGSQL.65535")
+    size = len(longest.encode())
+    if size > PG_SOCKET_PATH_MAX:
+        room = PG_SOCKET_PATH_MAX - (size - len(base.encode()))
+        raise LabError(
+            f"lab directory {lab_dir} is too deep: PostgreSQL's Unix socket path would be {longest} ({size} "
+            f"bytes), above PostgreSQL's limit of {PG_SOCKET_PATH_MAX} bytes: use a lab directory (--dir) whose "
+            f"absolute path is at most {room} bytes long"
+        )
+
+
 class Lab:
     def __init__(self, lab_dir: Path, pg_user: str = "postgres") -> None:
         self.dir = Path(lab_dir)
@@ -171,6 +191,7 @@ class Lab:
             raise LabError("--sites, --nodes and --etcd-members must be at least 1")
         if sites > 26:
             raise LabError("--sites: at most 26 sites (named a..z)")
+        check_socket_path(self.dir, nodes)
         live = self.running()
         if live:
             raise LabError(

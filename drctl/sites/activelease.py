@@ -40,9 +40,11 @@ from drctl.dcs.etcd import (
     cas_compare,
     cmp_mod,
     linearizable_txn,
+    op_delete,
     op_put,
     op_range,
     prefix_range_end,
+    reply_revision,
     to_int,
     txn_range_kvs,
     txn_succeeded,
@@ -150,9 +152,11 @@ class LeaseStore:
         self._site_rev: int | None = None  # mod_revision of the store's site key judged harmless
         self._replaced: str | None = None  # a lease replaced by one with another TTL, to revoke
 
-    def renew(self, site: str, epoch: int, ttl: int, enforced: bool) -> Renewal:
+    def renew(self, site: str, epoch: int, ttl: int, enforced: bool, lsn: int | None = None) -> Renewal:
         """Keep this member's lease alive and its key and the site's marker written, unless the
-        store names another site active at ``epoch`` or above (:class:`LeaseRefused`)."""
+        store names another site active at ``epoch`` or above (:class:`LeaseRefused`). ``lsn``:
+        the site's WAL position as last published, recorded in the marker (the loss estimate of a
+        promotion that relies on this lease's expiry)."""
         if self._dcs is None:
             self._dcs = _client(self.spec, f"lease-{self.member}", self.timeout)
         dcs = self._dcs
@@ -168,6 +172,7 @@ class LeaseStore:
                 "lease": lease,
                 "enforced": enforced,
                 "renewed_at": time.time(),
+                "lsn": lsn,
             }
         )
         puts = [op_put(dcs.key(LEASE_DIR, site, self.member), doc, lease), op_put(dcs.key(MARKER_DIR, site), doc)]
@@ -270,10 +275,35 @@ def inspect_store(spec: StoreSpec, site: str, timeout: float = 3.0) -> StoreLeas
 
 
 @dataclass(frozen=True)
+class LeasePosition:
+    """The old site's WAL position recorded with its last renewal (the markers)."""
+
+    lsn: int
+    renewed_at: float  # wall clock of the renewal that recorded it
+    ttl: float  # the TTL granted then: the site may have written up to this long after it
+    member: str
+
+
+@dataclass(frozen=True)
 class LeaseEvidence:
     expired: bool
     text: str
     expired_at: float | None = None  # wall clock, estimated from the last renewal recorded
+    position: LeasePosition | None = None  # the site's last position known from its markers
+
+
+def last_position(markers: list[Mapping[str, Any]]) -> LeasePosition | None:
+    """Pure: the highest WAL position any store's marker recorded, with its renewal time (the
+    latest of that position's markers: positions only grow within an epoch)."""
+    found = [
+        LeasePosition(m["lsn"], float(m["renewed_at"]), float(m["ttl"]), str(m.get("member", "?")))
+        for m in markers
+        if isinstance(m.get("lsn"), int)
+        and not isinstance(m.get("lsn"), bool)
+        and isinstance(m.get("renewed_at"), int | float)
+        and isinstance(m.get("ttl"), int | float)
+    ]
+    return max(found, key=lambda p: (p.lsn, p.renewed_at)) if found else None
 
 
 def _when(at: float) -> str:
@@ -281,7 +311,15 @@ def _when(at: float) -> str:
 
 
 def judge_lease(site: str, epoch: int, views: list[StoreLease]) -> LeaseEvidence:
-    """Pure: whether ``site``'s active lease (at ``epoch``) has expired in every store."""
+    """Pure: whether ``site``'s active lease (at ``epoch``) has expired in every store, and the
+    last WAL position its markers recorded."""
+    markers = [v.marker for v in views if v.marker is not None]
+    position = last_position([m for m in markers if isinstance(m.get("epoch"), int) and m["epoch"] >= epoch])
+    evidence = _judge_expiry(site, epoch, views)
+    return LeaseEvidence(evidence.expired, evidence.text, evidence.expired_at, position)
+
+
+def _judge_expiry(site: str, epoch: int, views: list[StoreLease]) -> LeaseEvidence:
     for v in views:
         if v.live:
             left = max(v.live.values())
@@ -342,18 +380,49 @@ def lease_evidence(topology: Topology, site: str, epoch: int, timeout: float = 3
     return judge_lease(site, epoch, views)
 
 
-def cas_site_unless_lease(
+def cas_site_unless_lease_at(
     spec: StoreSpec, record: SiteRecord, version: int | None, old_site: str, timeout: float = 3.0
-) -> bool:
+) -> int | None:
     """Write the store's ``site`` key (compare-and-swap on ``version``) only while no active lease
-    key of ``old_site`` exists there. False when either compare failed."""
+    key of ``old_site`` exists there. The revision it was written at; None when either compare
+    failed. A DCSError (no answer) leaves the outcome unknown."""
     dcs = _client(spec, "drctl", timeout)
     try:
         key = dcs.key("site")
         body = linearizable_txn(
             [cas_compare(key, version), _no_lease_compare(dcs, old_site)], [op_put(key, record.to_json())], []
         )
-        return txn_succeeded(dcs.client.call("/kv/txn", body, time.monotonic() + timeout, "set site unless lease"))
+        reply = dcs.client.call("/kv/txn", body, time.monotonic() + timeout, "set site unless lease")
+        return reply_revision(reply) if txn_succeeded(reply) else None
+    finally:
+        dcs.close()
+
+
+def cas_site_unless_lease(
+    spec: StoreSpec, record: SiteRecord, version: int | None, old_site: str, timeout: float = 3.0
+) -> bool:
+    """:func:`cas_site_unless_lease_at`, as a yes/no."""
+    return cas_site_unless_lease_at(spec, record, version, old_site, timeout) is not None
+
+
+def read_site(spec: StoreSpec, timeout: float = 3.0) -> SiteRecord | None:
+    """The store's ``site`` record (its version: the revision it was written at)."""
+    dcs = _client(spec, "drctl", timeout)
+    try:
+        return dcs.get_cluster().site
+    finally:
+        dcs.close()
+
+
+def cas_site_at(spec: StoreSpec, record: SiteRecord | None, version: int, timeout: float = 3.0) -> bool:
+    """Replace the store's ``site`` key written at revision ``version`` by ``record`` (None:
+    delete it). False when it changed since."""
+    dcs = _client(spec, "drctl", timeout)
+    try:
+        key = dcs.key("site")
+        op = op_put(key, record.to_json()) if record is not None else op_delete(key)
+        body = linearizable_txn([cmp_mod(key, version)], [op], [])
+        return txn_succeeded(dcs.client.call("/kv/txn", body, time.monotonic() + timeout, "settle witness claim"))
     finally:
         dcs.close()
 

@@ -193,7 +193,7 @@ def promote_site(
         d = plan.start_details
         result = {"result": "done", "site": to, "epoch": ctx.epoch, "estimate_bytes": d["estimate_bytes"]}
         result |= {"old_last_lsn": d["old_last_lsn"], "new_lsn": d["new_lsn"], "fenced_old_site": fenced}
-        result |= {"evidence": d["evidence"]}
+        result |= {"evidence": d["evidence"], "estimate_as_of": d.get("estimate_as_of")}
         return {**result, "seconds": took, "steps": steps}
 
     details = {"site": to, "reason": reason, "confirm_old_site_down": confirm_old_site_down}

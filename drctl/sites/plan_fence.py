@@ -6,7 +6,7 @@ from __future__ import annotations
 from drctl.sites.plan import Observed, Plan, Step
 from drctl.sites.rules import fence_step, is_standby_of, needs_fence
 from drctl.sites.state import SiteOpError, SiteState
-from drctl.sites.steps import ConfirmActive, NoteUnreachable
+from drctl.sites.steps import CommitClaim, ConfirmActive, NoteUnreachable
 
 
 def plan_refence(obs: Observed, active: str, *, by: str, reason: str | None) -> Plan:
@@ -21,6 +21,9 @@ def plan_refence(obs: Observed, active: str, *, by: str, reason: str | None) -> 
             steps.append(NoteUnreachable(st.name, active, act.epoch, st.error))
         elif needs_fence(st, act):
             steps.append(fence_step(obs, st.name, active, by, reason))
+    w = obs.witness
+    if w is not None and w.pending and w.active_site == active and w.epoch == act.epoch and w.record is not None:
+        steps.append(CommitClaim(active, w.epoch, w.record))  # its promotion's commit never came
     note = f"site {active} is already active (epoch {act.epoch}): checking the other sites"
     return Plan(by, tuple(steps), (note,), None, {}, act.epoch, {"active": active, "refence": True})
 

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from drctl.dcs.base import SiteRecord
+from drctl.dcs.base import DCSError, SiteRecord
 from drctl.sites.activelease import promote_unless_lease
-from drctl.sites.authority import claim_witness
+from drctl.sites.authority import claim_witness, settle_witness
 from drctl.sites.plan import Context
 from drctl.sites.state import SiteOpError
 
@@ -179,9 +179,12 @@ class ClaimWitness(Action):
         return f"witness: record site {self.site} active at epoch {self.epoch} (compare-and-swap{unless})"
 
     def apply(self, ctx: Context) -> None:
-        ctx.epoch = claim_witness(
+        ctx.epoch, claim = claim_witness(
             ctx.topology, self.site, self.epoch, by=self.by, say=ctx.say, unless_lease_of=self.unless_lease_of
         )
+        if claim is not None:  # pending until the site's own record says active (Promote settles it)
+            ctx.facts["witness_claim"] = claim
+            ctx.audit.record("witness-claimed", site=self.site, epoch=ctx.epoch, pending=True)
 
 
 @dataclass(frozen=True)
@@ -207,15 +210,91 @@ class Promote(Action):
         record = SiteRecord("active", epoch, None, extra={**self.extra, "promoted_at": time.time()})
         if self.unless_lease_of is None:
             client.write_site(record)
-        elif not promote_unless_lease(ctx.topology, self.site, record, self.current, self.unless_lease_of):
-            raise SiteOpError(
-                f"site {self.unless_lease_of} renewed its active lease meanwhile (or {self.site}'s record changed): "
-                f"{self.site} was not promoted. The witness already names {self.site} at epoch {epoch}, so site "
-                f"{self.unless_lease_of} steps down when it reads it: check `drctl sites`, and rerun `drctl "
-                f"promote-site {self.site}` to finish (it then finds {self.unless_lease_of} without a writable primary)"
-            )
+        else:
+            self._promote_unless_lease(ctx, record)
         client.patch_config({"standby_cluster": None})
         ctx.audit.record("promote-requested", site=self.site, epoch=epoch)
+
+    def _promote_unless_lease(self, ctx: Context, record: SiteRecord) -> None:
+        """The last compare of a promotion on lease evidence, then the witness's pending claim
+        settled: committed when it won; given back when it lost (the old site renewed its lease
+        here meanwhile and keeps writing: the witness names it again, nobody steps down). When the
+        outcome is unknown (no answer), the claim stays pending: safe, a rerun settles it."""
+        old, claim = self.unless_lease_of, ctx.facts.get("witness_claim")
+        assert old is not None
+        try:
+            won = promote_unless_lease(ctx.topology, self.site, record, self.current, old)
+        except DCSError as exc:
+            raise SiteOpError(
+                f"site {self.site}'s DCS did not answer the promotion ({exc}): whether {self.site} was promoted is "
+                f"unknown; the witness keeps a pending claim for it (site {old} is not fenced by it). Rerun `drctl "
+                f"promote-site {self.site}`: it completes the promotion, or gives the claim back if {old} renewed"
+            ) from exc
+        if claim is None:
+            if not won:
+                raise SiteOpError(
+                    f"site {old} renewed its active lease meanwhile (or {self.site}'s record changed): {self.site} "
+                    "was not promoted"
+                )
+            return
+        why = settle_witness(ctx.topology, claim, promoted=won)
+        ctx.audit.record("witness-settled", site=self.site, promoted=won, error=why)
+        if won:
+            if why is not None:
+                ctx.say(f"warning: the witness's claim for {self.site} stays pending ({why}); it is safe")
+            return
+        back = (
+            f"the witness names site {old} again (its pending claim for {self.site} was given back)"
+            if why is None
+            else f"the witness keeps a pending claim for {self.site} ({why}), which does not fence site {old}"
+        )
+        raise SiteOpError(
+            f"site {old} renewed its active lease meanwhile (or {self.site}'s record changed): {self.site} was not "
+            f"promoted, and site {old} keeps writing; {back}. Check `drctl sites`"
+        )
+
+
+@dataclass(frozen=True)
+class GiveBackClaim(Action):
+    """A promote-site on lease evidence that is refused now, while an earlier one left its
+    witness claim pending: the claim is given back (the record it replaced restored), after
+    the site's own record is sealed (drctl.sites.authority.seal_site), then the refusal stands."""
+
+    site: str
+    old_site: str
+    epoch: int
+    claim: SiteRecord
+    refusal: str
+
+    def describe(self) -> str:
+        return (
+            f"witness: give back the pending claim of site {self.site} at epoch {self.epoch} (site "
+            f"{self.old_site} is named again), unless {self.site}'s record says active"
+        )
+
+    def apply(self, ctx: Context) -> None:
+        why = settle_witness(ctx.topology, self.claim, promoted=False)
+        ctx.audit.record("witness-settled", site=self.site, promoted=False, error=why)
+        outcome = "the pending claim was given back" if why is None else f"the pending claim stays ({why})"
+        raise SiteOpError(f"{self.refusal}; witness: {outcome}")
+
+
+@dataclass(frozen=True)
+class CommitClaim(Action):
+    """The witness's claim for an active site is still pending (its promotion was interrupted
+    after the site's record was written): commit it."""
+
+    site: str
+    epoch: int
+    claim: SiteRecord
+
+    def describe(self) -> str:
+        return f"witness: commit the pending claim of site {self.site} at epoch {self.epoch} (it is active)"
+
+    def apply(self, ctx: Context) -> None:
+        why = settle_witness(ctx.topology, self.claim, promoted=True)
+        ctx.audit.record("witness-settled", site=self.site, promoted=True, error=why)
+        ctx.say(f"witness: claim of site {self.site} committed" if why is None else f"warning: {why}")
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,7 @@ class ActiveLease:
         self._stop = stop
         self._lock = threading.Lock()
         self._want: Want | None = None
+        self._position: int | None = None  # the site's last published WAL position, for the marker
         self._states = {s.name: StoreState(s.name) for s in stores}
         self._wake = threading.Event()  # a new wish: renew now rather than after the interval
         self._threads = [
@@ -118,6 +119,13 @@ class ActiveLease:
         if changed:
             self._wake.set()
         return reset and want is not None
+
+    def set_position(self, lsn: int | None) -> None:
+        """The site's WAL position as last published (its leader's status key): each renewal
+        records it in the store's marker, so that promote-site can estimate the loss from it
+        when this site cannot be reached. Not part of the wish: it never voids a renewal."""
+        with self._lock:
+            self._position = lsn
 
     def wait_first(self, timeout: float) -> None:
         """Wait (bounded) until every store has answered or failed once: when enforcement starts
@@ -155,7 +163,9 @@ class ActiveLease:
         renewal: Renewal | None = None
         refused = False
         try:
-            renewal = store.renew(want.site, want.epoch, want.ttl, want.enforced)
+            with self._lock:
+                position = self._position
+            renewal = store.renew(want.site, want.epoch, want.ttl, want.enforced, position)
         except LeaseRefused as exc:
             error, refused = str(exc), True
             log.warning("cross-site: active lease refused", store=name, error=error)

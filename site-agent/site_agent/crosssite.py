@@ -177,6 +177,7 @@ class SiteGuard:
             # lease deadline, before this lease can expire.
             ttl = max(policy.active_lease_ttl_s, 2 * base.ttl)
             want = Want(self.site, own.epoch, ttl, policy.witness_fencing)
+        self.lease.set_position(view.status.lsn if view.status is not None else None)
         if self.lease.update(want):
             # Enforcement (or a new epoch) starts now: give the first renewals their chance
             # (bounded by one read's timeout) before judging a running primary on them.
@@ -285,11 +286,12 @@ class SiteGuard:
 def _witness_doc(w: PeerObservation | None, now: float) -> dict[str, Any] | None:
     if w is None:
         return None
-    claim = _witness_claim(w)
+    claim = _witness_claim(w, pending=True)
     return {
         "ok": w.ok,
         "active_site": claim.site if claim else None,
         "epoch": claim.epoch if claim else None,
+        "pending": bool(w.record is not None and w.record.extra.get("pending") is True),
         "last_answer_age_s": round(now - w.last_ok_at, 1) if w.last_ok_at is not None else None,
         "error": w.error,
     }

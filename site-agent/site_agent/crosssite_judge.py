@@ -85,9 +85,18 @@ def judge(
     """This site's cross-site standing. Pure: ``now`` is monotonic, ``wall_clock`` is time.time()
     (for an operator's confirmation, which carries a wall-clock expiry). ``witness`` is the last
     read of the witness (its record's ``extra["active_site"]`` names the active site)."""
-    fenced = _fence_verdict(my_site, own, highest, witness)
-    if fenced is not None:
-        return fenced
+    verdict = _fence_verdict(my_site, own, highest, witness) or _own_verdict(my_site, own, peers, wall_clock)
+    if verdict is not None:
+        return verdict
+    assert own is not None  # _own_verdict answers for a site without a record
+    return _freshness_verdict(my_site, own.epoch, peers, now, max_age, witness)
+
+
+def _own_verdict(
+    my_site: str, own: SiteRecord | None, peers: Mapping[str, PeerObservation], wall_clock: float
+) -> Verdict | None:
+    """What this site's own record decides without looking at freshness: a standby, an
+    operator's confirmation, no record at all, or another site active at the same epoch."""
     if own is not None and own.role == "standby":
         return Verdict("standby", f"standby of site {own.follows or '?'}", own.follows, own.epoch)
     epoch = own.epoch if own is not None else 0
@@ -115,7 +124,7 @@ def judge(
             None,
             epoch,
         )
-    return _freshness_verdict(my_site, epoch, peers, now, max_age, witness)
+    return None
 
 
 def _fence_verdict(
@@ -126,8 +135,9 @@ def _fence_verdict(
     if highest is not None and highest.site != my_site and (own is None or highest.epoch > own.epoch):
         claims.append(highest)
     wclaim = _witness_claim(witness)
-    # The witness is written before any promotion: another site named there at our epoch or
-    # above is the active one.
+    # The witness is written before any promotion: another site named there (committed) at our
+    # epoch or above is the active one. A *pending* claim (a promotion on lease evidence whose
+    # last compare is still to come) is not: it fences nobody (docs/cross-site.md).
     if wclaim is not None and wclaim.site != my_site and (own is None or wclaim.epoch >= own.epoch):
         claims.append(wclaim)
     if not claims:
@@ -160,7 +170,12 @@ def _freshness_verdict(
         for n, p in peers.items()
         if p.last_ok_at is not None and now - p.last_ok_at <= max_age and n != my_site
     )
-    if witness is not None and witness.last_ok_at is not None and now - witness.last_ok_at <= max_age:
+    if (
+        witness is not None
+        and witness.last_ok_at is not None
+        and now - witness.last_ok_at <= max_age
+        and not _claimed_above(my_site, epoch, witness)
+    ):
         fresh.append(("the witness", now - witness.last_ok_at))
     if fresh:
         shown = ", ".join(f"{n} ({age:.0f}s ago)" for n, age in fresh)
@@ -179,12 +194,19 @@ def _freshness_verdict(
     )
 
 
-def _witness_claim(witness: PeerObservation | None) -> ActiveClaim | None:
+def _witness_claim(witness: PeerObservation | None, *, pending: bool = False) -> ActiveClaim | None:
+    """The site the witness names active (committed claims only, unless ``pending``)."""
     rec = witness.record if witness is not None else None
-    if rec is None or rec.role != "active":
+    if rec is None or rec.role != "active" or (rec.extra.get("pending") is True and not pending):
         return None
     site = rec.extra.get("active_site")
     return ActiveClaim(site, rec.epoch) if isinstance(site, str) and site else None
+
+
+def _claimed_above(my_site: str, epoch: int, witness: PeerObservation) -> bool:
+    """The witness names another site (even pending) at ``epoch`` or above: it does not confirm us."""
+    claim = _witness_claim(witness, pending=True)
+    return claim is not None and claim.site != my_site and claim.epoch >= epoch
 
 
 def _operator_confirmation(own: SiteRecord | None, wall_clock: float) -> str | None:

@@ -106,6 +106,10 @@ def test_site_cut_from_both_goes_read_only_before_its_lease_expires_then_b_promo
     result = promote_site(ctl, "b", accept_data_loss=True, reason="test: lease evidence")
     assert result["result"] == "done", result
     assert "expired" in result["evidence"], result
+    # The loss estimate from the position site a recorded with its last renewal (its DCS is
+    # unreachable): known, as of that renewal, never above what a had written by then.
+    assert result["estimate_as_of"] is not None and result["estimate_bytes"] is not None, result
+    assert result["old_last_lsn"] is not None and result["estimate_bytes"] >= 0, result
     epoch = result["epoch"]
     entries = [json.loads(line) for line in Path(ctl.policy.audit_log or "").read_text().splitlines()]
     promote = [e for e in entries if e.get("operation") == "promote-site" and e.get("event") == "promote"]

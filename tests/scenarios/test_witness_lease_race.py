@@ -1,28 +1,30 @@
-"""A lease-based promotion that loses its last compare (docs/cross-site.md, "No race at the moment
-of promotion"), found by ``bench.chaos_sites --witness-fencing --faults return_at_promotion``.
+"""A lease-based promotion that loses its last compare (docs/cross-site.md, "A promotion that loses
+its last compare"), found by ``bench.chaos_sites --witness-fencing --faults return_at_promotion``.
 
 Site a is cut from site b and from the witness until its active lease has expired in both stores.
-``promote-site b`` (no attestation) claims the witness for b at epoch 2; at that moment the WAN
-to b returns and the controller is slow (4 s) to write b's record: a renews its lease in b's DCS
-first, so the promotion's compare on b fails ("site a renewed its active lease meanwhile") and b is
-not promoted. Safety holds (never two writable sites), but the witness keeps naming b: as soon as
-a reaches the witness again it fences itself on sight, and then neither site is writable until
-an operator runs promote-site again. The end state after a refused promotion should be one active
-site with no operator action: e.g. the controller gives the witness back to the old site (a
-compare-and-swap on the version it claimed) when its last compare fails. Writing b's record before
-the witness would not do: b could then be promoted while a renews its lease in the witness."""
+``promote-site b`` (no attestation) claims the witness for b at epoch 2, *pending*; at that moment
+the WAN to b and site a's link to the witness return, and the controller is slow (4 s) to write
+b's record: a reads the pending claim (it must not step down on it), renews its lease in b's DCS
+first, so the promotion's compare on b fails ("site a renewed its active lease meanwhile") and b
+is not promoted. The controller then gives the claim back: the witness names a again.
+
+Before the fix, the claim stayed and a fenced itself on sight of it: neither site was writable
+until an operator ran promote-site again. Now: never two writable sites (the checker, over every
+node of both sites), site a writable again without an operator, every row it acknowledged kept."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
 
-from drctl.lab.workload import Writer
-from drctl.sites import controller
-from drctl.sites.controller import SiteOpError, promote_site
+from drctl.lab.workload import Writer, missing_rows
+from drctl.sites import steps
+from drctl.sites.controller import SiteOpError, promote_site, witness_record
 from tests.scenarios.test_cross_site import TwoSites, wait_until
 from tests.scenarios.test_site_disaster import _site_url
 from tests.scenarios.test_witness_lease import _controller, _lease_live, _leases_held, lease_sites
@@ -31,12 +33,6 @@ __all__ = ["lease_sites"]  # the fixture, imported for pytest
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="defect: a lease promotion whose last compare fails leaves the witness naming the target "
-    "site, and the old active site fences itself when it sees the witness again (no site writable)",
-)
 def test_a_promotion_that_loses_its_last_compare_leaves_one_active_site(lease_sites: TwoSites) -> None:
     ts = lease_sites
     ctl = _controller(ts)
@@ -49,22 +45,40 @@ def test_a_promotion_that_loses_its_last_compare_leaves_one_active_site(lease_si
         ts.lab.cut_wan()
         ts.lab.cut_witness("a")
         wait_until(lambda: not _lease_live(ctl, "witness") and not _lease_live(ctl, "b"), 90, "site a's lease expired")
-        original = controller.claim_witness
+        original = steps.claim_witness
+        seen: dict[str, Any] = {}
 
-        def slow_claim(*a: Any, **kw: Any) -> int:
-            epoch = original(*a, **kw)
-            ts.lab.heal_wan()  # the WAN to b returns just after the witness names b
+        def slow_claim(*a: Any, **kw: Any) -> Any:
+            out = original(*a, **kw)
+            seen["claim"] = witness_record(ctl)
+            ts.lab.heal_wan()  # the WAN to b returns just after the witness names b (pending) ...
+            ts.lab.heal_witness("a")  # ... and site a reads the witness meanwhile
             time.sleep(4.0)  # a loaded controller: site a renews its lease in b first
-            return epoch
+            return out
 
-        with mock.patch.object(controller, "claim_witness", slow_claim), pytest.raises(SiteOpError) as exc:
+        with mock.patch.object(steps, "claim_witness", slow_claim), pytest.raises(SiteOpError) as exc:
             promote_site(ctl, "b", accept_data_loss=True, reason="test: flapping WAN")
-        assert "renewed its active lease" in str(exc.value)
+        claim = seen.get("claim")
+        assert claim is not None and claim.active_site == "b" and claim.pending, claim
+        refusal = str(exc.value)
+        assert "renewed its active lease" in refusal and "the witness names site a again" in refusal, refusal
+        back = witness_record(ctl)
+        assert back is not None and back.active_site == "a" and back.epoch < claim.epoch and not back.pending, back
         assert ts.b.writable_nodes() == []
-        ts.lab.heal_witness("a")
-        time.sleep(20)  # site a sees the witness again
-        # Never two writable sites (the checker), and one of them writable without an operator.
+
+        # Site a is writable again on its own (it renews in b's DCS and in the witness), stays so,
+        # and b never is.
+        wait_until(lambda: len(ts.a.writable_nodes()) == 1, 60, "site a writable again without an operator")
+        wait_until(lambda: _leases_held(ctl), 30, "site a's lease back in the witness and in site b")
+        healed_acks = len(writer.acks)
+        time.sleep(10)
+        assert len(writer.acks) > healed_acks + 20, "site a stopped acknowledging writes"
+        assert len(ts.a.writable_nodes()) == 1 and ts.b.writable_nodes() == []
         assert ts.checker.violations() == []
-        assert len(ts.a.writable_nodes()) + len(ts.b.writable_nodes()) == 1, "no writable site"
+        entries = [json.loads(line) for line in Path(ctl.policy.audit_log or "").read_text().splitlines()]
+        settled = [e for e in entries if e.get("event") == "witness-settled"]
+        assert settled and settled[-1]["promoted"] is False and settled[-1]["error"] is None, settled
     finally:
         writer.stop()
+    assert missing_rows(_site_url(ts, "a"), writer.acked_ids()) == set()
+    assert ts.checker.violations() == []

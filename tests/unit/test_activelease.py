@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from site_agent.crossslots import megabytes, retention_parameters, with_paramete
 from site_agent.decide import decide
 from site_agent.state import DataDirState, DecideConfig, LocalState, PgState
 
-from drctl.dcs.base import ClusterView, Leader, Record, SiteRecord
+from drctl.dcs.base import ClusterView, Leader, LeaderStatus, Record, SiteRecord
 from drctl.sites.activelease import Renewal, StoreLease, judge_lease, store_fences
 from drctl.sites.topology import Topology, TopologyError, load_topology
 
@@ -169,6 +170,7 @@ class _FakeLease:
     def __init__(self, states: dict[str, StoreState]) -> None:
         self.states_now = states
         self.wants: list[Want | None] = []
+        self.positions: list[int | None] = []
 
         self.first: dict[str, StoreState] | None = None  # what the first renewals bring
 
@@ -176,6 +178,9 @@ class _FakeLease:
         fresh = want is not None and (not self.wants or self.wants[-1] is None)
         self.wants.append(want)
         return fresh
+
+    def set_position(self, lsn: int | None) -> None:
+        self.positions.append(lsn)
 
     def wait_first(self, timeout: float) -> None:
         if self.first is not None:
@@ -240,6 +245,16 @@ def test_the_guard_lets_a_primary_that_renews_in_one_store_keep_writing() -> Non
     assert guard.may_write and guard.lease_hold is None
     d = decide(view, _primary(), DecideConfig(ttl=10, loop_wait=1, retry_timeout=3), time.monotonic())
     assert d.role == "primary" and not any(type(a).__name__ == "Demote" for a in d.actions), d
+
+
+def test_the_guard_hands_the_sites_published_position_to_the_renewals() -> None:
+    """Recorded in each store's marker: promote-site's loss estimate when this site is cut off."""
+    fresh = {"witness": StoreState("witness", Renewal(time.monotonic(), 20, "1"), True), "b": down("b")}
+    guard, fake = _guard(fresh)
+    dyn = DynamicConfig(ttl=10, loop_wait=1, retry_timeout=3)
+    guard.inputs(replace(_view(), status=LeaderStatus(0x5000060)), dyn, writable_now=True, held_key=True)
+    guard.inputs(_view(), dyn, writable_now=True, held_key=True)  # nothing published (yet)
+    assert fake.positions == [0x5000060, None]
 
 
 def test_turning_the_setting_on_does_not_demote_a_primary_whose_first_renewal_succeeds() -> None:
