@@ -69,7 +69,7 @@ import psycopg
 
 from bench.scenarios import RESULTS, lab_base, leftovers, log, prune_lab, wait_until, wal_bytes_of_inserts
 from drctl.lab.cluster import SUPERUSER, LabCluster
-from drctl.lab.lab import Lab, topology_path
+from drctl.lab.lab import Lab, LabError, topology_path
 from drctl.lab.netns import NetnsCluster, NetnsLab, NetnsNode
 from drctl.lab.nsutil import in_netns, netns_support
 from drctl.lab.procs import Supervisor, release
@@ -446,7 +446,10 @@ def main(argv: list[str] | None = None) -> int:
         if checker is not None:
             checker.stop()
         on_ops_host.close()
-        lab.down(grace=20)
+        try:
+            lab.down(grace=20)
+        except LabError as exc:  # a lab that never started: keep the first error visible
+            log(f"lab down: {exc}")
     left = leftovers() + [f"{r.name}({r.pid})" for r in lab.running()]
     if left:
         log(f"WARNING: processes left running: {left}")
