@@ -198,7 +198,6 @@ def test_a_demotion_is_announced_before_the_key_is_released() -> None:
     assert done.all_ok and not done.memory.am_leader
 
 
-
 def _fencing(command: str) -> Any:
     from drctl.agentconfig.sections import FencingConfig
 
