@@ -188,12 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             fault_at, heal_at = notes.pop("fault_at"), notes.pop("heal_at")
             since = max(heal_at, fault_at + 0.2)
             wait_until(lambda since=since: acks_resumed(inst.writer, since), args.rejoin_timeout)
-            # A node the fencing hook powered off (it led and was not seen demoted) boots again.
-            fenced = system.revive_fenced()
-            if fenced:
-                notes["fenced_and_restarted"] = fenced
-                log(f"#{i}: fenced by the new leader, restarted: {fenced}")
-            ok = wait_stably_healthy(system, args.rejoin_timeout)
+            ok = _settle(system, args.rejoin_timeout, notes, i)
             not_rejoined = [] if ok else system.not_rejoined()
             now = time.monotonic()
             gap, _, _ = write_gap([a for a in inst.writer.acks if a.at < now], fault_at, now)
@@ -263,6 +258,26 @@ def main(argv: list[str] | None = None) -> int:
         netns_left = _teardown_netns(netns_lab, inst) if netns_lab is not None else None
         left = netns_left if netns_left is not None else teardown(base, sup, etcd, system, inst)
     return 1 if bad or left else 0
+
+
+def _settle(system: System, timeout: float, notes: dict[str, Any], i: int) -> bool:
+    """Wait (bounded) until the cluster is stably healthy. A node the fencing hook powered off
+    (it led and was not seen demoted) boots again, as a hypervisor or an operator would restart
+    it: checked throughout the wait, since a fence can land after writes resumed."""
+    deadline = time.monotonic() + timeout
+    first = True
+    while True:
+        fenced = system.revive_fenced()
+        if fenced:
+            key = "fenced_and_restarted" if first else "fenced_late_and_restarted"
+            notes.setdefault(key, []).extend(fenced)
+            log(f"#{i}: fenced{'' if first else ' (after writes resumed)'}, restarted: {fenced}")
+        first = False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if wait_stably_healthy(system, min(10.0, left)):
+            return True
 
 
 def _teardown_netns(lab: NetnsLab, inst: Instruments | None) -> list[str]:

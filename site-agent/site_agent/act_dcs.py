@@ -171,6 +171,10 @@ class DcsHands(Hands):
             log.error("fencing failed; fencing.on_failure=proceed: taking over anyway", member=a.member, outcome=what)
             return DONE
         log.error("fencing failed: not taking over (fencing.on_failure=block)", member=a.member, outcome=what)
+        if self.mem.am_leader:
+            # The fence runs under the key (election rule): let it go, or the next cycle would
+            # promote its holder without the fence.
+            self._release_leader(ReleaseLeader(None))
         return ActionResult(False, f"fencing {a.member} failed ({what}); fencing.on_failure=block")
 
     def _failsafe_hold(self) -> ActionResult:

@@ -196,3 +196,31 @@ def test_a_demotion_is_announced_before_the_key_is_released() -> None:
     assert ctl.calls == ["stop fast"]
     assert dcs.calls == ["announced demoted", "delete 7"]
     assert done.all_ok and not done.memory.am_leader
+
+
+def _fencing(command: str) -> Any:
+    from drctl.agentconfig.sections import FencingConfig
+
+    return FencingConfig(command=[command], timeout=5.0)
+
+
+def test_a_failed_fence_under_the_key_releases_it_and_never_promotes() -> None:
+    """The election fences under the key: when the fence fails (on_failure=block) the key goes,
+    or the next cycle would promote its holder without the fence."""
+    dcs = FakeDCS(acquire=True)
+    ex, ctl = executor(dcs)
+    ex.fencing = _fencing("/bin/false")
+    decision = Decision((AcquireLeader(), FenceNode("n2"), RenewLeader(), Promote()), "t", "primary")
+    done = ex.execute(decision, None, DynamicConfig(), Memory())
+    assert dcs.calls == ["acquire", "delete None"] and ctl.calls == []
+    assert not done.memory.am_leader
+
+
+def test_a_key_lost_during_the_fence_stops_before_promote() -> None:
+    dcs = FakeDCS(acquire=True, update=False)
+    ex, ctl = executor(dcs)
+    ex.fencing = _fencing("/bin/true")
+    decision = Decision((AcquireLeader(), FenceNode("n2"), RenewLeader(), Promote()), "t", "primary")
+    done = ex.execute(decision, None, DynamicConfig(), Memory())
+    assert dcs.calls == ["acquire", "update"] and ctl.calls == []
+    assert not done.memory.am_leader

@@ -282,13 +282,17 @@ def test_duplicate_name_from_another_data_dir_or_host_is_refused() -> None:
 # --- fencing (finding 6) ---------------------------------------------------------------------
 
 
-def test_fence_runs_before_taking_the_key_from_a_leader_not_seen_demoted() -> None:
+def test_fence_runs_under_the_key_before_promoting_over_a_leader_not_seen_demoted() -> None:
     fenced = replace(CFG, fencing=True)
     v = view(None, status=LeaderStatus(1000))
     me = replica(last_leader="n2", peers={"n3": PeerStatus(True, lsn=900, in_recovery=True)})
     d = decide(v, me, fenced, NOW)
-    assert kinds(d)[:2] == [FenceNode, AcquireLeader] and d.has(Promote)
-    assert d.actions[0] == FenceNode("n2") and FenceNode.guard
+    # Key first (a member that won it meanwhile, e.g. the old leader back from a DCS outage, is
+    # never fenced), then the fence, then the key confirmed again (the fence may outlast the
+    # lease), and only then the promotion.
+    assert kinds(d)[:3] == [AcquireLeader, FenceNode, RenewLeader] and d.has(Promote)
+    assert d.actions[1] == FenceNode("n2") and FenceNode.guard and RenewLeader.guard
+    assert kinds(d).index(Promote) > kinds(d).index(RenewLeader)
     # the old leader answers as a replica: it demoted itself, nothing to fence
     seen = replace(me, peers={"n2": PeerStatus(True, lsn=1000, in_recovery=True)})
     assert not decide(v, seen, fenced, NOW).has(FenceNode)

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from site_agent.actions import AcquireLeader, Action, Decision, FenceNode, Follow, Promote, StartPostgres, WaitForLeader
+from site_agent.actions import (
+    AcquireLeader,
+    Action,
+    Decision,
+    FenceNode,
+    Follow,
+    Promote,
+    RenewLeader,
+    StartPostgres,
+    WaitForLeader,
+)
 from site_agent.eligibility import failover_blockers, history_diverged
 from site_agent.rules.context import (
     Ctx,
@@ -56,17 +66,21 @@ def no_leader(ctx: Ctx) -> Decision:
         )
     before, after = promotion_sync_actions(view, cfg)
     fence, fence_note = _fence_old_leader(ctx)
+    # The fence runs under the key, never before it: a member that won the key meanwhile (the old
+    # leader itself, back from a DCS outage) must not be powered off. The key is confirmed again
+    # after the fence (which may outlast the lease) before promoting.
     return dec(
         [
-            *fence,
             AcquireLeader(),
+            *fence,
+            *([RenewLeader(local.lsn)] if fence else []),
             *before,
             Promote(),
             history_action(ctx, kind if kind.startswith("switchover") else f"{kind}: no leader"),
             *clear_failover(ctx),
             *after,
         ],
-        f"no leader and I am the best eligible member: {fence_note}taking the key and promoting ({kind})",
+        f"no leader and I am the best eligible member: taking the key, {fence_note}promoting ({kind})",
         "primary",
     )
 
@@ -80,7 +94,7 @@ def _fence_old_leader(ctx: Ctx) -> tuple[list[Action], str]:
     peer = ctx.local.peers.get(old)
     if peer is not None and peer.reachable and peer.in_recovery is True:
         return [], ""
-    return [FenceNode(old)], f"fencing the old leader {old} (not seen demoted), then "
+    return [FenceNode(old)], f"fencing the old leader {old} (not seen demoted) once the key is mine, "
 
 
 def _last_synchronous_leader(ctx: Ctx) -> bool:
