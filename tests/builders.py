@@ -67,3 +67,18 @@ def wait_until(pred: Callable[[], object], timeout: float, what: str, *, interva
             return time.monotonic() - started
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def wait_archived(node: Any, timeout: float = 30.0) -> str:
+    """Write on ``node`` (a ``ScratchNode``), switch WAL and wait until the archiver has pushed
+    that segment; its name."""
+    node.sql("CREATE TABLE IF NOT EXISTS walgen (x int)")
+    node.sql("INSERT INTO walgen VALUES (1)")
+    walfile = str(node.val("SELECT pg_walfile_name(pg_switch_wal())"))
+
+    def archived() -> bool:
+        last = node.val("SELECT last_archived_wal FROM pg_stat_archiver")
+        return last is not None and last >= walfile
+
+    wait_until(archived, timeout, f"{walfile} archived")
+    return walfile

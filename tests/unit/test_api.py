@@ -26,19 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from site_agent.api import AgentControl, ApiServer, TlsConfig, parse_listen, start_api
 from site_agent.snapshot import NodeSnapshot, XlogPosition
 
-from drctl.dcs.base import (
-    ClusterView,
-    Failover,
-    History,
-    HistoryEntry,
-    LeaderStatus,
-    Member,
-    MemberInfo,
-    Record,
-    SiteRecord,
-    SyncState,
-)
-from drctl.dcs.base import Leader as LeaderKey
+from drctl.dcs import base as dcs
 
 AUTH = ("admin", "s3cret")
 MB = 1 << 20
@@ -94,14 +82,14 @@ def replica_snapshot() -> NodeSnapshot:
     )
 
 
-def cluster_view() -> ClusterView:
-    return ClusterView(
+def cluster_view() -> dcs.ClusterView:
+    return dcs.ClusterView(
         scope="c1",
-        leader=LeaderKey("n1", 7, "lease-1"),
+        leader=dcs.Leader("n1", 7, "lease-1"),
         members=(
-            Member(
+            dcs.Member(
                 "n1",
-                MemberInfo(
+                dcs.MemberInfo(
                     conn_url="postgresql://10.0.0.1:5432/postgres",
                     api_url="http://10.0.0.1:8008/status",
                     role="primary",
@@ -111,9 +99,9 @@ def cluster_view() -> ClusterView:
                 ),
                 5,
             ),
-            Member(
+            dcs.Member(
                 "n2",
-                MemberInfo(
+                dcs.MemberInfo(
                     conn_url="host=10.0.0.2 port=5433 dbname=postgres",
                     api_url="http://10.0.0.2:8008/status",
                     role="replica",
@@ -125,21 +113,23 @@ def cluster_view() -> ClusterView:
                 ),
                 6,
             ),
-            Member("n3", MemberInfo(role="replica", state="stopped"), 8),
+            dcs.Member("n3", dcs.MemberInfo(role="replica", state="stopped"), 8),
         ),
-        config=Record({"ttl": 30, "loop_wait": 10, "pause": True, "postgresql": {"parameters": {"a": 1}}}, 3),
-        history=History((HistoryEntry(1, 50 * MB, "no recovery target specified", "2024-01-01T00:00:00Z", "n1"),), 2),
-        failover=Failover("n1", "n2", "2030-01-01T00:00:00+00:00", 9),
-        sync=SyncState("n1", ("n2",), 4),
-        status=LeaderStatus(100 * MB, {}, 10),
-        site=SiteRecord("active", 4),
+        config=dcs.Record({"ttl": 30, "loop_wait": 10, "pause": True, "postgresql": {"parameters": {"a": 1}}}, 3),
+        history=dcs.History(
+            (dcs.HistoryEntry(1, 50 * MB, "no recovery target specified", "2024-01-01T00:00:00Z", "n1"),), 2
+        ),
+        failover=dcs.Failover("n1", "n2", "2030-01-01T00:00:00+00:00", 9),
+        sync=dcs.SyncState("n1", ("n2",), 4),
+        status=dcs.LeaderStatus(100 * MB, {}, 10),
+        site=dcs.SiteRecord("active", 4),
     )
 
 
 class FakeControl:
     """The daemon side of the API: records every request and answers what the test set."""
 
-    def __init__(self, snap: NodeSnapshot | None = None, view: ClusterView | None = None) -> None:
+    def __init__(self, snap: NodeSnapshot | None = None, view: dcs.ClusterView | None = None) -> None:
         self.snap = snap or primary_snapshot()
         self.view = view
         self.calls: list[tuple[str, Any]] = []
@@ -161,7 +151,7 @@ class FakeControl:
     def live_xlog(self) -> dict[str, int] | None:
         return self.live
 
-    def cluster(self) -> ClusterView | None:
+    def cluster(self) -> dcs.ClusterView | None:
         return self.view
 
     def request_switchover(
@@ -416,7 +406,7 @@ def test_status_without_cluster_view(api: ApiServer, control: FakeControl) -> No
     control.view = None
     for path in ("/cluster", "/history", "/config"):
         assert call(api, "GET", path).code == 503, path
-    control.view = ClusterView(scope="c1")
+    control.view = dcs.ClusterView(scope="c1")
     assert call(api, "GET", "/history").json() == []
     assert call(api, "GET", "/config").code == 502
     assert call(api, "GET", "/cluster").json()["members"] == []

@@ -30,31 +30,19 @@ from site_agent.actions import (
 from site_agent.decide import decide
 from site_agent.state import DataDirState, DecideConfig, LocalState, NodeTags, PeerStatus, PgState
 
-from drctl.dcs.base import (
-    ClusterView,
-    Failover,
-    History,
-    HistoryEntry,
-    Leader,
-    LeaderStatus,
-    Member,
-    MemberInfo,
-    Record,
-    SiteRecord,
-    SyncState,
-)
+from drctl.dcs import base as dcs
 
 ME = "n1"
 NAMES = ("n1", "n2", "n3")
 NOW = 10_000.0
 SCHEDULES = [None, "2023-01-01T00:00:00+00:00", "2099-01-01T00:00:00+00:00", "soon"]
 names_list = st.lists(st.sampled_from(NAMES)).map(tuple)
-sites = st.builds(SiteRecord, st.sampled_from(["active", "standby"]), st.just(1))
+sites = st.builds(dcs.SiteRecord, st.sampled_from(["active", "standby"]), st.just(1))
 lsns = st.one_of(st.none(), st.integers(0, 3_000_000))
 
 
 @st.composite
-def members(draw: st.DrawFn) -> tuple[Member, ...]:
+def members(draw: st.DrawFn) -> tuple[dcs.Member, ...]:
     out = []
     for name in NAMES:
         if draw(st.booleans()):
@@ -69,7 +57,7 @@ def members(draw: st.DrawFn) -> tuple[Member, ...]:
                     },
                 )
             )
-            info = MemberInfo(
+            info = dcs.MemberInfo(
                 role=draw(st.sampled_from(["primary", "replica", "standby_leader", "uninitialized"])),
                 state=draw(st.sampled_from(["running", "stopped", "starting"])),
                 timeline=draw(st.integers(1, 3)),
@@ -77,17 +65,17 @@ def members(draw: st.DrawFn) -> tuple[Member, ...]:
                 replayed_lsn=draw(lsns),
                 tags=tags,
             )
-            out.append(Member(name, info, version=1))
+            out.append(dcs.Member(name, info, version=1))
     return tuple(out)
 
 
 @st.composite
-def views(draw: st.DrawFn) -> ClusterView:
+def views(draw: st.DrawFn) -> dcs.ClusterView:
     failover = draw(
         st.one_of(
             st.none(),
             st.builds(
-                Failover,
+                dcs.Failover,
                 leader=st.one_of(st.none(), st.sampled_from(NAMES)),
                 candidate=st.one_of(st.none(), st.sampled_from(NAMES)),
                 scheduled_at=st.sampled_from(SCHEDULES),
@@ -99,23 +87,23 @@ def views(draw: st.DrawFn) -> ClusterView:
         st.one_of(
             st.none(),
             st.builds(
-                lambda lsn, tl: History((HistoryEntry(tl, lsn, "failover", "", "n2"),), 1),
+                lambda lsn, tl: dcs.History((dcs.HistoryEntry(tl, lsn, "failover", "", "n2"),), 1),
                 st.integers(0, 3_000_000),
                 st.integers(1, 2),
             ),
         )
     )
-    return ClusterView(
+    return dcs.ClusterView(
         scope="s",
-        leader=draw(st.one_of(st.none(), st.builds(Leader, st.sampled_from(NAMES), st.integers(1, 9)))),
+        leader=draw(st.one_of(st.none(), st.builds(dcs.Leader, st.sampled_from(NAMES), st.integers(1, 9)))),
         members=draw(members()),
-        config=draw(st.one_of(st.none(), st.builds(lambda p: Record({"pause": p}, 1), st.booleans()))),
+        config=draw(st.one_of(st.none(), st.builds(lambda p: dcs.Record({"pause": p}, 1), st.booleans()))),
         initialize=draw(st.sampled_from([None, "", "sys1", "sys2"])),
         initialize_version=1,
         history=history,
         failover=failover,
-        sync=draw(st.one_of(st.none(), st.builds(SyncState, st.sampled_from(NAMES), names_list))),
-        status=draw(st.one_of(st.none(), st.builds(LeaderStatus, st.integers(0, 3_000_000)))),
+        sync=draw(st.one_of(st.none(), st.builds(dcs.SyncState, st.sampled_from(NAMES), names_list))),
+        status=draw(st.one_of(st.none(), st.builds(dcs.LeaderStatus, st.integers(0, 3_000_000)))),
         site=draw(st.one_of(st.none(), sites)),
         failsafe=draw(
             st.one_of(st.none(), st.dictionaries(st.sampled_from(NAMES), st.just("http://x:8008"), max_size=3))
@@ -204,7 +192,7 @@ def plausible_locals(draw: st.DrawFn) -> LocalState:
 
 
 @st.composite
-def plausible_views(draw: st.DrawFn) -> ClusterView:
+def plausible_views(draw: st.DrawFn) -> dcs.ClusterView:
     v = draw(views())
     return replace(v, initialize="sys1", config=None, site=draw(st.sampled_from([None, v.site])))
 
@@ -230,7 +218,7 @@ cfgs = st.builds(
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def paused(view: ClusterView | None, cfg: DecideConfig) -> bool:
+def paused(view: dcs.ClusterView | None, cfg: DecideConfig) -> bool:
     return cfg.pause or (view is not None and bool(view.config_data.get("pause")))
 
 
@@ -245,7 +233,7 @@ def index(actions: tuple[Any, ...], kind: type) -> int:
 
 @PROPS
 @given(any_view, any_local, cfgs)
-def test_promote_only_with_the_key(view: ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
+def test_promote_only_with_the_key(view: dcs.ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
     d = decide(view, local, cfg, NOW)
     if not d.has(Promote):
         return
@@ -265,7 +253,7 @@ def test_promote_only_with_the_key(view: ClusterView | None, local: LocalState, 
 @PROPS
 @given(any_view, any_local, cfgs)
 def test_never_promote_on_standby_site_or_in_pause(
-    view: ClusterView | None, local: LocalState, cfg: DecideConfig
+    view: dcs.ClusterView | None, local: LocalState, cfg: DecideConfig
 ) -> None:
     d = decide(view, local, cfg, NOW)
     standby_site = view is not None and view.site is not None and view.site.role == "standby"
@@ -276,7 +264,9 @@ def test_never_promote_on_standby_site_or_in_pause(
 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
-def test_automatic_failover_never_promotes_ineligible(view: ClusterView, local: LocalState, cfg: DecideConfig) -> None:
+def test_automatic_failover_never_promotes_ineligible(
+    view: dcs.ClusterView, local: LocalState, cfg: DecideConfig
+) -> None:
     d = decide(view, local, cfg, NOW)
     if d.has(AcquireLeader) and d.has(Promote):
         manual = view.failover is not None and view.failover.candidate == ME
@@ -294,7 +284,9 @@ def test_automatic_failover_never_promotes_ineligible(view: ClusterView, local: 
 
 @PROPS
 @given(any_view, any_local, cfgs)
-def test_primary_without_the_key_always_demotes(view: ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
+def test_primary_without_the_key_always_demotes(
+    view: dcs.ClusterView | None, local: LocalState, cfg: DecideConfig
+) -> None:
     local = replace(local, pg=PgState.RUNNING, in_recovery=False)
     d = decide(view, local, cfg, NOW)
     standby_site = view is not None and (
@@ -316,7 +308,7 @@ def test_primary_without_the_key_always_demotes(view: ClusterView | None, local:
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs, st.floats(0, 100))
 def test_leader_past_deadline_always_demotes(
-    view: ClusterView, local: LocalState, cfg: DecideConfig, age: float
+    view: dcs.ClusterView, local: LocalState, cfg: DecideConfig, age: float
 ) -> None:
     local = replace(local, am_leader=True, last_renewal=NOW - age)
     d = decide(view, local, cfg, NOW)
@@ -336,7 +328,7 @@ def test_dcs_loss_demotes_a_primary(local: LocalState, cfg: DecideConfig) -> Non
 
 @PROPS
 @given(any_view, any_local, cfgs)
-def test_never_start_on_rewind_marker(view: ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
+def test_never_start_on_rewind_marker(view: dcs.ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
     local = replace(local, data_dir=DataDirState.REWIND_MARKER)
     d = decide(view, local, cfg, NOW)
     assert not d.has(StartPostgres)
@@ -345,7 +337,7 @@ def test_never_start_on_rewind_marker(view: ClusterView | None, local: LocalStat
 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
-def test_foreign_data_is_never_destroyed(view: ClusterView, local: LocalState, cfg: DecideConfig) -> None:
+def test_foreign_data_is_never_destroyed(view: dcs.ClusterView, local: LocalState, cfg: DecideConfig) -> None:
     if not (view.initialize and local.system_id and local.system_id != view.initialize):
         return
     if local.data_dir in (DataDirState.EMPTY,):
@@ -358,7 +350,7 @@ def test_foreign_data_is_never_destroyed(view: ClusterView, local: LocalState, c
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
 def test_former_primary_rejoins_only_after_reconciliation(
-    view: ClusterView, local: LocalState, cfg: DecideConfig
+    view: dcs.ClusterView, local: LocalState, cfg: DecideConfig
 ) -> None:
     """Invariant 4: a node whose data last ran as primary never starts streaming from a leader
     before its timeline is reconciled (unless the shell proved it did not diverge)."""
@@ -371,7 +363,7 @@ def test_former_primary_rejoins_only_after_reconciliation(
 
 @PROPS
 @given(any_view, any_local, cfgs)
-def test_deterministic_and_explained(view: ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
+def test_deterministic_and_explained(view: dcs.ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
     a = decide(view, local, cfg, NOW)
     b = decide(view, replace(local), replace(cfg), NOW)
     assert a == b
@@ -385,7 +377,9 @@ def elected(d: Any) -> bool:
 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
-def test_sync_mode_never_promotes_a_member_not_in_sync(view: ClusterView, local: LocalState, cfg: DecideConfig) -> None:
+def test_sync_mode_never_promotes_a_member_not_in_sync(
+    view: dcs.ClusterView, local: LocalState, cfg: DecideConfig
+) -> None:
     cfg = replace(cfg, synchronous_mode=True)
     d = decide(view, local, cfg, NOW)
     if not d.has(Promote):
@@ -404,7 +398,7 @@ def test_sync_mode_never_promotes_a_member_not_in_sync(view: ClusterView, local:
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
 def test_sync_key_only_lists_members_already_required_by_postgres(
-    view: ClusterView, local: LocalState, cfg: DecideConfig
+    view: dcs.ClusterView, local: LocalState, cfg: DecideConfig
 ) -> None:
     """Whatever the leader decides, an UpdateSync lists only members PostgreSQL already reported
     synchronous while named in synchronous_standby_names, or members already in the key."""
@@ -420,7 +414,7 @@ def test_sync_key_only_lists_members_already_required_by_postgres(
 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
-def test_failsafe_blocks_elections(view: ClusterView, local: LocalState, cfg: DecideConfig) -> None:
+def test_failsafe_blocks_elections(view: dcs.ClusterView, local: LocalState, cfg: DecideConfig) -> None:
     cfg = replace(cfg, failsafe_mode=True)
     d = decide(view, local, cfg, NOW)
     if not elected(d):
@@ -450,7 +444,7 @@ def test_failsafe_holds_only_with_every_acknowledgement(local: LocalState, cfg: 
 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
-def test_failsafe_map_follows_the_members(view: ClusterView, local: LocalState, cfg: DecideConfig) -> None:
+def test_failsafe_map_follows_the_members(view: dcs.ClusterView, local: LocalState, cfg: DecideConfig) -> None:
     d = decide(view, local, cfg, NOW)
     for a in d.actions:
         if isinstance(a, WriteFailsafe):
@@ -464,7 +458,7 @@ def test_failsafe_map_follows_the_members(view: ClusterView, local: LocalState, 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
 def test_priority_zero_and_nofailover_never_win_an_election(
-    view: ClusterView, local: LocalState, cfg: DecideConfig
+    view: dcs.ClusterView, local: LocalState, cfg: DecideConfig
 ) -> None:
     d = decide(view, local, cfg, NOW)
     if elected(d):
@@ -489,7 +483,7 @@ PG_ACTIONS = (Promote, StartPostgres, StopPostgres, RestartPostgres, Follow, Rew
 
 @PROPS
 @given(any_view, any_local, cfgs)
-def test_pause_touches_nothing(view: ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
+def test_pause_touches_nothing(view: dcs.ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
     """Paused: no action on PostgreSQL at all (exceptions: a writable primary on a standby site
     still demotes, invariant 5; a restart the operator requested over REST), no synchronous
     replication change, no switchover."""
