@@ -3,9 +3,15 @@ and the one ``wait_until`` of the tests that poll a real system."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
+
+from site_agent.snapshot import NodeSnapshot, XlogPosition
 
 from drctl.dcs.base import ClusterView, Leader, LeaderStatus, Member, MemberInfo, Record, SyncState
 
@@ -55,6 +61,43 @@ def view(
         config=Record(dict(config), 42) if config is not None else None,
         sync=SyncState(leader, sync) if sync else None,
         status=LeaderStatus(status_lsn) if status_lsn is not None else None,
+    )
+
+
+def primary_snapshot(now: float, **kw: Any) -> NodeSnapshot:
+    """/status of a healthy primary ``n1`` of scope ``c1`` that ran its cycle a second before ``now``."""
+    base = NodeSnapshot(
+        name="n1",
+        scope="c1",
+        role="primary",
+        state="running",
+        pg_running=True,
+        timeline=3,
+        xlog=XlogPosition(location=100 * MIB),
+        leader_name="n1",
+        is_leader=True,
+        dcs_ok=True,
+        dcs_last_seen=now - 1,
+        site_role="active",
+        last_cycle_at=now - 1,
+    )
+    return replace(base, **kw)
+
+
+def replica_snapshot(now: float, **kw: Any) -> NodeSnapshot:
+    """/status of ``n2`` streaming from ``n1`` (scope ``c1``), cycle a second before ``now``."""
+    xlog = XlogPosition(received_location=99 * MIB, replayed_location=99 * MIB, paused=False)
+    base = primary_snapshot(now, name="n2", role="replica", in_recovery=True, xlog=xlog, is_leader=False)
+    return replace(base, **{"replication_state": "streaming", "dcs_last_seen": None, "lag_bytes": MIB // 2, **kw})
+
+
+def run_site_agent(config: Path) -> subprocess.CompletedProcess[str]:
+    """``site-agent CONFIG`` in a child Python, as an operator starts it (output captured)."""
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from site_agent.main import main; sys.exit(main())", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

@@ -7,6 +7,7 @@ not a mock of PostgreSQL or the DCS: the server is exercised over real sockets w
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import shutil
@@ -14,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,58 +29,42 @@ from site_agent.api import AgentControl, ApiServer, TlsConfig, parse_listen, sta
 from site_agent.snapshot import NodeSnapshot, XlogPosition
 
 from drctl.dcs import base as dcs
+from tests import builders
 
 AUTH = ("admin", "s3cret")
 MB = 1 << 20
 
 
 def primary_snapshot() -> NodeSnapshot:
-    import time
-
-    return NodeSnapshot(
-        name="n1",
-        scope="c1",
-        role="primary",
-        state="running",
-        pg_running=True,
-        timeline=3,
+    now = time.time()
+    return builders.primary_snapshot(
+        now,
         server_version=160004,
         postmaster_start_time="2024-01-01 00:00:00+00",
-        xlog=XlogPosition(location=100 * MB),
         replication=({"application_name": "n2", "state": "streaming", "sync_state": "sync"},),
-        leader_name="n1",
-        is_leader=True,
-        dcs_ok=True,
-        dcs_last_seen=time.time(),
-        site_role="active",
+        dcs_last_seen=now,
         site_epoch=4,
         tags={"zone": "a"},
         version="0.1.0",
-        last_cycle_at=time.time(),
+        last_cycle_at=now,
         last_backup_age_s=3600.0,
         archive_failed_count=2,
     )
 
 
 def replica_snapshot() -> NodeSnapshot:
-    import time
+    xlog = XlogPosition(received_location=99 * MB, replayed_location=98 * MB, paused=False)
+    return builders.replica_snapshot(
+        time.time(), xlog=xlog, lag_bytes=2 * MB, sync_standby=True, last_cycle_at=time.time()
+    )
 
-    return NodeSnapshot(
-        name="n2",
-        scope="c1",
-        role="replica",
-        state="running",
-        pg_running=True,
-        in_recovery=True,
-        timeline=3,
-        xlog=XlogPosition(received_location=99 * MB, replayed_location=98 * MB, paused=False),
-        replication_state="streaming",
-        leader_name="n1",
-        dcs_ok=True,
-        lag_bytes=2 * MB,
-        sync_standby=True,
-        site_role="active",
-        last_cycle_at=time.time(),
+
+def running_member(name: str, ip: str, conn_url: str, key_version: int, **info: Any) -> dcs.Member:
+    """A running member on timeline 3 whose API listens on ``ip``:8008."""
+    return dcs.Member(
+        name,
+        dcs.MemberInfo(conn_url=conn_url, api_url=f"http://{ip}:8008/status", state="running", timeline=3, **info),
+        key_version,
     )
 
 
@@ -87,31 +73,16 @@ def cluster_view() -> dcs.ClusterView:
         scope="c1",
         leader=dcs.Leader("n1", 7, "lease-1"),
         members=(
-            dcs.Member(
-                "n1",
-                dcs.MemberInfo(
-                    conn_url="postgresql://10.0.0.1:5432/postgres",
-                    api_url="http://10.0.0.1:8008/status",
-                    role="primary",
-                    state="running",
-                    timeline=3,
-                    version="0.1.0",
-                ),
-                5,
-            ),
-            dcs.Member(
+            running_member("n1", "10.0.0.1", "postgresql://10.0.0.1:5432/postgres", 5, role="primary", version="0.1.0"),
+            running_member(
                 "n2",
-                dcs.MemberInfo(
-                    conn_url="host=10.0.0.2 port=5433 dbname=postgres",
-                    api_url="http://10.0.0.2:8008/status",
-                    role="replica",
-                    state="running",
-                    timeline=3,
-                    received_lsn=99 * MB,
-                    replayed_lsn=98 * MB,
-                    tags={"nofailover": True},
-                ),
+                "10.0.0.2",
+                "host=10.0.0.2 port=5433 dbname=postgres",
                 6,
+                role="replica",
+                received_lsn=99 * MB,
+                replayed_lsn=98 * MB,
+                tags={"nofailover": True},
             ),
             dcs.Member("n3", dcs.MemberInfo(role="replica", state="stopped"), 8),
         ),
@@ -194,8 +165,9 @@ def control() -> FakeControl:
     return FakeControl(view=cluster_view())
 
 
-@pytest.fixture
-def api(control: FakeControl) -> Iterator[ApiServer]:
+@contextlib.contextmanager
+def serving(control: FakeControl) -> Iterator[ApiServer]:
+    """The API of ``control`` on a free port; stopped after, and no thread of it left alive."""
     before = set(threading.enumerate())
     server = start_api(control, "127.0.0.1:0", auth=AUTH)
     try:
@@ -204,6 +176,12 @@ def api(control: FakeControl) -> Iterator[ApiServer]:
         server.stop()
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not leaked, f"threads leaked: {leaked}"
+
+
+@pytest.fixture
+def api(control: FakeControl) -> Iterator[ApiServer]:
+    with serving(control) as server:
+        yield server
 
 
 class Reply:
