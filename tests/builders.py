@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,18 @@ def wait_archived(node: Any, timeout: float = 30.0) -> str:
 
     wait_until(archived, timeout, f"{walfile} archived")
     return walfile
+
+
+def pitr_target(node: Any) -> datetime:
+    """Rows 1-5 of a new table ``pitr`` on ``node``, the time after them, rows 6-10, then WAL
+    archived past it: a restore to the returned time must bring back exactly rows 1-5."""
+    node.sql("CREATE TABLE pitr (id int PRIMARY KEY)")
+    for i in range(1, 6):
+        node.sql(f"INSERT INTO pitr VALUES ({i})")
+    time.sleep(0.05)
+    target: datetime = node.val("SELECT clock_timestamp()")
+    time.sleep(0.05)
+    for i in range(6, 11):
+        node.sql(f"INSERT INTO pitr VALUES ({i})")
+    wait_archived(node)  # recovery needs WAL past the target
+    return target

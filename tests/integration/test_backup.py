@@ -13,7 +13,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from drctl.backup.info import parse_stanza
 from drctl.backup.restore import strip_pgbackrest_recovery
 from drctl.lab.postgres import LAB_HBA, PG_BIN
 from drctl.lab.scratch import PG_USER, ScratchLab, posix_repo
-from tests.builders import wait_archived, wait_until
+from tests.builders import pitr_target, wait_archived, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -129,15 +128,7 @@ def test_incr_backup_then_standby_from_backup_streams(lab: Lab) -> None:
 
 def test_pitr_into_scratch_copy_without_archiving(lab: Lab) -> None:
     pgbr, p = lab.pgbr, lab.primary
-    p.sql("CREATE TABLE pitr (id int PRIMARY KEY)")
-    for i in range(1, 6):
-        p.sql(f"INSERT INTO pitr VALUES ({i})")
-    time.sleep(0.05)
-    target: datetime = p.sql("SELECT clock_timestamp()")[0][0]
-    time.sleep(0.05)
-    for i in range(6, 11):
-        p.sql(f"INSERT INTO pitr VALUES ({i})")
-    wait_archived(p)  # recovery needs WAL past the target
+    target = pitr_target(p)
 
     x = lab.node("x")
     res = pgbr.restore(x.ctl.data_dir, type="time", target=target, target_action="promote")

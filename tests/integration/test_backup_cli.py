@@ -14,9 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,7 @@ from drctl.backup import PgBackRest
 from drctl.backup.errors import BackupError
 from drctl.lab.postgres import LAB_HBA, PG_BIN
 from drctl.lab.scratch import PG_USER, ScratchLab, posix_repo
-from tests.builders import wait_archived, wait_until
+from tests.builders import pitr_target, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -119,15 +117,7 @@ def test_backup_cli_run_list_verify_break_and_pitr(lab: Lab) -> None:
     wait_until(lambda: check_ok(lab.pgbr), 60, "archiving to recover")
 
     # --- point-in-time restore into a scratch directory --------------------------------------
-    p.sql("CREATE TABLE pitr (id int PRIMARY KEY)")
-    for i in range(1, 6):
-        p.sql(f"INSERT INTO pitr VALUES ({i})")
-    time.sleep(0.05)
-    target: datetime = p.sql("SELECT clock_timestamp()")[0][0]
-    time.sleep(0.05)
-    for i in range(6, 11):
-        p.sql(f"INSERT INTO pitr VALUES ({i})")
-    wait_archived(p)
+    target = pitr_target(p)
 
     x = lab.node("x")
     naive = target.replace(tzinfo=None).isoformat()
