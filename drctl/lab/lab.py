@@ -5,6 +5,7 @@ even after the process that started the lab died)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -264,24 +265,17 @@ class Lab:
                         self.wan[lab_site.name] += proxies
                         remote_dcs[lab_site.name] = [f"http://{p.address}" for p in proxies]
                 # before the agents start: they read it
-                write_lab_topology(
+                topology = functools.partial(
+                    write_lab_topology,
                     self.dir,
                     state,
                     remote_dcs=remote_dcs,
                     remote_entry=remote_entry,
                     dr_slots=dr_slots,
-                    witness=witness_hosts,
                 )
+                topology(witness=witness_hosts)
                 for site, proxies in self.site_witness_proxies.items():
-                    write_lab_topology(
-                        self.dir,
-                        state,
-                        remote_dcs=remote_dcs,
-                        remote_entry=remote_entry,
-                        dr_slots=dr_slots,
-                        witness=[f"http://{p.address}" for p in proxies],
-                        path=site_topology_path(self.dir, site),
-                    )
+                    topology(witness=[f"http://{p.address}" for p in proxies], path=site_topology_path(self.dir, site))
             for cluster in clusters:
                 cluster.start(wait=False)
                 cluster.wait_healthy(180)
