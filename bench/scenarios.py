@@ -82,10 +82,12 @@ def acks_resumed(writer: Writer, after: float, not_port: int | None = None) -> b
 
 
 class Instruments:
-    def __init__(self, system: System) -> None:
+    """The dual-primary checker and a writer through ``system``'s entry (``writer``: another one)."""
+
+    def __init__(self, system: System, writer: Writer | None = None) -> None:
         self.system = system
         self.checker = DualPrimaryChecker({n.name: n.dsn for n in system.nodes}).start()
-        self.writer = Writer(system.url(), interval=WRITE_INTERVAL, timeout=WRITE_TIMEOUT)
+        self.writer = writer or Writer(system.url(), interval=WRITE_INTERVAL, timeout=WRITE_TIMEOUT)
         self.writer.prepare()
         self.writer.start()
         self.events: list[tuple[str, float]] = []
