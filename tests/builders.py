@@ -141,3 +141,12 @@ def pitr_target(node: Any) -> datetime:
         node.sql(f"INSERT INTO pitr VALUES ({i})")
     wait_archived(node)  # recovery needs WAL past the target
     return target
+
+
+def archiving_works(pgbr: Any, failing: type[Exception]) -> bool:
+    """``pgbackrest check`` passes; False when it raises ``failing`` (archiving still broken)."""
+    try:
+        pgbr.check(archive_timeout=5)
+    except failing:
+        return False
+    return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -75,25 +76,24 @@ def lab_up(
     """Start a lab and leave it running. Site a is active; the other sites are standby clusters of it."""
     if witness and (independent or sites < 2):
         raise click.UsageError("--witness needs at least two sites in a DR layout (not --independent)")
+    # the layout both kinds of lab take
+    layout: dict[str, Any] = {
+        "sites": sites,
+        "nodes": nodes,
+        "etcd_members": etcd_members,
+        "dr": not independent,
+        "witness": witness,
+    }
     if netns:
         if tls or mtls or backup:
             raise click.UsageError("--netns runs without --tls, --mtls or --backup (yet)")
-        _lab_up_netns(lab_dir, sites, nodes, etcd_members, pg_user, independent, witness, wan_latency_ms)
+        _lab_up_netns(lab_dir, pg_user, layout, wan_latency_ms)
         return
     if wan_latency_ms:
         raise click.UsageError("--wan-latency-ms needs --netns (the loopback lab has no WAN to slow down)")
     lab = Lab(lab_dir or default_lab_dir(), pg_user=pg_user)
     click.echo(f"lab directory: {lab.dir}")
-    state = lab.up(
-        sites=sites,
-        nodes=nodes,
-        etcd_members=etcd_members,
-        dr=not independent,
-        tls=tls,
-        mtls=mtls,
-        backup=backup,
-        witness=witness,
-    )
+    state = lab.up(**layout, tls=tls, mtls=mtls, backup=backup)
     scheme = "https" if state.tls else "http"
     for site in state.sites:
         click.echo(f"site {site.name}: etcd {','.join(site.etcd_endpoints)}")
@@ -120,28 +120,12 @@ def lab_up(
     click.echo(f"stop it with: drctl lab down --dir {lab.dir}")
 
 
-def _lab_up_netns(
-    lab_dir: Path | None,
-    sites: int,
-    nodes: int,
-    etcd_members: int,
-    pg_user: str,
-    independent: bool,
-    witness: bool,
-    wan_latency_ms: float,
-) -> None:
+def _lab_up_netns(lab_dir: Path | None, pg_user: str, layout: dict[str, Any], wan_latency_ms: float) -> None:
     from drctl.lab.netns import NetnsLab
 
     lab = NetnsLab(lab_dir or default_lab_dir(), pg_user=pg_user)
     click.echo(f"lab directory: {lab.dir}")
-    state = lab.up(
-        sites=sites,
-        nodes=nodes,
-        etcd_members=etcd_members,
-        dr=not independent,
-        witness=witness,
-        wan_latency_ms=wan_latency_ms,
-    )
+    state = lab.up(**layout, wan_latency_ms=wan_latency_ms)
     summary = lab.summary()
     hosts = summary["hosts"]
     click.echo(f"network namespaces: {summary['prefix']}-*  (router {summary['router']})")

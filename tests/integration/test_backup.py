@@ -23,7 +23,7 @@ from drctl.backup.info import parse_stanza
 from drctl.backup.restore import strip_pgbackrest_recovery
 from drctl.lab.postgres import LAB_HBA, PG_BIN
 from drctl.lab.scratch import PG_USER, ScratchLab, posix_repo
-from tests.builders import pitr_target, wait_archived, wait_until
+from tests.builders import archiving_works, pitr_target, wait_archived, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -180,12 +180,4 @@ def test_broken_archive_command_gives_archive_timeout_error(lab: Lab) -> None:
         assert "\n" not in str(err)
     finally:
         p.archive_with(pgbr.archive_push_command())
-    wait_until(lambda: _check_ok(pgbr), 30, "archiving to recover")
-
-
-def _check_ok(pgbr: PgBackRest) -> bool:
-    try:
-        pgbr.check(archive_timeout=5)
-    except ArchiveTimeoutError:
-        return False
-    return True
+    wait_until(lambda: archiving_works(pgbr, ArchiveTimeoutError), 30, "archiving to recover")

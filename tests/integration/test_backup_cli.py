@@ -23,7 +23,7 @@ from drctl.backup import PgBackRest
 from drctl.backup.errors import BackupError
 from drctl.lab.postgres import LAB_HBA, PG_BIN
 from drctl.lab.scratch import PG_USER, ScratchLab, posix_repo
-from tests.builders import pitr_target, wait_until
+from tests.builders import archiving_works, pitr_target, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -68,14 +68,6 @@ def lab(lab_dir: Path) -> Iterator[Lab]:
         yield lab
 
 
-def check_ok(pgbr: PgBackRest) -> bool:
-    try:
-        pgbr.check(archive_timeout=5)
-    except BackupError:
-        return False
-    return True
-
-
 def test_backup_cli_run_list_verify_break_and_pitr(lab: Lab) -> None:
     p = lab.primary
 
@@ -114,7 +106,7 @@ def test_backup_cli_run_list_verify_break_and_pitr(lab: Lab) -> None:
         assert "[082]" in err[0] and "Traceback" not in res.stderr and res.stdout == ""
     finally:
         lab.primary.archive_with(lab.pgbr.archive_push_command())
-    wait_until(lambda: check_ok(lab.pgbr), 60, "archiving to recover")
+    wait_until(lambda: archiving_works(lab.pgbr, BackupError), 60, "archiving to recover")
 
     # --- point-in-time restore into a scratch directory --------------------------------------
     target = pitr_target(p)
