@@ -17,6 +17,7 @@ from drctl.lab.cluster import LabCluster, Timings
 from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows
+from tests.builders import wait_until
 
 pytestmark = pytest.mark.scenario
 
@@ -70,6 +71,34 @@ class Instruments:
         }
 
 
+def steady_leader(
+    c: LabCluster, instruments: Callable[[LabCluster], Instruments], settle: float
+) -> tuple[Instruments, str]:
+    """The instruments started on ``c``, ``settle`` seconds of writes, then ``c``'s leader (there
+    must be one)."""
+    inst = instruments(c)
+    time.sleep(settle)
+    leader = c.leader()
+    assert leader is not None, "no leader"
+    return inst, leader
+
+
+def next_leader(c: LabCluster, old: str, timeout: float, what: str) -> tuple[str, float]:
+    """Wait until a member other than ``old`` holds the leader key: that member, and the seconds
+    it took."""
+    seen: list[str] = []
+
+    def changed() -> bool:
+        name = c.leader()
+        if name is None or name == old:
+            return False
+        seen.append(name)
+        return True
+
+    took = wait_until(changed, timeout, what)
+    return seen[-1], took
+
+
 @pytest.fixture
 def make_cluster(
     supervisor: Supervisor, lab_dir: Path, etcd_site_a: EtcdCluster
@@ -87,6 +116,22 @@ def make_cluster(
     yield make
     for cluster in made:
         cluster.stop(grace=20)
+
+
+Steady = Callable[..., tuple[LabCluster, Instruments, str]]
+
+
+@pytest.fixture
+def steady(make_cluster: Callable[..., LabCluster], instruments: Callable[[LabCluster], Instruments]) -> Steady:
+    """``steady(settle, **cluster_kwargs)``: a new cluster, its instruments, ``settle`` seconds of
+    writes, and its leader."""
+
+    def start(settle: float = 1.0, **kwargs: Any) -> tuple[LabCluster, Instruments, str]:
+        c = make_cluster(**kwargs)
+        inst, leader = steady_leader(c, instruments, settle)
+        return c, inst, leader
+
+    return start
 
 
 @pytest.fixture
