@@ -12,7 +12,7 @@ import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Self
 
 from drctl.backup import PgBackRest, PgBackRestConfig, RepoConfig
 from drctl.lab.ports import free_port
@@ -94,7 +94,15 @@ class ScratchLab:
         for n in self.nodes:
             n.stop(timeout)
 
-    def __enter__(self) -> ScratchLab:
+    def start(self) -> None:
+        """What ``with lab:`` starts (a subclass's nodes); every node is stopped if it fails."""
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop_all()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -46,6 +46,9 @@ class Lab(ScratchLab):
         ]
         self.pgbr = self.backrest(self.primary, repos)
 
+    def start(self) -> None:
+        self.start_archiving_primary(self.primary, self.pgbr)
+
 
 @pytest.fixture(scope="module")
 def lab(lab_root: Path) -> Iterator[Lab]:
@@ -53,7 +56,6 @@ def lab(lab_root: Path) -> Iterator[Lab]:
     os.chmod(base, 0o755)
     lab = Lab(base)
     with lab:
-        lab.start_archiving_primary(lab.primary, lab.pgbr)
         yield lab
 
 

@@ -41,6 +41,9 @@ class Lab(ScratchLab):
             self.primary, [posix_repo(base, "r1", retention_full=2), posix_repo(base, "r2", retention_full=2)]
         )
 
+    def start(self) -> None:
+        self.start_archiving_primary(self.primary, self.pgbr)
+
     def drctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {
             **os.environ,
@@ -64,7 +67,6 @@ class Lab(ScratchLab):
 def lab(lab_dir: Path) -> Iterator[Lab]:
     lab = Lab(lab_dir)
     with lab:
-        lab.start_archiving_primary(lab.primary, lab.pgbr)
         yield lab
 
 

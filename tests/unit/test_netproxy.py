@@ -39,12 +39,15 @@ def _recv_exactly(sock: socket.socket, n: int, timeout: float) -> bytes:
 
 
 @contextlib.contextmanager
-def _echo_through_proxy() -> Iterator[tuple[TcpProxy, socket.socket]]:
-    """A client connected to an echo server through a TcpProxy; all three closed after."""
+def _echo_through_proxy(greeting: bytes) -> Iterator[tuple[TcpProxy, socket.socket]]:
+    """A client connected to an echo server through a TcpProxy, ``greeting`` echoed back through
+    the open link; all three closed after."""
     srv, port = _echo_server()
     proxy = TcpProxy(port)
     try:
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as c:
+            c.sendall(greeting)
+            assert _recv_exactly(c, len(greeting), 2) == greeting
             yield proxy, c
     finally:
         proxy.close()
@@ -52,9 +55,7 @@ def _echo_through_proxy() -> Iterator[tuple[TcpProxy, socket.socket]]:
 
 
 def test_blackhole_holds_bytes_and_heal_delivers_them_in_order() -> None:
-    with _echo_through_proxy() as (proxy, c):
-        c.sendall(b"before;")
-        assert _recv_exactly(c, 7, 2) == b"before;"
+    with _echo_through_proxy(b"before;") as (proxy, c):
         proxy.blackhole()
         time.sleep(0.1)
         c.sendall(b"during-1;during-2;")
@@ -70,9 +71,7 @@ def test_blackhole_holds_bytes_and_heal_delivers_them_in_order() -> None:
 
 
 def test_reject_closes_connections() -> None:
-    with _echo_through_proxy() as (proxy, c):
-        c.sendall(b"x")
-        assert _recv_exactly(c, 1, 2) == b"x"
+    with _echo_through_proxy(b"x") as (proxy, c):
         proxy.reject()
         c.settimeout(2)
         assert c.recv(10) == b""
