@@ -184,8 +184,8 @@ class Control:
         return 200, "restarted successfully"
 
     def _restarted(self, ticket: int) -> bool:
-        """The cycle took the request (and with it pending_restart) and carried it out since."""
-        return self.agent.inbox.applied >= ticket and not self.agent.mem.pending_restart
+        """The cycle took the request (and with it restart_requested) and carried it out since."""
+        return self.agent.inbox.applied >= ticket and not self.agent.mem.restart_requested
 
     def request_reinitialize(self, force: bool) -> tuple[int, str]:
         if self.agent.mem.am_leader:
