@@ -13,10 +13,10 @@ from typing import Any
 
 import structlog
 
+from drctl.agentconfig import ConfigError, parse_dynamic_config
 from drctl.common.mergepatch import merge_patch
 from drctl.dcs.base import ClusterView, DCSError, Failover
 from site_agent.agent import Agent
-from site_agent.config import ConfigError, parse_dynamic_config
 from site_agent.eligibility import best_candidate, candidate_blockers, failsafe_refusal
 from site_agent.inbox import FailsafeHeartbeat, ReinitializeRequest, RestartRequest
 from site_agent.livewal import LiveWal

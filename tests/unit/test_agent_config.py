@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from site_agent.config import (
+from site_agent.state import DecideConfig, tags_from_config
+
+from drctl.agentconfig import (
     AgentConfig,
     ConfigError,
     DynamicConfig,
     load_config,
     parse_dynamic_config,
 )
-from site_agent.state import DecideConfig, tags_from_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "site-agent" / "agent.example.yml"

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from site_agent.api import ApiServer, start_api
-from site_agent.config import ConfigError, parse_config
 from site_agent.daemon import security_warnings
 
+from drctl.agentconfig import ConfigError, parse_config
 from drctl.cli.agent_client import AgentClient, RestAuth
 from drctl.sites.topology import TopologyError, load_topology
 from tests.builders import run_site_agent

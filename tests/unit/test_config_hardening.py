@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from site_agent.config import ConfigError, load_config, parse_config
 from site_agent.daemon import run
 
+from drctl.agentconfig import ConfigError, load_config, parse_config
 from drctl.cli.context import CliError, load_target_file
 from drctl.lab.tls import LabCA
 from drctl.sites.topology import TopologyError, load_topology
