@@ -36,6 +36,11 @@ def results_named(results: Path, pattern: str) -> list[tuple[str, Any]]:
     return out
 
 
+def _table_head(title: str, *columns: str) -> list[str]:
+    """A Markdown section ``title`` opening a table of ``columns``."""
+    return ["", f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def load(results: Path = RESULTS) -> list[dict[str, Any]]:
     out = []
     for name, doc in results_named(results, "*.json"):
@@ -150,12 +155,14 @@ def write_summary(results: Path = RESULTS) -> Path:
     lines += ["", "Scenarios:", ""] + [f"- `{s}`: {LABELS[s]}" for s in scenarios]
     idle = [d for d in load(results) if d.get("scenario") == "idle"]
     if idle:
-        lines += ["", "## Idle agents (per node: agent process + helpers, not PostgreSQL)", ""]
-        lines += [
-            "| system | CPU % of one core (mean per node) | RSS MB (mean per node) | PSS MB (mean per node) "
-            "| processes (CPU % / RSS MB) |",
-            "|---|---|---|---|---|",
-        ]
+        lines += _table_head(
+            "Idle agents (per node: agent process + helpers, not PostgreSQL)",
+            "system",
+            "CPU % of one core (mean per node)",
+            "RSS MB (mean per node)",
+            "PSS MB (mean per node)",
+            "processes (CPU % / RSS MB)",
+        )
         last: dict[str, dict[str, Any]] = {}
         for d in idle:
             if d["system"] not in last or d.get("run_id", "") >= last[d["system"]].get("run_id", ""):
@@ -170,12 +177,11 @@ def write_summary(results: Path = RESULTS) -> Path:
             lines.append(f"| {kind} | {cpu:.2f} | {rss:.1f} | {pss_s} | {procs} (over {d.get('seconds')} s) |")
     chaos = results_named(results, "*-chaos-*seed*.json")
     if chaos:
-        lines += ["", "## Chaos (pgdr only, `make chaos`, `make chaos-sites`)", ""]
-        lines += [
-            "| file | mode | seed | faults | faults (kind x count) | acked writes | lost | dual-primary "
-            "| heals not rejoined in time | never rejoined |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
+        lines += _table_head(
+            "Chaos (pgdr only, `make chaos`, `make chaos-sites`)",
+            *("file", "mode", "seed", "faults", "faults (kind x count)", "acked writes", "lost", "dual-primary"),
+            *("heals not rejoined in time", "never rejoined"),
+        )
         for name, d in chaos:
             kinds: dict[str, int] = {}
             for e in d.get("events", []):
@@ -196,12 +202,11 @@ def write_summary(results: Path = RESULTS) -> Path:
             )
     soaks = results_named(results, "*-soak-*.json")
     if soaks:
-        lines += ["", "## Soak (pgdr, `make soak`): write load, no fault", ""]
-        lines += [
-            "| file | minutes | ttl / loop_wait / retry_timeout | acked | lost | leader changes | demotions "
-            "| longest write gaps (s) | dual-primary |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
+        lines += _table_head(
+            "Soak (pgdr, `make soak`): write load, no fault",
+            *("file", "minutes", "ttl / loop_wait / retry_timeout", "acked", "lost", "leader changes", "demotions"),
+            *("longest write gaps (s)", "dual-primary"),
+        )
         for name, d in soaks:
             t = d.get("timings", {})
             demotions = sum(v for k, v in d.get("agent_log_events", {}).items() if k.endswith("demoting"))
