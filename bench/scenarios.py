@@ -34,7 +34,7 @@ from bench.systems import BENCH_TIMINGS, System, measure_idle
 from drctl.lab.cluster import LabCluster, Timings
 from drctl.lab.etcd import EtcdCluster, LabError
 from drctl.lab.procs import Supervisor, spawned
-from drctl.lab.workload import Ack, DualPrimaryChecker, Writer, missing_rows
+from drctl.lab.workload import Ack, DualPrimaryChecker, Probes, Writer, missing_rows
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
@@ -95,25 +95,16 @@ NETWORK_CUTS: dict[str, tuple[str, Callable[[System, str], None], str, Callable[
 }
 
 
-class Instruments:
+class Instruments(Probes):
     """The dual-primary checker and a writer through ``system``'s entry (``writer``: another one)."""
 
     def __init__(self, system: System, writer: Writer | None = None) -> None:
         self.system = system
-        self.checker = DualPrimaryChecker({n.name: n.dsn for n in system.nodes}).start()
-        self.writer = writer or Writer(system.url(), interval=WRITE_INTERVAL, timeout=WRITE_TIMEOUT)
-        self.writer.prepare()
-        self.writer.start()
-        self.events: list[tuple[str, float]] = []
-
-    def mark(self, what: str) -> float:
-        at = time.monotonic()
-        self.events.append((what, at))
-        return at
-
-    def stop(self) -> None:
-        self.writer.stop()
-        self.checker.stop()
+        checker = DualPrimaryChecker({n.name: n.dsn for n in system.nodes}).start()
+        writer = writer or Writer(system.url(), interval=WRITE_INTERVAL, timeout=WRITE_TIMEOUT)
+        writer.prepare()
+        writer.start()
+        super().__init__(checker, writer)
 
 
 # --- faults: each returns (fault_at, heal_at, notes) -------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from drctl.lab.cluster import LabCluster, Timings
 from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
-from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows
+from drctl.lab.workload import DualPrimaryChecker, Probes, Writer, missing_rows
 from tests.builders import wait_until
 
 pytestmark = pytest.mark.scenario
@@ -40,21 +39,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-@dataclass
-class Instruments:
-    cluster: LabCluster
-    checker: DualPrimaryChecker
-    writer: Writer
-    faults: list[tuple[str, float]] = field(default_factory=list)
+class Instruments(Probes):
+    def __init__(self, cluster: LabCluster, checker: DualPrimaryChecker, writer: Writer) -> None:
+        super().__init__(checker, writer)
+        self.cluster = cluster
 
     def fault(self, what: str) -> float:
-        at = time.monotonic()
-        self.faults.append((what, at))
-        return at
-
-    def stop(self) -> None:
-        self.writer.stop()
-        self.checker.stop()
+        return self.mark(what)
 
     def assert_no_dual_primary(self) -> None:
         violations = self.checker.violations()
