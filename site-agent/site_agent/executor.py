@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import structlog
 
-from drctl.agentconfig import DynamicConfig, FencingConfig
 from drctl.dcs.base import DCS, ClusterView, DCSError
 from drctl.pg.ctl import PgCtlError
 from drctl.pg.probe import ProbeError
@@ -38,6 +37,7 @@ from site_agent.actions import (
     WriteFailsafe,
     WriteHistory,
 )
+from site_agent.config import DynamicConfig, FencingConfig
 from site_agent.memory import Memory
 from site_agent.node import Node
 
