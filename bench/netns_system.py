@@ -5,13 +5,10 @@ the DCS, partition from everything) are nftables cuts in both directions instead
 
 from __future__ import annotations
 
-import time
-
 from bench.scenarios import WRITE_INTERVAL, WRITE_TIMEOUT, Instruments
 from bench.systems import System
 from drctl.lab.netns import NetnsCluster, NetnsWriter
 from drctl.lab.nsutil import in_netns
-from drctl.lab.workload import DualPrimaryChecker
 
 
 class NetnsSystem(System):
@@ -37,14 +34,4 @@ class NetnsInstruments(Instruments):
     on ``client_ns`` through the nodes' addresses (faults cut it like any application)."""
 
     def __init__(self, system: NetnsSystem, client_ns: str) -> None:
-        self.system = system
-        self.checker = DualPrimaryChecker({n.name: n.dsn for n in system.nodes}).start()
-        self.writer = NetnsWriter(client_ns, system.url(), interval=WRITE_INTERVAL, timeout=WRITE_TIMEOUT)
-        self.writer.prepare()
-        self.writer.start()
-        self.events: list[tuple[str, float]] = []
-
-    def mark(self, what: str) -> float:
-        at = time.monotonic()
-        self.events.append((what, at))
-        return at
+        super().__init__(system, NetnsWriter(client_ns, system.url(), interval=WRITE_INTERVAL, timeout=WRITE_TIMEOUT))

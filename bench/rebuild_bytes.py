@@ -31,29 +31,24 @@ import argparse
 import contextlib
 import json
 import os
-import select
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from drctl.backup import PgBackRest, PgBackRestConfig, RepoConfig
+from drctl.backup import PgBackRest
 from drctl.backup.restore import strip_pgbackrest_recovery
 from drctl.lab.netproxy import TcpProxy
-from drctl.lab.ports import free_port
+from drctl.lab.postgres import LAB_HBA, PG_BIN
+from drctl.lab.scratch import PG_USER, ScratchLab, ScratchNode, posix_repo
 from drctl.pg import probe
-from drctl.pg.ctl import PgCtl
 from drctl.pg.osuser import user_env, user_prefix
 
-BIN = Path(os.environ.get("PGDR_PG_BIN", "/usr/lib/postgresql/15/bin"))
-PG_USER = os.environ.get("PGDR_PG_USER", "postgres")
 RESULTS = Path(__file__).resolve().parent / "results"
-HBA = ["local all all trust", "host all all 127.0.0.1/32 trust", "host replication all 127.0.0.1/32 trust"]
 MB = 1024 * 1024
 EXTRA_ROWS_PER_MB = 1850  # rows of ~560 bytes (heap tuple + md5 padding): about 1 MB of table
 SECTION_START = "<!-- rebuild-bytes:start -->"
@@ -61,8 +56,9 @@ SECTION_END = "<!-- rebuild-bytes:end -->"
 
 
 class CountingProxy(TcpProxy):
-    """TcpProxy that counts the bytes it forwards in each direction (TcpProxy's own pump,
-    with counters and a larger buffer)."""
+    """TcpProxy that counts the bytes it forwards in each direction (and reads larger chunks)."""
+
+    chunk = 256 * 1024
 
     def __init__(self, target_port: int) -> None:
         self.count_lock = threading.Lock()
@@ -79,82 +75,32 @@ class CountingProxy(TcpProxy):
         with self.count_lock:
             return {"primary_to_replica": self.down, "replica_to_primary": self.up, "connections": self.connections}
 
-    def _pump(self, client: socket.socket) -> None:
-        upstream: socket.socket | None = None
-        try:
-            if self.mode != "open" or self._stop.is_set():
-                return
-            upstream = socket.create_connection(self.target, timeout=2)
-            upstream.settimeout(None)
-            with self._lock:
-                self._conns += [client, upstream]
-            with self.count_lock:
-                self.connections += 1
-            socks = [client, upstream]
-            while not self._stop.is_set():
-                readable, _, _ = select.select(socks, [], [], 0.2)
-                for s in readable:
-                    data = s.recv(256 * 1024)
-                    if not data:
-                        return
-                    (upstream if s is client else client).sendall(data)
-                    with self.count_lock:
-                        if s is client:
-                            self.up += len(data)
-                        else:
-                            self.down += len(data)
-        except OSError:
-            return
-        finally:
-            for sock in (client, upstream):
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.close()
+    def _opened(self) -> None:
+        with self.count_lock:
+            self.connections += 1
+
+    def _forwarded(self, from_client: bool, n: int) -> None:
+        with self.count_lock:
+            if from_client:
+                self.up += n
+            else:
+                self.down += n
 
 
-class Node:
-    def __init__(self, base: Path, name: str) -> None:
-        self.name = name
-        self.port = free_port()
-        self.sock = base / f"{name}-s"
-        self.ctl = PgCtl(base / f"{name}-d", BIN, PG_USER, base / f"{name}.log", self.sock)
+def log_size(n: ScratchNode) -> int:
+    try:
+        return n.ctl.log_file.stat().st_size
+    except OSError:
+        return 0
 
-    def params(self, **extra: Any) -> dict[str, Any]:
-        return {
-            "port": self.port,
-            "listen_addresses": "127.0.0.1",
-            "unix_socket_directories": str(self.sock),
-            "shared_buffers": "32MB",
-            "max_connections": 30,
-            "wal_level": "replica",
-            "max_wal_senders": 5,
-            "max_wal_size": "1GB",
-            "hot_standby": True,
-            "cluster_name": self.name,
-            **extra,
-        }
 
-    def sql(self, query: str, params: tuple[Any, ...] = (), timeout_ms: int | None = 10_000) -> list[tuple[Any, ...]]:
-        with probe.connect(self.ctl.local_conninfo(), statement_timeout_ms=timeout_ms) as conn:
-            cur = conn.execute(query.encode(), params or None)
-            return list(cur.fetchall()) if cur.description else []
-
-    def val(self, query: str, params: tuple[Any, ...] = ()) -> Any:
-        return self.sql(query, params)[0][0]
-
-    def log_size(self) -> int:
-        try:
-            return self.ctl.log_file.stat().st_size
-        except OSError:
-            return 0
-
-    def log_since(self, offset: int) -> str:
-        try:
-            with open(self.ctl.log_file, "rb") as f:
-                f.seek(offset)
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+def log_since(n: ScratchNode, offset: int) -> str:
+    try:
+        with open(n.ctl.log_file, "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def wait_for(predicate: Any, timeout: float, what: str) -> Any:
@@ -189,7 +135,7 @@ def run_as_pg(argv: list[str], timeout: float, cwd: Path) -> str:
     return proc.stdout + proc.stderr
 
 
-def write_rows(p: Node, mb: int) -> dict[str, Any]:
+def write_rows(p: ScratchNode, mb: int) -> dict[str, Any]:
     """About ``mb`` MB of new rows in table ``extra``; returns the WAL it generated."""
     p.sql("CREATE TABLE IF NOT EXISTS extra (id bigserial PRIMARY KEY, pad text)")
     before = p.val("SELECT pg_current_wal_lsn()::text")
@@ -203,13 +149,13 @@ def write_rows(p: Node, mb: int) -> dict[str, Any]:
     return {"target_mb": mb, "wal_bytes": wal, "seconds": round(time.monotonic() - started, 2)}
 
 
-def wait_archiver_idle(p: Node, timeout: float = 300.0) -> None:
+def wait_archiver_idle(p: ScratchNode, timeout: float = 300.0) -> None:
     """Continuous archiving has caught up: no segment is waiting (.ready) in pg_wal."""
     status = p.ctl.data_dir / "pg_wal" / "archive_status"
     wait_for(lambda: not any(status.glob("*.ready")), timeout, "the archiver to catch up")
 
 
-def catch_up(p: Node, r: Node, timeout: float = 900.0) -> dict[str, Any]:
+def catch_up(p: ScratchNode, r: ScratchNode, timeout: float = 900.0) -> dict[str, Any]:
     """Wait until the standby ``r`` has replayed the primary's current LSN (taken now) and its
     WAL receiver is streaming from the primary (through the proxy)."""
     target = p.val("SELECT pg_current_wal_lsn()::text")
@@ -227,25 +173,39 @@ def catch_up(p: Node, r: Node, timeout: float = 900.0) -> dict[str, Any]:
     return {"target_lsn": target, "wal_receiver": status, "stream_start_lsn": start, "streamed_wal_to_target": tail}
 
 
-def start_standby(p: Node, r: Node, proxy: CountingProxy, restore_command: str | None) -> None:
+def start_standby(p: ScratchNode, r: ScratchNode, proxy: CountingProxy, restore_command: str | None) -> None:
     conninfo = f"host=127.0.0.1 port={proxy.port} user=postgres dbname=postgres application_name={r.name}"
-    r.ctl.configure(r.params(), HBA)  # the copy carries the primary's pgdr.conf: own port etc.
+    r.ctl.configure(r.params(), LAB_HBA)  # the copy carries the primary's pgdr.conf: own port etc.
     r.ctl.set_recovery(primary_conninfo=conninfo, restore_command=restore_command)
     r.ctl.start(timeout=300)
 
 
+def restore_and_catch_up(
+    p: ScratchNode, b: ScratchNode, pgbr_b: PgBackRest, proxy: CountingProxy, delta: bool
+) -> dict[str, Any]:
+    """``pgbackrest restore --type=standby`` into ``b``, then its catch-up through the proxy."""
+    proxy.reset()
+    t0 = time.monotonic()
+    pgbr_b.restore(b.ctl.data_dir, type="standby", delta=delta)
+    copy_s = time.monotonic() - t0
+    bytes_copy = proxy.counts()
+    strip_pgbackrest_recovery(b.ctl.data_dir, PG_USER)
+    log_off = log_size(b)
+    start_standby(p, b, proxy, restore_command=pgbr_b.archive_get_command())
+    caught = catch_up(p, b)
+    wall_s = time.monotonic() - t0
+    return {
+        "bytes": proxy.counts(),
+        "bytes_during_restore": bytes_copy,
+        "copy_s": round(copy_s, 2),
+        "wall_s": round(wall_s, 2),
+        "segments_from_repo": restored_segments(log_since(b, log_off)),
+        **caught,
+    }
+
+
 def restored_segments(log: str) -> int:
     return sum(1 for line in log.splitlines() if "restored log file" in line)
-
-
-def stop_node(n: Node) -> None:
-    try:
-        if not n.ctl.stop("fast", timeout=60):
-            n.ctl.kill_hard()
-    except Exception as exc:  # clean-up must go on for the other nodes
-        print(f"warning: stopping {n.name}: {exc}", file=sys.stderr)
-        with contextlib.suppress(Exception):
-            n.ctl.kill_hard()
 
 
 def dir_size(path: Path) -> int:
@@ -318,38 +278,20 @@ def write_markdown(text: str, results: Path) -> Path:
 
 
 def bench(base: Path, scale: int, extra_mb: int) -> dict[str, Any]:
-    nodes: list[Node] = []
+    lab = ScratchLab(base, max_wal_size="1GB")
     proxy: CountingProxy | None = None
-
-    def node(name: str) -> Node:
-        n = Node(base, name)
-        nodes.append(n)
-        return n
+    node = lab.node
 
     try:
         p = node("p")
-        cfg = PgBackRestConfig(
-            stanza="main",
-            repos=[RepoConfig(path=PurePosixPath(base / "repo"), retention_full=2)],
-            pg_path=p.ctl.data_dir,
-            pg_port=p.port,
-            pg_socket_path=p.sock,
-            log_path=base / "bk-log",
-            lock_path=base / "bk-lock",
-            spool_path=base / "bk-spool",
-            archive_timeout=60,
-        )
-        pgbr = PgBackRest(cfg, base / "pgbackrest.conf", run_as=PG_USER)
-        pgbr.write_config()
-        p.ctl.initdb(auth_local="trust", auth_host="trust")
-        p.ctl.configure(p.params(archive_mode=True, archive_command=pgbr.archive_push_command()), HBA)
-        p.ctl.start()
-        pgbr.stanza_create()
+        pgbr = lab.backrest(p, [posix_repo(base, "repo", retention_full=2)], archive_timeout=60)
+        cfg = pgbr.cfg
+        lab.start_archiving_primary(p, pgbr)
 
         say(f"pgbench -i -s {scale}")
         t0 = time.monotonic()
         run_as_pg(
-            [str(BIN / "pgbench"), "-i", "-s", str(scale), "-q", "-h", str(p.sock), "-p", str(p.port), "postgres"],
+            [str(PG_BIN / "pgbench"), "-i", "-s", str(scale), "-q", "-h", str(p.sock), "-p", str(p.port), "postgres"],
             timeout=3600,
             cwd=base,
         )
@@ -389,26 +331,9 @@ def bench(base: Path, scale: int, extra_mb: int) -> dict[str, Any]:
             run_as=PG_USER,
         )
         pgbr_b.write_config()
-        proxy.reset()
-        t0 = time.monotonic()
-        pgbr_b.restore(b.ctl.data_dir, type="standby", delta=False)
-        copy_b = time.monotonic() - t0
-        bytes_copy_b = proxy.counts()
-        strip_pgbackrest_recovery(b.ctl.data_dir, PG_USER)
-        log_off = b.log_size()
-        start_standby(p, b, proxy, restore_command=pgbr_b.archive_get_command())
-        caught_b = catch_up(p, b)
-        wall_b = time.monotonic() - t0
-        res_b = {
-            "bytes": proxy.counts(),
-            "bytes_during_restore": bytes_copy_b,
-            "copy_s": round(copy_b, 2),
-            "wall_s": round(wall_b, 2),
-            "segments_from_repo": restored_segments(b.log_since(log_off)),
-            **caught_b,
-        }
-        say(f"(b) {res_b['bytes']['primary_to_replica'] / MB:.2f} MB in {wall_b:.1f} s")
-        stop_node(b)  # left behind: rebuilt with --delta in (c); stopped now so it streams nothing of (a)
+        res_b = restore_and_catch_up(p, b, pgbr_b, proxy, delta=False)
+        say(f"(b) {res_b['bytes']['primary_to_replica'] / MB:.2f} MB in {res_b['wall_s']:.1f} s")
+        b.stop(60)  # left behind: rebuilt with --delta in (c); stopped now so it streams nothing of (a)
 
         # (a) pg_basebackup through the proxy, then start and catch up
         say("(a) pg_basebackup through the proxy")
@@ -431,33 +356,16 @@ def bench(base: Path, scale: int, extra_mb: int) -> dict[str, Any]:
             **caught_a,
         }
         say(f"(a) {res_a['bytes']['primary_to_replica'] / MB:.1f} MB in {wall_a:.1f} s")
-        stop_node(a)
+        a.stop(60)
         shutil.rmtree(a.ctl.data_dir, ignore_errors=True)  # disk: one copy is enough
 
         # (c) the replica of (b) stopped and left behind, then delta restore over it
         say(f"(c) {extra_mb} MB more rows, restore --delta --type=standby over b, catch-up")
         writes_2 = write_rows(p, extra_mb)
         wait_archiver_idle(p)
-        proxy.reset()
-        t0 = time.monotonic()
-        pgbr_b.restore(b.ctl.data_dir, type="standby", delta=True)
-        copy_c = time.monotonic() - t0
-        bytes_copy_c = proxy.counts()
-        strip_pgbackrest_recovery(b.ctl.data_dir, PG_USER)
-        log_off = b.log_size()
-        start_standby(p, b, proxy, restore_command=pgbr_b.archive_get_command())
-        caught_c = catch_up(p, b)
-        wall_c = time.monotonic() - t0
-        res_c = {
-            "bytes": proxy.counts(),
-            "bytes_during_restore": bytes_copy_c,
-            "copy_s": round(copy_c, 2),
-            "wall_s": round(wall_c, 2),
-            "segments_from_repo": restored_segments(b.log_since(log_off)),
-            **caught_c,
-        }
-        say(f"(c) {res_c['bytes']['primary_to_replica'] / MB:.2f} MB in {wall_c:.1f} s")
-        stop_node(b)
+        res_c = restore_and_catch_up(p, b, pgbr_b, proxy, delta=True)
+        say(f"(c) {res_c['bytes']['primary_to_replica'] / MB:.2f} MB in {res_c['wall_s']:.1f} s")
+        b.stop(60)
 
         a_bytes = res_a["bytes"]["primary_to_replica"]
         return {
@@ -490,11 +398,11 @@ def bench(base: Path, scale: int, extra_mb: int) -> dict[str, Any]:
             },
         }
     finally:
-        for n in reversed(nodes):
-            stop_node(n)
+        for n in reversed(lab.nodes):
+            n.stop(60)
         if proxy is not None:
             proxy.close()
-        alive = [n.name for n in nodes if n.ctl.postmaster_pid() is not None]
+        alive = [n.name for n in lab.nodes if n.ctl.postmaster_pid() is not None]
         if alive:
             print(f"warning: still running: {alive}", file=sys.stderr)
 

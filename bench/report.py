@@ -25,15 +25,27 @@ LABELS = {
 }
 
 
-def load(results: Path = RESULTS) -> list[dict[str, Any]]:
+def results_named(results: Path, pattern: str) -> list[tuple[str, Any]]:
+    """(file name, document) of each readable JSON result matching ``pattern``, by name."""
     out = []
-    for path in sorted(results.glob("*.json")):
+    for path in sorted(results.glob(pattern)):
         try:
-            doc = json.loads(path.read_text())
+            out.append((path.name, json.loads(path.read_text())))
         except (OSError, ValueError):
             continue
+    return out
+
+
+def _table_head(title: str, *columns: str) -> list[str]:
+    """A Markdown section ``title`` opening a table of ``columns``."""
+    return ["", f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def load(results: Path = RESULTS) -> list[dict[str, Any]]:
+    out = []
+    for name, doc in results_named(results, "*.json"):
         if isinstance(doc, dict) and "system" in doc and "scenario" in doc:
-            doc["_file"] = path.name
+            doc["_file"] = name
             out.append(doc)
     return out
 
@@ -170,12 +182,14 @@ def write_summary(results: Path = RESULTS) -> Path:
     lines += ["", "Scenarios:", ""] + [f"- `{s}`: {LABELS[s]}" for s in scenarios]
     idle = [d for d in load(results) if d.get("scenario") == "idle"]
     if idle:
-        lines += ["", "## Idle agents (per node: agent process + helpers, not PostgreSQL)", ""]
-        lines += [
-            "| system | CPU % of one core (mean per node) | RSS MB (mean per node) | PSS MB (mean per node) "
-            "| processes (CPU % / RSS MB) |",
-            "|---|---|---|---|---|",
-        ]
+        lines += _table_head(
+            "Idle agents (per node: agent process + helpers, not PostgreSQL)",
+            "system",
+            "CPU % of one core (mean per node)",
+            "RSS MB (mean per node)",
+            "PSS MB (mean per node)",
+            "processes (CPU % / RSS MB)",
+        )
         last: dict[str, dict[str, Any]] = {}
         for d in idle:
             if d["system"] not in last or d.get("run_id", "") >= last[d["system"]].get("run_id", ""):
@@ -188,19 +202,13 @@ def write_summary(results: Path = RESULTS) -> Path:
             pss_s = f"{statistics.mean(pss):.1f}" if pss else "-"
             procs = ", ".join(f"{k} {v['cpu_pct']}%/{v['rss_mb']}MB" for k, v in d.get("processes", {}).items())
             lines.append(f"| {kind} | {cpu:.2f} | {rss:.1f} | {pss_s} | {procs} (over {d.get('seconds')} s) |")
-    chaos = []
-    for path in sorted(results.glob("*-chaos-*seed*.json")):
-        try:
-            chaos.append((path.name, json.loads(path.read_text())))
-        except (OSError, ValueError):
-            continue
+    chaos = results_named(results, "*-chaos-*seed*.json")
     if chaos:
-        lines += ["", "## Chaos (pgdr only, `make chaos`, `make chaos-sites`)", ""]
-        lines += [
-            "| file | mode | seed | faults | faults (kind x count) | acked writes | lost | dual-primary "
-            "| heals not rejoined in time | never rejoined |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
+        lines += _table_head(
+            "Chaos (pgdr only, `make chaos`, `make chaos-sites`)",
+            *("file", "mode", "seed", "faults", "faults (kind x count)", "acked writes", "lost", "dual-primary"),
+            *("heals not rejoined in time", "never rejoined"),
+        )
         for name, d in chaos:
             kinds: dict[str, int] = {}
             for e in d.get("events", []):
@@ -219,19 +227,13 @@ def write_summary(results: Path = RESULTS) -> Path:
                 f"| {name} | {mode} | {d.get('seed')} | {len(d.get('events', []))} | {mix} | {d.get('acked')} "
                 f"| {lost} | {len(dual or [])} | {slow} | {', '.join(d.get('never_rejoined', []) or []) or 'none'} |"
             )
-    soaks = []
-    for path in sorted(results.glob("*-soak-*.json")):
-        try:
-            soaks.append((path.name, json.loads(path.read_text())))
-        except (OSError, ValueError):
-            continue
+    soaks = results_named(results, "*-soak-*.json")
     if soaks:
-        lines += ["", "## Soak (pgdr, `make soak`): write load, no fault", ""]
-        lines += [
-            "| file | minutes | ttl / loop_wait / retry_timeout | acked | lost | leader changes | demotions "
-            "| longest write gaps (s) | dual-primary |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
+        lines += _table_head(
+            "Soak (pgdr, `make soak`): write load, no fault",
+            *("file", "minutes", "ttl / loop_wait / retry_timeout", "acked", "lost", "leader changes", "demotions"),
+            *("longest write gaps (s)", "dual-primary"),
+        )
         for name, d in soaks:
             t = d.get("timings", {})
             demotions = sum(v for k, v in d.get("agent_log_events", {}).items() if k.endswith("demoting"))
@@ -393,11 +395,7 @@ def write_chaos_timelines(results: Path = RESULTS) -> list[Path]:
     from matplotlib.patches import Patch
 
     out = []
-    for path in sorted(results.glob("*-chaos-*seed*.json")):
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
+    for name, d in results_named(results, "*-chaos-*seed*.json"):
         events, nodes = d.get("events", []), d.get("nodes", {})
         if not d.get("complete", True) or not events or not nodes:
             continue
@@ -415,7 +413,7 @@ def write_chaos_timelines(results: Path = RESULTS) -> list[Path]:
         if d.get("failsafe"):
             mode += " + failsafe"
         ax_gap.set_title(
-            f"{path.name}: {len(events)} faults, {mode}, ttl {d.get('timings', {}).get('ttl')}; acked "
+            f"{name}: {len(events)} faults, {mode}, ttl {d.get('timings', {}).get('ttl')}; acked "
             f"{d.get('acked')}, lost {d.get('lost')}, dual-primary {len(d.get('dual_primary', []))}",
             fontsize=9,
             loc="left",
@@ -434,7 +432,7 @@ def write_chaos_timelines(results: Path = RESULTS) -> list[Path]:
             ncol=6,
             fontsize=7,
         )
-        png = path.with_suffix(".png")
+        png = (results / name).with_suffix(".png")
         fig.savefig(png, dpi=80, bbox_inches="tight")
         plt.close(fig)
         out.append(png)

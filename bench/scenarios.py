@@ -35,7 +35,7 @@ from bench.systems import BENCH_TIMINGS, System, measure_idle
 from drctl.lab.cluster import LabCluster, Timings
 from drctl.lab.etcd import EtcdCluster, LabError
 from drctl.lab.procs import Supervisor, spawned
-from drctl.lab.workload import Ack, DualPrimaryChecker, Writer, missing_rows
+from drctl.lab.workload import Ack, DualPrimaryChecker, Probes, Writer, missing_rows
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
@@ -82,23 +82,30 @@ def acks_resumed(writer: Writer, after: float, not_port: int | None = None) -> b
     return any(a.at > after and (not_port is None or a.port != not_port) for a in recent)
 
 
-class Instruments:
-    def __init__(self, system: System) -> None:
+# Faults that cut a node's network: (what the cut is, cut, what the heal is, heal); the writes
+# must resume during the cut (through another primary) before it heals.
+NETWORK_CUTS: dict[str, tuple[str, Callable[[System, str], None], str, Callable[[System, str], None]]] = {
+    # (methods called on the system itself: a subclass may cut its own way)
+    "isolation": ("cut {} from the DCS", lambda s, n: s.isolate(n), "heal {}'s DCS link", lambda s, n: s.heal(n)),
+    "partition": (
+        "partition {} from the DCS, peers and clients",
+        lambda s, n: s.partition(n),
+        "heal {}'s partition",
+        lambda s, n: s.heal_partition(n),
+    ),
+}
+
+
+class Instruments(Probes):
+    """The dual-primary checker and a writer through ``system``'s entry (``writer``: another one)."""
+
+    def __init__(self, system: System, writer: Writer | None = None) -> None:
         self.system = system
-        self.checker = DualPrimaryChecker({n.name: n.dsn for n in system.nodes}).start()
-        self.writer = Writer(system.url(), interval=WRITE_INTERVAL, timeout=WRITE_TIMEOUT)
-        self.writer.prepare()
-        self.writer.start()
-        self.events: list[tuple[str, float]] = []
-
-    def mark(self, what: str) -> float:
-        at = time.monotonic()
-        self.events.append((what, at))
-        return at
-
-    def stop(self) -> None:
-        self.writer.stop()
-        self.checker.stop()
+        checker = DualPrimaryChecker({n.name: n.dsn for n in system.nodes}).start()
+        writer = writer or Writer(system.url(), interval=WRITE_INTERVAL, timeout=WRITE_TIMEOUT)
+        writer.prepare()
+        writer.start()
+        super().__init__(checker, writer)
 
 
 # --- faults: each returns (fault_at, heal_at, notes) -------------------------------------------------
@@ -134,13 +141,14 @@ def inject(
         time.sleep(hold)
         heal_at = inst.mark(f"SIGCONT {target}'s agent")
         system.resume_agent(target)
-    elif scenario == "isolation":
-        fault_at = inst.mark(f"cut {target} from the DCS")
-        system.isolate(target)
+    elif scenario in NETWORK_CUTS:
+        cut_what, cut, heal_what, heal = NETWORK_CUTS[scenario]
+        fault_at = inst.mark(cut_what.format(target))
+        cut(system, target)
         notes["writes_resumed"] = wait_until(lambda: acks_resumed(inst.writer, fault_at, port), hold + 15)
         time.sleep(3.0)
-        heal_at = inst.mark(f"heal {target}'s DCS link")
-        system.heal(target)
+        heal_at = inst.mark(heal_what.format(target))
+        heal(system, target)
     elif scenario in ("freeze_node", "freeze_all"):
         # freeze_node: the agent and PostgreSQL stop (a node stalled in I/O, swapped out); the
         # fencing device keeps running, as a kernel watchdog would. freeze_all: the lease keeper
@@ -154,13 +162,6 @@ def inject(
         notes["thaw_order"] = groups
         heal_at = inst.mark(f"SIGCONT {'+'.join(groups)} of {target}")
         system.thaw_node(pids, groups)
-    elif scenario == "partition":
-        fault_at = inst.mark(f"partition {target} from the DCS, peers and clients")
-        system.partition(target)
-        notes["writes_resumed"] = wait_until(lambda: acks_resumed(inst.writer, fault_at, port), hold + 15)
-        time.sleep(3.0)
-        heal_at = inst.mark(f"heal {target}'s partition")
-        system.heal_partition(target)
     elif scenario == "dcs_quorum":
         if etcd is None:
             raise ValueError("dcs_quorum needs the etcd cluster")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 
 # Imported by the lease keeper, which is kept small: os and signal only, no pathlib.
 
@@ -133,3 +134,16 @@ def signal_with_children(pid: int, sig: int) -> list[int]:
                 os.kill(target, signal.SIGCONT)
             os.kill(target, sig)
     return targets
+
+
+def communicate_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes, int | None]:
+    """stdout, stderr and exit code of ``proc`` (started in a session of its own); past
+    ``timeout`` its whole process group is killed, what it wrote is kept, and the code is None."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return out or b"", err or b"", proc.returncode
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return out or b"", err or b"", None

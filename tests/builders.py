@@ -3,9 +3,16 @@ and the one ``wait_until`` of the tests that poll a real system."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+from site_agent.snapshot import NodeSnapshot, XlogPosition
 
 from drctl.dcs.base import ClusterView, Leader, LeaderStatus, Member, MemberInfo, Record, SyncState
 
@@ -58,6 +65,43 @@ def view(
     )
 
 
+def primary_snapshot(now: float, **kw: Any) -> NodeSnapshot:
+    """/status of a healthy primary ``n1`` of scope ``c1`` that ran its cycle a second before ``now``."""
+    base = NodeSnapshot(
+        name="n1",
+        scope="c1",
+        role="primary",
+        state="running",
+        pg_running=True,
+        timeline=3,
+        xlog=XlogPosition(location=100 * MIB),
+        leader_name="n1",
+        is_leader=True,
+        dcs_ok=True,
+        dcs_last_seen=now - 1,
+        site_role="active",
+        last_cycle_at=now - 1,
+    )
+    return replace(base, **kw)
+
+
+def replica_snapshot(now: float, **kw: Any) -> NodeSnapshot:
+    """/status of ``n2`` streaming from ``n1`` (scope ``c1``), cycle a second before ``now``."""
+    xlog = XlogPosition(received_location=99 * MIB, replayed_location=99 * MIB, paused=False)
+    base = primary_snapshot(now, name="n2", role="replica", in_recovery=True, xlog=xlog, is_leader=False)
+    return replace(base, **{"replication_state": "streaming", "dcs_last_seen": None, "lag_bytes": MIB // 2, **kw})
+
+
+def run_site_agent(config: Path) -> subprocess.CompletedProcess[str]:
+    """``site-agent CONFIG`` in a child Python, as an operator starts it (output captured)."""
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from site_agent.main import main; sys.exit(main())", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def wait_until(pred: Callable[[], object], timeout: float, what: str, *, interval: float = 0.25) -> float:
     """Poll ``pred`` until it returns something truthy; the seconds that took. Fails naming
     ``what`` once ``timeout`` seconds pass. An exception from ``pred`` is not swallowed."""
@@ -67,3 +111,42 @@ def wait_until(pred: Callable[[], object], timeout: float, what: str, *, interva
             return time.monotonic() - started
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def wait_archived(node: Any, timeout: float = 30.0) -> str:
+    """Write on ``node`` (a ``ScratchNode``), switch WAL and wait until the archiver has pushed
+    that segment; its name."""
+    node.sql("CREATE TABLE IF NOT EXISTS walgen (x int)")
+    node.sql("INSERT INTO walgen VALUES (1)")
+    walfile = str(node.val("SELECT pg_walfile_name(pg_switch_wal())"))
+
+    def archived() -> bool:
+        last = node.val("SELECT last_archived_wal FROM pg_stat_archiver")
+        return last is not None and last >= walfile
+
+    wait_until(archived, timeout, f"{walfile} archived")
+    return walfile
+
+
+def pitr_target(node: Any) -> datetime:
+    """Rows 1-5 of a new table ``pitr`` on ``node``, the time after them, rows 6-10, then WAL
+    archived past it: a restore to the returned time must bring back exactly rows 1-5."""
+    node.sql("CREATE TABLE pitr (id int PRIMARY KEY)")
+    for i in range(1, 6):
+        node.sql(f"INSERT INTO pitr VALUES ({i})")
+    time.sleep(0.05)
+    target: datetime = node.val("SELECT clock_timestamp()")
+    time.sleep(0.05)
+    for i in range(6, 11):
+        node.sql(f"INSERT INTO pitr VALUES ({i})")
+    wait_archived(node)  # recovery needs WAL past the target
+    return target
+
+
+def archiving_works(pgbr: Any, failing: type[Exception]) -> bool:
+    """``pgbackrest check`` passes; False when it raises ``failing`` (archiving still broken)."""
+    try:
+        pgbr.check(archive_timeout=5)
+    except failing:
+        return False
+    return True

@@ -16,9 +16,9 @@ import re
 import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 CompressType = Literal["none", "gz", "bz2", "lz4", "zst"]
 CipherType = Literal["none", "aes-256-cbc"]
@@ -29,24 +29,26 @@ _OPTION_RE = re.compile(r"^[a-z][a-z0-9-]*\Z")
 DEFAULT_BIN = "/usr/bin/pgbackrest"
 
 
+def _absolute(value: PurePosixPath) -> PurePosixPath:
+    if not value.is_absolute():
+        raise ValueError(f"repository path must be absolute: {value}")
+    return value
+
+
+RepoPath = Annotated[PurePosixPath, AfterValidator(_absolute)]
+
+
 class RepoConfig(BaseModel):
     """One posix repository (a directory; in production a mount shared with or replicated to
     the site it belongs to)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: PurePosixPath
+    path: RepoPath
     retention_full: int | None = Field(default=2, ge=1, le=9999999)
     retention_diff: int | None = Field(default=None, ge=1, le=9999999)
     cipher_type: CipherType = "none"
     cipher_pass: SecretStr | None = None
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: PurePosixPath) -> PurePosixPath:
-        if not value.is_absolute():
-            raise ValueError(f"repository path must be absolute: {value}")
-        return value
 
     @model_validator(mode="after")
     def _cipher(self) -> RepoConfig:

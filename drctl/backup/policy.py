@@ -12,13 +12,13 @@ repository first, so one policy file serves both sites."""
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from drctl.backup.config import CompressType, PgBackRestConfig, RepoConfig
+from drctl.backup.config import CompressType, PgBackRestConfig, RepoConfig, RepoPath
 from drctl.backup.schedule import cron_trigger, zone
 from drctl.policy.source import clean_loc, line_of
 from drctl.yamlsafe import YamlError, compose, decode_utf8
@@ -33,17 +33,10 @@ class _Model(BaseModel):
 
 
 class RepoPolicy(_Model):
-    path: PurePosixPath
+    path: RepoPath
     retention_full: int | None = Field(default=2, ge=1, le=9999999)
     retention_diff: int | None = Field(default=None, ge=1, le=9999999)
     site: str | None = Field(default=None, min_length=1, description="the site this repository belongs to")
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: PurePosixPath) -> PurePosixPath:
-        if not value.is_absolute():
-            raise ValueError(f"repository path must be absolute: {value}")
-        return value
 
 
 class BackupSchedule(_Model):

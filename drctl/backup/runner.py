@@ -9,11 +9,8 @@ it passes). A failure raises a :class:`~drctl.backup.errors.BackupError` subclas
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +24,7 @@ from drctl.backup.info import BackupInfo, BackupType, StanzaInfo, parse_stanza
 from drctl.backup.restore import RestoreType, TargetAction, restore_options
 from drctl.pg.fsutil import atomic_write
 from drctl.pg.osuser import OSUserError, make_dir, user_env, user_prefix
+from drctl.procutil import communicate_or_kill
 
 
 @dataclass(frozen=True)
@@ -177,14 +175,7 @@ class PgBackRest:
             raise PgBackRestUnavailableError(
                 PgBackRestUnavailableError.hint, detail=str(exc), command=command
             ) from None
-        try:
-            out, err = proc.communicate(timeout=timeout)
-            code: int | None = proc.returncode
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            code = None
+        out, err, code = communicate_or_kill(proc, timeout)
         stdout = out.decode("utf-8", "replace")
         stderr = err.decode("utf-8", "replace")
         combined = stdout + ("\n" if stdout and stderr else "") + stderr

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -116,6 +117,23 @@ def zone(name: str) -> ZoneInfo:
 
 # ---------------------------------------------------------------------------------------------
 # the scheduler
+
+
+def add_one_at_a_time(
+    scheduler: Any, fire: Callable[[], Any], trigger: Any, job_id: str, name: str, misfire_grace_s: float
+) -> None:
+    """A job that never overlaps itself: a run still going when the next is due makes that one
+    wait, and runs missed meanwhile (within ``misfire_grace_s``) collapse into one."""
+    scheduler.add_job(
+        fire,
+        trigger,
+        id=job_id,
+        name=name,
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=misfire_grace_s,
+        replace_existing=True,
+    )
 
 
 class BackupRunner(Protocol):
@@ -263,16 +281,13 @@ class BackupScheduler:
 
             self._scheduler = BackgroundScheduler(timezone=self.timezone, daemon=True)
         for btype, trigger in self.triggers.items():
-            self._scheduler.add_job(
-                self.fire,
+            add_one_at_a_time(
+                self._scheduler,
+                partial(self.fire, btype),
                 trigger,
-                args=[btype],
-                id=f"pgdr-backup-{btype}",
-                name=f"pgBackRest {btype} backup",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=self.misfire_grace_s,
-                replace_existing=True,
+                f"pgdr-backup-{btype}",
+                f"pgBackRest {btype} backup",
+                self.misfire_grace_s,
             )
         self._scheduler.start()
         log.info(

@@ -250,28 +250,21 @@ def target_options(func: F) -> F:
             callback=_store("config"),
             help=f"Site-agent or drctl configuration file (default: ${CONFIG_ENVVAR}).",
         ),
-        click.option(
+    ]
+    # (option, stored as, metavar, help): plain values stored in ctx.meta
+    plain = [
+        (
             "--dcs-url",
-            default=None,
-            expose_value=False,
-            callback=_store("dcs_url"),
-            metavar="URL[,URL]",
-            help="DCS endpoints, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379 or consul://h:8500.",
+            "dcs_url",
+            "URL[,URL]",
+            "DCS endpoints, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379 or consul://h:8500.",
         ),
-        click.option(
-            "--namespace",
-            default=None,
-            expose_value=False,
-            callback=_store("namespace"),
-            help=f"DCS namespace (default: the config's, else {DEFAULT_NAMESPACE}).",
-        ),
-        click.option(
-            "--scope",
-            default=None,
-            expose_value=False,
-            callback=_store("scope"),
-            help="Cluster name (default: the config's scope).",
-        ),
+        ("--namespace", "namespace", None, f"DCS namespace (default: the config's, else {DEFAULT_NAMESPACE})."),
+        ("--scope", "scope", None, "Cluster name (default: the config's scope)."),
+    ]
+    opts += [
+        click.option(flag, default=None, expose_value=False, callback=_store(key), metavar=metavar, help=help)
+        for flag, key, metavar, help in plain
     ]
     for opt in reversed(opts):
         func = opt(func)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -16,9 +17,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 _operator_errors: list[type[BaseException]] = []
 
 
-def register_operator_error(exc_type: type[BaseException]) -> None:
-    if exc_type not in _operator_errors:
-        _operator_errors.append(exc_type)
+def register_operator_error(*exc_types: type[BaseException]) -> None:
+    for exc_type in exc_types:
+        if exc_type not in _operator_errors:
+            _operator_errors.append(exc_type)
+
+
+def path_option(flag: str, dest: str, help: str, *, directory: bool = False) -> Callable[[F], F]:
+    """An optional ``--flag PATH`` (a file, or with ``directory`` a directory) passed as ``dest``."""
+    kind = click.Path(file_okay=False, path_type=Path) if directory else click.Path(dir_okay=False, path_type=Path)
+    return click.option(flag, dest, type=kind, default=None, help=help)
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from drctl.cli.errors import operator_errors, register_operator_error
+from drctl.cli.errors import operator_errors, path_option, register_operator_error
 from drctl.cli.output import FORMATS, emit_structured, table
 from drctl.lab.cluster import SUPERUSER
 from drctl.lab.etcd import LabError
 from drctl.lab.lab import Lab, default_lab_dir, pgpass_path, policy_path, topology_path
 from drctl.pg.osuser import OSUserError
 
-register_operator_error(LabError)
-register_operator_error(OSUserError)
+register_operator_error(LabError, OSUserError)
 
-dir_option = click.option(
+dir_option = path_option(
     "--dir",
     "lab_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Lab directory (default: $PGDR_LAB_DIR, else /var/lib/pgdr/lab as root, else the state dir).",
+    "Lab directory (default: $PGDR_LAB_DIR, else /var/lib/pgdr/lab as root, else the state dir).",
+    directory=True,
 )
 
 
@@ -76,25 +76,24 @@ def lab_up(
     """Start a lab and leave it running. Site a is active; the other sites are standby clusters of it."""
     if witness and (independent or sites < 2):
         raise click.UsageError("--witness needs at least two sites in a DR layout (not --independent)")
+    # the layout both kinds of lab take
+    layout: dict[str, Any] = {
+        "sites": sites,
+        "nodes": nodes,
+        "etcd_members": etcd_members,
+        "dr": not independent,
+        "witness": witness,
+    }
     if netns:
         if tls or mtls or backup:
             raise click.UsageError("--netns runs without --tls, --mtls or --backup (yet)")
-        _lab_up_netns(lab_dir, sites, nodes, etcd_members, pg_user, independent, witness, wan_latency_ms)
+        _lab_up_netns(lab_dir, pg_user, layout, wan_latency_ms)
         return
     if wan_latency_ms:
         raise click.UsageError("--wan-latency-ms needs --netns (the loopback lab has no WAN to slow down)")
     lab = Lab(lab_dir or default_lab_dir(), pg_user=pg_user)
     click.echo(f"lab directory: {lab.dir}")
-    state = lab.up(
-        sites=sites,
-        nodes=nodes,
-        etcd_members=etcd_members,
-        dr=not independent,
-        tls=tls,
-        mtls=mtls,
-        backup=backup,
-        witness=witness,
-    )
+    state = lab.up(**layout, tls=tls, mtls=mtls, backup=backup)
     scheme = "https" if state.tls else "http"
     for site in state.sites:
         click.echo(f"site {site.name}: etcd {','.join(site.etcd_endpoints)}")
@@ -121,28 +120,12 @@ def lab_up(
     click.echo(f"stop it with: drctl lab down --dir {lab.dir}")
 
 
-def _lab_up_netns(
-    lab_dir: Path | None,
-    sites: int,
-    nodes: int,
-    etcd_members: int,
-    pg_user: str,
-    independent: bool,
-    witness: bool,
-    wan_latency_ms: float,
-) -> None:
+def _lab_up_netns(lab_dir: Path | None, pg_user: str, layout: dict[str, Any], wan_latency_ms: float) -> None:
     from drctl.lab.netns import NetnsLab
 
     lab = NetnsLab(lab_dir or default_lab_dir(), pg_user=pg_user)
     click.echo(f"lab directory: {lab.dir}")
-    state = lab.up(
-        sites=sites,
-        nodes=nodes,
-        etcd_members=etcd_members,
-        dr=not independent,
-        witness=witness,
-        wan_latency_ms=wan_latency_ms,
-    )
+    state = lab.up(**layout, wan_latency_ms=wan_latency_ms)
     summary = lab.summary()
     hosts = summary["hosts"]
     click.echo(f"network namespaces: {summary['prefix']}-*  (router {summary['router']})")
@@ -211,24 +194,31 @@ def lab_status(lab_dir: Path | None, fmt: str) -> None:
     click.echo(f"{alive} of {len(procs)} processes running")
 
 
-@lab_group.command("kill-site")
-@click.argument("site")
-@dir_option
-@operator_errors
-def lab_kill_site(site: str, lab_dir: Path | None) -> None:
-    """Simulate a site's power loss: kill every node (agent and PostgreSQL); its DCS stays up."""
-    nodes = Lab(lab_dir or default_lab_dir()).kill_site(site)
-    click.echo(f"site {site}: killed {', '.join(nodes)}")
+def _site_power_command(name: str, help: str, act: Callable[[Lab, str], list[str]], done: str, none: str = "") -> None:
+    """``drctl lab NAME SITE``: ``act`` on the site's nodes, then ``site S: <done> <nodes or none>``."""
+
+    @lab_group.command(name, help=help)
+    @click.argument("site")
+    @dir_option
+    @operator_errors
+    def command(site: str, lab_dir: Path | None) -> None:
+        nodes = act(Lab(lab_dir or default_lab_dir()), site)
+        click.echo(f"site {site}: {done} {', '.join(nodes) or none}")
 
 
-@lab_group.command("start-site")
-@click.argument("site")
-@dir_option
-@operator_errors
-def lab_start_site(site: str, lab_dir: Path | None) -> None:
-    """Power a site back on: start the agents of its nodes that are not running."""
-    nodes = Lab(lab_dir or default_lab_dir()).start_site(site)
-    click.echo(f"site {site}: started {', '.join(nodes) or 'nothing (all running)'}")
+_site_power_command(
+    "kill-site",
+    "Simulate a site's power loss: kill every node (agent and PostgreSQL); its DCS stays up.",
+    Lab.kill_site,
+    "killed",
+)
+_site_power_command(
+    "start-site",
+    "Power a site back on: start the agents of its nodes that are not running.",
+    Lab.start_site,
+    "started",
+    "nothing (all running)",
+)
 
 
 @lab_group.command("down")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from drctl.cli.errors import fail, operator_errors, register_operator_error
+from drctl.cli.errors import fail, operator_errors, path_option, register_operator_error
 from drctl.cli.output import FORMATS, emit_structured, table
 from drctl.policy.load import policy_from_env
 from drctl.policy.model import Policy
@@ -21,23 +21,10 @@ from drctl.runbooks.engine import RunbookError
 from drctl.runbooks.load import describe_all, load_named, runbook_dirs
 from drctl.runbooks.runner import Runner, RunStore, builtin_vars, default_state_dir, step_text
 
-register_operator_error(RunbookError)
-register_operator_error(StepFailed)
+register_operator_error(RunbookError, StepFailed)
 
-policy_option = click.option(
-    "--policy",
-    "policy_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Policy file (default: $PGDR_POLICY, else $PGDR_TOPOLOGY).",
-)
-runbooks_option = click.option(
-    "--runbooks",
-    "runbooks_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Runbook directory.",
-)
+policy_option = path_option("--policy", "policy_path", "Policy file (default: $PGDR_POLICY, else $PGDR_TOPOLOGY).")
+runbooks_option = path_option("--runbooks", "runbooks_dir", "Runbook directory.", directory=True)
 
 
 def _vars(items: tuple[str, ...]) -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from drctl.cli.errors import fail, operator_errors, register_operator_error
+from drctl.cli.errors import fail, operator_errors, path_option, register_operator_error
 from drctl.cli.output import FORMATS, emit_structured, table
 from drctl.common.members import lag_between
 from drctl.sites.controller import (
@@ -28,16 +28,9 @@ from drctl.sites.controller import (
 )
 from drctl.sites.topology import Topology, TopologyError, load_topology
 
-register_operator_error(TopologyError)
-register_operator_error(SiteOpError)
+register_operator_error(TopologyError, SiteOpError)
 
-topology_option = click.option(
-    "--topology",
-    "topology_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Topology file (default: $PGDR_TOPOLOGY).",
-)
+topology_option = path_option("--topology", "topology_path", "Topology file (default: $PGDR_TOPOLOGY).")
 
 
 def _topology(path: Path | None) -> Topology:

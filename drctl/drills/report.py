@@ -24,16 +24,15 @@ ROLE_COLOURS = {
 
 
 def timeline_png(rec: Any, attempts: Sequence[Attempt], phases: Sequence[Phase], path: Path) -> Path | None:
+    """Writes through the entry points (top) over each node's role (bottom); None without writes."""
     if not attempts:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
-    roles = rec.roles
-    nodes = sorted({n for s in roles for n in s["roles"]})
+    nodes = sorted({n for s in rec.roles for n in s["roles"]})
     fig, (ax1, ax2) = plt.subplots(
         2,
         1,
@@ -41,41 +40,52 @@ def timeline_png(rec: Any, attempts: Sequence[Attempt], phases: Sequence[Phase],
         sharex=True,
         gridspec_kw={"height_ratios": [1, max(1, len(nodes)) * 0.45]},
     )
+    _writes_panel(ax1, rec, attempts, phases)
+    _roles_panel(ax2, rec.roles, nodes, end=max(a.t for a in attempts))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _writes_panel(ax: Any, rec: Any, attempts: Sequence[Attempt], phases: Sequence[Phase]) -> None:
+    """Each write attempt (acknowledged up, failed down), the drill's phases and the worst gap."""
     ok = [a.t for a in attempts if a.ok]
     bad = [a.t for a in attempts if not a.ok]
-    ax1.vlines(ok, 0.55, 1.0, colors="#27ae60", linewidth=0.6, label="write acknowledged")
-    ax1.vlines(bad, 0.0, 0.45, colors="#c0392b", linewidth=0.6, label="write failed")
+    ax.vlines(ok, 0.55, 1.0, colors="#27ae60", linewidth=0.6, label="write acknowledged")
+    ax.vlines(bad, 0.0, 0.45, colors="#c0392b", linewidth=0.6, label="write failed")
     for i, p in enumerate(phases):
-        ax1.axvspan(p.start, p.end, color="#f4d03f" if p.ok else "#e74c3c", alpha=0.18)
-        ax1.text(p.start, 1.04 + 0.16 * (i % 2), p.name, fontsize=7, va="bottom")  # staggered: short phases
+        ax.axvspan(p.start, p.end, color="#f4d03f" if p.ok else "#e74c3c", alpha=0.18)
+        ax.text(p.start, 1.04 + 0.16 * (i % 2), p.name, fontsize=7, va="bottom")  # staggered: short phases
     fig_rto = (rec.figures or {}).get("worst_gap") or {}
     if fig_rto:
-        ax1.annotate(
+        ax.annotate(
             f"RTO {fig_rto['seconds']:.2f}s",
             xy=((fig_rto["start"] + fig_rto["end"]) / 2, 0.5),
             ha="center",
             fontsize=8,
             color="#c0392b",
         )
-    ax1.set_ylim(0, 1.45)
-    ax1.set_yticks([])
-    ax1.set_title(f"{rec.drill} ({rec.run_id}): writes through the entry points", fontsize=9, loc="left")
-    ax1.legend(loc="upper right", fontsize=7)
-    end = max(a.t for a in attempts)
+    ax.set_ylim(0, 1.45)
+    ax.set_yticks([])
+    ax.set_title(f"{rec.drill} ({rec.run_id}): writes through the entry points", fontsize=9, loc="left")
+    ax.legend(loc="upper right", fontsize=7)
+
+
+def _roles_panel(ax: Any, roles: Sequence[dict[str, Any]], nodes: list[str], end: float) -> None:
+    """One bar a node, coloured by its role in each sample of ``roles`` until ``end``."""
+    from matplotlib.patches import Patch
+
     for row, node in enumerate(nodes):
-        spans: list[tuple[float, float, str]] = []
         for i, s in enumerate(roles):
             nxt = roles[i + 1]["t"] if i + 1 < len(roles) else end
             role = s["roles"].get(node, "down")
-            spans.append((s["t"], nxt - s["t"], role))
-        for start, width, role in spans:
-            ax2.broken_barh(
-                [(start, width)], (row - 0.4, 0.8), facecolors=ROLE_COLOURS.get(role, ROLE_COLOURS["other"])
-            )
-    ax2.set_yticks(range(len(nodes)))
-    ax2.set_yticklabels(nodes, fontsize=8)
-    ax2.set_xlabel("seconds since the drill started")
-    ax2.legend(
+            colour = ROLE_COLOURS.get(role, ROLE_COLOURS["other"])
+            ax.broken_barh([(s["t"], nxt - s["t"])], (row - 0.4, 0.8), facecolors=colour)
+    ax.set_yticks(range(len(nodes)))
+    ax.set_yticklabels(nodes, fontsize=8)
+    ax.set_xlabel("seconds since the drill started")
+    ax.legend(
         handles=[Patch(color=c, label=r) for r, c in ROLE_COLOURS.items()],
         loc="upper center",
         bbox_to_anchor=(0.5, -0.35),
@@ -83,10 +93,6 @@ def timeline_png(rec: Any, attempts: Sequence[Attempt], phases: Sequence[Phase],
         ncol=4,
         frameon=False,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _head(*cells: str) -> str:
@@ -96,6 +102,19 @@ def _head(*cells: str) -> str:
 def _row(*cells: Any, cls: str = "") -> str:
     attr = f' class="{cls}"' if cls else ""
     return f"<tr{attr}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+
+
+def _verdict(measure: str, measured: str, target: str, ok: bool) -> str:
+    """A row measured against its target: pass (green) or FAIL (red)."""
+    return _row(measure, measured, target, "pass" if ok else "FAIL", cls="ok" if ok else "bad")
+
+
+def _advice(f: dict[str, Any]) -> list[str]:
+    """The figures' advice ("what to do"), if any."""
+    if not f.get("advice"):
+        return []
+    items = "".join(f"<li>{html.escape(a)}</li>" for a in f["advice"])
+    return [f"<div class='advice'><b>What to do</b><ul>{items}</ul></div>"]
 
 
 STYLE = (
@@ -162,32 +181,24 @@ def _objectives(rec: Any, f: dict[str, Any]) -> list[str]:
     lost_bytes = "unknown" if f["lost_bytes"] is None else f"{f['lost_bytes']} bytes"
     parts = [
         "<h2>Recovery objectives</h2><table id='figures'>" + _head("Measure", "Measured", "Target", "Result"),
-        _row(
+        _verdict(
             "RTO: longest time without an acknowledged write",
             f"{f['rto_s']:.2f} s",
             f"{f['rto_target_s']:g} s",
-            "pass" if f["rto_ok"] else "FAIL",
-            cls="ok" if f["rto_ok"] else "bad",
+            f["rto_ok"],
         ),
-        _row(
+        _verdict(
             "RPO: acknowledged writes lost",
             f"{f['lost_rows']} rows ({lost_bytes})",
             f"{f['rpo_target_bytes']} bytes",
-            "pass" if f["rpo_ok"] else "FAIL",
-            cls="ok" if f["rpo_ok"] else "bad",
+            f["rpo_ok"],
         ),
         "</table>",
         f"<p>Probe: {f['attempts']} writes attempted, {f['acknowledged']} acknowledged, {f['failed']} failed"
         + (f"; log <code>{html.escape(rec.probe_log)}</code>" if rec.probe_log else "")
         + ".</p>",
     ]
-    if f.get("advice"):
-        parts.append(
-            "<div class='advice'><b>What to do</b><ul>"
-            + "".join(f"<li>{html.escape(a)}</li>" for a in f["advice"])
-            + "</ul></div>"
-        )
-    return parts
+    return [*parts, *_advice(f)]
 
 
 def _phases(rec: Any, f: dict[str, Any]) -> list[str]:
@@ -249,42 +260,33 @@ def _rebuild_section(f: dict[str, Any]) -> list[str]:
         _row("method", f["method"]),
         "</table>",
     ]
-    if f.get("advice"):
-        parts.append(
-            "<div class='advice'><b>What to do</b><ul>"
-            + "".join(f"<li>{html.escape(a)}</li>" for a in f["advice"])
-            + "</ul></div>"
-        )
-    return parts
+    return [*parts, *_advice(f)]
 
 
 def _restore_section(f: dict[str, Any]) -> list[str]:
     size = f.get("backup_size_bytes")
     parts = [
         "<h2>Restore</h2><table id='figures'>" + _head("Measure", "Measured", "Target", "Result"),
-        _row(
+        _verdict(
             "time to a read-write copy (restore + replay + promote)",
             "-" if f["total_s"] is None else f"{f['total_s']:.2f} s",
             f"{f['rto_target_s']:g} s",
-            "pass" if f["rto_ok"] else "FAIL",
-            cls="ok" if f["rto_ok"] else "bad",
+            f["rto_ok"],
         ),
-        _row(
+        _verdict(
             "verification queries",
             f"{sum(1 for c in f['checks'] if c['ok'])} of {len(f['checks'])} as expected",
             "all",
-            "pass" if f["checks_ok"] else "FAIL",
-            cls="ok" if f["checks_ok"] else "bad",
+            f["checks_ok"],
         ),
     ]
     if f.get("pitr_ok") is not None:
         parts.append(
-            _row(
+            _verdict(
                 f"point-in-time copy (to {f['pitr_target']}) stops at the target",
                 f"read-write after {f['pitr_total_s']} s",
                 "only the row written before the target",
-                "pass" if f["pitr_ok"] else "FAIL",
-                cls="ok" if f["pitr_ok"] else "bad",
+                f["pitr_ok"],
             )
         )
     parts += [
@@ -307,13 +309,7 @@ def _restore_section(f: dict[str, Any]) -> list[str]:
                 )
             )
         parts.append("</table>")
-    if f.get("advice"):
-        parts.append(
-            "<div class='advice'><b>What to do</b><ul>"
-            + "".join(f"<li>{html.escape(a)}</li>" for a in f["advice"])
-            + "</ul></div>"
-        )
-    return parts
+    return [*parts, *_advice(f)]
 
 
 def topo(roles: dict[str, str]) -> str:

@@ -192,19 +192,40 @@ def run_restore_drill(policy: Policy, drill: DrillSpec, out: Path, say: Any, run
         runner, drill, work, "latest", checks, say
     )
     if target is not None:
-        say(f"restoring to {target.isoformat()} (point in time)")
-        pitr_check = VerifyQuery(
-            sql=f"SELECT string_agg(mark, ',' ORDER BY mark) FROM {PITR_TABLE} WHERE run = '{tag}'", expect="before"
-        )
-        _r, _rec, figures.pitr_total_s, figures.pitr_checks = _restore_once(
-            runner, drill, work, "pitr", [pitr_check], say, target=target
-        )
-        figures.pitr_ok = all(c["ok"] for c in figures.pitr_checks)
-        with (
-            contextlib.suppress(psycopg.Error),
-            psycopg.connect(app_url(policy), autocommit=True, connect_timeout=5) as conn,
-        ):
-            conn.execute(f"DELETE FROM {PITR_TABLE} WHERE run = %s OR at < now() - interval '1 day'", (tag,))
+        _pitr_copy(runner, drill, work, app_url(policy), tag, target, figures, say)
+    _judge(figures)
+    return figures
+
+
+def _pitr_copy(
+    runner: PgBackRest,
+    drill: DrillSpec,
+    work: Path,
+    url: str,
+    tag: str,
+    target: datetime,
+    figures: RestoreFigures,
+    say: Any,
+) -> None:
+    """A second copy restored to ``target``: it must hold the 'before' marker row only. The
+    marker rows are deleted from the application database after."""
+    say(f"restoring to {target.isoformat()} (point in time)")
+    pitr_check = VerifyQuery(
+        sql=f"SELECT string_agg(mark, ',' ORDER BY mark) FROM {PITR_TABLE} WHERE run = '{tag}'", expect="before"
+    )
+    _r, _rec, figures.pitr_total_s, figures.pitr_checks = _restore_once(
+        runner, drill, work, "pitr", [pitr_check], say, target=target
+    )
+    figures.pitr_ok = all(c["ok"] for c in figures.pitr_checks)
+    with (
+        contextlib.suppress(psycopg.Error),
+        psycopg.connect(url, autocommit=True, connect_timeout=5) as conn,
+    ):
+        conn.execute(f"DELETE FROM {PITR_TABLE} WHERE run = %s OR at < now() - interval '1 day'", (tag,))
+
+
+def _judge(figures: RestoreFigures) -> None:
+    """Pass or fail against the targets, and what to do about each fail."""
     figures.rto_ok = figures.total_s is not None and figures.total_s <= figures.rto_target_s
     figures.checks_ok = all(c["ok"] for c in figures.checks)
     if not figures.rto_ok:
@@ -223,7 +244,6 @@ def run_restore_drill(policy: Policy, drill: DrillSpec, out: Path, say: Any, run
             "The point-in-time copy did not stop at the target (expected the 'before' row only): check the "
             "archive's continuity and the servers' clocks."
         )
-    return figures
 
 
 def _run_as(argv: list[str], user: str, timeout: float) -> subprocess.CompletedProcess[str]:

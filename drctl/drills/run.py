@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from drctl.drills import guards, measure
 from drctl.drills.measure import Phase
@@ -281,14 +281,8 @@ class DrillRunner:
     def _replica_rebuild(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
         from drctl.drills.rebuild import RebuildDrillError, run_rebuild_drill
 
-        try:
-            figures = run_rebuild_drill(self.policy, drill, self.say)
-        except RebuildDrillError as exc:
-            rec.status = "error"
-            rec.reasons = [str(exc)]
-        else:
-            rec.figures = figures.to_json()
-            rec.status = "passed" if figures.passed else "failed"
+        figures = _figures_into(rec, partial(run_rebuild_drill, self.policy, drill, self.say), RebuildDrillError)
+        if figures is not None:
             rec.phases = [
                 vars(Phase(f"rebuild {figures.member}", 0.0, figures.rebuild_s or drill.timeout_s, figures.ok))
             ]
@@ -297,14 +291,9 @@ class DrillRunner:
     def _backup_restore(self, drill: DrillSpec, rec: DrillRecord, out: Path) -> DrillRecord:
         from drctl.drills.restore import RestoreDrillError, run_restore_drill
 
-        try:
-            figures = run_restore_drill(self.policy, drill, out, self.say, run_tag=rec.run_id)
-        except RestoreDrillError as exc:
-            rec.status = "error"
-            rec.reasons = [str(exc)]
-        else:
-            rec.figures = figures.to_json()
-            rec.status = "passed" if figures.passed else "failed"
+        run = partial(run_restore_drill, self.policy, drill, out, self.say, run_tag=rec.run_id)
+        figures = _figures_into(rec, run, RestoreDrillError)
+        if figures is not None:
             phases = [Phase("pgbackrest restore", 0.0, figures.restore_s or 0.0)]
             if figures.recovery_s is not None:
                 end = (figures.restore_s or 0.0) + figures.recovery_s
@@ -401,6 +390,30 @@ class DrillRunner:
         rec.report_html, rec.report_png = str(html), str(png) if png else ""
         (out / "record.json").write_text(json.dumps(rec.to_json(), indent=2, default=str))
         return rec
+
+
+class _Figures(Protocol):
+    @property
+    def passed(self) -> bool: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+FiguresT = TypeVar("FiguresT", bound=_Figures)
+
+
+def _figures_into(rec: DrillRecord, run: Callable[[], FiguresT], error: type[Exception]) -> FiguresT | None:
+    """Run a drill that measures figures: into ``rec`` its figures and passed/failed, or ``error``'s
+    message and status error (then None)."""
+    try:
+        figures = run()
+    except error as exc:
+        rec.status = "error"
+        rec.reasons = [str(exc)]
+        return None
+    rec.figures = figures.to_json()
+    rec.status = "passed" if figures.passed else "failed"
+    return figures
 
 
 def _writable(conn_url: str) -> bool:

@@ -13,11 +13,13 @@ import socket
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Gauge
 
+from drctl.backup.schedule import add_one_at_a_time
 from drctl.dcs.base import DCS, DCSError
 from drctl.dcs.factory import get_dcs
 from drctl.drills.run import DrillError, DrillRecord, DrillRunner
@@ -144,16 +146,8 @@ class DrillScheduler:
 
             self._scheduler = BackgroundScheduler(timezone="UTC", daemon=True)
         for name, trigger in self.triggers.items():
-            self._scheduler.add_job(
-                self.fire,
-                trigger,
-                args=[name],
-                id=f"pgdr-drill-{name}",
-                name=f"drill {name}",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=300,
-                replace_existing=True,
+            add_one_at_a_time(
+                self._scheduler, partial(self.fire, name), trigger, f"pgdr-drill-{name}", f"drill {name}", 300
             )
         if self.lock is not None:
             self._scheduler.add_job(self.lock.held, "interval", seconds=10, id="pgdr-drill-lock")

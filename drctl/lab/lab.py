@@ -5,6 +5,7 @@ even after the process that started the lab died)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import signal
 import ssl
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,24 +287,17 @@ class Lab:
                         self.wan[lab_site.name] += proxies
                         remote_dcs[lab_site.name] = [f"http://{p.address}" for p in proxies]
                 # before the agents start: they read it
-                write_lab_topology(
+                topology = functools.partial(
+                    write_lab_topology,
                     self.dir,
                     state,
                     remote_dcs=remote_dcs,
                     remote_entry=remote_entry,
                     dr_slots=dr_slots,
-                    witness=witness_hosts,
                 )
+                topology(witness=witness_hosts)
                 for site, proxies in self.site_witness_proxies.items():
-                    write_lab_topology(
-                        self.dir,
-                        state,
-                        remote_dcs=remote_dcs,
-                        remote_entry=remote_entry,
-                        dr_slots=dr_slots,
-                        witness=[f"http://{p.address}" for p in proxies],
-                        path=site_topology_path(self.dir, site),
-                    )
+                    topology(witness=[f"http://{p.address}" for p in proxies], path=site_topology_path(self.dir, site))
             for cluster in clusters:
                 cluster.start(wait=False)
                 cluster.wait_healthy(180)
@@ -795,15 +790,23 @@ def _pg_health(dsn: str) -> str:
     return "replica" if row and row[0] else "primary"
 
 
+def _live_pids(root: Path, pidfile_name: str) -> Iterator[tuple[int, bytes]]:
+    """(PID, command line) of each live process named by the first word of a ``pidfile_name``
+    file under ``root`` (unreadable and stale files skipped)."""
+    for pidfile in root.rglob(pidfile_name):
+        try:
+            pid = int(pidfile.read_text().split()[0])
+            if pid_alive(pid):
+                yield pid, Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+
+
 def stop_stray_keepers(root: Path) -> None:
     """Lease keepers whose agent was killed exit by themselves within ttl; stop them now."""
     recs = []
-    for pidfile in root.rglob("lease-keeper.pid"):
-        try:
-            pid = int(pidfile.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-        if pid_alive(pid) and b"site_agent.keeper" in Path(f"/proc/{pid}/cmdline").read_bytes():
+    for pid, cmdline in _live_pids(root, "lease-keeper.pid"):
+        if b"site_agent.keeper" in cmdline:
             rec = record_for_pid(pid, f"keeper-{pid}", "keeper")
             if rec is not None:
                 recs.append(rec)
@@ -812,14 +815,6 @@ def stop_stray_keepers(root: Path) -> None:
 
 def _stray_postmasters(lab_dir: Path) -> list[int]:
     """PIDs from postmaster.pid files under the lab that are alive (started by an agent)."""
-    out = []
-    for pidfile in lab_dir.rglob("postmaster.pid"):
-        try:
-            pid = int(pidfile.read_text().splitlines()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-        if pid_alive(pid):
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-            if cmdline.endswith(b"postgres"):
-                out.append(pid)
-    return out
+    return [
+        pid for pid, cmdline in _live_pids(lab_dir, "postmaster.pid") if cmdline.split(b"\0")[0].endswith(b"postgres")
+    ]

@@ -34,6 +34,8 @@ def _gave_up(client: socket.socket) -> bool:
 
 
 class TcpProxy:
+    chunk = 65536  # bytes read at once from either side
+
     def __init__(self, target_port: int, target_host: str = "127.0.0.1", listen_port: int | None = None) -> None:
         self.target = (target_host, target_port)
         self.port = listen_port or free_port()
@@ -94,6 +96,12 @@ class TcpProxy:
             t.start()
             self._threads = [x for x in self._threads if x.is_alive()] + [t]
 
+    def _opened(self) -> None:
+        """A connection reached the target (a hook: a subclass may count)."""
+
+    def _forwarded(self, from_client: bool, n: int) -> None:
+        """``n`` bytes crossed, from the client or from the target (a hook: a subclass may count)."""
+
     def _pump(self, client: socket.socket) -> None:
         upstream: socket.socket | None = None
         try:
@@ -108,6 +116,7 @@ class TcpProxy:
             upstream.settimeout(None)
             with self._lock:
                 self._conns += [client, upstream]
+            self._opened()
             socks = [client, upstream]
             while not self._stop.is_set():
                 if self.mode == "blackhole":
@@ -120,10 +129,11 @@ class TcpProxy:
                     self._stop.wait(0.05)
                     continue
                 for s in _readable(socks, 0.2):
-                    data = s.recv(65536)
+                    data = s.recv(self.chunk)
                     if not data:
                         return
                     (upstream if s is client else client).sendall(data)
+                    self._forwarded(s is client, len(data))
         except OSError:
             return
         finally:

@@ -220,3 +220,22 @@ class DualPrimaryChecker:
                         if lo <= hi:
                             found.append((a, b, lo, hi))
         return found
+
+
+class Probes:
+    """A running dual-primary checker and writer, and the faults marked meanwhile (what, when on
+    the monotonic clock): what the benches and the scenario tests measure a fault with."""
+
+    def __init__(self, checker: DualPrimaryChecker, writer: Writer) -> None:
+        self.checker = checker
+        self.writer = writer
+        self.events: list[tuple[str, float]] = []
+
+    def mark(self, what: str) -> float:
+        at = time.monotonic()
+        self.events.append((what, at))
+        return at
+
+    def stop(self) -> None:
+        self.writer.stop()
+        self.checker.stop()

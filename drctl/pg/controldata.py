@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
 
 from drctl.pg.lsn import parse_lsn
+
+T = TypeVar("T")
 
 CLEAN_SHUTDOWN_STATES = frozenset({"shut down", "shut down in recovery"})
 
@@ -71,20 +74,20 @@ def _get(raw: Mapping[str, str], key: str) -> str:
         raise ControlDataError(f"pg_controldata output lacks {key!r}") from None
 
 
-def _int(raw: Mapping[str, str], key: str) -> int:
+def _parsed(raw: Mapping[str, str], key: str, parse: Callable[[str], T], what: str) -> T:
     value = _get(raw, key)
     try:
-        return int(value)
+        return parse(value)
     except ValueError:
-        raise ControlDataError(f"pg_controldata {key!r}: not an integer: {value!r}") from None
+        raise ControlDataError(f"pg_controldata {key!r}: not {what}: {value!r}") from None
+
+
+def _int(raw: Mapping[str, str], key: str) -> int:
+    return _parsed(raw, key, int, "an integer")
 
 
 def _lsn(raw: Mapping[str, str], key: str) -> int:
-    value = _get(raw, key)
-    try:
-        return parse_lsn(value)
-    except ValueError:
-        raise ControlDataError(f"pg_controldata {key!r}: not an LSN: {value!r}") from None
+    return _parsed(raw, key, parse_lsn, "an LSN")
 
 
 def _bool(raw: Mapping[str, str], key: str) -> bool:

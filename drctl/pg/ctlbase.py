@@ -4,7 +4,6 @@ directory (written atomically; the data directory checked before it is touched).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
@@ -22,6 +21,7 @@ from drctl.pg.pgconf import (
     RECOVERY_FILE,
     with_includes,
 )
+from drctl.procutil import communicate_or_kill
 from drctl.safefs import open_append, open_read
 
 StopMode = Literal["smart", "fast", "immediate"]
@@ -182,14 +182,7 @@ class PgDataDir:
             )
         except OSError as exc:
             raise PgCtlError(f"{what}: cannot run {argv[0]}: {exc}") from exc
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-            code: int | None = proc.returncode
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-            code = None
+        out, _, code = communicate_or_kill(proc, timeout)
         output = out.decode("utf-8", "replace")
         result = _Run(code, output, time.monotonic() - started)
         if log:

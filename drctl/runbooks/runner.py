@@ -53,23 +53,31 @@ def default_state_dir(policy: Policy | None = None) -> Path:
 
 
 @contextmanager
-def operation_lock(state_dir: Path, what: str) -> Iterator[str | None]:
-    """One DR operation (a runbook run or a drill) at a time per state directory: yields None
-    when this process holds the lock, else a description of who holds it. The kernel releases
-    it when the holder dies."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / "operation.lock", os.O_RDWR | os.O_CREAT, 0o644)
+def _flocked(path: Path, holder: str) -> Iterator[str | None]:
+    """An exclusive flock on ``path`` (created if missing), not waited for: None while this
+    process holds it (``holder`` written into the file), else what the holder wrote ("" if
+    nothing). The kernel releases it when the holder dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+            yield os.pread(fd, 300, 0).decode(errors="replace").strip()
             return
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{what} (pid {os.getpid()} on {socket.gethostname()})".encode(), 0)
+        os.pwrite(fd, holder.encode(), 0)
         yield None
     finally:
         os.close(fd)
+
+
+@contextmanager
+def operation_lock(state_dir: Path, what: str) -> Iterator[str | None]:
+    """One DR operation (a runbook run or a drill) at a time per state directory: yields None
+    when this process holds the lock, else a description of who holds it."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with _flocked(state_dir / "operation.lock", f"{what} (pid {os.getpid()} on {socket.gethostname()})") as held_by:
+        yield None if held_by is None else held_by or "another process"
 
 
 class RunStore:
@@ -131,20 +139,10 @@ class RunStore:
     def lock(self, run_id: str) -> Iterator[None]:
         d = self.dir(run_id)
         d.mkdir(parents=True, exist_ok=True)
-        fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-                raise RunbookError(
-                    f"run {run_id} is being executed right now ({holder or 'another process'})"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        with _flocked(d / "lock", f"pid {os.getpid()} on {socket.gethostname()}") as held_by:
+            if held_by is not None:
+                raise RunbookError(f"run {run_id} is being executed right now ({held_by or 'another process'})")
             yield
-        finally:
-            os.close(fd)
 
 
 def drctl_program() -> str:

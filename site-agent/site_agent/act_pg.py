@@ -195,7 +195,7 @@ class PgHands(Hands):
         in_recovery = ctl.standby_signal()
         self._remember(expect_running=False)
         ctl.stop("fast", timeout=60)
-        self._remember(pending_restart=False)
+        self._remember(restart_requested=False)
         if in_recovery:
             self._start("replica", self.mem.following if self.mem.following != STANDBY_SOURCE else None, None, None)
         else:

@@ -417,7 +417,7 @@ class Agent:
             dcs_ok=view is not None,
             paused=self.dynamic.pause,
             pending_restart=bool(self._obs is not None and self._obs.pending_restart),
-            restart_requested=self.mem.pending_restart,
+            restart_requested=self.mem.restart_requested,
             tags=self.cfg.tags.model_dump(exclude_none=True),
             lag_bytes=lag,
             cluster_unlocked=view is not None and view.leader is None,

@@ -13,10 +13,10 @@ from typing import Any
 
 import structlog
 
+from drctl.agentconfig import ConfigError, parse_dynamic_config
 from drctl.common.mergepatch import merge_patch
 from drctl.dcs.base import ClusterView, DCSError, Failover
 from site_agent.agent import Agent
-from site_agent.config import ConfigError, parse_dynamic_config
 from site_agent.eligibility import best_candidate, candidate_blockers, failsafe_refusal
 from site_agent.inbox import FailsafeHeartbeat, ReinitializeRequest, RestartRequest
 from site_agent.livewal import LiveWal
@@ -184,8 +184,8 @@ class Control:
         return 200, "restarted successfully"
 
     def _restarted(self, ticket: int) -> bool:
-        """The cycle took the request (and with it pending_restart) and carried it out since."""
-        return self.agent.inbox.applied >= ticket and not self.agent.mem.pending_restart
+        """The cycle took the request (and with it restart_requested) and carried it out since."""
+        return self.agent.inbox.applied >= ticket and not self.agent.mem.restart_requested
 
     def request_reinitialize(self, force: bool) -> tuple[int, str]:
         if self.agent.mem.am_leader:

@@ -14,10 +14,10 @@ from typing import Any
 
 import structlog
 
+from drctl.agentconfig import DynamicConfig
 from drctl.dcs.base import ClusterView
 from drctl.sites.topology import Topology
 from site_agent.actions import Decision
-from site_agent.config import DynamicConfig
 
 log = structlog.get_logger("site_agent.crosssite")
 

@@ -35,7 +35,7 @@ Request = RestartRequest | ReinitializeRequest | FailsafeHeartbeat
 def apply(memory: Memory, request: Request) -> Memory:
     match request:
         case RestartRequest():
-            return replace(memory, pending_restart=True)
+            return replace(memory, restart_requested=True)
         case ReinitializeRequest():
             return replace(memory, pending_reinitialize=True)
         case FailsafeHeartbeat(at=at):

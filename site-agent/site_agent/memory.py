@@ -34,7 +34,7 @@ class Memory:
     running_since: float | None = None
     pg_state: PgState | None = None  # as interpreted last cycle, and since when (monotonic)
     pg_state_since: float | None = None
-    pending_restart: bool = False
+    restart_requested: bool = False  # an operator queued a restart (REST), not yet carried out
     pending_reinitialize: bool = False
     failsafe_map: tuple[tuple[str, str], ...] = ()  # the last failsafe key read: (name, api_url)
     failsafe_round_started: float | None = None

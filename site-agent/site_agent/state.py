@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from site_agent.actions import StandbyTarget
 
 if TYPE_CHECKING:
-    from site_agent.config import AgentConfig, DynamicConfig
+    from drctl.agentconfig import AgentConfig, DynamicConfig
 
 
 class PgState(StrEnum):

@@ -13,98 +13,41 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
 
 import pytest
 
-from drctl.backup import PgBackRest, PgBackRestConfig, RepoConfig
+from drctl.backup import PgBackRest
 from drctl.backup.errors import ArchiveTimeoutError, BackupError, StanzaMissingError
 from drctl.backup.info import parse_stanza
 from drctl.backup.restore import strip_pgbackrest_recovery
-from drctl.lab.ports import free_port
-from drctl.pg import probe
-from drctl.pg.ctl import PgCtl
+from drctl.lab.postgres import LAB_HBA, PG_BIN
+from drctl.lab.scratch import PG_USER, ScratchLab, posix_repo
+from tests.builders import archiving_works, pitr_target, wait_archived, wait_until
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(os.environ.get("PGDR_PG_BIN", "/usr/lib/postgresql/15/bin"))
-PG_USER = os.environ.get("PGDR_PG_USER", "postgres")
 PGBACKREST = shutil.which("pgbackrest")
 INFO_SAMPLE = Path(__file__).parent.parent / "unit" / "data" / "pgbackrest_info.json"
-HBA = ["local all all trust", "host all all 127.0.0.1/32 trust", "host replication all 127.0.0.1/32 trust"]
 
-if not (BIN / "postgres").exists():
-    pytest.skip(f"PostgreSQL binaries not found in {BIN}", allow_module_level=True)
+if not (PG_BIN / "postgres").exists():
+    pytest.skip(f"PostgreSQL binaries not found in {PG_BIN}", allow_module_level=True)
 if PGBACKREST is None:
     pytest.skip("pgbackrest not installed", allow_module_level=True)
 
 
-class Node:
-    def __init__(self, base: Path, name: str) -> None:
-        self.name = name
-        self.port = free_port()
-        self.sock = base / f"{name}-s"
-        self.ctl = PgCtl(base / f"{name}-d", BIN, PG_USER, base / f"{name}.log", self.sock)
-
-    def params(self, **extra: Any) -> dict[str, Any]:
-        return {
-            "port": self.port,
-            "listen_addresses": "127.0.0.1",
-            "unix_socket_directories": str(self.sock),
-            "shared_buffers": "32MB",
-            "max_connections": 30,
-            "wal_level": "replica",
-            "max_wal_senders": 5,
-            "hot_standby": True,
-            "fsync": False,  # test speed
-            "cluster_name": self.name,
-            **extra,
-        }
-
-    def tcp(self) -> str:
-        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres application_name={self.name}"
-
-    def sql(self, query: str) -> list[tuple[Any, ...]]:
-        with probe.connect(self.ctl.local_conninfo()) as conn:
-            cur = conn.execute(query.encode())
-            return list(cur.fetchall()) if cur.description else []
-
-
-class Lab:
+class Lab(ScratchLab):
     def __init__(self, base: Path) -> None:
-        self.base = base
-        self.nodes: list[Node] = []
+        super().__init__(base, fsync=False)  # test speed
         self.primary = self.node("p")
-        cfg = PgBackRestConfig(
-            stanza="main",
-            repos=[
-                RepoConfig(path=PurePosixPath(base / "repo1"), retention_full=2),
-                RepoConfig(path=PurePosixPath(base / "repo2"), retention_full=1, retention_diff=1),
-            ],
-            pg_path=self.primary.ctl.data_dir,
-            pg_port=self.primary.port,
-            pg_socket_path=self.primary.sock,
-            log_path=base / "bk-log",
-            lock_path=base / "bk-lock",
-            spool_path=base / "bk-spool",
-            archive_timeout=30,
-        )
-        self.pgbr = PgBackRest(cfg, base / "pgbackrest.conf", run_as=PG_USER)
+        repos = [
+            posix_repo(base, "repo1", retention_full=2),
+            posix_repo(base, "repo2", retention_full=1, retention_diff=1),
+        ]
+        self.pgbr = self.backrest(self.primary, repos)
 
-    def node(self, name: str) -> Node:
-        n = Node(self.base, name)
-        self.nodes.append(n)
-        return n
-
-    def stop_all(self) -> None:
-        for n in self.nodes:
-            try:
-                if not n.ctl.stop("fast", timeout=20):
-                    n.ctl.kill_hard()
-            except Exception:
-                n.ctl.kill_hard()
+    def start(self) -> None:
+        self.start_archiving_primary(self.primary, self.pgbr)
 
 
 @pytest.fixture(scope="module")
@@ -112,44 +55,8 @@ def lab(lab_root: Path) -> Iterator[Lab]:
     base = Path(tempfile.mkdtemp(prefix="bk-", dir=lab_root))
     os.chmod(base, 0o755)
     lab = Lab(base)
-    try:
-        lab.pgbr.write_config()
-        p = lab.primary
-        p.ctl.initdb(auth_local="trust", auth_host="trust")
-        p.ctl.configure(
-            p.params(archive_mode=True, archive_command=lab.pgbr.archive_push_command()),
-            HBA,
-        )
-        p.ctl.start()
-        lab.pgbr.stanza_create()
+    with lab:
         yield lab
-    finally:
-        lab.stop_all()
-
-
-def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def wait_archived(node: Node, timeout: float = 30.0) -> str:
-    """Write, switch WAL on ``node`` and wait until the archiver has pushed that segment."""
-    node.sql("CREATE TABLE IF NOT EXISTS walgen (x int)")
-    node.sql("INSERT INTO walgen VALUES (1)")
-    (walfile,) = node.sql("SELECT pg_walfile_name(pg_switch_wal())")[0]
-
-    def done() -> bool:
-        last = node.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
-        return last is not None and last >= walfile
-
-    wait_for(done, timeout, f"{walfile} archived")
-    return str(walfile)
 
 
 def test_check_and_full_backup_in_each_repo(lab: Lab) -> None:
@@ -198,13 +105,13 @@ def test_incr_backup_then_standby_from_backup_streams(lab: Lab) -> None:
     s = lab.node("s")
     result = pgbr.restore(s.ctl.data_dir, type="standby", delta=True, set_options={"primary_conninfo": p.tcp()})
     assert result.type == "standby" and (s.ctl.data_dir / "standby.signal").exists()
-    s.ctl.configure(s.params(), HBA)  # the copy carries the primary's pgdr.conf: own port etc.
+    s.ctl.configure(s.params(), LAB_HBA)  # the copy carries the primary's pgdr.conf: own port etc.
     s.ctl.set_recovery(primary_conninfo=p.tcp(), restore_command=pgbr.archive_get_command())
     s.ctl.start()
     assert s.sql("SELECT pg_is_in_recovery()")[0][0] is True
     assert s.sql("SELECT count(*) FROM t")[0][0] >= 0
     p.sql("INSERT INTO t VALUES (1000, 'after-restore')")
-    wait_for(lambda: s.sql("SELECT count(*) FROM t WHERE id = 1000")[0][0] == 1, 30, "row on standby")
+    wait_until(lambda: s.sql("SELECT count(*) FROM t WHERE id = 1000")[0][0] == 1, 30, "row on standby")
     assert s.sql("SELECT status FROM pg_stat_wal_receiver")[0][0] == "streaming"
     assert s.sql("SELECT count(*) FROM t")[0][0] == 101
     s.ctl.stop()
@@ -212,34 +119,26 @@ def test_incr_backup_then_standby_from_backup_streams(lab: Lab) -> None:
     # rebuild over the existing (stopped) replica: --delta, pgdr's own recovery settings only
     pgbr.restore(s.ctl.data_dir, type="standby", delta=True)
     assert strip_pgbackrest_recovery(s.ctl.data_dir, PG_USER)
-    s.ctl.configure(s.params(), HBA)
+    s.ctl.configure(s.params(), LAB_HBA)
     s.ctl.set_recovery(primary_conninfo=p.tcp(), restore_command=pgbr.archive_get_command())
     s.ctl.start()
     p.sql("INSERT INTO t VALUES (1001, 'after-delta')")
-    wait_for(lambda: s.sql("SELECT count(*) FROM t WHERE id = 1001")[0][0] == 1, 30, "row after delta")
+    wait_until(lambda: s.sql("SELECT count(*) FROM t WHERE id = 1001")[0][0] == 1, 30, "row after delta")
     assert s.sql("SELECT count(*) FROM t")[0][0] == 102
     s.ctl.stop()
 
 
 def test_pitr_into_scratch_copy_without_archiving(lab: Lab) -> None:
     pgbr, p = lab.pgbr, lab.primary
-    p.sql("CREATE TABLE pitr (id int PRIMARY KEY)")
-    for i in range(1, 6):
-        p.sql(f"INSERT INTO pitr VALUES ({i})")
-    time.sleep(0.05)
-    target: datetime = p.sql("SELECT clock_timestamp()")[0][0]
-    time.sleep(0.05)
-    for i in range(6, 11):
-        p.sql(f"INSERT INTO pitr VALUES ({i})")
-    wait_archived(p)  # recovery needs WAL past the target
+    target = pitr_target(p)
 
     x = lab.node("x")
     res = pgbr.restore(x.ctl.data_dir, type="time", target=target, target_action="promote")
     assert res.type == "time"
     assert "archive_mode = 'off'" in (x.ctl.data_dir / "postgresql.auto.conf").read_text()
-    x.ctl.configure(x.params(), HBA)
+    x.ctl.configure(x.params(), LAB_HBA)
     x.ctl.start()
-    wait_for(lambda: x.sql("SELECT NOT pg_is_in_recovery()")[0][0], 60, "PITR copy promoted")
+    wait_until(lambda: x.sql("SELECT NOT pg_is_in_recovery()")[0][0], 60, "PITR copy promoted")
     rows = [r[0] for r in x.sql("SELECT id FROM pitr ORDER BY id")]
     assert rows == [1, 2, 3, 4, 5]
     assert x.sql("SHOW archive_mode")[0][0] == "off"
@@ -272,8 +171,7 @@ def test_missing_stanza_is_a_clear_error(lab: Lab) -> None:
 def test_broken_archive_command_gives_archive_timeout_error(lab: Lab) -> None:
     p, pgbr = lab.primary, lab.pgbr
     wrong = PgBackRest(pgbr.cfg.model_copy(update={"stanza": "wrong"}), pgbr.config_file)
-    p.ctl.configure(p.params(archive_mode=True, archive_command=wrong.archive_push_command()), HBA)
-    p.ctl.reload()
+    p.archive_with(wrong.archive_push_command())
     try:
         with pytest.raises(ArchiveTimeoutError) as exc:
             pgbr.check(archive_timeout=3)
@@ -283,14 +181,5 @@ def test_broken_archive_command_gives_archive_timeout_error(lab: Lab) -> None:
         assert "[082]" in str(err) and "was not archived" in str(err)
         assert "\n" not in str(err)
     finally:
-        p.ctl.configure(p.params(archive_mode=True, archive_command=pgbr.archive_push_command()), HBA)
-        p.ctl.reload()
-    wait_for(lambda: _check_ok(pgbr), 30, "archiving to recover")
-
-
-def _check_ok(pgbr: PgBackRest) -> bool:
-    try:
-        pgbr.check(archive_timeout=5)
-    except ArchiveTimeoutError:
-        return False
-    return True
+        p.archive_with(pgbr.archive_push_command())
+    wait_until(lambda: archiving_works(pgbr, ArchiveTimeoutError), 30, "archiving to recover")

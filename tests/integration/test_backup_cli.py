@@ -14,88 +14,35 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from datetime import datetime
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
 
 import pytest
 
-from drctl.backup import PgBackRest, PgBackRestConfig, RepoConfig
+from drctl.backup import PgBackRest
 from drctl.backup.errors import BackupError
-from drctl.lab.ports import free_port
-from drctl.pg import probe
-from drctl.pg.ctl import PgCtl
+from drctl.lab.postgres import LAB_HBA, PG_BIN
+from drctl.lab.scratch import PG_USER, ScratchLab, posix_repo
+from tests.builders import archiving_works, pitr_target, wait_until
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(os.environ.get("PGDR_PG_BIN", "/usr/lib/postgresql/15/bin"))
-PG_USER = os.environ.get("PGDR_PG_USER", "postgres")
-HBA = ["local all all trust", "host all all 127.0.0.1/32 trust", "host replication all 127.0.0.1/32 trust"]
-
-if not (BIN / "postgres").exists():
-    pytest.skip(f"PostgreSQL binaries not found in {BIN}", allow_module_level=True)
+if not (PG_BIN / "postgres").exists():
+    pytest.skip(f"PostgreSQL binaries not found in {PG_BIN}", allow_module_level=True)
 if shutil.which("pgbackrest") is None:
     pytest.skip("pgbackrest not installed", allow_module_level=True)
 
 
-class Node:
-    def __init__(self, base: Path, name: str) -> None:
-        self.name = name
-        self.port = free_port()
-        self.sock = base / f"{name}-s"
-        self.ctl = PgCtl(base / f"{name}-d", BIN, PG_USER, base / f"{name}.log", self.sock)
-
-    def params(self, **extra: Any) -> dict[str, Any]:
-        return {
-            "port": self.port,
-            "listen_addresses": "127.0.0.1",
-            "unix_socket_directories": str(self.sock),
-            "shared_buffers": "32MB",
-            "max_connections": 20,
-            "wal_level": "replica",
-            "fsync": False,
-            "cluster_name": self.name,
-            **extra,
-        }
-
-    def sql(self, query: str) -> list[tuple[Any, ...]]:
-        with probe.connect(self.ctl.local_conninfo()) as conn:
-            cur = conn.execute(query.encode())
-            return list(cur.fetchall()) if cur.description else []
-
-
-class Lab:
+class Lab(ScratchLab):
     def __init__(self, base: Path) -> None:
-        self.base = base
-        self.nodes: list[Node] = []
+        super().__init__(base, fsync=False)
         self.primary = self.node("p")
-        cfg = PgBackRestConfig(
-            stanza="main",
-            repos=[
-                RepoConfig(path=PurePosixPath(base / "r1"), retention_full=2),
-                RepoConfig(path=PurePosixPath(base / "r2"), retention_full=2),
-            ],
-            pg_path=self.primary.ctl.data_dir,
-            pg_port=self.primary.port,
-            pg_socket_path=self.primary.sock,
-            log_path=base / "bl",
-            lock_path=base / "bk",
-            spool_path=base / "bs",
-            archive_timeout=30,
+        self.pgbr = self.backrest(
+            self.primary, [posix_repo(base, "r1", retention_full=2), posix_repo(base, "r2", retention_full=2)]
         )
-        self.pgbr = PgBackRest(cfg, base / "pgbackrest.conf", run_as=PG_USER)
 
-    def node(self, name: str) -> Node:
-        n = Node(self.base, name)
-        self.nodes.append(n)
-        return n
-
-    def archiving(self, command: str) -> None:
-        p = self.primary
-        p.ctl.configure(p.params(archive_mode=True, archive_command=command), HBA)
-        p.ctl.reload()
+    def start(self) -> None:
+        self.start_archiving_primary(self.primary, self.pgbr)
 
     def drctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {
@@ -115,57 +62,12 @@ class Lab:
             check=False,
         )
 
-    def stop_all(self) -> None:
-        for n in self.nodes:
-            try:
-                if not n.ctl.stop("fast", timeout=20):
-                    n.ctl.kill_hard()
-            except Exception:
-                n.ctl.kill_hard()
-
 
 @pytest.fixture
 def lab(lab_dir: Path) -> Iterator[Lab]:
     lab = Lab(lab_dir)
-    try:
-        lab.pgbr.write_config()
-        p = lab.primary
-        p.ctl.initdb(auth_local="trust", auth_host="trust")
-        p.ctl.configure(p.params(archive_mode=True, archive_command=lab.pgbr.archive_push_command()), HBA)
-        p.ctl.start()
-        lab.pgbr.stanza_create()
+    with lab:
         yield lab
-    finally:
-        lab.stop_all()
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
-
-
-def wait_archived(node: Node, timeout: float = 30.0) -> None:
-    (walfile,) = node.sql("SELECT pg_walfile_name(pg_switch_wal())")[0]
-
-    def done() -> bool:
-        last = node.sql("SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
-        return last is not None and last >= walfile
-
-    wait_for(done, timeout, f"{walfile} archived")
-
-
-def check_ok(pgbr: PgBackRest) -> bool:
-    try:
-        pgbr.check(archive_timeout=5)
-    except BackupError:
-        return False
-    return True
 
 
 def test_backup_cli_run_list_verify_break_and_pitr(lab: Lab) -> None:
@@ -196,7 +98,7 @@ def test_backup_cli_run_list_verify_break_and_pitr(lab: Lab) -> None:
 
     # --- archive_command broken: verify fails with one clear line ----------------------------
     wrong = PgBackRest(lab.pgbr.cfg.model_copy(update={"stanza": "wrong"}), lab.pgbr.config_file)
-    lab.archiving(wrong.archive_push_command())
+    lab.primary.archive_with(wrong.archive_push_command())
     try:
         res = lab.drctl("backup", "verify", "--archive-timeout", "3")
         assert res.returncode == 1, res.stdout
@@ -205,19 +107,11 @@ def test_backup_cli_run_list_verify_break_and_pitr(lab: Lab) -> None:
         assert err[0].startswith("error: pgbackrest check: archive_command is failing")
         assert "[082]" in err[0] and "Traceback" not in res.stderr and res.stdout == ""
     finally:
-        lab.archiving(lab.pgbr.archive_push_command())
-    wait_for(lambda: check_ok(lab.pgbr), 60, "archiving to recover")
+        lab.primary.archive_with(lab.pgbr.archive_push_command())
+    wait_until(lambda: archiving_works(lab.pgbr, BackupError), 60, "archiving to recover")
 
     # --- point-in-time restore into a scratch directory --------------------------------------
-    p.sql("CREATE TABLE pitr (id int PRIMARY KEY)")
-    for i in range(1, 6):
-        p.sql(f"INSERT INTO pitr VALUES ({i})")
-    time.sleep(0.05)
-    target: datetime = p.sql("SELECT clock_timestamp()")[0][0]
-    time.sleep(0.05)
-    for i in range(6, 11):
-        p.sql(f"INSERT INTO pitr VALUES ({i})")
-    wait_archived(p)
+    target = pitr_target(p)
 
     x = lab.node("x")
     naive = target.replace(tzinfo=None).isoformat()
@@ -233,9 +127,9 @@ def test_backup_cli_run_list_verify_break_and_pitr(lab: Lab) -> None:
     res = lab.drctl("restore", "--to-time", target.isoformat(), "--target-dir", str(x.ctl.data_dir))
     assert res.returncode == 1 and "is not empty" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
-    x.ctl.configure(x.params(), HBA)  # the copy carries the primary's settings: its own port
+    x.ctl.configure(x.params(), LAB_HBA)  # the copy carries the primary's settings: its own port
     x.ctl.start()
-    wait_for(lambda: x.sql("SELECT NOT pg_is_in_recovery()")[0][0], 60, "PITR copy promoted")
+    wait_until(lambda: x.sql("SELECT NOT pg_is_in_recovery()")[0][0], 60, "PITR copy promoted")
     assert [r[0] for r in x.sql("SELECT id FROM pitr ORDER BY id")] == [1, 2, 3, 4, 5]
     assert x.sql("SHOW archive_mode")[0][0] == "off"
     x.ctl.stop()

@@ -15,45 +15,33 @@ from typing import Any
 import pytest
 
 from drctl.lab.ports import free_port
+from drctl.lab.postgres import PG_BIN
+from drctl.lab.scratch import ScratchNode
 from drctl.pg import probe
 from drctl.pg.conninfo import make_conninfo
-from drctl.pg.ctl import PgCtl, PgCtlError
+from drctl.pg.ctl import PgCtlError
 from drctl.procutil import group_alive
+from tests.builders import wait_until
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(os.environ.get("PGDR_PG_BIN", "/usr/lib/postgresql/15/bin"))
-PG_USER = os.environ.get("PGDR_PG_USER", "postgres")
 SUPER_PW = "s3cret 'quoted'"
 REPL_USER = "replicator"
 REPL_PW = "r3pl 'pass' \\ x"
 
-if not (BIN / "postgres").exists():
-    pytest.skip(f"PostgreSQL binaries not found in {BIN}", allow_module_level=True)
+if not (PG_BIN / "postgres").exists():
+    pytest.skip(f"PostgreSQL binaries not found in {PG_BIN}", allow_module_level=True)
 
 
-class Node:
+class Node(ScratchNode):
     def __init__(self, lab: Path, name: str) -> None:
-        self.name = name
-        self.port = free_port()
-        self.socket_dir = lab / f"{name}-sock"
-        self.ctl = PgCtl(lab / f"{name}-data", BIN, PG_USER, lab / f"{name}.log", self.socket_dir)
-
-    def params(self, **extra: Any) -> dict[str, Any]:
-        return {
-            "port": self.port,
-            "listen_addresses": "127.0.0.1",
-            "shared_buffers": "32MB",
-            "max_connections": 30,
-            "max_wal_senders": 5,
+        settings = {
             "max_replication_slots": 5,
             "wal_log_hints": True,
-            "hot_standby": True,
             "wal_keep_size": "64MB",
             "fsync": False,  # test speed; pg_rewind/basebackup sync anyway
-            "cluster_name": self.name,
-            **extra,
         }
+        super().__init__(lab, name, settings)
 
     def configure(self, **extra: Any) -> None:
         self.ctl.configure(
@@ -73,11 +61,6 @@ class Node:
 
     def repl(self) -> str:
         return self.tcp(REPL_USER, REPL_PW, application_name="")
-
-    def sql(self, query: str) -> list[tuple[Any, ...]]:
-        with probe.connect(self.local()) as conn:
-            cur = conn.execute(query.encode())
-            return list(cur.fetchall()) if cur.description else []
 
 
 @pytest.fixture
@@ -127,15 +110,6 @@ def _replica(make: Callable[[str], Node], name: str, upstream: Node, slot: str) 
     return node
 
 
-def _wait(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_initdb_configure_start_probe_stop(nodes: Callable[[str], Node]) -> None:
     node = _primary(nodes)
     ctl = node.ctl
@@ -153,7 +127,7 @@ def test_initdb_configure_start_probe_stop(nodes: Callable[[str], Node]) -> None
     assert state.replication == ()
     assert node.sql("SHOW shared_buffers") == [("32MB",)]
     assert node.sql("SHOW data_checksums") == [("on",)]
-    _wait(lambda: node.sql("SHOW pgdr.note") == [(note,)], what="reloaded custom GUC")
+    wait_until(lambda: node.sql("SHOW pgdr.note") == [(note,)], 15.0, "reloaded custom GUC")
     with probe.connect(node.local()) as conn:
         probe.checkpoint(conn)
         assert probe.drop_slot(conn, "nope") is False
@@ -172,13 +146,13 @@ def test_replica_promote_rewind_rejoin(nodes: Callable[[str], Node]) -> None:
     p1.sql("INSERT INTO t SELECT g, 'p1' FROM generate_series(1, 100) g")
     r1 = _replica(nodes, "r1", p1, "r1_slot")
     assert r1.ctl.pm_status() == "ready" and r1.ctl.standby_signal()  # hot standby: read-only
-    _wait(lambda: r1.sql("SELECT count(*) FROM t") == [(100,)], what="initial rows on r1")
+    wait_until(lambda: r1.sql("SELECT count(*) FROM t") == [(100,)], 15.0, "initial rows on r1")
 
     def streaming() -> bool:
         reps = probe.probe(p1.local()).replication
         return len(reps) == 1 and reps[0].state == "streaming" and reps[0].application_name == "r1"
 
-    _wait(streaming, what="r1 streaming")
+    wait_until(streaming, 15.0, "r1 streaming")
     st = probe.probe(r1.local())
     assert st.in_recovery and st.timeline == 1 and st.timeline_source == "pg_stat_wal_receiver"
     assert st.wal_receiver is not None and st.wal_receiver.status == "streaming"
@@ -210,12 +184,12 @@ def test_replica_promote_rewind_rejoin(nodes: Callable[[str], Node]) -> None:
     assert (p1.ctl.data_dir / "pgdr.conf").read_text() == own_conf  # not r1's port
     p1.ctl.set_recovery(primary_conninfo=r1.tcp(REPL_USER, REPL_PW, application_name="p1"), primary_slot_name="p1_slot")
     p1.ctl.start(timeout=30)
-    _wait(lambda: p1.sql("SELECT count(*) FROM t WHERE src = 'r1'") == [(10,)], what="r1 rows on p1")
+    wait_until(lambda: p1.sql("SELECT count(*) FROM t WHERE src = 'r1'") == [(10,)], 15.0, "r1 rows on p1")
     assert p1.sql("SELECT count(*) FROM t WHERE src = 'p1-diverged'") == [(0,)]
     st = probe.probe(p1.local())
     assert st.in_recovery and st.timeline == 2
     r1.sql("INSERT INTO t VALUES (3000, 'r1-after')")
-    _wait(lambda: p1.sql("SELECT count(*) FROM t WHERE id = 3000") == [(1,)], what="new row on p1")
+    wait_until(lambda: p1.sql("SELECT count(*) FROM t WHERE id = 3000") == [(1,)], 15.0, "new row on p1")
 
 
 def test_broken_config_fails_fast_with_log(nodes: Callable[[str], Node]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,8 @@ import pytest
 from drctl.lab.cluster import LabCluster, Timings
 from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
-from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows
+from drctl.lab.workload import DualPrimaryChecker, Probes, Writer, missing_rows
+from tests.builders import wait_until
 
 pytestmark = pytest.mark.scenario
 
@@ -54,21 +54,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
-@dataclass
-class Instruments:
-    cluster: LabCluster
-    checker: DualPrimaryChecker
-    writer: Writer
-    faults: list[tuple[str, float]] = field(default_factory=list)
+class Instruments(Probes):
+    def __init__(self, cluster: LabCluster, checker: DualPrimaryChecker, writer: Writer) -> None:
+        super().__init__(checker, writer)
+        self.cluster = cluster
 
     def fault(self, what: str) -> float:
-        at = time.monotonic()
-        self.faults.append((what, at))
-        return at
-
-    def stop(self) -> None:
-        self.writer.stop()
-        self.checker.stop()
+        return self.mark(what)
 
     def assert_no_dual_primary(self) -> None:
         violations = self.checker.violations()
@@ -83,6 +75,34 @@ class Instruments:
             "write_errors": self.writer.errors,
             "max_gap_s": round(self.writer.max_gap(), 2),
         }
+
+
+def steady_leader(
+    c: LabCluster, instruments: Callable[[LabCluster], Instruments], settle: float
+) -> tuple[Instruments, str]:
+    """The instruments started on ``c``, ``settle`` seconds of writes, then ``c``'s leader (there
+    must be one)."""
+    inst = instruments(c)
+    time.sleep(settle)
+    leader = c.leader()
+    assert leader is not None, "no leader"
+    return inst, leader
+
+
+def next_leader(c: LabCluster, old: str, timeout: float, what: str) -> tuple[str, float]:
+    """Wait until a member other than ``old`` holds the leader key: that member, and the seconds
+    it took."""
+    seen: list[str] = []
+
+    def changed() -> bool:
+        name = c.leader()
+        if name is None or name == old:
+            return False
+        seen.append(name)
+        return True
+
+    took = wait_until(changed, timeout, what)
+    return seen[-1], took
 
 
 @pytest.fixture
@@ -102,6 +122,22 @@ def make_cluster(
     yield make
     for cluster in made:
         cluster.stop(grace=20)
+
+
+Steady = Callable[..., tuple[LabCluster, Instruments, str]]
+
+
+@pytest.fixture
+def steady(make_cluster: Callable[..., LabCluster], instruments: Callable[[LabCluster], Instruments]) -> Steady:
+    """``steady(settle, **cluster_kwargs)``: a new cluster, its instruments, ``settle`` seconds of
+    writes, and its leader."""
+
+    def start(settle: float = 1.0, **kwargs: Any) -> tuple[LabCluster, Instruments, str]:
+        c = make_cluster(**kwargs)
+        inst, leader = steady_leader(c, instruments, settle)
+        return c, inst, leader
+
+    return start
 
 
 @pytest.fixture

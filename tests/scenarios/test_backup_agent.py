@@ -11,9 +11,9 @@ from collections.abc import Callable
 import psycopg
 import pytest
 from site_agent.backup import NodeBackup
-from site_agent.config import load_config
 from site_agent.node import Node
 
+from drctl.agentconfig import load_config
 from drctl.backup.errors import BackupError
 from drctl.backup.info import STATUS_NO_BACKUP, STATUS_OK
 from drctl.backup.runner import PgBackRest

@@ -12,9 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 from site_agent.backup import NodeBackup
-from site_agent.config import load_config
 from site_agent.node import Node
 
+from drctl.agentconfig import load_config
 from drctl.backup.errors import BackupError
 from drctl.backup.runner import PgBackRest
 from drctl.drills.run import DrillRunner

@@ -15,7 +15,7 @@ import pytest
 from drctl.lab.cluster import LabCluster
 from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
-from tests.scenarios.conftest import Instruments
+from tests.scenarios.conftest import Instruments, Steady, next_leader
 from tests.scenarios.test_site_agent import api, others, wait_until
 
 pytestmark = pytest.mark.scenario
@@ -83,19 +83,11 @@ def test_strict_mode_blocks_commits_without_a_standby(make_cluster: MakeCluster)
     assert acked == [1], "the blocked commit completes once a standby is back"
 
 
-def test_frozen_primary_agent_is_fenced_before_a_replica_takes_over(
-    make_cluster: MakeCluster, instruments: StartInstruments
-) -> None:
-    c = make_cluster()
-    inst = instruments(c)
-    time.sleep(1)
-    old = c.leader()
-    assert old is not None
+def test_frozen_primary_agent_is_fenced_before_a_replica_takes_over(steady: Steady) -> None:
+    c, inst, old = steady(1)
     c.pause_agent(old)
     inst.fault("agent frozen")
-    wait_until(lambda: c.leader() not in (None, old), 60, "a replica taking over")
-    new = c.leader()
-    assert new is not None
+    new, _took = next_leader(c, old, 60, "a replica taking over")
     wait_until(lambda: new in c.writable_nodes(), 30, f"{new} writable")
     time.sleep(1)
     c.resume_agent(old)
@@ -110,19 +102,11 @@ def test_frozen_primary_agent_is_fenced_before_a_replica_takes_over(
     print(f"frozen agent: old primary last writable {first_new - last_old:.1f}s before the new one, {inst.report()}")
 
 
-def test_frozen_old_primary_race_does_not_lead_on_old_history(
-    make_cluster: MakeCluster, instruments: StartInstruments
-) -> None:
+def test_frozen_old_primary_race_does_not_lead_on_old_history(steady: Steady) -> None:
     """Patroni issue #2779: freeze A past ttl, B promotes, freeze B, unfreeze A."""
-    c = make_cluster()
-    inst = instruments(c)
-    time.sleep(1)
-    a = c.leader()
-    assert a is not None
+    c, inst, a = steady(1)
     c.pause_agent(a)
-    wait_until(lambda: c.leader() not in (None, a), 60, "B taking over")
-    b = c.leader()
-    assert b is not None
+    b, _took = next_leader(c, a, 60, "B taking over")
     wait_until(lambda: b in c.writable_nodes(), 30, f"{b} writable")
     b_timeline = (c.status(b) or {}).get("timeline")
     c.pause_agent(b)

@@ -26,7 +26,7 @@ from drctl.lab.cluster import API_AUTH, LabCluster
 from drctl.lab.ports import free_port
 from drctl.procutil import pid_alive
 from tests.builders import wait_until
-from tests.scenarios.conftest import Instruments
+from tests.scenarios.conftest import Instruments, Steady, next_leader
 
 pytestmark = pytest.mark.scenario
 
@@ -68,19 +68,11 @@ def assert_loss_within_inflight_window(inst: Instruments, fault_at: float, windo
     return missing
 
 
-def test_node_loss_fails_over_and_the_lost_node_rejoins(
-    make_cluster: MakeCluster, instruments: StartInstruments
-) -> None:
-    c = make_cluster()
-    inst = instruments(c)
-    time.sleep(2)
-    old = c.leader()
-    assert old is not None
+def test_node_loss_fails_over_and_the_lost_node_rejoins(steady: Steady) -> None:
+    c, inst, old = steady(2)
     fault_at = inst.fault("node loss")
     c.kill_node(old)
-    took = wait_until(lambda: c.leader() not in (None, old), 60, "a new leader")
-    new = c.leader()
-    assert new is not None and new != old
+    new, took = next_leader(c, old, 60, "a new leader")
     third = others(c, old, new)[0]
     wait_until(lambda: c.streams_from(third, new), 60, f"{third} streaming from {new}")
     c.start_agent(old)
@@ -93,12 +85,8 @@ def test_node_loss_fails_over_and_the_lost_node_rejoins(
     print(f"node loss: new leader after {took:.1f}s, missing={len(missing)}, {inst.report()}")
 
 
-def test_postgres_crash_restarts_in_place(make_cluster: MakeCluster, instruments: StartInstruments) -> None:
-    c = make_cluster()
-    inst = instruments(c)
-    time.sleep(2)
-    leader = c.leader()
-    assert leader is not None
+def test_postgres_crash_restarts_in_place(steady: Steady) -> None:
+    c, inst, leader = steady(2)
     tl = timeline(c, leader)
     old_pid = c.kill_postgres(leader)
     inst.fault("postgres crash")
@@ -116,22 +104,14 @@ def test_postgres_crash_restarts_in_place(make_cluster: MakeCluster, instruments
     print(f"postgres crash: writable again after {took:.1f}s, {inst.report()}")
 
 
-def test_primary_whose_postgres_cannot_start_hands_over(
-    make_cluster: MakeCluster, instruments: StartInstruments
-) -> None:
-    c = make_cluster()
-    inst = instruments(c)
-    time.sleep(1)
-    old = c.leader()
-    assert old is not None
+def test_primary_whose_postgres_cannot_start_hands_over(steady: Steady) -> None:
+    c, inst, old = steady(1)
     # A setting PostgreSQL refuses at start: every restart attempt fails.
     with open(c.node(old).data_dir / "postgresql.auto.conf", "a") as f:
         f.write("shared_buffers = 'not-a-size'\n")
     c.kill_postgres(old)
     inst.fault("postgres cannot start")
-    took = wait_until(lambda: c.leader() not in (None, old), 120, "another member taking over")
-    new = c.leader()
-    assert new is not None and new != old
+    new, took = next_leader(c, old, 120, "another member taking over")
     wait_until(lambda: c.writable_nodes() == [new], 30, f"{new} writable")
     time.sleep(1)
     inst.stop()
@@ -151,15 +131,11 @@ def _stop_wal_senders(c: LabCluster, primary: str, count: int) -> list[int]:
     return pids
 
 
-def test_split_brain_rows_are_discarded_on_rejoin(make_cluster: MakeCluster, instruments: StartInstruments) -> None:
+def test_split_brain_rows_are_discarded_on_rejoin(steady: Steady) -> None:
     """The old primary holds rows no replica received (replication cut, then the node lost);
     a replica takes over; the old node comes back, is rewound onto the new timeline (its own
     rows discarded) and streams from the new primary."""
-    c = make_cluster()
-    inst = instruments(c)
-    time.sleep(1)
-    old = c.leader()
-    assert old is not None
+    c, inst, old = steady(1)
     replicas = others(c, old)
     with psycopg.connect(c.node(old).dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE split (id int PRIMARY KEY, origin text)")
@@ -170,9 +146,7 @@ def test_split_brain_rows_are_discarded_on_rejoin(make_cluster: MakeCluster, ins
             conn.execute("INSERT INTO split VALUES (%s, 'old')", (i,))
     c.kill_node(old)  # SIGKILL of the process group ends the stopped walsenders too
     inst.fault("replication cut + node loss")
-    wait_until(lambda: c.leader() not in (None, old), 60, "a new leader")
-    new = c.leader()
-    assert new is not None
+    new, _took = next_leader(c, old, 60, "a new leader")
     wait_until(lambda: c.writable_nodes() == [new], 30, f"{new} promoted")
     with psycopg.connect(c.node(new).dsn, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM split").fetchone() == (0,), "the diverged rows never reached it"
@@ -204,12 +178,8 @@ def _split_rows(c: LabCluster, name: str) -> set[tuple[str, int]]:
     return {(str(r[0]), int(r[1])) for r in rows}
 
 
-def test_switchover_to_named_candidate_and_to_any(make_cluster: MakeCluster, instruments: StartInstruments) -> None:
-    c = make_cluster()
-    inst = instruments(c)
-    time.sleep(1)
-    old = c.leader()
-    assert old is not None
+def test_switchover_to_named_candidate_and_to_any(steady: Steady) -> None:
+    c, inst, old = steady(1)
     assert c.health(old, "/primary") == 200 and c.health(old, "/replica") == 503
     target = others(c, old)[0]
     code, body = api(c, old, "POST", "/switchover", {"leader": old, "candidate": target})
@@ -234,20 +204,12 @@ def test_switchover_to_named_candidate_and_to_any(make_cluster: MakeCluster, ins
     print(f"switchover: {inst.report()}")
 
 
-def test_primary_isolated_from_the_dcs_stops_writes_within_ttl(
-    make_cluster: MakeCluster, instruments: StartInstruments
-) -> None:
-    c = make_cluster(dcs_proxies=True)
-    inst = instruments(c)
-    time.sleep(2)
-    old = c.leader()
-    assert old is not None
+def test_primary_isolated_from_the_dcs_stops_writes_within_ttl(steady: Steady) -> None:
+    c, inst, old = steady(2, dcs_proxies=True)
     cut_at = inst.fault("primary isolated from the DCS")
     c.isolate_from_dcs(old)
     ttl = c.timings.ttl
-    wait_until(lambda: c.leader() not in (None, old), 60, "a replica taking over")
-    new = c.leader()
-    assert new is not None
+    new, _took = next_leader(c, old, 60, "a replica taking over")
     wait_until(lambda: new in c.writable_nodes(), 30, f"{new} writable")
     time.sleep(1)
     # When did the old primary last answer as writable?

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from site_agent.config import (
+from site_agent.state import DecideConfig, tags_from_config
+
+from drctl.agentconfig import (
     AgentConfig,
     ConfigError,
     DynamicConfig,
     load_config,
     parse_dynamic_config,
 )
-from site_agent.state import DecideConfig, tags_from_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "site-agent" / "agent.example.yml"
@@ -81,92 +82,14 @@ def test_dcs_grouped_under_dcs_key(tmp_path: Path) -> None:
     assert backend.url == "http://c1:8500"  # type: ignore[union-attr]
 
 
-def test_two_dcs_backends_rejected(tmp_path: Path) -> None:
-    text = MINIMAL + "consul:\n  host: c1:8500\n"
-    with pytest.raises(ConfigError) as exc:
-        load_config(write(tmp_path, text))
-    assert "exactly one DCS backend" in str(exc.value)
-    assert "etcd3, consul" in str(exc.value)
-
-
-def test_no_dcs_backend_rejected(tmp_path: Path) -> None:
-    text = MINIMAL.replace("etcd3:\n  hosts: 127.0.0.1:2379,127.0.0.2:2379\n", "")
-    with pytest.raises(ConfigError, match="exactly one DCS backend"):
-        load_config(write(tmp_path, text))
-
-
-def test_unknown_key_names_file_and_field_path(tmp_path: Path) -> None:
-    text = MINIMAL.replace("  data_dir: /tmp/pgdata\n", "  data_dir: /tmp/pgdata\n  datadir: /oops\n")
-    p = write(tmp_path, text)
-    with pytest.raises(ConfigError) as exc:
-        load_config(p)
-    msg = str(exc.value)
-    assert str(p) in msg
-    assert "`postgresql.datadir`" in msg
-    assert "unknown key" in msg
-    assert f"{p}:13" in msg  # the line of the offending key
-    assert "Traceback" not in msg
-
-
-def test_unknown_tag_rejected(tmp_path: Path) -> None:
-    p = write(tmp_path, MINIMAL + "tags:\n  nofailvoer: true\n")
-    with pytest.raises(ConfigError, match=r"`tags\.nofailvoer`"):
-        load_config(p)
-
-
-def test_bad_listen_names_field(tmp_path: Path) -> None:
-    p = write(tmp_path, MINIMAL.replace("listen: 127.0.0.1:8008", "listen: localhost"))
-    with pytest.raises(ConfigError) as exc:
-        load_config(p)
-    assert "`restapi.listen`" in str(exc.value)
-    assert "host:port" in str(exc.value)
-
-
-def test_missing_required_field(tmp_path: Path) -> None:
-    p = write(tmp_path, MINIMAL.replace("  data_dir: /tmp/pgdata\n", ""))
-    with pytest.raises(ConfigError) as exc:
-        load_config(p)
-    assert "`postgresql.data_dir`" in str(exc.value)
-    assert "required" in str(exc.value)
-
-
-def test_invariant_2_violation_names_the_fields(tmp_path: Path) -> None:
-    text = MINIMAL + "bootstrap:\n  dcs:\n    ttl: 20\n    loop_wait: 10\n    retry_timeout: 10\n"
-    p = write(tmp_path, text)
-    with pytest.raises(ConfigError) as exc:
-        load_config(p)
-    msg = str(exc.value)
-    assert str(p) in msg
-    assert "bootstrap.dcs" in msg
-    for word in ("loop_wait", "retry_timeout", "ttl"):
-        assert word in msg
-    assert "30" in msg  # what ttl must at least be
-
-
 def test_invariant_2_boundary_is_allowed() -> None:
     dyn = DynamicConfig(ttl=30, loop_wait=10, retry_timeout=10)
     assert dyn.ttl == 30
 
 
-def test_bad_yaml_syntax_reports_file_and_line(tmp_path: Path) -> None:
-    text = MINIMAL.replace("  data_dir: /tmp/pgdata\n", "  data_dir: [unclosed\n")
-    p = write(tmp_path, text)
-    with pytest.raises(ConfigError) as exc:
-        load_config(p)
-    msg = str(exc.value)
-    assert str(p) in msg
-    assert "line " in msg
-    assert "YAML syntax error" in msg
-
-
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yml")
-
-
-def test_top_level_must_be_mapping(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="mapping"):
-        load_config(write(tmp_path, "- a\n- b\n"))
 
 
 def test_dynamic_config_from_dcs() -> None:
@@ -197,6 +120,43 @@ def test_log_level_case_insensitive(tmp_path: Path) -> None:
     assert cfg.log.level == "DEBUG"
 
 
-def test_replicatefrom_self_rejected(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="replicatefrom"):
-        load_config(write(tmp_path, MINIMAL + "tags:\n  replicatefrom: n1\n"))
+# (case, the file's text, what the error must say: {path} stands for the file's path)
+BAD_CONFIGS = [
+    ("two DCS backends", MINIMAL + "consul:\n  host: c1:8500\n", ["exactly one DCS backend", "etcd3, consul"]),
+    (
+        "no DCS backend",
+        MINIMAL.replace("etcd3:\n  hosts: 127.0.0.1:2379,127.0.0.2:2379\n", ""),
+        ["exactly one DCS backend"],
+    ),
+    (
+        "unknown key",
+        MINIMAL.replace("  data_dir: /tmp/pgdata\n", "  data_dir: /tmp/pgdata\n  datadir: /oops\n"),
+        ["{path}", "`postgresql.datadir`", "unknown key", "{path}:13"],  # :13 the line of the offending key
+    ),
+    ("unknown tag", MINIMAL + "tags:\n  nofailvoer: true\n", ["`tags.nofailvoer`"]),
+    ("bad listen", MINIMAL.replace("listen: 127.0.0.1:8008", "listen: localhost"), ["`restapi.listen`", "host:port"]),
+    ("missing required", MINIMAL.replace("  data_dir: /tmp/pgdata\n", ""), ["`postgresql.data_dir`", "required"]),
+    (
+        "invariant 2",
+        MINIMAL + "bootstrap:\n  dcs:\n    ttl: 20\n    loop_wait: 10\n    retry_timeout: 10\n",
+        ["{path}", "bootstrap.dcs", "loop_wait", "retry_timeout", "ttl", "30"],  # 30: what ttl must at least be
+    ),
+    (
+        "YAML syntax",
+        MINIMAL.replace("  data_dir: /tmp/pgdata\n", "  data_dir: [unclosed\n"),
+        ["{path}", "line ", "YAML syntax error"],
+    ),
+    ("top level not a mapping", "- a\n- b\n", ["mapping"]),
+    ("replicatefrom itself", MINIMAL + "tags:\n  replicatefrom: n1\n", ["replicatefrom"]),
+]
+
+
+@pytest.mark.parametrize(("text", "says"), [pytest.param(t, w, id=c) for c, t, w in BAD_CONFIGS])
+def test_bad_config_is_one_clear_error(tmp_path: Path, text: str, says: list[str]) -> None:
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    msg = str(exc.value)
+    for part in says:
+        assert part.replace("{path}", str(p)) in msg
+    assert "Traceback" not in msg

@@ -7,6 +7,7 @@ not a mock of PostgreSQL or the DCS: the server is exercised over real sockets w
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import shutil
@@ -14,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,120 +28,79 @@ from prometheus_client.parser import text_string_to_metric_families
 from site_agent.api import AgentControl, ApiServer, TlsConfig, parse_listen, start_api
 from site_agent.snapshot import NodeSnapshot, XlogPosition
 
-from drctl.dcs.base import (
-    ClusterView,
-    Failover,
-    History,
-    HistoryEntry,
-    LeaderStatus,
-    Member,
-    MemberInfo,
-    Record,
-    SiteRecord,
-    SyncState,
-)
-from drctl.dcs.base import Leader as LeaderKey
+from drctl.dcs import base as dcs
+from tests import builders
 
 AUTH = ("admin", "s3cret")
 MB = 1 << 20
 
 
 def primary_snapshot() -> NodeSnapshot:
-    import time
-
-    return NodeSnapshot(
-        name="n1",
-        scope="c1",
-        role="primary",
-        state="running",
-        pg_running=True,
-        timeline=3,
+    now = time.time()
+    return builders.primary_snapshot(
+        now,
         server_version=160004,
         postmaster_start_time="2024-01-01 00:00:00+00",
-        xlog=XlogPosition(location=100 * MB),
         replication=({"application_name": "n2", "state": "streaming", "sync_state": "sync"},),
-        leader_name="n1",
-        is_leader=True,
-        dcs_ok=True,
-        dcs_last_seen=time.time(),
-        site_role="active",
+        dcs_last_seen=now,
         site_epoch=4,
         tags={"zone": "a"},
         version="0.1.0",
-        last_cycle_at=time.time(),
+        last_cycle_at=now,
         last_backup_age_s=3600.0,
         archive_failed_count=2,
     )
 
 
 def replica_snapshot() -> NodeSnapshot:
-    import time
-
-    return NodeSnapshot(
-        name="n2",
-        scope="c1",
-        role="replica",
-        state="running",
-        pg_running=True,
-        in_recovery=True,
-        timeline=3,
-        xlog=XlogPosition(received_location=99 * MB, replayed_location=98 * MB, paused=False),
-        replication_state="streaming",
-        leader_name="n1",
-        dcs_ok=True,
-        lag_bytes=2 * MB,
-        sync_standby=True,
-        site_role="active",
-        last_cycle_at=time.time(),
+    xlog = XlogPosition(received_location=99 * MB, replayed_location=98 * MB, paused=False)
+    return builders.replica_snapshot(
+        time.time(), xlog=xlog, lag_bytes=2 * MB, sync_standby=True, last_cycle_at=time.time()
     )
 
 
-def cluster_view() -> ClusterView:
-    return ClusterView(
+def running_member(name: str, ip: str, conn_url: str, key_version: int, **info: Any) -> dcs.Member:
+    """A running member on timeline 3 whose API listens on ``ip``:8008."""
+    return dcs.Member(
+        name,
+        dcs.MemberInfo(conn_url=conn_url, api_url=f"http://{ip}:8008/status", state="running", timeline=3, **info),
+        key_version,
+    )
+
+
+def cluster_view() -> dcs.ClusterView:
+    return dcs.ClusterView(
         scope="c1",
-        leader=LeaderKey("n1", 7, "lease-1"),
+        leader=dcs.Leader("n1", 7, "lease-1"),
         members=(
-            Member(
-                "n1",
-                MemberInfo(
-                    conn_url="postgresql://10.0.0.1:5432/postgres",
-                    api_url="http://10.0.0.1:8008/status",
-                    role="primary",
-                    state="running",
-                    timeline=3,
-                    version="0.1.0",
-                ),
-                5,
-            ),
-            Member(
+            running_member("n1", "10.0.0.1", "postgresql://10.0.0.1:5432/postgres", 5, role="primary", version="0.1.0"),
+            running_member(
                 "n2",
-                MemberInfo(
-                    conn_url="host=10.0.0.2 port=5433 dbname=postgres",
-                    api_url="http://10.0.0.2:8008/status",
-                    role="replica",
-                    state="running",
-                    timeline=3,
-                    received_lsn=99 * MB,
-                    replayed_lsn=98 * MB,
-                    tags={"nofailover": True},
-                ),
+                "10.0.0.2",
+                "host=10.0.0.2 port=5433 dbname=postgres",
                 6,
+                role="replica",
+                received_lsn=99 * MB,
+                replayed_lsn=98 * MB,
+                tags={"nofailover": True},
             ),
-            Member("n3", MemberInfo(role="replica", state="stopped"), 8),
+            dcs.Member("n3", dcs.MemberInfo(role="replica", state="stopped"), 8),
         ),
-        config=Record({"ttl": 30, "loop_wait": 10, "pause": True, "postgresql": {"parameters": {"a": 1}}}, 3),
-        history=History((HistoryEntry(1, 50 * MB, "no recovery target specified", "2024-01-01T00:00:00Z", "n1"),), 2),
-        failover=Failover("n1", "n2", "2030-01-01T00:00:00+00:00", 9),
-        sync=SyncState("n1", ("n2",), 4),
-        status=LeaderStatus(100 * MB, {}, 10),
-        site=SiteRecord("active", 4),
+        config=dcs.Record({"ttl": 30, "loop_wait": 10, "pause": True, "postgresql": {"parameters": {"a": 1}}}, 3),
+        history=dcs.History(
+            (dcs.HistoryEntry(1, 50 * MB, "no recovery target specified", "2024-01-01T00:00:00Z", "n1"),), 2
+        ),
+        failover=dcs.Failover("n1", "n2", "2030-01-01T00:00:00+00:00", 9),
+        sync=dcs.SyncState("n1", ("n2",), 4),
+        status=dcs.LeaderStatus(100 * MB, {}, 10),
+        site=dcs.SiteRecord("active", 4),
     )
 
 
 class FakeControl:
     """The daemon side of the API: records every request and answers what the test set."""
 
-    def __init__(self, snap: NodeSnapshot | None = None, view: ClusterView | None = None) -> None:
+    def __init__(self, snap: NodeSnapshot | None = None, view: dcs.ClusterView | None = None) -> None:
         self.snap = snap or primary_snapshot()
         self.view = view
         self.calls: list[tuple[str, Any]] = []
@@ -161,7 +122,7 @@ class FakeControl:
     def live_xlog(self) -> dict[str, int] | None:
         return self.live
 
-    def cluster(self) -> ClusterView | None:
+    def cluster(self) -> dcs.ClusterView | None:
         return self.view
 
     def request_switchover(
@@ -204,8 +165,9 @@ def control() -> FakeControl:
     return FakeControl(view=cluster_view())
 
 
-@pytest.fixture
-def api(control: FakeControl) -> Iterator[ApiServer]:
+@contextlib.contextmanager
+def serving(control: FakeControl) -> Iterator[ApiServer]:
+    """The API of ``control`` on a free port; stopped after, and no thread of it left alive."""
     before = set(threading.enumerate())
     server = start_api(control, "127.0.0.1:0", auth=AUTH)
     try:
@@ -214,6 +176,12 @@ def api(control: FakeControl) -> Iterator[ApiServer]:
         server.stop()
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not leaked, f"threads leaked: {leaked}"
+
+
+@pytest.fixture
+def api(control: FakeControl) -> Iterator[ApiServer]:
+    with serving(control) as server:
+        yield server
 
 
 class Reply:
@@ -416,7 +384,7 @@ def test_status_without_cluster_view(api: ApiServer, control: FakeControl) -> No
     control.view = None
     for path in ("/cluster", "/history", "/config"):
         assert call(api, "GET", path).code == 503, path
-    control.view = ClusterView(scope="c1")
+    control.view = dcs.ClusterView(scope="c1")
     assert call(api, "GET", "/history").json() == []
     assert call(api, "GET", "/config").code == 502
     assert call(api, "GET", "/cluster").json()["members"] == []

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 from site_agent.api import ApiServer, start_api
-from site_agent.config import ConfigError, parse_config
 from site_agent.daemon import security_warnings
 
+from drctl.agentconfig import ConfigError, parse_config
 from drctl.cli.agent_client import AgentClient, RestAuth
 from drctl.sites.topology import TopologyError, load_topology
+from tests.builders import run_site_agent
 from tests.unit.test_api import AUTH, FakeControl, call, cluster_view
 
 RO = ("monitor", "r3ad")
@@ -218,8 +219,6 @@ def test_site_agent_warns_at_start_when_mutations_are_open(tmp_path: Path) -> No
     """The warning is logged by the real program at start, before anything else can fail (here:
     no DCS at that address, exit 3)."""
     import socket
-    import subprocess
-    import sys
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -231,12 +230,7 @@ def test_site_agent_warns_at_start_when_mutations_are_open(tmp_path: Path) -> No
         )
         + "bootstrap:\n  dcs: {ttl: 10, loop_wait: 1, retry_timeout: 1}\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from site_agent.main import main; sys.exit(main())", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_site_agent(cfg)
     assert proc.returncode == 3, proc.stderr
     out = proc.stdout + proc.stderr
     assert "REST API mutations are NOT authenticated" in out and "every interface" in out

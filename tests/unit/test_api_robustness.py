@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 from site_agent import api as api_mod
 from site_agent import api_server
-from site_agent.api import ApiServer, json_depth, start_api
+from site_agent.api import ApiServer, json_depth
 
-from tests.unit.test_api import AUTH, FakeControl, call, cluster_view
+from tests.unit.test_api import AUTH, FakeControl, call, cluster_view, serving
 
 AUTH_HEADER = "Authorization: Basic YWRtaW46czNjcmV0\r\n"
 
@@ -26,14 +26,8 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiServer]:
     monkeypatch.setattr(api_server, "QUEUED_CONNECTIONS", 4)
     monkeypatch.setattr(api_server, "READ_DEADLINE_S", 2.0)
     monkeypatch.setattr(api_mod, "BODY_IDLE_TIMEOUT_S", 0.5)
-    before = set(threading.enumerate())
-    s = start_api(FakeControl(view=cluster_view()), "127.0.0.1:0", auth=AUTH)
-    try:
+    with serving(FakeControl(view=cluster_view())) as s:
         yield s
-    finally:
-        s.stop()
-    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-    assert not leaked, f"threads leaked: {leaked}"
 
 
 def raw_request(server: ApiServer, data: bytes, timeout: float = 20.0) -> bytes:

@@ -88,7 +88,7 @@ def test_client_certificate_required(pki: tuple[LabCA, CertPair, CertPair, LabCA
 
 
 def test_verify_client_without_cafile_is_a_config_error() -> None:
-    from site_agent.config import ConfigError, parse_config
+    from drctl.agentconfig import ConfigError, parse_config
 
     text = """\
 scope: s

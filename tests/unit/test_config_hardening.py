@@ -5,18 +5,17 @@ TopologyError of one clear line, never a traceback, within bounded memory."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from site_agent.config import ConfigError, load_config, parse_config
 from site_agent.daemon import run
 
+from drctl.agentconfig import ConfigError, load_config, parse_config
 from drctl.cli.context import CliError, load_target_file
 from drctl.lab.tls import LabCA
 from drctl.sites.topology import TopologyError, load_topology
 from drctl.yamlsafe import YamlError, load_yaml
+from tests.builders import run_site_agent
 from tests.unit.test_agent_config import MINIMAL
 
 
@@ -68,12 +67,7 @@ def test_alias_bomb_stays_small_and_site_agent_exits_2(tmp_path: Path) -> None:
     f = tmp_path / "agent.yml"
     f.write_text(bomb(8))
     assert len(f.read_bytes()) < 400
-    proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from site_agent.main import main; sys.exit(main())", str(f)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_site_agent(f)
     assert proc.returncode == 2, proc.stderr
     assert "alias bomb" in proc.stderr and "Traceback" not in proc.stderr
 

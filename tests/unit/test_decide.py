@@ -45,19 +45,7 @@ from site_agent.state import (
     PgState,
 )
 
-from drctl.dcs.base import (
-    ClusterView,
-    Failover,
-    History,
-    HistoryEntry,
-    Leader,
-    LeaderStatus,
-    Member,
-    MemberInfo,
-    Record,
-    SiteRecord,
-    SyncState,
-)
+from drctl.dcs import base as dcs
 
 NOW = 1000.0
 SYSID = "7300000000000000001"
@@ -71,8 +59,8 @@ def member(
     state: str = "running",
     lsn: int | None = 1000,
     tags: Mapping[str, Any] | None = None,
-) -> Member:
-    info = MemberInfo(
+) -> dcs.Member:
+    info = dcs.MemberInfo(
         conn_url=f"postgres://{name}:5432/postgres",
         api_url=f"http://{name}:8008/patroni",
         role=role,
@@ -82,20 +70,20 @@ def member(
         replayed_lsn=lsn,
         tags=dict(tags or {}),
     )
-    return Member(name, info, version=1)
+    return dcs.Member(name, info, version=1)
 
 
 def view(
     leader: str | None = None,
-    members: tuple[Member, ...] | None = None,
+    members: tuple[dcs.Member, ...] | None = None,
     initialize: str | None = SYSID,
     **kw: Any,
-) -> ClusterView:
+) -> dcs.ClusterView:
     if members is None:
         members = tuple(member(n, "primary" if n == leader else "replica") for n in ("n1", "n2", "n3"))
-    return ClusterView(
+    return dcs.ClusterView(
         scope="demo",
-        leader=Leader(leader, version=5) if leader else None,
+        leader=dcs.Leader(leader, version=5) if leader else None,
         members=members,
         initialize=initialize,
         initialize_version=3,
@@ -348,7 +336,7 @@ def test_crashed_leader_with_rewind_marker_releases_never_starts() -> None:
 
 
 def elect(local: LocalState, cfg: DecideConfig = CFG, **kw: Any) -> Decision:
-    return decide(view(None, status=LeaderStatus(1000), **kw), local, cfg, NOW)
+    return decide(view(None, status=dcs.LeaderStatus(1000), **kw), local, cfg, NOW)
 
 
 def test_eligible_replica_takes_key_and_promotes() -> None:
@@ -390,7 +378,7 @@ def test_equally_advanced_peers_both_try_and_the_dcs_picks_one() -> None:
 def test_switched_away_leader_does_not_block_the_election() -> None:
     d = elect(
         replica(peers=peers(n2=PeerStatus(True, lsn=1000, in_recovery=True))),
-        failover=Failover(leader="n2", candidate=None, scheduled_at=None, version=5),
+        failover=dcs.Failover(leader="n2", candidate=None, scheduled_at=None, version=5),
     )
     assert d.has(AcquireLeader), d.reason
 
@@ -418,12 +406,12 @@ def test_equal_peer_with_later_name_loses() -> None:
 
 def test_synchronous_mode_only_sync_standby_promotes() -> None:
     cfg = replace(CFG, synchronous_mode=True)
-    d = elect(replica(), cfg, sync=SyncState("n3", ("n2",)))
+    d = elect(replica(), cfg, sync=dcs.SyncState("n3", ("n2",)))
     assert not d.has(Promote) and "synchronous" in d.reason
-    assert elect(replica(), cfg, sync=SyncState("n3", ("n1",))).has(Promote)
+    assert elect(replica(), cfg, sync=dcs.SyncState("n3", ("n1",))).has(Promote)
     # a more advanced peer that is not a sync standby does not block the sync standby
     ps = peers(n2=PeerStatus(True, lsn=2000, in_recovery=True))
-    assert elect(replica(peers=ps), cfg, sync=SyncState("n3", ("n1",))).has(Promote)
+    assert elect(replica(peers=ps), cfg, sync=dcs.SyncState("n3", ("n1",))).has(Promote)
 
 
 def test_failsafe_heartbeat_blocks_takeover() -> None:
@@ -435,7 +423,7 @@ def test_failsafe_heartbeat_blocks_takeover() -> None:
 
 def test_failsafe_heartbeat_does_not_block_a_switchover_once_the_old_leader_demoted() -> None:
     cfg = replace(CFG, failsafe_mode=True)
-    fo = Failover(leader="n2", candidate="n1", scheduled_at=None, version=5)
+    fo = dcs.Failover(leader="n2", candidate="n1", scheduled_at=None, version=5)
     demoted = peers(n2=PeerStatus(True, lsn=1000, in_recovery=True))
     d = elect(replica(failsafe_heartbeat_at=NOW - 2, peers=demoted), cfg, failover=fo)
     assert d.has(AcquireLeader), d.reason
@@ -451,7 +439,7 @@ def test_stopped_replica_starts_without_upstream_when_no_leader() -> None:
 
 
 def test_check_timeline_blocks_old_timeline() -> None:
-    hist = History((HistoryEntry(1, 500, "failover", "", "n3"),), version=2)
+    hist = dcs.History((dcs.HistoryEntry(1, 500, "failover", "", "n3"),), version=2)
     cfg = replace(CFG, check_timeline=True)
     d = elect(replica(timeline=1, received_lsn=400, replayed_lsn=400), cfg, history=hist)
     assert not d.has(Promote) and "check_timeline" in d.reason
@@ -511,7 +499,7 @@ def test_former_primary_waits_briefly_for_the_new_leaders_history_entry() -> Non
     late = replace(local, pg_state_since=NOW - max(3 * CFG.loop_wait, 5))
     assert decide(view("n2"), late, CFG, NOW).actions == (Rewind("n2"),)
     # Once the entry is there it decides (the shell proves a prefix; WAL past the point rewinds).
-    hist = History((HistoryEntry(1, 900, "switchover", "", "n2"),), version=2)
+    hist = dcs.History((dcs.HistoryEntry(1, 900, "switchover", "", "n2"),), version=2)
     assert decide(view("n2", history=hist), local, CFG, NOW).actions == (Rewind("n2"),)
     # A proven divergence never waits.
     assert decide(view("n2"), replace(local, timeline_diverged=True), CFG, NOW).actions == (Rewind("n2"),)
@@ -547,7 +535,7 @@ def test_rewind_marker_never_starts() -> None:
 
 
 def test_history_divergence_detected() -> None:
-    hist = History((HistoryEntry(1, 900, "failover", "", "n2"),), version=2)
+    hist = dcs.History((dcs.HistoryEntry(1, 900, "failover", "", "n2"),), version=2)
     d = decide(view("n2", history=hist), replica(received_lsn=1000, replayed_lsn=1000), CFG, NOW)
     assert d.actions == (Rewind("n2"),)
     d = decide(view("n2", history=hist), replica(received_lsn=900, replayed_lsn=900), CFG, NOW)
@@ -564,7 +552,7 @@ def test_rewind_waits_for_running_leader() -> None:
 
 
 def test_switchover_hands_over_to_eligible_candidate() -> None:
-    fo = Failover(leader="n1", candidate="n2", scheduled_at=None, version=9)
+    fo = dcs.Failover(leader="n1", candidate="n2", scheduled_at=None, version=9)
     d = decide(view("n1", failover=fo), primary(), CFG, NOW)
     assert d.actions == (Demote("graceful"), ReleaseLeader(None))
     assert "n2" in d.reason
@@ -572,13 +560,13 @@ def test_switchover_hands_over_to_eligible_candidate() -> None:
 
 def test_switchover_without_candidate_picks_most_advanced() -> None:
     members = (member("n1", "primary"), member("n2", lsn=990), member("n3", lsn=999))
-    fo = Failover(leader="n1", candidate=None, scheduled_at=None, version=9)
+    fo = dcs.Failover(leader="n1", candidate=None, scheduled_at=None, version=9)
     d = decide(view("n1", members=members, failover=fo), primary(), CFG, NOW)
     assert kinds(d) == [Demote, ReleaseLeader] and "n3" in d.reason
 
 
 def test_switchover_for_other_leader_is_cleared() -> None:
-    fo = Failover(leader="n3", candidate="n2", scheduled_at=None, version=9)
+    fo = dcs.Failover(leader="n3", candidate="n2", scheduled_at=None, version=9)
     d = decide(view("n1", failover=fo), primary(), CFG, NOW)
     assert d.actions[0] == RenewLeader(1000)
     assert ClearFailover(9) in d.actions and not d.has(Demote)
@@ -587,7 +575,7 @@ def test_switchover_for_other_leader_is_cleared() -> None:
 def test_switchover_to_ineligible_candidate_is_cancelled() -> None:
     members = (member("n1", "primary"), member("n2", lsn=1), member("n3", tags={"nofailover": True}))
     for cand, why in (("n2", "lags"), ("n3", "nofailover"), ("n9", "not a member")):
-        fo = Failover(leader="n1", candidate=cand, scheduled_at=None, version=9)
+        fo = dcs.Failover(leader="n1", candidate=cand, scheduled_at=None, version=9)
         d = decide(
             view("n1", members=members, failover=fo),
             primary(),
@@ -599,7 +587,7 @@ def test_switchover_to_ineligible_candidate_is_cancelled() -> None:
 
 
 def test_scheduled_switchover_waits_for_its_time() -> None:
-    fo = Failover(leader="n1", candidate="n2", scheduled_at="2023-11-14T23:00:00+00:00", version=9)
+    fo = dcs.Failover(leader="n1", candidate="n2", scheduled_at="2023-11-14T23:00:00+00:00", version=9)
     early = primary(wall_clock=1_699_999_000.0)  # 2023-11-14T21:56:40Z
     d = decide(view("n1", failover=fo), early, CFG, NOW)
     assert not d.has(Demote) and "scheduled" in d.reason
@@ -608,37 +596,37 @@ def test_scheduled_switchover_waits_for_its_time() -> None:
 
 
 def test_invalid_schedule_is_cleared() -> None:
-    fo = Failover(leader="n1", candidate="n2", scheduled_at="tomorrow", version=9)
+    fo = dcs.Failover(leader="n1", candidate="n2", scheduled_at="tomorrow", version=9)
     d = decide(view("n1", failover=fo), primary(), CFG, NOW)
     assert ClearFailover(9) in d.actions and not d.has(Demote)
 
 
 def test_candidate_takes_over_after_release_and_clears() -> None:
-    fo = Failover(leader="n2", candidate="n1", scheduled_at=None, version=9)
+    fo = dcs.Failover(leader="n2", candidate="n1", scheduled_at=None, version=9)
     d = elect(replica(), failover=fo)
     assert kinds(d) == [AcquireLeader, Promote, WriteHistory, ClearFailover]
 
 
 def test_manual_failover_candidate_may_lag() -> None:
-    fo = Failover(leader=None, candidate="n1", scheduled_at=None, version=9)
+    fo = dcs.Failover(leader=None, candidate="n1", scheduled_at=None, version=9)
     d = elect(replica(received_lsn=1, replayed_lsn=1), failover=fo)
     assert d.has(Promote) and "manual" in d.reason
 
 
 def test_others_wait_for_the_candidate() -> None:
-    fo = Failover(leader="n3", candidate="n2", scheduled_at=None, version=9)
+    fo = dcs.Failover(leader="n3", candidate="n2", scheduled_at=None, version=9)
     d = elect(replica(), failover=fo)
     assert not d.has(AcquireLeader) and "candidate n2" in d.reason
 
 
 def test_dead_candidate_does_not_block_failover() -> None:
-    fo = Failover(leader=None, candidate="n2", scheduled_at=None, version=9)
+    fo = dcs.Failover(leader=None, candidate="n2", scheduled_at=None, version=9)
     d = elect(replica(peers=peers(n2=PeerStatus(False))), failover=fo)
     assert d.has(AcquireLeader)
 
 
 def test_old_leader_does_not_retake_key_during_switchover() -> None:
-    fo = Failover(leader="n1", candidate=None, scheduled_at=None, version=9)
+    fo = dcs.Failover(leader="n1", candidate=None, scheduled_at=None, version=9)
     d = elect(replica(), failover=fo)
     assert not d.has(AcquireLeader)
 
@@ -695,7 +683,7 @@ def test_standby_site_without_leader_streams_from_the_active_site_meanwhile() ->
 
 
 def test_site_record_standby_forbids_promotion() -> None:
-    site = SiteRecord("standby", epoch=4)
+    site = dcs.SiteRecord("standby", epoch=4)
     d = elect(replica(), site=site)
     assert not d.has(Promote) and d.has(AcquireLeader)
     d = decide(view("n1", site=site), replica(am_leader=True, last_renewal=NOW - 1), CFG, NOW)
@@ -703,7 +691,7 @@ def test_site_record_standby_forbids_promotion() -> None:
 
 
 def test_primary_on_standby_site_demotes_even_when_paused() -> None:
-    site = SiteRecord("standby", epoch=4)
+    site = dcs.SiteRecord("standby", epoch=4)
     cfg = replace(CFG, pause=True)
     d = decide(view("n1", site=site), primary(), cfg, NOW)
     assert d.actions == (Demote("immediate"),)
@@ -714,7 +702,7 @@ def test_primary_on_standby_site_demotes_even_when_paused() -> None:
 
 
 def test_pause_takes_no_action_on_postgres() -> None:
-    paused = Record({"pause": True}, 1)
+    paused = dcs.Record({"pause": True}, 1)
     d = elect(replica(), config=paused)
     assert kinds(d) == [NoOp] and "paused" in d.reason
     d = decide(view("n1", config=paused), primary(), CFG, NOW)
@@ -754,21 +742,23 @@ def test_sync_promotion_sets_ssn_first_and_records_itself_after() -> None:
     from site_agent.actions import SetSyncStandbyNames, UpdateSync
 
     strict = replace(CFG, synchronous_mode=True, synchronous_mode_strict=True)
-    d = elect(replica(), strict, sync=SyncState("n3", ("n1",), version=8))
+    d = elect(replica(), strict, sync=dcs.SyncState("n3", ("n1",), version=8))
     assert kinds(d)[:3] == [AcquireLeader, SetSyncStandbyNames, Promote]
     assert d.actions[1] == SetSyncStandbyNames(("*",), 1)
     assert d.actions[-1] == UpdateSync((), 8)
-    loose = elect(replica(), replace(strict, synchronous_mode_strict=False), sync=SyncState("n3", ("n1",), version=8))
+    loose = elect(
+        replica(), replace(strict, synchronous_mode_strict=False), sync=dcs.SyncState("n3", ("n1",), version=8)
+    )
     assert loose.actions[1] == SetSyncStandbyNames((), 0)
 
 
 def test_strict_mode_with_empty_sync_key_blocks_every_election() -> None:
     strict = replace(CFG, synchronous_mode=True, synchronous_mode_strict=True)
-    d = elect(replica(), strict, sync=SyncState("n3", ()))
+    d = elect(replica(), strict, sync=dcs.SyncState("n3", ()))
     assert not d.has(Promote) and "synchronous" in d.reason
     # non-strict too (Patroni #2819): the leader ran asynchronously, so commits acknowledged meanwhile
     # may exist on the leader alone; synchronous mode promises not to lose them: nobody promotes
-    d = elect(replica(), replace(strict, synchronous_mode_strict=False), sync=SyncState("n3", ()))
+    d = elect(replica(), replace(strict, synchronous_mode_strict=False), sync=dcs.SyncState("n3", ()))
     assert not d.has(Promote) and "synchronous" in d.reason
     # no sync key at all (synchronous mode never recorded a state): any eligible member may
     assert elect(replica(), replace(strict, synchronous_mode_strict=False), sync=None).has(Promote)
@@ -778,10 +768,10 @@ def test_manual_failover_to_non_sync_member_is_refused() -> None:
     from site_agent.eligibility import candidate_blockers
 
     cfg = replace(CFG, synchronous_mode=True)
-    fo = Failover(None, "n1", None, version=2)
-    d = elect(replica(), cfg, sync=SyncState("n3", ("n2",)), failover=fo)
+    fo = dcs.Failover(None, "n1", None, version=2)
+    d = elect(replica(), cfg, sync=dcs.SyncState("n3", ("n2",)), failover=fo)
     assert not d.has(Promote) and "synchronous" in d.reason
-    v = view("n1", sync=SyncState("n1", ("n2",)))
+    v = view("n1", sync=dcs.SyncState("n1", ("n2",)))
     why = candidate_blockers(v, primary(), cfg, "n3")
     assert any("n3 is not a synchronous standby" in w for w in why)
     assert candidate_blockers(v, primary(), cfg, "n2") == []
@@ -792,7 +782,7 @@ def test_sync_leader_adds_then_records_standby() -> None:
     from site_agent.state import ReplicaConn
 
     cfg = replace(CFG, synchronous_mode=True)
-    v = view("n1", sync=SyncState("n1", (), version=3))
+    v = view("n1", sync=dcs.SyncState("n1", (), version=3))
     d = decide(v, primary(replication=(ReplicaConn("n2"),), synchronous_standby_names=""), cfg, NOW)
     assert d.actions[-1] == SetSyncStandbyNames(("n2",), 1) and not d.has(UpdateSync)
     rows = (ReplicaConn("n2", sync_state="sync"),)
@@ -877,7 +867,7 @@ def test_candidate_blockers_explain_ineligibility() -> None:
 
 
 def test_scheduled_switchover_does_not_fire_while_paused() -> None:
-    fo = Failover("n1", "n2", "2023-01-01T00:00:00+00:00", version=4)
+    fo = dcs.Failover("n1", "n2", "2023-01-01T00:00:00+00:00", version=4)
     paused_cfg = replace(CFG, pause=True)
     d = decide(view("n1", failover=fo), primary(), paused_cfg, NOW)
     assert not d.has(Demote) and not d.has(ReleaseLeader) and not d.has(ClearFailover)

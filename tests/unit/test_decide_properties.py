@@ -7,54 +7,25 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from site_agent.actions import (
-    AcquireLeader,
-    Bootstrap,
-    Clone,
-    Demote,
-    FailsafeHold,
-    Follow,
-    Promote,
-    Rebuild,
-    ReleaseLeader,
-    RenewLeader,
-    RestartPostgres,
-    Rewind,
-    SetSyncStandbyNames,
-    StandbyTarget,
-    StartPostgres,
-    StopPostgres,
-    UpdateSync,
-    WriteFailsafe,
-)
+from site_agent import actions as act
 from site_agent.decide import decide
 from site_agent.state import DataDirState, DecideConfig, LocalState, NodeTags, PeerStatus, PgState
 
-from drctl.dcs.base import (
-    ClusterView,
-    Failover,
-    History,
-    HistoryEntry,
-    Leader,
-    LeaderStatus,
-    Member,
-    MemberInfo,
-    Record,
-    SiteRecord,
-    SyncState,
-)
+from drctl.dcs import base as dcs
+
+View = dcs.ClusterView
 
 ME = "n1"
 NAMES = ("n1", "n2", "n3")
 NOW = 10_000.0
 SCHEDULES = [None, "2023-01-01T00:00:00+00:00", "2099-01-01T00:00:00+00:00", "soon"]
 names_list = st.lists(st.sampled_from(NAMES)).map(tuple)
-sites = st.builds(SiteRecord, st.sampled_from(["active", "standby"]), st.just(1))
+sites = st.builds(dcs.SiteRecord, st.sampled_from(["active", "standby"]), st.just(1))
 lsns = st.one_of(st.none(), st.integers(0, 3_000_000))
 
 
 @st.composite
-def members(draw: st.DrawFn) -> tuple[Member, ...]:
+def members(draw: st.DrawFn) -> tuple[dcs.Member, ...]:
     out = []
     for name in NAMES:
         if draw(st.booleans()):
@@ -69,7 +40,7 @@ def members(draw: st.DrawFn) -> tuple[Member, ...]:
                     },
                 )
             )
-            info = MemberInfo(
+            info = dcs.MemberInfo(
                 role=draw(st.sampled_from(["primary", "replica", "standby_leader", "uninitialized"])),
                 state=draw(st.sampled_from(["running", "stopped", "starting"])),
                 timeline=draw(st.integers(1, 3)),
@@ -77,17 +48,17 @@ def members(draw: st.DrawFn) -> tuple[Member, ...]:
                 replayed_lsn=draw(lsns),
                 tags=tags,
             )
-            out.append(Member(name, info, version=1))
+            out.append(dcs.Member(name, info, version=1))
     return tuple(out)
 
 
 @st.composite
-def views(draw: st.DrawFn) -> ClusterView:
+def views(draw: st.DrawFn) -> dcs.ClusterView:
     failover = draw(
         st.one_of(
             st.none(),
             st.builds(
-                Failover,
+                dcs.Failover,
                 leader=st.one_of(st.none(), st.sampled_from(NAMES)),
                 candidate=st.one_of(st.none(), st.sampled_from(NAMES)),
                 scheduled_at=st.sampled_from(SCHEDULES),
@@ -99,23 +70,23 @@ def views(draw: st.DrawFn) -> ClusterView:
         st.one_of(
             st.none(),
             st.builds(
-                lambda lsn, tl: History((HistoryEntry(tl, lsn, "failover", "", "n2"),), 1),
+                lambda lsn, tl: dcs.History((dcs.HistoryEntry(tl, lsn, "failover", "", "n2"),), 1),
                 st.integers(0, 3_000_000),
                 st.integers(1, 2),
             ),
         )
     )
-    return ClusterView(
+    return dcs.ClusterView(
         scope="s",
-        leader=draw(st.one_of(st.none(), st.builds(Leader, st.sampled_from(NAMES), st.integers(1, 9)))),
+        leader=draw(st.one_of(st.none(), st.builds(dcs.Leader, st.sampled_from(NAMES), st.integers(1, 9)))),
         members=draw(members()),
-        config=draw(st.one_of(st.none(), st.builds(lambda p: Record({"pause": p}, 1), st.booleans()))),
+        config=draw(st.one_of(st.none(), st.builds(lambda p: dcs.Record({"pause": p}, 1), st.booleans()))),
         initialize=draw(st.sampled_from([None, "", "sys1", "sys2"])),
         initialize_version=1,
         history=history,
         failover=failover,
-        sync=draw(st.one_of(st.none(), st.builds(SyncState, st.sampled_from(NAMES), names_list))),
-        status=draw(st.one_of(st.none(), st.builds(LeaderStatus, st.integers(0, 3_000_000)))),
+        sync=draw(st.one_of(st.none(), st.builds(dcs.SyncState, st.sampled_from(NAMES), names_list))),
+        status=draw(st.one_of(st.none(), st.builds(dcs.LeaderStatus, st.integers(0, 3_000_000)))),
         site=draw(st.one_of(st.none(), sites)),
         failsafe=draw(
             st.one_of(st.none(), st.dictionaries(st.sampled_from(NAMES), st.just("http://x:8008"), max_size=3))
@@ -204,7 +175,7 @@ def plausible_locals(draw: st.DrawFn) -> LocalState:
 
 
 @st.composite
-def plausible_views(draw: st.DrawFn) -> ClusterView:
+def plausible_views(draw: st.DrawFn) -> dcs.ClusterView:
     v = draw(views())
     return replace(v, initialize="sys1", config=None, site=draw(st.sampled_from([None, v.site])))
 
@@ -222,7 +193,7 @@ cfgs = st.builds(
     synchronous_node_count=st.integers(1, 2),
     failsafe_mode=st.booleans(),
     primary_start_timeout=st.sampled_from([0, 60, 300]),
-    standby_cluster=st.one_of(st.none(), st.just(StandbyTarget("remote", 5432, "slot_b"))),
+    standby_cluster=st.one_of(st.none(), st.just(act.StandbyTarget("remote", 5432, "slot_b"))),
     rebuild_on_rewind_failure=st.booleans(),
     rebuild_on_diverged_timeline=st.booleans(),
 )
@@ -230,7 +201,7 @@ cfgs = st.builds(
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def paused(view: ClusterView | None, cfg: DecideConfig) -> bool:
+def paused(view: View | None, cfg: DecideConfig) -> bool:
     return cfg.pause or (view is not None and bool(view.config_data.get("pause")))
 
 
@@ -245,40 +216,38 @@ def index(actions: tuple[Any, ...], kind: type) -> int:
 
 @PROPS
 @given(any_view, any_local, cfgs)
-def test_promote_only_with_the_key(view: ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
+def test_promote_only_with_the_key(view: View | None, local: LocalState, cfg: DecideConfig) -> None:
     d = decide(view, local, cfg, NOW)
-    if not d.has(Promote):
+    if not d.has(act.Promote):
         return
     assert view is not None
-    p = index(d.actions, Promote)
-    acquires = d.has(AcquireLeader) and index(d.actions, AcquireLeader) < p
+    p = index(d.actions, act.Promote)
+    acquires = d.has(act.AcquireLeader) and index(d.actions, act.AcquireLeader) < p
     holds = (
         view.leader is not None
         and view.leader.name == ME
         and local.am_leader
-        and d.has(RenewLeader)
-        and index(d.actions, RenewLeader) < p
+        and d.has(act.RenewLeader)
+        and index(d.actions, act.RenewLeader) < p
     )
     assert acquires or holds
 
 
 @PROPS
 @given(any_view, any_local, cfgs)
-def test_never_promote_on_standby_site_or_in_pause(
-    view: ClusterView | None, local: LocalState, cfg: DecideConfig
-) -> None:
+def test_never_promote_on_standby_site_or_in_pause(view: View | None, local: LocalState, cfg: DecideConfig) -> None:
     d = decide(view, local, cfg, NOW)
     standby_site = view is not None and view.site is not None and view.site.role == "standby"
     if standby_site or cfg.standby_cluster is not None or paused(view, cfg) or view is None:
-        assert not d.has(Promote)
-        assert not any(isinstance(a, StartPostgres) and a.role == "primary" for a in d.actions)
+        assert not d.has(act.Promote)
+        assert not any(isinstance(a, act.StartPostgres) and a.role == "primary" for a in d.actions)
 
 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
-def test_automatic_failover_never_promotes_ineligible(view: ClusterView, local: LocalState, cfg: DecideConfig) -> None:
+def test_automatic_failover_never_promotes_ineligible(view: View, local: LocalState, cfg: DecideConfig) -> None:
     d = decide(view, local, cfg, NOW)
-    if d.has(AcquireLeader) and d.has(Promote):
+    if d.has(act.AcquireLeader) and d.has(act.Promote):
         manual = view.failover is not None and view.failover.candidate == ME
         assert local.tags.can_failover
         assert local.running and local.in_recovery is True
@@ -294,35 +263,33 @@ def test_automatic_failover_never_promotes_ineligible(view: ClusterView, local: 
 
 @PROPS
 @given(any_view, any_local, cfgs)
-def test_primary_without_the_key_always_demotes(view: ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
+def test_primary_without_the_key_always_demotes(view: View | None, local: LocalState, cfg: DecideConfig) -> None:
     local = replace(local, pg=PgState.RUNNING, in_recovery=False)
     d = decide(view, local, cfg, NOW)
     standby_site = view is not None and (
         (view.site is not None and view.site.role == "standby") or cfg.standby_cluster is not None
     )
     if standby_site:
-        assert d.has(Demote)  # invariant 5, even in pause
+        assert d.has(act.Demote)  # invariant 5, even in pause
         return
     if paused(view, cfg):
         return
     if view is None:
-        assert d.has(Demote) or failsafe_holds(local, cfg)
+        assert d.has(act.Demote) or failsafe_holds(local, cfg)
         return
     if view.leader is None or view.leader.name != ME or local.leader_key_lost:
-        assert d.has(Demote)
-        assert not d.has(Promote) and not d.has(AcquireLeader)
+        assert d.has(act.Demote)
+        assert not d.has(act.Promote) and not d.has(act.AcquireLeader)
 
 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs, st.floats(0, 100))
-def test_leader_past_deadline_always_demotes(
-    view: ClusterView, local: LocalState, cfg: DecideConfig, age: float
-) -> None:
+def test_leader_past_deadline_always_demotes(view: View, local: LocalState, cfg: DecideConfig, age: float) -> None:
     local = replace(local, am_leader=True, last_renewal=NOW - age)
     d = decide(view, local, cfg, NOW)
     if age >= cfg.leader_deadline and not paused(view, cfg):
-        assert d.has(Demote)
-        assert not d.has(RenewLeader) and not d.has(Promote) and not d.has(AcquireLeader)
+        assert d.has(act.Demote)
+        assert not d.has(act.RenewLeader) and not d.has(act.Promote) and not d.has(act.AcquireLeader)
 
 
 @PROPS
@@ -331,47 +298,45 @@ def test_dcs_loss_demotes_a_primary(local: LocalState, cfg: DecideConfig) -> Non
     local = replace(local, pg=PgState.RUNNING, in_recovery=False)
     d = decide(None, local, cfg, NOW)
     if not cfg.pause:
-        assert d.has(Demote) or failsafe_holds(local, cfg)
+        assert d.has(act.Demote) or failsafe_holds(local, cfg)
 
 
 @PROPS
 @given(any_view, any_local, cfgs)
-def test_never_start_on_rewind_marker(view: ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
+def test_never_start_on_rewind_marker(view: View | None, local: LocalState, cfg: DecideConfig) -> None:
     local = replace(local, data_dir=DataDirState.REWIND_MARKER)
     d = decide(view, local, cfg, NOW)
-    assert not d.has(StartPostgres)
-    assert not d.has(Promote)
+    assert not d.has(act.StartPostgres)
+    assert not d.has(act.Promote)
 
 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
-def test_foreign_data_is_never_destroyed(view: ClusterView, local: LocalState, cfg: DecideConfig) -> None:
+def test_foreign_data_is_never_destroyed(view: View, local: LocalState, cfg: DecideConfig) -> None:
     if not (view.initialize and local.system_id and local.system_id != view.initialize):
         return
     if local.data_dir in (DataDirState.EMPTY,):
         return
     d = decide(view, local, cfg, NOW)
-    for kind in (Rebuild, Clone, Bootstrap, Rewind, Promote):
+    for kind in (act.Rebuild, act.Clone, act.Bootstrap, act.Rewind, act.Promote):
         assert not d.has(kind)
 
 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
-def test_former_primary_rejoins_only_after_reconciliation(
-    view: ClusterView, local: LocalState, cfg: DecideConfig
-) -> None:
+def test_former_primary_rejoins_only_after_reconciliation(view: View, local: LocalState, cfg: DecideConfig) -> None:
     """Invariant 4: a node whose data last ran as primary never starts streaming from a leader
     before its timeline is reconciled (unless the shell proved it did not diverge)."""
     local = replace(local, was_primary=True, timeline_diverged=None, pg=PgState.STOPPED, in_recovery=None)
     d = decide(view, local, cfg, NOW)
     for a in d.actions:
-        if isinstance(a, StartPostgres) and a.as_replica_of is not None:
+        if isinstance(a, act.StartPostgres) and a.as_replica_of is not None:
             raise AssertionError(f"started following {a.as_replica_of} without rewind: {d}")
 
 
 @PROPS
 @given(any_view, any_local, cfgs)
-def test_deterministic_and_explained(view: ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
+def test_deterministic_and_explained(view: View | None, local: LocalState, cfg: DecideConfig) -> None:
     a = decide(view, local, cfg, NOW)
     b = decide(view, replace(local), replace(cfg), NOW)
     assert a == b
@@ -380,31 +345,31 @@ def test_deterministic_and_explained(view: ClusterView | None, local: LocalState
 
 
 def elected(d: Any) -> bool:
-    return d.has(AcquireLeader) and d.has(Promote)
+    return d.has(act.AcquireLeader) and d.has(act.Promote)
 
 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
-def test_sync_mode_never_promotes_a_member_not_in_sync(view: ClusterView, local: LocalState, cfg: DecideConfig) -> None:
+def test_sync_mode_never_promotes_a_member_not_in_sync(view: View, local: LocalState, cfg: DecideConfig) -> None:
     cfg = replace(cfg, synchronous_mode=True)
     d = decide(view, local, cfg, NOW)
-    if not d.has(Promote):
+    if not d.has(act.Promote):
         return
     sync = view.sync
     if sync is not None:  # a key that lists nobody lets nobody but its leader promote (Patroni #2819)
         assert ME in sync.sync_standbys or sync.leader == ME, d
     # the promotion itself: SSN first, the key (me, no standby) afterwards
-    p = index(d.actions, Promote)
-    assert isinstance(d.actions[p - 1], SetSyncStandbyNames)
+    p = index(d.actions, act.Promote)
+    assert isinstance(d.actions[p - 1], act.SetSyncStandbyNames)
     expected = ("*",) if cfg.synchronous_mode_strict else ()
-    assert d.actions[p - 1] == SetSyncStandbyNames(expected, 1 if expected else 0)
-    assert d.actions[-1] == UpdateSync((), sync.version if sync is not None else None)
+    assert d.actions[p - 1] == act.SetSyncStandbyNames(expected, 1 if expected else 0)
+    assert d.actions[-1] == act.UpdateSync((), sync.version if sync is not None else None)
 
 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
 def test_sync_key_only_lists_members_already_required_by_postgres(
-    view: ClusterView, local: LocalState, cfg: DecideConfig
+    view: View, local: LocalState, cfg: DecideConfig
 ) -> None:
     """Whatever the leader decides, an UpdateSync lists only members PostgreSQL already reported
     synchronous while named in synchronous_standby_names, or members already in the key."""
@@ -413,14 +378,14 @@ def test_sync_key_only_lists_members_already_required_by_postgres(
     d = decide(view, local, cfg, NOW)
     confirmed = confirmed_sync(local, parse_ssn(local.synchronous_standby_names))
     for a in d.actions:
-        if isinstance(a, UpdateSync) and not d.has(Promote):
+        if isinstance(a, act.UpdateSync) and not d.has(act.Promote):
             before = set(view.sync.sync_standbys) if view.sync and view.sync.leader == ME else set()
             assert set(a.sync_standbys) <= before | confirmed
 
 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
-def test_failsafe_blocks_elections(view: ClusterView, local: LocalState, cfg: DecideConfig) -> None:
+def test_failsafe_blocks_elections(view: View, local: LocalState, cfg: DecideConfig) -> None:
     cfg = replace(cfg, failsafe_mode=True)
     d = decide(view, local, cfg, NOW)
     if not elected(d):
@@ -441,19 +406,19 @@ def test_failsafe_blocks_elections(view: ClusterView, local: LocalState, cfg: De
 @given(any_local, cfgs)
 def test_failsafe_holds_only_with_every_acknowledgement(local: LocalState, cfg: DecideConfig) -> None:
     d = decide(None, local, cfg, NOW)
-    if d.has(FailsafeHold):
+    if d.has(act.FailsafeHold):
         assert cfg.failsafe_mode and local.am_leader and local.is_primary and local.failsafe_members
         assert set(local.failsafe_members) - {ME} <= local.failsafe_acks
     if local.is_primary and not cfg.pause:
-        assert d.has(Demote) or d.has(FailsafeHold)
+        assert d.has(act.Demote) or d.has(act.FailsafeHold)
 
 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
-def test_failsafe_map_follows_the_members(view: ClusterView, local: LocalState, cfg: DecideConfig) -> None:
+def test_failsafe_map_follows_the_members(view: View, local: LocalState, cfg: DecideConfig) -> None:
     d = decide(view, local, cfg, NOW)
     for a in d.actions:
-        if isinstance(a, WriteFailsafe):
+        if isinstance(a, act.WriteFailsafe):
             assert view.leader is not None and view.leader.name == ME
             if cfg.failsafe_mode:
                 assert {n for n, _ in a.members} == {m.name for m in view.members if m.info.api_url}
@@ -463,9 +428,7 @@ def test_failsafe_map_follows_the_members(view: ClusterView, local: LocalState, 
 
 @PROPS
 @given(st.one_of(views(), plausible_views()), any_local, cfgs)
-def test_priority_zero_and_nofailover_never_win_an_election(
-    view: ClusterView, local: LocalState, cfg: DecideConfig
-) -> None:
+def test_priority_zero_and_nofailover_never_win_an_election(view: View, local: LocalState, cfg: DecideConfig) -> None:
     d = decide(view, local, cfg, NOW)
     if elected(d):
         assert local.tags.failover_priority > 0 and not local.tags.nofailover
@@ -484,22 +447,32 @@ def test_priority_zero_and_nofailover_never_win_an_election(
                     assert p.failover_priority <= local.tags.failover_priority
 
 
-PG_ACTIONS = (Promote, StartPostgres, StopPostgres, RestartPostgres, Follow, Rewind, Rebuild, Clone, Bootstrap)
+PG_ACTIONS = (
+    act.Promote,
+    act.StartPostgres,
+    act.StopPostgres,
+    act.RestartPostgres,
+    act.Follow,
+    act.Rewind,
+    act.Rebuild,
+    act.Clone,
+    act.Bootstrap,
+)
 
 
 @PROPS
 @given(any_view, any_local, cfgs)
-def test_pause_touches_nothing(view: ClusterView | None, local: LocalState, cfg: DecideConfig) -> None:
+def test_pause_touches_nothing(view: View | None, local: LocalState, cfg: DecideConfig) -> None:
     """Paused: no action on PostgreSQL at all (exceptions: a writable primary on a standby site
     still demotes, invariant 5; a restart the operator requested over REST), no synchronous
     replication change, no switchover."""
     if not paused(view, cfg):
         return
     d = decide(view, local, cfg, NOW)
-    for kind in (*PG_ACTIONS, SetSyncStandbyNames, UpdateSync, ReleaseLeader):
-        if kind is RestartPostgres and local.pending_restart:
+    for kind in (*PG_ACTIONS, act.SetSyncStandbyNames, act.UpdateSync, act.ReleaseLeader):
+        if kind is act.RestartPostgres and local.pending_restart:
             continue
         assert not d.has(kind), d
-    if d.has(Demote):
+    if d.has(act.Demote):
         standby = cfg.standby_cluster is not None or (view is not None and view.site is not None)
         assert standby and local.is_primary

@@ -32,11 +32,11 @@ from site_agent.actions import (
     UpdateSync,
     WaitForLeader,
 )
-from site_agent.config import DynamicConfig
 from site_agent.executor import Executor
 from site_agent.memory import Memory
 from site_agent.node import Node
 
+from drctl.agentconfig import DynamicConfig
 from drctl.dcs.base import DCS
 
 

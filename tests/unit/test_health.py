@@ -10,53 +10,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from site_agent import health
 from site_agent.health import QueryError, health_code, parse_size
-from site_agent.snapshot import ROLES, STATES, NodeSnapshot, XlogPosition
+from site_agent.snapshot import ROLES, STATES, NodeSnapshot
+
+from tests.builders import primary_snapshot, replica_snapshot
 
 NOW = 1_700_000_000.0
 MB = 1 << 20
 
 
 def primary(**kw: Any) -> NodeSnapshot:
-    base = NodeSnapshot(
-        name="n1",
-        scope="c1",
-        role="primary",
-        state="running",
-        pg_running=True,
-        in_recovery=False,
-        timeline=3,
-        xlog=XlogPosition(location=100 * MB),
-        leader_name="n1",
-        is_leader=True,
-        leader_lease_deadline=NOW + 20,
-        dcs_ok=True,
-        dcs_last_seen=NOW - 1,
-        site_role="active",
-        last_cycle_at=NOW - 1,
-    )
-    return dataclasses.replace(base, **kw)
+    return primary_snapshot(NOW, **{"in_recovery": False, "leader_lease_deadline": NOW + 20, **kw})
 
 
 def replica(**kw: Any) -> NodeSnapshot:
-    base = NodeSnapshot(
-        name="n2",
-        scope="c1",
-        role="replica",
-        state="running",
-        pg_running=True,
-        in_recovery=True,
-        timeline=3,
-        xlog=XlogPosition(received_location=99 * MB, replayed_location=99 * MB, paused=False),
-        replication_state="streaming",
-        leader_name="n1",
-        is_leader=False,
-        dcs_ok=True,
-        lag_bytes=MB // 2,
-        site_role="active",
-        last_cycle_at=NOW - 1,
-        tags={"zone": "a", "nofailover": False},
-    )
-    return dataclasses.replace(base, **kw)
+    return replica_snapshot(NOW, **{"is_leader": False, "tags": {"zone": "a", "nofailover": False}, **kw})
 
 
 def standby_leader(**kw: Any) -> NodeSnapshot:

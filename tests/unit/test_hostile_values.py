@@ -16,18 +16,7 @@ from site_agent.state import PeerStatus
 from site_agent.stonith import FenceTarget, run_fence
 from site_agent.viewmend import LastGood, mend_view
 
-from drctl.dcs.base import (
-    ClusterView,
-    CorruptValue,
-    History,
-    HistoryEntry,
-    Leader,
-    LeaderStatus,
-    Member,
-    MemberInfo,
-    SiteRecord,
-    SyncState,
-)
+from drctl.dcs import base as dcs
 from drctl.dcs.view import RawNode, build_cluster_view
 from drctl.pg.lsn import parse_lsn
 from drctl.pg.waltimeline import parse_history_file, replay_timeline, timeline_of_point
@@ -43,7 +32,7 @@ GOOD = {
     "status": b'{"optime": 5, "slots": {"b": 4}}',
     "failsafe": b'{"a": "http://a"}',
     "site": b'{"role": "active", "epoch": 2}',
-    "members/a": MemberInfo(conn_url="postgres://a").to_json().encode(),
+    "members/a": dcs.MemberInfo(conn_url="postgres://a").to_json().encode(),
 }
 
 GARBAGE = [
@@ -76,8 +65,8 @@ def nodes(**over: bytes) -> list[RawNode]:
 def test_intact_keys_parse_without_corruption() -> None:
     v = build_cluster_view("s", nodes())
     assert v.corrupt == ()
-    assert v.leader == Leader("a", 1, "77") and v.config_data == {"ttl": 10} and v.timeline == 2
-    assert v.sync == SyncState("a", ("b",), 6) and v.status is not None and v.status.lsn == 5
+    assert v.leader == dcs.Leader("a", 1, "77") and v.config_data == {"ttl": 10} and v.timeline == 2
+    assert v.sync == dcs.SyncState("a", ("b",), 6) and v.status is not None and v.status.lsn == 5
     assert v.site is not None and (v.site.role, v.site.epoch) == ("active", 2)
 
 
@@ -120,19 +109,19 @@ def test_corrupt_member_stays_a_member_with_nothing_known() -> None:
 
 
 def test_history_entries_are_strict() -> None:
-    with pytest.raises(CorruptValue):
-        History.parse(b"[[1, 100], [1, 200]]", 1)  # timelines must increase
-    with pytest.raises(CorruptValue):
-        History.parse(b"[[0, 100]]", 1)
-    with pytest.raises(CorruptValue):
-        SiteRecord.parse(b'{"epoch": 1}', 1)  # no role: not "active" by default
-    assert History.parse(b"[[1, 100, null, null, null]]", 3).entries == (HistoryEntry(1, 100, "", "", ""),)
+    with pytest.raises(dcs.CorruptValue):
+        dcs.History.parse(b"[[1, 100], [1, 200]]", 1)  # timelines must increase
+    with pytest.raises(dcs.CorruptValue):
+        dcs.History.parse(b"[[0, 100]]", 1)
+    with pytest.raises(dcs.CorruptValue):
+        dcs.SiteRecord.parse(b'{"epoch": 1}', 1)  # no role: not "active" by default
+    assert dcs.History.parse(b"[[1, 100, null, null, null]]", 3).entries == (dcs.HistoryEntry(1, 100, "", "", ""),)
 
 
 # --- view mending ------------------------------------------------------------------------------
 
 
-def corrupt_view(**over: bytes) -> ClusterView:
+def corrupt_view(**over: bytes) -> dcs.ClusterView:
     return build_cluster_view("s", nodes(**over))
 
 
@@ -168,7 +157,7 @@ def test_corrupt_sync_key_lets_nobody_promote_and_the_leader_rewrites_it() -> No
     no_leader = replace(v, leader=None, members=(member("n1"), member("n2")))
     d = decide(no_leader, replica(), sync_cfg, NOW)
     assert not d.has(Promote) and "synchronous" in d.reason
-    leader_view = replace(v, leader=Leader("n1", 1), members=(member("n1", "primary"), member("n2")))
+    leader_view = replace(v, leader=dcs.Leader("n1", 1), members=(member("n1", "primary"), member("n2")))
     d = decide(leader_view, primary(last_renewal=NOW - 1), sync_cfg, NOW)
     assert any(isinstance(a, UpdateSync) and a.version == v.sync.version for a in d.actions)
 
@@ -210,7 +199,7 @@ def test_lowering_ttl_does_not_demote_a_healthy_leader() -> None:
 def test_sync_mode_with_no_standby_recorded_promotes_nobody_whoever_released() -> None:
     for strict in (False, True):
         cfg = replace(CFG, synchronous_mode=True, synchronous_mode_strict=strict)
-        v = view(None, sync=SyncState("n3", ()), status=LeaderStatus(1000))
+        v = view(None, sync=dcs.SyncState("n3", ()), status=dcs.LeaderStatus(1000))
         d = decide(v, replica(tags=replica().tags), cfg, NOW)
         assert not d.has(Promote) and not d.has(AcquireLeader)
 
@@ -255,8 +244,8 @@ def test_former_primary_past_the_fork_is_judged_on_its_old_timeline() -> None:
 
 
 def test_diverged_peer_does_not_block_the_node_that_holds_the_newest_timeline() -> None:
-    hist = History((HistoryEntry(1, 1000, "failover", "", "n2"),), 1)
-    v = view(None, history=hist, status=LeaderStatus(1500))
+    hist = dcs.History((dcs.HistoryEntry(1, 1000, "failover", "", "n2"),), 1)
+    v = view(None, history=hist, status=dcs.LeaderStatus(1500))
     me = replica(timeline=2, received_lsn=1500, replayed_lsn=1500)
     # n2 (the old primary of timeline 1) wrote up to 2000 on timeline 1: diverged, never a leader
     peers = {"n2": PeerStatus(True, lsn=2000, in_recovery=True, timeline=1), "n3": PeerStatus(False)}
@@ -268,14 +257,16 @@ def test_diverged_peer_does_not_block_the_node_that_holds_the_newest_timeline() 
 
 
 def test_duplicate_name_from_another_data_dir_or_host_is_refused() -> None:
-    info = MemberInfo(conn_url="postgres://x:5432", api_url="http://x:8008", extra={"host": "h1", "data_dir": "/d1"})
-    v = ClusterView("s", members=(Member("a1", info, 1, "5"),))
+    info = dcs.MemberInfo(
+        conn_url="postgres://x:5432", api_url="http://x:8008", extra={"host": "h1", "data_dir": "/d1"}
+    )
+    v = dcs.ClusterView("s", members=(dcs.Member("a1", info, 1, "5"),))
     assert duplicate_name_refusal(v, "a1", {"host": "h1", "data_dir": "/d1"}, "", "") is None  # my own restart
     why = duplicate_name_refusal(v, "a1", {"host": "h1", "data_dir": "/d2"}, "", "")
     assert why is not None and "/d1" in why
     assert duplicate_name_refusal(v, "a1", {"host": "h2", "data_dir": "/d1"}, "", "") is not None
     assert duplicate_name_refusal(v, "b1", {"host": "h2", "data_dir": "/d2"}, "", "") is None
-    old = ClusterView("s", members=(Member("a1", MemberInfo(conn_url="postgres://x:5432"), 1),))
+    old = dcs.ClusterView("s", members=(dcs.Member("a1", dcs.MemberInfo(conn_url="postgres://x:5432"), 1),))
     assert duplicate_name_refusal(old, "a1", {}, "postgres://y:5432", "") is not None
 
 
@@ -284,7 +275,7 @@ def test_duplicate_name_from_another_data_dir_or_host_is_refused() -> None:
 
 def test_fence_runs_under_the_key_before_promoting_over_a_leader_not_seen_demoted() -> None:
     fenced = replace(CFG, fencing=True)
-    v = view(None, status=LeaderStatus(1000))
+    v = view(None, status=dcs.LeaderStatus(1000))
     me = replica(last_leader="n2", peers={"n3": PeerStatus(True, lsn=900, in_recovery=True)})
     d = decide(v, me, fenced, NOW)
     # Key first (a member that won it meanwhile, e.g. the old leader back from a DCS outage, is
@@ -317,13 +308,13 @@ def test_the_synchronous_leader_that_released_the_key_may_take_it_back() -> None
     recorded it is the only member that holds every acknowledged commit: once its PostgreSQL runs
     again (read-only) it must be able to lead, not be judged a diverged former primary."""
     cfg = replace(CFG, synchronous_mode=True)
-    v = view(None, sync=SyncState("n1", ()), status=LeaderStatus(1000))
+    v = view(None, sync=dcs.SyncState("n1", ()), status=dcs.LeaderStatus(1000))
     me = replica(was_primary=True, timeline=1)
     assert decide(v, me, cfg, NOW).has(Promote)
     # a former primary that is not the recorded leader stays diverged
     assert not decide(v, replace(me, name="n2"), cfg, NOW).has(Promote)
     # and not once the cluster moved to a newer timeline
-    moved = replace(v, history=History((HistoryEntry(1, 900, "failover", "", "n2"),), 1))
+    moved = replace(v, history=dcs.History((dcs.HistoryEntry(1, 900, "failover", "", "n2"),), 1))
     assert not decide(moved, me, cfg, NOW).has(Promote)
 
 
@@ -331,7 +322,7 @@ def test_corrupt_failsafe_key_is_rewritten_or_cleared_by_the_leader() -> None:
     from site_agent.actions import WriteFailsafe
 
     v, _, _ = mend_view(corrupt_view(failsafe=b"[1"), "a", "77", LastGood())
-    v = replace(v, failover=None, members=(member("a", "primary"),), leader=Leader("a", 1, "77"))
+    v = replace(v, failover=None, members=(member("a", "primary"),), leader=dcs.Leader("a", 1, "77"))
     for mode in (False, True):
         d = decide(v, primary(name="a", last_renewal=NOW - 1), replace(CFG, failsafe_mode=mode), NOW)
         assert any(isinstance(a, WriteFailsafe) for a in d.actions), (mode, d)

@@ -388,7 +388,7 @@ def test_requests_are_applied_in_order_with_their_tickets() -> None:
     t3 = inbox.put(ReinitializeRequest())
     assert (t1, t2, t3) == (1, 2, 3) and inbox.applied == 0
     mem, last = inbox.drain(Memory())
-    assert mem == Memory(pending_restart=True, pending_reinitialize=True, failsafe_heartbeat_at=5.0)
+    assert mem == Memory(restart_requested=True, pending_reinitialize=True, failsafe_heartbeat_at=5.0)
     assert last == 3 and inbox.applied == 0  # the agent stores the memory first, then done()
     inbox.done(last)
     assert inbox.applied == 3 and inbox.drain(mem) == (mem, None)

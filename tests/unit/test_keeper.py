@@ -258,13 +258,22 @@ def test_keeper_fires_on_time_while_the_feeder_is_stopped(tmp_path: Path, procs:
     assert feeder.poll() is None  # the feeder is merely stopped
 
 
-def test_keeper_survives_a_stopped_parent_and_exits_when_it_is_gone(
+def keeper_of_a_stand_in_agent(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]]
-) -> None:
+) -> tuple[FakePostgres, subprocess.Popen[bytes], subprocess.Popen[bytes], Path]:
+    """A fake postgres and a keeper whose parent (the "agent") is a ``sleep`` the test can stop
+    or kill."""
     pg = start_fake_postgres(tmp_path, procs)
     parent = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
     procs.append(parent)
     keeper, state = start_keeper(tmp_path, pg.data_dir, procs, parent=parent.pid)
+    return pg, parent, keeper, state
+
+
+def test_keeper_survives_a_stopped_parent_and_exits_when_it_is_gone(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    pg, parent, keeper, state = keeper_of_a_stand_in_agent(tmp_path, procs)
     LeaseKeeperClient(state).disarm()
     os.kill(parent.pid, signal.SIGSTOP)
     time.sleep(0.8)
@@ -278,10 +287,7 @@ def test_keeper_survives_a_stopped_parent_and_exits_when_it_is_gone(
 def test_keeper_of_a_dead_armed_agent_enforces_the_deadline_then_exits(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
-    pg = start_fake_postgres(tmp_path, procs)
-    parent = subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
-    procs.append(parent)
-    keeper, state = start_keeper(tmp_path, pg.data_dir, procs, parent=parent.pid)
+    pg, parent, keeper, state = keeper_of_a_stand_in_agent(tmp_path, procs)
     deadline = time.monotonic() + 1.0
     LeaseKeeperClient(state).feed(deadline)
     time.sleep(0.2)

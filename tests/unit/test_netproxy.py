@@ -3,9 +3,11 @@ meanwhile, in order (as TCP does across a partition)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 from drctl.lab.netproxy import TcpProxy
 
@@ -36,43 +38,43 @@ def _recv_exactly(sock: socket.socket, n: int, timeout: float) -> bytes:
     return out
 
 
-def test_blackhole_holds_bytes_and_heal_delivers_them_in_order() -> None:
+@contextlib.contextmanager
+def _echo_through_proxy(greeting: bytes) -> Iterator[tuple[TcpProxy, socket.socket]]:
+    """A client connected to an echo server through a TcpProxy, ``greeting`` echoed back through
+    the open link; all three closed after."""
     srv, port = _echo_server()
     proxy = TcpProxy(port)
     try:
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as c:
-            c.sendall(b"before;")
-            assert _recv_exactly(c, 7, 2) == b"before;"
-            proxy.blackhole()
-            time.sleep(0.1)
-            c.sendall(b"during-1;during-2;")
-            c.settimeout(0.5)
-            try:
-                got = c.recv(100)
-            except TimeoutError:
-                got = b""
-            assert got == b"", "nothing crosses a black-holed link"
-            proxy.heal()
-            c.sendall(b"after;")
-            assert _recv_exactly(c, 24, 3) == b"during-1;during-2;after;"
+            c.sendall(greeting)
+            assert _recv_exactly(c, len(greeting), 2) == greeting
+            yield proxy, c
     finally:
         proxy.close()
         srv.close()
+
+
+def test_blackhole_holds_bytes_and_heal_delivers_them_in_order() -> None:
+    with _echo_through_proxy(b"before;") as (proxy, c):
+        proxy.blackhole()
+        time.sleep(0.1)
+        c.sendall(b"during-1;during-2;")
+        c.settimeout(0.5)
+        try:
+            got = c.recv(100)
+        except TimeoutError:
+            got = b""
+        assert got == b"", "nothing crosses a black-holed link"
+        proxy.heal()
+        c.sendall(b"after;")
+        assert _recv_exactly(c, 24, 3) == b"during-1;during-2;after;"
 
 
 def test_reject_closes_connections() -> None:
-    srv, port = _echo_server()
-    proxy = TcpProxy(port)
-    try:
-        with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as c:
-            c.sendall(b"x")
-            assert _recv_exactly(c, 1, 2) == b"x"
-            proxy.reject()
-            c.settimeout(2)
-            assert c.recv(10) == b""
-    finally:
-        proxy.close()
-        srv.close()
+    with _echo_through_proxy(b"x") as (proxy, c):
+        proxy.reject()
+        c.settimeout(2)
+        assert c.recv(10) == b""
 
 
 def test_a_black_holed_connection_the_client_abandons_is_freed() -> None:

@@ -4,9 +4,9 @@ entry point (issue 14)."""
 
 from __future__ import annotations
 
-from site_agent.config import parse_config
 from site_agent.node import Node
 
+from drctl.agentconfig import parse_config
 from drctl.dcs.base import Member, MemberInfo
 from drctl.pg.conninfo import parse_conninfo
 from tests.unit.test_agent_config import MINIMAL
