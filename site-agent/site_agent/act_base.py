@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from drctl.agentconfig import DynamicConfig, FencingConfig
 from drctl.dcs.base import DCS, ClusterView
 from site_agent.callbacks import Callbacks
-from site_agent.config import DynamicConfig, FencingConfig
 from site_agent.memory import Memory
 from site_agent.node import Node
 

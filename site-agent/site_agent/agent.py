@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from drctl.agentconfig import AgentConfig, ConfigError, DynamicConfig, parse_dynamic_config
 from drctl.common.members import lag_between, leader_lsn
 from drctl.dcs.base import DCS, ClusterView, DCSError, MemberInfo
 from site_agent.actions import Decision, Promote
 from site_agent.callbacks import Callbacks
-from site_agent.config import AgentConfig, ConfigError, DynamicConfig, parse_dynamic_config
 from site_agent.crosssite import SiteGuard, with_permanent_slots
 from site_agent.decide import decide
 from site_agent.executor import Executor

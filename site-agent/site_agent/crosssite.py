@@ -22,12 +22,12 @@ from typing import Any
 
 import structlog
 
+from drctl.agentconfig import DrConfig, DynamicConfig
 from drctl.dcs.base import DCS, ClusterView, DCSError, SiteRecord
 from drctl.sites.activelease import lease_stores
 from drctl.sites.topology import Topology, TopologyError, load_topology
 from site_agent.actions import Decision
 from site_agent.activelease import ActiveLease, Want, lease_doc, lease_hold, retracted
-from site_agent.config import DrConfig, DynamicConfig
 from site_agent.crosssite_judge import (
     ActiveClaim,
     PeerObservation,

@@ -22,10 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from drctl.agentconfig import DynamicConfig, StandbyClusterConfig
 from drctl.dcs.base import ClusterView, SiteRecord
 from drctl.sites.topology import Topology, standby_cluster_section
 from site_agent.actions import Decision, ManageSlots
-from site_agent.config import DynamicConfig, StandbyClusterConfig
 
 State = Literal["off", "standby", "fenced", "confirmed", "unconfirmed"]
 

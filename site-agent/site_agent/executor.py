@@ -13,6 +13,7 @@ from typing import cast
 
 import structlog
 
+from drctl.agentconfig import DynamicConfig, FencingConfig
 from drctl.dcs.base import DCS, ClusterView, DCSError
 from drctl.pg.ctl import PgCtlError
 from drctl.pg.probe import ProbeError
@@ -39,7 +40,6 @@ from site_agent.actions import (
     WriteHistory,
 )
 from site_agent.callbacks import CallbackRole, Callbacks
-from site_agent.config import DynamicConfig, FencingConfig
 from site_agent.memory import Memory
 from site_agent.node import Node
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 from site_agent.activelease import StoreState, Want, lease_deadline, lease_hold, retracted
-from site_agent.config import DynamicConfig
 from site_agent.crosssite import CrossSiteMonitor, SiteGuard
 from site_agent.crossslots import megabytes, retention_parameters, with_parameters
 from site_agent.decide import decide
 from site_agent.state import DataDirState, DecideConfig, LocalState, PgState
 
+from drctl.agentconfig import DynamicConfig
 from drctl.dcs.base import ClusterView, Leader, LeaderStatus, Record, SiteRecord
 from drctl.sites.activelease import Renewal, StoreLease, judge_lease, store_fences
 from drctl.sites.topology import Topology, TopologyError, load_topology

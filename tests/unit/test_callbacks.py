@@ -15,11 +15,11 @@ from typing import Any, cast
 import pytest
 from site_agent.actions import Action, Decision, Demote, Promote, StartPostgres, StopPostgres
 from site_agent.callbacks import CallbackAction, CallbackRole, Callbacks, action_for
-from site_agent.config import CallbacksConfig, ConfigError, DynamicConfig, check_files, parse_config
 from site_agent.executor import Executor
 from site_agent.memory import Memory
 from site_agent.node import Node
 
+from drctl.agentconfig import CallbacksConfig, ConfigError, DynamicConfig, check_files, parse_config
 from drctl.dcs.base import DCS
 
 CONFIG = """\

@@ -8,7 +8,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from site_agent.config import DynamicConfig, StandbyClusterConfig
 from site_agent.crosssite import (
     ActiveClaim,
     CrossSiteMonitor,
@@ -23,6 +22,7 @@ from site_agent.crosssite import (
 from site_agent.decide import decide
 from site_agent.state import DataDirState, DecideConfig, LocalState, PgState
 
+from drctl.agentconfig import DynamicConfig, StandbyClusterConfig
 from drctl.dcs.base import ClusterView, Leader, Record, SiteRecord
 from drctl.sites.topology import Topology, standby_cluster_section
 
@@ -381,7 +381,7 @@ def test_the_standing_is_in_the_status_document_and_the_metrics() -> None:
 
 
 def test_the_agent_configuration_accepts_a_dr_section() -> None:
-    from site_agent.config import ConfigError, parse_config
+    from drctl.agentconfig import ConfigError, parse_config
 
     base = """
 scope: main

@@ -12,11 +12,11 @@ from typing import Any, cast
 
 from site_agent.actions import AcquireLeader, Decision, Promote
 from site_agent.agent import Agent
-from site_agent.config import parse_config
 from site_agent.health import health_code
 from site_agent.node import Node, Observation
 from site_agent.state import DataDirState, LocalState, PgState
 
+from drctl.agentconfig import parse_config
 from drctl.dcs.base import DCS, ClusterView
 from drctl.pg.probe import PgState as ProbeState
 from tests.unit.test_api_auth import cfg_text
