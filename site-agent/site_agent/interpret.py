@@ -153,7 +153,7 @@ def interpret(
         first_crash_at=mem.first_crash_at,
         peers=seen.peers if wants_peers(view) else _no_peers(),
         tags=seen.tags,
-        pending_restart=mem.restart_requested,
+        restart_requested=mem.restart_requested,
         pending_reinitialize=mem.pending_reinitialize,
         wall_clock=seen.wall_clock,
         replication=tuple(

@@ -141,7 +141,7 @@ class LocalState:
     peers: Mapping[str, PeerStatus] = field(default_factory=_empty)
     tags: NodeTags = field(default_factory=NodeTags)
     # pending local API requests
-    pending_restart: bool = False
+    restart_requested: bool = False  # an operator queued a restart (REST, drctl restart)
     pending_reinitialize: bool = False
     # failsafe mode
     failsafe_members: tuple[str, ...] = ()  # names in the last failsafe map read from the DCS

@@ -712,9 +712,9 @@ def test_pause_takes_no_action_on_postgres() -> None:
 
 
 def test_requested_restart() -> None:
-    d = decide(view("n2"), replica(following="n2", pending_restart=True), CFG, NOW)
+    d = decide(view("n2"), replica(following="n2", restart_requested=True), CFG, NOW)
     assert d.actions[-1] == RestartPostgres()
-    d = decide(view("n1"), primary(pending_restart=True), CFG, NOW)
+    d = decide(view("n1"), primary(restart_requested=True), CFG, NOW)
     assert kinds(d) == [RenewLeader, ManageSlots, RestartPostgres]
 
 

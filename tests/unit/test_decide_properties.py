@@ -139,7 +139,7 @@ def locals_(draw: st.DrawFn) -> LocalState:
                 failover_priority=st.integers(0, 2),
             )
         ),
-        pending_restart=draw(st.booleans()),
+        restart_requested=draw(st.booleans()),
         pending_reinitialize=draw(st.booleans()),
         failsafe_members=draw(st.sampled_from([(), NAMES])),
         failsafe_acks=draw(st.frozensets(st.sampled_from(NAMES))),
@@ -168,7 +168,7 @@ def plausible_locals(draw: st.DrawFn) -> LocalState:
         rewind_failed=False,
         timeline_diverged=draw(st.sampled_from([None, False])),
         tags=NodeTags(failover_priority=draw(st.integers(0, 2))),
-        pending_restart=False,
+        restart_requested=False,
         pending_reinitialize=False,
         peers={},
     )
@@ -470,7 +470,7 @@ def test_pause_touches_nothing(view: View | None, local: LocalState, cfg: Decide
         return
     d = decide(view, local, cfg, NOW)
     for kind in (*PG_ACTIONS, act.SetSyncStandbyNames, act.UpdateSync, act.ReleaseLeader):
-        if kind is act.RestartPostgres and local.pending_restart:
+        if kind is act.RestartPostgres and local.restart_requested:
             continue
         assert not d.has(kind), d
     if d.has(act.Demote):

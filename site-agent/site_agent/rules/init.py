@@ -134,6 +134,6 @@ def reinitialize(ctx: Ctx) -> Decision | None:
 
 def with_restart(ctx: Ctx, d: Decision) -> Decision:
     """A restart requested over REST, when this decision leaves PostgreSQL running as it is."""
-    if not ctx.local.pending_restart or not ctx.local.running or any(a.disruptive for a in d.actions):
+    if not ctx.local.restart_requested or not ctx.local.running or any(a.disruptive for a in d.actions):
         return d
     return dec([*d.actions, RestartPostgres()], d.reason + "; restart requested", d.role)
