@@ -61,6 +61,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -359,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                     if args.witness_fencing and fault != "witness_restart":
                         _wait_leases(tl, active, standby, ev)
                         fault_at = time.monotonic()
-                    lost, heal_at = LEASE_HANDLERS[fault](tl, i, active, standby, ev, writer, checker, expected_loss)
+                    shot = LeaseShot(tl, i, active, standby, ev, writer, checker, expected_loss)
+                    lost, heal_at = LEASE_HANDLERS[fault](shot)
                     expected_loss |= lost
                 elif fault == "standby_leader":
                     old = cs.leader()
@@ -515,16 +517,26 @@ def _last_audit(ctl: Topology, event: str) -> dict[str, Any] | None:
     return hits[-1] if hits else None
 
 
-def _site_isolated(
-    tl: TwoSiteLab,
-    i: int,
-    active: str,
-    standby: str,
-    ev: dict[str, Any],
-    writer: Writer,
-    checker: DualPrimaryChecker,
-    expected_loss: set[int],
-) -> tuple[set[int], float]:
+@dataclass(frozen=True)
+class LeaseShot:
+    """One lease fault's inputs: the lab, the fault's number, the sites, its event record, and the
+    writer and checker running through it (expected_loss: rows already declared lost)."""
+
+    tl: TwoSiteLab
+    i: int
+    active: str
+    standby: str
+    ev: dict[str, Any]
+    writer: Writer
+    checker: DualPrimaryChecker
+    expected_loss: set[int]
+
+    def parts(self) -> tuple[TwoSiteLab, int, str, str, dict[str, Any], Writer, DualPrimaryChecker]:
+        return self.tl, self.i, self.active, self.standby, self.ev, self.writer, self.checker
+
+
+def _site_isolated(shot: LeaseShot) -> tuple[set[int], float]:
+    tl, i, active, standby, ev, writer, checker = shot.parts()
     ca, cs = tl.clusters[active], tl.clusters[standby]
     ctl = tl.controller(standby)
     reason = f"chaos #{i}: site {active} isolated"
@@ -595,7 +607,7 @@ def _site_isolated(
         _fail(ev, f"site {standby} has no writable primary 60 s after promote-site")
     ev["writable_s"] = round(time.monotonic() - cut_at, 2)
     missing_now = _missing(tl.url(), acked_before)
-    lost = set() if missing_now is None else missing_now - expected_loss
+    lost = set() if missing_now is None else missing_now - shot.expected_loss
     ev["lost_rows"] = None if missing_now is None else len(lost)
     ev["lost_wal_bytes"] = wal_bytes_of_inserts(tl.url(), len(lost))
     time.sleep(3.0)  # writes on the new active site while the old one is still cut off
@@ -611,18 +623,10 @@ def _site_isolated(
     return lost, heal_at
 
 
-def _one_link_cut(
-    tl: TwoSiteLab,
-    i: int,
-    active: str,
-    standby: str,
-    ev: dict[str, Any],
-    writer: Writer,
-    checker: DualPrimaryChecker,
-    witness: bool,
-) -> float:
+def _one_link_cut(shot: LeaseShot, witness: bool) -> float:
     """The active site loses one lease store only (the witness, or the other site): it is still
     with a majority and must keep writing, and promote-site must refuse."""
+    tl, i, active, standby, ev, writer, checker = shot.parts()
     ca, cs = tl.clusters[active], tl.clusters[standby]
     ctl = tl.controller(standby)
     leader = ca.leader()
@@ -664,43 +668,17 @@ def _one_link_cut(
     return heal_at
 
 
-def _witness_only_cut(
-    tl: TwoSiteLab,
-    i: int,
-    active: str,
-    standby: str,
-    ev: dict[str, Any],
-    writer: Writer,
-    checker: DualPrimaryChecker,
-    expected_loss: set[int],
-) -> tuple[set[int], float]:
-    return set(), _one_link_cut(tl, i, active, standby, ev, writer, checker, witness=True)
+def _witness_only_cut(shot: LeaseShot) -> tuple[set[int], float]:
+    return set(), _one_link_cut(shot, witness=True)
 
 
-def _b_only_cut(
-    tl: TwoSiteLab,
-    i: int,
-    active: str,
-    standby: str,
-    ev: dict[str, Any],
-    writer: Writer,
-    checker: DualPrimaryChecker,
-    expected_loss: set[int],
-) -> tuple[set[int], float]:
-    return set(), _one_link_cut(tl, i, active, standby, ev, writer, checker, witness=False)
+def _b_only_cut(shot: LeaseShot) -> tuple[set[int], float]:
+    return set(), _one_link_cut(shot, witness=False)
 
 
-def _witness_restart(
-    tl: TwoSiteLab,
-    i: int,
-    active: str,
-    standby: str,
-    ev: dict[str, Any],
-    writer: Writer,
-    checker: DualPrimaryChecker,
-    expected_loss: set[int],
-) -> tuple[set[int], float]:
+def _witness_restart(shot: LeaseShot) -> tuple[set[int], float]:
     """kill -9 the witness etcd under load, start it again from its data 5 s later."""
+    tl, i, active, standby, ev, _writer, checker = shot.parts()
     ca = tl.clusters[active]
     ctl = tl.controller(standby)
     sup = Supervisor(tl.lab.dir)
@@ -732,16 +710,7 @@ def _witness_restart(
     return set(), heal_at
 
 
-def _return_at_promotion(
-    tl: TwoSiteLab,
-    i: int,
-    active: str,
-    standby: str,
-    ev: dict[str, Any],
-    writer: Writer,
-    checker: DualPrimaryChecker,
-    expected_loss: set[int],
-) -> tuple[set[int], float]:
+def _return_at_promotion(shot: LeaseShot) -> tuple[set[int], float]:
     """A flapping WAN against a slow controller: the active site is cut from both stores until its
     lease has expired everywhere; promote-site (no confirmation) claims the witness, and at that
     very moment the WAN to the other site returns (the controller then takes 4 s to write the
@@ -749,6 +718,7 @@ def _return_at_promotion(
     DCS meanwhile, so the promotion's last compare fails. Then the witness link heals too.
     Safe outcomes: exactly one writable site at any instant; afterwards one active site, without
     an operator (what is observed is recorded; an outage with no active site is a failure)."""
+    tl, i, active, standby, ev, writer, checker = shot.parts()
     ca, cs = tl.clusters[active], tl.clusters[standby]
     ctl = tl.controller(standby)
     cut_at = time.monotonic()
@@ -795,7 +765,7 @@ def _return_at_promotion(
         ev["rerun"] = {k: res2.get(k) for k in ("result", "evidence")} if res2 else (refusal2 or "")[:300]
     ev["writable_s"] = round(time.monotonic() - cut_at, 2)
     missing_now = _missing(tl.url(), acked_before)
-    lost = set() if missing_now is None else missing_now - expected_loss
+    lost = set() if missing_now is None else missing_now - shot.expected_loss
     ev["lost_rows"] = None if missing_now is None else len(lost)
     ev["lost_wal_bytes"] = wal_bytes_of_inserts(tl.url(), len(lost))
     return lost, heal_at
