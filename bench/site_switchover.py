@@ -94,8 +94,10 @@ def one_switchover(sites: Sites, to: str, writer: Writer) -> dict[str, Any]:
         raise RuntimeError("the lab is not healthy before the switchover")
     wait_until(lambda: len(writer.acks) > 0 and writer.acks[-1].at > time.monotonic() - 0.2, 10)
     time.sleep(1.0)  # steady writes before the switchover
+    said: list[tuple[float, str]] = []
+    started_at = time.time()
     t0 = time.monotonic()
-    res = switchover_site(sites.topology, to)
+    res = switchover_site(sites.topology, to, say=lambda m: said.append((round(time.monotonic() - t0, 3), m)))
     t1 = time.monotonic()
     settled = wait_until(sites.healthy, 120, step=0.1)
     t2 = time.monotonic()
@@ -109,6 +111,8 @@ def one_switchover(sites: Sites, to: str, writer: Writer) -> dict[str, Any]:
         "gap_s": round(gap, 3),
         "settled_s": round(t2 - t0, 3) if settled else None,
         "timings": timings,
+        "started_at": started_at,  # wall clock: to read the agents' logs against
+        "said": said,  # what the command said, seconds after it started
     }
 
 
