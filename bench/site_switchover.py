@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     out_path = RESULTS / f"{run_id}-{name}.json"
     lab = Lab(base / "lab")
     runs: list[dict[str, Any]] = []
+    load_start = [round(x, 2) for x in os.getloadavg()]
     writer: Writer | None = None
     checker: DualPrimaryChecker | None = None
     bad = True
@@ -151,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             "kind": "site-switchover",
             "label": args.label,
             "nodes_per_site": args.nodes,
+            # The machine is shared: its load during the run says how comparable two runs are.
+            "loadavg_start": load_start,
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
             "round_trips": args.round_trips,
             "end_to_end_s": _summary([r["end_to_end_s"] for r in runs]),
             "gap_s": _summary([r["gap_s"] for r in runs]),
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         log(
             f"{len(runs)} site switchovers: end-to-end median {e2e['median']}s ({e2e['min']}-{e2e['max']}), "
             f"write gap median {gap['median']}s ({gap['min']}-{gap['max']}); lost {len(missing)}, "
-            f"dual-primary {len(violations)} ({out_path})"
+            f"dual-primary {len(violations)}; load average {load_start[0]} -> {result['loadavg_end'][0]} ({out_path})"
         )
         bad = bool(missing) or bool(violations) or any(r["result"] != "done" for r in runs)
     finally:
