@@ -64,11 +64,14 @@ class SiteWatch:
             try:
                 changed = self.dcs.wait_for_change(revision, self.span, key=key)
             except DCSError:
-                changed = False
-            # The next watch starts where this one ended, read before the wake: a change after
-            # this read is the next watch's, one before it is seen by the cycle the wake starts.
+                self.stopping.wait(RETRY_S)
+                continue
+            if not changed:
+                continue  # the next watch starts from the same revision: nothing since is missed
+            # After a change, the next watch starts from a revision read before the wake: a change
+            # after this read is the next watch's, one before it is seen by the cycle it starts.
             revision = self._revision()
-            if changed and not self.stopping.is_set():
+            if not self.stopping.is_set():
                 log.debug("site watch: key changed", key=key)
                 self.wake()
                 if key == "site" and self.on_site is not None:

@@ -65,7 +65,7 @@ def test_the_site_watch_requests_a_cycle_when_the_site_record_or_config_changes_
         woken.set()
 
     stopping = threading.Event()
-    watch = SiteWatch(_dcs(etcd_site_a, scope, "agent"), wake, stopping, span=1.0).start()
+    watch = SiteWatch(_dcs(etcd_site_a, scope, "agent"), wake, stopping, span=0.2).start()
     try:
         # The threads arm themselves in the background: write until one write after that wakes.
         for epoch in range(1, 41):
