@@ -17,6 +17,7 @@ import abc
 import itertools
 import json
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -519,6 +520,20 @@ class DCS(abc.ABC):
     def watch(self, leader_version: int | None, timeout: float) -> bool:
         """Block until the leader key changes from ``leader_version`` (None: absent) or any key of
         the cluster changes, or ``timeout`` passes. Returns True when woken by a change."""
+
+    def revision(self) -> int | None:
+        """A position in the DCS's change log to wait from (:meth:`wait_for_change`), read now;
+        None when the backend has none (the wait then sleeps). May raise DCSError."""
+        return None
+
+    def wait_for_change(self, revision: int | None, timeout: float, key: str | None = None) -> bool:
+        """Block until a key of the cluster (only ``key`` when given: ``site``, ``config``...)
+        changes after ``revision``, or ``timeout`` passes; True when woken by a change. A change
+        made after :meth:`revision` was read and before this call returns at once, so a caller
+        that reads the revision, then looks, then waits misses nothing. Without a revision (or
+        a watch) it sleeps ``timeout``; an unreachable DCS also sleeps the rest away (never spins)."""
+        time.sleep(max(0.0, timeout))
+        return False
 
     # lifecycle -------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -423,6 +423,18 @@ class Etcd3(DCS):
             return True
         return self.client.watch(self.prefix, prefix_range_end(self.prefix), reply_revision(doc) + 1, deadline)
 
+    def revision(self) -> int | None:
+        doc = self._call("/kv/range", {"key": b64(self.key("site")), "count_only": True}, self._deadline(), "revision")
+        return reply_revision(doc)
+
+    def wait_for_change(self, revision: int | None, timeout: float, key: str | None = None) -> bool:
+        if revision is None:
+            return super().wait_for_change(revision, timeout, key)
+        deadline = time.monotonic() + max(0.0, timeout)
+        if key is None:
+            return self.client.watch(self.prefix, prefix_range_end(self.prefix), revision + 1, deadline)
+        return self.client.watch(self.key(key), self.key(key).encode() + b"\0", revision + 1, deadline)
+
     def close(self) -> None:
         self.client.close()
 

@@ -53,6 +53,8 @@ from drctl.pg.pgconf import (
 from drctl.pg.pidfile import PM_READY, PM_STANDBY, PostmasterPidFile, parse_postmaster_pid
 from drctl.procutil import children_of, group_alive, pid_alive, proc_start_epoch, signal_with_children
 
+PROMOTE_NUDGE_S = 0.05  # while a promotion is awaited: how often PostgreSQL gets a SIGHUP (see PgCtl.promote)
+
 
 class PgCtl(PgDataDir):
     def read_pidfile(self) -> PostmasterPidFile | None:
@@ -418,12 +420,27 @@ class PgCtl(PgDataDir):
         return True
 
     def promote(self, wait: bool = True, timeout: float = 60.0) -> None:
-        """``pg_ctl promote``: end recovery; with ``wait``, return once the server is a primary."""
+        """``pg_ctl promote``: end recovery; with ``wait``, return once the server is a primary.
+
+        While waiting, the server gets a SIGHUP every PROMOTE_NUDGE_S: a standby whose WAL
+        receiver failed recently (its upstream just shut down, as in every switchover) notices
+        the promotion only after sleeping out ``wal_retrieve_retry_interval`` (PostgreSQL 15
+        checks the request before that sleep, then sleeps anyway); a SIGHUP sets the latch that
+        sleep waits on. A reload re-reads configuration files, nothing else."""
         if self.postmaster_pid() is None:
             raise PgCtlError(f"promote: PostgreSQL is not running on {self.data_dir}")
-        argv = [self._bin("pg_ctl"), "promote", "-D", str(self.data_dir)]
-        argv += ["-w", "-t", str(max(1, int(timeout)))] if wait else ["-W"]
-        self._run(argv, what="pg_ctl promote", timeout=timeout + 10.0)
+        self._run([self._bin("pg_ctl"), "promote", "-D", str(self.data_dir), "-W"], what="pg_ctl promote", timeout=30)
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout
+        while not self.controldata().in_production:
+            if time.monotonic() >= deadline:
+                raise PgCtlError(f"pg_ctl promote: {self.data_dir} still in recovery after {timeout:g}s")
+            if self.postmaster_pid() is None:
+                raise PgCtlError(f"pg_ctl promote: PostgreSQL stopped while promoting {self.data_dir}")
+            with contextlib.suppress(PgCtlError):
+                self.reload()
+            time.sleep(PROMOTE_NUDGE_S)
 
     def crash_recovery(self, timeout: float = 600.0) -> None:
         """Bring a crashed data directory to a clean shut-down state with a single-user

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from drctl.dcs.base import DCS, DCSError
 from drctl.sites.activelease import LeaseEvidence, lease_evidence
 from drctl.sites.audit import Audit, audit_for
 from drctl.sites.authority import witness_record
@@ -92,15 +93,49 @@ class Context:
             self.clients[site] = SiteClient(site, self.topology.site(site))
         return self.clients[site]
 
-    def wait(self, pred: Callable[[], bool], what: str, timeout: float | None = None) -> float:
-        """Poll ``pred`` until true (seconds waited); a timeout says how to continue."""
+    def wait(self, pred: Callable[[], bool], what: str, timeout: float | None = None, site: str | None = None) -> float:
+        """Evaluate ``pred`` until true (seconds waited); a timeout says how to continue.
+
+        With ``site``, driven by that site's DCS: between evaluations it waits on a watch of the
+        site's keys (agents publish every change of role and state in their member keys, the
+        controller's own writes land there too), so a change is seen as it happens. WAL
+        positions the agents read live (``/status``) are in no key: those are looked at again
+        after a short pause that grows to ``WAIT_POLL_MAX_S``."""
         limit = self.topology.policy.switchover_timeout_s if timeout is None else timeout
         started = time.monotonic()
-        while time.monotonic() - started < limit:
-            if pred():
-                return time.monotonic() - started
-            time.sleep(0.25)
+        dcs = self.client(site).dcs() if site is not None else None
+        pause = WAIT_POLL_FIRST_S
+        try:
+            while True:
+                revision = _revision(dcs)  # before looking: a change while we look wakes the wait at once
+                if pred():
+                    return time.monotonic() - started
+                left = limit - (time.monotonic() - started)
+                if left <= 0:
+                    break
+                if dcs is None:
+                    time.sleep(min(WAIT_POLL_MAX_S, left))
+                else:
+                    dcs.wait_for_change(revision, min(pause, left))
+                    pause = min(2 * pause, WAIT_POLL_MAX_S)
+        finally:
+            if dcs is not None:
+                dcs.close()
         raise SiteOpError(f"timed out after {limit:.0f}s waiting for {what}: run the command again to continue")
+
+
+WAIT_POLL_FIRST_S = 0.02  # a wait's first look again (what is about to be true is seen at once)
+WAIT_POLL_MAX_S = 0.1  # without a DCS event, a wait looks again at least this often
+
+
+def _revision(dcs: DCS | None) -> int | None:
+    """Where a wait on the site's DCS starts from (None: unreachable now, the wait then sleeps)."""
+    if dcs is None:
+        return None
+    try:
+        return dcs.revision()
+    except DCSError:
+        return None
 
 
 class Step(Protocol):

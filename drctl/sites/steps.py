@@ -15,7 +15,7 @@ from drctl.dcs.base import DCSError, SiteRecord
 from drctl.sites.activelease import promote_unless_lease
 from drctl.sites.authority import claim_witness, settle_witness
 from drctl.sites.plan import Context
-from drctl.sites.state import SiteOpError
+from drctl.sites.state import SiteOpError, SiteState
 
 
 def _entry(section: Mapping[str, Any]) -> str:
@@ -61,7 +61,9 @@ class AwaitStreaming(Action):
             st = target.read()
             return st.streaming() and (st.leader_lsn() or 0) >= src_lsn
 
-        ctx.wait(streaming, f"site {self.site}'s standby leader to stream from {self.source}")
+        ctx.timings["preflight_s"] = ctx.wait(
+            streaming, f"site {self.site}'s standby leader to stream from {self.source}", site=self.site
+        )
         ctx.say(f"preflight ok: {self.site}'s standby leader {self.leader} is streaming from {self.source}")
 
 
@@ -119,13 +121,15 @@ class AwaitDemoted(Action):
 
     def apply(self, ctx: Context) -> None:
         client = ctx.client(self.site)
+        seen: list[SiteState] = []
 
         def demoted() -> bool:
             st = client.read()
+            seen[:] = [st]  # the token is read from the same look that found the site demoted
             return st.leader_role() == "standby_leader" and st.leader_lsn() is not None and not st.has_primary()
 
-        ctx.timings["demote_s"] = ctx.wait(demoted, f"site {self.site} to demote")
-        token = client.read().leader_lsn()
+        ctx.timings["demote_s"] = ctx.wait(demoted, f"site {self.site} to demote", site=self.site)
+        token = seen[0].leader_lsn()
         if token is None:
             raise SiteOpError(f"site {self.site} demoted but reports no WAL position: run the command again")
         ctx.token = token
@@ -154,7 +158,7 @@ class AwaitReplayed(Action):
             return v is not None and v >= token
 
         try:
-            ctx.timings["catch_up_s"] = ctx.wait(caught_up, f"site {self.site} to replay {token:X}")
+            ctx.timings["catch_up_s"] = ctx.wait(caught_up, f"site {self.site} to replay {token:X}", site=self.site)
         except SiteOpError as exc:
             raise SiteOpError(
                 f"{exc}. If site {self.site} was not streaming when site {self.source} demoted, it cannot get the "
@@ -350,7 +354,7 @@ class AwaitPrimary(Action):
             ls = client.read().leader_status()
             return ls is not None and ls.role == "primary" and not (self.strict and ls.in_recovery)
 
-        took = ctx.wait(promoted, f"site {self.site} to promote")
+        took = ctx.wait(promoted, f"site {self.site} to promote", site=self.site)
         if self.timing:
             ctx.timings[self.timing] = took
         ctx.say(f"site {self.site} is active (epoch {ctx.epoch if ctx.epoch is not None else '?'}) after {took:.1f}s")
@@ -385,13 +389,26 @@ class AwaitFollowing(Action):
     def apply(self, ctx: Context) -> None:
         client = ctx.client(self.site)
 
+        token = ctx.token
+
         def following() -> bool:
             st = client.read()
-            return st.leader_role() == "standby_leader" and st.streaming()
+            return st.leader_role() == "standby_leader" and (st.streaming() or _received_past(st, token))
 
-        took = ctx.wait(following, f"site {self.site} to stream from {self.active}")
+        took = ctx.wait(following, f"site {self.site} to stream from {self.active}", site=self.site)
         if self.timing:
             ctx.timings[self.timing] = took
+
+
+def _received_past(st: SiteState, token: int | None) -> bool:
+    """The site's standby leader has received WAL past the demotion token, as read live from its
+    PostgreSQL: the old timeline ends at the token on both sites, and a receive position only
+    moves by streaming (never by restoring from the archive), so only a walreceiver connected to
+    the new active site can have it. Seen as it happens, where the agent reports "streaming"
+    only at its next cycle."""
+    ls = st.leader_status()
+    received = ls.xlog.received_location if ls is not None else None
+    return token is not None and received is not None and received > token
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ from site_agent.identity import duplicate_name_refusal
 from site_agent.logsetup import configure_logging
 from site_agent.node import Node
 from site_agent.pmwatch import PostmasterWatch
+from site_agent.reattach import Reattach
+from site_agent.sitewatch import SiteWatch
 
 EXIT_CONFIG = 2
 EXIT_DCS = 3
@@ -149,6 +151,8 @@ def _build_agent(cfg: AgentConfig, dcs: DCS, node: Node, view: ClusterView, sour
         agent.scheduler = BackupScheduler(node.backup.runner, section.schedule, is_leader=agent.is_backup_source)
         agent.scheduler.start()
     agent.pm_watch = PostmasterWatch(agent.request_cycle)
+    if cfg.dr is not None:  # the controller's cross-site steps are acted on as they are written
+        SiteWatch(build_dcs(cfg), agent.request_cycle, agent.stopping, on_site=Reattach(agent)).start()
     if cfg.watchdog.lease_keeper:
         try:
             state_dir = keeper_state_dir(cfg.watchdog.state_dir, cfg.scope, cfg.name, node.data_dir)
