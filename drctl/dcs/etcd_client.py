@@ -26,6 +26,9 @@ from drctl.dcs.etcd_wire import Json, api_prefix_for_version, b64, parse_body, r
 MIN_REQUEST_TIMEOUT = 0.25
 # Pause between two passes over all endpoints.
 PASS_PAUSE = 0.1
+# No retries, no redirects: endpoint failover is ours. Made once (urllib3 would build and log an
+# equivalent object from ``retries=False`` on every request).
+_NO_RETRY = urllib3.Retry(False, redirect=False)
 
 # gRPC status codes that are an answer about the request, not a failure of the endpoint.
 _GRPC_INVALID_ARGUMENT = 3
@@ -161,7 +164,7 @@ class EtcdClient:
                     if read_timeout
                     else urllib3.Timeout(total=timeout)
                 ),
-                retries=False,
+                retries=_NO_RETRY,
                 preload_content=not stream,
                 redirect=False,
             )
