@@ -517,7 +517,7 @@ class DCS(abc.ABC):
 
     # watch -----------------------------------------------------------------------------------
     @abc.abstractmethod
-    def watch(self, leader_version: int | None, timeout: float) -> bool:
+    def watch(self, leader_version: int | None, timeout: float, since_revision: int | None = None) -> bool:
         """Block until the leader key changes from ``leader_version`` (None: absent) or any key of
         the cluster changes, or ``timeout`` passes. Returns True when woken by a change."""
 

@@ -381,10 +381,11 @@ class ConsulDCS(DCS):
         self._run("delete cluster", self._deadline(), lambda c: c.kv.delete(self.kv_prefix, recurse=True))
         return True
 
-    def watch(self, leader_version: int | None, timeout: float) -> bool:
+    def watch(self, leader_version: int | None, timeout: float, since_revision: int | None = None) -> bool:
         """Blocking query on the cluster prefix from the index at call time. True at once when the
         leader key already differs from ``leader_version``. When Consul cannot be reached the rest
-        of ``timeout`` is slept away and False returned."""
+        of ``timeout`` is slept away and False returned. ``since_revision`` is not used (the
+        Consul backend is not exercised here: its read-then-block stays as it was)."""
         deadline = time.monotonic() + max(0.0, timeout)
         try:
             index, items = self._read(min(deadline, self._deadline()))

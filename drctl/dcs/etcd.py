@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -98,6 +99,11 @@ class Etcd3(DCS):
         self._member_info: MemberInfo | None = None
         self._member_written: tuple[str, str, float] | None = None  # (json, lease, when)
         self._last_status: LeaderStatus | None = None
+        # (json, monotonic time) of the status this leader last wrote; None: write it next renewal
+        self._status_written: tuple[str, float] | None = None
+        # (key, revision) of this member's own recent member-key puts: a replica's watch is not
+        # woken by its own writes (see watch)
+        self._own_puts: deque[tuple[str, int]] = deque(maxlen=8)
 
     def set_retry_timeout(self, retry_timeout: float) -> None:
         super().set_retry_timeout(retry_timeout)
@@ -212,6 +218,7 @@ class Etcd3(DCS):
                 )
 
             doc = self._with_lease(deadline, acquire, "acquire leader")
+            self._status_written = None  # a new term: the status key may hold another leader's
             if txn_succeeded(doc):
                 return True
             # A retried request may have won the first time: the key is ours if it holds our name
@@ -237,7 +244,7 @@ class Etcd3(DCS):
                 with contextlib.suppress(DCSError):
                     self._new_lease(deadline)
                 return False
-            puts = [op_put(self.key("status"), status.to_json())] if status is not None else []
+            puts = self._status_puts(status)
             if self._lease_ttl is not None and self._lease_ttl != int(self.ttl):
                 return self._regrant_leader(lease, puts, deadline, status)
             doc = self._safe_txn(
@@ -252,7 +259,21 @@ class Etcd3(DCS):
                 self._ttl_floor = None
                 if status is not None:
                     self._last_status = status
+                    if puts:
+                        self._status_written = (status.to_json(), time.monotonic())
             return ok
+
+    def _status_puts(self, status: LeaderStatus | None) -> list[Json]:
+        """The status put of a renewal: only when the status changed, and at least once per ttl
+        (in case someone removed it). An idle leader's renewal then writes nothing, and the
+        replicas' watches are not woken every loop by a value that did not change."""
+        if status is None:
+            return []
+        doc = status.to_json()
+        written = self._status_written
+        if written is not None and written[0] == doc and time.monotonic() - written[1] < self.ttl:
+            return []
+        return [op_put(self.key("status"), doc)]
 
     def _repair_leader_value(self, lease: str, kvs: list[Json], puts: list[Json], deadline: float) -> bool:
         """The leader key is bound to my lease but carries another value (written by hand, or
@@ -299,6 +320,8 @@ class Etcd3(DCS):
         self._lease, self._lease_ttl = new, to_int(grant.get("TTL")) or int(self.ttl)
         self._lease_kept_at = min(kept_at, started)
         self._member_written = None
+        if status is not None and puts:
+            self._status_written = (status.to_json(), time.monotonic())
         with contextlib.suppress(DCSError, LeaseNotFound):
             self.client.call("/lease/revoke", {"ID": old}, deadline, "lease revoke")
         if status is not None:
@@ -313,6 +336,7 @@ class Etcd3(DCS):
             if lease is None:
                 return False
             success = [op_delete(leader)]
+            self._status_written = None
             if last_lsn is not None:
                 slots = self._last_status.slots if self._last_status else {}
                 success.append(op_put(self.key("status"), LeaderStatus(last_lsn, slots).to_json()))
@@ -359,6 +383,9 @@ class Etcd3(DCS):
             "member put",
         )
         self._member_written = (doc, lease, time.monotonic())
+        revision = reply_revision(reply)
+        if revision:
+            self._own_puts.append((self.key("members", self.name), revision))
         return reply
 
     def delete_member(self) -> None:
@@ -401,12 +428,29 @@ class Etcd3(DCS):
         self._call("/kv/deleterange", body, self._deadline(), "delete cluster")
         return True
 
-    def watch(self, leader_version: int | None, timeout: float) -> bool:
+    def _watch_since(self, revision: int, deadline: float) -> bool:
+        """The watch of an idle replica, one request instead of two: changes after ``revision``
+        (a leader change since the view shows up as an event, so no read of the leader key
+        first), except this member's own member-key puts, which would otherwise wake it at once
+        after every cycle that published a new position."""
+        own = set(self._own_puts)
+        return self.client.watch(
+            self.prefix,
+            prefix_range_end(self.prefix),
+            revision + 1,
+            deadline,
+            ignore=lambda event: _event_id(event) in own,
+        )
+
+    def watch(self, leader_version: int | None, timeout: float, since_revision: int | None = None) -> bool:
         """Wait for a change of any key of the cluster from the revision at call time. Returns True
         at once if the leader key already differs from ``leader_version``. When the DCS cannot be
         reached the rest of ``timeout`` is slept away and False returned (the next ``get_cluster``
-        reports the error): a loop calling watch never spins."""
+        reports the error): a loop calling watch never spins. With ``since_revision`` (the
+        revision of the caller's view, ClusterView.revision) see :meth:`_watch_since`."""
         deadline = time.monotonic() + max(0.0, timeout)
+        if since_revision:
+            return self._watch_since(since_revision, deadline)
         try:
             doc = self._call(
                 "/kv/range",
@@ -449,3 +493,11 @@ class Etcd3(DCS):
                 pass
             self._lease = None
             self._member_written = None
+
+
+def _event_id(event: Json) -> tuple[str, int]:
+    """(key, mod_revision) of a watch event's key-value."""
+    kv = event.get("kv")
+    if not isinstance(kv, dict):
+        return ("", 0)
+    return (unb64(kv.get("key")).decode("utf-8", "replace"), to_int(kv.get("mod_revision")))

@@ -9,7 +9,7 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import urllib3
@@ -26,6 +26,9 @@ from drctl.dcs.etcd_wire import Json, api_prefix_for_version, b64, parse_body, r
 MIN_REQUEST_TIMEOUT = 0.25
 # Pause between two passes over all endpoints.
 PASS_PAUSE = 0.1
+# No retries, no redirects: endpoint failover is ours. Made once (urllib3 would build and log an
+# equivalent object from ``retries=False`` on every request).
+_NO_RETRY = urllib3.Retry(False, redirect=False)
 
 # gRPC status codes that are an answer about the request, not a failure of the endpoint.
 _GRPC_INVALID_ARGUMENT = 3
@@ -89,12 +92,28 @@ class EtcdClient:
             if key:
                 tls["key_file"] = key
         tls["cert_reqs"] = "CERT_REQUIRED" if (verify or cacert) else "CERT_NONE"
-        self._pool = urllib3.PoolManager(num_pools=max(4, len(self.endpoints)), maxsize=4, retries=False, **tls)
+        # One connection pool per endpoint, made once: each request then goes straight to its
+        # pool's kept-alive connection (a PoolManager would parse the URL and look the pool up on
+        # every call, which is most of an idle agent's per-request CPU besides http.client).
+        self._tls = tls
+        self._pools = self._make_pools()
         self._lock = threading.Lock()
         self._preferred = 0
         self._api: str | None = None
         self._token: str | None = None
         self._raft_term = 0
+
+    def _make_pools(self) -> dict[str, tuple[urllib3.HTTPConnectionPool, str]]:
+        """endpoint -> (its connection pool, the endpoint's own path prefix)."""
+        return {
+            e: (
+                urllib3.connection_from_url(
+                    e, maxsize=4, retries=False, **(self._tls if e.startswith("https:") else {})
+                ),
+                urllib3.util.parse_url(e).path or "",
+            )
+            for e in self.endpoints
+        }
 
     @property
     def raft_term(self) -> int:
@@ -122,7 +141,8 @@ class EtcdClient:
     def _raw(
         self,
         method: str,
-        url: str,
+        endpoint: str,
+        path: str,
         body: Mapping[str, Any] | None,
         timeout: float,
         *,
@@ -132,10 +152,11 @@ class EtcdClient:
         headers = {"Content-Type": "application/json"}
         if self._token:
             headers["Authorization"] = self._token
+        pool, base = self._pools[endpoint]
         try:
-            return self._pool.request(
+            return pool.urlopen(
                 method,
-                url,
+                base + path,
                 body=json.dumps(body).encode() if body is not None else None,
                 headers=headers,
                 timeout=(
@@ -143,12 +164,12 @@ class EtcdClient:
                     if read_timeout
                     else urllib3.Timeout(total=timeout)
                 ),
-                retries=False,
+                retries=_NO_RETRY,
                 preload_content=not stream,
                 redirect=False,
             )
         except (Urllib3Error, OSError, http.client.HTTPException, ValueError) as exc:
-            raise _EndpointFailure(f"{url}: {type(exc).__name__}: {exc}") from exc
+            raise _EndpointFailure(f"{endpoint}{path}: {type(exc).__name__}: {exc}") from exc
 
     def _decode(self, url: str, resp: urllib3.BaseHTTPResponse) -> Json:
         try:
@@ -159,7 +180,7 @@ class EtcdClient:
     def _ensure_api(self, endpoint: str, timeout: float) -> str:
         if self._api is None:
             url = f"{endpoint}/version"
-            resp = self._raw("GET", url, None, timeout)
+            resp = self._raw("GET", endpoint, "/version", None, timeout)
             if resp.status != 200:
                 raise _EndpointFailure(f"{url}: HTTP {resp.status}")
             self._api = api_prefix_for_version(self._decode(url, resp))
@@ -168,7 +189,8 @@ class EtcdClient:
     def _authenticate(self, endpoint: str, api: str, timeout: float) -> None:
         url = f"{endpoint}{api}/auth/authenticate"
         self._token = None
-        resp = self._raw("POST", url, {"name": self.username, "password": self.password or ""}, timeout)
+        creds = {"name": self.username, "password": self.password or ""}
+        resp = self._raw("POST", endpoint, f"{api}/auth/authenticate", creds, timeout)
         doc = self._decode(url, resp)
         if resp.status != 200 or not doc.get("token"):
             message = doc.get("message") or doc.get("error") or f"HTTP {resp.status}"
@@ -194,7 +216,7 @@ class EtcdClient:
         url = f"{endpoint}{api}{path}"
         for attempt in range(2):
             left = max(0.05, timeout - (time.monotonic() - started))
-            resp = self._raw("POST", url, body, left)
+            resp = self._raw("POST", endpoint, f"{api}{path}", body, left)
             doc = self._decode(url, resp)
             if resp.status == 200:
                 self._check_term(endpoint, doc)
@@ -234,10 +256,18 @@ class EtcdClient:
             time.sleep(min(PASS_PAUSE, remaining))
         raise DCSError(f"etcd {what or path} failed: {last}", tried)
 
-    def watch(self, key: str, range_end: bytes, start_revision: int, deadline: float) -> bool:
+    def watch(
+        self,
+        key: str,
+        range_end: bytes,
+        start_revision: int,
+        deadline: float,
+        ignore: Callable[[Json], bool] | None = None,
+    ) -> bool:
         """Stream ``POST /watch`` from ``start_revision`` on [key, range_end) until an event comes
-        (True) or ``deadline`` passes (False). An endpoint that cannot be reached is skipped; when
-        none can, the rest of the time is slept away (False)."""
+        (True) or ``deadline`` passes (False); events ``ignore`` returns True for do not count. An
+        endpoint that cannot be reached is skipped; when none can, the rest of the time is slept
+        away (False)."""
         body = {
             "create_request": {
                 "key": b64(key),
@@ -251,7 +281,7 @@ class EtcdClient:
                 if remaining <= 0.01:
                     return False
                 try:
-                    return self._watch_one(self.endpoints[index], body, deadline)
+                    return self._watch_one(self.endpoints[index], body, deadline, ignore)
                 except (_EndpointFailure, _RequestRejected, LeaseNotFound):
                     continue
             remaining = deadline - time.monotonic()
@@ -259,14 +289,18 @@ class EtcdClient:
                 return False
             time.sleep(min(PASS_PAUSE * 5, remaining))
 
-    def _watch_one(self, endpoint: str, body: Mapping[str, Any], deadline: float) -> bool:
+    def _watch_one(
+        self, endpoint: str, body: Mapping[str, Any], deadline: float, ignore: Callable[[Json], bool] | None
+    ) -> bool:
         connect = self.request_timeout(deadline - time.monotonic())
         api = self._ensure_api(endpoint, connect)
         url = f"{endpoint}{api}/watch"
         remaining = deadline - time.monotonic()
         if remaining <= 0.01:
             return False
-        resp = self._raw("POST", url, body, min(connect, remaining), stream=True, read_timeout=remaining)
+        resp = self._raw(
+            "POST", endpoint, f"{api}/watch", body, min(connect, remaining), stream=True, read_timeout=remaining
+        )
         try:
             if resp.status != 200:
                 raise _EndpointFailure(f"{url}: HTTP {resp.status}")
@@ -285,7 +319,10 @@ class EtcdClient:
                         if doc.get("error"):
                             raise _EndpointFailure(f"{url}: {doc.get('error')}")
                         self._check_term(endpoint, doc)
-                        if doc.get("events") or doc.get("canceled") or doc.get("compact_revision"):
+                        if doc.get("canceled") or doc.get("compact_revision"):
+                            return True
+                        events = doc.get("events") or []
+                        if any(not (ignore and isinstance(e, dict) and ignore(e)) for e in events):
                             return True
                     if time.monotonic() >= deadline:
                         return False
@@ -302,4 +339,6 @@ class EtcdClient:
                 resp.release_conn()
 
     def close(self) -> None:
-        self._pool.clear()
+        pools, self._pools = self._pools, self._make_pools()  # usable again, with new connections
+        for pool, _base in pools.values():
+            pool.close()

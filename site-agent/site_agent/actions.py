@@ -217,8 +217,11 @@ class Clone(ActionBase):
 @dataclass(frozen=True)
 class ManageSlots(ActionBase):
     """Make the set of physical replication slots on this node equal to ``slots`` (creating the
-    missing ones, dropping the ones no longer wanted; permanent slots are the shell's concern)."""
+    missing ones, dropping the ones no longer wanted; permanent slots are the shell's concern).
+    Routine: it is part of every cycle's decision when slots are used; the shell logs each slot
+    it creates or drops, so the steady state needs no "decision" line every loop."""
 
+    routine: ClassVar[bool] = True
     slots: tuple[str, ...]
 
 

@@ -478,10 +478,11 @@ class Agent:
             self.wake.wait(remaining)
             self.wake.clear()
             return
-        # Replicas: the DCS watch returns as soon as the leader key changes.
+        # Replicas: the DCS watch returns as soon as another member changes a key (the leader's
+        # above all), counted from the revision this cycle's view was read at.
         leader_version = self.view.leader.version if self.view.leader else None
         with contextlib.suppress(DCSError):
-            self.dcs.watch(leader_version, remaining)
+            self.dcs.watch(leader_version, remaining, since_revision=self.view.revision or None)
         self.wake.clear()
 
     def _leader_wait_cap(self, wait: float) -> float:

@@ -56,7 +56,6 @@ from site_agent.api_server import (
     DeadlineReader,
     PooledServer,
 )
-from site_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = structlog.get_logger("site_agent.api")
 
@@ -257,7 +256,9 @@ class _Handler(BaseHTTPRequestHandler):
                 doc["xlog"] = {**doc.get("xlog", {}), **live}
             return json_response(200, doc)
         if path == "/metrics":
-            return Response(200, self.server.metrics.render(), METRICS_CONTENT_TYPE)
+            from site_agent.metrics import CONTENT_TYPE  # prometheus-client only once scraped
+
+            return Response(200, self.server.metrics.render(), CONTENT_TYPE)
         view = control.cluster()
         if view is None:
             return text_response(503, "no cluster view yet (DCS not read)")

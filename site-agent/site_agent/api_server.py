@@ -14,13 +14,15 @@ import threading
 import time
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from drctl.dcs.base import ClusterView
-from site_agent.metrics import AgentMetrics
 from site_agent.snapshot import NodeSnapshot
+
+if TYPE_CHECKING:
+    from site_agent.metrics import AgentMetrics
 
 log = structlog.get_logger("site_agent.api")
 
@@ -117,7 +119,8 @@ class PooledServer(HTTPServer):
         self.auth = auth
         self.readonly_auth = readonly_auth
         self.ssl_context = ssl_context
-        self.metrics = AgentMetrics(control.snapshot)
+        self._metrics: AgentMetrics | None = None
+        self._metrics_lock = threading.Lock()
         self.rejected = 0
         self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue(QUEUED_CONNECTIONS)
         super().__init__(address, handler)
@@ -132,6 +135,17 @@ class PooledServer(HTTPServer):
         self._reaper = threading.Thread(target=self._reap, name="pgdr-api-reaper", daemon=True)
         for w in [*self._workers, self._reaper]:
             w.start()
+
+    @property
+    def metrics(self) -> AgentMetrics:
+        """Made at the first scrape: an agent nobody scrapes does not carry prometheus-client
+        (~2 MB of resident memory for as long as it runs)."""
+        with self._metrics_lock:
+            if self._metrics is None:
+                from site_agent.metrics import AgentMetrics
+
+                self._metrics = AgentMetrics(self.control.snapshot)
+            return self._metrics
 
     def watch(self, sock: socket.socket, deadline: float) -> None:
         with self._deadlines_lock:

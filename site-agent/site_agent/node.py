@@ -43,6 +43,15 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
 }
 
 
+# synchronous_standby_names, whether a changed setting waits for a restart, and (on a primary:
+# the parameter) the archiver's failure count.
+_SETTINGS_QUERY = (
+    "SELECT current_setting('synchronous_standby_names'),"
+    " (SELECT bool_or(pending_restart) FROM pg_settings),"
+    " CASE WHEN %s THEN (SELECT failed_count FROM pg_stat_archiver) END"
+)
+
+
 @dataclass
 class Observation:
     """What one look at the local PostgreSQL found."""
@@ -249,13 +258,12 @@ class Node:
                 try:
                     with self.session() as conn:
                         state = probe_conn(conn)
-                        row = conn.execute("SHOW synchronous_standby_names").fetchone()
-                        ssn = str(row[0]) if row else None
-                        prow = conn.execute("SELECT bool_or(pending_restart) FROM pg_settings").fetchone()
-                        pending = bool(prow[0]) if prow else None
-                        if not state.in_recovery:
-                            arow = conn.execute("SELECT failed_count FROM pg_stat_archiver").fetchone()
-                            archive_failed = int(arow[0]) if arow else None
+                        # One round trip for the rest (an idle agent's CPU goes per query).
+                        row = conn.execute(_SETTINGS_QUERY, (not state.in_recovery,)).fetchone()
+                        if row is not None:
+                            ssn = str(row[0]) if row[0] is not None else None
+                            pending = bool(row[1])
+                            archive_failed = int(row[2]) if row[2] is not None else None
                     error = None
                     break
                 except (ProbeError, PgCtlError, psycopg.Error) as exc:

@@ -20,6 +20,7 @@ from site_agent.actions import (
     Decision,
     Demote,
     FenceNode,
+    ManageSlots,
     NoOp,
     Promote,
     Rebuild,
@@ -127,7 +128,7 @@ def test_the_declared_semantics_are_the_former_lists() -> None:
     }
     assert halting == guards | {Promote, Rewind, Bootstrap, Clone, Rebuild}
     assert {c for c in classes if c.hurry} == {Promote, Rewind, Clone, Rebuild, AcquireLeader}
-    assert {c for c in classes if c.routine} == {NoOp, RenewLeader, WaitForLeader}
+    assert {c for c in classes if c.routine} == {NoOp, RenewLeader, WaitForLeader, ManageSlots}
     disruptive = {Demote, StopPostgres, StartPostgres, Rewind, Rebuild, Clone, Promote, ReleaseLeader, Bootstrap}
     assert {c for c in classes if c.disruptive} == disruptive
 
