@@ -18,7 +18,8 @@ import pytest
 from drctl.lab.netproxy import TcpProxy
 from drctl.pg import probe
 from drctl.pg.conninfo import make_conninfo
-from tests.integration.test_pg_ctl import REPL_PW, REPL_USER, Node, _primary, _wait
+from tests.builders import wait_until
+from tests.integration.test_pg_ctl import REPL_PW, REPL_USER, Node, _primary
 from tests.integration.test_pg_ctl import nodes as nodes  # the fixture: every postmaster stopped
 
 pytestmark = pytest.mark.integration
@@ -56,7 +57,7 @@ def test_a_standby_that_just_lost_its_upstream_is_promoted_without_sleeping_out_
         st = probe.probe(r1.local())
         return st.wal_receiver is not None and st.wal_receiver.status == "streaming"
 
-    _wait(streaming, timeout=30, what="r1 streaming through the proxy")
+    wait_until(streaming, 30, "r1 streaming through the proxy")
     # The upstream goes away (the stream ends: a first failure, retried at once) and the retry
     # hangs, as a connection to an entry point with no server yet or a host going down does.
     proxy.reject()
