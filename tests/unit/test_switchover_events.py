@@ -36,8 +36,14 @@ def listener(handle: Callable[[socket.socket], None]) -> Iterator[int]:
     try:
         yield port
     finally:
+        # close() alone does not wake a thread blocked in accept() (the join then waited 5 s).
+        try:
+            srv.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         srv.close()
         t.join(5)
+        assert not t.is_alive()
 
 
 def test_a_postgres_answer_to_the_ssl_request_counts_an_entry_point_that_hangs_up_does_not() -> None:
