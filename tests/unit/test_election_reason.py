@@ -9,12 +9,12 @@ from dataclasses import replace
 
 from site_agent.actions import Decision, Promote, WriteHistory
 from site_agent.decide import decide
-from site_agent.state import DataDirState, DecideConfig, LocalState, PgState
+from site_agent.state import DecideConfig, LocalState
 
 from drctl.dcs.base import ClusterView, Failover, Leader, LeaderStatus, Member, MemberInfo
+from tests.unit.test_decide import SYSID, replica
 
 NOW = 1000.0
-SYSID = "7300000000000000001"
 
 
 def _view(failover: Failover | None, names: tuple[str, ...] = ("n1", "n2", "n3")) -> ClusterView:
@@ -34,18 +34,7 @@ def _view(failover: Failover | None, names: tuple[str, ...] = ("n1", "n2", "n3")
 
 
 def _me(name: str = "n2", last_leader: str | None = "n1") -> LocalState:
-    return LocalState(
-        name=name,
-        pg=PgState.RUNNING,
-        in_recovery=True,
-        timeline=1,
-        received_lsn=1000,
-        replayed_lsn=1000,
-        system_id=SYSID,
-        data_dir=DataDirState.VALID,
-        wall_clock=1_700_000_000.0,
-        last_leader=last_leader,
-    )
+    return replica(name=name, last_leader=last_leader)
 
 
 def _history_reason(d: Decision) -> str:
