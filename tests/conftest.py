@@ -28,12 +28,40 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _children() -> list[int]:
+    """PIDs of this process's children (the workers of a pytest-xdist run)."""
+    me, found = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("PPid:"))
+        except (OSError, StopIteration):
+            continue
+        if int(ppid.split()[1]) == me:
+            found.append(int(entry.name))
+    return found
+
+
+def _forward_to_workers(signum: int, _frame: object) -> None:
+    """The controller of a parallel run passes the signal on and waits: each worker ends its
+    session as an interrupted run does (fixtures torn down, servers stopped by PID) and the run
+    ends with them. Interrupting the controller itself tears the workers down from outside, and
+    on a loaded machine their servers outlive the run (seen)."""
+    for pid in _children():
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM or SIGHUP (CI's timeout, a closed terminal) ends the whole run as Ctrl-C does: pytest
     stops, tears the fixtures down and stops every server by PID. A plain SystemExit raised inside
     a test would only fail that test, and the run would go on starting labs."""
+    controller = config.pluginmanager.hasplugin("dsession")  # pytest-xdist's controller, not a worker
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+        signal.signal(sig, _forward_to_workers if controller else _interrupt)
 
 
 @pytest.fixture(scope="session")
