@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from hypothesis import HealthCheck, settings
 
 from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
+from tests import interrupt
 
 PG_USER = os.environ.get("PGDR_PG_USER", "postgres")
 
@@ -24,44 +24,15 @@ settings.register_profile("pgdr", deadline=None, suppress_health_check=[HealthCh
 settings.load_profile("pgdr")
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _children() -> list[int]:
-    """PIDs of this process's children (the workers of a pytest-xdist run)."""
-    me, found = os.getpid(), []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("PPid:"))
-        except (OSError, StopIteration):
-            continue
-        if int(ppid.split()[1]) == me:
-            found.append(int(entry.name))
-    return found
-
-
-def _forward_to_workers(signum: int, _frame: object) -> None:
-    """The controller of a parallel run passes the signal on and waits: each worker ends its
-    session as an interrupted run does (fixtures torn down, servers stopped by PID) and the run
-    ends with them. Interrupting the controller itself tears the workers down from outside, and
-    on a loaded machine their servers outlive the run (seen)."""
-    for pid in _children():
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-
 def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM or SIGHUP (CI's timeout, a closed terminal) ends the whole run as Ctrl-C does: pytest
-    stops, tears the fixtures down and stops every server by PID. A plain SystemExit raised inside
-    a test would only fail that test, and the run would go on starting labs."""
-    controller = config.pluginmanager.hasplugin("dsession")  # pytest-xdist's controller, not a worker
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _forward_to_workers if controller else _interrupt)
+    stops, tears the fixtures down and stops every server by PID (tests/interrupt.py). A plain
+    SystemExit raised inside a test would only fail that test, and the run would go on starting labs."""
+    interrupt.install(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    interrupt.uninstall(config)
 
 
 @pytest.fixture(scope="session")
@@ -113,8 +84,10 @@ def etcd_site_b(session_supervisor: Supervisor, lab_root: Path) -> Iterator[Etcd
     cluster.stop()
 
 
+@pytest.hookimpl(trylast=True)  # after the runner has torn every fixture down
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if any process the suite started is still alive after teardown."""
+    """Fail the run if any process the suite started is still alive after teardown; a worker of
+    a parallel run then tells the controller it is done (tests/interrupt.py)."""
     from drctl.lab import procs
 
     procs.cleanup_all(grace=10.0)
@@ -123,3 +96,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         names = ", ".join(f"{r.name} (pid {r.pid})" for r in leaked)
         session.config.get_terminal_writer().line(f"LEAKED PROCESSES after the test session: {names}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    interrupt.worker_torn_down(session.config)

@@ -223,8 +223,13 @@ INNER_TEST = textwrap.dedent(
     import pytest
     from drctl.lab.etcd import EtcdCluster
 
+    @pytest.fixture
+    def slow_teardown(n):
+        yield
+        time.sleep(1 if n == 1 else 9)  # stopping a lab on a loaded machine; one worker much slower
+
     @pytest.mark.parametrize("n", [1, 2])
-    def test_sleeps_beside_an_etcd(supervisor, lab_dir, n):
+    def test_sleeps_beside_an_etcd(supervisor, lab_dir, n, slow_teardown):
         if n == 2 and not os.environ.get("PYTEST_XDIST_WORKER"):
             return  # a serial run: one sleeper, then the test that must never be reached
         EtcdCluster(supervisor, lab_dir / "etcd", size=1).start()
@@ -254,7 +259,7 @@ def test_sigterm_ends_a_pytest_run_and_stops_its_servers(lab_dir: Path, workers:
             cwd=lab_dir,
             stdout=out_file,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PGDR_TEST_DIR": str(lab_dir)},
+            env={**os.environ, "PGDR_TEST_DIR": str(lab_dir), "PYTHONPATH": str(REPO)},  # conftest imports tests.*
         )
     try:
         deadline = time.monotonic() + 90
@@ -274,4 +279,4 @@ def test_sigterm_ends_a_pytest_run_and_stops_its_servers(lab_dir: Path, workers:
     out = log.read_text()
     assert "the run went on after SIGTERM" not in out and "test_never_reached" not in out, out
     assert run.returncode != 0, out
-    assert not alive_at_exit, f"etcd {alive_at_exit} outlived the interrupted run"
+    assert not alive_at_exit, f"etcd {alive_at_exit} outlived the interrupted run: {out}"
