@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,11 @@ from drctl.dcs.etcd import Etcd3, b64
 from drctl.dcs.factory import DcsSettings, EtcdSettings, get_dcs
 from drctl.lab.etcd import EtcdTls, LabError
 from drctl.lab.netproxy import TcpProxy
+from drctl.lab.nodes import NodeProcesses, postmaster_pid
 from drctl.lab.ports import free_port
-from drctl.lab.procs import Supervisor, record_for_pid, terminate
+from drctl.lab.procs import Supervisor
 from drctl.lab.tls import LabCA
 from drctl.pg.osuser import make_dir, user_ids
-from drctl.pg.pidfile import parse_postmaster_pid
-from drctl.procutil import signal_with_children
 from drctl.safefs import make_private_dir, write_atomic
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -115,15 +113,11 @@ class AgentNode:
         return f"host=127.0.0.1 port={self.pg_port} user={user} password={password} dbname=postgres connect_timeout=2"
 
     def postmaster_pid(self) -> int | None:
-        try:
-            info = parse_postmaster_pid((self.data_dir / "postmaster.pid").read_text())
-        except (OSError, ValueError):
-            return None
-        return info.pid if info else None
+        return postmaster_pid(self.data_dir)
 
 
 @dataclass
-class LabCluster:
+class LabCluster(NodeProcesses[AgentNode]):
     sup: Supervisor
     base_dir: Path
     scope: str
@@ -426,49 +420,9 @@ class LabCluster:
             self.wait_healthy(timeout)
         return self
 
-    def node(self, name: str) -> AgentNode:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise LabError(f"no member {name!r} in {self.scope}")
-
-    def kill_agent(self, name: str) -> None:
-        """SIGKILL the agent only (its PostgreSQL keeps running, as after an agent crash)."""
-        self.sup.kill(self.node(name).proc_name)
-
-    def kill_postgres(self, name: str) -> int | None:
-        """SIGKILL the postmaster (and its backends) of ``name``; returns the PID killed."""
-        pid = self.node(name).postmaster_pid()
-        if pid is None:
-            return None
-        pids = signal_with_children(pid, signal.SIGKILL)
-        recs = [r for r in (record_for_pid(p, f"pg-{p}", "postgres") for p in pids) if r is not None]
-        terminate(recs, signal.SIGKILL, 0.0)
-        return pid
-
-    def kill_node(self, name: str) -> None:
-        """Node loss: SIGKILL agent and PostgreSQL."""
-        self.kill_agent(name)
-        self.kill_postgres(name)
-
-    def pause_agent(self, name: str) -> None:
-        self.sup.pause(self.node(name).proc_name)
-
-    def resume_agent(self, name: str) -> None:
-        self.sup.resume(self.node(name).proc_name)
-
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM the agents (each stops its PostgreSQL), then whatever PostgreSQL is left."""
-        recs = [r for r in (self.sup.record(n.proc_name) for n in self.nodes) if r is not None]
-        self.sup.stop_records(recs, signal.SIGTERM, grace)
-        for n in self.nodes:
-            self.sup.forget(n.proc_name)
-        left = [
-            record_for_pid(pid, f"postmaster-{n.name}", "postgres")
-            for n in self.nodes
-            if (pid := n.postmaster_pid()) is not None
-        ]
-        terminate([r for r in left if r is not None and r.alive()], signal.SIGINT, grace)
+        self.stop_nodes(grace)
         for proxies in [*self.proxies.values(), *self.ingress.values()]:
             for p in proxies:
                 p.close()
@@ -590,18 +544,6 @@ class LabCluster:
         if upstream in self.ingress:
             ports.add(self.ingress[upstream][0].port)
         return self.upstream_port(name) in ports
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            for n in self.nodes:
-                rec = self.sup.record(n.proc_name)
-                if rec is not None and not rec.alive():
-                    raise LabError(f"agent {n.name} exited: see {n.log}")
-            time.sleep(0.2)
-        raise LabError(f"{self.scope}: no {what} after {timeout:.0f}s: see the agent logs in {self.base_dir}")
 
     def wait_healthy(self, timeout: float = 120.0) -> None:
         self.wait_for(self.healthy, timeout, "healthy cluster (one primary, replicas streaming)")

@@ -24,6 +24,7 @@ import yaml
 
 from drctl.lab.cluster import API_AUTH, LabCluster
 from drctl.lab.ports import free_port
+from drctl.lab.workload import has_table
 from drctl.procutil import pid_alive
 from tests.builders import wait_until
 from tests.scenarios.conftest import Instruments, Steady, next_leader
@@ -139,7 +140,7 @@ def test_split_brain_rows_are_discarded_on_rejoin(steady: Steady) -> None:
     replicas = others(c, old)
     with psycopg.connect(c.node(old).dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE split (id int PRIMARY KEY, origin text)")
-    wait_until(lambda: all(_has_table(c, r, "split") for r in replicas), 30, "table replicated")
+    wait_until(lambda: all(has_table(c.node(r).dsn, "split") for r in replicas), 30, "table replicated")
     _stop_wal_senders(c, old, len(replicas))
     with psycopg.connect(c.node(old).dsn, autocommit=True) as conn:
         for i in range(1, 51):
@@ -159,14 +160,6 @@ def test_split_brain_rows_are_discarded_on_rejoin(steady: Steady) -> None:
     inst.assert_no_dual_primary()
     log = (c.node(old).log).read_text()
     assert "pg_rewind done" in log or "rebuilding" in log
-
-
-def _has_table(c: LabCluster, name: str, table: str) -> bool:
-    try:
-        with psycopg.connect(c.node(name).dsn, autocommit=True, connect_timeout=1) as conn:
-            return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone() == (True,)
-    except psycopg.Error:
-        return False
 
 
 def _split_rows(c: LabCluster, name: str) -> set[tuple[str, int]]:

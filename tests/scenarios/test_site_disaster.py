@@ -21,11 +21,12 @@ import psycopg
 import pytest
 
 from drctl.lab.cluster import SUPERUSER
-from drctl.lab.lab import Lab, topology_path
-from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
+from drctl.lab.lab import topology_path
+from drctl.lab.workload import Writer, missing_rows, multi_host_url
 from drctl.sites.controller import confirm_site, promote_site, read_sites
 from drctl.sites.topology import Topology, load_topology
 from drctl.sites.witness import Witness
+from tests.scenarios.labsites import checked_sites
 from tests.scenarios.test_cross_site import TwoSites, _missing_on, wait_until
 
 WITNESS = [pytest.param(False, id="no-witness"), pytest.param(True, id="witness")]
@@ -154,18 +155,8 @@ def wan_slot_sites(lab_dir: Path) -> Iterator[TwoSites]:
 
 
 def _two_site_lab(lab_dir: Path, **kwargs: Any) -> Iterator[TwoSites]:
-    lab = Lab(lab_dir / "lab")
-    state = lab.up(sites=2, nodes=2, **kwargs)
-    try:
-        a, b = lab.clusters(state)
-        checker = DualPrimaryChecker({n.name: n.dsn for c in (a, b) for n in c.nodes}).start()
+    with checked_sites(lab_dir / "lab", heal_wan=True, **kwargs) as (lab, state, a, b, checker):
         yield TwoSites(lab, state, a, b, load_topology(topology_path(lab.dir)), checker)
-        checker.stop()
-        violations = checker.violations()
-        assert not violations, f"two writable primaries at once across sites: {violations}"
-    finally:
-        lab.heal_wan()
-        lab.down(grace=20)
 
 
 def _site_docs(ts: TwoSites, site: str) -> dict[str, dict[str, Any]]:
