@@ -15,6 +15,7 @@ from typing import Any
 from site_agent.snapshot import NodeSnapshot, XlogPosition
 
 from drctl.dcs.base import ClusterView, Leader, LeaderStatus, Member, MemberInfo, Record, SyncState
+from drctl.lab.workload import Writer
 
 MIB = 1 << 20
 
@@ -111,6 +112,17 @@ def wait_until(pred: Callable[[], object], timeout: float, what: str, *, interva
             return time.monotonic() - started
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def start_writer(url: str, *, interval: float, timeout: float = 3.0, acks: int = 0, what: str = "writes") -> Writer:
+    """A :class:`Writer` on ``url`` (its table created), started; with ``acks``, returned once more
+    than that many rows are acknowledged (``what`` names them if that takes over 30 s)."""
+    writer = Writer(url, interval=interval, timeout=timeout)
+    writer.prepare()
+    writer.start()
+    if acks:
+        wait_until(lambda: len(writer.acks) > acks, 30, what)
+    return writer
 
 
 def wait_archived(node: Any, timeout: float = 30.0) -> str:

@@ -22,10 +22,11 @@ import pytest
 
 from drctl.lab.cluster import SUPERUSER
 from drctl.lab.lab import topology_path
-from drctl.lab.workload import Writer, missing_rows, multi_host_url
+from drctl.lab.workload import missing_rows, multi_host_url
 from drctl.sites.controller import confirm_site, promote_site, read_sites
 from drctl.sites.topology import Topology, load_topology
 from drctl.sites.witness import Witness
+from tests.builders import start_writer
 from tests.scenarios.labsites import checked_sites
 from tests.scenarios.test_cross_site import TwoSites, _missing_on, wait_until
 
@@ -75,10 +76,7 @@ def test_power_loss_and_return_never_writes_and_converges(disaster_sites: TwoSit
     ts = disaster_sites
     if ts.topology.witness is not None:
         assert _witness_says(ts) == ("a", 1)
-    writer = Writer(ts.app_url(), interval=0.03, timeout=3.0)
-    writer.prepare()
-    writer.start()
-    wait_until(lambda: len(writer.acks) > 50, 30, "writes on site a")
+    writer = start_writer(ts.app_url(), interval=0.03, acks=50, what="writes on site a")
 
     # Power loss of site a: every process at once, etcd included.
     records = ts.lab.power_off_site("a")
@@ -175,10 +173,7 @@ def _metric(ts: TwoSites, site: str, name: str, metric: str) -> float | None:
 
 def test_return_while_the_wan_is_cut_stays_read_only_then_converges(wan_sites: TwoSites) -> None:
     ts = wan_sites
-    writer = Writer(ts.app_url(), interval=0.03, timeout=3.0)
-    writer.prepare()
-    writer.start()
-    wait_until(lambda: len(writer.acks) > 50, 30, "writes on site a")
+    writer = start_writer(ts.app_url(), interval=0.03, acks=50, what="writes on site a")
     records = ts.lab.power_off_site("a")
     off_at = time.monotonic()
     result = promote_site(
@@ -246,10 +241,7 @@ def test_active_site_keeps_writing_through_a_wan_cut_and_failover_waits_for_conf
     assert leader is not None
     other = next(n.name for n in ts.a.nodes if n.name != leader)
     wait_until(lambda: all(d.get("state") == "confirmed" for d in _site_docs(ts, "a").values()), 30, "a confirmed")
-    writer = Writer(_site_url(ts, "a"), interval=0.03, timeout=3.0)
-    writer.prepare()
-    writer.start()
-    wait_until(lambda: len(writer.acks) > 30, 30, "writes on site a")
+    writer = start_writer(_site_url(ts, "a"), interval=0.03, acks=30, what="writes on site a")
 
     witness = ts.topology.witness is not None
     cut_at = time.monotonic()
@@ -345,9 +337,7 @@ def test_standby_site_catches_up_through_its_slot_without_a_reclone(wan_slot_sit
     assert _lsn(dsn[a_leader], active_slot) == 1
     copy = f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND restart_lsn IS NOT NULL"
     wait_until(lambda: _lsn(dsn[a_other], copy) == 1, 30, f"a copy of the slot on {a_other}")
-    writer = Writer(_site_url(ts, "a"), interval=0.03, timeout=3.0)
-    writer.prepare()
-    writer.start()
+    writer = start_writer(_site_url(ts, "a"), interval=0.03)
 
     ts.lab.cut_wan()
     cut_at = time.monotonic()
