@@ -103,6 +103,29 @@ def run_site_agent(config: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def agent_yaml(
+    *,
+    head: str = "scope: demo\nname: n1\n",
+    listen: str = "127.0.0.1:8008",
+    rest: str = "  authentication: {username: admin, password: secret}\n",
+    hosts: str = "127.0.0.1:2379",
+    etcd: str = "",
+    data_dir: str = "/tmp/pgdata",
+    superuser: str = "{username: postgres, password: x}",
+    replication: str = "{username: repl, password: y}",
+    postgresql: str = "",
+) -> str:
+    """A minimal valid agent configuration; each keyword is the text of one part (``rest``,
+    ``etcd`` and ``postgresql``: lines added to that section, indented by two)."""
+    return (
+        f"{head}restapi:\n  listen: {listen}\n  connect_address: 127.0.0.1:8008\n{rest}"
+        f"etcd3:\n  hosts: {hosts}\n{etcd}"
+        "postgresql:\n  listen: 127.0.0.1:5432\n  connect_address: 127.0.0.1:5432\n"
+        f"  data_dir: {data_dir}\n  authentication:\n    superuser: {superuser}\n    replication: {replication}\n"
+        f"{postgresql}"
+    )
+
+
 def wait_until(pred: Callable[[], object], timeout: float, what: str, *, interval: float = 0.25) -> float:
     """Poll ``pred`` until it returns something truthy; the seconds that took. Fails naming
     ``what`` once ``timeout`` seconds pass. An exception from ``pred`` is not swallowed."""
