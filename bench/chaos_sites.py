@@ -69,6 +69,7 @@ from unittest import mock
 import psycopg
 
 from bench.scenarios import RESULTS, lab_base, leftovers, log, prune_lab, wait_until, wal_bytes_of_inserts
+from bench.sitecheck import sites_settled
 from drctl.lab.cluster import SUPERUSER, LabCluster
 from drctl.lab.lab import Lab, LabError, topology_path
 from drctl.lab.netns import NetnsCluster, NetnsLab, NetnsNode
@@ -163,23 +164,7 @@ class TwoSiteLab:
             active = self.active()
         except Exception:
             return False
-        for site, c in self.clusters.items():
-            leader = c.leader()
-            if leader is None:
-                return False
-            for n in c.nodes:
-                st = c.status(n.name) or {}
-                if st.get("state") != "running":
-                    return False
-                if n.name == leader:
-                    if site == active:
-                        if st.get("role") != "primary":
-                            return False
-                    elif not self.streams_from_entry(c, n.name, active):
-                        return False
-                elif not c.streams_from(n.name, leader):
-                    return False
-        return True
+        return sites_settled(self.clusters, active, lambda c, leader: self.streams_from_entry(c, leader, active))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from bench.scenarios import RESULTS, lab_base, leftovers, log, prune_lab, wait_until
+from bench.sitecheck import sites_settled
 from drctl.lab.cluster import SUPERUSER, LabCluster
 from drctl.lab.lab import Lab, topology_path
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
@@ -60,23 +61,7 @@ class Sites:
         if active is None:
             return False
         entry = self.topology.site(active).entry_host_port[1]
-        for site, c in self.clusters.items():
-            leader = c.leader()
-            if leader is None:
-                return False
-            for n in c.nodes:
-                st = c.status(n.name) or {}
-                if st.get("state") != "running":
-                    return False
-                if n.name == leader:
-                    if site == active:
-                        if st.get("role") != "primary":
-                            return False
-                    elif c.upstream_port(n.name) != entry:
-                        return False
-                elif not c.streams_from(n.name, leader):
-                    return False
-        return True
+        return sites_settled(self.clusters, active, lambda c, leader: c.upstream_port(leader) == entry)
 
 
 def _gap(writer: Writer, start: float, end: float) -> float:
