@@ -41,10 +41,11 @@ from bench.scenarios import (
     lab_base,
     leftovers,
     log,
+    names_option,
     node_runs,
-    parse_timings,
     prune_lab,
     teardown,
+    timings_option,
     wait_stably_healthy,
     wait_until,
     wal_bytes_of_inserts,
@@ -97,16 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         if why:
             ap.error(f"--netns: {why}")
     default_faults = [*CAMPAIGN_FAULTS, *(["paused_vm"] if args.fencing else [])]
-    faults = [f.strip() for f in (args.faults or ",".join(default_faults)).split(",") if f.strip()]
-    for f in faults:
-        if f not in CAMPAIGN_FAULTS + EXTRA_FAULTS:
-            ap.error(f"unknown fault {f!r} (known: {', '.join(CAMPAIGN_FAULTS + EXTRA_FAULTS)})")
+    faults = names_option(ap, args.faults, default_faults, CAMPAIGN_FAULTS + EXTRA_FAULTS)
     if "paused_vm" in faults and not args.fencing:
         ap.error("paused_vm needs the fencing hook (--fencing): no process inside a paused VM can act")
-    try:
-        timings = parse_timings(args.timings)
-    except ValueError as exc:
-        ap.error(str(exc))
+    timings = timings_option(ap, args.timings)
     dynamic: dict[str, Any] = {"failsafe_mode": args.failsafe}
     if args.mode in ("sync", "strict"):
         dynamic["synchronous_mode"] = True

@@ -68,7 +68,16 @@ from unittest import mock
 
 import psycopg
 
-from bench.scenarios import RESULTS, lab_base, leftovers, log, prune_lab, wait_until, wal_bytes_of_inserts
+from bench.scenarios import (
+    RESULTS,
+    lab_base,
+    leftovers,
+    log,
+    names_option,
+    prune_lab,
+    wait_until,
+    wal_bytes_of_inserts,
+)
 from bench.sitecheck import sites_settled
 from drctl.lab.cluster import SUPERUSER, LabCluster
 from drctl.lab.lab import Lab, LabError, topology_path
@@ -200,10 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--netns runs without --witness-fencing (the netns lab has no witness links to cut yet)")
     known = [*FAULTS, *LEASE_FAULTS]
     default = WITNESS_FAULTS if args.witness_fencing else FAULTS
-    faults = [f.strip() for f in (args.faults or ",".join(default)).split(",") if f.strip()]
+    faults = names_option(ap, args.faults, default, known)
     for f in faults:
-        if f not in known:
-            ap.error(f"unknown fault {f!r} (known: {', '.join(known)})")
         if f in LEASE_FAULTS and not args.witness_fencing:
             ap.error(f"fault {f} needs --witness-fencing")
     stop_at = _stop_at(args.stop_at) if args.stop_at else None

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from bench.scenarios import RESULTS, Instruments, lab_base, log, parse_timings, teardown, wait_until
+from bench.scenarios import RESULTS, Instruments, lab_base, log, teardown, timings_option, wait_until
 from bench.systems import System
 from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
@@ -29,10 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timings", default=os.environ.get("SOAK_TIMINGS", "10,1,3"), help="ttl,loop_wait,retry_timeout")
     ap.add_argument("--mode", choices=["async", "sync"], default=os.environ.get("SOAK_MODE", "async"))
     args = ap.parse_args(argv)
-    try:
-        timings = parse_timings(args.timings)
-    except ValueError as exc:
-        ap.error(str(exc))
+    timings = timings_option(ap, args.timings)
     dynamic: dict[str, Any] = {"synchronous_mode": args.mode == "sync"}
     run_id = time.strftime("%Y%m%d-%H%M%S")
     name = f"soak-ttl{timings.ttl}-{args.mode}"
