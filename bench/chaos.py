@@ -34,16 +34,14 @@ from bench.netns_system import NetnsInstruments, NetnsSystem
 from bench.scenarios import (
     CAMPAIGN_FAULTS,
     EXTRA_FAULTS,
-    RESULTS,
     Instruments,
     acks_resumed,
     inject,
-    lab_base,
-    leftovers,
     log,
     names_option,
+    new_run,
     node_runs,
-    prune_lab,
+    report_leftovers,
     teardown,
     timings_option,
     wait_stably_healthy,
@@ -108,10 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         dynamic["synchronous_mode_strict"] = args.mode == "strict"
     max_lag = 16 * 1024 * 1024
     rng = random.Random(args.seed)
-    run_id = time.strftime("%Y%m%d-%H%M%S")
     name = f"chaos-{'netns-' if args.netns else ''}{args.mode}-seed{args.seed}"
-    base = lab_base(f"{name}-{run_id}")
-    out_path = RESULTS / f"{run_id}-{name}.json"
+    run_id, base, out_path = new_run(name)
     sup = Supervisor(base)
     etcd = EtcdCluster(sup, base / "etcd", name="ce", size=3)
     netns_lab: NetnsLab | None = NetnsLab(base / "lab") if args.netns else None
@@ -282,12 +278,7 @@ def _teardown_netns(lab: NetnsLab, inst: Instruments | None) -> list[str]:
         inst.stop()
     prefix = lab.fabric.prefix if lab.fabric is not None else None
     lab.down(grace=10.0)
-    left = leftovers() + (list_netns(f"{prefix}-") if prefix else [])
-    if left:
-        log(f"WARNING: left behind: {left}")
-    else:
-        prune_lab(lab.dir)
-    return left
+    return report_leftovers(lab.dir, list_netns(f"{prefix}-") if prefix else [])
 
 
 def _violations(inst: Instruments, t0: float) -> list[list[Any]]:

@@ -71,10 +71,9 @@ import psycopg
 from bench.scenarios import (
     RESULTS,
     lab_base,
-    leftovers,
     log,
     names_option,
-    prune_lab,
+    report_leftovers,
     wait_until,
     wal_bytes_of_inserts,
 )
@@ -444,11 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             lab.down(grace=20)
         except LabError as exc:  # a lab that never started: keep the first error visible
             log(f"lab down: {exc}")
-    left = leftovers() + [f"{r.name}({r.pid})" for r in lab.running()]
-    if left:
-        log(f"WARNING: processes left running: {left}")
-    else:
-        prune_lab(base / "lab")
+    left = report_leftovers(base / "lab", [f"{r.name}({r.pid})" for r in lab.running()])
     return 1 if bad or left else 0
 
 

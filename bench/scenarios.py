@@ -459,6 +459,24 @@ def leftovers() -> list[str]:
     return [f"{r.name}({r.pid})" for r in spawned if r.alive()]
 
 
+def report_leftovers(lab_dir: Path, extra: Sequence[str] = ()) -> list[str]:
+    """What the run left behind: the processes this interpreter started that still run, and
+    ``extra`` (a lab's own records, namespaces). Warned about; with nothing left, ``lab_dir``'s data
+    directories are pruned."""
+    left = leftovers() + list(extra)
+    if left:
+        log(f"WARNING: left behind: {left}")
+    else:
+        prune_lab(lab_dir)
+    return left
+
+
+def new_run(name: str) -> tuple[str, Path, Path]:
+    """(run id, lab directory, result file) of a new run of the benchmark ``name``."""
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    return run_id, lab_base(f"{name}-{run_id}"), RESULTS / f"{run_id}-{name}.json"
+
+
 def teardown(
     base: Path, sup: Supervisor, etcd: EtcdCluster, system: System | None, inst: Instruments | None = None
 ) -> list[str]:
@@ -470,12 +488,7 @@ def teardown(
         system.stop()
     etcd.stop()
     sup.stop_all(grace=10.0)
-    left = leftovers()
-    if left:
-        log(f"WARNING: processes left running: {left}")
-    else:
-        prune_lab(base)
-    return left
+    return report_leftovers(base)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any
 
-from bench.scenarios import RESULTS, lab_base, leftovers, log, prune_lab, wait_until
+from bench.scenarios import RESULTS, lab_base, log, report_leftovers, wait_until
 from bench.sitecheck import sites_settled
 from drctl.lab.cluster import SUPERUSER, LabCluster
 from drctl.lab.lab import Lab, topology_path
@@ -168,11 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if runs and bad and not out_path.exists():
             out_path.write_text(json.dumps({"run_id": run_id, "complete": False, "runs": runs}, indent=1))
         lab.down(grace=20)
-    left = leftovers() + [f"{r.name}({r.pid})" for r in lab.running()]
-    if left:
-        log(f"WARNING: processes left running: {left}")
-    else:
-        prune_lab(base / "lab")
+    left = report_leftovers(base / "lab", [f"{r.name}({r.pid})" for r in lab.running()])
     return 1 if bad or left else 0
 
 
