@@ -52,20 +52,15 @@ def post_switchover(api_url: str, leader: str, candidate: str, timeout: float) -
 
 @dataclass
 class PatroniNode(AgentNode):
-    """Laid out as pgdr's agent nodes (data and socket directories, ports, DSN), with Patroni's own
-    process name, configuration file and log."""
+    """Laid out as pgdr's agent nodes (data and socket directories, ports, DSN), with Patroni's
+    process name, and its configuration and log in the node directory (Patroni runs as the
+    PostgreSQL user, who owns it)."""
+
+    kind: ClassVar[str] = "patroni"
 
     @property
-    def proc_name(self) -> str:
-        return f"patroni-{self.name}"
-
-    @property
-    def config_path(self) -> Path:
-        return self.dir / "patroni.yml"
-
-    @property
-    def log(self) -> Path:
-        return self.dir / "patroni.log"
+    def agent_dir(self) -> Path:
+        return self.dir
 
 
 @dataclass
@@ -184,17 +179,6 @@ class PatroniCluster(NodeProcesses[PatroniNode]):
             port=node.api_port,
             extra={"scope": self.scope, "pg_port": node.pg_port, "data_dir": str(node.data_dir)},
         )
-
-    def start(self, wait: bool = True, timeout: float = 180.0) -> PatroniCluster:
-        if not self.nodes:
-            self.plan()
-        self.start_agent(self.nodes[0].name)
-        self.wait_for(lambda: self.leader() is not None, timeout, "a leader after bootstrap")
-        for node in self.nodes[1:]:
-            self.start_agent(node.name)
-        if wait:
-            self.wait_healthy(timeout)
-        return self
 
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM every Patroni (each stops its PostgreSQL), then whatever PostgreSQL is left."""

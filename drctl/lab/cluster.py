@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -67,10 +67,11 @@ class AgentNode:
     pg_port: int
     api_port: int
     tls: bool = False  # the agent serves its REST API over https
+    kind: ClassVar[str] = "agent"  # names its process and its configuration and log files
 
     @property
     def proc_name(self) -> str:
-        return f"agent-{self.name}"
+        return f"{self.kind}-{self.name}"
 
     @property
     def agent_dir(self) -> Path:
@@ -81,7 +82,7 @@ class AgentNode:
 
     @property
     def config_path(self) -> Path:
-        return self.agent_dir / "agent.yml"
+        return self.agent_dir / f"{self.kind}.yml"
 
     @property
     def data_dir(self) -> Path:
@@ -93,7 +94,7 @@ class AgentNode:
 
     @property
     def log(self) -> Path:
-        return self.agent_dir / "agent.log"
+        return self.agent_dir / f"{self.kind}.log"
 
     @property
     def api_url(self) -> str:
@@ -407,19 +408,6 @@ class LabCluster(NodeProcesses[AgentNode]):
             },
         )
 
-    def start(self, wait: bool = True, timeout: float = 180.0) -> LabCluster:
-        if not self.nodes:
-            self.plan()
-        # The first node starts alone so that it wins the bootstrap race deterministically
-        # (the others would clone from it anyway); it makes lab output stable.
-        self.start_agent(self.nodes[0].name)
-        self.wait_for(lambda: self.leader() is not None, timeout, "a leader after bootstrap")
-        for node in self.nodes[1:]:
-            self.start_agent(node.name)
-        if wait:
-            self.wait_healthy(timeout)
-        return self
-
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM the agents (each stops its PostgreSQL), then whatever PostgreSQL is left."""
         self.stop_nodes(grace)
@@ -444,7 +432,7 @@ class LabCluster(NodeProcesses[AgentNode]):
     def put_raw(self, key: str, value: bytes, lease: str | None = None) -> None:
         """Write a raw value under the cluster's prefix behind the agents' backs (a hostile
         operator or a corrupted store: the corrupt-key tests and chaos fault)."""
-        dcs = self.dcs()
+        dcs = LabCluster.dcs(self)  # the etcd client itself, not a subclass's wrapper of it
         try:
             if not isinstance(dcs, Etcd3):
                 raise LabError("put_raw needs an etcd cluster")

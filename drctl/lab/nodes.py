@@ -5,11 +5,12 @@ and waiting work the same whichever agent it is, so they are written once here."
 
 from __future__ import annotations
 
+import abc
 import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar, Generic, Protocol, TypeVar
+from typing import ClassVar, Generic, Protocol, Self, TypeVar
 
 from drctl.lab.etcd import LabError
 from drctl.lab.procs import Supervisor, record_for_pid, terminate
@@ -42,9 +43,9 @@ class ManagedNode(Protocol):
 N = TypeVar("N", bound=ManagedNode)
 
 
-class NodeProcesses(Generic[N]):
+class NodeProcesses(abc.ABC, Generic[N]):
     """The agent processes of a cluster's nodes, by member name. Subclasses are dataclasses that
-    provide the fields below."""
+    provide the fields below and the methods marked abstract."""
 
     sup: Supervisor
     base_dir: Path
@@ -52,6 +53,32 @@ class NodeProcesses(Generic[N]):
     nodes: Sequence[N]
     agent_kind: ClassVar[str] = "agent"  # in errors: "agent a1 exited: see ..."
     agent_logs: ClassVar[str] = "agent"  # in errors: "... see the agent logs in ..."
+
+    @abc.abstractmethod
+    def plan(self) -> object:
+        """Lay out the nodes (directories, ports, configuration files)."""
+
+    @abc.abstractmethod
+    def start_agent(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def leader(self) -> str | None: ...
+
+    @abc.abstractmethod
+    def wait_healthy(self, timeout: float = 120.0) -> None: ...
+
+    def start(self, wait: bool = True, timeout: float = 180.0) -> Self:
+        if not self.nodes:
+            self.plan()
+        # The first node starts alone so that it wins the bootstrap race deterministically
+        # (the others would clone from it anyway); it makes lab output stable.
+        self.start_agent(self.nodes[0].name)
+        self.wait_for(lambda: self.leader() is not None, timeout, "a leader after bootstrap")
+        for node in self.nodes[1:]:
+            self.start_agent(node.name)
+        if wait:
+            self.wait_healthy(timeout)
+        return self
 
     def node(self, name: str) -> N:
         for n in self.nodes:
