@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from drctl.backup.info import BackupInfo, BackupType, StanzaInfo, parse_stanza
 from drctl.backup.restore import RestoreType, TargetAction, restore_options
 from drctl.pg.fsutil import atomic_write
 from drctl.pg.osuser import OSUserError, make_dir, user_env, user_prefix
-from drctl.procutil import communicate_or_kill
+from drctl.procutil import communicate_or_kill, popen_captured
 
 
 @dataclass(frozen=True)
@@ -162,15 +161,7 @@ class PgBackRest:
         ]
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=self._cwd(),
-                env=self._env(),
-                start_new_session=True,
-            )
+            proc = popen_captured(argv, env=self._env(), cwd=self._cwd())
         except OSError as exc:
             raise PgBackRestUnavailableError(
                 PgBackRestUnavailableError.hint, detail=str(exc), command=command
