@@ -153,16 +153,6 @@ class PatroniCluster(NodeProcesses[PatroniNode]):
             return [p.address for p in self.proxies[node.name]]
         return [e.removeprefix("http://") for e in self.etcd_endpoints]
 
-    def isolate_from_dcs(self, name: str) -> None:
-        if name not in self.proxies:
-            raise LabError("isolate_from_dcs needs a cluster planned with dcs_proxies=True")
-        for p in self.proxies[name]:
-            p.blackhole()
-
-    def heal_dcs(self, name: str) -> None:
-        for p in self.proxies.get(name, []):
-            p.heal()
-
     # --- processes ---------------------------------------------------------------------------
     def start_agent(self, name: str) -> None:
         node = self.node(name)

@@ -226,7 +226,13 @@ class NetnsPatroni(PatroniCluster):
             name = f"{SITE}{i}"
             h = fab.add_host(name, SITE, NODE_N + i)
             node = NetnsPatroniNode(
-                name, self.base_dir / name, node_pg_port(SITE, i), API_PORT, h.addr, h.ns, str(socket_root(fab))
+                name,
+                self.base_dir / name,
+                node_pg_port(SITE, i),
+                API_PORT,
+                host=h.addr,
+                ns=h.ns,
+                sock_root=str(socket_root(fab)),
             )
             self.nodes.append(node)
         for pnode in self.nodes:

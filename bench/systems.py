@@ -119,14 +119,14 @@ class System:
                     out.append(n.name)
             return out
         leader = self.cluster.leader()
-        for n in self.cluster.nodes:
-            st = self.cluster.status(n.name) or {}
-            if n.name == leader:
+        for node in self.cluster.nodes:
+            st = self.cluster.status(node.name) or {}
+            if node.name == leader:
                 ok = st.get("state") == "running" and st.get("role") == "primary"
             else:
-                ok = st.get("role") == "replica" and self.cluster.upstream_port(n.name) is not None
+                ok = st.get("role") == "replica" and self.cluster.upstream_port(node.name) is not None
             if not ok:
-                out.append(n.name)
+                out.append(node.name)
         return out
 
     # --- faults ------------------------------------------------------------------------------

@@ -379,17 +379,6 @@ class LabCluster(NodeProcesses[AgentNode]):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
 
-    def isolate_from_dcs(self, name: str) -> None:
-        """Partition ``name``'s agent from every etcd member (traffic black-holed)."""
-        if name not in self.proxies:
-            raise LabError("isolate_from_dcs needs a cluster planned with dcs_proxies=True")
-        for p in self.proxies[name]:
-            p.blackhole()
-
-    def heal_dcs(self, name: str) -> None:
-        for p in self.proxies.get(name, []):
-            p.heal()
-
     # --- processes ---------------------------------------------------------------------------
     def start_agent(self, name: str) -> None:
         node = self.node(name)

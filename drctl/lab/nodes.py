@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import ClassVar, Generic, Protocol, Self, TypeVar
 
 from drctl.lab.etcd import LabError
+from drctl.lab.netproxy import TcpProxy
 from drctl.lab.procs import Supervisor, record_for_pid, terminate
 from drctl.pg.pidfile import parse_postmaster_pid
 from drctl.procutil import signal_with_children
@@ -51,6 +52,7 @@ class NodeProcesses(abc.ABC, Generic[N]):
     base_dir: Path
     scope: str
     nodes: Sequence[N]
+    proxies: dict[str, list[TcpProxy]]  # member -> its proxies to the etcd members (dcs_proxies)
     agent_kind: ClassVar[str] = "agent"  # in errors: "agent a1 exited: see ..."
     agent_logs: ClassVar[str] = "agent"  # in errors: "... see the agent logs in ..."
 
@@ -110,6 +112,17 @@ class NodeProcesses(abc.ABC, Generic[N]):
 
     def resume_agent(self, name: str) -> None:
         self.sup.resume(self.node(name).proc_name)
+
+    def isolate_from_dcs(self, name: str) -> None:
+        """Partition ``name``'s agent from every etcd member (traffic black-holed)."""
+        if name not in self.proxies:
+            raise LabError("isolate_from_dcs needs a cluster planned with dcs_proxies=True")
+        for p in self.proxies[name]:
+            p.blackhole()
+
+    def heal_dcs(self, name: str) -> None:
+        for p in self.proxies.get(name, []):
+            p.heal()
 
     def stop_nodes(self, grace: float) -> None:
         """SIGTERM the agents (each stops its PostgreSQL), then whatever PostgreSQL is left."""

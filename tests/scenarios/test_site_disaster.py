@@ -22,7 +22,7 @@ import pytest
 
 from drctl.lab.cluster import SUPERUSER
 from drctl.lab.lab import topology_path
-from drctl.lab.workload import missing_rows, multi_host_url
+from drctl.lab.workload import Writer, missing_rows, multi_host_url
 from drctl.sites.controller import confirm_site, promote_site, read_sites
 from drctl.sites.topology import Topology, load_topology
 from drctl.sites.witness import Witness
@@ -58,6 +58,15 @@ def _writable_samples(ts: TwoSites, site: str, since: float) -> dict[str, int]:
     for n in ts.cluster(site).nodes:
         out[n.name] = sum(1 for s in ts.checker.samples[n.name] if s.at >= since and s.writable)
     return out
+
+
+def _stop_writing_and_assert_never_writable(ts: TwoSites, writer: Writer, site: str, since: float) -> None:
+    """Two more seconds of samples, the writer stopped, then: no node of ``site`` was writable
+    since ``since`` (its power loss or its cut)."""
+    time.sleep(2)
+    writer.stop()
+    writable = _writable_samples(ts, site, since)
+    assert sum(writable.values()) == 0, f"site {site} had writable samples since it was cut off: {writable}"
 
 
 def _follows(ts: TwoSites, site: str, other: str) -> bool:
@@ -103,11 +112,7 @@ def test_power_loss_and_return_never_writes_and_converges(disaster_sites: TwoSit
     ts.lab.power_on_site("a", records)
     took = wait_until(lambda: _follows(ts, "a", "b"), 60, "site a converged to a standby of site b")
     print(f"site a converged to a standby of b {took:.1f}s after the power came back")
-    time.sleep(2)
-    writer.stop()
-
-    writable = _writable_samples(ts, "a", off_at)
-    assert sum(writable.values()) == 0, f"site a had writable samples after it came back: {writable}"
+    _stop_writing_and_assert_never_writable(ts, writer, "a", off_at)
     polled = {n.name: sum(1 for s in ts.checker.samples[n.name] if s.at >= on_at) for n in ts.a.nodes}
     assert all(v > 0 for v in polled.values()), polled
 
@@ -221,10 +226,7 @@ def test_return_while_the_wan_is_cut_stays_read_only_then_converges(wan_sites: T
     ts.lab.heal_wan()
     took = wait_until(lambda: _follows(ts, "a", "b"), 60, "site a converged to a standby of b after the WAN healed")
     print(f"site a converged {took:.1f}s after the WAN healed")
-    time.sleep(2)
-    writer.stop()
-    writable = _writable_samples(ts, "a", off_at)
-    assert sum(writable.values()) == 0, f"site a had writable samples: {writable}"
+    _stop_writing_and_assert_never_writable(ts, writer, "a", off_at)
     acked_by_b = {a.id for a in writer.acks if a.port in b_ports}
     assert missing_rows(_site_url(ts, "b"), acked_by_b) == set()
     for n in ts.a.nodes:
