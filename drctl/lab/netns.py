@@ -292,7 +292,7 @@ class NetnsEtcd(EtcdCluster):
             h = self.fabric.hosts.get(member) or self.fabric.add_host(member, self.site, ETCD_N + i)
             self.hosts[member] = h
             self.members.append(
-                NetnsEtcdMember(
+                EtcdMember(
                     member,
                     member,
                     ETCD_CLIENT,
@@ -316,19 +316,6 @@ class NetnsEtcd(EtcdCluster):
             return False
         with in_netns(self.hosts[member.name].ns):
             return super()._health(url, timeout)
-
-
-@dataclass
-class NetnsEtcdMember(EtcdMember):
-    host: str = "127.0.0.1"
-
-    @property
-    def client_url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
-
-    @property
-    def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
 
 
 @dataclass
