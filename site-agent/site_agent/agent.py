@@ -175,9 +175,10 @@ class Agent:
         self.mem = after_acting(self.mem, view, decision, self.cfg.name)
         self._seed_config(view)
         self._observe_promotion(decision)
-        self._publish(real_view, decision)
+        pm = self.node.ctl.postmaster_pid()  # after acting: once for the snapshot and the watch
+        self._publish(real_view, decision, pm)
         if self.pm_watch is not None:
-            self.pm_watch.track(self.node.ctl.postmaster_pid())
+            self.pm_watch.track(pm)
         return done.all_ok
 
     def shutdown(self) -> None:
@@ -364,12 +365,13 @@ class Agent:
             replayed_lsn=None,
         )
 
-    def _publish(self, view: ClusterView | None, decision: Decision) -> None:
-        """This member's record in the DCS and the snapshot the REST API serves."""
+    def _publish(self, view: ClusterView | None, decision: Decision, postmaster: int | None) -> None:
+        """This member's record in the DCS and the snapshot the REST API serves (``postmaster``:
+        the PID of the running postmaster now, None when it is not running)."""
         local = self.local
         assert local is not None
         self._touch_member(view, decision, local)
-        self._snapshot = self._with_site(self._node_snapshot(view, decision, local))
+        self._snapshot = self._with_site(self._node_snapshot(view, decision, local, postmaster is not None))
 
     def _touch_member(self, view: ClusterView | None, decision: Decision, local: LocalState) -> None:
         info = MemberInfo(
@@ -390,18 +392,19 @@ class Agent:
             except DCSError as exc:
                 log.warning("could not publish this member", error=str(exc))
 
-    def _node_snapshot(self, view: ClusterView | None, decision: Decision, local: LocalState) -> NodeSnapshot:
+    def _node_snapshot(
+        self, view: ClusterView | None, decision: Decision, local: LocalState, pg_running: bool
+    ) -> NodeSnapshot:
         lag = lag_between(leader_lsn(view), local.lsn) if view is not None and local.in_recovery else None
         deadline = None
         if self.mem.am_leader and self.mem.last_renewal is not None:
             deadline = time.time() + (self.mem.last_renewal + self.lease_deadline() - time.monotonic())
-        obs_probe = self.node.ctl.is_running()
         return NodeSnapshot(
             name=self.cfg.name,
             scope=self.cfg.scope,
             role=decision.role,
             state=local.pg.value,
-            pg_running=obs_probe and local.pg is PgState.RUNNING,
+            pg_running=pg_running and local.pg is PgState.RUNNING,
             in_recovery=bool(local.in_recovery),
             timeline=local.timeline or 0,
             system_identifier=local.system_id,

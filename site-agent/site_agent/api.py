@@ -21,14 +21,13 @@ import binascii
 import hmac
 import json
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -57,6 +56,9 @@ from site_agent.api_server import (
     PooledServer,
 )
 
+if TYPE_CHECKING:
+    import ssl
+
 log = structlog.get_logger("site_agent.api")
 
 MAX_BODY_BYTES = 1 << 20
@@ -78,6 +80,8 @@ class TlsConfig:
     keyfile_password: str | None = None
 
     def context(self) -> ssl.SSLContext:
+        import ssl  # only with TLS configured: see site_agent.main
+
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.certfile, self.keyfile, self.keyfile_password)

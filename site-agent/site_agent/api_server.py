@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import queue
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -22,6 +21,8 @@ from drctl.dcs.base import ClusterView
 from site_agent.snapshot import NodeSnapshot
 
 if TYPE_CHECKING:
+    import ssl
+
     from site_agent.metrics import AgentMetrics
 
 log = structlog.get_logger("site_agent.api")

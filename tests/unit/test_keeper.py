@@ -353,7 +353,8 @@ def test_keeper_keeps_its_state_through_garbage_and_obeys_what_parses(
     boot = (Path("/proc/sys/kernel/random/boot_id").read_text()).strip()
     far = time.monotonic() + 3600
     _write_state(state, KeeperState(100, True, far, boot).to_json())
-    time.sleep(0.4)
+    log = tmp_path / "keeper.log"
+    assert _wait(lambda: "armed" in log.read_text(), 20), "the keeper never read its first state"
     expired = time.monotonic() - 1
     seq = 100
     for garbage in (
