@@ -21,6 +21,7 @@ from site_agent.crosssite import SiteGuard, with_permanent_slots
 from site_agent.decide import decide
 from site_agent.executor import Executor
 from site_agent.fencing import LeaseKeeper
+from site_agent.heap import trim
 from site_agent.identity import identity
 from site_agent.inbox import Inbox, Request
 from site_agent.interpret import Sighting, interpret, remember_view, wal_lsn_to_read, wants_peers, wants_remote_history
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("site_agent")
 
 VERSION = "0.1.0"
+TRIM_FIRST_S = 20.0  # site_agent.heap: after the start has settled
+TRIM_EVERY_S = 600.0
 
 
 class Agent:
@@ -89,8 +92,12 @@ class Agent:
     def run(self) -> None:
         log.info("agent started", scope=self.cfg.scope, name=self.cfg.name)
         failures = 0
+        next_trim = time.monotonic() + TRIM_FIRST_S
         while not self.stopping.is_set():
             started = time.monotonic()
+            if started >= next_trim:  # the start's garbage back to the system, then now and then
+                trim()
+                next_trim = started + TRIM_EVERY_S
             try:
                 hurry = self.run_cycle()
                 failures = 0

@@ -133,6 +133,7 @@ class PooledServer(HTTPServer):
         self._deadlines: dict[socket.socket, float] = {}
         self._deadlines_lock = threading.Lock()
         self._closing = threading.Event()
+        self._reaper_wake = threading.Event()  # set when a connection is watched, and at close
         self._reaper = threading.Thread(target=self._reap, name="pgdr-api-reaper", daemon=True)
         for w in [*self._workers, self._reaper]:
             w.start()
@@ -151,6 +152,7 @@ class PooledServer(HTTPServer):
     def watch(self, sock: socket.socket, deadline: float) -> None:
         with self._deadlines_lock:
             self._deadlines[sock] = deadline
+            self._reaper_wake.set()
 
     def unwatch(self, sock: socket.socket) -> None:
         with self._deadlines_lock:
@@ -162,7 +164,16 @@ class PooledServer(HTTPServer):
             return self._deadlines.get(sock, time.monotonic())
 
     def _reap(self) -> None:
-        while not self._closing.wait(0.2):
+        while not self._closing.is_set():
+            with self._deadlines_lock:
+                idle = not self._deadlines
+                if idle:
+                    self._reaper_wake.clear()
+            if idle:  # no connection: sleep until one comes (an idle agent's API wakes no thread)
+                self._reaper_wake.wait()
+                continue
+            if self._closing.wait(0.2):
+                break
             now = time.monotonic()
             with self._deadlines_lock:
                 expired = [s for s, d in self._deadlines.items() if d <= now]
@@ -215,6 +226,7 @@ class PooledServer(HTTPServer):
         for _ in self._workers:
             self._queue.put(None)
         self._closing.set()
+        self._reaper_wake.set()
         for w in [*self._workers, self._reaper]:
             w.join(timeout=READ_DEADLINE_S + REQUEST_TIMEOUT_S)
 
