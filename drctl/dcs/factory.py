@@ -48,6 +48,10 @@ def _check_port(host: str) -> None:
 
 
 class EtcdSettings(_Strict):
+    """etcd v3 (reached through its JSON gateway). The agent's ``etcd``/``etcd3`` section
+    (:class:`drctl.agentconfig.EtcdConfig`) is this model with Patroni's spellings added, so the
+    fields and their rules exist once."""
+
     hosts: list[str] = Field(min_length=1)
     protocol: Literal["http", "https"] = "http"
     username: str | None = None
@@ -64,14 +68,18 @@ class EtcdSettings(_Strict):
         for h in self.hosts:
             _check_port(h)
         if self.username and not self.password:
-            raise ValueError("etcd: username given without password (or password_file)")
+            raise ValueError("etcd: `username` needs `password` or `password_file`")
         if self.password is not None and not self.username:
-            raise ValueError("etcd: password given without username")
+            raise ValueError("etcd: `password` needs `username`")
         if self.key and not self.cert:
-            raise ValueError("etcd: key given without cert")
+            raise ValueError("etcd: `key` needs `cert`")
         if any(not h.strip() for h in self.hosts):
             raise ValueError("etcd: empty host in hosts")
         return self
+
+    @property
+    def urls(self) -> list[str]:
+        return [h if "://" in h else f"{self.protocol}://{h}" for h in self.hosts]
 
 
 class ConsulSettings(_Strict):
