@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from drctl.agentconfig.base import _Model
 from drctl.backup.policy import BackupSchedule
 from drctl.common.hostport import check_host_port, format_host_port, split_host_port
-from drctl.dcs.factory import EtcdSettings
+from drctl.dcs.factory import EtcdSettings, TlsClientSettings
 from drctl.safefs import resolve_secret
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
@@ -144,16 +144,16 @@ class EtcdConfig(EtcdSettings):
         return v
 
 
-class ConsulConfig(_Model):
+class ConsulConfig(TlsClientSettings):
+    """Consul: the DCS settings' TLS files and rule; ``host`` may carry the port (Patroni's form)."""
+
+    model_config = _Model.model_config
+    label: ClassVar[str] = "consul"
     host: str = "127.0.0.1:8500"
     port: int | None = Field(default=None, ge=1, le=65535)
     scheme: Literal["http", "https"] = "http"
     token: str | None = None
     token_file: str | None = None
-    verify: bool = True
-    cacert: str | None = None
-    cert: str | None = None
-    key: str | None = None
     dc: str | None = None
     consistency: Literal["default", "consistent", "stale"] = "default"
 
