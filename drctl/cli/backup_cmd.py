@@ -34,7 +34,7 @@ from drctl.backup.restore import RestoreType, TargetAction
 from drctl.backup.runner import CommandResult, PgBackRest, RestoreResult
 from drctl.cli.context import CliError, one_line, target_settings
 from drctl.cli.errors import operator_errors, register_operator_error
-from drctl.cli.output import FORMATS, emit_structured, table
+from drctl.cli.output import emit_structured, format_option, table
 from drctl.cli.pgbackrest_file import read_pgbackrest_config
 
 register_operator_error(BackupError)
@@ -301,7 +301,7 @@ def backup_run(
 
 @backup_group.command("list")
 @click.option("--repo", type=click.IntRange(1, 256), default=None, help="Only this repository.")
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @pgbackrest_options
 @click.pass_context
 @operator_errors
@@ -337,7 +337,7 @@ def backup_list(
 
 
 @backup_group.command("info")
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @pgbackrest_options
 @click.pass_context
 @operator_errors
@@ -383,7 +383,7 @@ def backup_info(ctx: click.Context, fmt: str, pgbackrest_config: Path | None, st
     help="Fail when a repository's newest backup is older than this many hours.",
 )
 @click.option("--deep", is_flag=True, help="Also run `pgbackrest verify`: read every backup and WAL file.")
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @pgbackrest_options
 @click.pass_context
 @operator_errors

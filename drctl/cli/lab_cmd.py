@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from drctl.cli.errors import operator_errors, path_option, register_operator_error
-from drctl.cli.output import FORMATS, emit_structured, table
+from drctl.cli.output import emit_structured, format_option, table
 from drctl.lab.cluster import SUPERUSER
 from drctl.lab.etcd import LabError
 from drctl.lab.lab import Lab, default_lab_dir, pgpass_path, policy_path, topology_path
@@ -153,7 +153,7 @@ def _lab_up_netns(lab_dir: Path | None, pg_user: str, layout: dict[str, Any], wa
 
 @lab_group.command("status")
 @dir_option
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @operator_errors
 def lab_status(lab_dir: Path | None, fmt: str) -> None:
     """Every process of the lab with its role, port, PID and health."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from drctl.cli.errors import fail, operator_errors, path_option, register_operator_error
-from drctl.cli.output import FORMATS, emit_structured, table
+from drctl.cli.output import emit_structured, format_option, format_option_with, table
 from drctl.policy.load import policy_from_env
 from drctl.policy.model import Policy
 from drctl.runbooks import engine
@@ -48,7 +48,7 @@ def runbook_group() -> None:
 
 @runbook_group.command("list")
 @runbooks_option
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @operator_errors
 def list_cmd(runbooks_dir: Path | None, fmt: str) -> None:
     """The runbooks available."""
@@ -83,7 +83,7 @@ def show_cmd(name: str, runbooks_dir: Path | None) -> None:
 @click.option("--dry-run", is_flag=True, help="Print every step as it would run; change nothing.")
 @click.option("--yes", is_flag=True, help="Answer yes to every confirmation step (automation).")
 @click.option("--probe", is_flag=True, help="Probe writes through the entry points; the report shows availability.")
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help="--dry-run output.")
+@format_option_with("--dry-run output.")
 @policy_option
 @runbooks_option
 @operator_errors
@@ -145,7 +145,7 @@ def resume_cmd(run_id: str, yes: bool, policy_path: Path | None, runbooks_dir: P
 
 @runbook_group.command("status")
 @click.argument("run_id", required=False)
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @policy_option
 @operator_errors
 def status_cmd(run_id: str | None, fmt: str, policy_path: Path | None) -> None:
