@@ -557,8 +557,7 @@ class Lab:
 def _write_site_record(cluster: LabCluster, record: SiteRecord) -> None:
     dcs = cluster.dcs()
     try:
-        current = dcs.get_cluster().site
-        if not dcs.set_site(record, current.version if current else None):
+        if not dcs.replace_site(record):
             raise LabError(f"site {cluster.site}: could not write its site record")
     except DCSError as exc:
         raise LabError(f"site {cluster.site}: {exc}") from exc

@@ -144,8 +144,7 @@ class SiteClient:
     def write_site(self, record: SiteRecord) -> None:
         dcs = self.dcs()
         try:
-            current = dcs.get_cluster().site
-            if not dcs.set_site(record, current.version if current else None):
+            if not dcs.replace_site(record):
                 raise SiteOpError(f"site {self.name}: its site record changed meanwhile: run the command again")
         except DCSError as exc:
             raise SiteOpError(f"site {self.name}: cannot write its site record: {exc}") from exc
