@@ -213,3 +213,12 @@ def test_upstream_skips_a_replicatefrom_member_that_is_not_running() -> None:
     assert upstream_of(v, n3) == "n2"
     assert upstream_of(v, v.members[0]) is None  # the leader streams from nobody
     assert upstream_of(view(n3), n3) is None  # no leader: nobody to stream from
+
+
+def test_furthest_position_is_one_rule_for_the_status_document_and_the_core() -> None:
+    from drctl.agentapi.status import Xlog
+    from drctl.pg.lsn import furthest
+
+    assert furthest(None, None) is None
+    assert furthest(5, None, 7) == 7
+    assert Xlog(location=None, received_location=9 * MIB, replayed_location=8 * MIB).lsn == 9 * MIB
