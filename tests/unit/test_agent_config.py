@@ -93,7 +93,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_dynamic_config_from_dcs() -> None:
     dyn = parse_dynamic_config({"ttl": 40, "loop_wait": 10, "retry_timeout": 15, "pause": True})
-    assert dyn.pause and dyn.use_pg_rewind and dyn.use_slots
+    assert dyn.pause and dyn.postgresql.use_pg_rewind and dyn.postgresql.use_slots
     with pytest.raises(ConfigError, match=r"DCS key `config`.*`bogus`"):
         parse_dynamic_config({"bogus": 1})
 
