@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from drctl.cli.errors import operator_errors, register_operator_error
-from drctl.cli.output import emit_structured, format_option, table
+from drctl.cli.output import emit_structured, emitted, format_option, table
 from drctl.cli.runbook_cmd import policy_option
 from drctl.drills.run import DrillError, DrillRunner, history, load_record
 from drctl.policy.load import policy_from_env
@@ -43,8 +43,7 @@ def list_cmd(policy_path: Path | None, fmt: str) -> None:
         }
         for name, d in policy.drills.items()
     ]
-    if fmt != "table":
-        emit_structured(docs, fmt)
+    if emitted(docs, fmt):
         return
     rows = [
         (
@@ -128,8 +127,7 @@ def _summary(doc: dict[str, Any]) -> None:
 def history_cmd(policy_path: Path | None, fmt: str) -> None:
     """Past drill runs."""
     docs = history(policy_from_env(policy_path))
-    if fmt != "table":
-        emit_structured(docs, fmt)
+    if emitted(docs, fmt):
         return
     rows = []
     for d in docs:

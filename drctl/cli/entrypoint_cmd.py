@@ -15,7 +15,7 @@ from drctl.cli.errors import operator_errors, register_operator_error
 from drctl.cli.sites_cmd import _topology, topology_option
 from drctl.dcs.base import ClusterView, DCSError
 from drctl.entrypoint import haproxy, pgbouncer
-from drctl.entrypoint.members import BackendError, backends, unroutable
+from drctl.entrypoint.members import Backend, BackendError, backends, unroutable
 from drctl.entrypoint.watch import EntrypointError, Watcher, WatchTargets
 from drctl.safefs import write_atomic
 from drctl.sites.controller import SiteClient
@@ -139,32 +139,38 @@ def entrypoint_group() -> None:
     """Client routing: HAProxy and PgBouncer configurations for a site, kept current on role changes."""
 
 
-@entrypoint_group.command("haproxy")
-@site_option
-@topology_option
-@output_option
-@_haproxy_options
-@operator_errors
-def render_haproxy(
-    site: str, topology_path: Path | None, output: Path | None, haproxy_opts: haproxy.HaproxyOptions
+def _render_command(
+    name: str,
+    options: Callable[[Callable[..., Any]], Callable[..., Any]],
+    render: Callable[[list[Backend], Any], str],
+    doc: str,
 ) -> None:
-    """HAProxy configuration: a read-write listener (/primary) and a read-only one (/replica)."""
-    _, view = _view(topology_path, site)
-    _emit(haproxy.render(backends(view), haproxy_opts), output)
+    """``drctl entrypoint NAME``: the site's members rendered into one entry point's configuration."""
+
+    @entrypoint_group.command(name, help=doc)
+    @site_option
+    @topology_option
+    @output_option
+    @options
+    @operator_errors
+    def command(site: str, topology_path: Path | None, output: Path | None, **grouped: Any) -> None:
+        (opts,) = grouped.values()  # the one options object the option group built
+        _, view = _view(topology_path, site)
+        _emit(render(backends(view), opts), output)
 
 
-@entrypoint_group.command("pgbouncer")
-@site_option
-@topology_option
-@output_option
-@_pgbouncer_options
-@operator_errors
-def render_pgbouncer(
-    site: str, topology_path: Path | None, output: Path | None, pgbouncer_opts: pgbouncer.PgbouncerOptions
-) -> None:
-    """PgBouncer configuration: each database to the site's leader, `<db>_ro` to a replica."""
-    _, view = _view(topology_path, site)
-    _emit(pgbouncer.render(backends(view), pgbouncer_opts), output)
+_render_command(
+    "haproxy",
+    _haproxy_options,
+    haproxy.render,
+    "HAProxy configuration: a read-write listener (/primary) and a read-only one (/replica).",
+)
+_render_command(
+    "pgbouncer",
+    _pgbouncer_options,
+    pgbouncer.render,
+    "PgBouncer configuration: each database to the site's leader, `<db>_ro` to a replica.",
+)
 
 
 @entrypoint_group.command("watch")

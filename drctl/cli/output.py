@@ -23,6 +23,14 @@ def format_option_with(help: str) -> Callable[[FC], FC]:
 format_option = format_option_with("Output format.")
 
 
+def emitted(data: Any, fmt: str) -> bool:
+    """``--format json|yaml``: ``data`` written, True. ``table``: False, the caller draws its table."""
+    if fmt == "table":
+        return False
+    emit_structured(data, fmt)
+    return True
+
+
 def emit_structured(data: Any, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from drctl.cli.errors import fail, operator_errors, path_option, register_operator_error
-from drctl.cli.output import emit_structured, format_option, format_option_with, table
+from drctl.cli.output import emitted, format_option, format_option_with, table
 from drctl.policy.load import policy_from_env
 from drctl.policy.model import Policy
 from drctl.runbooks import engine
@@ -53,8 +53,7 @@ def runbook_group() -> None:
 def list_cmd(runbooks_dir: Path | None, fmt: str) -> None:
     """The runbooks available."""
     docs = describe_all(runbook_dirs(runbooks_dir))
-    if fmt != "table":
-        emit_structured(docs, fmt)
+    if emitted(docs, fmt):
         return
     table("runbooks", ["Name", "Steps", "Description"], [(d["name"], d["steps"], d["description"]) for d in docs])
 
@@ -105,8 +104,7 @@ def run_cmd(
     builtins = builtin_vars(policy) if engine.needed_builtins(loaded.runbook) else {}
     if dry_run:
         plan = runner.plan(loaded, given, builtins)
-        if fmt != "table":
-            emit_structured(plan, fmt)
+        if emitted(plan, fmt):
             return
         for i, entry in enumerate(plan):
             label = (
@@ -157,8 +155,7 @@ def status_cmd(run_id: str | None, fmt: str, policy_path: Path | None) -> None:
     store = _store(policy)
     if run_id is None:
         runs = store.runs()
-        if fmt != "table":
-            emit_structured([r.to_json() for r in runs], fmt)
+        if emitted([r.to_json() for r in runs], fmt):
             return
         rows = []
         for r in runs:
@@ -168,8 +165,7 @@ def status_cmd(run_id: str | None, fmt: str, policy_path: Path | None) -> None:
         table(f"runbook runs ({store.root})", ["Run", "Runbook", "Status", "At step", "Error"], rows)
         return
     state = store.load(run_id)
-    if fmt != "table":
-        emit_structured({**state.to_json(), "events": store.events(run_id)}, fmt)
+    if emitted({**state.to_json(), "events": store.events(run_id)}, fmt):
         return
     click.echo(
         f"run {state.run_id}: runbook {state.runbook}, {state.status}" + (f" ({state.error})" if state.error else "")

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from drctl.cli.errors import fail, operator_errors, path_option, register_operator_error
-from drctl.cli.output import emit_structured, format_option, table
+from drctl.cli.output import emitted, format_option, table
 from drctl.common.members import lag_between
 from drctl.sites.controller import (
     SiteOpError,
@@ -100,8 +100,7 @@ def sites_cmd(topology_path: Path | None, fmt: str) -> None:
     topology = _topology(topology_path)
     limit = topology.policy.max_slot_retention_bytes
     doc = sites_document(topology)
-    if fmt != "table":
-        emit_structured(doc, fmt)
+    if emitted(doc, fmt):
         return
     rows = []
     for s in doc["sites"]:
