@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = [(kind, parse_timings(t)) for kind, t in parse_runs(args.runs)]
     except ValueError as exc:
         ap.error(str(exc))
+    for kind, timings in runs:  # found before anything starts, not after the rows before it ran
+        if kind == "patroni" and timings.ttl < 20:
+            ap.error(f"patroni@{timings.ttl},...: Patroni raises any ttl below 20 to 20 (bench/patroni_lab.py)")
     run_id = time.strftime("%Y%m%d-%H%M%S")
     base = lab_base(run_id)
     sup = Supervisor(base)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import ssl
 from collections.abc import Mapping
 from typing import ClassVar, Literal
 
@@ -137,6 +136,8 @@ def check_files(cfg: AgentConfig, source: str) -> list[str]:
             )
     rest = cfg.restapi
     if rest.certfile and not problems:
+        import ssl  # only with TLS configured: the agent runs without the ssl module otherwise
+
         try:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(rest.certfile, rest.keyfile, rest.keyfile_password)

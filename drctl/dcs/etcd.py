@@ -34,7 +34,7 @@ from drctl.dcs.base import (
     LeaderStatus,
     MemberInfo,
 )
-from drctl.dcs.etcd_client import EtcdClient, LeaseNotFound
+from drctl.dcs.etcd_client import CHANGED, QUIET, EtcdClient, LeaseNotFound
 from drctl.dcs.etcd_wire import (
     Json,
     b64,
@@ -101,6 +101,11 @@ class Etcd3(DCS):
         # (key, revision) of this member's own recent member-key puts: a replica's watch is not
         # woken by its own writes (see watch)
         self._own_puts: deque[tuple[str, int]] = deque(maxlen=8)
+        # The last view read for real and when; the revision a watch then found quiet after it
+        # (see get_cluster). Own lock: API threads may read the cluster while the loop watches.
+        self._view_lock = threading.Lock()
+        self._last_read: tuple[ClusterView, float] | None = None
+        self._quiet_since: int | None = None
 
     def set_retry_timeout(self, retry_timeout: float) -> None:
         super().set_retry_timeout(retry_timeout)
@@ -192,9 +197,33 @@ class Etcd3(DCS):
                 raise DCSError(f"etcd {what}: {exc}", self.client.endpoints) from None
 
     def get_cluster(self) -> ClusterView:
+        """The cluster as of now. A replica's loop waits on a watch from its view's revision
+        (:meth:`watch` with ``since_revision``); when that watch ran to its end and saw nothing
+        change at all, the first read after it is that same view instead of a new range read
+        (an idle replica then costs etcd one request per cycle, not two). Only once per quiet
+        watch, and never for a view read more than ``retry_timeout`` ago: a real read at least
+        that often still proves the DCS reachable and answering with quorum."""
+        reused = self._reusable_view()
+        if reused is not None:
+            return reused
         body = {"key": b64(self.prefix), "range_end": b64(prefix_range_end(self.prefix))}
+        started = time.monotonic()
         doc = self._call("/kv/range", body, self._deadline(), "get_cluster")
-        return view_from_range(self.scope, self.prefix, doc)
+        view = view_from_range(self.scope, self.prefix, doc)
+        with self._view_lock:
+            self._last_read, self._quiet_since = (view, started), None
+        return view
+
+    def _reusable_view(self) -> ClusterView | None:
+        with self._view_lock:
+            quiet, self._quiet_since = self._quiet_since, None  # one use per quiet watch
+            last = self._last_read
+        if quiet is None or last is None:
+            return None
+        view, read_at = last
+        if view.revision != quiet or time.monotonic() - read_at >= self.retry_timeout:
+            return None
+        return view
 
     def attempt_to_acquire_leader(self) -> bool:
         deadline = self._deadline()
@@ -416,13 +445,19 @@ class Etcd3(DCS):
         first), except this member's own member-key puts, which would otherwise wake it at once
         after every cycle that published a new position."""
         own = set(self._own_puts)
-        return self.client.watch(
+        with self._view_lock:
+            self._quiet_since = None
+        outcome = self.client.watch_outcome(
             self.prefix,
             prefix_range_end(self.prefix),
             revision + 1,
             deadline,
             ignore=lambda event: _event_id(event) in own,
         )
+        if outcome == QUIET:
+            with self._view_lock:
+                self._quiet_since = revision
+        return outcome == CHANGED
 
     def watch(self, leader_version: int | None, timeout: float, since_revision: int | None = None) -> bool:
         """Wait for a change of any key of the cluster from the revision at call time. Returns True

@@ -29,6 +29,10 @@ PASS_PAUSE = 0.1
 # No retries, no redirects: endpoint failover is ours. Made once (urllib3 would build and log an
 # equivalent object from ``retries=False`` on every request).
 _NO_RETRY = urllib3.Retry(False, redirect=False)
+# Watch outcomes (EtcdClient.watch_outcome).
+CHANGED, QUIET, UNKNOWN = "changed", "quiet", "unknown"
+# gRPC metadata through the JSON gateway: serve this stream only while the member has a leader.
+_REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 
 # gRPC status codes that are an answer about the request, not a failure of the endpoint.
 _GRPC_INVALID_ARGUMENT = 3
@@ -148,8 +152,9 @@ class EtcdClient:
         *,
         stream: bool = False,
         read_timeout: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> urllib3.BaseHTTPResponse:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **(extra_headers or {})}
         if self._token:
             headers["Authorization"] = self._token
         pool, base = self._pools[endpoint]
@@ -268,6 +273,24 @@ class EtcdClient:
         (True) or ``deadline`` passes (False); events ``ignore`` returns True for do not count. An
         endpoint that cannot be reached is skipped; when none can, the rest of the time is slept
         away (False)."""
+        return self.watch_outcome(key, range_end, start_revision, deadline, ignore) == CHANGED
+
+    def watch_outcome(
+        self,
+        key: str,
+        range_end: bytes,
+        start_revision: int,
+        deadline: float,
+        ignore: Callable[[Json], bool] | None = None,
+    ) -> str:
+        """:meth:`watch`, telling apart why it returned: CHANGED (an event that counts, a
+        compaction or a cancel), QUIET (an established watch from ``start_revision`` ran until
+        ``deadline`` and delivered no event at all, not even an ignored one: nothing in the range
+        changed after ``start_revision - 1`` as of about now), or UNKNOWN (anything else:
+        endpoints failing, ignored events, the deadline before the watch was confirmed). The
+        watch asks for a member with a raft leader (``hasleader``): etcd refuses it on a member
+        without one and cancels it when its member loses the leader, so a member cut from the
+        quorum cannot keep a silent stream open (tests/integration/test_dcs_quiet_watch.py)."""
         body = {
             "create_request": {
                 "key": b64(key),
@@ -279,28 +302,40 @@ class EtcdClient:
             for index in self._order():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0.01:
-                    return False
+                    return UNKNOWN
                 try:
                     return self._watch_one(self.endpoints[index], body, deadline, ignore)
                 except (_EndpointFailure, _RequestRejected, LeaseNotFound):
                     continue
             remaining = deadline - time.monotonic()
             if remaining <= 0.01:
-                return False
+                return UNKNOWN
             time.sleep(min(PASS_PAUSE * 5, remaining))
 
     def _watch_one(
         self, endpoint: str, body: Mapping[str, Any], deadline: float, ignore: Callable[[Json], bool] | None
-    ) -> bool:
+    ) -> str:
         connect = self.request_timeout(deadline - time.monotonic())
         api = self._ensure_api(endpoint, connect)
         url = f"{endpoint}{api}/watch"
         remaining = deadline - time.monotonic()
         if remaining <= 0.01:
-            return False
+            return UNKNOWN
         resp = self._raw(
-            "POST", endpoint, f"{api}/watch", body, min(connect, remaining), stream=True, read_timeout=remaining
+            "POST",
+            endpoint,
+            f"{api}/watch",
+            body,
+            min(connect, remaining),
+            stream=True,
+            read_timeout=remaining,
+            extra_headers=_REQUIRE_LEADER,
         )
+        created = ignored = False
+
+        def ended() -> str:  # the deadline: QUIET only for a confirmed watch that delivered nothing
+            return QUIET if created and not ignored else UNKNOWN
+
         try:
             if resp.status != 200:
                 raise _EndpointFailure(f"{url}: HTTP {resp.status}")
@@ -319,15 +354,17 @@ class EtcdClient:
                         if doc.get("error"):
                             raise _EndpointFailure(f"{url}: {doc.get('error')}")
                         self._check_term(endpoint, doc)
+                        created = created or bool(doc.get("created"))  # parse_body unwrapped "result"
                         if doc.get("canceled") or doc.get("compact_revision"):
-                            return True
+                            return CHANGED
                         events = doc.get("events") or []
                         if any(not (ignore and isinstance(e, dict) and ignore(e)) for e in events):
-                            return True
+                            return CHANGED
+                        ignored = ignored or bool(events)
                     if time.monotonic() >= deadline:
-                        return False
+                        return ended()
             except ReadTimeoutError:
-                return False
+                return ended()
             except (Urllib3Error, OSError, http.client.HTTPException) as exc:
                 raise _EndpointFailure(f"{url}: {type(exc).__name__}: {exc}") from exc
             # The stream ended (member stopping): not a change, try another endpoint.

@@ -87,6 +87,17 @@ class Probe(Background):
             # recent drill's figures by hand), older ones go
             conn.execute(f"DELETE FROM {PROBE_TABLE} WHERE at < now() - interval '1 day'")
 
+    def wait_writing(self, timeout: float) -> bool:
+        """Wait until the latest write is acknowledged (writes are back after the last outage),
+        at most ``timeout`` seconds: stopped earlier, the probe would leave the outage's end, and
+        so the RTO, out of its record."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.attempts and self.attempts[-1].ok:
+                return True
+            time.sleep(self.interval)
+        return bool(self.attempts) and self.attempts[-1].ok
+
     def start(self) -> Probe:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._launch("drill-probe")
@@ -100,7 +111,10 @@ class Probe(Background):
                 attempt = Attempt(next_id, 0.0, False)
                 try:
                     if conn is None or conn.closed:
-                        conn = psycopg.connect(self.url, autocommit=True)
+                        # bounded like the INSERT: a connect that hangs must not stop the sampling
+                        conn = psycopg.connect(
+                            self.url, autocommit=True, connect_timeout=max(1, int(self.statement_timeout_s))
+                        )
                     timer = threading.Timer(self.statement_timeout_s, _cut, args=(conn,))
                     timer.daemon = True
                     timer.start()

@@ -142,53 +142,93 @@ def probe(conninfo: str, timeout: float = 3.0) -> PgState:
         return probe_conn(conn)
 
 
+# Everything probe_conn needs in one statement (one round trip per look: an idle agent's CPU goes
+# per query). pg_is_in_recovery() is evaluated once (a materialized CTE) so that the columns of
+# one row agree on the role; the functions that fail on the other role sit behind it. The wal
+# receiver is read before the LSNs, as the separate queries did.
+_RECOVERY_CTE = "WITH r AS MATERIALIZED (SELECT pg_is_in_recovery() AS rec) "
+_STATE_COLUMNS = (
+    "r.rec AS in_recovery,"
+    " current_setting('server_version_num')::int AS server_version,"
+    " (SELECT system_identifier FROM pg_control_system()) AS system_identifier,"
+    " CASE WHEN r.rec THEN (SELECT json_build_array(pid, status, received_tli, flushed_lsn::text, sender_host,"
+    " sender_port, slot_name) FROM pg_stat_wal_receiver) END AS receiver,"
+    " CASE WHEN NOT r.rec THEN pg_current_wal_lsn()::text END AS current,"
+    " CASE WHEN NOT r.rec THEN pg_current_wal_flush_lsn()::text END AS flush,"
+    " CASE WHEN NOT r.rec THEN pg_walfile_name(pg_current_wal_lsn()) END AS walfile,"
+    " CASE WHEN r.rec THEN pg_last_wal_receive_lsn()::text END AS received,"
+    " CASE WHEN r.rec THEN pg_last_wal_replay_lsn()::text END AS replayed,"
+    " CASE WHEN r.rec THEN pg_is_wal_replay_paused() ELSE false END AS paused,"
+    " CASE WHEN r.rec THEN (SELECT timeline_id FROM pg_control_checkpoint()) END AS checkpoint_tli,"
+    " CASE WHEN r.rec THEN (SELECT min_recovery_end_timeline FROM pg_control_recovery()) END AS min_recovery_tli,"
+    " (SELECT json_agg(json_build_array(pid, application_name, client_addr::text, state, sync_state,"
+    " sent_lsn::text, write_lsn::text, flush_lsn::text, replay_lsn::text) ORDER BY application_name, pid)"
+    " FROM pg_stat_replication) AS replication"
+)
+_PROBE_SQL = _RECOVERY_CTE + "SELECT " + _STATE_COLUMNS + " FROM r"
+# The site agent's look at its own server adds what it watches besides (NodeProbe).
+_NODE_PROBE_SQL = (
+    _RECOVERY_CTE + "SELECT " + _STATE_COLUMNS + ", current_setting('synchronous_standby_names') AS ssn,"
+    " (SELECT bool_or(pending_restart) FROM pg_settings) AS pending_restart,"
+    " CASE WHEN NOT r.rec THEN (SELECT failed_count FROM pg_stat_archiver) END AS archive_failed,"
+    " (SELECT json_agg(json_build_array(slot_name, slot_type, active, restart_lsn::text, wal_status)"
+    " ORDER BY slot_name) FROM pg_replication_slots) AS slots"
+    " FROM r"
+)
+
+
+@dataclass(frozen=True)
+class NodeProbe:
+    """The site agent's look at its own server: its state, and the settings and slots it
+    watches every cycle."""
+
+    state: PgState
+    synchronous_standby_names: str | None
+    pending_restart: bool
+    archive_failed_count: int | None  # primaries only
+    slots: tuple[SlotInfo, ...]
+
+
 def probe_conn(conn: Conn) -> PgState:
     """Observe a server. Timeline: on a primary the hex prefix of the current WAL file name
     (pg_control_checkpoint() lags until the next checkpoint after a promotion); on a standby the
     wal receiver's received_tli when streaming, else the newer of the last restartpoint's and the
     min recovery point's timelines (from pg_control_checkpoint() / pg_control_recovery())."""
-    base = _one(
-        conn,
-        "SELECT pg_is_in_recovery() AS in_recovery,"
-        " current_setting('server_version_num')::int AS server_version,"
-        " (SELECT system_identifier FROM pg_control_system()) AS system_identifier",
-    )
-    if not base["in_recovery"]:
-        return _probe_primary(conn, base)
-    return _probe_standby(conn, base)
+    return _state_from_row(_one(conn, _PROBE_SQL))
 
 
-def _probe_primary(conn: Conn, base: dict[str, Any]) -> PgState:
-    row = _one(
-        conn,
-        "SELECT pg_current_wal_lsn()::text AS current, pg_current_wal_flush_lsn()::text AS flush,"
-        " pg_walfile_name(pg_current_wal_lsn()) AS walfile",
-    )
-    return PgState(
-        in_recovery=False,
-        timeline=timeline_from_walfile(row["walfile"]),
-        timeline_source="pg_walfile_name",
-        system_identifier=int(base["system_identifier"]),
-        server_version=int(base["server_version"]),
-        current_lsn=parse_lsn_or_none(row["current"]),
-        flush_lsn=parse_lsn_or_none(row["flush"]),
-        received_lsn=None,
-        replayed_lsn=None,
-        replay_paused=False,
-        replication=tuple(replication(conn)),
-        wal_receiver=None,
+def probe_node(conn: Conn) -> NodeProbe:
+    """probe_conn, plus synchronous_standby_names, a pending restart, the archiver's failures (on
+    a primary) and the replication slots: one round trip."""
+    row = _one(conn, _NODE_PROBE_SQL)
+    return NodeProbe(
+        state=_state_from_row(row),
+        synchronous_standby_names=str(row["ssn"]) if row["ssn"] is not None else None,
+        pending_restart=bool(row["pending_restart"]),
+        archive_failed_count=int(row["archive_failed"]) if row["archive_failed"] is not None else None,
+        slots=tuple(_slot(r) for r in row["slots"] or ()),
     )
 
 
-def _probe_standby(conn: Conn, base: dict[str, Any]) -> PgState:
-    receiver = wal_receiver(conn)
-    row = _one(
-        conn,
-        "SELECT pg_last_wal_receive_lsn()::text AS received, pg_last_wal_replay_lsn()::text AS replayed,"
-        " pg_is_wal_replay_paused() AS paused,"
-        " (SELECT timeline_id FROM pg_control_checkpoint()) AS checkpoint_tli,"
-        " (SELECT min_recovery_end_timeline FROM pg_control_recovery()) AS min_recovery_tli",
-    )
+def _state_from_row(row: dict[str, Any]) -> PgState:
+    system_identifier, server_version = int(row["system_identifier"]), int(row["server_version"])
+    replication = tuple(_replica(r) for r in row["replication"] or ())  # on a standby: cascading ones
+    if not row["in_recovery"]:
+        return PgState(
+            in_recovery=False,
+            timeline=timeline_from_walfile(row["walfile"]),
+            timeline_source="pg_walfile_name",
+            current_lsn=parse_lsn_or_none(row["current"]),
+            flush_lsn=parse_lsn_or_none(row["flush"]),
+            received_lsn=None,
+            replayed_lsn=None,
+            replay_paused=False,
+            wal_receiver=None,
+            system_identifier=system_identifier,
+            server_version=server_version,
+            replication=replication,
+        )
+    receiver = _receiver(row["receiver"])
     if receiver is not None and receiver.received_tli:
         timeline: int | None = receiver.received_tli
         source = "pg_stat_wal_receiver"
@@ -200,15 +240,56 @@ def _probe_standby(conn: Conn, base: dict[str, Any]) -> PgState:
         in_recovery=True,
         timeline=timeline,
         timeline_source=source,
-        system_identifier=int(base["system_identifier"]),
-        server_version=int(base["server_version"]),
         current_lsn=None,
         flush_lsn=None,
         received_lsn=parse_lsn_or_none(row["received"]),
         replayed_lsn=parse_lsn_or_none(row["replayed"]),
         replay_paused=bool(row["paused"]),
-        replication=tuple(replication(conn)),  # cascading standbys
         wal_receiver=receiver,
+        system_identifier=system_identifier,
+        server_version=server_version,
+        replication=replication,
+    )
+
+
+def _replica(r: Sequence[Any]) -> ReplicationInfo:
+    pid, app, addr, state, sync_state, sent, write, flush, replay = r
+    return ReplicationInfo(
+        pid=int(pid),
+        application_name=app or "",
+        client_addr=addr,
+        state=state,
+        sync_state=sync_state,
+        sent_lsn=parse_lsn_or_none(sent),
+        write_lsn=parse_lsn_or_none(write),
+        flush_lsn=parse_lsn_or_none(flush),
+        replay_lsn=parse_lsn_or_none(replay),
+    )
+
+
+def _receiver(r: Sequence[Any] | None) -> WalReceiverInfo | None:
+    if not r or r[0] is None:
+        return None
+    pid, status, tli, flushed, host, port, slot = r
+    return WalReceiverInfo(
+        pid=int(pid),
+        status=status,
+        received_tli=int(tli) if tli is not None else None,
+        flushed_lsn=parse_lsn_or_none(flushed),
+        sender_host=host,
+        sender_port=int(port) if port is not None else None,
+        slot_name=slot,
+    )
+
+
+def _slot(r: Sequence[Any]) -> SlotInfo:
+    name, kind, active, restart, wal_status = r
+    return SlotInfo(
+        slot_name=name,
+        slot_type=kind,
+        active=bool(active),
+        restart_lsn=parse_lsn_or_none(restart),
+        wal_status=wal_status,
     )
 
 
@@ -219,20 +300,7 @@ def replication(conn: Conn) -> list[ReplicationInfo]:
         " sent_lsn::text AS sent, write_lsn::text AS write, flush_lsn::text AS flush,"
         " replay_lsn::text AS replay FROM pg_stat_replication ORDER BY application_name, pid",
     )
-    return [
-        ReplicationInfo(
-            pid=int(r["pid"]),
-            application_name=r["application_name"] or "",
-            client_addr=r["client_addr"],
-            state=r["state"],
-            sync_state=r["sync_state"],
-            sent_lsn=parse_lsn_or_none(r["sent"]),
-            write_lsn=parse_lsn_or_none(r["write"]),
-            flush_lsn=parse_lsn_or_none(r["flush"]),
-            replay_lsn=parse_lsn_or_none(r["replay"]),
-        )
-        for r in rows
-    ]
+    return [_replica(list(r.values())) for r in rows]
 
 
 def wal_receiver(conn: Conn) -> WalReceiverInfo | None:
@@ -241,18 +309,7 @@ def wal_receiver(conn: Conn) -> WalReceiverInfo | None:
         "SELECT pid, status, received_tli, flushed_lsn::text AS flushed, sender_host, sender_port,"
         " slot_name FROM pg_stat_wal_receiver",
     )
-    if not rows or rows[0]["pid"] is None:
-        return None
-    r = rows[0]
-    return WalReceiverInfo(
-        pid=int(r["pid"]),
-        status=r["status"],
-        received_tli=int(r["received_tli"]) if r["received_tli"] is not None else None,
-        flushed_lsn=parse_lsn_or_none(r["flushed"]),
-        sender_host=r["sender_host"],
-        sender_port=int(r["sender_port"]) if r["sender_port"] is not None else None,
-        slot_name=r["slot_name"],
-    )
+    return _receiver(list(rows[0].values())) if rows else None
 
 
 def check_slot_name(name: str) -> str:
@@ -267,16 +324,7 @@ def list_slots(conn: Conn) -> list[SlotInfo]:
         "SELECT slot_name, slot_type, active, restart_lsn::text AS restart, wal_status"
         " FROM pg_replication_slots ORDER BY slot_name",
     )
-    return [
-        SlotInfo(
-            slot_name=r["slot_name"],
-            slot_type=r["slot_type"],
-            active=bool(r["active"]),
-            restart_lsn=parse_lsn_or_none(r["restart"]),
-            wal_status=r["wal_status"],
-        )
-        for r in rows
-    ]
+    return [_slot(list(r.values())) for r in rows]
 
 
 def create_physical_slot(conn: Conn, name: str, immediately_reserve: bool = True) -> bool:

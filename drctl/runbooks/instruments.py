@@ -16,6 +16,9 @@ from drctl.drills.probe import Probe, RoleSampler, present_ids
 from drctl.policy.model import Policy
 from drctl.runbooks.engine import RunState
 
+# How long a finished run's probe keeps writing for writes to come back after the last outage.
+RECOVERY_WAIT_S = 30.0
+
 
 class RunInstruments:
     def __init__(self, policy: Policy, run_dir: Path, run_id: str) -> None:
@@ -36,6 +39,7 @@ class RunInstruments:
         self.roles.start()
 
     def finish(self, state: RunState) -> dict[str, Any]:
+        self.probe.wait_writing(RECOVERY_WAIT_S)  # the report shows the outage's end, not just its start
         self.probe.stop()
         self.roles.stop()
         acked = {a.id for a in self.probe.attempts if a.ok}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterable
 from typing import assert_never
 
 import psycopg
@@ -15,6 +16,7 @@ from drctl.dcs.base import DCSError
 from drctl.pg.ctl import PgCtlError
 from drctl.pg.probe import (
     ProbeError,
+    SlotInfo,
     checkpoint,
     connect,
     create_physical_slot,
@@ -352,9 +354,13 @@ class PgHands(Hands):
         return "pgbackrest" in methods and self.node.backup is not None and self.node.backup.has_backup()
 
     def _manage_slots(self, a: ManageSlots) -> ActionResult:
-        if not self.node.ctl.is_running():
+        pm = self.node.ctl.postmaster_pid()
+        if pm is None:
             return DONE
-        with self.node.session() as conn:
+        seen = self.node.observed_slots(pm)  # this cycle's look, when PostgreSQL is the same one
+        if seen is not None and _slots_in_order(seen, a.slots):
+            return DONE  # nothing to create or drop: no query
+        with self.node.session(postmaster=pm) as conn:
             existing = {s.slot_name: s for s in list_slots(conn) if s.slot_type == "physical"}
             for name in a.slots:
                 if name not in existing:
@@ -366,6 +372,14 @@ class PgHands(Hands):
                         drop_slot(conn, name)
                         log.info("dropped replication slot", slot=name)
         return DONE
+
+
+def _slots_in_order(seen: Iterable[SlotInfo], wanted: Iterable[str]) -> bool:
+    """Pure: every wanted physical slot exists and no other inactive physical slot does (what
+    ManageSlots would create or drop: nothing). Active unwanted slots are left alone anyway."""
+    physical = {s.slot_name: s for s in seen if s.slot_type == "physical"}
+    want = set(wanted)
+    return want <= physical.keys() and all(s.active for n, s in physical.items() if n not in want)
 
 
 def _callback_role(role: str, standby_leader: bool) -> CallbackRole:

@@ -21,6 +21,7 @@ from site_agent.crosssite import SiteGuard, with_permanent_slots
 from site_agent.decide import decide
 from site_agent.executor import Executor
 from site_agent.fencing import LeaseKeeper
+from site_agent.heap import trim
 from site_agent.identity import identity
 from site_agent.inbox import Inbox, Request
 from site_agent.interpret import Sighting, interpret, remember_view, wal_lsn_to_read, wants_peers, wants_remote_history
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("site_agent")
 
 VERSION = "0.1.0"
+TRIM_FIRST_S = 20.0  # site_agent.heap: after the start has settled
+TRIM_EVERY_S = 600.0
 
 
 class Agent:
@@ -89,8 +92,12 @@ class Agent:
     def run(self) -> None:
         log.info("agent started", scope=self.cfg.scope, name=self.cfg.name)
         failures = 0
+        next_trim = time.monotonic() + TRIM_FIRST_S
         while not self.stopping.is_set():
             started = time.monotonic()
+            if started >= next_trim:  # the start's garbage back to the system, then now and then
+                trim()
+                next_trim = started + TRIM_EVERY_S
             try:
                 hurry = self.run_cycle()
                 failures = 0
@@ -175,9 +182,10 @@ class Agent:
         self.mem = after_acting(self.mem, view, decision, self.cfg.name)
         self._seed_config(view)
         self._observe_promotion(decision)
-        self._publish(real_view, decision)
+        pm = self.node.ctl.postmaster_pid()  # after acting: once for the snapshot and the watch
+        self._publish(real_view, decision, pm)
         if self.pm_watch is not None:
-            self.pm_watch.track(self.node.ctl.postmaster_pid())
+            self.pm_watch.track(pm)
         return done.all_ok
 
     def shutdown(self) -> None:
@@ -364,12 +372,13 @@ class Agent:
             replayed_lsn=None,
         )
 
-    def _publish(self, view: ClusterView | None, decision: Decision) -> None:
-        """This member's record in the DCS and the snapshot the REST API serves."""
+    def _publish(self, view: ClusterView | None, decision: Decision, postmaster: int | None) -> None:
+        """This member's record in the DCS and the snapshot the REST API serves (``postmaster``:
+        the PID of the running postmaster now, None when it is not running)."""
         local = self.local
         assert local is not None
         self._touch_member(view, decision, local)
-        self._snapshot = self._with_site(self._node_snapshot(view, decision, local))
+        self._snapshot = self._with_site(self._node_snapshot(view, decision, local, postmaster is not None))
 
     def _touch_member(self, view: ClusterView | None, decision: Decision, local: LocalState) -> None:
         info = MemberInfo(
@@ -390,18 +399,19 @@ class Agent:
             except DCSError as exc:
                 log.warning("could not publish this member", error=str(exc))
 
-    def _node_snapshot(self, view: ClusterView | None, decision: Decision, local: LocalState) -> NodeSnapshot:
+    def _node_snapshot(
+        self, view: ClusterView | None, decision: Decision, local: LocalState, pg_running: bool
+    ) -> NodeSnapshot:
         lag = lag_between(leader_lsn(view), local.lsn) if view is not None and local.in_recovery else None
         deadline = None
         if self.mem.am_leader and self.mem.last_renewal is not None:
             deadline = time.time() + (self.mem.last_renewal + self.lease_deadline() - time.monotonic())
-        obs_probe = self.node.ctl.is_running()
         return NodeSnapshot(
             name=self.cfg.name,
             scope=self.cfg.scope,
             role=decision.role,
             state=local.pg.value,
-            pg_running=obs_probe and local.pg is PgState.RUNNING,
+            pg_running=pg_running and local.pg is PgState.RUNNING,
             in_recovery=bool(local.in_recovery),
             timeline=local.timeline or 0,
             system_identifier=local.system_id,

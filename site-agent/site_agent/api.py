@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hmac
 import json
+import os
+import selectors
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -57,6 +59,9 @@ from site_agent.api_server import (
     PooledServer,
 )
 
+if TYPE_CHECKING:
+    import ssl
+
 log = structlog.get_logger("site_agent.api")
 
 MAX_BODY_BYTES = 1 << 20
@@ -78,6 +83,8 @@ class TlsConfig:
     keyfile_password: str | None = None
 
     def context(self) -> ssl.SSLContext:
+        import ssl  # only with TLS configured: see site_agent.main
+
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.certfile, self.keyfile, self.keyfile_password)
@@ -445,12 +452,23 @@ class ApiServer:
 
     def __init__(self, server: PooledServer) -> None:
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="pgdr-api", daemon=True
-        )
+        # Our own accept loop rather than serve_forever's, which wakes every poll_interval to
+        # look for a shutdown request: this one sleeps until a connection or stop() (a pipe).
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._serve, name="pgdr-api", daemon=True)
         self._stopped = False
         self._lock = threading.Lock()
         self._thread.start()
+
+    def _serve(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._server.socket, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopped:
+                for key, _events in sel.select():
+                    if key.fd == self._wake_r or self._stopped:
+                        continue
+                    self._server.handle_request()  # readable: accept at once, then the pool (PooledServer)
 
     @property
     def host(self) -> str:
@@ -474,9 +492,13 @@ class ApiServer:
             if self._stopped:
                 return
             self._stopped = True
-        self._server.shutdown()
-        self._server.server_close()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
         self._thread.join(timeout=REQUEST_TIMEOUT_S)
+        self._server.server_close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def __enter__(self) -> ApiServer:
         return self

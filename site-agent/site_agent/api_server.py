@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import queue
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -22,6 +21,8 @@ from drctl.dcs.base import ClusterView
 from site_agent.snapshot import NodeSnapshot
 
 if TYPE_CHECKING:
+    import ssl
+
     from site_agent.metrics import AgentMetrics
 
 log = structlog.get_logger("site_agent.api")
@@ -132,6 +133,7 @@ class PooledServer(HTTPServer):
         self._deadlines: dict[socket.socket, float] = {}
         self._deadlines_lock = threading.Lock()
         self._closing = threading.Event()
+        self._reaper_wake = threading.Event()  # set when a connection is watched, and at close
         self._reaper = threading.Thread(target=self._reap, name="pgdr-api-reaper", daemon=True)
         for w in [*self._workers, self._reaper]:
             w.start()
@@ -150,6 +152,7 @@ class PooledServer(HTTPServer):
     def watch(self, sock: socket.socket, deadline: float) -> None:
         with self._deadlines_lock:
             self._deadlines[sock] = deadline
+            self._reaper_wake.set()
 
     def unwatch(self, sock: socket.socket) -> None:
         with self._deadlines_lock:
@@ -161,7 +164,16 @@ class PooledServer(HTTPServer):
             return self._deadlines.get(sock, time.monotonic())
 
     def _reap(self) -> None:
-        while not self._closing.wait(0.2):
+        while not self._closing.is_set():
+            with self._deadlines_lock:
+                idle = not self._deadlines
+                if idle:
+                    self._reaper_wake.clear()
+            if idle:  # no connection: sleep until one comes (an idle agent's API wakes no thread)
+                self._reaper_wake.wait()
+                continue
+            if self._closing.wait(0.2):
+                break
             now = time.monotonic()
             with self._deadlines_lock:
                 expired = [s for s, d in self._deadlines.items() if d <= now]
@@ -214,6 +226,7 @@ class PooledServer(HTTPServer):
         for _ in self._workers:
             self._queue.put(None)
         self._closing.set()
+        self._reaper_wake.set()
         for w in [*self._workers, self._reaper]:
             w.join(timeout=READ_DEADLINE_S + REQUEST_TIMEOUT_S)
 

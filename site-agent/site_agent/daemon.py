@@ -197,7 +197,7 @@ def _run_until_signalled(agent: Agent, api: ApiServer) -> None:
     loop = threading.Thread(target=agent.run, name="agent-loop", daemon=True)
     loop.start()
     while loop.is_alive():
-        loop.join(0.5)
+        loop.join()  # a signal interrupts the wait and runs on_signal (no polling at rest)
     agent.shutdown()
     if agent.site_guard is not None:
         agent.site_guard.monitor.stop()

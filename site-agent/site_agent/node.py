@@ -19,7 +19,7 @@ from drctl.dcs.base import HistoryEntry, Member
 from drctl.pg.conninfo import make_conninfo, parse_host_port
 from drctl.pg.controldata import ControlData
 from drctl.pg.ctl import PgCtl, PgCtlError
-from drctl.pg.probe import Conn, ProbeError, connect, probe_conn
+from drctl.pg.probe import Conn, ProbeError, SlotInfo, connect, probe_node
 from drctl.pg.probe import PgState as ProbeState
 from drctl.pg.waltimeline import history_timelines, parse_history_file, replay_timeline
 from site_agent.state import DataDirState
@@ -41,15 +41,6 @@ DEFAULT_PARAMETERS: dict[str, Any] = {
     "wal_keep_size": "128MB",
     "max_connections": 100,
 }
-
-
-# synchronous_standby_names, whether a changed setting waits for a restart, and (on a primary:
-# the parameter) the archiver's failure count.
-_SETTINGS_QUERY = (
-    "SELECT current_setting('synchronous_standby_names'),"
-    " (SELECT bool_or(pending_restart) FROM pg_settings),"
-    " CASE WHEN %s THEN (SELECT failed_count FROM pg_stat_archiver) END"
-)
 
 
 @dataclass
@@ -83,6 +74,7 @@ class Node:
         self._conn: Conn | None = None  # see session()
         self._conn_pm: int | None = None
         self._seg_size: int | None = None  # wal_segment_size, read once from pg_control
+        self._slots_seen: tuple[int, tuple[SlotInfo, ...]] | None = None  # see observed_slots()
 
     @property
     def conn_url(self) -> str:
@@ -180,12 +172,13 @@ class Node:
         return DataDirState.INVALID
 
     @contextlib.contextmanager
-    def session(self, timeout: float = 3.0) -> Iterator[Conn]:
+    def session(self, timeout: float = 3.0, *, postmaster: int | None = None) -> Iterator[Conn]:
         """The agent's own connection to the local PostgreSQL, kept open across cycles (a new
         connection per look would fork a backend several times a second). Reopened when the
         postmaster changed or the connection broke; closed on any error so the next use starts
-        clean. For the agent loop's thread only."""
-        pm = self.ctl.postmaster_pid()
+        clean. ``postmaster``: its PID when the caller has just read it. For the agent loop's
+        thread only."""
+        pm = postmaster if postmaster is not None else self.ctl.postmaster_pid()
         conn = self._conn
         if conn is not None and (conn.closed or conn.broken or self._conn_pm != pm):
             with contextlib.suppress(Exception):
@@ -241,9 +234,18 @@ class Node:
             HistoryEntry(tli, lsn, "from the timeline history file", "", "") for tli, lsn in parse_history_file(text)
         ]
 
+    def observed_slots(self, postmaster: int | None) -> tuple[SlotInfo, ...] | None:
+        """The replication slots the last observe() read, while ``postmaster`` (the PID now) is
+        still the one it read them from (a restart, a rewind or a rebuild since makes it None:
+        ask the server). ManageSlots uses them instead of a query of its own each cycle."""
+        seen = self._slots_seen
+        return seen[1] if seen is not None and postmaster is not None and seen[0] == postmaster else None
+
     def observe(self) -> Observation:
         dd = self.data_dir_state()
-        running = self.ctl.is_running()
+        pm = self.ctl.postmaster_pid()  # once per look: session() gets it too
+        running = pm is not None
+        self._slots_seen = None
         state: ProbeState | None = None
         error: str | None = None
         control: ControlData | None = None
@@ -256,14 +258,14 @@ class Node:
             for attempt in (1, 2):
                 reused = self._conn is not None
                 try:
-                    with self.session() as conn:
-                        state = probe_conn(conn)
-                        # One round trip for the rest (an idle agent's CPU goes per query).
-                        row = conn.execute(_SETTINGS_QUERY, (not state.in_recovery,)).fetchone()
-                        if row is not None:
-                            ssn = str(row[0]) if row[0] is not None else None
-                            pending = bool(row[1])
-                            archive_failed = int(row[2]) if row[2] is not None else None
+                    with self.session(postmaster=pm) as conn:
+                        # One round trip for all of it (an idle agent's CPU goes per query).
+                        seen = probe_node(conn)
+                    state = seen.state
+                    ssn, pending = seen.synchronous_standby_names, seen.pending_restart
+                    archive_failed = seen.archive_failed_count
+                    if pm is not None:
+                        self._slots_seen = (pm, seen.slots)
                     error = None
                     break
                 except (ProbeError, PgCtlError, psycopg.Error) as exc:

@@ -3,10 +3,13 @@ leader's failsafe round. Both go through the one agent client (drctl.agentapi.cl
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
+
+import structlog
 
 from drctl.agentapi.client import AgentClient, AgentUnreachable, RestAuth
 from drctl.agentapi.status import AgentStatus
@@ -16,6 +19,8 @@ from site_agent.state import PeerStatus
 _tls = RestAuth()  # how peers are reached (CA, client certificate); set by configure()
 _reader = AgentClient(_tls)
 _writers: dict[tuple[str | None, str | None], AgentClient] = {}  # by credentials, for POST /failsafe
+_warned_https: set[str] = set()
+log = structlog.get_logger("site_agent.peers")
 
 
 def configure(
@@ -48,7 +53,25 @@ def peer_status(status: AgentStatus) -> PeerStatus:
     )
 
 
+def _no_ssl_for(api_url: str) -> bool:
+    """An https peer while this agent runs without the ssl module (site_agent.tlsneed: nothing in
+    its own configuration asked for TLS). Said once per URL, loudly: that peer counts as
+    unreachable until the agent is restarted with PGDR_AGENT_SSL=1 or a TLS setting."""
+    if not api_url.lower().startswith("https") or sys.modules.get("ssl") is not None:
+        return False
+    if api_url not in _warned_https:
+        _warned_https.add(api_url)
+        log.error(
+            "a peer serves its REST API over https but this agent runs without TLS support "
+            "(nothing in its configuration uses TLS): set restapi.cafile, or PGDR_AGENT_SSL=1, and restart it",
+            peer=api_url,
+        )
+    return True
+
+
 def fetch_one(api_url: str, timeout: float) -> PeerStatus:
+    if _no_ssl_for(api_url):
+        return PeerStatus(reachable=False)
     try:
         return peer_status(_reader.status(api_url, timeout=timeout, total=timeout))
     except AgentUnreachable:

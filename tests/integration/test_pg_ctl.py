@@ -163,6 +163,7 @@ def test_replica_promote_rewind_rejoin(nodes: Callable[[str], Node]) -> None:
         assert slots["r1_slot"].active and slots["r1_slot"].slot_type == "physical"
         with pytest.raises(probe.ProbeError, match="active"):
             probe.drop_slot(conn, "r1_slot")
+    _one_query_probe_agrees_with_separate_queries(p1, r1)
 
     # Promote r1; p1 keeps running for a moment and takes writes that r1 never sees.
     r1.ctl.promote(wait=True, timeout=30)
@@ -190,6 +191,28 @@ def test_replica_promote_rewind_rejoin(nodes: Callable[[str], Node]) -> None:
     assert st.in_recovery and st.timeline == 2
     r1.sql("INSERT INTO t VALUES (3000, 'r1-after')")
     wait_until(lambda: p1.sql("SELECT count(*) FROM t WHERE id = 3000") == [(1,)], 15.0, "new row on p1")
+
+
+def _one_query_probe_agrees_with_separate_queries(primary: Node, standby: Node) -> None:
+    """probe_node reads in one statement what separate queries read (an idle cluster: nothing
+    moves between them but the receiver's timestamps, which are not compared)."""
+    with probe.connect(primary.local()) as conn:
+        seen = probe.probe_node(conn)
+        assert not seen.state.in_recovery and seen.state.timeline == 1 and seen.state.wal_receiver is None
+        assert seen.state.replication == tuple(probe.replication(conn))
+        assert seen.slots == tuple(probe.list_slots(conn))
+        assert seen.archive_failed_count == 0 and seen.pending_restart is False
+        assert seen.synchronous_standby_names == ""
+        assert seen.state.current_lsn is not None and seen.state.flush_lsn is not None
+    with probe.connect(standby.local()) as conn:
+        seen = probe.probe_node(conn)
+        assert seen.state.in_recovery and seen.archive_failed_count is None
+        assert seen.state.wal_receiver == probe.wal_receiver(conn)
+        assert seen.state.replication == () == tuple(probe.replication(conn))
+        assert seen.slots == tuple(probe.list_slots(conn))
+        assert seen.state.received_lsn is not None and seen.state.replayed_lsn is not None
+        assert seen.state.timeline == 1 and seen.state.timeline_source == "pg_stat_wal_receiver"
+        assert seen.state.replay_paused is False and seen.state.current_lsn is None
 
 
 def test_broken_config_fails_fast_with_log(nodes: Callable[[str], Node]) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from site_agent import keeperbin
 from site_agent.keeper import (
     Keeper,
     KeeperState,
@@ -135,7 +136,7 @@ def _kill(pid: int) -> None:
 
 
 @pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+def procs(keeper_command: None) -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     extra: list[int] = []
     yield started
@@ -170,11 +171,37 @@ def start_fake_postgres(tmp_path: Path, procs: list[subprocess.Popen[bytes]], st
     return fake
 
 
+@pytest.fixture(scope="session")
+def compiled_keeper(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """keeper.c as it is in this tree (not whatever `make setup` built), warnings as errors."""
+    return keeperbin.build(str(tmp_path_factory.mktemp("keeperbin") / "keeper"), extra_flags=("-Werror",))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every process test (those that start processes: the ``procs`` fixture) runs against both
+    keepers: site_agent.keeper and its compiled twin (keeper.c)."""
+    if "procs" in metafunc.fixturenames:
+        metafunc.parametrize("keeper_command", ["python", "compiled"], indirect=True)
+
+
+@pytest.fixture
+def keeper_command(request: pytest.FixtureRequest) -> Iterator[None]:
+    global KEEPER
+    old = KEEPER
+    if request.param == "compiled":
+        KEEPER = [request.getfixturevalue("compiled_keeper")]
+    yield
+    KEEPER = old
+
+
+KEEPER = [sys.executable, "-m", "site_agent.keeper"]
+
+
 def start_keeper(
     tmp_path: Path, data: Path, procs: list[subprocess.Popen[bytes]], parent: int | None = None
 ) -> tuple[subprocess.Popen[bytes], Path]:
     state = tmp_path / "keeper.state"
-    args = [sys.executable, "-m", "site_agent.keeper", "--data-dir", str(data), "--state-file", str(state)]
+    args = [*KEEPER, "--data-dir", str(data), "--state-file", str(state)]
     args += ["--poll", "0.05", "--parent-pid", str(parent if parent is not None else os.getpid())]
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=open(tmp_path / "keeper.log", "wb"))  # noqa: SIM115
     procs.append(proc)
@@ -307,3 +334,132 @@ def test_keeper_sleeps_until_the_deadline_and_polls_once_it_passed(tmp_path: Pat
     assert abs(k.next_sleep(100.0) - 0.2) < 1e-9  # wake exactly at the deadline
     assert k.next_sleep(90.0) == 0.5  # far from it: still look at the file regularly
     assert k.next_sleep(100.2) == 0.1  # passed: keep killing every poll
+
+
+def _write_state(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def test_keeper_keeps_its_state_through_garbage_and_obeys_what_parses(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """The state file as the compiled keeper's own JSON reader must take it: unreadable files
+    change nothing (an armed keeper stays armed), an older seq is ignored, a state from another
+    boot counts as disarmed, and keys it does not read (nested values, escapes) are skipped."""
+    pg = start_fake_postgres(tmp_path, procs)
+    _keeper, state = start_keeper(tmp_path, pg.data_dir, procs)
+    boot = (Path("/proc/sys/kernel/random/boot_id").read_text()).strip()
+    far = time.monotonic() + 3600
+    _write_state(state, KeeperState(100, True, far, boot).to_json())
+    log = tmp_path / "keeper.log"
+    assert _wait(lambda: "armed" in log.read_text(), 20), "the keeper never read its first state"
+    expired = time.monotonic() - 1
+    seq = 100
+    for garbage in (
+        "{not json",
+        f'{{"seq": {seq + 1}, "armed": false}}}}',  # trailing garbage
+        f'{{"seq": "{seq + 2}", "armed": false, "deadline": null}}',  # seq a string
+        f'{{"seq": {seq + 3}, "armed": "no", "deadline": null}}',  # armed not a bool
+        f'{{"seq": {seq + 4}, "armed": false, "deadline": "soon"}}',  # deadline a string
+        f'{{"seq": {seq + 5}, "deadline": null}}',  # no armed
+        "",
+        "x" * 10000,
+        f'{{"seq": {seq - 1}, "armed": true, "deadline": {expired}, "boot_id": "{boot}"}}',  # older seq
+        f'{{"seq": {seq + 6}, "armed": true, "deadline": {expired}, "boot_id": "another-boot"}}',  # other boot
+        f'{{"seq": {seq + 7}, "armed": true, "deadline": {expired}, "boot_id": 42}}',  # not a string: not ours
+    ):
+        _write_state(state, garbage)
+        time.sleep(0.7)
+        assert pg.alive() and pg.child_alive(), f"fired on {garbage[:80]!r}"
+    # A state with keys the keeper does not read (nested, escaped) still arms it: it fires.
+    odd = (
+        f'{{"note": {{"a": [1, 2.5e3, {{"b": null}}], "c": "q\\"uote\\u00e9"}}, "seq": {seq + 8},'
+        f' "armed": true, "deadline": {expired}, "boot_id": "{boot}", "extra": [true, false]}}'
+    )
+    _write_state(state, odd)
+    assert _wait(lambda: not pg.alive() and not pg.child_alive(), 5), "an armed, expired state was not obeyed"
+
+
+def test_keeper_pid_file_is_written_and_removed_on_sigterm(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    pid_file = tmp_path / "keeper.pid"
+    data = tmp_path / "data"
+    data.mkdir()
+    args = [*KEEPER, "--data-dir", str(data), "--state-file", str(tmp_path / "s"), "--pid-file", str(pid_file)]
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(proc)
+    assert _wait(pid_file.exists, 10)
+    assert pid_file.read_text() == f"{proc.pid}\n"
+    assert oct(pid_file.stat().st_mode & 0o777) == "0o644"
+    assert os.getsid(proc.pid) == proc.pid  # its own session: signals to the agent's group miss it
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=5) == 0
+    assert not pid_file.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_keeper_refuses_bad_arguments(tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
+    for bad in (["--data-dir", str(tmp_path)], ["--data-dir", str(tmp_path), "--state-file", "s", "--bogus"]):
+        done = subprocess.run([*KEEPER, *bad], capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 2, done
+        assert "error:" in done.stderr
+
+
+# -- which keeper the agent runs ------------------------------------------------------------------
+
+
+def test_the_agent_runs_the_compiled_keeper_when_current_else_the_python_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compiled_keeper: str
+) -> None:
+    from site_agent.fencing import LeaseKeeper
+
+    monkeypatch.delenv("PGDR_LEASE_KEEPER", raising=False)
+    source, built = tmp_path / "keeper.c", tmp_path / "bin" / "keeper"
+    source.write_text("/* */")
+    monkeypatch.setattr(keeperbin, "SOURCE", str(source))
+    monkeypatch.setattr(keeperbin, "DEFAULT_BINARY", str(built))
+    keeper = LeaseKeeper(tmp_path / "data", tmp_path)
+    executable, argv, which = keeper.command()
+    assert executable == sys.executable and "no compiled keeper" in which
+    assert "site_agent.keeper" in " ".join(argv)
+    built.parent.mkdir()
+    built.write_bytes(Path(compiled_keeper).read_bytes())
+    built.chmod(0o755)
+    os.utime(source, (time.time() - 60, time.time() - 60))
+    executable, argv, which = keeper.command()
+    assert (executable, argv[0], which) == (str(built), "site_agent.keeper", "compiled")
+    os.utime(source, None)  # the source changed after the build: stale
+    os.utime(built, (time.time() - 60, time.time() - 60))
+    executable, _argv, which = keeper.command()
+    assert executable == sys.executable and "older than keeper.c" in which
+    monkeypatch.setenv("PGDR_LEASE_KEEPER", "python")
+    assert keeper.command()[0] == sys.executable
+    monkeypatch.setenv("PGDR_LEASE_KEEPER", compiled_keeper)
+    assert keeper.command()[0] == compiled_keeper
+
+
+def test_a_started_compiled_keeper_is_found_and_stopped_as_a_keeper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compiled_keeper: str
+) -> None:
+    """argv[0] says site_agent.keeper: the lab's stray-keeper sweep and `ps` find it as before."""
+    from site_agent.fencing import LeaseKeeper
+
+    from drctl.lab.lab import stop_stray_keepers
+
+    monkeypatch.setenv("PGDR_LEASE_KEEPER", compiled_keeper)
+    (tmp_path / "data").mkdir()
+    keeper = LeaseKeeper(tmp_path / "data", tmp_path)
+    keeper.start()
+    try:
+        assert keeper.proc is not None
+        assert _wait(keeper.pid_file.exists, 10)
+        cmdline = Path(f"/proc/{keeper.proc.pid}/cmdline").read_bytes()
+        assert cmdline.startswith(b"site_agent.keeper\0--data-dir")
+        assert Path(f"/proc/{keeper.proc.pid}/exe").resolve() == Path(compiled_keeper).resolve()
+        stop_stray_keepers(tmp_path)
+        assert keeper.proc.wait(timeout=10) == 0
+    finally:
+        keeper.stop()
