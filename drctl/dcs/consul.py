@@ -178,10 +178,6 @@ class ConsulDCS(DCS):
         return consul_key(self.key(*parts))
 
     @property
-    def session(self) -> str | None:
-        return self._session
-
-    @property
     def session_id(self) -> str | None:
         return self._session
 
