@@ -535,6 +535,16 @@ class DCS(abc.ABC):
         current = self.get_cluster().site
         return self.set_site(site, current.version if current else None)
 
+    def replace_site_and_close(self, site: SiteRecord) -> str | None:
+        """:meth:`replace_site`, then close this connection: None once written, else why not (in
+        words for an operator, who may run the command again)."""
+        try:
+            return None if self.replace_site(site) else "its site record changed meanwhile"
+        except DCSError as exc:
+            return f"cannot write its site record: {exc}"
+        finally:
+            self.close()
+
     def write_fence(self, fence_id: str, data: Mapping[str, Any]) -> bool:
         """Append a fencing record (create only; a fence is never rewritten)."""
         return self._cas_put(f"fence/{fence_id}", json.dumps(dict(data), sort_keys=True), None, "write fence")
