@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Callable
 
 StrPath = str | os.PathLike[str]
 
@@ -122,45 +123,41 @@ def _check_opened(fd: int, path: str, owners: set[int] | None) -> None:
         raise UnsafePathError(f"{path}: owned by uid {st.st_uid}, expected one of {sorted(owners)}: remove it")
 
 
-def open_append(path: StrPath, mode: int = 0o640, owners: set[int] | None = None) -> int:
-    """A descriptor appending to ``path`` (created with ``mode`` when absent), refusing a
-    symbolic link, a hard-linked file, anything but a regular file, and (when ``owners`` is
-    given) a file owned by another uid. The caller closes it."""
+def _open_checked(path: StrPath, flags: int, mode: int, check: Callable[[int, str], None]) -> int:
+    """``os.open`` never following a final symbolic link nor blocking on a FIFO, then ``check``
+    on the descriptor: a refused file is closed before the error goes up."""
     p = os.fspath(path)
     try:
-        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+        fd = os.open(p, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     except OSError as exc:
         if os.path.islink(p):
             raise UnsafePathError(f"{p}: is a symbolic link (possibly planted): remove it") from None
         raise exc
     try:
-        _check_opened(fd, p, owners)
+        check(fd, p)
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def open_append(path: StrPath, mode: int = 0o640, owners: set[int] | None = None) -> int:
+    """A descriptor appending to ``path`` (created with ``mode`` when absent), refusing a
+    symbolic link, a hard-linked file, anything but a regular file, and (when ``owners`` is
+    given) a file owned by another uid. The caller closes it."""
+    return _open_checked(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode, lambda fd, p: _check_opened(fd, p, owners))
+
+
+def _regular(fd: int, path: str) -> None:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise UnsafePathError(f"{path}: not a regular file: remove it")
 
 
 def open_read(path: StrPath) -> int:
     """A read-only descriptor on ``path``, refusing a symbolic link or a non-regular file (a
     FIFO planted to block us). The caller closes it."""
-    p = os.fspath(path)
-    try:
-        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        if os.path.islink(p):
-            raise UnsafePathError(f"{p}: is a symbolic link (possibly planted): remove it") from None
-        raise exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePathError(f"{p}: not a regular file: remove it")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _open_checked(path, os.O_RDONLY, 0o777, _regular)
 
 
 def check_private_dir(path: StrPath) -> None:

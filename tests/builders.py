@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -185,3 +185,22 @@ def archiving_works(pgbr: Any, failing: type[Exception]) -> bool:
     except failing:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class PgbouncerFiles:
+    dir: Path
+    userlist: Path  # the lab superuser's entry
+    ini: Path
+    pidfile: Path
+
+
+def pgbouncer_files(lab_dir: Path) -> PgbouncerFiles:
+    """A lab's PgBouncer directory (created) with a userlist holding the lab superuser."""
+    from drctl.lab.cluster import SUPERUSER
+
+    d = lab_dir / "pgbouncer"
+    d.mkdir(mode=0o755)
+    files = PgbouncerFiles(d, d / "userlist.txt", d / "pgbouncer.ini", d / "pgbouncer.pid")
+    files.userlist.write_text(f'"{SUPERUSER[0]}" "{SUPERUSER[1]}"\n')
+    return files

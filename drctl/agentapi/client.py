@@ -10,11 +10,12 @@ status code and message and decides how to present it.
 
 from __future__ import annotations
 
+import abc
 import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
@@ -76,20 +77,6 @@ class RestAuth:
     key_password: str | None = None
 
 
-class AgentApi(Protocol):
-    """The REST boundary the cluster verbs use (tests substitute a fake)."""
-
-    def request(
-        self,
-        method: str,
-        api_url: str,
-        path: str,
-        body: Mapping[str, Any] | None = None,
-        *,
-        timeout: float = READ_TIMEOUT_S,
-    ) -> AgentReply: ...
-
-
 def join_url(api_url: str, path: str) -> str:
     """The endpoint ``path`` of a member's agent. A member publishes its api_url Patroni-style,
     often with a path (``http://10.0.0.1:8008/status``): only scheme and host:port are kept."""
@@ -115,7 +102,42 @@ def decode_reply(status: int, data: bytes, content_type: str | None) -> AgentRep
     return AgentReply(status, text, doc)
 
 
-class AgentClient:
+class AgentApi(abc.ABC):
+    """The REST boundary the cluster verbs, the sites controller and peer polling use. ``request``
+    is written once here; an implementation sends one prepared request (:class:`AgentClient`
+    over urllib3; tests substitute a fake transport)."""
+
+    def request(
+        self,
+        method: str,
+        api_url: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        timeout: float = READ_TIMEOUT_S,
+        total: float | None = None,
+    ) -> AgentReply:
+        """One request. ``timeout`` bounds the connection (at most CONNECT_TIMEOUT_S) and each
+        read; ``total``, when given, bounds the whole request (peer polling during an election)."""
+        if not api_url:
+            raise AgentUnreachable("the member publishes no api_url")
+        return self._send(method.upper(), join_url(api_url, path), None if body is None else dict(body), timeout, total)
+
+    @abc.abstractmethod
+    def _send(
+        self, method: str, url: str, body: dict[str, Any] | None, timeout: float, total: float | None
+    ) -> AgentReply: ...
+
+    def status(self, api_url: str, *, timeout: float = CONNECT_TIMEOUT_S, total: float | None = None) -> AgentStatus:
+        """GET /status, typed. Raises AgentUnreachable when the agent does not answer 200 with a
+        JSON object (refused credentials included: the caller cannot know more)."""
+        reply = self.request("GET", api_url, "/status", timeout=timeout, total=total)
+        if reply.status != 200 or not isinstance(reply.doc, Mapping):
+            raise AgentUnreachable(f"{join_url(api_url, '/status')}: no status document (HTTP {reply.status})")
+        return AgentStatus.from_dict(reply.doc)
+
+
+class AgentClient(AgentApi):
     """urllib3 implementation of :class:`AgentApi`. Requests carry Basic auth when configured."""
 
     def __init__(self, auth: RestAuth | None = None) -> None:
@@ -132,32 +154,20 @@ class AgentClient:
         tls["cert_reqs"] = "CERT_REQUIRED" if self.auth.verify else "CERT_NONE"
         self._pool = urllib3.PoolManager(num_pools=8, maxsize=2, retries=False, **tls)
 
-    def request(
-        self,
-        method: str,
-        api_url: str,
-        path: str,
-        body: Mapping[str, Any] | None = None,
-        *,
-        timeout: float = READ_TIMEOUT_S,
-        total: float | None = None,
+    def _send(
+        self, method: str, url: str, body: dict[str, Any] | None, timeout: float, total: float | None
     ) -> AgentReply:
-        """One request. ``timeout`` bounds the connection (at most CONNECT_TIMEOUT_S) and each
-        read; ``total``, when given, bounds the whole request (peer polling during an election)."""
-        if not api_url:
-            raise AgentUnreachable("the member publishes no api_url")
-        url = join_url(api_url, path)
         headers = {"Accept": "application/json"}
         payload: bytes | None = None
         if body is not None:
-            payload = json.dumps(dict(body)).encode()
+            payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         if self.auth.username:
             # Every request: status endpoints may require (read-only) credentials too.
             headers["Authorization"] = basic_auth_header(self.auth.username, self.auth.password)
         try:
             resp = self._pool.request(
-                method.upper(),
+                method,
                 url,
                 body=payload,
                 headers=headers,
@@ -169,14 +179,6 @@ class AgentClient:
                 f"cannot reach the agent at {url}: {_reason(exc)} (is the site agent running there?)"
             ) from None
         return decode_reply(resp.status, resp.data, resp.headers.get("Content-Type"))
-
-    def status(self, api_url: str, *, timeout: float = CONNECT_TIMEOUT_S, total: float | None = None) -> AgentStatus:
-        """GET /status, typed. Raises AgentUnreachable when the agent does not answer 200 with a
-        JSON object (refused credentials included: the caller cannot know more)."""
-        reply = self.request("GET", api_url, "/status", timeout=timeout, total=total)
-        if reply.status != 200 or not isinstance(reply.doc, Mapping):
-            raise AgentUnreachable(f"{join_url(api_url, '/status')}: no status document (HTTP {reply.status})")
-        return AgentStatus.from_dict(reply.doc)
 
     def close(self) -> None:
         self._pool.clear()

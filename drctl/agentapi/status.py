@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from drctl.pg.lsn import furthest
+
 
 def freeze(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(data or {}))
@@ -64,8 +66,7 @@ class Xlog:
     @property
     def lsn(self) -> int | None:
         """The most advanced position this node holds."""
-        known = [v for v in (self.location, self.received_location, self.replayed_location) if v is not None]
-        return max(known) if known else None
+        return furthest(self.location, self.received_location, self.replayed_location)
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {}

@@ -70,14 +70,6 @@ class DynamicConfig(_Model):
             )
         return self
 
-    @property
-    def use_pg_rewind(self) -> bool:
-        return self.postgresql.use_pg_rewind
-
-    @property
-    def use_slots(self) -> bool:
-        return self.postgresql.use_slots
-
 
 def parse_dynamic_config(data: Mapping[str, Any], source: str = "DCS key `config`") -> DynamicConfig:
     """Validate the dynamic configuration read from the DCS (or given by an operator)."""

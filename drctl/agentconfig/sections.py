@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from drctl.agentconfig.base import _Model
 from drctl.backup.policy import BackupSchedule
 from drctl.common.hostport import check_host_port, format_host_port, split_host_port
+from drctl.dcs.factory import EtcdSettings, TlsClientSettings
 from drctl.safefs import resolve_secret
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
@@ -114,17 +115,12 @@ class RestApiConfig(_Model):
         return self.certfile is not None
 
 
-class EtcdConfig(_Model):
-    """etcd v3 (reached through its JSON gateway). ``etcd`` and ``etcd3`` both map here."""
+class EtcdConfig(EtcdSettings):
+    """etcd v3 (reached through its JSON gateway). ``etcd`` and ``etcd3`` both map here: the DCS
+    settings' fields and rules, plus Patroni's ``host``/comma-separated ``hosts`` spellings and a
+    port required on every bare host."""
 
-    hosts: list[str] = Field(min_length=1)
-    protocol: Literal["http", "https"] = "http"
-    username: str | None = None
-    password: str | None = None
-    password_file: str | None = None
-    cacert: str | None = None
-    cert: str | None = None
-    key: str | None = None
+    model_config = _Model.model_config
 
     @model_validator(mode="before")
     @classmethod
@@ -147,30 +143,17 @@ class EtcdConfig(_Model):
             check_host_port(h)
         return v
 
-    @model_validator(mode="after")
-    def _auth(self) -> EtcdConfig:
-        resolve_secret(self, "password", "password_file")
-        if self.username and not self.password:
-            raise ValueError("`username` needs `password` or `password_file`")
-        if self.password and not self.username:
-            raise ValueError("`password` needs `username`")
-        return self
 
-    @property
-    def urls(self) -> list[str]:
-        return [h if "://" in h else f"{self.protocol}://{h}" for h in self.hosts]
+class ConsulConfig(TlsClientSettings):
+    """Consul: the DCS settings' TLS files and rule; ``host`` may carry the port (Patroni's form)."""
 
-
-class ConsulConfig(_Model):
+    model_config = _Model.model_config
+    label: ClassVar[str] = "consul"
     host: str = "127.0.0.1:8500"
     port: int | None = Field(default=None, ge=1, le=65535)
     scheme: Literal["http", "https"] = "http"
     token: str | None = None
     token_file: str | None = None
-    verify: bool = True
-    cacert: str | None = None
-    cert: str | None = None
-    key: str | None = None
     dc: str | None = None
     consistency: Literal["default", "consistent", "stale"] = "default"
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
+from typing import ClassVar
 
 # pgBackRest error names (as they appear nested: "[ArchiveMismatchError]") -> codes
 ERROR_NAMES: dict[str, int] = {
@@ -165,31 +166,24 @@ def parse_output(text: str) -> ParsedOutput:
     return ParsedOutput(tuple(errors), tuple(warnings), tuple(warn_nested))
 
 
+@dataclass(eq=False, repr=False)
 class BackupError(Exception):
     """A pgBackRest operation failed. ``str()`` is the operator message (and pgBackRest's code and
     first error line); ``output`` keeps the raw text for logs."""
 
-    hint: str = "see the pgBackRest log for details"
+    hint: ClassVar[str] = "see the pgBackRest log for details"
+    message: str
+    _: KW_ONLY
+    code: int | None = None
+    detail: str = ""
+    command: str = ""
+    returncode: int | None = None
+    output: str = ""
+    nested: Sequence[NestedError] = ()
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: int | None = None,
-        detail: str = "",
-        command: str = "",
-        returncode: int | None = None,
-        output: str = "",
-        nested: Sequence[NestedError] = (),
-    ) -> None:
-        self.message = message
-        self.code = code
-        self.detail = detail
-        self.command = command
-        self.returncode = returncode
-        self.output = output
-        self.nested = tuple(nested)
-        super().__init__(message)
+    def __post_init__(self) -> None:
+        self.nested = tuple(self.nested)
+        super().__init__(self.message)
 
     def __str__(self) -> str:
         prefix = f"pgbackrest {self.command}: " if self.command else ""

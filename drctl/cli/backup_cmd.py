@@ -34,7 +34,7 @@ from drctl.backup.restore import RestoreType, TargetAction
 from drctl.backup.runner import CommandResult, PgBackRest, RestoreResult
 from drctl.cli.context import CliError, one_line, target_settings
 from drctl.cli.errors import operator_errors, register_operator_error
-from drctl.cli.output import FORMATS, emit_structured, table
+from drctl.cli.output import emit_structured, emitted, format_option, table
 from drctl.cli.pgbackrest_file import read_pgbackrest_config
 
 register_operator_error(BackupError)
@@ -301,7 +301,7 @@ def backup_run(
 
 @backup_group.command("list")
 @click.option("--repo", type=click.IntRange(1, 256), default=None, help="Only this repository.")
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @pgbackrest_options
 @click.pass_context
 @operator_errors
@@ -311,8 +311,7 @@ def backup_list(
     """The backups in the repositories, oldest first."""
     runner = open_runner(ctx, pgbackrest_config, stanza, run_as)
     rows = backup_rows(runner.info(), repo)
-    if fmt != "table":
-        emit_structured(rows, fmt)
+    if emitted(rows, fmt):
         return
     if not rows:
         click.echo(f"no backups in stanza {runner.cfg.stanza}" + (f" repo{repo}" if repo else ""))
@@ -337,7 +336,7 @@ def backup_list(
 
 
 @backup_group.command("info")
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @pgbackrest_options
 @click.pass_context
 @operator_errors
@@ -345,8 +344,7 @@ def backup_info(ctx: click.Context, fmt: str, pgbackrest_config: Path | None, st
     """Stanza status per repository, archived WAL range and the age of the last backup."""
     runner = open_runner(ctx, pgbackrest_config, stanza, run_as)
     doc = info_document(runner.info(), _runtime(ctx).now())
-    if fmt != "table":
-        emit_structured(doc, fmt)
+    if emitted(doc, fmt):
         return
     running = " (a backup is running)" if doc["backup_running"] else ""
     click.echo(f"stanza {doc['stanza']}: {doc['status']}{running}")
@@ -383,7 +381,7 @@ def backup_info(ctx: click.Context, fmt: str, pgbackrest_config: Path | None, st
     help="Fail when a repository's newest backup is older than this many hours.",
 )
 @click.option("--deep", is_flag=True, help="Also run `pgbackrest verify`: read every backup and WAL file.")
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @pgbackrest_options
 @click.pass_context
 @operator_errors

@@ -34,7 +34,6 @@ from drctl.cli.cluster_session import (
     dsn_of,
     existing_view,
     force_option,
-    format_option,
     open_session,
 )
 from drctl.cli.cluster_view import (
@@ -57,7 +56,7 @@ from drctl.cli.context import (
 )
 from drctl.cli.dsn_sites import SESSION_ATTRS, sites_uri
 from drctl.cli.member_cmd import COMMANDS as MEMBER_COMMANDS
-from drctl.cli.output import emit_structured
+from drctl.cli.output import emit_structured, emitted, format_option
 from drctl.cli.sites_cmd import topology_option
 from drctl.common.mergepatch import plain
 from drctl.dcs.base import DCSError
@@ -261,8 +260,7 @@ def history_cmd(cluster: str | None, fmt: str) -> None:
     """The timeline switches of CLUSTER: TL, LSN, Reason, Timestamp, New Leader."""
     session = open_session(click.get_current_context(), cluster)
     docs = history_docs(existing_view(session))
-    if fmt != "table":
-        emit_structured(docs, fmt)
+    if emitted(docs, fmt):
         return
     click.echo(render_table(HISTORY_COLUMNS, history_rows(docs), right=("TL",)))
 

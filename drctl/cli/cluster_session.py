@@ -22,7 +22,6 @@ from drctl.cli.context import (
     target_settings,
 )
 from drctl.cli.errors import operator_errors, register_operator_error
-from drctl.cli.output import FORMATS
 from drctl.common.members import member_lag
 from drctl.common.mergepatch import plain
 from drctl.dcs.base import ClusterView, DCSError, Member
@@ -190,5 +189,4 @@ def cas_config(
     raise CliError("the configuration kept changing while being written: retry")
 
 
-format_option = click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help="Output format.")
 force_option = click.option("--force", is_flag=True, help="Do not ask for confirmation.")

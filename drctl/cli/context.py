@@ -30,11 +30,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import click
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from drctl.agentapi.client import AgentApi, AgentClient, RestAuth
 from drctl.agentconfig import ConfigError, dcs_settings, parse_config
@@ -64,28 +65,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class RestApiClientConfig(_Strict):
-    username: str | None = None
-    password: str | None = None
-    password_file: str | None = None
-    cafile: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
-    verify: bool = True
-
-    @model_validator(mode="after")
-    def _secret(self) -> RestApiClientConfig:
-        resolve_secret(self, "password", "password_file")
-        if self.username and not self.password:
-            raise ValueError("`username` needs `password` or `password_file`")
-        return self
-
-
 class CtlConfig(_Strict):
     dcs: DcsSettings
     namespace: str = DEFAULT_NAMESPACE
     scope: str | None = None
-    restapi: RestApiClientConfig | None = None
+    restapi: RestAuth | None = None  # the agent client's own settings; the password may come from password_file
+
+    @field_validator("restapi", mode="before")
+    @classmethod
+    def _password_file(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "password_file" in v:
+            v = dict(v)
+            secret = SimpleNamespace(password=v.get("password"), password_file=v.pop("password_file"))
+            resolve_secret(secret, "password", "password_file")
+            v["password"] = secret.password
+        return v
+
+    @field_validator("restapi")
+    @classmethod
+    def _password(cls, v: RestAuth | None) -> RestAuth | None:
+        if v is not None and v.username and not v.password:
+            raise ValueError("`username` needs `password` or `password_file`")
+        return v
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def _pydantic_one_line(exc: ValidationError, source: str) -> str:
     problems = []
     for err in exc.errors():
         msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+        if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
             msg = "unknown key: remove it or fix its spelling"
         elif err["type"] == "missing":
             msg = "required: add it"
@@ -172,12 +173,11 @@ def load_target_file(path: str | Path) -> TargetBase:
         ctl = CtlConfig.model_validate(doc)
     except ValidationError as exc:
         raise CliError(_pydantic_one_line(exc, str(p))) from None
-    r = ctl.restapi or RestApiClientConfig()
     return TargetBase(
         dcs=ctl.dcs,
         namespace=ctl.namespace,
         scope=ctl.scope,
-        rest=RestAuth(r.username, r.password, r.cafile, r.certfile, r.keyfile, r.verify),
+        rest=ctl.restapi or RestAuth(),
         source=str(p),
     )
 

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from drctl.cli.errors import operator_errors, register_operator_error
-from drctl.cli.output import FORMATS, emit_structured, table
+from drctl.cli.output import emit_structured, emitted, format_option, table
 from drctl.cli.runbook_cmd import policy_option
 from drctl.drills.run import DrillError, DrillRunner, history, load_record
 from drctl.policy.load import policy_from_env
@@ -25,7 +25,7 @@ def drill_group() -> None:
 
 @drill_group.command("list")
 @policy_option
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @operator_errors
 def list_cmd(policy_path: Path | None, fmt: str) -> None:
     """The policy's drills and their schedules."""
@@ -43,8 +43,7 @@ def list_cmd(policy_path: Path | None, fmt: str) -> None:
         }
         for name, d in policy.drills.items()
     ]
-    if fmt != "table":
-        emit_structured(docs, fmt)
+    if emitted(docs, fmt):
         return
     rows = [
         (
@@ -67,7 +66,7 @@ def list_cmd(policy_path: Path | None, fmt: str) -> None:
 @click.option("--outside-window", is_flag=True, help="Run even outside the drill's windows.")
 @click.option("--destructive", is_flag=True, help="Allow a destructive drill (asks for confirmation).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @operator_errors
 def run_cmd(name: str, policy_path: Path | None, outside_window: bool, destructive: bool, yes: bool, fmt: str) -> None:
     """Run a drill now; prints its figures and the path of its report."""
@@ -123,13 +122,12 @@ def _summary(doc: dict[str, Any]) -> None:
 
 @drill_group.command("history")
 @policy_option
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @operator_errors
 def history_cmd(policy_path: Path | None, fmt: str) -> None:
     """Past drill runs."""
     docs = history(policy_from_env(policy_path))
-    if fmt != "table":
-        emit_structured(docs, fmt)
+    if emitted(docs, fmt):
         return
     rows = []
     for d in docs:

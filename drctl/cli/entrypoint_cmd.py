@@ -3,15 +3,19 @@ and the site's DCS. Rendered configurations go to stdout or --output (written at
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import click
+from click.decorators import FC
 
 from drctl.cli.errors import operator_errors, register_operator_error
 from drctl.cli.sites_cmd import _topology, topology_option
 from drctl.dcs.base import ClusterView, DCSError
 from drctl.entrypoint import haproxy, pgbouncer
-from drctl.entrypoint.members import BackendError, backends, unroutable
+from drctl.entrypoint.members import Backend, BackendError, backends, unroutable
 from drctl.entrypoint.watch import EntrypointError, Watcher, WatchTargets
 from drctl.safefs import write_atomic
 from drctl.sites.controller import SiteClient
@@ -25,43 +29,76 @@ output_option = click.option(
 )
 
 
-def _haproxy_options(f: click.decorators.FC) -> click.decorators.FC:
-    for opt in reversed(
-        [
-            click.option("--bind-rw", default="*:5000", show_default=True, help="Read-write listener (/primary)."),
-            click.option("--bind-ro", default="*:5001", show_default=True, help="Read-only listener (/replica)."),
-            click.option(
-                "--stats-socket",
-                default="/run/haproxy/pgdr-admin.sock",
-                show_default=True,
-                help="HAProxy runtime API socket (what `entrypoint watch --haproxy-socket` talks to).",
-            ),
-            click.option("--ca-file", default=None, help="CA of the agents' certificates (agents on https)."),
-            click.option("--client-pem", default=None, help="Client certificate+key for agents requiring mTLS."),
-        ]
-    ):
-        f = opt(f)
-    return f
+def _grouped(
+    options: list[Callable[[FC], FC]], build: Callable[..., object], into: str, names: tuple[str, ...]
+) -> Callable[[FC], FC]:
+    """A shared option group: the command gets one ``into`` object, ``build(site, **values)``."""
+
+    def decorate(f: FC) -> FC:
+        @functools.wraps(f)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            values = {n: kwargs.pop(n) for n in names}
+            kwargs[into] = build(kwargs["site"], **values)
+            return f(*args, **kwargs)
+
+        wrapped: Any = command
+        for opt in reversed(options):
+            wrapped = opt(wrapped)
+        return cast(FC, wrapped)
+
+    return decorate
 
 
-def _pgbouncer_options(f: click.decorators.FC) -> click.decorators.FC:
-    for opt in reversed(
-        [
-            click.option("--database", "databases", multiple=True, default=["postgres"], show_default=True),
-            click.option("--listen-port", default=6432, show_default=True, type=click.IntRange(1, 65535)),
-            click.option("--auth-file", default="/etc/pgbouncer/userlist.txt", show_default=True),
-            click.option("--auth-type", default="scram-sha-256", show_default=True),
-            click.option(
-                "--set",
-                "settings",
-                multiple=True,
-                metavar="KEY=VALUE",
-                help="Another [pgbouncer] setting (pidfile, unix_socket_dir, max_client_conn, ...); repeatable.",
-            ),
-        ]
-    ):
-        f = opt(f)
-    return f
+_haproxy_options = _grouped(
+    [
+        click.option("--bind-rw", default="*:5000", show_default=True, help="Read-write listener (/primary)."),
+        click.option("--bind-ro", default="*:5001", show_default=True, help="Read-only listener (/replica)."),
+        click.option(
+            "--stats-socket",
+            default="/run/haproxy/pgdr-admin.sock",
+            show_default=True,
+            help="HAProxy runtime API socket (what `entrypoint watch --haproxy-socket` talks to).",
+        ),
+        click.option("--ca-file", default=None, help="CA of the agents' certificates (agents on https)."),
+        click.option("--client-pem", default=None, help="Client certificate+key for agents requiring mTLS."),
+    ],
+    haproxy.HaproxyOptions,
+    "haproxy_opts",
+    ("bind_rw", "bind_ro", "stats_socket", "ca_file", "client_pem"),
+)
+
+
+def _pgbouncer(
+    site: str, databases: tuple[str, ...], listen_port: int, auth_file: str, auth_type: str, settings: tuple[str, ...]
+) -> pgbouncer.PgbouncerOptions:
+    return pgbouncer.PgbouncerOptions(
+        site,
+        tuple(databases),
+        listen_port=listen_port,
+        auth_file=auth_file,
+        auth_type=auth_type,
+        extra=_settings(settings),
+    )
+
+
+_pgbouncer_options = _grouped(
+    [
+        click.option("--database", "databases", multiple=True, default=["postgres"], show_default=True),
+        click.option("--listen-port", default=6432, show_default=True, type=click.IntRange(1, 65535)),
+        click.option("--auth-file", default="/etc/pgbouncer/userlist.txt", show_default=True),
+        click.option("--auth-type", default="scram-sha-256", show_default=True),
+        click.option(
+            "--set",
+            "settings",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Another [pgbouncer] setting (pidfile, unix_socket_dir, max_client_conn, ...); repeatable.",
+        ),
+    ],
+    _pgbouncer,
+    "pgbouncer_opts",
+    ("databases", "listen_port", "auth_file", "auth_type", "settings"),
+)
 
 
 def _settings(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -102,51 +139,38 @@ def entrypoint_group() -> None:
     """Client routing: HAProxy and PgBouncer configurations for a site, kept current on role changes."""
 
 
-@entrypoint_group.command("haproxy")
-@site_option
-@topology_option
-@output_option
-@_haproxy_options
-@operator_errors
-def render_haproxy(
-    site: str,
-    topology_path: Path | None,
-    output: Path | None,
-    bind_rw: str,
-    bind_ro: str,
-    stats_socket: str,
-    ca_file: str | None,
-    client_pem: str | None,
+def _render_command(
+    name: str,
+    options: Callable[[Callable[..., Any]], Callable[..., Any]],
+    render: Callable[[list[Backend], Any], str],
+    doc: str,
 ) -> None:
-    """HAProxy configuration: a read-write listener (/primary) and a read-only one (/replica)."""
-    _, view = _view(topology_path, site)
-    opts = haproxy.HaproxyOptions(site, bind_rw, bind_ro, stats_socket, ca_file=ca_file, client_pem=client_pem)
-    _emit(haproxy.render(backends(view), opts), output)
+    """``drctl entrypoint NAME``: the site's members rendered into one entry point's configuration."""
+
+    @entrypoint_group.command(name, help=doc)
+    @site_option
+    @topology_option
+    @output_option
+    @options
+    @operator_errors
+    def command(site: str, topology_path: Path | None, output: Path | None, **grouped: Any) -> None:
+        (opts,) = grouped.values()  # the one options object the option group built
+        _, view = _view(topology_path, site)
+        _emit(render(backends(view), opts), output)
 
 
-@entrypoint_group.command("pgbouncer")
-@site_option
-@topology_option
-@output_option
-@_pgbouncer_options
-@operator_errors
-def render_pgbouncer(
-    site: str,
-    topology_path: Path | None,
-    output: Path | None,
-    databases: tuple[str, ...],
-    listen_port: int,
-    auth_file: str,
-    auth_type: str,
-    settings: tuple[str, ...],
-) -> None:
-    """PgBouncer configuration: each database to the site's leader, `<db>_ro` to a replica."""
-    extra = _settings(settings)
-    _, view = _view(topology_path, site)
-    opts = pgbouncer.PgbouncerOptions(
-        site, tuple(databases), listen_port=listen_port, auth_file=auth_file, auth_type=auth_type, extra=extra
-    )
-    _emit(pgbouncer.render(backends(view), opts), output)
+_render_command(
+    "haproxy",
+    _haproxy_options,
+    haproxy.render,
+    "HAProxy configuration: a read-write listener (/primary) and a read-only one (/replica).",
+)
+_render_command(
+    "pgbouncer",
+    _pgbouncer_options,
+    pgbouncer.render,
+    "PgBouncer configuration: each database to the site's leader, `<db>_ro` to a replica.",
+)
 
 
 @entrypoint_group.command("watch")
@@ -174,16 +198,8 @@ def watch(
     pgbouncer_pidfile: Path | None,
     once: bool,
     wait_primary: float,
-    bind_rw: str,
-    bind_ro: str,
-    stats_socket: str,
-    ca_file: str | None,
-    client_pem: str | None,
-    databases: tuple[str, ...],
-    listen_port: int,
-    auth_file: str,
-    auth_type: str,
-    settings: tuple[str, ...],
+    haproxy_opts: haproxy.HaproxyOptions,
+    pgbouncer_opts: pgbouncer.PgbouncerOptions,
 ) -> None:
     """Follow the site's leader key; on a change, tell HAProxy at once (runtime API) and re-render and
     reload PgBouncer, as soon as the new leader answers /primary."""
@@ -192,17 +208,10 @@ def watch(
     client, _ = _view(topology_path, site)
     targets = WatchTargets(
         haproxy_socket=haproxy_socket,
-        haproxy_options=haproxy.HaproxyOptions(site, bind_rw, bind_ro, stats_socket, ca_file=ca_file),
+        haproxy_options=haproxy_opts,
         pgbouncer_config=pgbouncer_config,
         pgbouncer_pidfile=pgbouncer_pidfile,
-        pgbouncer_options=pgbouncer.PgbouncerOptions(
-            site,
-            tuple(databases),
-            listen_port=listen_port,
-            auth_file=auth_file,
-            auth_type=auth_type,
-            extra=_settings(settings),
-        ),
+        pgbouncer_options=pgbouncer_opts,
     )
     dcs = client.dcs()
     try:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from drctl.cli.errors import operator_errors, path_option, register_operator_error
-from drctl.cli.output import FORMATS, emit_structured, table
+from drctl.cli.output import emitted, format_option, table
 from drctl.lab.cluster import SUPERUSER
 from drctl.lab.etcd import LabError
 from drctl.lab.lab import Lab, default_lab_dir, pgpass_path, policy_path, topology_path
@@ -153,7 +153,7 @@ def _lab_up_netns(lab_dir: Path | None, pg_user: str, layout: dict[str, Any], wa
 
 @lab_group.command("status")
 @dir_option
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @operator_errors
 def lab_status(lab_dir: Path | None, fmt: str) -> None:
     """Every process of the lab with its role, port, PID and health."""
@@ -163,8 +163,7 @@ def lab_status(lab_dir: Path | None, fmt: str) -> None:
     lab_dir = lab_dir or default_lab_dir()
     if Fabric.load(lab_dir) is not None:
         ns_status = netns_status(lab_dir)
-        if fmt != "table":
-            emit_structured(ns_status, fmt)
+        if emitted(ns_status, fmt):
             return
         ns_rows = [
             (p["site"], p["name"], p["role"], p["host"], p["pid"], "yes" if p["alive"] else "no", p["health"])
@@ -173,8 +172,7 @@ def lab_status(lab_dir: Path | None, fmt: str) -> None:
         table(f"netns lab {lab_dir}", ["Site", "Process", "Role", "Host", "PID", "Alive", "Health"], ns_rows)
         return
     status = Lab(lab_dir).status()
-    if fmt != "table":
-        emit_structured(status, fmt)
+    if emitted(status, fmt):
         return
     procs = status["processes"]
     if not any(p["alive"] for p in procs):

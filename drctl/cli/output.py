@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
 import yaml
+from click.decorators import FC
 from rich.console import Console
 from rich.table import Table
 
 FORMATS = click.Choice(["table", "json", "yaml"])
+
+
+def format_option_with(help: str) -> Callable[[FC], FC]:
+    """``--format table|json|yaml`` (``fmt``), the one every listing command takes."""
+    return click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help=help)
+
+
+format_option = format_option_with("Output format.")
+
+
+def emitted(data: Any, fmt: str) -> bool:
+    """``--format json|yaml``: ``data`` written, True. ``table``: False, the caller draws its table."""
+    if fmt == "table":
+        return False
+    emit_structured(data, fmt)
+    return True
 
 
 def emit_structured(data: Any, fmt: str) -> None:

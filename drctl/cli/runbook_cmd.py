@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from drctl.cli.errors import fail, operator_errors, path_option, register_operator_error
-from drctl.cli.output import FORMATS, emit_structured, table
+from drctl.cli.output import emitted, format_option, format_option_with, table
 from drctl.policy.load import policy_from_env
 from drctl.policy.model import Policy
 from drctl.runbooks import engine
@@ -48,13 +48,12 @@ def runbook_group() -> None:
 
 @runbook_group.command("list")
 @runbooks_option
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @operator_errors
 def list_cmd(runbooks_dir: Path | None, fmt: str) -> None:
     """The runbooks available."""
     docs = describe_all(runbook_dirs(runbooks_dir))
-    if fmt != "table":
-        emit_structured(docs, fmt)
+    if emitted(docs, fmt):
         return
     table("runbooks", ["Name", "Steps", "Description"], [(d["name"], d["steps"], d["description"]) for d in docs])
 
@@ -83,7 +82,7 @@ def show_cmd(name: str, runbooks_dir: Path | None) -> None:
 @click.option("--dry-run", is_flag=True, help="Print every step as it would run; change nothing.")
 @click.option("--yes", is_flag=True, help="Answer yes to every confirmation step (automation).")
 @click.option("--probe", is_flag=True, help="Probe writes through the entry points; the report shows availability.")
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True, help="--dry-run output.")
+@format_option_with("--dry-run output.")
 @policy_option
 @runbooks_option
 @operator_errors
@@ -105,8 +104,7 @@ def run_cmd(
     builtins = builtin_vars(policy) if engine.needed_builtins(loaded.runbook) else {}
     if dry_run:
         plan = runner.plan(loaded, given, builtins)
-        if fmt != "table":
-            emit_structured(plan, fmt)
+        if emitted(plan, fmt):
             return
         for i, entry in enumerate(plan):
             label = (
@@ -145,7 +143,7 @@ def resume_cmd(run_id: str, yes: bool, policy_path: Path | None, runbooks_dir: P
 
 @runbook_group.command("status")
 @click.argument("run_id", required=False)
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @policy_option
 @operator_errors
 def status_cmd(run_id: str | None, fmt: str, policy_path: Path | None) -> None:
@@ -157,8 +155,7 @@ def status_cmd(run_id: str | None, fmt: str, policy_path: Path | None) -> None:
     store = _store(policy)
     if run_id is None:
         runs = store.runs()
-        if fmt != "table":
-            emit_structured([r.to_json() for r in runs], fmt)
+        if emitted([r.to_json() for r in runs], fmt):
             return
         rows = []
         for r in runs:
@@ -168,8 +165,7 @@ def status_cmd(run_id: str | None, fmt: str, policy_path: Path | None) -> None:
         table(f"runbook runs ({store.root})", ["Run", "Runbook", "Status", "At step", "Error"], rows)
         return
     state = store.load(run_id)
-    if fmt != "table":
-        emit_structured({**state.to_json(), "events": store.events(run_id)}, fmt)
+    if emitted({**state.to_json(), "events": store.events(run_id)}, fmt):
         return
     click.echo(
         f"run {state.run_id}: runbook {state.runbook}, {state.status}" + (f" ({state.error})" if state.error else "")

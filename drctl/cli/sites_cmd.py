@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from drctl.cli.errors import fail, operator_errors, path_option, register_operator_error
-from drctl.cli.output import FORMATS, emit_structured, table
+from drctl.cli.output import emitted, format_option, table
 from drctl.common.members import lag_between
 from drctl.sites.controller import (
     SiteOpError,
@@ -93,15 +93,14 @@ def sites_document(topology: Topology) -> dict[str, Any]:
 
 @click.command("sites")
 @topology_option
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@format_option
 @operator_errors
 def sites_cmd(topology_path: Path | None, fmt: str) -> None:
     """Every site: DR role, epoch, leader, members and cross-site lag."""
     topology = _topology(topology_path)
     limit = topology.policy.max_slot_retention_bytes
     doc = sites_document(topology)
-    if fmt != "table":
-        emit_structured(doc, fmt)
+    if emitted(doc, fmt):
         return
     rows = []
     for s in doc["sites"]:

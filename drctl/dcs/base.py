@@ -529,6 +529,22 @@ class DCS(abc.ABC):
     def set_site(self, site: SiteRecord, version: int | None) -> bool:
         return self._cas_put("site", site.to_json(), version, "set site")
 
+    def replace_site(self, site: SiteRecord) -> bool:
+        """Write the site record over the one there now (CAS on the version just read); False
+        when another writer changed it in between."""
+        current = self.get_cluster().site
+        return self.set_site(site, current.version if current else None)
+
+    def replace_site_and_close(self, site: SiteRecord) -> str | None:
+        """:meth:`replace_site`, then close this connection: None once written, else why not (in
+        words for an operator, who may run the command again)."""
+        try:
+            return None if self.replace_site(site) else "its site record changed meanwhile"
+        except DCSError as exc:
+            return f"cannot write its site record: {exc}"
+        finally:
+            self.close()
+
     def write_fence(self, fence_id: str, data: Mapping[str, Any]) -> bool:
         """Append a fencing record (create only; a fence is never rewritten)."""
         return self._cas_put(f"fence/{fence_id}", json.dumps(dict(data), sort_keys=True), None, "write fence")

@@ -22,7 +22,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import consul
@@ -178,10 +178,6 @@ class ConsulDCS(DCS):
         return consul_key(self.key(*parts))
 
     @property
-    def session(self) -> str | None:
-        return self._session
-
-    @property
     def session_id(self) -> str | None:
         return self._session
 
@@ -290,10 +286,19 @@ class ConsulDCS(DCS):
                 self._session = None
                 return False
 
-    def update_leader(self, status: LeaderStatus | None = None) -> bool:
+    @contextlib.contextmanager
+    def _session_held(self) -> Iterator[tuple[str | None, float]]:
+        """(session, deadline) under the lock: what a leader-key change is conditioned on."""
         deadline = self._deadline()
         with self._lock:
-            sid = self._session
+            yield self._session, deadline
+
+    def _leader_txn(self, what: str, sid: str, deadline: float, ops: list[dict[str, Any]]) -> bool:
+        """``ops`` applied only while ``sid`` still holds the leader key."""
+        return self._txn(what, deadline, [txn_op("check-session", self.ckey("leader"), session=sid), *ops])
+
+    def update_leader(self, status: LeaderStatus | None = None) -> bool:
+        with self._session_held() as (sid, deadline):
             if sid is None:
                 return False
             if not self._renew(sid, deadline):
@@ -301,27 +306,20 @@ class ConsulDCS(DCS):
                 with contextlib.suppress(DCSError):
                     self._create_session(deadline)
                 return False
-            ops = [txn_op("check-session", self.ckey("leader"), session=sid)]
-            if status is not None:
-                ops.append(txn_op("set", self.ckey("status"), status.to_json()))
-            ok = self._txn("update leader", deadline, ops)
+            ops = [] if status is None else [txn_op("set", self.ckey("status"), status.to_json())]
+            ok = self._leader_txn("update leader", sid, deadline, ops)
             if ok and status is not None:
                 self._last_status = status
             return ok
 
     def delete_leader(self, last_lsn: int | None = None) -> bool:
-        deadline = self._deadline()
-        with self._lock:
-            sid = self._session
+        with self._session_held() as (sid, deadline):
             if sid is None:
                 return False
-            ops = [
-                txn_op("check-session", self.ckey("leader"), session=sid),
-                txn_op("delete", self.ckey("leader")),
-            ]
+            ops = [txn_op("delete", self.ckey("leader"))]
             if last_lsn is not None:
                 ops.append(txn_op("set", self.ckey("status"), self._released_status(last_lsn)))
-            return self._txn("delete leader", deadline, ops)
+            return self._leader_txn("delete leader", sid, deadline, ops)
 
     def touch_member(self, info: MemberInfo) -> None:
         deadline = self._deadline()

@@ -24,7 +24,7 @@ Unknown keys are refused (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -47,16 +47,33 @@ def _check_port(host: str) -> None:
         raise ValueError(f"etcd host {host!r}: port 0 (expected 1-65535)")
 
 
-class EtcdSettings(_Strict):
+class TlsClientSettings(_Strict):
+    """A DCS client's TLS files and the rule they share (etcd and Consul, agent and CLI)."""
+
+    label: ClassVar[str] = "dcs"
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    verify: bool = True
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> TlsClientSettings:
+        if self.key and not self.cert:
+            raise ValueError(f"{self.label}: `key` needs `cert`")
+        return self
+
+
+class EtcdSettings(TlsClientSettings):
+    """etcd v3 (reached through its JSON gateway). The agent's ``etcd``/``etcd3`` section
+    (:class:`drctl.agentconfig.EtcdConfig`) is this model with Patroni's spellings added, so the
+    fields and their rules exist once."""
+
     hosts: list[str] = Field(min_length=1)
     protocol: Literal["http", "https"] = "http"
     username: str | None = None
     password: str | None = None
     password_file: str | None = None
-    cacert: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    verify: bool = True
+    label: ClassVar[str] = "etcd"
 
     @model_validator(mode="after")
     def _check(self) -> EtcdSettings:
@@ -64,33 +81,30 @@ class EtcdSettings(_Strict):
         for h in self.hosts:
             _check_port(h)
         if self.username and not self.password:
-            raise ValueError("etcd: username given without password (or password_file)")
+            raise ValueError("etcd: `username` needs `password` or `password_file`")
         if self.password is not None and not self.username:
-            raise ValueError("etcd: password given without username")
-        if self.key and not self.cert:
-            raise ValueError("etcd: key given without cert")
+            raise ValueError("etcd: `password` needs `username`")
         if any(not h.strip() for h in self.hosts):
             raise ValueError("etcd: empty host in hosts")
         return self
 
+    @property
+    def urls(self) -> list[str]:
+        return [h if "://" in h else f"{self.protocol}://{h}" for h in self.hosts]
 
-class ConsulSettings(_Strict):
+
+class ConsulSettings(TlsClientSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8500, ge=1, le=65535)
     scheme: Literal["http", "https"] = "http"
     token: str | None = None
     token_file: str | None = None
     dc: str | None = None
-    cacert: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    verify: bool = True
+    label: ClassVar[str] = "consul"
 
     @model_validator(mode="after")
     def _check(self) -> ConsulSettings:
         resolve_secret(self, "token", "token_file")
-        if self.key and not self.cert:
-            raise ValueError("consul: key given without cert")
         return self
 
 

@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from drctl.dcs.base import DCS, ClusterView, DCSError
@@ -64,26 +64,18 @@ class WatchTargets:
     pgbouncer_options: pgbouncer.PgbouncerOptions | None = None
 
 
+@dataclass(eq=False)
 class Watcher:
     """Pushes every leader change of one site to its entry points."""
 
-    def __init__(
-        self,
-        dcs: DCS,
-        targets: WatchTargets,
-        say: Callable[[str], None] = print,
-        primary_probe: Callable[[Backend], bool] = is_primary,
-        promote_wait: float = 0.0,
-        check_pause: float = 10.0,
-    ) -> None:
-        self.dcs = dcs
-        self.targets = targets
-        self.say = say
-        self.primary_probe = primary_probe
-        self.promote_wait = promote_wait
-        self.check_pause = check_pause  # longest pause of HAProxy's checks of a new leader
-        self.applied: tuple[str | None, tuple[Backend, ...]] | None = None
-        self.stopping = threading.Event()
+    dcs: DCS
+    targets: WatchTargets
+    say: Callable[[str], None] = print
+    primary_probe: Callable[[Backend], bool] = is_primary
+    promote_wait: float = 0.0
+    check_pause: float = 10.0  # longest pause of HAProxy's checks of a new leader
+    applied: tuple[str | None, tuple[Backend, ...]] | None = field(default=None, init=False)
+    stopping: threading.Event = field(default_factory=threading.Event, init=False)
 
     def run(self, once: bool = False) -> None:
         while not self.stopping.is_set():

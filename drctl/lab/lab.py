@@ -555,15 +555,9 @@ class Lab:
 
 
 def _write_site_record(cluster: LabCluster, record: SiteRecord) -> None:
-    dcs = cluster.dcs()
-    try:
-        current = dcs.get_cluster().site
-        if not dcs.set_site(record, current.version if current else None):
-            raise LabError(f"site {cluster.site}: could not write its site record")
-    except DCSError as exc:
-        raise LabError(f"site {cluster.site}: {exc}") from exc
-    finally:
-        dcs.close()
+    why = cluster.dcs().replace_site_and_close(record)
+    if why is not None:
+        raise LabError(f"site {cluster.site}: {why}")
 
 
 def _write_witness(endpoints: list[str], site: str, epoch: int) -> None:

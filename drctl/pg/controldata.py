@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from drctl.pg.lsn import parse_lsn
 
@@ -94,21 +94,25 @@ def _bool(raw: Mapping[str, str], key: str) -> bool:
     return _get(raw, key).lower() in ("on", "true", "yes", "1")
 
 
+# Each ControlData field: pg_controldata's label and how its value is read.
+_FIELDS: Mapping[str, tuple[str, Callable[[Mapping[str, str], str], object]]] = {
+    "cluster_state": ("Database cluster state", _get),
+    "system_identifier": ("Database system identifier", _int),
+    "timeline": ("Latest checkpoint's TimeLineID", _int),
+    "prev_timeline": ("Latest checkpoint's PrevTimeLineID", _int),
+    "checkpoint_lsn": ("Latest checkpoint location", _lsn),
+    "redo_lsn": ("Latest checkpoint's REDO location", _lsn),
+    "redo_wal_file": ("Latest checkpoint's REDO WAL file", _get),
+    "min_recovery_end_lsn": ("Minimum recovery ending location", _lsn),
+    "min_recovery_end_timeline": ("Min recovery ending loc's timeline", _int),
+    "data_checksum_version": ("Data page checksum version", _int),
+    "wal_log_hints": ("wal_log_hints setting", _bool),
+    "wal_level": ("wal_level setting", _get),
+    "full_page_writes": ("Latest checkpoint's full_page_writes", _bool),
+}
+
+
 def parse_controldata(text: str) -> ControlData:
     raw = parse_controldata_text(text)
-    return ControlData(
-        cluster_state=_get(raw, "Database cluster state"),
-        system_identifier=_int(raw, "Database system identifier"),
-        timeline=_int(raw, "Latest checkpoint's TimeLineID"),
-        prev_timeline=_int(raw, "Latest checkpoint's PrevTimeLineID"),
-        checkpoint_lsn=_lsn(raw, "Latest checkpoint location"),
-        redo_lsn=_lsn(raw, "Latest checkpoint's REDO location"),
-        redo_wal_file=_get(raw, "Latest checkpoint's REDO WAL file"),
-        min_recovery_end_lsn=_lsn(raw, "Minimum recovery ending location"),
-        min_recovery_end_timeline=_int(raw, "Min recovery ending loc's timeline"),
-        data_checksum_version=_int(raw, "Data page checksum version"),
-        wal_log_hints=_bool(raw, "wal_log_hints setting"),
-        wal_level=_get(raw, "wal_level setting"),
-        full_page_writes=_bool(raw, "Latest checkpoint's full_page_writes"),
-        raw=MappingProxyType(raw),
-    )
+    values: dict[str, Any] = {name: read(raw, label) for name, (label, read) in _FIELDS.items()}
+    return ControlData(**values, raw=MappingProxyType(raw))

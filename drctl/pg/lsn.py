@@ -30,6 +30,12 @@ def parse_lsn_or_none(text: str | None) -> int | None:
     return None if text is None else parse_lsn(text)
 
 
+def furthest(*positions: int | None) -> int | None:
+    """The most advanced of the known WAL positions (None when none is known): a node is judged
+    at the furthest WAL it holds, whether written, received or replayed."""
+    return max((p for p in positions if p is not None), default=None)
+
+
 def format_lsn(value: int) -> str:
     """``0x16B374D848`` -> ``"16/B374D848"`` (PostgreSQL's own spelling: upper case, no padding)."""
     if not 0 <= value <= MAX_LSN:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,18 +21,24 @@ from drctl.runbooks.engine import RunState
 RECOVERY_WAIT_S = 30.0
 
 
+@dataclass(eq=False)
 class RunInstruments:
-    def __init__(self, policy: Policy, run_dir: Path, run_id: str) -> None:
+    policy: Policy
+    run_dir: Path
+    run_id: str
+    url: str = field(init=False)
+    origin_wall: float = field(init=False)
+    probe: Probe = field(init=False)
+    roles: RoleSampler = field(init=False)
+
+    def __post_init__(self) -> None:
         from drctl.drills.run import app_url
 
-        self.policy = policy
-        self.run_dir = run_dir
-        self.run_id = run_id
-        self.url = app_url(policy)
+        self.url = app_url(self.policy)
         self.origin_wall = time.time()
         origin = time.monotonic()
-        self.probe = Probe(self.url, run_dir / "probe.jsonl", origin, run_id)
-        self.roles = RoleSampler(policy.topology(), origin)
+        self.probe = Probe(self.url, self.run_dir / "probe.jsonl", origin, self.run_id)
+        self.roles = RoleSampler(self.policy.topology(), origin)
 
     def start(self) -> None:
         self.probe.prepare()

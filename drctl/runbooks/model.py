@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from string import Template
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -91,7 +91,21 @@ class CommandCondition(_Model):
     timeout_s: float = Field(default=30.0, gt=0)
 
 
-class Condition(_Model):
+class _OneOf(_Model):
+    """A model that is exactly one of its ``kinds`` (the field set names what it is)."""
+
+    kinds: ClassVar[tuple[str, ...]] = ()
+
+    def given(self) -> list[str]:
+        return [k for k in self.kinds if getattr(self, k) is not None]
+
+    @property
+    def kind(self) -> str:
+        return self.given()[0]
+
+
+class Condition(_OneOf):
+    kinds: ClassVar[tuple[str, ...]] = ("sql", "site", "cluster", "lag", "command")
     sql: SqlCondition | None = None
     site: SiteCondition | None = None
     cluster: ClusterCondition | None = None
@@ -103,14 +117,10 @@ class Condition(_Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Condition:
-        given = [k for k in ("sql", "site", "cluster", "lag", "command") if getattr(self, k) is not None]
+        given = self.given()
         if len(given) != 1:
             raise ValueError(f"a condition is exactly one of sql, site, cluster, lag, command (got {given or 'none'})")
         return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in ("sql", "site", "cluster", "lag", "command") if getattr(self, k) is not None)
 
 
 OpName = Literal["switchover", "switchover-site", "promote-site", "fence-site", "reinit", "restart"]
@@ -134,7 +144,8 @@ class ShellStep(_Model):
     cwd: str | None = None
 
 
-class Step(_Model):
+class Step(_OneOf):
+    kinds: ClassVar[tuple[str, ...]] = ("op", "check", "wait", "confirm", "shell", "note")
     name: str
     description: str | None = None
     op: OpStep | None = None
@@ -147,7 +158,7 @@ class Step(_Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Step:
-        kinds = [k for k in ("op", "check", "wait", "confirm", "shell", "note") if getattr(self, k) is not None]
+        kinds = self.given()
         if len(kinds) != 1:
             raise ValueError(
                 f"step {self.name!r}: exactly one of op, check, wait, confirm, shell, note (got {kinds or 'none'})"
@@ -155,10 +166,6 @@ class Step(_Model):
         if not NAME_RE.match(self.name):
             raise ValueError(f"step name {self.name!r}: lower-case letters, digits, - and _")
         return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in ("op", "check", "wait", "confirm", "shell", "note") if getattr(self, k) is not None)
 
 
 class VarSpec(_Model):

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -167,28 +168,22 @@ def builtin_vars(policy: Policy) -> dict[str, str]:
     return out
 
 
+@dataclass(eq=False)
 class Runner:
-    def __init__(
-        self,
-        policy: Policy,
-        world: World,
-        store: RunStore,
-        *,
-        say: Say = print,
-        confirm: Confirm | None = None,
-        clock: Callable[[], float] = time.time,
-        operator: str | None = None,
-        probe: bool = False,
-    ) -> None:
-        self.probe = probe  # a probe writer and role sampler around the run (its report shows them)
-        self.policy = policy
-        self.world = world
-        self.store = store
-        self.say = say
-        self.confirm = confirm
-        self.clock = clock
-        self.operator = operator or operator_name()
-        self.audit = Audit(Path(policy.dr.audit_log or default_audit_log()), "runbook")
+    policy: Policy
+    world: World
+    store: RunStore
+    _: KW_ONLY
+    say: Say = print
+    confirm: Confirm | None = None
+    clock: Callable[[], float] = time.time
+    operator: str = ""  # default: the OS user running drctl
+    probe: bool = False  # a probe writer and role sampler around the run (its report shows them)
+    audit: Audit = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.operator = self.operator or operator_name()
+        self.audit = Audit(Path(self.policy.dr.audit_log or default_audit_log()), "runbook")
 
     def plan(self, loaded: LoadedRunbook, given: dict[str, str], builtins: dict[str, str]) -> list[dict[str, Any]]:
         """--dry-run: every step as it would run, operations described from live facts."""

@@ -142,15 +142,9 @@ class SiteClient:
         return AgentStatus.from_dict(reply.doc) if reply.ok and isinstance(reply.doc, Mapping) else None
 
     def write_site(self, record: SiteRecord) -> None:
-        dcs = self.dcs()
-        try:
-            current = dcs.get_cluster().site
-            if not dcs.set_site(record, current.version if current else None):
-                raise SiteOpError(f"site {self.name}: its site record changed meanwhile: run the command again")
-        except DCSError as exc:
-            raise SiteOpError(f"site {self.name}: cannot write its site record: {exc}") from exc
-        finally:
-            dcs.close()
+        why = self.dcs().replace_site_and_close(record)
+        if why is not None:
+            raise SiteOpError(f"site {self.name}: {why}: run the command again")
 
     def patch_config(self, patch: Mapping[str, Any], *, replace: bool = False) -> None:
         """Apply an RFC 7386 merge patch to the site's dynamic configuration, validated as the

@@ -21,6 +21,7 @@ from types import MappingProxyType
 
 from drctl.dcs.base import ClusterView
 from drctl.pg.conninfo import parse_host_port
+from drctl.pg.lsn import furthest
 from drctl.pg.probe import PgState as ProbeState
 from site_agent.memory import Memory
 from site_agent.node import Observation
@@ -62,7 +63,7 @@ class _Position:
 
     @property
     def lsn(self) -> int | None:
-        return max((v for v in (self.received, self.replayed, self.current) if v is not None), default=None)
+        return furthest(self.received, self.replayed, self.current)
 
 
 def wal_lsn_to_read(obs: Observation) -> int | None:
@@ -85,7 +86,7 @@ def wal_lsn_to_read(obs: Observation) -> int | None:
 
 def _standby_lsn(probe: ProbeState) -> int | None:
     """The position a running standby is judged at: the furthest WAL it received or replayed."""
-    return max((v for v in (probe.received_lsn, probe.replayed_lsn) if v is not None), default=None)
+    return furthest(probe.received_lsn, probe.replayed_lsn)
 
 
 def _receiver_dates(probe: ProbeState, lsn: int | None) -> bool:

@@ -30,7 +30,7 @@ here through :func:`site_agent.interpret.interpret`; its rules (see also the mod
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -230,8 +230,8 @@ class DecideConfig:
             retry_timeout=dyn.retry_timeout,
             safety_margin=agent.watchdog.safety_margin,
             maximum_lag_on_failover=dyn.maximum_lag_on_failover,
-            use_pg_rewind=pg.use_pg_rewind if pg.use_pg_rewind is not None else dyn.use_pg_rewind,
-            use_slots=dyn.use_slots,
+            use_pg_rewind=pg.use_pg_rewind if pg.use_pg_rewind is not None else dyn.postgresql.use_pg_rewind,
+            use_slots=dyn.postgresql.use_slots,
             synchronous_mode=dyn.synchronous_mode,
             synchronous_mode_strict=dyn.synchronous_mode_strict,
             synchronous_node_count=dyn.synchronous_node_count,
@@ -249,12 +249,5 @@ class DecideConfig:
 
 
 def tags_from_config(agent: AgentConfig) -> NodeTags:
-    t = agent.tags
-    return NodeTags(
-        nofailover=t.nofailover,
-        noloadbalance=t.noloadbalance,
-        clonefrom=t.clonefrom,
-        replicatefrom=t.replicatefrom,
-        nosync=t.nosync,
-        failover_priority=t.failover_priority,
-    )
+    """The configured tags the core decides with (each NodeTags field, by name)."""
+    return NodeTags(**{f.name: getattr(agent.tags, f.name) for f in fields(NodeTags)})

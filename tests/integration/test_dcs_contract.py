@@ -386,6 +386,10 @@ def test_cas_refuses_stale_versions(backend: Backend) -> None:
     assert not d.set_site(SiteRecord("active", 9, None), stv)
     site = d.get_cluster().site
     assert site is not None and (site.role, site.epoch, site.follows) == ("standby", 2, "site-b")
+    assert d.replace_site(SiteRecord("active", 3, None))  # over whatever version is there now
+    site = d.get_cluster().site
+    assert site is not None and (site.role, site.epoch, site.version) == ("active", 3, version("site"))
+    assert site.version != stv
     # fences are create-only
     assert d.write_fence("epoch-2", {"by": "a"})
     assert not d.write_fence("epoch-2", {"by": "b"})

@@ -27,8 +27,7 @@ def _dcs(etcd: EtcdCluster, scope: str, name: str = "t") -> Etcd3:
 
 
 def _site(dcs: Etcd3, epoch: int) -> None:
-    current = dcs.get_cluster().site
-    assert dcs.set_site(SiteRecord("active", epoch, None), current.version if current else None)
+    assert dcs.replace_site(SiteRecord("active", epoch, None))
 
 
 def test_a_key_watch_wakes_on_its_key_only_and_misses_no_change_made_before_the_wait(

@@ -21,6 +21,7 @@ from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows
 from drctl.pg.osuser import user_ids
+from tests.builders import pgbouncer_files
 
 pytestmark = pytest.mark.scenario
 
@@ -122,11 +123,8 @@ def test_switchover_through_pgbouncer_kept_current_by_the_watcher(lab: tuple[Lab
     the_lab, a = lab
     topo = str(topology_path(the_lab.dir))
     port = free_port()
-    d = the_lab.dir / "pgbouncer"
-    d.mkdir(mode=0o755)
-    userlist = d / "userlist.txt"
-    userlist.write_text(f'"{SUPERUSER[0]}" "{SUPERUSER[1]}"\n')
-    ini, pidfile = d / "pgbouncer.ini", d / "pgbouncer.pid"
+    files = pgbouncer_files(the_lab.dir)
+    d, userlist, ini, pidfile = files.dir, files.userlist, files.ini, files.pidfile
     common = [
         "--site", "a", "--topology", topo, "--listen-port", str(port), "--auth-file", str(userlist),
         "--set", "listen_addr=127.0.0.1", "--set", f"pidfile={pidfile}", "--set", "unix_socket_dir=",

@@ -57,6 +57,22 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
     assert tags.can_failover
 
 
+def test_every_configured_tag_reaches_the_core(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        "tags:\n  nofailover: true\n  noloadbalance: true\n  clonefrom: true\n  replicatefrom: n2\n"
+        "  nosync: true\n  failover_priority: 3\n"
+    )
+    tags = tags_from_config(load_config(write(tmp_path, text)))
+    assert (tags.nofailover, tags.noloadbalance, tags.clonefrom, tags.replicatefrom, tags.nosync) == (
+        True,
+        True,
+        True,
+        "n2",
+        True,
+    )
+    assert tags.failover_priority == 3 and not tags.can_failover
+
+
 def test_dcs_grouped_under_dcs_key(tmp_path: Path) -> None:
     text = MINIMAL.replace("etcd3:\n  hosts: 127.0.0.1:2379,127.0.0.2:2379\n", "dcs:\n  consul:\n    host: c1:8500\n")
     cfg = load_config(write(tmp_path, text))
@@ -77,7 +93,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_dynamic_config_from_dcs() -> None:
     dyn = parse_dynamic_config({"ttl": 40, "loop_wait": 10, "retry_timeout": 15, "pause": True})
-    assert dyn.pause and dyn.use_pg_rewind and dyn.use_slots
+    assert dyn.pause and dyn.postgresql.use_pg_rewind and dyn.postgresql.use_slots
     with pytest.raises(ConfigError, match=r"DCS key `config`.*`bogus`"):
         parse_dynamic_config({"bogus": 1})
 

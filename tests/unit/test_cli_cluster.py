@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from site_agent.api import start_api
 from site_agent.snapshot import NodeSnapshot
 
+from drctl.agentapi.client import AgentApi
 from drctl.cli import cluster_cmd as cc
 from drctl.cli import cluster_session as cs
 from drctl.cli import cluster_view as cv
@@ -114,23 +115,16 @@ class FakeStore:
 
 
 @dataclass
-class FakeAgents:
-    """The REST boundary: canned replies per (method, api_url path), every call recorded."""
+class FakeAgents(AgentApi):
+    """The REST boundary's transport: canned replies per (method, URL), every call recorded."""
 
     replies: dict[tuple[str, str], AgentReply | Exception] = field(default_factory=dict)
     calls: list[tuple[str, str, Any]] = field(default_factory=list)
 
-    def request(
-        self,
-        method: str,
-        api_url: str,
-        path: str,
-        body: Mapping[str, Any] | None = None,
-        *,
-        timeout: float = 30.0,
+    def _send(
+        self, method: str, url: str, body: dict[str, Any] | None, timeout: float, total: float | None
     ) -> AgentReply:
-        url = api_url.rstrip("/") + path
-        self.calls.append((method, url, None if body is None else dict(body)))
+        self.calls.append((method, url, body))
         reply = self.replies.get((method, url), AgentReply(200, "ok"))
         if isinstance(reply, Exception):
             raise reply

@@ -8,12 +8,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from site_agent.api import cluster_document
 
-from drctl.agentconfig import dcs_settings, parse_config
+from drctl.agentconfig import ConfigError, dcs_settings, parse_config
 from drctl.cli.cluster_view import member_host
 from drctl.cli.config_edit import build_new_config
 from drctl.common.hostport import format_host_port, split_host_port
 from drctl.common.members import lag_between, leader_lsn, member_lag, member_role, upstream_of
 from drctl.common.mergepatch import merge_patch
+from drctl.dcs.factory import EtcdSettings
 from tests.builders import MIB, member, view
 
 # --- merge patch (RFC 7386) ------------------------------------------------------------------
@@ -162,6 +163,18 @@ def test_agent_config_to_dcs_settings_etcd() -> None:
     assert settings.etcd is not None and settings.etcd.hosts == ["[::1]:2379", "10.0.0.2:2379"]
 
 
+def test_agent_etcd_section_is_the_dcs_settings_with_their_rules() -> None:
+    # The agent's old EtcdConfig took a client key without its certificate; the CLI's settings
+    # refused it: one model now, so the agent refuses it when it reads its file.
+    with pytest.raises(ConfigError, match="`key` needs `cert`"):
+        parse_config(AGENT.format(dcs='etcd3: {hosts: ["[::1]:2379"], key: /k.pem}'))
+    cfg = parse_config(AGENT.format(dcs='etcd: {host: "[::1]:2379", protocol: https}'))
+    assert isinstance(cfg.dcs_backend[1], EtcdSettings)
+    assert cfg.dcs_backend[1].urls == ["https://[::1]:2379"]
+    with pytest.raises(ConfigError, match="expected host:port"):  # the agent still wants a port
+        parse_config(AGENT.format(dcs='etcd3: {hosts: ["[::1]"]}'))
+
+
 # --- lag, role, upstream ---------------------------------------------------------------------
 
 
@@ -200,3 +213,12 @@ def test_upstream_skips_a_replicatefrom_member_that_is_not_running() -> None:
     assert upstream_of(v, n3) == "n2"
     assert upstream_of(v, v.members[0]) is None  # the leader streams from nobody
     assert upstream_of(view(n3), n3) is None  # no leader: nobody to stream from
+
+
+def test_furthest_position_is_one_rule_for_the_status_document_and_the_core() -> None:
+    from drctl.agentapi.status import Xlog
+    from drctl.pg.lsn import furthest
+
+    assert furthest(None, None) is None
+    assert furthest(5, None, 7) == 7
+    assert Xlog(location=None, received_location=9 * MIB, replayed_location=8 * MIB).lsn == 9 * MIB

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from site_agent.daemon import run
 
+from drctl.agentapi.client import RestAuth
 from drctl.agentconfig import ConfigError, load_config, parse_config
 from drctl.cli.context import CliError, load_target_file
 from drctl.lab.tls import LabCA
@@ -188,3 +189,18 @@ def test_password_files_for_drctl_and_dcs_settings(tmp_path: Path) -> None:
     pw.chmod(0o644)
     with pytest.raises(CliError, match="readable by every user"):
         load_target_file(cfg)
+
+
+def test_drctl_restapi_section_is_the_agent_clients_settings(tmp_path: Path) -> None:
+    """drctl's `restapi:` is validated as the client's own RestAuth (one field list): a typo and a
+    username without a password are refused with the field, every client setting passes through."""
+    cfg = tmp_path / "drctl.yml"
+    head = "dcs: {etcd: {hosts: ['127.0.0.1:2379']}}\nscope: main\n"
+    cfg.write_text(head + "restapi: {usernam: admin, password: x}\n")
+    with pytest.raises(CliError, match=r"field `restapi.usernam`: unknown key"):
+        load_target_file(cfg)
+    cfg.write_text(head + "restapi: {username: admin}\n")
+    with pytest.raises(CliError, match=r"field `restapi`: `username` needs `password`"):
+        load_target_file(cfg)
+    cfg.write_text(head + "restapi: {username: admin, password: x, cafile: /ca.pem, verify: false}\n")
+    assert load_target_file(cfg).rest == RestAuth("admin", "x", cafile="/ca.pem", verify=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from drctl.dcs.base import MemberInfo
+from drctl.dcs.base import LeaderStatus, MemberInfo
 from drctl.dcs.consul import (
     ConsulDCS,
     consul_key,
@@ -84,3 +84,29 @@ def test_update_leader_without_session_is_false() -> None:
     assert d.update_leader() is False
     assert d.delete_leader() is False
     assert d.set_failsafe({}) is False
+
+
+def test_leader_key_changes_are_conditioned_on_the_held_session() -> None:
+    # Every change of the leader key (renewal with status, release) is one transaction that
+    # starts with check-session on the leader key: applied only while this session holds it.
+    d = ConsulDCS(namespace="s", scope="pg1", name="a", ttl=30, retry_timeout=0.3, port=1)
+    sent: list[tuple[str, list[dict[str, object]]]] = []
+    d._session = "sid"
+    d._renew = lambda sid, deadline: True  # type: ignore[method-assign]
+    d._txn = lambda what, deadline, ops: sent.append((what, ops)) or True  # type: ignore[method-assign]
+    check = txn_op("check-session", "s/pg1/leader", session="sid")
+    assert d.update_leader(LeaderStatus(5, {"b": 4}))
+    assert d.update_leader()
+    assert d.delete_leader(7)
+    assert sent == [
+        ("update leader", [check, txn_op("set", "s/pg1/status", LeaderStatus(5, {"b": 4}).to_json())]),
+        ("update leader", [check]),
+        (
+            "delete leader",
+            [
+                check,
+                txn_op("delete", "s/pg1/leader"),
+                txn_op("set", "s/pg1/status", LeaderStatus(7, {"b": 4}).to_json()),
+            ],
+        ),
+    ]

@@ -12,26 +12,9 @@ import pytest
 
 from drctl.agentapi.status import AgentStatus
 from drctl.dcs.base import ClusterView, Leader, Member, MemberInfo, Record, SiteRecord
-from drctl.sites import planner
+from drctl.sites import planner, steps
 from drctl.sites.plan import Context, Observed, Plan, execute, new_context
 from drctl.sites.state import SiteOpError, SiteState
-from drctl.sites.steps import (
-    AwaitDemoted,
-    AwaitFollowing,
-    AwaitPrimary,
-    AwaitReplayed,
-    AwaitStreaming,
-    ClaimWitness,
-    ConfirmActive,
-    Fence,
-    NoteUnreachable,
-    Promote,
-    RecordFollower,
-    RemoveStandbyCluster,
-    RequestDemotion,
-    RestoreActive,
-    SetStandbyCluster,
-)
 from drctl.sites.topology import Topology
 from drctl.sites.witness import WitnessRecord
 
@@ -108,20 +91,20 @@ def kinds(plan: planner.Plan) -> list[type]:
 def test_a_planned_switchover_is_the_designed_sequence() -> None:
     plan = planner.plan_switchover(steady(topology()), "b")
     assert kinds(plan) == [
-        AwaitStreaming,
-        RequestDemotion,
-        SetStandbyCluster,
-        AwaitDemoted,
-        AwaitReplayed,
-        Promote,
-        AwaitPrimary,
-        RecordFollower,
-        AwaitFollowing,
+        steps.AwaitStreaming,
+        steps.RequestDemotion,
+        steps.SetStandbyCluster,
+        steps.AwaitDemoted,
+        steps.AwaitReplayed,
+        steps.Promote,
+        steps.AwaitPrimary,
+        steps.RecordFollower,
+        steps.AwaitFollowing,
     ]
     assert plan.epoch == 2 and plan.start_event == "start"
     assert plan.start_details == {"from_site": "a", "to_site": "b", "epoch": 2}
     follow = plan.steps[2]
-    assert isinstance(follow, SetStandbyCluster)
+    assert isinstance(follow, steps.SetStandbyCluster)
     # a follows b's entry point through b's slot, with its own archive fallback
     assert dict(follow.section) == {
         "host": "pg-dc2.example.net",
@@ -143,9 +126,9 @@ def test_planning_is_pure_the_same_facts_give_the_same_plan() -> None:
 
 def test_with_a_witness_the_claim_comes_before_the_promotion() -> None:
     plan = planner.plan_switchover(steady(topology(witness=True), witness=WitnessRecord("a", 1, 7)), "b")
-    i = kinds(plan).index(ClaimWitness)
-    assert kinds(plan)[i + 1] is Promote
-    assert plan.steps[i] == ClaimWitness("b", 2, "switchover-site")
+    i = kinds(plan).index(steps.ClaimWitness)
+    assert kinds(plan)[i + 1] is steps.Promote
+    assert plan.steps[i] == steps.ClaimWitness("b", 2, "switchover-site")
 
 
 def test_a_switchover_is_refused_on_lag_unreachable_sites_or_no_leader() -> None:
@@ -168,8 +151,8 @@ def test_an_interrupted_switchover_resumes_from_its_journal_without_demoting_aga
     section = {"host": "pg-dc2.example.net", "port": 5000}
     obs.sites["a"] = site(topo, "a", "standby", 1, "b", standby_status(), section, extra={"switchover_to": "b"})
     plan = planner.plan_switchover(obs, "b")
-    assert kinds(plan)[:3] == [SetStandbyCluster, AwaitDemoted, AwaitReplayed]
-    assert RequestDemotion not in kinds(plan) and AwaitStreaming not in kinds(plan)
+    assert kinds(plan)[:3] == [steps.SetStandbyCluster, steps.AwaitDemoted, steps.AwaitReplayed]
+    assert steps.RequestDemotion not in kinds(plan) and steps.AwaitStreaming not in kinds(plan)
     assert plan.epoch == 2
 
 
@@ -182,10 +165,10 @@ def test_a_promoted_target_is_completed_then_nothing_is_left_to_do() -> None:
     obs.sites["a"] = site(topo, "a", "standby", 1, "b", standby_status(), {"host": "h", "port": 1}, extra=mark)
     obs.sites["b"] = site(topo, "b", "active", 2, None, active_status(), {"host": "pg-dc1.example.net", "port": 5000})
     plan = planner.plan_switchover(obs, "b")
-    assert kinds(plan) == [RemoveStandbyCluster, AwaitPrimary, Fence, AwaitFollowing]
+    assert kinds(plan) == [steps.RemoveStandbyCluster, steps.AwaitPrimary, steps.Fence, steps.AwaitFollowing]
     assert plan.start_event == "resume" and plan.start_details["pending"] == ["a"]
     fence = plan.steps[2]
-    assert isinstance(fence, Fence) and (fence.site, fence.active, fence.epoch) == ("a", "b", 2)
+    assert isinstance(fence, steps.Fence) and (fence.site, fence.active, fence.epoch) == ("a", "b", 2)
     obs.sites["b"] = site(topo, "b", "active", 2, None, active_status())
     obs.sites["a"] = site(topo, "a", "standby", 2, "b", standby_status(), {"host": "x", "port": 1})
     done = planner.plan_switchover(obs, "b")
@@ -199,9 +182,9 @@ def test_abort_restores_the_old_site_and_is_refused_past_the_promotion() -> None
     obs.sites["a"] = site(topo, "a", "standby", 1, "b", standby_status(), {"host": "h", "port": 1}, extra=mark)
     plan = planner.plan_abort_switchover(obs, "b")
     assert plan.steps == (
-        RestoreActive("a", 1, {"standby_restore_command": "x"}),
-        RemoveStandbyCluster("a"),
-        AwaitPrimary("a"),
+        steps.RestoreActive("a", 1, {"standby_restore_command": "x"}),
+        steps.RemoveStandbyCluster("a"),
+        steps.AwaitPrimary("a"),
     )
     witnessed = Observed(topo, obs.sites, WitnessRecord("b", 2, 4))
     with pytest.raises(SiteOpError, match="witness already names b active at epoch 2"):
@@ -238,7 +221,7 @@ def test_promote_site_on_attestation_with_unknown_loss_needs_acceptance() -> Non
     plan = planner.plan_promote(
         lost_a(topo), "b", confirm_old_site_down=True, accept_data_loss=True, reason="dc1 flooded"
     )
-    assert kinds(plan) == [Promote, AwaitPrimary]  # a is unreachable: nothing to fence now
+    assert kinds(plan) == [steps.Promote, steps.AwaitPrimary]  # a is unreachable: nothing to fence now
     assert plan.epoch == 2 and plan.start_details["evidence"] == "operator attestation: dc1 flooded"
     assert plan.notes[0].startswith("estimated data loss: unknown bytes")
 
@@ -254,10 +237,10 @@ def test_promote_site_with_a_demoted_old_site_fences_it_and_tops_the_witness_epo
         leader_status=AgentStatus.from_dict({"role": "demoted", "xlog": {"location": ACTIVE_LSN}}),
     )
     plan = planner.plan_promote(obs, "b", confirm_old_site_down=False, accept_data_loss=False, reason=None)
-    assert kinds(plan) == [ClaimWitness, Promote, Fence, AwaitPrimary]
+    assert kinds(plan) == [steps.ClaimWitness, steps.Promote, steps.Fence, steps.AwaitPrimary]
     assert plan.epoch == 6  # above the witness's 5
     fence = plan.steps[2]
-    assert isinstance(fence, Fence) and fence.best_effort and fence.epoch == 6
+    assert isinstance(fence, steps.Fence) and fence.best_effort and fence.epoch == 6
     assert plan.start_details["estimate_bytes"] == 100
     assert plan.start_details["evidence"] == "site a is reachable and has no writable primary"
     with pytest.raises(SiteOpError, match="witness is unreachable"):
@@ -270,10 +253,10 @@ def test_promote_site_on_the_active_site_fences_the_others_it_can_reach() -> Non
     obs = steady(topo)
     obs.sites["b"] = site(topo, "b", "active", 2, None, active_status())
     plan = planner.plan_promote(obs, "b", confirm_old_site_down=False, accept_data_loss=False, reason="back")
-    assert kinds(plan) == [Fence] and plan.info["refence"]
+    assert kinds(plan) == [steps.Fence] and plan.info["refence"]
     obs.sites["a"] = site(topo, "a", None, reachable=False)
     plan = planner.plan_promote(obs, "b", confirm_old_site_down=False, accept_data_loss=False, reason="back")
-    assert plan.steps == (NoteUnreachable("a", "b", 2, "connection refused"),)
+    assert plan.steps == (steps.NoteUnreachable("a", "b", 2, "connection refused"),)
 
 
 def test_fence_site_follows_the_highest_epoch_and_knows_when_it_is_done() -> None:
@@ -281,7 +264,7 @@ def test_fence_site_follows_the_highest_epoch_and_knows_when_it_is_done() -> Non
     obs = steady(topo)
     obs.sites["b"] = site(topo, "b", "active", 2, None, active_status())
     plan = planner.plan_fence(obs, "a", reason="came back")
-    assert kinds(plan) == [Fence]
+    assert kinds(plan) == [steps.Fence]
     assert plan.lines() == ["1. fence a (active): a standby of b at epoch 2, following pg-dc2.example.net:5000"]
     obs.sites["a"] = site(topo, "a", "standby", 2, "b", standby_status(), {"host": "pg-dc2.example.net", "port": 5000})
     done = planner.plan_fence(obs, "a", reason="again")
@@ -302,7 +285,7 @@ def test_confirm_site_refuses_below_a_higher_active_site_or_witness() -> None:
     topo = topology(witness=True)
     obs = steady(topo, witness=WitnessRecord("a", 1, 2))
     plan = planner.plan_confirm(obs, "a", reason="WAN cut", valid_for_s=60, by="dba")
-    assert plan.steps == (ConfirmActive("a", 1, None, {}, "WAN cut", "dba", 60),)
+    assert plan.steps == (steps.ConfirmActive("a", 1, None, {}, "WAN cut", "dba", 60),)
     with pytest.raises(SiteOpError, match="witness says site b is active at epoch 3"):
         planner.plan_confirm(
             Observed(topo, obs.sites, WitnessRecord("b", 3, 4)), "a", reason="x", valid_for_s=60, by="d"
@@ -351,7 +334,7 @@ def test_an_ipv6_entry_point_is_followed_without_brackets() -> None:
     assert topo.site("b").entry_host_port == ("fd00::2", 5000)
     plan = planner.plan_switchover(steady(topo), "b")
     follow = plan.steps[2]
-    assert isinstance(follow, SetStandbyCluster) and (follow.section["host"], follow.section["port"]) == (
+    assert isinstance(follow, steps.SetStandbyCluster) and (follow.section["host"], follow.section["port"]) == (
         "fd00::2",
         5000,
     )
