@@ -23,11 +23,12 @@ from drctl.lab.workload import DualPrimaryChecker, multi_host_url
 from drctl.policy.load import load_policy
 from drctl.policy.model import Policy
 from drctl.sites.controller import read_sites
+from tests.scenarios.netns_mode import NetnsSites, scenario_lab
 
 
 @dataclass
 class LabSites:
-    lab: Lab
+    lab: Lab | NetnsSites
     state: LabState
     a: LabCluster
     b: LabCluster
@@ -98,7 +99,7 @@ class LabSites:
 
 def two_site_lab(path: Path) -> Iterator[LabSites]:
     """A two-site lab (two nodes a site) under ``path`` for a module's tests, taken down after."""
-    lab = Lab(path)
+    lab = scenario_lab(path)  # PGDR_LAB_MODE=netns: the multi-host lab
     state = lab.up(sites=2, nodes=2)
     try:
         a, b = lab.clusters(state)

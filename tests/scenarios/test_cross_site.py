@@ -21,13 +21,14 @@ from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_h
 from drctl.sites.controller import SiteOpError, cross_site_lag, promote_site, read_sites, switchover_site
 from drctl.sites.topology import Topology, load_topology
 from tests.builders import wait_until
+from tests.scenarios.netns_mode import NetnsSites, scenario_lab
 
 pytestmark = pytest.mark.scenario
 
 
 @dataclass
 class TwoSites:
-    lab: Lab
+    lab: Lab | NetnsSites
     state: LabState
     a: LabCluster
     b: LabCluster
@@ -49,7 +50,7 @@ class TwoSites:
 
 @pytest.fixture
 def two_sites(lab_dir: Path) -> Iterator[TwoSites]:
-    lab = Lab(lab_dir / "lab")
+    lab = scenario_lab(lab_dir / "lab")  # PGDR_LAB_MODE=netns: the multi-host lab
     state = lab.up(sites=2, nodes=2)
     try:
         a, b = lab.clusters(state)

@@ -21,11 +21,12 @@ import psycopg
 import pytest
 
 from drctl.lab.cluster import SUPERUSER
-from drctl.lab.lab import Lab, topology_path
+from drctl.lab.lab import topology_path
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
 from drctl.sites.controller import confirm_site, promote_site, read_sites
 from drctl.sites.topology import Topology, load_topology
 from drctl.sites.witness import Witness
+from tests.scenarios.netns_mode import scenario_lab
 from tests.scenarios.test_cross_site import TwoSites, _missing_on, wait_until
 
 WITNESS = [pytest.param(False, id="no-witness"), pytest.param(True, id="witness")]
@@ -154,7 +155,7 @@ def wan_slot_sites(lab_dir: Path) -> Iterator[TwoSites]:
 
 
 def _two_site_lab(lab_dir: Path, **kwargs: Any) -> Iterator[TwoSites]:
-    lab = Lab(lab_dir / "lab")
+    lab = scenario_lab(lab_dir / "lab")  # PGDR_LAB_MODE=netns: the multi-host lab
     state = lab.up(sites=2, nodes=2, **kwargs)
     try:
         a, b = lab.clusters(state)
