@@ -5,6 +5,7 @@ agent freezes, the keeper stops PostgreSQL hard at the lease deadline (DESIGN.md
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -47,8 +48,12 @@ def keeper_state_dir(configured: str | None, scope: str, name: str, data_dir: Pa
 
 
 class LeaseKeeper:
-    def __init__(self, data_dir: Path, state_dir: Path) -> None:
+    def __init__(
+        self, data_dir: Path, state_dir: Path, on_stop: list[str] | None = None, timeout: float = 60.0, scope: str = ""
+    ) -> None:
         self.data_dir = data_dir
+        # postgresql.callbacks.on_stop: the keeper runs it after killing a primary (a frozen agent can't)
+        self.on_stop, self.callback_timeout, self.scope = on_stop, timeout, scope
         self.state_file = state_dir / "lease-keeper.state"
         self.pid_file = state_dir / "lease-keeper.pid"
         self.client = LeaseKeeperClient(self.state_file)
@@ -64,6 +69,8 @@ class LeaseKeeper:
                 "--state-file", str(self.state_file),
                 "--parent-pid", str(os.getpid()),
                 "--pid-file", str(self.pid_file),
+                *(["--on-stop", json.dumps(self.on_stop), "--callback-timeout", str(self.callback_timeout),
+                   "--scope", self.scope] if self.on_stop else []),
             ],
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
