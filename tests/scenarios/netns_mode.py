@@ -48,9 +48,6 @@ LOOPBACK_ONLY = {
         "SIGSTOPs the loopback entry point as the only cross-site link; in netns mode the WAN is cut at "
         "the router (test_site_disaster's WAN tests)"
     ),
-    "test_site_agent.py::test_bad_config_unreachable_dcs_and_wrong_credentials_give_clear_errors": (
-        "configuration errors, not a network: nothing to learn from namespaces"
-    ),
     "test_slot_retention.py": "dr_slots (cross-site replication slots) are not built by the netns lab",
     "test_site_disaster.py::test_standby_site_catches_up_through_its_slot_without_a_reclone": (
         "dr_slots (cross-site replication slots) are not built by the netns lab"
