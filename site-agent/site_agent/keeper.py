@@ -326,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     on_stop = None
     if args.on_stop:
-        command = json.loads(args.on_stop)
+        try:
+            command = json.loads(args.on_stop)
+        except ValueError:
+            command = None
         if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
             ap.error(f"--on-stop: a JSON list of strings, got {args.on_stop!r}")
         on_stop = [*command, "on_stop", "primary", args.scope]

@@ -71,3 +71,16 @@ def test_a_hanging_callback_is_killed_with_its_group_at_its_timeout(
     assert _wait(lambda: not pid_alive(pid), 5), "the callback's child outlived its timeout"
     killed = "on_stop callback killed after its timeout (1s)"
     assert _wait(lambda: killed in (tmp_path / "keeper.log").read_text(), 5), (tmp_path / "keeper.log").read_text()
+
+
+def test_a_malformed_on_stop_is_a_usage_error(tmp_path: Path) -> None:
+    for bad in ("[bad", '"a string"', "[]", "[1]"):
+        res = subprocess.run(
+            [sys.executable, "-m", "site_agent.keeper", "--data-dir", str(tmp_path), "--state-file", "s"]
+            + ["--on-stop", bad],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert res.returncode == 2 and "--on-stop: a JSON list of strings" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr
