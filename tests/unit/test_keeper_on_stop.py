@@ -16,6 +16,7 @@ from drctl.procutil import pid_alive
 from tests.unit.test_keeper import _wait, procs, start_fake_postgres
 
 __all__ = ["procs"]  # the fixture
+KEEPER = [sys.executable, "-m", "site_agent.keeper"]
 
 
 def start_keeper_with(
@@ -76,8 +77,7 @@ def test_a_hanging_callback_is_killed_with_its_group_at_its_timeout(
 def test_a_malformed_on_stop_is_a_usage_error(tmp_path: Path) -> None:
     for bad in ("[bad", '"a string"', "[]", "[1]"):
         res = subprocess.run(
-            [sys.executable, "-m", "site_agent.keeper", "--data-dir", str(tmp_path), "--state-file", "s"]
-            + ["--on-stop", bad],
+            [*KEEPER, "--data-dir", str(tmp_path), "--state-file", "s", "--on-stop", bad],
             capture_output=True,
             text=True,
             timeout=30,
