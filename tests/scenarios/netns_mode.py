@@ -57,6 +57,13 @@ LOOPBACK_ONLY = {
     "test_restore_drill_lab.py": "the netns lab runs without pgBackRest",
     "test_entrypoint_lab.py": "renders loopback entry points; the netns route is test_netns_clients.py",
     "test_callbacks_lab.py": "callbacks on loopback; in netns mode the VIP test (test_netns_clients.py) runs them",
+    # They build their own loopback lab instead of using the fixtures: in netns mode they would
+    # still run on loopback, which a netns run must not claim.
+    "test_safety_modes.py::test_failsafe_keeps_the_primary_while_every_member_answers": (
+        "a DCS outage as SIGSTOP of a private loopback etcd (its own cluster, not make_cluster)"
+    ),
+    "test_hostile_pg_user.py": "file-permission attacks on the agent's directories: its own loopback cluster",
+    "test_site_loss_drill_lab.py": "its own loopback two-site lab; the netns site loss is bench.chaos_sites --netns",
 }
 
 
