@@ -119,12 +119,11 @@ class OperatorBesideStandby(NetnsLab):
         self._far = far
         super().cut_wan()
         if far is not None:
-            fab = self.load_fabric()
-            fab.cut("ops", [h.name for h in fab.hosts.values() if h.name.startswith(f"{far}-etcd")])
+            self.cut_operator_from(far)
 
     def heal_wan(self) -> None:
         super().heal_wan()
-        self.load_fabric().heal("ops")
+        self.heal_operator()
 
 
 class TwoSiteLab:

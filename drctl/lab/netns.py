@@ -664,6 +664,16 @@ class NetnsLab:
     def heal_wan(self) -> None:
         self.load_fabric().heal_sites()
 
+    def cut_operator_from(self, site: str) -> None:
+        """The operators' host cut from ``site``'s DCS (its etcd hosts), both ways: the operator
+        sits beside another site and reaches this one's DCS across the WAN (the loopback lab's
+        WAN proxies carry the operator's DCS paths too). Clients on the host still reach nodes."""
+        fab = self.load_fabric()
+        fab.cut("ops", [h.name for h in fab.hosts.values() if h.name.startswith(f"{site}-etcd")])
+
+    def heal_operator(self) -> None:
+        self.load_fabric().heal("ops")
+
     def cut_witness(self, site: str | None = None) -> None:
         """The witness's location cut from ``site`` at the router, both ways, or from every site
         and the operators' network (the loopback lab's cut_witness, for real)."""

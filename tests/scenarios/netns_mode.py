@@ -23,9 +23,11 @@ from typing import Any
 import pytest
 
 from drctl.lab.cluster import LabCluster
-from drctl.lab.lab import Lab, LabState
+from drctl.lab.lab import Lab, LabState, topology_path
 from drctl.lab.netns import NetnsCluster, NetnsLab, harness_loopback
 from drctl.lab.nsutil import in_netns, netns_support
+from drctl.sites.controller import read_sites
+from drctl.sites.topology import load_topology
 
 MODES = ("loopback", "netns")
 
@@ -162,6 +164,21 @@ class NetnsSites(NetnsLab):
             self.down(grace=10)
             raise
         return state
+
+    def cut_wan(self) -> None:
+        """The WAN cut at the router; the operator (this test, on the operators' host) sits beside
+        the standby site, so it loses the active site's DCS too, as on loopback where its DCS
+        paths cross the WAN proxies (it still reaches every node and entry point as a client)."""
+        actives = [
+            name for name, st in read_sites(load_topology(topology_path(self.dir))).items() if st.role == "active"
+        ]
+        super().cut_wan()
+        if len(actives) == 1:
+            self.cut_operator_from(actives[0])
+
+    def heal_wan(self) -> None:
+        super().heal_wan()
+        self.heal_operator()
 
     def clusters(self, state: LabState | None = None) -> list[NetnsCluster]:
         clusters = super().clusters(state)
