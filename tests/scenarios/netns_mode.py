@@ -59,6 +59,11 @@ LOOPBACK_ONLY = {
     "test_restore_drill_lab.py": "the netns lab runs without pgBackRest",
     "test_entrypoint_lab.py": "renders loopback entry points; the netns route is test_netns_clients.py",
     "test_callbacks_lab.py": "callbacks on loopback; in netns mode the VIP test (test_netns_clients.py) runs them",
+    "test_site_disaster.py::test_active_site_keeps_writing_through_a_wan_cut_and_failover_waits_for_confirmation"
+    "[no-witness]": (
+        "its operator confirms from inside site a during the WAN cut, while the netns harness's one operators' "
+        "host sits beside the standby site (cut from the active site's DCS with the WAN)"
+    ),
     # They build their own loopback lab instead of using the fixtures: in netns mode they would
     # still run on loopback, which a netns run must not claim.
     "test_safety_modes.py::test_failsafe_keeps_the_primary_while_every_member_answers": (
