@@ -10,8 +10,11 @@ setup:
 demo: setup
 	@$(VENV)/python -m drctl.demo
 
+# Two workers (pytest-xdist): the suite mostly waits on servers, so two labs at a time use the two
+# cores; each worker hands out ports from its own range (drctl/lab/ports.py). TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
 test: setup lint
-	@$(VENV)/python -m pytest -q tests -p no:cacheprovider -m "not slow" --durations=30
+	@$(VENV)/python -m pytest -q tests -p no:cacheprovider -m "not slow" --durations=30 -n $(TEST_WORKERS) --dist worksteal
 
 # The long scenarios (minutes each) that `make test` leaves out.
 test-slow: setup

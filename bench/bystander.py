@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import psycopg
+from drctl.lab.workload import first_row
 
 REWIND_WORDS = ("pg_rewind",)
 
@@ -33,11 +33,7 @@ class _Node(Protocol):
 
 
 def _start_time(dsn: str) -> str | None:
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=2) as conn:
-            row = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()
-    except psycopg.Error:
-        return None
+    row = first_row(dsn, "SELECT pg_postmaster_start_time()::text")
     return str(row[0]) if row else None
 
 

@@ -34,17 +34,16 @@ from bench.netns_system import NetnsInstruments, NetnsSystem
 from bench.scenarios import (
     CAMPAIGN_FAULTS,
     EXTRA_FAULTS,
-    RESULTS,
     Instruments,
     acks_resumed,
     inject,
-    lab_base,
-    leftovers,
     log,
+    names_option,
+    new_run,
     node_runs,
-    parse_timings,
-    prune_lab,
+    report_leftovers,
     teardown,
+    timings_option,
     wait_stably_healthy,
     wait_until,
     wal_bytes_of_inserts,
@@ -97,26 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         if why:
             ap.error(f"--netns: {why}")
     default_faults = [*CAMPAIGN_FAULTS, *(["paused_vm"] if args.fencing else [])]
-    faults = [f.strip() for f in (args.faults or ",".join(default_faults)).split(",") if f.strip()]
-    for f in faults:
-        if f not in CAMPAIGN_FAULTS + EXTRA_FAULTS:
-            ap.error(f"unknown fault {f!r} (known: {', '.join(CAMPAIGN_FAULTS + EXTRA_FAULTS)})")
+    faults = names_option(ap, args.faults, default_faults, CAMPAIGN_FAULTS + EXTRA_FAULTS)
     if "paused_vm" in faults and not args.fencing:
         ap.error("paused_vm needs the fencing hook (--fencing): no process inside a paused VM can act")
-    try:
-        timings = parse_timings(args.timings)
-    except ValueError as exc:
-        ap.error(str(exc))
+    timings = timings_option(ap, args.timings)
     dynamic: dict[str, Any] = {"failsafe_mode": args.failsafe}
     if args.mode in ("sync", "strict"):
         dynamic["synchronous_mode"] = True
         dynamic["synchronous_mode_strict"] = args.mode == "strict"
     max_lag = 16 * 1024 * 1024
     rng = random.Random(args.seed)
-    run_id = time.strftime("%Y%m%d-%H%M%S")
     name = f"chaos-{'netns-' if args.netns else ''}{args.mode}-seed{args.seed}"
-    base = lab_base(f"{name}-{run_id}")
-    out_path = RESULTS / f"{run_id}-{name}.json"
+    run_id, base, out_path = new_run(name)
     sup = Supervisor(base)
     etcd = EtcdCluster(sup, base / "etcd", name="ce", size=3)
     netns_lab: NetnsLab | None = NetnsLab(base / "lab") if args.netns else None
@@ -287,12 +278,7 @@ def _teardown_netns(lab: NetnsLab, inst: Instruments | None) -> list[str]:
         inst.stop()
     prefix = lab.fabric.prefix if lab.fabric is not None else None
     lab.down(grace=10.0)
-    left = leftovers() + (list_netns(f"{prefix}-") if prefix else [])
-    if left:
-        log(f"WARNING: left behind: {left}")
-    else:
-        prune_lab(lab.dir)
-    return left
+    return report_leftovers(lab.dir, list_netns(f"{prefix}-") if prefix else [])
 
 
 def _violations(inst: Instruments, t0: float) -> list[list[Any]]:

@@ -73,7 +73,16 @@ from unittest import mock
 
 import psycopg
 
-from bench.scenarios import RESULTS, lab_base, leftovers, log, prune_lab, wait_until, wal_bytes_of_inserts
+from bench.scenarios import (
+    RESULTS,
+    lab_base,
+    log,
+    names_option,
+    report_leftovers,
+    wait_until,
+    wal_bytes_of_inserts,
+)
+from bench.sitecheck import sites_settled
 from drctl.lab.cluster import SUPERUSER, LabCluster
 from drctl.lab.lab import Lab, LabError, topology_path
 from drctl.lab.netns import NetnsCluster, NetnsLab, NetnsNode
@@ -196,23 +205,7 @@ class TwoSiteLab:
             active = self.active()
         except Exception:
             return False
-        for site, c in self.clusters.items():
-            leader = c.leader()
-            if leader is None:
-                return False
-            for n in c.nodes:
-                st = c.status(n.name) or {}
-                if st.get("state") != "running":
-                    return False
-                if n.name == leader:
-                    if site == active:
-                        if st.get("role") != "primary":
-                            return False
-                    elif not self.streams_from_entry(c, n.name, active):
-                        return False
-                elif not c.streams_from(n.name, leader):
-                    return False
-        return True
+        return sites_settled(self.clusters, active, lambda c, leader: self.streams_from_entry(c, leader, active))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,10 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--netns: {why}")
     known = [*FAULTS, *LEASE_FAULTS]
     default = WITNESS_FAULTS if args.witness_fencing else FAULTS
-    faults = [f.strip() for f in (args.faults or ",".join(default)).split(",") if f.strip()]
+    faults = names_option(ap, args.faults, default, known)
     for f in faults:
-        if f not in known:
-            ap.error(f"unknown fault {f!r} (known: {', '.join(known)})")
         if f in LEASE_FAULTS and not args.witness_fencing:
             ap.error(f"fault {f} needs --witness-fencing")
     stop_at = _stop_at(args.stop_at) if args.stop_at else None
@@ -485,11 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             lab.down(grace=20)
         except LabError as exc:  # a lab that never started: keep the first error visible
             log(f"lab down: {exc}")
-    left = leftovers() + [f"{r.name}({r.pid})" for r in lab.running()]
-    if left:
-        log(f"WARNING: processes left running: {left}")
-    else:
-        prune_lab(base / "lab")
+    left = report_leftovers(base / "lab", [f"{r.name}({r.pid})" for r in lab.running()])
     return 1 if bad or left else 0
 
 

@@ -9,79 +9,65 @@ both (the postmaster is found through DATA/postmaster.pid)."""
 from __future__ import annotations
 
 import json
-import signal
-import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
-from drctl.lab.cluster import API_AUTH, LAB_PG_PARAMETERS, PG_BIN, REPLICATION, SUPERUSER, Timings
+from drctl.lab.cluster import API_AUTH, LAB_PG_PARAMETERS, PG_BIN, REPLICATION, SUPERUSER, AgentNode, Timings
 from drctl.lab.etcd import LabError
 from drctl.lab.netproxy import TcpProxy
+from drctl.lab.nodes import NodeProcesses
 from drctl.lab.ports import free_port
-from drctl.lab.procs import Supervisor, record_for_pid, terminate
+from drctl.lab.procs import Supervisor
 from drctl.lab.workload import multi_host_url
 from drctl.pg.osuser import make_dir, user_env
-from drctl.pg.pidfile import parse_postmaster_pid
-from drctl.procutil import signal_with_children
 
 BENCH_DIR = Path(__file__).resolve().parent
 PATRONI_VENV = BENCH_DIR / ".venv-patroni"
 PATRONI_BIN = PATRONI_VENV / "bin" / "patroni"
 
 
-@dataclass
-class PatroniNode:
-    name: str
-    dir: Path
-    pg_port: int
-    api_port: int
-
-    @property
-    def proc_name(self) -> str:
-        return f"patroni-{self.name}"
-
-    @property
-    def config_path(self) -> Path:
-        return self.dir / "patroni.yml"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.dir / "data"
-
-    @property
-    def socket_dir(self) -> Path:
-        return self.dir / "sock"
-
-    @property
-    def log(self) -> Path:
-        return self.dir / "patroni.log"
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    @property
-    def dsn(self) -> str:
-        user, password = SUPERUSER
-        return f"host=127.0.0.1 port={self.pg_port} user={user} password={password} dbname=postgres connect_timeout=2"
-
-    def postmaster_pid(self) -> int | None:
-        try:
-            info = parse_postmaster_pid((self.data_dir / "postmaster.pid").read_text())
-        except (OSError, ValueError):
-            return None
-        return info.pid if info else None
+def post_switchover(api_url: str, leader: str, candidate: str, timeout: float) -> tuple[int, str]:
+    """POST /switchover to ``api_url`` with the lab's admin credentials (the same request for Patroni
+    and pgdr's agents); returns the HTTP status and body. Unreachable: OSError."""
+    body = json.dumps({"leader": leader, "candidate": candidate}).encode()
+    auth = b64encode(f"{API_AUTH[0]}:{API_AUTH[1]}".encode()).decode()
+    req = urllib.request.Request(
+        f"{api_url}/switchover",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return int(resp.status), resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode(errors="replace")
 
 
 @dataclass
-class PatroniCluster:
+class PatroniNode(AgentNode):
+    """Laid out as pgdr's agent nodes (data and socket directories, ports, DSN), with Patroni's
+    process name, and its configuration and log in the node directory (Patroni runs as the
+    PostgreSQL user, who owns it)."""
+
+    kind: ClassVar[str] = "patroni"
+
+    @property
+    def agent_dir(self) -> Path:
+        return self.dir
+
+
+@dataclass
+class PatroniCluster(NodeProcesses[PatroniNode]):
+    agent_kind: ClassVar[str] = "patroni"
+    agent_logs: ClassVar[str] = "Patroni"
+
     sup: Supervisor
     base_dir: Path
     scope: str
@@ -167,23 +153,7 @@ class PatroniCluster:
             return [p.address for p in self.proxies[node.name]]
         return [e.removeprefix("http://") for e in self.etcd_endpoints]
 
-    def isolate_from_dcs(self, name: str) -> None:
-        if name not in self.proxies:
-            raise LabError("isolate_from_dcs needs a cluster planned with dcs_proxies=True")
-        for p in self.proxies[name]:
-            p.blackhole()
-
-    def heal_dcs(self, name: str) -> None:
-        for p in self.proxies.get(name, []):
-            p.heal()
-
     # --- processes ---------------------------------------------------------------------------
-    def node(self, name: str) -> PatroniNode:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise LabError(f"no member {name!r} in {self.scope}")
-
     def start_agent(self, name: str) -> None:
         node = self.node(name)
         env = user_env(self.pg_user)
@@ -200,51 +170,9 @@ class PatroniCluster:
             extra={"scope": self.scope, "pg_port": node.pg_port, "data_dir": str(node.data_dir)},
         )
 
-    def start(self, wait: bool = True, timeout: float = 180.0) -> PatroniCluster:
-        if not self.nodes:
-            self.plan()
-        self.start_agent(self.nodes[0].name)
-        self.wait_for(lambda: self.leader() is not None, timeout, "a leader after bootstrap")
-        for node in self.nodes[1:]:
-            self.start_agent(node.name)
-        if wait:
-            self.wait_healthy(timeout)
-        return self
-
-    def kill_agent(self, name: str) -> None:
-        self.sup.kill(self.node(name).proc_name)
-
-    def kill_postgres(self, name: str) -> int | None:
-        pid = self.node(name).postmaster_pid()
-        if pid is None:
-            return None
-        pids = signal_with_children(pid, signal.SIGKILL)
-        recs = [r for r in (record_for_pid(p, f"pg-{p}", "postgres") for p in pids) if r is not None]
-        terminate(recs, signal.SIGKILL, 0.0)
-        return pid
-
-    def kill_node(self, name: str) -> None:
-        self.kill_agent(name)
-        self.kill_postgres(name)
-
-    def pause_agent(self, name: str) -> None:
-        self.sup.pause(self.node(name).proc_name)
-
-    def resume_agent(self, name: str) -> None:
-        self.sup.resume(self.node(name).proc_name)
-
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM every Patroni (each stops its PostgreSQL), then whatever PostgreSQL is left."""
-        recs = [r for r in (self.sup.record(n.proc_name) for n in self.nodes) if r is not None]
-        self.sup.stop_records(recs, signal.SIGTERM, grace)
-        for n in self.nodes:
-            self.sup.forget(n.proc_name)
-        left = [
-            record_for_pid(pid, f"postmaster-{n.name}", "postgres")
-            for n in self.nodes
-            if (pid := n.postmaster_pid()) is not None
-        ]
-        terminate([r for r in left if r is not None and r.alive()], signal.SIGINT, grace)
+        self.stop_nodes(grace)
         for proxies in self.proxies.values():
             for p in proxies:
                 p.close()
@@ -291,31 +219,7 @@ class PatroniCluster:
         return all(m.get("state") == "streaming" for m in members.values() if m.get("role") != "leader")
 
     def switchover(self, leader: str, candidate: str, timeout: float = 60.0) -> tuple[int, str]:
-        body = json.dumps({"leader": leader, "candidate": candidate}).encode()
-        auth = b64encode(f"{API_AUTH[0]}:{API_AUTH[1]}".encode()).decode()
-        req = urllib.request.Request(
-            f"{self.node(leader).api_url}/switchover",
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return int(resp.status), resp.read().decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read().decode(errors="replace")
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            for n in self.nodes:
-                rec = self.sup.record(n.proc_name)
-                if rec is not None and not rec.alive():
-                    raise LabError(f"patroni {n.name} exited: see {n.log}")
-            time.sleep(0.2)
-        raise LabError(f"{self.scope}: no {what} after {timeout:.0f}s: see the Patroni logs in {self.base_dir}")
+        return post_switchover(self.node(leader).api_url, leader, candidate, timeout)
 
     def wait_healthy(self, timeout: float = 120.0) -> None:
         self.wait_for(self.healthy, timeout, "healthy Patroni cluster (one leader running, replicas streaming)")

@@ -63,6 +63,7 @@ from drctl.lab.netns import (
     NODE_N,
     NetnsEtcd,
     NetnsLab,
+    NetnsNode,
     NetnsWriter,
     missing_rows_from,
     node_pg_port,
@@ -187,22 +188,9 @@ def pgdr_target(base: Path, timings: Timings, sync: bool) -> Target:
 
 
 @dataclass
-class NetnsPatroniNode(PatroniNode):
-    host: str = ""
-    ns: str = ""
-    sock_root: str = ""
-
-    @property
-    def socket_dir(self) -> Path:
-        return Path(self.sock_root) / self.name
-
-    @property
-    def api_url(self) -> str:
-        return f"http://{self.host}:{self.api_port}"
-
-    @property
-    def dsn(self) -> str:
-        return f"host={self.socket_dir} port={self.pg_port} user={SUPERUSER[0]} dbname=postgres connect_timeout=2"
+class NetnsPatroniNode(NetnsNode, PatroniNode):
+    """A Patroni node (its process, files) on a host of the fabric: the netns lab's node fields
+    (address, namespace, socket directory) and its URLs."""
 
 
 @dataclass
@@ -226,7 +214,13 @@ class NetnsPatroni(PatroniCluster):
             name = f"{SITE}{i}"
             h = fab.add_host(name, SITE, NODE_N + i)
             node = NetnsPatroniNode(
-                name, self.base_dir / name, node_pg_port(SITE, i), API_PORT, h.addr, h.ns, str(socket_root(fab))
+                name,
+                self.base_dir / name,
+                node_pg_port(SITE, i),
+                API_PORT,
+                host=h.addr,
+                ns=h.ns,
+                sock_root=str(socket_root(fab)),
             )
             self.nodes.append(node)
         for pnode in self.nodes:

@@ -24,7 +24,7 @@ import statistics
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -406,6 +406,25 @@ def parse_timings(text: str) -> Timings:
     return Timings(ttl=ttl, loop_wait=loop_wait, retry_timeout=retry)
 
 
+def timings_option(ap: argparse.ArgumentParser, text: str) -> Timings:
+    """:func:`parse_timings` of a command-line value: a bad one is the parser's error, no traceback."""
+    try:
+        return parse_timings(text)
+    except ValueError as exc:
+        ap.error(str(exc))
+
+
+def names_option(
+    ap: argparse.ArgumentParser, text: str | None, default: Sequence[str], known: Sequence[str], what: str = "fault"
+) -> list[str]:
+    """A comma-separated command-line list (``default`` when not given), each name one of ``known``."""
+    names = [x.strip() for x in (text or ",".join(default)).split(",") if x.strip()]
+    for x in names:
+        if x not in known:
+            ap.error(f"unknown {what} {x!r} (known: {', '.join(known)})")
+    return names
+
+
 def wal_bytes_of_inserts(url: str, rows: int) -> int | None:
     """WAL that ``rows`` writes like the writer's cost, measured on the primary ``url`` reaches:
     as many one-row autocommit INSERTs into a table of the same shape, and how far the WAL insert
@@ -440,6 +459,24 @@ def leftovers() -> list[str]:
     return [f"{r.name}({r.pid})" for r in spawned if r.alive()]
 
 
+def report_leftovers(lab_dir: Path, extra: Sequence[str] = ()) -> list[str]:
+    """What the run left behind: the processes this interpreter started that still run, and
+    ``extra`` (a lab's own records, namespaces). Warned about; with nothing left, ``lab_dir``'s data
+    directories are pruned."""
+    left = leftovers() + list(extra)
+    if left:
+        log(f"WARNING: left behind: {left}")
+    else:
+        prune_lab(lab_dir)
+    return left
+
+
+def new_run(name: str) -> tuple[str, Path, Path]:
+    """(run id, lab directory, result file) of a new run of the benchmark ``name``."""
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    return run_id, lab_base(f"{name}-{run_id}"), RESULTS / f"{run_id}-{name}.json"
+
+
 def teardown(
     base: Path, sup: Supervisor, etcd: EtcdCluster, system: System | None, inst: Instruments | None = None
 ) -> list[str]:
@@ -451,12 +488,7 @@ def teardown(
         system.stop()
     etcd.stop()
     sup.stop_all(grace=10.0)
-    left = leftovers()
-    if left:
-        log(f"WARNING: processes left running: {left}")
-    else:
-        prune_lab(base)
-    return left
+    return report_leftovers(base)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -472,18 +504,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    for s in scenarios:
-        if s not in SCENARIOS:
-            ap.error(f"unknown scenario {s!r} (known: {', '.join(SCENARIOS)})")
+    scenarios = names_option(ap, args.scenarios, (), SCENARIOS, "scenario")
     run_id = time.strftime("%Y%m%d-%H%M%S")
     base = lab_base(run_id)
     timings = BENCH_TIMINGS
     if args.timings:
-        try:
-            timings = parse_timings(args.timings)
-        except ValueError as exc:
-            ap.error(str(exc))
+        timings = timings_option(ap, args.timings)
     label = "" if timings == BENCH_TIMINGS else f"-ttl{timings.ttl}"
     sup = Supervisor(base)
     etcd = EtcdCluster(sup, base / "etcd", name="be", size=3)

@@ -32,7 +32,8 @@ import sys
 import time
 from typing import Any
 
-from bench.scenarios import RESULTS, lab_base, leftovers, log, prune_lab, wait_until
+from bench.scenarios import RESULTS, lab_base, log, report_leftovers, wait_until
+from bench.sitecheck import sites_settled
 from drctl.lab.cluster import SUPERUSER, LabCluster
 from drctl.lab.lab import Lab, topology_path
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
@@ -60,23 +61,7 @@ class Sites:
         if active is None:
             return False
         entry = self.topology.site(active).entry_host_port[1]
-        for site, c in self.clusters.items():
-            leader = c.leader()
-            if leader is None:
-                return False
-            for n in c.nodes:
-                st = c.status(n.name) or {}
-                if st.get("state") != "running":
-                    return False
-                if n.name == leader:
-                    if site == active:
-                        if st.get("role") != "primary":
-                            return False
-                    elif c.upstream_port(n.name) != entry:
-                        return False
-                elif not c.streams_from(n.name, leader):
-                    return False
-        return True
+        return sites_settled(self.clusters, active, lambda c, leader: c.upstream_port(leader) == entry)
 
 
 def _gap(writer: Writer, start: float, end: float) -> float:
@@ -183,11 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if runs and bad and not out_path.exists():
             out_path.write_text(json.dumps({"run_id": run_id, "complete": False, "runs": runs}, indent=1))
         lab.down(grace=20)
-    left = leftovers() + [f"{r.name}({r.pid})" for r in lab.running()]
-    if left:
-        log(f"WARNING: processes left running: {left}")
-    else:
-        prune_lab(base / "lab")
+    left = report_leftovers(base / "lab", [f"{r.name}({r.pid})" for r in lab.running()])
     return 1 if bad or left else 0
 
 

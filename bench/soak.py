@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from bench.scenarios import RESULTS, Instruments, lab_base, log, parse_timings, teardown, wait_until
+from bench.scenarios import Instruments, log, new_run, teardown, timings_option, wait_until
 from bench.systems import System
 from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
@@ -29,15 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timings", default=os.environ.get("SOAK_TIMINGS", "10,1,3"), help="ttl,loop_wait,retry_timeout")
     ap.add_argument("--mode", choices=["async", "sync"], default=os.environ.get("SOAK_MODE", "async"))
     args = ap.parse_args(argv)
-    try:
-        timings = parse_timings(args.timings)
-    except ValueError as exc:
-        ap.error(str(exc))
+    timings = timings_option(ap, args.timings)
     dynamic: dict[str, Any] = {"synchronous_mode": args.mode == "sync"}
-    run_id = time.strftime("%Y%m%d-%H%M%S")
     name = f"soak-ttl{timings.ttl}-{args.mode}"
-    base = lab_base(f"{name}-{run_id}")
-    out_path = RESULTS / f"{run_id}-{name}.json"
+    run_id, base, out_path = new_run(name)
     sup = Supervisor(base)
     etcd = EtcdCluster(sup, base / "etcd", name="se", size=3)
     system: System | None = None

@@ -4,18 +4,14 @@ traffic routed through proxies so that the isolation scenario can cut it the sam
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.error
-import urllib.request
 import uuid
-from base64 import b64encode
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.patroni_lab import PatroniCluster
-from drctl.lab.cluster import API_AUTH, LabCluster, Timings
+from bench.patroni_lab import PatroniCluster, post_switchover
+from drctl.lab.cluster import LabCluster, Timings
 from drctl.lab.procs import Supervisor
 from drctl.procutil import children_of, pid_alive
 
@@ -123,14 +119,14 @@ class System:
                     out.append(n.name)
             return out
         leader = self.cluster.leader()
-        for n in self.cluster.nodes:
-            st = self.cluster.status(n.name) or {}
-            if n.name == leader:
+        for node in self.cluster.nodes:
+            st = self.cluster.status(node.name) or {}
+            if node.name == leader:
                 ok = st.get("state") == "running" and st.get("role") == "primary"
             else:
-                ok = st.get("role") == "replica" and self.cluster.upstream_port(n.name) is not None
+                ok = st.get("role") == "replica" and self.cluster.upstream_port(node.name) is not None
             if not ok:
-                out.append(n.name)
+                out.append(node.name)
         return out
 
     # --- faults ------------------------------------------------------------------------------
@@ -187,19 +183,8 @@ class System:
     def switchover(self, leader: str, candidate: str, timeout: float = 90.0) -> tuple[int, str]:
         if isinstance(self.cluster, PatroniCluster):
             return self.cluster.switchover(leader, candidate, timeout)
-        body = json.dumps({"leader": leader, "candidate": candidate}).encode()
-        auth = b64encode(f"{API_AUTH[0]}:{API_AUTH[1]}".encode()).decode()
-        req = urllib.request.Request(
-            f"{self.cluster.node(leader).api_url}/switchover",
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"},
-        )
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return int(resp.status), resp.read().decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read().decode(errors="replace")
+            return post_switchover(self.cluster.node(leader).api_url, leader, candidate, timeout)
         except OSError as exc:
             return 0, str(exc)
 

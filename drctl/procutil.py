@@ -11,6 +11,8 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 # Imported by the lease keeper, which is kept small: os and signal only, no pathlib.
 
@@ -134,6 +136,24 @@ def signal_with_children(pid: int, sig: int) -> list[int]:
                 os.kill(target, signal.SIGCONT)
             os.kill(target, sig)
     return targets
+
+
+def popen_captured(
+    argv: Sequence[str], *, env: Mapping[str, str] | None, cwd: str | Path | None = None, merge_stderr: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (never through a shell) in a session of its own, stdin from /dev/null,
+    stdout (and stderr, or stderr merged into stdout) captured: the caller collects it with
+    :func:`communicate_or_kill`, which kills the whole group on timeout. OSError when it
+    cannot be started."""
+    return subprocess.Popen(
+        list(argv),
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def communicate_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes, int | None]:

@@ -15,6 +15,7 @@ from typing import Any
 from site_agent.snapshot import NodeSnapshot, XlogPosition
 
 from drctl.dcs.base import ClusterView, Leader, LeaderStatus, Member, MemberInfo, Record, SyncState
+from drctl.lab.workload import Writer
 
 MIB = 1 << 20
 
@@ -102,6 +103,29 @@ def run_site_agent(config: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def agent_yaml(
+    *,
+    head: str = "scope: demo\nname: n1\n",
+    listen: str = "127.0.0.1:8008",
+    rest: str = "  authentication: {username: admin, password: secret}\n",
+    hosts: str = "127.0.0.1:2379",
+    etcd: str = "",
+    data_dir: str = "/tmp/pgdata",
+    superuser: str = "{username: postgres, password: x}",
+    replication: str = "{username: repl, password: y}",
+    postgresql: str = "",
+) -> str:
+    """A minimal valid agent configuration; each keyword is the text of one part (``rest``,
+    ``etcd`` and ``postgresql``: lines added to that section, indented by two)."""
+    return (
+        f"{head}restapi:\n  listen: {listen}\n  connect_address: 127.0.0.1:8008\n{rest}"
+        f"etcd3:\n  hosts: {hosts}\n{etcd}"
+        "postgresql:\n  listen: 127.0.0.1:5432\n  connect_address: 127.0.0.1:5432\n"
+        f"  data_dir: {data_dir}\n  authentication:\n    superuser: {superuser}\n    replication: {replication}\n"
+        f"{postgresql}"
+    )
+
+
 def wait_until(pred: Callable[[], object], timeout: float, what: str, *, interval: float = 0.25) -> float:
     """Poll ``pred`` until it returns something truthy; the seconds that took. Fails naming
     ``what`` once ``timeout`` seconds pass. An exception from ``pred`` is not swallowed."""
@@ -111,6 +135,17 @@ def wait_until(pred: Callable[[], object], timeout: float, what: str, *, interva
             return time.monotonic() - started
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def start_writer(url: str, *, interval: float, timeout: float = 3.0, acks: int = 0, what: str = "writes") -> Writer:
+    """A :class:`Writer` on ``url`` (its table created), started; with ``acks``, returned once more
+    than that many rows are acknowledged (``what`` names them if that takes over 30 s)."""
+    writer = Writer(url, interval=interval, timeout=timeout)
+    writer.prepare()
+    writer.start()
+    if acks:
+        wait_until(lambda: len(writer.acks) > acks, 30, what)
+    return writer
 
 
 def wait_archived(node: Any, timeout: float = 30.0) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from hypothesis import HealthCheck, settings
 
 from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
+from tests import interrupt
 
 PG_USER = os.environ.get("PGDR_PG_USER", "postgres")
 
@@ -24,16 +24,15 @@ settings.register_profile("pgdr", deadline=None, suppress_health_check=[HealthCh
 settings.load_profile("pgdr")
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM or SIGHUP (CI's timeout, a closed terminal) ends the whole run as Ctrl-C does: pytest
-    stops, tears the fixtures down and stops every server by PID. A plain SystemExit raised inside
-    a test would only fail that test, and the run would go on starting labs."""
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+    stops, tears the fixtures down and stops every server by PID (tests/interrupt.py). A plain
+    SystemExit raised inside a test would only fail that test, and the run would go on starting labs."""
+    interrupt.install(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    interrupt.uninstall(config)
 
 
 @pytest.fixture(scope="session")
@@ -85,8 +84,10 @@ def etcd_site_b(session_supervisor: Supervisor, lab_root: Path) -> Iterator[Etcd
     cluster.stop()
 
 
+@pytest.hookimpl(trylast=True)  # after the runner has torn every fixture down
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if any process the suite started is still alive after teardown."""
+    """Fail the run if any process the suite started is still alive after teardown; a worker of
+    a parallel run then tells the controller it is done (tests/interrupt.py)."""
     from drctl.lab import procs
 
     procs.cleanup_all(grace=10.0)
@@ -95,3 +96,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         names = ", ".join(f"{r.name} (pid {r.pid})" for r in leaked)
         session.config.get_terminal_writer().line(f"LEAKED PROCESSES after the test session: {names}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    interrupt.worker_torn_down(session.config)

@@ -13,15 +13,23 @@ repository first, so one policy file serves both sites."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drctl.backup.config import CompressType, PgBackRestConfig, RepoConfig, RepoPath
 from drctl.backup.schedule import cron_trigger, zone
 from drctl.policy.source import clean_loc, line_of
 from drctl.yamlsafe import YamlError, compose, decode_utf8
+
+
+def _known_zone(value: str) -> str:
+    zone(value)
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_known_zone)]  # an IANA time zone name, e.g. Europe/Paris
 
 
 class BackupPolicyError(Exception):
@@ -47,7 +55,7 @@ class BackupSchedule(_Model):
     full: str
     diff: str | None = None
     incr: str | None = None
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     repos: list[int] = Field(default_factory=lambda: [1], min_length=1)
     misfire_grace_s: int = Field(default=600, ge=1, le=86400)
 
@@ -57,12 +65,6 @@ class BackupSchedule(_Model):
         if value is not None:
             cron_trigger(value)  # raises ValueError with the reason
             value = " ".join(value.split())
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, value: str) -> str:
-        zone(value)
         return value
 
     @field_validator("repos")

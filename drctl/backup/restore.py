@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from drctl.backup.errors import ConfigurationError
 from drctl.pg.fsutil import atomic_write
@@ -36,6 +36,21 @@ def format_target(target: str | datetime) -> str:
             )
         return target.isoformat(sep=" ")
     return target
+
+
+class RestoreFlags(TypedDict, total=False):
+    """The keyword options of :func:`restore_options` (``PgBackRest.restore`` passes them on;
+    their defaults are in :func:`restore_options`'s signature only)."""
+
+    delta: bool
+    archive_mode_off: bool
+    set_options: Mapping[str, str] | None
+    repo: int | None
+    backup_set: str | None
+    target_action: TargetAction | None
+    target_timeline: str | None
+    target_exclusive: bool
+    force: bool
 
 
 def restore_options(

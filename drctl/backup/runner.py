@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
+from typing import Unpack
 
 from drctl.backup.config import DEFAULT_BIN, PgBackRestConfig, render_config
 from drctl.backup.errors import BackupError, PgBackRestUnavailableError, classify, parse_output
 from drctl.backup.info import BackupInfo, BackupType, StanzaInfo, parse_stanza
-from drctl.backup.restore import RestoreType, TargetAction, restore_options
+from drctl.backup.restore import RestoreFlags, RestoreType, restore_options
 from drctl.pg.fsutil import atomic_write
 from drctl.pg.osuser import OSUserError, make_dir, user_env, user_prefix
-from drctl.procutil import communicate_or_kill
+from drctl.procutil import communicate_or_kill, popen_captured
 
 
 @dataclass(frozen=True)
@@ -162,15 +162,7 @@ class PgBackRest:
         ]
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=self._cwd(),
-                env=self._env(),
-                start_new_session=True,
-            )
+            proc = popen_captured(argv, env=self._env(), cwd=self._cwd())
         except OSError as exc:
             raise PgBackRestUnavailableError(
                 PgBackRestUnavailableError.hint, detail=str(exc), command=command
@@ -269,16 +261,7 @@ class PgBackRest:
         target_dir: Path,
         type: RestoreType = "default",
         target: str | datetime | None = None,
-        *,
-        delta: bool = True,
-        archive_mode_off: bool = True,
-        set_options: Mapping[str, str] | None = None,
-        repo: int | None = None,
-        backup_set: str | None = None,
-        target_action: TargetAction | None = None,
-        target_timeline: str | None = None,
-        target_exclusive: bool = False,
-        force: bool = False,
+        **flags: Unpack[RestoreFlags],
     ) -> RestoreResult:
         """Restore into ``target_dir`` (a stopped or empty data directory; created 0700 for the
         user if missing).
@@ -291,22 +274,9 @@ class PgBackRest:
         pgBackRest into postgresql.auto.conf. The copy carries the source's pgdr.conf (port,
         archive_command...): configure it before starting it."""
         target_dir = Path(target_dir).absolute()
-        if delta and not any((target_dir / name).exists() for name in ("PG_VERSION", "backup.manifest")):
-            delta = False  # nothing to compare against (pgBackRest would only warn and disable it)
-        opts = restore_options(
-            target_dir,
-            type,
-            target,
-            delta=delta,
-            archive_mode_off=archive_mode_off,
-            set_options=set_options,
-            repo=repo,
-            backup_set=backup_set,
-            target_action=target_action,
-            target_timeline=target_timeline,
-            target_exclusive=target_exclusive,
-            force=force,
-        )
+        if not any((target_dir / name).exists() for name in ("PG_VERSION", "backup.manifest")):
+            flags["delta"] = False  # nothing to compare against (pgBackRest would only warn and disable it)
+        opts = restore_options(target_dir, type, target, **flags)
         if not target_dir.exists():
             make_dir(target_dir, self.run_as, 0o700)
         result = self.run("restore", opts, timeout=self.timeouts.restore)

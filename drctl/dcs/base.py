@@ -395,6 +395,38 @@ class DCS(abc.ABC):
         self.name = name
         self.ttl = ttl
         self.retry_timeout = retry_timeout
+        # The bookkeeping of this member's lease-bound keys, the same on every backend: its
+        # record (rewritten under each new lease), what was last written for it (json,
+        # lease/session, monotonic time), and the leader status this member last wrote.
+        self._member_info: MemberInfo | None = None
+        self._member_written: tuple[str, str, float] | None = None
+        self._last_status: LeaderStatus | None = None
+
+    def _deadline(self) -> float:
+        """When a call started now must be done: ``retry_timeout`` from now (monotonic)."""
+        return time.monotonic() + self.retry_timeout
+
+    def _member_stale(self, info: MemberInfo, lease: str, fresh: bool) -> bool:
+        """The member key must be written: under a ``fresh`` lease, never written, changed, bound
+        to another lease, or last written a ttl ago (someone may have removed it). An unchanged
+        key is left alone so that watchers are not woken every cycle."""
+        written = self._member_written
+        return (
+            fresh
+            or written is None
+            or written[0] != info.to_json()
+            or written[1] != lease
+            or time.monotonic() - written[2] >= self.ttl
+        )
+
+    def _forget_member(self) -> None:
+        self._member_info = None
+        self._member_written = None
+
+    def _released_status(self, last_lsn: int) -> str:
+        """The status a leader leaves as it releases the key: ``last_lsn``, the slots it last wrote."""
+        slots = self._last_status.slots if self._last_status else {}
+        return LeaderStatus(last_lsn, slots).to_json()
 
     # keys ------------------------------------------------------------------------------------
     @property

@@ -169,9 +169,6 @@ class ConsulDCS(DCS):
         self._watch_lock = threading.Lock()
         self._lock = threading.RLock()
         self._session: str | None = None
-        self._member_info: MemberInfo | None = None
-        self._member_written: tuple[str, str, float] | None = None
-        self._last_status: LeaderStatus | None = None
 
     @property
     def kv_prefix(self) -> str:
@@ -193,9 +190,6 @@ class ConsulDCS(DCS):
         """The leader ttl the current session was created for: a ttl change applies to the next
         session, never to the deadline of the one that holds the key."""
         return getattr(self, "_session_leader_ttl", float(self.ttl))
-
-    def _deadline(self) -> float:
-        return time.monotonic() + self.retry_timeout
 
     def _run(self, what: str, deadline: float, fn: Callable[[Any], T]) -> T:
         """Call ``fn(client)`` until it answers or ``deadline`` passes; every failure is a DCSError."""
@@ -326,8 +320,7 @@ class ConsulDCS(DCS):
                 txn_op("delete", self.ckey("leader")),
             ]
             if last_lsn is not None:
-                slots = self._last_status.slots if self._last_status else {}
-                ops.append(txn_op("set", self.ckey("status"), LeaderStatus(last_lsn, slots).to_json()))
+                ops.append(txn_op("set", self.ckey("status"), self._released_status(last_lsn)))
             return self._txn("delete leader", deadline, ops)
 
     def touch_member(self, info: MemberInfo) -> None:
@@ -335,14 +328,7 @@ class ConsulDCS(DCS):
         with self._lock:
             self._member_info = info
             sid, fresh = self._ensure_session(deadline)
-            written = self._member_written
-            if (
-                fresh
-                or written is None
-                or written[0] != info.to_json()
-                or written[1] != sid
-                or time.monotonic() - written[2] >= self.ttl
-            ):
+            if self._member_stale(info, sid, fresh):
                 try:
                     self._write_member(info, sid, deadline)
                 except SessionGone:
@@ -351,8 +337,7 @@ class ConsulDCS(DCS):
 
     def delete_member(self) -> None:
         with self._lock:
-            self._member_info = None
-            self._member_written = None
+            self._forget_member()
         self._run("delete member", self._deadline(), lambda c: c.kv.delete(self.ckey("members", self.name)))
 
     def _cas_put(self, key: str, value: str, version: int | None, what: str) -> bool:

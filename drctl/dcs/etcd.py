@@ -96,9 +96,6 @@ class Etcd3(DCS):
         self._lease_kept_at = 0.0  # monotonic time of the last grant or successful keepalive
         self._lease_ttl: int | None = None  # the TTL etcd granted the current lease
         self._ttl_floor: int | None = None  # while a re-grant's outcome is unknown: min(old, new)
-        self._member_info: MemberInfo | None = None
-        self._member_written: tuple[str, str, float] | None = None  # (json, lease, when)
-        self._last_status: LeaderStatus | None = None
         # (json, monotonic time) of the status this leader last wrote; None: write it next renewal
         self._status_written: tuple[str, float] | None = None
         # (key, revision) of this member's own recent member-key puts: a replica's watch is not
@@ -122,9 +119,6 @@ class Etcd3(DCS):
     def granted_ttl(self) -> float:
         ttl = self._lease_ttl if self._lease_ttl is not None else int(self.ttl)
         return float(min(ttl, self._ttl_floor) if self._ttl_floor is not None else ttl)
-
-    def _deadline(self) -> float:
-        return time.monotonic() + self.retry_timeout
 
     def _call(self, path: str, body: Mapping[str, Any], deadline: float, what: str) -> Json:
         try:
@@ -338,8 +332,7 @@ class Etcd3(DCS):
             success = [op_delete(leader)]
             self._status_written = None
             if last_lsn is not None:
-                slots = self._last_status.slots if self._last_status else {}
-                success.append(op_put(self.key("status"), LeaderStatus(last_lsn, slots).to_json()))
+                success.append(op_put(self.key("status"), self._released_status(last_lsn)))
             doc = self._safe_txn(
                 [cmp_value(leader, self.name), cmp_lease(leader, lease)],
                 success,
@@ -357,17 +350,7 @@ class Etcd3(DCS):
             # ttl/4 is plenty (the leader renews the same lease every cycle in update_leader, and
             # acquiring the leader key always renews first).
             lease, fresh = self._ensure_lease(deadline, max_age=min(self.ttl, self._lease_ttl or self.ttl) / 4)
-            written = self._member_written
-            # The key is rewritten when it changed, when the lease changed, and at least once per
-            # ttl (in case someone removed it); an unchanged key is left alone so that watchers
-            # are not woken every cycle.
-            if (
-                fresh
-                or written is None
-                or written[0] != info.to_json()
-                or written[1] != lease
-                or time.monotonic() - written[2] >= self.ttl
-            ):
+            if self._member_stale(info, lease, fresh):
                 self._with_lease(
                     deadline,
                     lambda lease_: self._write_member_doc(info, lease_, deadline),
@@ -390,8 +373,7 @@ class Etcd3(DCS):
 
     def delete_member(self) -> None:
         with self._lock:
-            self._member_info = None
-            self._member_written = None
+            self._forget_member()
         self._call("/kv/deleterange", {"key": b64(self.key("members", self.name))}, self._deadline(), "delete member")
 
     def _cas_put(self, key: str, value: str, version: int | None, what: str) -> bool:

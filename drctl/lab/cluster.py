@@ -9,10 +9,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -22,12 +21,11 @@ from drctl.dcs.etcd import Etcd3, b64
 from drctl.dcs.factory import DcsSettings, EtcdSettings, get_dcs
 from drctl.lab.etcd import EtcdTls, LabError
 from drctl.lab.netproxy import TcpProxy
+from drctl.lab.nodes import NodeProcesses, postmaster_pid
 from drctl.lab.ports import free_port
-from drctl.lab.procs import Supervisor, record_for_pid, terminate
+from drctl.lab.procs import Supervisor
 from drctl.lab.tls import LabCA
 from drctl.pg.osuser import make_dir, user_ids
-from drctl.pg.pidfile import parse_postmaster_pid
-from drctl.procutil import signal_with_children
 from drctl.safefs import make_private_dir, write_atomic
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -69,10 +67,11 @@ class AgentNode:
     pg_port: int
     api_port: int
     tls: bool = False  # the agent serves its REST API over https
+    kind: ClassVar[str] = "agent"  # names its process and its configuration and log files
 
     @property
     def proc_name(self) -> str:
-        return f"agent-{self.name}"
+        return f"{self.kind}-{self.name}"
 
     @property
     def agent_dir(self) -> Path:
@@ -83,7 +82,7 @@ class AgentNode:
 
     @property
     def config_path(self) -> Path:
-        return self.agent_dir / "agent.yml"
+        return self.agent_dir / f"{self.kind}.yml"
 
     @property
     def data_dir(self) -> Path:
@@ -95,7 +94,7 @@ class AgentNode:
 
     @property
     def log(self) -> Path:
-        return self.agent_dir / "agent.log"
+        return self.agent_dir / f"{self.kind}.log"
 
     @property
     def api_url(self) -> str:
@@ -115,15 +114,11 @@ class AgentNode:
         return f"host=127.0.0.1 port={self.pg_port} user={user} password={password} dbname=postgres connect_timeout=2"
 
     def postmaster_pid(self) -> int | None:
-        try:
-            info = parse_postmaster_pid((self.data_dir / "postmaster.pid").read_text())
-        except (OSError, ValueError):
-            return None
-        return info.pid if info else None
+        return postmaster_pid(self.data_dir)
 
 
 @dataclass
-class LabCluster:
+class LabCluster(NodeProcesses[AgentNode]):
     sup: Supervisor
     base_dir: Path
     scope: str
@@ -384,17 +379,6 @@ class LabCluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
 
-    def isolate_from_dcs(self, name: str) -> None:
-        """Partition ``name``'s agent from every etcd member (traffic black-holed)."""
-        if name not in self.proxies:
-            raise LabError("isolate_from_dcs needs a cluster planned with dcs_proxies=True")
-        for p in self.proxies[name]:
-            p.blackhole()
-
-    def heal_dcs(self, name: str) -> None:
-        for p in self.proxies.get(name, []):
-            p.heal()
-
     # --- processes ---------------------------------------------------------------------------
     def start_agent(self, name: str) -> None:
         node = self.node(name)
@@ -413,62 +397,9 @@ class LabCluster:
             },
         )
 
-    def start(self, wait: bool = True, timeout: float = 180.0) -> LabCluster:
-        if not self.nodes:
-            self.plan()
-        # The first node starts alone so that it wins the bootstrap race deterministically
-        # (the others would clone from it anyway); it makes lab output stable.
-        self.start_agent(self.nodes[0].name)
-        self.wait_for(lambda: self.leader() is not None, timeout, "a leader after bootstrap")
-        for node in self.nodes[1:]:
-            self.start_agent(node.name)
-        if wait:
-            self.wait_healthy(timeout)
-        return self
-
-    def node(self, name: str) -> AgentNode:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise LabError(f"no member {name!r} in {self.scope}")
-
-    def kill_agent(self, name: str) -> None:
-        """SIGKILL the agent only (its PostgreSQL keeps running, as after an agent crash)."""
-        self.sup.kill(self.node(name).proc_name)
-
-    def kill_postgres(self, name: str) -> int | None:
-        """SIGKILL the postmaster (and its backends) of ``name``; returns the PID killed."""
-        pid = self.node(name).postmaster_pid()
-        if pid is None:
-            return None
-        pids = signal_with_children(pid, signal.SIGKILL)
-        recs = [r for r in (record_for_pid(p, f"pg-{p}", "postgres") for p in pids) if r is not None]
-        terminate(recs, signal.SIGKILL, 0.0)
-        return pid
-
-    def kill_node(self, name: str) -> None:
-        """Node loss: SIGKILL agent and PostgreSQL."""
-        self.kill_agent(name)
-        self.kill_postgres(name)
-
-    def pause_agent(self, name: str) -> None:
-        self.sup.pause(self.node(name).proc_name)
-
-    def resume_agent(self, name: str) -> None:
-        self.sup.resume(self.node(name).proc_name)
-
     def stop(self, grace: float = 30.0) -> None:
         """SIGTERM the agents (each stops its PostgreSQL), then whatever PostgreSQL is left."""
-        recs = [r for r in (self.sup.record(n.proc_name) for n in self.nodes) if r is not None]
-        self.sup.stop_records(recs, signal.SIGTERM, grace)
-        for n in self.nodes:
-            self.sup.forget(n.proc_name)
-        left = [
-            record_for_pid(pid, f"postmaster-{n.name}", "postgres")
-            for n in self.nodes
-            if (pid := n.postmaster_pid()) is not None
-        ]
-        terminate([r for r in left if r is not None and r.alive()], signal.SIGINT, grace)
+        self.stop_nodes(grace)
         for proxies in [*self.proxies.values(), *self.ingress.values()]:
             for p in proxies:
                 p.close()
@@ -490,7 +421,7 @@ class LabCluster:
     def put_raw(self, key: str, value: bytes, lease: str | None = None) -> None:
         """Write a raw value under the cluster's prefix behind the agents' backs (a hostile
         operator or a corrupted store: the corrupt-key tests and chaos fault)."""
-        dcs = self.dcs()
+        dcs = LabCluster.dcs(self)  # the etcd client itself, not a subclass's wrapper of it
         try:
             if not isinstance(dcs, Etcd3):
                 raise LabError("put_raw needs an etcd cluster")
@@ -590,18 +521,6 @@ class LabCluster:
         if upstream in self.ingress:
             ports.add(self.ingress[upstream][0].port)
         return self.upstream_port(name) in ports
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            for n in self.nodes:
-                rec = self.sup.record(n.proc_name)
-                if rec is not None and not rec.alive():
-                    raise LabError(f"agent {n.name} exited: see {n.log}")
-            time.sleep(0.2)
-        raise LabError(f"{self.scope}: no {what} after {timeout:.0f}s: see the agent logs in {self.base_dir}")
 
     def wait_healthy(self, timeout: float = 120.0) -> None:
         self.wait_for(self.healthy, timeout, "healthy cluster (one primary, replicas streaming)")

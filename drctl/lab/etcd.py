@@ -33,14 +33,15 @@ class EtcdMember:
     data_dir: Path
     log: Path
     scheme: str = "http"
+    host: str = "127.0.0.1"  # its address (in the netns lab, its own host's)
 
     @property
     def client_url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.peer_port}"
+        return f"{self.scheme}://{self.host}:{self.peer_port}"
 
 
 @dataclass(frozen=True)

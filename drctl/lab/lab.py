@@ -13,7 +13,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -455,25 +455,14 @@ class Lab:
     def power_on_site(self, site: str, records: list[ProcRecord], agents: bool = True, timeout: float = 60.0) -> None:
         """The power comes back: etcd members restart from their own data directories, then
         HAProxy, then (``agents``) every agent, each from its own configuration file."""
-        sup = Supervisor(self.dir)
-        etcd = [r for r in records if r.role == "etcd"]
-        for rec in etcd:
-            argv = ["existing" if a == "new" else a for a in rec.argv]  # rejoin from the data dir
-            sup.spawn(rec.name, argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
-        deadline = time.monotonic() + timeout
-        while etcd and not all(_etcd_healthy(str(r.extra.get("url")), tries=1) for r in etcd):
-            if time.monotonic() > deadline:
-                raise LabError(f"site {site}: etcd not healthy {timeout:.0f}s after the power came back")
-            time.sleep(0.2)
-        for rec in records:
-            if rec.role == "haproxy":
-                sup.spawn(rec.name, rec.argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
-        release(sup)
-        if agents:
-            cluster = next(c for c in self.clusters() if c.site == site)
-            for node in cluster.nodes:
-                cluster.start_agent(node.name)
-            release(cluster.sup)
+        power_on(
+            self.dir,
+            site,
+            records,
+            lambda rec: _etcd_healthy(str(rec.extra.get("url")), tries=1),
+            self.clusters if agents else None,
+            timeout,
+        )
 
     # --- status ----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -738,6 +727,38 @@ def _etcd_doc(lab_dir: Path, site: LabSite, tls: bool) -> dict[str, Any]:
             key=str(t.client_key),
         )
     return doc
+
+
+def power_on(
+    lab_dir: Path,
+    site: str,
+    records: list[ProcRecord],
+    etcd_healthy: Callable[[ProcRecord], bool],
+    clusters: Callable[[], Sequence[LabCluster]] | None,
+    timeout: float,
+) -> None:
+    """Restart a powered-off site from the ``records`` of its processes: the etcd members from
+    their data directories, waiting until each is ``etcd_healthy``, then HAProxy, then (with
+    ``clusters``) every agent of the site's cluster. Shared by the loopback and netns labs."""
+    sup = Supervisor(lab_dir)
+    etcd = [r for r in records if r.role == "etcd"]
+    for rec in etcd:
+        argv = ["existing" if a == "new" else a for a in rec.argv]  # rejoin from the data dir
+        sup.spawn(rec.name, argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
+    deadline = time.monotonic() + timeout
+    while etcd and not all(etcd_healthy(r) for r in etcd):
+        if time.monotonic() > deadline:
+            raise LabError(f"site {site}: etcd not healthy {timeout:.0f}s after the power came back")
+        time.sleep(0.2)
+    for rec in records:
+        if rec.role == "haproxy":
+            sup.spawn(rec.name, rec.argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
+    release(sup)
+    if clusters is not None:
+        cluster = next(c for c in clusters() if c.site == site)
+        for node in cluster.nodes:
+            cluster.start_agent(node.name)
+        release(cluster.sup)
 
 
 def _etcd_healthy(url: str, tries: int = 3, ctx: ssl.SSLContext | None = None) -> bool:

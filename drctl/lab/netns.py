@@ -23,7 +23,6 @@ from typing import Any, cast
 import yaml
 
 from drctl.dcs.base import DCS, ClusterView, SiteRecord
-from drctl.dcs.etcd import Etcd3, b64
 from drctl.lab.cluster import API_AUTH, LAB_SCOPE, SUPERUSER, AgentNode, LabCluster, Timings
 from drctl.lab.entrypoint import EntryPoint
 from drctl.lab.etcd import EtcdCluster, EtcdMember, LabError
@@ -32,6 +31,7 @@ from drctl.lab.lab import (
     Lab,
     LabSite,
     LabState,
+    power_on,
     site_names,
     topology_path,
     write_lab_policy,
@@ -222,16 +222,7 @@ class NetnsCluster(LabCluster):
 
     def put_raw(self, key: str, value: bytes, lease: str | None = None) -> None:
         with in_netns(self.admin_ns):
-            dcs = LabCluster.dcs(self)
-            try:
-                if not isinstance(dcs, Etcd3):
-                    raise LabError("put_raw needs an etcd cluster")
-                body: dict[str, str] = {"key": b64(dcs.key(key)), "value": b64(value)}
-                if lease:
-                    body["lease"] = lease
-                dcs.client.call("/kv/put", body, time.monotonic() + 3.0)
-            finally:
-                dcs.close()
+            super().put_raw(key, value, lease)
 
     def write_site_record(self, record: SiteRecord) -> None:
         from drctl.lab.lab import _write_site_record
@@ -310,7 +301,7 @@ class NetnsEtcd(EtcdCluster):
             h = self.fabric.hosts.get(member) or self.fabric.add_host(member, self.site, ETCD_N + i)
             self.hosts[member] = h
             self.members.append(
-                NetnsEtcdMember(
+                EtcdMember(
                     member,
                     member,
                     ETCD_CLIENT,
@@ -334,19 +325,6 @@ class NetnsEtcd(EtcdCluster):
             return False
         with in_netns(self.hosts[member.name].ns):
             return super()._health(url, timeout)
-
-
-@dataclass
-class NetnsEtcdMember(EtcdMember):
-    host: str = "127.0.0.1"
-
-    @property
-    def client_url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
-
-    @property
-    def peer_url(self) -> str:
-        return f"http://{self.host}:{self.peer_port}"
 
 
 @dataclass
@@ -625,30 +603,12 @@ class NetnsLab:
         from drctl.lab.etcd import etcd_health
 
         fab = self.load_fabric()
-        sup = Supervisor(self.dir)
-        etcd = [r for r in records if r.role == "etcd"]
-        for rec in etcd:
-            argv = ["existing" if a == "new" else a for a in rec.argv]
-            sup.spawn(rec.name, argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
 
         def healthy(rec: ProcRecord) -> bool:
             with in_netns(fab.host(rec.name).ns):
                 return etcd_health(str(rec.extra.get("url")), timeout=1.0)
 
-        deadline = time.monotonic() + timeout
-        while etcd and not all(healthy(r) for r in etcd):
-            if time.monotonic() > deadline:
-                raise LabError(f"site {site}: etcd not healthy {timeout:.0f}s after the power came back")
-            time.sleep(0.2)
-        for rec in records:
-            if rec.role == "haproxy":
-                sup.spawn(rec.name, rec.argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
-        release(sup)
-        if agents:
-            cluster = next(c for c in self.clusters() if c.site == site)
-            for node in cluster.nodes:
-                cluster.start_agent(node.name)
-            release(cluster.sup)
+        power_on(self.dir, site, records, healthy, self.clusters if agents else None, timeout)
 
     def data_sites(self) -> list[str]:
         return [s for s in self.load_fabric().sites if s not in ("w", "o")]

@@ -38,6 +38,21 @@ def multi_host_url(
     return f"postgresql://{auth}{hostlist}/{dbname}?{opts}"
 
 
+def first_row(dsn: str, sql: str, params: Sequence[object] = (), connect_timeout: int = 2) -> tuple[object, ...] | None:
+    """The first row ``sql`` returns on ``dsn``, None when PostgreSQL cannot be reached or the query
+    fails: a probe for polling loops, not a check."""
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
+            return conn.execute(sql, params).fetchone()
+    except psycopg.Error:
+        return None
+
+
+def has_table(dsn: str, table: str) -> bool:
+    """``table`` exists on ``dsn`` (False while it cannot be asked)."""
+    return first_row(dsn, "SELECT to_regclass(%s) IS NOT NULL", (table,), connect_timeout=1) == (True,)
+
+
 @dataclass
 class Ack:
     id: int

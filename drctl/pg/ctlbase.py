@@ -21,7 +21,7 @@ from drctl.pg.pgconf import (
     RECOVERY_FILE,
     with_includes,
 )
-from drctl.procutil import communicate_or_kill
+from drctl.procutil import communicate_or_kill, popen_captured
 from drctl.safefs import open_append, open_read
 
 StopMode = Literal["smart", "fast", "immediate"]
@@ -171,15 +171,7 @@ class PgDataDir:
         full = [*user_prefix(self.run_as), *argv]
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(
-                full,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                cwd=self._cwd(),
-                env=self._env(password),
-                start_new_session=True,
-            )
+            proc = popen_captured(full, env=self._env(password), cwd=self._cwd(), merge_stderr=True)
         except OSError as exc:
             raise PgCtlError(f"{what}: cannot run {argv[0]}: {exc}") from exc
         out, _, code = communicate_or_kill(proc, timeout)

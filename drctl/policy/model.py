@@ -15,7 +15,7 @@ from typing import Literal
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from drctl.backup.policy import BackupPolicy
+from drctl.backup.policy import BackupPolicy, TimeZoneName
 from drctl.backup.schedule import cron_trigger, zone
 from drctl.dcs.factory import DcsSettings
 from drctl.policy.source import Loc
@@ -45,7 +45,7 @@ class DrillSpec(_Model):
     kind: DrillKind
     site: str | None = Field(default=None, description="site-switchover: the site switched to (and back from)")
     schedule: str | None = Field(default=None, description="crontab: minute hour day month weekday")
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     windows: list[str] = Field(default_factory=list, description="when the drill may start; empty = any time")
     destructive: bool = False
     enabled: bool = True
@@ -72,12 +72,6 @@ class DrillSpec(_Model):
     def trigger(self) -> CronTrigger:
         assert self.schedule is not None
         return drill_trigger(self.schedule, self.timezone)
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, value: str) -> str:
-        zone(value)
-        return value
 
     @field_validator("windows")
     @classmethod

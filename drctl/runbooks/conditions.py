@@ -4,8 +4,6 @@ runner: a program run without a shell in its own process group."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import psycopg
 
 from drctl.policy.model import Policy
+from drctl.procutil import communicate_or_kill, popen_captured
 from drctl.runbooks.model import (
     ClusterCondition,
     CommandCondition,
@@ -47,30 +46,14 @@ def run_argv(argv: list[str], env: dict[str, str], timeout_s: float, cwd: str | 
     is killed. Returns rc, output tails and duration."""
     started = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            argv,
-            env={**os.environ, **env},
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        proc = popen_captured(argv, env={**os.environ, **env}, cwd=cwd)
     except OSError as exc:
         raise StepFailed(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        out, err = proc.communicate()
-        raise StepFailed(
-            f"{argv[0]} did not finish within {timeout_s:g}s (killed): {_tail(err, 300).strip()}"
-        ) from None
+    out, err, code = communicate_or_kill(proc, timeout_s)
+    if code is None:
+        raise StepFailed(f"{argv[0]} did not finish within {timeout_s:g}s (killed): {_tail(err, 300).strip()}")
     return {
-        "rc": proc.returncode,
+        "rc": code,
         "stdout": _tail(out),
         "stderr": _tail(err),
         "seconds": round(time.monotonic() - started, 3),

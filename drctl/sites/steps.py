@@ -161,11 +161,27 @@ class AwaitReplayed(Action):
             ctx.timings["catch_up_s"] = ctx.wait(caught_up, f"site {self.site} to replay {token:X}", site=self.site)
         except SiteOpError as exc:
             raise SiteOpError(
-                f"{exc}. If site {self.site} was not streaming when site {self.source} demoted, it cannot get the "
-                f"rest: `drctl switchover-site --to {self.site} --abort` makes {self.source} active again "
-                "(nothing is lost)"
+                f"{exc} ({_standby_leader_position(client.read())}). If site {self.site} was not streaming when "
+                f"site {self.source} demoted, it cannot get the rest: `drctl switchover-site --to {self.site} "
+                f"--abort` makes {self.source} active again (nothing is lost)"
             ) from exc
         ctx.say(f"site {self.site} replayed the demotion token")
+
+
+def _standby_leader_position(st: SiteState) -> str:
+    """Where a standby site's leader stands, for an operator deciding between waiting and aborting."""
+    leader = st.leader_status()
+    if leader is None:
+        return f"site {st.name}: no standby leader answers" if st.error is None else f"site {st.name}: {st.error}"
+
+    def lsn(v: int | None) -> str:
+        return "unknown" if v is None else f"{v:X}"
+
+    x = leader.xlog
+    return (
+        f"{st.leader}: receiver {leader.replication_state or 'not running'}, received {lsn(x.received_location)}, "
+        f"replayed {lsn(x.replayed_location)} on timeline {leader.timeline}"
+    )
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ outcome for the log."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 from collections.abc import Sequence
+
+from drctl.procutil import communicate_or_kill, popen_captured
 
 __all__ = ["FenceTarget", "run_fence"]
 
@@ -30,27 +30,14 @@ def run_fence(command: Sequence[str], target: FenceTarget, timeout: float) -> tu
         PGDR_FENCE_CONN_URL=target.conn_url,
     )
     try:
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = popen_captured(argv, env=env, merge_stderr=True)
     except OSError as exc:
         return False, f"cannot run {argv[0]!r}: {exc}"
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.communicate()
+    out, _, code = communicate_or_kill(proc, timeout)
+    if code is None:
         return False, f"{argv[0]} did not finish within {timeout:g}s (killed)"
     text = out.decode("utf-8", "replace").strip().splitlines()
     tail = f": {text[-1][:200]}" if text else ""
-    if proc.returncode == 0:
+    if code == 0:
         return True, f"{argv[0]} exited 0{tail}"
-    return False, f"{argv[0]} exited {proc.returncode}{tail}"
+    return False, f"{argv[0]} exited {code}{tail}"

@@ -399,32 +399,30 @@ def test_cas_refuses_stale_versions(backend: Backend) -> None:
     assert dict(d.get_cluster().failsafe or {}) == {"a": "http://a:8008", "b": "http://b:8008"}
 
 
+def _running_member(addr: str, **kw: Any) -> MemberInfo:
+    """A running member on timeline 3 at ``addr``; ``kw``: the other fields."""
+    return MemberInfo(
+        conn_url=f"postgres://{addr}:5432/postgres",
+        api_url=f"http://{addr}:8008",
+        state="running",
+        timeline=3,
+        version="0.1.0",
+        **kw,
+    )
+
+
 def test_touch_member_and_get_cluster_round_trip_every_field(backend: Backend) -> None:
     scope = _scope()
     a, b = backend.make("a", scope), backend.make("b", scope)
-    info_a = MemberInfo(
-        conn_url="postgres://10.0.0.1:5432/postgres",
-        api_url="http://10.0.0.1:8008",
+    info_a = _running_member(
+        "10.0.0.1",
         role="primary",
-        state="running",
-        timeline=3,
         received_lsn=None,
         replayed_lsn=None,
         tags={"nofailover": False, "clonefrom": True},
-        version="0.1.0",
         extra={"xlog_location": 1234, "pending_restart": True},
     )
-    info_b = MemberInfo(
-        conn_url="postgres://10.0.0.2:5432/postgres",
-        api_url="http://10.0.0.2:8008",
-        role="replica",
-        state="running",
-        timeline=3,
-        received_lsn=5000,
-        replayed_lsn=4990,
-        tags={"nosync": True},
-        version="0.1.0",
-    )
+    info_b = _running_member("10.0.0.2", role="replica", received_lsn=5000, replayed_lsn=4990, tags={"nosync": True})
     a.touch_member(info_a)
     b.touch_member(info_b)
     assert a.initialize()

@@ -217,10 +217,21 @@ def test_interrupted_run_leaves_no_servers(lab_dir: Path, sig: int) -> None:
 
 INNER_TEST = textwrap.dedent(
     """
+    import os
     import time
+
+    import pytest
     from drctl.lab.etcd import EtcdCluster
 
-    def test_sleeps_beside_an_etcd(supervisor, lab_dir):
+    @pytest.fixture
+    def slow_teardown(n):
+        yield
+        time.sleep(1 if n == 1 else 9)  # stopping a lab on a loaded machine; one worker much slower
+
+    @pytest.mark.parametrize("n", [1, 2])
+    def test_sleeps_beside_an_etcd(supervisor, lab_dir, n, slow_teardown):
+        if n == 2 and not os.environ.get("PYTEST_XDIST_WORKER"):
+            return  # a serial run: one sleeper, then the test that must never be reached
         EtcdCluster(supervisor, lab_dir / "etcd", size=1).start()
         (lab_dir / "started").write_text(str(supervisor.records()[0].pid))
         time.sleep(600)
@@ -231,32 +242,41 @@ INNER_TEST = textwrap.dedent(
 )
 
 
-def test_sigterm_ends_a_pytest_run_and_stops_its_servers(lab_dir: Path) -> None:
-    """SIGTERM to a test run (CI's timeout) ends the whole run, not just the test in progress."""
+@pytest.mark.parametrize("workers", [0, 2], ids=["serial", "parallel"])
+def test_sigterm_ends_a_pytest_run_and_stops_its_servers(lab_dir: Path, workers: int) -> None:
+    """SIGTERM to a test run (CI's timeout) ends the whole run, not just the test in progress. In
+    a parallel run (pytest-xdist, as `make test` runs) the signal reaches the controller only:
+    every worker's servers must be stopped by the time the run has exited."""
     (lab_dir / "test_inner.py").write_text(INNER_TEST)
     shutil.copy(REPO / "tests" / "conftest.py", lab_dir / "conftest.py")
-    run = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", str(lab_dir)],
-        cwd=lab_dir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PGDR_TEST_DIR": str(lab_dir)},
-    )
+    parallel = ["-n", str(workers)] if workers else []
+    log = lab_dir / "inner-run.log"
+    # Output to a file, not a pipe: the servers must be gone when the run itself has exited (what
+    # CI waits for), not merely by the time every process holding a pipe has closed it.
+    with log.open("w") as out_file:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *parallel, str(lab_dir)],
+            cwd=lab_dir,
+            stdout=out_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PGDR_TEST_DIR": str(lab_dir), "PYTHONPATH": str(REPO)},  # conftest imports tests.*
+        )
     try:
         deadline = time.monotonic() + 90
         started = list(lab_dir.rglob("started"))
-        while not started:
-            assert run.poll() is None and time.monotonic() < deadline, "the inner run did not start its etcd"
+        while len(started) < max(workers, 1):
+            assert run.poll() is None and time.monotonic() < deadline, "the inner run did not start its etcds"
             time.sleep(0.2)
             started = list(lab_dir.rglob("started"))
-        etcd_pid = int(started[0].read_text())
+        etcd_pids = [int(p.read_text()) for p in started]
         run.send_signal(signal.SIGTERM)
-        out, _ = run.communicate(timeout=60)
+        run.wait(timeout=60)
+        alive_at_exit = [p for p in etcd_pids if pid_alive(p)]
     finally:
         if run.poll() is None:
             run.kill()
             run.wait()
+    out = log.read_text()
     assert "the run went on after SIGTERM" not in out and "test_never_reached" not in out, out
     assert run.returncode != 0, out
-    assert not pid_alive(etcd_pid), "etcd survived the interrupted run"
+    assert not alive_at_exit, f"etcd {alive_at_exit} outlived the interrupted run: {out}"

@@ -81,6 +81,14 @@ class Instruments(Probes):
     def missing(self) -> set[int]:
         return missing_rows(self.cluster.url(), self.writer.acked_ids())
 
+    def finish(self, lossless: str | None = "acknowledged rows lost") -> None:
+        """Stop, then assert: never two writable primaries and, unless ``lossless`` is None (a mode
+        that may lose its last commits), no acknowledged row missing (``lossless``: the message)."""
+        self.stop()
+        self.assert_no_dual_primary()
+        if lossless is not None:
+            assert self.missing() == set(), lossless
+
     def report(self) -> dict[str, Any]:
         return {
             "acked": len(self.writer.acks),

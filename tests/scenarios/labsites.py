@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,19 +98,32 @@ class LabSites:
             proc.wait(timeout=30)
 
 
-def two_site_lab(path: Path) -> Iterator[LabSites]:
-    """A two-site lab (two nodes a site) under ``path`` for a module's tests, taken down after."""
-    lab = scenario_lab(path)  # PGDR_LAB_MODE=netns: the multi-host lab
-    state = lab.up(sites=2, nodes=2)
+@contextmanager
+def checked_sites(
+    path: Path, *, heal_wan: bool = False, **up: Any
+) -> Iterator[tuple[Lab | NetnsSites, LabState, LabCluster, LabCluster, DualPrimaryChecker]]:
+    """A two-site lab (two nodes a site, ``Lab.up`` options ``up``) under ``path``, watched by a
+    dual-primary checker whose verdict is asserted when the block ends normally; the lab is taken
+    down however the block ends (with ``heal_wan``, its WAN healed first)."""
+    lab = scenario_lab(path)  # PGDR_LAB_MODE=netns: the multi-host lab (tests/scenarios/netns_mode.py)
+    state = lab.up(sites=2, nodes=2, **up)
     try:
         a, b = lab.clusters(state)
         checker = DualPrimaryChecker({n.name: n.dsn for c in (a, b) for n in c.nodes}).start()
-        yield LabSites(lab, state, a, b, load_policy(policy_path(lab.dir)), checker)
+        yield lab, state, a, b, checker
         checker.stop()
         violations = checker.violations()
-        assert not violations, f"two writable primaries at once: {violations}"
+        assert not violations, f"two writable primaries at once across sites: {violations}"
     finally:
+        if heal_wan:
+            lab.heal_wan()
         lab.down(grace=20)
+
+
+def two_site_lab(path: Path) -> Iterator[LabSites]:
+    """A two-site lab (two nodes a site) under ``path`` for a module's tests, taken down after."""
+    with checked_sites(path) as (lab, state, a, b, checker):
+        yield LabSites(lab, state, a, b, load_policy(policy_path(lab.dir)), checker)
 
 
 @pytest.fixture(autouse=True)

@@ -17,18 +17,18 @@ import pytest
 
 from drctl.lab.cluster import SUPERUSER, LabCluster
 from drctl.lab.lab import Lab, LabState, topology_path
-from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
+from drctl.lab.workload import DualPrimaryChecker, Writer, has_table, missing_rows, multi_host_url
 from drctl.sites.controller import SiteOpError, cross_site_lag, promote_site, read_sites, switchover_site
 from drctl.sites.topology import Topology, load_topology
 from tests.builders import wait_until
-from tests.scenarios.netns_mode import NetnsSites, scenario_lab
+from tests.scenarios.labsites import checked_sites
 
 pytestmark = pytest.mark.scenario
 
 
 @dataclass
 class TwoSites:
-    lab: Lab | NetnsSites
+    lab: Lab
     state: LabState
     a: LabCluster
     b: LabCluster
@@ -50,17 +50,8 @@ class TwoSites:
 
 @pytest.fixture
 def two_sites(lab_dir: Path) -> Iterator[TwoSites]:
-    lab = scenario_lab(lab_dir / "lab")  # PGDR_LAB_MODE=netns: the multi-host lab
-    state = lab.up(sites=2, nodes=2)
-    try:
-        a, b = lab.clusters(state)
-        checker = DualPrimaryChecker({n.name: n.dsn for c in (a, b) for n in c.nodes}).start()
+    with checked_sites(lab_dir / "lab") as (lab, state, a, b, checker):
         yield TwoSites(lab, state, a, b, load_topology(topology_path(lab.dir)), checker)
-        checker.stop()
-        violations = checker.violations()
-        assert not violations, f"two writable primaries at once across sites: {violations}"
-    finally:
-        lab.down(grace=20)
 
 
 def audited_steps(ts: TwoSites) -> list[str]:
@@ -239,18 +230,10 @@ def test_standby_site_keeps_following_when_its_standby_leader_dies(two_sites: Tw
     a_leader = ts.a.leader()
     with psycopg.connect(ts.a.node(str(a_leader)).dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE after_loss (x int)")
-    wait_until(lambda: _has_table(ts.b, new, "after_loss"), 30, "site a's change replicated to site b")
+    wait_until(lambda: has_table(ts.b.node(new).dsn, "after_loss"), 30, "site a's change replicated to site b")
     assert ts.b.writable_nodes() == [], "a standby site never has a writable primary"
     ts.b.start_agent(old)
     wait_until(lambda: ts.b.upstream_port(old) == ts.b.node(new).pg_port, 90, f"{old} cascading from {new}")
-
-
-def _has_table(c: LabCluster, name: str, table: str) -> bool:
-    try:
-        with psycopg.connect(c.node(name).dsn, autocommit=True, connect_timeout=1) as conn:
-            return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone() == (True,)
-    except psycopg.Error:
-        return False
 
 
 def test_partition_between_sites_never_promotes_and_heals(two_sites: TwoSites) -> None:

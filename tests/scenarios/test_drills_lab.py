@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -209,36 +210,37 @@ def test_a_guard_failing_midway_restores_the_starting_topology(lab_sites: LabSit
     wait_healthy(ls)
 
 
-def test_one_scheduler_at_a_time_holds_the_dcs_lock(lab_sites: LabSites) -> None:
-    first, second = SchedulerLock(lab_sites.policy, ttl=5), SchedulerLock(lab_sites.policy, ttl=5)
-    second.name = second.dcs.name = "other-host"
+@contextmanager
+def _rival_locks(ls: LabSites, ttl: int, rival: str) -> Iterator[tuple[SchedulerLock, SchedulerLock]]:
+    """Two schedulers' locks on the policy's DCS, the second on host ``rival``: the first holds
+    the lock, the second is refused it; both are released at the end."""
+    first, second = SchedulerLock(ls.policy, ttl=ttl), SchedulerLock(ls.policy, ttl=ttl)
+    second.name = second.dcs.name = rival
     try:
         assert first.held()
         assert not second.held()
-        assert first.held()  # renewing keeps it
-        first.release()  # a clean stop hands it over at once
-        assert second.held()
-        assert not first.held()
+        yield first, second
     finally:
         first.release()
         second.release()
 
 
+def test_one_scheduler_at_a_time_holds_the_dcs_lock(lab_sites: LabSites) -> None:
+    with _rival_locks(lab_sites, 5, "other-host") as (first, second):
+        assert first.held()  # renewing keeps it
+        first.release()  # a clean stop hands it over at once
+        assert second.held()
+        assert not first.held()
+
+
 def test_a_dead_schedulers_lock_expires_and_another_takes_over(lab_sites: LabSites) -> None:
-    dead, alive = SchedulerLock(lab_sites.policy, ttl=4), SchedulerLock(lab_sites.policy, ttl=4)
-    alive.name = alive.dcs.name = "standby-host"
-    try:
-        assert dead.held()
-        assert not alive.held()
+    with _rival_locks(lab_sites, 4, "standby-host") as (dead, alive):
         deadline = time.monotonic() + 20  # the dead one no longer renews: its lease runs out
         while not alive.held():
             assert time.monotonic() < deadline, "the lock never expired"
             time.sleep(0.5)
         assert time.monotonic() - (deadline - 20) >= 2.0
         assert not dead.held()  # the old holder sees it lost the key
-    finally:
-        dead.release()
-        alive.release()
 
 
 def test_replica_rebuild_drill_measures_time_and_bytes_from_the_leader(lab_sites: LabSites) -> None:

@@ -58,13 +58,6 @@ def corrupt_keys(c: LabCluster) -> set[str] | None:
     return None if view is None else {k.key for k in view.corrupt}
 
 
-def finish(inst: Instruments, lossless: bool = True) -> None:
-    inst.stop()
-    inst.assert_no_dual_primary()
-    if lossless:
-        assert inst.missing() == set(), "acknowledged rows lost"
-
-
 # 1. -------------------------------------------------------------------------------------------
 
 
@@ -111,7 +104,7 @@ def test_ttl_change_then_frozen_leader_never_gives_two_primaries(
     finally:
         c.resume_agent(leader)
     wait_until(c.healthy, 120, "the old leader rejoined")
-    finish(inst, lossless=False)  # asynchronous mode: the frozen leader's last commits may be lost
+    inst.finish(lossless=None)  # asynchronous mode: the frozen leader's last commits may be lost
     print(f"ttl {before}->{after} + frozen leader: {inst.report()}")
 
 
@@ -163,7 +156,7 @@ def test_corrupt_keys_neither_stop_the_cluster_nor_change_its_settings(
     wait_until(lambda: new_leader in c.writable_nodes(), 30, f"{new_leader} writable")
     c.start_agent(leader)
     wait_until(c.healthy, 120, "healed")
-    finish(inst)  # synchronous mode: nothing acknowledged is lost
+    inst.finish()  # synchronous mode: nothing acknowledged is lost
     print(f"corrupt keys: {inst.report()}")
 
 
@@ -207,7 +200,7 @@ def test_sync_mode_with_only_nosync_replicas_never_promotes_an_async_one(
     finally:
         blocker.close()
     wait_until(lambda: c.writable_nodes() == [leader], 90, "the old primary back once its port is free")
-    finish(inst)
+    inst.finish()
     print(f"sync + nosync + port taken: {inst.report()}")
 
 
@@ -277,7 +270,7 @@ def test_paused_vm_is_fenced_before_takeover_and_loses_no_acknowledged_write(
         assert survivors == [], f"the fenced node's processes survived: {survivors}"
         c.start_agent(leader)  # the VM boots again
         wait_until(c.healthy, 180, "the fenced node rejoined")
-    finish(inst)  # asynchronous mode, yet no acknowledged write lost: fencing came first
+    inst.finish()  # asynchronous mode, yet no acknowledged write lost: fencing came first
     print(f"paused VM with fencing: {inst.report()}")
 
 

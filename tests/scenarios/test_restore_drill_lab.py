@@ -22,6 +22,9 @@ from drctl.lab.cluster import LabCluster
 from drctl.lab.lab import Lab, policy_path
 from drctl.policy.load import load_policy
 from drctl.policy.model import VerifyQuery
+from tests.scenarios.labsites import superuser_env
+
+__all__ = ["superuser_env"]  # autouse: libpq connects as the lab's superuser
 
 pytestmark = pytest.mark.scenario
 
@@ -35,14 +38,6 @@ def backup_lab(lab_root: Path) -> Iterator[tuple[Lab, LabCluster]]:
         yield lab, a
     finally:
         lab.down(grace=20)
-
-
-@pytest.fixture(autouse=True)
-def _pg_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from drctl.lab.cluster import SUPERUSER
-
-    monkeypatch.setenv("PGUSER", SUPERUSER[0])
-    monkeypatch.setenv("PGPASSWORD", SUPERUSER[1])
 
 
 def _read(path: Path) -> bytes:

@@ -62,7 +62,13 @@ def test_switchover_runbook_runs_end_to_end_under_writes(lab_sites: LabSites) ->
     # --probe: the report shows write availability around the switchover
     availability = json.loads((runner.store.dir(state.run_id) / "availability.json").read_text())
     fig = availability["figures"]
-    assert availability["lost_checked"] and fig["lost_rows"] == 0 and fig["acknowledged"] > 20
+    assert availability["lost_checked"] and fig["lost_rows"] == 0
+    # The probe wrote on both sides of the switchover's write outage (how many depends on how fast
+    # the runbook ran: on a loaded machine, a handful).
+    attempts = [json.loads(line) for line in (runner.store.dir(state.run_id) / "probe.jsonl").read_text().splitlines()]
+    failed = [i for i, a in enumerate(attempts) if not a["ok"]]
+    assert failed and any(a["ok"] for a in attempts[: failed[0]]) and any(a["ok"] for a in attempts[failed[-1] :])
+    assert fig["acknowledged"] == sum(1 for a in attempts if a["ok"])
     assert 0 < fig["rto_s"] < 60 and fig["per_phase_rto_s"]["switchover"] == fig["rto_s"]
     page = (runner.store.dir(state.run_id) / "report.html").read_text()
     assert "Write availability during the run" in page and page.count("data:image/png;base64,") == 2

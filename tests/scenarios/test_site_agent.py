@@ -24,6 +24,7 @@ import yaml
 
 from drctl.lab.cluster import API_AUTH, LabCluster
 from drctl.lab.ports import free_port
+from drctl.lab.workload import has_table
 from drctl.procutil import pid_alive
 from tests.builders import wait_until
 from tests.scenarios.conftest import Instruments, Steady, next_leader
@@ -98,9 +99,7 @@ def test_postgres_crash_restarts_in_place(steady: Steady) -> None:
     assert c.leader() == leader, "the leader changed although its agent restarted PostgreSQL in place"
     assert timeline(c, leader) == tl, "crash recovery in place must stay on the same timeline"
     time.sleep(1)
-    inst.stop()
-    inst.assert_no_dual_primary()
-    assert inst.missing() == set(), "crash recovery in place loses no acknowledged commit"
+    inst.finish("crash recovery in place loses no acknowledged commit")
     print(f"postgres crash: writable again after {took:.1f}s, {inst.report()}")
 
 
@@ -139,7 +138,7 @@ def test_split_brain_rows_are_discarded_on_rejoin(steady: Steady) -> None:
     replicas = others(c, old)
     with psycopg.connect(c.node(old).dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE split (id int PRIMARY KEY, origin text)")
-    wait_until(lambda: all(_has_table(c, r, "split") for r in replicas), 30, "table replicated")
+    wait_until(lambda: all(has_table(c.node(r).dsn, "split") for r in replicas), 30, "table replicated")
     _stop_wal_senders(c, old, len(replicas))
     with psycopg.connect(c.node(old).dsn, autocommit=True) as conn:
         for i in range(1, 51):
@@ -159,14 +158,6 @@ def test_split_brain_rows_are_discarded_on_rejoin(steady: Steady) -> None:
     inst.assert_no_dual_primary()
     log = (c.node(old).log).read_text()
     assert "pg_rewind done" in log or "rebuilding" in log
-
-
-def _has_table(c: LabCluster, name: str, table: str) -> bool:
-    try:
-        with psycopg.connect(c.node(name).dsn, autocommit=True, connect_timeout=1) as conn:
-            return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone() == (True,)
-    except psycopg.Error:
-        return False
 
 
 def _split_rows(c: LabCluster, name: str) -> set[tuple[str, int]]:
@@ -198,9 +189,7 @@ def test_switchover_to_named_candidate_and_to_any(steady: Steady) -> None:
     assert c.health(target, "/primary") == 503
     c.wait_healthy(60)
     time.sleep(1)
-    inst.stop()
-    inst.assert_no_dual_primary()
-    assert inst.missing() == set(), "a planned switchover loses no acknowledged write"
+    inst.finish("a planned switchover loses no acknowledged write")
     print(f"switchover: {inst.report()}")
 
 
@@ -299,6 +288,4 @@ def test_planned_switchover_never_fences_the_old_leader(
     logs = "".join(n.log.read_text(errors="replace") for n in c.nodes if n.log.exists())
     assert "fencing the old leader" not in logs, "a planned switchover fenced the old leader"
     c.wait_healthy(60)
-    inst.stop()
-    inst.assert_no_dual_primary()
-    assert inst.missing() == set()
+    inst.finish()

@@ -22,11 +22,12 @@ import pytest
 
 from drctl.lab.cluster import SUPERUSER
 from drctl.lab.lab import topology_path
-from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
+from drctl.lab.workload import Writer, missing_rows, multi_host_url
 from drctl.sites.controller import confirm_site, promote_site, read_sites
 from drctl.sites.topology import Topology, load_topology
 from drctl.sites.witness import Witness
-from tests.scenarios.netns_mode import scenario_lab
+from tests.builders import start_writer
+from tests.scenarios.labsites import checked_sites
 from tests.scenarios.test_cross_site import TwoSites, _missing_on, wait_until
 
 WITNESS = [pytest.param(False, id="no-witness"), pytest.param(True, id="witness")]
@@ -59,6 +60,15 @@ def _writable_samples(ts: TwoSites, site: str, since: float) -> dict[str, int]:
     return out
 
 
+def _stop_writing_and_assert_never_writable(ts: TwoSites, writer: Writer, site: str, since: float) -> None:
+    """Two more seconds of samples, the writer stopped, then: no node of ``site`` was writable
+    since ``since`` (its power loss or its cut)."""
+    time.sleep(2)
+    writer.stop()
+    writable = _writable_samples(ts, site, since)
+    assert sum(writable.values()) == 0, f"site {site} had writable samples since it was cut off: {writable}"
+
+
 def _follows(ts: TwoSites, site: str, other: str) -> bool:
     """Every node of ``site`` runs and streams: the leader from ``other``'s entry point, the
     others from the leader."""
@@ -75,10 +85,7 @@ def test_power_loss_and_return_never_writes_and_converges(disaster_sites: TwoSit
     ts = disaster_sites
     if ts.topology.witness is not None:
         assert _witness_says(ts) == ("a", 1)
-    writer = Writer(ts.app_url(), interval=0.03, timeout=3.0)
-    writer.prepare()
-    writer.start()
-    wait_until(lambda: len(writer.acks) > 50, 30, "writes on site a")
+    writer = start_writer(ts.app_url(), interval=0.03, acks=50, what="writes on site a")
 
     # Power loss of site a: every process at once, etcd included.
     records = ts.lab.power_off_site("a")
@@ -105,11 +112,7 @@ def test_power_loss_and_return_never_writes_and_converges(disaster_sites: TwoSit
     ts.lab.power_on_site("a", records)
     took = wait_until(lambda: _follows(ts, "a", "b"), 60, "site a converged to a standby of site b")
     print(f"site a converged to a standby of b {took:.1f}s after the power came back")
-    time.sleep(2)
-    writer.stop()
-
-    writable = _writable_samples(ts, "a", off_at)
-    assert sum(writable.values()) == 0, f"site a had writable samples after it came back: {writable}"
+    _stop_writing_and_assert_never_writable(ts, writer, "a", off_at)
     polled = {n.name: sum(1 for s in ts.checker.samples[n.name] if s.at >= on_at) for n in ts.a.nodes}
     assert all(v > 0 for v in polled.values()), polled
 
@@ -155,18 +158,8 @@ def wan_slot_sites(lab_dir: Path) -> Iterator[TwoSites]:
 
 
 def _two_site_lab(lab_dir: Path, **kwargs: Any) -> Iterator[TwoSites]:
-    lab = scenario_lab(lab_dir / "lab")  # PGDR_LAB_MODE=netns: the multi-host lab
-    state = lab.up(sites=2, nodes=2, **kwargs)
-    try:
-        a, b = lab.clusters(state)
-        checker = DualPrimaryChecker({n.name: n.dsn for c in (a, b) for n in c.nodes}).start()
+    with checked_sites(lab_dir / "lab", heal_wan=True, **kwargs) as (lab, state, a, b, checker):
         yield TwoSites(lab, state, a, b, load_topology(topology_path(lab.dir)), checker)
-        checker.stop()
-        violations = checker.violations()
-        assert not violations, f"two writable primaries at once across sites: {violations}"
-    finally:
-        lab.heal_wan()
-        lab.down(grace=20)
 
 
 def _site_docs(ts: TwoSites, site: str) -> dict[str, dict[str, Any]]:
@@ -185,10 +178,7 @@ def _metric(ts: TwoSites, site: str, name: str, metric: str) -> float | None:
 
 def test_return_while_the_wan_is_cut_stays_read_only_then_converges(wan_sites: TwoSites) -> None:
     ts = wan_sites
-    writer = Writer(ts.app_url(), interval=0.03, timeout=3.0)
-    writer.prepare()
-    writer.start()
-    wait_until(lambda: len(writer.acks) > 50, 30, "writes on site a")
+    writer = start_writer(ts.app_url(), interval=0.03, acks=50, what="writes on site a")
     records = ts.lab.power_off_site("a")
     off_at = time.monotonic()
     result = promote_site(
@@ -236,10 +226,7 @@ def test_return_while_the_wan_is_cut_stays_read_only_then_converges(wan_sites: T
     ts.lab.heal_wan()
     took = wait_until(lambda: _follows(ts, "a", "b"), 60, "site a converged to a standby of b after the WAN healed")
     print(f"site a converged {took:.1f}s after the WAN healed")
-    time.sleep(2)
-    writer.stop()
-    writable = _writable_samples(ts, "a", off_at)
-    assert sum(writable.values()) == 0, f"site a had writable samples: {writable}"
+    _stop_writing_and_assert_never_writable(ts, writer, "a", off_at)
     acked_by_b = {a.id for a in writer.acks if a.port in b_ports}
     assert missing_rows(_site_url(ts, "b"), acked_by_b) == set()
     for n in ts.a.nodes:
@@ -256,10 +243,7 @@ def test_active_site_keeps_writing_through_a_wan_cut_and_failover_waits_for_conf
     assert leader is not None
     other = next(n.name for n in ts.a.nodes if n.name != leader)
     wait_until(lambda: all(d.get("state") == "confirmed" for d in _site_docs(ts, "a").values()), 30, "a confirmed")
-    writer = Writer(_site_url(ts, "a"), interval=0.03, timeout=3.0)
-    writer.prepare()
-    writer.start()
-    wait_until(lambda: len(writer.acks) > 30, 30, "writes on site a")
+    writer = start_writer(_site_url(ts, "a"), interval=0.03, acks=30, what="writes on site a")
 
     witness = ts.topology.witness is not None
     cut_at = time.monotonic()
@@ -355,9 +339,7 @@ def test_standby_site_catches_up_through_its_slot_without_a_reclone(wan_slot_sit
     assert _lsn(dsn[a_leader], active_slot) == 1
     copy = f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND restart_lsn IS NOT NULL"
     wait_until(lambda: _lsn(dsn[a_other], copy) == 1, 30, f"a copy of the slot on {a_other}")
-    writer = Writer(_site_url(ts, "a"), interval=0.03, timeout=3.0)
-    writer.prepare()
-    writer.start()
+    writer = start_writer(_site_url(ts, "a"), interval=0.03)
 
     ts.lab.cut_wan()
     cut_at = time.monotonic()

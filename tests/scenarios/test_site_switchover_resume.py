@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from drctl.lab.lab import topology_path
-from drctl.lab.workload import Writer, missing_rows
+from drctl.lab.workload import missing_rows
 from drctl.sites.controller import SiteOpError, abort_switchover_site, read_sites, switchover_site
+from tests.builders import start_writer
 from tests.scenarios.test_cross_site import TwoSites, two_sites, wait_until
 
 __all__ = ["two_sites"]
@@ -68,10 +69,7 @@ def _one_active(ts: TwoSites) -> str:
 
 def test_switchover_killed_at_each_step_resumes_or_aborts(two_sites: TwoSites) -> None:
     ts = two_sites
-    writer = Writer(ts.app_url(), interval=0.03, timeout=3.0)
-    writer.prepare()
-    writer.start()
-    wait_until(lambda: len(writer.acks) > 30, 30, "writes")
+    writer = start_writer(ts.app_url(), interval=0.03, acks=30, what="writes")
     outcomes = []
 
     # 1. killed right after the old site was asked to demote: abort -> a active again

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from drctl.lab.lab import topology_path
+from drctl.lab.workload import first_row
 from drctl.sites.topology import load_topology
 from tests.scenarios.test_cross_site import TwoSites, wait_until
 from tests.scenarios.test_site_disaster import _follows, _log_since, _lsn, _two_site_lab
@@ -30,11 +31,7 @@ def slot_sites(lab_dir: Path) -> Iterator[TwoSites]:
 
 
 def _setting(dsn: str) -> str | None:
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=2) as conn:
-            row = conn.execute("SHOW max_slot_wal_keep_size").fetchone()
-    except psycopg.Error:
-        return None
+    row = first_row(dsn, "SHOW max_slot_wal_keep_size")
     return str(row[0]) if row else None
 
 

@@ -110,12 +110,24 @@ def test_tls_lab_switchover_failover_list_sites_and_site_switchover(
     # `drctl sites` reads every agent's /status over TLS with the topology's read-only credentials.
     env = {"PGDR_TOPOLOGY": str(topology_path(lab.dir))}
     wait_until(lambda: b.healthy(), 90, "site b healthy")
-    sites = drctl("sites", "--format", "json", env=env)
-    assert sites.returncode == 0, sites.stderr
-    doc = {s["site"]: s for s in json.loads(sites.stdout)["sites"]}
-    assert doc["a"]["role"] == "active" and doc["b"]["role"] == "standby"
-    replicas = [m for s in doc.values() for m in s["members"] if m["name"] not in (s["leader"],)]
-    assert replicas and all(m["replication_state"] is not None for m in replicas), doc
+    # Each agent's /status is its last cycle's observation: a replica that reconnected after the
+    # failover (or after its upstream changed timeline) shows its receiver one cycle later. An
+    # agent whose /status cannot be read over TLS shows None for good and fails this wait.
+    seen: list[dict[str, object]] = []
+
+    def replicas_streaming_in_sites_view() -> bool:
+        sites = drctl("sites", "--format", "json", env=env)
+        assert sites.returncode == 0, sites.stderr
+        doc = {s["site"]: s for s in json.loads(sites.stdout)["sites"]}
+        seen[:] = [doc]
+        assert doc["a"]["role"] == "active" and doc["b"]["role"] == "standby"
+        replicas = [m for s in doc.values() for m in s["members"] if m["name"] not in (s["leader"],)]
+        return bool(replicas) and all(m["replication_state"] == "streaming" for m in replicas)
+
+    try:
+        wait_until(replicas_streaming_in_sites_view, 30, "every replica streaming in `drctl sites`")
+    except AssertionError:
+        raise AssertionError(f"`drctl sites` never showed every replica streaming: {seen}") from None
 
     # Site switchover: the controller checks the agents over TLS at every step.
     ss = drctl("switchover-site", "--to", "b", "--force", env=env)

@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from drctl.lab.lab import topology_path
-from drctl.lab.workload import Writer, missing_rows
+from drctl.lab.workload import missing_rows
 from drctl.sites.activelease import inspect_store, lease_stores
 from drctl.sites.controller import SiteOpError, promote_site, read_sites
 from drctl.sites.topology import Topology, load_topology
+from tests.builders import start_writer
 from tests.scenarios.test_cross_site import TwoSites, wait_until
 from tests.scenarios.test_site_disaster import _follows, _missing_on, _site_docs, _site_url, _two_site_lab
 
@@ -64,10 +65,7 @@ def test_site_cut_from_both_goes_read_only_before_its_lease_expires_then_b_promo
     ts = lease_sites
     ctl = _controller(ts)
     wait_until(lambda: _leases_held(ctl), 60, "site a's leader holding its lease in the witness and in site b")
-    writer = Writer(ts.app_url(), interval=0.03, timeout=3.0)  # both sites' entry points
-    writer.prepare()
-    writer.start()
-    wait_until(lambda: len(writer.acks) > 30, 30, "writes on site a")
+    writer = start_writer(ts.app_url(), interval=0.03, acks=30, what="writes on site a")  # both sites' entry points
 
     cut_at = time.monotonic()
     ts.lab.cut_wan()
@@ -141,10 +139,7 @@ def test_site_cut_from_b_only_keeps_writing_and_promotion_is_refused(lease_sites
     wait_until(lambda: _leases_held(ctl), 60, "site a's leader holding its lease in the witness and in site b")
     leader = ts.a.leader()
     assert leader is not None
-    writer = Writer(_site_url(ts, "a"), interval=0.03, timeout=3.0)
-    writer.prepare()
-    writer.start()
-    wait_until(lambda: len(writer.acks) > 30, 30, "writes on site a")
+    writer = start_writer(_site_url(ts, "a"), interval=0.03, acks=30, what="writes on site a")
 
     cut_at = time.monotonic()
     ts.lab.cut_wan()  # a and b cut from each other; both still reach the witness
@@ -177,10 +172,7 @@ def test_a_site_that_went_read_only_writes_again_when_a_link_returns(lease_sites
     ts = lease_sites
     ctl = _controller(ts)
     wait_until(lambda: _leases_held(ctl), 60, "site a's leader holding its lease in the witness and in site b")
-    writer = Writer(_site_url(ts, "a"), interval=0.03, timeout=3.0)
-    writer.prepare()
-    writer.start()
-    wait_until(lambda: len(writer.acks) > 30, 30, "writes on site a")
+    writer = start_writer(_site_url(ts, "a"), interval=0.03, acks=30, what="writes on site a")
     ts.lab.cut_wan()
     ts.lab.cut_witness("a")
     wait_until(lambda: ts.a.writable_nodes() == [], 60, "site a read-only (no lease store reachable)")

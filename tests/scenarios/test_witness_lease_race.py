@@ -22,9 +22,10 @@ from unittest import mock
 
 import pytest
 
-from drctl.lab.workload import Writer, missing_rows
+from drctl.lab.workload import missing_rows
 from drctl.sites import steps
 from drctl.sites.controller import SiteOpError, promote_site, witness_record
+from tests.builders import start_writer
 from tests.scenarios.test_cross_site import TwoSites, wait_until
 from tests.scenarios.test_site_disaster import _site_url
 from tests.scenarios.test_witness_lease import _controller, _lease_live, _leases_held, lease_sites
@@ -37,9 +38,7 @@ def test_a_promotion_that_loses_its_last_compare_leaves_one_active_site(lease_si
     ts = lease_sites
     ctl = _controller(ts)
     wait_until(lambda: _leases_held(ctl), 60, "site a's leader holding its lease in the witness and in site b")
-    writer = Writer(_site_url(ts, "a"), interval=0.05, timeout=3.0)
-    writer.prepare()
-    writer.start()
+    writer = start_writer(_site_url(ts, "a"), interval=0.05)
     try:
         wait_until(lambda: len(writer.acks) > 20, 30, "writes on site a")
         ts.lab.cut_wan()

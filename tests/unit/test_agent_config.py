@@ -14,29 +14,12 @@ from drctl.agentconfig import (
     load_config,
     parse_dynamic_config,
 )
+from tests.builders import agent_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "site-agent" / "agent.example.yml"
 
-MINIMAL = """\
-scope: demo
-name: n1
-restapi:
-  listen: 127.0.0.1:8008
-  connect_address: 127.0.0.1:8008
-  authentication: {username: admin, password: secret}
-etcd3:
-  hosts: 127.0.0.1:2379,127.0.0.2:2379
-postgresql:
-  listen: 127.0.0.1:5432
-  connect_address: 127.0.0.1:5432
-  data_dir: /tmp/pgdata
-  authentication:
-    superuser: {username: postgres, password: x}
-    replication: {username: repl, password: y}
-  parameters:
-    max_connections: 100
-"""
+MINIMAL = agent_yaml(hosts="127.0.0.1:2379,127.0.0.2:2379", postgresql="  parameters:\n    max_connections: 100\n")
 
 
 def write(tmp_path: Path, text: str, name: str = "agent.yml") -> Path:

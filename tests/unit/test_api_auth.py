@@ -18,33 +18,14 @@ from site_agent.daemon import security_warnings
 from drctl.agentconfig import ConfigError, parse_config
 from drctl.cli.agent_client import AgentClient, RestAuth
 from drctl.sites.topology import TopologyError, load_topology
-from tests.builders import run_site_agent
+from tests.builders import agent_yaml, run_site_agent
 from tests.unit.test_api import AUTH, FakeControl, call, cluster_view
 
 RO = ("monitor", "r3ad")
 
-BASE = """\
-scope: demo
-name: n1
-restapi:
-  listen: {listen}
-  connect_address: 127.0.0.1:8008
-{rest}
-etcd3:
-  hosts: 127.0.0.1:2379
-{etcd}
-postgresql:
-  listen: 127.0.0.1:5432
-  connect_address: 127.0.0.1:5432
-  data_dir: /tmp/pgdata
-  authentication:
-    superuser: {{username: postgres, password: x}}
-    replication: {{username: repl, password: y}}
-"""
-
 
 def cfg_text(rest: str, listen: str = "127.0.0.1:8008", etcd: str = "") -> str:
-    return BASE.format(rest=rest, listen=listen, etcd=etcd)
+    return agent_yaml(listen=listen, rest=rest + "\n", etcd=etcd + "\n")
 
 
 def test_no_authentication_is_refused_with_what_to_do() -> None:

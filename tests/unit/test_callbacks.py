@@ -21,29 +21,11 @@ from site_agent.node import Node
 
 from drctl.agentconfig import CallbacksConfig, ConfigError, DynamicConfig, check_files, parse_config
 from drctl.dcs.base import DCS
-
-CONFIG = """\
-scope: demo
-name: n1
-restapi:
-  listen: 127.0.0.1:8008
-  connect_address: 127.0.0.1:8008
-  authentication: {{username: admin, password: secret}}
-etcd3:
-  hosts: 127.0.0.1:2379
-postgresql:
-  listen: 127.0.0.1:5432
-  connect_address: 127.0.0.1:5432
-  data_dir: /tmp/pgdata
-  authentication:
-    superuser: {{username: postgres, password: x}}
-    replication: {{username: repl, password: y}}
-{callbacks}
-"""
+from tests.builders import agent_yaml
 
 
 def config(callbacks: str) -> Any:
-    return parse_config(CONFIG.format(callbacks=callbacks))
+    return parse_config(agent_yaml(postgresql=callbacks + "\n"))
 
 
 def script(tmp_path: Path, name: str, body: str) -> Path:

@@ -42,7 +42,7 @@ from drctl.dcs.base import (
     Record,
     SyncState,
 )
-from tests.builders import MIB, member
+from tests.builders import MIB, agent_yaml, member
 
 BASE_CONFIG = {
     "ttl": 30,
@@ -345,24 +345,14 @@ def test_choose_dsn_member() -> None:
 # Target selection
 
 
-AGENT_YAML = """
-scope: pg-main
-namespace: /svc
-name: node1
-restapi:
-  listen: 127.0.0.1:8008
-  connect_address: 127.0.0.1:8008
-  authentication: {username: pgdr, password: pw}
-etcd3:
-  hosts: [127.0.0.1:2379, 127.0.0.1:2380]
-postgresql:
-  listen: 127.0.0.1:5432
-  connect_address: 127.0.0.1:5432
-  data_dir: /tmp/x
-  authentication:
-    superuser: {username: postgres, password: a}
-    replication: {username: replicator, password: b}
-"""
+AGENT_YAML = agent_yaml(
+    head="scope: pg-main\nnamespace: /svc\nname: node1\n",
+    rest="  authentication: {username: pgdr, password: pw}\n",
+    hosts="[127.0.0.1:2379, 127.0.0.1:2380]",
+    data_dir="/tmp/x",
+    superuser="{username: postgres, password: a}",
+    replication="{username: replicator, password: b}",
+)
 
 
 def test_load_agent_config_target(tmp_path: Path) -> None:

@@ -353,13 +353,21 @@ def test_an_unknown_dr_site_is_a_clear_error() -> None:
         CrossSiteMonitor("c", topo(), 1.0, 1.0)
 
 
-def test_the_standing_is_in_the_status_document_and_the_metrics() -> None:
-    from site_agent.metrics import snapshot_gauges
+def _a1(**kw: Any) -> Any:
+    """Node a1's status snapshot with ``kw`` as its fields."""
     from site_agent.snapshot import NodeSnapshot
 
-    snap = NodeSnapshot(
-        name="a1",
-        scope="main",
+    return NodeSnapshot(name="a1", scope="main", **kw)
+
+
+def _gauges(snap: Any) -> dict[str, float | None]:
+    from site_agent.metrics import snapshot_gauges
+
+    return {name: value for name, _doc, value in snapshot_gauges(snap)}
+
+
+def test_the_standing_is_in_the_status_document_and_the_metrics() -> None:
+    snap = _a1(
         site_role="active",
         site_epoch=1,
         site_state="unconfirmed",
@@ -374,9 +382,9 @@ def test_the_standing_is_in_the_status_document_and_the_metrics() -> None:
         "reason": "no other site answered",
         "writable_allowed": False,
     }
-    gauges = {name: value for name, _doc, value in snapshot_gauges(snap)}
+    gauges = _gauges(snap)
     assert gauges["pgdr_site_confirmed"] == 0.0 and gauges["pgdr_site_writable_allowed"] == 0.0
-    off = {name: value for name, _doc, value in snapshot_gauges(NodeSnapshot(name="a1", scope="main"))}
+    off = _gauges(_a1())
     assert off["pgdr_site_confirmed"] is None  # no `dr:`: left out, not reported as 0
 
 
@@ -401,19 +409,9 @@ postgresql:
 
 
 def test_the_cross_site_slot_retention_is_reported() -> None:
-    from site_agent.metrics import snapshot_gauges
-    from site_agent.snapshot import NodeSnapshot
-
-    snap = NodeSnapshot(
-        name="a1",
-        scope="main",
-        site_state="confirmed",
-        cross_site_slot_retained=123456,
-        cross_site_slot_status="extended",
-    )
+    snap = _a1(site_state="confirmed", cross_site_slot_retained=123456, cross_site_slot_status="extended")
     assert snap.to_dict()["site"]["slot"] == {"retained_bytes": 123456, "wal_status": "extended"}
-    gauges = {name: value for name, _doc, value in snapshot_gauges(snap)}
-    assert gauges["pgdr_cross_site_slot_retained_bytes"] == 123456.0
+    assert _gauges(snap)["pgdr_cross_site_slot_retained_bytes"] == 123456.0
 
 
 def test_the_topology_is_reloaded_and_a_bad_one_is_survived(tmp_path: Any) -> None:

@@ -8,6 +8,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import pytest
 from site_agent.act_base import ActionResult
 from site_agent.actions import (
     AcquireInitialize,
@@ -205,23 +206,23 @@ def _fencing(command: str) -> Any:
     return FencingConfig(command=[command], timeout=5.0)
 
 
-def test_a_failed_fence_under_the_key_releases_it_and_never_promotes() -> None:
-    """The election fences under the key: when the fence fails (on_failure=block) the key goes,
-    or the next cycle would promote its holder without the fence."""
-    dcs = FakeDCS(acquire=True)
+@pytest.mark.parametrize(
+    ("fence", "renews", "calls"),
+    [
+        # The election fences under the key: when the fence fails (on_failure=block) the key
+        # goes, or the next cycle would promote its holder without the fence.
+        pytest.param("/bin/false", True, ["acquire", "delete None"], id="failed-fence-releases-the-key"),
+        # The fence succeeded but the key was lost meanwhile: stop before promoting.
+        pytest.param("/bin/true", False, ["acquire", "update"], id="key-lost-during-the-fence"),
+    ],
+)
+def test_an_election_that_fences_under_the_key_never_promotes_without_it(
+    fence: str, renews: bool, calls: list[str]
+) -> None:
+    dcs = FakeDCS(acquire=True, update=renews)
     ex, ctl = executor(dcs)
-    ex.fencing = _fencing("/bin/false")
+    ex.fencing = _fencing(fence)
     decision = Decision((AcquireLeader(), FenceNode("n2"), RenewLeader(), Promote()), "t", "primary")
     done = ex.execute(decision, None, DynamicConfig(), Memory())
-    assert dcs.calls == ["acquire", "delete None"] and ctl.calls == []
-    assert not done.memory.am_leader
-
-
-def test_a_key_lost_during_the_fence_stops_before_promote() -> None:
-    dcs = FakeDCS(acquire=True, update=False)
-    ex, ctl = executor(dcs)
-    ex.fencing = _fencing("/bin/true")
-    decision = Decision((AcquireLeader(), FenceNode("n2"), RenewLeader(), Promote()), "t", "primary")
-    done = ex.execute(decision, None, DynamicConfig(), Memory())
-    assert dcs.calls == ["acquire", "update"] and ctl.calls == []
+    assert dcs.calls == calls and ctl.calls == []
     assert not done.memory.am_leader

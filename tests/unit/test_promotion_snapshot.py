@@ -14,12 +14,13 @@ from site_agent.actions import AcquireLeader, Decision, Promote
 from site_agent.agent import Agent
 from site_agent.health import health_code
 from site_agent.node import Node, Observation
-from site_agent.state import DataDirState, LocalState, PgState
+from site_agent.state import DataDirState
 
 from drctl.agentconfig import parse_config
 from drctl.dcs.base import DCS, ClusterView
 from drctl.pg.probe import PgState as ProbeState
 from tests.unit.test_api_auth import cfg_text
+from tests.unit.test_decide import replica
 
 
 def probe(in_recovery: bool, timeline: int) -> ProbeState:
@@ -94,15 +95,7 @@ def agent(tmp_path: Path) -> tuple[Agent, FakeNode, FakeDCS]:
 def promote_cycle(a: Agent) -> None:
     """The act half of the cycle whose observation showed a replica and no leader."""
     view = ClusterView(scope="demo", leader=None, members=(), initialize="7", initialize_version=1)
-    local = LocalState(
-        name="n1",
-        pg=PgState.RUNNING,
-        in_recovery=True,
-        timeline=2,
-        received_lsn=4000,
-        replayed_lsn=4000,
-        data_dir=DataDirState.VALID,
-    )
+    local = replica(timeline=2, received_lsn=4000, replayed_lsn=4000, system_id=None, wall_clock=0.0)
     decision = Decision((AcquireLeader(), Promote()), "no leader and I am the best eligible member", "primary")
     a.view, a.local, a.decision = view, local, decision
     a._act(view, view, local, decision)

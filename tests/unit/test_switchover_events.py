@@ -12,7 +12,7 @@ from site_agent.reattach import SSL_REQUEST, answers_postgres
 
 from drctl.agentapi.status import AgentStatus
 from drctl.sites.state import SiteState
-from drctl.sites.steps import _received_past
+from drctl.sites.steps import _received_past, _standby_leader_position
 from drctl.sites.topology import SiteSpec
 from tests.builders import member, view
 
@@ -84,3 +84,12 @@ def test_only_wal_received_past_the_demotion_token_shows_the_old_site_streams_fr
     assert _received_past(_standby_site(0x5000000), token) is False
     assert _received_past(_standby_site(None, replayed=token + 8), token) is False  # replayed is not received
     assert _received_past(_standby_site(token + 8), None) is False  # no token (a resumed run)
+
+
+def test_a_switchover_stuck_before_promotion_says_where_the_standby_leader_stands() -> None:
+    st = _standby_site(0x5000078, replayed=0x5000060)
+    assert _standby_leader_position(st) == (
+        "a1: receiver not running, received 5000078, replayed 5000060 on timeline 0"
+    )
+    st.statuses["a1"] = None
+    assert _standby_leader_position(st) == "site a: no standby leader answers"

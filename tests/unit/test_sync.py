@@ -11,10 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from site_agent.actions import ClearSync, SetSyncStandbyNames, UpdateSync, render_ssn
 from site_agent.decide import decide
-from site_agent.state import DataDirState, DecideConfig, LocalState, PgState, ReplicaConn
+from site_agent.state import DecideConfig, LocalState, ReplicaConn
 from site_agent.sync import desired_sync_set, parse_ssn, plan_sync, sync_restricts
 
 from drctl.dcs.base import ClusterView, Leader, Member, MemberInfo, SyncState
+from tests.unit.test_decide import primary
 
 NOW = 1000.0
 SYNC = DecideConfig(synchronous_mode=True)
@@ -33,21 +34,14 @@ def leader_view(members: tuple[Member, ...] | None = None, sync: SyncState | Non
 
 def leader_local(rows: tuple[ReplicaConn, ...] = (), ssn: str | None = "", **kw: Any) -> LocalState:
     base: dict[str, Any] = dict(
-        name="n1",
-        pg=PgState.RUNNING,
-        in_recovery=False,
-        timeline=1,
         current_lsn=5000,
         system_id="sys",
-        data_dir=DataDirState.VALID,
-        was_primary=True,
-        am_leader=True,
         last_renewal=NOW - 1,
+        wall_clock=0.0,
         replication=rows,
         synchronous_standby_names=ssn,
     )
-    base.update(kw)
-    return LocalState(**base)
+    return primary(**{**base, **kw})
 
 
 def row(name: str, sync_state: str = "async", state: str = "streaming", flush: int = 5000) -> ReplicaConn:
