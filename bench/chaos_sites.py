@@ -46,7 +46,11 @@ by a site_loss (and then compared with promote-site's estimate); every node stre
 With ``--netns`` (or CHAOS_NETNS=1) the lab is the multi-host one (docs/netns-lab.md): every node,
 etcd member and entry point on a host of its own; the WAN cut of return_during_wan_cut is the
 router dropping everything between the sites; the harness (drctl's operations, the writer) works
-from the operators' host, outside both sites.
+from the operators' host, outside both sites. With ``--netns --witness-fencing`` the witness is a
+host of its own location (network ``w``), each site reaches it through the router, and a witness
+cut is the router dropping everything between that site and the witness; the operator sits beside
+the standby site as on loopback: while the WAN is cut, the operators' host is cut from the active
+site's DCS too (the writer on it still reaches every node, as the loopback writer does).
 
     python -m bench.chaos_sites [--seed 1] [--count 20] [--faults site_loss,...] [--witness-fencing] [--netns]
 """
@@ -61,6 +65,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,12 +111,40 @@ LEASE_TTL = 20  # the agents ask for max(this, 2 * ttl): 20 s with the lab's ttl
 LEASE_MARGIN = 5.0
 
 
+class OperatorBesideStandby(NetnsLab):
+    """The netns lab as --witness-fencing's operator sees it: beside the standby site, reaching the
+    other site's DCS through the WAN, so that a WAN cut also cuts the operators' host from the
+    active site's etcd members (loopback: the controller's DCS path goes through the WAN proxies).
+    The writer on the operators' host keeps reaching every node, as on loopback."""
+
+    far_site: Callable[[], str] | None = None  # the active site, read before each cut
+    _far: str | None = None
+
+    def cut_wan(self) -> None:
+        try:
+            far = self.far_site() if self.far_site is not None else self._far
+        except RuntimeError:  # already cut (no clear active site from here): the last one
+            far = self._far
+        self._far = far
+        super().cut_wan()
+        if far is not None:
+            self.cut_operator_from(far)
+
+    def heal_wan(self) -> None:
+        super().heal_wan()
+        self.heal_operator()
+
+
 class TwoSiteLab:
     def __init__(self, lab: Lab | NetnsLab, witness_fencing: bool = False) -> None:
         self.lab: Any = lab  # Lab, or NetnsLab (the same whole-site faults: power, WAN cut)
         self.netns = isinstance(lab, NetnsLab)
-        if isinstance(lab, NetnsLab):  # cross-site paths are cut at the router
-            self.state = lab.up(sites=2, nodes=2)
+        if isinstance(lab, NetnsLab):  # cross-site paths (the witness's too) are cut at the router
+            self.state = lab.up(sites=2, nodes=2, witness=witness_fencing)
+            if witness_fencing:
+                lab.set_policy(witness_fencing=True, active_lease_ttl_s=LEASE_TTL, active_lease_margin_s=LEASE_MARGIN)
+                if isinstance(lab, OperatorBesideStandby):
+                    lab.far_site = self.active
         else:
             # cross-site paths can be cut; with a witness, each site reaches it by its own link
             self.state = lab.up(sites=2, nodes=2, wan_proxies=True, witness=witness_fencing)
@@ -204,8 +237,6 @@ def main(argv: list[str] | None = None) -> int:
         why = netns_support()
         if why:
             ap.error(f"--netns: {why}")
-        if args.witness_fencing:
-            ap.error("--netns runs without --witness-fencing (the netns lab has no witness links to cut yet)")
     known = [*FAULTS, *LEASE_FAULTS]
     default = WITNESS_FAULTS if args.witness_fencing else FAULTS
     faults = names_option(ap, args.faults, default, known)
@@ -218,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     name = f"chaos-sites{'-lease' if args.witness_fencing else ''}{'-netns' if args.netns else ''}-seed{args.seed}"
     base = lab_base(f"chaos-sites-seed{args.seed}-{run_id}")  # short: PostgreSQL's socket path limit
     out_path = RESULTS / f"{run_id}-{name}.json"
-    lab: Lab | NetnsLab = NetnsLab(base / "lab") if args.netns else Lab(base / "lab")
+    lab: Lab | NetnsLab = Lab(base / "lab")
+    if args.netns:
+        lab = OperatorBesideStandby(base / "lab") if args.witness_fencing else NetnsLab(base / "lab")
     head: dict[str, Any] = {
         "lab": "netns" if args.netns else "loopback",
         "run_id": run_id,
@@ -669,7 +702,8 @@ def _witness_restart(shot: LeaseShot) -> tuple[set[int], float]:
     ca = tl.clusters[active]
     ctl = tl.controller(standby)
     sup = Supervisor(tl.lab.dir)
-    recs = [r for r in sup.records() if r.role == "etcd" and (r.extra or {}).get("cluster") == "witness"]
+    witness = ("witness", "w-etcd")  # the loopback and the netns lab's names
+    recs = [r for r in sup.records() if r.role == "etcd" and (r.extra or {}).get("cluster") in witness]
     leader = ca.leader()
     ev["target"] = [r.name for r in recs]
     down_at = time.monotonic()

@@ -137,7 +137,7 @@ def _lab_up_netns(lab_dir: Path | None, pg_user: str, layout: dict[str, Any], wa
                 f"agent API http://{n['host']}:8008  (netns {n['ns']})"
             )
         hap = hosts[f"{site.name}-hap"]
-        click.echo(f"  entry point (HAProxy, /primary): {hap['addr']}:5432  (netns {hap['ns']})")
+        click.echo(f"  entry point (HAProxy, /primary): {hap['addr']}:{site.entry_port}  (netns {hap['ns']})")
         cli = hosts[f"{site.name}-cli"]
         click.echo(f"  client host: netns {cli['ns']} ({cli['addr']})")
     click.echo(

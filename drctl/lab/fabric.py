@@ -255,18 +255,35 @@ class Fabric:
     def _addr(self, peer: str) -> str:
         return peer if peer[0].isdigit() else self.host(peer).addr
 
-    def cut_sites(self, a: str, b: str) -> None:
-        """No packet between sites ``a`` and ``b`` either way (the router drops them)."""
+    def cut_sites(self, a: str, b: str, group: str = "wan") -> None:
+        """No packet between sites ``a`` and ``b`` either way (the router drops them). ``group``
+        names the cut for heal_sites: the WAN's, or e.g. one site's link to the witness, which
+        heals on its own."""
         self._check_site(a)
         self._check_site(b)
+        chain = self._cut_chain(group)
         for x, y in ((a, b), (b, a)):
             run(
-                ["nft", "add", "rule", "inet", "pgdr", "wan", "iifname", f"w-{x}", "oifname", f"w-{y}", "drop"],
+                ["nft", "add", "rule", "inet", "pgdr", chain, "iifname", f"w-{x}", "oifname", f"w-{y}", "drop"],
                 ns=self.router,
             )
 
-    def heal_sites(self) -> None:
-        run(["nft", "flush", "chain", "inet", "pgdr", "wan"], ns=self.router)
+    def heal_sites(self, group: str = "wan") -> None:
+        if group == "wan":
+            run(["nft", "flush", "chain", "inet", "pgdr", "wan"], ns=self.router)
+        else:  # a group never cut has no chain yet
+            run(["nft", "flush", "chain", "inet", "pgdr", f"cut_{group}"], ns=self.router, check=False)
+
+    def _cut_chain(self, group: str) -> str:
+        if group == "wan":
+            return "wan"
+        if not group.replace("_", "").isalnum():
+            raise LabError(f"cut group {group!r}: letters, digits and _ only")
+        chain = f"cut_{group}"
+        self._nft(
+            self.router, f"add chain inet pgdr {chain} {{ type filter hook forward priority 0; policy accept; }}\n"
+        )
+        return chain
 
     def cut_site(self, site: str) -> None:
         """``site`` from every other site (the witness and the operators' network included)."""

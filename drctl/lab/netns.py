@@ -72,6 +72,15 @@ def node_pg_port(site: str, i: int) -> int:
     return PG_PORT + 10 * (site_index(site) - 1) + (i - 1)
 
 
+def entry_port(site: str) -> int:
+    """Site k's HAProxy entry point listens on 5000 + k (a 5001, b 5002): like node ports, distinct
+    across the lab, so that a standby leader's sender_port names the entry point it streams from
+    and the scenario harness can map 127.0.0.1:<port> to its owner (harness_loopback)."""
+    from drctl.lab.fabric import site_index
+
+    return 5000 + site_index(site)
+
+
 # --- nodes and clusters -----------------------------------------------------------------------
 
 
@@ -389,6 +398,32 @@ def missing_rows_from(ns: str, url: str, acked: set[int]) -> set[int]:
         return missing_rows(url, acked)
 
 
+# --- the scenario harness's host -------------------------------------------------------------
+
+# What the loopback lab's tests do (connect to 127.0.0.1:<a node's or an entry point's port>) done
+# from a host of the netns lab: locally generated connections to 127.0.0.1:<port> are sent to the
+# lab server that owns <port> (ports are unique across the lab, see node_pg_port and entry_port),
+# leaving with the host's own address. The host stays a client on the lab's network: a cut server
+# is as unreachable from it as from any other client.
+_HARNESS_NAT = """table ip pgdr_harness {{
+  chain output {{
+    type nat hook output priority -100;
+{rules}  }}
+  chain postrouting {{ type nat hook postrouting priority srcnat; ip saddr 127.0.0.0/8 oifname "eth0" masquerade; }}
+}}
+"""
+
+
+def harness_loopback(fab: Fabric, host: str, targets: dict[int, str]) -> None:
+    """On ``host``: 127.0.0.1:<port> reaches ``targets[port]`` (an address of the lab) at that port."""
+    ns = fab.host(host).ns
+    run(["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"], ns=ns)  # per namespace
+    rules = "".join(
+        f"    ip daddr 127.0.0.1 tcp dport {port} dnat to {addr}:{port}\n" for port, addr in sorted(targets.items())
+    )
+    run(["nft", "-f", "-"], ns=ns, input=_HARNESS_NAT.format(rules=rules))
+
+
 # --- the lab ---------------------------------------------------------------------------------
 
 
@@ -417,6 +452,7 @@ class NetnsLab:
         wan_latency_ms: float = 0.0,
         fencing: bool = False,
         vip: bool = False,
+        tags: dict[str, dict[str, Any]] | None = None,
     ) -> LabState:
         why = netns_support()
         if why:
@@ -455,7 +491,7 @@ class NetnsLab:
                 standby = dr and site != names[0]
                 dyn = dict(dynamic or {})
                 if standby:
-                    dyn["standby_cluster"] = {"host": entry[names[0]].addr, "port": PG_PORT}
+                    dyn["standby_cluster"] = {"host": entry[names[0]].addr, "port": entry_port(names[0])}
                 cross = {"site": site, "topology": str(topology_path(self.dir)), "poll_interval": 1.0, "timeout": 1.0}
                 cluster = NetnsCluster(
                     sup,
@@ -473,15 +509,18 @@ class NetnsLab:
                     etcd_hosts=list(etcd.hosts),
                     fencing=fencing,
                     vip=vip,
+                    tags={k: v for k, v in (tags or {}).items() if k.startswith(site)},
                 ).plan()
                 if dr:
                     cluster.write_site_record(
                         SiteRecord("standby", 1, names[0]) if standby else SiteRecord("active", 1, None)
                     )
-                NetnsEntryPoint(sup, cluster, port=PG_PORT, host=entry[site]).start()
+                NetnsEntryPoint(sup, cluster, port=entry_port(site), host=entry[site]).start()
                 clusters.append(cluster)
                 self.built.append(cluster)
-                state.sites.append(LabSite(site, etcd.endpoints, [_node_doc(n) for n in cluster.nodes], PG_PORT))
+                state.sites.append(
+                    LabSite(site, etcd.endpoints, [_node_doc(n) for n in cluster.nodes], entry_port(site))
+                )
                 state.save()
             witness_hosts: list[str] | None = None
             if witness and dr and sites > 1:
@@ -493,7 +532,7 @@ class NetnsLab:
                     _write_witness(w_etcd.endpoints, names[0], 1)
             if dr and sites > 1:
                 write_lab_topology(self.dir, state, witness=witness_hosts)
-                _point_entries(self.dir, {s: f"{entry[s].addr}:{PG_PORT}" for s in names})
+                _point_entries(self.dir, {s: f"{entry[s].addr}:{entry_port(s)}" for s in names})
             for cluster in clusters:
                 cluster.start(wait=False)
             for cluster in clusters:
@@ -505,6 +544,13 @@ class NetnsLab:
             raise
         release(sup)
         return state
+
+    def loopback_targets(self, state: LabState) -> dict[int, str]:
+        """Every node's PostgreSQL port and every site's entry port, with the address serving it."""
+        fab = self.load_fabric()
+        targets = {int(n["pg_port"]): str(n["host"]) for site in state.sites for n in site.nodes}
+        targets.update({site.entry_port: fab.host(f"{site.name}-hap").addr for site in state.sites})
+        return targets
 
     def load_fabric(self) -> Fabric:
         if self.fabric is None:
@@ -578,11 +624,40 @@ class NetnsLab:
     def heal_wan(self) -> None:
         self.load_fabric().heal_sites()
 
+    def cut_operator_from(self, site: str) -> None:
+        """The operators' host cut from ``site``'s DCS (its etcd hosts), both ways: the operator
+        sits beside another site and reaches this one's DCS across the WAN (the loopback lab's
+        WAN proxies carry the operator's DCS paths too). Clients on the host still reach nodes."""
+        fab = self.load_fabric()
+        fab.cut("ops", [h.name for h in fab.hosts.values() if h.name.startswith(f"{site}-etcd")])
+
+    def heal_operator(self) -> None:
+        self.load_fabric().heal("ops")
+
+    def cut_witness(self, site: str | None = None) -> None:
+        """The witness's location cut from ``site`` at the router, both ways, or from every site
+        and the operators' network (the loopback lab's cut_witness, for real)."""
+        fab = self.load_fabric()
+        if "w" not in fab.sites:
+            raise LabError("cut_witness needs a lab started with a witness (witness=True)")
+        for s in [site] if site else [x for x in fab.sites if x != "w"]:
+            fab.cut_sites(s, "w", group=f"w_{s}")
+
+    def heal_witness(self, site: str | None = None) -> None:
+        fab = self.load_fabric()
+        for s in [site] if site else [x for x in fab.sites if x != "w"]:
+            fab.heal_sites(group=f"w_{s}")
+
+    def set_policy(self, **policy: Any) -> None:
+        """Change the DR policy in the lab's topology file (every agent and drctl read that one);
+        the agents reload it within a poll."""
+        Lab(self.dir, self.pg_user).set_policy(**policy)
+
     def entry_url(self, sites: list[str] | None = None) -> str:
         """How an application connects: the sites' entry points, read-write target."""
         fab = self.load_fabric()
         names = sites or self.data_sites()
-        return multi_host_url([(fab.host(f"{s}-hap").addr, PG_PORT) for s in names], password=SUPERUSER[1])
+        return multi_host_url([(fab.host(f"{s}-hap").addr, entry_port(s)) for s in names], password=SUPERUSER[1])
 
     def down(self, grace: float = 15.0) -> dict[str, list[str]]:
         """Stop every process of the lab by PID, then delete its namespaces (links go with them)."""

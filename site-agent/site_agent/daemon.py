@@ -158,7 +158,9 @@ def _build_agent(cfg: AgentConfig, dcs: DCS, node: Node, view: ClusterView, sour
             state_dir = keeper_state_dir(cfg.watchdog.state_dir, cfg.scope, cfg.name, node.data_dir)
         except OSError as exc:
             raise _Refused(f"{source}: watchdog.state_dir: {exc}") from None
-        keeper = LeaseKeeper(node.data_dir, state_dir)
+        cb = cfg.postgresql.callbacks
+        on_stop = cb.argv("on_stop") if cb is not None else None  # the keeper runs it for a frozen agent
+        keeper = LeaseKeeper(node.data_dir, state_dir, on_stop, cb.timeout if cb else 60.0, cfg.scope)
         keeper.start()
         agent.attach_keeper(keeper)
     return agent

@@ -5,6 +5,7 @@ agent freezes, the keeper stops PostgreSQL hard at the lease deadline (DESIGN.md
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -48,8 +49,12 @@ def keeper_state_dir(configured: str | None, scope: str, name: str, data_dir: Pa
 
 
 class LeaseKeeper:
-    def __init__(self, data_dir: Path, state_dir: Path) -> None:
+    def __init__(
+        self, data_dir: Path, state_dir: Path, on_stop: list[str] | None = None, timeout: float = 60.0, scope: str = ""
+    ) -> None:
         self.data_dir = data_dir
+        # postgresql.callbacks.on_stop: the keeper runs it after killing a primary (a frozen agent can't)
+        self.on_stop, self.callback_timeout, self.scope = on_stop, timeout, scope
         self.state_file = state_dir / "lease-keeper.state"
         self.pid_file = state_dir / "lease-keeper.pid"
         self.client = LeaseKeeperClient(self.state_file)
@@ -66,6 +71,11 @@ class LeaseKeeper:
             "--parent-pid", str(os.getpid()),
             "--pid-file", str(self.pid_file),
         ]  # fmt: skip
+        if self.on_stop:
+            args += ["--on-stop", json.dumps(self.on_stop), "--callback-timeout", str(self.callback_timeout)]
+            args += ["--scope", self.scope]
+            # Only the Python keeper runs callbacks so far: with on_stop configured it is the one.
+            return sys.executable, [sys.executable, "-S", "-c", _BOOTSTRAP, _keeper_path(), *args], "python (on_stop)"
         compiled, why = keeperbin.binary()
         if compiled is not None:
             return compiled, ["site_agent.keeper", *args], why

@@ -27,6 +27,13 @@ postmaster (SIGSTOP, so that it cannot fork again) and SIGKILLs it and its direc
 deadline stays expired (a postmaster started later as a primary is killed too), until a new feed
 or a disarm.
 
+Clients. With ``--on-stop JSON`` (the agent's ``postgresql.callbacks.on_stop`` as a JSON list) the
+keeper runs that callback, Patroni's way (``<command> on_stop primary <scope>``), each time it has
+killed a writable PostgreSQL: a frozen agent cannot, and whatever the callback withdraws (a virtual
+IP, an entry point's server) would otherwise stay on this host until the agent runs again. It runs
+in a session of its own, its output on the keeper's stderr, killed with its process group after
+``--callback-timeout`` seconds (60); posix_spawn, not subprocess: nothing more to import.
+
 Lifetime. The keeper watches its parent (``--parent-pid``, default the process that started it):
 a stopped parent is alive (that is the case the keeper exists for); a parent that is gone for good
 (no such PID, a zombie, or the PID now belongs to a process with another start time) makes the
@@ -188,7 +195,14 @@ def kill_primary(data_dir: StrPath) -> list[int]:
 
 class Keeper:
     def __init__(
-        self, data_dir: StrPath, state_file: StrPath, parent_pid: int, poll: float, idle_poll: float = 0.5
+        self,
+        data_dir: StrPath,
+        state_file: StrPath,
+        parent_pid: int,
+        poll: float,
+        idle_poll: float = 0.5,
+        on_stop: list[str] | None = None,
+        callback_timeout: float = 60.0,
     ) -> None:
         self.data_dir = data_dir
         self.state_file = state_file
@@ -200,6 +214,9 @@ class Keeper:
         self.state = KeeperState(0, False, None)
         self.stop = False
         self.fired_for: float | None = None
+        self.on_stop = on_stop  # the full argv: command, "on_stop", "primary", scope
+        self.callback_timeout = callback_timeout
+        self.callback: tuple[int, float] | None = None  # (pid = process group, kill-by time)
 
     def refresh(self) -> None:
         st = read_state(self.state_file)
@@ -221,15 +238,55 @@ class Keeper:
             if killed:
                 late = now - (self.state.deadline or now)
                 _log(f"lease deadline passed {late:.3f}s ago without a feed: SIGKILLed PostgreSQL {killed}")
+                if self.on_stop and self.callback is None:
+                    self.start_on_stop(now)
             elif self.fired_for != self.state.deadline:
                 _log("lease deadline passed without a feed; no writable PostgreSQL to kill")
             self.fired_for = self.state.deadline
+        self.reap_callback(now)
+
+    def start_on_stop(self, now: float) -> None:
+        assert self.on_stop
+        try:
+            pid = os.posix_spawnp(
+                self.on_stop[0],
+                self.on_stop,
+                os.environ,
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, 2, 1)],
+                setsid=True,
+            )
+        except OSError as exc:
+            _log(f"on_stop callback {self.on_stop} could not start: {exc}")
+            return
+        _log(f"on_stop callback started (pid {pid}): {self.on_stop}")
+        self.callback = (pid, now + self.callback_timeout)
+
+    def reap_callback(self, now: float, kill: bool = False) -> None:
+        if self.callback is None:
+            return
+        pid, kill_by = self.callback
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done, status = pid, 0
+        if done:
+            _log(f"on_stop callback done, exit status {os.waitstatus_to_exitcode(status)}")
+        elif kill or now >= kill_by:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            _log(f"on_stop callback killed{'' if kill else f' after its timeout ({self.callback_timeout:g}s)'}")
+        else:
+            return
+        self.callback = None
 
     def next_sleep(self, now: float) -> float:
         """``poll`` while the deadline has passed (keep killing); otherwise wake at the deadline,
         and at least every ``idle_poll`` to learn a new state and watch the parent. Sleeping
         with CLOCK_MONOTONIC means a keeper stopped past its deadline fires as soon as it runs."""
         st = self.state
+        if self.callback is not None:
+            return self.poll
         if not st.armed or st.deadline is None:
             return self.idle_poll
         if now >= st.deadline:
@@ -243,10 +300,11 @@ class Keeper:
             self.step(now)
             if self.parent_gone():
                 st = self.state
-                if not st.armed or st.deadline is None or now >= st.deadline:
+                if (not st.armed or st.deadline is None or now >= st.deadline) and self.callback is None:
                     _log("the agent is gone: exiting")
                     return 0
             time.sleep(self.next_sleep(time.monotonic()))
+        self.reap_callback(time.monotonic(), kill=True)
         _log("stopping on signal")
         return 0
 
@@ -262,12 +320,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--pid-file", default=None, help="write this process's PID here")
     ap.add_argument("--no-setsid", action="store_true", help="stay in the caller's session")
+    ap.add_argument("--on-stop", default=None, help="JSON list: the on_stop callback to run after a kill")
+    ap.add_argument("--callback-timeout", type=float, default=60.0, help="seconds before it is killed (60)")
+    ap.add_argument("--scope", default="", help="the cluster's scope (the callback's last argument)")
     args = ap.parse_args(argv)
+    on_stop = None
+    if args.on_stop:
+        try:
+            command = json.loads(args.on_stop)
+        except ValueError:
+            command = None
+        if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+            ap.error(f"--on-stop: a JSON list of strings, got {args.on_stop!r}")
+        on_stop = [*command, "on_stop", "primary", args.scope]
     if not args.no_setsid:
         with contextlib.suppress(OSError):
             os.setsid()
     parent = args.parent_pid if args.parent_pid is not None else os.getppid()
-    keeper = Keeper(args.data_dir, args.state_file, parent, max(args.poll, 0.01), max(args.idle_poll, 0.01))
+    keeper = Keeper(
+        args.data_dir,
+        args.state_file,
+        parent,
+        max(args.poll, 0.01),
+        max(args.idle_poll, 0.01),
+        on_stop,
+        max(args.callback_timeout, 0.1),
+    )
 
     def _stop(_sig: int, _frame: FrameType | None) -> None:
         keeper.stop = True

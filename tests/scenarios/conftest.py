@@ -17,6 +17,7 @@ from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
 from drctl.lab.workload import DualPrimaryChecker, Probes, Writer, missing_rows
 from tests.builders import wait_until
+from tests.scenarios.netns_mode import NetnsClusters, netns_mode, skip_loopback_only
 
 pytestmark = pytest.mark.scenario
 
@@ -62,6 +63,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.nodeid.split("/")[-1] in SLOW:
             item.add_marker(pytest.mark.slow)
+    skip_loopback_only(items)  # PGDR_LAB_MODE=netns only
 
 
 class Instruments(Probes):
@@ -127,6 +129,16 @@ def next_leader(c: LabCluster, old: str, timeout: float, what: str) -> tuple[str
 def make_cluster(
     supervisor: Supervisor, lab_dir: Path, etcd_site_a: EtcdCluster
 ) -> Iterator[Callable[..., LabCluster]]:
+    """``make_cluster(size, timings, **kwargs)``: a started cluster, stopped after the test. On the
+    loopback lab (the default) all of a session's clusters share one etcd cluster; with
+    PGDR_LAB_MODE=netns each is a one-site multi-host lab (tests/scenarios/netns_mode.py)."""
+    if netns_mode():
+        labs = NetnsClusters(lab_dir)
+        try:
+            yield labs.make
+        finally:
+            labs.close()
+        return
     made: list[LabCluster] = []
 
     def make(size: int = 3, timings: Timings | None = None, **kwargs: Any) -> LabCluster:

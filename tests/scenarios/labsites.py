@@ -24,11 +24,12 @@ from drctl.lab.workload import DualPrimaryChecker, multi_host_url
 from drctl.policy.load import load_policy
 from drctl.policy.model import Policy
 from drctl.sites.controller import read_sites
+from tests.scenarios.netns_mode import NetnsSites, scenario_lab
 
 
 @dataclass
 class LabSites:
-    lab: Lab
+    lab: Lab | NetnsSites
     state: LabState
     a: LabCluster
     b: LabCluster
@@ -100,11 +101,11 @@ class LabSites:
 @contextmanager
 def checked_sites(
     path: Path, *, heal_wan: bool = False, **up: Any
-) -> Iterator[tuple[Lab, LabState, LabCluster, LabCluster, DualPrimaryChecker]]:
+) -> Iterator[tuple[Lab | NetnsSites, LabState, LabCluster, LabCluster, DualPrimaryChecker]]:
     """A two-site lab (two nodes a site, ``Lab.up`` options ``up``) under ``path``, watched by a
     dual-primary checker whose verdict is asserted when the block ends normally; the lab is taken
     down however the block ends (with ``heal_wan``, its WAN healed first)."""
-    lab = Lab(path)
+    lab = scenario_lab(path)  # PGDR_LAB_MODE=netns: the multi-host lab (tests/scenarios/netns_mode.py)
     state = lab.up(sites=2, nodes=2, **up)
     try:
         a, b = lab.clusters(state)

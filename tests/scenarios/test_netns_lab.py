@@ -20,7 +20,7 @@ import pytest
 
 from drctl.lab.cluster import Timings
 from drctl.lab.lab import topology_path
-from drctl.lab.netns import NetnsCluster, NetnsLab, NetnsWriter, missing_rows_from
+from drctl.lab.netns import NetnsCluster, NetnsLab, NetnsWriter, entry_port, missing_rows_from
 from drctl.lab.nsutil import in_netns, list_netns, netns_support
 from drctl.lab.procs import spawned
 from drctl.lab.workload import Ack, DualPrimaryChecker
@@ -162,7 +162,7 @@ def test_site_switchover_across_a_50ms_wan(netns_lab: NetnsLab) -> None:
         import socket
 
         started = time.monotonic()
-        socket.create_connection((fab.host("b-hap").addr, 5432), timeout=5).close()
+        socket.create_connection((fab.host("b-hap").addr, entry_port("b")), timeout=5).close()
         handshake = time.monotonic() - started
     assert handshake >= 0.095, f"the WAN latency is not in effect: handshake {handshake * 1000:.0f} ms"
     topology = load_topology(topology_path(netns_lab.dir))

@@ -135,11 +135,24 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def procs(keeper_command: None) -> Iterator[list[subprocess.Popen[bytes]]]:
+@contextlib.contextmanager
+def tracked_procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts (and their children), killed when it ends."""
     started: list[subprocess.Popen[bytes]] = []
     extra: list[int] = []
-    yield started
+    try:
+        yield started
+    finally:
+        _stop_tracked(started, extra)
+
+
+@pytest.fixture
+def procs(keeper_command: None) -> Iterator[list[subprocess.Popen[bytes]]]:
+    with tracked_procs() as started:
+        yield started
+
+
+def _stop_tracked(started: list[subprocess.Popen[bytes]], extra: list[int]) -> None:
     for p in started:
         extra += children_of(p.pid)
     for p in started:
@@ -439,6 +452,11 @@ def test_the_agent_runs_the_compiled_keeper_when_current_else_the_python_one(
     assert keeper.command()[0] == sys.executable
     monkeypatch.setenv("PGDR_LEASE_KEEPER", compiled_keeper)
     assert keeper.command()[0] == compiled_keeper
+    # postgresql.callbacks.on_stop configured: only the Python keeper runs callbacks so far
+    with_callback = LeaseKeeper(tmp_path / "data", tmp_path, on_stop=["/bin/true"], scope="main")
+    executable, argv, which = with_callback.command()
+    assert executable == sys.executable and which == "python (on_stop)"
+    assert argv[argv.index("--on-stop") + 1] == '["/bin/true"]' and argv[argv.index("--scope") + 1] == "main"
 
 
 def test_a_started_compiled_keeper_is_found_and_stopped_as_a_keeper(
