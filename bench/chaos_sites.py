@@ -84,7 +84,8 @@ from bench.scenarios import (
 )
 from bench.sitecheck import sites_settled
 from drctl.lab.cluster import SUPERUSER, LabCluster
-from drctl.lab.lab import Lab, LabError, topology_path
+from drctl.lab.lab import Lab, LabError
+from drctl.lab.labstate import topology_path
 from drctl.lab.netns import NetnsCluster, NetnsLab, NetnsNode
 from drctl.lab.nsutil import in_netns, netns_support
 from drctl.lab.procs import Supervisor, release

@@ -32,7 +32,8 @@ from bench.scenarios import RESULTS, lab_base, log, wait_until
 from drctl.entrypoint import haproxy
 from drctl.entrypoint.members import backends
 from drctl.lab.cluster import SUPERUSER, LabCluster
-from drctl.lab.lab import Lab, topology_path
+from drctl.lab.lab import Lab
+from drctl.lab.labstate import topology_path
 from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor
 from drctl.lab.workload import Writer, missing_rows, multi_host_url

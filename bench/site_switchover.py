@@ -35,7 +35,8 @@ from typing import Any
 from bench.scenarios import RESULTS, lab_base, log, report_leftovers, wait_until
 from bench.sitecheck import sites_settled
 from drctl.lab.cluster import SUPERUSER, LabCluster
-from drctl.lab.lab import Lab, topology_path
+from drctl.lab.lab import Lab
+from drctl.lab.labstate import topology_path
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
 from drctl.sites.controller import read_sites, switchover_site
 from drctl.sites.topology import Topology, load_topology

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from drctl.drills.run import DrillRunner
 from drctl.lab.cluster import SUPERUSER, LabCluster
-from drctl.lab.lab import Lab, default_lab_dir, policy_path, topology_path
+from drctl.lab.lab import Lab
+from drctl.lab.labstate import default_lab_dir, policy_path, topology_path
 from drctl.lab.workload import Writer, missing_rows
 from drctl.policy.load import load_policy
 

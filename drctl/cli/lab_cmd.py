@@ -12,7 +12,8 @@ from drctl.cli.errors import operator_errors, path_option, register_operator_err
 from drctl.cli.output import emitted, format_option, table
 from drctl.lab.cluster import SUPERUSER
 from drctl.lab.etcd import LabError
-from drctl.lab.lab import Lab, default_lab_dir, pgpass_path, policy_path, topology_path
+from drctl.lab.lab import Lab
+from drctl.lab.labstate import default_lab_dir, pgpass_path, policy_path, topology_path
 from drctl.pg.osuser import OSUserError
 
 register_operator_error(LabError, OSUserError)

@@ -403,7 +403,7 @@ class LabCluster(NodeProcesses[AgentNode]):
         for proxies in [*self.proxies.values(), *self.ingress.values()]:
             for p in proxies:
                 p.close()
-        from drctl.lab.lab import stop_stray_keepers
+        from drctl.lab.labprocs import stop_stray_keepers
 
         stop_stray_keepers(self.base_dir)
 

@@ -6,122 +6,56 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import shutil
 import signal
-import ssl
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import yaml
 
 from drctl.dcs.base import DCSError, SiteRecord
 from drctl.lab.cluster import (
-    API_AUTH,
     API_READONLY,
     ETCD_AUTH,
     ETCD_ROOT_PASSWORD,
     LAB_SCOPE,
-    SUPERUSER,
     AgentNode,
     LabCluster,
     Timings,
 )
 from drctl.lab.entrypoint import EntryPoint
-from drctl.lab.etcd import EtcdCluster, EtcdTls, LabError, etcd_health
+from drctl.lab.etcd import EtcdCluster, EtcdTls, LabError
+from drctl.lab.labprocs import (
+    _etcd_healthy,
+    _node_doc,
+    _pg_health,
+    _proc_doc,
+    _status_order,
+    _stray_postmasters,
+    power_on,
+    stop_stray_keepers,
+)
+from drctl.lab.labstate import (
+    STATE_FILE,
+    LabSite,
+    LabState,
+    check_socket_path,
+    dr_slot_name,
+    site_names,
+    site_topology_path,
+    topology_path,
+    write_lab_policy,
+    write_pgpass,
+)
 from drctl.lab.netproxy import TcpProxy
 from drctl.lab.ports import free_port
 from drctl.lab.procs import ProcRecord, Supervisor, pid_alive, record_for_pid, release, terminate
 from drctl.lab.tls import LabCA
 from drctl.pg.osuser import make_dir
 from drctl.safefs import write_atomic
-
-STATE_FILE = "lab.json"
-
-
-def default_lab_dir() -> Path:
-    """$PGDR_LAB_DIR, else the user's state dir. Root's home is not traversable by the
-    PostgreSQL user, so root's labs live under /var/lib/pgdr."""
-    env = os.environ.get("PGDR_LAB_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/pgdr/lab")
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "pgdr" / "lab"
-
-
-@dataclass
-class LabSite:
-    name: str
-    etcd_endpoints: list[str] = field(default_factory=list)
-    nodes: list[dict[str, Any]] = field(default_factory=list)
-    entry_port: int = 0
-    entry_ro_port: int = 0  # read-only entry point (0 in a lab.json written before it existed)
-
-
-@dataclass
-class LabState:
-    dir: str
-    sites: list[LabSite]
-    pg_user: str
-    created_at: float
-    backup: bool = False
-    tls: bool = False  # agents serve https with certificates of the lab's CA (<dir>/tls)
-    mtls: bool = False  # ... and require client certificates
-
-    def save(self) -> None:
-        path = Path(self.dir) / STATE_FILE
-        write_atomic(path, json.dumps(asdict(self), indent=2), 0o644)
-
-    @classmethod
-    def load(cls, lab_dir: Path) -> LabState | None:
-        path = lab_dir / STATE_FILE
-        if not path.exists():
-            return None
-        try:
-            doc = json.loads(path.read_text())
-            return cls(
-                dir=doc["dir"],
-                sites=[LabSite(**s) for s in doc["sites"]],
-                pg_user=doc.get("pg_user", "postgres"),
-                created_at=doc.get("created_at", 0.0),
-                backup=bool(doc.get("backup", False)),
-                tls=bool(doc.get("tls", False)),
-                mtls=bool(doc.get("mtls", False)),
-            )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise LabError(f"{path} is unreadable ({exc}): remove the lab directory by hand") from exc
-
-
-def site_names(count: int) -> list[str]:
-    return [chr(ord("a") + i) for i in range(count)]
-
-
-# PostgreSQL refuses a Unix socket path longer than this (sizeof(sun_path) - 1): the server then
-# never starts, and the lab failed much later as "no leader after bootstrap".
-PG_SOCKET_PATH_MAX = 107
-
-
-def check_socket_path(lab_dir: Path, nodes: int) -> None:
-    """The longest socket path of the lab's PostgreSQL within PostgreSQL's limit, or a LabError
-    naming the path, its length and the limit (checked before anything starts)."""
-    base = os.path.abspath(lab_dir)
-    longest = str(Path(base) / "site-a" / f"a{nodes}" / "sock" / ".s.PGSQL.65535")
-    size = len(longest.encode())
-    if size > PG_SOCKET_PATH_MAX:
-        room = PG_SOCKET_PATH_MAX - (size - len(base.encode()))
-        raise LabError(
-            f"lab directory {lab_dir} is too deep: PostgreSQL's Unix socket path would be {longest} ({size} "
-            f"bytes), above PostgreSQL's limit of {PG_SOCKET_PATH_MAX} bytes: use a lab directory (--dir) whose "
-            f"absolute path is at most {room} bytes long"
-        )
 
 
 class Lab:
@@ -574,32 +508,6 @@ def _write_witness(endpoints: list[str], site: str, epoch: int) -> None:
         w.close()
 
 
-def dr_slot_name(site: str) -> str:
-    """The permanent slot on ``site``'s primary that the other sites stream through."""
-    return f"pgdr_dr_{site}"
-
-
-def topology_path(lab_dir: Path) -> Path:
-    return lab_dir / "topology.yaml"
-
-
-def pgpass_path(lab_dir: Path) -> Path:
-    """libpq password file with the lab's superuser: `PGPASSFILE=<this> psql -h ... -U postgres`."""
-    return lab_dir / "pgpass"
-
-
-def write_pgpass(lab_dir: Path) -> Path:
-    user, password = SUPERUSER
-    path = pgpass_path(lab_dir)
-    write_atomic(path, f"*:*:*:{user}:{password}\n", 0o600)
-    return path
-
-
-def site_topology_path(lab_dir: Path, site: str) -> Path:
-    """The topology file ``site``'s agents read when they reach the witness by their own path."""
-    return lab_dir / f"topology-{site}.yaml"
-
-
 def write_lab_topology(
     lab_dir: Path,
     state: LabState,
@@ -641,74 +549,6 @@ def write_lab_topology(
     return path
 
 
-def policy_path(lab_dir: Path) -> Path:
-    return lab_dir / "policy.yaml"
-
-
-def write_lab_policy(lab_dir: Path, state: LabState) -> Path:
-    """The lab's policy (drctl.policy): its sites, targets a lab can meet, and drills that every
-    runbook and drill command can use with no hand edits."""
-    topo = yaml.safe_load(topology_path(lab_dir).read_text()) if topology_path(lab_dir).exists() else {}
-    sites = topo.get("sites") or {}
-    for spec in sites.values():
-        spec["targets"] = {"rto_seconds": 30, "max_data_loss_bytes": 0}
-        # Runbooks and drills switch over and reinitialize: the agents' admin credentials (the
-        # topology file, for the sites controller, only carries read-only ones).
-        spec["api_auth"] = {"username": API_AUTH[0], "password": API_AUTH[1]}
-    names = [s.name for s in state.sites]
-    doc: dict[str, Any] = {
-        "version": 1,
-        "sites": sites,
-        "dr": {
-            "audit_log": str(lab_dir / "audit.log"),
-            "switchover_timeout_s": 120,
-            "max_switchover_lag_bytes": 16 * 1024 * 1024,
-        },
-        "drills": {
-            "site-roundtrip": {
-                "kind": "site-switchover",
-                "site": names[1],
-                "max_lag_bytes": 16 * 1024 * 1024,
-                "settle_s": 2,
-            },
-        },
-        "paths": {"state_dir": str(lab_dir / "pgdr")},
-    }
-    drctl = str(Path(sys.executable).parent / "drctl")
-    doc["drills"]["site-loss"] = {
-        "kind": "site-loss",
-        "site": names[0],
-        "destructive": True,
-        "power_off": [drctl, "lab", "kill-site", "--dir", str(lab_dir), "${site}"],
-        "power_on": [drctl, "lab", "start-site", "--dir", str(lab_dir), "${site}"],
-        "settle_s": 2,
-        "timeout_s": 180,
-    }
-    if state.backup:
-        first = lab_dir / f"site-{names[0]}"
-        doc["backup"] = {
-            "stanza": LAB_SCOPE,
-            "repos": [{"site": names[0], "path": str(first / "repo1")}, {"path": str(first / "repo2")}],
-            "schedule": {"full": "0 1 * * 0"},
-        }
-        doc["drills"]["restore"] = {
-            "kind": "backup-restore",
-            "site": names[0],
-            "run_as": state.pg_user,
-            "verify": [
-                {"sql": "SELECT count(*) FROM pg_class", "expect_min": 100},
-                {"sql": "SELECT current_setting('archive_mode')", "expect": "off"},
-            ],
-        }
-    path = policy_path(lab_dir)
-    path.write_text(
-        "# Written by `drctl lab up`: the lab's sites, targets and drills (see policies/pgdr.example.yaml).\n"
-        + yaml.safe_dump(doc, sort_keys=False)
-    )
-    path.chmod(0o600)  # it copies the topology's sites, credentials included
-    return path
-
-
 def _etcd_doc(lab_dir: Path, site: LabSite, tls: bool) -> dict[str, Any]:
     doc: dict[str, Any] = {"hosts": list(site.etcd_endpoints)}
     if tls:
@@ -721,115 +561,3 @@ def _etcd_doc(lab_dir: Path, site: LabSite, tls: bool) -> dict[str, Any]:
             key=str(t.client_key),
         )
     return doc
-
-
-def power_on(
-    lab_dir: Path,
-    site: str,
-    records: list[ProcRecord],
-    etcd_healthy: Callable[[ProcRecord], bool],
-    clusters: Callable[[], Sequence[LabCluster]] | None,
-    timeout: float,
-) -> None:
-    """Restart a powered-off site from the ``records`` of its processes: the etcd members from
-    their data directories, waiting until each is ``etcd_healthy``, then HAProxy, then (with
-    ``clusters``) every agent of the site's cluster. Shared by the loopback and netns labs."""
-    sup = Supervisor(lab_dir)
-    etcd = [r for r in records if r.role == "etcd"]
-    for rec in etcd:
-        argv = ["existing" if a == "new" else a for a in rec.argv]  # rejoin from the data dir
-        sup.spawn(rec.name, argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
-    deadline = time.monotonic() + timeout
-    while etcd and not all(etcd_healthy(r) for r in etcd):
-        if time.monotonic() > deadline:
-            raise LabError(f"site {site}: etcd not healthy {timeout:.0f}s after the power came back")
-        time.sleep(0.2)
-    for rec in records:
-        if rec.role == "haproxy":
-            sup.spawn(rec.name, rec.argv, role=rec.role, log=Path(rec.log), port=rec.port, extra=rec.extra)
-    release(sup)
-    if clusters is not None:
-        cluster = next(c for c in clusters() if c.site == site)
-        for node in cluster.nodes:
-            cluster.start_agent(node.name)
-        release(cluster.sup)
-
-
-def _etcd_healthy(url: str, tries: int = 3, ctx: ssl.SSLContext | None = None) -> bool:
-    """A member is reported unhealthy only if it stays so for a few checks: a loaded machine can
-    make it miss one heartbeat and hold a short election."""
-    for attempt in range(tries):
-        if etcd_health(url, timeout=1.0, context=ctx):
-            return True
-        if attempt < tries - 1:
-            time.sleep(0.5)
-    return False
-
-
-def _node_doc(node: AgentNode) -> dict[str, Any]:
-    return {"name": node.name, "dir": str(node.dir), "pg_port": node.pg_port, "api_port": node.api_port}
-
-
-_ROLE_ORDER = {"etcd": 0, "witness": 0, "haproxy": 1, "postgres": 2, "agent": 3}
-
-
-def _status_order(p: dict[str, Any]) -> tuple[str, int, str, int]:
-    """Per site: DCS members, the entry point, then each node's PostgreSQL and agent together."""
-    role = str(p["role"])
-    rank = _ROLE_ORDER.get(role, 1)
-    node = str(p["name"]).removeprefix("agent-").removesuffix("-postgres") if rank >= 2 else str(p["name"])
-    return (str(p["site"]), min(rank, 2), node, rank)
-
-
-def _proc_doc(
-    name: str, site: str, role: str, port: int | None, pid: int | None, alive: bool, health: str, log: str
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "site": site,
-        "role": role,
-        "port": port,
-        "pid": pid,
-        "alive": alive,
-        "health": health,
-        "log": log,
-    }
-
-
-def _pg_health(dsn: str) -> str:
-    try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=1) as conn:
-            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-    except psycopg.Error:
-        return "not accepting connections"
-    return "replica" if row and row[0] else "primary"
-
-
-def _live_pids(root: Path, pidfile_name: str) -> Iterator[tuple[int, bytes]]:
-    """(PID, command line) of each live process named by the first word of a ``pidfile_name``
-    file under ``root`` (unreadable and stale files skipped)."""
-    for pidfile in root.rglob(pidfile_name):
-        try:
-            pid = int(pidfile.read_text().split()[0])
-            if pid_alive(pid):
-                yield pid, Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-
-
-def stop_stray_keepers(root: Path) -> None:
-    """Lease keepers whose agent was killed exit by themselves within ttl; stop them now."""
-    recs = []
-    for pid, cmdline in _live_pids(root, "lease-keeper.pid"):
-        if b"site_agent.keeper" in cmdline:
-            rec = record_for_pid(pid, f"keeper-{pid}", "keeper")
-            if rec is not None:
-                recs.append(rec)
-    terminate(recs, signal.SIGTERM, 5.0)
-
-
-def _stray_postmasters(lab_dir: Path) -> list[int]:
-    """PIDs from postmaster.pid files under the lab that are alive (started by an agent)."""
-    return [
-        pid for pid, cmdline in _live_pids(lab_dir, "postmaster.pid") if cmdline.split(b"\0")[0].endswith(b"postgres")
-    ]

@@ -27,16 +27,9 @@ from drctl.lab.cluster import API_AUTH, LAB_SCOPE, SUPERUSER, AgentNode, LabClus
 from drctl.lab.entrypoint import EntryPoint
 from drctl.lab.etcd import EtcdCluster, EtcdMember, LabError
 from drctl.lab.fabric import Fabric, Host, fabric_summary, new_prefix
-from drctl.lab.lab import (
-    Lab,
-    LabSite,
-    LabState,
-    power_on,
-    site_names,
-    topology_path,
-    write_lab_policy,
-    write_lab_topology,
-)
+from drctl.lab.lab import Lab, write_lab_topology
+from drctl.lab.labprocs import power_on
+from drctl.lab.labstate import LabSite, LabState, site_names, topology_path, write_lab_policy
 from drctl.lab.nsutil import in_netns, ip, netns_support, ns_argv, run
 from drctl.lab.procs import ProcRecord, Supervisor, release
 from drctl.lab.workload import Writer, missing_rows, multi_host_url

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from drctl.lab.cluster import SUPERUSER, LabCluster
-from drctl.lab.lab import Lab, LabState, policy_path
+from drctl.lab.lab import Lab
+from drctl.lab.labstate import LabState, policy_path
 from drctl.lab.workload import DualPrimaryChecker, multi_host_url
 from drctl.policy.load import load_policy
 from drctl.policy.model import Policy

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from drctl.lab.cluster import LabCluster
-from drctl.lab.lab import Lab, LabState, topology_path
+from drctl.lab.lab import Lab
+from drctl.lab.labstate import LabState, topology_path
 from drctl.lab.netns import NetnsCluster, NetnsLab, harness_loopback
 from drctl.lab.nsutil import in_netns, netns_support
 from drctl.sites.controller import read_sites

@@ -16,7 +16,8 @@ import psycopg
 import pytest
 
 from drctl.lab.cluster import SUPERUSER, LabCluster
-from drctl.lab.lab import Lab, LabState, topology_path
+from drctl.lab.lab import Lab
+from drctl.lab.labstate import LabState, topology_path
 from drctl.lab.workload import DualPrimaryChecker, Writer, has_table, missing_rows, multi_host_url
 from drctl.sites.controller import SiteOpError, cross_site_lag, promote_site, read_sites, switchover_site
 from drctl.sites.topology import Topology, load_topology

@@ -26,7 +26,7 @@ from drctl.drills.probe import read_probe_log
 from drctl.drills.run import DrillRecord, DrillRunner, app_url
 from drctl.drills.scheduler import DrillScheduler, SchedulerLock
 from drctl.lab.cluster import LabCluster
-from drctl.lab.lab import policy_path
+from drctl.lab.labstate import policy_path
 from drctl.policy.load import load_policy
 from drctl.policy.model import Policy
 from drctl.sites.controller import read_sites

@@ -16,7 +16,8 @@ import pytest
 
 from drctl.entrypoint.watch import haproxy_command
 from drctl.lab.cluster import SUPERUSER, LabCluster
-from drctl.lab.lab import Lab, topology_path
+from drctl.lab.lab import Lab
+from drctl.lab.labstate import topology_path
 from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from drctl.lab.cluster import SUPERUSER, Timings
-from drctl.lab.lab import topology_path
+from drctl.lab.labstate import topology_path
 from drctl.lab.netns import VIP_PORT, NetnsCluster, NetnsLab, NetnsWriter, missing_rows_from, vip_address
 from drctl.lab.nsutil import ns_argv
 from drctl.lab.procs import Supervisor

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from drctl.lab.cluster import Timings
-from drctl.lab.lab import topology_path
+from drctl.lab.labstate import topology_path
 from drctl.lab.netns import NetnsCluster, NetnsLab, NetnsWriter, entry_port, missing_rows_from
 from drctl.lab.nsutil import in_netns, list_netns, netns_support
 from drctl.lab.procs import spawned

@@ -19,7 +19,8 @@ from drctl.backup.errors import BackupError
 from drctl.backup.runner import PgBackRest
 from drctl.drills.run import DrillRunner
 from drctl.lab.cluster import LabCluster
-from drctl.lab.lab import Lab, policy_path
+from drctl.lab.lab import Lab
+from drctl.lab.labstate import policy_path
 from drctl.policy.load import load_policy
 from drctl.policy.model import VerifyQuery
 from tests.scenarios.labsites import superuser_env

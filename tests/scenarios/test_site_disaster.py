@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from drctl.lab.cluster import SUPERUSER
-from drctl.lab.lab import topology_path
+from drctl.lab.labstate import topology_path
 from drctl.lab.workload import Writer, missing_rows, multi_host_url
 from drctl.sites.controller import confirm_site, promote_site, read_sites
 from drctl.sites.topology import Topology, load_topology

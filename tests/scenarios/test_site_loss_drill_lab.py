@@ -15,7 +15,8 @@ import pytest
 from drctl.drills.probe import read_probe_log
 from drctl.drills.run import DrillRunner, app_url
 from drctl.lab.cluster import SUPERUSER
-from drctl.lab.lab import Lab, policy_path
+from drctl.lab.lab import Lab
+from drctl.lab.labstate import policy_path
 from drctl.lab.workload import DualPrimaryChecker
 from drctl.policy.load import load_policy
 from drctl.sites.controller import read_sites

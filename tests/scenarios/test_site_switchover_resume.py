@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from drctl.lab.lab import topology_path
+from drctl.lab.labstate import topology_path
 from drctl.lab.workload import missing_rows
 from drctl.sites.controller import SiteOpError, abort_switchover_site, read_sites, switchover_site
 from tests.builders import start_writer

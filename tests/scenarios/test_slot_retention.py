@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from drctl.lab.lab import topology_path
+from drctl.lab.labstate import topology_path
 from drctl.lab.workload import first_row
 from drctl.sites.topology import load_topology
 from tests.scenarios.test_cross_site import TwoSites, wait_until

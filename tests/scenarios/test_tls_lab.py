@@ -19,7 +19,8 @@ import yaml
 
 from drctl.cli.agent_client import AgentClient, AgentUnreachable, RestAuth
 from drctl.lab.cluster import API_AUTH, API_READONLY, LabCluster
-from drctl.lab.lab import Lab, LabState, topology_path
+from drctl.lab.lab import Lab
+from drctl.lab.labstate import LabState, topology_path
 from drctl.lab.tls import LabCA
 from tests.builders import wait_until
 

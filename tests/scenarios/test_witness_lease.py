@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from drctl.lab.lab import topology_path
+from drctl.lab.labstate import topology_path
 from drctl.lab.workload import missing_rows
 from drctl.sites.activelease import inspect_store, lease_stores
 from drctl.sites.controller import SiteOpError, promote_site, read_sites

@@ -465,7 +465,7 @@ def test_a_started_compiled_keeper_is_found_and_stopped_as_a_keeper(
     """argv[0] says site_agent.keeper: the lab's stray-keeper sweep and `ps` find it as before."""
     from site_agent.fencing import LeaseKeeper
 
-    from drctl.lab.lab import stop_stray_keepers
+    from drctl.lab.labprocs import stop_stray_keepers
 
     monkeypatch.setenv("PGDR_LEASE_KEEPER", compiled_keeper)
     (tmp_path / "data").mkdir()

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from drctl.lab.lab import LabSite, LabState, topology_path, write_lab_topology
+from drctl.lab.lab import write_lab_topology
+from drctl.lab.labstate import LabSite, LabState, topology_path
 
 
 def test_lab_topology_is_private_and_carries_read_only_credentials(tmp_path: Path) -> None:

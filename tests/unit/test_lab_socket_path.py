@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from drctl.cli.main import cli
 from drctl.lab.etcd import LabError
-from drctl.lab.lab import PG_SOCKET_PATH_MAX, check_socket_path
+from drctl.lab.labstate import PG_SOCKET_PATH_MAX, check_socket_path
 
 
 def test_a_short_lab_directory_passes() -> None:
