@@ -17,7 +17,10 @@ class _Model(BaseModel):
     """Unknown keys refused, frozen. ``unsupported``: Patroni keys pgdr does not implement, each
     with what to do instead: an error that says so, never a silent no-op."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # defer_build: a model's validator and serializer are built when it is first used on its
+    # own; a section only ever validated inside AgentConfig (which carries its schema) never
+    # builds a second copy. Validation is unchanged.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
     unsupported: ClassVar[Mapping[str, str]] = {}
 
     @model_validator(mode="before")

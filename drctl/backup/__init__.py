@@ -1,10 +1,34 @@
 """pgBackRest via subprocess: configuration (config), commands (runner), typed ``info`` (info),
-typed errors with operator messages (errors), restore options (restore)."""
+typed errors with operator messages (errors), restore options (restore).
 
-from drctl.backup.config import PgBackRestConfig, RepoConfig, render_config
-from drctl.backup.errors import BackupError
-from drctl.backup.info import BackupInfo, StanzaInfo, parse_info
-from drctl.backup.runner import CommandResult, PgBackRest, RestoreResult, Timeouts
+The names below are loaded on first use (PEP 562): the agent's configuration imports
+drctl.backup.config and .policy, and an agent without pgBackRest never needs the runner or the
+typed ``info`` models (~0.5 MB of resident memory for as long as it runs)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from drctl.backup.config import PgBackRestConfig, RepoConfig, render_config
+    from drctl.backup.errors import BackupError
+    from drctl.backup.info import BackupInfo, StanzaInfo, parse_info
+    from drctl.backup.runner import CommandResult, PgBackRest, RestoreResult, Timeouts
+
+_WHERE = {
+    "PgBackRestConfig": "config",
+    "RepoConfig": "config",
+    "render_config": "config",
+    "BackupError": "errors",
+    "BackupInfo": "info",
+    "StanzaInfo": "info",
+    "parse_info": "info",
+    "CommandResult": "runner",
+    "PgBackRest": "runner",
+    "RestoreResult": "runner",
+    "Timeouts": "runner",
+}
 
 __all__ = [
     "BackupError",
@@ -19,3 +43,12 @@ __all__ = [
     "parse_info",
     "render_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    globals()[name] = value
+    return value

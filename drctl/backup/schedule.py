@@ -31,10 +31,11 @@ if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
     from apscheduler.triggers.cron import CronTrigger
 
-# APScheduler is imported where a schedule is used: an agent without scheduled backups does not
-# carry it (and its multiprocessing/concurrent.futures imports) for its lifetime.
+    from drctl.backup.info import BackupInfo, BackupType
 
-from drctl.backup.info import BackupInfo, BackupType
+# APScheduler is imported where a schedule is used: an agent without scheduled backups does not
+# carry it (and its multiprocessing/concurrent.futures imports) for its lifetime. The same for
+# drctl.backup.info (pgBackRest's typed ``info``, only annotations here).
 
 log = structlog.get_logger("drctl.backup.schedule")
 

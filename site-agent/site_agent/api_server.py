@@ -1,7 +1,7 @@
-"""The REST API's HTTP server: a bounded pool of worker threads (a connection beyond the pool and
-its queue is refused at once), one read deadline per request enforced by a reaper (a client
-trickling bytes is cut off), TLS handshakes in the workers rather than in accept(). It serves
-an :class:`AgentControl`, what the daemon offers the API."""
+"""The REST API's HTTP server: a bounded pool of worker threads, started as connections need them
+(a connection beyond the pool and its queue is refused at once), one read deadline per request
+enforced by a reaper (a client trickling bytes is cut off), TLS handshakes in the workers rather
+than in accept(). It serves an :class:`AgentControl`, what the daemon offers the API."""
 
 from __future__ import annotations
 
@@ -125,9 +125,14 @@ class PooledServer(HTTPServer):
         self.rejected = 0
         self._queue: queue.Queue[tuple[Any, Any] | None] = queue.Queue(QUEUED_CONNECTIONS)
         super().__init__(address, handler)
-        self._workers = [
-            threading.Thread(target=self._work, name=f"pgdr-api-worker-{i}", daemon=True) for i in range(WORKERS)
-        ]
+        # Workers are started when a connection finds none waiting, up to WORKERS, and then stay:
+        # an agent probed once a second by a load balancer runs one or two, not sixteen idle
+        # threads (each with its stack and, in glibc, its own malloc arena). ``_pending``:
+        # connections queued and not yet taken; ``_idle``: workers waiting on the queue.
+        self._workers: list[threading.Thread] = []
+        self._pool_lock = threading.Lock()
+        self._pending = 0
+        self._idle = 0
         # Socket timeouts apply per recv(): a client sending one byte at a time would reset them
         # forever. The reaper shuts the reading side of a connection at its deadline instead.
         self._deadlines: dict[socket.socket, float] = {}
@@ -135,8 +140,7 @@ class PooledServer(HTTPServer):
         self._closing = threading.Event()
         self._reaper_wake = threading.Event()  # set when a connection is watched, and at close
         self._reaper = threading.Thread(target=self._reap, name="pgdr-api-reaper", daemon=True)
-        for w in [*self._workers, self._reaper]:
-            w.start()
+        self._reaper.start()
 
     @property
     def metrics(self) -> AgentMetrics:
@@ -190,7 +194,13 @@ class PooledServer(HTTPServer):
         # a connection waiting in the queue behind slow ones is dropped at its deadline too.
         self.watch(request, time.monotonic() + READ_DEADLINE_S)
         try:
-            self._queue.put_nowait((request, client_address))
+            with self._pool_lock:
+                self._queue.put_nowait((request, client_address))
+                self._pending += 1
+                if self._pending > self._idle and len(self._workers) < WORKERS and not self._closing.is_set():
+                    w = threading.Thread(target=self._work, name=f"pgdr-api-worker-{len(self._workers)}", daemon=True)
+                    self._workers.append(w)
+                    w.start()
         except queue.Full:
             self.unwatch(request)
             self.rejected += 1
@@ -203,7 +213,13 @@ class PooledServer(HTTPServer):
 
     def _work(self) -> None:
         while True:
+            with self._pool_lock:
+                self._idle += 1
             item = self._queue.get()
+            with self._pool_lock:
+                self._idle -= 1
+                if item is not None:
+                    self._pending -= 1
             if item is None:
                 return
             request, client_address = item
@@ -216,6 +232,7 @@ class PooledServer(HTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
+        self._closing.set()  # no worker started from now on
         while True:  # connections still queued: close them
             try:
                 item = self._queue.get_nowait()
@@ -223,11 +240,12 @@ class PooledServer(HTTPServer):
                 break
             if item is not None:
                 self.shutdown_request(item[0])
-        for _ in self._workers:
+        with self._pool_lock:
+            workers = list(self._workers)
+        for _ in workers:
             self._queue.put(None)
-        self._closing.set()
         self._reaper_wake.set()
-        for w in [*self._workers, self._reaper]:
+        for w in [*workers, self._reaper]:
             w.join(timeout=READ_DEADLINE_S + REQUEST_TIMEOUT_S)
 
     def server_bind(self) -> None:

@@ -45,7 +45,6 @@ stop it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -310,6 +309,8 @@ class Keeper:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse  # here: the agent imports this module for LeaseKeeperClient only
+
     ap = argparse.ArgumentParser(prog="python -m site_agent.keeper", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", required=True, help="PostgreSQL data directory (postmaster.pid)")
     ap.add_argument("--state-file", required=True, help="file the agent feeds (LeaseKeeperClient)")

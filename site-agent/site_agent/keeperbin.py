@@ -11,7 +11,6 @@ forces the Python keeper, ``PGDR_LEASE_KEEPER=PATH`` names another binary.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -76,6 +75,8 @@ def build(output: str = DEFAULT_BINARY, cc: str | None = None, extra_flags: tupl
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse  # here: the agent imports this module to find the keeper binary only
+
     ap = argparse.ArgumentParser(prog="python -m site_agent.keeperbin", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="compile keeper.c")

@@ -27,6 +27,9 @@ def _prefer_system_libpq() -> None:
 
 
 def main() -> None:
+    from site_agent.heap import limit_arenas
+
+    limit_arenas()
     # structlog's console renderer uses rich when it can import it (rich is installed for drctl's
     # tables). The agent logs plain lines or JSON and runs for months: keeping rich, pygments and
     # friends out of it saves ~3 MB of resident memory.

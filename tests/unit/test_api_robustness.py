@@ -54,7 +54,7 @@ def test_slow_clients_cannot_take_more_than_the_pool(server: ApiServer) -> None:
         s.sendall(b"GET /health HTTP/1.0\r\nX-Slow: ")
         socks.append(s)
     time.sleep(0.5)
-    assert threading.active_count() <= threads_before + 1  # workers were started with the server
+    assert threading.active_count() <= threads_before + api_server.WORKERS  # the pool, never more
     refused = dropped = 0
     for s in socks:
         with s:
@@ -67,6 +67,33 @@ def test_slow_clients_cannot_take_more_than_the_pool(server: ApiServer) -> None:
     assert refused + dropped == 200
     assert server._server.rejected == refused  # type: ignore[attr-defined]
     assert call(server, "GET", "/health").code == 200
+
+
+def test_workers_start_as_connections_need_them(server: ApiServer) -> None:
+    """An idle server runs no worker; a request starts one; slow concurrent connections each get
+    a worker up to the pool, never more, and the pool still serves once they are gone."""
+    pool = server._server  # type: ignore[attr-defined]
+
+    def workers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("pgdr-api-worker-")]
+
+    assert workers() == []
+    assert call(server, "GET", "/health").code == 200
+    assert len(workers()) == 1
+    socks = []
+    for _ in range(api_server.WORKERS + 2):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+        s.sendall(b"GET /health HTTP/1.0\r\nX-Slow: ")
+        socks.append(s)
+    deadline = time.monotonic() + 10
+    while len(pool._workers) < api_server.WORKERS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(pool._workers) == api_server.WORKERS
+    assert len(workers()) == api_server.WORKERS
+    for s in socks:
+        s.close()
+    assert call(server, "GET", "/health").code == 200
+    assert len(pool._workers) == api_server.WORKERS
 
 
 def test_trickling_client_is_dropped_at_the_deadline(server: ApiServer) -> None:
