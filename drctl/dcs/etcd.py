@@ -482,7 +482,7 @@ class Etcd3(DCS):
         current = to_int(kvs[0].get("mod_revision")) if kvs else None
         if current != leader_version:
             return True
-        return self.client.watch(self.prefix, prefix_range_end(self.prefix), reply_revision(doc) + 1, deadline)
+        return self._watch_changed(None, reply_revision(doc) + 1, deadline)
 
     def revision(self) -> int | None:
         doc = self._call("/kv/range", {"key": b64(self.key("site")), "count_only": True}, self._deadline(), "revision")
@@ -492,9 +492,16 @@ class Etcd3(DCS):
         if revision is None:
             return super().wait_for_change(revision, timeout, key)
         deadline = time.monotonic() + max(0.0, timeout)
+        return self._watch_changed(key, revision + 1, deadline)
+
+    def _watch_changed(self, key: str | None, start_revision: int, deadline: float) -> bool:
+        """Whether ``key`` (the whole prefix when None) changed from ``start_revision`` on, before
+        ``deadline`` (False: no change seen, or etcd could not tell)."""
         if key is None:
-            return self.client.watch(self.prefix, prefix_range_end(self.prefix), revision + 1, deadline)
-        return self.client.watch(self.key(key), self.key(key).encode() + b"\0", revision + 1, deadline)
+            begin, end = self.prefix, prefix_range_end(self.prefix)
+        else:
+            begin, end = self.key(key), self.key(key).encode() + b"\0"
+        return self.client.watch_outcome(begin, end, start_revision, deadline) == CHANGED
 
     def close(self) -> None:
         self.client.close()
