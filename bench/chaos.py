@@ -39,8 +39,10 @@ from bench.scenarios import (
     inject,
     log,
     names_option,
+    netns_option,
     new_run,
     node_runs,
+    parse_netns_args,
     report_leftovers,
     teardown,
     timings_option,
@@ -81,20 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         help="ttl,loop_wait,retry_timeout (default 10,1,3; the bench scenarios use 20,2,4)",
     )
     ap.add_argument("--rejoin-timeout", type=float, default=120.0)
-    ap.add_argument(
-        "--netns",
-        action="store_true",
-        default=os.environ.get("CHAOS_NETNS") == "1",
-        help="multi-host lab (drctl.lab.netns): every node and etcd member on a host of its own; isolation and "
+    netns_option(
+        ap,
+        "multi-host lab (drctl.lab.netns): every node and etcd member on a host of its own; isolation and "
         "partition cut links for real, both ways (root; needs ip netns, nft, /dev/net/tun)",
     )
-    args = ap.parse_args(argv)
-    if args.netns:
-        from drctl.lab.nsutil import netns_support
-
-        why = netns_support()
-        if why:
-            ap.error(f"--netns: {why}")
+    args = parse_netns_args(ap, argv)
     default_faults = [*CAMPAIGN_FAULTS, *(["paused_vm"] if args.fencing else [])]
     faults = names_option(ap, args.faults, default_faults, CAMPAIGN_FAULTS + EXTRA_FAULTS)
     if "paused_vm" in faults and not args.fencing:

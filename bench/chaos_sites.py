@@ -78,6 +78,8 @@ from bench.scenarios import (
     lab_base,
     log,
     names_option,
+    netns_option,
+    parse_netns_args,
     report_leftovers,
     wait_until,
     wal_bytes_of_inserts,
@@ -87,7 +89,7 @@ from drctl.lab.cluster import SUPERUSER, LabCluster
 from drctl.lab.lab import Lab, LabError
 from drctl.lab.labstate import topology_path
 from drctl.lab.netns import NetnsCluster, NetnsLab, NetnsNode
-from drctl.lab.nsutil import in_netns, netns_support
+from drctl.lab.nsutil import in_netns
 from drctl.lab.procs import Supervisor, release
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
 from drctl.sites import controller, steps
@@ -226,18 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         help="HH:MM (UTC): start no new fault after this time and finish the campaign cleanly",
     )
     ap.add_argument("--in-order", action="store_true", help="the faults in the order given, cyclically (no draw)")
-    ap.add_argument(
-        "--netns",
-        action="store_true",
-        default=os.environ.get("CHAOS_NETNS") == "1",
-        help="multi-host lab (docs/netns-lab.md): the WAN is cut at the router; the harness runs on the "
+    netns_option(
+        ap,
+        "multi-host lab (docs/netns-lab.md): the WAN is cut at the router; the harness runs on the "
         "operators' host (root; needs ip netns, nft, /dev/net/tun)",
     )
-    args = ap.parse_args(argv)
-    if args.netns:
-        why = netns_support()
-        if why:
-            ap.error(f"--netns: {why}")
+    args = parse_netns_args(ap, argv)
     known = [*FAULTS, *LEASE_FAULTS]
     default = WITNESS_FAULTS if args.witness_fencing else FAULTS
     faults = names_option(ap, args.faults, default, known)
@@ -318,17 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                     for n in ca.nodes:
                         ca.kill_node(n.name)
                     acked_before = writer.acked_ids()  # every write the lost site acknowledged
-                    try:
-                        res = promote_site(
-                            tl.topology,
-                            standby,
-                            confirm_old_site_down=True,
-                            accept_data_loss=True,
-                            reason=f"chaos #{i}: site {active} lost",
-                        )
-                    except SiteOpError as exc:
-                        res = {"result": f"refused: {exc}"}
-                    ev["promote"] = {k: res.get(k) for k in ("result", "estimate_bytes", "old_last_lsn", "new_lsn")}
+                    ev["promote"] = _forced_promote(tl, standby, f"chaos #{i}: site {active} lost")
                     ev["promote_s"] = round(time.monotonic() - fault_at, 2)
                     wait_until(lambda cs=cs: len(cs.writable_nodes()) == 1, 60)
                     ev["writable_s"] = round(time.monotonic() - fault_at, 2)
@@ -349,17 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                     acked_before = writer.acked_ids()
                     records = tl.lab.power_off_site(active)
                     off_at = time.monotonic()
-                    try:
-                        res = promote_site(
-                            tl.topology,
-                            standby,
-                            confirm_old_site_down=True,
-                            accept_data_loss=True,
-                            reason=f"chaos #{i}: site {active} lost power",
-                        )
-                    except SiteOpError as exc:
-                        res = {"result": f"refused: {exc}"}
-                    ev["promote"] = {k: res.get(k) for k in ("result", "estimate_bytes", "old_last_lsn", "new_lsn")}
+                    ev["promote"] = _forced_promote(tl, standby, f"chaos #{i}: site {active} lost power")
                     wait_until(lambda cs=cs: len(cs.writable_nodes()) == 1, 60)
                     ev["writable_s"] = round(time.monotonic() - fault_at, 2)
                     missing_now = _missing(tl.url(), acked_before)
@@ -486,6 +462,16 @@ def _follows(tl: TwoSiteLab, c: Any, active: str) -> bool:
     if leader is None or not tl.streams_from_entry(c, leader, active):
         return False
     return all(c.streams_from(n.name, leader) for n in c.nodes if n.name != leader)
+
+
+def _forced_promote(tl: TwoSiteLab, standby: str, reason: str) -> dict[str, Any]:
+    """``promote-site`` of ``standby`` after its peer site is lost (the operator confirms it down and
+    accepts the loss): what the event reports of it, or the refusal."""
+    try:
+        res = promote_site(tl.topology, standby, confirm_old_site_down=True, accept_data_loss=True, reason=reason)
+    except SiteOpError as exc:
+        res = {"result": f"refused: {exc}"}
+    return {k: res.get(k) for k in ("result", "estimate_bytes", "old_last_lsn", "new_lsn")}
 
 
 def _missing(url: str, acked: set[int]) -> set[int] | None:

@@ -414,6 +414,24 @@ def timings_option(ap: argparse.ArgumentParser, text: str) -> Timings:
         ap.error(str(exc))
 
 
+def netns_option(ap: argparse.ArgumentParser, help: str) -> None:
+    """``--netns`` (default: ``CHAOS_NETNS=1``), the campaigns' switch to the multi-host lab."""
+    ap.add_argument("--netns", action="store_true", default=os.environ.get("CHAOS_NETNS") == "1", help=help)
+
+
+def parse_netns_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``ap.parse_args``, refusing ``--netns`` where this machine cannot build the multi-host lab (the
+    parser's error naming what is missing, no traceback)."""
+    args = ap.parse_args(argv)
+    if args.netns:
+        from drctl.lab.nsutil import netns_support
+
+        why = netns_support()
+        if why:
+            ap.error(f"--netns: {why}")
+    return args
+
+
 def names_option(
     ap: argparse.ArgumentParser, text: str | None, default: Sequence[str], known: Sequence[str], what: str = "fault"
 ) -> list[str]:

@@ -149,6 +149,7 @@ class ConsulConfig(TlsClientSettings):
 
     model_config = _Model.model_config
     label: ClassVar[str] = "consul"
+    secret: ClassVar[tuple[str, str] | None] = ("token", "token_file")
     host: str = "127.0.0.1:8500"
     port: int | None = Field(default=None, ge=1, le=65535)
     scheme: Literal["http", "https"] = "http"
@@ -156,11 +157,6 @@ class ConsulConfig(TlsClientSettings):
     token_file: str | None = None
     dc: str | None = None
     consistency: Literal["default", "consistent", "stale"] = "default"
-
-    @model_validator(mode="after")
-    def _token(self) -> ConsulConfig:
-        resolve_secret(self, "token", "token_file")
-        return self
 
     @property
     def host_port(self) -> tuple[str, int]:

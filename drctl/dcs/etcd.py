@@ -270,13 +270,7 @@ class Etcd3(DCS):
             puts = self._status_puts(status)
             if self._lease_ttl is not None and self._lease_ttl != int(self.ttl):
                 return self._regrant_leader(lease, puts, deadline, status)
-            doc = self._safe_txn(
-                [cmp_value(leader, self.name), cmp_lease(leader, lease)],
-                puts,
-                [op_range(leader)],
-                deadline,
-                "update leader",
-            )
+            doc = self._safe_txn(self._leader_is_ours(lease), puts, [op_range(leader)], deadline, "update leader")
             ok = txn_succeeded(doc) or self._repair_leader_value(lease, txn_range_kvs(doc), puts, deadline)
             if ok:
                 self._ttl_floor = None
@@ -331,9 +325,7 @@ class Etcd3(DCS):
         success = [op_put(leader, self.name, new), *puts]
         if self._member_info is not None:
             success.append(op_put(self.key("members", self.name), self._member_info.to_json(), new))
-        doc = self._safe_txn(
-            [cmp_value(leader, self.name), cmp_lease(leader, old)], success, [], deadline, "move leader to new lease"
-        )
+        doc = self._safe_txn(self._leader_is_ours(old), success, [], deadline, "move leader to new lease")
         if not txn_succeeded(doc):
             with contextlib.suppress(DCSError, LeaseNotFound):
                 self.client.call("/lease/revoke", {"ID": new}, deadline, "lease revoke")
@@ -353,23 +345,22 @@ class Etcd3(DCS):
 
     def delete_leader(self, last_lsn: int | None = None) -> bool:
         deadline = self._deadline()
-        leader = self.key("leader")
         with self._lock:
-            lease = self._lease
-            if lease is None:
+            if self._lease is None:
                 return False
-            success = [op_delete(leader)]
+            success = [op_delete(self.key("leader"))]
             self._status_written = None
             if last_lsn is not None:
                 success.append(op_put(self.key("status"), self._released_status(last_lsn)))
-            doc = self._safe_txn(
-                [cmp_value(leader, self.name), cmp_lease(leader, lease)],
-                success,
-                [],
-                deadline,
-                "delete leader",
-            )
+            doc = self._safe_txn(self._leader_is_ours(self._lease), success, [], deadline, "delete leader")
             return txn_succeeded(doc)
+
+    def _leader_is_ours(self, lease: str) -> list[Json]:
+        """The compares of a transaction that may only run while this member holds the leader key:
+        the key holds our name and is bound to ``lease`` (a key re-acquired by someone else, or
+        by us on another lease, fails them)."""
+        leader = self.key("leader")
+        return [cmp_value(leader, self.name), cmp_lease(leader, lease)]
 
     def touch_member(self, info: MemberInfo) -> None:
         deadline = self._deadline()
@@ -417,17 +408,10 @@ class Etcd3(DCS):
         return txn_succeeded(doc)
 
     def _put_as_leader(self, key: str, value: str, what: str) -> bool:
-        leader = self.key("leader")
         lease = self._lease
         if lease is None:
             return False
-        doc = self._safe_txn(
-            [cmp_value(leader, self.name), cmp_lease(leader, lease)],
-            [op_put(self.key(key), value)],
-            [],
-            self._deadline(),
-            what,
-        )
+        doc = self._safe_txn(self._leader_is_ours(lease), [op_put(self.key(key), value)], [], self._deadline(), what)
         return txn_succeeded(doc)
 
     def cancel_initialization(self) -> bool:
@@ -482,7 +466,7 @@ class Etcd3(DCS):
         current = to_int(kvs[0].get("mod_revision")) if kvs else None
         if current != leader_version:
             return True
-        return self.client.watch(self.prefix, prefix_range_end(self.prefix), reply_revision(doc) + 1, deadline)
+        return self._watch_changed(None, reply_revision(doc) + 1, deadline)
 
     def revision(self) -> int | None:
         doc = self._call("/kv/range", {"key": b64(self.key("site")), "count_only": True}, self._deadline(), "revision")
@@ -492,9 +476,16 @@ class Etcd3(DCS):
         if revision is None:
             return super().wait_for_change(revision, timeout, key)
         deadline = time.monotonic() + max(0.0, timeout)
+        return self._watch_changed(key, revision + 1, deadline)
+
+    def _watch_changed(self, key: str | None, start_revision: int, deadline: float) -> bool:
+        """Whether ``key`` (the whole prefix when None) changed from ``start_revision`` on, before
+        ``deadline`` (False: no change seen, or etcd could not tell)."""
         if key is None:
-            return self.client.watch(self.prefix, prefix_range_end(self.prefix), revision + 1, deadline)
-        return self.client.watch(self.key(key), self.key(key).encode() + b"\0", revision + 1, deadline)
+            begin, end = self.prefix, prefix_range_end(self.prefix)
+        else:
+            begin, end = self.key(key), self.key(key).encode() + b"\0"
+        return self.client.watch_outcome(begin, end, start_revision, deadline) == CHANGED
 
     def close(self) -> None:
         self.client.close()

@@ -261,20 +261,6 @@ class EtcdClient:
             time.sleep(min(PASS_PAUSE, remaining))
         raise DCSError(f"etcd {what or path} failed: {last}", tried)
 
-    def watch(
-        self,
-        key: str,
-        range_end: bytes,
-        start_revision: int,
-        deadline: float,
-        ignore: Callable[[Json], bool] | None = None,
-    ) -> bool:
-        """Stream ``POST /watch`` from ``start_revision`` on [key, range_end) until an event comes
-        (True) or ``deadline`` passes (False); events ``ignore`` returns True for do not count. An
-        endpoint that cannot be reached is skipped; when none can, the rest of the time is slept
-        away (False)."""
-        return self.watch_outcome(key, range_end, start_revision, deadline, ignore) == CHANGED
-
     def watch_outcome(
         self,
         key: str,
@@ -283,14 +269,16 @@ class EtcdClient:
         deadline: float,
         ignore: Callable[[Json], bool] | None = None,
     ) -> str:
-        """:meth:`watch`, telling apart why it returned: CHANGED (an event that counts, a
-        compaction or a cancel), QUIET (an established watch from ``start_revision`` ran until
-        ``deadline`` and delivered no event at all, not even an ignored one: nothing in the range
-        changed after ``start_revision - 1`` as of about now), or UNKNOWN (anything else:
-        endpoints failing, ignored events, the deadline before the watch was confirmed). The
-        watch asks for a member with a raft leader (``hasleader``): etcd refuses it on a member
-        without one and cancels it when its member loses the leader, so a member cut from the
-        quorum cannot keep a silent stream open (tests/integration/test_dcs_quiet_watch.py)."""
+        """Stream ``POST /watch`` from ``start_revision`` on [key, range_end) until an event comes or ``deadline``
+        passes; events ``ignore`` returns True for do not count. An endpoint that cannot be reached is skipped;
+        when none can, the rest of the time is slept away. Returns why it ended: CHANGED (an event that counts,
+        a compaction or a cancel), QUIET (an established watch from ``start_revision`` ran until ``deadline``
+        and delivered no event at all, not even an ignored one: nothing in the range changed after
+        ``start_revision - 1`` as of about now), or UNKNOWN (anything else: endpoints failing, ignored events,
+        the deadline before the watch was confirmed). The watch asks for a member with a raft leader
+        (``hasleader``): etcd refuses it on a member without one and cancels it when its member loses the
+        leader, so a member cut from the quorum cannot keep a silent stream open
+        (tests/integration/test_dcs_quiet_watch.py)."""
         body = {
             "create_request": {
                 "key": b64(key),

@@ -51,6 +51,9 @@ class TlsClientSettings(_Strict):
     """A DCS client's TLS files and the rule they share (etcd and Consul, agent and CLI)."""
 
     label: ClassVar[str] = "dcs"
+    # (field, its _file twin) of the client's secret, given inline or read from a file: resolved
+    # here, before any subclass's own rules look at it.
+    secret: ClassVar[tuple[str, str] | None] = None
     cacert: str | None = None
     cert: str | None = None
     key: str | None = None
@@ -58,6 +61,8 @@ class TlsClientSettings(_Strict):
 
     @model_validator(mode="after")
     def _key_needs_cert(self) -> TlsClientSettings:
+        if self.secret is not None:
+            resolve_secret(self, *self.secret)
         if self.key and not self.cert:
             raise ValueError(f"{self.label}: `key` needs `cert`")
         return self
@@ -74,10 +79,10 @@ class EtcdSettings(TlsClientSettings):
     password: str | None = None
     password_file: str | None = None
     label: ClassVar[str] = "etcd"
+    secret: ClassVar[tuple[str, str] | None] = ("password", "password_file")
 
     @model_validator(mode="after")
     def _check(self) -> EtcdSettings:
-        resolve_secret(self, "password", "password_file")
         for h in self.hosts:
             _check_port(h)
         if self.username and not self.password:
@@ -101,11 +106,7 @@ class ConsulSettings(TlsClientSettings):
     token_file: str | None = None
     dc: str | None = None
     label: ClassVar[str] = "consul"
-
-    @model_validator(mode="after")
-    def _check(self) -> ConsulSettings:
-        resolve_secret(self, "token", "token_file")
-        return self
+    secret: ClassVar[tuple[str, str] | None] = ("token", "token_file")
 
 
 class DcsSettings(_Strict):

@@ -464,17 +464,24 @@ class LabCluster(NodeProcesses[AgentNode]):
     ) -> tuple[int, str]:
         """One request to ``name``'s agent: (status, body text); (0, reason) when unreachable."""
         try:
-            reply = self.api_client(auth).request(method, self.node(name).api_url, path, body, timeout=timeout)
+            with self.near(name):
+                reply = self.api_client(auth).request(method, self.node(name).api_url, path, body, timeout=timeout)
         except AgentUnreachable as exc:
             return 0, str(exc)
         return reply.status, reply.text
 
     def status(self, name: str, timeout: float = 2.0) -> dict[str, Any] | None:
         try:
-            reply = self.api_client().request("GET", self.node(name).api_url, "status", timeout=timeout)
+            with self.near(name):
+                reply = self.api_client().request("GET", self.node(name).api_url, "status", timeout=timeout)
         except AgentUnreachable:
             return None
         return reply.doc if reply.ok and isinstance(reply.doc, dict) else None
+
+    def near(self, name: str) -> contextlib.AbstractContextManager[object]:
+        """Where requests to ``name``'s agent are made from: right here on one host (the netns lab
+        makes them from ``name``'s own host)."""
+        return contextlib.nullcontext()
 
     def health(self, name: str, path: str) -> int | None:
         code, _ = self.api_request(name, "GET", path, auth=None, timeout=2.0)
@@ -505,16 +512,22 @@ class LabCluster(NodeProcesses[AgentNode]):
 
     def upstream_port(self, name: str) -> int | None:
         """Port of the server ``name`` streams from right now (pg_stat_wal_receiver), or None."""
+        sender = self.wal_sender(name)
+        return None if sender is None else sender[1]
+
+    def wal_sender(self, name: str) -> tuple[str, int | None] | None:
+        """(host, port) of the server ``name`` streams from right now (pg_stat_wal_receiver), or
+        None when it is not streaming or cannot be asked."""
         import psycopg
 
         try:
             with psycopg.connect(self.node(name).dsn, autocommit=True, connect_timeout=1) as conn:
-                row = conn.execute("SELECT status, sender_port FROM pg_stat_wal_receiver").fetchone()
+                row = conn.execute("SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver").fetchone()
         except psycopg.Error:
             return None
-        if row is None or row[0] != "streaming" or row[1] is None:
+        if row is None or row[0] != "streaming":
             return None
-        return int(str(row[1]))
+        return str(row[1]), None if row[2] is None else int(str(row[2]))
 
     def streams_from(self, name: str, upstream: str) -> bool:
         ports = {self.node(upstream).pg_port}

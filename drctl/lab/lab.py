@@ -10,9 +10,10 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -56,6 +57,63 @@ from drctl.lab.procs import ProcRecord, Supervisor, pid_alive, record_for_pid, r
 from drctl.lab.tls import LabCA
 from drctl.pg.osuser import make_dir
 from drctl.safefs import write_atomic
+
+
+def cross_site_section(site: str, topology: Path) -> dict[str, Any]:
+    """The agents' ``cross_site`` section in a lab of several sites (cross-site epochs, cold-start
+    confirmation): the lab polls fast."""
+    return {"site": site, "topology": str(topology), "poll_interval": 1.0, "timeout": 1.0}
+
+
+def first_site_record(names: Sequence[str], site: str) -> SiteRecord:
+    """The site record a new DR lab starts with: the first site active, every other one a standby of
+    it (DESIGN.md section 5)."""
+    return SiteRecord("active", 1, None) if site == names[0] else SiteRecord("standby", 1, names[0])
+
+
+C = TypeVar("C", bound=LabCluster)
+
+
+def site_cluster(
+    kind: Callable[..., C],
+    sup: Supervisor,
+    site_dir: Path,
+    site: str,
+    etcd_endpoints: list[str],
+    size: int,
+    pg_user: str,
+    **extra: Any,
+) -> C:
+    """One site's cluster in a lab of either kind: the lab's scope, the site's etcd, ``size`` nodes
+    run by ``pg_user``; ``extra``, what this kind of cluster and this lab need besides."""
+    return kind(sup, site_dir, LAB_SCOPE, etcd_endpoints, size=size, site=site, pg_user=pg_user, **extra)
+
+
+def rebuild_clusters(
+    lab_dir: Path,
+    state: LabState,
+    kind: Callable[..., C],
+    extra: Callable[[LabSite], dict[str, Any]],
+    node: Callable[[dict[str, Any]], AgentNode],
+) -> list[C]:
+    """A lab's clusters rebuilt from its lab.json (to observe or drive them), for either kind of lab:
+    ``extra(site)``, what this kind of cluster needs besides; ``node``, one node from its record."""
+    sup = Supervisor(lab_dir)
+    out = []
+    for site in state.sites:
+        cluster = site_cluster(
+            kind,
+            sup,
+            lab_dir / f"site-{site.name}",
+            site.name,
+            site.etcd_endpoints,
+            len(site.nodes),
+            state.pg_user,
+            **extra(site),
+        )
+        cluster.nodes = [node(n) for n in site.nodes]
+        out.append(cluster)
+    return out
 
 
 class Lab:
@@ -172,27 +230,25 @@ class Lab:
                 # The agents know the other sites (cross-site epochs, cold-start confirmation).
                 own_witness = wan_proxies and witness and dr and sites > 1
                 topo = site_topology_path(self.dir, site) if own_witness else topology_path(self.dir)
-                cross = {"site": site, "topology": str(topo), "poll_interval": 1.0, "timeout": 1.0}
-                cluster = LabCluster(
+                cluster = site_cluster(
+                    LabCluster,
                     sup,
                     site_dir,
-                    LAB_SCOPE,
+                    site,
                     etcd.endpoints,
-                    size=nodes,
-                    site=site,
+                    nodes,
+                    self.pg_user,
                     timings=timings or Timings(),
-                    pg_user=self.pg_user,
                     dynamic=dynamic,
                     backup=backup and site == names[0],
                     tls_ca=self.tls_dir if tls else None,
                     mtls=mtls,
                     etcd_tls=etcd_tls,
                     etcd_auth=ETCD_AUTH if tls else None,
-                    dr=cross if dr and sites > 1 else None,
+                    dr=cross_site_section(site, topo) if dr and sites > 1 else None,
                 ).plan()
                 if dr:
-                    record = SiteRecord("standby", 1, names[0]) if standby else SiteRecord("active", 1, None)
-                    _write_site_record(cluster, record)
+                    _write_site_record(cluster, first_site_record(names, site))
                 entry = EntryPoint(sup, cluster, port=entry_ports[site]).start()
                 clusters.append(cluster)
                 state.sites.append(
@@ -249,28 +305,18 @@ class Lab:
         state = state or LabState.load(self.dir)
         if state is None:
             raise LabError(f"no lab in {self.dir}: start one with `drctl lab up --dir {self.dir}`")
-        sup = Supervisor(self.dir)
-        out = []
-        for site in state.sites:
-            cluster = LabCluster(
-                sup,
-                self.dir / f"site-{site.name}",
-                LAB_SCOPE,
-                site.etcd_endpoints,
-                size=len(site.nodes),
-                site=site.name,
-                pg_user=state.pg_user,
-                tls_ca=self.tls_dir if state.tls else None,
-                mtls=state.mtls,
-                etcd_tls=self.etcd_tls(site.name) if state.tls else None,
-                etcd_auth=ETCD_AUTH if state.tls else None,
-            )
-            cluster.nodes = [
-                AgentNode(n["name"], Path(n["dir"]), int(n["pg_port"]), int(n["api_port"]), state.tls)
-                for n in site.nodes
-            ]
-            out.append(cluster)
-        return out
+        return rebuild_clusters(
+            self.dir,
+            state,
+            LabCluster,
+            lambda site: {
+                "tls_ca": self.tls_dir if state.tls else None,
+                "mtls": state.mtls,
+                "etcd_tls": self.etcd_tls(site.name) if state.tls else None,
+                "etcd_auth": ETCD_AUTH if state.tls else None,
+            },
+            lambda n: AgentNode(n["name"], Path(n["dir"]), int(n["pg_port"]), int(n["api_port"]), state.tls),
+        )
 
     # --- site power loss (for drills) -------------------------------------------------------------
     def _cluster(self, site: str) -> LabCluster:

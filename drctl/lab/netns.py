@@ -13,6 +13,7 @@ Clients (the writer) run in a namespace: a site's client host ``<site>-cli`` or 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
@@ -23,11 +24,18 @@ from typing import Any, cast
 import yaml
 
 from drctl.dcs.base import DCS, ClusterView, SiteRecord
-from drctl.lab.cluster import API_AUTH, LAB_SCOPE, SUPERUSER, AgentNode, LabCluster, Timings
+from drctl.lab.cluster import API_AUTH, SUPERUSER, AgentNode, LabCluster, Timings
 from drctl.lab.entrypoint import EntryPoint
 from drctl.lab.etcd import EtcdCluster, EtcdMember, LabError
 from drctl.lab.fabric import Fabric, Host, fabric_summary, new_prefix
-from drctl.lab.lab import Lab, write_lab_topology
+from drctl.lab.lab import (
+    Lab,
+    cross_site_section,
+    first_site_record,
+    rebuild_clusters,
+    site_cluster,
+    write_lab_topology,
+)
 from drctl.lab.labprocs import power_on
 from drctl.lab.labstate import LabSite, LabState, site_names, topology_path, write_lab_policy
 from drctl.lab.nsutil import in_netns, ip, netns_support, ns_argv, run
@@ -223,32 +231,13 @@ class NetnsCluster(LabCluster):
         with in_netns(self.admin_ns):
             _write_site_record(self, record)
 
-    def api_request(
-        self,
-        name: str,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None = None,
-        auth: tuple[str, str] | None = API_AUTH,
-        timeout: float = 30.0,
-    ) -> tuple[int, str]:
-        with in_netns(self.node(name).ns):
-            return super().api_request(name, method, path, body, auth, timeout)
-
-    def status(self, name: str, timeout: float = 2.0) -> dict[str, Any] | None:
-        with in_netns(self.node(name).ns):
-            return super().status(name, timeout)
+    def near(self, name: str) -> contextlib.AbstractContextManager[object]:
+        return in_netns(self.node(name).ns)
 
     def upstream_host(self, name: str) -> str | None:
         """Address of the server ``name`` streams from right now, or None."""
-        import psycopg
-
-        try:
-            with psycopg.connect(self.node(name).dsn, autocommit=True, connect_timeout=1) as conn:
-                row = conn.execute("SELECT status, sender_host FROM pg_stat_wal_receiver").fetchone()
-        except psycopg.Error:
-            return None
-        return None if row is None or row[0] != "streaming" else str(row[1])
+        sender = self.wal_sender(name)
+        return None if sender is None else sender[0]
 
     def streams_from(self, name: str, upstream: str) -> bool:
         return self.upstream_host(name) == self.node(upstream).host
@@ -485,18 +474,17 @@ class NetnsLab:
                 dyn = dict(dynamic or {})
                 if standby:
                     dyn["standby_cluster"] = {"host": entry[names[0]].addr, "port": entry_port(names[0])}
-                cross = {"site": site, "topology": str(topology_path(self.dir)), "poll_interval": 1.0, "timeout": 1.0}
-                cluster = NetnsCluster(
+                cluster = site_cluster(
+                    NetnsCluster,
                     sup,
                     site_dir,
-                    LAB_SCOPE,
+                    site,
                     etcd.endpoints,
-                    size=nodes,
-                    site=site,
+                    nodes,
+                    self.pg_user,
                     timings=timings or Timings(),
-                    pg_user=self.pg_user,
                     dynamic=dyn,
-                    dr=cross if dr and sites > 1 else None,
+                    dr=cross_site_section(site, topology_path(self.dir)) if dr and sites > 1 else None,
                     fabric=fab,
                     admin_ns=fab.host(f"{site}-adm").ns,
                     etcd_hosts=list(etcd.hosts),
@@ -505,9 +493,7 @@ class NetnsLab:
                     tags={k: v for k, v in (tags or {}).items() if k.startswith(site)},
                 ).plan()
                 if dr:
-                    cluster.write_site_record(
-                        SiteRecord("standby", 1, names[0]) if standby else SiteRecord("active", 1, None)
-                    )
+                    cluster.write_site_record(first_site_record(names, site))
                 NetnsEntryPoint(sup, cluster, port=entry_port(site), host=entry[site]).start()
                 clusters.append(cluster)
                 self.built.append(cluster)
@@ -557,29 +543,19 @@ class NetnsLab:
         if state is None:
             raise LabError(f"no lab in {self.dir}")
         fab = self.load_fabric()
-        sup = Supervisor(self.dir)
-        out = []
-        for site in state.sites:
-            c = NetnsCluster(
-                sup,
-                self.dir / f"site-{site.name}",
-                LAB_SCOPE,
-                site.etcd_endpoints,
-                size=len(site.nodes),
-                site=site.name,
-                pg_user=state.pg_user,
-                fabric=fab,
-                admin_ns=fab.host(f"{site.name}-adm").ns,
-                etcd_hosts=[h.name for h in fab.hosts.values() if h.name.startswith(f"{site.name}-etcd")],
-            )
-            c.nodes = [
-                NetnsNode(
-                    n["name"], Path(n["dir"]), int(n["pg_port"]), API_PORT, False, n["host"], n["ns"], n["sock_root"]
-                )
-                for n in site.nodes
-            ]
-            out.append(c)
-        return out
+        return rebuild_clusters(
+            self.dir,
+            state,
+            NetnsCluster,
+            lambda site: {
+                "fabric": fab,
+                "admin_ns": fab.host(f"{site.name}-adm").ns,
+                "etcd_hosts": [h.name for h in fab.hosts.values() if h.name.startswith(f"{site.name}-etcd")],
+            },
+            lambda n: NetnsNode(
+                n["name"], Path(n["dir"]), int(n["pg_port"]), API_PORT, False, n["host"], n["ns"], n["sock_root"]
+            ),
+        )
 
     # --- whole-site faults (bench.chaos_sites --netns) -------------------------------------------
     def running(self) -> list[ProcRecord]:

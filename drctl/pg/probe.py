@@ -211,8 +211,12 @@ def probe_node(conn: Conn) -> NodeProbe:
 
 
 def _state_from_row(row: dict[str, Any]) -> PgState:
-    system_identifier, server_version = int(row["system_identifier"]), int(row["server_version"])
-    replication = tuple(_replica(r) for r in row["replication"] or ())  # on a standby: cascading ones
+    # What a primary and a standby report alike.
+    common: dict[str, Any] = {
+        "system_identifier": int(row["system_identifier"]),
+        "server_version": int(row["server_version"]),
+        "replication": tuple(_replica(r) for r in row["replication"] or ()),  # on a standby: cascading ones
+    }
     if not row["in_recovery"]:
         return PgState(
             in_recovery=False,
@@ -224,9 +228,7 @@ def _state_from_row(row: dict[str, Any]) -> PgState:
             replayed_lsn=None,
             replay_paused=False,
             wal_receiver=None,
-            system_identifier=system_identifier,
-            server_version=server_version,
-            replication=replication,
+            **common,
         )
     receiver = _receiver(row["receiver"])
     if receiver is not None and receiver.received_tli:
@@ -246,9 +248,7 @@ def _state_from_row(row: dict[str, Any]) -> PgState:
         replayed_lsn=parse_lsn_or_none(row["replayed"]),
         replay_paused=bool(row["paused"]),
         wal_receiver=receiver,
-        system_identifier=system_identifier,
-        server_version=server_version,
-        replication=replication,
+        **common,
     )
 
 

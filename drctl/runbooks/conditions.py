@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,22 +81,15 @@ class Conditions:
         self.topology = policy.topology()
 
     def evaluate(self, cond: Condition) -> Outcome:
-        kind = cond.kind
-        if kind == "sql":
-            assert cond.sql is not None
-            out = self._sql(cond.sql)
-        elif kind == "site":
-            assert cond.site is not None
-            out = self._site(cond.site)
-        elif kind == "cluster":
-            assert cond.cluster is not None
-            out = self._cluster(cond.cluster)
-        elif kind == "lag":
-            assert cond.lag is not None
-            out = self._lag(cond.lag)
-        else:
-            assert cond.command is not None
-            out = self._command(cond.command)
+        # A Condition holds exactly one of its kinds (its validator): the check of that one.
+        checks: dict[str, Callable[[Any], Outcome]] = {
+            "sql": self._sql,
+            "site": self._site,
+            "cluster": self._cluster,
+            "lag": self._lag,
+            "command": self._command,
+        }
+        out = checks[cond.kind](getattr(cond, cond.kind))
         if cond.negate:
             return Outcome(not out.ok, f"not ({out.detail})")
         return out

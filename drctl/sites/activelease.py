@@ -31,25 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from drctl.dcs import etcd_wire as wire
 from drctl.dcs.base import DCSError, SiteRecord
-from drctl.dcs.etcd import (
-    Etcd3,
-    Json,
-    LeaseNotFound,
-    b64,
-    cas_compare,
-    cmp_mod,
-    linearizable_txn,
-    op_delete,
-    op_put,
-    op_range,
-    prefix_range_end,
-    reply_revision,
-    to_int,
-    txn_range_kvs,
-    txn_succeeded,
-    unb64,
-)
+from drctl.dcs.etcd import Etcd3, LeaseNotFound
 from drctl.dcs.factory import DcsSettings, get_dcs
 from drctl.sites.topology import Topology
 from drctl.sites.witness import WITNESS_SCOPE
@@ -115,26 +99,26 @@ def _client(spec: StoreSpec, name: str, timeout: float) -> Etcd3:
     return dcs
 
 
-def _no_lease_compare(dcs: Etcd3, site: str) -> Json:
+def _no_lease_compare(dcs: Etcd3, site: str) -> wire.Json:
     """A compare that holds only while no key exists under ``pgdr-active-lease/<site>/`` (etcd
     compares every key of the range; an empty range compares as create_revision 0)."""
     prefix = dcs.key(LEASE_DIR, site) + "/"
     return {
-        "key": b64(prefix),
-        "range_end": b64(prefix_range_end(prefix)),
+        "key": wire.b64(prefix),
+        "range_end": wire.b64(wire.prefix_range_end(prefix)),
         "target": "CREATE",
         "result": "EQUAL",
         "create_revision": "0",
     }
 
 
-def _site_of(kvs: list[Json]) -> tuple[SiteRecord | None, int]:
+def _site_of(kvs: list[wire.Json]) -> tuple[SiteRecord | None, int]:
     """The store's site record and its mod_revision (0: absent) from a txn's range reply."""
     if not kvs:
         return None, 0
-    rev = to_int(kvs[0].get("mod_revision"))
+    rev = wire.to_int(kvs[0].get("mod_revision"))
     try:
-        return SiteRecord.parse(unb64(kvs[0].get("value")), rev), rev
+        return SiteRecord.parse(wire.unb64(kvs[0].get("value")), rev), rev
     except ValueError:
         return None, rev  # unreadable: nobody is named there; renewals carry on
 
@@ -175,21 +159,27 @@ class LeaseStore:
                 "lsn": lsn,
             }
         )
-        puts = [op_put(dcs.key(LEASE_DIR, site, self.member), doc, lease), op_put(dcs.key(MARKER_DIR, site), doc)]
+        puts = [
+            wire.op_put(dcs.key(LEASE_DIR, site, self.member), doc, lease),
+            wire.op_put(dcs.key(MARKER_DIR, site), doc),
+        ]
         site_key = dcs.key("site")
         for _ in range(3):
             rev = self._site_rev if self._site_rev is not None else 0
             try:
                 reply = dcs.client.call(
-                    "/kv/txn", linearizable_txn([cmp_mod(site_key, rev)], puts, [op_range(site_key)]), deadline, "lease"
+                    "/kv/txn",
+                    wire.linearizable_txn([wire.cmp_mod(site_key, rev)], puts, [wire.op_range(site_key)]),
+                    deadline,
+                    "lease",
                 )
             except LeaseNotFound:
                 self._lease = None  # expired meanwhile: a new one next time
                 raise DCSError(f"lease store {self.spec.name}: the lease expired before it was renewed") from None
-            if txn_succeeded(reply):
+            if wire.txn_succeeded(reply):
                 self._revoke_replaced()
                 return Renewal(sent, float(granted), lease)
-            record, self._site_rev = _site_of(txn_range_kvs(reply))
+            record, self._site_rev = _site_of(wire.txn_range_kvs(reply))
             why = store_fences(self.spec.name, record, site, epoch)
             if why is not None:
                 self._site_rev = None
@@ -202,12 +192,12 @@ class LeaseStore:
         or the TTL asked for changed: the key then moves to the new lease with the next put)."""
         if self._lease is not None and self._asked == ttl:
             doc = dcs.client.call("/lease/keepalive", {"ID": self._lease}, deadline, "lease keepalive")
-            granted = to_int(doc.get("TTL"))
+            granted = wire.to_int(doc.get("TTL"))
             if granted > 0:
                 return self._lease, granted
         old = self._lease if self._asked != ttl else None
         doc = dcs.client.call("/lease/grant", {"TTL": str(ttl)}, deadline, "lease grant")
-        lease, granted = str(to_int(doc.get("ID"))), to_int(doc.get("TTL"))
+        lease, granted = str(wire.to_int(doc.get("ID"))), wire.to_int(doc.get("TTL"))
         if lease == "0" or granted <= 0:
             raise DCSError(f"lease store {self.spec.name}: etcd granted no lease")
         self._lease, self._asked = lease, ttl
@@ -253,19 +243,22 @@ def inspect_store(spec: StoreSpec, site: str, timeout: float = 3.0) -> StoreLeas
         deadline = time.monotonic() + timeout
         prefix = dcs.key(LEASE_DIR, site) + "/"
         doc = dcs.client.call(
-            "/kv/range", {"key": b64(prefix), "range_end": b64(prefix_range_end(prefix))}, deadline, "lease range"
+            "/kv/range",
+            {"key": wire.b64(prefix), "range_end": wire.b64(wire.prefix_range_end(prefix))},
+            deadline,
+            "lease range",
         )
         live: dict[str, float] = {}
         for kv in doc.get("kvs") or []:
-            member = unb64(kv.get("key")).decode("utf-8", "replace")[len(prefix) :]
-            ttl = dcs.client.call("/lease/timetolive", {"ID": str(to_int(kv.get("lease")))}, deadline, "lease ttl")
-            live[member] = float(to_int(ttl.get("TTL"), -1))
-        mdoc = dcs.client.call("/kv/range", {"key": b64(dcs.key(MARKER_DIR, site))}, deadline, "lease marker")
+            member = wire.unb64(kv.get("key")).decode("utf-8", "replace")[len(prefix) :]
+            ttl = dcs.client.call("/lease/timetolive", {"ID": str(wire.to_int(kv.get("lease")))}, deadline, "lease ttl")
+            live[member] = float(wire.to_int(ttl.get("TTL"), -1))
+        mdoc = dcs.client.call("/kv/range", {"key": wire.b64(dcs.key(MARKER_DIR, site))}, deadline, "lease marker")
         kvs = mdoc.get("kvs") or []
         marker: dict[str, Any] | None = None
         if kvs:
             try:
-                parsed = json.loads(unb64(kvs[0].get("value")))
+                parsed = json.loads(wire.unb64(kvs[0].get("value")))
                 marker = parsed if isinstance(parsed, dict) else {}
             except ValueError:
                 marker = {}
@@ -389,11 +382,11 @@ def cas_site_unless_lease_at(
     dcs = _client(spec, "drctl", timeout)
     try:
         key = dcs.key("site")
-        body = linearizable_txn(
-            [cas_compare(key, version), _no_lease_compare(dcs, old_site)], [op_put(key, record.to_json())], []
+        body = wire.linearizable_txn(
+            [wire.cas_compare(key, version), _no_lease_compare(dcs, old_site)], [wire.op_put(key, record.to_json())], []
         )
         reply = dcs.client.call("/kv/txn", body, time.monotonic() + timeout, "set site unless lease")
-        return reply_revision(reply) if txn_succeeded(reply) else None
+        return wire.reply_revision(reply) if wire.txn_succeeded(reply) else None
     finally:
         dcs.close()
 
@@ -420,9 +413,9 @@ def cas_site_at(spec: StoreSpec, record: SiteRecord | None, version: int, timeou
     dcs = _client(spec, "drctl", timeout)
     try:
         key = dcs.key("site")
-        op = op_put(key, record.to_json()) if record is not None else op_delete(key)
-        body = linearizable_txn([cmp_mod(key, version)], [op], [])
-        return txn_succeeded(dcs.client.call("/kv/txn", body, time.monotonic() + timeout, "settle witness claim"))
+        op = wire.op_put(key, record.to_json()) if record is not None else wire.op_delete(key)
+        body = wire.linearizable_txn([wire.cmp_mod(key, version)], [op], [])
+        return wire.txn_succeeded(dcs.client.call("/kv/txn", body, time.monotonic() + timeout, "settle witness claim"))
     finally:
         dcs.close()
 

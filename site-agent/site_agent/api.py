@@ -161,26 +161,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass  # _dispatch logs every request with its duration
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
+    def _handle(self) -> None:
+        # http.server calls do_<command> for the request's method, so self.command is that method.
+        self._dispatch(self.command)
 
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
-
-    def do_OPTIONS(self) -> None:
-        self._dispatch("OPTIONS")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
+    do_GET = do_HEAD = do_OPTIONS = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
     def _dispatch(self, method: str) -> None:
         started = time.monotonic()

@@ -67,6 +67,14 @@ class VipWatch:
         return [(t, h) for t, h in self.samples if len(h) > 1]
 
 
+def rows_lost(cli: str, url: str, writer: NetnsWriter, checker: DualPrimaryChecker) -> set[int]:
+    """After a run of ``writer`` through ``url``: never two writable primaries at once (asserted
+    here), and which of the rows it saw acknowledged ``url`` no longer holds."""
+    violations = checker.violations()
+    assert not violations, f"two writable primaries at once: {violations}"
+    return missing_rows_from(cli, url, writer.acked_ids())
+
+
 def _switchover(c: NetnsCluster, leader: str, candidate: str) -> float:
     at = time.monotonic()
     code, body = c.api_request(leader, "POST", "/switchover", {"leader": leader, "candidate": candidate})
@@ -135,9 +143,7 @@ def test_switchover_and_failover_seen_through_the_virtual_ip(netns_lab: NetnsLab
         writer.stop()
         checker.stop()
         vips.stop()
-    violations = checker.violations()
-    assert not violations, f"two writable primaries at once: {violations}"
-    lost = missing_rows_from(cli, c.vip_url(), writer.acked_ids())
+    lost = rows_lost(cli, c.vip_url(), writer, checker)
     assert lost == set(), f"{len(lost)} acknowledged rows lost through the VIP: {sorted(lost)[:20]}"
     assert c.vip_holders() == [c.leader()], "the VIP must end on the leader, and only there"
     doubled = vips.doubled()
@@ -204,9 +210,7 @@ def test_switchover_and_failover_seen_through_pgbouncer(netns_lab: NetnsLab) -> 
     finally:
         writer.stop()
         checker.stop()
-    violations = checker.violations()
-    assert not violations, f"two writable primaries at once: {violations}"
-    lost = missing_rows_from(cli.ns, c.url(), writer.acked_ids())
+    lost = rows_lost(cli.ns, c.url(), writer, checker)
     assert lost == set(), f"{len(lost)} acknowledged rows lost through PgBouncer: {sorted(lost)[:20]}"
     report |= {"write_errors": writer.errors, "lost": len(lost)}
     print(f"\nnetns PgBouncer ({hap.addr}:6432): {report}")

@@ -16,15 +16,8 @@ from site_agent.actions import (
     WaitForLeader,
 )
 from site_agent.eligibility import failover_blockers, history_diverged
-from site_agent.rules.context import (
-    Ctx,
-    clear_failover,
-    dec,
-    history_action,
-    observed_role,
-    scheduled_in_future,
-    switchover_reason,
-)
+from site_agent.rules import context
+from site_agent.rules.context import Ctx
 from site_agent.state import STANDBY_SOURCE, DataDirState, PgState
 from site_agent.sync import promotion_sync_actions, sync_restricts
 
@@ -33,7 +26,7 @@ def no_leader(ctx: Ctx) -> Decision:
     local, view, cfg = ctx.local, ctx.view, ctx.cfg
     fo = view.failover
     manual = False
-    if fo is not None and fo.candidate and fo.candidate != ctx.me and not scheduled_in_future(ctx):
+    if fo is not None and fo.candidate and fo.candidate != ctx.me and not context.scheduled_in_future(ctx):
         peer = local.peers.get(fo.candidate)
         candidate_alive = view.member(fo.candidate) is not None and (
             peer is None or (peer.reachable and peer.in_recovery is not False and peer.can_failover)
@@ -55,12 +48,12 @@ def no_leader(ctx: Ctx) -> Decision:
         blockers.append("I am the leader being switched away from")
     if blockers:
         return _wait_or_start(ctx, "no leader; not taking the key: " + "; ".join(blockers))
-    kind = switchover_reason(ctx) or ("manual failover" if manual else "automatic failover")
+    kind = context.switchover_reason(ctx) or ("manual failover" if manual else "automatic failover")
     if ctx.standby_mode:
         remote = cfg.standby_cluster
         follow = Follow(None, remote.primary_slot_name if remote else None, remote)
-        return dec(
-            [AcquireLeader(), follow, *clear_failover(ctx)],
+        return context.dec(
+            [AcquireLeader(), follow, *context.clear_failover(ctx)],
             f"no leader: taking the key as standby leader ({kind}); never promoting on a standby cluster",
             "standby_leader",
         )
@@ -69,15 +62,15 @@ def no_leader(ctx: Ctx) -> Decision:
     # The fence runs under the key, never before it: a member that won the key meanwhile (the old
     # leader itself, back from a DCS outage) must not be powered off. The key is confirmed again
     # after the fence (which may outlast the lease) before promoting.
-    return dec(
+    return context.dec(
         [
             AcquireLeader(),
             *fence,
             *([RenewLeader(local.lsn)] if fence else []),
             *before,
             Promote(),
-            history_action(ctx, kind if kind.startswith("switchover") else f"{kind}: no leader"),
-            *clear_failover(ctx),
+            context.history_action(ctx, kind if kind.startswith("switchover") else f"{kind}: no leader"),
+            *context.clear_failover(ctx),
             *after,
         ],
         f"no leader and I am the best eligible member: taking the key, {fence_note}promoting ({kind})",
@@ -110,7 +103,7 @@ def _last_synchronous_leader(ctx: Ctx) -> bool:
 
 def _wait_or_start(ctx: Ctx, reason: str) -> Decision:
     local = ctx.local
-    role = observed_role(local, False, ctx.standby_mode)
+    role = context.observed_role(local, False, ctx.standby_mode)
     startable = local.data_dir is DataDirState.VALID and not local.rewind_failed
     # On a standby site without a standby leader, members stream from the active site meanwhile.
     # A member that is not yet consistent (just rewound or restored) cannot be elected, and with
@@ -122,13 +115,13 @@ def _wait_or_start(ctx: Ctx, reason: str) -> Decision:
         and (ctx.standby_mode or not _history_says_diverged(ctx))
     ):
         if remote is not None:
-            return dec(
+            return context.dec(
                 [StartPostgres("replica", None, None, remote)],
                 reason + "; starting PostgreSQL read-only, streaming from the active site until this site "
                 "has a standby leader",
                 role,
             )
-        return dec(
+        return context.dec(
             [StartPostgres("replica", None, None)],
             reason + "; starting PostgreSQL read-only (no upstream) to take part in the election",
             role,
@@ -140,12 +133,12 @@ def _wait_or_start(ctx: Ctx, reason: str) -> Decision:
         and local.in_recovery is not False
         and local.following != STANDBY_SOURCE
     ):
-        return dec(
+        return context.dec(
             [Follow(None, None, remote)],
             reason + "; streaming from the active site until this site has a standby leader",
             role,
         )
-    return dec([WaitForLeader()], reason, role)
+    return context.dec([WaitForLeader()], reason, role)
 
 
 def _history_says_diverged(ctx: Ctx) -> bool:
