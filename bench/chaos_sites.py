@@ -88,7 +88,8 @@ from bench.sitecheck import sites_settled
 from drctl.lab.cluster import SUPERUSER, LabCluster
 from drctl.lab.lab import Lab, LabError
 from drctl.lab.labstate import topology_path
-from drctl.lab.netns import NetnsCluster, NetnsLab, NetnsNode
+from drctl.lab.netns import NetnsLab
+from drctl.lab.netns_hosts import NetnsCluster, NetnsNode
 from drctl.lab.nsutil import in_netns
 from drctl.lab.procs import Supervisor, release
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from bench.scenarios import WRITE_INTERVAL, WRITE_TIMEOUT, Instruments
 from bench.systems import System
-from drctl.lab.netns import NetnsCluster, NetnsWriter
+from drctl.lab.netns import NetnsWriter
+from drctl.lab.netns_hosts import NetnsCluster
 from drctl.lab.nsutil import in_netns
 
 

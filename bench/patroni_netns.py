@@ -55,17 +55,15 @@ from drctl.lab.cluster import PG_BIN, SUPERUSER, Timings
 from drctl.lab.etcd import LabError
 from drctl.lab.fabric import Fabric, new_prefix
 from drctl.lab.lab import Lab
-from drctl.lab.netns import (
+from drctl.lab.netns import NetnsLab, NetnsWriter, missing_rows_from
+from drctl.lab.netns_hosts import (
     ADMIN_N,
     API_PORT,
     CLIENT_N,
     LAB_NETWORK,
     NODE_N,
     NetnsEtcd,
-    NetnsLab,
     NetnsNode,
-    NetnsWriter,
-    missing_rows_from,
     node_pg_port,
     socket_root,
 )

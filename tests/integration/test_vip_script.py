@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from drctl.lab.netns import VIP_SCRIPT
+from drctl.lab.netns_hosts import VIP_SCRIPT
 from drctl.lab.nsutil import ip, netns_support, ns_argv
 
 WHY = netns_support()

@@ -25,7 +25,8 @@ import pytest
 from drctl.lab.cluster import LabCluster
 from drctl.lab.lab import Lab
 from drctl.lab.labstate import LabState, topology_path
-from drctl.lab.netns import NetnsCluster, NetnsLab, harness_loopback
+from drctl.lab.netns import NetnsLab, harness_loopback
+from drctl.lab.netns_hosts import NetnsCluster
 from drctl.lab.nsutil import in_netns, netns_support
 from drctl.sites.controller import read_sites
 from drctl.sites.topology import load_topology

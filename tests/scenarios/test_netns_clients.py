@@ -24,7 +24,8 @@ import pytest
 
 from drctl.lab.cluster import SUPERUSER, Timings
 from drctl.lab.labstate import topology_path
-from drctl.lab.netns import VIP_PORT, NetnsCluster, NetnsLab, NetnsWriter, missing_rows_from, vip_address
+from drctl.lab.netns import NetnsLab, NetnsWriter, missing_rows_from
+from drctl.lab.netns_hosts import VIP_PORT, NetnsCluster, vip_address
 from drctl.lab.nsutil import ns_argv
 from drctl.lab.procs import Supervisor
 from drctl.lab.workload import DualPrimaryChecker

@@ -17,7 +17,8 @@ import time
 import pytest
 
 from drctl.lab.cluster import Timings
-from drctl.lab.netns import NetnsLab, NetnsWriter, vip_address
+from drctl.lab.netns import NetnsLab, NetnsWriter
+from drctl.lab.netns_hosts import vip_address
 from drctl.lab.workload import DualPrimaryChecker
 from tests.scenarios.test_netns_clients import VipWatch, rows_lost
 from tests.scenarios.test_netns_lab import WHY, _sync_standby, gap_after, wait_until

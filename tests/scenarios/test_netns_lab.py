@@ -20,7 +20,8 @@ import pytest
 
 from drctl.lab.cluster import Timings
 from drctl.lab.labstate import topology_path
-from drctl.lab.netns import NetnsCluster, NetnsLab, NetnsWriter, entry_port, missing_rows_from
+from drctl.lab.netns import NetnsLab, NetnsWriter, missing_rows_from
+from drctl.lab.netns_hosts import NetnsCluster, entry_port
 from drctl.lab.nsutil import in_netns, list_netns, netns_support
 from drctl.lab.procs import spawned
 from drctl.lab.workload import Ack, DualPrimaryChecker

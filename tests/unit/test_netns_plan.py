@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from drctl.cli.main import cli
 from drctl.lab.etcd import LabError
 from drctl.lab.fabric import Fabric, Host, lan_address, new_prefix, site_index
-from drctl.lab.netns import node_pg_port
+from drctl.lab.netns_hosts import node_pg_port
 from drctl.lab.wanrelay import read_config
 
 
