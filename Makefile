@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup demo test test-slow lint unit chaos chaos-netns chaos-sites soak bench bench-setup clean-lab check-install
+.PHONY: setup demo test test-slow test-netns lint unit chaos chaos-netns chaos-sites soak bench bench-setup clean-lab check-install
 
 setup:
 	@bash scripts/setup
@@ -19,6 +19,11 @@ test: setup lint
 # The long scenarios (minutes each) that `make test` leaves out.
 test-slow: setup
 	@$(VENV)/python -m pytest -q tests -p no:cacheprovider -m slow
+
+# The scenario suite on the multi-host lab in network namespaces (docs/netns-lab.md; root). Tests
+# that need loopback-only instruments are skipped, each with its reason (-rs).
+test-netns: setup
+	@PGDR_LAB_MODE=netns $(VENV)/python -m pytest -q -rs tests/scenarios -p no:cacheprovider -m "not slow"
 
 lint:
 	@$(VENV)/ruff check drctl site-agent tests bench
