@@ -40,11 +40,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """A failed lab test's report ends with its agents' last log lines (CI keeps nothing else)."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
-    lab = getattr(item, "funcargs", {}).get("lab_dir")
-    if report.failed and report.when == "call" and isinstance(lab, Path):
-        tails = faillogs.agent_log_tails(lab)
-        if tails:
-            report.sections.append(("agent logs (last lines)", tails))
+    if report.failed and report.when == "call":
+        for lab in faillogs.lab_dirs_of(getattr(item, "funcargs", {})):
+            tails = faillogs.agent_log_tails(lab)
+            if tails:
+                report.sections.append((f"agent logs (last lines) under {lab}", tails))
 
 
 @pytest.fixture(scope="session")

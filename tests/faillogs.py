@@ -3,7 +3,9 @@ test's lab directory, so that a failure seen only in CI can be diagnosed from it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 LINES_PER_LOG = 15
 LINE_WIDTH = 220
@@ -21,3 +23,13 @@ def agent_log_tails(lab_dir: Path, lines: int = LINES_PER_LOG, width: int = LINE
         parts.append(f"--- {log.relative_to(lab_dir)}")
         parts.extend(line[:width] for line in tail)
     return "\n".join(parts)
+
+
+def lab_dirs_of(funcargs: Mapping[str, Any]) -> list[Path]:
+    """Where a test's labs live: its ``lab_dir``, else the ``.lab.dir`` of any fixture value
+    that has one (the module-scoped two-site labs)."""
+    lab = funcargs.get("lab_dir")
+    if isinstance(lab, Path):
+        return [lab]
+    found = (getattr(getattr(v, "lab", None), "dir", None) for v in funcargs.values())
+    return sorted({d for d in found if isinstance(d, Path)})

@@ -1,6 +1,7 @@
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.faillogs import agent_log_tails
+from tests.faillogs import agent_log_tails, lab_dirs_of
 
 
 def test_tails_name_each_agent_log_and_keep_its_last_lines(tmp_path: Path) -> None:
@@ -24,3 +25,19 @@ def test_tails_name_each_agent_log_and_keep_its_last_lines(tmp_path: Path) -> No
 
 def test_no_logs_no_section(tmp_path: Path) -> None:
     assert agent_log_tails(tmp_path) == ""
+
+
+@dataclass
+class _Lab:
+    dir: Path
+
+
+@dataclass
+class _Sites:
+    lab: _Lab
+
+
+def test_lab_dirs_come_from_lab_dir_else_from_a_fixtures_lab(tmp_path: Path) -> None:
+    assert lab_dirs_of({"lab_dir": tmp_path, "lab_sites": _Sites(_Lab(tmp_path / "x"))}) == [tmp_path]
+    assert lab_dirs_of({"lab_sites": _Sites(_Lab(tmp_path / "x")), "n": 3}) == [tmp_path / "x"]
+    assert lab_dirs_of({"n": 3}) == []
