@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             notes = inject(system, fault, target, timings, inst, etcd=etcd, rng=rng)
             fault_at, heal_at = notes.pop("fault_at"), notes.pop("heal_at")
             since = max(heal_at, fault_at + 0.2)
-            wait_until(lambda since=since: acks_resumed(inst.writer, since), args.rejoin_timeout)
+            wait_until(functools.partial(acks_resumed, inst.writer, since), args.rejoin_timeout)
             ok = _settle(system, args.rejoin_timeout, notes, i)
             not_rejoined = [] if ok else system.not_rejoined()
             now = time.monotonic()
