@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from drctl.cli.errors import operator_errors, path_option, register_operator_error
+from drctl.cli.errors import amount_option, operator_errors, path_option, register_operator_error
 from drctl.cli.output import emitted, format_option, table
 from drctl.lab.cluster import SUPERUSER
 from drctl.lab.etcd import LabError
@@ -52,13 +52,7 @@ def lab_group() -> None:
     help="Multi-host lab: every node, etcd member, HAProxy and the witness in a network namespace of its own "
     "(root; faults cut links for real). Without TLS, proxies or pgBackRest.",
 )
-@click.option(
-    "--wan-latency-ms",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0, 10000),
-    help="With --netns: one-way latency between sites, through the lab's WAN relay.",
-)
+@amount_option("--wan-latency-ms", 10000, "With --netns: one-way latency between sites, through the lab's WAN relay.")
 @operator_errors
 def lab_up(
     lab_dir: Path | None,
