@@ -52,12 +52,7 @@ from drctl.lab.labstate import (
 from drctl.lab.netproxy import TcpProxy
 from drctl.lab.ports import free_port
 from drctl.lab.procs import ProcRecord, Supervisor, pid_alive, record_for_pid, release, terminate
-from drctl.lab.sitebuild import (
-    LabLayout,
-    SiteBuilder,
-    first_site_record,
-    rebuild_clusters,
-)
+from drctl.lab.sitebuild import LabLayout, SiteBuilder, first_site_record, rebuild_clusters
 from drctl.lab.tls import LabCA
 from drctl.pg.osuser import make_dir
 from drctl.safefs import write_atomic

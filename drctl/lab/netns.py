@@ -42,12 +42,7 @@ from drctl.lab.netns_hosts import (
 )
 from drctl.lab.nsutil import in_netns, netns_support, run
 from drctl.lab.procs import ProcRecord, Supervisor, release
-from drctl.lab.sitebuild import (
-    LabLayout,
-    SiteBuilder,
-    first_site_record,
-    rebuild_clusters,
-)
+from drctl.lab.sitebuild import LabLayout, SiteBuilder, first_site_record, rebuild_clusters
 from drctl.lab.workload import Writer, missing_rows, multi_host_url
 from drctl.pg.osuser import make_dir
 from drctl.safefs import write_atomic

@@ -1,6 +1,7 @@
 """What both kinds of lab (loopback: drctl.lab.lab, network namespaces: drctl.lab.netns) build
-their sites from: a site's cluster, the clusters of a lab rebuilt from lab.json, the first site
-records and the agents' cross_site section."""
+their sites from: the layout they both take, a site's cluster (and the builder of each site's
+cluster of a new lab), the clusters of a lab rebuilt from lab.json, the first site records and the
+agents' cross_site section."""
 
 from __future__ import annotations
 
