@@ -93,6 +93,7 @@ from drctl.lab.netns import NetnsLab
 from drctl.lab.netns_hosts import NetnsCluster, NetnsNode
 from drctl.lab.nsutil import in_netns
 from drctl.lab.procs import Supervisor, release
+from drctl.lab.sitebuild import LabLayout
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
 from drctl.sites import controller, steps
 from drctl.sites.activelease import inspect_store, lease_stores
@@ -145,14 +146,14 @@ class TwoSiteLab:
         self.lab: Any = lab  # Lab, or NetnsLab (the same whole-site faults: power, WAN cut)
         self.netns = isinstance(lab, NetnsLab)
         if isinstance(lab, NetnsLab):  # cross-site paths (the witness's too) are cut at the router
-            self.state = lab.up(sites=2, nodes=2, witness=witness_fencing)
+            self.state = lab.up(LabLayout(sites=2, nodes=2, witness=witness_fencing))
             if witness_fencing:
                 lab.set_policy(witness_fencing=True, active_lease_ttl_s=LEASE_TTL, active_lease_margin_s=LEASE_MARGIN)
                 if isinstance(lab, OperatorBesideStandby):
                     lab.far_site = self.active
         else:
             # cross-site paths can be cut; with a witness, each site reaches it by its own link
-            self.state = lab.up(sites=2, nodes=2, wan_proxies=True, witness=witness_fencing)
+            self.state = lab.up(LabLayout(sites=2, nodes=2, witness=witness_fencing), wan_proxies=True)
             if witness_fencing:
                 lab.set_policy(witness_fencing=True, active_lease_ttl_s=LEASE_TTL, active_lease_margin_s=LEASE_MARGIN)
         a, b = lab.clusters(self.state)

@@ -146,9 +146,9 @@ def get_dcs(settings: DcsSettings, *, namespace: str, scope: str, name: str, ttl
     if settings.etcd is not None:
         from drctl.dcs.etcd import Etcd3
 
-        return Etcd3(**common, **settings.etcd.model_dump(exclude={"password_file"}))
+        return Etcd3(settings.etcd, **common)
     if settings.consul is not None:
         from drctl.dcs.consul import ConsulDCS
 
-        return ConsulDCS(**common, **settings.consul.model_dump(exclude={"token_file"}))
+        return ConsulDCS(settings.consul, **common)
     raise DCSError("no DCS backend configured")  # unreachable: the model requires one
