@@ -617,7 +617,7 @@ def test_unreachable_dcs_names_the_hosts() -> None:
 
 def test_etcd_member_down_then_quorum_lost(etcd_cluster: EtcdCluster) -> None:
     etcd_cluster.kill_member(0)  # the killed member comes FIRST in the endpoint list
-    etcd_cluster.wait_healthy(15, members=etcd_cluster.members[1:])
+    etcd_cluster.wait_healthy(60, members=etcd_cluster.members[1:])  # a harness bound: generous under load
     hosts = etcd_cluster.endpoints
     scope = _scope()
     a, b = _etcd(hosts, "a", scope), _etcd(hosts, "b", scope)
