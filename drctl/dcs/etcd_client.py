@@ -227,7 +227,8 @@ class EtcdClient:
 
     def call(self, path: str, body: Mapping[str, Any], deadline: float, what: str = "") -> Json:
         tried: list[str] = []
-        last = "no endpoint could be tried"
+        last: str | None = None
+        full = self.request_timeout(float("inf"))
         while True:
             for index in self._order():
                 endpoint = self.endpoints[index]
@@ -239,7 +240,12 @@ class EtcdClient:
                 try:
                     doc = self._call_one(endpoint, path, body, timeout)
                 except _EndpointFailure as exc:
-                    last = str(exc)
+                    # The passes go on until the deadline, so the last attempt is usually one the
+                    # deadline cut short, and on a loaded machine it merely times out: its failure
+                    # must not hide what an attempt given its full time said (a refused
+                    # certificate, a connection refused), which is what the operator must fix.
+                    if last is None or timeout >= full:
+                        last = str(exc)
                     continue
                 except _RequestRejected as exc:
                     raise DCSError(f"etcd refused {what or path}: {exc}", [endpoint]) from None
@@ -250,7 +256,7 @@ class EtcdClient:
             if remaining < 0.02:
                 break
             time.sleep(min(PASS_PAUSE, remaining))
-        raise DCSError(f"etcd {what or path} failed: {last}", tried)
+        raise DCSError(f"etcd {what or path} failed: {last or 'no endpoint could be tried'}", tried)
 
     def watch_outcome(
         self,

@@ -15,7 +15,7 @@ import structlog
 from drctl.agentconfig import AgentConfig, ConfigError, DynamicConfig, parse_dynamic_config
 from drctl.common.members import lag_between, leader_lsn
 from drctl.dcs.base import DCS, ClusterView, DCSError, MemberInfo
-from site_agent.actions import Decision, Promote
+from site_agent.actions import Decision, Promote, StartPostgres
 from site_agent.callbacks import Callbacks
 from site_agent.crosssite import SiteGuard, with_permanent_slots
 from site_agent.decide import decide
@@ -164,7 +164,11 @@ class Agent:
     def _act(
         self, view: ClusterView | None, real_view: ClusterView | None, local: LocalState, decision: Decision
     ) -> bool:
-        if self.keeper is not None and not decision.has(Promote) and not self.mem.am_leader:
+        # A start as a replica disarms too when this node still remembers being the leader (the
+        # DCS unreachable after the keeper killed its primary): an armed keeper past its deadline
+        # kills a postmaster that is still "starting", and the read-only restart never came up.
+        read_only = _starts_read_only(decision)
+        if self.keeper is not None and not decision.has(Promote) and (read_only or not self.mem.am_leader):
             self.keeper.disarm()  # before starting, following, rewinding or rebuilding as a replica
         try:
             done = self.executor.execute(decision, view, self.dynamic, self.mem)
@@ -172,7 +176,7 @@ class Agent:
             self.mem = self.executor.mem  # an unexpected error: keep what the actions before it did
             raise
         self.mem = done.memory
-        self._feed_keeper()
+        self._feed_keeper(read_only)
         if self.site_guard is not None:
             self.site_guard.persist(self.dcs, real_view, self.dynamic)
             self.site_guard.advance_slot_copies(self.node, real_view, decision)
@@ -308,10 +312,10 @@ class Agent:
         TTL of the lease that holds the key (not the configured ttl: see DecideConfig.deadline_for)."""
         return self.decide_config().deadline_for(self.mem.lease_ttl)
 
-    def _feed_keeper(self) -> None:
+    def _feed_keeper(self, read_only: bool = False) -> None:
         if self.keeper is None:
             return
-        if self.mem.am_leader and self.mem.last_renewal is not None:
+        if self.mem.am_leader and self.mem.last_renewal is not None and not read_only:
             self.keeper.feed(self.mem.last_renewal + self.lease_deadline())
         else:
             self.keeper.disarm()
@@ -511,3 +515,10 @@ class Agent:
     def submit(self, request: Request) -> int:
         """Queue a request for the next cycle; returns its ticket (see Inbox)."""
         return self.inbox.put(request)
+
+
+def _starts_read_only(decision: Decision) -> bool:
+    """The decision starts PostgreSQL as a replica (and promotes nothing): nothing for the lease
+    keeper to fence until a later cycle makes it writable."""
+    start = decision.first(StartPostgres)
+    return isinstance(start, StartPostgres) and start.role == "replica" and not decision.has(Promote)

@@ -616,7 +616,7 @@ def test_unreachable_dcs_names_the_hosts() -> None:
 
 def test_etcd_member_down_then_quorum_lost(etcd_cluster: EtcdCluster) -> None:
     etcd_cluster.kill_member(0)  # the killed member comes FIRST in the endpoint list
-    etcd_cluster.wait_healthy(15, members=etcd_cluster.members[1:])
+    etcd_cluster.wait_healthy(60, members=etcd_cluster.members[1:])  # a harness bound: generous under load
     hosts = etcd_cluster.endpoints
     scope = _scope()
     a, b = _etcd(hosts, "a", scope), _etcd(hosts, "b", scope)
@@ -821,8 +821,10 @@ def test_etcd_least_privilege_user_is_confined_to_its_namespace(etcd_secure: Sec
 def test_etcd_wrong_credentials_or_certificates_are_refused(
     etcd_secure: SecureEtcd, override: dict[str, Any], fragment: str
 ) -> None:
-    # retry_timeout leaves a loaded machine time for the TLS handshakes: with 1 s the budget ran out
-    # first and the error was a read timeout instead of the refusal this test is about.
+    # The client retries until its deadline, so its last attempts get only what is left of it and,
+    # on a loaded machine, time out in the TLS handshake. The error must still be the refusal an
+    # attempt given its full time saw (EtcdClient.call keeps that one), which is what this test is
+    # about; retry_timeout leaves each full attempt (4 s / 3 endpoints) time for a slow handshake.
     dcs = get_dcs(
         etcd_secure.settings(**override), namespace=NAMESPACE, scope=_scope(), name="n", ttl=10, retry_timeout=4.0
     )

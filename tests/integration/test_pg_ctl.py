@@ -127,7 +127,7 @@ def test_initdb_configure_start_probe_stop(nodes: Callable[[str], Node]) -> None
     assert state.replication == ()
     assert node.sql("SHOW shared_buffers") == [("32MB",)]
     assert node.sql("SHOW data_checksums") == [("on",)]
-    wait_until(lambda: node.sql("SHOW pgdr.note") == [(note,)], 15.0, "reloaded custom GUC")
+    wait_until(lambda: node.sql("SHOW pgdr.note") == [(note,)], 60.0, "reloaded custom GUC")
     with probe.connect(node.local()) as conn:
         probe.checkpoint(conn)
         assert probe.drop_slot(conn, "nope") is False
@@ -146,13 +146,13 @@ def test_replica_promote_rewind_rejoin(nodes: Callable[[str], Node]) -> None:
     p1.sql("INSERT INTO t SELECT g, 'p1' FROM generate_series(1, 100) g")
     r1 = _replica(nodes, "r1", p1, "r1_slot")
     assert r1.ctl.pm_status() == "ready" and r1.ctl.standby_signal()  # hot standby: read-only
-    wait_until(lambda: r1.sql("SELECT count(*) FROM t") == [(100,)], 15.0, "initial rows on r1")
+    wait_until(lambda: r1.sql("SELECT count(*) FROM t") == [(100,)], 60.0, "initial rows on r1")
 
     def streaming() -> bool:
         reps = probe.probe(p1.local()).replication
         return len(reps) == 1 and reps[0].state == "streaming" and reps[0].application_name == "r1"
 
-    wait_until(streaming, 15.0, "r1 streaming")
+    wait_until(streaming, 60.0, "r1 streaming")
     st = probe.probe(r1.local())
     assert st.in_recovery and st.timeline == 1 and st.timeline_source == "pg_stat_wal_receiver"
     assert st.wal_receiver is not None and st.wal_receiver.status == "streaming"
@@ -185,12 +185,12 @@ def test_replica_promote_rewind_rejoin(nodes: Callable[[str], Node]) -> None:
     assert (p1.ctl.data_dir / "pgdr.conf").read_text() == own_conf  # not r1's port
     p1.ctl.set_recovery(primary_conninfo=r1.tcp(REPL_USER, REPL_PW, application_name="p1"), primary_slot_name="p1_slot")
     p1.ctl.start(timeout=30)
-    wait_until(lambda: p1.sql("SELECT count(*) FROM t WHERE src = 'r1'") == [(10,)], 15.0, "r1 rows on p1")
+    wait_until(lambda: p1.sql("SELECT count(*) FROM t WHERE src = 'r1'") == [(10,)], 60.0, "r1 rows on p1")
     assert p1.sql("SELECT count(*) FROM t WHERE src = 'p1-diverged'") == [(0,)]
     st = probe.probe(p1.local())
     assert st.in_recovery and st.timeline == 2
     r1.sql("INSERT INTO t VALUES (3000, 'r1-after')")
-    wait_until(lambda: p1.sql("SELECT count(*) FROM t WHERE id = 3000") == [(1,)], 15.0, "new row on p1")
+    wait_until(lambda: p1.sql("SELECT count(*) FROM t WHERE id = 3000") == [(1,)], 60.0, "new row on p1")
 
 
 def _one_query_probe_agrees_with_separate_queries(primary: Node, standby: Node) -> None:

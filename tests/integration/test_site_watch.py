@@ -29,6 +29,18 @@ def _dcs(etcd: EtcdCluster, scope: str, name: str = "t") -> Etcd3:
     )
 
 
+class _ArmedEtcd3(Etcd3):
+    """Records the revision each key's watch waits from: when the site watch waits from past the
+    last write, every wake that write causes has been delivered (a fixed sleep only guesses)."""
+
+    armed: dict[str, int]
+
+    def wait_for_change(self, revision: int | None, timeout: float, key: str | None = None) -> bool:
+        if key is not None and revision is not None:
+            self.armed[key] = max(self.armed.get(key, 0), revision)
+        return super().wait_for_change(revision, timeout, key)
+
+
 def _site(dcs: Etcd3, epoch: int) -> None:
     assert dcs.replace_site(SiteRecord("active", epoch, None))
 
@@ -67,7 +79,11 @@ def test_the_site_watch_requests_a_cycle_when_the_site_record_or_config_changes_
         woken.set()
 
     stopping = threading.Event()
-    watch = SiteWatch(_dcs(etcd_site_a, scope, "agent"), wake, stopping, span=0.2).start()
+    agent = _ArmedEtcd3(
+        namespace=NAMESPACE, scope=scope, name="agent", ttl=10, retry_timeout=3, hosts=list(etcd_site_a.endpoints)
+    )
+    agent.armed = {}
+    watch = SiteWatch(agent, wake, stopping, span=0.2).start()
     try:
         # The threads arm themselves in the background: write until one write after that wakes.
         for epoch in range(1, 41):
@@ -75,7 +91,14 @@ def test_the_site_watch_requests_a_cycle_when_the_site_record_or_config_changes_
             if woken.wait(0.5):
                 break
         assert woken.is_set(), "a change of the site record never woke the agent"
-        time.sleep(0.5)
+        # Every write of the loop has woken the agent (a later wake from one of them would be
+        # blamed on the next key): both watches wait from past the last write.
+        last = writer.revision()
+        assert last is not None
+        deadline = time.monotonic() + 60
+        while agent.armed.get("site", -1) < last or "config" not in agent.armed:
+            assert time.monotonic() < deadline, f"the site watch never caught up with revision {last}: {agent.armed}"
+            time.sleep(0.05)
         woken.clear()
         assert writer.initialize("sysid")
         assert not woken.wait(2.5), "a key other than site/config woke the agent"

@@ -179,7 +179,7 @@ def test_switchover_to_named_candidate_and_to_any(steady: Steady) -> None:
     wait_until(lambda: c.health(target, "/primary") == 200, 30, f"/primary answering 200 on {target}")
     assert c.health(old, "/primary") == 503
     wait_until(lambda: c.streams_from(old, target), 60, f"{old} streaming from {target}")
-    wait_until(lambda: c.health(old, "/replica") == 200, 10, f"/replica answering 200 on {old}: {c.status(old)}")
+    wait_until(lambda: c.health(old, "/replica") == 200, 30, f"/replica answering 200 on {old}: {c.status(old)}")
 
     code, body = api(c, target, "POST", "/switchover", {"leader": target})
     assert code == 200, body
@@ -199,17 +199,20 @@ def test_primary_isolated_from_the_dcs_stops_writes_within_ttl(steady: Steady) -
     c.isolate_from_dcs(old)
     ttl = c.timings.ttl
     new, _took = next_leader(c, old, 60, "a replica taking over")
-    wait_until(lambda: new in c.writable_nodes(), 30, f"{new} writable")
-    time.sleep(1)
-    # When did the old primary last answer as writable?
-    last_writable = max((s.at for s in inst.checker.samples[old] if s.writable), default=cut_at)
-    assert last_writable - cut_at <= ttl, f"old primary writable {last_writable - cut_at:.1f}s after the cut"
+    # Harness bounds (a promotion, a PostgreSQL restarted read-only, a rejoin), generous for a loaded
+    # machine; the product's own deadline (writes stop within ttl) is asserted on the checker's
+    # samples below.
+    wait_until(lambda: new in c.writable_nodes(), 60, f"{new} writable")
     # Cut off, the old primary stays up read-only (reads keep working), as a DBA expects.
-    wait_until(lambda: _answers_read_only(c.node(old).dsn), 30, f"{old} answering read-only while cut off")
+    wait_until(lambda: _answers_read_only(c.node(old).dsn), 60, f"{old} answering read-only while cut off")
     c.heal_dcs(old)
-    wait_until(lambda: c.streams_from(old, new), 90, f"{old} rejoining as a replica of {new}")
+    wait_until(lambda: c.streams_from(old, new), 120, f"{old} rejoining as a replica of {new}")
     inst.stop()
     inst.assert_no_dual_primary()
+    # When did the old primary last answer as writable? Every sample the checker took, up to the end
+    # (not those it happened to have taken by a fixed sleep): it must never be writable again.
+    last_writable = max((s.at for s in inst.checker.samples[old] if s.writable), default=cut_at)
+    assert last_writable - cut_at <= ttl, f"old primary writable {last_writable - cut_at:.1f}s after the cut"
     print(f"isolated: old primary read-only {last_writable - cut_at:.1f}s after the cut, {inst.report()}")
 
 

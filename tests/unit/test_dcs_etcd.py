@@ -197,6 +197,29 @@ def test_all_down_raises_dcserror_within_deadline_naming_endpoints() -> None:
     assert "get_cluster" in str(err.value)
 
 
+def test_an_attempt_the_deadline_cut_short_does_not_hide_the_real_refusal() -> None:
+    """The passes go on until the deadline, so the last attempt gets only what is left of it; on a
+    loaded machine that one times out. The error must still say what an attempt given its full
+    time said (here a refused certificate), not that read timeout."""
+    c = StubClient({"http://a": _down, "http://b": _down}, retry_timeout=0.6)
+    full = c.request_timeout(float("inf"))
+
+    def refused_unless_cut_short(path: str, body: Any, timeout: float) -> Any:
+        if timeout < full:
+            raise etcd_mod._EndpointFailure("Read timed out. (read timeout=0.05)")
+        raise etcd_mod._EndpointFailure("SSLError: sslv3 alert bad certificate")
+
+    c.script = {"http://a": refused_unless_cut_short, "http://b": refused_unless_cut_short}
+    with pytest.raises(DCSError) as err:
+        c.call("/kv/range", {}, time.monotonic() + 0.6, "get_cluster")
+    assert len(c.calls) > 2  # it did retry, and the last attempts were cut short
+    assert "bad certificate" in str(err.value) and "timed out" not in str(err.value), err.value
+    # with no attempt given its full time, the only failure seen is the one reported
+    only_short = StubClient({"http://a": refused_unless_cut_short}, retry_timeout=5.0)
+    with pytest.raises(DCSError, match="timed out"):
+        only_short.call("/kv/range", {}, time.monotonic() + 0.3, "get_cluster")
+
+
 def test_lease_not_found_is_an_answer_not_a_failover() -> None:
     def gone(path: str, body: Any, timeout: float) -> Any:
         raise LeaseNotFound("etcdserver: requested lease not found")

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from site_agent.keeper import (
     read_state,
 )
 
-from drctl.procutil import children_of, pid_alive
+from drctl.procutil import children_of, pid_alive, proc_state
 
 # -- pure ---------------------------------------------------------------------------------------
 
@@ -129,6 +129,43 @@ def _wait(cond: object, timeout: float, step: float = 0.02) -> bool:
     return bool(cond())
 
 
+def _sleeps(pid: int) -> int:
+    """How many times ``pid`` went to sleep (its voluntary context switches)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches in /proc/{pid}/status")
+
+
+def wait_keeper_steps(keeper: subprocess.Popen[bytes], steps: int, timeout: float = 60) -> None:
+    """Return once ``keeper`` has run ``steps`` whole loop iterations (read its state file, decided,
+    watched its parent) that began after this call: a fixed sleep is no proof that a loaded machine
+    ran it at all. The keeper sleeps once per iteration and nowhere else: at the first count it may
+    be mid-iteration (one more sleep), then each whole iteration ends with a sleep. Call it once
+    the keeper logged "watching" (its start-up may sleep on I/O)."""
+    start = _sleeps(keeper.pid)
+    done = _wait(lambda: keeper.poll() is not None or _sleeps(keeper.pid) >= start + steps + 1, timeout)
+    assert done and keeper.poll() is None, f"the keeper ran no {steps} loop iterations in {timeout:g}s"
+
+
+def wait_log(tmp_path: Path, text: str, timeout: float = 60) -> None:
+    """Wait until the keeper's log (tmp_path/keeper.log) says ``text``."""
+    log = tmp_path / "keeper.log"
+    assert _wait(lambda: text in log.read_text(), timeout, step=0.05), f"no {text!r} in the log: {log.read_text()}"
+
+
+def alive_until(deadline: float, *checks: Callable[[], bool]) -> None:
+    """Look every 20 ms until ``deadline`` (monotonic): every check made strictly before it must
+    hold. A check is read first, the clock after, so a failure is certain to predate the deadline
+    however late a loaded machine runs this loop."""
+    while True:
+        held = [check() for check in checks]
+        if time.monotonic() >= deadline:
+            return
+        assert all(held), f"before the deadline ({deadline - time.monotonic():.2f}s left): {held}"
+        time.sleep(0.02)
+
+
 def _kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGCONT)
@@ -175,7 +212,7 @@ def start_fake_postgres(tmp_path: Path, procs: list[subprocess.Popen[bytes]], st
         stdin=subprocess.DEVNULL,
     )
     procs.append(proc)
-    assert _wait(lambda: bool(children_of(proc.pid)), 10)
+    assert _wait(lambda: bool(children_of(proc.pid)), 30)
     child = children_of(proc.pid)[0]
     lines = [str(proc.pid), str(data), str(int(time.time())), "5432", "/tmp", "*", "  5432001 0", f"{status:<8}"]
     (data / "postmaster.pid").write_text("\n".join(lines) + "\n")
@@ -211,10 +248,14 @@ KEEPER = [sys.executable, "-m", "site_agent.keeper"]
 
 
 def start_keeper(
-    tmp_path: Path, data: Path, procs: list[subprocess.Popen[bytes]], parent: int | None = None
+    tmp_path: Path,
+    data: Path,
+    procs: list[subprocess.Popen[bytes]],
+    parent: int | None = None,
+    idle_poll: float = 0.5,
 ) -> tuple[subprocess.Popen[bytes], Path]:
     state = tmp_path / "keeper.state"
-    args = [*KEEPER, "--data-dir", str(data), "--state-file", str(state)]
+    args = [*KEEPER, "--data-dir", str(data), "--state-file", str(state), "--idle-poll", str(idle_poll)]
     args += ["--poll", "0.05", "--parent-pid", str(parent if parent is not None else os.getpid())]
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=open(tmp_path / "keeper.log", "wb"))  # noqa: SIM115
     procs.append(proc)
@@ -226,37 +267,49 @@ def test_keeper_kills_postmaster_and_children_when_not_fed(
 ) -> None:
     pg = start_fake_postgres(tmp_path, procs)
     keeper, state = start_keeper(tmp_path, pg.data_dir, procs)
+    wait_log(tmp_path, "watching")
     deadline = time.monotonic() + 1.0
     LeaseKeeperClient(state).feed(deadline)
-    time.sleep(0.5)
-    assert pg.alive(), "killed before its deadline"
-    assert _wait(lambda: not pg.alive() and not pg.child_alive(), 5)
+    alive_until(deadline, pg.alive, pg.child_alive)  # not killed before its deadline
+    assert _wait(lambda: not pg.alive() and not pg.child_alive(), 30)
     assert time.monotonic() >= deadline
     assert keeper.poll() is None  # keeps watching
-    assert "SIGKILLed" in (tmp_path / "keeper.log").read_text()
+    wait_log(tmp_path, "SIGKILLed")
 
 
 def test_keeper_leaves_postgres_alone_while_fed_and_when_disarmed(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     pg = start_fake_postgres(tmp_path, procs)
-    _keeper, state = start_keeper(tmp_path, pg.data_dir, procs)
+    keeper, state = start_keeper(tmp_path, pg.data_dir, procs)
+    wait_log(tmp_path, "watching")
     client = LeaseKeeperClient(state)
-    end = time.monotonic() + 2.0
-    while time.monotonic() < end:
-        client.feed(time.monotonic() + 0.4)
+    # Fed every 0.1 s, each deadline `ahead` seconds on (room for a loaded machine to run this loop
+    # late), until well past the first deadline: a keeper that kept an old deadline fires.
+    ahead = 1.5
+    first = deadline = time.monotonic() + ahead
+    client.feed(deadline)
+    fed_at, worst_gap = time.monotonic(), 0.0
+    while time.monotonic() < first + 1.0:
         time.sleep(0.1)
-        assert pg.alive() and pg.child_alive()
+        assert pg.alive() and pg.child_alive(), f"killed while fed (feeds at most {worst_gap:.2f}s apart)"
+        deadline = time.monotonic() + ahead
+        client.feed(deadline)
+        worst_gap, fed_at = max(worst_gap, time.monotonic() - fed_at), time.monotonic()
     client.disarm()
-    time.sleep(1.0)
+    wait_log(tmp_path, "disarmed")
+    # past the last deadline it was fed, and it has looked again since: still alive
+    assert _wait(lambda: time.monotonic() > deadline, 30)
+    wait_keeper_steps(keeper, 2)
     assert pg.alive() and pg.child_alive()
 
 
 def test_keeper_never_kills_a_hot_standby(tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     pg = start_fake_postgres(tmp_path, procs, status="standby")
-    _keeper, state = start_keeper(tmp_path, pg.data_dir, procs)
+    keeper, state = start_keeper(tmp_path, pg.data_dir, procs)
     LeaseKeeperClient(state).feed(time.monotonic() - 1)  # armed and expired
-    time.sleep(1.0)
+    wait_log(tmp_path, "no writable PostgreSQL to kill")  # it looked, and declined
+    wait_keeper_steps(keeper, 2)  # and declines again at each poll
     assert pg.alive() and pg.child_alive()
 
 
@@ -266,9 +319,10 @@ def test_keeper_ignores_a_stale_postmaster_pid(tmp_path: Path, procs: list[subpr
     other = tmp_path / "other"
     other.mkdir()
     (other / "postmaster.pid").write_text(f"{pg.pid}\n{other}\n")
-    _keeper, state = start_keeper(tmp_path, other, procs)
+    keeper, state = start_keeper(tmp_path, other, procs)
     LeaseKeeperClient(state).feed(time.monotonic() - 1)
-    time.sleep(0.8)
+    wait_log(tmp_path, "no writable PostgreSQL to kill")
+    wait_keeper_steps(keeper, 2)
     assert pg.alive()
 
 
@@ -277,24 +331,38 @@ import sys, time
 from site_agent.keeper import LeaseKeeperClient
 c = LeaseKeeperClient(sys.argv[1])
 while True:
-    c.feed(time.monotonic() + 0.6)
+    c.feed(time.monotonic() + float(sys.argv[2]))
     time.sleep(0.1)
 """
 
 
 def test_keeper_fires_on_time_while_the_feeder_is_stopped(tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     pg = start_fake_postgres(tmp_path, procs)
-    _keeper, state = start_keeper(tmp_path, pg.data_dir, procs)
-    feeder = subprocess.Popen([sys.executable, "-c", FEEDER, str(state)], stdin=subprocess.DEVNULL)
+    keeper, state = start_keeper(tmp_path, pg.data_dir, procs)
+    ahead = 1.0  # each feed's deadline: room for a loaded machine to run the feeder late
+    feeder = subprocess.Popen([sys.executable, "-c", FEEDER, str(state), str(ahead)], stdin=subprocess.DEVNULL)
     procs.append(feeder)
-    assert _wait(state.exists, 10)
-    time.sleep(1.5)
-    assert pg.alive(), "killed while fed"
+    assert _wait(lambda: read_state(state) is not None, 30)
+    first = read_state(state)
+    assert first is not None and first.deadline is not None
+    wait_log(tmp_path, "armed")
+    # Well past the first deadline, and the keeper has looked again since: a keeper that kept an
+    # old deadline would have fired.
+    first_deadline = first.deadline
+    assert _wait(lambda: time.monotonic() > first_deadline + 1.0, 30)
+    wait_keeper_steps(keeper, 2)
+    assert pg.alive() and pg.child_alive(), "killed while fed"
     os.kill(feeder.pid, signal.SIGSTOP)
     stopped_at = time.monotonic()
-    assert _wait(lambda: not pg.alive() and not pg.child_alive(), 5)
-    took = time.monotonic() - stopped_at
-    assert 0.4 <= took <= 0.6 + 1.5, took  # last deadline <= stop + 0.6; fired within the poll slack
+    assert _wait(lambda: proc_state(feeder.pid) == "T", 30)  # stopped for sure: no rename after this
+    last = read_state(state)
+    assert last is not None and last.deadline is not None
+    deadline = last.deadline
+    assert deadline <= stopped_at + ahead
+    alive_until(deadline, pg.alive, pg.child_alive)  # not killed before the last deadline fed
+    assert _wait(lambda: not pg.alive() and not pg.child_alive(), 30)
+    late = time.monotonic() - deadline
+    assert late <= 1.5, f"fired {late:.2f}s after the deadline"  # within the poll slack
     assert feeder.poll() is None  # the feeder is merely stopped
 
 
@@ -315,12 +383,14 @@ def test_keeper_survives_a_stopped_parent_and_exits_when_it_is_gone(
 ) -> None:
     pg, parent, keeper, state = keeper_of_a_stand_in_agent(tmp_path, procs)
     LeaseKeeperClient(state).disarm()
+    wait_log(tmp_path, "watching")
     os.kill(parent.pid, signal.SIGSTOP)
-    time.sleep(0.8)
+    assert _wait(lambda: proc_state(parent.pid) == "T", 30)
+    wait_keeper_steps(keeper, 2)  # it has looked at its stopped parent since
     assert keeper.poll() is None, "a stopped agent is not a dead one"
     _kill(parent.pid)
-    parent.wait(timeout=10)
-    assert keeper.wait(timeout=5) == 0
+    parent.wait(timeout=30)
+    assert keeper.wait(timeout=30) == 0
     assert pg.alive()
 
 
@@ -328,16 +398,20 @@ def test_keeper_of_a_dead_armed_agent_enforces_the_deadline_then_exits(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     pg, parent, keeper, state = keeper_of_a_stand_in_agent(tmp_path, procs)
-    deadline = time.monotonic() + 1.0
+    wait_log(tmp_path, "watching")
+    deadline = time.monotonic() + 2.0
     LeaseKeeperClient(state).feed(deadline)
-    time.sleep(0.2)
+    wait_log(tmp_path, "armed")
     _kill(parent.pid)
-    parent.wait(timeout=10)
-    time.sleep(0.3)
-    assert keeper.poll() is None and pg.alive()
-    assert keeper.wait(timeout=5) == 0
+    parent.wait(timeout=30)
+    # The agent is gone but its lease may still be held: until the deadline the keeper stays and
+    # leaves PostgreSQL alone.
+    alive_until(deadline, lambda: keeper.poll() is None, pg.alive)
+    assert keeper.wait(timeout=30) == 0
     assert time.monotonic() >= deadline
-    assert not pg.alive() and not pg.child_alive()
+    # SIGKILLed before it exited: gone as soon as a loaded machine ran them to their end (a killed
+    # process exits when next scheduled, not inside kill()); sleeps of 300 s do not end otherwise.
+    assert _wait(lambda: not pg.alive() and not pg.child_alive(), 30)
 
 
 def test_keeper_sleeps_until_the_deadline_and_polls_once_it_passed(tmp_path: Path) -> None:
@@ -362,7 +436,7 @@ def test_keeper_keeps_its_state_through_garbage_and_obeys_what_parses(
     change nothing (an armed keeper stays armed), an older seq is ignored, a state from another
     boot counts as disarmed, and keys it does not read (nested values, escapes) are skipped."""
     pg = start_fake_postgres(tmp_path, procs)
-    _keeper, state = start_keeper(tmp_path, pg.data_dir, procs)
+    keeper, state = start_keeper(tmp_path, pg.data_dir, procs, idle_poll=0.1)  # reads each file sooner
     boot = (Path("/proc/sys/kernel/random/boot_id").read_text()).strip()
     far = time.monotonic() + 3600
     _write_state(state, KeeperState(100, True, far, boot).to_json())
@@ -384,7 +458,7 @@ def test_keeper_keeps_its_state_through_garbage_and_obeys_what_parses(
         f'{{"seq": {seq + 7}, "armed": true, "deadline": {expired}, "boot_id": 42}}',  # not a string: not ours
     ):
         _write_state(state, garbage)
-        time.sleep(0.7)
+        wait_keeper_steps(keeper, 1)  # it has read this file
         assert pg.alive() and pg.child_alive(), f"fired on {garbage[:80]!r}"
     # A state with keys the keeper does not read (nested, escaped) still arms it: it fires.
     odd = (
@@ -392,7 +466,7 @@ def test_keeper_keeps_its_state_through_garbage_and_obeys_what_parses(
         f' "armed": true, "deadline": {expired}, "boot_id": "{boot}", "extra": [true, false]}}'
     )
     _write_state(state, odd)
-    assert _wait(lambda: not pg.alive() and not pg.child_alive(), 5), "an armed, expired state was not obeyed"
+    assert _wait(lambda: not pg.alive() and not pg.child_alive(), 30), "an armed, expired state was not obeyed"
 
 
 def test_keeper_pid_file_is_written_and_removed_on_sigterm(
@@ -404,12 +478,12 @@ def test_keeper_pid_file_is_written_and_removed_on_sigterm(
     args = [*KEEPER, "--data-dir", str(data), "--state-file", str(tmp_path / "s"), "--pid-file", str(pid_file)]
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(proc)
-    assert _wait(pid_file.exists, 10)
+    assert _wait(pid_file.exists, 30)
     assert pid_file.read_text() == f"{proc.pid}\n"
     assert oct(pid_file.stat().st_mode & 0o777) == "0o644"
     assert os.getsid(proc.pid) == proc.pid  # its own session: signals to the agent's group miss it
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=5) == 0
+    assert proc.wait(timeout=30) == 0
     assert not pid_file.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
@@ -473,11 +547,11 @@ def test_a_started_compiled_keeper_is_found_and_stopped_as_a_keeper(
     keeper.start()
     try:
         assert keeper.proc is not None
-        assert _wait(keeper.pid_file.exists, 10)
+        assert _wait(keeper.pid_file.exists, 30)
         cmdline = Path(f"/proc/{keeper.proc.pid}/cmdline").read_bytes()
         assert cmdline.startswith(b"site_agent.keeper\0--data-dir")
         assert Path(f"/proc/{keeper.proc.pid}/exe").resolve() == Path(compiled_keeper).resolve()
         stop_stray_keepers(tmp_path)
-        assert keeper.proc.wait(timeout=10) == 0
+        assert keeper.proc.wait(timeout=30) == 0
     finally:
         keeper.stop()

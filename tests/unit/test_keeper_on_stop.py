@@ -15,7 +15,7 @@ import pytest
 from site_agent.keeper import LeaseKeeperClient
 
 from drctl.procutil import pid_alive
-from tests.unit.test_keeper import _wait, start_fake_postgres, tracked_procs
+from tests.unit.test_keeper import _wait, alive_until, start_fake_postgres, tracked_procs, wait_keeper_steps, wait_log
 
 KEEPER = [sys.executable, "-m", "site_agent.keeper"]
 
@@ -30,14 +30,14 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def start_keeper_with(
     tmp_path: Path, data: Path, procs: list[subprocess.Popen[bytes]], on_stop: list[str], timeout: float = 10.0
-) -> Path:
+) -> tuple[subprocess.Popen[bytes], Path]:
     state = tmp_path / "keeper.state"
     args = [sys.executable, "-m", "site_agent.keeper", "--data-dir", str(data), "--state-file", str(state)]
     args += ["--poll", "0.05", "--on-stop", json.dumps(on_stop), "--callback-timeout", str(timeout)]
     args += ["--scope", "sales"]
     log = open(tmp_path / "keeper.log", "wb")  # noqa: SIM115
     procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=log))
-    return state
+    return procs[-1], state
 
 
 def test_keeper_runs_on_stop_with_patronis_arguments_after_killing_a_primary(
@@ -46,24 +46,25 @@ def test_keeper_runs_on_stop_with_patronis_arguments_after_killing_a_primary(
     pg = start_fake_postgres(tmp_path, procs)
     out = tmp_path / "called"
     script = ["sh", "-c", f'printf "%s " "$@" >> {out}; echo >> {out}', "vip"]
-    state = start_keeper_with(tmp_path, pg.data_dir, procs, script)
-    LeaseKeeperClient(state).feed(time.monotonic() + 0.5)
-    time.sleep(0.3)
-    assert not out.exists(), "the callback ran before the deadline"
-    assert _wait(lambda: not pg.alive(), 5)
-    assert _wait(out.exists, 5), (tmp_path / "keeper.log").read_text()
-    time.sleep(0.5)  # nothing left to kill: no second call
+    keeper, state = start_keeper_with(tmp_path, pg.data_dir, procs, script)
+    wait_log(tmp_path, "watching")
+    deadline = time.monotonic() + 1.0
+    LeaseKeeperClient(state).feed(deadline)
+    alive_until(deadline, lambda: not out.exists())  # the callback does not run before the deadline
+    assert _wait(lambda: not pg.alive(), 30)
+    assert _wait(out.exists, 30), (tmp_path / "keeper.log").read_text()
+    wait_log(tmp_path, "on_stop callback done, exit status 0")
+    wait_keeper_steps(keeper, 3)  # still past the deadline, nothing left to kill: no second call
     assert out.read_text().splitlines() == ["on_stop primary sales "]
-    log = (tmp_path / "keeper.log").read_text()
-    assert "on_stop callback done, exit status 0" in log, log
 
 
 def test_keeper_runs_no_callback_when_it_killed_nothing(tmp_path: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     pg = start_fake_postgres(tmp_path, procs, status="standby")  # a hot standby is never killed
     out = tmp_path / "called"
-    state = start_keeper_with(tmp_path, pg.data_dir, procs, ["sh", "-c", f"touch {out}"])
+    keeper, state = start_keeper_with(tmp_path, pg.data_dir, procs, ["sh", "-c", f"touch {out}"])
     LeaseKeeperClient(state).feed(time.monotonic() + 0.2)
-    time.sleep(1.5)
+    wait_log(tmp_path, "no writable PostgreSQL to kill")  # it looked, and declined
+    wait_keeper_steps(keeper, 3)
     assert pg.alive() and not out.exists()
 
 
@@ -73,14 +74,13 @@ def test_a_hanging_callback_is_killed_with_its_group_at_its_timeout(
     pg = start_fake_postgres(tmp_path, procs)
     child = tmp_path / "child.pid"
     script = ["sh", "-c", f"sleep 300 & echo $! > {child}; sleep 300"]
-    state = start_keeper_with(tmp_path, pg.data_dir, procs, script, timeout=1.0)
+    _keeper, state = start_keeper_with(tmp_path, pg.data_dir, procs, script, timeout=1.0)
     LeaseKeeperClient(state).feed(time.monotonic() + 0.2)
-    assert _wait(lambda: child.exists() and child.read_text().strip() != "", 5)
+    assert _wait(lambda: child.exists() and child.read_text().strip() != "", 30)
     pid = int(child.read_text())
     assert pid_alive(pid)
-    assert _wait(lambda: not pid_alive(pid), 5), "the callback's child outlived its timeout"
-    killed = "on_stop callback killed after its timeout (1s)"
-    assert _wait(lambda: killed in (tmp_path / "keeper.log").read_text(), 5), (tmp_path / "keeper.log").read_text()
+    assert _wait(lambda: not pid_alive(pid), 30), "the callback's child outlived its timeout"  # it sleeps 300 s
+    wait_log(tmp_path, "on_stop callback killed after its timeout (1s)", 30)
 
 
 def test_a_malformed_on_stop_is_a_usage_error(tmp_path: Path) -> None:

@@ -13,12 +13,16 @@ from site_agent.pmwatch import PostmasterWatch
 def test_fires_when_the_watched_process_exits() -> None:
     fired = threading.Event()
     watch = PostmasterWatch(fired.set)
-    proc = subprocess.Popen(["sleep", "0.3"])
+    # The test ends the process itself: one that exits on its own timer may be gone before a loaded
+    # machine ran the negative check below.
+    proc = subprocess.Popen(["sleep", "300"])
     try:
         watch.track(proc.pid)
-        assert not fired.wait(0.1)
-        assert fired.wait(5.0)
+        assert not fired.wait(0.1)  # alive: no call
+        proc.kill()
+        assert fired.wait(30.0)
     finally:
+        proc.kill()
         proc.wait()
         watch.stop()
 
@@ -26,17 +30,18 @@ def test_fires_when_the_watched_process_exits() -> None:
 def test_moving_the_watch_forgets_the_old_process() -> None:
     calls: list[float] = []
     watch = PostmasterWatch(lambda: calls.append(time.monotonic()))
-    first = subprocess.Popen(["sleep", "0.2"])
-    second = subprocess.Popen(["sleep", "30"])
+    first = subprocess.Popen(["sleep", "300"])  # ended by the test once the watch moved, not by a timer
+    second = subprocess.Popen(["sleep", "300"])
     try:
         watch.track(first.pid)
         watch.track(second.pid)
+        first.kill()
         first.wait()
         time.sleep(0.3)
         assert calls == []
         second.kill()
         second.wait()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while not calls and time.monotonic() < deadline:
             time.sleep(0.02)
         assert len(calls) == 1
@@ -44,8 +49,9 @@ def test_moving_the_watch_forgets_the_old_process() -> None:
         time.sleep(0.1)
         assert len(calls) == 1
     finally:
-        second.kill()
-        second.wait()
+        for p in (first, second):
+            p.kill()
+            p.wait()
         watch.stop()
 
 
