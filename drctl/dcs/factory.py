@@ -24,13 +24,14 @@ Unknown keys are refused (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drctl.common.hostport import format_host_port
 from drctl.dcs.base import DCS, DCSError
+from drctl.dcs.connect import connect
 from drctl.safefs import resolve_secret
 
 
@@ -136,19 +137,12 @@ class DcsSettings(_Strict):
 def get_dcs(settings: DcsSettings, *, namespace: str, scope: str, name: str, ttl: int, retry_timeout: float) -> DCS:
     """The DCS object for one member. Nothing is contacted yet: the first call does, and when the
     DCS is unreachable it raises :class:`DCSError` naming the hosts it tried."""
-    common: dict[str, Any] = {
-        "namespace": namespace,
-        "scope": scope,
-        "name": name,
-        "ttl": ttl,
-        "retry_timeout": retry_timeout,
-    }
     if settings.etcd is not None:
-        from drctl.dcs.etcd import Etcd3
-
-        return Etcd3(**common, **settings.etcd.model_dump(exclude={"password_file"}))
-    if settings.consul is not None:
-        from drctl.dcs.consul import ConsulDCS
-
-        return ConsulDCS(**common, **settings.consul.model_dump(exclude={"token_file"}))
-    raise DCSError("no DCS backend configured")  # unreachable: the model requires one
+        fields = settings.etcd.model_dump(exclude={"password_file"})
+    elif settings.consul is not None:
+        fields = settings.consul.model_dump(exclude={"token_file"})
+    else:  # unreachable: the model requires one
+        raise DCSError("no DCS backend configured")
+    return connect(
+        settings.backend, fields, namespace=namespace, scope=scope, name=name, ttl=ttl, retry_timeout=retry_timeout
+    )
