@@ -35,6 +35,8 @@ class Section:
         object.__setattr__(self, "_fields", dict(fields))
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # no field starts with one; and no recursion on a half-built record
+            raise AttributeError(name)
         try:
             return self._fields[name]
         except KeyError:
