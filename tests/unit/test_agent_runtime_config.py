@@ -201,6 +201,8 @@ def test_the_written_form_is_checked_in_process_with_the_models_answer(data: dic
     got = DynamicParser(child=_no_child)(data)
     want = parse_dynamic_config(data)
     assert got == want
+    assert got == from_tagged(to_tagged(want))  # record to record, as the agent compares them each cycle
+    assert isinstance(got, Section) and got.postgresql == from_tagged(to_tagged(want.postgresql))
     assert got.model_dump(exclude_none=True) == want.model_dump(mode="json", exclude_none=True)
 
 
