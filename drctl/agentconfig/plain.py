@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from drctl.agentconfig import behaviour as bh
+from drctl.dcs.connect import DcsSettingsBehaviour
+from drctl.sites.topobase import SiteSpecBehaviour, TopologyBehaviour
 
 TAG = "$model"
 
@@ -110,6 +112,11 @@ _CLASSES: dict[str, type[Section]] = {
     "PgBackRestSection": _record("PgBackRestSection", bh.PgBackRestBehaviour),
     "CallbacksConfig": _record("CallbacksConfig", bh.CallbacksBehaviour),
     "PostgresqlConfig": _record("PostgresqlConfig", bh.PostgresqlBehaviour),
+    # the cross-site topology (drctl.sites.topology) of an agent with `dr:`
+    "Topology": _record("Topology", TopologyBehaviour),
+    "SiteSpec": _record("SiteSpec", SiteSpecBehaviour),
+    "DcsSettings": _record("DcsSettings", DcsSettingsBehaviour),
+    "EtcdSettings": _record("EtcdSettings", bh.EtcdBehaviour),
 }
 
 

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 from drctl.agentconfig.plain import ConfigError, from_tagged, record
 
 if TYPE_CHECKING:
-    from drctl.agentconfig import AgentConfig, DynamicConfig
+    from drctl.agentconfig import AgentConfig, DynamicConfig, StandbyClusterConfig
+    from drctl.sites.topology import Topology
 
 DYNAMIC_SOURCE = "DCS key `config`"
 CHECK_TIMEOUT_S = 60.0
@@ -56,6 +57,19 @@ def load_agent_config(path: str) -> AgentConfig:
     :class:`ConfigError` worded exactly as ``site-agent --validate-config`` words it."""
     cfg: AgentConfig = _child("agent", path)
     return cfg
+
+
+def load_topology_records(path: str) -> Topology:
+    """``drctl.sites.topology.load_topology`` of ``path``, as records (an agent with ``dr:``
+    reads it at start and again when the file changes). Every problem, the check's own failure
+    included, is one :class:`TopologyError` worded as ``load_topology`` words it."""
+    from drctl.sites.topobase import TopologyError
+
+    try:
+        topology: Topology = _child("topology", path)
+    except ConfigError as exc:
+        raise TopologyError(str(exc)) from None
+    return topology
 
 
 # --- the dynamic configuration: the models' fields, defaults and bounds ------------------------
@@ -227,3 +241,12 @@ class DynamicParser:
 
 
 parse_dynamic = DynamicParser()
+_standby_parser = DynamicParser()  # its own kept answer: the cycle's document stays in parse_dynamic's
+
+
+def parse_standby(section: Mapping[str, Any]) -> StandbyClusterConfig:
+    """``StandbyClusterConfig.model_validate(section)`` (the section a fenced site follows, built
+    from the topology): a :class:`ConfigError` naming ``standby_cluster.<field>`` when invalid."""
+    out = _standby_parser({"standby_cluster": dict(section)}, "standby_cluster").standby_cluster
+    assert out is not None  # given a mapping, never None
+    return out

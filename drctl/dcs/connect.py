@@ -5,8 +5,9 @@ with this (its configuration is plain records, see drctl.agentconfig.plain); drc
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from drctl.common.hostport import format_host_port
 from drctl.dcs.base import DCS, DCSError
 
 
@@ -32,3 +33,36 @@ def connect(
 
         return ConsulDCS(**common, **fields)
     raise DCSError(f"no DCS backend {backend!r}")
+
+
+class DcsSettingsBehaviour:
+    """What drctl.dcs.factory.DcsSettings computes from its fields, for the model and for its
+    plain record (drctl.agentconfig.plain: the agent's cross-site topology)."""
+
+    if TYPE_CHECKING:
+        etcd: Any
+        consul: Any
+
+    @property
+    def backend(self) -> str:
+        return "etcd" if self.etcd is not None else "consul"
+
+    @property
+    def hosts(self) -> list[str]:
+        if self.etcd is not None:
+            return list(self.etcd.hosts)
+        assert self.consul is not None
+        return [f"{self.consul.scheme}://{format_host_port(self.consul.host, self.consul.port)}"]
+
+
+def connect_settings(settings: Any, *, namespace: str, scope: str, name: str, ttl: int, retry_timeout: float) -> DCS:
+    """:func:`connect` from a DcsSettings model or its plain record."""
+    if settings.etcd is not None:
+        fields = settings.etcd.model_dump(exclude={"password_file"})
+    elif settings.consul is not None:
+        fields = settings.consul.model_dump(exclude={"token_file"})
+    else:  # unreachable: the model requires one
+        raise DCSError("no DCS backend configured")
+    return connect(
+        settings.backend, fields, namespace=namespace, scope=scope, name=name, ttl=ttl, retry_timeout=retry_timeout
+    )

@@ -141,8 +141,8 @@ def _build_agent(cfg: AgentConfig, dcs: DCS, node: Node, view: ClusterView, sour
     if refusal is not None:
         raise _Refused(f"{source}: name: {refusal}")
     if cfg.dr is not None:
-        # Only with `dr:`: the cross-site code and the topology's models (pydantic) load here.
-        from drctl.sites.topology import TopologyError
+        # Only with `dr:`: the cross-site code loads here (its topology as records, no pydantic).
+        from drctl.sites.topobase import TopologyError
         from site_agent.crosssite import SiteGuard
 
         try:

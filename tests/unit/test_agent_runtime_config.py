@@ -26,9 +26,19 @@ from drctl.agentconfig import (
 )
 from drctl.agentconfig.behaviour import backend_fields
 from drctl.agentconfig.plain import Section, from_tagged, to_tagged
-from drctl.agentconfig.runtime import CheckFailed, DynamicParser, default_dynamic, load_agent_config
+from drctl.agentconfig.runtime import (
+    CheckFailed,
+    DynamicParser,
+    default_dynamic,
+    load_agent_config,
+    load_topology_records,
+    parse_standby,
+)
+from drctl.dcs.connect import connect_settings
+from drctl.dcs.factory import get_dcs
+from drctl.sites.topology import TopologyError, load_topology, standby_cluster_section
 from tests.builders import agent_yaml
-from tests.unit.test_agent_config import BAD_CONFIGS, EXAMPLE
+from tests.unit.test_agent_config import BAD_CONFIGS, EXAMPLE, ROOT
 
 FULL = agent_yaml(
     rest="  authentication: {username: admin, password: secret}\n"
@@ -282,3 +292,81 @@ def test_an_agent_start_loads_no_pydantic(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["ConfigError", ""]
+
+
+# --- the cross-site topology of an agent with `dr:` --------------------------------------------
+
+TOPOLOGIES = [ROOT / "policies" / "topology.example.yaml", ROOT / "policies" / "pgdr.example.yaml"]
+
+
+@pytest.mark.parametrize("path", TOPOLOGIES, ids=lambda p: p.name)
+def test_the_topology_records_answer_as_the_models(path: Path) -> None:
+    model = load_topology(path)
+    plain = load_topology_records(str(path))
+    assert isinstance(plain, Section) and plain == model
+    assert plain.model_dump() == model.model_dump(mode="json")
+    assert plain.source == model.source == str(path)
+    for name in model.sites:
+        assert plain.others(name) == model.others(name)
+        got, want = plain.site(name), model.site(name)
+        assert got.entry_host_port == want.entry_host_port
+        assert got.rest_auth() == want.rest_auth()
+        assert (got.dcs.backend, got.dcs.hosts) == (want.dcs.backend, want.dcs.hosts)
+        assert standby_cluster_section(got, None, {"restore_command": "x"}) == standby_cluster_section(
+            want, None, {"restore_command": "x"}
+        )
+        dcs = connect_settings(got.dcs, namespace="/service", scope="s", name="n", ttl=30, retry_timeout=1.0)
+        assert (
+            type(dcs).__name__
+            == type(get_dcs(want.dcs, namespace="/service", scope="s", name="n", ttl=30, retry_timeout=1.0)).__name__
+        )
+    with pytest.raises(TopologyError) as rec:
+        plain.site("nope")
+    with pytest.raises(TopologyError) as mod:
+        model.site("nope")
+    assert str(rec.value) == str(mod.value)
+    assert plain.policy.witness_fencing == model.policy.witness_fencing
+
+
+def test_a_bad_topology_is_worded_as_in_process(tmp_path: Path) -> None:
+    bad = tmp_path / "topology.yaml"
+    for text in ("sites: {a: {scope: x}}\n", "- a\n", "sites:\n  a: [\n"):
+        bad.write_text(text)
+        with pytest.raises(TopologyError) as in_process:
+            load_topology(bad)
+        with pytest.raises(TopologyError) as child:
+            load_topology_records(str(bad))
+        assert str(child.value) == str(in_process.value)
+    with pytest.raises(TopologyError, match="cannot read"):
+        load_topology_records(str(tmp_path / "nope.yaml"))
+
+
+def test_the_standby_section_is_checked_as_the_model_checks_it() -> None:
+    for section in ({"host": "h", "port": 5433, "primary_slot_name": "s"}, {"host": "h", "port": "5433"}):
+        assert parse_standby(section) == StandbyClusterConfig.model_validate(section)
+    with pytest.raises(ConfigError, match=r"standby_cluster\.port"):
+        parse_standby({"host": "h", "port": 0})
+
+
+_DR_PROBE = """
+import sys
+sys.modules.setdefault("rich", None)
+import site_agent.daemon
+from drctl.agentconfig.runtime import load_agent_config
+from site_agent.crosssite import SiteGuard
+cfg = load_agent_config(sys.argv[1])
+guard = SiteGuard.from_config(cfg.dr, cfg.name)
+guard.monitor._dcs(guard.topology.others(guard.site)[0])
+print(" ".join(m for m in ("pydantic", "drctl.sites.topology", "drctl.dcs.factory") if m in sys.modules))
+"""
+
+
+def test_an_agent_with_dr_loads_no_pydantic(tmp_path: Path) -> None:
+    topology = ROOT / "policies" / "topology.example.yaml"
+    site = next(iter(load_topology(topology).sites))
+    path = write(tmp_path, FULL + f"dr:\n  site: {site}\n  topology: {topology}\n")
+    out = subprocess.run(
+        [sys.executable, "-c", _DR_PROBE, str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
