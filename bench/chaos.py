@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
@@ -56,6 +57,7 @@ from drctl.lab.etcd import EtcdCluster
 from drctl.lab.netns import NetnsLab
 from drctl.lab.nsutil import in_netns, list_netns
 from drctl.lab.procs import Supervisor
+from drctl.lab.sitebuild import LabLayout
 from drctl.lab.workload import missing_rows
 
 
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if netns_lab is not None:
             # One site: 3 etcd members and 3 nodes on hosts of their own, the writer on the site's
             # client host; the dual-primary checker reads every node through its Unix socket.
-            netns_lab.up(sites=1, nodes=3, timings=timings, dr=False, dynamic=dynamic, fencing=args.fencing)
+            netns_lab.up(LabLayout(sites=1, nodes=3, timings=timings, dr=False), dynamic=dynamic, fencing=args.fencing)
             etcd = netns_lab.etcds["a"]
             fab = netns_lab.load_fabric()
             client_ns = fab.host("a-cli").ns
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             notes = inject(system, fault, target, timings, inst, etcd=etcd, rng=rng)
             fault_at, heal_at = notes.pop("fault_at"), notes.pop("heal_at")
             since = max(heal_at, fault_at + 0.2)
-            wait_until(lambda since=since: acks_resumed(inst.writer, since), args.rejoin_timeout)
+            wait_until(functools.partial(acks_resumed, inst.writer, since), args.rejoin_timeout)
             ok = _settle(system, args.rejoin_timeout, notes, i)
             not_rejoined = [] if ok else system.not_rejoined()
             now = time.monotonic()

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -92,6 +93,7 @@ from drctl.lab.netns import NetnsLab
 from drctl.lab.netns_hosts import NetnsCluster, NetnsNode
 from drctl.lab.nsutil import in_netns
 from drctl.lab.procs import Supervisor, release
+from drctl.lab.sitebuild import LabLayout
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
 from drctl.sites import controller, steps
 from drctl.sites.activelease import inspect_store, lease_stores
@@ -144,14 +146,14 @@ class TwoSiteLab:
         self.lab: Any = lab  # Lab, or NetnsLab (the same whole-site faults: power, WAN cut)
         self.netns = isinstance(lab, NetnsLab)
         if isinstance(lab, NetnsLab):  # cross-site paths (the witness's too) are cut at the router
-            self.state = lab.up(sites=2, nodes=2, witness=witness_fencing)
+            self.state = lab.up(LabLayout(sites=2, nodes=2, witness=witness_fencing))
             if witness_fencing:
                 lab.set_policy(witness_fencing=True, active_lease_ttl_s=LEASE_TTL, active_lease_margin_s=LEASE_MARGIN)
                 if isinstance(lab, OperatorBesideStandby):
                     lab.far_site = self.active
         else:
             # cross-site paths can be cut; with a witness, each site reaches it by its own link
-            self.state = lab.up(sites=2, nodes=2, wan_proxies=True, witness=witness_fencing)
+            self.state = lab.up(LabLayout(sites=2, nodes=2, witness=witness_fencing), wan_proxies=True)
             if witness_fencing:
                 lab.set_policy(witness_fencing=True, active_lease_ttl_s=LEASE_TTL, active_lease_margin_s=LEASE_MARGIN)
         a, b = lab.clusters(self.state)
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                     acked_before = writer.acked_ids()  # every write the lost site acknowledged
                     ev["promote"] = _forced_promote(tl, standby, f"chaos #{i}: site {active} lost")
                     ev["promote_s"] = round(time.monotonic() - fault_at, 2)
-                    wait_until(lambda cs=cs: len(cs.writable_nodes()) == 1, 60)
+                    wait_until(functools.partial(_one_writable, cs), 60)
                     ev["writable_s"] = round(time.monotonic() - fault_at, 2)
                     if fault == "site_loss_lagging":
                         # The lost site's link comes back only now: what its stopped entry point held
@@ -337,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                     records = tl.lab.power_off_site(active)
                     off_at = time.monotonic()
                     ev["promote"] = _forced_promote(tl, standby, f"chaos #{i}: site {active} lost power")
-                    wait_until(lambda cs=cs: len(cs.writable_nodes()) == 1, 60)
+                    wait_until(functools.partial(_one_writable, cs), 60)
                     ev["writable_s"] = round(time.monotonic() - fault_at, 2)
                     missing_now = _missing(tl.url(), acked_before)
                     lost = None if missing_now is None else missing_now - expected_loss
@@ -351,9 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                         ev["returned_writable_during_cut"] = ca.writable_nodes()
                         tl.lab.heal_wan()
                     heal_at = time.monotonic()
-                    ok_back = wait_until(
-                        lambda ca=ca, act=standby: _follows(tl, ca, act), args.rejoin_timeout, step=0.5
-                    )
+                    ok_back = wait_until(functools.partial(_follows, tl, ca, standby), args.rejoin_timeout, step=0.5)
                     ev["converged_s"] = round(time.monotonic() - heal_at, 2) if ok_back else None
                     ev["returned_writable_samples"] = sum(
                         1 for n in ca.nodes for smp in checker.samples[n.name] if smp.at >= off_at and smp.writable
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         cs.kill_node(old)
                         ev["target"] = old
-                        wait_until(lambda old=old, cs=cs: cs.leader() not in (None, old), 60)
+                        wait_until(functools.partial(_new_leader, cs, old), 60)
                         cs.start_agent(old)
                         heal_at = time.monotonic()
                 else:  # active_crash
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                         ca.kill_postgres(leader)
                     heal_at = fault_at
                 since = max(heal_at, fault_at + 0.2)
-                wait_until(lambda since=since: any(a.at > since for a in writer.acks[-40:]), args.rejoin_timeout)
+                wait_until(functools.partial(_acked_since, writer, since), args.rejoin_timeout)
                 ok = wait_until(tl.healthy, args.rejoin_timeout, step=0.5)
                 now = time.monotonic()
                 times = [a.at for a in writer.acks if fault_at - 5 <= a.at <= now]
@@ -456,6 +456,18 @@ def main(argv: list[str] | None = None) -> int:
             log(f"lab down: {exc}")
     left = report_leftovers(base / "lab", [f"{r.name}({r.pid})" for r in lab.running()])
     return 1 if bad or left else 0
+
+
+def _one_writable(c: LabCluster) -> bool:
+    return len(c.writable_nodes()) == 1
+
+
+def _new_leader(c: LabCluster, old: str | None) -> bool:
+    return c.leader() not in (None, old)
+
+
+def _acked_since(writer: Writer, since: float) -> bool:
+    return any(a.at > since for a in writer.acks[-40:])
 
 
 def _follows(tl: TwoSiteLab, c: Any, active: str) -> bool:

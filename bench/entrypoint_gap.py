@@ -36,6 +36,7 @@ from drctl.lab.lab import Lab
 from drctl.lab.labstate import topology_path
 from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor
+from drctl.lab.sitebuild import LabLayout
 from drctl.lab.workload import Writer, missing_rows, multi_host_url
 from drctl.pg.osuser import user_ids
 
@@ -145,7 +146,7 @@ def main() -> int:
     run_id = time.strftime("%Y%m%d-%H%M%S")
     base = lab_base(f"entrypoint-{run_id}")
     lab = Lab(base / "lab")
-    state = lab.up(sites=2, nodes=3)
+    state = lab.up(LabLayout(sites=2, nodes=3))
     results: dict[str, Any] = {"run_id": run_id, "rounds": args.rounds, "routes": {}}
     try:
         a = lab.clusters(state)[0]

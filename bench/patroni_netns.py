@@ -69,6 +69,7 @@ from drctl.lab.netns_hosts import (
 )
 from drctl.lab.nsutil import in_netns, list_netns, netns_support, ns_argv
 from drctl.lab.procs import Supervisor, release
+from drctl.lab.sitebuild import LabLayout
 from drctl.lab.workload import Ack, DualPrimaryChecker, multi_host_url
 from drctl.pg.osuser import make_dir, user_env, user_prefix
 
@@ -171,7 +172,7 @@ def pgdr_target(base: Path, timings: Timings, sync: bool) -> Target:
         return leftovers() + (list_netns(f"{prefix[0]}-") if prefix else [])
 
     try:
-        lab.up(sites=1, nodes=3, dr=False, timings=timings, dynamic={"synchronous_mode": sync})
+        lab.up(LabLayout(sites=1, nodes=3, dr=False, timings=timings), dynamic={"synchronous_mode": sync})
     except BaseException:
         stop()
         raise

@@ -37,6 +37,7 @@ from bench.sitecheck import sites_settled
 from drctl.lab.cluster import SUPERUSER, LabCluster
 from drctl.lab.lab import Lab
 from drctl.lab.labstate import topology_path
+from drctl.lab.sitebuild import LabLayout
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows, multi_host_url
 from drctl.sites.controller import read_sites, switchover_site
 from drctl.sites.topology import Topology, load_topology
@@ -44,7 +45,7 @@ from drctl.sites.topology import Topology, load_topology
 
 class Sites:
     def __init__(self, lab: Lab, nodes: int) -> None:
-        state = lab.up(sites=2, nodes=nodes)
+        state = lab.up(LabLayout(sites=2, nodes=nodes))
         a, b = lab.clusters(state)
         self.clusters: dict[str, LabCluster] = {"a": a, "b": b}
         self.topology: Topology = load_topology(topology_path(lab.dir))

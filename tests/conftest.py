@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 
 from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
-from tests import interrupt
+from tests import faillogs, interrupt
 
 PG_USER = os.environ.get("PGDR_PG_USER", "postgres")
 
@@ -33,6 +33,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     interrupt.uninstall(config)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed lab test's report ends with its agents' last log lines (CI keeps nothing else)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed and report.when == "call":
+        for lab in faillogs.lab_dirs_of(getattr(item, "funcargs", {})):
+            tails = faillogs.agent_log_tails(lab)
+            if tails:
+                report.sections.append((f"agent logs (last lines) under {lab}", tails))
 
 
 @pytest.fixture(scope="session")

@@ -125,6 +125,12 @@ def record(tag: str, fields: Mapping[str, Any]) -> Any:
     return _CLASSES.get(tag, Section)(tag, fields)
 
 
+def backend_settings(kind: str, section: Any) -> Any:
+    """The DCS client's settings (an EtcdSettings / ConsulSettings record, as
+    drctl.agentconfig.dcs_settings builds the models) from the agent's backend section."""
+    return record("ConsulSettings" if kind == "consul" else "EtcdSettings", bh.backend_fields(kind, section))
+
+
 def from_tagged(value: Any) -> Any:
     """JSON from :func:`to_tagged` back to records (mappings tagged with a model name)."""
     if isinstance(value, dict):

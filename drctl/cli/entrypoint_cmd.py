@@ -11,7 +11,7 @@ from typing import Any, cast
 import click
 from click.decorators import FC
 
-from drctl.cli.errors import operator_errors, register_operator_error
+from drctl.cli.errors import amount_option, operator_errors, path_option, register_operator_error
 from drctl.cli.sites_cmd import _topology, topology_option
 from drctl.dcs.base import ClusterView, DCSError
 from drctl.entrypoint import haproxy, pgbouncer
@@ -177,15 +177,13 @@ _render_command(
 @site_option
 @topology_option
 @click.option("--haproxy-socket", default=None, help="HAProxy runtime API socket to push role changes to.")
-@click.option("--pgbouncer-config", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--pgbouncer-pidfile", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@path_option("--pgbouncer-config", "pgbouncer_config", "PgBouncer configuration file to re-render on a change.")
+@path_option("--pgbouncer-pidfile", "pgbouncer_pidfile", "PgBouncer's PID file: SIGHUP it after re-rendering.")
 @click.option("--once", is_flag=True, help="Apply the current state once and exit.")
-@click.option(
+@amount_option(
     "--wait-primary",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0, 300),
-    help="Seconds to wait for the new leader's /primary before announcing it (0: announce when it takes the key).",
+    300,
+    "Seconds to wait for the new leader's /primary before announcing it (0: announce when it takes the key).",
 )
 @_haproxy_options
 @_pgbouncer_options

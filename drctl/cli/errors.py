@@ -29,6 +29,11 @@ def path_option(flag: str, dest: str, help: str, *, directory: bool = False) -> 
     return click.option(flag, dest, type=kind, default=None, help=help)
 
 
+def amount_option(flag: str, maximum: float, help: str) -> Callable[[F], F]:
+    """An optional ``--flag N`` from 0 to ``maximum``, 0 (off) unless given."""
+    return click.option(flag, default=0.0, show_default=True, type=click.FloatRange(0, maximum), help=help)
+
+
 def fail(message: str, code: int = 1) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
-from drctl.cli.errors import operator_errors, path_option, register_operator_error
+from drctl.cli.errors import amount_option, operator_errors, path_option, register_operator_error
 from drctl.cli.output import emitted, format_option, table
 from drctl.lab.cluster import SUPERUSER
 from drctl.lab.etcd import LabError
 from drctl.lab.lab import Lab
 from drctl.lab.labstate import default_lab_dir, pgpass_path, policy_path, topology_path
+from drctl.lab.sitebuild import LabLayout
 from drctl.pg.osuser import OSUserError
 
 register_operator_error(LabError, OSUserError)
@@ -52,13 +52,7 @@ def lab_group() -> None:
     help="Multi-host lab: every node, etcd member, HAProxy and the witness in a network namespace of its own "
     "(root; faults cut links for real). Without TLS, proxies or pgBackRest.",
 )
-@click.option(
-    "--wan-latency-ms",
-    default=0.0,
-    show_default=True,
-    type=click.FloatRange(0, 10000),
-    help="With --netns: one-way latency between sites, through the lab's WAN relay.",
-)
+@amount_option("--wan-latency-ms", 10000, "With --netns: one-way latency between sites, through the lab's WAN relay.")
 @operator_errors
 def lab_up(
     lab_dir: Path | None,
@@ -77,14 +71,7 @@ def lab_up(
     """Start a lab and leave it running. Site a is active; the other sites are standby clusters of it."""
     if witness and (independent or sites < 2):
         raise click.UsageError("--witness needs at least two sites in a DR layout (not --independent)")
-    # the layout both kinds of lab take
-    layout: dict[str, Any] = {
-        "sites": sites,
-        "nodes": nodes,
-        "etcd_members": etcd_members,
-        "dr": not independent,
-        "witness": witness,
-    }
+    layout = LabLayout(sites, nodes, etcd_members, dr=not independent, witness=witness)
     if netns:
         if tls or mtls or backup:
             raise click.UsageError("--netns runs without --tls, --mtls or --backup (yet)")
@@ -94,7 +81,7 @@ def lab_up(
         raise click.UsageError("--wan-latency-ms needs --netns (the loopback lab has no WAN to slow down)")
     lab = Lab(lab_dir or default_lab_dir(), pg_user=pg_user)
     click.echo(f"lab directory: {lab.dir}")
-    state = lab.up(**layout, tls=tls, mtls=mtls, backup=backup)
+    state = lab.up(layout, tls=tls, mtls=mtls, backup=backup)
     scheme = "https" if state.tls else "http"
     for site in state.sites:
         click.echo(f"site {site.name}: etcd {','.join(site.etcd_endpoints)}")
@@ -121,12 +108,12 @@ def lab_up(
     click.echo(f"stop it with: drctl lab down --dir {lab.dir}")
 
 
-def _lab_up_netns(lab_dir: Path | None, pg_user: str, layout: dict[str, Any], wan_latency_ms: float) -> None:
+def _lab_up_netns(lab_dir: Path | None, pg_user: str, layout: LabLayout, wan_latency_ms: float) -> None:
     from drctl.lab.netns import NetnsLab
 
     lab = NetnsLab(lab_dir or default_lab_dir(), pg_user=pg_user)
     click.echo(f"lab directory: {lab.dir}")
-    state = lab.up(**layout, wan_latency_ms=wan_latency_ms)
+    state = lab.up(layout, wan_latency_ms=wan_latency_ms)
     summary = lab.summary()
     hosts = summary["hosts"]
     click.echo(f"network namespaces: {summary['prefix']}-*  (router {summary['router']})")

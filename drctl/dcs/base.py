@@ -20,8 +20,17 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar, Self
+
+from drctl.dcs.jsonvalue import (
+    CorruptValue,
+    freeze_mapping,
+    json_document,
+    json_object,
+    lsn_map,
+    opt_str,
+    strict_int,
+)
 
 DEFAULT_NAMESPACE = "/service"  # the keyspace root when none is configured (Patroni's)
 
@@ -38,33 +47,6 @@ class DCSError(Exception):
         super().__init__(f"{message}{detail}")
 
 
-class CorruptValue(ValueError):
-    """A DCS value that does not parse into its typed form (docs/ARCHITECTURE.md, invariant 7)."""
-
-
-def json_object(raw: str | bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptValue(f"{what} is not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise CorruptValue(f"{what} must be a JSON object, not {type(doc).__name__}")
-    return doc
-
-
-def _strict_int(value: Any, what: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise CorruptValue(f"{what} must be an integer >= {minimum}, not {value!r}")
-    return value
-
-
-def _opt_str(doc: Mapping[str, Any], key: str, what: str) -> str | None:
-    value = doc.get(key)
-    if value is not None and not isinstance(value, str):
-        raise CorruptValue(f"{what}.{key} must be a string or null, not {value!r}")
-    return value
-
-
 _NAME_OK = re.compile(r"^[^\s/\x00-\x1f\x7f]{1,255}$")
 
 
@@ -72,10 +54,6 @@ def valid_member_name(name: str) -> bool:
     """What a leader key or member key may carry as a member name: 1-255 printable characters,
     no whitespace and no slash (a name is also a DCS key component)."""
     return bool(_NAME_OK.match(name))
-
-
-def freeze_mapping(data: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(data or {}))
 
 
 @dataclass(frozen=True)
@@ -195,8 +173,8 @@ class HistoryEntry:
             if v is not None and not isinstance(v, str):
                 raise CorruptValue(f"history entry {item!r}: item {i} must be a string")
         return cls(
-            timeline=_strict_int(padded[0], "history timeline", 1),
-            lsn=_strict_int(padded[1], "history lsn", 0),
+            timeline=strict_int(padded[0], "history timeline", 1),
+            lsn=strict_int(padded[1], "history lsn", 0),
             reason=padded[2] or "",
             timestamp=padded[3] or "",
             new_leader=padded[4] or "",
@@ -213,21 +191,35 @@ class History:
 
     @classmethod
     def parse(cls, raw: str | bytes, version: int) -> History:
-        try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CorruptValue(f"history is not valid JSON ({exc})") from None
-        if not isinstance(doc, list):
-            raise CorruptValue(f"history must be a JSON list, not {type(doc).__name__}")
-        entries = tuple(HistoryEntry.from_list(i) for i in doc)
+        entries = tuple(HistoryEntry.from_list(i) for i in json_document(raw, "history", list))
         for before, after in itertools.pairwise(entries):
             if after.timeline <= before.timeline:
                 raise CorruptValue(f"history timelines must increase ({before.timeline} then {after.timeline})")
         return cls(entries, version)
 
 
+class KeyRecord:
+    """A record stored as one JSON object under one key: ``parse`` refuses anything else with
+    :class:`CorruptValue` naming the key (``what``, given as ``class X(KeyRecord, what=...)``),
+    ``from_doc`` reads the record's own fields."""
+
+    what: ClassVar[str]
+
+    def __init_subclass__(cls, *, what: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.what = what
+
+    @classmethod
+    def parse(cls, raw: str | bytes, version: int) -> Self:
+        return cls.from_doc(json_object(raw, cls.what), version)
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], version: int) -> Self:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class Failover:
+class Failover(KeyRecord, what="failover"):
     """A pending switchover (``leader`` set) or failover (only ``candidate``)."""
 
     leader: str | None
@@ -240,18 +232,17 @@ class Failover:
         return json.dumps({k: v for k, v in doc.items() if v is not None})
 
     @classmethod
-    def parse(cls, raw: str | bytes, version: int) -> Failover:
-        rec = json_object(raw, "failover")
+    def from_doc(cls, rec: dict[str, Any], version: int) -> Self:
         return cls(
-            leader=_opt_str(rec, "leader", "failover"),
-            candidate=_opt_str(rec, "member", "failover"),
-            scheduled_at=_opt_str(rec, "scheduled_at", "failover"),
+            leader=opt_str(rec, "leader", "failover"),
+            candidate=opt_str(rec, "member", "failover"),
+            scheduled_at=opt_str(rec, "scheduled_at", "failover"),
             version=version,
         )
 
 
 @dataclass(frozen=True)
-class SyncState:
+class SyncState(KeyRecord, what="sync"):
     """Who the leader guarantees as synchronous. A member listed here may promote without loss."""
 
     leader: str | None
@@ -262,18 +253,17 @@ class SyncState:
         return json.dumps({"leader": self.leader, "sync_standby": list(self.sync_standbys)})
 
     @classmethod
-    def parse(cls, raw: str | bytes, version: int) -> SyncState:
-        rec = json_object(raw, "sync")
+    def from_doc(cls, rec: dict[str, Any], version: int) -> Self:
         sb = rec.get("sync_standby") or []
         if isinstance(sb, str):
             sb = [s for s in sb.split(",") if s]
         if not isinstance(sb, list) or not all(isinstance(s, str) and s for s in sb):
             raise CorruptValue(f"sync.sync_standby must be a list of member names, not {sb!r}")
-        return cls(leader=_opt_str(rec, "leader", "sync"), sync_standbys=tuple(sb), version=version)
+        return cls(leader=opt_str(rec, "leader", "sync"), sync_standbys=tuple(sb), version=version)
 
 
 @dataclass(frozen=True)
-class LeaderStatus:
+class LeaderStatus(KeyRecord, what="status"):
     """The leader's last known WAL position and its replication slots' positions."""
 
     lsn: int
@@ -284,19 +274,13 @@ class LeaderStatus:
         return json.dumps({"optime": self.lsn, "slots": dict(self.slots)})
 
     @classmethod
-    def parse(cls, raw: str | bytes, version: int) -> LeaderStatus:
-        rec = json_object(raw, "status")
-        slots = rec.get("slots") or {}
-        if not isinstance(slots, dict) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in slots.values()
-        ):
-            raise CorruptValue(f"status.slots must map slot names to LSNs, not {slots!r}")
-        lsn = _strict_int(rec.get("optime"), "status.optime")
-        return cls(lsn=lsn, slots=freeze_mapping(slots), version=version)
+    def from_doc(cls, rec: dict[str, Any], version: int) -> Self:
+        lsn = strict_int(rec.get("optime"), "status.optime")
+        return cls(lsn=lsn, slots=lsn_map(rec, "slots", "status"), version=version)
 
 
 @dataclass(frozen=True)
-class SiteRecord:
+class SiteRecord(KeyRecord, what="site"):
     """This site's cross-site role. The epoch only grows (DESIGN.md section 5)."""
 
     role: str  # active | standby
@@ -311,13 +295,12 @@ class SiteRecord:
         return json.dumps(doc, sort_keys=True)
 
     @classmethod
-    def parse(cls, raw: str | bytes, version: int) -> SiteRecord:
-        rec = json_object(raw, "site")
-        follows = _opt_str(rec, "follows", "site")
+    def from_doc(cls, rec: dict[str, Any], version: int) -> Self:
+        follows = opt_str(rec, "follows", "site")
         role = rec.pop("role", None)
         if role not in ("active", "standby"):
             raise CorruptValue(f"site.role must be 'active' or 'standby', not {role!r}")
-        epoch = _strict_int(rec.pop("epoch", None), "site.epoch")
+        epoch = strict_int(rec.pop("epoch", None), "site.epoch")
         rec.pop("follows", None)
         return cls(role, epoch, follows, version, freeze_mapping(rec))
 

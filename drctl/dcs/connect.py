@@ -1,10 +1,9 @@
 """A member's DCS client from already-validated settings, without pydantic: the agent connects
 with this (its configuration is plain records, see drctl.agentconfig.plain); drctl.dcs.factory's
-``get_dcs`` validates its settings models, then comes here."""
+``get_dcs`` (settings models) comes here too."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from drctl.common.hostport import format_host_port
@@ -12,11 +11,12 @@ from drctl.dcs.base import DCS, DCSError
 
 
 def connect(
-    backend: str, fields: Mapping[str, Any], *, namespace: str, scope: str, name: str, ttl: int, retry_timeout: float
+    backend: str, settings: Any, *, namespace: str, scope: str, name: str, ttl: int, retry_timeout: float
 ) -> DCS:
-    """The DCS object for one member; ``backend`` "etcd"/"etcd3" or "consul", ``fields`` the
-    client's settings. Nothing is contacted yet: the first call does, and when the DCS is
-    unreachable it raises :class:`DCSError` naming the hosts it tried."""
+    """The DCS object for one member; ``backend`` "etcd"/"etcd3" or "consul", ``settings`` the
+    client's validated settings (an EtcdSettings / ConsulSettings model, or its plain record: the
+    clients only read their fields). Nothing is contacted yet: the first call does, and when the
+    DCS is unreachable it raises :class:`DCSError` naming the hosts it tried."""
     common: dict[str, Any] = {
         "namespace": namespace,
         "scope": scope,
@@ -27,11 +27,11 @@ def connect(
     if backend in ("etcd", "etcd3"):
         from drctl.dcs.etcd import Etcd3
 
-        return Etcd3(**common, **fields)
+        return Etcd3(settings, **common)
     if backend == "consul":
         from drctl.dcs.consul import ConsulDCS
 
-        return ConsulDCS(**common, **fields)
+        return ConsulDCS(settings, **common)
     raise DCSError(f"no DCS backend {backend!r}")
 
 
@@ -57,12 +57,15 @@ class DcsSettingsBehaviour:
 
 def connect_settings(settings: Any, *, namespace: str, scope: str, name: str, ttl: int, retry_timeout: float) -> DCS:
     """:func:`connect` from a DcsSettings model or its plain record."""
-    if settings.etcd is not None:
-        fields = settings.etcd.model_dump(exclude={"password_file"})
-    elif settings.consul is not None:
-        fields = settings.consul.model_dump(exclude={"token_file"})
-    else:  # unreachable: the model requires one
+    if settings.etcd is None and settings.consul is None:  # unreachable: the model requires one
         raise DCSError("no DCS backend configured")
+    backend = settings.backend
     return connect(
-        settings.backend, fields, namespace=namespace, scope=scope, name=name, ttl=ttl, retry_timeout=retry_timeout
+        backend,
+        settings.etcd if backend == "etcd" else settings.consul,
+        namespace=namespace,
+        scope=scope,
+        name=name,
+        ttl=ttl,
+        retry_timeout=retry_timeout,
     )

@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import consul
 import requests
@@ -45,6 +45,9 @@ from drctl.dcs.base import (
     MemberInfo,
 )
 from drctl.dcs.view import RawNode, build_cluster_view
+
+if TYPE_CHECKING:
+    from drctl.dcs.factory import ConsulSettings
 
 T = TypeVar("T")
 
@@ -129,39 +132,18 @@ class SessionGone(Exception):
 
 class ConsulDCS(DCS):
     def __init__(
-        self,
-        *,
-        namespace: str,
-        scope: str,
-        name: str,
-        ttl: int,
-        retry_timeout: float,
-        host: str = "127.0.0.1",
-        port: int = 8500,
-        scheme: str = "http",
-        token: str | None = None,
-        dc: str | None = None,
-        cacert: str | None = None,
-        cert: str | None = None,
-        key: str | None = None,
-        verify: bool = True,
+        self, settings: ConsulSettings, *, namespace: str, scope: str, name: str, ttl: int, retry_timeout: float
     ) -> None:
         super().__init__(namespace=namespace, scope=scope, name=name, ttl=ttl, retry_timeout=retry_timeout)
-        self.endpoint = f"{scheme}://{format_host_port(host, port)}"
-        verify_opt: bool | str = cacert if cacert else verify
-        cert_opt: Any = (cert, key) if cert and key else cert
+        self.endpoint = f"{settings.scheme}://{format_host_port(settings.host, settings.port)}"
+        verify_opt: bool | str = settings.cacert if settings.cacert else settings.verify
+        cert_opt: Any = (settings.cert, settings.key) if settings.cert and settings.key else settings.cert
+
+        # The settings' names are py-consul's own.
+        opts = settings.model_dump(include={"host", "port", "token", "scheme", "dc"})
 
         def make() -> Any:
-            return consul.Consul(
-                host=host,
-                port=port,
-                token=token,
-                scheme=scheme,
-                dc=dc,
-                verify=verify_opt,
-                cert=cert_opt,
-                connections_timeout=retry_timeout,
-            )
+            return consul.Consul(**opts, verify=verify_opt, cert=cert_opt, connections_timeout=retry_timeout)
 
         self._client: Any = make()
         self._watch_client: Any = make()  # blocking queries must not hold up the other calls

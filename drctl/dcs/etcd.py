@@ -24,8 +24,8 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from drctl.dcs.base import (
     DCS,
@@ -57,40 +57,19 @@ from drctl.dcs.etcd_wire import (
     view_from_range,
 )
 
+if TYPE_CHECKING:
+    from drctl.dcs.factory import EtcdSettings
+
 
 class Etcd3(DCS):
     """The DCS contract on etcd v3 (JSON gateway). One object per member; not meant to be shared
     between members (each holds its own lease), but safe to call from several threads."""
 
     def __init__(
-        self,
-        *,
-        namespace: str,
-        scope: str,
-        name: str,
-        ttl: int,
-        retry_timeout: float,
-        hosts: Sequence[str],
-        protocol: str = "http",
-        username: str | None = None,
-        password: str | None = None,
-        cacert: str | None = None,
-        cert: str | None = None,
-        key: str | None = None,
-        verify: bool = True,
+        self, settings: EtcdSettings, *, namespace: str, scope: str, name: str, ttl: int, retry_timeout: float
     ) -> None:
         super().__init__(namespace=namespace, scope=scope, name=name, ttl=ttl, retry_timeout=retry_timeout)
-        self.client = EtcdClient(
-            hosts,
-            retry_timeout=retry_timeout,
-            protocol=protocol,
-            username=username,
-            password=password,
-            cacert=cacert,
-            cert=cert,
-            key=key,
-            verify=verify,
-        )
+        self.client = EtcdClient(settings, retry_timeout=retry_timeout)
         self._lock = threading.RLock()
         self._lease: str | None = None
         self._lease_kept_at = 0.0  # monotonic time of the last grant or successful keepalive

@@ -9,8 +9,8 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -20,6 +20,9 @@ from drctl.dcs.base import (
     DCSError,
 )
 from drctl.dcs.etcd_wire import Json, api_prefix_for_version, b64, parse_body, reply_term, to_int
+
+if TYPE_CHECKING:
+    from drctl.dcs.factory import EtcdSettings
 
 # A request gets at least this long even when retry_timeout / len(endpoints) is smaller (but never
 # more than what is left of the call's overall deadline).
@@ -69,33 +72,21 @@ class EtcdClient:
     (a ``time.monotonic()`` value), then raises :class:`DCSError` naming the endpoints tried.
     """
 
-    def __init__(
-        self,
-        endpoints: Sequence[str],
-        *,
-        retry_timeout: float,
-        protocol: str = "http",
-        username: str | None = None,
-        password: str | None = None,
-        cacert: str | None = None,
-        cert: str | None = None,
-        key: str | None = None,
-        verify: bool = True,
-    ) -> None:
-        if not endpoints:
+    def __init__(self, settings: EtcdSettings, *, retry_timeout: float) -> None:
+        if not settings.hosts:
             raise DCSError("no etcd endpoints configured")
-        self.endpoints = [normalize_endpoint(e, protocol) for e in endpoints]
+        self.endpoints = [normalize_endpoint(e, settings.protocol) for e in settings.hosts]
         self.retry_timeout = retry_timeout
-        self.username = username
-        self.password = password
+        self.username = settings.username
+        self.password = settings.password
         tls: dict[str, Any] = {}
-        if cacert:
-            tls["ca_certs"] = cacert
-        if cert:
-            tls["cert_file"] = cert
-            if key:
-                tls["key_file"] = key
-        tls["cert_reqs"] = "CERT_REQUIRED" if (verify or cacert) else "CERT_NONE"
+        if settings.cacert:
+            tls["ca_certs"] = settings.cacert
+        if settings.cert:
+            tls["cert_file"] = settings.cert
+            if settings.key:
+                tls["key_file"] = settings.key
+        tls["cert_reqs"] = "CERT_REQUIRED" if (settings.verify or settings.cacert) else "CERT_NONE"
         # One connection pool per endpoint, made once: each request then goes straight to its
         # pool's kept-alive connection (a PoolManager would parse the URL and look the pool up on
         # every call, which is most of an idle agent's per-request CPU besides http.client).

@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     alive = fence(args.pid_dir, args.name)
     if alive:
-        print(f"fence: {args.name}: still alive after SIGKILL: {alive}", file=sys.stderr)
-        return 1
+        sys.exit(f"fence: {args.name}: still alive after SIGKILL: {alive}")  # on stderr, status 1
     print(f"fence: {args.name}: powered off")
     return 0
 

@@ -24,7 +24,6 @@ from drctl.lab.cluster import (
     LAB_SCOPE,
     AgentNode,
     LabCluster,
-    Timings,
 )
 from drctl.lab.entrypoint import EntryPoint
 from drctl.lab.etcd import EtcdCluster, EtcdTls, LabError
@@ -53,7 +52,7 @@ from drctl.lab.labstate import (
 from drctl.lab.netproxy import TcpProxy
 from drctl.lab.ports import free_port
 from drctl.lab.procs import ProcRecord, Supervisor, pid_alive, record_for_pid, release, terminate
-from drctl.lab.sitebuild import cross_site_section, first_site_record, rebuild_clusters, site_cluster
+from drctl.lab.sitebuild import LabLayout, SiteBuilder, first_site_record, rebuild_clusters
 from drctl.lab.tls import LabCA
 from drctl.pg.osuser import make_dir
 from drctl.safefs import write_atomic
@@ -110,25 +109,17 @@ class Lab:
 
     def up(
         self,
-        sites: int = 2,
-        nodes: int = 3,
-        etcd_members: int = 3,
-        timings: Timings | None = None,
-        dr: bool = True,
+        layout: LabLayout = LabLayout(),
+        *,
         backup: bool = False,
         tls: bool = False,
         mtls: bool = False,
         wan_proxies: bool = False,
         dr_slots: bool = False,
-        witness: bool = False,
     ) -> LabState:
         """``backup``: the first (active) site's nodes run pgBackRest (stanza, WAL archive, two
         local repositories); the lab policy then has a `backup:` section and a restore drill."""
-        if sites < 1 or nodes < 1 or etcd_members < 1:
-            raise LabError("--sites, --nodes and --etcd-members must be at least 1")
-        if sites > 26:
-            raise LabError("--sites: at most 26 sites (named a..z)")
-        check_socket_path(self.dir, nodes)
+        check_socket_path(self.dir, layout.nodes)
         live = self.running()
         if live:
             raise LabError(
@@ -145,7 +136,7 @@ class Lab:
         try:
             if tls:
                 LabCA.create(self.tls_dir, f"pgdr lab CA {os.urandom(4).hex()}")
-            names = site_names(sites)
+            names = site_names(layout.sites)
             entry_ports = {site: free_port() for site in names}
             # What the other sites (and the operator) use to reach a site's entry point.
             remote_entry = dict(entry_ports)
@@ -155,42 +146,40 @@ class Lab:
                     self.wan.setdefault(site, []).append(proxy)
                     remote_entry[site] = proxy.port
             clusters: list[LabCluster] = []
+            build = SiteBuilder(LabCluster, sup, self.pg_user, layout)
             for site in names:
                 site_dir = make_dir(self.dir / f"site-{site}", None, 0o755)
                 etcd_tls = self.etcd_tls(site, create=True) if tls else None
-                etcd = EtcdCluster(sup, site_dir / "etcd", name=f"{site}-etcd", size=etcd_members, tls=etcd_tls).start()
+                etcd = EtcdCluster(
+                    sup, site_dir / "etcd", name=f"{site}-etcd", size=layout.etcd_members, tls=etcd_tls
+                ).start()
                 if tls:
                     # Authentication on, and the site's agents get a user that may read and
                     # write their cluster's keys only.
                     etcd.enable_auth(ETCD_ROOT_PASSWORD)
                     etcd.add_prefix_user(*ETCD_AUTH, f"/service/{LAB_SCOPE}/")
                 # Every site but the first is a standby cluster of the first (DESIGN.md section 5).
-                standby = dr and site != names[0]
+                standby = layout.dr and site != names[0]
                 section: dict[str, Any] = {"host": "127.0.0.1", "port": remote_entry[names[0]]}
                 if dr_slots:  # stream through the active site's permanent cross-site slot
                     section["primary_slot_name"] = dr_slot_name(names[0])
                 dynamic = {"standby_cluster": section} if standby else {}
                 # The agents know the other sites (cross-site epochs, cold-start confirmation).
-                own_witness = wan_proxies and witness and dr and sites > 1
+                own_witness = wan_proxies and layout.has_witness
                 topo = site_topology_path(self.dir, site) if own_witness else topology_path(self.dir)
-                cluster = site_cluster(
-                    LabCluster,
-                    sup,
-                    site_dir,
+                cluster = build.cluster(
                     site,
+                    site_dir,
                     etcd.endpoints,
-                    nodes,
-                    self.pg_user,
-                    timings=timings or Timings(),
+                    topo,
                     dynamic=dynamic,
                     backup=backup and site == names[0],
                     tls_ca=self.tls_dir if tls else None,
                     mtls=mtls,
                     etcd_tls=etcd_tls,
                     etcd_auth=ETCD_AUTH if tls else None,
-                    dr=cross_site_section(site, topo) if dr and sites > 1 else None,
                 ).plan()
-                if dr:
+                if layout.dr:
                     _write_site_record(cluster, first_site_record(names, site))
                 entry = EntryPoint(sup, cluster, port=entry_ports[site]).start()
                 clusters.append(cluster)
@@ -202,7 +191,7 @@ class Lab:
                 state.save()
             write_pgpass(self.dir)
             witness_hosts: list[str] | None = None
-            if witness and dr and sites > 1:
+            if layout.has_witness:
                 # A third location holding the authoritative {active site, epoch}.
                 w_etcd = EtcdCluster(sup, self.dir / "witness", name="witness", size=1).start()
                 witness_hosts = list(w_etcd.endpoints)
@@ -212,7 +201,7 @@ class Lab:
                     for site in names:
                         self.site_witness_proxies[site] = [TcpProxy(int(e.rsplit(":", 1)[1])) for e in w_etcd.endpoints]
                 _write_witness(w_etcd.endpoints, names[0], 1)
-            if dr and sites > 1:
+            if layout.cross_site:
                 remote_dcs: dict[str, list[str]] = {}
                 if wan_proxies:
                     for lab_site in state.sites:
@@ -234,7 +223,7 @@ class Lab:
             for cluster in clusters:
                 cluster.start(wait=False)
                 cluster.wait_healthy(180)
-            if dr and sites > 1:
+            if layout.cross_site:
                 write_lab_policy(self.dir, state)
         except BaseException:
             self._stop(sup, grace=10.0)

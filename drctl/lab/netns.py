@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from drctl.lab.cluster import SUPERUSER, AgentNode, Timings
+from drctl.lab.cluster import SUPERUSER, AgentNode
 from drctl.lab.etcd import LabError
 from drctl.lab.fabric import Fabric, Host, fabric_summary, new_prefix
 from drctl.lab.lab import Lab, write_lab_topology
@@ -42,7 +42,7 @@ from drctl.lab.netns_hosts import (
 )
 from drctl.lab.nsutil import in_netns, netns_support, run
 from drctl.lab.procs import ProcRecord, Supervisor, release
-from drctl.lab.sitebuild import cross_site_section, first_site_record, rebuild_clusters, site_cluster
+from drctl.lab.sitebuild import LabLayout, SiteBuilder, first_site_record, rebuild_clusters
 from drctl.lab.workload import Writer, missing_rows, multi_host_url
 from drctl.pg.osuser import make_dir
 from drctl.safefs import write_atomic
@@ -113,12 +113,8 @@ class NetnsLab:
 
     def up(
         self,
-        sites: int = 2,
-        nodes: int = 3,
-        etcd_members: int = 3,
-        timings: Timings | None = None,
-        dr: bool = True,
-        witness: bool = False,
+        layout: LabLayout = LabLayout(),
+        *,
         dynamic: dict[str, Any] | None = None,
         wan_latency_ms: float = 0.0,
         fencing: bool = False,
@@ -128,8 +124,6 @@ class NetnsLab:
         why = netns_support()
         if why:
             raise LabError(f"the netns lab cannot run here: {why}")
-        if sites < 1 or nodes < 1 or etcd_members < 1 or sites > 26:
-            raise LabError("--sites (1..26), --nodes and --etcd-members must be at least 1")
         lab = Lab(self.dir, self.pg_user)
         live = lab.running()
         if live:
@@ -141,11 +135,11 @@ class NetnsLab:
         lab._clear_stale()
         make_dir(self.dir, None, 0o755)
         sup = Supervisor(self.dir)
-        names = site_names(sites)
+        names = site_names(layout.sites)
         fab = self.fabric = Fabric(new_prefix(), str(self.dir))
         state = LabState(dir=str(self.dir), sites=[], pg_user=self.pg_user, created_at=time.time())
         try:
-            fab.create([*names, *(["w"] if witness else []), "o"])
+            fab.create([*names, *(["w"] if layout.witness else []), "o"])
             ops = fab.add_host("ops", "o", 10)
             fab.start_relay(sup)
             if wan_latency_ms:  # from the start: etcd, replication and the agents all see it
@@ -156,24 +150,20 @@ class NetnsLab:
                 fab.add_host(f"{site}-adm", site, ADMIN_N)
                 fab.add_host(f"{site}-cli", site, CLIENT_N)
                 entry[site] = fab.add_host(f"{site}-hap", site, ENTRY_N)
+            build = SiteBuilder(NetnsCluster, sup, self.pg_user, layout)
             for site in names:
                 site_dir = make_dir(self.dir / f"site-{site}", None, 0o755)
-                etcd = self.etcds[site] = NetnsEtcd(sup, site_dir / "etcd", fab, site, size=etcd_members).start()
-                standby = dr and site != names[0]
+                etcd = self.etcds[site] = NetnsEtcd(sup, site_dir / "etcd", fab, site, size=layout.etcd_members).start()
+                standby = layout.dr and site != names[0]
                 dyn = dict(dynamic or {})
                 if standby:
                     dyn["standby_cluster"] = {"host": entry[names[0]].addr, "port": entry_port(names[0])}
-                cluster = site_cluster(
-                    NetnsCluster,
-                    sup,
-                    site_dir,
+                cluster = build.cluster(
                     site,
+                    site_dir,
                     etcd.endpoints,
-                    nodes,
-                    self.pg_user,
-                    timings=timings or Timings(),
+                    topology_path(self.dir),
                     dynamic=dyn,
-                    dr=cross_site_section(site, topology_path(self.dir)) if dr and sites > 1 else None,
                     fabric=fab,
                     admin_ns=fab.host(f"{site}-adm").ns,
                     etcd_hosts=list(etcd.hosts),
@@ -181,7 +171,7 @@ class NetnsLab:
                     vip=vip,
                     tags={k: v for k, v in (tags or {}).items() if k.startswith(site)},
                 ).plan()
-                if dr:
+                if layout.dr:
                     cluster.write_site_record(first_site_record(names, site))
                 NetnsEntryPoint(sup, cluster, port=entry_port(site), host=entry[site]).start()
                 clusters.append(cluster)
@@ -191,21 +181,21 @@ class NetnsLab:
                 )
                 state.save()
             witness_hosts: list[str] | None = None
-            if witness and dr and sites > 1:
+            if layout.has_witness:
                 w_etcd = NetnsEtcd(sup, self.dir / "witness", fab, "w", size=1).start()
                 witness_hosts = list(w_etcd.endpoints)
                 from drctl.lab.lab import _write_witness
 
                 with in_netns(ops.ns):
                     _write_witness(w_etcd.endpoints, names[0], 1)
-            if dr and sites > 1:
+            if layout.cross_site:
                 write_lab_topology(self.dir, state, witness=witness_hosts)
                 _point_entries(self.dir, {s: f"{entry[s].addr}:{entry_port(s)}" for s in names})
             for cluster in clusters:
                 cluster.start(wait=False)
             for cluster in clusters:
                 cluster.wait_healthy(180)
-            if dr and sites > 1:
+            if layout.cross_site:
                 write_lab_policy(self.dir, state)
         except BaseException:
             self._teardown(sup, grace=10.0)

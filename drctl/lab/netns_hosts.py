@@ -127,6 +127,7 @@ class _InNetns:
 # --- clients ---------------------------------------------------------------------------------
 
 
+@dataclass
 class NetnsCluster(LabCluster):
     fabric: Fabric | None = None
     admin_ns: str = ""  # where the harness reads the site's DCS from

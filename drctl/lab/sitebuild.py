@@ -1,17 +1,48 @@
 """What both kinds of lab (loopback: drctl.lab.lab, network namespaces: drctl.lab.netns) build
-their sites from: a site's cluster, the clusters of a lab rebuilt from lab.json, the first site
-records and the agents' cross_site section."""
+their sites from: the layout they both take, a site's cluster (and the builder of each site's
+cluster of a new lab), the clusters of a lab rebuilt from lab.json, the first site records and the
+agents' cross_site section."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from drctl.dcs.base import SiteRecord
-from drctl.lab.cluster import LAB_SCOPE, AgentNode, LabCluster
+from drctl.lab.cluster import LAB_SCOPE, AgentNode, LabCluster, Timings
+from drctl.lab.etcd import LabError
 from drctl.lab.labstate import LabSite, LabState
 from drctl.lab.procs import Supervisor
+
+
+@dataclass(frozen=True)
+class LabLayout:
+    """What a lab is made of, the same for both kinds of lab (so that a scenario runs on either);
+    how each builds it are the keyword options of its own ``up``."""
+
+    sites: int = 2  # named a, b, ...
+    nodes: int = 3  # per site
+    etcd_members: int = 3  # per site
+    timings: Timings | None = None
+    dr: bool = True  # every site but the first a standby cluster of the first (DESIGN.md section 5)
+    witness: bool = False  # a third location holding {active site, epoch}, in a DR layout only
+
+    def __post_init__(self) -> None:
+        if self.sites < 1 or self.nodes < 1 or self.etcd_members < 1:
+            raise LabError("--sites, --nodes and --etcd-members must be at least 1")
+        if self.sites > 26:
+            raise LabError("--sites: at most 26 sites (named a..z)")
+
+    @property
+    def cross_site(self) -> bool:
+        """Several sites in a DR layout: the agents get a cross_site section, the lab a topology and a policy."""
+        return self.dr and self.sites > 1
+
+    @property
+    def has_witness(self) -> bool:
+        return self.witness and self.cross_site
 
 
 def cross_site_section(site: str, topology: Path) -> dict[str, Any]:
@@ -42,6 +73,33 @@ def site_cluster(
     """One site's cluster in a lab of either kind: the lab's scope, the site's etcd, ``size`` nodes
     run by ``pg_user``; ``extra``, what this kind of cluster and this lab need besides."""
     return kind(sup, site_dir, LAB_SCOPE, etcd_endpoints, size=size, site=site, pg_user=pg_user, **extra)
+
+
+@dataclass(frozen=True)
+class SiteBuilder(Generic[C]):
+    """Builds the sites' clusters of one new lab, what they all share said once: the kind of
+    cluster, the supervisor, the PostgreSQL OS user and the layout (nodes, timings, DR)."""
+
+    kind: Callable[..., C]
+    sup: Supervisor
+    pg_user: str
+    layout: LabLayout
+
+    def cluster(self, site: str, site_dir: Path, etcd_endpoints: list[str], topology: Path, **extra: Any) -> C:
+        """``site``'s cluster; in a DR layout its agents read the other sites from ``topology``."""
+        layout = self.layout
+        return site_cluster(
+            self.kind,
+            self.sup,
+            site_dir,
+            site,
+            etcd_endpoints,
+            layout.nodes,
+            self.pg_user,
+            timings=layout.timings or Timings(),
+            dr=cross_site_section(site, topology) if layout.cross_site else None,
+            **extra,
+        )
 
 
 def rebuild_clusters(

@@ -258,6 +258,17 @@ class PgHands(Hands):
             raise ActionFailed(f"rewind source {a.source} is not a known member")
         else:
             src = self.node.member_conninfo(source, replication=False)
+        # A source that does not answer (a leader whose key has not expired yet, a site cut off)
+        # is a reason to wait, not a failed rewind: a failed rewind leads to a rebuild, which
+        # would throw this node's data away for a copy it cannot get.
+        try:
+            with connect(src) as conn, contextlib.suppress(ProbeError):
+                # The source's control file must show its new timeline (a fresh promotion may
+                # not have checkpointed yet).
+                checkpoint(conn)
+        except ProbeError as exc:
+            log.warning("rewind source does not answer: waiting", source=a.source, error=str(exc)[:300])
+            return ActionResult(False, f"rewind source {a.source} does not answer")
         self._remember(expect_running=False)
         if ctl.is_running():
             ctl.stop("fast", timeout=60)
@@ -271,10 +282,6 @@ class PgHands(Hands):
         if not control.shut_down_cleanly:
             log.info("crash recovery before pg_rewind", state=control.cluster_state)
             ctl.crash_recovery()
-        # The source's control file must show its new timeline (a fresh promotion may not have
-        # checkpointed yet).
-        with contextlib.suppress(ProbeError), connect(src) as conn:
-            checkpoint(conn)
         result = ctl.rewind(src, restore_target_wal=False)
         if result.ok:
             log.info("pg_rewind done", source=a.source, seconds=round(result.duration, 2))
@@ -300,8 +307,13 @@ class PgHands(Hands):
         if ctl.is_running():
             ctl.stop("immediate", timeout=30)
             self.callbacks.event("stopped")
+        usable_backup = self._backup_usable(a.methods)
+        if not usable_backup and (why := self._source_silent(a.source)) is not None:
+            # Wiping first and then finding nobody to copy from would leave this node with nothing.
+            log.warning("rebuild source does not answer: keeping the data directory", source=a.source, error=why)
+            return ActionResult(False, f"rebuild source {a.source} does not answer")
         log.warning("rebuilding the data directory", source=a.source)
-        if not self._backup_usable(a.methods):
+        if not usable_backup:
             ctl.wipe()  # a delta restore from the repository reuses the files instead
         self._remember(pending_reinitialize=False)
         self._clone(a.source, a.methods, None)
@@ -349,6 +361,18 @@ class PgHands(Hands):
                 with contextlib.suppress(PgCtlError):
                     ctl.wipe()
         raise ActionFailed("; ".join(errors))
+
+    def _source_silent(self, source: str | None) -> str | None:
+        """Why the member ``source`` cannot be copied from right now (it is unknown or its
+        PostgreSQL does not answer), or None when it answers."""
+        member = self.view.member(source) if (self.view and source) else None
+        if member is None:
+            return f"{source!r} is not a known member"
+        try:
+            with connect(self.node.member_conninfo(member, replication=False)):
+                return None
+        except ProbeError as exc:
+            return str(exc)[:300]
 
     def _backup_usable(self, methods: tuple[str, ...]) -> bool:
         return "pgbackrest" in methods and self.node.backup is not None and self.node.backup.has_backup()

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, cast
 
 import structlog
 
-from drctl.agentconfig.behaviour import backend_fields
-from drctl.agentconfig.plain import ConfigError
+from drctl.agentconfig.plain import ConfigError, backend_settings
 from drctl.agentconfig.runtime import load_agent_config
 from drctl.backup.errors import BackupError
 from drctl.common.hostport import split_host_port
@@ -43,7 +42,7 @@ def build_dcs(cfg: AgentConfig) -> DCS:
     kind, section = cfg.dcs_backend
     return connect(
         kind,
-        backend_fields(kind, section),
+        backend_settings(kind, section),
         namespace=cfg.namespace,
         scope=cfg.scope,
         name=cfg.name,

@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = build(args.output, args.cc)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        print(f"keeperbin: error: {exc}", file=sys.stderr)
-        return 1
+        sys.exit(f"keeperbin: error: {exc}")  # on stderr, status 1
     print(f"keeperbin: built {out}")
     return 0
 

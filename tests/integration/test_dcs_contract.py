@@ -34,7 +34,7 @@ from drctl.dcs.base import (
 from drctl.dcs.consul import session_ttl
 from drctl.dcs.etcd import Etcd3
 from drctl.dcs.etcd_client import EtcdClient
-from drctl.dcs.factory import DcsSettings, get_dcs
+from drctl.dcs.factory import DcsSettings, EtcdSettings, get_dcs
 from drctl.lab.etcd import EtcdCluster, EtcdTls
 from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor
@@ -169,10 +169,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         def revoke_secure(lease: str) -> None:
             e = settings.etcd
             assert e is not None
-            client = EtcdClient(
-                e.hosts, retry_timeout=2.0, username=e.username, password=e.password,
-                cacert=e.cacert, cert=e.cert, key=e.key,
-            )  # fmt: skip
+            client = EtcdClient(e, retry_timeout=2.0)
             client.call("/lease/revoke", {"ID": lease}, time.monotonic() + 2.0)
             client.close()
 
@@ -182,7 +179,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         hosts = cluster.endpoints
 
         def revoke_lease(lease: str) -> None:
-            client = EtcdClient(hosts, retry_timeout=2.0)
+            client = EtcdClient(EtcdSettings(hosts=hosts), retry_timeout=2.0)
             client.call("/lease/revoke", {"ID": lease}, time.monotonic() + 2.0)
             client.close()
 
@@ -579,7 +576,9 @@ def test_watch_wakes_on_leader_delete_and_expiry(backend: Backend) -> None:
 
 
 def _etcd(hosts: list[str], name: str, scope: str, *, ttl: int = 6, retry_timeout: float = 2.0) -> Etcd3:
-    return Etcd3(namespace=NAMESPACE, scope=scope, name=name, ttl=ttl, retry_timeout=retry_timeout, hosts=hosts)
+    return Etcd3(
+        EtcdSettings(hosts=hosts), namespace=NAMESPACE, scope=scope, name=name, ttl=ttl, retry_timeout=retry_timeout
+    )
 
 
 def _assert_all_fail_within(dcs: Etcd3, other: Etcd3, bound: float) -> None:
@@ -717,7 +716,7 @@ def test_etcd_isolated_member_is_not_trusted_and_paused_cluster_fails_fast(etcd_
 
 def _lease_ttl(hosts: list[str], lease: str) -> tuple[int, int]:
     """(granted TTL, remaining TTL) of a lease, as etcd reports them."""
-    client = EtcdClient(hosts, retry_timeout=2.0)
+    client = EtcdClient(EtcdSettings(hosts=hosts), retry_timeout=2.0)
     try:
         doc = client.call("/lease/timetolive", {"ID": lease}, time.monotonic() + 2.0)
     finally:
@@ -769,7 +768,7 @@ def test_etcd_leader_key_with_a_foreign_value_on_my_lease_is_repaired(etcd_site_
     try:
         assert dcs.attempt_to_acquire_leader()
         lease = dcs.session_id
-        client = EtcdClient(hosts, retry_timeout=2.0)
+        client = EtcdClient(EtcdSettings(hosts=hosts), retry_timeout=2.0)
         from drctl.dcs.etcd_wire import b64
 
         key = f"{NAMESPACE}/{scope}/leader"

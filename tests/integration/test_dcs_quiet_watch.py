@@ -19,6 +19,7 @@ from drctl.dcs.base import ClusterView, DCSError, MemberInfo
 from drctl.dcs.etcd import Etcd3
 from drctl.dcs.etcd_client import CHANGED, QUIET, UNKNOWN, EtcdClient
 from drctl.dcs.etcd_wire import prefix_range_end
+from drctl.dcs.factory import EtcdSettings
 from drctl.lab.etcd import EtcdCluster
 
 pytestmark = pytest.mark.integration
@@ -27,7 +28,9 @@ NAMESPACE = "/pgdr-quiet"
 
 
 def _etcd(hosts: list[str], name: str, scope: str, *, ttl: int = 10, retry_timeout: float = 5.0) -> Etcd3:
-    return Etcd3(namespace=NAMESPACE, scope=scope, name=name, ttl=ttl, retry_timeout=retry_timeout, hosts=hosts)
+    return Etcd3(
+        EtcdSettings(hosts=hosts), namespace=NAMESPACE, scope=scope, name=name, ttl=ttl, retry_timeout=retry_timeout
+    )
 
 
 def _info(name: str, **kw: Any) -> MemberInfo:
@@ -70,7 +73,7 @@ def test_the_view_is_read_for_real_at_least_every_retry_timeout(etcd_site_a: Etc
 
 
 def _raw_delete(hosts: list[str], key: str) -> None:
-    client = EtcdClient(hosts, retry_timeout=3.0)
+    client = EtcdClient(EtcdSettings(hosts=hosts), retry_timeout=3.0)
     try:
         client.call("/kv/deleterange", {"key": base64.b64encode(key.encode()).decode()}, time.monotonic() + 3.0)
     finally:

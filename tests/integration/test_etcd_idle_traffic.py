@@ -11,13 +11,16 @@ from typing import Any
 
 from drctl.dcs.base import LeaderStatus, MemberInfo
 from drctl.dcs.etcd import Etcd3
+from drctl.dcs.factory import EtcdSettings
 from drctl.lab.etcd import EtcdCluster
 
 NAMESPACE = "/pgdr-test-idle"
 
 
 def _etcd(cluster: EtcdCluster, name: str, scope: str, ttl: int = 10) -> Etcd3:
-    return Etcd3(namespace=NAMESPACE, scope=scope, name=name, ttl=ttl, retry_timeout=3.0, hosts=cluster.endpoints)
+    return Etcd3(
+        EtcdSettings(hosts=cluster.endpoints), namespace=NAMESPACE, scope=scope, name=name, ttl=ttl, retry_timeout=3.0
+    )
 
 
 def _info(name: str, lsn: int = 0) -> MemberInfo:

@@ -13,6 +13,7 @@ from site_agent.sitewatch import SiteWatch
 
 from drctl.dcs.base import SiteRecord
 from drctl.dcs.etcd import Etcd3
+from drctl.dcs.factory import EtcdSettings
 from drctl.lab.etcd import EtcdCluster
 from drctl.sites.audit import Audit
 from drctl.sites.plan import Context
@@ -23,7 +24,9 @@ NAMESPACE = "/service"
 
 
 def _dcs(etcd: EtcdCluster, scope: str, name: str = "t") -> Etcd3:
-    return Etcd3(namespace=NAMESPACE, scope=scope, name=name, ttl=10, retry_timeout=3, hosts=list(etcd.endpoints))
+    return Etcd3(
+        EtcdSettings(hosts=list(etcd.endpoints)), namespace=NAMESPACE, scope=scope, name=name, ttl=10, retry_timeout=3
+    )
 
 
 def _site(dcs: Etcd3, epoch: int) -> None:

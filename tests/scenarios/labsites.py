@@ -21,6 +21,7 @@ import pytest
 from drctl.lab.cluster import SUPERUSER, LabCluster
 from drctl.lab.lab import Lab
 from drctl.lab.labstate import LabState, policy_path
+from drctl.lab.sitebuild import LabLayout
 from drctl.lab.workload import DualPrimaryChecker, multi_host_url
 from drctl.policy.load import load_policy
 from drctl.policy.model import Policy
@@ -101,13 +102,13 @@ class LabSites:
 
 @contextmanager
 def checked_sites(
-    path: Path, *, heal_wan: bool = False, **up: Any
+    path: Path, *, heal_wan: bool = False, witness: bool = False, **up: Any
 ) -> Iterator[tuple[Lab | NetnsSites, LabState, LabCluster, LabCluster, DualPrimaryChecker]]:
-    """A two-site lab (two nodes a site, ``Lab.up`` options ``up``) under ``path``, watched by a
+    """A two-site lab (two nodes a site, with a witness or not, ``Lab.up`` options ``up``) under ``path``, watched by a
     dual-primary checker whose verdict is asserted when the block ends normally; the lab is taken
     down however the block ends (with ``heal_wan``, its WAN healed first)."""
     lab = scenario_lab(path)  # PGDR_LAB_MODE=netns: the multi-host lab (tests/scenarios/netns_mode.py)
-    state = lab.up(sites=2, nodes=2, **up)
+    state = lab.up(LabLayout(sites=2, nodes=2, witness=witness), **up)
     try:
         a, b = lab.clusters(state)
         checker = DualPrimaryChecker({n.name: n.dsn for c in (a, b) for n in c.nodes}).start()

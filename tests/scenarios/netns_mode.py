@@ -28,6 +28,7 @@ from drctl.lab.labstate import LabState, topology_path
 from drctl.lab.netns import NetnsLab, harness_loopback
 from drctl.lab.netns_hosts import NetnsCluster
 from drctl.lab.nsutil import in_netns, netns_support
+from drctl.lab.sitebuild import LabLayout
 from drctl.sites.controller import read_sites
 from drctl.sites.topology import load_topology
 
@@ -131,7 +132,8 @@ class NetnsClusters:
             raise TypeError(f"netns make_cluster: unsupported arguments {sorted(unknown)}")
         lab = NetnsLab(self.base / f"nlab{len(self.labs) + 1}")
         self.labs.append(lab)
-        state = lab.up(sites=1, nodes=size, dr=False, **kwargs)
+        layout = LabLayout(sites=1, nodes=size, timings=kwargs.pop("timings", None), dr=False)
+        state = lab.up(layout, **kwargs)
         cluster = lab.built[0]
         fab = lab.load_fabric()
         harness_loopback(fab, "a-cli", lab.loopback_targets(state))
@@ -155,14 +157,14 @@ class NetnsSites(NetnsLab):
         super().__init__(lab_dir)
         self._harness = contextlib.ExitStack()
 
-    def up(self, sites: int = 2, nodes: int = 3, **kwargs: Any) -> LabState:  # type: ignore[override]
+    def up(self, layout: LabLayout = LabLayout(), **kwargs: Any) -> LabState:
         if kwargs.get("dr_slots"):
             pytest.skip("loopback only: dr_slots (cross-site replication slots) are not built by the netns lab")
         for key in ("backup", "tls", "mtls"):
             if kwargs.get(key):
                 pytest.skip(f"loopback only: the netns lab has no {key}")
         kwargs.pop("wan_proxies", None)  # the WAN is cut at the router (cut_wan), no proxies needed
-        state = super().up(sites=sites, nodes=nodes, **kwargs)
+        state = super().up(layout, **kwargs)
         try:
             fab = self.load_fabric()
             harness_loopback(fab, "ops", self.loopback_targets(state))

@@ -20,6 +20,7 @@ from drctl.lab.lab import Lab
 from drctl.lab.labstate import topology_path
 from drctl.lab.ports import free_port
 from drctl.lab.procs import Supervisor
+from drctl.lab.sitebuild import LabLayout
 from drctl.lab.workload import DualPrimaryChecker, Writer, missing_rows
 from drctl.pg.osuser import user_ids
 from tests.builders import pgbouncer_files
@@ -43,7 +44,7 @@ def wait_for(pred, timeout: float, what: str) -> None:  # type: ignore[no-untype
 @pytest.fixture
 def lab(lab_dir: Path) -> Iterator[tuple[Lab, LabCluster]]:
     lab = Lab(lab_dir / "lab")
-    state = lab.up(sites=2, nodes=2, etcd_members=1)
+    state = lab.up(LabLayout(sites=2, nodes=2, etcd_members=1))
     try:
         a = lab.clusters(state)[0]
         yield lab, a

@@ -212,8 +212,14 @@ def test_replica_that_replayed_the_new_timeline_can_lead_while_its_leader_is_dow
 ) -> None:
     """Patroni #2175: A dies, B leads on timeline 2, C replicates B; B and C killed; A started
     alone stays read-only; C started then must lead (it holds every row B acknowledged) although
-    its checkpoint timeline is still 1."""
-    c = make_cluster()
+    its checkpoint timeline is still 1.
+
+    check_timeline is on: A's WAL may end before B's fork point (then A is a lagging replica on
+    timeline 1, not a diverged one), and B's few rows on timeline 2 can be within
+    maximum_lag_on_failover: by lag alone A could lead, losing them (Patroni's rule, and pgdr's
+    default). With check_timeline a member of an older timeline never leads; C, whose timeline
+    must be read from its WAL rather than its checkpoint, still has to."""
+    c = make_cluster(dynamic={"check_timeline": True})
     inst = instruments(c)
     a = c.leader()
     assert a is not None
@@ -234,6 +240,10 @@ def test_replica_that_replayed_the_new_timeline_can_lead_while_its_leader_is_dow
     c.start_agent(a)
     time.sleep(c.timings.ttl + 5)
     assert c.writable_nodes() == [], "A (diverged or behind) must not lead"
+    (a_node,) = [n for n in c.nodes if n.name == a]
+    assert (a_node.data_dir / "global" / "pg_control").exists(), (
+        "A keeps its data directory while nobody answers to rewind or copy from"
+    )
     c.start_agent(cc)
     wait_until(lambda: c.leader() == cc and cc in c.writable_nodes(), 60, f"{cc} leading while {b} is down")
     inst.checker.stop()

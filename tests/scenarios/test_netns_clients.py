@@ -28,6 +28,7 @@ from drctl.lab.netns import NetnsLab, NetnsWriter, missing_rows_from
 from drctl.lab.netns_hosts import VIP_PORT, NetnsCluster, vip_address
 from drctl.lab.nsutil import ns_argv
 from drctl.lab.procs import Supervisor
+from drctl.lab.sitebuild import LabLayout
 from drctl.lab.workload import DualPrimaryChecker
 from drctl.pg.osuser import user_ids, user_prefix
 from tests.scenarios.test_netns_lab import WHY, _sync_standby, gap_after, wait_until
@@ -128,7 +129,7 @@ def _switchover_then_failover(
 
 @pytest.mark.slow
 def test_switchover_and_failover_seen_through_the_virtual_ip(netns_lab: NetnsLab) -> None:
-    netns_lab.up(sites=1, nodes=3, dr=False, timings=TIMINGS, dynamic={"synchronous_mode": True}, vip=True)
+    netns_lab.up(LabLayout(sites=1, nodes=3, dr=False, timings=TIMINGS), dynamic={"synchronous_mode": True}, vip=True)
     (c,) = netns_lab.clusters()
     fab = netns_lab.load_fabric()
     cli = fab.host("a-cli").ns
@@ -157,7 +158,7 @@ def test_switchover_and_failover_seen_through_the_virtual_ip(netns_lab: NetnsLab
 @pytest.mark.skipif(shutil.which("pgbouncer") is None, reason="pgbouncer is not installed (scripts/setup installs it)")
 def test_switchover_and_failover_seen_through_pgbouncer(netns_lab: NetnsLab) -> None:
     # Two sites (site b a standby cluster of a): the topology drctl entrypoint reads is the lab's.
-    netns_lab.up(sites=2, nodes=2, etcd_members=1, timings=TIMINGS, dynamic={"synchronous_mode": True})
+    netns_lab.up(LabLayout(sites=2, nodes=2, etcd_members=1, timings=TIMINGS), dynamic={"synchronous_mode": True})
     c = netns_lab.clusters()[0]
     fab = netns_lab.load_fabric()
     hap, adm, cli = fab.host("a-hap"), fab.host("a-adm"), fab.host("a-cli")

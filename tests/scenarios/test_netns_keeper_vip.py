@@ -19,6 +19,7 @@ import pytest
 from drctl.lab.cluster import Timings
 from drctl.lab.netns import NetnsLab, NetnsWriter
 from drctl.lab.netns_hosts import vip_address
+from drctl.lab.sitebuild import LabLayout
 from drctl.lab.workload import DualPrimaryChecker
 from tests.scenarios.test_netns_clients import VipWatch, rows_lost
 from tests.scenarios.test_netns_lab import WHY, _sync_standby, gap_after, wait_until
@@ -34,7 +35,7 @@ TIMINGS = Timings(ttl=10, loop_wait=1, retry_timeout=3)
 
 @pytest.mark.slow
 def test_a_frozen_leaders_vip_leaves_its_host_with_the_lease(netns_lab: NetnsLab) -> None:
-    netns_lab.up(sites=1, nodes=3, dr=False, timings=TIMINGS, dynamic={"synchronous_mode": True}, vip=True)
+    netns_lab.up(LabLayout(sites=1, nodes=3, dr=False, timings=TIMINGS), dynamic={"synchronous_mode": True}, vip=True)
     (c,) = netns_lab.clusters()
     cli = netns_lab.load_fabric().host("a-cli").ns
     old = c.leader()

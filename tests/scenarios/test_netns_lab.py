@@ -24,6 +24,7 @@ from drctl.lab.netns import NetnsLab, NetnsWriter, missing_rows_from
 from drctl.lab.netns_hosts import NetnsCluster, entry_port
 from drctl.lab.nsutil import in_netns, list_netns, netns_support
 from drctl.lab.procs import spawned
+from drctl.lab.sitebuild import LabLayout
 from drctl.lab.workload import Ack, DualPrimaryChecker
 from drctl.sites.controller import cross_site_lag, read_sites, switchover_site
 from drctl.sites.topology import load_topology
@@ -81,7 +82,7 @@ def test_primary_cut_from_everything_with_a_client_in_its_namespace(netns_lab: N
     its local client before it demoted are lost by design, bounded by maximum_lag_on_failover;
     reported (Patroni lost 80-108 here)."""
     timings = Timings(ttl=10, loop_wait=1, retry_timeout=3)
-    netns_lab.up(sites=1, nodes=3, dr=False, timings=timings, dynamic={"synchronous_mode": mode == "sync"})
+    netns_lab.up(LabLayout(sites=1, nodes=3, dr=False, timings=timings), dynamic={"synchronous_mode": mode == "sync"})
     (c,) = netns_lab.clusters()
     fab = netns_lab.load_fabric()
     old = c.leader()
@@ -155,7 +156,7 @@ def _sync_standby(c: NetnsCluster) -> str | None:
 
 @pytest.mark.slow
 def test_site_switchover_across_a_50ms_wan(netns_lab: NetnsLab) -> None:
-    netns_lab.up(sites=2, nodes=2, wan_latency_ms=50.0)
+    netns_lab.up(LabLayout(sites=2, nodes=2), wan_latency_ms=50.0)
     a, b = netns_lab.clusters()
     fab = netns_lab.load_fabric()
     # The WAN really is 50 ms each way: a TCP handshake from site a to site b's entry point.
@@ -204,7 +205,7 @@ def test_site_cut_from_the_other_never_promotes_and_heals(netns_lab: NetnsLab) -
     """The router drops everything between the two sites (the WAN cut for real, both ways, while
     each site's LAN keeps working): the active site keeps writing, the standby site never gets a
     writable primary, and after the heal the standby site catches up by itself."""
-    netns_lab.up(sites=2, nodes=2)
+    netns_lab.up(LabLayout(sites=2, nodes=2))
     a, b = netns_lab.clusters()
     fab = netns_lab.load_fabric()
     topology = load_topology(topology_path(netns_lab.dir))

@@ -21,6 +21,7 @@ from drctl.drills.run import DrillRunner
 from drctl.lab.cluster import LabCluster
 from drctl.lab.lab import Lab
 from drctl.lab.labstate import policy_path
+from drctl.lab.sitebuild import LabLayout
 from drctl.policy.load import load_policy
 from drctl.policy.model import VerifyQuery
 from tests.scenarios.labsites import superuser_env
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.scenario
 @pytest.fixture(scope="module")
 def backup_lab(lab_root: Path) -> Iterator[tuple[Lab, LabCluster]]:
     lab = Lab(lab_root / "restore-drill-lab")
-    state = lab.up(sites=2, nodes=2, backup=True)
+    state = lab.up(LabLayout(sites=2, nodes=2), backup=True)
     try:
         a, _b = lab.clusters(state)
         yield lab, a

@@ -17,6 +17,7 @@ from drctl.drills.run import DrillRunner, app_url
 from drctl.lab.cluster import SUPERUSER
 from drctl.lab.lab import Lab
 from drctl.lab.labstate import policy_path
+from drctl.lab.sitebuild import LabLayout
 from drctl.lab.workload import DualPrimaryChecker
 from drctl.policy.load import load_policy
 from drctl.sites.controller import read_sites
@@ -30,7 +31,7 @@ def lab(lab_root: Path) -> Iterator[Lab]:
         mp.setenv("PGUSER", SUPERUSER[0])
         mp.setenv("PGPASSWORD", SUPERUSER[1])
         lab = Lab(lab_root / "site-loss-lab")
-        lab.up(sites=2, nodes=2)
+        lab.up(LabLayout(sites=2, nodes=2))
         try:
             yield lab
         finally:

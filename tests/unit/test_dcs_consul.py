@@ -15,10 +15,11 @@ from drctl.dcs.consul import (
     view_from_items,
     wait_param,
 )
+from drctl.dcs.factory import ConsulSettings
 
 
 def test_key_mapping() -> None:
-    d = ConsulDCS(namespace="/service/", scope="pg1", name="a", ttl=30, retry_timeout=1)
+    d = ConsulDCS(ConsulSettings(), namespace="/service/", scope="pg1", name="a", ttl=30, retry_timeout=1)
     assert d.kv_prefix == "service/pg1/"
     assert d.ckey("members", "a") == "service/pg1/members/a"
     assert consul_key("/x/y") == "x/y"
@@ -80,7 +81,7 @@ def test_invalid_session_detection() -> None:
 
 
 def test_update_leader_without_session_is_false() -> None:
-    d = ConsulDCS(namespace="s", scope="pg1", name="a", ttl=30, retry_timeout=0.3, port=1)
+    d = ConsulDCS(ConsulSettings(port=1), namespace="s", scope="pg1", name="a", ttl=30, retry_timeout=0.3)
     assert d.update_leader() is False
     assert d.delete_leader() is False
     assert d.set_failsafe({}) is False
@@ -89,7 +90,7 @@ def test_update_leader_without_session_is_false() -> None:
 def test_leader_key_changes_are_conditioned_on_the_held_session() -> None:
     # Every change of the leader key (renewal with status, release) is one transaction that
     # starts with check-session on the leader key: applied only while this session holds it.
-    d = ConsulDCS(namespace="s", scope="pg1", name="a", ttl=30, retry_timeout=0.3, port=1)
+    d = ConsulDCS(ConsulSettings(port=1), namespace="s", scope="pg1", name="a", ttl=30, retry_timeout=0.3)
     sent: list[tuple[str, list[dict[str, object]]]] = []
     d._session = "sid"
     d._renew = lambda sid, deadline: True  # type: ignore[method-assign]

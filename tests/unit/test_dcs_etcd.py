@@ -27,6 +27,7 @@ from drctl.dcs.etcd_wire import (
     unb64,
     view_from_range,
 )
+from drctl.dcs.factory import EtcdSettings
 
 
 def test_base64_and_int64() -> None:
@@ -149,7 +150,7 @@ class StubClient(EtcdClient):
     """EtcdClient whose per-endpoint exchange is scripted: endpoint -> callable(path, body)."""
 
     def __init__(self, script: Mapping[str, Any], retry_timeout: float = 1.0) -> None:
-        super().__init__(list(script), retry_timeout=retry_timeout)
+        super().__init__(EtcdSettings(hosts=list(script)), retry_timeout=retry_timeout)
         self.script = dict(script)
         self.calls: list[str] = []
 
@@ -207,7 +208,7 @@ def test_lease_not_found_is_an_answer_not_a_failover() -> None:
 
 
 def test_request_timeout_fits_all_endpoints() -> None:
-    c = EtcdClient(["a:1", "b:2", "c:3"], retry_timeout=3.0)
+    c = EtcdClient(EtcdSettings(hosts=["a:1", "b:2", "c:3"]), retry_timeout=3.0)
     assert c.request_timeout(10) == pytest.approx(1.0)
     assert c.request_timeout(0.2) == pytest.approx(0.2)
     assert c.endpoints == ["http://a:1", "http://b:2", "http://c:3"]
@@ -215,13 +216,13 @@ def test_request_timeout_fits_all_endpoints() -> None:
 
 def test_real_transport_never_leaks_urllib3_errors() -> None:
     # Nothing listens on port 1: connection refused on every attempt.
-    c = EtcdClient(["127.0.0.1:1"], retry_timeout=0.4)
+    c = EtcdClient(EtcdSettings(hosts=["127.0.0.1:1"]), retry_timeout=0.4)
     with pytest.raises(DCSError):
         c.call("/kv/range", {"key": b64("/x")}, time.monotonic() + 0.4)
 
 
 def test_classify_errors() -> None:
-    c = EtcdClient(["127.0.0.1:1"], retry_timeout=1)
+    c = EtcdClient(EtcdSettings(hosts=["127.0.0.1:1"]), retry_timeout=1)
     nf = {"error": "etcdserver: requested lease not found", "code": 5}
     assert isinstance(c._classify_error("u", 404, nf), LeaseNotFound)
     assert isinstance(
@@ -232,7 +233,7 @@ def test_classify_errors() -> None:
 
 
 def test_update_leader_without_lease_is_false_without_io() -> None:
-    d = Etcd3(namespace="ns", scope="s", name="a", ttl=10, retry_timeout=0.2, hosts=["127.0.0.1:1"])
+    d = Etcd3(EtcdSettings(hosts=["127.0.0.1:1"]), namespace="ns", scope="s", name="a", ttl=10, retry_timeout=0.2)
     assert d.update_leader() is False
     assert d.delete_leader() is False
     assert d.prefix == "/ns/s/"

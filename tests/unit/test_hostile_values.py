@@ -118,6 +118,34 @@ def test_history_entries_are_strict() -> None:
     assert dcs.History.parse(b"[[1, 100, null, null, null]]", 3).entries == (dcs.HistoryEntry(1, 100, "", "", ""),)
 
 
+@pytest.mark.parametrize(
+    ("record", "key"),
+    [(dcs.Failover, "failover"), (dcs.SyncState, "sync"), (dcs.LeaderStatus, "status"), (dcs.SiteRecord, "site")],
+)
+def test_a_key_record_that_is_not_a_json_object_is_corrupt_naming_its_key(
+    record: type[dcs.KeyRecord], key: str
+) -> None:
+    with pytest.raises(dcs.CorruptValue, match=rf"^{key} must be a JSON object, not list$"):
+        record.parse(b"[1]", 4)
+    with pytest.raises(dcs.CorruptValue, match=rf"^{key} is not valid JSON \("):
+        record.parse(b"{", 4)
+
+
+def test_history_that_is_not_a_json_list_is_corrupt() -> None:
+    with pytest.raises(dcs.CorruptValue, match=r"^history must be a JSON list, not dict$"):
+        dcs.History.parse(b"{}", 1)
+    with pytest.raises(dcs.CorruptValue, match=r"^history is not valid JSON \("):
+        dcs.History.parse(b"[", 1)
+
+
+def test_status_slots_must_map_names_to_lsns() -> None:
+    assert dcs.LeaderStatus.parse(b'{"optime": 5, "slots": null}', 2) == dcs.LeaderStatus(5, {}, 2)
+    assert dict(dcs.LeaderStatus.parse(b'{"optime": 5, "slots": {"b": 4}}', 2).slots) == {"b": 4}
+    for slots in (b'{"b": true}', b'{"b": "4"}', b'["b"]'):
+        with pytest.raises(dcs.CorruptValue, match=r"^status\.slots must map slot names to LSNs"):
+            dcs.LeaderStatus.parse(b'{"optime": 5, "slots": %s}' % slots, 2)
+
+
 # --- view mending ------------------------------------------------------------------------------
 
 

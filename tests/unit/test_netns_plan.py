@@ -10,9 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from drctl.cli.main import cli
+from drctl.lab.cluster import LAB_SCOPE
 from drctl.lab.etcd import LabError
 from drctl.lab.fabric import Fabric, Host, lan_address, new_prefix, site_index
-from drctl.lab.netns_hosts import node_pg_port
+from drctl.lab.netns_hosts import NetnsCluster, node_pg_port
+from drctl.lab.procs import Supervisor
+from drctl.lab.sitebuild import LabLayout, SiteBuilder
 from drctl.lab.wanrelay import read_config
 
 
@@ -78,3 +81,16 @@ def test_cli_refuses_netns_with_tls(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert "--netns runs without --tls" in result.output
     assert not (tmp_path / "lab").exists()
+
+
+def test_a_netns_cluster_takes_the_settings_the_lab_builds_it_with(tmp_path: Path) -> None:
+    # NetnsCluster is a dataclass of its own: its fields (fabric, vip, ...) are constructor
+    # arguments, which the netns lab passes through SiteBuilder (a plain subclass of LabCluster
+    # would refuse them, as it did when the class lost its decorator in a module split).
+    fab = Fabric("pgdrtest00", str(tmp_path))
+    build = SiteBuilder(NetnsCluster, Supervisor(tmp_path), "postgres", LabLayout(sites=2, nodes=2))
+    c = build.cluster("b", tmp_path / "site-b", ["http://10.77.2.11:2379"], tmp_path / "t.yml", fabric=fab, vip=True)
+    assert (c.fabric, c.vip, c.site, c.size, c.scope) == (fab, True, "b", 2, LAB_SCOPE)
+    assert c.dr is not None and c.dr["site"] == "b" and c.dr["topology"] == str(tmp_path / "t.yml")
+    single = SiteBuilder(NetnsCluster, Supervisor(tmp_path), "postgres", LabLayout(sites=1, nodes=3))
+    assert single.cluster("a", tmp_path / "site-a", [], tmp_path / "t.yml", fabric=fab).dr is None
