@@ -15,50 +15,76 @@ so an existing Patroni file needs few changes. Two differences on purpose:
 
 :func:`load_config` turns every YAML or validation problem into one :class:`ConfigError` whose
 message names the file, the field path (and line when known) and what to do.
+
+The names below are loaded on first use (PEP 562), so that the long-lived agent can import the
+pydantic-free parts (drctl.agentconfig.plain, .runtime, .behaviour) without loading pydantic and
+the models (see drctl.agentconfig.plain).
 """
 
 from __future__ import annotations
 
-from drctl.agentconfig.base import (
-    ConfigError,
-)
-from drctl.agentconfig.dynamic import (
-    DynamicConfig,
-    DynamicPostgresql,
-    StandbyClusterConfig,
-    parse_dynamic_config,
-)
-from drctl.agentconfig.load import (
-    load_config,
-    parse_config,
-)
-from drctl.agentconfig.model import (
-    AgentConfig,
-    BootstrapConfig,
-    check_files,
-    dcs_settings,
-    referenced_files,
-)
-from drctl.agentconfig.sections import (
-    ApiCredentials,
-    CallbacksConfig,
-    ConsulConfig,
-    Credentials,
-    DcsSection,
-    DrConfig,
-    EtcdConfig,
-    FencingConfig,
-    LogConfig,
-    PgBackRestRepo,
-    PgBackRestSection,
-    PostgresqlAuth,
-    PostgresqlConfig,
-    ReplicaMethod,
-    RestApiConfig,
-    SslMode,
-    Tags,
-    WatchdogConfig,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from drctl.agentconfig.dynamic import DynamicConfig, DynamicPostgresql, StandbyClusterConfig, parse_dynamic_config
+    from drctl.agentconfig.load import load_checked, load_config, parse_config
+    from drctl.agentconfig.model import AgentConfig, BootstrapConfig, check_files, dcs_settings, referenced_files
+    from drctl.agentconfig.plain import ConfigError
+    from drctl.agentconfig.sections import (
+        ApiCredentials,
+        CallbacksConfig,
+        ConsulConfig,
+        Credentials,
+        DcsSection,
+        DrConfig,
+        EtcdConfig,
+        FencingConfig,
+        LogConfig,
+        PgBackRestRepo,
+        PgBackRestSection,
+        PostgresqlAuth,
+        PostgresqlConfig,
+        ReplicaMethod,
+        RestApiConfig,
+        SslMode,
+        Tags,
+        WatchdogConfig,
+    )
+
+_WHERE = {
+    "AgentConfig": "model",
+    "ApiCredentials": "sections",
+    "BootstrapConfig": "model",
+    "CallbacksConfig": "sections",
+    "ConfigError": "plain",
+    "ConsulConfig": "sections",
+    "Credentials": "sections",
+    "DcsSection": "sections",
+    "DrConfig": "sections",
+    "DynamicConfig": "dynamic",
+    "DynamicPostgresql": "dynamic",
+    "EtcdConfig": "sections",
+    "FencingConfig": "sections",
+    "LogConfig": "sections",
+    "PgBackRestRepo": "sections",
+    "PgBackRestSection": "sections",
+    "PostgresqlAuth": "sections",
+    "PostgresqlConfig": "sections",
+    "ReplicaMethod": "sections",
+    "RestApiConfig": "sections",
+    "SslMode": "sections",
+    "StandbyClusterConfig": "dynamic",
+    "Tags": "sections",
+    "WatchdogConfig": "sections",
+    "check_files": "model",
+    "dcs_settings": "model",
+    "load_checked": "load",
+    "load_config": "load",
+    "parse_config": "load",
+    "parse_dynamic_config": "dynamic",
+    "referenced_files": "model",
+}
 
 __all__ = [
     "AgentConfig",
@@ -87,8 +113,18 @@ __all__ = [
     "WatchdogConfig",
     "check_files",
     "dcs_settings",
+    "load_checked",
     "load_config",
     "parse_config",
     "parse_dynamic_config",
     "referenced_files",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"drctl.agentconfig.{module}"), name)
+    globals()[name] = value
+    return value

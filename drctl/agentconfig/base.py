@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from drctl.agentconfig.plain import ConfigError
 
-class ConfigError(Exception):
-    """A configuration problem, already phrased for an operator (file, field, what to do)."""
+__all__ = ["ConfigError", "_Model"]
 
 
 class _Model(BaseModel):

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 
 from pydantic import ValidationError
 
+from drctl.agentconfig.plain import problems_message
+
 _HINTS = {
     "extra_forbidden": "unknown key: remove it or fix its spelling",
     "missing": "required: add it",
@@ -13,18 +15,13 @@ _HINTS = {
 
 
 def validation_message(exc: ValidationError, source: str, lines: Mapping[tuple[str, ...], int]) -> str:
-    problems: list[str] = []
+    problems: list[tuple[tuple[str, ...], str]] = []
     for err in exc.errors():
-        loc = _clean_loc(err["loc"])
-        field = ".".join(loc) or "(top level)"
-        line = _nearest_line(loc, lines)
-        where = f"{source}:{line}" if line else source
         msg = _HINTS.get(err["type"], err["msg"])
         if err["type"] == "value_error":
             msg = str(err["msg"]).removeprefix("Value error, ")
-        problems.append(f"{where}: field `{field}`: {msg}")
-    head = f"{source}: invalid configuration ({len(problems)} problem{'s' if len(problems) > 1 else ''})"
-    return head + "\n  " + "\n  ".join(problems)
+        problems.append((_clean_loc(err["loc"]), msg))
+    return problems_message(problems, source, lines)
 
 
 def _clean_loc(loc: Sequence[int | str]) -> tuple[str, ...]:
@@ -36,10 +33,3 @@ def _clean_loc(loc: Sequence[int | str]) -> tuple[str, ...]:
             continue
         out.append(s)
     return tuple(out)
-
-
-def _nearest_line(loc: tuple[str, ...], lines: Mapping[tuple[str, ...], int]) -> int | None:
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return None

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from drctl.agentconfig.base import ConfigError
 from drctl.agentconfig.errors import validation_message
-from drctl.agentconfig.model import AgentConfig
+from drctl.agentconfig.model import AgentConfig, check_files
 from drctl.yamlsafe import YamlError, check_graph, decode_utf8, read_file, yaml_error_line
 
 
@@ -21,6 +21,16 @@ def load_config(path: str | Path) -> AgentConfig:
     except YamlError as exc:
         raise ConfigError(str(exc)) from None
     return parse_config(data, source=str(path))
+
+
+def load_checked(path: str) -> AgentConfig:
+    """``load_config`` and ``check_files``: what the agent checks before it starts, every problem
+    one :class:`ConfigError` worded for the operator."""
+    cfg = load_config(path)
+    problems = check_files(cfg, path)
+    if problems:
+        raise ConfigError(f"{path}: {len(problems)} problem(s) with referenced files\n  " + "\n  ".join(problems))
+    return cfg
 
 
 def parse_config(text: str | bytes, source: str = "<config>") -> AgentConfig:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 
+from drctl.agentconfig import behaviour as bh
 from drctl.agentconfig.base import _Model
 from drctl.agentconfig.dynamic import DynamicConfig
 from drctl.agentconfig.sections import (
@@ -39,7 +40,7 @@ class BootstrapConfig(_Model):
     }
 
 
-class AgentConfig(_Model):
+class AgentConfig(bh.AgentBehaviour, _Model):
     scope: str = Field(min_length=1)
     namespace: str = DEFAULT_NAMESPACE
     name: str = Field(min_length=1)
@@ -68,28 +69,6 @@ class AgentConfig(_Model):
         if self.tags.replicatefrom == self.name:
             raise ValueError("tags.replicatefrom must name another member, not this one")
         return self
-
-    def _dcs_candidates(self) -> list[tuple[str, EtcdConfig | ConsulConfig | None]]:
-        out: list[tuple[str, EtcdConfig | ConsulConfig | None]] = [
-            ("etcd", self.etcd),
-            ("etcd3", self.etcd3),
-            ("consul", self.consul),
-        ]
-        if self.dcs is not None:
-            out += [
-                ("dcs.etcd", self.dcs.etcd),
-                ("dcs.etcd3", self.dcs.etcd3),
-                ("dcs.consul", self.dcs.consul),
-            ]
-        return out
-
-    @property
-    def dcs_backend(self) -> tuple[Literal["etcd3", "consul"], EtcdConfig | ConsulConfig]:
-        """The one configured backend: ("etcd3", EtcdConfig) or ("consul", ConsulConfig)."""
-        for key, val in self._dcs_candidates():
-            if val is not None:
-                return ("consul", val) if key.endswith("consul") else ("etcd3", val)
-        raise AssertionError("validated: one backend is configured")  # pragma: no cover
 
 
 def referenced_files(cfg: AgentConfig) -> list[tuple[str, str]]:
@@ -151,9 +130,8 @@ def check_files(cfg: AgentConfig, source: str) -> list[str]:
 def dcs_settings(cfg: AgentConfig) -> DcsSettings:
     """The agent configuration's one DCS backend as the settings drctl.dcs.factory connects with
     (the agent and the CLI both use this conversion)."""
-    _kind, section = cfg.dcs_backend
-    if isinstance(section, ConsulConfig):
-        host, port = section.host_port
-        passed = {"scheme", "token", "dc", "cacert", "cert", "key", "verify"}
-        return DcsSettings(consul=ConsulSettings(host=host, port=port, **section.model_dump(include=passed)))
-    return DcsSettings(etcd=EtcdSettings(**section.model_dump(exclude={"password_file"})))
+    kind, section = cfg.dcs_backend
+    fields = bh.backend_fields(kind, section)
+    if kind == "consul":
+        return DcsSettings(consul=ConsulSettings(**fields))
+    return DcsSettings(etcd=EtcdSettings(**fields))

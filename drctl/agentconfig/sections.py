@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from drctl.agentconfig import behaviour as bh
 from drctl.agentconfig.base import _Model
 from drctl.backup.policy import BackupSchedule
-from drctl.common.hostport import check_host_port, format_host_port, split_host_port
+from drctl.common.hostport import check_host_port
 from drctl.dcs.factory import EtcdSettings, TlsClientSettings
 from drctl.safefs import resolve_secret
 
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
 
-class Credentials(_Model):
+class Credentials(bh.CredentialsBehaviour, _Model):
     """PostgreSQL credentials. The password may be absent (peer, cert or .pgpass authentication).
     The ssl* keys (libpq's, as in Patroni) apply to the TCP connections made with them: streaming
     replication, pg_basebackup, pg_rewind, the other site's entry point."""
@@ -39,14 +39,6 @@ class Credentials(_Model):
             raise ValueError("`sslkey` needs `sslcert`")
         return self
 
-    def ssl_params(self) -> dict[str, str | None]:
-        return {
-            "sslmode": self.sslmode,
-            "sslrootcert": self.sslrootcert,
-            "sslcert": self.sslcert,
-            "sslkey": self.sslkey,
-        }
-
 
 class ApiCredentials(_Model):
     """REST API credentials (HTTP Basic): a username always comes with a password."""
@@ -63,7 +55,7 @@ class ApiCredentials(_Model):
         return self
 
 
-class RestApiConfig(_Model):
+class RestApiConfig(bh.RestApiBehaviour, _Model):
     listen: str = Field(description="host:port the REST API binds to")
     connect_address: str = Field(description="host:port other members and load balancers use")
     authentication: ApiCredentials | None = Field(
@@ -110,10 +102,6 @@ class RestApiConfig(_Model):
             raise ValueError("`readonly_authentication` must use another username than `authentication`")
         return self
 
-    @property
-    def tls(self) -> bool:
-        return self.certfile is not None
-
 
 class EtcdConfig(EtcdSettings):
     """etcd v3 (reached through its JSON gateway). ``etcd`` and ``etcd3`` both map here: the DCS
@@ -144,7 +132,7 @@ class EtcdConfig(EtcdSettings):
         return v
 
 
-class ConsulConfig(TlsClientSettings):
+class ConsulConfig(bh.ConsulBehaviour, TlsClientSettings):
     """Consul: the DCS settings' TLS files and rule; ``host`` may carry the port (Patroni's form)."""
 
     model_config = _Model.model_config
@@ -157,16 +145,6 @@ class ConsulConfig(TlsClientSettings):
     token_file: str | None = None
     dc: str | None = None
     consistency: Literal["default", "consistent", "stale"] = "default"
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        """(host, port): ``port`` when set wins over a port written in ``host`` (default 8500)."""
-        host, port = split_host_port(self.host, 8500)
-        return host, self.port or port
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://{format_host_port(*self.host_port)}"
 
 
 class DcsSection(_Model):
@@ -189,7 +167,7 @@ class PgBackRestRepo(_Model):
     retention_diff: int | None = Field(default=None, ge=1)
 
 
-class PgBackRestSection(_Model):
+class PgBackRestSection(bh.PgBackRestBehaviour, _Model):
     """``postgresql.pgbackrest``: the node's pgBackRest setup. The agent writes its own
     pgBackRest configuration file (never /etc/pgbackrest.conf), archives WAL to every repo,
     restores WAL from them by priority, and builds replicas from the latest backup."""
@@ -202,19 +180,11 @@ class PgBackRestSection(_Model):
     archive_timeout: int = Field(default=60, ge=1)
     schedule: BackupSchedule | None = Field(default=None, description="cron schedule; runs on the leader only")
 
-    def base_path(self, data_dir: str | Path) -> Path:
-        """log/lock/spool directory: ``base_dir``, else ``pgbackrest`` beside data_dir."""
-        return Path(self.base_dir) if self.base_dir else Path(data_dir).parent / "pgbackrest"
-
-    def config_path(self, data_dir: str | Path) -> Path:
-        """The pgBackRest configuration file the agent writes and drctl reads."""
-        return Path(self.config_file) if self.config_file else self.base_path(data_dir) / "pgbackrest.conf"
-
 
 CALLBACK_ACTIONS = ("on_start", "on_stop", "on_restart", "on_reload", "on_role_change")
 
 
-class CallbacksConfig(_Model):
+class CallbacksConfig(bh.CallbacksBehaviour, _Model):
     """``postgresql.callbacks``: scripts run when PostgreSQL starts, stops, restarts, reloads or
     changes role, called as Patroni calls them so that existing scripts carry over:
     ``<command> <action> <role> <scope>`` (role: primary, replica, standby_leader or demoted).
@@ -242,13 +212,6 @@ class CallbacksConfig(_Model):
             raise ValueError("an empty command: give the script's path (and its arguments)")
         return v
 
-    def argv(self, action: str) -> list[str] | None:
-        """The configured command of ``action`` as an argument list, None when not configured."""
-        v = getattr(self, action)
-        if v is None:
-            return None
-        return shlex.split(v) if isinstance(v, str) else list(v)
-
 
 ReplicaMethod = Literal["basebackup", "pgbackrest"]
 
@@ -257,10 +220,7 @@ def _default_methods() -> list[ReplicaMethod]:
     return ["basebackup"]
 
 
-DEFAULT_BIN_DIR = "/usr/lib/postgresql/15/bin"
-
-
-class PostgresqlConfig(_Model):
+class PostgresqlConfig(bh.PostgresqlBehaviour, _Model):
     listen: str
     connect_address: str
     data_dir: str
@@ -282,11 +242,6 @@ class PostgresqlConfig(_Model):
         "config_dir": "PostgreSQL's configuration lives in data_dir (postgresql.conf includes pgdr's file); remove it",
         "pgpass": "pgdr never writes a .pgpass file: passwords reach each command through its environment; remove it",
     }
-
-    @property
-    def bin_path(self) -> str:
-        """Where the PostgreSQL binaries are: ``bin_dir``, else Debian's PostgreSQL 15."""
-        return self.bin_dir or DEFAULT_BIN_DIR
 
     @field_validator("listen")
     @classmethod

@@ -24,13 +24,13 @@ Unknown keys are refused (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from drctl.common.hostport import format_host_port
-from drctl.dcs.base import DCS, DCSError
+from drctl.dcs.base import DCS
+from drctl.dcs.connect import DcsSettingsBehaviour, connect_settings
 from drctl.safefs import resolve_secret
 
 
@@ -109,7 +109,7 @@ class ConsulSettings(TlsClientSettings):
     secret: ClassVar[tuple[str, str] | None] = ("token", "token_file")
 
 
-class DcsSettings(_Strict):
+class DcsSettings(DcsSettingsBehaviour, _Strict):
     """Exactly one of ``etcd`` / ``consul``."""
 
     etcd: EtcdSettings | None = None
@@ -121,34 +121,8 @@ class DcsSettings(_Strict):
             raise ValueError("configure exactly one DCS backend: 'etcd' or 'consul'")
         return self
 
-    @property
-    def backend(self) -> str:
-        return "etcd" if self.etcd is not None else "consul"
-
-    @property
-    def hosts(self) -> list[str]:
-        if self.etcd is not None:
-            return list(self.etcd.hosts)
-        assert self.consul is not None
-        return [f"{self.consul.scheme}://{format_host_port(self.consul.host, self.consul.port)}"]
-
 
 def get_dcs(settings: DcsSettings, *, namespace: str, scope: str, name: str, ttl: int, retry_timeout: float) -> DCS:
     """The DCS object for one member. Nothing is contacted yet: the first call does, and when the
     DCS is unreachable it raises :class:`DCSError` naming the hosts it tried."""
-    common: dict[str, Any] = {
-        "namespace": namespace,
-        "scope": scope,
-        "name": name,
-        "ttl": ttl,
-        "retry_timeout": retry_timeout,
-    }
-    if settings.etcd is not None:
-        from drctl.dcs.etcd import Etcd3
-
-        return Etcd3(settings.etcd, **common)
-    if settings.consul is not None:
-        from drctl.dcs.consul import ConsulDCS
-
-        return ConsulDCS(settings.consul, **common)
-    raise DCSError("no DCS backend configured")  # unreachable: the model requires one
+    return connect_settings(settings, namespace=namespace, scope=scope, name=name, ttl=ttl, retry_timeout=retry_timeout)

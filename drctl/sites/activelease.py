@@ -29,14 +29,17 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drctl.dcs import etcd_wire as wire
 from drctl.dcs.base import DCSError, SiteRecord
+from drctl.dcs.connect import connect_settings
 from drctl.dcs.etcd import Etcd3, LeaseNotFound
-from drctl.dcs.factory import DcsSettings, get_dcs
-from drctl.sites.topology import Topology
 from drctl.sites.witness import WITNESS_SCOPE
+
+if TYPE_CHECKING:
+    from drctl.dcs.factory import DcsSettings
+    from drctl.sites.topology import Topology
 
 LEASE_DIR = "pgdr-active-lease"
 MARKER_DIR = "pgdr-active-lease-marker"
@@ -92,7 +95,9 @@ class Renewal:
 
 
 def _client(spec: StoreSpec, name: str, timeout: float) -> Etcd3:
-    dcs = get_dcs(spec.settings, namespace=spec.namespace, scope=spec.scope, name=name, ttl=30, retry_timeout=timeout)
+    dcs = connect_settings(
+        spec.settings, namespace=spec.namespace, scope=spec.scope, name=name, ttl=30, retry_timeout=timeout
+    )
     if not isinstance(dcs, Etcd3):
         dcs.close()
         raise DCSError(f"lease store {spec.name}: lease-based fencing needs etcd")

@@ -11,15 +11,25 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from drctl.agentapi.client import RestAuth
 from drctl.common.hostport import split_host_port
 from drctl.dcs.factory import DcsSettings
 from drctl.safefs import read_secret_file
+from drctl.sites.topobase import SiteSpecBehaviour, TopologyBehaviour, TopologyError, standby_cluster_section
 from drctl.yamlsafe import YamlError, load_yaml
 
-
-class TopologyError(Exception):
-    """A topology file could not be used; the message names the file and the field."""
+__all__ = [
+    "ApiAuth",
+    "ApiTls",
+    "DrPolicy",
+    "SiteSpec",
+    "SiteTargets",
+    "Topology",
+    "TopologyError",
+    "dump_topology",
+    "load_topology",
+    "policy_problems",
+    "standby_cluster_section",
+]
 
 
 class _Model(BaseModel):
@@ -60,7 +70,7 @@ class SiteTargets(_Model):
     max_data_loss_bytes: int | None = Field(default=None, ge=0, description="RPO: WAL bytes that may be lost")
 
 
-class SiteSpec(_Model):
+class SiteSpec(SiteSpecBehaviour, _Model):
     dcs: DcsSettings
     namespace: str = "/service"
     scope: str = Field(min_length=1)
@@ -78,14 +88,6 @@ class SiteSpec(_Model):
         "from a repository it can read): its archive fallback when the active site's WAL is gone",
     )
     targets: SiteTargets = Field(default_factory=SiteTargets)
-
-    @property
-    def entry_host_port(self) -> tuple[str, int]:
-        return split_host_port(self.entry_point)
-
-    def rest_auth(self) -> RestAuth:
-        a, t = self.api_auth, self.api_tls or ApiTls()
-        return RestAuth(a.username if a else None, a.password if a else None, t.cafile, t.certfile, t.keyfile, True)
 
     @model_validator(mode="after")
     def _check_entry(self) -> SiteSpec:
@@ -123,7 +125,7 @@ class DrPolicy(_Model):
     confirmation_max_age_s: float | None = Field(default=None, gt=0)
 
 
-class Topology(_Model):
+class Topology(TopologyBehaviour, _Model):
     sites: dict[str, SiteSpec] = Field(min_length=2)
     witness: DcsSettings | None = None
     policy: DrPolicy = Field(default_factory=DrPolicy)
@@ -135,15 +137,6 @@ class Topology(_Model):
         if problems:
             raise ValueError(f"policy.{problems[0][0]}: {problems[0][1]}")
         return self
-
-    def site(self, name: str) -> SiteSpec:
-        try:
-            return self.sites[name]
-        except KeyError:
-            raise TopologyError(f"{self.source}: no site {name!r} (sites: {', '.join(sorted(self.sites))})") from None
-
-    def others(self, name: str) -> list[str]:
-        return [n for n in self.sites if n != name]
 
 
 def policy_problems(sites: Mapping[str, SiteSpec], witness: DcsSettings | None, p: DrPolicy) -> list[tuple[str, str]]:
@@ -164,26 +157,6 @@ def policy_problems(sites: Mapping[str, SiteSpec], witness: DcsSettings | None, 
     if p.active_lease_margin_s >= p.active_lease_ttl_s / 2:
         out.append(("active_lease_margin_s", "must be below half of active_lease_ttl_s"))
     return out
-
-
-def standby_cluster_section(
-    target: SiteSpec, standby: SiteSpec | None = None, current: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """The ``standby_cluster`` section of a site that follows ``target``: the target's entry point
-    and slot, and always an archive fallback (``restore_command``): the standby site's own
-    setting from the topology, else the one its current section carries. Without it a standby
-    site that falls behind the active primary's retained WAL would need a full re-clone."""
-    host, port = target.entry_host_port
-    section: dict[str, Any] = {"host": host, "port": port}
-    if target.replication_slot:
-        section["primary_slot_name"] = target.replication_slot
-    restore = (standby.restore_command if standby is not None else None) or (current or {}).get("restore_command")
-    if restore:
-        section["restore_command"] = restore
-    for key in ("archive_cleanup_command", "recovery_min_apply_delay", "create_replica_methods"):
-        if current and current.get(key) is not None:
-            section[key] = current[key]
-    return section
 
 
 def load_topology(path: str | Path) -> Topology:

@@ -25,10 +25,13 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drctl.dcs.base import DCS, DCSError, SiteRecord
-from drctl.dcs.factory import DcsSettings, get_dcs
+from drctl.dcs.connect import connect_settings
+
+if TYPE_CHECKING:
+    from drctl.dcs.factory import DcsSettings
 
 WITNESS_SCOPE = "pgdr-witness"
 
@@ -92,7 +95,7 @@ class Witness:
 
     def _client(self) -> DCS:
         if self._dcs is None:
-            self._dcs = get_dcs(
+            self._dcs = connect_settings(
                 self.settings,
                 namespace=self.namespace,
                 scope=WITNESS_SCOPE,

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from drctl.agentconfig import DynamicConfig, FencingConfig
 from drctl.dcs.base import DCS, ClusterView
 from site_agent.callbacks import Callbacks
 from site_agent.memory import Memory
 from site_agent.node import Node
+
+if TYPE_CHECKING:
+    from drctl.agentconfig import DynamicConfig, FencingConfig
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from drctl.agentconfig import AgentConfig, ConfigError, DynamicConfig, parse_dynamic_config
+from drctl.agentconfig.plain import ConfigError
+from drctl.agentconfig.runtime import parse_dynamic
 from drctl.common.members import lag_between, leader_lsn
 from drctl.dcs.base import DCS, ClusterView, DCSError, MemberInfo
 from site_agent.actions import Decision, Promote, StartPostgres
 from site_agent.callbacks import Callbacks
-from site_agent.crosssite import SiteGuard, with_permanent_slots
 from site_agent.decide import decide
 from site_agent.executor import Executor
 from site_agent.fencing import LeaseKeeper
@@ -35,7 +35,9 @@ from site_agent.state import DecideConfig, LocalState, PgState, tags_from_config
 from site_agent.viewmend import LastGood, mend_view
 
 if TYPE_CHECKING:
+    from drctl.agentconfig import AgentConfig, DynamicConfig
     from drctl.backup.schedule import BackupScheduler
+    from site_agent.crosssite import SiteGuard
 
 log = structlog.get_logger("site_agent")
 
@@ -124,6 +126,8 @@ class Agent:
             local = self._interpret(view, obs, now)
             decision = decide(view, local, self.decide_config(), now)
             if self.site_guard is not None:
+                from site_agent.crosssite import with_permanent_slots  # with `dr:` only (see daemon)
+
                 decision = with_permanent_slots(decision, self.site_guard.permanent_slots())
             self._log_decision(decision, local)
             self.mem = replace(self.mem, leader_key_lost=False)
@@ -252,7 +256,7 @@ class Agent:
             # A corrupt `config` key is reported by mend_view; the last good configuration stays.
             return
         try:
-            dyn = parse_dynamic_config(dict(view.config.data))
+            dyn = parse_dynamic(dict(view.config.data))
         except ConfigError as exc:
             log.error("invalid dynamic configuration in the DCS: keeping the last good one", error=str(exc))
             return

@@ -26,11 +26,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 
-from drctl.agentconfig import CallbacksConfig
+if TYPE_CHECKING:
+    from drctl.agentconfig import CallbacksConfig
+
 
 log = structlog.get_logger("site_agent.callbacks")
 

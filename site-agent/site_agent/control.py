@@ -13,7 +13,8 @@ from typing import Any
 
 import structlog
 
-from drctl.agentconfig import ConfigError, parse_dynamic_config
+from drctl.agentconfig.plain import ConfigError
+from drctl.agentconfig.runtime import parse_dynamic
 from drctl.common.mergepatch import merge_patch
 from drctl.dcs.base import ClusterView, DCSError, Failover
 from site_agent.agent import Agent
@@ -204,7 +205,7 @@ class Control:
         current = dict(view.config.data) if view.config else {}
         new = build(current)
         try:
-            parse_dynamic_config(new)
+            parse_dynamic(new)
         except ConfigError as exc:
             return 400, str(exc)
         try:

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from drctl.agentconfig import DrConfig, DynamicConfig
+from drctl.agentconfig.plain import ConfigError
+from drctl.agentconfig.runtime import load_topology_records
 from drctl.dcs.base import DCS, ClusterView, DCSError, SiteRecord
 from drctl.sites.activelease import lease_stores
-from drctl.sites.topology import Topology, TopologyError, load_topology
+from drctl.sites.topobase import TopologyError
 from site_agent.actions import Decision
 from site_agent.activelease import ActiveLease, Want, lease_doc, lease_hold, retracted
 from site_agent.crosssite_judge import (
@@ -57,6 +57,10 @@ __all__ = [
     "with_permanent_slots",
 ]
 
+if TYPE_CHECKING:
+    from drctl.agentconfig import DrConfig, DynamicConfig
+    from drctl.sites.topology import Topology
+
 log = structlog.get_logger("site_agent.crosssite")
 
 
@@ -87,7 +91,7 @@ class SiteGuard:
 
     @classmethod
     def from_config(cls, dr: DrConfig, member: str) -> SiteGuard:
-        topology = load_topology(Path(dr.topology))
+        topology = load_topology_records(dr.topology)
         return cls(CrossSiteMonitor(dr.site, topology, dr.poll_interval, dr.timeout), member)
 
     @property
@@ -144,7 +148,7 @@ class SiteGuard:
         if verdict.state == "fenced":
             try:
                 target = standby_target(self.topology, verdict, self.site, base.standby_cluster)
-            except (TopologyError, ValueError) as exc:
+            except (TopologyError, ConfigError, ValueError) as exc:
                 log.error("cannot build the standby_cluster section for the active site", error=str(exc))
         eff_view, out = effective_inputs(view, base_out, verdict, may, target, self.lease_hold)
         self._last_out = out

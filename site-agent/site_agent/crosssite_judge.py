@@ -20,14 +20,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from drctl.agentconfig import DynamicConfig, StandbyClusterConfig
+from drctl.agentconfig.runtime import parse_standby
 from drctl.dcs.base import ClusterView, SiteRecord
-from drctl.sites.topology import Topology, standby_cluster_section
+from drctl.sites.topobase import standby_cluster_section
 from site_agent.actions import Decision, ManageSlots
 
 State = Literal["off", "standby", "fenced", "confirmed", "unconfirmed"]
+
+if TYPE_CHECKING:
+    from drctl.agentconfig import DynamicConfig, StandbyClusterConfig
+    from drctl.sites.topology import Topology
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +252,7 @@ def standby_target(topology: Topology, verdict: Verdict, my_site: str, current: 
         topology.sites.get(my_site),
         current.model_dump(exclude_none=True) if current is not None else None,
     )
-    return StandbyClusterConfig.model_validate(section)
+    return parse_standby(section)
 
 
 def effective_inputs(

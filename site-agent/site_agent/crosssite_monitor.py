@@ -9,15 +9,19 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from drctl.agentconfig.runtime import load_topology_records
 from drctl.dcs.base import DCS, DCSError, SiteRecord
-from drctl.dcs.factory import get_dcs
-from drctl.sites.topology import Topology, TopologyError, load_topology
+from drctl.dcs.connect import connect_settings
+from drctl.sites.topobase import TopologyError
 from drctl.sites.witness import WITNESS_SCOPE
 from site_agent.crosssite_judge import ActiveClaim, PeerObservation
+
+if TYPE_CHECKING:
+    from drctl.sites.topology import Topology
 
 log = structlog.get_logger("site_agent.crosssite")
 
@@ -67,7 +71,7 @@ class CrossSiteMonitor:
             return
         assert self._source is not None
         try:
-            new = load_topology(self._source)
+            new = load_topology_records(str(self._source))
             if self.my_site not in new.sites:
                 raise TopologyError(f"{self._source}: site {self.my_site!r} (dr.site) is no longer in the topology")
         except TopologyError as exc:
@@ -105,7 +109,7 @@ class CrossSiteMonitor:
     def _dcs(self, name: str) -> DCS:
         if name == WITNESS:
             assert self.topology.witness is not None
-            return get_dcs(
+            return connect_settings(
                 self.topology.witness,
                 namespace="/service",
                 scope=WITNESS_SCOPE,
@@ -114,7 +118,7 @@ class CrossSiteMonitor:
                 retry_timeout=self.timeout,
             )
         spec = self.topology.site(name)
-        return get_dcs(
+        return connect_settings(
             spec.dcs,
             namespace=spec.namespace,
             scope=spec.scope,

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from drctl.agentconfig import DynamicConfig
 from drctl.dcs.base import ClusterView
-from drctl.sites.topology import Topology
 from site_agent.actions import Decision
+
+if TYPE_CHECKING:
+    from drctl.agentconfig import DynamicConfig
+    from drctl.sites.topology import Topology
 
 log = structlog.get_logger("site_agent.crosssite")
 

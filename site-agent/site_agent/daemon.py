@@ -7,30 +7,21 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
-from drctl.agentconfig import (
-    AgentConfig,
-    ApiCredentials,
-    ConfigError,
-    ConsulConfig,
-    EtcdConfig,
-    check_files,
-    dcs_settings,
-    load_config,
-)
+from drctl.agentconfig.plain import ConfigError, backend_settings
+from drctl.agentconfig.runtime import load_agent_config
 from drctl.backup.errors import BackupError
 from drctl.common.hostport import split_host_port
 from drctl.dcs.base import DCS, ClusterView, DCSError
-from drctl.dcs.factory import get_dcs
+from drctl.dcs.connect import connect
 from drctl.pg.ctl import PgCtlError
-from drctl.sites.topology import TopologyError
 from site_agent import peers
 from site_agent.agent import VERSION, Agent
 from site_agent.api import ApiServer, TlsConfig, start_api
 from site_agent.control import Control
-from site_agent.crosssite import SiteGuard
 from site_agent.fencing import LeaseKeeper, keeper_state_dir
 from site_agent.identity import duplicate_name_refusal
 from site_agent.logsetup import configure_logging
@@ -39,14 +30,19 @@ from site_agent.pmwatch import PostmasterWatch
 from site_agent.reattach import Reattach
 from site_agent.sitewatch import SiteWatch
 
+if TYPE_CHECKING:
+    from drctl.agentconfig import AgentConfig, ApiCredentials, ConsulConfig, EtcdConfig
+
 EXIT_CONFIG = 2
 EXIT_DCS = 3
 
 
 def build_dcs(cfg: AgentConfig) -> DCS:
     dyn = cfg.bootstrap.dcs
-    return get_dcs(
-        dcs_settings(cfg),
+    kind, section = cfg.dcs_backend
+    return connect(
+        kind,
+        backend_settings(kind, section),
         namespace=cfg.namespace,
         scope=cfg.scope,
         name=cfg.name,
@@ -72,10 +68,11 @@ def security_warnings(cfg: AgentConfig) -> list[str]:
         )
     elif not rest.certfile and host not in ("127.0.0.1", "::1", "localhost"):
         out.append("REST API without TLS (restapi.certfile unset): credentials travel in cleartext")
-    _kind, backend = cfg.dcs_backend
-    if isinstance(backend, EtcdConfig) and backend.username and any(u.startswith("http://") for u in backend.urls):
+    kind, backend = cfg.dcs_backend  # a model or its plain record (drctl.agentconfig.plain): no isinstance
+    etcd, consul = cast("EtcdConfig", backend), cast("ConsulConfig", backend)
+    if kind == "etcd3" and etcd.username and any(u.startswith("http://") for u in etcd.urls):
         out.append("etcd password sent over plain http: set etcd3.protocol: https (and cacert)")
-    if isinstance(backend, ConsulConfig) and backend.token and backend.scheme == "http":
+    if kind == "consul" and consul.token and consul.scheme == "http":
         out.append("Consul token sent over plain http: set consul.scheme: https")
     return out
 
@@ -92,15 +89,18 @@ class _Refused(Exception):
         self.code = code
 
 
-def _load(path: str) -> AgentConfig:
+def _load(path: str, validate: bool) -> AgentConfig:
+    """The checked configuration. The agent that goes on running has it checked by a child
+    process and runs on plain records: pydantic never loads into it (drctl.agentconfig.plain);
+    ``--validate-config`` exits at once and checks in-process. Same checks, same messages."""
     try:
-        cfg = load_config(path)
+        if validate:
+            from drctl.agentconfig import load_checked
+
+            return load_checked(path)
+        return load_agent_config(path)
     except ConfigError as exc:
         raise _Refused(str(exc)) from None
-    problems = check_files(cfg, path)
-    if problems:
-        raise _Refused(f"{path}: {len(problems)} problem(s) with referenced files\n  " + "\n  ".join(problems))
-    return cfg
 
 
 def _connect(cfg: AgentConfig, source: str) -> tuple[DCS, ClusterView]:
@@ -140,6 +140,10 @@ def _build_agent(cfg: AgentConfig, dcs: DCS, node: Node, view: ClusterView, sour
     if refusal is not None:
         raise _Refused(f"{source}: name: {refusal}")
     if cfg.dr is not None:
+        # Only with `dr:`: the cross-site code loads here (its topology as records, no pydantic).
+        from drctl.sites.topobase import TopologyError
+        from site_agent.crosssite import SiteGuard
+
         try:
             agent.site_guard = SiteGuard.from_config(cfg.dr, cfg.name)
         except TopologyError as exc:
@@ -226,7 +230,7 @@ def parse_args(argv: list[str]) -> tuple[str, bool]:
 def run(argv: list[str]) -> int:
     config, validate = parse_args(argv)
     try:
-        cfg = _load(config)
+        cfg = _load(config, validate)
         if validate:
             print(f"{config}: configuration is valid")
             return 0

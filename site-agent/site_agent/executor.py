@@ -9,11 +9,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
-from drctl.agentconfig import DynamicConfig, FencingConfig
 from drctl.dcs.base import DCS, ClusterView, DCSError
 from drctl.pg.ctl import PgCtlError
 from drctl.pg.probe import ProbeError
@@ -42,6 +41,9 @@ from site_agent.actions import (
 from site_agent.callbacks import CallbackRole, Callbacks
 from site_agent.memory import Memory
 from site_agent.node import Node
+
+if TYPE_CHECKING:
+    from drctl.agentconfig import DynamicConfig, FencingConfig
 
 log = structlog.get_logger("site_agent.act")
 

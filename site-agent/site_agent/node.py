@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import structlog
 
-from drctl.agentconfig import AgentConfig, DynamicConfig
 from drctl.common.hostport import format_host_port, split_host_port
 from drctl.dcs.base import HistoryEntry, Member
 from drctl.pg.conninfo import make_conninfo, parse_host_port
@@ -25,6 +24,7 @@ from drctl.pg.waltimeline import history_timelines, parse_history_file, replay_t
 from site_agent.state import DataDirState
 
 if TYPE_CHECKING:
+    from drctl.agentconfig import AgentConfig, DynamicConfig
     from site_agent.backup import NodeBackup
 
 log = structlog.get_logger("site_agent.node")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drctl.agentapi.status import AgentStatus, SiteStanding, Xlog, freeze
-from drctl.agentconfig import DynamicConfig
+from drctl.agentconfig.runtime import default_dynamic
 
 ROLES = ("primary", "replica", "standby_leader", "demoted", "uninitialized")
 STATES = (
@@ -31,7 +31,7 @@ STATES = (
     "demoting",
 )
 
-_DEFAULTS = DynamicConfig()  # until the first cycle publishes the settings in force
+_DEFAULTS = default_dynamic()  # until the first cycle publishes the settings in force
 
 
 XlogPosition = Xlog  # the name the agent has always used

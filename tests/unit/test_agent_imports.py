@@ -12,8 +12,9 @@ from site_agent.daemon import parse_args
 from site_agent.heap import limit_arenas
 
 # Loaded only when used: argparse (and gettext) for an unusual command line, the pgBackRest
-# runner and its typed `info` models for an agent configured with pgBackRest.
-_LAZY = ("argparse", "gettext", "drctl.backup.runner", "drctl.backup.info", "site_agent.backup")
+# runner and its typed `info` models for an agent configured with pgBackRest; pydantic, never
+# (test_agent_runtime_config.py).
+_LAZY = ("argparse", "gettext", "drctl.backup.runner", "drctl.backup.info", "site_agent.backup", "pydantic")
 
 _PROBE = """
 import sys
