@@ -80,7 +80,12 @@ def test_the_site_watch_requests_a_cycle_when_the_site_record_or_config_changes_
 
     stopping = threading.Event()
     agent = _ArmedEtcd3(
-        namespace=NAMESPACE, scope=scope, name="agent", ttl=10, retry_timeout=3, hosts=list(etcd_site_a.endpoints)
+        EtcdSettings(hosts=list(etcd_site_a.endpoints)),
+        namespace=NAMESPACE,
+        scope=scope,
+        name="agent",
+        ttl=10,
+        retry_timeout=3,
     )
     agent.armed = {}
     watch = SiteWatch(agent, wake, stopping, span=0.2).start()
