@@ -244,7 +244,12 @@ def _proofs(
         was_primary = mem.former_primary
     elif control is not None:
         # A base backup that never started also says "in production": not a former primary.
-        was_primary = control.cluster_state in _PRIMARY_STOPPED and not seen.backup_label
+        # "in crash recovery" is a primary's data when this agent saw it writable (its crash
+        # recovery was cut short by another crash); a standby can also run crash recovery first.
+        primary_state = control.cluster_state in _PRIMARY_STOPPED or (
+            control.cluster_state == "in crash recovery" and mem.former_primary
+        )
+        was_primary = primary_state and not seen.backup_label
     if mem.former_primary and view is not None and _clean(seen.obs) and prefix_of_history(view, pos.timeline, pos.lsn):
         mem = replace(mem, verified_timeline=view.timeline, former_primary=False)
         was_primary = False

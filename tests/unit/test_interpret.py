@@ -336,6 +336,17 @@ def test_a_crashed_former_primary_inside_the_history_still_must_rewind() -> None
     assert local.was_primary and out.former_primary
 
 
+def test_a_primary_killed_during_its_crash_recovery_is_still_a_former_primary() -> None:
+    """A kill that reaches the postmaster after its children leaves pg_control "in crash
+    recovery" (the restart it began was cut short): that is the primary's data the agent saw
+    writable, to be restarted in place, not replica data (found by the netns scenario run)."""
+    obs = stopped(control_data("in crash recovery", timeline=1, lsn=4000))
+    local, out = interpret(seen(obs), cluster(timeline_ended_at=5000), Memory(former_primary=True), NOW, CFG)
+    assert local.was_primary and out.former_primary
+    # Without that memory it may be a standby that recovers from its own WAL first.
+    assert not interpret(seen(obs), cluster(), Memory(), NOW, CFG)[0].was_primary
+
+
 def test_a_backup_that_never_started_is_not_a_former_primary() -> None:
     obs = stopped(control_data("in production"))
     assert interpret(seen(obs), cluster(), Memory(), NOW, CFG)[0].was_primary
