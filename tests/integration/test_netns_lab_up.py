@@ -47,7 +47,7 @@ def test_lab_up_netns_builds_every_site_and_lab_down_removes_it(lab_dir: Path, m
         up = CliRunner().invoke(cli, ["lab", "up", "--netns", *args, "--wan-latency-ms", "10"])
         fab = Fabric.load(lab)
         assert up.exit_code == 0, f"drctl lab up --netns failed:\n{up.output}\n{up.exception!r}"
-        assert sorted(started) == [("a", False), ("b", False)] and sorted(waited) == ["a", "b"]
+        assert sorted(site for site, _ in started) == ["a", "b"] and sorted(waited) == ["a", "b"]
         assert fab is not None
         expected = {fab.host(h).ns for h in ("a1", "a2", "b1", "b2", "a-etcd1", "b-etcd1", "w-etcd1", "ops")}
         assert expected <= set(list_netns(fab.prefix)), "hosts recorded but not created"
