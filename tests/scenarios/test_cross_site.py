@@ -190,11 +190,11 @@ def test_disaster_promotion_needs_evidence_and_estimates_the_loss(two_sites: Two
     wait_until(lambda: _row_exists(ts.a, a_leader2, -2), 30, "site b's new rows on site a")
     assert ts.a.writable_nodes() == []
     for n in ts.a.nodes:
-        wait_until(
-            lambda name=n.name: _missing_on(ts.a, name, lost_rows) == lost_rows,
-            90,
-            f"{n.name} without the rows site b never received",
-        )
+
+        def without_lost_rows(name: str = n.name) -> bool:
+            return _missing_on(ts.a, name, lost_rows) == lost_rows
+
+        wait_until(without_lost_rows, 90, f"{n.name} without the rows site b never received")
     states = read_sites(ts.topology)
     assert states["a"].role == "standby" and states["b"].role == "active"
     assert states["a"].epoch == states["b"].epoch and states["a"].record is not None
