@@ -748,7 +748,7 @@ def test_etcd_ttl_change_regrants_the_leader_lease_safely(etcd_site_a: EtcdClust
         view = other.get_cluster()
         assert view.leader is not None and view.leader.name == "a" and view.leader.session == moved
         assert view.member("a") is not None and view.member("a").session == moved  # type: ignore[union-attr]
-        assert _lease_ttl(hosts, moved)[0] == new  # type: ignore[arg-type]
+        assert _lease_ttl(hosts, moved)[0] == new
         assert _lease_ttl(hosts, first)[1] == -1  # type: ignore[arg-type]  # the old lease is revoked
         assert dcs.update_leader(LeaderStatus(11))
         assert dcs.granted_ttl == new

@@ -81,7 +81,11 @@ def test_switchover_bystander_neither_rewinds_nor_restarts(
             if not named:
                 target = c.leader() or ""
                 assert target in before, body
-            wait_until(lambda t=target: c.health(t, "/primary") == 200, 30, f"/primary answering 200 on {target}")
+
+            def primary_ok(t: str = target) -> bool:
+                return c.health(t, "/primary") == 200
+
+            wait_until(primary_ok, 30, f"/primary answering 200 on {target}")
         finally:
             samples = sampler.stop() if sampler is not None else []
         if named:
@@ -93,8 +97,15 @@ def test_switchover_bystander_neither_rewinds_nor_restarts(
             assert any(not s.get("in_recovery") for s in samples), f"round {round_}: {len(samples)} samples"
         (bystander,) = [n for n in before if n != target]
         started, pm_pid, log_mark = before[bystander]
-        wait_until(lambda t=target, b=bystander: c.streams_from(b, t), 60, f"{bystander} streaming from {target}")
-        wait_until(lambda o=old, t=target: c.streams_from(o, t), 60, f"{old} streaming from {target}")
+
+        def bystander_streams(t: str = target, b: str = bystander) -> bool:
+            return c.streams_from(b, t)
+
+        def old_streams(o: str = old, t: str = target) -> bool:
+            return c.streams_from(o, t)
+
+        wait_until(bystander_streams, 60, f"{bystander} streaming from {target}")
+        wait_until(old_streams, 60, f"{old} streaming from {target}")
         c.wait_healthy(60)
         time.sleep(2 * c.timings.loop_wait)  # a late rewind would show within a few cycles
         with c.node(bystander).log.open(errors="replace") as f:

@@ -56,7 +56,7 @@ def cluster(supervisor: Supervisor, lab_dir: Path, etcd_site_a: EtcdCluster) -> 
         supervisor, lab_dir / "cb", "cbscope", etcd_site_a.endpoints, size=2, timings=Timings(), script=str(script)
     )
     try:
-        yield c.start(timeout=120)  # type: ignore[misc]
+        yield c.start(timeout=120)
     finally:
         c.stop(grace=20)
 

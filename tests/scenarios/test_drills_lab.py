@@ -106,7 +106,12 @@ def test_scheduler_fires_a_drill_from_the_policy_and_its_report_agrees_with_the_
     policy = load_policy(pfile)
     done: list[DrillRecord] = []
     finished = threading.Event()
-    sched = DrillScheduler(policy, lock=SchedulerLock(policy), on_done=lambda rec: (done.append(rec), finished.set()))
+
+    def on_done(rec: DrillRecord) -> None:
+        done.append(rec)
+        finished.set()
+
+    sched = DrillScheduler(policy, lock=SchedulerLock(policy), on_done=on_done)
     assert set(sched.triggers) == {"scheduled-roundtrip"}
     sched.start()
     try:

@@ -270,9 +270,17 @@ def test_paused_vm_is_fenced_before_takeover_and_loses_no_acknowledged_write(
         time.sleep(2)
         pids = c.freeze_node(leader)
         inst.fault(f"round {round_}: {leader} paused (agent, keeper, PostgreSQL)")
-        wait_until(lambda old=leader: c.leader() not in (None, old), 60, "a replica taking over")
+
+        def taken_over(old: str = leader) -> bool:
+            return c.leader() not in (None, old)
+
+        wait_until(taken_over, 60, "a replica taking over")
         new_leader = c.leader()
-        wait_until(lambda nl=new_leader: nl in c.writable_nodes(), 30, f"{new_leader} writable")
+
+        def new_writable(nl: str | None = new_leader) -> bool:
+            return nl in c.writable_nodes()
+
+        wait_until(new_writable, 30, f"{new_leader} writable")
         time.sleep(1)
         c.thaw_node(pids, ["postgres", "keeper", "agent"])  # the VM resumes: nothing of it is left
         time.sleep(2)

@@ -185,7 +185,11 @@ def test_site_switchover_across_a_50ms_wan(netns_lab: NetnsLab) -> None:
             assert roles[target] == "active" and list(roles.values()).count("active") == 1, roles
             times.append(round(took, 2))
             switched = time.monotonic()
-            wait_until(lambda s=switched: any(x.at > s for x in writer.acks[-5:]), 60, "writes after the switchover")
+
+            def writes_after(s: float = switched) -> bool:
+                return any(x.at > s for x in writer.acks[-5:])
+
+            wait_until(writes_after, 60, "writes after the switchover")
         time.sleep(1.0)
     finally:
         writer.stop()

@@ -43,7 +43,11 @@ def test_sync_mode_promotes_only_the_sync_standby_and_loses_nothing(
         (sync_standby,) = sync_key(c)
         time.sleep(1)
         c.kill_node(leader)
-        wait_until(lambda old=leader: c.leader() not in (None, old), 60, "a new leader")
+
+        def new_leader(old: str = leader) -> bool:
+            return c.leader() not in (None, old)
+
+        wait_until(new_leader, 60, "a new leader")
         assert c.leader() == sync_standby, f"round {round_}: only the sync standby {sync_standby} may promote"
         c.start_agent(leader)
         c.wait_healthy(120)

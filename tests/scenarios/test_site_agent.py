@@ -285,8 +285,15 @@ def test_planned_switchover_never_fences_the_old_leader(
         target = others(c, old)[0]
         code, body = api(c, old, "POST", "/switchover", {"leader": old, "candidate": target})
         assert code == 200, body
-        wait_until(lambda t=target: c.health(t, "/primary") == 200, 30, f"/primary answering 200 on {target}")
-        wait_until(lambda o=old, t=target: c.streams_from(o, t), 60, f"{old} streaming from {target}")
+
+        def primary_ok(t: str = target) -> bool:
+            return c.health(t, "/primary") == 200
+
+        def old_streams(o: str = old, t: str = target) -> bool:
+            return c.streams_from(o, t)
+
+        wait_until(primary_ok, 30, f"/primary answering 200 on {target}")
+        wait_until(old_streams, 60, f"{old} streaming from {target}")
         assert pid_alive(agent_pid), f"the old leader {old}'s agent was killed (fenced) in a planned switchover"
     logs = "".join(n.log.read_text(errors="replace") for n in c.nodes if n.log.exists())
     assert "fencing the old leader" not in logs, "a planned switchover fenced the old leader"

@@ -119,11 +119,11 @@ def test_power_loss_and_return_never_writes_and_converges(disaster_sites: TwoSit
     acked_by_b = {a.id for a in writer.acks if a.port in b_ports}
     assert missing_rows(_site_url(ts, "b"), acked_by_b) == set(), "rows acknowledged by site b were lost"
     for n in ts.a.nodes:
-        wait_until(
-            lambda name=n.name: _missing_on(ts.a, name, acked_by_b) == set(),
-            60,
-            f"{n.name} holding every row site b acknowledged",
-        )
+
+        def holds_b_rows(name: str = n.name) -> bool:
+            return _missing_on(ts.a, name, acked_by_b) == set()
+
+        wait_until(holds_b_rows, 60, f"{n.name} holding every row site b acknowledged")
 
     states = read_sites(ts.topology)
     a_rec, b_rec = states["a"].record, states["b"].record
@@ -230,7 +230,11 @@ def test_return_while_the_wan_is_cut_stays_read_only_then_converges(wan_sites: T
     acked_by_b = {a.id for a in writer.acks if a.port in b_ports}
     assert missing_rows(_site_url(ts, "b"), acked_by_b) == set()
     for n in ts.a.nodes:
-        wait_until(lambda name=n.name: _missing_on(ts.a, name, acked_by_b) == set(), 60, f"{n.name} has b's rows")
+
+        def holds_b_rows(name: str = n.name) -> bool:
+            return _missing_on(ts.a, name, acked_by_b) == set()
+
+        wait_until(holds_b_rows, 60, f"{n.name} has b's rows")
     states = read_sites(ts.topology)
     assert states["a"].role == "standby" and states["a"].epoch == result["epoch"]
 

@@ -127,7 +127,11 @@ def test_site_cut_from_both_goes_read_only_before_its_lease_expires_then_b_promo
     acked_by_b = {a.id for a in writer.acks if a.port in b_ports}
     assert missing_rows(_site_url(ts, "b"), acked_by_b) == set()
     for n in ts.a.nodes:
-        wait_until(lambda name=n.name: _missing_on(ts.a, name, acked_by_b) == set(), 60, f"{n.name} has b's rows")
+
+        def holds_b_rows(name: str = n.name) -> bool:
+            return _missing_on(ts.a, name, acked_by_b) == set()
+
+        wait_until(holds_b_rows, 60, f"{n.name} has b's rows")
     states = read_sites(ts.topology)
     assert states["a"].role == "standby" and states["a"].epoch == epoch
 

@@ -82,7 +82,7 @@ def test_the_records_answer_as_the_models(tmp_path: Path, text: str) -> None:
     passed = (
         settings.consul.model_dump(exclude={"token_file"})
         if settings.consul is not None
-        else settings.etcd.model_dump(exclude={"password_file"})  # type: ignore[union-attr]
+        else settings.etcd.model_dump(exclude={"password_file"})
     )
     assert backend_fields(kind, plain.dcs_backend[1]) == passed
     assert plain.postgresql.bin_path == model.postgresql.bin_path
@@ -97,10 +97,10 @@ def test_the_records_answer_as_the_models(tmp_path: Path, text: str) -> None:
         for action in ("on_start", "on_stop", "on_restart"):
             assert plain.postgresql.callbacks.argv(action) == model.postgresql.callbacks.argv(action)
     if kind == "consul":
-        assert plain.dcs_backend[1].host_port == model.dcs_backend[1].host_port  # type: ignore[union-attr]
-        assert plain.dcs_backend[1].url == model.dcs_backend[1].url  # type: ignore[union-attr]
+        assert plain.dcs_backend[1].host_port == model.dcs_backend[1].host_port
+        assert plain.dcs_backend[1].url == model.dcs_backend[1].url
     else:
-        assert plain.dcs_backend[1].urls == model.dcs_backend[1].urls  # type: ignore[union-attr]
+        assert plain.dcs_backend[1].urls == model.dcs_backend[1].urls
     dcs = build_dcs(plain)
     assert type(dcs).__name__ == ("ConsulDCS" if kind == "consul" else "Etcd3")
 
@@ -108,7 +108,7 @@ def test_the_records_answer_as_the_models(tmp_path: Path, text: str) -> None:
 def test_records_are_frozen_and_compare_by_value(tmp_path: Path) -> None:
     plain = load_agent_config(str(write(tmp_path, FULL)))
     with pytest.raises(TypeError, match="frozen"):
-        plain.name = "x"  # type: ignore[misc]
+        plain.name = "x"
     with pytest.raises(AttributeError, match="no field 'nope'"):
         plain.nope  # type: ignore[attr-defined]  # noqa: B018
     dyn = plain.bootstrap.dcs

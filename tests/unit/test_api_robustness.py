@@ -65,14 +65,14 @@ def test_slow_clients_cannot_take_more_than_the_pool(server: ApiServer) -> None:
                 dropped += 1  # closed by the read deadline
     assert refused >= 150, refused
     assert refused + dropped == 200
-    assert server._server.rejected == refused  # type: ignore[attr-defined]
+    assert server._server.rejected == refused
     assert call(server, "GET", "/health").code == 200
 
 
 def test_workers_start_as_connections_need_them(server: ApiServer) -> None:
     """An idle server runs no worker; a request starts one; slow concurrent connections each get
     a worker up to the pool, never more, and the pool still serves once they are gone."""
-    pool = server._server  # type: ignore[attr-defined]
+    pool = server._server
 
     def workers() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name.startswith("pgdr-api-worker-")]

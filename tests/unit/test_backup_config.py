@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from drctl.backup import PgBackRest, PgBackRestConfig, RepoConfig, render_config
 from drctl.backup.config import config_options
@@ -80,7 +80,7 @@ def test_render_options_and_async() -> None:
 def test_cipher_per_repo() -> None:
     cfg = make_cfg(
         repos=[
-            RepoConfig(path=PurePosixPath("/r1"), cipher_type="aes-256-cbc", cipher_pass="s3cret"),
+            RepoConfig(path=PurePosixPath("/r1"), cipher_type="aes-256-cbc", cipher_pass=SecretStr("s3cret")),
             RepoConfig(path=PurePosixPath("/r2")),
         ]
     )
@@ -91,7 +91,7 @@ def test_cipher_per_repo() -> None:
     with pytest.raises(ValidationError):
         RepoConfig(path=PurePosixPath("/r1"), cipher_type="aes-256-cbc")
     with pytest.raises(ValidationError):
-        RepoConfig(path=PurePosixPath("/r1"), cipher_pass="x")
+        RepoConfig(path=PurePosixPath("/r1"), cipher_pass=SecretStr("x"))
 
 
 def test_compress_type_default_is_lz4_when_supported_else_gz(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,7 +146,9 @@ def test_archive_commands_always_name_the_config_file() -> None:
 
 def test_write_config_is_atomic_and_private_with_secrets(tmp_path: Path) -> None:
     cfg = make_cfg(
-        repos=[RepoConfig(path=PurePosixPath(str(tmp_path / "r1")), cipher_type="aes-256-cbc", cipher_pass="pw")],
+        repos=[
+            RepoConfig(path=PurePosixPath(str(tmp_path / "r1")), cipher_type="aes-256-cbc", cipher_pass=SecretStr("pw"))
+        ],
         log_path=tmp_path / "log",
         lock_path=tmp_path / "lock",
         spool_path=tmp_path / "spool",

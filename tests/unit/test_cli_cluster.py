@@ -118,7 +118,7 @@ class FakeStore:
 class FakeAgents(AgentApi):
     """The REST boundary's transport: canned replies per (method, URL), every call recorded."""
 
-    replies: dict[tuple[str, str], AgentReply | Exception] = field(default_factory=dict)
+    replies: Mapping[tuple[str, str], AgentReply | Exception] = field(default_factory=dict)
     calls: list[tuple[str, str, Any]] = field(default_factory=list)
 
     def _send(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from drctl.dcs.base import LeaderStatus, MemberInfo
 from drctl.dcs.consul import (
@@ -45,7 +46,7 @@ def test_txn_op_encodes_values() -> None:
 def test_view_from_items() -> None:
     p = "service/pg1/"
     info = MemberInfo(conn_url="postgres://a", role="replica", replayed_lsn=9)
-    items = [
+    items: list[dict[str, Any]] = [
         {"Key": p + "leader", "Value": b"a", "ModifyIndex": 10, "Session": "s-a"},
         {"Key": p + "members/a", "Value": info.to_json().encode(), "ModifyIndex": 11, "Session": "s-a"},
         {"Key": p + "config", "Value": b'{"ttl": 30}', "ModifyIndex": 12},
@@ -94,7 +95,12 @@ def test_leader_key_changes_are_conditioned_on_the_held_session() -> None:
     sent: list[tuple[str, list[dict[str, object]]]] = []
     d._session = "sid"
     d._renew = lambda sid, deadline: True  # type: ignore[method-assign]
-    d._txn = lambda what, deadline, ops: sent.append((what, ops)) or True  # type: ignore[method-assign]
+
+    def txn(what: str, deadline: float, ops: list[dict[str, object]]) -> bool:
+        sent.append((what, ops))
+        return True
+
+    d._txn = txn  # type: ignore[method-assign]
     check = txn_op("check-session", "s/pg1/leader", session="sid")
     assert d.update_leader(LeaderStatus(5, {"b": 4}))
     assert d.update_leader()

@@ -79,7 +79,7 @@ def test_no_acknowledged_write_is_a_fail() -> None:
 def snap(**over: object) -> list[guards.SiteSnapshot]:
     a = guards.SiteSnapshot("a", True, "active", "a1", "primary", False, None)
     b = guards.SiteSnapshot("b", True, "standby", "b1", "standby_leader", True, 10)
-    b = guards.SiteSnapshot(**{**vars(b), **over})  # type: ignore[arg-type]
+    b = guards.SiteSnapshot(**{**vars(b), **over})
     return [a, b]
 
 

@@ -98,8 +98,8 @@ def run(dcs: FakeDCS, *actions: ActionBase, memory: Memory | None = None) -> tup
     return ex.execute(decision, None, DynamicConfig(), memory or Memory()), ctl
 
 
-def all_action_classes() -> set[type]:
-    out: set[type] = set()
+def all_action_classes() -> set[type[ActionBase]]:
+    out: set[type[ActionBase]] = set()
     todo = [ActionBase]
     while todo:
         cls = todo.pop()
@@ -193,7 +193,7 @@ def test_a_demotion_is_announced_before_the_key_is_released() -> None:
     dcs = FakeDCS(delete=True)
     ex, ctl = executor(dcs)
     ex.on_demoted = lambda: dcs.calls.append("announced demoted")
-    decision = Decision((Demote("fast"), ReleaseLeader(last_lsn=7)), "t", "demoted")
+    decision = Decision((Demote("offline"), ReleaseLeader(last_lsn=7)), "t", "demoted")
     done = ex.execute(decision, None, DynamicConfig(), Memory(am_leader=True))
     assert ctl.calls == ["stop fast"]
     assert dcs.calls == ["announced demoted", "delete 7"]

@@ -3,10 +3,18 @@ cannot be built, and the DR rules (cross-site sections, witness) said once."""
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import pytest
 
 from drctl.lab.etcd import LabError
 from drctl.lab.sitebuild import LabLayout
+
+
+class Counts(TypedDict, total=False):
+    sites: int
+    nodes: int
+    etcd_members: int
 
 
 @pytest.mark.parametrize(
@@ -18,7 +26,7 @@ from drctl.lab.sitebuild import LabLayout
         ({"sites": 27}, "at most 26 sites"),
     ],
 )
-def test_a_layout_that_cannot_be_built_is_refused(kw: dict[str, int], message: str) -> None:
+def test_a_layout_that_cannot_be_built_is_refused(kw: Counts, message: str) -> None:
     with pytest.raises(LabError, match=message):
         LabLayout(**kw)
 

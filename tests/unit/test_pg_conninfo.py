@@ -38,7 +38,7 @@ def test_make_conninfo_rejects_bad_keyword() -> None:
 
 
 # Text libpq accepts in a value: no NUL (the C string ends there).
-_values = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=30)
+_values = st.text(alphabet=st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=30)
 
 
 @given(password=_values, app=_values)
