@@ -53,18 +53,30 @@ class AwaitStreaming(Action):
     def apply(self, ctx: Context) -> None:
         # "streaming" in the target's status may be a cycle old (it may be reconnecting after a
         # timeline switch): it must also have received what the source had written before this
-        # check, which only a connected receiver on the current timeline can have.
+        # check, which only a connected receiver on the current timeline can have. And only a
+        # cycle of the target's agent that began after this step counts: the source's position
+        # is a cycle old too, and a source restarted in between (an aborted switchover) leaves
+        # the target's receiver down for wal_retrieve_retry_interval while both statuses still
+        # look streaming and caught up. Cycles are compared on the target's own clock.
         src_lsn = ctx.client(self.source).read().leader_lsn() or 0
         target = ctx.client(self.site)
+        first = _cycle_at(target.read())
 
         def streaming() -> bool:
             st = target.read()
-            return st.streaming() and (st.leader_lsn() or 0) >= src_lsn
+            fresh = first is None or (_cycle_at(st) or first) > first
+            return fresh and st.streaming() and (st.leader_lsn() or 0) >= src_lsn
 
         ctx.timings["preflight_s"] = ctx.wait(
             streaming, f"site {self.site}'s standby leader to stream from {self.source}", site=self.site
         )
         ctx.say(f"preflight ok: {self.site}'s standby leader {self.leader} is streaming from {self.source}")
+
+
+def _cycle_at(site: SiteState) -> float | None:
+    """When the site leader's agent ran the cycle its status describes (its own clock)."""
+    st = site.leader_status()
+    return st.last_cycle_at if st is not None else None
 
 
 @dataclass(frozen=True)

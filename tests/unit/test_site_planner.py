@@ -341,3 +341,50 @@ def test_an_ipv6_entry_point_is_followed_without_brackets() -> None:
     doc["sites"]["b"]["entry_point"] = "pg-dc2.example.net"
     with pytest.raises(ValueError, match="entry_point must be host:port"):
         Topology.model_validate(doc)
+
+
+class _Scripted:
+    """A site client whose reads return the given states in turn (the last one repeats)."""
+
+    def __init__(self, states: list[SiteState]) -> None:
+        self.states = states
+
+    def read(self, with_agents: bool = True) -> SiteState:
+        return self.states.pop(0) if len(self.states) > 1 else self.states[0]
+
+
+class _PollingContext(Context):
+    def wait(self, pred: Any, what: str, timeout: float | None = None, site: str | None = None) -> float:
+        for _ in range(10):
+            if pred():
+                return 0.0
+        raise SiteOpError(f"timed out waiting for {what}")
+
+
+def _standby_at(topo: Topology, cycle_at: float, streaming: bool) -> SiteState:
+    doc = standby_status(streaming=streaming).to_dict() | {"last_cycle_at": cycle_at}
+    return site(topo, "b", "standby", follows="a", leader_status=AgentStatus.from_dict(doc))
+
+
+def test_the_switchover_preflight_trusts_only_a_target_cycle_that_began_after_it(tmp_path: Path) -> None:
+    """CI found it: after an aborted switchover the source restarted; both statuses were a cycle
+    old and looked streaming and caught up, while the target's receiver was down (it reconnects
+    only after wal_retrieve_retry_interval). The demotion then went ahead and could not finish."""
+    topo = topology(audit_log=str(tmp_path / "audit.log"))
+    step = steps.AwaitStreaming("b", "a", "b1", 1 << 20)
+    source = _Scripted([site(topo, "a", "active", leader_status=active_status())])
+
+    def ctx_reading(target: list[SiteState]) -> Context:
+        ctx = _PollingContext(
+            topo, new_context(topo, Plan("switchover-site", (), (), "start"), lambda _line: None).audit
+        )
+        ctx.clients.update({"a": source, "b": _Scripted(target)})  # type: ignore[dict-item]
+        return ctx
+
+    # The status read at the start says streaming; the next cycle says the receiver is down.
+    stale_then_down = [_standby_at(topo, 100.0, True), _standby_at(topo, 100.0, True), _standby_at(topo, 101.0, False)]
+    with pytest.raises(SiteOpError, match="to stream from a"):
+        step.apply(ctx_reading(stale_then_down))
+    # A later cycle that streams is enough.
+    reconnected = [_standby_at(topo, 100.0, True), _standby_at(topo, 101.0, False), _standby_at(topo, 102.0, True)]
+    step.apply(ctx_reading(reconnected))
