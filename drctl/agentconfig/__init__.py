@@ -23,8 +23,9 @@ the models (see drctl.agentconfig.plain).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from drctl.common.lazyexports import lazy_exports
 
 if TYPE_CHECKING:
     from drctl.agentconfig.dynamic import DynamicConfig, DynamicPostgresql, StandbyClusterConfig, parse_dynamic_config
@@ -121,10 +122,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"drctl.agentconfig.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -7,8 +7,9 @@ typed ``info`` models (~0.5 MB of resident memory for as long as it runs)."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from drctl.common.lazyexports import lazy_exports
 
 if TYPE_CHECKING:
     from drctl.backup.config import PgBackRestConfig, RepoConfig, render_config
@@ -45,10 +46,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _WHERE)
