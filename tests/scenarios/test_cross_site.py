@@ -219,6 +219,16 @@ def _missing_on(c: LabCluster, name: str, ids: set[int]) -> set[int] | None:
     return ids - present
 
 
+def wait_every_member_holds(c: LabCluster, ids: set[int], what: str, timeout: float = 60) -> None:
+    """Every member of ``c`` has every row of ``ids`` (each waited for in turn)."""
+    for n in c.nodes:
+
+        def holds(name: str = n.name) -> bool:
+            return _missing_on(c, name, ids) == set()
+
+        wait_until(holds, timeout, f"{n.name} holding {what}")
+
+
 def test_standby_site_keeps_following_when_its_standby_leader_dies(two_sites: TwoSites) -> None:
     ts = two_sites
     old = ts.b.leader()

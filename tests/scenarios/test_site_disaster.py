@@ -28,7 +28,7 @@ from drctl.sites.topology import Topology, load_topology
 from drctl.sites.witness import Witness
 from tests.builders import start_writer
 from tests.scenarios.labsites import checked_sites
-from tests.scenarios.test_cross_site import TwoSites, _missing_on, wait_until
+from tests.scenarios.test_cross_site import TwoSites, _missing_on, wait_every_member_holds, wait_until
 
 WITNESS = [pytest.param(False, id="no-witness"), pytest.param(True, id="witness")]
 
@@ -118,12 +118,7 @@ def test_power_loss_and_return_never_writes_and_converges(disaster_sites: TwoSit
 
     acked_by_b = {a.id for a in writer.acks if a.port in b_ports}
     assert missing_rows(_site_url(ts, "b"), acked_by_b) == set(), "rows acknowledged by site b were lost"
-    for n in ts.a.nodes:
-
-        def holds_b_rows(name: str = n.name) -> bool:
-            return _missing_on(ts.a, name, acked_by_b) == set()
-
-        wait_until(holds_b_rows, 60, f"{n.name} holding every row site b acknowledged")
+    wait_every_member_holds(ts.a, acked_by_b, "every row site b acknowledged")
 
     states = read_sites(ts.topology)
     a_rec, b_rec = states["a"].record, states["b"].record
@@ -229,12 +224,7 @@ def test_return_while_the_wan_is_cut_stays_read_only_then_converges(wan_sites: T
     _stop_writing_and_assert_never_writable(ts, writer, "a", off_at)
     acked_by_b = {a.id for a in writer.acks if a.port in b_ports}
     assert missing_rows(_site_url(ts, "b"), acked_by_b) == set()
-    for n in ts.a.nodes:
-
-        def holds_b_rows(name: str = n.name) -> bool:
-            return _missing_on(ts.a, name, acked_by_b) == set()
-
-        wait_until(holds_b_rows, 60, f"{n.name} has b's rows")
+    wait_every_member_holds(ts.a, acked_by_b, "every row site b acknowledged")
     states = read_sites(ts.topology)
     assert states["a"].role == "standby" and states["a"].epoch == result["epoch"]
 

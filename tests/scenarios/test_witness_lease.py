@@ -24,8 +24,8 @@ from drctl.sites.activelease import inspect_store, lease_stores
 from drctl.sites.controller import SiteOpError, promote_site, read_sites
 from drctl.sites.topology import Topology, load_topology
 from tests.builders import start_writer
-from tests.scenarios.test_cross_site import TwoSites, wait_until
-from tests.scenarios.test_site_disaster import _follows, _missing_on, _site_docs, _site_url, _two_site_lab
+from tests.scenarios.test_cross_site import TwoSites, wait_every_member_holds, wait_until
+from tests.scenarios.test_site_disaster import _follows, _site_docs, _site_url, _two_site_lab
 
 LEASE_TTL = 20  # the agents ask for max(this, 2 * ttl) = 20 s with the lab's ttl of 10
 
@@ -126,12 +126,7 @@ def test_site_cut_from_both_goes_read_only_before_its_lease_expires_then_b_promo
     assert after == 0, "site a was writable again after it went read-only"
     acked_by_b = {a.id for a in writer.acks if a.port in b_ports}
     assert missing_rows(_site_url(ts, "b"), acked_by_b) == set()
-    for n in ts.a.nodes:
-
-        def holds_b_rows(name: str = n.name) -> bool:
-            return _missing_on(ts.a, name, acked_by_b) == set()
-
-        wait_until(holds_b_rows, 60, f"{n.name} has b's rows")
+    wait_every_member_holds(ts.a, acked_by_b, "every row site b acknowledged")
     states = read_sites(ts.topology)
     assert states["a"].role == "standby" and states["a"].epoch == epoch
 
