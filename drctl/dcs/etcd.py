@@ -35,6 +35,7 @@ from drctl.dcs.base import (
     MemberInfo,
 )
 from drctl.dcs.etcd_client import CHANGED, QUIET, EtcdClient, LeaseNotFound
+from drctl.dcs.etcd_stream import HeldWatch
 from drctl.dcs.etcd_wire import (
     Json,
     b64,
@@ -85,6 +86,7 @@ class Etcd3(DCS):
         self._view_lock = threading.Lock()
         self._last_read: tuple[ClusterView, float] | None = None
         self._quiet_since: int | None = None
+        self._held: HeldWatch | None = None  # the replica's wait (see _watch_since)
 
     def set_retry_timeout(self, retry_timeout: float) -> None:
         super().set_retry_timeout(retry_timeout)
@@ -403,20 +405,19 @@ class Etcd3(DCS):
         return True
 
     def _watch_since(self, revision: int, deadline: float) -> bool:
-        """The watch of an idle replica, one request instead of two: changes after ``revision``
-        (a leader change since the view shows up as an event, so no read of the leader key
-        first), except this member's own member-key puts, which would otherwise wake it at once
-        after every cycle that published a new position."""
-        own = set(self._own_puts)
+        """The wait of an idle replica, with no request at all while nothing changes: changes after
+        ``revision`` on the stream held open across waits (drctl.dcs.etcd_stream; a leader change
+        since the view shows up as an event, so no read of the leader key first), except this
+        member's own member-key puts, which would otherwise wake it at once after every cycle that
+        published a new position."""
         with self._view_lock:
             self._quiet_since = None
-        outcome = self.client.watch_outcome(
-            self.prefix,
-            prefix_range_end(self.prefix),
-            revision + 1,
-            deadline,
-            ignore=lambda event: _event_id(event) in own,
-        )
+            held = self._held
+            if held is None:
+                held = self._held = HeldWatch(
+                    self.client, self.prefix, prefix_range_end(self.prefix), lambda eid: eid in self._own_puts
+                )
+        outcome = held.wait(revision, deadline)
         if outcome == QUIET:
             with self._view_lock:
                 self._quiet_since = revision
@@ -467,6 +468,10 @@ class Etcd3(DCS):
         return self.client.watch_outcome(begin, end, start_revision, deadline) == CHANGED
 
     def close(self) -> None:
+        with self._view_lock:
+            held, self._held = self._held, None
+        if held is not None:
+            held.close()
         self.client.close()
 
     def revoke_session(self) -> None:
@@ -480,11 +485,3 @@ class Etcd3(DCS):
                 pass
             self._lease = None
             self._member_written = None
-
-
-def _event_id(event: Json) -> tuple[str, int]:
-    """(key, mod_revision) of a watch event's key-value."""
-    kv = event.get("kv")
-    if not isinstance(kv, dict):
-        return ("", 0)
-    return (unb64(kv.get("key")).decode("utf-8", "replace"), to_int(kv.get("mod_revision")))

@@ -4,22 +4,17 @@ each failure turned into :class:`DCSError` naming the endpoints (see drctl.dcs.e
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
-
-import urllib3
-from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import ReadTimeoutError
 
 from drctl.dcs.base import (
     DCSError,
 )
 from drctl.dcs.etcd_wire import Json, api_prefix_for_version, b64, parse_body, reply_term, to_int
+from drctl.dcs.http1 import Endpoint, HttpFailure, HttpTimeout, Reply, Stream, TlsFiles
 
 if TYPE_CHECKING:
     from drctl.dcs.factory import EtcdSettings
@@ -29,9 +24,6 @@ if TYPE_CHECKING:
 MIN_REQUEST_TIMEOUT = 0.25
 # Pause between two passes over all endpoints.
 PASS_PAUSE = 0.1
-# No retries, no redirects: endpoint failover is ours. Made once (urllib3 would build and log an
-# equivalent object from ``retries=False`` on every request).
-_NO_RETRY = urllib3.Retry(False, redirect=False)
 # Watch outcomes (EtcdClient.watch_outcome).
 CHANGED, QUIET, UNKNOWN = "changed", "quiet", "unknown"
 # gRPC metadata through the JSON gateway: serve this stream only while the member has a leader.
@@ -47,6 +39,10 @@ _GRPC_UNAUTHENTICATED = 16
 
 class LeaseNotFound(Exception):
     """etcd answered that the lease does not exist (expired or revoked)."""
+
+
+class WatchDeadline(Exception):
+    """A watch stream reached its deadline (nothing wrong with the endpoint)."""
 
 
 class _EndpointFailure(Exception):
@@ -79,18 +75,14 @@ class EtcdClient:
         self.retry_timeout = retry_timeout
         self.username = settings.username
         self.password = settings.password
-        tls: dict[str, Any] = {}
-        if settings.cacert:
-            tls["ca_certs"] = settings.cacert
-        if settings.cert:
-            tls["cert_file"] = settings.cert
-            if settings.key:
-                tls["key_file"] = settings.key
-        tls["cert_reqs"] = "CERT_REQUIRED" if (settings.verify or settings.cacert) else "CERT_NONE"
-        # One connection pool per endpoint, made once: each request then goes straight to its
-        # pool's kept-alive connection (a PoolManager would parse the URL and look the pool up on
-        # every call, which is most of an idle agent's per-request CPU besides http.client).
-        self._tls = tls
+        # One Endpoint per etcd member, made once: its kept-alive connections carry the requests
+        # (drctl.dcs.http1; no retries or redirects there: endpoint failover is ours).
+        self._tls = TlsFiles(
+            cacert=settings.cacert,
+            cert=settings.cert,
+            key=settings.key if settings.cert else None,
+            verify=bool(settings.verify or settings.cacert),
+        )
         self._pools = self._make_pools()
         self._lock = threading.Lock()
         self._preferred = 0
@@ -98,17 +90,8 @@ class EtcdClient:
         self._token: str | None = None
         self._raft_term = 0
 
-    def _make_pools(self) -> dict[str, tuple[urllib3.HTTPConnectionPool, str]]:
-        """endpoint -> (its connection pool, the endpoint's own path prefix)."""
-        return {
-            e: (
-                urllib3.connection_from_url(
-                    e, maxsize=4, retries=False, **(self._tls if e.startswith("https:") else {})
-                ),
-                urllib3.util.parse_url(e).path or "",
-            )
-            for e in self.endpoints
-        }
+    def _make_pools(self) -> dict[str, Endpoint]:
+        return {e: Endpoint(e, self._tls) for e in self.endpoints}
 
     @property
     def raft_term(self) -> int:
@@ -119,6 +102,11 @@ class EtcdClient:
         """Per-request timeout: one pass over all endpoints fits in retry_timeout."""
         share = max(self.retry_timeout / len(self.endpoints), MIN_REQUEST_TIMEOUT)
         return max(0.0, min(share, remaining))
+
+    def preferred_endpoint(self) -> str:
+        """The endpoint the last successful request went to (tried first by the next one)."""
+        with self._lock:
+            return self.endpoints[self._preferred]
 
     def _order(self) -> list[int]:
         with self._lock:
@@ -133,43 +121,33 @@ class EtcdClient:
                 raise _EndpointFailure(f"{endpoint} answered from stale raft term {term} < {self._raft_term}")
             self._raft_term = max(self._raft_term, term)
 
-    def _raw(
-        self,
-        method: str,
-        endpoint: str,
-        path: str,
-        body: Mapping[str, Any] | None,
-        timeout: float,
-        *,
-        stream: bool = False,
-        read_timeout: float | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-    ) -> urllib3.BaseHTTPResponse:
-        headers = {"Content-Type": "application/json", **(extra_headers or {})}
+    def _headers(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", **(extra or {})}
         if self._token:
             headers["Authorization"] = self._token
-        pool, base = self._pools[endpoint]
-        try:
-            return pool.urlopen(
-                method,
-                base + path,
-                body=json.dumps(body).encode() if body is not None else None,
-                headers=headers,
-                timeout=(
-                    urllib3.Timeout(connect=timeout, read=read_timeout)
-                    if read_timeout
-                    else urllib3.Timeout(total=timeout)
-                ),
-                retries=_NO_RETRY,
-                preload_content=not stream,
-                redirect=False,
-            )
-        except (Urllib3Error, OSError, http.client.HTTPException, ValueError) as exc:
-            raise _EndpointFailure(f"{endpoint}{path}: {type(exc).__name__}: {exc}") from exc
+        return headers
 
-    def _decode(self, url: str, resp: urllib3.BaseHTTPResponse) -> Json:
+    def _raw(self, method: str, endpoint: str, path: str, body: Mapping[str, Any] | None, timeout: float) -> Reply:
+        data = json.dumps(body).encode() if body is not None else None
         try:
-            return parse_body(resp.data)
+            return self._pools[endpoint].request(method, path, data, self._headers(None), timeout)
+        except HttpFailure as exc:
+            raise _EndpointFailure(f"{endpoint}{path}: {exc}") from exc
+
+    def _stream(
+        self, endpoint: str, path: str, body: Mapping[str, Any], connect_timeout: float, deadline: float
+    ) -> Stream:
+        data = json.dumps(body).encode()
+        try:
+            return self._pools[endpoint].stream(
+                "POST", path, data, self._headers(_REQUIRE_LEADER), connect_timeout, deadline
+            )
+        except HttpFailure as exc:
+            raise _EndpointFailure(f"{endpoint}{path}: {exc}") from exc
+
+    def _decode(self, url: str, resp: Reply) -> Json:
+        try:
+            return parse_body(resp.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _EndpointFailure(f"{url}: HTTP {resp.status}, undecodable reply: {exc}") from exc
 
@@ -297,70 +275,75 @@ class EtcdClient:
                 return UNKNOWN
             time.sleep(min(PASS_PAUSE * 5, remaining))
 
-    def _watch_one(
-        self, endpoint: str, body: Mapping[str, Any], deadline: float, ignore: Callable[[Json], bool] | None
-    ) -> str:
+    def open_watch(self, endpoint: str, body: Mapping[str, Any], deadline: float) -> tuple[str, Stream]:
+        """(its URL, the open stream) of a watch on ``endpoint``, or _EndpointFailure. The stream is
+        read with :meth:`watch_messages` until ``deadline``; the caller closes it."""
         connect = self.request_timeout(deadline - time.monotonic())
         api = self._ensure_api(endpoint, connect)
         url = f"{endpoint}{api}/watch"
         remaining = deadline - time.monotonic()
         if remaining <= 0.01:
-            return UNKNOWN
-        resp = self._raw(
-            "POST",
-            endpoint,
-            f"{api}/watch",
-            body,
-            min(connect, remaining),
-            stream=True,
-            read_timeout=remaining,
-            extra_headers=_REQUIRE_LEADER,
-        )
-        created = ignored = False
+            raise _EndpointFailure(f"{url}: no time left to open the watch")
+        resp = self._stream(endpoint, f"{api}/watch", body, min(connect, remaining), deadline)
+        if resp.status != 200:
+            resp.close()
+            raise _EndpointFailure(f"{url}: HTTP {resp.status}")
+        return url, resp
 
-        def ended() -> str:  # the deadline: QUIET only for a confirmed watch that delivered nothing
-            return QUIET if created and not ignored else UNKNOWN
-
+    def watch_messages(self, endpoint: str, url: str, resp: Stream) -> Iterator[Json]:
+        """The watch's messages as they come (term-checked; an error message is _EndpointFailure).
+        Ends at the deadline (WatchDeadline) or raises _EndpointFailure when the stream breaks or
+        ends (a member stopping: not a change, another endpoint should be tried)."""
+        buffer = b""
         try:
-            if resp.status != 200:
-                raise _EndpointFailure(f"{url}: HTTP {resp.status}")
-            buffer = b""
-            try:
-                for chunk in resp.stream(65536):
-                    buffer += chunk
-                    while b"\n" in buffer:
-                        line, buffer = buffer.split(b"\n", 1)
-                        if not line.strip():
-                            continue
-                        try:
-                            doc = parse_body(line)
-                        except (ValueError, UnicodeDecodeError) as exc:
-                            raise _EndpointFailure(f"{url}: undecodable watch reply") from exc
-                        if doc.get("error"):
-                            raise _EndpointFailure(f"{url}: {doc.get('error')}")
-                        self._check_term(endpoint, doc)
-                        created = created or bool(doc.get("created"))  # parse_body unwrapped "result"
-                        if doc.get("canceled") or doc.get("compact_revision"):
-                            return CHANGED
-                        events = doc.get("events") or []
-                        if any(not (ignore and isinstance(e, dict) and ignore(e)) for e in events):
-                            return CHANGED
-                        ignored = ignored or bool(events)
-                    if time.monotonic() >= deadline:
-                        return ended()
-            except ReadTimeoutError:
-                return ended()
-            except (Urllib3Error, OSError, http.client.HTTPException) as exc:
-                raise _EndpointFailure(f"{url}: {type(exc).__name__}: {exc}") from exc
-            # The stream ended (member stopping): not a change, try another endpoint.
-            raise _EndpointFailure(f"{url}: watch stream closed")
+            for chunk in resp.parts():
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    try:
+                        doc = parse_body(line)
+                    except (ValueError, UnicodeDecodeError) as exc:
+                        raise _EndpointFailure(f"{url}: undecodable watch reply") from exc
+                    if doc.get("error"):
+                        raise _EndpointFailure(f"{url}: {doc.get('error')}")
+                    self._check_term(endpoint, doc)
+                    yield doc
+        except HttpTimeout:
+            raise WatchDeadline() from None
+        except HttpFailure as exc:
+            raise _EndpointFailure(f"{url}: {exc}") from exc
+        raise _EndpointFailure(f"{url}: watch stream closed")
+
+    def _watch_one(
+        self, endpoint: str, body: Mapping[str, Any], deadline: float, ignore: Callable[[Json], bool] | None
+    ) -> str:
+        try:
+            url, resp = self.open_watch(endpoint, body, deadline)
+        except _EndpointFailure:
+            if deadline - time.monotonic() <= 0.01:
+                return UNKNOWN
+            raise
+        created = ignored = False
+        try:
+            for doc in self.watch_messages(endpoint, url, resp):
+                created = created or bool(doc.get("created"))  # parse_body unwrapped "result"
+                if doc.get("canceled") or doc.get("compact_revision"):
+                    return CHANGED
+                events = doc.get("events") or []
+                if any(not (ignore and isinstance(e, dict) and ignore(e)) for e in events):
+                    return CHANGED
+                ignored = ignored or bool(events)
+                if time.monotonic() >= deadline:
+                    break
+        except WatchDeadline:
+            pass
         finally:
-            with contextlib.suppress(Exception):
-                resp.close()
-            with contextlib.suppress(Exception):
-                resp.release_conn()
+            resp.close()
+        # The deadline: QUIET only for a confirmed watch that delivered nothing.
+        return QUIET if created and not ignored else UNKNOWN
 
     def close(self) -> None:
-        pools, self._pools = self._pools, self._make_pools()  # usable again, with new connections
-        for pool, _base in pools.values():
-            pool.close()
+        for endpoint in self._pools.values():  # idle connections closed; usable again with new ones
+            endpoint.close()

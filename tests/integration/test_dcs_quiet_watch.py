@@ -174,3 +174,76 @@ def test_a_member_cut_from_the_quorum_cannot_hold_a_quiet_watch(etcd_cluster: Et
             replica.get_cluster()
     finally:
         etcd_cluster.resume_all()
+
+
+def test_the_stream_held_across_waits_is_not_quiet_on_a_member_cut_from_the_quorum(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    """The replica's waits share one stream held open (drctl.dcs.etcd_stream): once its member
+    loses its peers the stream is cancelled ("no leader") or cannot be opened again, and no wait
+    after that is QUIET, whatever the view's age."""
+    hosts = etcd_cluster.endpoints
+    scope = f"q-{uuid.uuid4().hex[:10]}"
+    alone = 1
+    replica = _etcd([hosts[alone]], "replica", scope, retry_timeout=2.0)
+    try:
+        view = replica.get_cluster()
+        assert _quiet_round(replica, view, 0.5) is False
+        held = replica._held
+        assert held is not None
+        assert held.wait(view.revision, time.monotonic() + 0.3) == QUIET  # the same stream, still open
+        for i in range(3):
+            if i != alone:
+                etcd_cluster.pause_member(i)
+        try:
+            outcomes = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                outcomes.append(held.wait(view.revision, time.monotonic() + 1.0))
+                if outcomes[-1] != QUIET:
+                    break
+            assert outcomes[-1] in (UNKNOWN, CHANGED), f"a leaderless member kept the stream quiet: {outcomes}"
+            assert all(held.wait(view.revision, time.monotonic() + 1.0) != QUIET for _ in range(3))
+        finally:
+            etcd_cluster.resume_all()
+    finally:
+        replica.close()
+
+
+def test_the_held_stream_follows_the_client_to_another_member(etcd_cluster: EtcdCluster) -> None:
+    """A member that stops answering (SIGSTOP) keeps its TCP connections open and silent: the
+    stream on it cannot say so. Reads fail over to another member, and the next wait moves the
+    stream there: changes made meanwhile are reported, not hidden behind a silent stream."""
+    hosts = etcd_cluster.endpoints
+    scope = f"q-{uuid.uuid4().hex[:10]}"
+    leader = _etcd(hosts, "leader", scope)
+    replica = _etcd(hosts, "replica", scope, retry_timeout=2.0)
+    try:
+        leader.touch_member(_info("leader"))
+        assert leader.attempt_to_acquire_leader()
+        view = replica.get_cluster()
+        assert _quiet_round(replica, view, 0.3) is False
+        frozen = replica.client.endpoints.index(replica.client.preferred_endpoint())
+        frozen_url = replica.client.endpoints[frozen]
+        etcd_cluster.pause_member(frozen)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # reads fail over (a new raft leader may be elected first)
+                try:
+                    view = replica.get_cluster()
+                except DCSError:
+                    continue
+                if replica.client.preferred_endpoint() != frozen_url:
+                    break
+            assert replica.client.preferred_endpoint() != frozen_url
+            other = _etcd([h for i, h in enumerate(hosts) if i != frozen], "other", scope)
+            try:
+                assert other.set_config({"ttl": 15}, None)
+            finally:
+                other.close()
+            assert _quiet_round(replica, view, 10.0) is True, "the change was hidden by the frozen member's stream"
+        finally:
+            etcd_cluster.resume_all()
+    finally:
+        replica.close()
+        leader.close()
