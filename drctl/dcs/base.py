@@ -399,8 +399,13 @@ class DCS(abc.ABC):
             or written is None
             or written[0] != info.to_json()
             or written[1] != lease
-            or time.monotonic() - written[2] >= self.ttl
+            or (time.monotonic() - written[2] >= self.ttl and not self._member_key_current())
         )
+
+    def _member_key_current(self) -> bool:
+        """Whether the DCS is known, as of now, to hold this member's key exactly as last written
+        (a backend that can tell spares the periodic rewrite, and every watcher a wake-up)."""
+        return False
 
     def _forget_member(self) -> None:
         self._member_info = None
@@ -551,6 +556,18 @@ class DCS(abc.ABC):
     def watch(self, leader_version: int | None, timeout: float, since_revision: int | None = None) -> bool:
         """Block until the leader key changes from ``leader_version`` (None: absent) or any key of
         the cluster changes, or ``timeout`` passes. Returns True when woken by a change."""
+
+    def forget_view(self) -> None:
+        """The next :meth:`get_cluster` reads the DCS for real (someone says a key was just
+        changed by another client: an API request waking the agent)."""
+        return None
+
+    def follow(self, since_revision: int | None) -> None:
+        """Keep following the cluster's changes after ``since_revision`` (the caller's view) while
+        it does something else than :meth:`watch` (a leader sleeping between cycles), so that the
+        next :meth:`get_cluster` may answer from that view when nothing changed. Backends
+        without that optimisation do nothing."""
+        return None
 
     def revision(self) -> int | None:
         """A position in the DCS's change log to wait from (:meth:`wait_for_change`), read now;

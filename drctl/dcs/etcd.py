@@ -34,7 +34,7 @@ from drctl.dcs.base import (
     LeaderStatus,
     MemberInfo,
 )
-from drctl.dcs.etcd_client import CHANGED, QUIET, EtcdClient, LeaseNotFound
+from drctl.dcs.etcd_client import CHANGED, EtcdClient, LeaseNotFound
 from drctl.dcs.etcd_stream import HeldWatch
 from drctl.dcs.etcd_wire import (
     Json,
@@ -81,12 +81,12 @@ class Etcd3(DCS):
         # (key, revision) of this member's own recent member-key puts: a replica's watch is not
         # woken by its own writes (see watch)
         self._own_puts: deque[tuple[str, int]] = deque(maxlen=8)
-        # The last view read for real and when; the revision a watch then found quiet after it
-        # (see get_cluster). Own lock: API threads may read the cluster while the loop watches.
+        # The last view read for real and when (see get_cluster). Own lock: API threads may read
+        # the cluster while the loop watches.
         self._view_lock = threading.Lock()
         self._last_read: tuple[ClusterView, float] | None = None
-        self._quiet_since: int | None = None
         self._held: HeldWatch | None = None  # the replica's wait (see _watch_since)
+        self._member_revision = 0  # the revision of this member's last member-key put
 
     def set_retry_timeout(self, retry_timeout: float) -> None:
         super().set_retry_timeout(retry_timeout)
@@ -178,12 +178,12 @@ class Etcd3(DCS):
                 raise DCSError(f"etcd {what}: {exc}", self.client.endpoints) from None
 
     def get_cluster(self) -> ClusterView:
-        """The cluster as of now. A replica's loop waits on a watch from its view's revision
-        (:meth:`watch` with ``since_revision``); when that watch ran to its end and saw nothing
-        change at all, the first read after it is that same view instead of a new range read
-        (an idle replica then costs etcd one request per cycle, not two). Only once per quiet
-        watch, and never for a view read more than ``retry_timeout`` ago: a real read at least
-        that often still proves the DCS reachable and answering with quorum."""
+        """The cluster as of now. While the watch stream held open for this member's loop
+        (:meth:`watch` with ``since_revision``, :meth:`follow`) covers the last view read and has
+        delivered no event at all after its revision, that view is the cluster as of now and is
+        answered without a range read (an idle member then costs etcd no request for its view).
+        Never for a view read more than ``retry_timeout`` ago: a real read at least that often
+        still proves the DCS reachable and answering with quorum."""
         reused = self._reusable_view()
         if reused is not None:
             return reused
@@ -192,19 +192,22 @@ class Etcd3(DCS):
         doc = self._call("/kv/range", body, self._deadline(), "get_cluster")
         view = view_from_range(self.scope, self.prefix, doc)
         with self._view_lock:
-            self._last_read, self._quiet_since = (view, started), None
+            self._last_read = (view, started)
         return view
 
-    def _reusable_view(self) -> ClusterView | None:
+    def _reusable_view(self, max_age: float | None = None) -> ClusterView | None:
+        """The last view read, when the held stream shows nothing changed since, nothing was
+        written through this client since, and it was read less than ``max_age`` seconds ago
+        (default: retry_timeout)."""
         with self._view_lock:
-            quiet, self._quiet_since = self._quiet_since, None  # one use per quiet watch
-            last = self._last_read
-        if quiet is None or last is None:
+            last, held = self._last_read, self._held
+        if last is None or held is None:
             return None
         view, read_at = last
-        if view.revision != quiet or time.monotonic() - read_at >= self.retry_timeout:
-            return None
-        return view
+        limit = self.retry_timeout if max_age is None else max_age
+        if time.monotonic() - read_at >= limit or view.revision < self.client.last_write_revision:
+            return None  # too old, or older than a write of ours (its event may still be on its way)
+        return view if held.quiet_now(view.revision) else None
 
     def attempt_to_acquire_leader(self) -> bool:
         deadline = self._deadline()
@@ -269,8 +272,14 @@ class Etcd3(DCS):
             return []
         doc = status.to_json()
         written = self._status_written
-        if written is not None and written[0] == doc and time.monotonic() - written[1] < self.ttl:
-            return []
+        if written is not None and written[0] == doc:
+            if time.monotonic() - written[1] < self.ttl:
+                return []
+            # The cluster as far as the stream knows shows it as written: no rewrite (if the
+            # stream is wrong, the next real read shows the key missing, and it is written).
+            view = self._reusable_view(max_age=float("inf"))
+            if view is not None and view.status is not None and view.status.to_json() == doc:
+                return []
         return [op_put(self.key("status"), doc)]
 
     def _repair_leader_value(self, lease: str, kvs: list[Json], puts: list[Json], deadline: float) -> bool:
@@ -368,9 +377,15 @@ class Etcd3(DCS):
         )
         self._member_written = (doc, lease, time.monotonic())
         revision = reply_revision(reply)
+        self._member_revision = revision
         if revision:
             self._own_puts.append((self.key("members", self.name), revision))
         return reply
+
+    def _member_key_current(self) -> bool:
+        view = self._reusable_view(max_age=float("inf"))  # as for the status (_status_puts)
+        member = view.member(self.name) if view is not None else None
+        return member is not None and bool(self._member_revision) and member.version == self._member_revision
 
     def delete_member(self) -> None:
         with self._lock:
@@ -404,24 +419,29 @@ class Etcd3(DCS):
         self._call("/kv/deleterange", body, self._deadline(), "delete cluster")
         return True
 
+    def _held_watch(self) -> HeldWatch:
+        with self._view_lock:
+            if self._held is None:
+                self._held = HeldWatch(
+                    self.client, self.prefix, prefix_range_end(self.prefix), lambda eid: eid in self._own_puts
+                )
+            return self._held
+
     def _watch_since(self, revision: int, deadline: float) -> bool:
-        """The wait of an idle replica, with no request at all while nothing changes: changes after
+        """The wait of an idle member, with no request at all while nothing changes: changes after
         ``revision`` on the stream held open across waits (drctl.dcs.etcd_stream; a leader change
         since the view shows up as an event, so no read of the leader key first), except this
         member's own member-key puts, which would otherwise wake it at once after every cycle that
-        published a new position."""
+        published a new position (they still keep the next read a real one)."""
+        return self._held_watch().wait(revision, deadline) == CHANGED
+
+    def forget_view(self) -> None:
         with self._view_lock:
-            self._quiet_since = None
-            held = self._held
-            if held is None:
-                held = self._held = HeldWatch(
-                    self.client, self.prefix, prefix_range_end(self.prefix), lambda eid: eid in self._own_puts
-                )
-        outcome = held.wait(revision, deadline)
-        if outcome == QUIET:
-            with self._view_lock:
-                self._quiet_since = revision
-        return outcome == CHANGED
+            self._last_read = None
+
+    def follow(self, since_revision: int | None) -> None:
+        if since_revision:
+            self._held_watch().quiet_now(since_revision)
 
     def watch(self, leader_version: int | None, timeout: float, since_revision: int | None = None) -> bool:
         """Wait for a change of any key of the cluster from the revision at call time. Returns True

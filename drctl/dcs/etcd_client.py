@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from drctl.dcs.base import (
     DCSError,
 )
-from drctl.dcs.etcd_wire import Json, api_prefix_for_version, b64, parse_body, reply_term, to_int
+from drctl.dcs.etcd_wire import Json, api_prefix_for_version, b64, parse_body, reply_revision, reply_term, to_int
 from drctl.dcs.http1 import Endpoint, HttpFailure, HttpTimeout, Reply, Stream, TlsFiles
 
 if TYPE_CHECKING:
@@ -89,9 +89,17 @@ class EtcdClient:
         self._api: str | None = None
         self._token: str | None = None
         self._raft_term = 0
+        self._last_write = 0  # the store's revision after this client's latest write
 
     def _make_pools(self) -> dict[str, Endpoint]:
         return {e: Endpoint(e, self._tls) for e in self.endpoints}
+
+    @property
+    def last_write_revision(self) -> int:
+        """The store's revision right after the latest write made through this client (0: none).
+        A view older than that cannot show it (drctl.dcs.etcd.Etcd3.get_cluster)."""
+        with self._lock:
+            return self._last_write
 
     @property
     def raft_term(self) -> int:
@@ -229,6 +237,8 @@ class EtcdClient:
                     raise DCSError(f"etcd refused {what or path}: {exc}", [endpoint]) from None
                 with self._lock:
                     self._preferred = index
+                    if _writes(path, body):
+                        self._last_write = max(self._last_write, reply_revision(doc))
                 return doc
             remaining = deadline - time.monotonic()
             if remaining < 0.02:
@@ -347,3 +357,19 @@ class EtcdClient:
     def close(self) -> None:
         for endpoint in self._pools.values():  # idle connections closed; usable again with new ones
             endpoint.close()
+
+
+_WRITE_PATHS = frozenset({"/kv/put", "/kv/deleterange", "/lease/revoke"})
+
+
+def _writes(path: str, body: Mapping[str, Any]) -> bool:
+    """Whether the request may change keys (a txn: when a branch holds a put or a delete)."""
+    if path in _WRITE_PATHS:
+        return True
+    if path != "/kv/txn":
+        return False
+    return any(
+        isinstance(op, dict) and ("request_put" in op or "request_delete_range" in op)
+        for branch in ("success", "failure")
+        for op in body.get(branch) or ()
+    )

@@ -59,7 +59,7 @@ class HeldWatch:
         self._endpoint: str | None = None
         self._stream: Stream | None = None
         self._events: list[tuple[int, tuple[str, int]]] = []  # (revision, (key, mod_revision))
-        self._flooded_to = 0  # events up to this revision were dropped unjudged (MAX_EVENTS)
+        self._dropped_to = 0  # the last revision of an event forgotten unjudged (see _drop)
         self._waiting = 0  # waits in progress
         self._failures = 0  # streams in a row that ended before being created (backoff)
         self._lost_to = 0  # changes up to this revision may be missing: waits from before it are CHANGED
@@ -70,32 +70,53 @@ class HeldWatch:
     def wait(self, revision: int, deadline: float) -> str:
         """CHANGED / QUIET / UNKNOWN for changes after ``revision``, waiting until ``deadline``."""
         with self._cond:
-            self._last_wait = time.monotonic()
-            if not self._waiting:  # what no wait can ask about any more (reads never go back)
-                self._events = [e for e in self._events if e[0] > revision]
+            self._prepare(revision)
             self._waiting += 1
             try:
-                self._aim(revision + 1)
                 while not self._changed_after(revision):
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        break
+                        # A stream that broke meanwhile and was opened again replays from
+                        # revision + 1: what counts is that one covers it now, and that nothing
+                        # at all came after it.
+                        return QUIET if self._quiet(revision) else UNKNOWN
                     self._cond.wait(left)
-                else:
-                    return CHANGED
-                # A stream that broke meanwhile and was opened again replays from revision + 1:
-                # what counts is that one covers it now and nothing at all came after it.
-                quiet = (
-                    self._covered_from is not None
-                    and self._covered_from <= revision + 1
-                    and not any(rev > revision for rev, _ in self._events)
-                )
-                return QUIET if quiet else UNKNOWN
+                return CHANGED
             finally:
                 self._waiting -= 1
 
+    def quiet_now(self, revision: int) -> bool:
+        """Whether, as of now, a stream covers every change after ``revision`` and delivered none
+        (not even an ignored one). Never waits; starts or keeps the stream."""
+        with self._cond:
+            self._prepare(revision)
+            return self._quiet(revision)
+
+    def _prepare(self, revision: int) -> None:
+        self._last_wait = time.monotonic()
+        if not self._waiting:  # events no wait should ask about any more (the loop's reads go forward)
+            self._drop(lambda rev: rev <= revision)
+        self._aim(revision + 1)
+
+    def _drop(self, which: Callable[[int], bool]) -> None:
+        """Forget delivered events (bounded memory); a later question about a revision before
+        one of them is answered "changed" (it was not judged and may have counted)."""
+        dropped = [rev for rev, _ in self._events if which(rev)]
+        if dropped:
+            self._dropped_to = max(self._dropped_to, *dropped)
+            self._events = [e for e in self._events if not which(e[0])]
+
+    def _quiet(self, revision: int) -> bool:
+        return (
+            self._covered_from is not None
+            and self._covered_from <= revision + 1
+            and self._lost_to <= revision
+            and self._dropped_to <= revision
+            and not any(rev > revision for rev, _ in self._events)
+        )
+
     def _changed_after(self, revision: int) -> bool:
-        if self._lost_to > revision or self._flooded_to > revision:
+        if self._lost_to > revision or self._dropped_to > revision:
             return True
         return any(rev > revision and not self._ignore(event) for rev, event in self._events)
 
@@ -147,7 +168,7 @@ class HeldWatch:
                 stream.close()
                 return
             self._stream, self._endpoint, self._start = stream, endpoint, start
-            self._events = [e for e in self._events if e[0] >= start]
+            self._drop(lambda rev: rev < start)  # a new stream replays from start on
         try:
             for doc in self._client.watch_messages(endpoint, url, stream):
                 if not self._record(doc, start):
@@ -174,8 +195,7 @@ class HeldWatch:
                 mod = to_int(kv.get("mod_revision"))
                 self._events.append((mod, (_key_of(kv), mod)))
             if len(self._events) > MAX_EVENTS:
-                self._flooded_to = max(self._flooded_to, max(rev for rev, _ in self._events))
-                self._events.clear()
+                self._drop(lambda _rev: True)
             self._cond.notify_all()
             return True
 

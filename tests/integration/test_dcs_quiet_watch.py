@@ -53,14 +53,36 @@ def _quiet_round(replica: Etcd3, view: ClusterView, timeout: float = 0.4) -> boo
     return replica.watch(view.leader.version if view.leader else None, timeout, since_revision=view.revision)
 
 
-def test_a_quiet_watch_lets_the_next_read_reuse_the_view_once(etcd_site_a: EtcdCluster) -> None:
-    _scope, _leader, replica = _cluster(etcd_site_a.endpoints)
+def test_a_quiet_watch_lets_the_next_reads_reuse_the_view_while_nothing_changes(etcd_site_a: EtcdCluster) -> None:
+    _scope, leader, replica = _cluster(etcd_site_a.endpoints)
     view = replica.get_cluster()
     assert _quiet_round(replica, view) is False
     assert replica.get_cluster() is view  # nothing changed: no range read
+    assert replica.get_cluster() is view  # the stream stays open and still quiet
+    assert leader.set_config({"ttl": 11}, view.config.version if view.config else None)
+    deadline = time.monotonic() + 5
+    while replica.get_cluster() is view and time.monotonic() < deadline:
+        time.sleep(0.01)  # the event is on its way on the stream
     again = replica.get_cluster()
-    assert again is not view, "a quiet watch is good for one read only"
-    assert again.revision == view.revision and again.leader == view.leader
+    assert again is not view and again.config is not None and again.config.data.get("ttl") == 11
+
+
+def test_a_leader_following_between_cycles_reuses_its_view(etcd_site_a: EtcdCluster) -> None:
+    """follow() (a leader's sleep) keeps the stream open without waiting on it."""
+    _scope, leader, _replica = _cluster(etcd_site_a.endpoints)
+    view = leader.get_cluster()
+    leader.follow(view.revision)
+    held = leader._held
+    assert held is not None
+    deadline = time.monotonic() + 5
+    while not held.quiet_now(view.revision) and time.monotonic() < deadline:
+        time.sleep(0.02)  # the stream is being opened
+    assert leader.get_cluster() is view
+    _raw_delete(etcd_site_a.endpoints, leader.key("leader"))
+    deadline = time.monotonic() + 5
+    while leader.get_cluster().leader is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert leader.get_cluster().leader is None
 
 
 def test_the_view_is_read_for_real_at_least_every_retry_timeout(etcd_site_a: EtcdCluster) -> None:
@@ -116,19 +138,23 @@ def test_no_change_is_missed(etcd_site_a: EtcdCluster) -> None:
         assert out == [True], f"{change.__name__}: the watch did not report it"
         assert seen(replica.get_cluster()), f"{change.__name__}: the read after the watch hid it"
 
-    # A change landing after a quiet watch ended and before the read: the reused view misses it,
-    # the next watch (from the same revision) reports it at once, and the read after shows it.
+    # A change landing after a quiet watch ended and before the read: the stream held open
+    # delivers it within milliseconds, and from then on the read is a real one; a wait from the
+    # old view's revision reports it at once.
     leader.touch_member(_info("leader"))
     assert leader.attempt_to_acquire_leader()
+    replica.forget_view()  # what the agent does when an API request wakes it (another client wrote)
     view = replica.get_cluster()
+    assert view.leader is not None
     assert _quiet_round(replica, view) is False
     _raw_delete(hosts, leader.key("leader"))
-    stale = replica.get_cluster()
-    assert stale is view and stale.leader is not None
-    started = time.monotonic()
-    assert _quiet_round(replica, stale, 10.0) is True
-    assert time.monotonic() - started < 5.0, "the next watch did not report the change at once"
+    deadline = time.monotonic() + 5
+    while replica.get_cluster().leader is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert replica.get_cluster().leader is None
+    started = time.monotonic()
+    assert _quiet_round(replica, view, 10.0) is True
+    assert time.monotonic() - started < 5.0, "the next watch did not report the change at once"
 
 
 def test_the_replicas_own_put_is_not_quiet(etcd_site_a: EtcdCluster) -> None:

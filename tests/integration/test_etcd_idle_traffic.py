@@ -9,8 +9,9 @@ import time
 import uuid
 from typing import Any
 
-from drctl.dcs.base import LeaderStatus, MemberInfo
+from drctl.dcs.base import ClusterView, LeaderStatus, MemberInfo
 from drctl.dcs.etcd import Etcd3
+from drctl.dcs.etcd_wire import b64
 from drctl.dcs.factory import EtcdSettings
 from drctl.lab.etcd import EtcdCluster
 
@@ -132,3 +133,53 @@ def test_watch_from_the_views_revision(etcd_site_a: EtcdCluster) -> None:
     thread.join(12)
     assert out and out[0] is True
     assert out[1] - put_at < 1.0
+
+
+def test_keys_still_as_written_are_not_rewritten_while_the_stream_shows_them(etcd_site_a: EtcdCluster) -> None:
+    """With its view known current (a held watch stream, quiet), a member does not rewrite its
+    member key or its leader status every ttl: every such put would wake every replica. A key
+    removed or changed behind its back is written again at the next renewal or touch."""
+    scope = f"idle-{uuid.uuid4().hex[:8]}"
+    leader = _etcd(etcd_site_a, "a", scope, ttl=2)
+    try:
+        leader.touch_member(_info("a"))
+        assert leader.attempt_to_acquire_leader()
+        assert leader.update_leader(LeaderStatus(lsn=7))
+        view = leader.get_cluster()
+        leader.follow(view.revision)
+        held = leader._held
+        assert held is not None
+        deadline = time.monotonic() + 5
+        while not held.quiet_now(view.revision) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+        def versions(v: ClusterView) -> tuple[int, int]:
+            member = v.member("a")
+            assert member is not None and v.status is not None
+            return member.version, v.status.version
+
+        written = versions(view)
+        for _ in range(3):  # 3 s: past the ttl (2 s) after which the old rule rewrote both keys
+            time.sleep(1.0)
+            assert leader.update_leader(LeaderStatus(lsn=7))
+            leader.touch_member(_info("a"))
+            assert versions(leader.get_cluster()) == written, "a key still as written was rewritten"
+        # Removed behind its back: written again.
+        other = _etcd(etcd_site_a, "b", scope)
+        try:
+            other.client.call("/kv/deleterange", {"key": b64(leader.key("members", "a"))}, time.monotonic() + 3)
+            other.client.call("/kv/deleterange", {"key": b64(leader.key("status"))}, time.monotonic() + 3)
+        finally:
+            other.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            assert leader.update_leader(LeaderStatus(lsn=7))
+            leader.touch_member(_info("a"))
+            now = leader.get_cluster()
+            if now.member("a") is not None and now.status is not None:
+                break
+            time.sleep(0.2)
+        now = leader.get_cluster()
+        assert now.member("a") is not None and now.status is not None and now.status.lsn == 7
+    finally:
+        leader.close()
