@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from drctl.dcs.base import (
@@ -87,6 +88,7 @@ class Etcd3(DCS):
         self._last_read: tuple[ClusterView, float] | None = None
         self._held: HeldWatch | None = None  # the replica's wait (see _watch_since)
         self._member_revision = 0  # the revision of this member's last member-key put
+        self._parsed: tuple[tuple[Any, ...], ClusterView] | None = None  # see get_cluster
 
     def set_retry_timeout(self, retry_timeout: float) -> None:
         super().set_retry_timeout(retry_timeout)
@@ -190,9 +192,18 @@ class Etcd3(DCS):
         body = {"key": b64(self.prefix), "range_end": b64(prefix_range_end(self.prefix))}
         started = time.monotonic()
         doc = self._call("/kv/range", body, self._deadline(), "get_cluster")
-        view = view_from_range(self.scope, self.prefix, doc)
+        # The same keys at the same revisions hold the same values: the view parsed last time,
+        # at the new revision (an idle cluster's read parses nothing).
+        signature = tuple((kv.get("key"), kv.get("mod_revision"), kv.get("lease")) for kv in kvs_of(doc))
+        with self._view_lock:
+            parsed = self._parsed
+        if parsed is not None and parsed[0] == signature:
+            view = replace(parsed[1], revision=reply_revision(doc))
+        else:
+            view = view_from_range(self.scope, self.prefix, doc)
         with self._view_lock:
             self._last_read = (view, started)
+            self._parsed = (signature, view)
         return view
 
     def _reusable_view(self, max_age: float | None = None) -> ClusterView | None:

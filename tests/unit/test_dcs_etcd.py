@@ -269,3 +269,31 @@ def test_compare_only_txn_gets_a_linearizable_range() -> None:
     assert body["success"] == [{"request_range": {"key": b64("/k")}}] == body["failure"]
     write = linearizable_txn(cmp, [{"request_put": {"key": b64("/k")}}], [])
     assert write["failure"] == []  # a write goes through raft anyway
+
+
+def _range_doc(revision: int, kvs: list[tuple[str, str, int]]) -> dict[str, Any]:
+    return {
+        "header": {"raft_term": "2", "revision": str(revision)},
+        "kvs": [{"key": b64(k), "value": b64(v), "mod_revision": str(m), "lease": "0"} for k, v, m in kvs],
+    }
+
+
+def test_a_read_of_unchanged_keys_reuses_the_parsed_view_at_the_new_revision() -> None:
+    leader_doc = json.dumps({"conn_url": "postgres://a", "api_url": "http://a"})
+    replies = [
+        _range_doc(10, [("/ns/s/leader", "a", 5), ("/ns/s/members/a", leader_doc, 4)]),
+        _range_doc(12, [("/ns/s/leader", "a", 5), ("/ns/s/members/a", leader_doc, 4)]),  # other scopes wrote
+        _range_doc(13, [("/ns/s/leader", "b", 13), ("/ns/s/members/a", leader_doc, 4)]),
+        _range_doc(14, [("/ns/s/leader", "b", 13)]),
+    ]
+    client = StubClient({"http://a": lambda path, body, timeout: replies.pop(0)})
+    d = Etcd3(EtcdSettings(hosts=["http://a"]), namespace="ns", scope="s", name="a", ttl=10, retry_timeout=1)
+    d.client = client
+    first = d.get_cluster()
+    second = d.get_cluster()
+    assert second.revision == 12 and second.leader is first.leader and second.members is first.members
+    third = d.get_cluster()
+    assert third.revision == 13 and third.leader is not None and third.leader.name == "b"
+    assert third.member("a") is not None
+    fourth = d.get_cluster()
+    assert fourth.revision == 14 and fourth.member("a") is None and fourth.leader == third.leader
