@@ -1,4 +1,4 @@
-"""etcd v3 backend: a thin client of our own over etcd's v3 JSON gateway (grpc-gateway), on urllib3.
+"""etcd v3 backend: a thin client of our own over etcd's v3 JSON gateway (grpc-gateway), on drctl.dcs.http1.
 
 Gateway facts this relies on (checked on etcd 3.4, see LAB-NOTES.md): the API prefix is ``/v3``
 from 3.4, ``/v3beta`` on 3.3 and ``/v3alpha`` before (probed with ``GET /version``); keys and values
@@ -10,7 +10,7 @@ Safety rules:
 
 - every call is bounded by ``retry_timeout`` overall: endpoints are tried in turn, each request with a
   timeout sized so that one pass over all endpoints fits, passes repeat until the deadline, then
-  :class:`DCSError` (never a urllib3/json exception);
+  :class:`DCSError` (never a socket, HTTP or json exception);
 - reads are linearizable (the gateway's default), so a member cut off from its quorum cannot answer;
 - a reply whose ``raft_term`` is lower than the highest term this client has seen comes from a member
   that missed an election: it counts as a failure of that endpoint and the next one is tried;
