@@ -27,12 +27,16 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import structlog
+
 from drctl.dcs.etcd_client import CHANGED, QUIET, UNKNOWN, WatchDeadline, _EndpointFailure, _RequestRejected
 from drctl.dcs.etcd_wire import Json, b64, to_int, unb64
 
 if TYPE_CHECKING:
     from drctl.dcs.etcd_client import EtcdClient
     from drctl.dcs.http1 import Stream
+
+log = structlog.get_logger("drctl.dcs.etcd_stream")
 
 LINGER_S = 60.0  # the stream's thread ends when no wait came for this long
 STREAM_SPAN_S = 600.0  # a stream is reopened after this long (a bounded read deadline)
@@ -148,6 +152,8 @@ class HeldWatch:
                 self._follow(start)
             except (_EndpointFailure, _RequestRejected, WatchDeadline):
                 pass
+            except Exception:  # a bug must not end the thread: the waits would never be woken again
+                log.exception("etcd watch stream failed")
             with self._cond:
                 created = self._covered_from is not None
                 self._stream = None
