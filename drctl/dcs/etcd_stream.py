@@ -66,6 +66,8 @@ class HeldWatch:
         self._dropped_to = 0  # the last revision of an event forgotten unjudged (see _drop)
         self._waiting = 0  # waits in progress
         self._failures = 0  # streams in a row that ended before being created (backoff)
+        self._confirmed = False  # the stream being read was created
+        self._abandoned = False  # the stream being read was aborted by a wait (see _aim)
         self._lost_to = 0  # changes up to this revision may be missing: waits from before it are CHANGED
         self._last_wait = time.monotonic()
 
@@ -135,6 +137,8 @@ class HeldWatch:
             self._want_from = max(self._want_from, start)
         if (behind or moved) and self._stream is not None:
             self._stream.abort()  # the thread opens the next one from _want_from, on the preferred endpoint
+            self._abandoned = True  # what it still has buffered is not recorded
+            self._covered_from = None
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="etcd-watch", daemon=True)
             self._thread.start()
@@ -155,7 +159,7 @@ class HeldWatch:
             except Exception:  # a bug must not end the thread: the waits would never be woken again
                 log.exception("etcd watch stream failed")
             with self._cond:
-                created = self._covered_from is not None
+                created, self._confirmed = self._confirmed, False
                 self._stream = None
                 self._endpoint = None
                 self._covered_from = None
@@ -174,6 +178,7 @@ class HeldWatch:
                 stream.close()
                 return
             self._stream, self._endpoint, self._start = stream, endpoint, start
+            self._abandoned = False
             self._drop(lambda rev: rev < start)  # a new stream replays from start on
         try:
             for doc in self._client.watch_messages(endpoint, url, stream):
@@ -185,6 +190,8 @@ class HeldWatch:
     def _record(self, doc: Json, start: int) -> bool:
         """Note one message; False when the stream is over (cancelled, compacted)."""
         with self._cond:
+            if self._abandoned:
+                return False
             if doc.get("canceled") or doc.get("compact_revision"):
                 # A member that lost its leader, or history gone: what this stream covered is
                 # unknown from its start on; waits from before now are answered CHANGED.
@@ -194,6 +201,7 @@ class HeldWatch:
                 return False
             if doc.get("created"):
                 self._covered_from = start
+                self._confirmed = True
             for event in doc.get("events") or []:
                 kv = event.get("kv") if isinstance(event, dict) else None
                 if not isinstance(kv, dict):
