@@ -207,6 +207,12 @@ def _one_query_probe_agrees_with_separate_queries(primary: Node, standby: Node) 
             ]
             conn.execute("DEALLOCATE ALL")
             assert probe._node_row(conn).keys() == row.keys()
+            # A cut connection is a ProbeError and shows broken (the agent's session reconnects).
+            with probe.connect(node.local()) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+            with pytest.raises(probe.ProbeError, match="query failed"):
+                probe._node_row(conn)
+            assert conn.broken
     with probe.connect(primary.local()) as conn:
         seen = probe.probe_node(conn)
         assert not seen.state.in_recovery and seen.state.timeline == 1 and seen.state.wal_receiver is None
