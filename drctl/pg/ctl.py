@@ -58,8 +58,17 @@ PROMOTE_NUDGE_S = 0.05  # while a promotion is awaited: how often PostgreSQL get
 
 class PgCtl(PgDataDir):
     def read_pidfile(self) -> PostmasterPidFile | None:
+        # os.open/os.read, not Path.read_text: read once per agent cycle, where the text file
+        # object's layers (buffer, decoder, isatty and seek checks) cost more than the read.
         try:
-            text = (self.data_dir / "postmaster.pid").read_text()
+            fd = os.open(self.data_dir / "postmaster.pid", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                chunks = []
+                while chunk := os.read(fd, 8192):
+                    chunks.append(chunk)
+            finally:
+                os.close(fd)
+            text = b"".join(chunks).decode()
         except (OSError, UnicodeDecodeError):
             return None
         return parse_postmaster_pid(text)
@@ -74,6 +83,8 @@ class PgCtl(PgDataDir):
             cwd = os.readlink(f"/proc/{info.pid}/cwd")
         except OSError:
             return None
+        if cwd == str(self.data_dir):
+            return True  # the kernel's path of its working directory is ours, character for character
         try:
             return os.path.samefile(cwd, self.data_dir)
         except OSError:

@@ -53,6 +53,16 @@ class Hands:
     # Promote, not after.
     on_lease: Callable[[float, float | None], None] | None
     on_demoted: Callable[[], None] | None  # PostgreSQL stopped by a Demote
+    # The postmaster PID the agent observed at the start of this cycle, while every action since
+    # is one that leaves the postmaster alone (see Executor): None when unknown, then read anew.
+    seen_postmaster: int | None
+
+    def postmaster_pid(self) -> int | None:
+        """The live postmaster's PID now: the one observed this cycle while nothing since could
+        have started or stopped it (an idle cycle reads postmaster.pid and /proc once), else read."""
+        if self.seen_postmaster is not None:
+            return self.seen_postmaster
+        return self.node.ctl.postmaster_pid()
 
     def _remember(self, **changes: Any) -> None:
         self.mem = replace(self.mem, **changes)

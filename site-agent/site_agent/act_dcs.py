@@ -186,6 +186,11 @@ class DcsHands(Hands):
         return DONE
 
     def _slot_positions(self) -> dict[str, int]:
+        # This cycle's look at the slots (the same query's columns, taken with the LSN the
+        # renewal publishes) while PostgreSQL is the one looked at; else ask the server.
+        seen = self.node.observed_slots(self.postmaster_pid())
+        if seen is not None:
+            return {s.slot_name: s.restart_lsn for s in seen if s.restart_lsn is not None}
         try:
             with self.node.session(timeout=2) as conn:
                 return {s.slot_name: s.restart_lsn for s in list_slots(conn) if s.restart_lsn is not None}

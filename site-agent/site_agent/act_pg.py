@@ -378,7 +378,7 @@ class PgHands(Hands):
         return "pgbackrest" in methods and self.node.backup is not None and self.node.backup.has_backup()
 
     def _manage_slots(self, a: ManageSlots) -> ActionResult:
-        pm = self.node.ctl.postmaster_pid()
+        pm = self.postmaster_pid()
         if pm is None:
             return DONE
         seen = self.node.observed_slots(pm)  # this cycle's look, when PostgreSQL is the same one

@@ -8,14 +8,14 @@ import contextlib
 import threading
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from drctl.agentconfig.plain import ConfigError
 from drctl.agentconfig.runtime import parse_dynamic
 from drctl.common.members import lag_between, leader_lsn
-from drctl.dcs.base import DCS, ClusterView, DCSError, MemberInfo
+from drctl.dcs.base import DCS, ClusterView, DCSError, MemberInfo, Record
 from site_agent.actions import Decision, Promote, StartPostgres
 from site_agent.callbacks import Callbacks
 from site_agent.decide import decide
@@ -31,7 +31,7 @@ from site_agent.peers import gather_peers, post_failsafe
 from site_agent.pmwatch import PostmasterWatch
 from site_agent.remote import RemoteHistoryCache
 from site_agent.snapshot import NodeSnapshot, XlogPosition
-from site_agent.state import DecideConfig, LocalState, PgState, tags_from_config
+from site_agent.state import DecideConfig, LocalState, NodeTags, PgState, tags_from_config
 from site_agent.viewmend import LastGood, mend_view
 
 if TYPE_CHECKING:
@@ -78,6 +78,11 @@ class Agent:
         self.executor.on_demoted = self._on_demoted
         self.cycle_lock = threading.Lock()  # the API waits on cycles, never runs one
         self.cycles = 0
+        # Derived once from the frozen configuration objects they come from (an idle cycle used
+        # to rebuild them several times): see decide_config, _refresh_dynamic, _tags.
+        self._decide_cfg: tuple[AgentConfig, DynamicConfig, DecideConfig] | None = None
+        self._dynamic_read: tuple[Record, DynamicConfig | ConfigError] | None = None
+        self._tags_made: tuple[object, dict[str, Any], NodeTags] | None = None
 
     @property
     def snapshot(self) -> NodeSnapshot:
@@ -89,7 +94,17 @@ class Agent:
         return f"{scheme}://{self.cfg.restapi.connect_address}/status"
 
     def decide_config(self) -> DecideConfig:
-        return DecideConfig.from_config(self.cfg, self.dynamic)
+        cfg, dyn, made = self.cfg, self.dynamic, self._decide_cfg
+        if made is None or made[0] is not cfg or made[1] is not dyn:
+            made = self._decide_cfg = (cfg, dyn, DecideConfig.from_config(cfg, dyn))
+        return made[2]
+
+    def _tags(self) -> tuple[dict[str, Any], NodeTags]:
+        """The configured tags: as published (a fresh dict each time) and as decided with."""
+        tags, made = self.cfg.tags, self._tags_made
+        if made is None or made[0] is not tags:
+            made = self._tags_made = (tags, tags.model_dump(exclude_none=True), tags_from_config(self.cfg))
+        return dict(made[1]), made[2]
 
     def run(self) -> None:
         log.info("agent started", scope=self.cfg.scope, name=self.cfg.name)
@@ -174,8 +189,9 @@ class Agent:
         read_only = _starts_read_only(decision)
         if self.keeper is not None and not decision.has(Promote) and (read_only or not self.mem.am_leader):
             self.keeper.disarm()  # before starting, following, rewinding or rebuilding as a replica
+        seen_pm = self._obs.postmaster if self._obs is not None else None
         try:
-            done = self.executor.execute(decision, view, self.dynamic, self.mem)
+            done = self.executor.execute(decision, view, self.dynamic, self.mem, postmaster=seen_pm)
         except Exception:
             self.mem = self.executor.mem  # an unexpected error: keep what the actions before it did
             raise
@@ -190,7 +206,9 @@ class Agent:
         self.mem = after_acting(self.mem, view, decision, self.cfg.name)
         self._seed_config(view)
         self._observe_promotion(decision)
-        pm = self.node.ctl.postmaster_pid()  # after acting: once for the snapshot and the watch
+        # After acting, for the snapshot and the watch: the PID observed this cycle unless an
+        # action may have started or stopped PostgreSQL since (then read anew).
+        pm = self.executor.postmaster_pid()
         self._publish(real_view, decision, pm)
         if self.pm_watch is not None:
             self.pm_watch.track(pm)
@@ -255,11 +273,20 @@ class Agent:
         if view is None or view.config is None:
             # A corrupt `config` key is reported by mend_view; the last good configuration stays.
             return
-        try:
-            dyn = parse_dynamic(dict(view.config.data))
-        except ConfigError as exc:
-            log.error("invalid dynamic configuration in the DCS: keeping the last good one", error=str(exc))
+        # Validated again only when the key changed (an idle cycle reads the same version).
+        rec, read = view.config, self._dynamic_read
+        if read is not None and (read[0] is rec or (read[0].version == rec.version and read[0].data == rec.data)):
+            parsed = read[1]
+        else:
+            try:
+                parsed = parse_dynamic(dict(rec.data))
+            except ConfigError as exc:
+                parsed = exc
+            self._dynamic_read = (rec, parsed)
+        if isinstance(parsed, ConfigError):
+            log.error("invalid dynamic configuration in the DCS: keeping the last good one", error=str(parsed))
             return
+        dyn = parsed
         if dyn != self.dynamic:
             old, self.dynamic = self.dynamic, dyn
             if self.node.apply_config(old, dyn):
@@ -273,7 +300,7 @@ class Agent:
         seen = Sighting(
             name=self.cfg.name,
             obs=obs,
-            tags=tags_from_config(self.cfg),
+            tags=self._tags()[1],
             wal_timeline=self.node.wal_timeline(wal_lsn_to_read(obs)),
             backup_label=obs.probe is None and (self.node.data_dir / "backup_label").exists(),
             dcs_error=self._dcs_error,
@@ -397,7 +424,7 @@ class Agent:
             timeline=local.timeline or 0,
             received_lsn=local.current_lsn if local.in_recovery is False else local.received_lsn,
             replayed_lsn=local.replayed_lsn,
-            tags=self.cfg.tags.model_dump(exclude_none=True),
+            tags=self._tags()[0],
             version=VERSION,
             extra={**self.identity, "pending_restart": bool(self._obs is not None and self._obs.pending_restart)},
         )
@@ -436,7 +463,7 @@ class Agent:
             paused=self.dynamic.pause,
             pending_restart=bool(self._obs is not None and self._obs.pending_restart),
             restart_requested=self.mem.restart_requested,
-            tags=self.cfg.tags.model_dump(exclude_none=True),
+            tags=self._tags()[0],
             lag_bytes=lag,
             cluster_unlocked=view is not None and view.leader is None,
             site_role=view.site.role if view and view.site else None,

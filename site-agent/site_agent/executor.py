@@ -28,6 +28,7 @@ from site_agent.actions import (
     Decision,
     FailsafeHold,
     FenceNode,
+    ManageSlots,
     NoOp,
     RecordInitialize,
     ReleaseLeader,
@@ -47,6 +48,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("site_agent.act")
 
+# Actions that never start, stop or restart PostgreSQL: after them, the postmaster observed at the
+# start of the cycle is still the one to talk to (see Hands.postmaster_pid).
+_KEEP_POSTMASTER = (RenewLeader, ManageSlots, WaitForLeader, NoOp)
+
 
 @dataclass(frozen=True)
 class Executed:
@@ -64,19 +69,31 @@ class Executor(DcsHands, PgHands):
         self.mem = Memory()  # the memory while one decision is carried out (see execute)
         self.clock = clock
         self.view = None
+        self.seen_postmaster = None
         self.on_lease = None
         self.on_demoted = None
         self.fencing: FencingConfig | None = None
         self.callbacks = Callbacks(None, "")  # the agent gives the configured ones
 
-    def execute(self, decision: Decision, view: ClusterView | None, dynamic: DynamicConfig, memory: Memory) -> Executed:
+    def execute(
+        self,
+        decision: Decision,
+        view: ClusterView | None,
+        dynamic: DynamicConfig,
+        memory: Memory,
+        postmaster: int | None = None,
+    ) -> Executed:
         """Carry out the decision starting from ``memory``; ``all_ok`` False when an action failed
-        (the caller then waits a full loop_wait before trying again instead of hammering)."""
+        (the caller then waits a full loop_wait before trying again instead of hammering).
+        ``postmaster``: the running postmaster's PID observed this cycle (None: not known)."""
         self.mem = memory
         self.view = view
         self.dynamic = dynamic
+        self.seen_postmaster = postmaster
         all_ok = True
         for action in decision.actions:
+            if not isinstance(action, _KEEP_POSTMASTER):
+                self.seen_postmaster = None  # it may start or stop PostgreSQL: read the PID anew
             result = self._run(action)
             if not result.ok and not action.guard:
                 all_ok = False
@@ -94,7 +111,7 @@ class Executor(DcsHands, PgHands):
         cb = self.callbacks
         if not cb.configured:
             return
-        running = self.node.ctl.is_running()
+        running = self.seen_postmaster is not None or self.node.ctl.is_running()
         if cb.role is None:
             if running and role in ("primary", "replica", "standby_leader"):
                 cb.attach(cast(CallbackRole, role))

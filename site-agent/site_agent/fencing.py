@@ -60,6 +60,7 @@ class LeaseKeeper:
         self.client = LeaseKeeperClient(self.state_file)
         self.proc: subprocess.Popen[bytes] | None = None
         self.armed = False
+        self.deadline: float | None = None  # the deadline the keeper was last given while armed
 
     def command(self) -> tuple[str, list[str], str]:
         """(executable, argv, which keeper). The compiled keeper (site_agent.keeperbin: ~1 MB
@@ -83,25 +84,30 @@ class LeaseKeeper:
 
     def start(self) -> None:
         self.client.disarm()  # never inherit an armed state from a previous agent
+        self.armed, self.deadline = False, None
         executable, argv, which = self.command()
         self.proc = subprocess.Popen(argv, executable=executable, stdin=subprocess.DEVNULL)
         log.info("lease keeper started", pid=self.proc.pid, keeper=which)
 
     def feed(self, deadline_monotonic: float) -> None:
+        # The same deadline again (a cycle feeds after its renewal and once more at its end) is
+        # the state the keeper already has: a new sequence number alone changes nothing there.
+        if self.armed and deadline_monotonic == self.deadline:
+            return
         self.client.feed(deadline_monotonic)
-        self.armed = True
+        self.armed, self.deadline = True, deadline_monotonic
 
     def disarm(self) -> None:
         if self.armed:
             self.client.disarm()
-            self.armed = False
+            self.armed, self.deadline = False, None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
         self.client.disarm()
-        self.armed = False
+        self.armed, self.deadline = False, None
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)

@@ -55,6 +55,7 @@ class Observation:
     synchronous_standby_names: str | None = None
     archive_failed_count: int | None = None
     pending_restart: bool | None = None  # pg_settings: a changed setting waits for a restart
+    postmaster: int | None = None  # the live postmaster's PID when looked at (None: not running)
 
 
 class Node:
@@ -162,10 +163,11 @@ class Node:
         if not self.data_dir.exists():
             return DataDirState.EMPTY
         try:
-            entries = list(self.data_dir.iterdir())
+            with os.scandir(self.data_dir) as entries:  # is there one entry (not: list them all)
+                empty = next(entries, None) is None
         except OSError:
             return DataDirState.INVALID
-        if not entries:
+        if empty:
             return DataDirState.EMPTY
         if (self.data_dir / "PG_VERSION").exists() and (self.data_dir / "global" / "pg_control").exists():
             return DataDirState.VALID
@@ -278,4 +280,4 @@ class Node:
         if dd is DataDirState.VALID and (state is None or not running):
             with contextlib.suppress(PgCtlError):
                 control = self.ctl.controldata()
-        return Observation(running, state, error, dd, control, ssn, archive_failed, pending)
+        return Observation(running, state, error, dd, control, ssn, archive_failed, pending, pm)

@@ -196,6 +196,23 @@ def test_replica_promote_rewind_rejoin(nodes: Callable[[str], Node]) -> None:
 def _one_query_probe_agrees_with_separate_queries(primary: Node, standby: Node) -> None:
     """probe_node reads in one statement what separate queries read (an idle cluster: nothing
     moves between them but the receiver's timestamps, which are not compared)."""
+    for node in (primary, standby):
+        with probe.connect(node.local()) as conn:
+            # The prepared JSON form reads the row the plain columns give, value for value and
+            # type for type; and it survives a DEALLOCATE ALL on its connection.
+            row = probe._node_row(conn)
+            assert row == probe._one(conn, probe._NODE_PROBE_SQL)
+            assert [type(v) for v in row.values()] == [
+                type(v) for v in probe._one(conn, probe._NODE_PROBE_SQL).values()
+            ]
+            conn.execute("DEALLOCATE ALL")
+            assert probe._node_row(conn).keys() == row.keys()
+            # A cut connection is a ProbeError and shows broken (the agent's session reconnects).
+            with probe.connect(node.local()) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+            with pytest.raises(probe.ProbeError, match="query failed"):
+                probe._node_row(conn)
+            assert conn.broken
     with probe.connect(primary.local()) as conn:
         seen = probe.probe_node(conn)
         assert not seen.state.in_recovery and seen.state.timeline == 1 and seen.state.wal_receiver is None

@@ -44,7 +44,7 @@ def isolated_leader(tmp_path: Path, decision: Decision) -> tuple[RecordingKeeper
     a.mem = replace(a.mem, am_leader=True, last_renewal=time.monotonic() - 20, lease_ttl=10)
     armed_at_action: list[bool] = []
 
-    def execute(decision: Decision, view: Any, dynamic: Any, memory: Any) -> Executed:
+    def execute(decision: Decision, view: Any, dynamic: Any, memory: Any, postmaster: int | None = None) -> Executed:
         armed_at_action.extend(keeper.armed for _ in decision.actions)
         return Executed(memory, True)
 
