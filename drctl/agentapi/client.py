@@ -15,13 +15,13 @@ import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import urllib3
-from urllib3.exceptions import HTTPError as Urllib3Error
-
 from drctl.agentapi.status import AgentStatus
+
+if TYPE_CHECKING:
+    import urllib3
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -152,7 +152,11 @@ class AgentClient(AgentApi):
             if self.auth.key_password:
                 tls["key_password"] = self.auth.key_password
         tls["cert_reqs"] = "CERT_REQUIRED" if self.auth.verify else "CERT_NONE"
-        self._pool = urllib3.PoolManager(num_pools=8, maxsize=2, retries=False, **tls)
+        # Imported here: a site agent loads this module for its peers but asks them only during
+        # elections and failsafe rounds; an idle agent does not carry urllib3 (~2.5 MB).
+        import urllib3
+
+        self._pool: urllib3.PoolManager = urllib3.PoolManager(num_pools=8, maxsize=2, retries=False, **tls)
 
     def _send(
         self, method: str, url: str, body: dict[str, Any] | None, timeout: float, total: float | None
@@ -165,6 +169,9 @@ class AgentClient(AgentApi):
         if self.auth.username:
             # Every request: status endpoints may require (read-only) credentials too.
             headers["Authorization"] = basic_auth_header(self.auth.username, self.auth.password)
+        import urllib3
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
         try:
             resp = self._pool.request(
                 method,

@@ -16,7 +16,8 @@ from drctl.dcs.base import ClusterView
 from site_agent.state import PeerStatus
 
 _tls = RestAuth()  # how peers are reached (CA, client certificate); set by configure()
-_reader = AgentClient(_tls)
+_reader_auth = _tls  # what status requests carry
+_reader: AgentClient | None = None  # made at the first request (an idle agent never asks its peers)
 _writers: dict[tuple[str | None, str | None], AgentClient] = {}  # by credentials, for POST /failsafe
 log = structlog.get_logger("site_agent.peers")
 
@@ -31,11 +32,19 @@ def configure(
     """How this agent reaches its peers' REST APIs: ``read_auth`` sent with status requests
     (peers may require read-only credentials), https verified against ``cafile`` (the system
     store when None), and ``certfile``/``keyfile`` presented as a client certificate."""
-    global _tls, _reader
+    global _tls, _reader, _reader_auth
     _tls = RestAuth(cafile=cafile, certfile=certfile, keyfile=keyfile, key_password=keyfile_password)
     _writers.clear()
     user, password = read_auth if read_auth else (None, None)
-    _reader = AgentClient(replace(_tls, username=user, password=password))
+    _reader_auth, _reader = replace(_tls, username=user, password=password), None
+
+
+def _status_client() -> AgentClient:
+    global _reader
+    client = _reader
+    if client is None:  # a race makes two; either works
+        client = _reader = AgentClient(_reader_auth)
+    return client
 
 
 def peer_status(status: AgentStatus) -> PeerStatus:
@@ -53,7 +62,7 @@ def peer_status(status: AgentStatus) -> PeerStatus:
 
 def fetch_one(api_url: str, timeout: float) -> PeerStatus:
     try:
-        return peer_status(_reader.status(api_url, timeout=timeout, total=timeout))
+        return peer_status(_status_client().status(api_url, timeout=timeout, total=timeout))
     except AgentUnreachable:
         return PeerStatus(reachable=False)
 

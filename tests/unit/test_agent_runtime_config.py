@@ -282,6 +282,7 @@ try:
 except Exception as exc:
     print(type(exc).__name__)
 print(" ".join(m for m in ("pydantic", "pydantic_core", "drctl.agentconfig.model") if m in sys.modules))
+print(" ".join(m for m in ("urllib3",) if m in sys.modules))  # peers' client: made on first use
 """
 
 
@@ -291,7 +292,7 @@ def test_an_agent_start_loads_no_pydantic(tmp_path: Path) -> None:
         [sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True, timeout=120, check=False
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == ["ConfigError", ""]
+    assert out.stdout.split("\n")[:3] == ["ConfigError", "", ""]
 
 
 # --- the cross-site topology of an agent with `dr:` --------------------------------------------
