@@ -94,6 +94,24 @@ class _Conn:
                 raise HttpFailure("malformed reply: a line longer than 64 KiB")
             self._fill(deadline)
 
+    def read_head(self, deadline: float) -> bytes:
+        """Up to and including the blank line that ends a reply's head (CRLF CRLF, or LF LF)."""
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end >= 0:
+                end += 4
+                break
+            end = self.buf.find(b"\n\n")
+            if end >= 0:
+                end += 2
+                break
+            if len(self.buf) > MAX_LINE:
+                raise HttpFailure("malformed reply: a head longer than 64 KiB")
+            self._fill(deadline)
+        head = bytes(self.buf[:end])
+        del self.buf[:end]
+        return head
+
     def read_exact(self, size: int, deadline: float) -> bytes:
         while len(self.buf) < size:
             self._fill(deadline)
@@ -129,7 +147,10 @@ class _Head:
 
 
 def _read_head(conn: _Conn, deadline: float) -> _Head:
-    line = conn.readline(deadline)
+    # The whole head at once (one search of the buffer, not a read per header line).
+    raw = conn.read_head(deadline)
+    lines = raw.splitlines()
+    line = lines[0] if lines else b""
     parts = line.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
         raise HttpFailure(f"malformed reply: status line {line[:80]!r}")
@@ -138,10 +159,9 @@ def _read_head(conn: _Conn, deadline: float) -> _Head:
     length: int | None = None
     chunked = False
     connection = b""
-    while True:
-        header = conn.readline(deadline)
-        if header in (b"\r\n", b"\n"):
-            break
+    for header in lines[1:]:
+        if not header:
+            continue
         name, sep, value = header.partition(b":")
         if not sep:
             raise HttpFailure(f"malformed reply: header line {header[:80]!r}")

@@ -50,6 +50,9 @@ LAB_PG_PARAMETERS: dict[str, Any] = {
     "log_line_prefix": "%m [%p] ",
     "wal_receiver_status_interval": "1s",
     "wal_retrieve_retry_interval": "1s",
+    # Dynamic shared memory as files in the data directory, not in /dev/shm: see
+    # drctl/lab/postgres.py (a killed postmaster's POSIX segments outlive a deleted lab).
+    "dynamic_shared_memory_type": "mmap",
 }
 
 
@@ -149,7 +152,14 @@ class LabCluster(NodeProcesses[AgentNode]):
     mtls: bool = False
     etcd_tls: EtcdTls | None = None  # etcd over TLS with client certificates...
     etcd_auth: tuple[str, str] | None = None  # ... and authentication
+    # Where each agent keeps its own files (watchdog.state_dir: the lease keeper's state, written
+    # every cycle): <state_root>/<node> when set (a tmpfs, as production's /run/pgdr), else the
+    # node's agent directory.
+    state_root: Path | None = None
     _clients: dict[tuple[str, str], AgentClient] = field(default_factory=dict, repr=False)
+
+    def state_dir(self, node: AgentNode) -> Path:
+        return self.state_root / node.name if self.state_root is not None else node.agent_dir
 
     # --- set-up ------------------------------------------------------------------------------
     def plan(self) -> LabCluster:
@@ -173,6 +183,8 @@ class LabCluster(NodeProcesses[AgentNode]):
                 make_private_dir(node.agent_dir, 0o700)
             else:
                 node.agent_dir.mkdir(mode=0o700, exist_ok=True)
+            if self.state_root is not None:
+                make_private_dir(self.state_dir(node), 0o700)
             # 0600: it holds the superuser, replication and REST passwords.
             if self.tls_ca is not None:
                 ca = LabCA(self.tls_ca)
@@ -241,7 +253,7 @@ class LabCluster(NodeProcesses[AgentNode]):
                 ],
             },
             "log": {"format": "console", "level": "INFO"},
-            "watchdog": {"state_dir": str(node.agent_dir)},
+            "watchdog": {"state_dir": str(self.state_dir(node))},
         }
         if self.backup:
             pg = cfg["postgresql"]
