@@ -384,19 +384,17 @@ class Endpoint:
         conn = self._take()
         if conn is not None:
             try:
-                self._send(conn, data, deadline)
-                return conn, _read_head(conn, deadline)
-            except HttpTimeout:
-                conn.close()
-                raise
-            except HttpFailure:
-                conn.close()
-                if conn.received:
+                return conn, self._send_and_read_head(conn, data, deadline)
+            except HttpFailure as exc:
+                if isinstance(exc, HttpTimeout) or conn.received:
                     raise
         conn = self._connect(deadline)
+        return conn, self._send_and_read_head(conn, data, deadline)
+
+    def _send_and_read_head(self, conn: _Conn, data: bytes, deadline: float) -> _Head:
         try:
             self._send(conn, data, deadline)
-            return conn, _read_head(conn, deadline)
+            return _read_head(conn, deadline)
         except HttpFailure:
             conn.close()
             raise

@@ -21,6 +21,7 @@ from drctl.dcs.etcd_client import CHANGED, QUIET, UNKNOWN, EtcdClient
 from drctl.dcs.etcd_wire import prefix_range_end
 from drctl.dcs.factory import EtcdSettings
 from drctl.lab.etcd import EtcdCluster
+from tests.builders import following
 
 pytestmark = pytest.mark.integration
 
@@ -71,12 +72,7 @@ def test_a_leader_following_between_cycles_reuses_its_view(etcd_site_a: EtcdClus
     """follow() (a leader's sleep) keeps the stream open without waiting on it."""
     _scope, leader, _replica = _cluster(etcd_site_a.endpoints)
     view = leader.get_cluster()
-    leader.follow(view.revision)
-    held = leader._held
-    assert held is not None
-    deadline = time.monotonic() + 5
-    while not held.quiet_now(view.revision) and time.monotonic() < deadline:
-        time.sleep(0.02)  # the stream is being opened
+    following(leader, view)
     assert leader.get_cluster() is view
     _raw_delete(etcd_site_a.endpoints, leader.key("leader"))
     deadline = time.monotonic() + 5
@@ -170,54 +166,32 @@ def test_the_replicas_own_put_is_not_quiet(etcd_site_a: EtcdCluster) -> None:
     assert member is not None and member.info.received_lsn == 4242
 
 
-def test_a_member_cut_from_the_quorum_cannot_hold_a_quiet_watch(etcd_cluster: EtcdCluster) -> None:
+@pytest.mark.parametrize("held_open", [False, True], ids=["a watch per wait", "the stream held open"])
+def test_a_member_cut_from_the_quorum_cannot_hold_a_quiet_watch(etcd_cluster: EtcdCluster, held_open: bool) -> None:
     """The watch asks for a member with a raft leader: when the member the replica talks to loses
-    its peers, the watch is refused or cancelled (never QUIET), and the read after it fails."""
+    its peers, the watch is refused or cancelled (never QUIET), and the read after it fails. The
+    same for the replica's waits on one stream held open across them (drctl.dcs.etcd_stream),
+    whatever the view's age."""
     hosts = etcd_cluster.endpoints
     scope = f"q-{uuid.uuid4().hex[:10]}"
     alone = 2
     replica = _etcd([hosts[alone]], "replica", scope, retry_timeout=2.0)
     view = replica.get_cluster()
     prefix = replica.prefix
-    outcome = replica.client.watch_outcome(prefix, prefix_range_end(prefix), view.revision + 1, time.monotonic() + 0.5)
-    assert outcome == QUIET
-    for i in range(3):
-        if i != alone:
-            etcd_cluster.pause_member(i)
-    try:
-        outcomes = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            outcome = replica.client.watch_outcome(
-                prefix, prefix_range_end(prefix), view.revision + 1, time.monotonic() + 1.0
-            )
-            outcomes.append(outcome)
-            if outcome != QUIET:
-                break
-        assert outcomes[-1] in (UNKNOWN, CHANGED), f"a leaderless member kept the watch quiet: {outcomes}"
-        assert _quiet_round(replica, view, 1.0) is False
-        with pytest.raises(DCSError):
-            replica.get_cluster()
-    finally:
-        etcd_cluster.resume_all()
 
+    def ask(timeout: float) -> str:
+        if held_open:
+            held = replica._held
+            assert held is not None
+            return held.wait(view.revision, time.monotonic() + timeout)
+        return replica.client.watch_outcome(
+            prefix, prefix_range_end(prefix), view.revision + 1, time.monotonic() + timeout
+        )
 
-def test_the_stream_held_across_waits_is_not_quiet_on_a_member_cut_from_the_quorum(
-    etcd_cluster: EtcdCluster,
-) -> None:
-    """The replica's waits share one stream held open (drctl.dcs.etcd_stream): once its member
-    loses its peers the stream is cancelled ("no leader") or cannot be opened again, and no wait
-    after that is QUIET, whatever the view's age."""
-    hosts = etcd_cluster.endpoints
-    scope = f"q-{uuid.uuid4().hex[:10]}"
-    alone = 1
-    replica = _etcd([hosts[alone]], "replica", scope, retry_timeout=2.0)
     try:
-        view = replica.get_cluster()
-        assert _quiet_round(replica, view, 0.5) is False
-        held = replica._held
-        assert held is not None
-        assert held.wait(view.revision, time.monotonic() + 0.3) == QUIET  # the same stream, still open
+        if held_open:
+            assert _quiet_round(replica, view, 0.5) is False
+        assert ask(0.5) == QUIET
         for i in range(3):
             if i != alone:
                 etcd_cluster.pause_member(i)
@@ -225,11 +199,14 @@ def test_the_stream_held_across_waits_is_not_quiet_on_a_member_cut_from_the_quor
             outcomes = []
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                outcomes.append(held.wait(view.revision, time.monotonic() + 1.0))
+                outcomes.append(ask(1.0))
                 if outcomes[-1] != QUIET:
                     break
-            assert outcomes[-1] in (UNKNOWN, CHANGED), f"a leaderless member kept the stream quiet: {outcomes}"
-            assert all(held.wait(view.revision, time.monotonic() + 1.0) != QUIET for _ in range(3))
+            assert outcomes[-1] in (UNKNOWN, CHANGED), f"a leaderless member kept the watch quiet: {outcomes}"
+            assert all(ask(1.0) != QUIET for _ in range(3))
+            assert _quiet_round(replica, view, 1.0) is False
+            with pytest.raises(DCSError):
+                replica.get_cluster()
         finally:
             etcd_cluster.resume_all()
     finally:

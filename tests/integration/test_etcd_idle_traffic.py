@@ -14,6 +14,7 @@ from drctl.dcs.etcd import Etcd3
 from drctl.dcs.etcd_wire import b64
 from drctl.dcs.factory import EtcdSettings
 from drctl.lab.etcd import EtcdCluster
+from tests.builders import following
 
 NAMESPACE = "/pgdr-test-idle"
 
@@ -146,12 +147,7 @@ def test_keys_still_as_written_are_not_rewritten_while_the_stream_shows_them(etc
         assert leader.attempt_to_acquire_leader()
         assert leader.update_leader(LeaderStatus(lsn=7))
         view = leader.get_cluster()
-        leader.follow(view.revision)
-        held = leader._held
-        assert held is not None
-        deadline = time.monotonic() + 5
-        while not held.quiet_now(view.revision) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        following(leader, view)
 
         def versions(v: ClusterView) -> tuple[int, int]:
             member = v.member("a")

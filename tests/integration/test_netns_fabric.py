@@ -15,6 +15,7 @@ import pytest
 from drctl.lab.fabric import Fabric, new_prefix
 from drctl.lab.nsutil import in_netns, list_netns, netns_support
 from drctl.lab.procs import Supervisor
+from tests.builders import accept_forever
 
 WHY = netns_support()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=f"no network namespaces here: {WHY}")
@@ -34,16 +35,7 @@ class Echo:
             self.sock = socket.socket()
             self.sock.bind((h.addr, port))
             self.sock.listen()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            # One thread per connection: a black-holed one never ends and must not block the rest.
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+        threading.Thread(target=accept_forever, args=(self.sock, self._echo), daemon=True).start()
 
     @staticmethod
     def _echo(conn: socket.socket) -> None:

@@ -72,6 +72,15 @@ def _event(key: str, rev: int) -> dict[str, Any]:
     return {"kv": {"key": b64(key), "mod_revision": str(rev)}}
 
 
+def _covering(client: FakeClient, held: HeldWatch, revision: int, n: int = 0) -> FakeStream:
+    """The n-th stream, confirmed (created) and covering changes after ``revision``."""
+    held.quiet_now(revision)
+    stream = client.stream(n)
+    stream.messages.put({"created": True})
+    _settle(held, revision)
+    return stream
+
+
 def _settle(held: HeldWatch, revision: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not held.quiet_now(revision):
@@ -100,10 +109,7 @@ def test_quiet_only_once_the_stream_is_created_from_the_revision(setup: Any) -> 
 
 def test_an_event_wakes_a_wait_at_once_and_counts_for_older_revisions_only(setup: Any) -> None:
     client, held, _own = setup
-    held.quiet_now(10)
-    stream = client.stream(0)
-    stream.messages.put({"created": True})
-    _settle(held, 10)
+    stream = _covering(client, held, 10)
     out: list[str] = []
     waiter = threading.Thread(target=lambda: out.append(held.wait(10, time.monotonic() + 10)))
     waiter.start()
@@ -118,10 +124,7 @@ def test_an_event_wakes_a_wait_at_once_and_counts_for_older_revisions_only(setup
 
 def test_own_puts_do_not_wake_but_are_never_quiet(setup: Any) -> None:
     client, held, own = setup
-    held.quiet_now(10)
-    stream = client.stream(0)
-    stream.messages.put({"created": True})
-    _settle(held, 10)
+    stream = _covering(client, held, 10)
     stream.messages.put({"events": [_event("/p/members/me", 11)]})
     time.sleep(0.05)
     own.add(("/p/members/me", 11))  # the put's reply came after its event: judged at wait time
@@ -132,10 +135,7 @@ def test_own_puts_do_not_wake_but_are_never_quiet(setup: Any) -> None:
 
 def test_a_cancelled_stream_answers_changed_and_is_opened_again_from_the_next_wait(setup: Any) -> None:
     client, held, _own = setup
-    held.quiet_now(10)
-    stream = client.stream(0)
-    stream.messages.put({"created": True})
-    _settle(held, 10)
+    stream = _covering(client, held, 10)
     stream.messages.put({"canceled": True, "header": {"revision": "15"}})  # the member lost its leader
     assert held.wait(10, time.monotonic() + 2) == CHANGED
     assert held.quiet_now(14) is False
@@ -149,10 +149,7 @@ def test_a_cancelled_stream_answers_changed_and_is_opened_again_from_the_next_wa
 
 def test_a_broken_stream_is_reopened_from_the_latest_revision_and_replays(setup: Any) -> None:
     client, held, _own = setup
-    held.quiet_now(10)
-    first = client.stream(0)
-    first.messages.put({"created": True})
-    _settle(held, 10)
+    first = _covering(client, held, 10)
     held.quiet_now(20)  # the loop moved on to a view at 20
     first.close()  # the member stopped
     second = client.stream(1)
@@ -166,10 +163,7 @@ def test_the_stream_follows_the_client_to_another_endpoint(setup: Any) -> None:
     """A member that stopped answering keeps a silent stream: when the client's requests moved
     to another member, the stream is moved too instead of being trusted."""
     client, held, _own = setup
-    held.quiet_now(10)
-    first = client.stream(0)
-    first.messages.put({"created": True})
-    _settle(held, 10)
+    first = _covering(client, held, 10)
     client.preferred = "http://b"
     assert held.quiet_now(10) is False
     assert first.aborted.is_set()
@@ -181,10 +175,7 @@ def test_the_stream_follows_the_client_to_another_endpoint(setup: Any) -> None:
 
 def test_an_older_revision_than_the_stream_covers_reopens_it(setup: Any) -> None:
     client, held, _own = setup
-    held.quiet_now(20)
-    first = client.stream(0)
-    first.messages.put({"created": True})
-    _settle(held, 20)
+    first = _covering(client, held, 20)
     assert held.quiet_now(15) is False
     assert first.aborted.is_set()
     assert client.stream(1).start == 16
@@ -192,10 +183,7 @@ def test_an_older_revision_than_the_stream_covers_reopens_it(setup: Any) -> None
 
 def test_a_flood_of_events_makes_waits_from_before_it_changed(setup: Any) -> None:
     client, held, own = setup
-    held.quiet_now(10)
-    stream = client.stream(0)
-    stream.messages.put({"created": True})
-    _settle(held, 10)
+    stream = _covering(client, held, 10)
     own.update(("/p/members/me", r) for r in range(11, 400))
     stream.messages.put({"events": [_event("/p/members/me", r) for r in range(11, 400)]})
     time.sleep(0.1)

@@ -15,6 +15,7 @@ import pytest
 
 from drctl.dcs.http1 import Endpoint, HttpFailure, HttpTimeout, TlsFiles
 from drctl.lab.tls import LabCA
+from tests.builders import accept_forever
 
 Handler = Callable[[socket.socket, int], None]  # (accepted connection, its number from 0)
 
@@ -50,18 +51,12 @@ class Server:
         self.tls = tls
         self.accepted = 0
         self.errors: list[BaseException] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        self._count = threading.Lock()
+        threading.Thread(target=accept_forever, args=(self.sock, self._one), daemon=True).start()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
+    def _one(self, conn: socket.socket) -> None:
+        with self._count:
             n, self.accepted = self.accepted, self.accepted + 1
-            threading.Thread(target=self._one, args=(conn, n), daemon=True).start()
-
-    def _one(self, conn: socket.socket, n: int) -> None:
         try:
             if self.tls is not None:
                 conn = self.tls.wrap_socket(conn, server_side=True)
