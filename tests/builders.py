@@ -207,16 +207,6 @@ def pgbouncer_files(lab_dir: Path) -> PgbouncerFiles:
     return files
 
 
-def following(dcs: Any, view: ClusterView, timeout: float = 5.0) -> Any:
-    """An etcd DCS object whose watch stream held open covers ``view`` (follow(), then waited
-    until it is confirmed): its get_cluster may answer from that view. Returns the HeldWatch."""
-    dcs.follow(view.revision)
-    held = dcs._held
-    assert held is not None
-    wait_until(lambda: held.quiet_now(view.revision), timeout, "the watch stream covering the view", interval=0.02)
-    return held
-
-
 def accept_forever(sock: Any, handle: Callable[[Any], None]) -> None:
     """A test server's accept loop (run it in a daemon thread): each connection handled in a
     thread of its own (one that never ends, a black-holed one, must not block the rest); ends

@@ -557,18 +557,6 @@ class DCS(abc.ABC):
         """Block until the leader key changes from ``leader_version`` (None: absent) or any key of
         the cluster changes, or ``timeout`` passes. Returns True when woken by a change."""
 
-    def forget_view(self) -> None:
-        """The next :meth:`get_cluster` reads the DCS for real (someone says a key was just
-        changed by another client: an API request waking the agent)."""
-        return None
-
-    def follow(self, since_revision: int | None) -> None:
-        """Keep following the cluster's changes after ``since_revision`` (the caller's view) while
-        it does something else than :meth:`watch` (a leader sleeping between cycles), so that the
-        next :meth:`get_cluster` may answer from that view when nothing changed. Backends
-        without that optimisation do nothing."""
-        return None
-
     def revision(self) -> int | None:
         """A position in the DCS's change log to wait from (:meth:`wait_for_change`), read now;
         None when the backend has none (the wait then sleeps). May raise DCSError."""

@@ -82,8 +82,8 @@ class Etcd3(DCS):
         # (key, revision) of this member's own recent member-key puts: a replica's watch is not
         # woken by its own writes (see watch)
         self._own_puts: deque[tuple[str, int]] = deque(maxlen=8)
-        # The last view read for real and when (see get_cluster). Own lock: API threads may read
-        # the cluster while the loop watches.
+        # The last view read and when, and the parse it reused (see get_cluster). Own lock: API
+        # threads may read the cluster while the loop watches.
         self._view_lock = threading.Lock()
         self._last_read: tuple[ClusterView, float] | None = None
         self._held: HeldWatch | None = None  # the replica's wait (see _watch_since)
@@ -180,15 +180,9 @@ class Etcd3(DCS):
                 raise DCSError(f"etcd {what}: {exc}", self.client.endpoints) from None
 
     def get_cluster(self) -> ClusterView:
-        """The cluster as of now. While the watch stream held open for this member's loop
-        (:meth:`watch` with ``since_revision``, :meth:`follow`) covers the last view read and has
-        delivered no event at all after its revision, that view is the cluster as of now and is
-        answered without a range read (an idle member then costs etcd no request for its view).
-        Never for a view read more than ``retry_timeout`` ago: a real read at least that often
-        still proves the DCS reachable and answering with quorum."""
-        reused = self._reusable_view()
-        if reused is not None:
-            return reused
+        """The cluster as of now: a range read every time (a replica's wait is woken early by the
+        watch stream held open across waits, but what it then acts on is always read: a stream
+        silently cut by a firewall or a proxy must cost an early wake-up, never a stale view)."""
         body = {"key": b64(self.prefix), "range_end": b64(prefix_range_end(self.prefix))}
         started = time.monotonic()
         doc = self._call("/kv/range", body, self._deadline(), "get_cluster")
@@ -206,19 +200,17 @@ class Etcd3(DCS):
             self._parsed = (signature, view)
         return view
 
-    def _reusable_view(self, max_age: float | None = None) -> ClusterView | None:
-        """The last view read, when the held stream shows nothing changed since, nothing was
-        written through this client since, and it was read less than ``max_age`` seconds ago
-        (default: retry_timeout)."""
+    def _recent_view(self) -> ClusterView | None:
+        """The last view read, if read less than retry_timeout ago and not older than a write of
+        ours (which it could not show): what the member can tell of its own keys without a read."""
         with self._view_lock:
-            last, held = self._last_read, self._held
-        if last is None or held is None:
+            last = self._last_read
+        if last is None:
             return None
         view, read_at = last
-        limit = self.retry_timeout if max_age is None else max_age
-        if time.monotonic() - read_at >= limit or view.revision < self.client.last_write_revision:
-            return None  # too old, or older than a write of ours (its event may still be on its way)
-        return view if held.quiet_now(view.revision) else None
+        if time.monotonic() - read_at >= self.retry_timeout or view.revision < self.client.last_write_revision:
+            return None
+        return view
 
     def attempt_to_acquire_leader(self) -> bool:
         deadline = self._deadline()
@@ -286,9 +278,9 @@ class Etcd3(DCS):
         if written is not None and written[0] == doc:
             if time.monotonic() - written[1] < self.ttl:
                 return []
-            # The cluster as far as the stream knows shows it as written: no rewrite (if the
-            # stream is wrong, the next real read shows the key missing, and it is written).
-            view = self._reusable_view(max_age=float("inf"))
+            # The cluster as last read (this cycle's read, in the agent) shows it as written: no
+            # rewrite. Removed or changed after that read: the next read shows it, and it is written.
+            view = self._recent_view()
             if view is not None and view.status is not None and view.status.to_json() == doc:
                 return []
         return [op_put(self.key("status"), doc)]
@@ -394,7 +386,7 @@ class Etcd3(DCS):
         return reply
 
     def _member_key_current(self) -> bool:
-        view = self._reusable_view(max_age=float("inf"))  # as for the status (_status_puts)
+        view = self._recent_view()  # as for the status (_status_puts)
         member = view.member(self.name) if view is not None else None
         return member is not None and bool(self._member_revision) and member.version == self._member_revision
 
@@ -445,14 +437,6 @@ class Etcd3(DCS):
         member's own member-key puts, which would otherwise wake it at once after every cycle that
         published a new position (they still keep the next read a real one)."""
         return self._held_watch().wait(revision, deadline) == CHANGED
-
-    def forget_view(self) -> None:
-        with self._view_lock:
-            self._last_read = None
-
-    def follow(self, since_revision: int | None) -> None:
-        if since_revision:
-            self._held_watch().quiet_now(since_revision)
 
     def watch(self, leader_version: int | None, timeout: float, since_revision: int | None = None) -> bool:
         """Wait for a change of any key of the cluster from the revision at call time. Returns True

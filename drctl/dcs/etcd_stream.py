@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("drctl.dcs.etcd_stream")
 
 LINGER_S = 60.0  # the stream's thread ends when no wait came for this long
-STREAM_SPAN_S = 600.0  # a stream is reopened after this long (a bounded read deadline)
+STREAM_SPAN_S = 60.0  # a stream is reopened after this long (one cut silently wakes nobody for at most that)
 RETRY_PAUSE_S = 0.2  # between failed attempts to open a stream
 MAX_EVENTS = 256  # delivered events kept for the waits to judge; beyond: "changed" for every wait
 

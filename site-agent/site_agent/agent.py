@@ -520,9 +520,6 @@ class Agent:
             self.wake.clear()
             return
         if self.mem.am_leader or self.view is None:
-            if self.view is not None:  # the next cycle reads its view only if something changed
-                with contextlib.suppress(DCSError):
-                    self.dcs.follow(self.view.revision or None)
             self.wake.wait(remaining)
             self.wake.clear()
             return
@@ -544,7 +541,6 @@ class Agent:
         return min(wait, max(0.05, renewed + span - reserve - time.monotonic()))
 
     def request_cycle(self) -> None:
-        self.dcs.forget_view()  # a request may follow a write by another client: read it for real
         self.wake.set()
 
     def submit(self, request: Request) -> int:
