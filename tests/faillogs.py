@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 LINES_PER_LOG = 15
-LINE_WIDTH = 220
+LINE_WIDTH = 1200  # an action's error carries the PostgreSQL log lines that explain it
 
 
 def agent_log_tails(lab_dir: Path, lines: int = LINES_PER_LOG, width: int = LINE_WIDTH) -> str:
