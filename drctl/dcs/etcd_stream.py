@@ -91,13 +91,6 @@ class HeldWatch:
             finally:
                 self._waiting -= 1
 
-    def quiet_now(self, revision: int) -> bool:
-        """Whether, as of now, a stream covers every change after ``revision`` and delivered none
-        (not even an ignored one). Never waits; starts or keeps the stream."""
-        with self._cond:
-            self._prepare(revision)
-            return self._quiet(revision)
-
     def _prepare(self, revision: int) -> None:
         self._last_wait = time.monotonic()
         if not self._waiting:  # events no wait should ask about any more (the loop's reads go forward)

@@ -72,9 +72,14 @@ def _event(key: str, rev: int) -> dict[str, Any]:
     return {"kv": {"key": b64(key), "mod_revision": str(rev)}}
 
 
+def _quiet_now(held: HeldWatch, revision: int) -> bool:
+    """A wait that is already at its deadline: what the stream says as of now (starts it too)."""
+    return held.wait(revision, time.monotonic()) == QUIET
+
+
 def _covering(client: FakeClient, held: HeldWatch, revision: int, n: int = 0) -> FakeStream:
     """The n-th stream, confirmed (created) and covering changes after ``revision``."""
-    held.quiet_now(revision)
+    _quiet_now(held, revision)
     stream = client.stream(n)
     stream.messages.put({"created": True})
     _settle(held, revision)
@@ -83,7 +88,7 @@ def _covering(client: FakeClient, held: HeldWatch, revision: int, n: int = 0) ->
 
 def _settle(held: HeldWatch, revision: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
-    while not held.quiet_now(revision):
+    while not _quiet_now(held, revision):
         assert time.monotonic() < deadline, "never quiet"
         time.sleep(0.005)
 
@@ -129,7 +134,7 @@ def test_own_puts_do_not_wake_but_are_never_quiet(setup: Any) -> None:
     time.sleep(0.05)
     own.add(("/p/members/me", 11))  # the put's reply came after its event: judged at wait time
     assert held.wait(10, time.monotonic() + 0.1) == UNKNOWN
-    assert held.quiet_now(10) is False
+    assert _quiet_now(held, 10) is False
     assert held.wait(11, time.monotonic() + 0.05) == QUIET
 
 
@@ -138,7 +143,7 @@ def test_a_cancelled_stream_answers_changed_and_is_opened_again_from_the_next_wa
     stream = _covering(client, held, 10)
     stream.messages.put({"canceled": True, "header": {"revision": "15"}})  # the member lost its leader
     assert held.wait(10, time.monotonic() + 2) == CHANGED
-    assert held.quiet_now(14) is False
+    assert _quiet_now(held, 14) is False
     # A view read after it (revision 15): a new stream from 16.
     assert held.wait(15, time.monotonic() + 0.05) != CHANGED
     again = client.stream(1)
@@ -150,11 +155,11 @@ def test_a_cancelled_stream_answers_changed_and_is_opened_again_from_the_next_wa
 def test_a_broken_stream_is_reopened_from_the_latest_revision_and_replays(setup: Any) -> None:
     client, held, _own = setup
     first = _covering(client, held, 10)
-    held.quiet_now(20)  # the loop moved on to a view at 20
+    _quiet_now(held, 20)  # the loop moved on to a view at 20
     first.close()  # the member stopped
     second = client.stream(1)
     assert second.start == 21
-    assert held.quiet_now(20) is False  # not covered until the new one is created
+    assert _quiet_now(held, 20) is False  # not covered until the new one is created
     second.messages.put({"created": True})
     _settle(held, 20)
 
@@ -165,7 +170,7 @@ def test_the_stream_follows_the_client_to_another_endpoint(setup: Any) -> None:
     client, held, _own = setup
     first = _covering(client, held, 10)
     client.preferred = "http://b"
-    assert held.quiet_now(10) is False
+    assert _quiet_now(held, 10) is False
     assert first.aborted.is_set()
     second = client.stream(1)
     assert client.streams[1][0] == "http://b" and second.start == 11
@@ -176,7 +181,7 @@ def test_the_stream_follows_the_client_to_another_endpoint(setup: Any) -> None:
 def test_an_older_revision_than_the_stream_covers_reopens_it(setup: Any) -> None:
     client, held, _own = setup
     first = _covering(client, held, 20)
-    assert held.quiet_now(15) is False
+    assert _quiet_now(held, 15) is False
     assert first.aborted.is_set()
     assert client.stream(1).start == 16
 
@@ -203,7 +208,7 @@ def test_an_unreachable_etcd_is_retried_with_a_pause_and_waits_sleep_to_their_de
 
 def test_close_ends_the_thread(setup: Any) -> None:
     client, held, _own = setup
-    held.quiet_now(10)
+    _quiet_now(held, 10)
     stream = client.stream(0)
     held.close()
     assert stream.aborted.is_set()
