@@ -5,9 +5,10 @@ memory the actions leave)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from drctl.common.evolve import evolve
 from drctl.dcs.base import DCS, ClusterView
 from site_agent.callbacks import Callbacks
 from site_agent.memory import Memory
@@ -65,7 +66,7 @@ class Hands:
         return self.node.ctl.postmaster_pid()
 
     def _remember(self, **changes: Any) -> None:
-        self.mem = replace(self.mem, **changes)
+        self.mem = evolve(self.mem, **changes)
 
     def _leased(self, at: float) -> None:
         if self.on_lease is not None:

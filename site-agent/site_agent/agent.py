@@ -14,6 +14,7 @@ import structlog
 
 from drctl.agentconfig.plain import ConfigError
 from drctl.agentconfig.runtime import parse_dynamic
+from drctl.common.evolve import evolve
 from drctl.common.members import lag_between, leader_lsn
 from drctl.dcs.base import DCS, ClusterView, DCSError, MemberInfo, Record
 from site_agent.actions import Decision, Promote, StartPostgres
@@ -145,7 +146,7 @@ class Agent:
 
                 decision = with_permanent_slots(decision, self.site_guard.permanent_slots())
             self._log_decision(decision, local)
-            self.mem = replace(self.mem, leader_key_lost=False)
+            self.mem = evolve(self.mem, leader_key_lost=False)
             self.view, self.local, self.decision = view, local, decision
             acted_ok = self._act(view, real_view, local, decision)
             self.cycles += 1

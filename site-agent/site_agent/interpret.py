@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from drctl.common.evolve import evolve
 from drctl.dcs.base import ClusterView
 from drctl.pg.conninfo import parse_host_port
 from drctl.pg.lsn import furthest
@@ -177,9 +178,9 @@ def _pg_state(obs: Observation, mem: Memory, now: float, loop_wait: int) -> tupl
     found stopped while the agent expected it running, or its start failed."""
     if obs.running:
         pg = PgState.RUNNING if obs.probe is not None else PgState.STARTING
-        mem = replace(mem, running_since=mem.running_since or now)
+        mem = evolve(mem, running_since=mem.running_since or now)
         if now - (mem.running_since or now) > 3 * loop_wait:
-            mem = replace(mem, crash_restarts=0, first_crash_at=None)
+            mem = evolve(mem, crash_restarts=0, first_crash_at=None)
     else:
         if mem.start_failed:
             pg = PgState.START_FAILED
@@ -187,7 +188,7 @@ def _pg_state(obs: Observation, mem: Memory, now: float, loop_wait: int) -> tupl
             pg = PgState.CRASHED
         else:
             pg = PgState.STOPPED
-        mem = replace(mem, running_since=None)
+        mem = evolve(mem, running_since=None)
         if pg is not PgState.STOPPED and mem.first_crash_at is None:
             mem = replace(mem, first_crash_at=now)
     if pg is not mem.pg_state:
@@ -238,9 +239,9 @@ def _proofs(
     was_primary = False
     if probe is not None:
         if not probe.in_recovery:
-            mem = replace(mem, former_primary=True)
+            mem = evolve(mem, former_primary=True)
         elif view is not None and (_streams_from_leader(view, probe) or _streams_from_remote(probe, remote)):
-            mem = replace(mem, verified_timeline=view.timeline, former_primary=False)
+            mem = evolve(mem, verified_timeline=view.timeline, former_primary=False)
         was_primary = mem.former_primary
     elif control is not None:
         # A base backup that never started also says "in production": not a former primary.
@@ -331,7 +332,7 @@ def remember_view(memory: Memory, view: ClusterView | None, me: str) -> Memory:
         last_leader = leader
     elif memory.am_leader:
         last_leader = None
-    return replace(
+    return evolve(
         memory,
         failsafe_map=tuple(dict(view.failsafe or {}).items()),
         last_leader=last_leader,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from drctl.common.evolve import evolve
 from drctl.dcs.base import ClusterView, Member
 from site_agent.actions import AcquireLeader, Decision
 from site_agent.state import PgState
@@ -54,5 +55,5 @@ def after_acting(memory: Memory, view: ClusterView | None, decision: Decision, m
         if holder != me and memory.am_leader:
             memory = replace(memory, am_leader=False, leader_key_lost=True)
     if not memory.am_leader:
-        memory = replace(memory, last_renewal=None, lease_ttl=None)
+        memory = evolve(memory, last_renewal=None, lease_ttl=None)
     return memory

@@ -160,6 +160,10 @@ class Node:
     def data_dir_state(self) -> DataDirState:
         if self.ctl.rewind_in_progress():
             return DataDirState.REWIND_MARKER
+        # The usual answer first, in two stat calls on plain strings (every cycle asks).
+        where = str(self.data_dir)
+        if os.path.exists(where + "/global/pg_control") and os.path.exists(where + "/PG_VERSION"):
+            return DataDirState.VALID
         if not self.data_dir.exists():
             return DataDirState.EMPTY
         try:
@@ -167,11 +171,7 @@ class Node:
                 empty = next(entries, None) is None
         except OSError:
             return DataDirState.INVALID
-        if empty:
-            return DataDirState.EMPTY
-        if (self.data_dir / "PG_VERSION").exists() and (self.data_dir / "global" / "pg_control").exists():
-            return DataDirState.VALID
-        return DataDirState.INVALID
+        return DataDirState.EMPTY if empty else DataDirState.INVALID
 
     @contextlib.contextmanager
     def session(self, timeout: float = 3.0, *, postmaster: int | None = None) -> Iterator[Conn]:

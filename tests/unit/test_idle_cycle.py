@@ -23,6 +23,7 @@ from site_agent.node import Node
 from site_agent.state import DataDirState
 
 from drctl.agentconfig import DynamicConfig
+from drctl.common.evolve import evolve
 from drctl.dcs.base import DCS, ClusterView, LeaderStatus, Record
 from drctl.pg.ctl import PgCtl, PgCtlError
 from drctl.pg.probe import SlotInfo
@@ -190,6 +191,7 @@ def test_tags_are_published_as_fresh_dicts(tmp_path: Path) -> None:
         ((), DataDirState.EMPTY),
         (("postgresql.conf",), DataDirState.INVALID),
         (("PG_VERSION",), DataDirState.INVALID),
+        (("global/pg_control",), DataDirState.INVALID),
         (("PG_VERSION", "global/pg_control"), DataDirState.VALID),
     ],
 )
@@ -225,3 +227,21 @@ def test_pidfile_read_and_the_postmaster_recognised_by_its_working_directory(tmp
         os.chdir(here)
     (data / "postmaster.pid").write_bytes(b"\xff\xfe\n")
     assert ctl.read_pidfile() is None
+
+
+def test_a_half_rewound_data_directory_is_never_valid(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "global").mkdir(parents=True)
+    (data / "PG_VERSION").write_text("15\n")
+    (data / "global" / "pg_control").write_text("x")
+    node = SimpleNamespace(data_dir=data, ctl=SimpleNamespace(rewind_in_progress=lambda: True))
+    assert Node.data_dir_state(cast(Node, node)) is DataDirState.REWIND_MARKER
+
+
+def test_evolve_copies_only_when_a_value_changes() -> None:
+    mem = Memory(am_leader=True, failsafe_map=(("a1", "http://a1"),))
+    assert evolve(mem, leader_key_lost=False, failsafe_map=(("a1", "http://a1"),)) is mem
+    changed = evolve(mem, leader_key_lost=True, am_leader=True)
+    assert changed is not mem and changed.leader_key_lost and changed.am_leader
+    assert mem.leader_key_lost is False  # the original is untouched
+    assert evolve(mem, last_renewal=float("nan")).last_renewal != mem.last_renewal  # nan is a change
