@@ -25,9 +25,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from drctl.common.evolve import evolve
 from drctl.dcs.base import (
     DCS,
     ClusterView,
@@ -192,7 +192,7 @@ class Etcd3(DCS):
         with self._view_lock:
             parsed = self._parsed
         if parsed is not None and parsed[0] == signature:
-            view = evolve(parsed[1], revision=reply_revision(doc))
+            view = replace(parsed[1], revision=reply_revision(doc))
         else:
             view = view_from_range(self.scope, self.prefix, doc)
         with self._view_lock:
