@@ -12,7 +12,8 @@ switchover, freeze_node (agent and PostgreSQL SIGSTOPped past ttl; the lease kee
 watchdog, keeps running), partition (cut from the DCS, the peers and the clients), dcs_quorum (2
 of 3 etcd members SIGSTOPped past ttl). Only on request: freeze_all (agent, keeper and
 PostgreSQL stopped: a paused VM, which no in-node fencing can cover). Hostile faults (issue 12):
-config_change (ttl/loop_wait/retry_timeout changed, then the leader's agent frozen at once),
+config_change (ttl/loop_wait/retry_timeout changed for the rest of the campaign, then the leader's
+agent frozen at once),
 corrupt_key (garbage in one DCS key), and with --fencing (default) paused_vm (agent, keeper and
 PostgreSQL stopped; the fencing hook powers the node off before a replica promotes).
 The result JSON is rewritten after every fault, so a campaign cut short keeps what it saw.
@@ -193,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             }
             events.append(ev)
             log(f"#{i}: gap {ev['gap_s']} s, rejoin {ev['rejoin_s']} s, not rejoined {not_rejoined}")
+            if "settings" in notes:  # nothing restores them: every later fault runs at these timings
+                ttl, loop_wait, retry = notes["settings"]
+                log(f"#{i}: the cluster runs at ttl {ttl}, loop_wait {loop_wait}, retry_timeout {retry} from now on")
             # Checkpoint: a campaign cut short still leaves its faults on record.
             partial = {**head, "complete": False, "acked_so_far": len(inst.writer.acks), "events": events}
             partial["dual_primary_so_far"] = _violations(inst, t0)
