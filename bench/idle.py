@@ -5,7 +5,7 @@ the other on the same etcd cluster (``make bench`` measures both systems at one 
 
 Each entry starts a fresh healthy 3-node cluster, lets it settle, then measures per node the CPU %
 of one core, RSS and PSS of the agent process and its helpers (bench.systems.measure_idle), stops it
-and goes on. Results: ``results/<ts>-<system>[-ttl<N>]-idle.json`` as ``make bench`` writes them
+and goes on. Results: ``results/<ts>-<system>[-ttl<N>[-lw<M>]]-idle.json`` as ``make bench`` writes them
 (bench.report puts them in summary.md), and one ``results/<ts>-idle-side-by-side.json``.
 Patroni's own defaults are ttl 30, loop_wait 10, retry_timeout 10.
 
@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from bench.scenarios import lab_base, log, parse_timings, save, teardown
-from bench.systems import BENCH_TIMINGS, System, measure_idle
+from bench.systems import System, measure_idle, timings_label
 from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         etcd.start()
         plan = [(n, kind, timings) for n in range(1, args.rounds + 1) for kind, timings in runs]
         for i, (round_no, kind, timings) in enumerate(plan, 1):
-            label = kind if timings == BENCH_TIMINGS else f"{kind}-ttl{timings.ttl}"  # as `make bench` names them
+            label = kind + timings_label(timings)  # as `make bench` names them
             log(f"{label}: round {round_no}: starting a 3-node cluster ({timings})")
             system = System(kind, sup, base / f"{kind}{i}", etcd.endpoints, timings).start()
             system.wait_healthy(120)

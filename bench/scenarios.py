@@ -31,7 +31,7 @@ from typing import Any
 from bench import hostile
 from bench.bystander import BystanderWatch
 from bench.hostile import HOSTILE_FAULTS
-from bench.systems import BENCH_TIMINGS, System, measure_idle
+from bench.systems import BENCH_TIMINGS, System, measure_idle, timings_label
 from drctl.lab.cluster import LabCluster, Timings
 from drctl.lab.etcd import EtcdCluster, LabError
 from drctl.lab.procs import Supervisor, spawned
@@ -518,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--timings",
         default=os.environ.get("BENCH_TIMINGS", ""),
-        help="ttl,loop_wait,retry_timeout (default 20,2,4); other values label the system e.g. pgdr-ttl10",
+        help="ttl,loop_wait,retry_timeout (default 20,2,4); other values label the system: pgdr-ttl10 "
+        "(loop_wait 1), pgdr-ttl10-lw2",
     )
     args = ap.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -528,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     timings = BENCH_TIMINGS
     if args.timings:
         timings = timings_option(ap, args.timings)
-    label = "" if timings == BENCH_TIMINGS else f"-ttl{timings.ttl}"
+    label = timings_label(timings)
     sup = Supervisor(base)
     etcd = EtcdCluster(sup, base / "etcd", name="be", size=3)
     system: System | None = None

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     timings = timings_option(ap, args.timings)
     dynamic: dict[str, Any] = {"synchronous_mode": args.mode == "sync"}
-    name = f"soak-ttl{timings.ttl}-{args.mode}"
+    lw = "" if timings.loop_wait == 1 else f"-lw{timings.loop_wait}"  # the first soaks ran at loop_wait 1
+    name = f"soak-ttl{timings.ttl}{lw}-{args.mode}"
     run_id, base, out_path = new_run(name)
     sup = Supervisor(base)
     etcd = EtcdCluster(sup, base / "etcd", name="se", size=3)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from bench.idle import summarize
+from bench.systems import BENCH_TIMINGS, timings_label
+from drctl.lab.cluster import Timings
 
 
 def _row(round_no: int, system: str, cpu: float, rss: float = 40.0) -> dict[str, Any]:
@@ -31,3 +33,11 @@ def test_ratios_are_taken_within_a_round_then_their_median() -> None:
 def test_a_round_without_patroni_gives_no_ratio() -> None:
     (only,) = summarize([_row(1, "pgdr", 0.3), _row(2, "pgdr", 0.5)])
     assert only["cpu_vs_patroni"] is None and only["cpu_pct"] == 0.4
+
+
+def test_results_at_other_timings_say_which() -> None:
+    # The first short-ttl rows ran at loop_wait 1 and keep their name; another loop_wait is named.
+    assert timings_label(BENCH_TIMINGS) == ""
+    assert timings_label(Timings(ttl=10, loop_wait=1, retry_timeout=3)) == "-ttl10"
+    assert timings_label(Timings(ttl=10, loop_wait=2, retry_timeout=3)) == "-ttl10-lw2"
+    assert timings_label(Timings(ttl=20, loop_wait=1, retry_timeout=4)) == "-ttl20"

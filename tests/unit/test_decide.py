@@ -248,7 +248,16 @@ def test_dcs_unreachable_stopped_node_starts_read_only_unless_paused_or_unsafe()
     assert kinds(decide(None, stopped, replace(CFG, pause=True), NOW)) == [NoOp]
     assert kinds(decide(None, replace(stopped, rewind_failed=True), CFG, NOW)) == [NoOp]
     assert kinds(decide(None, replace(stopped, data_dir=DataDirState.REWIND_MARKER), CFG, NOW)) == [NoOp]
-    assert kinds(decide(None, replace(stopped, pg=PgState.START_FAILED), CFG, NOW)) == [NoOp]
+
+
+def test_dcs_unreachable_failed_start_is_tried_again_read_only() -> None:
+    # What the replica rule does with the DCS reachable: a read outage ends when its cause does,
+    # not when etcd comes back. Never while paused, and never on data a rewind left unfinished.
+    failed = replace(replica(dcs_error="timeout"), pg=PgState.START_FAILED, in_recovery=None, was_primary=True)
+    assert decide(None, failed, CFG, NOW).actions == (StartPostgres("replica", None, None),)
+    assert kinds(decide(None, failed, replace(CFG, pause=True), NOW)) == [NoOp]
+    assert kinds(decide(None, replace(failed, rewind_failed=True), CFG, NOW)) == [NoOp]
+    assert kinds(decide(None, replace(failed, data_dir=DataDirState.REWIND_MARKER), CFG, NOW)) == [NoOp]
 
 
 def test_failsafe_keeps_primary_only_with_all_confirmations() -> None:

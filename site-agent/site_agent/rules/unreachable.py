@@ -11,11 +11,13 @@ def dcs_unreachable(local: LocalState, cfg: DecideConfig, now: float) -> Decisio
     err = local.dcs_error or "unknown error"
     role = observed_role(local, local.am_leader, cfg.standby_cluster is not None)
     # A demoted primary comes back read-only (no upstream) while the DCS is away: reads keep
-    # working and, once the DCS answers, the node is judged and rejoins like any replica.
+    # working and, once the DCS answers, the node is judged and rejoins like any replica. A start
+    # that failed is tried again, once per loop, as the replica rule does with the DCS reachable:
+    # read-only it cannot fork anything, and whatever made it fail may have cleared.
     startable = local.data_dir is DataDirState.VALID and not local.rewind_failed  # invariant 4
     read_only: list[Action] = [StartPostgres("replica", None, None)] if startable else []
     if not local.is_primary:
-        if not cfg.pause and local.pg in (PgState.STOPPED, PgState.CRASHED) and startable:
+        if not cfg.pause and local.pg in (PgState.STOPPED, PgState.CRASHED, PgState.START_FAILED) and startable:
             return dec(read_only, f"DCS unreachable ({err}); starting PostgreSQL read-only (no upstream)", role)
         return dec([NoOp()], f"DCS unreachable ({err}); not a primary, nothing to do", role)
     if cfg.pause:
