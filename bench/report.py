@@ -160,11 +160,14 @@ def write_summary(results: Path = RESULTS) -> Path:
         "lands) plus this: the part each system controls.",
     ]
     lines += _bystander_lines(runs)
-    short = sorted({k for k, _ in runs if k.startswith("pgdr-ttl")})
+    # Labels with scenario runs (a label measured only idle, as by bench.idle, has no table).
+    short = sorted({k for k, sc in runs if k.startswith("pgdr-ttl") and sc in ORDER})
     for label in short:
+        t = next((r.get("timings") for sc in ORDER for r in runs.get((label, sc), []) if r.get("timings")), None)
+        at = f" ({t['ttl']}/{t['loop_wait']}/{t['retry_timeout']})" if isinstance(t, dict) else ""
         lines += [
             "",
-            f"## {label}: pgdr at a shorter ttl, against Patroni at ttl 20",
+            f"## {label}: pgdr at a shorter ttl{at}, against Patroni at ttl 20",
             "",
             "| scenario | pgdr gap | Patroni gap (ttl 20) | ratio | lost (pgdr) | dual-primary (pgdr) | n |",
             "|---|---|---|---|---|---|---|",
@@ -382,6 +385,9 @@ FAULT_COLOURS = {
     "freeze_all": "#7f7f7f",
     "partition": "#ff7f0e",
     "dcs_quorum": "#17becf",
+    "config_change": "#bcbd22",
+    "corrupt_key": "#ff9896",
+    "paused_vm": "#c49c94",
 }
 
 
@@ -419,8 +425,8 @@ def write_chaos_timelines(results: Path = RESULTS) -> list[Path]:
             loc="left",
         )
         names = sorted(nodes)
-        for i, name in enumerate(names):
-            for start, end, state in nodes[name]:
+        for i, node in enumerate(names):  # not `name`: the campaign's, which names the PNG below
+            for start, end, state in nodes[node]:
                 ax_nodes.barh(i, end - start, left=start, height=0.8, color=STATE_COLOURS.get(state, "k"), lw=0)
         ax_nodes.set_yticks(range(len(names)), names)
         ax_nodes.set_xlabel("seconds from the campaign start")

@@ -216,6 +216,33 @@ def test_primary_isolated_from_the_dcs_stops_writes_within_ttl(steady: Steady) -
     print(f"isolated: old primary read-only {last_writable - cut_at:.1f}s after the cut, {inst.report()}")
 
 
+def test_cut_off_primary_whose_read_only_start_failed_comes_back_once_the_cause_is_gone(steady: Steady) -> None:
+    # Cut from etcd, the primary demotes and restarts read-only; here that start fails (a setting
+    # PostgreSQL refuses, written into postgresql.auto.conf as the cut begins). Once the setting is
+    # gone, the node must answer read-only again while still cut off, not only when etcd returns.
+    c, inst, old = steady(2, dcs_proxies=True)
+    auto_conf = c.node(old).data_dir / "postgresql.auto.conf"
+    original = auto_conf.read_bytes()
+    c.isolate_from_dcs(old)
+    with auto_conf.open("ab") as f:  # appended: the file keeps its owner (postgres)
+        f.write(b"\npgdr_test_refused_setting = on\n")
+    try:
+        wait_until(
+            lambda: (c.status(old) or {}).get("state") == "start_failed",
+            90,
+            f"{old}'s read-only start failing on the refused setting",
+        )
+        assert not _answers_read_only(c.node(old).dsn)
+    finally:
+        auto_conf.write_bytes(original)
+    wait_until(lambda: _answers_read_only(c.node(old).dsn), 60, f"{old} answering read-only while still cut off")
+    new, _took = next_leader(c, old, 60, "a replica taking over")
+    c.heal_dcs(old)
+    wait_until(lambda: c.streams_from(old, new), 120, f"{old} rejoining as a replica of {new}")
+    inst.stop()
+    inst.assert_no_dual_primary()
+
+
 def _answers_read_only(dsn: str) -> bool:
     import psycopg
 
