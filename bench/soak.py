@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from bench.scenarios import Instruments, log, new_run, teardown, timings_option, wait_until
-from bench.systems import System
+from bench.systems import System, ttl_label
 from drctl.lab.etcd import EtcdCluster
 from drctl.lab.procs import Supervisor
 from drctl.lab.workload import missing_rows
@@ -31,8 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     timings = timings_option(ap, args.timings)
     dynamic: dict[str, Any] = {"synchronous_mode": args.mode == "sync"}
-    lw = "" if timings.loop_wait == 1 else f"-lw{timings.loop_wait}"  # the first soaks ran at loop_wait 1
-    name = f"soak-ttl{timings.ttl}{lw}-{args.mode}"
+    name = f"soak-{ttl_label(timings)}-{args.mode}"
     run_id, base, out_path = new_run(name)
     sup = Supervisor(base)
     etcd = EtcdCluster(sup, base / "etcd", name="se", size=3)

@@ -19,12 +19,15 @@ from drctl.procutil import children_of, pid_alive
 BENCH_TIMINGS = Timings(ttl=20, loop_wait=2, retry_timeout=4)
 
 
+def ttl_label(timings: Timings) -> str:
+    """``ttl10`` at loop_wait 1 (the short-ttl results since the first ones), ``ttl10-lw2`` at
+    another loop_wait."""
+    return f"ttl{timings.ttl}" + ("" if timings.loop_wait == 1 else f"-lw{timings.loop_wait}")
+
+
 def timings_label(timings: Timings) -> str:
-    """The suffix a system's results carry at other timings than BENCH_TIMINGS: ``-ttl10`` at
-    loop_wait 1 (the short-ttl rows since the first ones), ``-ttl10-lw2`` at another loop_wait."""
-    if timings == BENCH_TIMINGS:
-        return ""
-    return f"-ttl{timings.ttl}" + ("" if timings.loop_wait == 1 else f"-lw{timings.loop_wait}")
+    """The suffix a system's results carry at other timings than BENCH_TIMINGS (``-`` + ttl_label)."""
+    return "" if timings == BENCH_TIMINGS else f"-{ttl_label(timings)}"
 
 
 @dataclass

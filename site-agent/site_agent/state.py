@@ -49,6 +49,10 @@ class PgState(StrEnum):
     START_FAILED = "start_failed"  # the last start attempt failed
 
 
+# Not running, and not on its way up: what a rule that starts PostgreSQL looks for.
+PG_DOWN = frozenset({PgState.STOPPED, PgState.CRASHED, PgState.START_FAILED})
+
+
 class DataDirState(StrEnum):
     EMPTY = "empty"  # absent or empty: can bootstrap or clone
     VALID = "valid"  # a PostgreSQL data directory (PG_VERSION, global/pg_control)

@@ -18,7 +18,7 @@ from site_agent.actions import (
 from site_agent.eligibility import failover_blockers, history_diverged
 from site_agent.rules import context
 from site_agent.rules.context import Ctx
-from site_agent.state import STANDBY_SOURCE, DataDirState, PgState
+from site_agent.state import PG_DOWN, STANDBY_SOURCE, DataDirState, PgState
 from site_agent.sync import promotion_sync_actions, sync_restricts
 
 
@@ -109,11 +109,7 @@ def _wait_or_start(ctx: Ctx, reason: str) -> Decision:
     # A member that is not yet consistent (just rewound or restored) cannot be elected, and with
     # no upstream it would never become consistent: both nodes of a site could wait forever.
     remote = ctx.cfg.standby_cluster if ctx.standby_mode else None
-    if (
-        local.pg in (PgState.STOPPED, PgState.CRASHED, PgState.START_FAILED)
-        and startable
-        and (ctx.standby_mode or not _history_says_diverged(ctx))
-    ):
+    if local.pg in PG_DOWN and startable and (ctx.standby_mode or not _history_says_diverged(ctx)):
         if remote is not None:
             return context.dec(
                 [StartPostgres("replica", None, None, remote)],

@@ -6,7 +6,7 @@ from __future__ import annotations
 from site_agent.actions import Action, Decision, Follow, NoOp, Rebuild, Rewind, StartPostgres, WaitForLeader
 from site_agent.eligibility import clone_source, is_diverged, upstream_of
 from site_agent.rules.context import Ctx, dec, slot_actions
-from site_agent.state import DataDirState, PgState
+from site_agent.state import PG_DOWN, DataDirState, PgState
 
 
 def _history_entry_pending(ctx: Ctx) -> str | None:
@@ -41,7 +41,7 @@ def replica(ctx: Ctx) -> Decision:
     upstream = upstream_of(view, me) if me is not None else leader
     upstream = upstream or leader
     slot = ctx.my_slot
-    if local.pg in (PgState.STOPPED, PgState.CRASHED, PgState.START_FAILED):
+    if local.pg in PG_DOWN:
         return dec(
             [StartPostgres("replica", upstream, slot)],
             f"{lost}PostgreSQL is {local.pg.value}: starting as a replica of {upstream}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from site_agent.actions import Action, Decision, Demote, FailsafeHold, NoOp, StartPostgres
 from site_agent.rules.context import dec, observed_role
-from site_agent.state import DataDirState, DecideConfig, LocalState, PgState
+from site_agent.state import PG_DOWN, DataDirState, DecideConfig, LocalState
 
 
 def dcs_unreachable(local: LocalState, cfg: DecideConfig, now: float) -> Decision:
@@ -17,7 +17,7 @@ def dcs_unreachable(local: LocalState, cfg: DecideConfig, now: float) -> Decisio
     startable = local.data_dir is DataDirState.VALID and not local.rewind_failed  # invariant 4
     read_only: list[Action] = [StartPostgres("replica", None, None)] if startable else []
     if not local.is_primary:
-        if not cfg.pause and local.pg in (PgState.STOPPED, PgState.CRASHED, PgState.START_FAILED) and startable:
+        if not cfg.pause and local.pg in PG_DOWN and startable:
             return dec(read_only, f"DCS unreachable ({err}); starting PostgreSQL read-only (no upstream)", role)
         return dec([NoOp()], f"DCS unreachable ({err}); not a primary, nothing to do", role)
     if cfg.pause:
